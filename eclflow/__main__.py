@@ -1,0 +1,3 @@
+from eclflow.cli import main
+
+main()

@@ -1,0 +1,149 @@
+"""One exception hierarchy for everything eclflow raises on purpose.
+
+Every class says whether retrying the operation could help (`retryable`), and every message is
+meant to be shown to a user as one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EclflowError(Exception):
+    """Root of every error eclflow raises deliberately."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(EclflowError):
+    """The configuration (command line, environment, registry) is wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Configuration error: {message}")
+
+
+class WorkflowInvalid(EclflowError):
+    """A workflow file failed validation; `diagnostics` holds every problem found."""
+
+    def __init__(self, diagnostics: list[Any]) -> None:
+        self.diagnostics = diagnostics
+        errors = [d for d in diagnostics if getattr(d, "severity", "error") == "error"]
+        first = str(errors[0]) if errors else "invalid workflow"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first + more)
+
+
+class ValidationError(EclflowError):
+    """A value failed validation; `field` names it when known."""
+
+    def __init__(self, message: str, field: str | None = None, details: Any = None) -> None:
+        self.field = field
+        self.reason = message
+        self.details = details
+        text = (
+            f"Validation error in field '{field}': {message}"
+            if field
+            else f"Validation error: {message}"
+        )
+        super().__init__(text)
+
+
+class InvalidInput(ValidationError):
+    """The run's input does not match the workflow's `inputs` schema."""
+
+
+class TemplateError(EclflowError):
+    """A Jinja expression failed to render (undefined name, sandbox violation, syntax)."""
+
+
+class LLMError(EclflowError):
+    """A model call failed. Retryable unless a subclass says otherwise."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(f"LLM error: {message}", retryable=retryable)
+
+
+class RateLimited(LLMError):
+    retryable = True
+
+
+class ProviderTimeout(LLMError):
+    retryable = True
+
+
+class ServerError(LLMError):
+    retryable = True
+
+
+class AuthError(LLMError):
+    retryable = False
+
+
+class BadRequest(LLMError):
+    retryable = False
+
+
+class MockExhausted(LLMError):
+    """The scripted mock model was asked for more replies than it holds."""
+
+    retryable = False
+
+
+class StepTimeout(EclflowError):
+    retryable = True
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"Step timed out after {seconds:g}s")
+
+
+class MaxRevisionsExceeded(EclflowError):
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+        super().__init__(f"max revisions exceeded ({attempts} attempts)")
+
+
+class BudgetExceeded(EclflowError):
+    def __init__(self, message: str) -> None:
+        super().__init__(f"budget_exceeded: {message}")
+
+
+class NotFound(EclflowError):
+    """A named thing (run, step, definition) does not exist."""
+
+
+class WorkflowNotFound(NotFound):
+    def __init__(self, id: str) -> None:
+        super().__init__(f"Workflow not found: {id}")
+
+
+class StepNotFound(NotFound):
+    def __init__(self, id: str) -> None:
+        super().__init__(f"Step not found: {id}")
+
+
+class RunNotFound(NotFound):
+    def __init__(self, id: str) -> None:
+        super().__init__(f"Run not found: {id}")
+
+
+class PersistenceError(EclflowError):
+    retryable = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Database error: {message}")
+
+
+class InvalidState(EclflowError):
+    """An operation does not fit the run's current state (e.g. resuming a completed run)."""

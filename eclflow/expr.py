@@ -1,0 +1,189 @@
+"""Jinja expressions: one sandboxed environment for every template a workflow file holds.
+
+Workflow files may come from other people, so everything renders in Jinja's
+`ImmutableSandboxedEnvironment` with `StrictUndefined`. Values that come from inputs or model
+output are data: they are passed as variables and never rendered again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from .errors import TemplateError
+
+_SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<body>.*)\}\}\s*$", re.DOTALL)
+
+
+def _tojson(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """Sandboxed, and `a.b` on a mapping means its key `b` first (`output.items` is data)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    env = _Environment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["tojson"] = _tojson
+    env.filters["to_json"] = _tojson
+    return env
+
+
+def has_template(value: str) -> bool:
+    return "{{" in value or "{%" in value or "{#" in value
+
+
+def single_expression(value: str) -> str | None:
+    """The body of `value` when it is exactly one `{{ … }}` (so it keeps its type), else None."""
+    m = _SINGLE_EXPR.match(value)
+    if m is None:
+        return None
+    body = m.group("body")
+    if "{{" in body or "}}" in body or "{%" in body:
+        return None
+    return body
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str) -> jinja2.Template:
+    try:
+        return environment().from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"template does not parse: {e.message} (line {e.lineno})") from e
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(source: str) -> Any:
+    try:
+        return environment().compile_expression(source, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"expression does not parse: {e.message}") from e
+
+
+def _explain(e: Exception, source: str) -> TemplateError:
+    if isinstance(e, SecurityError):
+        return TemplateError(f"unsafe template refused by the sandbox: {e} in {source!r}")
+    if isinstance(e, jinja2.UndefinedError):
+        return TemplateError(f"{e.message} in {source!r}")
+    return TemplateError(f"template {source!r} failed: {type(e).__name__}: {e}")
+
+
+def render_string(source: str, context: Mapping[str, Any]) -> str:
+    """Render a template to text."""
+    try:
+        return compile_template(source).render(context)
+    except TemplateError:
+        raise
+    except Exception as e:
+        raise _explain(e, source) from e
+
+
+def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
+    """Evaluate one expression; `{{ }}` around it is optional."""
+    body = single_expression(expression)
+    source = body if body is not None else expression
+    try:
+        result = compile_expression(source)(**context)
+    except TemplateError:
+        raise
+    except Exception as e:
+        raise _explain(e, expression) from e
+    if isinstance(result, jinja2.Undefined):
+        raise TemplateError(f"{expression!r} is undefined")
+    return result
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render a binding: strings are templates, containers are rendered item by item.
+
+    A string that is exactly one `{{ … }}` keeps the type of what it evaluates to.
+    """
+    if isinstance(value, str):
+        if not has_template(value):
+            return value
+        body = single_expression(value)
+        if body is not None:
+            return evaluate(body, context)
+        return render_string(value, context)
+    if isinstance(value, Mapping):
+        return {k: render_value(v, context) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [render_value(v, context) for v in value]
+    return value
+
+
+# --- static analysis, used by validation -------------------------------------------------------
+
+
+def parse(source: str) -> nodes.Template:
+    """Parse a template; raises jinja2.TemplateSyntaxError."""
+    return environment().parse(source)
+
+
+def parse_expression(source: str) -> nodes.Template:
+    """Parse a bare expression as a template `{{ source }}`."""
+    return environment().parse("{{ " + source + " }}")
+
+
+def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
+    """Every variable path the template reads, as far as it can be known statically.
+
+    `steps.critique.output.draft` gives ('steps', 'critique', 'output', 'draft'); a subscript with a
+    constant key counts like an attribute. Names bound inside the template (for-loops, set) are
+    left out.
+    """
+    bound: set[str] = set()
+    for n in tree.find_all((nodes.For, nodes.Assign, nodes.Macro)):
+        for t in n.find_all(nodes.Name):
+            if t.ctx in ("store", "param"):
+                bound.add(t.name)
+    paths: list[tuple[str, ...]] = []
+
+    def walk(node: nodes.Node) -> None:
+        chain = _path_of(node)
+        if chain is not None:
+            if chain[0] not in bound:
+                paths.append(chain)
+            return
+        for child in node.iter_child_nodes():
+            walk(child)
+
+    walk(tree)
+    return paths
+
+
+def _path_of(node: nodes.Node) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            parts.append(str(node.arg.value))
+            node = node.node
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            parts.append(node.name)
+            return tuple(reversed(parts))
+        else:
+            return None

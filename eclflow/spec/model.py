@@ -1,0 +1,164 @@
+"""The typed, immutable form of a workflow file (DESIGN.md §1).
+
+The loader builds these from YAML; everything downstream (graph, engine, store) reads only these.
+Mappings are read-only views so a loaded workflow cannot be changed by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A 1-based position in a workflow file."""
+
+    file: str
+    line: int = 1
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One problem found in a workflow file: where, a stable code, one line of why."""
+
+    location: Location
+    code: str
+    message: str
+    hint: str | None = None
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{self.location}: {self.code} {self.message}{hint}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.location.file,
+            "line": self.location.line,
+            "col": self.location.col,
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    """Retry settings as written in the file (seconds for durations)."""
+
+    max_attempts: int = 3
+    initial_delay: float = 1.0
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One entry of `steps:`. `with_` holds the raw binding values (templates not yet rendered)."""
+
+    id: str
+    type: str
+    depends_on: tuple[str, ...] = ()
+    revision_source: str | None = None
+    with_: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    prompt: Path | None = None  # resolved prompt file, when `prompt:` was given
+    template: str | None = None  # inline template text, when `template:` was given
+    system: str | None = None  # inline system prompt (llm steps)
+    model: str | None = None
+    retry: RetrySpec = RetrySpec()
+    timeout: float = DEFAULT_TIMEOUT
+    output_schema: Mapping[str, Any] | None = None
+    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    location: Location = Location("<string>")
+
+
+@dataclass(frozen=True, slots=True)
+class Sequential:
+    from_: str
+    to: str
+    location: Location = Location("<string>")
+    type: Literal["sequential"] = "sequential"
+
+
+@dataclass(frozen=True, slots=True)
+class Conditional:
+    from_: str
+    to: str
+    when: str  # a Jinja expression, without the surrounding {{ }}
+    location: Location = Location("<string>")
+    type: Literal["conditional"] = "conditional"
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionLoop:
+    validator: str
+    reviser: str
+    target: str
+    max_iterations: int = 3
+    on_exhausted: Literal["fail", "accept"] = "fail"
+    location: Location = Location("<string>")
+    type: Literal["revision_loop"] = "revision_loop"
+
+
+Transition = Sequential | Conditional | RevisionLoop
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_usd: float | None = None
+    max_tokens: int | None = None
+    max_calls: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A validated workflow definition, plus the exact text it came from."""
+
+    id: str
+    name: str
+    steps: tuple[StepSpec, ...]
+    transitions: tuple[Transition, ...] = ()
+    description: str = ""
+    version: int = 1
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    model: str | None = None
+    inputs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({"type": "object"}))
+    output: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    env: tuple[str, ...] = ()  # environment variables the file may read as `env.NAME`
+    budget: Budget = Budget()
+    source: str = ""  # the YAML text the workflow was loaded from
+    path: Path | None = None
+    warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+    def step(self, step_id: str) -> StepSpec:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.steps)
+
+    @property
+    def loops(self) -> tuple[RevisionLoop, ...]:
+        return tuple(t for t in self.transitions if isinstance(t, RevisionLoop))
