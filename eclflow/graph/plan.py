@@ -1,0 +1,137 @@
+"""Workflow → the plan the engine runs: DAG, deterministic order, loop table, wait sets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+
+import networkx as nx
+
+from ..spec.deps import dependency_graph, topological_order
+from ..spec.model import RevisionLoop, Workflow
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """A revision loop with the steps it re-runs.
+
+    `body` is the target, the validator and every step on a path between them, in order.
+    After the reviser writes a new version of the target, `rerun` (the body minus the target)
+    runs again, the validator last.
+    """
+
+    spec: RevisionLoop
+    body: tuple[str, ...]
+
+    @property
+    def validator(self) -> str:
+        return self.spec.validator
+
+    @property
+    def reviser(self) -> str:
+        return self.spec.reviser
+
+    @property
+    def target(self) -> str:
+        return self.spec.target
+
+    @property
+    def max_iterations(self) -> int:
+        return self.spec.max_iterations
+
+    @property
+    def rerun(self) -> tuple[str, ...]:
+        return tuple(s for s in self.body if s != self.spec.target)
+
+
+class Plan:
+    """The compiled form of a valid workflow. Build with `compile_plan`."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.dag: nx.DiGraph = dependency_graph(workflow.steps, workflow.transitions)
+        self.order: tuple[str, ...] = tuple(topological_order(self.dag))
+        loops = {}
+        for spec in workflow.loops:
+            body_set = (nx.descendants(self.dag, spec.target) | {spec.target}) & (
+                nx.ancestors(self.dag, spec.validator) | {spec.validator}
+            )
+            body_set |= {spec.target, spec.validator}
+            loops[spec.validator] = Loop(spec, tuple(s for s in self.order if s in body_set))
+        self.loops: Mapping[str, Loop] = MappingProxyType(loops)
+        self.revisers: frozenset[str] = frozenset(lp.reviser for lp in loops.values())
+        self.conditions: Mapping[tuple[str, str], str] = MappingProxyType(
+            {
+                (a, b): d["when"]
+                for a, b, d in self.dag.edges(data=True)
+                if d.get("kind") == "conditional"
+            }
+        )
+        # Which loop (by validator) each body step belongs to.
+        self.loop_of: Mapping[str, str] = MappingProxyType(
+            {s: v for v, lp in loops.items() for s in lp.body}
+        )
+
+    @cached_property
+    def linear(self) -> tuple[str, ...]:
+        """Steps of the linear pass, in order: every step but the revisers."""
+        return tuple(s for s in self.order if s not in self.revisers)
+
+    @cached_property
+    def waits(self) -> Mapping[str, tuple[str, ...]]:
+        """What each linear step waits for. A step outside a loop that hangs on a loop's body
+        waits for the loop's validator, i.e. for the whole loop to end."""
+        out: dict[str, tuple[str, ...]] = {}
+        for s in self.linear:
+            own_loop = self.loop_of.get(s)
+            deps: list[str] = []
+            for p in self.dag.predecessors(s):
+                loop = self.loop_of.get(p)
+                if p in self.revisers:
+                    loop = next(v for v, lp in self.loops.items() if lp.reviser == p)
+                    p = loop
+                elif loop is not None and loop != own_loop:
+                    p = loop
+                if p != s and p not in deps:
+                    deps.append(p)
+            out[s] = tuple(sorted(deps, key=self.order.index))
+        return MappingProxyType(out)
+
+    def upstream(self, step: str) -> frozenset[str]:
+        return frozenset(nx.ancestors(self.dag, step))
+
+    @cached_property
+    def entry_steps(self) -> tuple[str, ...]:
+        return tuple(s for s in self.linear if not self.waits[s])
+
+    @cached_property
+    def generations(self) -> tuple[tuple[str, ...], ...]:
+        """Sets of steps that may run at the same time, in order."""
+        sub = self.dag.subgraph(self.linear)
+        return tuple(
+            tuple(sorted(gen, key=self.order.index)) for gen in nx.topological_generations(sub)
+        )
+
+    def occurrences(self, step: str) -> int:
+        """How many times a step can run at most (loops re-run their body)."""
+        if step in self.revisers:
+            return next(lp.max_iterations for lp in self.loops.values() if lp.reviser == step)
+        loop = self.loop_of.get(step)
+        if loop is not None and step != self.loops[loop].target:
+            return self.loops[loop].max_iterations + 1
+        return 1
+
+    def worst_case_calls(self, uses_model: Mapping[str, bool] | None = None) -> int:
+        """Most model calls a run can make: occurrences × attempts over the steps that call one."""
+        total = 0
+        for s in self.workflow.steps:
+            if uses_model is not None and not uses_model.get(s.id, True):
+                continue
+            total += self.occurrences(s.id) * s.retry.max_attempts
+        return total
+
+
+def compile_plan(workflow: Workflow) -> Plan:
+    return Plan(workflow)

@@ -1,0 +1,226 @@
+"""What a step type is: the `Step` base class, its result, its context and its retry policy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from ..errors import ValidationError
+
+if TYPE_CHECKING:
+    from ..llm.base import CompletionResponse, Message
+    from ..spec.model import RetrySpec, StepSpec, Workflow
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a step is retried. Delays are in seconds."""
+
+    max_attempts: int = 3
+    initial_delay: float = 1.0
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+
+    @classmethod
+    def default(cls) -> RetryPolicy:
+        return cls.exponential(3, 1.0, 10.0)
+
+    @classmethod
+    def none(cls) -> RetryPolicy:
+        return cls(max_attempts=1, initial_delay=0.0, max_delay=0.0, multiplier=1.0)
+
+    @classmethod
+    def linear(cls, max_attempts: int, delay: float) -> RetryPolicy:
+        return cls(max_attempts, delay, delay, 1.0)
+
+    @classmethod
+    def exponential(cls, max_attempts: int, initial: float, maximum: float) -> RetryPolicy:
+        return cls(max_attempts, initial, maximum, 2.0)
+
+    @classmethod
+    def from_spec(cls, spec: RetrySpec) -> RetryPolicy:
+        return cls(spec.max_attempts, spec.initial_delay, spec.max_delay, spec.multiplier)
+
+    def delay_for_attempt(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (0 → none, then initial·multiplierᵃ⁻¹, capped)."""
+        if attempt <= 0:
+            return 0.0
+        return min(self.initial_delay * self.multiplier ** (attempt - 1), self.max_delay)
+
+
+Outcome = Literal["success", "needs_revision", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one execution of a step produced."""
+
+    kind: Outcome
+    output: Any = None
+    feedback: str | None = None
+    error: str | None = None
+    retryable: bool = False
+
+    @classmethod
+    def success(cls, output: Any) -> StepResult:
+        return cls("success", output)
+
+    @classmethod
+    def needs_revision(cls, output: Any, feedback: str) -> StepResult:
+        return cls("needs_revision", output, feedback=feedback)
+
+    @classmethod
+    def failed(cls, error: str, retryable: bool = False) -> StepResult:
+        return cls("failed", error=error, retryable=retryable)
+
+    @property
+    def is_success(self) -> bool:
+        return self.kind == "success"
+
+    @property
+    def is_needs_revision(self) -> bool:
+        return self.kind == "needs_revision"
+
+    @property
+    def is_failed(self) -> bool:
+        return self.kind == "failed"
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.kind == "failed" and self.retryable
+
+    def unwrap(self) -> Any:
+        if self.kind == "needs_revision":
+            raise ValueError("called `unwrap()` on NeedsRevision")
+        if self.kind == "failed":
+            raise ValueError(f"called `unwrap()` on Failed: {self.error}")
+        return self.output
+
+    def unwrap_or(self, default: Any) -> Any:
+        return self.output if self.kind == "success" else default
+
+    def map(self, fn: Callable[[Any], Any]) -> StepResult:
+        if self.kind == "failed":
+            return self
+        return StepResult(self.kind, fn(self.output), self.feedback)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    """Where a step stands inside a revision loop (`loop.*` in templates)."""
+
+    iteration: int  # 1-based revision number for the reviser; revisions so far for others
+    max_iterations: int
+    feedback: str | None = None
+    history: tuple[Mapping[str, Any], ...] = ()
+
+    def as_context(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "max_iterations": self.max_iterations,
+            "feedback": self.feedback,
+            "history": [dict(h) for h in self.history],
+        }
+
+
+Completer = Callable[..., Any]  # async (messages, **options) -> CompletionResponse
+
+
+@dataclass(slots=True)
+class StepContext:
+    """Everything a step may use while it executes; one per attempt."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    model: str | None
+    complete_fn: Completer
+    logger: logging.LoggerAdapter[logging.Logger] | logging.Logger
+    config: Mapping[str, Any] = field(default_factory=dict)
+    loop: LoopState | None = None
+    iteration: int = 0
+    max_revisions: int = 3
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 1024,
+        temperature: float | None = None,
+        stop: Sequence[str] = (),
+        json_schema: Mapping[str, Any] | None = None,
+    ) -> CompletionResponse:
+        """Call this step's model; tokens and cost are accounted to the attempt."""
+        return await self.complete_fn(
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            json_schema=json_schema,
+        )
+
+
+class Step:
+    """Base of every step type. Subclass, set `type_name` and the schemas, implement `execute`.
+
+    One instance is made for each step of a workflow that uses the type, with its `StepSpec`.
+    """
+
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    input_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
+    output_schema: ClassVar[Mapping[str, Any]] = {}
+    uses_model: ClassVar[bool] = False
+    default_template: ClassVar[str | None] = None  # bundled template file name, if any
+
+    def __init__(self, spec: StepSpec, workflow: Workflow | None = None) -> None:
+        self.spec = spec
+        self.workflow = workflow
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def name(self) -> str:
+        return self.spec.id
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy.from_spec(self.spec.retry)
+
+    @property
+    def max_revisions(self) -> int:
+        return 3
+
+    def effective_output_schema(self) -> Mapping[str, Any] | None:
+        if self.spec.output_schema is not None:
+            return self.spec.output_schema
+        return self.output_schema or None
+
+    def validate_input(self, input: Mapping[str, Any]) -> None:
+        """Raise `ValidationError` when `input` cannot be executed. Default: check the schema."""
+        _check_schema(self.input_schema, input, "input")
+
+    def validate_output(self, output: Any) -> None:
+        """Raise `ValidationError` when `output` is not acceptable. Default: check the schema."""
+        schema = self.effective_output_schema()
+        if schema:
+            _check_schema(schema, output, "output")
+
+    async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        raise NotImplementedError
+
+
+def _check_schema(schema: Mapping[str, Any], value: Any, what: str) -> None:
+    if not schema:
+        return
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        field_name = ".".join(str(p) for p in e.absolute_path) or None
+        raise ValidationError(f"{what} {e.message}", field=field_name, details=e.schema)

@@ -1,0 +1,325 @@
+"""The built-in step types: generate, critique, revise, llm and template."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import expr
+from ..errors import ValidationError
+from ..llm.base import Message
+from .base import Step, StepContext, StepResult
+
+MAX_TOPIC = 500
+MAX_DRAFT = 2000
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n?(?P<body>.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+@lru_cache(maxsize=64)
+def bundled_template(name: str) -> str:
+    """Text of a template shipped with eclflow (`generate.j2`, ...)."""
+    return resources.files("eclflow").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=256)
+def _read_prompt(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def strip_fences(text: str) -> str:
+    """Remove a Markdown code fence around a model reply (```json … ```)."""
+    m = _FENCE.match(text)
+    return m.group("body").strip() if m else text.strip()
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+class PromptStep(Step):
+    """A step whose user prompt is a Jinja template: inline, a file, or a bundled default."""
+
+    uses_model: ClassVar[bool] = True
+    default_system: ClassVar[str | None] = None
+    default_max_tokens: ClassVar[int] = 1024
+
+    def prompt_source(self) -> str:
+        if self.spec.template is not None:
+            return self.spec.template
+        if self.spec.prompt is not None:
+            return _read_prompt(self.spec.prompt)
+        if self.default_template is not None:
+            return bundled_template(self.default_template)
+        raise ValidationError(
+            f"step '{self.id}' has no prompt: give it `template:` or `prompt:`", field="prompt"
+        )
+
+    def prompt_variables(self, input: Mapping[str, Any]) -> dict[str, Any]:
+        return {**input, "max_revisions": self.max_revisions, "config": dict(self.spec.config)}
+
+    def messages(self, input: Mapping[str, Any]) -> list[Message]:
+        variables = self.prompt_variables(input)
+        user = expr.render_string(self.prompt_source(), variables)
+        system_source = self.spec.system if self.spec.system is not None else self.default_system
+        out = []
+        if system_source:
+            out.append(Message("system", expr.render_string(system_source, variables)))
+        out.append(Message("user", user))
+        return out
+
+    async def call_model(
+        self,
+        ctx: StepContext,
+        input: Mapping[str, Any],
+        json_schema: Mapping[str, Any] | None = None,
+    ) -> str:
+        config = self.spec.config
+        response = await ctx.complete(
+            self.messages(input),
+            max_tokens=int(config.get("max_tokens", self.default_max_tokens)),
+            temperature=config.get("temperature"),
+            stop=tuple(config.get("stop", ())),
+            json_schema=json_schema,
+        )
+        return response.content.strip()
+
+
+class GenerateStep(PromptStep):
+    type_name = "generate"
+    description = "Write a first draft about a topic."
+    default_template = "generate.j2"
+    default_system = "You are a content generator. Write clear paragraphs."
+    default_max_tokens = 400
+    input_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["topic"],
+        "properties": {"topic": {"type": "string"}},
+    }
+    output_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["draft"],
+        "properties": {"draft": {"type": "string"}},
+    }
+
+    def validate_input(self, input: Mapping[str, Any]) -> None:
+        topic = _text(input.get("topic"))
+        if not topic.strip():
+            raise ValidationError("Topic cannot be empty", field="topic")
+        if len(topic) > MAX_TOPIC:
+            raise ValidationError(f"Topic is too long (max {MAX_TOPIC} characters)", field="topic")
+
+    def validate_output(self, output: Any) -> None:
+        draft = _text(output.get("draft") if isinstance(output, Mapping) else None)
+        if not draft.strip():
+            raise ValidationError("Generated draft is empty", field="draft")
+        limit = int(self.spec.config.get("max_chars", MAX_DRAFT))
+        if len(draft) > limit:
+            raise ValidationError(
+                f"Draft too long: {len(draft)} chars (max {limit})", field="draft"
+            )
+
+    async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        return StepResult.success({"draft": await self.call_model(ctx, input)})
+
+
+CRITIQUE_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "decision": {"type": "string", "enum": ["pass", "revise"]},
+        "critique": {"type": "string"},
+        "feedback": {"type": "string"},
+    },
+    "required": ["decision", "critique"],
+}
+
+
+def parse_critique(reply: str) -> dict[str, Any]:
+    """Parse a critique reply into {decision, critique, feedback}; ValueError says what is wrong."""
+    body = strip_fences(reply)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as e:
+        # a model sometimes wraps the object in prose: take the outermost {...}
+        start, end = body.find("{"), body.rfind("}")
+        if start == -1 or end <= start:
+            raise ValueError(f"Failed to parse critique JSON: {e.msg}") from None
+        try:
+            data = json.loads(body[start : end + 1])
+        except json.JSONDecodeError as e2:
+            raise ValueError(f"Failed to parse critique JSON: {e2.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError("Failed to parse critique JSON: expected an object")
+    decision = data.get("decision")
+    if not isinstance(decision, str):
+        raise ValueError("Missing 'decision' field")
+    decision = decision.strip().lower()
+    if decision not in ("pass", "revise"):
+        raise ValueError(f"Invalid decision value: {data.get('decision')}")
+    critique = data.get("critique")
+    feedback = data.get("feedback")
+    critique = critique.strip() if isinstance(critique, str) else ""
+    feedback = feedback.strip() if isinstance(feedback, str) else ""
+    if not critique and not feedback:
+        raise ValueError("Missing 'critique' field")
+    out: dict[str, Any] = {
+        "decision": decision,
+        "critique": critique or feedback,
+        "feedback": feedback or critique,
+    }
+    if isinstance(data.get("quality_score"), int | float):
+        out["quality_score"] = data["quality_score"]
+    return out
+
+
+class CritiqueStep(PromptStep):
+    type_name = "critique"
+    description = "Judge a draft: pass, or revise with feedback (JSON)."
+    default_template = "critique.j2"
+    default_system = "You are a writing critic. Be helpful but thorough. Reply with JSON only."
+    default_max_tokens = 400
+    input_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["draft"],
+        "properties": {"draft": {"type": "string"}},
+    }
+    output_schema: ClassVar[Mapping[str, Any]] = CRITIQUE_SCHEMA
+
+    def validate_input(self, input: Mapping[str, Any]) -> None:
+        if not _text(input.get("draft")).strip():
+            raise ValidationError("Draft cannot be empty", field="draft")
+
+    def validate_output(self, output: Any) -> None:
+        if not _text(output.get("critique") if isinstance(output, Mapping) else None).strip():
+            raise ValidationError("Critique cannot be empty", field="critique")
+
+    async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        reply = await self.call_model(ctx, input, json_schema=CRITIQUE_SCHEMA)
+        try:
+            parsed = parse_critique(reply)
+        except ValueError as e:
+            return StepResult.failed(f"{e} (the model may do better on retry)", retryable=True)
+        if parsed["decision"] == "revise":
+            return StepResult.needs_revision(parsed, parsed["feedback"])
+        return StepResult.success(parsed)
+
+
+class ReviseStep(PromptStep):
+    type_name = "revise"
+    description = "Rewrite a draft from a critique's feedback."
+    default_template = "revise.j2"
+    default_system = "You are a content editor. Improve the text based on feedback."
+    default_max_tokens = 400
+    input_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["draft", "feedback"],
+        "properties": {
+            "draft": {"type": "string"},
+            "feedback": {"type": "string"},
+            "attempt": {"type": ["integer", "string"]},
+        },
+    }
+    output_schema: ClassVar[Mapping[str, Any]] = GenerateStep.output_schema
+
+    @property
+    def max_revisions(self) -> int:
+        if self.workflow is not None:
+            for loop in self.workflow.loops:
+                if loop.reviser == self.id:
+                    return loop.max_iterations
+        return 3
+
+    def validate_input(self, input: Mapping[str, Any]) -> None:
+        if not _text(input.get("draft")).strip():
+            raise ValidationError("Draft cannot be empty", field="draft")
+        if not _text(input.get("feedback")).strip():
+            raise ValidationError("Feedback cannot be empty", field="feedback")
+        raw = input.get("attempt", 1)
+        try:
+            attempt = int(raw)
+        except (TypeError, ValueError):
+            raise ValidationError(
+                f"Attempt must be a number, not {raw!r}", field="attempt"
+            ) from None
+        if attempt <= 0:
+            raise ValidationError("Attempt number must be positive (1-indexed)", field="attempt")
+        if attempt > self.max_revisions:
+            raise ValidationError(
+                f"Attempt {attempt} exceeds max revisions {self.max_revisions}", field="attempt"
+            )
+
+    def validate_output(self, output: Any) -> None:
+        draft = _text(output.get("draft") if isinstance(output, Mapping) else None)
+        if not draft.strip():
+            raise ValidationError("Revised draft is empty", field="draft")
+        limit = int(self.spec.config.get("max_chars", MAX_DRAFT))
+        if len(draft) > limit:
+            raise ValidationError(
+                f"Revised draft too long: {len(draft)} chars (max {limit})", field="draft"
+            )
+
+    async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        return StepResult.success({"draft": await self.call_model(ctx, input)})
+
+
+class LLMStep(PromptStep):
+    """Any prompt → `{text}`, or a JSON object checked against the step's `output_schema`."""
+
+    type_name = "llm"
+    description = "Any prompt to a model; text, or JSON checked against output_schema."
+    output_schema: ClassVar[Mapping[str, Any]] = {}
+
+    def effective_output_schema(self) -> Mapping[str, Any] | None:
+        if self.spec.output_schema is not None:
+            return self.spec.output_schema
+        return {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+
+    async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        schema = self.spec.output_schema
+        reply = await self.call_model(ctx, input, json_schema=schema)
+        if schema is None:
+            return StepResult.success({"text": reply})
+        try:
+            data = json.loads(strip_fences(reply))
+        except json.JSONDecodeError as e:
+            return StepResult.failed(
+                f"reply is not valid JSON: {e.msg} (the model may do better on retry)",
+                retryable=True,
+            )
+        if isinstance(data, dict) and str(data.get("decision", "")).lower() == "revise":
+            feedback = data.get("feedback") or data.get("critique") or ""
+            return StepResult.needs_revision(data, str(feedback))
+        return StepResult.success(data)
+
+
+class TemplateStep(Step):
+    """Render text from a template; no model involved."""
+
+    type_name = "template"
+    description = "Render text from a Jinja template (no model)."
+    output_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}},
+    }
+
+    def source(self) -> str:
+        if self.spec.template is not None:
+            return self.spec.template
+        if self.spec.prompt is not None:
+            return _read_prompt(self.spec.prompt)
+        raise ValidationError(
+            f"step '{self.id}' needs `template:` or `prompt:` to render", field="template"
+        )
+
+    async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        variables = {**input, "config": dict(self.spec.config)}
+        return StepResult.success({"text": expr.render_string(self.source(), variables)})
+
+
+BUILTINS: tuple[type[Step], ...] = (GenerateStep, CritiqueStep, ReviseStep, LLMStep, TemplateStep)

@@ -1,0 +1,85 @@
+"""The step registry: a workflow's `type:` → the Step class that executes it.
+
+Built-in types are always present; plugins add theirs through the entry point group
+`eclflow.steps` (each entry point names a Step subclass) or by calling `register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..errors import ConfigError, StepNotFound
+from .base import Step
+
+ENTRY_POINT_GROUP = "eclflow.steps"
+
+
+class StepRegistry:
+    def __init__(self) -> None:
+        self._types: dict[str, type[Step]] = {}
+
+    def register(self, cls: type[Step], *, replace: bool = False) -> type[Step]:
+        name = cls.type_name
+        if not name:
+            raise ConfigError(f"step class {cls.__qualname__} has no type_name")
+        if name in self._types and not replace and self._types[name] is not cls:
+            raise ConfigError(f"Step type '{name}' is already registered")
+        self._types[name] = cls
+        return cls
+
+    def get(self, name: str) -> type[Step]:
+        try:
+            return self._types[name]
+        except KeyError:
+            raise StepNotFound(name) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def __iter__(self) -> Iterator[type[Step]]:
+        return iter(self._types.values())
+
+    def load_entry_points(self) -> list[str]:
+        """Import plugin step types; returns one line per plugin that failed to load."""
+        from importlib.metadata import entry_points
+
+        problems = []
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                cls = ep.load()
+                if not (isinstance(cls, type) and issubclass(cls, Step)):
+                    raise TypeError("not a subclass of eclflow.Step")
+                if not cls.type_name:
+                    cls.type_name = ep.name
+                self.register(cls, replace=True)
+            except Exception as e:  # a broken plugin must not break eclflow
+                problems.append(f"plugin step '{ep.name}' ({ep.value}) failed to load: {e}")
+        return problems
+
+
+_default: StepRegistry | None = None
+
+
+def default_registry() -> StepRegistry:
+    """The process-wide registry: built-ins plus installed plugins, loaded on first use."""
+    global _default
+    if _default is None:
+        from .builtin import BUILTINS
+
+        reg = StepRegistry()
+        for cls in BUILTINS:
+            reg.register(cls)
+        reg.load_entry_points()
+        _default = reg
+    return _default
+
+
+def register(cls: type[Step]) -> type[Step]:
+    """Class decorator: add a step type to the default registry."""
+    return default_registry().register(cls, replace=True)
