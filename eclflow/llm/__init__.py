@@ -1,0 +1,72 @@
+"""Model providers behind one interface, chosen by the model string.
+
+`mock/…` plays a script, `local/…` runs an in-process GGUF model, anything else goes through
+litellm. The heavy ones are imported only when a run actually uses them.
+"""
+
+from __future__ import annotations
+
+from .base import CompletionRequest, CompletionResponse, Message, Provider, TokenUsage
+from .mock import MockProvider, load_script
+
+__all__ = [
+    "CompletionRequest",
+    "CompletionResponse",
+    "Message",
+    "MockProvider",
+    "Provider",
+    "Providers",
+    "TokenUsage",
+    "load_script",
+]
+
+
+class Providers:
+    """Resolves model strings to providers for one run (or batch), creating each once."""
+
+    def __init__(self, mock: Provider | None = None) -> None:
+        self.mock = mock
+        self._cache: dict[str, Provider] = {}
+
+    def kind(self, model: str) -> str:
+        if model.startswith("mock/"):
+            return "mock"
+        if model.startswith("local/"):
+            return "local"
+        return "remote"
+
+    def get(self, model: str) -> Provider:
+        from ..errors import ConfigError
+
+        kind = self.kind(model)
+        if kind in self._cache:
+            return self._cache[kind]
+        provider: Provider
+        if kind == "mock":
+            if self.mock is None:
+                raise ConfigError(f"model '{model}' plays a script: pass --mock-responses FILE")
+            provider = self.mock
+        elif kind == "local":
+            from .local import LocalProvider
+
+            provider = _shared_local(LocalProvider)
+        else:
+            from .remote import LiteLLMProvider
+
+            provider = LiteLLMProvider()
+        self._cache[kind] = provider
+        return provider
+
+    def check(self, model: str) -> None:
+        """Raise ConfigError now if `model` cannot be called (missing key, extra not installed)."""
+        self.get(model).check(model)
+
+
+_local_instance: Provider | None = None
+
+
+def _shared_local(cls: type) -> Provider:
+    global _local_instance
+    if _local_instance is None:
+        _local_instance = cls()
+    return _local_instance

@@ -1,0 +1,69 @@
+"""The one interface every model provider implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """What a step asks of a model. `json_schema` asks for structured output when supported."""
+
+    model: str
+    messages: Sequence[Message]
+    max_tokens: int = 1024
+    temperature: float | None = None
+    stop: Sequence[str] = ()
+    json_schema: Mapping[str, Any] | None = None
+    seed: int | None = None
+    timeout: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stop": list(self.stop),
+            "json_schema": dict(self.json_schema) if self.json_schema is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    input: int = 0
+    output: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResponse:
+    content: str
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    cost: float = 0.0  # US dollars
+    finish_reason: str = "stop"  # stop | length | stop_sequence | ...
+    model: str = ""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A model endpoint. Raise `eclflow.errors.LLMError` subclasses on failure."""
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
+
+    def check(self, model: str) -> None:
+        """Raise ConfigError before a run starts when the model cannot be reached (no key...)."""
+        ...

@@ -1,0 +1,162 @@
+"""The scripted `mock/…` model: plays replies in order, injects failures, records every request.
+
+It is the only fake in the test suite. It raises when its script runs out, which is how a test
+proves that a resumed run did not call a finished step again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    AuthError,
+    BadRequest,
+    ConfigError,
+    LLMError,
+    MockExhausted,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from .base import CompletionRequest, CompletionResponse, TokenUsage
+
+_ERRORS: Mapping[str, type[LLMError]] = {
+    "rate_limit": RateLimited,
+    "timeout": ProviderTimeout,
+    "server_error": ServerError,
+    "auth_error": AuthError,
+    "bad_request": BadRequest,
+}
+
+LOG_ENV = "ECLFLOW_MOCK_LOG"
+
+
+def load_script(path: str | Path) -> MockProvider:
+    """Read a mock script (YAML or JSON): a list of entries or `{responses: [...], cycle: b}`."""
+    from ruamel.yaml import YAML, YAMLError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read mock responses {p}: {e.strerror or e}") from None
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as e:
+        raise ConfigError(f"mock responses {p} are not valid YAML/JSON: {e}") from None
+    cycle = False
+    if isinstance(data, Mapping):
+        cycle = bool(data.get("cycle", False))
+        data = data.get("responses")
+    if not isinstance(data, list):
+        raise ConfigError(f"mock responses {p} must be a list of replies (or {{responses: [...]}})")
+    return MockProvider(data, cycle=cycle)
+
+
+class MockProvider:
+    """Plays `script` one entry per call: a string is the reply; a mapping may carry `content`,
+    `delay` (seconds), `error` (rate_limit | timeout | server_error | auth_error | bad_request),
+    `tokens` ({input, output}), `cost` and `finish_reason`. Non-string content is sent as JSON."""
+
+    def __init__(
+        self,
+        script: Sequence[Any],
+        *,
+        cycle: bool = False,
+        log_path: str | Path | None = None,
+    ) -> None:
+        for i, entry in enumerate(script):
+            _check_entry(entry, i)
+        self.script = list(script)
+        self.cycle = cycle
+        self.requests: list[CompletionRequest] = []
+        self._lock = threading.Lock()
+        log = log_path if log_path is not None else os.environ.get(LOG_ENV)
+        self.log_path = Path(log) if log else None
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, len(self.script) - len(self.requests)) if not self.cycle else len(self.script)
+
+    def check(self, model: str) -> None:
+        return None
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        with self._lock:
+            n = len(self.requests)
+            if n >= len(self.script) and not (self.cycle and self.script):
+                raise MockExhausted(
+                    f"mock model has no reply left for call {n + 1} "
+                    f"(the script holds {len(self.script)})"
+                )
+            entry = self.script[n % len(self.script)]
+            self.requests.append(request)
+            if self.log_path is not None:
+                with self.log_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"call": n + 1, **request.to_dict()}) + "\n")
+        if isinstance(entry, str):
+            return _response(entry, request)
+        delay = float(entry.get("delay", 0) or 0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        error = entry.get("error")
+        if error is not None:
+            cls = _ERRORS[str(error)]
+            raise cls(str(entry.get("message", f"mock {error}")))
+        content = entry.get("content", "")
+        if not isinstance(content, str):
+            content = json.dumps(content)
+        tokens = entry.get("tokens") or {}
+        return _response(
+            content,
+            request,
+            tokens_in=tokens.get("input"),
+            tokens_out=tokens.get("output"),
+            cost=float(entry.get("cost", 0.0)),
+            finish_reason=str(entry.get("finish_reason", "stop")),
+        )
+
+
+def _check_entry(entry: Any, index: int) -> None:
+    if isinstance(entry, str):
+        return
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"mock reply {index + 1} must be a string or a mapping, not {entry!r}")
+    error = entry.get("error")
+    if error is not None and str(error) not in _ERRORS:
+        raise ConfigError(
+            f"mock reply {index + 1}: unknown error '{error}' "
+            f"(use one of {', '.join(sorted(_ERRORS))})"
+        )
+
+
+def _response(
+    content: str,
+    request: CompletionRequest,
+    *,
+    tokens_in: int | None = None,
+    tokens_out: int | None = None,
+    cost: float = 0.0,
+    finish_reason: str = "stop",
+) -> CompletionResponse:
+    if tokens_in is None:
+        tokens_in = sum(len(m.content.split()) for m in request.messages)
+    if tokens_out is None:
+        tokens_out = len(content.split())
+    return CompletionResponse(
+        content,
+        TokenUsage(int(tokens_in), int(tokens_out)),
+        cost=cost,
+        finish_reason=finish_reason,
+        model=request.model,
+    )
