@@ -1,0 +1,20 @@
+"""The engine: executor (one step) and orchestrator (one run), durable through a journal."""
+
+from .executor import Executor
+from .journal import Journal, MemoryJournal, StoreJournal
+from .orchestrator import Orchestrator
+from .result import RunResult, StepExecution, TraceEvent
+from .runner import resume, run
+
+__all__ = [
+    "Executor",
+    "Journal",
+    "MemoryJournal",
+    "Orchestrator",
+    "RunResult",
+    "StepExecution",
+    "StoreJournal",
+    "TraceEvent",
+    "resume",
+    "run",
+]

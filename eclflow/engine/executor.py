@@ -1,0 +1,265 @@
+"""The executor: one step occurrence from rendered input to a `StepExecution` record.
+
+validate input (never retried; the step does not run) → execute under the retry policy and
+the step timeout, each attempt journaled → validate output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import stamina
+
+from ..errors import EclflowError, StepTimeout, ValidationError
+from ..llm import CompletionRequest, CompletionResponse, Message, Providers
+from ..steps.base import LoopState, Step, StepContext, StepResult
+from .journal import AttemptLog
+from .result import StepExecution, TraceEvent
+
+logger = logging.getLogger("eclflow.engine")
+
+# Called before each model call with (step_id, request); raises to refuse the call (budgets).
+CallGuard = Callable[[str, CompletionRequest], Awaitable[None]]
+# Called after each model call with (step_id, request, response).
+CallHook = Callable[[str, CompletionRequest, CompletionResponse, float], None]
+
+
+class _RetryableFailure(Exception):
+    """Raised inside the retry loop so stamina retries; carries the attempt's record."""
+
+    def __init__(self, record: StepExecution) -> None:
+        super().__init__(record.error)
+        self.record = record
+
+
+@dataclass(slots=True)
+class _Usage:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    calls: int = 0
+    prompt: list[dict[str, str]] | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class Executor:
+    """Runs steps for one run: knows the run id, the providers and the model to use."""
+
+    run_id: str
+    providers: Providers
+    default_model: str | None = None
+    model_override: str | None = None
+    guard: CallGuard | None = None
+    on_call: CallHook | None = None
+    on_attempt: Callable[[str, int, int], None] | None = None  # (key, attempt, max_attempts)
+    seed: int | None = None
+    _log: logging.Logger = field(default=logger)
+
+    def model_for(self, step: Step) -> str | None:
+        if not step.uses_model:
+            return None
+        return self.model_override or step.spec.model or self.default_model
+
+    async def run(
+        self,
+        step: Step,
+        key: str,
+        iteration: int,
+        input: Mapping[str, Any],
+        attempts_log: AttemptLog,
+        loop: LoopState | None = None,
+    ) -> StepExecution:
+        started = time.perf_counter()
+        model = self.model_for(step)
+        traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
+        total = StepExecution(step.id, key, iteration, "failed", input=dict(input), model=model)
+        total.traces = traces
+
+        try:
+            step.validate_input(input)
+        except ValidationError as e:
+            traces.append(TraceEvent("error", "Input validation failed", {"error": str(e)}))
+            handle = await attempts_log.started(1, total.input, model)
+            total.error = str(e)
+            total.attempts = 1
+            total.duration_ms = _ms(started)
+            await attempts_log.finished(handle, 1, total)
+            return total
+        traces.append(TraceEvent("info", "Input validation passed"))
+
+        policy = step.retry_policy
+        n = 0
+        last: StepExecution | None = None
+        try:
+            async for attempt in stamina.retry_context(
+                on=_RetryableFailure,
+                attempts=max(1, policy.max_attempts),
+                timeout=None,
+                wait_initial=policy.initial_delay,
+                wait_max=policy.max_delay,
+                wait_exp_base=policy.multiplier,
+                wait_jitter=policy.initial_delay * 0.1,
+            ):
+                with attempt:
+                    n = attempt.num
+                    if n > 1:
+                        traces.append(
+                            TraceEvent(
+                                "warn",
+                                f"Retrying after failure (attempt {n} of {policy.max_attempts})",
+                                {
+                                    "attempt": n,
+                                    "max_attempts": policy.max_attempts,
+                                    "error": last.error if last else None,
+                                    "delay": policy.delay_for_attempt(n - 1),
+                                },
+                            )
+                        )
+                    if self.on_attempt is not None:
+                        self.on_attempt(key, n, policy.max_attempts)
+                    last = await self._attempt(
+                        step, key, iteration, n, input, model, loop, attempts_log
+                    )
+                    _accumulate(total, last)
+                    if last.outcome == "failed" and last.retryable:
+                        raise _RetryableFailure(last)
+        except _RetryableFailure as e:
+            last = e.record
+        assert last is not None
+        total.attempts = n
+        total.outcome = last.outcome
+        total.output = last.output
+        total.feedback = last.feedback
+        total.error = last.error
+        total.retryable = last.retryable
+        total.prompt = last.prompt
+        total.duration_ms = _ms(started)
+        if last.outcome == "failed":
+            msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
+            traces.append(TraceEvent("error", msg, {"attempts": n, "error": last.error}))
+        else:
+            if n > 1:
+                traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
+            traces.append(TraceEvent("info", "Step execution completed"))
+        return total
+
+    async def _attempt(
+        self,
+        step: Step,
+        key: str,
+        iteration: int,
+        attempt: int,
+        input: Mapping[str, Any],
+        model: str | None,
+        loop: LoopState | None,
+        attempts_log: AttemptLog,
+    ) -> StepExecution:
+        handle = await attempts_log.started(attempt, dict(input), model)
+        usage = _Usage(model=model)
+        record = StepExecution(step.id, key, iteration, "failed", model=model, input=dict(input))
+        started = time.perf_counter()
+        ctx = StepContext(
+            run_id=self.run_id,
+            step_id=step.id,
+            attempt=attempt,
+            model=model,
+            complete_fn=self._completer(step, model, usage),
+            logger=self._log,
+            config=step.spec.config,
+            loop=loop,
+            iteration=iteration,
+            max_revisions=step.max_revisions,
+        )
+        try:
+            async with asyncio.timeout(step.spec.timeout):
+                result = await step.execute(ctx, input)
+        except TimeoutError:
+            result = _failure(StepTimeout(step.spec.timeout))
+        except EclflowError as e:
+            result = _failure(e)
+        except Exception as e:  # a bug in a step type must fail the step, not the engine
+            result = StepResult.failed(f"{type(e).__name__}: {e}", retryable=False)
+
+        if not isinstance(result, StepResult):
+            result = StepResult.failed(
+                f"step type '{step.type_name}' returned {type(result).__name__}, not StepResult"
+            )
+        if result.kind != "failed":
+            try:
+                step.validate_output(result.output)
+            except ValidationError as e:
+                result = StepResult.failed(str(e), retryable=False)
+        record.outcome = result.kind
+        record.output = result.output
+        record.feedback = result.feedback
+        record.error = result.error
+        record.retryable = result.retryable
+        record.tokens_in = usage.tokens_in
+        record.tokens_out = usage.tokens_out
+        record.cost = usage.cost
+        record.calls = usage.calls
+        record.prompt = usage.prompt
+        record.attempts = 1
+        record.duration_ms = _ms(started)
+        await attempts_log.finished(handle, attempt, record)
+        return record
+
+    def _completer(self, step: Step, model: str | None, usage: _Usage) -> Any:
+        async def complete(
+            messages: Sequence[Message],
+            *,
+            max_tokens: int = 1024,
+            temperature: float | None = None,
+            stop: Sequence[str] = (),
+            json_schema: Mapping[str, Any] | None = None,
+        ) -> CompletionResponse:
+            if model is None:
+                raise ValidationError(
+                    f"step '{step.id}' calls a model but none is set: give the workflow "
+                    "`model:`, the step `model:`, or pass --model"
+                )
+            request = CompletionRequest(
+                model=model,
+                messages=tuple(messages),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=tuple(stop),
+                json_schema=json_schema,
+                seed=self.seed,
+                timeout=step.spec.timeout,
+            )
+            if self.guard is not None:
+                await self.guard(step.id, request)
+            usage.prompt = [{"role": m.role, "content": m.content} for m in messages]
+            t0 = time.perf_counter()
+            response = await self.providers.get(model).complete(request)
+            usage.tokens_in += response.usage.input
+            usage.tokens_out += response.usage.output
+            usage.cost += response.cost
+            usage.calls += 1
+            if self.on_call is not None:
+                self.on_call(step.id, request, response, time.perf_counter() - t0)
+            return response
+
+        return complete
+
+
+def _failure(e: EclflowError) -> StepResult:
+    return StepResult.failed(str(e), retryable=e.retryable)
+
+
+def _accumulate(total: StepExecution, attempt: StepExecution) -> None:
+    total.tokens_in += attempt.tokens_in
+    total.tokens_out += attempt.tokens_out
+    total.cost += attempt.cost
+    total.calls += attempt.calls
+
+
+def _ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

@@ -1,0 +1,215 @@
+"""The one small interface through which the orchestrator is durable (DESIGN.md §3).
+
+A journal runs a step execution under a deterministic key (`generate`, `critique#1`,
+`revise#1`, …) or returns the execution it already recorded under that key. Loop decisions
+and conditions are computed only from what it returns, so a replay takes the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from .result import StepExecution, TraceEvent
+
+
+class AttemptLog(Protocol):
+    """Where the executor writes each attempt: `running` before the call, completed after."""
+
+    async def started(
+        self, attempt: int, input: Any, model: str | None
+    ) -> Any: ...  # returns a handle for `finished`
+
+    async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None: ...
+
+
+class Journal(Protocol):
+    async def step(
+        self,
+        key: str,
+        step_id: str,
+        iteration: int,
+        execute: Callable[[AttemptLog], Awaitable[StepExecution]],
+    ) -> StepExecution: ...
+
+    async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution: ...
+
+
+class _NoLog:
+    async def started(self, attempt: int, input: Any, model: str | None) -> None:
+        return None
+
+    async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
+        return None
+
+
+class MemoryJournal:
+    """Not durable: runs everything, remembers nothing. `seed` replays given executions."""
+
+    def __init__(self, seed: Mapping[str, StepExecution] | None = None) -> None:
+        self.seed = dict(seed or {})
+
+    async def step(
+        self,
+        key: str,
+        step_id: str,
+        iteration: int,
+        execute: Callable[[AttemptLog], Awaitable[StepExecution]],
+    ) -> StepExecution:
+        if key in self.seed:
+            return _replayed(self.seed[key])
+        return await execute(_NoLog())
+
+    async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
+        return StepExecution(step_id, key, iteration, "skipped")
+
+
+def _replayed(e: StepExecution) -> StepExecution:
+    return StepExecution(
+        step_id=e.step_id,
+        key=e.key,
+        iteration=e.iteration,
+        outcome=e.outcome,
+        output=e.output,
+        feedback=e.feedback,
+        attempts=e.attempts,
+        duration_ms=e.duration_ms,
+        tokens_in=e.tokens_in,
+        tokens_out=e.tokens_out,
+        cost=e.cost,
+        calls=e.calls,
+        model=e.model,
+        input=e.input,
+        prompt=e.prompt,
+        replayed=True,
+    )
+
+
+class StoreJournal:
+    """The local durable journal: every attempt is a row in the store, written before and after
+    the call; a key that already has a succeeded row is replayed without calling anything."""
+
+    def __init__(
+        self, store: Any, run_id: str, seed: Mapping[str, StepExecution] | None = None
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.seed = dict(seed or {})  # executions reused from another run (--from)
+        rows = store.steps.for_run(run_id)
+        self._done: dict[str, Any] = store.steps.succeeded(run_id)
+        self._last_attempt: dict[str, int] = {}
+        self._skipped: set[str] = set()
+        for r in rows:
+            self._last_attempt[r.key] = max(self._last_attempt.get(r.key, 0), r.attempt)
+            if r.state == "skipped":
+                self._skipped.add(r.key)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def step(
+        self,
+        key: str,
+        step_id: str,
+        iteration: int,
+        execute: Callable[[AttemptLog], Awaitable[StepExecution]],
+    ) -> StepExecution:
+        row = self._done.get(key)
+        if row is not None:
+            return execution_from_record(row, replayed=True)
+        if key in self.seed:
+            reused = _replayed(self.seed.pop(key))
+            log = _StoreAttemptLog(self, key, step_id, iteration, 0)
+            handle = await log.started(1, reused.input, reused.model)
+            await log.finished(handle, 1, reused)
+            return reused
+        log = _StoreAttemptLog(self, key, step_id, iteration, self._last_attempt.get(key, 0))
+        return await execute(log)
+
+    async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
+        if key not in self._skipped:
+            self._skipped.add(key)
+            await self._call(
+                self.store.steps.record_skipped,
+                run_id=self.run_id,
+                step_id=step_id,
+                key=key,
+                iteration=iteration,
+            )
+        return StepExecution(step_id, key, iteration, "skipped")
+
+
+class _StoreAttemptLog:
+    def __init__(
+        self, journal: StoreJournal, key: str, step_id: str, iteration: int, offset: int
+    ) -> None:
+        self.journal = journal
+        self.key = key
+        self.step_id = step_id
+        self.iteration = iteration
+        self.offset = offset  # attempts a crashed or failed earlier execution already used
+
+    async def started(self, attempt: int, input: Any, model: str | None) -> Any:
+        return await self.journal._call(
+            self.journal.store.steps.start,
+            run_id=self.journal.run_id,
+            step_id=self.step_id,
+            key=self.key,
+            iteration=self.iteration,
+            attempt=self.offset + attempt,
+            input=_jsonable(input),
+            model=model,
+        )
+
+    async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
+        failed = record.outcome == "failed"
+        await self.journal._call(
+            self.journal.store.steps.finish,
+            handle,
+            state="failed" if failed else "succeeded",
+            outcome=record.outcome,
+            output=_jsonable(record.output),
+            feedback=record.feedback,
+            error=record.error,
+            retryable=record.retryable,
+            duration_ms=record.duration_ms,
+            tokens_in=record.tokens_in,
+            tokens_out=record.tokens_out,
+            cost=record.cost,
+            traces=[t.to_dict() for t in record.traces],
+            prompt=record.prompt,
+        )
+
+
+def execution_from_record(row: Any, *, replayed: bool) -> StepExecution:
+    """A StepExecution rebuilt from a store row (the succeeded attempt of a key)."""
+    return StepExecution(
+        step_id=row.step_id,
+        key=row.key,
+        iteration=row.iteration,
+        outcome=row.outcome or "success",
+        output=row.output,
+        feedback=row.feedback,
+        error=row.error,
+        attempts=row.attempt,
+        duration_ms=row.duration_ms or 0,
+        tokens_in=row.tokens_in or 0,
+        tokens_out=row.tokens_out or 0,
+        cost=row.cost or 0.0,
+        model=row.model,
+        input=row.input,
+        prompt=row.prompt,
+        traces=[TraceEvent(t.get("level", "info"), t.get("message", "")) for t in row.traces or []],
+        replayed=replayed,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,103 @@
+"""`eclflow run FILE --from STEP --run RUN_ID`: a new run that reuses what came before STEP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import StepNotFound
+from ..graph.plan import Plan, compile_plan
+from ..spec.model import Workflow
+from .journal import StoreJournal, execution_from_record
+from .orchestrator import Listener, first_key
+from .result import RunResult
+
+
+def reusable_steps(plan: Plan, step: str) -> set[str]:
+    """Steps whose results a run from `step` reuses: everything `step` waits for, transitively
+    (waiting on a loop's validator means waiting on the whole loop, reviser included)."""
+    before: set[str] = set()
+    todo = [step]
+    if step in plan.revisers:
+        validator = next(v for v, lp in plan.loops.items() if lp.reviser == step)
+        todo = [validator]
+        before.add(validator)
+    while todo:
+        s = todo.pop()
+        for w in plan.waits.get(s, ()):
+            if w not in before:
+                before.add(w)
+                todo.append(w)
+                if w in plan.loops and plan.loop_of.get(s) != w:
+                    loop = plan.loops[w]
+                    before.update(loop.body)
+                    before.add(loop.reviser)
+                    todo.extend(loop.body)
+    before.discard(step)
+    return before
+
+
+async def rerun_from(
+    workflow: Workflow,
+    run_id: str,
+    step: str,
+    *,
+    store: Any,
+    model: str | None = None,
+    mock_responses: Any = None,
+    listener: Listener | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> RunResult:
+    from .runner import run
+
+    if store is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("--from needs the journal: drop --no-journal")
+    if step not in workflow.step_ids:
+        import difflib
+
+        close = difflib.get_close_matches(step, workflow.step_ids, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise StepNotFound(f"{step}{hint}")
+    old = store.runs.find(run_id)
+    plan = compile_plan(workflow)
+    keep = reusable_steps(plan, step)
+    in_same_loop = plan.loop_of.get(step) or next(
+        (v for v, lp in plan.loops.items() if lp.reviser == step), None
+    )
+    seed = {}
+    for key, row in store.steps.succeeded(old.id).items():
+        if row.step_id not in keep:
+            continue
+        loop = plan.loop_of.get(row.step_id)
+        same_loop = in_same_loop is not None and (
+            loop == in_same_loop or row.step_id in plan.revisers
+        )
+        if same_loop and key != first_key(plan, row.step_id):
+            continue  # later turns of the loop are redone from STEP on
+        seed[key] = execution_from_record(row, replayed=True)
+    journal = _SeededJournal(store, seed)
+    return await run(
+        workflow,
+        inputs if inputs is not None else old.input,
+        model=model or (old.metadata or {}).get("model"),
+        mock_responses=mock_responses,
+        store=store,
+        listener=listener,
+        journal_factory=journal.bind,
+        metadata={"rerun_of": old.id, "from_step": step},
+    )
+
+
+class _SeededJournal:
+    """Builds a StoreJournal for the new run that replays (and copies) the reused executions."""
+
+    def __init__(self, store: Any, seed: dict[str, Any]) -> None:
+        self.store = store
+        self.seed = seed
+
+    def bind(self, run_id: str) -> StoreJournal:
+        return StoreJournal(self.store, run_id, seed=self.seed)
+
+
+__all__ = ["rerun_from", "reusable_steps"]

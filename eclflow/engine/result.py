@@ -1,0 +1,122 @@
+"""What running steps and workflows produces: plain records, the same for the CLI and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Outcome = Literal["success", "needs_revision", "failed", "skipped"]
+RunStatus = Literal["pending", "running", "paused", "completed", "failed", "cancelled"]
+TraceLevel = Literal["debug", "info", "warn", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    level: TraceLevel
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts": self.timestamp, "level": self.level, "message": self.message, **self.fields}
+
+
+@dataclass(slots=True)
+class StepExecution:
+    """One execution of one step occurrence (all its attempts), keyed in the journal by `key`."""
+
+    step_id: str
+    key: str
+    iteration: int
+    outcome: Outcome
+    output: Any = None
+    feedback: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    attempts: int = 0
+    duration_ms: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    calls: int = 0
+    model: str | None = None
+    input: Any = None
+    prompt: Any = None  # the messages of the last model call, for `eclflow show`
+    traces: list[TraceEvent] = field(default_factory=list)
+    replayed: bool = False
+
+    @property
+    def status(self) -> Literal["succeeded", "failed", "skipped"]:
+        if self.outcome == "skipped":
+            return "skipped"
+        return "failed" if self.outcome == "failed" else "succeeded"
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.step_id,
+            "key": self.key,
+            "iteration": self.iteration,
+            "status": self.status,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+            "tokens": self.tokens,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost": self.cost,
+            "duration_ms": self.duration_ms,
+            "output": self.output,
+            "feedback": self.feedback,
+            "error": self.error,
+            "replayed": self.replayed,
+        }
+
+
+@dataclass(slots=True)
+class RunResult:
+    """How a run ended. A failed run is a result with `status == "failed"`, never an exception."""
+
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    output: Any = None
+    error: str | None = None
+    failed_step: str | None = None
+    steps: list[StepExecution] = field(default_factory=list)
+    revisions: dict[str, int] = field(default_factory=dict)
+    duration_ms: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.steps)
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.steps)
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.steps if not s.replayed)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow_id,
+            "status": self.status,
+            "output": self.output,
+            "error": self.error,
+            "failed_step": self.failed_step,
+            "revisions": self.revisions,
+            "tokens": self.tokens,
+            "cost": self.cost,
+            "duration_ms": self.duration_ms,
+            "steps": [s.to_dict() for s in self.steps],
+        }
