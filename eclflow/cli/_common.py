@@ -1,0 +1,97 @@
+"""What every command shares: error handling, exit codes, the --db option, the consoles."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    """Print one line to stderr and exit."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def exit_code_for(error: BaseException) -> int:
+    from ..errors import ConfigError, InvalidInput
+
+    if isinstance(error, InvalidInput | ConfigError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def handle_errors(fn: F) -> F:
+    """Turn every error a user can cause into one line and an exit code; tracebacks only
+    with --verbose."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import EclflowError, WorkflowInvalid
+
+        try:
+            return fn(*args, **kwargs)
+        except WorkflowInvalid as e:
+            for d in e.diagnostics:
+                click.echo(str(d), err=True)
+            sys.exit(EXIT_FAILED)
+        except EclflowError as e:
+            if _verbose():
+                raise
+            fail(str(e), exit_code_for(e))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as e:
+            if _verbose():
+                raise
+            fail(f"{type(e).__name__}: {e} (run with --verbose for the traceback)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _verbose() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.obj and ctx.obj.get("verbose"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        "db",
+        metavar="URL",
+        envvar="ECLFLOW_DATABASE_URL",
+        help="Database URL (sqlite:///file.db, postgresql://…). "
+        "Default: ECLFLOW_DATABASE_URL, else a SQLite file in your data directory.",
+    )(fn)
+
+
+def open_store(db: str | None) -> Any:
+    from ..store import open_store as _open
+
+    return _open(db)

@@ -1,0 +1,343 @@
+"""`eclflow run` and `eclflow resume`: run a workflow, show it live, print the result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import cli
+from ._common import EXIT_FAILED, EXIT_OK, db_option, fail, handle_errors, stderr_console
+
+
+def parse_inputs(pairs: tuple[str, ...], input_file: Path | None) -> dict[str, Any]:
+    """`--input-file` (JSON or YAML) first, then each `-i key=value` (a YAML scalar) on top."""
+    from ruamel.yaml import YAML, YAMLError
+
+    yaml = YAML(typ="safe", pure=True)
+    data: dict[str, Any] = {}
+    if input_file is not None:
+        try:
+            loaded = yaml.load(input_file.read_text(encoding="utf-8"))
+        except (OSError, YAMLError, UnicodeDecodeError) as e:
+            raise click.BadParameter(
+                f"cannot read {input_file}: {e}", param_hint="--input-file"
+            ) from None
+        if not isinstance(loaded, Mapping):
+            raise click.BadParameter(
+                f"{input_file} must hold an object of input values", param_hint="--input-file"
+            )
+        data.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-i")
+        try:
+            value = yaml.load(raw) if raw.strip() else raw
+        except YAMLError:
+            value = raw
+        if not isinstance(value, str | int | float | bool) or value is None:
+            value = raw
+        data[key.strip()] = value
+    return data
+
+
+class LiveView:
+    """A rich table of the run's steps, refreshed as events arrive."""
+
+    def __init__(self, workflow_name: str) -> None:
+        self.title = workflow_name
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.loop_note = ""
+        self.live: Any = None
+
+    def __enter__(self) -> LiveView:
+        from rich.live import Live
+
+        self.live = Live(
+            self._render(), console=stderr_console(), refresh_per_second=8, transient=False
+        )
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(*exc)
+
+    def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
+        if event == "step_started":
+            self.rows[payload["key"]] = {
+                "status": "running",
+                "attempt": 1,
+                "start": time.perf_counter(),
+                "elapsed": None,
+                "tokens": 0,
+            }
+        elif event == "step_attempt":
+            row = self.rows.setdefault(payload["key"], {"start": time.perf_counter()})
+            row["attempt"] = payload["attempt"]
+            row["max"] = payload["max_attempts"]
+        elif event == "step_finished":
+            e = payload["execution"]
+            row = self.rows.setdefault(e.key, {"start": time.perf_counter()})
+            row.update(
+                status=("replayed" if e.replayed else e.status)
+                + (" (revise)" if e.outcome == "needs_revision" else ""),
+                attempt=e.attempts,
+                elapsed=e.duration_ms / 1000,
+                tokens=e.tokens,
+            )
+        elif event == "loop_revision":
+            self.loop_note = (
+                f"revision {payload['iteration']} of at most {payload['max_iterations']}"
+            )
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self.title, caption=self.loop_note or None, expand=False)
+        for col in ("step", "status", "attempt", "time", "tokens"):
+            table.add_column(col, justify="right" if col in ("time", "tokens") else "left")
+        now = time.perf_counter()
+        styles = {
+            "succeeded": "green",
+            "failed": "red",
+            "running": "yellow",
+            "skipped": "dim",
+            "replayed": "cyan",
+        }
+        for key, row in self.rows.items():
+            status = str(row.get("status", "running"))
+            style = styles.get(status.split()[0], "")
+            elapsed = row.get("elapsed")
+            if elapsed is None:
+                elapsed = now - row.get("start", now)
+            table.add_row(
+                key,
+                f"[{style}]{status}[/{style}]" if style else status,
+                str(row.get("attempt", "")),
+                f"{elapsed:.1f}s",
+                str(row.get("tokens") or ""),
+            )
+        return table
+
+
+def print_result(result: Any, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+        return
+    if not quiet:
+        out = result.output
+        if (
+            isinstance(out, Mapping)
+            and len(out)
+            and all(isinstance(v, str | int | float | bool) or v is None for v in out.values())
+        ):
+            for k, v in out.items():
+                click.echo(f"{k}: {v}")
+        elif out is not None:
+            click.echo(json.dumps(out, indent=2, ensure_ascii=False, default=str))
+    revisions = sum(result.revisions.values())
+    status = result.status
+    line = (
+        f"{status} · run {result.run_id[:8]} · {len(result.steps)} steps · "
+        f"{revisions} revision{'s' if revisions != 1 else ''} · {result.tokens} tokens · "
+        f"${result.cost:.4f} · {result.duration_ms / 1000:.1f}s"
+    )
+    click.echo(line, err=True)
+    if result.error:
+        where = f" at step {result.failed_step}" if result.failed_step else ""
+        click.echo(f"error{where}: {result.error}", err=True)
+
+
+def _model_options(fn: Any) -> Any:
+    fn = click.option(
+        "--mock-responses",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Replies for `mock/…` models (YAML or JSON list), one per call.",
+    )(fn)
+    fn = click.option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        envvar="ECLFLOW_MODEL",
+        help="Model for steps without their own (overrides the workflow's "
+        "`model:`): local/smollm2, openai/gpt-4o-mini, mock/test, …",
+    )(fn)
+    return fn
+
+
+@cli.command("run")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-i",
+    "--input",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input value (repeatable); the value is read as a YAML scalar.",
+)
+@click.option(
+    "--input-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A JSON or YAML file holding the input object.",
+)
+@_model_options
+@db_option
+@click.option(
+    "--from",
+    "from_step",
+    metavar="STEP",
+    help="With --run: reuse the outputs upstream of STEP and run STEP onwards.",
+)
+@click.option("--run", "from_run", metavar="RUN_ID", help="The earlier run --from reuses.")
+@click.option("--no-journal", is_flag=True, help="Keep nothing in the database.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
+@handle_errors
+def run_cmd(
+    file: Path,
+    pairs: tuple[str, ...],
+    input_file: Path | None,
+    model: str | None,
+    mock_responses: Path | None,
+    db: str | None,
+    from_step: str | None,
+    from_run: str | None,
+    no_journal: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Run the workflow in FILE and print its output.
+
+    Exit status: 0 completed, 1 failed (or invalid file), 2 usage error or invalid input.
+    """
+    from ..engine import runner
+    from ..spec import load
+
+    if bool(from_step) != bool(from_run):
+        raise click.UsageError("--from STEP and --run RUN_ID go together")
+    if not file.exists():
+        fail(f"{file}: no such file", 2)
+    workflow = load(file)
+    inputs = parse_inputs(pairs, input_file)
+    _quiet_stamina()
+    store = None if no_journal else _open_store(db)
+    show_live = not (as_json or quiet) and sys.stderr.isatty()
+    view = LiveView(workflow.name) if show_live else None
+    listener = view if view is not None else (None if as_json or quiet else _line_printer())
+    try:
+
+        async def go() -> Any:
+            if from_step:
+                from ..engine.rerun import rerun_from
+
+                return await rerun_from(
+                    workflow,
+                    from_run or "",
+                    from_step,
+                    store=store,
+                    model=model,
+                    mock_responses=mock_responses,
+                    listener=listener,
+                    inputs=inputs or None,
+                )
+            return await runner.run(
+                workflow,
+                inputs,
+                model=model,
+                mock_responses=mock_responses,
+                store=store,
+                listener=listener,
+            )
+
+        if view is not None:
+            with view:
+                result = asyncio.run(go())
+        else:
+            result = asyncio.run(go())
+    finally:
+        if store is not None:
+            store.close()
+    print_result(result, as_json, quiet)
+    sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+@cli.command("resume")
+@click.argument("run_id")
+@_model_options
+@db_option
+@click.option(
+    "--force", is_flag=True, help="Resume even if the workflow file changed since the run started."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
+@handle_errors
+def resume_cmd(
+    run_id: str,
+    model: str | None,
+    mock_responses: Path | None,
+    db: str | None,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Continue RUN_ID (any unique prefix) from its journal without repeating finished steps."""
+    from ..engine import runner
+
+    _quiet_stamina()
+    store = _open_store(db)
+    try:
+        listener = None if as_json or quiet else _line_printer()
+        result = asyncio.run(
+            runner.resume(
+                run_id,
+                store=store,
+                model=model,
+                mock_responses=mock_responses,
+                force=force,
+                listener=listener,
+            )
+        )
+    finally:
+        store.close()
+    print_result(result, as_json, quiet)
+    sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _quiet_stamina() -> None:
+    """Retries are reported in the step's traces and logs; stamina's own warning is noise."""
+    from stamina.instrumentation import set_on_retry_hooks
+
+    set_on_retry_hooks([])
+
+
+def _open_store(db: str | None) -> Any:
+    from ..store import open_store
+
+    return open_store(db)
+
+
+def _line_printer() -> Any:
+    """A plain progress log for when stderr is not a terminal."""
+
+    def listener(event: str, payload: Mapping[str, Any]) -> None:
+        if event == "step_finished":
+            e = payload["execution"]
+            what = "replayed" if e.replayed else e.status
+            extra = " (revise)" if e.outcome == "needs_revision" else ""
+            click.echo(
+                f"  {e.key}: {what}{extra} · {e.attempts} attempt(s) · {e.tokens} tokens · "
+                f"{e.duration_ms} ms",
+                err=True,
+            )
+
+    return listener

@@ -1,0 +1,52 @@
+"""`eclflow steps`: the step types this installation knows, built-in and plugins."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from . import cli
+from ._common import handle_errors, stdout_console
+
+
+@cli.command("steps")
+@click.option("--json", "as_json", is_flag=True, help="Print the types as JSON.")
+@handle_errors
+def steps_cmd(as_json: bool) -> None:
+    """List the registered step types with their inputs and outputs."""
+    from ..steps import default_registry
+
+    registry = default_registry()
+    rows = []
+    for name in registry.names():
+        cls = registry.get(name)
+        rows.append(
+            {
+                "type": name,
+                "description": cls.description,
+                "calls_model": cls.uses_model,
+                "inputs": sorted((cls.input_schema.get("properties") or {}).keys()),
+                "required": list(cls.input_schema.get("required") or []),
+                "outputs": sorted((cls.output_schema.get("properties") or {}).keys()),
+                "module": cls.__module__,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="Step types")
+    for col in ("type", "model", "inputs", "outputs", "description"):
+        table.add_column(col)
+    for r in rows:
+        inputs = ", ".join(f"{i}*" if i in r["required"] else i for i in r["inputs"]) or "any"
+        table.add_row(
+            r["type"],
+            "yes" if r["calls_model"] else "no",
+            inputs,
+            ", ".join(r["outputs"]) or "text / output_schema",
+            r["description"],
+        )
+    stdout_console().print(table)
