@@ -1,0 +1,129 @@
+"""The orchestrator through the Python API: loop bodies, waits, failures, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+import eclflow
+from eclflow.engine import MemoryJournal, RunResult
+from eclflow.errors import ConfigError, InvalidInput
+from eclflow.spec import load_text
+
+PASS = json.dumps({"decision": "pass", "critique": "ok"})
+REVISE = json.dumps({"decision": "revise", "critique": "no", "feedback": "fix it"})
+
+BODY = """\
+eclflow: 1
+id: body
+name: Loop with a step between target and validator
+model: mock/t
+defaults: {retry: {max_attempts: 2, initial_delay: 1ms}}
+inputs: {type: object, properties: {topic: {type: string}}}
+steps:
+  - {id: generate, type: generate, with: {topic: "{{ input.topic }}"}}
+  - id: tidy
+    type: template
+    depends_on: [generate]
+    template: "[{{ text }}] (pass {{ n }})"
+    with: {text: "{{ steps.generate.output.draft }}", n: "{{ loop.iteration }}"}
+  - id: critique
+    type: critique
+    depends_on: [tidy]
+    with: {draft: "{{ steps.tidy.output.text }}"}
+  - id: revise
+    type: revise
+    depends_on: [critique]
+    with:
+      draft: "{{ steps.generate.output.draft }}"
+      feedback: "{{ loop.feedback }}"
+      attempt: "{{ loop.iteration }}"
+  - id: publish
+    type: template
+    depends_on: [generate]
+    template: "final: {{ d }} after {{ n }} revision(s), {{ v }} versions"
+    with:
+      d: "{{ steps.generate.output.draft }}"
+      n: "{{ loops.critique.revisions }}"
+      v: "{{ steps.generate.versions | length }}"
+transitions:
+  - {type: revision_loop, validator: critique, reviser: revise, target: generate,
+     max_iterations: 2}
+output: {text: "{{ steps.publish.output.text }}"}
+"""
+
+
+def go(text: str, script: list[Any], inputs: dict[str, Any] | None = None, **kw: Any) -> RunResult:
+    wf = load_text(text)
+    return asyncio.run(eclflow.run(wf, inputs or {"topic": "t"}, mock_responses=script, **kw))
+
+
+def test_loop_reruns_the_steps_between_target_and_validator() -> None:
+    r = go(BODY, ["v1", REVISE, "v2", PASS])
+    assert r.status == "completed", r.error
+    assert [s.key for s in r.steps] == [
+        "generate",
+        "tidy#1",
+        "critique#1",
+        "revise#1",
+        "tidy#2",
+        "critique#2",
+        "publish",
+    ]
+    tidy = [s.output["text"] for s in r.steps if s.step_id == "tidy"]
+    assert tidy == ["[v1] (pass 0)", "[v2] (pass 1)"]
+    # a step that hangs on the loop's target waits for the whole loop and sees the last version
+    assert r.output == {"text": "final: v2 after 1 revision(s), 2 versions"}
+
+
+def test_failure_in_one_branch_fails_the_run_and_skips_nothing_else() -> None:
+    text = """\
+eclflow: 1
+id: fork
+name: Fork
+model: mock/t
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: a, type: llm, template: "a"}
+  - {id: b, type: llm, template: "b"}
+  - {id: c, type: template, depends_on: [a, b], template: "{{ x }}",
+     with: {x: "{{ steps.a.output.text }}"}}
+"""
+    r = go(text, [{"error": "bad_request"}, "fine"], inputs={})
+    assert r.status == "failed"
+    assert r.failed_step in ("a", "b")
+    assert "c" not in [s.step_id for s in r.steps]
+
+
+def test_input_is_checked_against_the_workflow_schema() -> None:
+    with pytest.raises(InvalidInput, match="topic"):
+        go(BODY, [], inputs={"topic": 5})
+
+
+def test_mock_model_without_a_script_is_a_config_error() -> None:
+    wf = load_text(BODY)
+    with pytest.raises(ConfigError, match="--mock-responses"):
+        asyncio.run(eclflow.run(wf, {"topic": "t"}))
+
+
+def test_memory_journal_replays_seeded_keys_without_calls() -> None:
+    first = go(BODY, ["v1", REVISE, "v2", PASS])
+    seed = {s.key: s for s in first.steps if s.key in ("generate", "tidy#1", "critique#1")}
+    r = go(BODY, ["v2-again", PASS], journal=MemoryJournal(seed))
+    assert r.status == "completed", r.error
+    assert [s.replayed for s in r.steps][:3] == [True, True, True]
+    assert r.output == {"text": "final: v2-again after 1 revision(s), 2 versions"}
+
+
+def test_result_to_dict_is_json() -> None:
+    r = go(BODY, ["v1", PASS])
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["status"] == "completed"
+    assert [s["key"] for s in d["steps"]] == ["generate", "tidy#1", "critique#1", "publish"]
+    assert all(
+        {"id", "iteration", "status", "attempts", "tokens", "cost", "duration_ms"} <= set(s)
+        for s in d["steps"]
+    )

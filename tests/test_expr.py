@@ -1,0 +1,60 @@
+"""Jinja expressions: typed single expressions, the sandbox, data never rendered twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from eclflow import expr
+from eclflow.errors import TemplateError
+
+
+def test_single_expression_keeps_its_type() -> None:
+    ctx = {"input": {"n": 3, "items": [1, 2]}}
+    assert expr.render_value("{{ input.n }}", ctx) == 3
+    assert expr.render_value("{{ input.items }}", ctx) == [1, 2]
+    assert expr.render_value("n={{ input.n }}", ctx) == "n=3"
+    assert expr.render_value({"a": ["{{ input.n + 1 }}"]}, ctx) == {"a": [4]}
+    assert expr.render_value("plain", ctx) == "plain"
+
+
+def test_values_are_data_not_templates() -> None:
+    assert expr.render_value("{{ input.t }}", {"input": {"t": "{{ 7*7 }}"}}) == "{{ 7*7 }}"
+    assert expr.render_string("x {{ t }}", {"t": "{% for %}"}) == "x {% for %}"
+
+
+def test_undefined_names_fail_clearly() -> None:
+    with pytest.raises(TemplateError, match="undefined"):
+        expr.render_value("{{ input.missing }}", {"input": {}})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+        "{{ [].append(1) }}",
+    ],
+)
+def test_sandbox_refuses_escapes(source: str) -> None:
+    with pytest.raises(TemplateError):
+        expr.render_value(source, {"cycler": object()})
+
+
+def test_evaluate_accepts_bare_or_braced_expressions() -> None:
+    ctx = {"steps": {"c": {"output": {"long": True}}}}
+    assert expr.evaluate("steps.c.output.long", ctx) is True
+    assert expr.evaluate("{{ not steps.c.output.long }}", ctx) is False
+
+
+def test_referenced_paths() -> None:
+    tree = expr.parse(
+        "{{ steps.a.output.x }} {% for i in input.items %}{{ i }}{% endfor %}"
+        "{{ loop.feedback | upper }}{{ steps['b'].status }}"
+    )
+    paths = expr.referenced_paths(tree)
+    assert ("steps", "a", "output", "x") in paths
+    assert ("input", "items") in paths
+    assert ("loop", "feedback") in paths
+    assert ("steps", "b", "status") in paths
+    assert not any(p[0] == "i" for p in paths)

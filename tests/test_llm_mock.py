@@ -1,0 +1,77 @@
+"""The scripted mock model: order, delays, injected failures, exhaustion, the request log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from eclflow import errors
+from eclflow.llm import CompletionRequest, Message, MockProvider, load_script
+
+
+def req(text: str = "hi") -> CompletionRequest:
+    return CompletionRequest(model="mock/t", messages=(Message("user", text),))
+
+
+def test_plays_replies_in_order_and_records_requests() -> None:
+    m = MockProvider(["one", {"content": {"decision": "pass"}}])
+    a = asyncio.run(m.complete(req("first")))
+    b = asyncio.run(m.complete(req("second")))
+    assert a.content == "one" and json.loads(b.content) == {"decision": "pass"}
+    assert [r.messages[0].content for r in m.requests] == ["first", "second"]
+    assert a.usage.input == 1 and a.usage.output == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "retryable"),
+    [
+        ("rate_limit", errors.RateLimited, True),
+        ("timeout", errors.ProviderTimeout, True),
+        ("server_error", errors.ServerError, True),
+        ("auth_error", errors.AuthError, False),
+        ("bad_request", errors.BadRequest, False),
+    ],
+)
+def test_injected_failures(kind: str, cls: type, retryable: bool) -> None:
+    m = MockProvider([{"error": kind}])
+    with pytest.raises(cls) as info:
+        asyncio.run(m.complete(req()))
+    assert info.value.retryable is retryable
+
+
+def test_raises_when_exhausted() -> None:
+    m = MockProvider(["only"])
+    asyncio.run(m.complete(req()))
+    with pytest.raises(errors.MockExhausted, match="no reply left for call 2"):
+        asyncio.run(m.complete(req()))
+
+
+def test_cycle_and_delay() -> None:
+    m = MockProvider([{"content": "x", "delay": 0.01}], cycle=True)
+    assert [asyncio.run(m.complete(req())).content for _ in range(3)] == ["x", "x", "x"]
+
+
+def test_script_files_and_log(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("responses:\n  - hello\n  - {content: bye, tokens: {input: 5, output: 7}}\n")
+    m = load_script(f)
+    m.log_path = tmp_path / "log.jsonl"
+    asyncio.run(m.complete(req()))
+    r = asyncio.run(m.complete(req()))
+    assert r.usage.input == 5 and r.usage.output == 7
+    lines = [json.loads(x) for x in m.log_path.read_text().splitlines()]
+    assert [x["call"] for x in lines] == [1, 2]
+
+
+def test_bad_scripts_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match="unknown error 'nope'"):
+        MockProvider([{"error": "nope"}])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("just: a mapping\n")
+    with pytest.raises(errors.ConfigError, match="must be a list"):
+        load_script(bad)
+    with pytest.raises(errors.ConfigError, match="cannot read"):
+        load_script(tmp_path / "missing.yaml")

@@ -1,0 +1,218 @@
+"""The step API: retry policy, results, registry, and the built-in types' rules."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eclflow.errors import ConfigError, StepNotFound, ValidationError
+from eclflow.llm import MockProvider, Providers
+from eclflow.spec.model import RevisionLoop, StepSpec, Workflow
+from eclflow.steps import RetryPolicy, Step, StepRegistry, StepResult, default_registry
+from eclflow.steps.builtin import (
+    CritiqueStep,
+    GenerateStep,
+    ReviseStep,
+    TemplateStep,
+    parse_critique,
+    strip_fences,
+)
+
+
+def test_retry_policy_delays_follow_the_seed_vector() -> None:
+    p = RetryPolicy.exponential(5, 1.0, 10.0)
+    assert [p.delay_for_attempt(a) for a in range(6)] == [0, 1, 2, 4, 8, 10]
+
+
+def test_retry_policy_presets() -> None:
+    assert RetryPolicy.default() == RetryPolicy(3, 1.0, 10.0, 2.0)
+    assert RetryPolicy.none() == RetryPolicy(1, 0.0, 0.0, 1.0)
+    assert RetryPolicy.linear(4, 2.0) == RetryPolicy(4, 2.0, 2.0, 1.0)
+    assert RetryPolicy.linear(4, 2.0).delay_for_attempt(3) == 2.0
+
+
+@given(st.integers(1, 100), st.floats(1, 10), st.floats(10, 100), st.floats(1, 4))
+def test_retry_delay_never_exceeds_the_cap(attempt: int, init: float, cap: float, m: float) -> None:
+    assert RetryPolicy(5, init, cap, m).delay_for_attempt(attempt) <= cap
+
+
+def test_step_result_helpers() -> None:
+    ok = StepResult.success(1)
+    rev = StepResult.needs_revision(2, "more")
+    bad = StepResult.failed("boom", retryable=True)
+    assert ok.unwrap() == 1 and ok.map(lambda x: x + 1).output == 2
+    assert rev.map(lambda x: x * 10).output == 20 and rev.map(str).feedback == "more"
+    assert bad.map(lambda x: x) is bad and bad.is_retryable
+    assert not StepResult.failed("x").is_retryable
+    with pytest.raises(ValueError, match="NeedsRevision"):
+        rev.unwrap()
+    with pytest.raises(ValueError, match="Failed: boom"):
+        bad.unwrap()
+    assert bad.unwrap_or(7) == 7
+
+
+def test_validation_error_display() -> None:
+    assert str(ValidationError("bad", field="topic")) == ("Validation error in field 'topic': bad")
+    assert str(ValidationError("bad")) == "Validation error: bad"
+    assert ValidationError("x", details={"a": 1}).details == {"a": 1}
+
+
+def test_registry_register_get_and_duplicates() -> None:
+    reg = StepRegistry()
+
+    class Echo(Step):
+        type_name = "echo"
+
+    class Echo2(Step):
+        type_name = "echo"
+
+    reg.register(Echo)
+    assert reg.get("echo") is Echo and "echo" in reg and len(reg) == 1
+    with pytest.raises(ConfigError, match="already registered"):
+        reg.register(Echo2)
+    with pytest.raises(StepNotFound):
+        reg.get("nope")
+    assert set(default_registry().names()) >= {"generate", "critique", "revise", "llm", "template"}
+
+
+def spec(type_: str, **kw: Any) -> StepSpec:
+    return StepSpec(id=kw.pop("id", type_), type=type_, **kw)
+
+
+@pytest.mark.parametrize(
+    ("topic", "message"),
+    [
+        ("", "Topic cannot be empty"),
+        ("   ", "Topic cannot be empty"),
+        ("x" * 501, "Topic is too long (max 500 characters)"),
+    ],
+)
+def test_generate_input_rules(topic: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        GenerateStep(spec("generate")).validate_input({"topic": topic})
+    GenerateStep(spec("generate")).validate_input({"topic": "x" * 500})
+
+
+def test_generate_output_rules() -> None:
+    g = GenerateStep(spec("generate"))
+    with pytest.raises(ValidationError, match="Generated draft is empty"):
+        g.validate_output({"draft": " "})
+    with pytest.raises(ValidationError, match="Draft too long: 2001 chars"):
+        g.validate_output({"draft": "x" * 2001})
+    g.validate_output({"draft": "x" * 2000})
+
+
+def test_revise_attempt_bounds_follow_the_loop() -> None:
+    wf = Workflow(
+        "w",
+        "w",
+        (spec("generate"), spec("critique"), spec("revise")),
+        (RevisionLoop("critique", "revise", "generate", 3),),
+    )
+    r = ReviseStep(wf.step("revise"), wf)
+    ok = {"draft": "d", "feedback": "f"}
+    for attempt in (1, 2, 3):
+        r.validate_input({**ok, "attempt": attempt})
+    with pytest.raises(ValidationError, match="Attempt 4 exceeds max revisions 3"):
+        r.validate_input({**ok, "attempt": 4})
+    with pytest.raises(ValidationError, match="must be positive"):
+        r.validate_input({**ok, "attempt": 0})
+    with pytest.raises(ValidationError, match="Feedback cannot be empty"):
+        r.validate_input({"draft": "d", "feedback": "", "attempt": 1})
+    with pytest.raises(ValidationError, match="Revised draft is empty"):
+        r.validate_output({"draft": ""})
+
+
+def test_parse_critique_accepts_the_documented_shapes() -> None:
+    assert parse_critique('{"decision": "PASS", "critique": "fine"}') == {
+        "decision": "pass",
+        "critique": "fine",
+        "feedback": "fine",
+    }
+    out = parse_critique('```json\n{"decision": "revise", "feedback": "shorter"}\n```')
+    assert out["decision"] == "revise" and out["feedback"] == "shorter"
+    out = parse_critique('Sure! {"decision": "revise", "critique": "c", "feedback": "f"} done')
+    assert out["feedback"] == "f" and out["critique"] == "c"
+    assert (
+        parse_critique('{"decision":"pass","critique":"x","quality_score":7}')["quality_score"] == 7
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ("nope", "Failed to parse critique JSON"),
+        ('{"critique": "c"}', "Missing 'decision'"),
+        ('{"decision": "maybe", "critique": "c"}', "Invalid decision value: maybe"),
+        ('{"decision": "pass"}', "Missing 'critique'"),
+        ("[1]", "expected an object"),
+    ],
+)
+def test_parse_critique_rejects(reply: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_critique(reply)
+
+
+def test_strip_fences() -> None:
+    assert strip_fences("```\n{}\n```") == "{}"
+    assert strip_fences("  plain  ") == "plain"
+
+
+def _ctx(provider: MockProvider) -> Any:
+    from eclflow.engine.executor import Executor, _Usage
+
+    ex = Executor(run_id="r", providers=Providers(mock=provider), default_model="mock/t")
+    return ex, _Usage
+
+
+def test_critique_step_turns_revise_into_needs_revision() -> None:
+    from eclflow.engine.journal import _NoLog
+
+    mock = MockProvider(['{"decision": "revise", "critique": "c", "feedback": "f"}'])
+    ex, _ = _ctx(mock)
+    step = CritiqueStep(spec("critique"))
+    e = asyncio.run(ex.run(step, "critique#1", 0, {"draft": "d"}, _NoLog()))
+    assert e.outcome == "needs_revision" and e.feedback == "f" and e.attempts == 1
+    assert mock.requests[0].json_schema is not None  # structured output was asked for
+
+
+def test_template_step_renders_without_a_model() -> None:
+    from eclflow.engine.journal import _NoLog
+
+    ex, _ = _ctx(MockProvider([]))
+    step = TemplateStep(spec("template", template="Hi {{ name }}!"))
+    e = asyncio.run(ex.run(step, "template", 0, {"name": "Ada"}, _NoLog()))
+    assert e.output == {"text": "Hi Ada!"} and e.calls == 0
+
+
+def test_input_validation_failure_is_not_retried_and_calls_nothing() -> None:
+    from eclflow.engine.journal import _NoLog
+
+    mock = MockProvider(["never"])
+    ex, _ = _ctx(mock)
+    e = asyncio.run(ex.run(GenerateStep(spec("generate")), "generate", 0, {"topic": ""}, _NoLog()))
+    assert e.outcome == "failed" and "Topic cannot be empty" in (e.error or "")
+    assert mock.calls == 0
+
+
+def test_output_validation_failure_fails_the_step() -> None:
+    from eclflow.engine.journal import _NoLog
+
+    ex, _ = _ctx(MockProvider(["   "]))
+    e = asyncio.run(ex.run(GenerateStep(spec("generate")), "generate", 0, {"topic": "t"}, _NoLog()))
+    assert e.outcome == "failed" and "Generated draft is empty" in (e.error or "")
+
+
+def test_step_timeout_is_retryable() -> None:
+    from eclflow.engine.journal import _NoLog
+    from eclflow.spec.model import RetrySpec
+
+    mock = MockProvider([{"content": "late", "delay": 1}, "on time"])
+    ex, _ = _ctx(mock)
+    s = GenerateStep(spec("generate", timeout=0.05, retry=RetrySpec(2, 0, 0, 1)))
+    e = asyncio.run(ex.run(s, "generate", 0, {"topic": "t"}, _NoLog()))
+    assert e.outcome == "success" and e.attempts == 2 and e.output == {"draft": "on time"}
