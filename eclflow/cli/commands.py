@@ -3,3 +3,4 @@
 # Each module adds its commands to `eclflow.cli.cli` when imported.
 from . import run  # noqa: F401,E402
 from . import steps  # noqa: F401,E402
+from . import validate  # noqa: F401,E402

@@ -1,5 +1,6 @@
 """Workflow files: YAML text → a validated, immutable `Workflow` (or diagnostics)."""
 
+from .loader import check, check_text, load, load_text, parse_duration, schema
 from .model import (
     Budget,
     Conditional,
@@ -24,4 +25,10 @@ __all__ = [
     "StepSpec",
     "Transition",
     "Workflow",
+    "check",
+    "check_text",
+    "load",
+    "load_text",
+    "parse_duration",
+    "schema",
 ]

@@ -1,0 +1,101 @@
+"""`eclflow validate FILE…`: every problem of every file, located, in one pass."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import cli
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+
+@cli.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json prints one object for CI tools.",
+)
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool) -> None:
+    """Check workflow files: schema, references, cycles, loops, templates and prompt files.
+
+    Prints `file:line:col: CODE message` for each problem, then a summary. Exit code 0 when
+    every file is valid, 1 when one is not, 2 when a file does not exist.
+    """
+    from ..spec import check
+
+    reports: list[dict[str, Any]] = []
+    missing = False
+    for path in files:
+        if not path.exists():
+            missing = True
+        wf, diags = check(path)
+        errors = [d for d in diags if d.severity == "error"]
+        warnings = [d for d in diags if d.severity == "warning"]
+        valid = wf is not None and not (strict and warnings)
+        report: dict[str, Any] = {
+            "file": str(path),
+            "valid": valid,
+            "errors": len(errors),
+            "warnings": len(warnings),
+            "diagnostics": [d.to_dict() for d in diags],
+        }
+        if wf is not None:
+            report.update(_summary(wf))
+        reports.append(report)
+        if fmt == "text":
+            for d in diags:
+                click.echo(str(d))
+            if wf is not None:
+                loops = report["loops"]
+                click.echo(
+                    f"{path}: {'valid' if valid else 'invalid (--strict)'}: "
+                    f"{report['steps']} step{'s' * (report['steps'] != 1)}, "
+                    f"{loops} revision loop{'s' * (loops != 1)}, "
+                    f"at most {report['worst_case_calls']} model calls per run"
+                )
+    n_invalid = sum(not r["valid"] for r in reports)
+    if fmt == "json":
+        json.dump(
+            {"valid": n_invalid == 0 and not missing, "files": reports},
+            sys.stdout,
+            indent=2,
+        )
+        sys.stdout.write("\n")
+    else:
+        n_err = sum(r["errors"] for r in reports)
+        n_warn = sum(r["warnings"] for r in reports)
+        total = len(reports)
+        click.echo(
+            f"{total} file{'s' * (total != 1)}: {total - n_invalid} valid, {n_invalid} invalid "
+            f"({n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)})"
+        )
+    if missing:
+        sys.exit(EXIT_USAGE)
+    sys.exit(EXIT_FAILED if n_invalid else EXIT_OK)
+
+
+def _summary(wf: Any) -> dict[str, Any]:
+    """Shape and cost of a valid workflow: steps, loops, worst-case model calls."""
+    from ..graph.plan import compile_plan
+    from ..steps.registry import default_registry
+
+    plan = compile_plan(wf)
+    registry = default_registry()
+    uses_model = {s.id: registry.get(s.type).uses_model for s in wf.steps}
+    return {
+        "id": wf.id,
+        "steps": len(wf.steps),
+        "loops": len(plan.loops),
+        "order": list(plan.order),
+        "parallel_groups": [list(g) for g in plan.generations if len(g) > 1],
+        "worst_case_calls": plan.worst_case_calls(uses_model),
+    }

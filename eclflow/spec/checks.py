@@ -1,0 +1,541 @@
+"""Semantic checks of a schema-valid workflow: references, cycles, loops, templates, files.
+
+Codes: E201 duplicate step id, E202 unknown step type, E203 unknown step reference, E204 cycle,
+E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing, E301 template
+syntax, E302 unknown variable, E303 `steps.X` not available here, E304 `loop.*` outside a loop,
+E305 `env.X` not declared, E401 prompt file missing, E402 step has no prompt; warnings W501 step
+not connected, W502 output unused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import networkx as nx
+
+from .deps import dependency_graph
+from .model import Conditional, Diagnostic, Location, RevisionLoop, Sequential, Workflow
+
+# Names every template may use besides the context: Jinja's globals.
+_JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+_STEP_FIELDS = ("output", "status", "versions")
+_LOOP_FIELDS = ("iteration", "max_iterations", "feedback", "history")
+
+
+def semantic_checks(
+    wf: Workflow, data: Mapping[str, Any], located: Any, *, registry: Any = None
+) -> list[Diagnostic]:
+    return _Checker(wf, data, located, registry).run()
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+class _Checker:
+    def __init__(self, wf: Workflow, data: Mapping[str, Any], located: Any, registry: Any) -> None:
+        self.wf = wf
+        self.data = data
+        self.located = located
+        if registry is None:
+            from ..steps.registry import default_registry
+
+            registry = default_registry()
+        self.registry = registry
+        self.out: list[Diagnostic] = []
+        self.ids = list(dict.fromkeys(s.id for s in wf.steps))
+        self.known = set(self.ids)
+
+    def at(self, path: Sequence[Any], *, key: bool = False) -> Location:
+        loc: Location = self.located.at(path, key=key)
+        return loc
+
+    def error(self, path: Sequence[Any], code: str, msg: str, hint: str | None = None) -> None:
+        self.out.append(Diagnostic(self.at(path), code, msg, hint))
+
+    def warn(self, path: Sequence[Any], code: str, msg: str, hint: str | None = None) -> None:
+        self.out.append(Diagnostic(self.at(path), code, msg, hint, "warning"))
+
+    def run(self) -> list[Diagnostic]:
+        from .loader import MAX_STEPS
+
+        if len(self.wf.steps) > MAX_STEPS:
+            self.error(
+                ["steps"],
+                "E206",
+                f"{len(self.wf.steps)} steps; a workflow may have at most {MAX_STEPS}",
+                "split it into several workflows",
+            )
+        self.check_ids()
+        self.check_types()
+        self.check_references()
+        if any(d.code == "E201" for d in self.out):
+            return self.out  # the graph of ambiguous ids would only report noise
+        self.graph = dependency_graph(self.wf.steps, self.wf.transitions)
+        has_cycle = self.check_cycles()
+        self.check_loops()
+        if not has_cycle:
+            self.check_templates()
+            if not any(d.severity == "error" for d in self.out):
+                self.check_reachability()
+        return self.out
+
+    # --- identities and types ---------------------------------------------------------------
+
+    def check_ids(self) -> None:
+        first: dict[str, int] = {}
+        for i, s in enumerate(self.wf.steps):
+            if s.id in first:
+                line = self.at(["steps", first[s.id], "id"]).line
+                self.error(
+                    ["steps", i, "id"],
+                    "E201",
+                    f"duplicate step id '{s.id}'",
+                    f"first defined on line {line}",
+                )
+            else:
+                first[s.id] = i
+
+    def check_types(self) -> None:
+        from ..steps.builtin import PromptStep, TemplateStep
+
+        for i, s in enumerate(self.wf.steps):
+            if s.type not in self.registry:
+                names = self.registry.names()
+                hint = _did_you_mean(s.type, names) or f"known types: {', '.join(names)}"
+                self.error(["steps", i, "type"], "E202", f"unknown step type '{s.type}'", hint)
+                continue
+            cls = self.registry.get(s.type)
+            required = list((cls.input_schema or {}).get("required", ()))
+            missing = [r for r in required if r not in s.with_]
+            if missing:
+                self.error(
+                    ["steps", i, "with"] if "with" in self.data["steps"][i] else ["steps", i, "id"],
+                    "E208",
+                    f"step '{s.id}' of type {s.type} needs input "
+                    + ", ".join(f"'{m}'" for m in missing),
+                    "bind it under `with:`",
+                )
+            needs_prompt = (
+                issubclass(cls, PromptStep) and cls.default_template is None
+            ) or cls is TemplateStep
+            if needs_prompt and s.template is None and s.prompt is None:
+                self.error(
+                    ["steps", i, "id"],
+                    "E402",
+                    f"step '{s.id}' of type {s.type} has no prompt",
+                    "give it `template:` (inline) or `prompt:` (a file)",
+                )
+
+    def ref(self, path: Sequence[Any], name: str, what: str) -> bool:
+        if name in self.known:
+            return True
+        hint = _did_you_mean(name, self.ids) or f"steps are: {', '.join(self.ids[:20])}"
+        self.error(path, "E203", f"unknown step '{name}' in {what}", hint)
+        return False
+
+    def check_references(self) -> None:
+        for i, s in enumerate(self.wf.steps):
+            for j, dep in enumerate(s.depends_on):
+                self.ref(["steps", i, "depends_on", j], dep, f"steps[{i}].depends_on")
+            if s.revision_source is not None:
+                self.ref(
+                    ["steps", i, "revision_source"],
+                    s.revision_source,
+                    f"steps[{i}].revision_source",
+                )
+        for i, t in enumerate(self.wf.transitions):
+            if isinstance(t, Sequential | Conditional):
+                self.ref(["transitions", i, "from"], t.from_, f"transitions[{i}].from")
+                self.ref(["transitions", i, "to"], t.to, f"transitions[{i}].to")
+            else:
+                for field in ("validator", "reviser", "target"):
+                    self.ref(
+                        ["transitions", i, field], getattr(t, field), f"transitions[{i}].{field}"
+                    )
+
+    # --- graph ------------------------------------------------------------------------------
+
+    def edge_path(self, a: str, b: str) -> list[Any]:
+        """Where the edge a → b is declared: the depends_on entry or the transition."""
+        for i, s in enumerate(self.wf.steps):
+            if s.id == b and a in s.depends_on:
+                return ["steps", i, "depends_on", s.depends_on.index(a)]
+        for i, t in enumerate(self.wf.transitions):
+            if isinstance(t, Sequential | Conditional) and t.from_ == a and t.to == b:
+                return ["transitions", i]
+        return ["steps"]
+
+    def check_cycles(self) -> bool:
+        found = False
+        for component in nx.strongly_connected_components(self.graph):
+            nodes = sorted(component, key=lambda n: self.graph.nodes[n]["index"])
+            if len(nodes) == 1 and not self.graph.has_edge(nodes[0], nodes[0]):
+                continue
+            found = True
+            cycle = nx.find_cycle(self.graph.subgraph(nodes), source=nodes[0])
+            names = [a for a, _ in cycle] + [cycle[0][0]]
+            a, b = cycle[-1]
+            self.error(
+                self.edge_path(a, b),
+                "E204",
+                f"cycle {' -> '.join(names)}",
+                "only a revision_loop transition may lead back to an earlier step",
+            )
+        return found
+
+    def loop_body(self, loop: RevisionLoop) -> set[str]:
+        g = self.graph
+        if loop.target not in g or loop.validator not in g:
+            return set()
+        body = (nx.descendants(g, loop.target) | {loop.target}) & (
+            nx.ancestors(g, loop.validator) | {loop.validator}
+        )
+        return body | {loop.target, loop.validator}
+
+    def check_loops(self) -> None:
+        validators: dict[str, int] = {}
+        revisers: dict[str, int] = {}
+        self.loop_scope: dict[str, set[str]] = {}  # step → steps of its loop
+        self.in_loop: set[str] = set()
+        for i, t in enumerate(self.wf.transitions):
+            if not isinstance(t, RevisionLoop):
+                continue
+            if not all(x in self.known for x in (t.validator, t.reviser, t.target)):
+                continue
+            where = f"transitions[{i}]"
+            if t.validator in validators:
+                self.error(
+                    ["transitions", i, "validator"],
+                    "E207",
+                    f"step '{t.validator}' already validates the loop in "
+                    f"transitions[{validators[t.validator]}]",
+                )
+            validators.setdefault(t.validator, i)
+            if t.reviser in revisers:
+                self.error(
+                    ["transitions", i, "reviser"],
+                    "E207",
+                    f"step '{t.reviser}' already revises for the loop in "
+                    f"transitions[{revisers[t.reviser]}]",
+                )
+            revisers.setdefault(t.reviser, i)
+            if t.reviser in (t.validator, t.target):
+                self.error(
+                    ["transitions", i, "reviser"],
+                    "E207",
+                    f"the reviser of {where} must be a step of its own, not '{t.reviser}'",
+                )
+                continue
+            if t.target != t.validator and not nx.has_path(self.graph, t.target, t.validator):
+                self.error(
+                    ["transitions", i, "target"],
+                    "E207",
+                    f"target '{t.target}' is not upstream of validator '{t.validator}'",
+                    f"the validator must depend (directly or not) on '{t.target}'",
+                )
+                continue
+            body = self.loop_body(t)
+            if t.reviser in body or nx.has_path(self.graph, t.reviser, t.validator):
+                self.error(
+                    ["transitions", i, "reviser"],
+                    "E207",
+                    f"reviser '{t.reviser}' runs before validator '{t.validator}'",
+                    "the reviser runs only when the validator asks for a revision",
+                )
+                continue
+            # The reviser sees the whole loop; body steps see only what is upstream of them
+            # (the validator has not run yet when they first run).
+            self.loop_scope.setdefault(t.reviser, set()).update(body)
+            self.in_loop |= body | {t.reviser}
+        for i, s in enumerate(self.wf.steps):
+            src = s.revision_source
+            if src is None or src not in self.known:
+                continue
+            if revisers.get(s.id) is None or self.wf.transitions[revisers[s.id]].validator != src:  # type: ignore[union-attr]
+                self.error(
+                    ["steps", i, "revision_source"],
+                    "E207",
+                    f"step '{s.id}' names revision_source '{src}', but no revision_loop has "
+                    f"validator '{src}' and reviser '{s.id}'",
+                    "add the revision_loop transition or remove revision_source",
+                )
+
+    # --- templates --------------------------------------------------------------------------
+
+    def check_templates(self) -> None:
+        loops = {t.validator for t in self.wf.loops}
+        for i, s in enumerate(self.wf.steps):
+            upstream = nx.ancestors(self.graph, s.id) if s.id in self.graph else set()
+            allowed = upstream | self.loop_scope.get(s.id, set())
+            allowed.discard(s.id)
+            scope = _Scope(f"step '{s.id}'", allowed, s.id in self.in_loop, loops, set(self.wf.env))
+            raw = self.data["steps"][i]
+            for path, text in _strings(raw.get("with"), ["steps", i, "with"]):
+                self.expression(path, text, scope, whole=False)
+            self.prompt_templates(i, s, raw)
+        for i, t in enumerate(self.wf.transitions):
+            if isinstance(t, Conditional) and t.to in self.graph:
+                allowed = nx.ancestors(self.graph, t.to) | {t.from_}
+                scope = _Scope(
+                    f"the condition of transitions[{i}]", allowed, False, loops, set(self.wf.env)
+                )
+                when = self.data["transitions"][i]["when"]
+                if isinstance(when, str):
+                    self.expression(["transitions", i, "when"], when, scope, whole=True)
+        scope = _Scope("output", self.known, False, loops, set(self.wf.env))
+        for path, text in _strings(self.data.get("output"), ["output"]):
+            self.expression(path, text, scope, whole=False)
+
+    def expression(self, path: list[Any], text: str, scope: _Scope, *, whole: bool) -> None:
+        import jinja2
+
+        from .. import expr
+
+        try:
+            if whole and expr.single_expression(text) is None and not expr.has_template(text):
+                tree = expr.parse_expression(text)
+            else:
+                if not expr.has_template(text):
+                    return
+                tree = expr.parse(text)
+        except jinja2.TemplateSyntaxError as e:
+            self.error(path, "E301", f"template does not parse: {e.message}")
+            return
+        except Exception as e:  # the sandbox's parser on absurd input
+            self.error(path, "E301", f"template does not parse: {type(e).__name__}")
+            return
+        for p in expr.referenced_paths(tree):
+            problem = scope.check(p, self.ids)
+            if problem is not None:
+                code, msg, hint = problem
+                self.error(path, code, msg, hint)
+
+    def prompt_templates(self, i: int, s: Any, raw: Mapping[str, Any]) -> None:
+        import jinja2
+
+        from .. import expr
+
+        if s.prompt is not None:
+            if not s.prompt.is_file():
+                self.error(
+                    ["steps", i, "prompt"],
+                    "E401",
+                    f"prompt file {raw['prompt']} not found",
+                    "paths are relative to the workflow file; bundled: generate.j2, "
+                    "critique.j2, revise.j2",
+                )
+                return
+        sources: list[tuple[list[Any], str, str]] = []
+        if s.template is not None:
+            sources.append((["steps", i, "template"], s.template, ""))
+        elif s.prompt is not None:
+            try:
+                sources.append(
+                    (
+                        ["steps", i, "prompt"],
+                        s.prompt.read_text(encoding="utf-8"),
+                        str(raw["prompt"]),
+                    )
+                )
+            except (OSError, UnicodeDecodeError) as e:
+                self.error(["steps", i, "prompt"], "E401", f"cannot read prompt file: {e}")
+                return
+        if s.system is not None:
+            sources.append((["steps", i, "system"], s.system, ""))
+        names = self.prompt_names(s)
+        for path, text, file in sources:
+            where = f" ({file} line {{}})" if file else ""
+            try:
+                tree = expr.parse(text)
+            except jinja2.TemplateSyntaxError as e:
+                self.error(
+                    path, "E301", f"template does not parse: {e.message}{where.format(e.lineno)}"
+                )
+                continue
+            except Exception as e:
+                self.error(path, "E301", f"template does not parse: {type(e).__name__}")
+                continue
+            if names is None:
+                continue
+            uses_loop_var = any(True for _ in tree.find_all(jinja2.nodes.For))
+            for p in expr.referenced_paths(tree):
+                root = p[0]
+                if root in names or root in _JINJA_GLOBALS or (root == "loop" and uses_loop_var):
+                    continue
+                hint = _did_you_mean(root, sorted(names)) or (
+                    f"the prompt sees its step's input: {', '.join(sorted(names))}"
+                )
+                self.error(
+                    path,
+                    "E302",
+                    f"prompt of step '{s.id}' uses '{root}', which is not in its input",
+                    hint,
+                )
+
+    def prompt_names(self, s: Any) -> set[str] | None:
+        """Variables a built-in step's prompt can see; None for plugin types (unknown)."""
+        from ..steps.builtin import PromptStep, TemplateStep
+
+        if s.type not in self.registry:
+            return None
+        cls = self.registry.get(s.type)
+        if not (issubclass(cls, PromptStep) or issubclass(cls, TemplateStep)):
+            return None
+        if cls.__module__ != "eclflow.steps.builtin":
+            return None
+        props = (cls.input_schema or {}).get("properties", {})
+        return set(s.with_) | set(props) | {"max_revisions", "config"}
+
+    # --- warnings ---------------------------------------------------------------------------
+
+    def check_reachability(self) -> None:
+        if len(self.wf.steps) < 2:
+            return
+        used: set[str] = set()
+        from .. import expr
+
+        def collect(value: Any) -> None:
+            for _, text in _strings(value, []):
+                try:
+                    tree = expr.parse(text) if expr.has_template(text) else None
+                except Exception:
+                    continue
+                if tree is None:
+                    continue
+                for p in expr.referenced_paths(tree):
+                    if len(p) >= 2 and p[0] == "steps":
+                        used.add(p[1])
+
+        for raw in self.data["steps"]:
+            collect(raw.get("with"))
+        collect(self.data.get("output"))
+        for t in self.wf.transitions:
+            if isinstance(t, Conditional):
+                for p in _paths_of_expression(t.when):
+                    if len(p) >= 2 and p[0] == "steps":
+                        used.add(p[1])
+        for i, s in enumerate(self.wf.steps):
+            g = self.graph
+            connected = g.in_degree(s.id) > 0 or g.out_degree(s.id) > 0 or s.id in self.in_loop
+            if not connected and s.id not in used:
+                self.warn(
+                    ["steps", i, "id"],
+                    "W501",
+                    f"step '{s.id}' is not connected to any other step",
+                    "add depends_on or a transition, or remove it",
+                )
+                continue
+            if (
+                self.wf.output
+                and g.out_degree(s.id) == 0
+                and s.id not in used
+                and s.id not in self.in_loop
+            ):
+                self.warn(
+                    ["steps", i, "id"],
+                    "W502",
+                    f"nothing uses the output of step '{s.id}'",
+                    "reference it in `output:` or in a later step",
+                )
+
+
+def _paths_of_expression(text: str) -> list[tuple[str, ...]]:
+    from .. import expr
+
+    try:
+        body = expr.single_expression(text)
+        tree = expr.parse_expression(body if body is not None else text)
+    except Exception:
+        return []
+    return expr.referenced_paths(tree)
+
+
+def _strings(value: Any, path: list[Any]) -> Iterator[tuple[list[Any], str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, [*path, k])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, [*path, i])
+
+
+class _Scope:
+    """What an expression at one place may name."""
+
+    def __init__(
+        self, where: str, steps: set[str], in_loop: bool, loops: set[str], env: set[str]
+    ) -> None:
+        self.where = where
+        self.steps = steps
+        self.in_loop = in_loop
+        self.loops = loops
+        self.env = env
+
+    def check(self, p: tuple[str, ...], ids: Sequence[str]) -> tuple[str, str, str | None] | None:
+        root = p[0]
+        if root == "input" or root in _JINJA_GLOBALS:
+            return None
+        if root == "steps":
+            if len(p) < 2:
+                return None
+            name = p[1]
+            if name not in ids:
+                return ("E303", f"steps.{name} is not a step", _did_you_mean(name, ids))
+            if name not in self.steps:
+                return (
+                    "E303",
+                    f"steps.{name} is not upstream of {self.where}",
+                    f"add '{name}' to depends_on (directly or through a step it depends on)",
+                )
+            if len(p) >= 3 and p[2] not in _STEP_FIELDS:
+                return (
+                    "E302",
+                    f"steps.{name}.{p[2]} does not exist",
+                    _did_you_mean(p[2], _STEP_FIELDS) or "use output, status or versions",
+                )
+            return None
+        if root == "loop":
+            if not self.in_loop:
+                return (
+                    "E304",
+                    f"{'.'.join(p)} is used outside a revision loop in {self.where}",
+                    "loop.* exists only for steps of a revision loop and its reviser",
+                )
+            if len(p) >= 2 and p[1] not in _LOOP_FIELDS:
+                return (
+                    "E302",
+                    f"loop.{p[1]} does not exist",
+                    _did_you_mean(p[1], _LOOP_FIELDS)
+                    or "use iteration, max_iterations, feedback or history",
+                )
+            return None
+        if root == "loops":
+            if len(p) >= 2 and p[1] not in self.loops:
+                return (
+                    "E302",
+                    f"loops.{p[1]} is not a revision loop",
+                    _did_you_mean(p[1], sorted(self.loops))
+                    or "loops are named by their validator step",
+                )
+            return None
+        if root == "env":
+            if len(p) >= 2 and p[1] not in self.env:
+                return (
+                    "E305",
+                    f"env.{p[1]} is not declared",
+                    f"list {p[1]} under `env:` at the top of the file to let templates read it",
+                )
+            return None
+        names = ["input", "steps", "loop", "loops", "env"]
+        return (
+            "E302",
+            f"unknown variable '{root}' in {self.where}",
+            _did_you_mean(root, names) or "expressions see input, steps, loop, loops and env",
+        )

@@ -1,0 +1,669 @@
+"""YAML text → `Workflow`, or every problem found, each located at its node.
+
+The loader runs in stages, each collecting diagnostics instead of stopping at the first one:
+parse (ruamel.yaml round-trip mode, so every node keeps its line and column), the JSON Schema,
+then the semantic checks of `checks.py`. Nothing here raises for bad input except `load` and
+`load_text`, which raise `WorkflowInvalid` carrying all the diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import WorkflowInvalid
+from .model import (
+    DEFAULT_TIMEOUT,
+    Budget,
+    Conditional,
+    Diagnostic,
+    Location,
+    RetrySpec,
+    RevisionLoop,
+    Sequential,
+    StepSpec,
+    Transition,
+    Workflow,
+)
+
+MAX_BYTES = 2 * 1024 * 1024  # a 1000-step workflow is ~150 KB
+MAX_NODES = 200_000  # guards against alias bombs, which expand when converted
+MAX_STEPS = 1000
+
+_DURATION = re.compile(r"^\s*(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+# --- public entry points --------------------------------------------------------------------
+
+
+def check(path: str | Path) -> tuple[Workflow | None, list[Diagnostic]]:
+    """Validate a workflow file: the workflow (None if it has errors) and every diagnostic."""
+    path = Path(path)
+    file = str(path)
+    try:
+        if path.is_dir():
+            return None, [_diag(Location(file), "E102", "is a directory, not a workflow file")]
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            return None, [
+                _diag(
+                    Location(file),
+                    "E102",
+                    f"file is too large ({size} bytes; a workflow file may be at most "
+                    f"{MAX_BYTES // (1024 * 1024)} MiB)",
+                )
+            ]
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, [_diag(Location(file), "E102", "no such file")]
+    except OSError as e:
+        return None, [_diag(Location(file), "E102", f"cannot read the file: {e.strerror or e}")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return None, [
+            _diag(Location(file, line, 1), "E102", "not UTF-8 text (is this a workflow file?)")
+        ]
+    return check_text(text, file=file, base_dir=path.resolve().parent, path=path)
+
+
+def check_text(
+    text: str,
+    file: str = "<string>",
+    base_dir: str | Path | None = None,
+    *,
+    path: Path | None = None,
+    registry: Any = None,
+) -> tuple[Workflow | None, list[Diagnostic]]:
+    """Validate workflow text. `base_dir` resolves relative `prompt:` files."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        return None, [_diag(Location(file), "E102", "text is too large for a workflow file")]
+    if "\x00" in text:
+        return None, [
+            _diag(Location(file), "E102", "contains NUL bytes (is this a workflow file?)")
+        ]
+    doc, diags = _parse(text, file)
+    if diags:
+        return None, diags
+    located = _Located(file, doc)
+    data, too_big = _plain(doc)
+    if too_big:
+        return None, [
+            _diag(
+                located.at(()),
+                "E103",
+                f"document expands to more than {MAX_NODES} nodes",
+                "anchors and aliases that expand exponentially are refused",
+            )
+        ]
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {_kind(data)}"
+        return None, [
+            _diag(
+                located.at(()),
+                "E101",
+                f"the document is {kind}; a workflow is a mapping",
+                "start from `eclflow: 1`, `id:`, `steps:` (see docs/format.md)",
+            )
+        ]
+    diags = _schema_diagnostics(data, located)
+    if any(d.severity == "error" for d in diags):
+        return None, _sorted(diags)
+    base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
+    wf = _build(data, located, text, path, base)
+    from .checks import semantic_checks
+
+    diags = semantic_checks(wf, data, located, registry=registry)
+    errors = [d for d in diags if d.severity == "error"]
+    if errors:
+        return None, _sorted(diags)
+    warnings = tuple(_sorted(diags))
+    object.__setattr__(wf, "warnings", warnings)
+    return wf, list(warnings)
+
+
+def load(path: str | Path) -> Workflow:
+    """Load and validate a workflow file; raises `WorkflowInvalid` with every diagnostic."""
+    wf, diags = check(path)
+    if wf is None:
+        raise WorkflowInvalid(diags)
+    return wf
+
+
+def load_text(text: str, file: str = "<string>", base_dir: str | Path | None = None) -> Workflow:
+    """Load and validate workflow text; raises `WorkflowInvalid` with every diagnostic."""
+    wf, diags = check_text(text, file=file, base_dir=base_dir)
+    if wf is None:
+        raise WorkflowInvalid(diags)
+    return wf
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the workflow format (shipped in the package)."""
+    text = resources.files("eclflow").joinpath("schemas", "workflow.schema.json").read_text("utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def parse_duration(value: Any) -> float:
+    """`1.5s`, `500ms`, `2m`, `1h` or plain seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if m is None:
+        raise ValueError(f"not a duration: {value!r}")
+    return float(m.group("n")) * _UNITS[m.group("unit")]
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    yaml = YAML(typ="rt")
+    try:
+        return yaml.load(text), []
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        problem = e.problem or e.context or "invalid YAML"
+        if "found duplicate key" in str(problem):
+            return None, [
+                _diag(
+                    Location(file, line, col),
+                    "E100",
+                    f"YAML: {_one_line(problem)}",
+                    "each key may appear once in a mapping",
+                )
+            ]
+        return None, [_diag(Location(file, line, col), "E100", f"YAML: {_one_line(problem)}")]
+    except RecursionError:
+        return None, [_diag(Location(file), "E100", "YAML: nested too deeply")]
+    except YAMLError as e:
+        return None, [_diag(Location(file), "E100", f"YAML: {_one_line(str(e))}")]
+    except Exception as e:  # ruamel raises a few plain exceptions on odd input
+        return None, [
+            _diag(Location(file), "E100", f"YAML: {_one_line(str(e)) or type(e).__name__}")
+        ]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _plain(node: Any) -> tuple[Any, bool]:
+    """ruamel's round-trip objects → plain dict/list/str/int/float/bool/None, with a node budget."""
+    count = 0
+
+    def conv(n: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_NODES or depth > 200:
+            raise _TooBig
+        if isinstance(n, Mapping):
+            return {_key(k): conv(v, depth + 1) for k, v in n.items()}
+        if isinstance(n, list | tuple):
+            return [conv(v, depth + 1) for v in n]
+        if isinstance(n, bool) or n is None:
+            return n
+        if isinstance(n, int):
+            return int(n)
+        if isinstance(n, float):
+            return float(n)
+        if isinstance(n, str):
+            return str(n)
+        return n  # dates, binary...: the schema reports them
+
+    try:
+        return conv(node, 0), False
+    except (_TooBig, RecursionError):
+        return None, True
+
+
+def _key(k: Any) -> Any:
+    if isinstance(k, str):
+        return str(k)
+    if isinstance(k, bool) or k is None:
+        return k
+    if isinstance(k, int | float):
+        return k
+    return str(k)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Located:
+    """Finds the line and column of a node by its path (keys and indexes) in the parsed YAML."""
+
+    def __init__(self, file: str, doc: Any) -> None:
+        self.file = file
+        self.doc = doc
+
+    def _walk(self, path: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+        node = self.doc
+        for part in path:
+            yield node, part
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return
+
+    def at(self, path: Sequence[Any], *, key: bool = False) -> Location:
+        """Location of the value at `path` (of its key, with key=True); the nearest known
+        ancestor when the path does not exist."""
+        line, col = 0, 0
+        node = self.doc
+        lc = getattr(node, "lc", None)
+        if lc is not None:
+            line, col = lc.line, lc.col
+        for i, part in enumerate(path):
+            lc = getattr(node, "lc", None)
+            last = i == len(path) - 1
+            pos = None
+            try:
+                if lc is not None and isinstance(node, Mapping) and part in node:
+                    pos = lc.key(part) if (key and last) else lc.value(part)
+                elif lc is not None and isinstance(node, list) and isinstance(part, int):
+                    if 0 <= part < len(node):
+                        pos = lc.item(part)
+            except Exception:
+                pos = None
+            if pos is None:
+                break
+            line, col = pos
+            try:
+                node = node[part]
+            except Exception:
+                break
+            child_lc = getattr(node, "lc", None)
+            if child_lc is not None and not (key and last) and isinstance(node, Mapping | list):
+                # a block mapping value starts where its first key is
+                if not getattr(node, "fa", None) or not node.fa.flow_style():
+                    line, col = child_lc.line, child_lc.col
+        return Location(self.file, line + 1, col + 1)
+
+    def keys_of(self, path: Sequence[Any]) -> list[Any]:
+        node = self.doc
+        for part in path:
+            try:
+                node = node[part]
+            except Exception:
+                return []
+        return list(node.keys()) if isinstance(node, Mapping) else []
+
+
+def _diag(
+    location: Location, code: str, message: str, hint: str | None = None, severity: Any = "error"
+) -> Diagnostic:
+    return Diagnostic(location, code, message, hint, severity)
+
+
+def _sorted(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for d in sorted(diags, key=lambda d: (d.location.line, d.location.col, d.code)):
+        k = (d.location.line, d.location.col, d.code, d.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(d)
+    return out
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "mapping",
+        list: "list",
+        str: "string",
+        int: "number",
+        float: "number",
+        bool: "boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+# --- the JSON Schema ----------------------------------------------------------------------------
+
+# Schema violations: E110 missing, E111 unknown key, E112 wrong type, E113 value not allowed,
+# E114 out of range, E115 other, E116 `inputs`/`output_schema` is not a valid JSON Schema.
+
+
+def _schema_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnostic]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    out: list[Diagnostic] = []
+    for error in validator.iter_errors(data):
+        for leaf in _leaves(error):
+            out.extend(_describe(leaf, located))
+    if not out:
+        out.extend(_embedded_schemas(data, located))
+    return out
+
+
+def _leaves(error: Any) -> Iterator[Any]:
+    """The most specific errors: for if/then and anyOf, the branch that applies."""
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        # a duration or similar: report once at the node, with what was expected
+        yield error
+        return
+    if error.validator == "allOf" and error.context:
+        for sub in error.context:
+            yield from _leaves(sub)
+        return
+    yield error
+
+
+_STEP_KEYS = [
+    "id",
+    "type",
+    "description",
+    "depends_on",
+    "revision_source",
+    "with",
+    "prompt",
+    "template",
+    "system",
+    "model",
+    "retry",
+    "timeout",
+    "output_schema",
+    "config",
+]
+
+
+def _describe(error: Any, located: _Located) -> list[Diagnostic]:
+    path = list(error.absolute_path)
+    where = _path_text(path)
+    v = error.validator
+    inst = error.instance
+    if v == "required":
+        missing = [m for m in error.validator_value if not isinstance(inst, dict) or m not in inst]
+        return [
+            _diag(
+                located.at(path),
+                "E110",
+                f"{where or 'the workflow'} is missing required key '{m}'",
+            )
+            for m in missing
+        ]
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extras = [k for k in (inst or {}) if k not in error.schema.get("properties", {})]
+        out = []
+        for k in extras:
+            hint = _did_you_mean(str(k), allowed) or f"allowed keys: {', '.join(allowed)}"
+            out.append(
+                _diag(
+                    located.at([*path, k], key=True),
+                    "E111",
+                    f"unknown key '{k}' in {where or 'the workflow'}",
+                    hint,
+                )
+            )
+        return out
+    if v == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [
+            _diag(
+                located.at(path),
+                "E112",
+                f"{where} must be {_article(expected)}, not {_article(_kind(inst))}",
+            )
+        ]
+    if v in ("enum", "const"):
+        options = error.validator_value if v == "enum" else [error.validator_value]
+        shown = ", ".join(json.dumps(o) for o in options)
+        hint = (
+            _did_you_mean(str(inst), [str(o) for o in options]) if isinstance(inst, str) else None
+        )
+        if path == ["eclflow"]:
+            return [
+                _diag(
+                    located.at(path),
+                    "E113",
+                    f"unsupported format version {json.dumps(inst, default=str)}",
+                    "this eclflow reads `eclflow: 1`",
+                )
+            ]
+        return [
+            _diag(
+                located.at(path),
+                "E113",
+                f"{where} is {json.dumps(inst, default=str)}; expected {shown}",
+                hint,
+            )
+        ]
+    if v == "pattern":
+        what = "an identifier (letters, digits, _; not starting with a digit)"
+        if path and path[0] == "id":
+            what = "letters, digits, '_', '-' or '.'"
+        elif path and path[0] == "env":
+            what = "an environment variable name"
+        return [
+            _diag(located.at(path), "E113", f"{where} {json.dumps(inst)} is not valid: use {what}")
+        ]
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if path and path[-1] == "max_iterations":
+            return [
+                _diag(
+                    located.at(path),
+                    "E205",
+                    f"max_iterations is {inst}; a revision loop allows 1 to 10 revisions",
+                )
+            ]
+        return [_diag(located.at(path), "E114", f"{where}: {error.message}")]
+    if v in ("minLength", "maxLength", "minItems", "maxItems", "uniqueItems"):
+        msg = {
+            "minLength": "must not be empty",
+            "minItems": "must not be empty",
+            "uniqueItems": "lists an item twice",
+        }.get(v, f"is too long ({error.message})")
+        return [_diag(located.at(path), "E114", f"{where} {msg}")]
+    if v == "anyOf" and path and path[-1] in ("timeout", "initial_delay", "max_delay"):
+        return [
+            _diag(
+                located.at(path),
+                "E113",
+                f"{where} {json.dumps(inst, default=str)} is not a duration",
+                "write seconds (30), or 500ms, 1.5s, 2m, 1h",
+            )
+        ]
+    if v == "not" and isinstance(inst, dict) and "prompt" in inst and "template" in inst:
+        return [
+            _diag(
+                located.at([*path, "template"], key=True),
+                "E115",
+                f"{where} has both `prompt:` and `template:`",
+                "keep one: a prompt file or an inline template",
+            )
+        ]
+    return [
+        _diag(located.at(path), "E115", f"{where or 'the workflow'}: {_one_line(error.message)}")
+    ]
+
+
+def _embedded_schemas(data: dict[str, Any], located: _Located) -> list[Diagnostic]:
+    """`inputs` and each `output_schema` must themselves be valid JSON Schemas."""
+    import jsonschema
+
+    out = []
+    candidates: list[tuple[list[Any], Any]] = []
+    if "inputs" in data:
+        candidates.append((["inputs"], data["inputs"]))
+    for i, step in enumerate(data.get("steps") or []):
+        if isinstance(step, dict) and "output_schema" in step:
+            candidates.append((["steps", i, "output_schema"], step["output_schema"]))
+    for path, value in candidates:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as e:
+            sub = [*path, *e.absolute_path]
+            out.append(
+                _diag(
+                    located.at(sub),
+                    "E116",
+                    f"{_path_text(path)} is not a valid JSON Schema: {_one_line(e.message)}",
+                )
+            )
+    return out
+
+
+def _path_text(path: Sequence[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+# --- building the model -------------------------------------------------------------------------
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Read-only views back to plain JSON values (for JSON Schemas handed to jsonschema)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _retry(raw: Mapping[str, Any] | None, base: RetrySpec) -> RetrySpec:
+    if not raw:
+        return base
+    return RetrySpec(
+        max_attempts=int(raw.get("max_attempts", base.max_attempts)),
+        initial_delay=parse_duration(raw.get("initial_delay", base.initial_delay)),
+        max_delay=parse_duration(raw.get("max_delay", base.max_delay)),
+        multiplier=float(raw.get("multiplier", base.multiplier)),
+    )
+
+
+def resolve_prompt(prompt: str, base: Path | None) -> Path:
+    """A prompt path relative to the workflow file; a bare name not found there falls back to
+    the bundled templates."""
+    p = Path(prompt).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.exists() and "/" not in prompt and "\\" not in prompt:
+        bundled = Path(str(resources.files("eclflow").joinpath("templates", prompt)))
+        if bundled.exists():
+            return bundled
+    return p
+
+
+def _build(
+    data: dict[str, Any], located: _Located, text: str, path: Path | None, base: Path | None
+) -> Workflow:
+    defaults = data.get("defaults") or {}
+    base_retry = _retry(defaults.get("retry"), RetrySpec())
+    base_timeout = parse_duration(defaults.get("timeout", DEFAULT_TIMEOUT))
+    default_model = data.get("model", defaults.get("model"))
+    steps = []
+    for i, raw in enumerate(data["steps"]):
+        prompt = raw.get("prompt")
+        steps.append(
+            StepSpec(
+                id=raw["id"],
+                type=raw["type"],
+                depends_on=tuple(raw.get("depends_on") or ()),
+                revision_source=raw.get("revision_source"),
+                with_=_freeze(dict(raw.get("with") or {})),
+                prompt=resolve_prompt(prompt, base) if prompt is not None else None,
+                template=raw.get("template"),
+                system=raw.get("system"),
+                model=raw.get("model"),
+                retry=_retry(raw.get("retry"), base_retry),
+                timeout=parse_duration(raw.get("timeout", base_timeout)),
+                output_schema=raw.get("output_schema"),
+                config=_freeze(dict(raw.get("config") or {})),
+                location=located.at(["steps", i]),
+            )
+        )
+    transitions: list[Transition] = []
+    for i, raw in enumerate(data.get("transitions") or []):
+        loc = located.at(["transitions", i])
+        kind = raw["type"]
+        if kind == "sequential":
+            transitions.append(Sequential(raw["from"], raw["to"], loc))
+        elif kind == "conditional":
+            when = raw["when"]
+            when = ("true" if when else "false") if isinstance(when, bool) else str(when)
+            transitions.append(Conditional(raw["from"], raw["to"], when, loc))
+        else:
+            transitions.append(
+                RevisionLoop(
+                    raw["validator"],
+                    raw["reviser"],
+                    raw["target"],
+                    int(raw.get("max_iterations", 3)),
+                    raw.get("on_exhausted", "fail"),
+                    loc,
+                )
+            )
+    budget_raw = data.get("budget") or {}
+    return Workflow(
+        id=str(data["id"]),
+        name=str(data.get("name") or data["id"]),
+        steps=tuple(steps),
+        transitions=tuple(transitions),
+        description=str(data.get("description") or ""),
+        version=data.get("version", 1),
+        metadata=_freeze(dict(data.get("metadata") or {})),
+        model=default_model,
+        inputs=MappingProxyType(dict(data.get("inputs") or {"type": "object"})),
+        output=_freeze(dict(data.get("output") or {})),
+        env=tuple(data.get("env") or ()),
+        budget=Budget(
+            max_usd=budget_raw.get("max_usd"),
+            max_tokens=budget_raw.get("max_tokens"),
+            max_calls=budget_raw.get("max_calls"),
+        ),
+        source=text,
+        path=path.resolve() if path is not None else None,
+    )
+
+
+__all__ = [
+    "MAX_STEPS",
+    "check",
+    "check_text",
+    "load",
+    "load_text",
+    "parse_duration",
+    "resolve_prompt",
+    "schema",
+]
