@@ -320,16 +320,15 @@ class _Checker:
 
         from .. import expr
 
-        if s.prompt is not None:
-            if not s.prompt.is_file():
-                self.error(
-                    ["steps", i, "prompt"],
-                    "E401",
-                    f"prompt file {raw['prompt']} not found",
-                    "paths are relative to the workflow file; bundled: generate.j2, "
-                    "critique.j2, revise.j2",
-                )
-                return
+        if s.prompt is not None and not s.prompt.is_file():
+            self.error(
+                ["steps", i, "prompt"],
+                "E401",
+                f"prompt file {raw['prompt']} not found",
+                "paths are relative to the workflow file; bundled: generate.j2, "
+                "critique.j2, revise.j2",
+            )
+            return
         sources: list[tuple[list[Any], str, str]] = []
         if s.template is not None:
             sources.append((["steps", i, "template"], s.template, ""))

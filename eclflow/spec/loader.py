@@ -277,9 +277,13 @@ class _Located:
             try:
                 if lc is not None and isinstance(node, Mapping) and part in node:
                     pos = lc.key(part) if (key and last) else lc.value(part)
-                elif lc is not None and isinstance(node, list) and isinstance(part, int):
-                    if 0 <= part < len(node):
-                        pos = lc.item(part)
+                elif (
+                    lc is not None
+                    and isinstance(node, list)
+                    and isinstance(part, int)
+                    and 0 <= part < len(node)
+                ):
+                    pos = lc.item(part)
             except Exception:
                 pos = None
             if pos is None:
@@ -290,10 +294,11 @@ class _Located:
             except Exception:
                 break
             child_lc = getattr(node, "lc", None)
-            if child_lc is not None and not (key and last) and isinstance(node, Mapping | list):
-                # a block mapping value starts where its first key is
-                if not getattr(node, "fa", None) or not node.fa.flow_style():
-                    line, col = child_lc.line, child_lc.col
+            # a block collection starts where its first item is
+            block = not getattr(node, "fa", None) or not node.fa.flow_style()
+            collection = isinstance(node, Mapping | list)
+            if child_lc is not None and not (key and last) and collection and block:
+                line, col = child_lc.line, child_lc.col
         return Location(self.file, line + 1, col + 1)
 
     def keys_of(self, path: Sequence[Any]) -> list[Any]:
@@ -365,24 +370,6 @@ def _leaves(error: Any) -> Iterator[Any]:
             yield from _leaves(sub)
         return
     yield error
-
-
-_STEP_KEYS = [
-    "id",
-    "type",
-    "description",
-    "depends_on",
-    "revision_source",
-    "with",
-    "prompt",
-    "template",
-    "system",
-    "model",
-    "retry",
-    "timeout",
-    "output_schema",
-    "config",
-]
 
 
 def _describe(error: Any, located: _Located) -> list[Diagnostic]:
@@ -549,15 +536,6 @@ def _freeze(value: Any) -> Any:
         return MappingProxyType({k: _freeze(v) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    """Read-only views back to plain JSON values (for JSON Schemas handed to jsonschema)."""
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_thaw(v) for v in value]
     return value
 
 
