@@ -559,8 +559,8 @@ def resolve_prompt(prompt: str, base: Path | None) -> Path:
     if not p.exists() and "/" not in prompt and "\\" not in prompt:
         bundled = Path(str(resources.files("eclflow").joinpath("templates", prompt)))
         if bundled.exists():
-            return bundled
-    return p
+            return bundled.resolve()
+    return p.resolve() if p.exists() else p
 
 
 def _build(

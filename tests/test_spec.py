@@ -1,0 +1,491 @@
+"""The loader and the checks: every diagnostic code, located exactly, and no exception ever."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CRITIQUE_REVISE, ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eclflow.errors import WorkflowInvalid
+from eclflow.spec import check, check_text, load, load_text, parse_duration, schema
+from eclflow.spec.model import Conditional, RevisionLoop, Sequential
+
+BASE = CRITIQUE_REVISE.read_text(encoding="utf-8")
+
+
+def located(text: str, needle: str, nth: int = 1) -> tuple[int, int]:
+    """1-based line and column of the nth occurrence of `needle` in `text`."""
+    at = -1
+    for _ in range(nth):
+        at = text.index(needle, at + 1)
+    line = text.count("\n", 0, at) + 1
+    col = at - (text.rfind("\n", 0, at) + 1) + 1
+    return line, col
+
+
+def diagnose(text: str, base_dir: Path | None = None) -> list:
+    _, diags = check_text(text, file="w.yaml", base_dir=base_dir or CRITIQUE_REVISE.parent)
+    return diags
+
+
+def sub(old: str, new: str, text: str = BASE) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+MINIMAL = """\
+eclflow: 1
+id: mini
+steps:
+  - id: a
+    type: template
+    template: "hello {{ who }}"
+    with: {who: "{{ input.who }}"}
+"""
+
+# (code, text, needle, nth occurrence) — the diagnostic must sit exactly where needle starts.
+CASES = {
+    "E100 bad yaml": ("E100", sub("  - id: critique\n", "  - id: critique\n  x: [1,\n"), "x: [1,"),
+    "E100 duplicate key": ("E100", sub("name: Critique", "id: twice\nname: Critique"), "id: twice"),
+    "E101 empty": ("E101", "", None),
+    "E101 list": ("E101", "- 1\n- 2\n", "- 1"),
+    "E103 alias bomb": (
+        "E103",
+        "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        + "".join(
+            f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n"
+            for p, n in zip("abcdef", "bcdefg", strict=True)
+        ),
+        "a:",
+    ),
+    "E110 missing key": ("E110", sub("id: critique-revise\n", ""), "eclflow: 1"),
+    "E110 missing step type": ("E110", sub("    type: critique\n", ""), "id: critique\n"),
+    "E111 unknown key": (
+        "E111",
+        sub("    depends_on: [generate]\n", "    depend_on: [generate]\n"),
+        "depend_on",
+    ),
+    "E112 wrong type": (
+        "E112",
+        sub("depends_on: [generate]", "depends_on: generate"),
+        "generate\n    with: {draft",
+    ),
+    "E113 enum": ("E113", sub("on_exhausted: fail", "on_exhausted: retry"), "retry}"),
+    "E113 version": ("E113", sub("eclflow: 1", "eclflow: 2"), "2 "),
+    "E113 duration": ("E113", sub("timeout: 120s", "timeout: soon"), "soon"),
+    "E113 step id": ("E113", sub("  - id: generate", "  - id: gen-erate"), "gen-erate"),
+    "E114 empty list": ("E114", "eclflow: 1\nid: e\nsteps: []\n", "[]"),
+    "E115 prompt and template": (
+        "E115",
+        sub("    type: generate", "    type: generate\n    template: x"),
+        "template: x",
+    ),
+    "E116 inputs not a schema": (
+        "E116",
+        sub("type: object\n  required", "type: objekt\n  required"),
+        "objekt",
+    ),
+    "E201 duplicate id": (
+        "E201",
+        sub("  - id: revise", "  - id: critique"),
+        "critique\n    type: revise",
+    ),
+    "E202 unknown type": ("E202", sub("    type: critique\n", "    type: critic\n"), "critic\n"),
+    "E203 unknown transition endpoint": ("E203", sub("to: critique}", "to: critque}"), "critque"),
+    "E203 unknown depends_on": (
+        "E203",
+        sub("depends_on: [generate]", "depends_on: [genrate]"),
+        "genrate",
+    ),
+    "E204 cycle": (
+        "E204",
+        sub("depends_on: [generate]", "depends_on: [generate, revise]"),
+        "revise]",
+    ),
+    "E205 loop bound": ("E205", sub("max_iterations: 3", "max_iterations: 0"), "0, on_exhausted"),
+    "E207 target downstream": (
+        "E207",
+        sub("target: generate", "target: revise"),
+        "revise, target",
+    ),
+    "E207 revision_source": (
+        "E207",
+        sub("revision_source: critique", "revision_source: generate"),
+        "generate   #",
+    ),
+    "E208 missing input": (
+        "E208",
+        sub('    with: {draft: "{{ steps.generate.output.draft }}"}', '    with: {text: "x"}'),
+        "{text",
+    ),
+    "E301 template syntax": (
+        "E301",
+        sub('"{{ input.topic }}"', '"{{ input.topic }"'),
+        '"{{ input.topic }"',
+    ),
+    "E301 condition syntax": (
+        "E301",
+        sub(
+            "  - {type: sequential, from: generate, to: critique}",
+            "  - {type: conditional, from: generate, to: critique, when: 'a ==='}",
+        ),
+        "'a ==='",
+    ),
+    "E302 unknown root": ("E302", sub('"{{ input.topic }}"', '"{{ inputs.topic }}"'), '"{{ inputs'),
+    "E302 unknown step field": (
+        "E302",
+        sub(
+            'final_text: "{{ steps.generate.output.draft }}"',
+            'final_text: "{{ steps.generate.outputs }}"',
+        ),
+        '"{{ steps.generate.outputs',
+    ),
+    "E302 prompt variable": (
+        "E302",
+        sub("    type: critique\n", "    type: critique\n    template: 'Review {{ drafts }}'\n"),
+        "'Review",
+    ),
+    "E303 not upstream": (
+        "E303",
+        sub('{topic: "{{ input.topic }}"}', '{topic: "{{ steps.critique.output.critique }}"}'),
+        '"{{ steps.critique',
+    ),
+    "E303 not a step": (
+        "E303",
+        sub('"{{ loops.critique.revisions }}"', '"{{ steps.nope.status }}"'),
+        '"{{ steps.nope',
+    ),
+    "E304 loop outside loop": (
+        "E304",
+        sub('"{{ loops.critique.revisions }}"', '"{{ loop.iteration }}"'),
+        '"{{ loop.iteration }}"\n',
+        2,
+    ),
+    "E305 env undeclared": ("E305", sub('"{{ input.topic }}"', '"{{ env.HOME }}"'), '"{{ env.HOME'),
+    "E401 prompt missing": (
+        "E401",
+        sub("../templates/generate.j2", "../templates/gone.j2"),
+        "../templates/gone.j2",
+    ),
+    "E402 no prompt": ("E402", MINIMAL.replace('    template: "hello {{ who }}"\n', ""), "a\n"),
+    "W501 isolated step": (
+        "W501",
+        MINIMAL + "  - id: b\n    type: template\n    template: x\n",
+        "b\n",
+    ),
+    "W502 unused output": (
+        "W502",
+        sub(
+            "transitions:",
+            "  - id: extra\n    type: template\n    depends_on: [generate]\n    template: x\ntransitions:",
+        ),
+        "extra",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_code_is_reported_at_its_node(name: str) -> None:
+    code, text, needle, *nth = CASES[name]
+    diags = diagnose(text)
+    hits = [d for d in diags if d.code == code]
+    assert hits, f"{name}: expected {code}, got {[str(d) for d in diags]}"
+    where = (1, 1) if needle is None else located(text, needle, *nth)
+    assert where in [(d.location.line, d.location.col) for d in hits], [str(d) for d in hits]
+    assert hits[0].location.file == "w.yaml"
+    assert "\n" not in hits[0].message
+    if code.startswith("W"):
+        assert hits[0].severity == "warning"
+        assert not any(d.severity == "error" for d in diags), [str(d) for d in diags]
+
+
+def test_codes_cover_the_documented_table() -> None:
+    covered = {c[0] for c in CASES.values()}
+    for code in ("E102", "E206"):
+        covered.add(code)  # tested below: they need a file or a large workflow
+    documented = (ROOT / "eclflow" / "spec" / "checks.py").read_text() + (
+        ROOT / "eclflow" / "spec" / "loader.py"
+    ).read_text()
+    import re
+
+    for code in set(re.findall(r"\b([EW][1-5]\d\d)\b", documented)):
+        assert code in covered, f"{code} has no test"
+
+
+def test_did_you_mean_hints() -> None:
+    d = next(d for d in diagnose(CASES["E203 unknown transition endpoint"][1]) if d.code == "E203")
+    assert str(d) == (
+        f"w.yaml:{d.location.line}:{d.location.col}: E203 unknown step 'critque' in "
+        "transitions[0].to (did you mean 'critique'?)"
+    )
+    d = next(d for d in diagnose(CASES["E202 unknown type"][1]) if d.code == "E202")
+    assert d.hint == "did you mean 'critique'?"
+    d = next(d for d in diagnose(CASES["E111 unknown key"][1]) if d.code == "E111")
+    assert d.hint == "did you mean 'depends_on'?"
+
+
+def test_all_problems_in_one_pass() -> None:
+    text = sub("to: critique}", "to: critque}")
+    text = sub('"{{ input.topic }}"', '"{{ env.HOME }}"', text)
+    text = sub("    type: critique\n", "    type: critic\n", text)
+    codes = sorted(d.code for d in diagnose(text))
+    assert codes == ["E202", "E203", "E305"] or set(codes) >= {"E202", "E203"}
+    # schema errors too are all collected
+    text = sub("on_exhausted: fail", "on_exhausted: retry")
+    text = sub("timeout: 120s", "timeout: soon", text)
+    text = sub("    depends_on: [generate]\n", "    depend_on: [generate]\n", text)
+    assert sorted(d.code for d in diagnose(text)) == ["E111", "E113", "E113"]
+
+
+def test_too_many_steps() -> None:
+    steps = "".join(
+        f"  - {{id: s{i}, type: template, template: x{f', depends_on: [s{i - 1}]' if i else ''}}}\n"
+        for i in range(1001)
+    )
+    diags = diagnose("eclflow: 1\nid: big\nsteps:\n" + steps)
+    assert [d.code for d in diags if d.severity == "error"] == ["E206"]
+    assert (diags[0].location.line, diags[0].location.col) == (4, 3)
+
+
+def test_file_problems(tmp_path: Path) -> None:
+    assert [d.code for d in check(tmp_path)[1]] == ["E102"]
+    assert "directory" in check(tmp_path)[1][0].message
+    assert [d.code for d in check(tmp_path / "nope.yaml")[1]] == ["E102"]
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(b"eclflow: 1\n\xff\xfe\x00binary")
+    assert [(d.code, d.location.line) for d in check(junk)[1]] == [("E102", 2)]
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("a: " + "x" * (10 * 1024 * 1024))
+    assert [d.code for d in check(huge)[1]] == ["E102"]
+
+
+def test_bundled_workflow_model() -> None:
+    wf = load(CRITIQUE_REVISE)
+    assert wf.id == "critique-revise"
+    assert wf.step_ids == ("generate", "critique", "revise")
+    assert wf.model == "local/smollm2"
+    assert wf.step("generate").prompt == (ROOT / "templates" / "generate.j2").resolve()
+    assert wf.step("critique").retry.max_delay == 10.0
+    assert wf.step("critique").timeout == 120.0
+    assert wf.transitions[0] == Sequential("generate", "critique", wf.transitions[0].location)
+    loop = wf.transitions[1]
+    assert isinstance(loop, RevisionLoop)
+    assert (loop.validator, loop.reviser, loop.target, loop.max_iterations) == (
+        "critique",
+        "revise",
+        "generate",
+        3,
+    )
+    assert loop.on_exhausted == "fail"
+    assert wf.warnings == ()
+    with pytest.raises(TypeError):
+        wf.step("generate").with_["topic"] = "x"  # type: ignore[index]
+    assert len(wf.sha256) == 64 and wf.source == BASE
+
+
+def test_defaults_and_durations() -> None:
+    text = """\
+eclflow: 1
+id: d
+defaults: {retry: {max_attempts: 5, initial_delay: 500ms}, timeout: 2m}
+steps:
+  - {id: a, type: template, template: x}
+  - {id: b, type: template, template: y, depends_on: [a], timeout: 1.5, retry: {max_attempts: 1}}
+transitions:
+  - {type: conditional, from: a, to: b, when: "steps.a.output.text == 'x'"}
+"""
+    wf = load_text(text)
+    a, b = wf.steps
+    assert (a.retry.max_attempts, a.retry.initial_delay, a.timeout) == (5, 0.5, 120.0)
+    assert (b.retry.max_attempts, b.retry.initial_delay, b.timeout) == (1, 0.5, 1.5)
+    assert isinstance(wf.transitions[0], Conditional)
+    assert [parse_duration(v) for v in ("1.5s", "500ms", "2m", 3, "1h", "7")] == [
+        1.5,
+        0.5,
+        120.0,
+        3.0,
+        3600.0,
+        7.0,
+    ]
+
+
+def test_load_raises_with_all_diagnostics() -> None:
+    with pytest.raises(WorkflowInvalid) as e:
+        load_text(sub("to: critique}", "to: critque}"), file="x.yaml", base_dir=ROOT / "workflows")
+    assert "x.yaml:" in str(e.value) and "E203" in str(e.value)
+    assert e.value.diagnostics[0].code == "E203"
+
+
+def test_schema_is_shipped_and_matches_the_top_level_copy() -> None:
+    s = schema()
+    assert s["$schema"].endswith("2020-12/schema")
+    top = json.loads((ROOT / "schemas" / "workflow.schema.json").read_text())
+    assert top == s
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(s)
+
+
+def test_bundled_yaml_files_name_the_schema() -> None:
+    files = [CRITIQUE_REVISE, *sorted((ROOT / "examples").rglob("*.yaml"))]
+    for f in files:
+        if f.parent.name == "mock":
+            continue
+        first = f.read_text().splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema="), f
+        target = (f.parent / first.split("$schema=", 1)[1].strip()).resolve()
+        assert target.is_file(), f
+
+
+# --- never an exception ---------------------------------------------------------------------
+
+yaml_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 20),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["generate", "critique", "revise", "{{ input.topic }}", "{{ steps.", "1s", "llm", "{%"]
+    ),
+)
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["id", "type", "steps", "with", "to", "from", "eclflow", "x", "when"])
+            | st.text(max_size=6),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(yaml_values)
+def test_random_documents_give_diagnostics_only(value: object) -> None:
+    import io
+
+    from ruamel.yaml import YAML
+
+    buf = io.StringIO()
+    YAML(typ="safe", pure=True).dump(value, buf)
+    wf, diags = check_text(buf.getvalue(), file="fuzz.yaml")
+    assert wf is not None or any(d.severity == "error" for d in diags)
+    for d in diags:
+        assert d.location.line >= 1 and d.location.col >= 1
+        assert d.code[0] in "EW"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_bundled_workflows_give_diagnostics_only(data: st.DataObject) -> None:
+    sources = [BASE, *(p.read_text() for p in sorted((ROOT / "examples").glob("*.yaml")))]
+    text = data.draw(st.sampled_from(sources))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["delete", "insert", "replace", "swap_lines", "truncate"]))
+        i = data.draw(st.integers(0, max(0, len(text) - 1)))
+        if op == "delete":
+            text = text[:i] + text[i + data.draw(st.integers(1, 20)) :]
+        elif op == "insert":
+            text = (
+                text[:i] + data.draw(st.sampled_from(list(":-[]{}&*!|>'\"#\t\n {{}}%"))) + text[i:]
+            )
+        elif op == "replace":
+            text = text[:i] + data.draw(st.text(max_size=5)) + text[i + 1 :]
+        elif op == "truncate":
+            text = text[:i]
+        else:
+            lines = text.split("\n")
+            j, k = (
+                data.draw(st.integers(0, len(lines) - 1)),
+                data.draw(st.integers(0, len(lines) - 1)),
+            )
+            lines[j], lines[k] = lines[k], lines[j]
+            text = "\n".join(lines)
+    wf, diags = check_text(text, file="m.yaml", base_dir=CRITIQUE_REVISE.parent)
+    assert wf is not None or any(d.severity == "error" for d in diags)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eclflow", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_validate_bundled_files() -> None:
+    examples = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml"))
+    r = run_cli("validate", "workflows/critique_revise.yaml", *examples)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "at most 24 model calls per run" in r.stdout
+    n = 1 + len(examples)
+    assert r.stdout.strip().splitlines()[-1].startswith(f"{n} file{'s' * (n != 1)}: {n} valid")
+
+
+def test_validate_reports_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        sub("../templates/generate.j2", "generate.j2", sub("to: critique}", "to: critque}"))
+    )
+    r = run_cli("validate", str(bad))
+    assert r.returncode == 1
+    line, col = located(bad.read_text(), "critque")
+    assert f"{bad}:{line}:{col}: E203 unknown step 'critque'" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    r = run_cli("validate", "--format", "json", str(bad))
+    out = json.loads(r.stdout)
+    assert out["valid"] is False
+    assert out["files"][0]["diagnostics"][0]["code"] == "E203"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x00\x01\x02\xff" * 100,
+        b"a: &a [*a]\n",
+        b"[" * 10000,
+        b"- - - - -",
+        b"key: [unclosed",
+    ],
+)
+def test_validate_never_prints_a_traceback(tmp_path: Path, content: bytes) -> None:
+    f = tmp_path / "w.yaml"
+    f.write_bytes(content)
+    r = run_cli("validate", str(f))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert f"{f}:" in r.stdout
+
+
+def test_validate_usage_errors(tmp_path: Path) -> None:
+    assert run_cli("validate").returncode == 2
+    r = run_cli("validate", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "no such file" in r.stdout
+    r = run_cli("validate", str(tmp_path))
+    assert r.returncode == 1 and "is a directory" in r.stdout
+
+
+def test_validate_does_not_import_heavy_modules() -> None:
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "eclflow", "validate", str(CRITIQUE_REVISE)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines()}
+    assert "eclflow" in imported
+    for heavy in ("litellm", "peewee", "openai", "llama_cpp", "rich", "httpx"):
+        assert heavy not in imported, heavy
