@@ -12,11 +12,29 @@ from .. import __version__
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="eclflow")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Default: ECLFLOW_LOG_LEVEL, else warning (debug with -v).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["pretty", "json", "compact"], case_sensitive=False),
+    help="Logs on stderr: pretty (rich), json (one object a line) or compact. "
+    "Default: ECLFLOW_LOG_FORMAT, else pretty.",
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, log_level: str | None, log_format: str | None) -> None:
     """Declarative YAML workflows for LLM work: validate, draw, run, journal, resume."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    from ..errors import ConfigError
+    from ..observe.logs import configure
+
+    try:
+        configure(log_level or ("debug" if verbose else None), log_format)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def main() -> None:

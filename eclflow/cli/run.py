@@ -175,6 +175,37 @@ def _model_options(fn: Any) -> Any:
     return fn
 
 
+def _budget_options(fn: Any) -> Any:
+    fn = click.option(
+        "--budget-calls",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Stop before the model call that would exceed N calls.",
+    )(fn)
+    fn = click.option(
+        "--budget-tokens",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Stop before a call that could exceed N tokens (prompt + max_tokens).",
+    )(fn)
+    fn = click.option(
+        "--budget-usd",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="USD",
+        help="Stop before a call that could bring the run's cost over USD (the workflow's "
+        "`budget:` otherwise).",
+    )(fn)
+    return fn
+
+
+def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
+    if usd is None and tokens is None and calls is None:
+        return None
+    from ..spec.model import Budget
+
+    return Budget(max_usd=usd, max_tokens=tokens, max_calls=calls)
+
+
 @cli.command("run")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -199,6 +230,7 @@ def _model_options(fn: Any) -> Any:
     help="With --run: reuse the outputs upstream of STEP and run STEP onwards.",
 )
 @click.option("--run", "from_run", metavar="RUN_ID", help="The earlier run --from reuses.")
+@_budget_options
 @click.option("--no-journal", is_flag=True, help="Keep nothing in the database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
@@ -212,6 +244,9 @@ def run_cmd(
     db: str | None,
     from_step: str | None,
     from_run: str | None,
+    budget_usd: float | None,
+    budget_tokens: int | None,
+    budget_calls: int | None,
     no_journal: bool,
     as_json: bool,
     quiet: bool,
@@ -229,6 +264,7 @@ def run_cmd(
         fail(f"{file}: no such file", 2)
     workflow = load(file)
     inputs = parse_inputs(pairs, input_file)
+    budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
     store = None if no_journal else _open_store(db)
     show_live = not (as_json or quiet) and sys.stderr.isatty()
@@ -249,6 +285,7 @@ def run_cmd(
                     mock_responses=mock_responses,
                     listener=listener,
                     inputs=inputs or None,
+                    budget=budget,
                 )
             return await runner.run(
                 workflow,
@@ -257,6 +294,7 @@ def run_cmd(
                 mock_responses=mock_responses,
                 store=store,
                 listener=listener,
+                budget=budget,
             )
 
         if view is not None:
@@ -274,6 +312,7 @@ def run_cmd(
 @cli.command("resume")
 @click.argument("run_id")
 @_model_options
+@_budget_options
 @db_option
 @click.option(
     "--force", is_flag=True, help="Resume even if the workflow file changed since the run started."
@@ -285,6 +324,9 @@ def resume_cmd(
     run_id: str,
     model: str | None,
     mock_responses: Path | None,
+    budget_usd: float | None,
+    budget_tokens: int | None,
+    budget_calls: int | None,
     db: str | None,
     force: bool,
     as_json: bool,
@@ -305,6 +347,7 @@ def resume_cmd(
                 mock_responses=mock_responses,
                 force=force,
                 listener=listener,
+                budget=_budget(budget_usd, budget_tokens, budget_calls),
             )
         )
     finally:

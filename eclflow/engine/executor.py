@@ -17,6 +17,9 @@ import stamina
 
 from ..errors import EclflowError, StepTimeout, ValidationError
 from ..llm import CompletionRequest, CompletionResponse, Message, Providers
+from ..observe import tracing
+from ..observe.events import emit
+from ..observe.logs import bind
 from ..steps.base import LoopState, Step, StepContext, StepResult
 from .journal import AttemptLog
 from .result import StepExecution, TraceEvent
@@ -75,6 +78,43 @@ class Executor:
         attempts_log: AttemptLog,
         loop: LoopState | None = None,
     ) -> StepExecution:
+        with (
+            bind(step_id=step.id, iteration=iteration),
+            tracing.span(
+                "step",
+                **{
+                    "eclflow.run_id": self.run_id,
+                    "eclflow.step_id": step.id,
+                    "eclflow.step_type": step.type_name,
+                    "eclflow.key": key,
+                    "eclflow.iteration": iteration,
+                },
+            ) as span,
+        ):
+            record = await self._run(step, key, iteration, input, attempts_log, loop)
+            if span is not None:
+                tracing.set_attributes(
+                    span,
+                    **{
+                        "eclflow.outcome": record.outcome,
+                        "eclflow.attempts": record.attempts,
+                        "gen_ai.usage.input_tokens": record.tokens_in,
+                        "gen_ai.usage.output_tokens": record.tokens_out,
+                    },
+                )
+                if record.outcome == "failed":
+                    tracing.record_error(span, record.error or "failed")
+            return record
+
+    async def _run(
+        self,
+        step: Step,
+        key: str,
+        iteration: int,
+        input: Mapping[str, Any],
+        attempts_log: AttemptLog,
+        loop: LoopState | None = None,
+    ) -> StepExecution:
         started = time.perf_counter()
         model = self.model_for(step)
         traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
@@ -85,6 +125,7 @@ class Executor:
             step.validate_input(input)
         except ValidationError as e:
             traces.append(TraceEvent("error", "Input validation failed", {"error": str(e)}))
+            emit("validation_failed", field=e.field or "input", reason=str(e))
             handle = await attempts_log.started(1, total.input, model)
             total.error = str(e)
             total.attempts = 1
@@ -106,9 +147,16 @@ class Executor:
                 wait_exp_base=policy.multiplier,
                 wait_jitter=policy.initial_delay * 0.1,
             ):
-                with attempt:
+                with attempt, bind(attempt=attempt.num):
                     n = attempt.num
                     if n > 1:
+                        emit(
+                            "retrying",
+                            attempt=n,
+                            max_attempts=policy.max_attempts,
+                            error=last.error if last else None,
+                            delay=policy.delay_for_attempt(n - 1),
+                        )
                         traces.append(
                             TraceEvent(
                                 "warn",
@@ -123,6 +171,7 @@ class Executor:
                         )
                     if self.on_attempt is not None:
                         self.on_attempt(key, n, policy.max_attempts)
+                    emit("step_started", attempt=n)
                     last = await self._attempt(
                         step, key, iteration, n, input, model, loop, attempts_log
                     )
@@ -143,9 +192,22 @@ class Executor:
         if last.outcome == "failed":
             msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
             traces.append(TraceEvent("error", msg, {"attempts": n, "error": last.error}))
+            if n > 1:
+                emit("step_failed_after_retries", attempts=n, error=last.error)
+            else:
+                emit("step_failed", error=last.error, duration_ms=total.duration_ms)
         else:
             if n > 1:
                 traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
+                emit("step_succeeded_after_retry", attempts=n, duration_ms=total.duration_ms)
+            else:
+                emit(
+                    "step_succeeded",
+                    duration_ms=total.duration_ms,
+                    tokens_input=total.tokens_in,
+                    tokens_output=total.tokens_out,
+                    cost=total.cost,
+                )
             traces.append(TraceEvent("info", "Step execution completed"))
         return total
 
@@ -194,6 +256,7 @@ class Executor:
             try:
                 step.validate_output(result.output)
             except ValidationError as e:
+                emit("validation_failed", field=e.field or "output", reason=str(e))
                 result = StepResult.failed(str(e), retryable=False)
         record.outcome = result.kind
         record.output = result.output
@@ -235,10 +298,58 @@ class Executor:
                 timeout=step.spec.timeout,
             )
             if self.guard is not None:
-                await self.guard(step.id, request)
+                try:
+                    await self.guard(step.id, request)
+                except EclflowError as e:
+                    emit("budget_exceeded", model=model, error=str(e))
+                    raise
             usage.prompt = [{"role": m.role, "content": m.content} for m in messages]
+            emit("llm_request_started", model=model, message_count=len(messages))
             t0 = time.perf_counter()
-            response = await self.providers.get(model).complete(request)
+            with tracing.span(
+                "llm_call",
+                **{
+                    "gen_ai.request.model": model,
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.request.max_tokens": max_tokens,
+                    "gen_ai.request.temperature": temperature,
+                    "eclflow.run_id": self.run_id,
+                    "eclflow.step_id": step.id,
+                },
+            ) as span:
+                try:
+                    response = await self.providers.get(model).complete(request)
+                except BaseException as e:
+                    release = getattr(self.guard, "release", None)
+                    if release is not None:
+                        release(request)
+                    emit(
+                        "llm_request_failed",
+                        model=model,
+                        error=str(e) or type(e).__name__,
+                        duration_ms=_ms(t0),
+                    )
+                    if span is not None:
+                        tracing.record_error(span, str(e) or type(e).__name__)
+                    raise
+                tracing.set_attributes(
+                    span,
+                    **{
+                        "gen_ai.response.model": response.model or None,
+                        "gen_ai.usage.input_tokens": response.usage.input,
+                        "gen_ai.usage.output_tokens": response.usage.output,
+                        "gen_ai.response.finish_reasons": [response.finish_reason],
+                        "eclflow.cost_usd": response.cost,
+                    },
+                )
+            emit(
+                "llm_request_completed",
+                model=model,
+                tokens_input=response.usage.input,
+                tokens_output=response.usage.output,
+                duration_ms=_ms(t0),
+                cost=response.cost,
+            )
             usage.tokens_in += response.usage.input
             usage.tokens_out += response.usage.output
             usage.cost += response.cost

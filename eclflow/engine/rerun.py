@@ -46,6 +46,7 @@ async def rerun_from(
     mock_responses: Any = None,
     listener: Listener | None = None,
     inputs: dict[str, Any] | None = None,
+    budget: Any = None,
 ) -> RunResult:
     from .runner import run
 
@@ -86,6 +87,7 @@ async def rerun_from(
         listener=listener,
         journal_factory=journal.bind,
         metadata={"rerun_of": old.id, "from_step": step},
+        budget=budget,
     )
 
 

@@ -10,7 +10,11 @@ from typing import Any
 from ..errors import ConfigError, InvalidInput, InvalidState
 from ..graph.plan import Plan, compile_plan
 from ..llm import MockProvider, Providers, load_script
-from ..spec.model import Workflow
+from ..observe import tracing
+from ..observe.budget import BudgetGuard, Spent
+from ..observe.events import EventRecorder, emit, record_to
+from ..observe.logs import bind
+from ..spec.model import Budget, Workflow
 from ..steps.registry import default_registry
 from .executor import CallGuard, CallHook, Executor
 from .journal import Journal, MemoryJournal, StoreJournal
@@ -88,6 +92,7 @@ async def run(
     journal: Journal | None = None,
     journal_factory: Callable[[str], Journal] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    budget: Budget | None = None,
 ) -> RunResult:
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
@@ -128,8 +133,21 @@ async def run(
                 journal = (journal_factory or (lambda rid: StoreJournal(store, rid)))(run_id)
             else:
                 journal = MemoryJournal()
+        limits = _limits(wf, budget)
+        if store is not None and (limits.max_usd or limits.max_tokens or limits.max_calls):
+            store.runs.update_metadata(run_id, budget=_budget_dict(limits))
         return await _execute(
-            plan, providers, chosen, journal, run_id, inputs, store, listener, guard, on_call
+            plan,
+            providers,
+            chosen,
+            journal,
+            run_id,
+            inputs,
+            store,
+            listener,
+            guard,
+            on_call,
+            limits,
         )
     finally:
         if own_store:
@@ -147,20 +165,120 @@ async def _execute(
     listener: Listener | None,
     guard: CallGuard | None,
     on_call: CallHook | None,
+    limits: Budget | None = None,
+    spent: Spent | None = None,
 ) -> RunResult:
+    import asyncio
+
+    limits = limits or Budget()
+    budget_guard = BudgetGuard(limits.max_usd, limits.max_tokens, limits.max_calls, spent)
+    if budget_guard.active:
+        guard = _both_guards(budget_guard, guard)
+        on_call = _both_hooks(budget_guard.record, on_call)
     executor = Executor(
         run_id=run_id, providers=providers, default_model=model, guard=guard, on_call=on_call
     )
     orchestrator = Orchestrator(plan, executor, journal, listener=listener)
-    result = await orchestrator.run(run_id, inputs)
+    wf = plan.workflow
+    recorder = EventRecorder(store, run_id) if store is not None else None
+    flusher = asyncio.create_task(_flush_events(recorder)) if recorder is not None else None
+    try:
+        with (
+            bind(run_id=run_id, workflow_id=wf.id),
+            record_to(recorder),
+            tracing.span(
+                "workflow",
+                **{
+                    "eclflow.run_id": run_id,
+                    "eclflow.workflow_id": wf.id,
+                    "eclflow.workflow_name": wf.name,
+                },
+            ) as span,
+        ):
+            emit(
+                "workflow_started",
+                workflow_name=wf.name,
+                step_count=len(wf.steps),
+                model=model,
+            )
+            result = await orchestrator.run(run_id, inputs)
+            if result.status == "completed":
+                emit(
+                    "workflow_completed",
+                    duration_ms=result.duration_ms,
+                    tokens=result.tokens,
+                    cost=result.cost,
+                )
+            else:
+                emit(
+                    "workflow_failed",
+                    error=result.error,
+                    failed_step=result.failed_step,
+                    duration_ms=result.duration_ms,
+                )
+                tracing.record_error(span, result.error or "failed")
+            tracing.set_attributes(
+                span, **{"eclflow.status": result.status, "eclflow.cost_usd": result.cost}
+            )
+    finally:
+        if flusher is not None:
+            flusher.cancel()
     if store is not None:
-        import asyncio
-
-        await asyncio.to_thread(_record_end, store, result)
+        await asyncio.to_thread(_record_end, store, result, recorder)
     return result
 
 
-def _record_end(store: Any, result: RunResult) -> None:
+async def _flush_events(recorder: EventRecorder | None) -> None:
+    """Writes the run's events every fraction of a second, so other processes can follow."""
+    import asyncio
+
+    assert recorder is not None
+    while True:
+        await asyncio.sleep(recorder.max_delay)
+        if recorder.due():
+            await asyncio.to_thread(recorder.flush)
+
+
+def _both_guards(first: CallGuard, second: CallGuard | None) -> CallGuard:
+    if second is None:
+        return first
+
+    async def guard(step_id: str, request: Any) -> None:
+        await first(step_id, request)
+        await second(step_id, request)
+
+    return guard
+
+
+def _both_hooks(first: CallHook, second: CallHook | None) -> CallHook:
+    if second is None:
+        return first
+
+    def hook(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return hook
+
+
+def _limits(wf: Workflow, override: Budget | None) -> Budget:
+    """The command line's limits win over the file's, field by field."""
+    if override is None:
+        return wf.budget
+    return Budget(
+        max_usd=override.max_usd if override.max_usd is not None else wf.budget.max_usd,
+        max_tokens=override.max_tokens if override.max_tokens is not None else wf.budget.max_tokens,
+        max_calls=override.max_calls if override.max_calls is not None else wf.budget.max_calls,
+    )
+
+
+def _budget_dict(b: Budget) -> dict[str, Any]:
+    return {"max_usd": b.max_usd, "max_tokens": b.max_tokens, "max_calls": b.max_calls}
+
+
+def _record_end(store: Any, result: RunResult, recorder: EventRecorder | None = None) -> None:
+    if recorder is not None:
+        recorder.flush()
     with store.transaction():
         store.runs.update_output(result.run_id, result.output)
         store.runs.update_metadata(
@@ -185,8 +303,11 @@ async def resume(
     listener: Listener | None = None,
     guard: CallGuard | None = None,
     on_call: CallHook | None = None,
+    budget: Budget | None = None,
 ) -> RunResult:
-    """Continue a run from its journal: succeeded steps are replayed without calling anything."""
+    """Continue a run from its journal: succeeded steps are replayed without calling anything.
+
+    A budget given here replaces the one the run had; what the run already spent counts."""
     from ..spec import load, load_text
 
     record = store.runs.find(run_id)
@@ -214,10 +335,57 @@ async def resume(
     store.runs.update_metadata(
         record.id, pid=os.getpid(), host=_hostname(), resumed=int(meta.get("resumed", 0)) + 1
     )
+    stored = meta.get("budget") or {}
+    limits = _limits(
+        wf,
+        Budget(
+            max_usd=budget.max_usd
+            if budget and budget.max_usd is not None
+            else stored.get("max_usd"),
+            max_tokens=budget.max_tokens
+            if budget and budget.max_tokens is not None
+            else stored.get("max_tokens"),
+            max_calls=budget.max_calls
+            if budget and budget.max_calls is not None
+            else stored.get("max_calls"),
+        ),
+    )
+    if budget is not None:
+        store.runs.update_metadata(record.id, budget=_budget_dict(limits))
     journal = StoreJournal(store, record.id)
     return await _execute(
-        plan, providers, chosen, journal, record.id, record.input, store, listener, guard, on_call
+        plan,
+        providers,
+        chosen,
+        journal,
+        record.id,
+        record.input,
+        store,
+        listener,
+        guard,
+        on_call,
+        limits,
+        _spent_so_far(store, record.id),
     )
+
+
+def _spent_so_far(store: Any, run_id: str) -> Spent:
+    """What a run's journaled attempts already used: every attempt with a model is a call."""
+    spent = Spent()
+    for row in store.steps.for_run(run_id):
+        if row.state == "skipped" or not row.model:
+            continue
+        if (
+            row.state == "failed"
+            and not (row.tokens_in or row.tokens_out)
+            and row.error
+            and ("budget_exceeded" in row.error)
+        ):
+            continue  # refused before the call: nothing was spent
+        spent.calls += 1
+        spent.tokens += (row.tokens_in or 0) + (row.tokens_out or 0)
+        spent.usd += row.cost or 0.0
+    return spent
 
 
 def _alive_elsewhere(meta: Mapping[str, Any]) -> bool:

@@ -1,0 +1,103 @@
+"""`eclflow logs RUN_ID`: a run's timeline from the store, also while it runs elsewhere."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+
+from . import cli
+from ._common import db_option, handle_errors, open_store
+
+_TERMINAL = ("completed", "failed", "cancelled")
+_SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
+
+
+@cli.command("logs")
+@click.argument("run_id")
+@db_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@click.option(
+    "--level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="debug",
+    show_default=True,
+    help="Hide events below this level.",
+)
+@handle_errors
+def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: str) -> None:
+    """Show the events of RUN_ID (any unique prefix): steps, attempts, retries, model calls."""
+    order = ["debug", "info", "warning", "error"]
+    floor = order.index(level)
+    store = open_store(db)
+    try:
+        run = store.runs.find(run_id)
+        last_id: int | None = None
+        while True:
+            for event in store.events.for_run(run.id, after_id=last_id):
+                last_id = event.id
+                data = dict(event.fields or {})
+                lvl = str(data.get("level", "info"))
+                if lvl in order and order.index(lvl) < floor:
+                    continue
+                click.echo(_json_line(run.id, event, data) if as_json else _text_line(event, data))
+            if not follow:
+                break
+            state = store.runs.get(run.id).state
+            if state in _TERMINAL:
+                # one last read: the run may have written its final events just now
+                for event in store.events.for_run(run.id, after_id=last_id):
+                    last_id = event.id
+                    data = dict(event.fields or {})
+                    click.echo(
+                        _json_line(run.id, event, data) if as_json else _text_line(event, data)
+                    )
+                break
+            time.sleep(0.3)
+    finally:
+        store.close()
+
+
+def _ts(event: Any, data: dict[str, Any]) -> float:
+    ts = data.get("ts")
+    if isinstance(ts, int | float):
+        return float(ts)
+    value = getattr(event, "ts", None)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return time.time()
+
+
+def _json_line(run_id: str, event: Any, data: dict[str, Any]) -> str:
+    out = {
+        "id": event.id,
+        "ts": datetime.fromtimestamp(_ts(event, data)).astimezone().isoformat(),
+        "run_id": run_id,
+        "kind": event.kind,
+        "step_id": event.step_id or data.get("step_id"),
+        **{k: v for k, v in data.items() if k not in ("ts", "step_id", "run_id")},
+    }
+    return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def _text_line(event: Any, data: dict[str, Any]) -> str:
+    when = datetime.fromtimestamp(_ts(event, data)).strftime("%H:%M:%S.%f")[:-3]
+    lvl = str(data.get("level", "info")).upper()
+    step = event.step_id or data.get("step_id")
+    head = f"{when} {lvl:<7} {data.get('message', event.kind)}"
+    if step:
+        head += f"  step={step}"
+    rest = " ".join(
+        f"{k}={_short(v)}" for k, v in data.items() if k not in _SKIP_FIELDS and v is not None
+    )
+    return f"{head} {rest}".rstrip()
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,176 @@
+"""Prices and budgets: what a call may cost at worst, and refusing the call that could overspend.
+
+Prices come from litellm's bundled price map, read as a JSON file so `validate` can use it
+without importing litellm; `mock/` and `local/` models cost nothing unless the mock says so.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ..errors import BudgetExceeded
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per token."""
+
+    input: float
+    output: float
+
+
+@lru_cache(maxsize=1)
+def _price_map() -> dict[str, Any]:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    for folder in spec.submodule_search_locations:
+        f = Path(folder) / "model_prices_and_context_window_backup.json"
+        if f.is_file():
+            try:
+                data: dict[str, Any] = json.loads(f.read_text(encoding="utf-8"))
+                return data
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+@lru_cache(maxsize=256)
+def price(model: str) -> Price | None:
+    """Per-token prices of a model, None when unknown (mock/ and local/ are free)."""
+    if model.startswith(("local/", "mock/")):
+        return Price(0.0, 0.0)
+    table = _price_map()
+    candidates = [model]
+    if "/" in model:
+        candidates.append(model.split("/", 1)[1])
+    for name in candidates:
+        entry = table.get(name)
+        if isinstance(entry, dict) and "input_cost_per_token" in entry:
+            return Price(
+                float(entry.get("input_cost_per_token") or 0.0),
+                float(entry.get("output_cost_per_token") or 0.0),
+            )
+    return None
+
+
+def estimate_tokens(text: str) -> int:
+    """A cautious token count for text (about 4 characters a token, rounded up)."""
+    return len(text) // 3 + 1
+
+
+def prompt_tokens(model: str, messages: Sequence[Any]) -> int:
+    """Tokens of a prompt: litellm's tokenizer for remote models, a cautious estimate else."""
+    if not model.startswith(("local/", "mock/")):
+        try:
+            import litellm
+
+            return int(
+                litellm.token_counter(
+                    model=model, messages=[{"role": m.role, "content": m.content} for m in messages]
+                )
+            )
+        except Exception:
+            pass
+    return sum(estimate_tokens(m.content) + 4 for m in messages)
+
+
+@dataclass(slots=True)
+class Spent:
+    usd: float = 0.0
+    tokens: int = 0
+    calls: int = 0
+
+
+class BudgetGuard:
+    """Checks each model call before it is made; a call that could exceed a limit is refused.
+
+    Use as the executor's `guard` (before) and `record` as its `on_call` hook (after).
+    """
+
+    def __init__(
+        self,
+        max_usd: float | None = None,
+        max_tokens: int | None = None,
+        max_calls: int | None = None,
+        spent: Spent | None = None,
+    ) -> None:
+        self.max_usd = max_usd
+        self.max_tokens = max_tokens
+        self.max_calls = max_calls
+        self.spent = spent or Spent()
+        self._lock = threading.Lock()
+        self._pending = Spent()  # calls in flight, counted at their worst case
+        self._reserved: dict[int, tuple[int, float]] = {}
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_usd, self.max_tokens, self.max_calls))
+
+    async def __call__(self, step_id: str, request: Any) -> None:
+        if not self.active:
+            return
+        tokens_in = prompt_tokens(request.model, request.messages)
+        worst_tokens = tokens_in + request.max_tokens
+        p = price(request.model)
+        worst_usd = tokens_in * p.input + request.max_tokens * p.output if p is not None else 0.0
+        with self._lock:
+            calls = self.spent.calls + self._pending.calls + 1
+            if self.max_calls is not None and calls > self.max_calls:
+                raise BudgetExceeded(
+                    f"step '{step_id}' would make model call {calls}, over the limit of "
+                    f"{self.max_calls} calls"
+                )
+            tokens = self.spent.tokens + self._pending.tokens + worst_tokens
+            if self.max_tokens is not None and tokens > self.max_tokens:
+                raise BudgetExceeded(
+                    f"step '{step_id}' could use up to {tokens} tokens in all "
+                    f"({tokens_in} prompt + {request.max_tokens} max_tokens for this call), over "
+                    f"the limit of {self.max_tokens}"
+                )
+            usd = self.spent.usd + self._pending.usd + worst_usd
+            if self.max_usd is not None:
+                if p is None:
+                    raise BudgetExceeded(
+                        f"step '{step_id}': the price of model '{request.model}' is unknown, so "
+                        f"a budget of ${self.max_usd:g} cannot be enforced"
+                    )
+                if usd > self.max_usd:
+                    raise BudgetExceeded(
+                        f"step '{step_id}' could bring the cost to ${usd:.6f}, over the limit "
+                        f"of ${self.max_usd:g}"
+                    )
+            self._pending.calls += 1
+            self._pending.tokens += worst_tokens
+            self._pending.usd += worst_usd
+            self._reserved[id(request)] = (worst_tokens, worst_usd)
+
+    def record(self, step_id: str, request: Any, response: Any, seconds: float) -> None:
+        """What a call actually used; releases its worst-case reservation."""
+        with self._lock:
+            worst = self._reserved.pop(id(request), None)
+            if worst is not None:
+                self._pending.calls -= 1
+                self._pending.tokens -= worst[0]
+                self._pending.usd -= worst[1]
+            self.spent.calls += 1
+            self.spent.tokens += response.usage.input + response.usage.output
+            self.spent.usd += response.cost
+
+    def release(self, request: Any) -> None:
+        """A reserved call failed without a response."""
+        with self._lock:
+            worst = self._reserved.pop(id(request), None)
+            if worst is not None:
+                self._pending.calls -= 1
+                self._pending.tokens -= worst[0]
+                self._pending.usd -= worst[1]
+                self.spent.calls += 1  # a failed call still counts as made

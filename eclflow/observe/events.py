@@ -1,0 +1,114 @@
+"""The standard events of a run: logged with their fields and kept with the run in the store.
+
+Each event has a stable `kind` (for filtering and the store) and the seed's message text.
+`record_to(recorder)` sends the events of the current run to an `EventRecorder`, which writes
+them to the store in batches, so the timeline survives the process and `eclflow logs --follow`
+can watch it from another one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from .logs import bound, get_logger
+
+logger = get_logger("run")
+
+DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+
+# kind → (level, message)
+EVENTS: dict[str, tuple[int, str]] = {
+    "workflow_started": (INFO, "Workflow execution started"),
+    "workflow_completed": (INFO, "Workflow execution completed successfully"),
+    "workflow_failed": (ERROR, "Workflow execution failed"),
+    "step_started": (INFO, "Step execution started"),
+    "step_succeeded": (INFO, "Step execution succeeded"),
+    "step_succeeded_after_retry": (INFO, "Step succeeded after retry"),
+    "step_failed": (ERROR, "Step execution failed"),
+    "step_failed_after_retries": (ERROR, "Step failed after all retry attempts"),
+    "step_skipped": (INFO, "Step skipped"),
+    "step_replayed": (INFO, "Step replayed from the journal"),
+    "retrying": (WARNING, "Retrying after failure"),
+    "validation_failed": (WARNING, "Validation failed"),
+    "llm_request_started": (DEBUG, "LLM request started"),
+    "llm_request_completed": (INFO, "LLM request completed"),
+    "llm_request_failed": (WARNING, "LLM request failed"),
+    "loop_revision": (INFO, "Revision requested"),
+    "budget_exceeded": (ERROR, "Budget exceeded"),
+}
+
+_recorder: ContextVar[EventRecorder | None] = ContextVar("eclflow_event_recorder", default=None)
+
+
+def emit(kind: str, **fields: Any) -> None:
+    """Log a standard event with its fields, and record it for the current run."""
+    level, message = EVENTS[kind]
+    recorder = _recorder.get()
+    enabled = logger.isEnabledFor(level)
+    if not enabled and recorder is None:
+        return
+    if enabled:
+        logger.log(level, message, extra={"kind": kind, **fields})
+    if recorder is not None:
+        ctx = bound()
+        recorder.add(kind, level, message, ctx.get("step_id"), {**ctx, **fields})
+
+
+@contextmanager
+def record_to(recorder: EventRecorder | None) -> Iterator[None]:
+    token = _recorder.set(recorder)
+    try:
+        yield
+    finally:
+        _recorder.reset(token)
+
+
+class EventRecorder:
+    """Buffers a run's events and writes them to the store in batches (thread-safe)."""
+
+    def __init__(self, store: Any, run_id: str, *, max_delay: float = 0.2) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.max_delay = max_delay
+        self._buffer: list[tuple[str, str | None, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    def add(
+        self, kind: str, level: int, message: str, step_id: str | None, fields: dict[str, Any]
+    ) -> None:
+        data = {
+            "level": logging.getLevelName(level).lower(),
+            "message": message,
+            "ts": time.time(),
+            **{k: v for k, v in fields.items() if k not in ("run_id",)},
+        }
+        with self._lock:
+            self._buffer.append((kind, step_id, data))
+
+    def due(self) -> bool:
+        return bool(self._buffer) and time.monotonic() - self._last_flush >= self.max_delay
+
+    def flush(self) -> None:
+        """Write what is buffered (call from a worker thread: it does I/O)."""
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+            self._last_flush = time.monotonic()
+        if not batch:
+            return
+        try:
+            events = self.store.events
+            if hasattr(events, "append_many"):
+                events.append_many(self.run_id, batch)
+            else:
+                with self.store.transaction():
+                    for kind, step_id, data in batch:
+                        events.append(self.run_id, kind, {"step_id": step_id, **data})
+        except Exception as e:  # the timeline must never fail a run
+            logger.warning("could not record %d events: %s", len(batch), e)

@@ -1,0 +1,208 @@
+"""Logging on the standard library, with run and step correlation through contextvars.
+
+`bind(run_id=…)` adds fields to every record logged inside it, also in tasks started inside it,
+so concurrent runs never mix. `configure()` installs one handler on the `eclflow` logger in one
+of three formats: `pretty` (rich), `json` (one object a line, every field) or `compact`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any, TextIO
+
+LOGGER_NAME = "eclflow"
+FORMATS = ("pretty", "json", "compact")
+LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LEVEL = "warning"
+DEFAULT_FORMAT = "pretty"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_context: ContextVar[Mapping[str, Any]] = ContextVar("eclflow_log_context", default=_EMPTY)
+
+# Attributes every LogRecord has; everything else on a record is a field of ours.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+_SECRET_WORDS = ("api_key", "apikey", "authorization", "password", "secret", "token_value")
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+@contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add fields to every record logged inside the block (and in tasks it starts)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bound() -> Mapping[str, Any]:
+    """The fields bound at this point."""
+    return _context.get()
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if key not in record.__dict__:
+                record.__dict__[key] = value
+        return True
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields of a record (bound context and `extra=`), secrets masked."""
+    out = {}
+    for key, value in record.__dict__.items():
+        if key in _STANDARD or key.startswith("_"):
+            continue
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            value = "***"
+        out[key] = value
+    return out
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, event, then every field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        data.update(fields_of(record))
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+class CompactFormatter(logging.Formatter):
+    """`HH:MM:SS LEVEL event key=value …` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = fields_of(record)
+        head = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [f"{head} {record.levelname:<7} {record.getMessage()}"]
+        for key, value in fields.items():
+            if key == "run_id" and isinstance(value, str):
+                value = value[:8]
+            parts.append(f"{key}={_short(value)}")
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _PrettyFormatter(logging.Formatter):
+    """Message then dimmed fields, for rich's handler (which adds time and level)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = fields_of(record)
+        extra = " ".join(
+            f"{k}={_short(v[:8] if k == 'run_id' and isinstance(v, str) else v)}"
+            for k, v in fields.items()
+        )
+        return (
+            f"{record.getMessage()}  [dim]{_escape(extra)}[/dim]" if extra else record.getMessage()
+        )
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler eclflow installed, so configuring again replaces it."""
+
+
+class _LazyRichHandler(logging.Handler):
+    """rich's handler, imported on the first record: commands that log nothing stay fast."""
+
+    _eclflow = True
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self.stream = stream
+        self._inner: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._inner is None:
+            from rich.console import Console
+            from rich.logging import RichHandler
+
+            inner = RichHandler(
+                console=Console(file=self.stream or sys.stderr, stderr=self.stream is None),
+                show_path=False,
+                markup=True,
+                rich_tracebacks=False,
+            )
+            inner.setFormatter(_PrettyFormatter())
+            self._inner = inner
+        self._inner.emit(record)
+
+
+def resolve(level: str | None = None, fmt: str | None = None) -> tuple[str, str]:
+    """Options > ECLFLOW_LOG_LEVEL / ECLFLOW_LOG_FORMAT > defaults."""
+    level = (level or os.environ.get("ECLFLOW_LOG_LEVEL") or DEFAULT_LEVEL).lower()
+    fmt = (fmt or os.environ.get("ECLFLOW_LOG_FORMAT") or DEFAULT_FORMAT).lower()
+    if level == "warn":
+        level = "warning"
+    if level not in LEVELS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"log level '{level}' is not one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"log format '{fmt}' is not one of {', '.join(FORMATS)}")
+    return level, fmt
+
+
+def configure(
+    level: str | None = None, fmt: str | None = None, stream: TextIO | None = None
+) -> logging.Logger:
+    """Send eclflow's logs to stderr (or `stream`) in one format; calling again is harmless."""
+    level, fmt = resolve(level, fmt)
+    logger = logging.getLogger(LOGGER_NAME)
+    for h in list(logger.handlers):
+        if isinstance(h, _Handler) or getattr(h, "_eclflow", False):
+            logger.removeHandler(h)
+    handler: logging.Handler
+    if fmt == "pretty":
+        handler = _LazyRichHandler(stream)
+    else:
+        handler = _Handler(stream or sys.stderr)
+        handler.setFormatter(JSONFormatter() if fmt == "json" else CompactFormatter())
+    handler.addFilter(_ContextFilter())
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    return logger
+
+
+def context_filter() -> logging.Filter:
+    """A filter that adds the bound fields to records, for handlers of your own."""
+    return _ContextFilter()

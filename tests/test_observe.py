@@ -1,0 +1,221 @@
+"""Logs with run/step correlation, the event timeline, spans, prices and budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+from conftest import CRITIQUE_REVISE
+
+import eclflow
+from eclflow.errors import BudgetExceeded, ConfigError
+from eclflow.llm import CompletionRequest, Message
+from eclflow.observe import tracing
+from eclflow.observe.budget import BudgetGuard, price, prompt_tokens
+from eclflow.observe.logs import LOGGER_NAME, bind, configure, resolve
+from eclflow.spec import load
+from eclflow.spec.model import Budget
+
+PASS = json.dumps({"decision": "pass", "critique": "good"})
+REVISE = json.dumps({"decision": "revise", "critique": "thin", "feedback": "add detail"})
+ONE_REVISION = ["draft one", REVISE, "draft two", PASS]
+
+
+@pytest.fixture
+def workflow() -> Any:
+    return load(CRITIQUE_REVISE)
+
+
+@pytest.fixture
+def log_stream() -> Any:
+    stream = io.StringIO()
+    configure("info", "json", stream=stream)
+    yield stream
+    configure("warning", "compact")
+
+
+def run(wf: Any, script: list[Any], **kw: Any) -> Any:
+    return eclflow.run(wf, {"topic": "tides"}, model="mock/t", mock_responses=script, **kw)
+
+
+def test_concurrent_runs_never_mix_their_logs(workflow: Any, log_stream: io.StringIO) -> None:
+    async def both() -> list[Any]:
+        return await asyncio.gather(run(workflow, ONE_REVISION), run(workflow, [*ONE_REVISION]))
+
+    results = asyncio.run(both())
+    assert [r.status for r in results] == ["completed", "completed"]
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert lines, "nothing was logged at info level"
+    for r in results:
+        story = [x for x in lines if x.get("run_id") == r.run_id]
+        kinds = [x["kind"] for x in story]
+        assert kinds[0] == "workflow_started" and kinds[-1] == "workflow_completed"
+        assert kinds.count("step_started") == 4
+        assert kinds.count("llm_request_completed") == 4
+        steps = [x["step_id"] for x in story if x["kind"] == "step_succeeded"]
+        assert steps == ["generate", "critique", "revise", "critique"]
+        for x in story:
+            if x["kind"].startswith(("step_", "llm_")):
+                assert x["step_id"] in ("generate", "critique", "revise")
+            if x["kind"] in ("step_started", "llm_request_completed"):
+                assert x["attempt"] == 1
+            assert x["workflow_id"] == "critique-revise"
+    # every line belongs to exactly one of the two runs
+    assert {x["run_id"] for x in lines} == {r.run_id for r in results}
+
+
+def test_retries_and_failures_are_logged_with_their_fields(
+    workflow: Any, log_stream: io.StringIO
+) -> None:
+    script = [{"error": "rate_limit"}, "draft", "not json at all", PASS]
+    r = asyncio.run(run(workflow, script))
+    assert r.status == "completed", r.error
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    retries = [x for x in lines if x["kind"] == "retrying"]
+    assert [(x["step_id"], x["attempt"], x["max_attempts"]) for x in retries] == [
+        ("generate", 2, 3),
+        ("critique", 2, 3),
+    ]
+    assert all(x["level"] == "warning" and x["error"] for x in retries)
+    after = [x for x in lines if x["kind"] == "step_succeeded_after_retry"]
+    assert [(x["step_id"], x["attempts"]) for x in after] == [("generate", 2), ("critique", 2)]
+    failed_calls = [x for x in lines if x["kind"] == "llm_request_failed"]
+    assert len(failed_calls) == 1 and "duration_ms" in failed_calls[0]
+
+
+def test_prompts_only_at_debug_and_secrets_masked() -> None:
+    stream = io.StringIO()
+    configure("debug", "json", stream=stream)
+    try:
+        log = logging.getLogger(f"{LOGGER_NAME}.test")
+        with bind(run_id="r1"):
+            log.info("hello", extra={"api_key": "sk-secret", "n": 1})
+        line = json.loads(stream.getvalue().splitlines()[-1])
+        assert line["api_key"] == "***" and line["n"] == 1 and line["run_id"] == "r1"
+        assert "sk-secret" not in stream.getvalue()
+    finally:
+        configure("warning", "compact")
+
+
+def test_configure_twice_keeps_one_handler_and_respects_env(monkeypatch: Any) -> None:
+    configure("info", "json")
+    configure("info", "compact")
+    ours = [
+        h
+        for h in logging.getLogger(LOGGER_NAME).handlers
+        if type(h).__module__ == "eclflow.observe.logs"
+    ]
+    assert len(ours) == 1
+    monkeypatch.setenv("ECLFLOW_LOG_LEVEL", "debug")
+    monkeypatch.setenv("ECLFLOW_LOG_FORMAT", "json")
+    assert resolve() == ("debug", "json")
+    assert resolve("error", None) == ("error", "json")
+    monkeypatch.setenv("ECLFLOW_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="log format 'xml'"):
+        resolve()
+    configure("warning", "compact")
+
+
+def test_span_tree_of_a_one_revision_run(workflow: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        r = asyncio.run(run(workflow, ONE_REVISION))
+    finally:
+        tracing.use_provider(None)
+        tracing.reset()
+    assert r.status == "completed"
+    spans = exporter.get_finished_spans()
+    by_name: dict[str, list[Any]] = {}
+    for s in spans:
+        by_name.setdefault(s.name, []).append(s)
+    assert {k: len(v) for k, v in by_name.items()} == {"workflow": 1, "step": 4, "llm_call": 4}
+    root = by_name["workflow"][0]
+    assert root.parent is None
+    assert root.attributes["eclflow.run_id"] == r.run_id
+    step_ids = {s.context.span_id for s in by_name["step"]}
+    assert all(s.parent.span_id == root.context.span_id for s in by_name["step"])
+    assert [
+        s.attributes["eclflow.step_id"] for s in sorted(by_name["step"], key=lambda s: s.start_time)
+    ] == [
+        "generate",
+        "critique",
+        "revise",
+        "critique",
+    ]
+    for call in by_name["llm_call"]:
+        assert call.parent.span_id in step_ids
+        assert call.attributes["gen_ai.request.model"] == "mock/t"
+        assert call.attributes["gen_ai.usage.input_tokens"] > 0
+        assert call.attributes["gen_ai.usage.output_tokens"] > 0
+        assert call.attributes["eclflow.run_id"] == r.run_id
+
+
+def test_no_tracing_without_the_switch(monkeypatch: Any) -> None:
+    monkeypatch.delenv("ECLFLOW_OTEL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    tracing.reset()
+    assert tracing.enabled() is False
+    with tracing.span("x", a=1) as s:
+        assert s is None
+    tracing.reset()
+
+
+def test_prices_come_from_the_bundled_map() -> None:
+    p = price("openai/gpt-4o-mini")
+    assert p is not None and p.input > 0 and p.output > p.input
+    assert price("local/smollm2") == price("mock/x")
+    assert price("mock/x") is not None and price("mock/x").input == 0.0
+    assert price("nonexistent-provider/no-model") is None
+
+
+def _request(model: str = "mock/t", max_tokens: int = 100) -> CompletionRequest:
+    return CompletionRequest(model, (Message("user", "word " * 40),), max_tokens=max_tokens)
+
+
+def test_budget_guard_refuses_before_the_call() -> None:
+    from eclflow.llm import CompletionResponse, TokenUsage
+
+    guard = BudgetGuard(max_calls=2)
+    for _ in range(2):
+        req = _request()
+        asyncio.run(guard("s", req))
+        guard.record("s", req, CompletionResponse("x", TokenUsage(10, 5)), 0.0)
+    with pytest.raises(BudgetExceeded, match=r"budget_exceeded: .*limit of 2 calls"):
+        asyncio.run(guard("s", _request()))
+    tokens = BudgetGuard(max_tokens=120)
+    assert prompt_tokens("mock/t", _request().messages) > 20
+    with pytest.raises(BudgetExceeded, match="max_tokens"):
+        asyncio.run(tokens("s", _request(max_tokens=100)))
+    usd = BudgetGuard(max_usd=0.0001)
+    with pytest.raises(BudgetExceeded, match=r"\$"):
+        asyncio.run(usd("s", _request("openai/gpt-4o-mini", max_tokens=1000)))
+    with pytest.raises(BudgetExceeded, match=r"price .* is unknown"):
+        asyncio.run(usd("s", _request("nonexistent-provider/x")))
+
+
+def test_budget_ends_the_run_before_the_third_call(workflow: Any, tmp_path: Any) -> None:
+    log = tmp_path / "calls.jsonl"
+    import os
+
+    os.environ["ECLFLOW_MOCK_LOG"] = str(log)
+    try:
+        r = asyncio.run(run(workflow, ONE_REVISION, budget=Budget(max_calls=2)))
+    finally:
+        del os.environ["ECLFLOW_MOCK_LOG"]
+    assert r.status == "failed"
+    assert "budget_exceeded" in (r.error or "")
+    assert r.failed_step == "revise"
+    assert len(log.read_text().splitlines()) == 2
+    # what was done is kept: the draft and the critique
+    assert [s.key for s in r.steps if s.status == "succeeded"] == ["generate", "critique#1"]
