@@ -219,3 +219,31 @@ def test_budget_ends_the_run_before_the_third_call(workflow: Any, tmp_path: Any)
     assert len(log.read_text().splitlines()) == 2
     # what was done is kept: the draft and the critique
     assert [s.key for s in r.steps if s.status == "succeeded"] == ["generate", "critique#1"]
+
+
+def test_validate_prices_the_worst_case_when_the_price_is_known() -> None:
+    import subprocess
+    import sys
+
+    def report(*extra: str) -> dict[str, Any]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "eclflow",
+                "validate",
+                "--format",
+                "json",
+                str(CRITIQUE_REVISE),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["files"][0]
+
+    assert report()["worst_case_usd"] == 0.0  # local/smollm2 is free
+    priced = report("--model", "openai/gpt-4o-mini")["worst_case_usd"]
+    assert 0 < priced < 1
+    assert report("--model", "nonexistent-provider/x")["worst_case_usd"] is None

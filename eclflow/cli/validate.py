@@ -24,7 +24,13 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
     help="json prints one object for CI tools.",
 )
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool) -> None:
+@click.option(
+    "--model",
+    "-m",
+    metavar="MODEL",
+    help="Price the worst case with this model instead of the workflow's.",
+)
+def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool, model: str | None) -> None:
     """Check workflow files: schema, references, cycles, loops, templates and prompt files.
 
     Prints `file:line:col: CODE message` for each problem, then a summary. Exit code 0 when
@@ -49,18 +55,20 @@ def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool) -> None:
             "diagnostics": [d.to_dict() for d in diags],
         }
         if wf is not None:
-            report.update(_summary(wf))
+            report.update(_summary(wf, model))
         reports.append(report)
         if fmt == "text":
             for d in diags:
                 click.echo(str(d))
             if wf is not None:
                 loops = report["loops"]
+                cost = report["worst_case_usd"]
+                priced = f", at most ${cost:.4f}" if cost is not None else ""
                 click.echo(
                     f"{path}: {'valid' if valid else 'invalid (--strict)'}: "
                     f"{report['steps']} step{'s' * (report['steps'] != 1)}, "
                     f"{loops} revision loop{'s' * (loops != 1)}, "
-                    f"at most {report['worst_case_calls']} model calls per run"
+                    f"at most {report['worst_case_calls']} model calls per run{priced}"
                 )
     n_invalid = sum(not r["valid"] for r in reports)
     if fmt == "json":
@@ -83,8 +91,8 @@ def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool) -> None:
     sys.exit(EXIT_FAILED if n_invalid else EXIT_OK)
 
 
-def _summary(wf: Any) -> dict[str, Any]:
-    """Shape and cost of a valid workflow: steps, loops, worst-case model calls."""
+def _summary(wf: Any, model: str | None) -> dict[str, Any]:
+    """Shape and cost of a valid workflow: steps, loops, worst-case model calls and dollars."""
     from ..graph.plan import compile_plan
     from ..steps.registry import default_registry
 
@@ -92,6 +100,7 @@ def _summary(wf: Any) -> dict[str, Any]:
     registry = default_registry()
     uses_model = {s.id: registry.get(s.type).uses_model for s in wf.steps}
     return {
+        "worst_case_usd": _worst_case_usd(wf, plan, registry, model),
         "id": wf.id,
         "steps": len(wf.steps),
         "loops": len(plan.loops),
@@ -99,3 +108,28 @@ def _summary(wf: Any) -> dict[str, Any]:
         "parallel_groups": [list(g) for g in plan.generations if len(g) > 1],
         "worst_case_calls": plan.worst_case_calls(uses_model),
     }
+
+
+def _worst_case_usd(wf: Any, plan: Any, registry: Any, model: str | None) -> float | None:
+    """Every call of every occurrence and attempt at its max_tokens, with the prompt's text
+    counted; None when a model's price is unknown."""
+    from ..observe.budget import estimate_tokens, price
+
+    total = 0.0
+    for s in wf.steps:
+        cls = registry.get(s.type)
+        if not cls.uses_model:
+            continue
+        m = model or s.model or wf.model
+        p = price(m) if m else None
+        if p is None:
+            return None
+        max_tokens = int(s.config.get("max_tokens", getattr(cls, "default_max_tokens", 1024)))
+        prompt = s.template or ""
+        if not prompt and s.prompt is not None and s.prompt.is_file():
+            prompt = s.prompt.read_text(encoding="utf-8")
+        # bound inputs (drafts, feedback) can be as long as a reply
+        prompt_tokens = estimate_tokens(prompt) + max_tokens * len(s.with_)
+        calls = plan.occurrences(s.id) * s.retry.max_attempts
+        total += calls * (prompt_tokens * p.input + max_tokens * p.output)
+    return total
