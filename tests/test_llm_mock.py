@@ -70,8 +70,34 @@ def test_bad_scripts_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(errors.ConfigError, match="unknown error 'nope'"):
         MockProvider([{"error": "nope"}])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("just: a mapping\n")
+    bad.write_text("just a string\n")
     with pytest.raises(errors.ConfigError, match="must be a list"):
+        load_script(bad)
+    bad.write_text("critique: [ok, {error: nope}]\n")
+    with pytest.raises(errors.ConfigError, match="unknown error 'nope'"):
         load_script(bad)
     with pytest.raises(errors.ConfigError, match="cannot read"):
         load_script(tmp_path / "missing.yaml")
+
+
+def test_keyed_scripts_answer_by_journal_key_then_step_then_star() -> None:
+    import asyncio
+
+    from eclflow.llm import CompletionRequest, Message
+
+    mock = MockProvider(
+        {"critique#2": "second critique", "critique": ["c1", "c1 again"], "*": "anything"}
+    )
+
+    def ask(step: str, key: str) -> str:
+        req = CompletionRequest("mock/t", (Message("user", "x"),), step_id=step, key=key)
+        return asyncio.run(mock.complete(req)).content
+
+    assert ask("critique", "critique#2") == "second critique"
+    assert ask("critique", "critique#1") == "c1"
+    assert ask("critique", "critique#1") == "c1 again"
+    assert ask("generate", "generate") == "anything"
+    with pytest.raises(errors.MockExhausted, match="no reply left for 'critique'"):
+        ask("critique", "critique#3")
+    fresh = mock.fresh()
+    assert fresh.calls == 0

@@ -231,6 +231,21 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
 )
 @click.option("--run", "from_run", metavar="RUN_ID", help="The earlier run --from reuses.")
 @_budget_options
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Batch: a JSON-lines file, one input object a line; one run per line. Running the "
+    "same batch again resumes its unfinished runs.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Batch: how many runs at once.",
+)
 @click.option("--no-journal", is_flag=True, help="Keep nothing in the database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
@@ -247,6 +262,8 @@ def run_cmd(
     budget_usd: float | None,
     budget_tokens: int | None,
     budget_calls: int | None,
+    inputs_file: Path | None,
+    concurrency: int,
     no_journal: bool,
     as_json: bool,
     quiet: bool,
@@ -266,6 +283,25 @@ def run_cmd(
     inputs = parse_inputs(pairs, input_file)
     budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
+    if inputs_file is not None:
+        if from_step:
+            raise click.UsageError("--inputs and --from do not go together")
+        from .batch import run_batch_command
+
+        run_batch_command(
+            workflow,
+            inputs,
+            inputs_file,
+            concurrency=concurrency,
+            model=model,
+            mock_responses=mock_responses,
+            db=db,
+            journal=not no_journal,
+            budget=budget,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
     store = None if no_journal else _open_store(db)
     show_live = not (as_json or quiet) and sys.stderr.isatty()
     view = LiveView(workflow.name) if show_live else None

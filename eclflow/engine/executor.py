@@ -231,7 +231,7 @@ class Executor:
             step_id=step.id,
             attempt=attempt,
             model=model,
-            complete_fn=self._completer(step, model, usage),
+            complete_fn=self._completer(step, key, model, usage),
             logger=self._log,
             config=step.spec.config,
             loop=loop,
@@ -273,7 +273,7 @@ class Executor:
         await attempts_log.finished(handle, attempt, record)
         return record
 
-    def _completer(self, step: Step, model: str | None, usage: _Usage) -> Any:
+    def _completer(self, step: Step, key: str, model: str | None, usage: _Usage) -> Any:
         async def complete(
             messages: Sequence[Message],
             *,
@@ -296,6 +296,8 @@ class Executor:
                 json_schema=json_schema,
                 seed=self.seed,
                 timeout=step.spec.timeout,
+                step_id=step.id,
+                key=key,
             )
             if self.guard is not None:
                 try:

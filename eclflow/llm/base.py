@@ -27,6 +27,8 @@ class CompletionRequest:
     json_schema: Mapping[str, Any] | None = None
     seed: int | None = None
     timeout: float | None = None
+    step_id: str | None = None  # which step asks, and under which journal key (`critique#2`)
+    key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

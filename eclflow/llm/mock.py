@@ -51,34 +51,63 @@ def load_script(path: str | Path) -> MockProvider:
     except YAMLError as e:
         raise ConfigError(f"mock responses {p} are not valid YAML/JSON: {e}") from None
     cycle = False
-    if isinstance(data, Mapping):
+    if isinstance(data, Mapping) and "responses" in data:
         cycle = bool(data.get("cycle", False))
         data = data.get("responses")
-    if not isinstance(data, list):
-        raise ConfigError(f"mock responses {p} must be a list of replies (or {{responses: [...]}})")
+    if not isinstance(data, list | Mapping):
+        raise ConfigError(
+            f"mock responses {p} must be a list of replies, a mapping of step keys to replies, "
+            "or {responses: ...}"
+        )
     return MockProvider(data, cycle=cycle)
 
 
 class MockProvider:
-    """Plays `script` one entry per call: a string is the reply; a mapping may carry `content`,
+    """Plays `script` one entry per call, or, when `script` is a mapping, the entry for the
+    call's journal key (`critique#2`), else its step id, else `*`. A string is the reply; a
+    mapping may carry `content`,
     `delay` (seconds), `error` (rate_limit | timeout | server_error | auth_error | bad_request),
     `tokens` ({input, output}), `cost` and `finish_reason`. Non-string content is sent as JSON."""
 
     def __init__(
         self,
-        script: Sequence[Any],
+        script: Sequence[Any] | Mapping[str, Any],
         *,
         cycle: bool = False,
         log_path: str | Path | None = None,
     ) -> None:
+        self.keyed: dict[str, list[Any]] | None = None
+        if isinstance(script, Mapping):
+            # Keyed: replies by journal key (`critique#2`), else by step id, else `*`; a list
+            # plays in order for successive calls of the same key (retries).
+            self.keyed = {}
+            for k, v in script.items():
+                entries = list(v) if isinstance(v, list) else [v]
+                for i, entry in enumerate(entries):
+                    _check_entry(entry, i)
+                self.keyed[str(k)] = entries
+            script = []
         for i, entry in enumerate(script):
             _check_entry(entry, i)
         self.script = list(script)
+        self._used: dict[str, int] = {}
         self.cycle = cycle
         self.requests: list[CompletionRequest] = []
         self._lock = threading.Lock()
         log = log_path if log_path is not None else os.environ.get(LOG_ENV)
         self.log_path = Path(log) if log else None
+
+    def fresh(self) -> MockProvider:
+        """A provider playing the same script from the start (one per run in a batch)."""
+        clone = object.__new__(MockProvider)
+        clone.script = self.script
+        clone.keyed = self.keyed
+        clone._used = {}
+        clone.cycle = self.cycle
+        clone.requests = []
+        clone._lock = threading.Lock()
+        clone.log_path = self.log_path
+        return clone
 
     @property
     def calls(self) -> int:
@@ -91,19 +120,41 @@ class MockProvider:
     def check(self, model: str) -> None:
         return None
 
+    def _keyed_entry(self, request: CompletionRequest, n: int) -> Any:
+        assert self.keyed is not None
+        for name in (request.key, request.step_id, "*"):
+            if name is not None and name in self.keyed:
+                entries = self.keyed[name]
+                used = self._used.get(name, 0)
+                if used >= len(entries) and not self.cycle:
+                    raise MockExhausted(
+                        f"mock model has no reply left for '{name}' (call {n + 1}; "
+                        f"the script holds {len(entries)} for it)"
+                    )
+                self._used[name] = used + 1
+                return entries[used % len(entries)]
+        raise MockExhausted(
+            f"mock model has no reply for '{request.key or request.step_id}' (call {n + 1})"
+        )
+
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         with self._lock:
             n = len(self.requests)
-            if n >= len(self.script) and not (self.cycle and self.script):
-                raise MockExhausted(
-                    f"mock model has no reply left for call {n + 1} "
-                    f"(the script holds {len(self.script)})"
-                )
-            entry = self.script[n % len(self.script)]
+            if self.keyed is not None:
+                entry = self._keyed_entry(request, n)
+            else:
+                if n >= len(self.script) and not (self.cycle and self.script):
+                    raise MockExhausted(
+                        f"mock model has no reply left for call {n + 1} "
+                        f"(the script holds {len(self.script)})"
+                    )
+                entry = self.script[n % len(self.script)]
             self.requests.append(request)
             if self.log_path is not None:
                 with self.log_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"call": n + 1, **request.to_dict()}) + "\n")
+                    f.write(
+                        json.dumps({"call": n + 1, "key": request.key, **request.to_dict()}) + "\n"
+                    )
         if isinstance(entry, str):
             return _response(entry, request)
         delay = float(entry.get("delay", 0) or 0)

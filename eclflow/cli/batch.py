@@ -1,0 +1,202 @@
+"""`eclflow run FILE --inputs items.jsonl`: many runs, a progress bar, JSON lines in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+
+
+def read_items(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """One JSON object a line (blank lines and `#` comments skipped); -i values are defaults."""
+    items = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"{path}: cannot read: {e}", EXIT_USAGE)
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            fail(f"{path}:{n}:{e.colno}: not valid JSON: {e.msg}", EXIT_USAGE)
+        if not isinstance(value, dict):
+            fail(f"{path}:{n}:1: each line must be a JSON object, not {type(value).__name__}", 2)
+        items.append({**defaults, **value})
+    if not items:
+        fail(f"{path}: no input lines", EXIT_USAGE)
+    return items
+
+
+def run_batch_command(
+    workflow: Any,
+    defaults: dict[str, Any],
+    inputs_file: Path,
+    *,
+    concurrency: int,
+    model: str | None,
+    mock_responses: Path | None,
+    db: str | None,
+    journal: bool,
+    budget: Any,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    from ..engine.batch import BatchProgress, run_batch
+    from ..engine.runner import validate_input
+    from ..errors import InvalidInput
+    from ..llm import load_script
+
+    items = read_items(inputs_file, defaults)
+    for n, item in enumerate(items, 1):
+        try:
+            validate_input(workflow, item)
+        except InvalidInput as e:
+            fail(f"{inputs_file}: item {n}: {e}", EXIT_USAGE)
+    mock = load_script(mock_responses) if mock_responses is not None else None
+    store = None
+    if journal:
+        from ..store import open_store
+
+        store = open_store(db)
+    started = time.monotonic()
+    bar = _Bar(len(items), enabled=not quiet and sys.stderr.isatty())
+    plain = not quiet and not sys.stderr.isatty()
+    last_print = [0.0]
+
+    def on_update(p: BatchProgress) -> None:
+        bar.update(p)
+        if plain and time.monotonic() - last_print[0] > 2:
+            last_print[0] = time.monotonic()
+            click.echo(_counts(p), err=True)
+
+    interrupted = False
+    results: list[Any] = []
+    progress = BatchProgress(total=len(items))
+
+    def keep(p: BatchProgress) -> None:
+        nonlocal progress
+        progress = p
+        on_update(p)
+
+    try:
+        with bar:
+            results = asyncio.run(
+                run_batch(
+                    workflow,
+                    items,
+                    concurrency=concurrency,
+                    model=model,
+                    mock_responses=mock,
+                    store=store,
+                    budget=budget,
+                    on_update=keep,
+                )
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if store is not None:
+            store.close()
+    if interrupted:
+        unfinished = progress.total - progress.done - progress.failed
+        click.echo(
+            f"interrupted: {progress.done} completed, {progress.failed} failed, {unfinished} "
+            "unfinished; run the same command again to finish the batch",
+            err=True,
+        )
+        sys.exit(130)
+    for r in results:
+        line = {
+            "run_id": r.run_id,
+            "status": r.status,
+            "output": r.output,
+            "error": r.error,
+            "failed_step": r.failed_step,
+            "tokens": r.tokens,
+            "cost": r.cost,
+        }
+        click.echo(json.dumps(line, default=str, ensure_ascii=False))
+    if not quiet:
+        elapsed = time.monotonic() - started
+        click.echo(
+            f"{_counts(progress)} in {elapsed:.1f}s"
+            + (f" ({progress.reused} from an earlier attempt)" if progress.reused else ""),
+            err=True,
+        )
+    sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_FAILED)
+
+
+def _counts(p: Any) -> str:
+    return (
+        f"{p.done}/{p.total} completed, {p.failed} failed, {p.running} running, "
+        f"{p.tokens} tokens, ${p.cost:.4f}"
+    )
+
+
+class _Bar:
+    """A rich progress bar on stderr (done / failed / running, tokens, cost, ETA)."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]runs"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/] "
+                    "[cyan]{task.fields[running]} running[/] {task.fields[tokens]} tok "
+                    "${task.fields[cost]:.4f}"
+                ),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.progress.__enter__()
+            self.task = self.progress.add_task(
+                "runs", total=self.total, done=0, failed=0, running=0, tokens=0, cost=0.0
+            )
+        return self
+
+    def update(self, p: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                completed=p.done + p.failed,
+                done=p.done,
+                failed=p.failed,
+                running=p.running,
+                tokens=p.tokens,
+                cost=p.cost,
+            )
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)

@@ -1,0 +1,147 @@
+"""Batch mode: one run per input item, a bounded number at once, resumable as a whole.
+
+Each item's run id is derived from the batch (workflow text, the items, the model) and the
+item's position, so running the same batch again finds its earlier runs in the journal:
+completed items are reported as they were, unfinished ones are resumed, missing ones start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EclflowError, RunNotFound
+from ..llm import MockProvider
+from ..spec.model import Budget, Workflow
+from .result import RunResult
+
+_NAMESPACE = uuid.UUID("6f1c3c2e-8a4e-4c55-9a55-3f0e2f6a9b10")
+
+
+@dataclass(slots=True)
+class BatchProgress:
+    """Counts for a progress display; updated as items start and end."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    reused: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    results: dict[int, RunResult] = field(default_factory=dict)
+
+
+def batch_id(workflow: Workflow, items: Sequence[Mapping[str, Any]], model: str | None) -> str:
+    h = hashlib.sha256()
+    h.update(workflow.sha256.encode())
+    h.update(json.dumps(list(items), sort_keys=True, default=str).encode())
+    h.update((model or "").encode())
+    return h.hexdigest()[:16]
+
+
+def item_run_id(batch: str, index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{batch}:{index}"))
+
+
+async def run_batch(
+    workflow: Workflow,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    concurrency: int = 8,
+    model: str | None = None,
+    mock_responses: MockProvider | None = None,
+    store: Any = None,
+    budget: Budget | None = None,
+    on_update: Callable[[BatchProgress], None] | None = None,
+) -> list[RunResult]:
+    """Run `workflow` once per item; results in input order. With a store, a second call with
+    the same batch resumes it instead of starting over."""
+    from . import runner
+
+    progress = BatchProgress(total=len(items))
+    bid = batch_id(workflow, items, model)
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    def update() -> None:
+        if on_update is not None:
+            on_update(progress)
+
+    async def one(index: int, item: Mapping[str, Any]) -> RunResult:
+        run_id = item_run_id(bid, index)
+        async with gate:
+            progress.running += 1
+            update()
+            try:
+                result = await _item(runner, run_id, index, item)
+            except EclflowError as e:
+                result = RunResult(run_id, workflow.id, "failed", error=str(e))
+            finally:
+                progress.running -= 1
+            if result.status == "completed":
+                progress.done += 1
+            else:
+                progress.failed += 1
+            progress.tokens += result.tokens
+            progress.cost += result.cost
+            progress.results[index] = result
+            update()
+            return result
+
+    async def _item(runner: Any, run_id: str, index: int, item: Mapping[str, Any]) -> RunResult:
+        mock = mock_responses.fresh() if mock_responses is not None else None
+        if store is not None:
+            previous = await asyncio.to_thread(_previous, store, run_id)
+            if previous is not None:
+                if previous.state == "completed":
+                    progress.reused += 1
+                    return _stored_result(store, previous)
+                return await runner.resume(
+                    run_id, store=store, model=model, mock_responses=mock, force=True, budget=budget
+                )
+        return await runner.run(
+            workflow,
+            item,
+            model=model,
+            mock_responses=mock,
+            store=store,
+            run_id=run_id,
+            budget=budget,
+            metadata={"batch": bid, "item": index},
+        )
+
+    update()
+    return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+
+
+def _previous(store: Any, run_id: str) -> Any:
+    try:
+        return store.runs.get(run_id)
+    except RunNotFound:
+        return None
+
+
+def _stored_result(store: Any, record: Any) -> RunResult:
+    """A finished item as it was recorded, its steps rebuilt from the journal (no calls)."""
+    from .journal import execution_from_record
+
+    meta = record.metadata or {}
+    return RunResult(
+        record.id,
+        record.definition_id,
+        record.state,
+        output=record.output,
+        error=record.error,
+        failed_step=getattr(record, "failed_step", None),
+        steps=[
+            execution_from_record(row, replayed=True)
+            for row in store.steps.succeeded(record.id).values()
+        ],
+        revisions=dict(meta.get("revisions") or {}),
+        duration_ms=int(meta.get("duration_ms") or 0),
+    )

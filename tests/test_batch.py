@@ -1,0 +1,104 @@
+"""Batch mode: one run per input line, bounded concurrency, results in order, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CRITIQUE_REVISE
+
+# Keyed by journal key, so a resumed run gets the replies of the calls it still has to make.
+SCRIPT = """\
+generate: {content: "draft one", delay: %(d)s}
+critique#1: {content: {decision: revise, critique: thin, feedback: more}, delay: %(d)s}
+revise#1: {content: "draft two", delay: %(d)s}
+critique#2: {content: {decision: pass, critique: ok}, delay: %(d)s}
+"""
+
+
+def batch(tmp_path: Path, n: int, *extra: str, delay: float = 0.0, log: Path | None = None):
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"topic": f"topic {i}"}) + "\n" for i in range(n)))
+    script = tmp_path / "script.yaml"
+    script.write_text(SCRIPT % {"d": delay})
+    env = {**os.environ, "ECLFLOW_MOCK_LOG": str(log or tmp_path / "calls.jsonl")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "eclflow",
+        "run",
+        str(CRITIQUE_REVISE),
+        "--inputs",
+        str(items),
+        "--model",
+        "mock/t",
+        "--mock-responses",
+        str(script),
+        *extra,
+    ]
+    return cmd, env
+
+
+def test_results_in_input_order_without_a_journal(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 12, "--concurrency", "5", "--no-journal")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 12
+    assert all(
+        x["status"] == "completed" and x["output"]["final_text"] == "draft two" for x in lines
+    )
+    assert len({x["run_id"] for x in lines}) == 12
+    assert "12/12 completed, 0 failed" in r.stderr
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 12 * 4
+
+
+def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 1, "--no-journal")
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"topic": "ok"}\n{"topic": \n')
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and f"{items}:2:" in r.stderr and "Traceback" not in r.stderr
+    items.write_text('{"topic": ""}\n')
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "item 1" in r.stderr
+
+
+def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 20, "--concurrency", "4", "--db", db, delay=0.1, log=log)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        calls = len(log.read_text().splitlines()) if log.exists() else 0
+        if calls >= 30:  # about seven runs done, four in flight
+            break
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    first = len(log.read_text().splitlines())
+    assert 0 < first < 80
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["status"] for x in lines] == ["completed"] * 20
+    total = len(log.read_text().splitlines())
+    # Every call that finished before the kill is not made again: the second pass makes at
+    # most the calls that were missing plus the ones in flight when the process died.
+    assert total - first <= 80 - first + 4, (first, total)
+    assert "from an earlier attempt" in r.stderr
+    # and a third time, everything is reused: no call at all
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert len(log.read_text().splitlines()) == total
+    assert "20 from an earlier attempt" in r.stderr
+
+
+pytestmark = pytest.mark.filterwarnings("ignore")
