@@ -99,10 +99,35 @@ def render_string(source: str, context: Mapping[str, Any]) -> str:
         raise _explain(e, source) from e
 
 
+_PATH = re.compile(r"^\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*$")
+_MISSING = object()
+
+
+@lru_cache(maxsize=4096)
+def _dotted(source: str) -> tuple[str, ...] | None:
+    m = _PATH.match(source)
+    return tuple(m.group(1).split(".")) if m else None
+
+
+def _lookup(path: tuple[str, ...], context: Mapping[str, Any]) -> Any:
+    """`a.b.c` through mappings only, as the sandbox would resolve it; _MISSING otherwise."""
+    value: Any = context
+    for part in path:
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     """Evaluate one expression; `{{ }}` around it is optional."""
     body = single_expression(expression)
     source = body if body is not None else expression
+    path = _dotted(source)
+    if path is not None and path[0] not in ("true", "false", "none", "True", "False", "None"):
+        value = _lookup(path, context)
+        if value is not _MISSING:
+            return value  # the common `steps.x.output.y`, without building a Jinja context
     try:
         result = compile_expression(source)(**context)
     except TemplateError:

@@ -135,51 +135,59 @@ class Executor:
         traces.append(TraceEvent("info", "Input validation passed"))
 
         policy = step.retry_policy
-        n = 0
-        last: StepExecution | None = None
-        try:
-            async for attempt in stamina.retry_context(
-                on=_RetryableFailure,
-                attempts=max(1, policy.max_attempts),
-                timeout=None,
-                wait_initial=policy.initial_delay,
-                wait_max=policy.max_delay,
-                wait_exp_base=policy.multiplier,
-                wait_jitter=policy.initial_delay * 0.1,
-            ):
-                with attempt, bind(attempt=attempt.num):
-                    n = attempt.num
-                    if n > 1:
-                        emit(
-                            "retrying",
-                            attempt=n,
-                            max_attempts=policy.max_attempts,
-                            error=last.error if last else None,
-                            delay=policy.delay_for_attempt(n - 1),
+        max_attempts = max(1, policy.max_attempts)
+
+        async def attempt_number(n: int, previous: StepExecution | None) -> StepExecution:
+            with bind(attempt=n):
+                if n > 1:
+                    error = previous.error if previous else None
+                    delay = policy.delay_for_attempt(n - 1)
+                    emit("retrying", attempt=n, max_attempts=max_attempts, error=error, delay=delay)
+                    traces.append(
+                        TraceEvent(
+                            "warn",
+                            f"Retrying after failure (attempt {n} of {max_attempts})",
+                            {
+                                "attempt": n,
+                                "max_attempts": max_attempts,
+                                "error": error,
+                                "delay": delay,
+                            },
                         )
-                        traces.append(
-                            TraceEvent(
-                                "warn",
-                                f"Retrying after failure (attempt {n} of {policy.max_attempts})",
-                                {
-                                    "attempt": n,
-                                    "max_attempts": policy.max_attempts,
-                                    "error": last.error if last else None,
-                                    "delay": policy.delay_for_attempt(n - 1),
-                                },
-                            )
-                        )
-                    if self.on_attempt is not None:
-                        self.on_attempt(key, n, policy.max_attempts)
-                    emit("step_started", attempt=n)
-                    last = await self._attempt(
-                        step, key, iteration, n, input, model, loop, attempts_log
                     )
-                    _accumulate(total, last)
-                    if last.outcome == "failed" and last.retryable:
-                        raise _RetryableFailure(last)
-        except _RetryableFailure as e:
-            last = e.record
+                if self.on_attempt is not None:
+                    self.on_attempt(key, n, max_attempts)
+                emit("step_started", attempt=n)
+                record = await self._attempt(
+                    step, key, iteration, n, input, model, loop, attempts_log
+                )
+                _accumulate(total, record)
+                return record
+
+        # The first attempt runs directly: most steps succeed at once, and entering the retry
+        # machinery costs more than the rest of the engine's work on a step.
+        n = 1
+        last = await attempt_number(1, None)
+        if last.outcome == "failed" and last.retryable and max_attempts > 1:
+            try:
+                async for attempt in stamina.retry_context(
+                    on=_RetryableFailure,
+                    attempts=max_attempts,
+                    timeout=None,
+                    wait_initial=policy.initial_delay,
+                    wait_max=policy.max_delay,
+                    wait_exp_base=policy.multiplier,
+                    wait_jitter=policy.initial_delay * 0.1,
+                ):
+                    with attempt:
+                        if attempt.num == 1:
+                            raise _RetryableFailure(last)  # already made: stamina waits
+                        n = attempt.num
+                        last = await attempt_number(n, last)
+                        if last.outcome == "failed" and last.retryable:
+                            raise _RetryableFailure(last)
+            except _RetryableFailure as e:
+                last = e.record
         assert last is not None
         total.attempts = n
         total.outcome = last.outcome

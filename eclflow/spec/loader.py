@@ -286,7 +286,7 @@ class _Located:
                     pos = lc.item(part)
             except Exception:
                 pos = None
-            if pos is None:
+            if pos is None or pos[0] is None or pos[1] is None:
                 break
             line, col = pos
             try:
@@ -298,8 +298,8 @@ class _Located:
             block = not getattr(node, "fa", None) or not node.fa.flow_style()
             collection = isinstance(node, Mapping | list)
             if child_lc is not None and not (key and last) and collection and block:
-                line, col = child_lc.line, child_lc.col
-        return Location(self.file, line + 1, col + 1)
+                line, col = child_lc.line or line, child_lc.col or col
+        return Location(self.file, (line or 0) + 1, (col or 0) + 1)
 
     def keys_of(self, path: Sequence[Any]) -> list[Any]:
         node = self.doc
