@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -9,6 +10,7 @@ from typing import Any, Literal
 Outcome = Literal["success", "needs_revision", "failed", "skipped"]
 RunStatus = Literal["pending", "running", "paused", "completed", "failed", "cancelled"]
 TraceLevel = Literal["debug", "info", "warn", "error"]
+_now = time.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +18,11 @@ class TraceEvent:
     level: TraceLevel
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
-    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    time: float = field(default_factory=_now)  # seconds since the epoch
+
+    @property
+    def timestamp(self) -> str:
+        return datetime.fromtimestamp(self.time, UTC).isoformat()
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts": self.timestamp, "level": self.level, "message": self.message, **self.fields}
