@@ -5,4 +5,4 @@ from . import run  # noqa: F401
 from . import steps  # noqa: F401
 from . import validate  # noqa: F401
 from . import logs  # noqa: F401
-from . import graph  # noqa: F401,E402
+from . import graph  # noqa: F401

@@ -1,0 +1,78 @@
+"""`eclflow graph FILE`: draw a workflow as text, Mermaid, DOT, SVG or PNG."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import cli
+from ._common import EXIT_USAGE, fail, handle_errors, stdout_console
+
+FORMATS = ("ascii", "mermaid", "dot", "svg", "png")
+
+
+@cli.command("graph")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="ascii",
+    show_default=True,
+    help="ascii draws in the terminal; mermaid and dot print text; svg and png need "
+    "Graphviz's `dot` program.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="OUT",
+    help="Write the drawing to this file instead of standard output.",
+)
+@handle_errors
+def graph_cmd(file: Path, fmt: str, out: Path | None) -> None:
+    """Draw a workflow: its steps, dependencies, conditions and revision loops.
+
+    An invalid workflow prints the same diagnostics as `eclflow validate` (exit code 1).
+    """
+    if not file.exists():
+        fail(f"{file}: no such file", EXIT_USAGE)
+    from ..graph.plan import compile_plan
+    from ..graph.render import render_image, to_ascii, to_dot, to_mermaid
+    from ..spec import load
+
+    plan = compile_plan(load(file))
+    if fmt in ("svg", "png"):
+        if out is None and sys.stdout.isatty():
+            fail(f"{fmt} is binary: use -o FILE (or redirect standard output)", EXIT_USAGE)
+        data = render_image(to_dot(plan), fmt)
+        if out is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            _write(out, data)
+        return
+    if fmt == "ascii":
+        drawing = to_ascii(plan)
+        if out is None:
+            stdout_console().print(drawing, soft_wrap=True, end="")
+        else:
+            _write(out, (str(drawing).rstrip("\n") + "\n").encode("utf-8"))
+        return
+    text = to_mermaid(plan) if fmt == "mermaid" else to_dot(plan)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        _write(out, text.encode("utf-8"))
+
+
+def _write(out: Path, data: bytes) -> None:
+    try:
+        out.write_bytes(data)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}", EXIT_USAGE)
+    click.echo(f"wrote {out} ({len(data)} bytes)", err=True)
