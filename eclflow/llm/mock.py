@@ -26,6 +26,9 @@ from ..errors import (
 )
 from .base import CompletionRequest, CompletionResponse, TokenUsage
 
+# Keys of a scripted entry; a mapping with none of them is itself the reply, sent as JSON.
+_ENTRY_KEYS = frozenset({"content", "delay", "error", "message", "tokens", "cost", "finish_reason"})
+
 _ERRORS: Mapping[str, type[LLMError]] = {
     "rate_limit": RateLimited,
     "timeout": ProviderTimeout,
@@ -157,6 +160,8 @@ class MockProvider:
                     )
         if isinstance(entry, str):
             return _response(entry, request)
+        if not _ENTRY_KEYS & entry.keys():
+            return _response(json.dumps(entry), request)  # the mapping is the (JSON) reply
         delay = float(entry.get("delay", 0) or 0)
         if delay > 0:
             await asyncio.sleep(delay)
