@@ -6,3 +6,4 @@ from . import steps  # noqa: F401
 from . import validate  # noqa: F401
 from . import logs  # noqa: F401
 from . import graph  # noqa: F401
+from . import history  # noqa: F401

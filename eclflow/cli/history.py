@@ -1,0 +1,460 @@
+"""Run history: `eclflow runs`, `eclflow status`, `eclflow show`, `eclflow prune`.
+
+Every RUN_ID accepts any unique prefix (at least 4 characters) of a run id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from . import cli
+from ._common import db_option, handle_errors, open_store
+
+_STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
+_STYLE = {
+    "completed": "green",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "red",
+    "running": "yellow",
+    "paused": "cyan",
+    "pending": "dim",
+    "skipped": "dim",
+}
+_ICON = {
+    "completed": "✓",
+    "failed": "✗",
+    "cancelled": "✗",
+    "running": "⏳",
+    "paused": "⏸",
+    "pending": "…",
+}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+# --- eclflow runs --------------------------------------------------------------------------------
+
+
+@cli.command("runs")
+@click.option("--state", type=click.Choice(_STATES), help="Only runs in this state.")
+@click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow id.")
+@click.option(
+    "--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+@db_option
+@handle_errors
+def runs_cmd(
+    state: str | None, workflow_id: str | None, limit: int, as_json: bool, db: str | None
+) -> None:
+    """List runs, newest first."""
+    with open_store(db) as store:
+        runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
+        stats = store.steps.stats_many(r.id for r in runs)
+    rows = [_run_summary(r, stats.get(r.id)) for r in runs]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, default=str))
+        return
+    if not rows:
+        click.echo("No runs.")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (
+        ("run", "left"),
+        ("workflow", "left"),
+        ("state", "left"),
+        ("steps", "right"),
+        ("tokens", "right"),
+        ("cost", "right"),
+        ("started", "left"),
+        ("duration", "right"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r["id"][:8],
+            r["workflow_id"],
+            _styled(r["state"]),
+            str(r["steps"]),
+            str(r["tokens"]),
+            f"${r['cost']:.4f}",
+            _local(r["created_at"]),
+            _duration(r["duration_ms"]),
+        )
+    stdout_console().print(table)
+
+
+def _run_summary(run: Any, stats: Any) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "workflow_id": run.definition_id,
+        "workflow_name": run.definition_name,
+        "state": run.state,
+        "error": run.error,
+        "failed_step": run.failed_step,
+        "steps": stats.steps if stats else 0,
+        "attempts": stats.count - stats.skipped if stats else 0,
+        "tokens": stats.tokens if stats else 0,
+        "cost": stats.cost if stats else 0.0,
+        "created_at": run.created_at,
+        "completed_at": run.completed_at,
+        "duration_ms": _run_duration_ms(run),
+    }
+
+
+def _run_duration_ms(run: Any) -> int | None:
+    """How long the run took: its own measure when it has one, else start to end."""
+    measured = (run.metadata or {}).get("duration_ms")
+    if isinstance(measured, int | float) and run.completed_at is not None:
+        return int(measured)
+    if run.completed_at is None:
+        return None
+    return int((run.completed_at - run.created_at).total_seconds() * 1000)
+
+
+# --- eclflow status ------------------------------------------------------------------------------
+
+
+@cli.command("status")
+@click.argument("run_id")
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@db_option
+@handle_errors
+def status_cmd(run_id: str, fmt: str, db: str | None) -> None:
+    """The state of RUN_ID and of each of its steps."""
+    with open_store(db) as store:
+        run = store.runs.find(run_id)
+        rows = store.steps.for_run(run.id)
+    keys = _by_key(rows)
+    tokens = sum(r.tokens for r in rows)
+    cost = sum(r.cost or 0.0 for r in rows)
+    if fmt == "json":
+        data = {
+            "id": run.id,
+            "workflow_id": run.definition_id,
+            "workflow_name": run.definition_name,
+            "state": run.state,
+            "error": run.error,
+            "failed_step": run.failed_step,
+            "created_at": run.created_at,
+            "updated_at": run.updated_at,
+            "completed_at": run.completed_at,
+            "duration_ms": _run_duration_ms(run),
+            "tokens": tokens,
+            "cost": cost,
+            "input": run.input,
+            "output": run.output,
+            "steps": keys,
+        }
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        return
+    lines = [
+        ("Workflow ID", run.id),
+        ("Workflow", _workflow_label(run)),
+        ("Status", f"{_ICON.get(run.state, '')} {run.state.capitalize()}".strip()),
+        ("Started", _local(run.created_at)),
+    ]
+    if run.completed_at is not None:
+        lines.append(("Completed", _local(run.completed_at)))
+        lines.append(("Duration", _duration(_run_duration_ms(run))))
+    lines.append(("Total Steps", str(len([k for k in keys if k["state"] != "skipped"]))))
+    lines.append(("Tokens", f"{tokens} (${cost:.4f})"))
+    if run.failed_step:
+        lines.append(("Failed Step", run.failed_step))
+    if run.error:
+        lines.append(("Error", run.error))
+    width = max(len(k) for k, _ in lines) + 1
+    for label, value in lines:
+        click.echo(f"{label + ':':<{width}} {value}")
+    if not keys:
+        return
+    click.echo()
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("step", "state", "attempts", "duration", "tokens"):
+        table.add_column(name, justify="right" if name != "step" and name != "state" else "left")
+    for k in keys:
+        state = _styled(k["state"])
+        if k["outcome"] == "needs_revision":
+            state += " (revise)"
+        table.add_row(
+            k["key"], state, str(k["attempts"]), _duration(k["duration_ms"]), str(k["tokens"])
+        )
+    stdout_console().print(table)
+
+
+def _workflow_label(run: Any) -> str:
+    name = run.definition_name
+    return (
+        f"{run.definition_id} ({name})" if name and name != run.definition_id else run.definition_id
+    )
+
+
+def _by_key(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """One entry per journal key, in the order the keys started; state of the last attempt."""
+    keys: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        k = keys.setdefault(
+            r.key,
+            {
+                "key": r.key,
+                "step_id": r.step_id,
+                "iteration": r.iteration,
+                "state": r.state,
+                "outcome": r.outcome,
+                "attempts": 0,
+                "duration_ms": 0,
+                "tokens": 0,
+                "cost": 0.0,
+                "error": None,
+                "_last": -1,
+            },
+        )
+        if r.state != "skipped":
+            k["attempts"] += 1
+        k["duration_ms"] += r.duration_ms or 0
+        k["tokens"] += r.tokens
+        k["cost"] += r.cost or 0.0
+        if r.attempt >= k["_last"]:
+            k["_last"] = r.attempt
+            k["state"], k["outcome"], k["error"] = r.state, r.outcome, r.error
+    for k in keys.values():
+        del k["_last"]
+    return list(keys.values())
+
+
+# --- eclflow show --------------------------------------------------------------------------------
+
+
+@cli.command("show")
+@click.argument("run_id")
+@click.option(
+    "--step",
+    "step",
+    metavar="STEP",
+    help="Only this step's executions: a step id (`critique`) or a journal key (`critique#2`).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@db_option
+@handle_errors
+def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> None:
+    """Everything recorded about RUN_ID: input, output, and every step execution with its
+    rendered input, output, feedback, error and traces."""
+    with open_store(db) as store:
+        run = store.runs.find(run_id)
+        rows = store.steps.for_run(run.id)
+    if step is not None:
+        chosen = [r for r in rows if step in (r.step_id, r.key)]
+        if not chosen:
+            from ..errors import StepNotFound
+
+            known = sorted({r.step_id for r in rows} | {r.key for r in rows})
+            hint = f" (this run has: {', '.join(known)})" if known else " (this run has no steps)"
+            raise StepNotFound(f"{step}{hint}")
+        rows = chosen
+    executions = [_execution(r) for r in rows]
+    if as_json:
+        data: dict[str, Any] = {"executions": executions}
+        if step is None:
+            data = {
+                "id": run.id,
+                "workflow_id": run.definition_id,
+                "workflow_name": run.definition_name,
+                "state": run.state,
+                "error": run.error,
+                "failed_step": run.failed_step,
+                "created_at": run.created_at,
+                "completed_at": run.completed_at,
+                "metadata": run.metadata,
+                "input": run.input,
+                "output": run.output,
+                "executions": executions,
+            }
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        return
+    out: list[str] = []
+    if step is None:
+        out.append(f"Run {run.id} · {run.definition_id} · {run.state}")
+        if run.error:
+            where = f" at step {run.failed_step}" if run.failed_step else ""
+            out.append(f"error{where}: {run.error}")
+        out += ["", "== input", _pretty(run.input), "", "== output", _pretty(run.output)]
+    for e in executions:
+        out += ["", _execution_heading(e)]
+        if e["error"]:
+            out.append(f"error: {e['error']}")
+        out += ["-- input", _pretty(e["input"])]
+        if e["prompt"]:
+            out += ["-- prompt", _messages(e["prompt"])]
+        if e["state"] != "skipped":
+            out += ["-- output", _pretty(e["output"])]
+        if e["feedback"]:
+            out += ["-- feedback", str(e["feedback"])]
+        if e["traces"]:
+            out.append("-- traces")
+            out += [_trace(t) for t in e["traces"]]
+    click.echo("\n".join(out).lstrip("\n"))
+
+
+def _execution(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "key": r.key,
+        "step_id": r.step_id,
+        "iteration": r.iteration,
+        "attempt": r.attempt,
+        "state": r.state,
+        "outcome": r.outcome,
+        "model": r.model,
+        "started_at": r.started_at,
+        "completed_at": r.completed_at,
+        "duration_ms": r.duration_ms,
+        "tokens_in": r.tokens_in,
+        "tokens_out": r.tokens_out,
+        "cost": r.cost,
+        "input": r.input,
+        "prompt": r.prompt,
+        "output": r.output,
+        "feedback": r.feedback,
+        "error": r.error,
+        "retryable": r.retryable,
+        "traces": r.traces,
+    }
+
+
+def _execution_heading(e: Mapping[str, Any]) -> str:
+    parts = [f"== {e['key']}", f"attempt {e['attempt']}" if e["attempt"] else "", e["state"]]
+    if e["outcome"] == "needs_revision":
+        parts[-1] += " (revise)"
+    if e["model"]:
+        parts.append(e["model"])
+    if e["duration_ms"] is not None and e["state"] != "skipped":
+        parts.append(_duration(e["duration_ms"]))
+    if e["tokens_in"] or e["tokens_out"]:
+        parts.append(f"{(e['tokens_in'] or 0) + (e['tokens_out'] or 0)} tokens")
+    return " · ".join(p for p in parts if p)
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _messages(prompt: Any) -> str:
+    if isinstance(prompt, list) and all(isinstance(m, Mapping) for m in prompt):
+        return "\n".join(f"[{m.get('role', '?')}] {m.get('content', '')}" for m in prompt)
+    return _pretty(prompt)
+
+
+def _trace(t: Mapping[str, Any]) -> str:
+    rest = {k: v for k, v in t.items() if k not in ("ts", "level", "message")}
+    extra = " " + " ".join(f"{k}={_short(v)}" for k, v in rest.items()) if rest else ""
+    when = str(t.get("ts", ""))[11:23]
+    return f"{when} {str(t.get('level', 'info')).upper():<5} {t.get('message', '')}{extra}".strip()
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- eclflow prune -------------------------------------------------------------------------------
+
+
+def parse_age(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s`, `2w` (a bare number is days; `0` means every run)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    if m is None:
+        raise click.BadParameter(
+            f"{text!r} is not an age: use e.g. 30d, 12h, 90m, 45s, 2w", param_hint="--older-than"
+        )
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "d"])
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    default="30d",
+    show_default=True,
+    metavar="AGE",
+    help="Delete runs started more than AGE ago (30d, 12h, 90m; 0 for every run).",
+)
+@click.option("--state", type=click.Choice(_STATES), help="Only runs in this state.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@handle_errors
+def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> None:
+    """Delete old runs with their steps, artifacts and events; print how many."""
+    age = parse_age(older_than)
+    with open_store(db) as store:
+        count = store.runs.count(state=state, older_than=age)
+        if count == 0:
+            click.echo("Deleted 0 runs.")
+            return
+        if not yes:
+            what = f"{count} {state + ' ' if state else ''}run{'s' if count != 1 else ''}"
+            click.confirm(
+                f"Delete {what} started more than {older_than} ago?", abort=True, err=True
+            )
+        deleted = store.runs.prune(age, state=state)
+    click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.")
+
+
+# --- shared ---------------------------------------------------------------------------------------
+
+
+def stdout_console() -> Any:
+    """Rich on stdout; wide when stdout is not a terminal, so piped tables are not cut."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _styled(state: str) -> str:
+    style = _STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state
+
+
+def _local(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(ms: int | float | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

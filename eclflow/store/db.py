@@ -1,0 +1,207 @@
+"""Opening a store: the database connection(s), SQLite settings, migrations, error mapping.
+
+SQLite runs in WAL mode with a long busy timeout, `synchronous=NORMAL`, foreign keys on, and
+every write transaction starts with BEGIN IMMEDIATE, so several processes can write one file
+without "database is locked" and without losing rows. Peewee keeps one connection per thread
+(the journal calls the store from `asyncio.to_thread` workers); the store remembers them all
+so `close()` closes every one. An in-memory SQLite database has a single connection shared by
+all threads, used under a lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from typing import Any
+
+from peewee import (
+    DatabaseError,
+    InterfaceError,
+    PostgresqlDatabase,
+    SqliteDatabase,
+)
+
+from ..errors import ConfigError, EclflowError, PersistenceError
+from . import migrations
+from .models import FIELD_TYPES, make_models
+from .url import MEMORY, DatabaseURL, parse_url, resolve_url
+
+BUSY_TIMEOUT_MS = 60_000
+SQLITE_PRAGMAS = [
+    # busy_timeout first: switching to WAL may have to wait for another process
+    ("busy_timeout", BUSY_TIMEOUT_MS),
+    ("journal_mode", "wal"),
+    ("synchronous", "normal"),
+    ("foreign_keys", 1),
+]
+
+
+class _Tracked:
+    """Remembers every connection a database opens, in any thread."""
+
+    _conns: list[Any]
+    _conns_lock: threading.Lock
+
+    def _track(self, conn: Any) -> Any:
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def close_all(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with suppress(Exception):  # closing is best effort
+                conn.close()
+
+
+class _SqliteDatabase(_Tracked, SqliteDatabase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _connect(self) -> Any:
+        return self._track(super()._connect())  # type: ignore[misc]
+
+
+class _PostgresqlDatabase(_Tracked, PostgresqlDatabase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _connect(self) -> Any:
+        conn = super()._connect()  # type: ignore[misc]
+        try:
+            import psycopg2.extras
+
+            # JSON columns are decoded by JSONField, not by the driver
+            psycopg2.extras.register_default_json(conn, loads=lambda text: text)
+        except ImportError:  # pragma: no cover - psycopg 3 is not used
+            pass
+        return self._track(conn)
+
+
+class Store:
+    """A durable store of runs, step executions, artifacts and events."""
+
+    def __init__(self, url: DatabaseURL) -> None:
+        from .repositories import (
+            ArtifactRepository,
+            EventRepository,
+            RunRepository,
+            StepRepository,
+        )
+
+        self.url = url.url
+        self.kind = url.kind
+        self._shared: threading.RLock | None = None
+        self._closed = False
+        self.db = _database(url)
+        if url.kind == "sqlite" and url.path == MEMORY:
+            self._shared = threading.RLock()
+        self.models = make_models(self.db)
+        self.runs = RunRepository(self)
+        self.steps = StepRepository(self)
+        self.artifacts = ArtifactRepository(self)
+        self.events = EventRepository(self)
+        try:
+            with self.reading():
+                if url.schema is not None:
+                    self._create_schema(url.schema)
+                self.schema_version = migrations.migrate(self.db, self.models)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_schema(self, schema: str) -> None:
+        with self.db.atomic():
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (migrations._LOCK_KEY,))
+            self.db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around every repository call: the in-memory lock, and database errors turned into
+        PersistenceError (one line, no driver traceback)."""
+        if self._closed:
+            raise PersistenceError(f"the store {self.url} is closed")
+        with self._shared if self._shared is not None else nullcontext():
+            try:
+                yield
+            except EclflowError:
+                raise
+            except (DatabaseError, InterfaceError, sqlite3.Error) as e:
+                raise PersistenceError(_one_line(e, self.url)) from e
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite); nested ones become savepoints."""
+        with self.reading(), self.db.atomic():
+            yield
+
+    writing = transaction
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.db.close_all()
+        self.db.dispose()
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open (and create or upgrade) the store at `url`, $ECLFLOW_DATABASE_URL, or the default
+    SQLite file in the user's data directory."""
+    return Store(parse_url(resolve_url(url)))
+
+
+def _database(url: DatabaseURL) -> Any:
+    if url.kind == "sqlite":
+        assert url.path is not None
+        if url.path != MEMORY:
+            from pathlib import Path
+
+            parent = Path(url.path).parent
+            if not parent.is_dir():
+                raise PersistenceError(f"cannot open {url.url}: directory {parent} does not exist")
+            return _SqliteDatabase(
+                url.path,
+                pragmas=SQLITE_PRAGMAS,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                lock_type="IMMEDIATE",
+                field_types=FIELD_TYPES["sqlite"],
+                check_same_thread=False,
+            )
+        return _SqliteDatabase(
+            MEMORY,
+            pragmas=[("foreign_keys", 1)],
+            lock_type="IMMEDIATE",
+            field_types=FIELD_TYPES["sqlite"],
+            check_same_thread=False,
+            thread_safe=False,  # one connection for every thread, used under Store._shared
+        )
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "PostgreSQL needs the psycopg2 driver: pip install 'eclflow[postgres]'"
+        ) from None
+    return _PostgresqlDatabase(url.database, field_types=FIELD_TYPES["postgresql"], **url.params)
+
+
+def _one_line(error: BaseException, url: str) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{text} ({url})"

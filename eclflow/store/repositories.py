@@ -1,0 +1,597 @@
+"""Repositories over the models. Every method returns plain records (records.py), commits
+before it returns (unless called inside `Store.transaction()`), and raises RunNotFound /
+StepNotFound / NotFound for missing rows."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from peewee import Case, fn
+
+from ..errors import InvalidState, NotFound, RunNotFound, StepNotFound
+from .models import utcnow
+from .records import (
+    RUN_STATES,
+    STEP_STATES,
+    TERMINAL_STATES,
+    ArtifactRecord,
+    EventRecord,
+    RunRecord,
+    StepRow,
+    StepStats,
+)
+
+if TYPE_CHECKING:
+    from .db import Store
+
+MIN_PREFIX = 4
+
+
+class RunRepository:
+    """Runs (table `workflows`)."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+        self._m = store.models.Run
+
+    def create(
+        self,
+        run_id: str,
+        definition_id: str,
+        definition_name: str | None,
+        definition: str,
+        definition_sha256: str,
+        input: Any,
+        state: str = "pending",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        _check_state(state)
+        now = utcnow()
+        with self._s.transaction():
+            self._m.insert(
+                id=run_id,
+                definition_id=definition_id,
+                definition_name=definition_name,
+                definition=definition,
+                definition_sha256=definition_sha256,
+                input=input,
+                state=state,
+                metadata=dict(metadata or {}),
+                created_at=now,
+                updated_at=now,
+                completed_at=now if state in TERMINAL_STATES else None,
+            ).execute()
+            return self.get(run_id)
+
+    def get(self, run_id: str) -> RunRecord:
+        """The run with exactly this id."""
+        with self._s.reading():
+            row = self._m.get_or_none(self._m.id == run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        return _run(row)
+
+    def find(self, prefix: str) -> RunRecord:
+        """The run whose id is `prefix`, or the only one starting with it (≥ 4 characters)."""
+        given = prefix.strip()
+        text = given.lower()
+        if not text:
+            raise RunNotFound(repr(prefix))
+        M = self._m
+        with self._s.reading():
+            row = M.get_or_none(M.id == given)
+            if row is not None:
+                return _run(row)
+            rows = builtins.list(
+                M.select(M.id, M.definition_id, M.state, M.created_at)
+                .where(fn.SUBSTR(fn.LOWER(M.id), 1, len(text)) == text)
+                .order_by(M.created_at.desc())
+                .limit(6)
+            )
+        if not rows:
+            raise RunNotFound(prefix)
+        if len(text) < MIN_PREFIX:
+            raise InvalidState(
+                f"run id prefix '{prefix}' is too short: give at least {MIN_PREFIX} characters"
+            )
+        if len(rows) > 1:
+            shown = ", ".join(f"{r.id} ({r.definition_id}, {r.state})" for r in rows[:5])
+            more = " and more" if len(rows) > 5 else ""
+            raise InvalidState(f"run id prefix '{prefix}' is ambiguous: {shown}{more}")
+        return self.get(rows[0].id)
+
+    def update_state(
+        self,
+        run_id: str,
+        state: str,
+        error: str | None = None,
+        failed_step: str | None = None,
+    ) -> None:
+        """Set the state (and error, failed step); completed_at is set on terminal states and
+        cleared otherwise."""
+        _check_state(state)
+        now = utcnow()
+        with self._s.transaction():
+            n = (
+                self._m.update(
+                    state=state,
+                    error=error,
+                    failed_step=failed_step,
+                    updated_at=now,
+                    completed_at=now if state in TERMINAL_STATES else None,
+                )
+                .where(self._m.id == run_id)
+                .execute()
+            )
+        if not n:
+            raise RunNotFound(run_id)
+
+    def update_output(self, run_id: str, output: Any) -> None:
+        with self._s.transaction():
+            n = (
+                self._m.update(output=output, updated_at=utcnow())
+                .where(self._m.id == run_id)
+                .execute()
+            )
+        if not n:
+            raise RunNotFound(run_id)
+
+    def update_metadata(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into the run's metadata (read and written in one write transaction,
+        so concurrent updates are not lost); returns the merged metadata."""
+        M = self._m
+        with self._s.transaction():
+            query = M.select(M.metadata).where(M.id == run_id)
+            if self._s.kind == "postgresql":
+                query = query.for_update()  # SQLite's BEGIN IMMEDIATE already holds the lock
+            row = query.first()
+            if row is None:
+                raise RunNotFound(run_id)
+            merged = {**(row.metadata or {}), **fields}
+            M.update(metadata=merged, updated_at=utcnow()).where(M.id == run_id).execute()
+        return merged
+
+    def list(
+        self,
+        state: str | None = None,
+        definition_id: str | None = None,
+        limit: int | None = 50,
+    ) -> builtins.list[RunRecord]:
+        """Runs, newest first."""
+        query = self._filtered(state, definition_id, None).order_by(
+            self._m.created_at.desc(), self._m.id.desc()
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self._s.reading():
+            return [_run(r) for r in query]
+
+    def count(
+        self,
+        state: str | None = None,
+        definition_id: str | None = None,
+        older_than: timedelta | None = None,
+    ) -> int:
+        with self._s.reading():
+            return int(self._filtered(state, definition_id, older_than).count())
+
+    def delete(self, run_id: str) -> None:
+        """Delete the run and (cascading) its steps, artifacts and events."""
+        with self._s.transaction():
+            n = self._m.delete().where(self._m.id == run_id).execute()
+        if not n:
+            raise RunNotFound(run_id)
+
+    def prune(self, older_than: timedelta | None, state: str | None = None) -> int:
+        """Delete runs created more than `older_than` ago (all when None), only in `state` if
+        given; returns how many were deleted."""
+        ids = self._filtered(state, None, older_than).select(self._m.id)
+        with self._s.transaction():
+            return int(self._m.delete().where(self._m.id.in_(ids)).execute())
+
+    def _filtered(
+        self, state: str | None, definition_id: str | None, older_than: timedelta | None
+    ) -> Any:
+        M = self._m
+        query = M.select()
+        if state is not None:
+            _check_state(state)
+            query = query.where(M.state == state)
+        if definition_id is not None:
+            query = query.where(M.definition_id == definition_id)
+        if older_than is not None:
+            query = query.where(M.created_at < datetime.now(UTC) - older_than)
+        return query
+
+
+class StepRepository:
+    """Step executions: one row per attempt of a journal key, written before and after."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+        self._m = store.models.StepExecution
+
+    def start(
+        self,
+        run_id: str,
+        step_id: str,
+        key: str,
+        iteration: int,
+        attempt: int,
+        input: Any = None,
+        model: str | None = None,
+    ) -> int:
+        """Insert a `running` row and commit it; returns the handle for `finish`."""
+        with self._s.transaction():
+            return int(
+                self._m.insert(
+                    run=run_id,
+                    step_id=step_id,
+                    key=key,
+                    iteration=iteration,
+                    attempt=attempt,
+                    state="running",
+                    input=input,
+                    model=model,
+                    started_at=utcnow(),
+                ).execute()
+            )
+
+    def finish(
+        self,
+        handle: int,
+        state: str,
+        outcome: str | None = None,
+        output: Any = None,
+        feedback: str | None = None,
+        error: str | None = None,
+        retryable: bool | None = None,
+        duration_ms: int | None = None,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        cost: float | None = None,
+        traces: Sequence[Mapping[str, Any]] | None = None,
+        prompt: Any = None,
+    ) -> None:
+        """Complete the attempt `handle` in one transaction."""
+        if state not in STEP_STATES:
+            raise InvalidState(f"unknown step state '{state}' (one of {', '.join(STEP_STATES)})")
+        with self._s.transaction():
+            n = (
+                self._m.update(
+                    state=state,
+                    outcome=outcome,
+                    output=output,
+                    feedback=feedback,
+                    error=error,
+                    retryable=retryable,
+                    duration_ms=duration_ms,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    cost=cost,
+                    traces=[dict(t) for t in traces] if traces is not None else None,
+                    prompt=prompt,
+                    completed_at=utcnow(),
+                )
+                .where(self._m.id == handle)
+                .execute()
+            )
+        if not n:
+            raise StepNotFound(f"execution {handle}")
+
+    def record_skipped(self, run_id: str, step_id: str, key: str, iteration: int) -> int:
+        """Mark `key` as skipped (attempt 0); idempotent. Returns the row id."""
+        M = self._m
+        now = utcnow()
+        with self._s.transaction():
+            row = (
+                M.select(M.id)
+                .where((M.run == run_id) & (M.key == key) & (M.state == "skipped"))
+                .first()
+            )
+            if row is not None:
+                return int(row.id)
+            return int(
+                M.insert(
+                    run=run_id,
+                    step_id=step_id,
+                    key=key,
+                    iteration=iteration,
+                    attempt=0,
+                    state="skipped",
+                    outcome="skipped",
+                    started_at=now,
+                    completed_at=now,
+                    duration_ms=0,
+                ).execute()
+            )
+
+    def get(self, id: int) -> StepRow:
+        with self._s.reading():
+            row = self._m.get_or_none(self._m.id == id)
+        if row is None:
+            raise StepNotFound(f"execution {id}")
+        return _step(row)
+
+    def for_run(self, run_id: str) -> list[StepRow]:
+        """Every row of the run, in the order they started."""
+        M = self._m
+        with self._s.reading():
+            return [
+                _step(r) for r in M.select().where(M.run == run_id).order_by(M.started_at, M.id)
+            ]
+
+    def for_step(self, run_id: str, step_id: str) -> list[StepRow]:
+        """Every row of one step (all its keys), by attempt then start."""
+        M = self._m
+        with self._s.reading():
+            return [
+                _step(r)
+                for r in M.select()
+                .where((M.run == run_id) & (M.step_id == step_id))
+                .order_by(M.attempt, M.started_at, M.id)
+            ]
+
+    def succeeded(self, run_id: str) -> dict[str, StepRow]:
+        """The succeeded row of each key, in the order they started."""
+        M = self._m
+        with self._s.reading():
+            rows = (
+                M.select()
+                .where((M.run == run_id) & (M.state == "succeeded"))
+                .order_by(M.started_at, M.id)
+            )
+            return {r.key: _step(r) for r in rows}
+
+    def stats(self, run_id: str) -> StepStats:
+        return self.stats_many([run_id]).get(run_id, StepStats())
+
+    def stats_many(self, run_ids: Iterable[str]) -> dict[str, StepStats]:
+        """StepStats of several runs in one query (runs without rows are left out)."""
+        ids = builtins.list(run_ids)
+        if not ids:
+            return {}
+        M = self._m
+
+        def count_state(state: str) -> Any:
+            return fn.SUM(Case(None, ((M.state == state, 1),), 0))
+
+        query = (
+            M.select(
+                M.run.alias("run_id"),
+                fn.COUNT(M.id).alias("count"),
+                count_state("succeeded").alias("succeeded"),
+                count_state("failed").alias("failed"),
+                count_state("running").alias("running"),
+                count_state("skipped").alias("skipped"),
+                fn.COUNT(fn.DISTINCT(Case(None, ((M.state != "skipped", M.key),), None))).alias(
+                    "steps"
+                ),
+                fn.COALESCE(fn.SUM(M.duration_ms), 0).alias("duration_ms"),
+                fn.COALESCE(fn.SUM(M.tokens_in), 0).alias("tokens_in"),
+                fn.COALESCE(fn.SUM(M.tokens_out), 0).alias("tokens_out"),
+                fn.COALESCE(fn.SUM(M.cost), 0).alias("cost"),
+            )
+            .where(M.run.in_(ids))
+            .group_by(M.run)
+            .dicts()
+        )
+        with self._s.reading():
+            return {
+                r["run_id"]: StepStats(
+                    count=int(r["count"]),
+                    succeeded=int(r["succeeded"] or 0),
+                    failed=int(r["failed"] or 0),
+                    duration_ms=int(r["duration_ms"]),
+                    tokens_in=int(r["tokens_in"]),
+                    tokens_out=int(r["tokens_out"]),
+                    cost=float(r["cost"]),
+                    running=int(r["running"] or 0),
+                    skipped=int(r["skipped"] or 0),
+                    steps=int(r["steps"]),
+                )
+                for r in query
+            }
+
+
+class ArtifactRepository:
+    """Named content a step produced: inline text, or the path of a file."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+        self._m = store.models.Artifact
+
+    def create(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        step_id: str | None = None,
+        content: str | None = None,
+        content_type: str = "text/plain",
+        path: str | None = None,
+        size: int | None = None,
+    ) -> ArtifactRecord:
+        if size is None and content is not None:
+            size = len(content.encode("utf-8"))
+        with self._s.transaction():
+            id = self._m.insert(
+                run=run_id,
+                step_id=step_id,
+                name=name,
+                content_type=content_type,
+                content=content,
+                path=path,
+                size=size,
+                created_at=utcnow(),
+            ).execute()
+            return self.get(int(id))
+
+    def get(self, id: int) -> ArtifactRecord:
+        with self._s.reading():
+            row = self._m.get_or_none(self._m.id == id)
+        if row is None:
+            raise NotFound(f"Artifact not found: {id}")
+        return _artifact(row)
+
+    def for_run(self, run_id: str, step_id: str | None = None) -> list[ArtifactRecord]:
+        M = self._m
+        query = M.select().where(M.run == run_id)
+        if step_id is not None:
+            query = query.where(M.step_id == step_id)
+        with self._s.reading():
+            return [_artifact(r) for r in query.order_by(M.id)]
+
+    def delete(self, id: int) -> None:
+        with self._s.transaction():
+            n = self._m.delete().where(self._m.id == id).execute()
+        if not n:
+            raise NotFound(f"Artifact not found: {id}")
+
+
+class EventRepository:
+    """A run's timeline: the standard events of eclflow.observe.events, in order."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+        self._m = store.models.Event
+
+    def append(self, run_id: str, kind: str, fields: Mapping[str, Any] | None = None) -> int:
+        data = dict(fields or {})
+        with self._s.transaction():
+            return int(
+                self._m.insert(
+                    run=run_id,
+                    ts=_event_time(data),
+                    kind=kind,
+                    step_id=data.get("step_id"),
+                    fields=data,
+                ).execute()
+            )
+
+    def append_many(
+        self, run_id: str, batch: Sequence[tuple[str, str | None, Mapping[str, Any]]]
+    ) -> None:
+        """Write `(kind, step_id, fields)` events in one transaction."""
+        rows = [
+            {
+                "run": run_id,
+                "ts": _event_time(data),
+                "kind": kind,
+                "step_id": step_id,
+                "fields": {"step_id": step_id, **data} if step_id else dict(data),
+            }
+            for kind, step_id, data in batch
+        ]
+        if not rows:
+            return
+        with self._s.transaction():
+            for chunk in range(0, len(rows), 200):
+                self._m.insert_many(rows[chunk : chunk + 200]).execute()
+
+    def for_run(
+        self, run_id: str, after_id: int | None = None, limit: int | None = None
+    ) -> list[EventRecord]:
+        """The run's events in the order they were written (after `after_id` if given)."""
+        M = self._m
+        query = M.select().where(M.run == run_id)
+        if after_id is not None:
+            query = query.where(M.id > after_id)
+        query = query.order_by(M.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._s.reading():
+            return [
+                EventRecord(
+                    id=r.id,
+                    run_id=r.run_id,
+                    ts=r.ts,
+                    kind=r.kind,
+                    step_id=r.step_id,
+                    fields=r.fields or {},
+                )
+                for r in query
+            ]
+
+
+def _check_state(state: str) -> None:
+    if state not in RUN_STATES:
+        raise InvalidState(f"unknown run state '{state}' (one of {', '.join(RUN_STATES)})")
+
+
+def _event_time(data: Mapping[str, Any]) -> datetime:
+    ts = data.get("ts")
+    if isinstance(ts, int | float):
+        return datetime.fromtimestamp(ts, UTC)
+    return utcnow()
+
+
+def _run(r: Any) -> RunRecord:
+    return RunRecord(
+        id=r.id,
+        definition_id=r.definition_id,
+        definition_name=r.definition_name,
+        definition=r.definition,
+        definition_sha256=r.definition_sha256,
+        input=r.input,
+        state=r.state,
+        output=r.output,
+        error=r.error,
+        failed_step=r.failed_step,
+        metadata=dict(r.metadata or {}),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        completed_at=r.completed_at,
+    )
+
+
+def _step(r: Any) -> StepRow:
+    return StepRow(
+        id=r.id,
+        run_id=r.run_id,
+        step_id=r.step_id,
+        key=r.key,
+        iteration=r.iteration,
+        attempt=r.attempt,
+        state=r.state,
+        outcome=r.outcome,
+        input=r.input,
+        output=r.output,
+        feedback=r.feedback,
+        error=r.error,
+        retryable=r.retryable,
+        model=r.model,
+        prompt=r.prompt,
+        started_at=r.started_at,
+        completed_at=r.completed_at,
+        duration_ms=r.duration_ms,
+        tokens_in=r.tokens_in,
+        tokens_out=r.tokens_out,
+        cost=r.cost,
+        traces=list(r.traces or []),
+    )
+
+
+def _artifact(r: Any) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=r.id,
+        run_id=r.run_id,
+        step_id=r.step_id,
+        name=r.name,
+        content_type=r.content_type,
+        content=r.content,
+        path=r.path,
+        size=r.size,
+        created_at=r.created_at,
+    )
+
+
+__all__ = [
+    "ArtifactRepository",
+    "EventRepository",
+    "RunRepository",
+    "StepRepository",
+]

@@ -1,0 +1,188 @@
+"""Crash and resume: `eclflow run` is killed with SIGKILL while a step is in flight, then
+`eclflow resume` finishes the run without calling any step whose result was committed.
+
+The mock model logs every call it receives (ECLFLOW_MOCK_LOG, one JSON line a call) and the
+resume script holds only the replies still needed, so a repeated call would fail the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CRITIQUE_REVISE
+from test_store import pg_url  # noqa: F401  (the fixture: a fresh PostgreSQL schema)
+
+KEYS = ["generate", "critique#1", "revise#1", "critique#2"]
+REPLIES = {
+    "generate": "draft one",
+    "critique#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
+    "revise#1": "draft two",
+    "critique#2": {"content": {"decision": "pass", "critique": "good"}},
+}
+
+
+def script(keys: list[str], slow: str | None = None) -> str:
+    """A keyed mock script for `keys`; the `slow` key takes long enough to be killed in."""
+    entries = {}
+    for k in keys:
+        reply = REPLIES[k]
+        entry = dict(reply) if isinstance(reply, dict) else {"content": reply}
+        if k == slow:
+            entry["delay"] = 60
+        entries[k] = entry
+    return json.dumps(entries)
+
+
+def calls(log: Path) -> list[str]:
+    return (
+        [json.loads(line)["key"] for line in log.read_text().splitlines()] if log.exists() else []
+    )
+
+
+class Journal:
+    """Reads the journal the way another process would: SQLite file or PostgreSQL schema."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if self.url.startswith("sqlite:///"):
+            path = Path(self.url[len("sqlite:///") :])
+            if not path.exists():
+                return []
+            conn = sqlite3.connect(path, timeout=5)
+            try:
+                return conn.execute(sql.replace("%s", "?"), params).fetchall()
+            except sqlite3.OperationalError:  # tables not created yet
+                return []
+            finally:
+                conn.close()
+        import psycopg2
+
+        base, _, schema = self.url.partition("?schema=")
+        conn = psycopg2.connect(base, options=f"-c search_path={schema}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall()
+        except psycopg2.errors.UndefinedTable:
+            return []
+        finally:
+            conn.close()
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    journal = Journal(url)
+    first_script, first_log = tmp_path / "first.json", tmp_path / "first.jsonl"
+    first_script.write_text(script(KEYS, slow=kill_at))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eclflow",
+            "run",
+            str(CRITIQUE_REVISE),
+            "-i",
+            "topic=tides",
+            "--model",
+            "mock/x",
+            "--mock-responses",
+            str(first_script),
+            "--json",
+        ],
+        env={**env, "ECLFLOW_MOCK_LOG": str(first_log)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        (run_id,) = wait_for(
+            lambda: journal.rows(
+                "select run_id from step_executions where key = %s and state = 'running'", kill_at
+            ),
+            f"{kill_at} to be in flight",
+        )[0]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)  # reaped: the pid is gone, so resume will not refuse
+    assert proc.returncode == -signal.SIGKILL
+
+    done = KEYS[: KEYS.index(kill_at)]
+    left = KEYS[KEYS.index(kill_at) :]
+    assert calls(first_log) == [*done, kill_at]  # the killed call had been sent
+    assert journal.rows("select state from workflows where id = %s", run_id) == [("running",)]
+    states = journal.rows(
+        "select key, state from step_executions where run_id = %s order by id", run_id
+    )
+    assert states == [*((k, "succeeded") for k in done), (kill_at, "running")]
+
+    second_script, second_log = tmp_path / "second.json", tmp_path / "second.jsonl"
+    second_script.write_text(script(left))  # only the replies still needed
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eclflow",
+            "resume",
+            run_id[:8],
+            "--model",
+            "mock/x",
+            "--mock-responses",
+            str(second_script),
+            "--json",
+        ],
+        env={**env, "ECLFLOW_MOCK_LOG": str(second_log)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["status"] == "completed" and result["run_id"] == run_id
+    assert result["output"] == {"final_text": "draft two", "revision_count": 1}
+    assert calls(second_log) == left  # nothing that had succeeded was called again
+    assert [s["key"] for s in result["steps"]] == KEYS
+    assert [s["replayed"] for s in result["steps"]] == [k in done for k in KEYS]
+
+    assert journal.rows("select state from workflows where id = %s", run_id) == [("completed",)]
+    succeeded = journal.rows(
+        "select key, attempt from step_executions where run_id = %s and state = 'succeeded' "
+        "order by started_at, id",
+        run_id,
+    )
+    # the interrupted key got a new attempt; the others kept their one row
+    assert succeeded == [(k, 2 if k == kill_at else 1) for k in KEYS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", KEYS)
+def test_killed_mid_step_resumes_without_repeating_calls(tmp_path: Path, kill_at: str) -> None:
+    crash_and_resume(tmp_path, f"sqlite:///{tmp_path / 'runs.db'}", kill_at)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_killed_mid_step_resumes_on_postgres(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    crash_and_resume(tmp_path, pg_url, "critique#1")

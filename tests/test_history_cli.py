@@ -1,0 +1,252 @@
+"""`eclflow runs | status | show | prune` through the real CLI in subprocesses, over runs of the
+bundled workflow with the scripted mock model, journaled in a SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CRITIQUE_REVISE
+
+PASSES = """\
+generate: "draft one"
+critique#1: {content: {decision: revise, critique: thin, feedback: add tide tables}}
+revise#1: "draft two"
+critique#2: {content: {decision: pass, critique: good now}}
+"""
+NEVER_PASSES = """\
+generate: "v1"
+critique: &no [{content: {decision: revise, critique: weak, feedback: try again}}]
+critique#2: *no
+critique#3: *no
+critique#4: *no
+revise: ["v2", "v3", "v4"]
+"""
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.db = f"sqlite:///{tmp_path / 'runs.db'}"
+        self.env = {**os.environ, "ECLFLOW_DATABASE_URL": self.db}
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eclflow", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+
+    def run(self, script: str, topic: str) -> dict[str, Any]:
+        path = self.tmp / f"script-{abs(hash(script))}.yaml"
+        path.write_text(script)
+        r = self.cli(
+            "run", str(CRITIQUE_REVISE), "-i", f"topic={topic}", "--model", "mock/x",
+            "--mock-responses", str(path), "--json",
+        )  # fmt: skip
+        assert r.returncode in (0, 1) and r.stdout, r.stderr
+        return json.loads(r.stdout)
+
+    def json(self, *args: str) -> Any:
+        r = self.cli(*args)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def two_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Env, dict[str, Any], dict[str, Any]]:
+    """One completed run (one revision), then one failed run (max revisions exceeded)."""
+    env = Env(tmp_path_factory.mktemp("history"))
+    ok = env.run(PASSES, "tides")
+    assert ok["status"] == "completed"
+    bad = env.run(NEVER_PASSES, "rocks")
+    assert bad["status"] == "failed"
+    return env, ok, bad
+
+
+def test_runs_lists_newest_first(two_runs: Any) -> None:
+    env, ok, bad = two_runs
+    r = env.cli("runs")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == [
+        "run", "workflow", "state", "steps", "tokens", "cost", "started", "duration",
+    ]  # fmt: skip
+    assert lines[1].startswith(bad["run_id"][:8]) and "failed" in lines[1]
+    assert lines[2].startswith(ok["run_id"][:8]) and "completed" in lines[2]
+    assert "critique-revise" in lines[2] and lines[2].split()[3] == "4"  # steps
+    assert bad["run_id"] not in r.stdout  # short ids only
+
+    data = env.json("runs", "--json")
+    assert [d["id"] for d in data] == [bad["run_id"], ok["run_id"]]
+    assert data[0]["failed_step"] == "critique" and data[0]["steps"] == 8
+    assert data[1]["tokens"] == ok["tokens"] and data[1]["duration_ms"] is not None
+    assert [d["id"] for d in env.json("runs", "--json", "--state", "completed")] == [ok["run_id"]]
+    assert [d["id"] for d in env.json("runs", "--json", "--limit", "1")] == [bad["run_id"]]
+    assert env.json("runs", "--json", "--workflow", "other") == []
+    empty = env.cli("runs", "--workflow", "other")
+    assert empty.returncode == 0 and empty.stdout.strip() == "No runs."
+
+
+def test_status_text(two_runs: Any) -> None:
+    env, ok, bad = two_runs
+    r = env.cli("status", ok["run_id"][:8])
+    assert r.returncode == 0, r.stderr
+    assert f"Workflow ID: {ok['run_id']}" in r.stdout
+    assert "Status:      ✓ Completed" in r.stdout and "Total Steps: 4" in r.stdout
+    rows = [
+        line.split()
+        for line in r.stdout.splitlines()
+        if line.startswith(("generate", "critique", "revise"))
+    ]
+    assert [row[0] for row in rows] == ["generate", "critique#1", "revise#1", "critique#2"]
+    assert rows[1][1:3] == ["succeeded", "(revise)"]
+
+    r = env.cli("status", bad["run_id"])
+    assert r.returncode == 0, r.stderr
+    assert "Status:      ✗ Failed" in r.stdout and "Failed Step: critique" in r.stdout
+    assert "max revisions exceeded" in r.stdout
+
+
+def test_status_json(two_runs: Any) -> None:
+    env, ok, bad = two_runs
+    data = env.json("status", ok["run_id"][:6], "-o", "json")
+    assert data["id"] == ok["run_id"] and data["state"] == "completed"
+    assert data["output"] == {"final_text": "draft two", "revision_count": 1}
+    assert data["input"] == {"topic": "tides"} and data["tokens"] == ok["tokens"]
+    assert [(s["key"], s["state"], s["attempts"]) for s in data["steps"]] == [
+        ("generate", "succeeded", 1),
+        ("critique#1", "succeeded", 1),
+        ("revise#1", "succeeded", 1),
+        ("critique#2", "succeeded", 1),
+    ]
+    failed = env.json("status", bad["run_id"], "-o", "json")
+    assert failed["state"] == "failed" and failed["failed_step"] == "critique"
+    assert "max revisions exceeded" in failed["error"] and len(failed["steps"]) == 8
+
+
+def test_show_everything(two_runs: Any) -> None:
+    env, ok, _ = two_runs
+    r = env.cli("show", ok["run_id"][:8])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert out.startswith(f"Run {ok['run_id']} · critique-revise · completed")
+    assert '"topic": "tides"' in out and '"final_text": "draft two"' in out
+    for key in ("== generate", "== critique#1", "== revise#1", "== critique#2"):
+        assert key in out
+    assert "-- feedback\nadd tide tables" in out  # the critique's feedback
+    assert "[user]" in out and "tides" in out  # the rendered prompt
+    data = env.json("show", ok["run_id"], "--json")
+    assert [e["key"] for e in data["executions"]] == [
+        "generate",
+        "critique#1",
+        "revise#1",
+        "critique#2",
+    ]
+    revise = data["executions"][2]
+    assert revise["input"]["feedback"] == "add tide tables" and revise["output"] == {
+        "draft": "draft two"
+    }
+
+
+def test_show_one_step(two_runs: Any) -> None:
+    env, ok, bad = two_runs
+    data = env.json("show", bad["run_id"][:8], "--step", "critique", "--json")
+    assert list(data) == ["executions"]
+    assert [e["key"] for e in data["executions"]] == [f"critique#{i}" for i in range(1, 5)]
+    assert all(e["feedback"] == "try again" for e in data["executions"])
+    r = env.cli("show", ok["run_id"][:8], "--step", "revise#1")
+    assert r.returncode == 0, r.stderr
+    assert "== revise#1" in r.stdout and "== generate" not in r.stdout and "Run " not in r.stdout
+    r = env.cli("show", ok["run_id"][:8], "--step", "publish")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: Step not found: publish (this run has: critique,")
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "show"])
+def test_unknown_run_is_one_line(two_runs: Any, command: str) -> None:
+    env, _, _ = two_runs
+    r = env.cli(command, "deadbeef")
+    assert r.returncode == 1
+    assert r.stderr == "error: Run not found: deadbeef\n"
+    assert r.stdout == ""
+
+
+def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    from eclflow.store import open_store
+
+    with open_store(env.db) as s:
+        for rid in ("abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"):
+            s.runs.create(rid, "wf", "WF", "x", "0" * 64, {}, "completed", {})
+    r = env.cli("status", "abcd")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: run id prefix 'abcd' is ambiguous: abcd2222-")  # newest
+    assert "abcd1111-" in r.stderr and r.stderr.count("\n") == 1
+    r = env.cli("status", "abcd2")
+    assert r.returncode == 0 and "abcd2222-0000-4000-8000-000000000000" in r.stdout
+
+
+def test_prune(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    ok = env.run(PASSES, "tides")
+    bad = env.run(NEVER_PASSES, "rocks")
+    newest = env.run(PASSES, "waves")
+    from eclflow.store import open_store
+
+    with open_store(env.db) as s:  # the first two started long ago
+        M = s.models.Run
+        for rid, days in ((ok["run_id"], 45), (bad["run_id"], 40)):
+            M.update(created_at=datetime.now(UTC) - timedelta(days=days)).where(
+                M.id == rid
+            ).execute()
+
+    r = env.cli("prune", "--older-than", "30d", "--state", "failed", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "Deleted 1 run."
+    assert {d["id"] for d in env.json("runs", "--json")} == {ok["run_id"], newest["run_id"]}
+    assert env.cli("status", bad["run_id"]).returncode == 1
+
+    r = env.cli("prune", input="n\n")  # default: older than 30 days; asks first
+    assert r.returncode == 1 and "Delete 1 run started more than 30d ago?" in r.stderr
+    assert len(env.json("runs", "--json")) == 2
+    r = env.cli("prune", input="y\n")
+    assert r.returncode == 0 and r.stdout.strip() == "Deleted 1 run."
+    assert [d["id"] for d in env.json("runs", "--json")] == [newest["run_id"]]
+
+    r = env.cli("prune", "--older-than", "1h", "--yes")
+    assert r.returncode == 0 and r.stdout.strip() == "Deleted 0 runs."
+    r = env.cli("prune", "--older-than", "0", "--yes")
+    assert r.returncode == 0 and r.stdout.strip() == "Deleted 1 run."
+    assert env.json("runs", "--json") == []
+
+    r = env.cli("prune", "--older-than", "soon", "--yes")
+    assert r.returncode == 2 and "not an age" in r.stderr
+
+
+def test_db_option_and_bad_urls(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    r = env.cli("runs", "--json", "--db", other)
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    assert (tmp_path / "other.db").is_file()
+    r = env.cli("runs", "--db", "mysql://root@localhost/x")
+    assert r.returncode == 2
+    assert r.stderr.startswith(
+        "error: Configuration error: unsupported database URL scheme 'mysql'"
+    )
+    assert r.stderr.count("\n") == 1
+    r = env.cli("runs", "--db", f"sqlite:///{tmp_path}/no/such/dir.db")
+    assert r.returncode == 1 and "does not exist" in r.stderr and r.stderr.count("\n") == 1

@@ -1,0 +1,719 @@
+"""The durable store on a real SQLite file and on the real PostgreSQL server: repositories,
+URLs, migrations, and several processes writing one database at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import CRITIQUE_REVISE
+
+from eclflow.errors import (
+    ConfigError,
+    InvalidState,
+    NotFound,
+    PersistenceError,
+    RunNotFound,
+    StepNotFound,
+)
+from eclflow.store import Store, open_store, parse_url, resolve_url
+from eclflow.store import migrations as migrations_module
+
+PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_reachable() -> str | None:
+    """None when the server answers, else why not."""
+    try:
+        import psycopg2
+    except ImportError:
+        return "psycopg2 is not installed"
+    try:
+        psycopg2.connect(PG_BASE, connect_timeout=3).close()
+    except psycopg2.OperationalError as e:
+        return f"PostgreSQL at 127.0.0.1:5432 is unreachable: {' '.join(str(e).split())}"
+    return None
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema of the `test` database for one test, dropped afterwards."""
+    why = _pg_reachable()
+    if why:
+        pytest.skip(why)
+    import psycopg2
+
+    schema = f"eclflow_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    yield f"{PG_BASE}?schema={schema}"
+    conn = psycopg2.connect(PG_BASE)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def new_run(store: Store, run_id: str | None = None, **kw: object) -> str:
+    run_id = run_id or str(uuid.uuid4())
+    args: dict[str, object] = {
+        "definition_id": "critique-revise",
+        "definition_name": "Critique and Revise Loop",
+        "definition": "eclflow: 1\nid: critique-revise\n",
+        "definition_sha256": "ab" * 32,
+        "input": {"topic": "tides", "n": 3, "flags": [True, None]},
+        "state": "running",
+        "metadata": {"model": "mock/x"},
+    }
+    args.update(kw)
+    store.runs.create(run_id, **args)  # type: ignore[arg-type]
+    return run_id
+
+
+def add_step(
+    store: Store, run_id: str, key: str, attempt: int = 1, state: str = "succeeded", **kw: object
+) -> int:
+    step_id, _, n = key.partition("#")
+    handle = store.steps.start(
+        run_id=run_id,
+        step_id=step_id,
+        key=key,
+        iteration=int(n or 0),
+        attempt=attempt,
+        input={"draft": f"in {key}"},
+        model="mock/x",
+    )
+    fields: dict[str, object] = {
+        "outcome": "success" if state == "succeeded" else "failed",
+        "output": {"draft": f"out {key}"},
+        "feedback": None,
+        "error": None if state == "succeeded" else "boom",
+        "retryable": state != "succeeded",
+        "duration_ms": 10,
+        "tokens_in": 3,
+        "tokens_out": 4,
+        "cost": 0.25,
+        "traces": [{"level": "info", "message": "Step execution completed", "n": 1}],
+        "prompt": [{"role": "user", "content": f"prompt {key}"}],
+    }
+    fields.update(kw)
+    store.steps.finish(handle, state=state, **fields)  # type: ignore[arg-type]
+    return handle
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def test_run_round_trip(store: Store) -> None:
+    before = datetime.now(UTC)
+    run_id = new_run(store)
+    r = store.runs.get(run_id)
+    assert r.id == run_id
+    assert (r.definition_id, r.definition_name) == ("critique-revise", "Critique and Revise Loop")
+    assert r.definition == "eclflow: 1\nid: critique-revise\n"
+    assert r.definition_sha256 == "ab" * 32
+    assert r.input == {"topic": "tides", "n": 3, "flags": [True, None]}
+    assert r.state == "running" and r.output is None and r.error is None
+    assert r.failed_step is None and r.completed_at is None
+    assert r.metadata == {"model": "mock/x"}
+    assert r.created_at.tzinfo is not None and r.created_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=5) <= r.created_at <= datetime.now(UTC) + timedelta(seconds=5)
+    with pytest.raises(Exception):  # noqa: B017 - frozen: callers cannot change a record
+        r.state = "failed"  # type: ignore[misc]
+
+
+def test_get_unknown_run(store: Store) -> None:
+    with pytest.raises(RunNotFound, match=r"^Run not found: nope$"):
+        store.runs.get("nope")
+
+
+def test_find_by_prefix(store: Store) -> None:
+    a = new_run(store, "abcd0001-0000-4000-8000-000000000000")
+    b = new_run(store, "abcd0002-0000-4000-8000-000000000000", state="failed")
+    c = new_run(store, "f00d0001-0000-4000-8000-000000000000")
+    assert store.runs.find(a).id == a  # exact
+    assert store.runs.find("abcd0001").id == a
+    assert store.runs.find("ABCD0002").id == b  # ids are compared case-insensitively
+    assert store.runs.find("f00d").id == c
+    with pytest.raises(InvalidState, match="ambiguous") as e:
+        store.runs.find("abcd")
+    assert a in str(e.value) and b in str(e.value)
+    with pytest.raises(InvalidState, match="at least 4"):
+        store.runs.find("f0")
+    with pytest.raises(RunNotFound, match="Run not found: beef"):
+        store.runs.find("beef")
+    with pytest.raises(RunNotFound):
+        store.runs.find("abc%")  # no wildcard matching
+
+
+def test_update_state_sets_and_clears_completed_at(store: Store) -> None:
+    run_id = new_run(store)
+    first = store.runs.get(run_id)
+    store.runs.update_state(
+        run_id, "failed", error="max revisions exceeded", failed_step="critique"
+    )
+    r = store.runs.get(run_id)
+    assert (r.state, r.error, r.failed_step) == ("failed", "max revisions exceeded", "critique")
+    assert r.completed_at is not None and r.updated_at >= first.updated_at
+    store.runs.update_state(run_id, "running")  # a resume
+    r = store.runs.get(run_id)
+    assert (r.state, r.error, r.failed_step, r.completed_at) == ("running", None, None, None)
+    for state in ("completed", "cancelled"):
+        store.runs.update_state(run_id, state)
+        assert store.runs.get(run_id).completed_at is not None
+    store.runs.update_state(run_id, "paused")
+    assert store.runs.get(run_id).completed_at is None
+    with pytest.raises(RunNotFound):
+        store.runs.update_state("missing", "completed")
+    with pytest.raises(InvalidState, match="unknown run state 'done'"):
+        store.runs.update_state(run_id, "done")
+
+
+def test_update_output_and_metadata(store: Store) -> None:
+    run_id = new_run(store)
+    store.runs.update_output(run_id, {"final_text": "v2", "revision_count": 1, "z": [1, 2]})
+    assert store.runs.get(run_id).output == {"final_text": "v2", "revision_count": 1, "z": [1, 2]}
+    store.runs.update_output(run_id, "plain text")
+    assert store.runs.get(run_id).output == "plain text"
+    merged = store.runs.update_metadata(run_id, tokens=12, when=datetime(2024, 1, 2, tzinfo=UTC))
+    assert merged["model"] == "mock/x" and merged["tokens"] == 12
+    meta = store.runs.get(run_id).metadata
+    assert meta == {"model": "mock/x", "tokens": 12, "when": "2024-01-02 00:00:00+00:00"}
+    with pytest.raises(RunNotFound):
+        store.runs.update_output("missing", 1)
+    with pytest.raises(RunNotFound):
+        store.runs.update_metadata("missing", a=1)
+
+
+def test_metadata_updates_from_many_threads_are_not_lost(store: Store) -> None:
+    run_id = new_run(store)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.runs.update_metadata(run_id, **{f"k{i}": i}), range(40)))
+    meta = store.runs.get(run_id).metadata
+    assert {f"k{i}" for i in range(40)} <= set(meta)
+
+
+def test_list_newest_first_with_filters(store: Store) -> None:
+    ids = []
+    for i in range(5):
+        ids.append(
+            new_run(
+                store,
+                definition_id="a" if i % 2 == 0 else "b",
+                state="completed" if i < 3 else "failed",
+            )
+        )
+        _age(store, ids[-1], 5 - i)  # created one day apart, the last one newest
+    assert [r.id for r in store.runs.list()] == ids[::-1]
+    assert [r.id for r in store.runs.list(limit=2)] == ids[:2:-1]
+    assert [r.id for r in store.runs.list(state="failed")] == [ids[4], ids[3]]
+    assert [r.id for r in store.runs.list(definition_id="a")] == [ids[4], ids[2], ids[0]]
+    assert [r.id for r in store.runs.list(state="completed", definition_id="b")] == [ids[1]]
+    assert store.runs.count() == 5 and store.runs.count(state="failed") == 2
+
+
+def test_delete_cascades(store: Store) -> None:
+    keep, gone = new_run(store), new_run(store)
+    for run_id in (keep, gone):
+        add_step(store, run_id, "generate")
+        store.events.append(run_id, "workflow_started", {"level": "info"})
+        store.artifacts.create(run_id, "draft.txt", step_id="generate", content="héllo")
+    store.runs.delete(gone)
+    with pytest.raises(RunNotFound):
+        store.runs.get(gone)
+    assert store.steps.for_run(gone) == []
+    assert store.events.for_run(gone) == []
+    assert store.artifacts.for_run(gone) == []
+    assert len(store.steps.for_run(keep)) == 1 and len(store.events.for_run(keep)) == 1
+    assert len(store.artifacts.for_run(keep)) == 1
+    with pytest.raises(RunNotFound):
+        store.runs.delete(gone)
+
+
+def _age(store: Store, run_id: str, days: float) -> None:
+    M = store.models.Run
+    M.update(created_at=datetime.now(UTC) - timedelta(days=days)).where(M.id == run_id).execute()
+
+
+def test_prune(store: Store) -> None:
+    old_done = new_run(store, state="completed")
+    old_failed = new_run(store, state="failed")
+    recent = new_run(store, state="completed")
+    add_step(store, old_done, "generate")
+    _age(store, old_done, 40)
+    _age(store, old_failed, 31)
+    assert store.runs.count(older_than=timedelta(days=30)) == 2
+    assert store.runs.prune(timedelta(days=30), state="failed") == 1
+    assert {r.id for r in store.runs.list()} == {old_done, recent}
+    assert store.runs.prune(timedelta(days=30)) == 1
+    assert store.steps.for_run(old_done) == []
+    assert [r.id for r in store.runs.list()] == [recent]
+    assert store.runs.prune(timedelta(days=30)) == 0
+    assert store.runs.prune(None) == 1
+    assert store.runs.list() == []
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+def test_step_start_is_committed_before_finish(store: Store, url: str) -> None:
+    run_id = new_run(store)
+    handle = store.steps.start(run_id, "generate", "generate", 0, 1, {"topic": "x"}, "mock/x")
+    with open_store(url) as other:  # another connection sees the running row at once
+        (row,) = other.steps.for_run(run_id)
+        assert (row.id, row.state, row.attempt, row.input) == (handle, "running", 1, {"topic": "x"})
+        assert row.completed_at is None and row.started_at is not None
+    store.steps.finish(
+        handle,
+        state="succeeded",
+        outcome="needs_revision",
+        output={"decision": "revise"},
+        feedback="more",
+        error=None,
+        retryable=False,
+        duration_ms=12,
+        tokens_in=5,
+        tokens_out=7,
+        cost=0.5,
+        traces=[{"level": "warn", "message": "m", "attempt": 1}],
+        prompt=[{"role": "system", "content": "s"}],
+    )
+    row = store.steps.get(handle)
+    assert row.state == "succeeded" and row.outcome == "needs_revision"
+    assert row.output == {"decision": "revise"} and row.feedback == "more"
+    assert (row.duration_ms, row.tokens_in, row.tokens_out, row.cost) == (12, 5, 7, 0.5)
+    assert row.tokens == 12 and row.retryable is False and row.model == "mock/x"
+    assert row.traces == [{"level": "warn", "message": "m", "attempt": 1}]
+    assert row.prompt == [{"role": "system", "content": "s"}]
+    assert row.completed_at is not None and row.completed_at >= row.started_at  # type: ignore[operator]
+
+
+def test_step_queries_and_stats(store: Store) -> None:
+    run_id = new_run(store)
+    add_step(store, run_id, "generate")
+    add_step(store, run_id, "critique#1", attempt=1, state="failed")
+    add_step(store, run_id, "critique#1", attempt=2, outcome="needs_revision", feedback="more")
+    add_step(store, run_id, "revise#1")
+    store.steps.start(run_id, "critique", "critique#2", 2, 1, None, "mock/x")  # in flight
+    skipped = store.steps.record_skipped(run_id, "notify", "notify", 0)
+    assert store.steps.record_skipped(run_id, "notify", "notify", 0) == skipped  # idempotent
+
+    rows = store.steps.for_run(run_id)
+    assert [(r.key, r.attempt, r.state) for r in rows] == [
+        ("generate", 1, "succeeded"),
+        ("critique#1", 1, "failed"),
+        ("critique#1", 2, "succeeded"),
+        ("revise#1", 1, "succeeded"),
+        ("critique#2", 1, "running"),
+        ("notify", 0, "skipped"),
+    ]
+    crit = store.steps.for_step(run_id, "critique")
+    assert [(r.key, r.attempt) for r in crit] == [
+        ("critique#1", 1),
+        ("critique#2", 1),
+        ("critique#1", 2),
+    ]
+    done = store.steps.succeeded(run_id)
+    assert list(done) == ["generate", "critique#1", "revise#1"]
+    assert done["critique#1"].attempt == 2 and done["critique#1"].feedback == "more"
+    stats = store.steps.stats(run_id)
+    assert (stats.count, stats.succeeded, stats.failed, stats.running, stats.skipped) == (
+        6,
+        3,
+        1,
+        1,
+        1,
+    )
+    assert stats.steps == 4  # generate, critique#1, revise#1, critique#2
+    assert (stats.duration_ms, stats.tokens_in, stats.tokens_out) == (40, 12, 16)
+    assert stats.cost == pytest.approx(1.0) and stats.tokens == 28
+    assert store.steps.stats("no-such-run").count == 0
+    many = store.steps.stats_many([run_id, "no-such-run"])
+    assert set(many) == {run_id}
+
+
+def test_step_errors(store: Store) -> None:
+    run_id = new_run(store)
+    add_step(store, run_id, "generate")
+    with pytest.raises(PersistenceError):  # unique (run, key, attempt)
+        store.steps.start(run_id, "generate", "generate", 0, 1, None, None)
+    with pytest.raises(PersistenceError):  # the run must exist
+        store.steps.start("no-such-run", "generate", "generate", 0, 1, None, None)
+    with pytest.raises(StepNotFound):
+        store.steps.get(987654)
+    with pytest.raises(StepNotFound):
+        store.steps.finish(987654, state="succeeded")
+    with pytest.raises(InvalidState):
+        store.steps.finish(1, state="done")
+
+
+def test_transaction_rolls_back_as_a_whole(store: Store) -> None:
+    run_id = new_run(store)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.runs.update_output(run_id, "x")
+        with store.transaction():  # nested: a savepoint
+            store.runs.update_metadata(run_id, a=1)
+        raise RuntimeError("boom")
+    r = store.runs.get(run_id)
+    assert r.output is None and "a" not in r.metadata
+    with store.transaction():
+        store.runs.update_output(run_id, "y")
+        with pytest.raises(RunNotFound), store.transaction():
+            store.runs.update_output("missing", 1)
+    assert store.runs.get(run_id).output == "y"
+
+
+# --- events and artifacts ------------------------------------------------------------------------
+
+
+def test_events(store: Store) -> None:
+    run_id = new_run(store)
+    first = store.events.append(run_id, "workflow_started", {"level": "info", "ts": 1700000000.5})
+    store.events.append_many(
+        run_id,
+        [
+            ("step_started", "generate", {"level": "info", "message": "Step execution started"}),
+            ("step_succeeded", "generate", {"level": "info", "tokens": 7}),
+        ],
+    )
+    events = store.events.for_run(run_id)
+    assert [e.kind for e in events] == ["workflow_started", "step_started", "step_succeeded"]
+    assert events[0].id == first and events[0].step_id is None
+    assert events[0].ts == datetime.fromtimestamp(1700000000.5, UTC)
+    assert events[2].step_id == "generate" and events[2].fields["tokens"] == 7
+    later = store.events.for_run(run_id, after_id=events[0].id)
+    assert [e.kind for e in later] == ["step_started", "step_succeeded"]
+    assert store.events.for_run(run_id, after_id=events[-1].id) == []
+
+
+def test_artifacts(store: Store) -> None:
+    run_id = new_run(store)
+    a = store.artifacts.create(run_id, "draft.md", step_id="generate", content="# Tides ✓")
+    b = store.artifacts.create(
+        run_id, "chart.png", content_type="image/png", path="/tmp/c.png", size=9
+    )
+    assert a.size == len("# Tides ✓".encode()) and a.content_type == "text/plain"
+    assert store.artifacts.get(b.id).path == "/tmp/c.png"
+    assert [x.name for x in store.artifacts.for_run(run_id)] == ["draft.md", "chart.png"]
+    assert [x.name for x in store.artifacts.for_run(run_id, step_id="generate")] == ["draft.md"]
+    store.artifacts.delete(a.id)
+    with pytest.raises(NotFound):
+        store.artifacts.get(a.id)
+    with pytest.raises(NotFound):
+        store.artifacts.delete(a.id)
+
+
+# --- the journal, through the engine -------------------------------------------------------------
+
+
+async def test_engine_run_is_journaled_and_resumes_from_the_store(store: Store) -> None:
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+
+    pass_ = {"content": {"decision": "pass", "critique": "ok"}}
+    revise = {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}}
+    mock = MockProvider(
+        {"generate": "v1", "critique#1": revise, "revise#1": "v2", "critique#2": pass_}
+    )
+    result = await runner.run(
+        CRITIQUE_REVISE, {"topic": "tides"}, model="mock/x", mock_responses=mock, store=store
+    )
+    assert result.status == "completed", result.error
+    run = store.runs.get(result.run_id)
+    assert run.state == "completed" and run.output == {"final_text": "v2", "revision_count": 1}
+    assert run.metadata["model"] == "mock/x" and run.completed_at is not None
+    assert list(store.steps.succeeded(run.id)) == [
+        "generate",
+        "critique#1",
+        "revise#1",
+        "critique#2",
+    ]
+    assert store.steps.succeeded(run.id)["critique#1"].feedback == "more"
+    assert any(e.kind == "workflow_completed" for e in store.events.for_run(run.id))
+
+    # a run that stopped after critique#1: resuming calls only what is left
+    store.runs.update_state(run.id, "running")
+    M = store.models.StepExecution
+    M.delete().where((M.run == run.id) & (M.key.in_(["revise#1", "critique#2"]))).execute()
+    rest = MockProvider({"revise#1": "v2b", "critique#2": pass_})
+    resumed = await runner.resume(run.id[:8], store=store, mock_responses=rest)
+    assert resumed.status == "completed" and rest.calls == 2
+    assert [s.replayed for s in resumed.steps] == [True, True, False, False]
+    assert store.runs.get(run.id).output == {"final_text": "v2b", "revision_count": 1}
+
+
+# --- opening: URLs, settings, migrations ---------------------------------------------------------
+
+
+def test_resolve_url_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("ECLFLOW_DATABASE_URL", "sqlite:///from-env.db")
+    assert resolve_url("sqlite:///given.db") == "sqlite:///given.db"
+    assert resolve_url(None) == "sqlite:///from-env.db"
+    monkeypatch.setenv("ECLFLOW_DATABASE_URL", "  ")
+    default = resolve_url(None)
+    assert default == f"sqlite:///{tmp_path / 'data' / 'eclflow' / 'eclflow.db'}"
+    assert (tmp_path / "data" / "eclflow").is_dir()
+    monkeypatch.delenv("ECLFLOW_DATABASE_URL")
+    with open_store(None) as s:
+        new_run(s)
+    assert (tmp_path / "data" / "eclflow" / "eclflow.db").is_file()
+
+
+def test_sqlite_url_forms(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abs").mkdir()
+    for given, made in (
+        ("sqlite:///relative.db", tmp_path / "relative.db"),
+        (f"sqlite:///{tmp_path}/abs/a.db", tmp_path / "abs" / "a.db"),  # sqlite:////abs/a.db
+        ("bare.db", tmp_path / "bare.db"),
+        (str(tmp_path / "abs" / "b.db"), tmp_path / "abs" / "b.db"),
+    ):
+        with open_store(given) as s:
+            new_run(s)
+        assert made.is_file(), given
+    assert parse_url(f"sqlite:///{tmp_path}/x.db").path == f"{tmp_path}/x.db"
+    assert parse_url("sqlite:///x.db").path == "x.db"
+    with pytest.raises(PersistenceError, match="does not exist"):
+        open_store(f"sqlite:///{tmp_path}/missing-dir/x.db")
+
+
+def test_memory_store_is_shared_by_threads() -> None:
+    with open_store("sqlite:///:memory:") as s:
+        run_id = new_run(s)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda k: add_step(s, run_id, f"k{k}"), range(20)))
+        assert len(s.steps.for_run(run_id)) == 20
+
+
+def test_postgres_url_forms() -> None:
+    u = parse_url("postgresql://bob:s3cret@db.example:6543/runs?schema=eclflow&sslmode=require")
+    assert (u.kind, u.database, u.schema) == ("postgresql", "runs", "eclflow")
+    assert u.params["user"] == "bob" and u.params["password"] == "s3cret"
+    assert u.params["host"] == "db.example" and u.params["port"] == 6543
+    assert u.params["sslmode"] == "require" and "search_path=eclflow" in str(u.params["options"])
+    assert "s3cret" not in u.url and "***" in u.url
+    assert parse_url("postgres://postgres@127.0.0.1:5432/test").kind == "postgresql"
+    with pytest.raises(ConfigError, match="names no database"):
+        parse_url("postgresql://postgres@127.0.0.1:5432/")
+    with pytest.raises(ConfigError, match="bad schema name"):
+        parse_url("postgresql://h/db?schema=a;drop")
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as e:
+        open_store("mysql://root:pw@localhost/db")
+    text = str(e.value)
+    assert "unsupported database URL scheme 'mysql'" in text and "sqlite:///" in text
+    assert "pw" not in text and "\n" not in text
+
+
+def test_postgres_without_psycopg2_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # `import psycopg2` now fails
+    with pytest.raises(ConfigError, match=r"pip install 'eclflow\[postgres\]'"):
+        open_store("postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_unreachable_postgres_is_one_line() -> None:
+    with pytest.raises(PersistenceError) as e:
+        open_store("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+    assert "\n" not in str(e.value) and "127.0.0.1:1/test" in str(e.value)
+
+
+def test_sqlite_settings(sqlite_url: str) -> None:
+    with open_store(sqlite_url) as s:
+
+        def pragma(name: str) -> object:
+            return s.db.execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+        assert pragma("journal_mode") == "wal"
+        assert pragma("foreign_keys") == 1
+        assert pragma("busy_timeout") >= 30000  # type: ignore[operator]
+        assert pragma("synchronous") == 1  # NORMAL
+        seen: list[object] = []
+        t = threading.Thread(target=lambda: seen.append(pragma("foreign_keys")))
+        t.start()
+        t.join()
+        assert seen == [1]  # every thread's connection has the settings
+        assert s.db._lock_type == "IMMEDIATE"
+
+
+def test_close_closes_every_thread_connection(sqlite_url: str) -> None:
+    s = open_store(sqlite_url)
+    run_id = new_run(s)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: s.runs.get(run_id), range(9)))
+    conns = list(s.db._conns)
+    assert len(conns) >= 2
+    s.close()
+    s.close()  # idempotent
+    import sqlite3
+
+    for conn in conns:
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("select 1")
+    with pytest.raises(PersistenceError, match="closed"):
+        s.runs.get(run_id)
+
+
+def _version_rows(s: Store) -> list[int]:
+    M = s.models.SchemaVersion
+    return [r.version for r in M.select().order_by(M.version)]
+
+
+def test_fresh_database_is_at_the_latest_version(store: Store) -> None:
+    assert store.schema_version == migrations_module.latest_version() == 1
+    assert _version_rows(store) == [1]
+    for table in ("workflows", "step_executions", "artifacts", "events", "schema_version"):
+        assert store.db.table_exists(table)
+
+
+def test_hand_made_v0_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a database eclflow never set up, with data of its own
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    with open_store(f"sqlite:///{path}") as s:
+        assert s.schema_version == 1 and _version_rows(s) == [1]
+        new_run(s)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
+        assert conn.execute("SELECT count(*) FROM workflows").fetchone() == (1,)
+
+
+def test_older_database_is_upgraded_by_new_migrations(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(url) as s:
+        run_id = new_run(s)
+        add_step(s, run_id, "generate")
+
+    def v2(db: object, models: object) -> None:
+        db.execute_sql("ALTER TABLE workflows ADD COLUMN note TEXT")  # type: ignore[attr-defined]
+        db.execute_sql("UPDATE workflows SET note = 'migrated'")  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v2])
+    with open_store(url) as s:
+        assert s.schema_version == 2 and _version_rows(s) == [1, 2]
+        assert s.db.execute_sql("SELECT note FROM workflows").fetchall() == [("migrated",)]
+        assert s.runs.get(run_id).input["topic"] == "tides"
+        assert len(s.steps.for_run(run_id)) == 1
+    with open_store(url) as s:  # applied once only
+        assert _version_rows(s) == [1, 2]
+
+
+def test_newer_database_is_refused(url: str) -> None:
+    with open_store(url) as s:
+        s.models.SchemaVersion.insert(version=7, applied_at=datetime.now(UTC)).execute()
+    with pytest.raises(PersistenceError) as e:
+        open_store(url)
+    assert str(e.value) == (
+        "Database error: database schema version 7 is newer than this eclflow (supports 1); "
+        "upgrade eclflow"
+    )
+
+
+# --- several processes at once -------------------------------------------------------------------
+
+WORKER = r"""
+import os, sys, time, uuid
+from concurrent.futures import ThreadPoolExecutor
+from eclflow.store import open_store
+
+url, worker, go, shared = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+store = open_store(url)
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.005)
+
+def step(run_id, key, n):
+    h = store.steps.start(run_id=run_id, step_id=key.split("#")[0], key=key, iteration=n,
+                          attempt=1, input={"n": n}, model="mock/x")
+    store.steps.finish(h, state="succeeded", outcome="success", output={"w": worker, "key": key},
+                       duration_ms=1, tokens_in=1, tokens_out=1, cost=0.0,
+                       traces=[{"level": "info", "message": "ok"}], prompt=None)
+
+with ThreadPoolExecutor(3) as pool:  # like the journal's asyncio.to_thread workers
+    for i in range(50):
+        run_id = f"w{worker}-{i:03d}-" + uuid.uuid4().hex[:8]
+        store.runs.create(run_id=run_id, definition_id="load", definition_name="Load",
+                          definition="x", definition_sha256="0" * 64, input={"i": i},
+                          state="running", metadata={"worker": worker})
+        list(pool.map(lambda a: step(run_id, *a), [("generate", 0), ("critique#1", 1), ("revise#1", 1)]))
+        store.runs.update_metadata(run_id, done=True)
+        store.runs.update_metadata(shared, **{f"w{worker}-{i}": i})  # one row, every process
+        with store.transaction():
+            store.runs.update_output(run_id, {"i": i})
+            store.runs.update_state(run_id, "completed")
+store.close()
+print("ok")
+"""
+
+
+def _hammer(url: str, tmp_path: Path) -> None:
+    with open_store(url) as s:
+        shared = new_run(s, "shared-run")
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, url, str(w), str(go), shared],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    time.sleep(0.3)  # let every worker open the store, then start them together
+    go.touch()
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+        assert out.strip() == "ok" and "locked" not in err
+    with open_store(url) as s:
+        runs = [r for r in s.runs.list(limit=None) if r.id != shared]
+        assert len(runs) == 200
+        assert {r.state for r in runs} == {"completed"}
+        assert all(r.metadata.get("done") is True and r.output is not None for r in runs)
+        stats = s.steps.stats_many(r.id for r in runs)
+        assert len(stats) == 200
+        assert all(st.count == 3 and st.succeeded == 3 for st in stats.values())
+        assert len(s.runs.get(shared).metadata) == 1 + 200  # no lost read-modify-write
+
+
+@pytest.mark.slow
+def test_four_processes_write_one_sqlite_file(sqlite_url: str, tmp_path: Path) -> None:
+    _hammer(sqlite_url, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_four_processes_write_one_postgres_database(pg_url: str, tmp_path: Path) -> None:
+    _hammer(pg_url, tmp_path)
