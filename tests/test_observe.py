@@ -247,3 +247,85 @@ def test_validate_prices_the_worst_case_when_the_price_is_known() -> None:
     priced = report("--model", "openai/gpt-4o-mini")["worst_case_usd"]
     assert 0 < priced < 1
     assert report("--model", "nonexistent-provider/x")["worst_case_usd"] is None
+
+
+# --- through the command line, with the journal -------------------------------------------------
+
+KEYED = """\
+generate: {content: "draft one", delay: %(d)s}
+critique#1: {content: {decision: revise, critique: thin, feedback: more}, delay: %(d)s}
+revise#1: {content: "draft two", delay: %(d)s}
+critique#2: {content: {decision: pass, critique: ok}, delay: %(d)s}
+"""
+
+
+def _cli(tmp_path: Any, *args: str, delay: float = 0.0, wait: bool = True) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.yaml"
+    script.write_text(KEYED % {"d": delay})
+    env = {
+        **os.environ,
+        "ECLFLOW_MOCK_LOG": str(tmp_path / "calls.jsonl"),
+        "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+    }
+    cmd = [sys.executable, "-m", "eclflow", *args]
+    if args and args[0] in ("run", "resume"):
+        cmd += ["--model", "mock/t", "--mock-responses", str(script)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path: Any) -> None:
+    r = _cli(tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--budget-calls", "2", "--json")
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "failed" and "budget_exceeded" in out["error"]
+    calls = tmp_path / "calls.jsonl"
+    assert len(calls.read_text().splitlines()) == 2
+    r2 = _cli(tmp_path, "resume", out["run_id"], "--budget-calls", "10", "--json")
+    assert r2.returncode == 0, r2.stderr
+    done = json.loads(r2.stdout)
+    assert done["status"] == "completed" and done["output"]["final_text"] == "draft two"
+    keys = [json.loads(line)["key"] for line in calls.read_text().splitlines()]
+    assert keys == ["generate", "critique#1", "revise#1", "critique#2"]  # nothing called twice
+    status = _cli(tmp_path, "status", out["run_id"], "-o", "json")
+    assert status.returncode == 0, status.stderr
+
+
+def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
+    run = _cli(tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--json", delay=0.3, wait=False)
+    import sqlite3
+    import time
+
+    db = tmp_path / "runs.db"
+    run_id = None
+    deadline = time.monotonic() + 30
+    while run_id is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if db.exists():
+            try:
+                row = sqlite3.connect(db).execute("select id from workflows").fetchone()
+            except sqlite3.Error:
+                row = None
+            run_id = row[0] if row else None
+    assert run_id, "the run never appeared in the journal"
+    follow = _cli(tmp_path, "logs", run_id, "--follow", "--json")
+    run.wait(timeout=60)
+    assert run.returncode == 0, run.stderr.read() if run.stderr else ""
+    events = [json.loads(line) for line in follow.stdout.splitlines()]
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "workflow_started" and kinds[-1] == "workflow_completed", kinds
+    assert kinds.count("llm_request_completed") == 4
+    assert {e["run_id"] for e in events} == {run_id}
+    assert [e["step_id"] for e in events if e["kind"] == "step_succeeded"] == [
+        "generate",
+        "critique",
+        "revise",
+        "critique",
+    ]
+    text = _cli(tmp_path, "logs", run_id[:8])
+    assert text.returncode == 0 and "Workflow execution completed successfully" in text.stdout
