@@ -159,7 +159,7 @@ class Executor:
                     self.on_attempt(key, n, max_attempts)
                 emit("step_started", attempt=n)
                 record = await self._attempt(
-                    step, key, iteration, n, input, model, loop, attempts_log
+                    step, key, iteration, n, input, model, loop, attempts_log, traces
                 )
                 _accumulate(total, record)
                 return record
@@ -229,6 +229,7 @@ class Executor:
         model: str | None,
         loop: LoopState | None,
         attempts_log: AttemptLog,
+        traces: list[TraceEvent] | None = None,
     ) -> StepExecution:
         handle = await attempts_log.started(attempt, dict(input), model)
         usage = _Usage(model=model)
@@ -278,6 +279,11 @@ class Executor:
         record.prompt = usage.prompt
         record.attempts = 1
         record.duration_ms = _ms(started)
+        if traces is not None:  # the journal keeps the step's story up to this attempt
+            level = "error" if result.kind == "failed" else "info"
+            how = f"failed: {result.error}" if level == "error" else "completed"
+            done = f"Attempt {attempt} {how}"
+            record.traces = [*traces, TraceEvent(level, done)]
         await attempts_log.finished(handle, attempt, record)
         return record
 

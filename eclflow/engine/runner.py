@@ -331,6 +331,7 @@ async def resume(
     providers = Providers(mock=as_mock(mock_responses))
     chosen = model or meta.get("model") or default_model(wf, None)
     check_models(plan, providers, chosen)
+    _close_interrupted(store, record.id)
     store.runs.update_state(record.id, "running")
     store.runs.update_metadata(
         record.id, pid=os.getpid(), host=_hostname(), resumed=int(meta.get("resumed", 0)) + 1
@@ -367,6 +368,19 @@ async def resume(
         limits,
         _spent_so_far(store, record.id),
     )
+
+
+def _close_interrupted(store: Any, run_id: str) -> None:
+    """Attempts left `running` by a process that died are failed: they will be made again."""
+    for row in store.steps.for_run(run_id):
+        if row.state == "running":
+            store.steps.finish(
+                row.id,
+                state="failed",
+                outcome="failed",
+                error="interrupted: the process ended during this attempt",
+                retryable=True,
+            )
 
 
 def _spent_so_far(store: Any, run_id: str) -> Spent:
