@@ -90,6 +90,13 @@ def test_runs_lists_newest_first(two_runs: Any) -> None:
 
     data = env.json("runs", "--json")
     assert [d["id"] for d in data] == [bad["run_id"], ok["run_id"]]
+    assert [d["run_id"] for d in data] == [bad["run_id"], ok["run_id"]]
+    assert [(d["workflow"], d["status"]) for d in data] == [
+        ("critique-revise", "failed"),
+        ("critique-revise", "completed"),
+    ]
+    assert data[0]["started_at"] >= data[1]["started_at"]
+    assert [d["revisions"] for d in data] == [3, 1]
     assert data[0]["failed_step"] == "critique" and data[0]["steps"] == 8
     assert data[1]["tokens"] == ok["tokens"] and data[1]["duration_ms"] is not None
     assert [d["id"] for d in env.json("runs", "--json", "--state", "completed")] == [ok["run_id"]]
@@ -250,3 +257,16 @@ def test_db_option_and_bad_urls(tmp_path: Path) -> None:
     assert r.stderr.count("\n") == 1
     r = env.cli("runs", "--db", f"sqlite:///{tmp_path}/no/such/dir.db")
     assert r.returncode == 1 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_runs_stats_totals_by_workflow_and_model(two_runs: Any) -> None:
+    env, ok, bad = two_runs
+    totals = env.json("runs", "--stats", "--json")
+    (wf,) = totals["workflow"]
+    assert wf["workflow"] == "critique-revise" and wf["runs"] == 2
+    assert wf["calls"] == 4 + 8
+    assert wf["tokens_in"] + wf["tokens_out"] == ok["tokens"] + bad["tokens"]
+    (model,) = totals["model"]
+    assert model["model"] == "mock/x" and model["calls"] == 12
+    text = env.cli("runs", "--stats")
+    assert text.returncode == 0 and "by workflow" in text.stdout and "mock/x" in text.stdout

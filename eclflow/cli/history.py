@@ -48,12 +48,25 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     "--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Totals instead: runs, calls, tokens and dollars by workflow and by model.",
+)
 @db_option
 @handle_errors
 def runs_cmd(
-    state: str | None, workflow_id: str | None, limit: int, as_json: bool, db: str | None
+    state: str | None,
+    workflow_id: str | None,
+    limit: int,
+    as_json: bool,
+    stats: bool,
+    db: str | None,
 ) -> None:
     """List runs, newest first."""
+    if stats:
+        _totals(db, as_json)
+        return
     with open_store(db) as store:
         runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
         stats = store.steps.stats_many(r.id for r in runs)
@@ -92,8 +105,43 @@ def runs_cmd(
     stdout_console().print(table)
 
 
+def _totals(db: str | None, as_json: bool) -> None:
+    with open_store(db) as store:
+        groups = {by: store.steps.totals(by) for by in ("workflow", "model")}
+    if as_json:
+        click.echo(json.dumps(groups, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    for by, rows in groups.items():
+        table = Table(title=f"by {by}", box=None, pad_edge=False, header_style="bold")
+        for name in (by, "runs", "calls", "tokens in", "tokens out", "cost"):
+            table.add_column(name, justify="left" if name == by else "right", no_wrap=True)
+        for r in rows:
+            table.add_row(
+                str(r[by]),
+                str(r["runs"]),
+                str(r["calls"]),
+                str(r["tokens_in"]),
+                str(r["tokens_out"]),
+                f"${r['cost']:.4f}",
+            )
+        if not rows:
+            table.add_row("(no runs)", "", "", "", "", "")
+        console.print(table)
+
+
 def _run_summary(run: Any, stats: Any) -> dict[str, Any]:
+    meta = run.metadata or {}
     return {
+        # the names `run --json` uses, then the store's own
+        "run_id": run.id,
+        "workflow": run.definition_id,
+        "status": run.state,
+        "started_at": run.created_at,
+        "revisions": sum((meta.get("revisions") or {}).values()),
+        "model": meta.get("model"),
         "id": run.id,
         "workflow_id": run.definition_id,
         "workflow_name": run.definition_name,

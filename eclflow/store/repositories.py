@@ -396,6 +396,40 @@ class StepRepository:
                 for r in query
             }
 
+    def totals(self, by: str) -> list[dict[str, Any]]:
+        """Runs, model calls (attempts with a model), tokens and dollars grouped by `workflow`
+        (definition id) or by `model`, largest cost first."""
+        M = self._m
+        R = self._s.models.Run
+        key = R.definition_id if by == "workflow" else M.model
+        query = (
+            M.select(
+                key.alias("key"),
+                fn.COUNT(fn.DISTINCT(M.run)).alias("runs"),
+                fn.SUM(Case(None, ((M.model.is_null(False), 1),), 0)).alias("calls"),
+                fn.COALESCE(fn.SUM(M.tokens_in), 0).alias("tokens_in"),
+                fn.COALESCE(fn.SUM(M.tokens_out), 0).alias("tokens_out"),
+                fn.COALESCE(fn.SUM(M.cost), 0).alias("cost"),
+            )
+            .join(R, on=(M.run == R.id))
+            .where(M.state != "skipped")
+            .group_by(key)
+            .dicts()
+        )
+        with self._s.reading():
+            rows = [
+                {
+                    by: r["key"] if r["key"] is not None else "(no model)",
+                    "runs": int(r["runs"]),
+                    "calls": int(r["calls"] or 0),
+                    "tokens_in": int(r["tokens_in"]),
+                    "tokens_out": int(r["tokens_out"]),
+                    "cost": float(r["cost"]),
+                }
+                for r in query
+            ]
+        return sorted(rows, key=lambda r: (-r["cost"], -r["tokens_in"] - r["tokens_out"]))
+
 
 class ArtifactRepository:
     """Named content a step produced: inline text, or the path of a file."""
