@@ -91,13 +91,19 @@ class StoreJournal:
     the call; a key that already has a succeeded row is replayed without calling anything."""
 
     def __init__(
-        self, store: Any, run_id: str, seed: Mapping[str, StepExecution] | None = None
+        self,
+        store: Any,
+        run_id: str,
+        seed: Mapping[str, StepExecution] | None = None,
+        *,
+        fresh: bool = False,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.seed = dict(seed or {})  # executions reused from another run (--from)
-        rows = store.steps.for_run(run_id)
-        self._done: dict[str, Any] = store.steps.succeeded(run_id)
+        self._writer: Any = None
+        rows = [] if fresh else store.steps.for_run(run_id)
+        self._done: dict[str, Any] = {} if fresh else store.steps.succeeded(run_id)
         self._last_attempt: dict[str, int] = {}
         self._skipped: set[str] = set()
         for r in rows:
@@ -107,6 +113,15 @@ class StoreJournal:
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @property
+    def writer(self) -> Any:
+        """The store's group-commit writer for this event loop (None: plain repository calls)."""
+        if self._writer is None:
+            from ..store.writer import writer_for
+
+            self._writer = writer_for(self.store) or False
+        return self._writer or None
 
     async def step(
         self,
@@ -130,6 +145,9 @@ class StoreJournal:
     async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
         if key not in self._skipped:
             self._skipped.add(key)
+            if self.writer is not None:
+                await self.writer.record_skipped(self.run_id, step_id, key, iteration)
+                return StepExecution(step_id, key, iteration, "skipped")
             await self._call(
                 self.store.steps.record_skipped,
                 run_id=self.run_id,
@@ -151,6 +169,17 @@ class _StoreAttemptLog:
         self.offset = offset  # attempts a crashed or failed earlier execution already used
 
     async def started(self, attempt: int, input: Any, model: str | None) -> Any:
+        writer = self.journal.writer
+        if writer is not None:  # queued, not awaited: see eclflow/store/writer.py
+            return writer.start(
+                self.journal.run_id,
+                self.step_id,
+                self.key,
+                self.iteration,
+                self.offset + attempt,
+                input,
+                model,
+            )
         return await self.journal._call(
             self.journal.store.steps.start,
             run_id=self.journal.run_id,
@@ -164,12 +193,12 @@ class _StoreAttemptLog:
 
     async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
         failed = record.outcome == "failed"
-        await self.journal._call(
-            self.journal.store.steps.finish,
+        writer = self.journal.writer
+        await (writer.finish if writer is not None else self._finish_in_thread)(
             handle,
             state="failed" if failed else "succeeded",
             outcome=record.outcome,
-            output=_jsonable(record.output),
+            output=record.output if writer is not None else _jsonable(record.output),
             feedback=record.feedback,
             error=record.error,
             retryable=record.retryable,
@@ -180,6 +209,9 @@ class _StoreAttemptLog:
             traces=[t.to_dict() for t in record.traces],
             prompt=record.prompt,
         )
+
+    async def _finish_in_thread(self, handle: Any, **fields: Any) -> None:
+        await self.journal._call(self.journal.store.steps.finish, handle, **fields)
 
 
 def execution_from_record(row: Any, *, replayed: bool) -> StepExecution:

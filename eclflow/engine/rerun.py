@@ -99,7 +99,7 @@ class _SeededJournal:
         self.seed = seed
 
     def bind(self, run_id: str) -> StoreJournal:
-        return StoreJournal(self.store, run_id, seed=self.seed)
+        return StoreJournal(self.store, run_id, seed=self.seed, fresh=True)
 
 
 __all__ = ["rerun_from", "reusable_steps"]

@@ -112,9 +112,10 @@ async def run(
         store, own_store = open_store(db), True
     run_id = run_id or new_run_id()
     try:
+        limits = _limits(wf, budget)
         if journal is None:
             if store is not None:
-                store.runs.create(
+                row = dict(
                     run_id=run_id,
                     definition_id=wf.id,
                     definition_name=wf.name,
@@ -128,14 +129,23 @@ async def run(
                         "pid": os.getpid(),
                         "host": _hostname(),
                         **(metadata or {}),
+                        **(
+                            {"budget": _budget_dict(limits)}
+                            if limits.max_usd or limits.max_tokens or limits.max_calls
+                            else {}
+                        ),
                     },
                 )
-                journal = (journal_factory or (lambda rid: StoreJournal(store, rid)))(run_id)
+                writer = writer_for(store)
+                if writer is not None:
+                    writer.create_run(**row)  # committed with the first step's rows
+                else:
+                    store.runs.create(**row)
+                journal = (journal_factory or (lambda rid: StoreJournal(store, rid, fresh=True)))(
+                    run_id
+                )
             else:
                 journal = MemoryJournal()
-        limits = _limits(wf, budget)
-        if store is not None and (limits.max_usd or limits.max_tokens or limits.max_calls):
-            store.runs.update_metadata(run_id, budget=_budget_dict(limits))
         return await _execute(
             plan,
             providers,
@@ -224,8 +234,37 @@ async def _execute(
         if flusher is not None:
             flusher.cancel()
     if store is not None:
-        await asyncio.to_thread(_record_end, store, result, recorder)
+        writer = writer_for(store)
+        if writer is not None:
+            assert recorder is not None
+            writer.events(run_id, recorder.take())
+            await writer.end_run(
+                result.run_id,
+                result.status,
+                result.output,
+                result.error,
+                result.failed_step,
+                _end_metadata(result),
+            )
+        else:
+            await asyncio.to_thread(_record_end, store, result, recorder)
     return result
+
+
+def writer_for(store: Any) -> Any:
+    """The store's group-commit writer for this event loop, if it has one."""
+    from ..store.writer import writer_for as _writer_for
+
+    return _writer_for(store)
+
+
+def _end_metadata(result: RunResult) -> dict[str, Any]:
+    return {
+        "revisions": result.revisions,
+        "tokens": result.tokens,
+        "cost": result.cost,
+        "duration_ms": result.duration_ms,
+    }
 
 
 async def _flush_events(recorder: EventRecorder | None) -> None:
@@ -233,10 +272,14 @@ async def _flush_events(recorder: EventRecorder | None) -> None:
     import asyncio
 
     assert recorder is not None
+    writer = writer_for(recorder.store)
     while True:
         await asyncio.sleep(recorder.max_delay)
         if recorder.due():
-            await asyncio.to_thread(recorder.flush)
+            if writer is not None:
+                writer.events(recorder.run_id, recorder.take())
+            else:
+                await asyncio.to_thread(recorder.flush)
 
 
 def _both_guards(first: CallGuard, second: CallGuard | None) -> CallGuard:

@@ -95,11 +95,16 @@ class EventRecorder:
     def due(self) -> bool:
         return bool(self._buffer) and time.monotonic() - self._last_flush >= self.max_delay
 
-    def flush(self) -> None:
-        """Write what is buffered (call from a worker thread: it does I/O)."""
+    def take(self) -> list[tuple[str, str | None, dict[str, Any]]]:
+        """Empty the buffer and return what it held."""
         with self._lock:
             batch, self._buffer = self._buffer, []
             self._last_flush = time.monotonic()
+        return batch
+
+    def flush(self) -> None:
+        """Write what is buffered (call from a worker thread: it does I/O)."""
+        batch = self.take()
         if not batch:
             return
         try:
