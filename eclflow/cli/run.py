@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -335,9 +334,9 @@ def run_cmd(
 
         if view is not None:
             with view:
-                result = asyncio.run(go())
+                result = _run_async(go())
         else:
-            result = asyncio.run(go())
+            result = _run_async(go())
     finally:
         if store is not None:
             store.close()
@@ -375,7 +374,7 @@ def resume_cmd(
     store = _open_store(db)
     try:
         listener = None if as_json or quiet else _line_printer()
-        result = asyncio.run(
+        result = _run_async(
             runner.resume(
                 run_id,
                 store=store,
@@ -390,6 +389,12 @@ def resume_cmd(
         store.close()
     print_result(result, as_json, quiet)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _run_async(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 def _quiet_stamina() -> None:

@@ -6,7 +6,6 @@ proves that a resumed run did not call a finished step again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -164,6 +163,8 @@ class MockProvider:
             return _response(json.dumps(entry), request)  # the mapping is the (JSON) reply
         delay = float(entry.get("delay", 0) or 0)
         if delay > 0:
+            import asyncio
+
             await asyncio.sleep(delay)
         error = entry.get("error")
         if error is not None:
