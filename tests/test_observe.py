@@ -33,7 +33,7 @@ def workflow() -> Any:
 @pytest.fixture
 def log_stream() -> Any:
     stream = io.StringIO()
-    configure("info", "json", stream=stream)
+    configure("debug", "json", stream=stream)
     yield stream
     configure("warning", "compact")
 
@@ -275,12 +275,16 @@ def _cli(tmp_path: Any, *args: str, delay: float = 0.0, wait: bool = True) -> An
     if args and args[0] in ("run", "resume"):
         cmd += ["--model", "mock/t", "--mock-responses", str(script)]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path: Any) -> None:
-    r = _cli(tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--budget-calls", "2", "--json")
+    r = _cli(
+        tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--budget-calls", "2", "--json"
+    )
     assert r.returncode == 1, r.stderr
     out = json.loads(r.stdout)
     assert out["status"] == "failed" and "budget_exceeded" in out["error"]
@@ -297,7 +301,9 @@ def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path
 
 
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
-    run = _cli(tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--json", delay=0.3, wait=False)
+    run = _cli(
+        tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--json", delay=0.3, wait=False
+    )
     import sqlite3
     import time
 

@@ -22,12 +22,13 @@ logger = get_logger("run")
 
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
-# kind → (level, message)
+# kind → (level, message). At info level a run logs its start and end and one line a step
+# (with tokens and cost); attempts and model calls are debug, retries and failures above info.
 EVENTS: dict[str, tuple[int, str]] = {
     "workflow_started": (INFO, "Workflow execution started"),
     "workflow_completed": (INFO, "Workflow execution completed successfully"),
     "workflow_failed": (ERROR, "Workflow execution failed"),
-    "step_started": (INFO, "Step execution started"),
+    "step_started": (DEBUG, "Step execution started"),
     "step_succeeded": (INFO, "Step execution succeeded"),
     "step_succeeded_after_retry": (INFO, "Step succeeded after retry"),
     "step_failed": (ERROR, "Step execution failed"),
@@ -37,7 +38,7 @@ EVENTS: dict[str, tuple[int, str]] = {
     "retrying": (WARNING, "Retrying after failure"),
     "validation_failed": (WARNING, "Validation failed"),
     "llm_request_started": (DEBUG, "LLM request started"),
-    "llm_request_completed": (INFO, "LLM request completed"),
+    "llm_request_completed": (DEBUG, "LLM request completed"),
     "llm_request_failed": (WARNING, "LLM request failed"),
     "loop_revision": (INFO, "Revision requested"),
     "budget_exceeded": (ERROR, "Budget exceeded"),
@@ -54,7 +55,11 @@ def emit(kind: str, **fields: Any) -> None:
     if not enabled and recorder is None:
         return
     if enabled:
-        logger.log(level, message, extra={"kind": kind, **fields})
+        # makeRecord + handle: what logger.log does, minus looking up the caller's frame
+        record = logger.makeRecord(
+            logger.name, level, "eclflow", 0, message, (), None, extra={"kind": kind, **fields}
+        )
+        logger.handle(record)
     if recorder is not None:
         ctx = bound()
         recorder.add(kind, level, message, ctx.get("step_id"), {**ctx, **fields})

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, TextIO
 
@@ -61,15 +62,22 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+@lru_cache(maxsize=1024)
+def _kind_of_key(key: str) -> int:
+    """0: a LogRecord attribute (skipped), 1: a field, 2: a field whose value is a secret."""
+    if key in _STANDARD or key.startswith("_"):
+        return 0
+    lowered = key.lower()
+    return 2 if any(word in lowered for word in _SECRET_WORDS) else 1
+
+
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     """The structured fields of a record (bound context and `extra=`), secrets masked."""
     out = {}
     for key, value in record.__dict__.items():
-        if key in _STANDARD or key.startswith("_"):
-            continue
-        if any(word in key.lower() for word in _SECRET_WORDS):
-            value = "***"
-        out[key] = value
+        kind = _kind_of_key(key)
+        if kind:
+            out[key] = "***" if kind == 2 else value
     return out
 
 
