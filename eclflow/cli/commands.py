@@ -7,3 +7,4 @@ from . import validate  # noqa: F401
 from . import logs  # noqa: F401
 from . import graph  # noqa: F401
 from . import history  # noqa: F401
+from . import serve  # noqa: F401

@@ -182,10 +182,29 @@ def _run_duration_ms(run: Any) -> int | None:
     show_default=True,
     help="Output format.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "restate"]),
+    default="local",
+    show_default=True,
+    envvar="ECLFLOW_ENGINE",
+    help="restate: ask Restate (give the full run id).",
+)
+@click.option("--restate-url", metavar="URL", help="Restate's ingress URL.")
 @db_option
 @handle_errors
-def status_cmd(run_id: str, fmt: str, db: str | None) -> None:
+def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: str | None) -> None:
     """The state of RUN_ID and of each of its steps."""
+    if engine == "restate":
+        from ..restate.client import status
+
+        st = status(run_id, restate_url)
+        click.echo(
+            json.dumps(st.to_dict(), indent=2, ensure_ascii=False, default=str)
+            if fmt == "json"
+            else st.to_text()
+        )
+        return
     with open_store(db) as store:
         run = store.runs.find(run_id)
         rows = store.steps.for_run(run.id)

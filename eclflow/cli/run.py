@@ -246,6 +246,20 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     help="Batch: how many runs at once.",
 )
 @click.option("--no-journal", is_flag=True, help="Keep nothing in the database.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "restate"]),
+    default="local",
+    show_default=True,
+    envvar="ECLFLOW_ENGINE",
+    help="restate: submit the run to Restate, where `eclflow serve` workers run it.",
+)
+@click.option(
+    "--restate-url",
+    metavar="URL",
+    help="Restate's ingress (default: ECLFLOW_RESTATE_URL, else http://127.0.0.1:8080).",
+)
+@click.option("--detach", is_flag=True, help="With --engine restate: print the run id and return.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
 @handle_errors
@@ -264,6 +278,9 @@ def run_cmd(
     inputs_file: Path | None,
     concurrency: int,
     no_journal: bool,
+    engine: str,
+    restate_url: str | None,
+    detach: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -282,6 +299,24 @@ def run_cmd(
     inputs = parse_inputs(pairs, input_file)
     budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
+    if engine == "restate":
+        if mock_responses or from_step or inputs_file or no_journal:
+            raise click.UsageError(
+                "--engine restate takes no --mock-responses, --from, --inputs or --no-journal "
+                "(the workers hold the mock script and the database)"
+            )
+        from ..restate.client import submit
+
+        outcome = submit(
+            workflow, inputs, model=model, restate_url=restate_url, detach=detach, budget=budget
+        )
+        if isinstance(outcome, str):
+            click.echo(outcome)
+            sys.exit(EXIT_OK)
+        print_result(outcome, as_json, quiet)
+        sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
+    if detach:
+        raise click.UsageError("--detach goes with --engine restate")
     if inputs_file is not None:
         if from_step:
             raise click.UsageError("--inputs and --from do not go together")

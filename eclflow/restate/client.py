@@ -1,0 +1,432 @@
+"""Submitting runs to Restate's ingress, waiting for them, reading their state.
+
+`eclflow run FILE --engine restate` calls `submit`; `eclflow status RUN_ID --engine restate`
+calls `status`. The request carries everything a worker needs: the definition text, the text
+of the prompt files it names (workers need not share a file system), the input, the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.result import RunResult, StepExecution
+from ..errors import ConfigError, EclflowError, RunNotFound
+from ..spec.model import Budget, Workflow
+from . import DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
+
+
+def ingress_url(url: str | None = None) -> str:
+    """`--restate-url` > ECLFLOW_RESTATE_URL > http://127.0.0.1:8080."""
+    return (url or os.environ.get(INGRESS_ENV) or DEFAULT_INGRESS_URL).rstrip("/")
+
+
+def prompt_files(workflow: Workflow) -> dict[str, str]:
+    """The text of every prompt file the workflow names, keyed by the path as written."""
+    if not any(s.prompt is not None for s in workflow.steps):
+        return {}
+    key = (workflow.sha256, str(workflow.path), tuple(str(s.prompt) for s in workflow.steps))
+    cached = _PROMPTS.get(key)
+    if cached is None:
+        cached = _PROMPTS[key] = _read_prompt_files(workflow)
+        while len(_PROMPTS) > 32:
+            _PROMPTS.pop(next(iter(_PROMPTS)))
+    return dict(cached)
+
+
+_PROMPTS: dict[tuple[str, str, tuple[str, ...]], dict[str, str]] = {}
+
+
+def _read_prompt_files(workflow: Workflow) -> dict[str, str]:
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe", pure=True).load(workflow.source) or {}
+    raw_steps = {str(s.get("id")): s for s in data.get("steps") or [] if isinstance(s, Mapping)}
+    files: dict[str, str] = {}
+    for s in workflow.steps:
+        if s.prompt is None:
+            continue
+        raw = raw_steps.get(s.id, {}).get("prompt")
+        if not isinstance(raw, str):
+            continue
+        try:
+            files[raw] = s.prompt.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read prompt file {s.prompt}: {e.strerror or e}") from None
+    return files
+
+
+def build_request(
+    workflow: Workflow,
+    inputs: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    budget: Budget | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of the service's `run` handler (the input is checked here, first)."""
+    from ..engine.runner import default_model, validate_input
+
+    validate_input(workflow, inputs)
+    request: dict[str, Any] = {
+        "definition": workflow.source,
+        "file": workflow.path.name if workflow.path else "<restate>",
+        "prompts": prompt_files(workflow),
+        "input": dict(inputs),
+        "model": default_model(workflow, model),
+        "metadata": {"path": str(workflow.path) if workflow.path else None, **(metadata or {})},
+    }
+    if budget is not None:
+        request["budget"] = {
+            "max_usd": budget.max_usd,
+            "max_tokens": budget.max_tokens,
+            "max_calls": budget.max_calls,
+        }
+    return request
+
+
+def result_from_dict(data: Mapping[str, Any]) -> RunResult:
+    """A RunResult from the JSON the `run` handler returned (RunResult.to_dict)."""
+    steps = [
+        StepExecution(
+            step_id=s.get("id", ""),
+            key=s.get("key", ""),
+            iteration=int(s.get("iteration", 0)),
+            outcome=s.get("outcome", "success"),
+            output=s.get("output"),
+            feedback=s.get("feedback"),
+            error=s.get("error"),
+            attempts=int(s.get("attempts", 0)),
+            duration_ms=int(s.get("duration_ms", 0)),
+            tokens_in=int(s.get("tokens_in", 0)),
+            tokens_out=int(s.get("tokens_out", 0)),
+            cost=float(s.get("cost", 0.0)),
+            replayed=bool(s.get("replayed", False)),
+        )
+        for s in data.get("steps") or []
+    ]
+    return RunResult(
+        run_id=str(data.get("run_id", "")),
+        workflow_id=str(data.get("workflow", "")),
+        status=data.get("status", "failed"),
+        output=data.get("output"),
+        error=data.get("error"),
+        failed_step=data.get("failed_step"),
+        steps=steps,
+        revisions=dict(data.get("revisions") or {}),
+        duration_ms=int(data.get("duration_ms", 0)),
+    )
+
+
+def _failed(run_id: str, workflow_id: str, message: str) -> RunResult:
+    return RunResult(run_id, workflow_id, "failed", error=message)
+
+
+class _Ingress:
+    """The few ingress calls eclflow makes, with one-line errors."""
+
+    def __init__(self, url: str, client: Any) -> None:
+        self.url = url
+        self.client = client
+
+    def _unreachable(self, e: Exception) -> ConfigError:
+        return ConfigError(
+            f"cannot reach Restate at {self.url} ({type(e).__name__}); is `restate-server` "
+            "running, and is this its ingress address (--restate-url)?"
+        )
+
+    async def send(self, run_id: str, request: Mapping[str, Any]) -> str:
+        import httpx
+
+        try:
+            r = await self.client.post(
+                f"{self.url}/{SERVICE_NAME}/{run_id}/run/send", json=dict(request)
+            )
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        if r.status_code == 404:
+            raise ConfigError(
+                f"Restate at {self.url} has no `{SERVICE_NAME}` service: start a worker with "
+                "`eclflow serve --register`"
+            )
+        if r.status_code >= 400:
+            raise EclflowError(f"Restate refused the run ({r.status_code}): {_message(r)}")
+        return str(r.json().get("status", "Accepted"))
+
+    async def attach(self, run_id: str, workflow_id: str, deadline: float | None) -> RunResult:
+        """Wait for the run's result; rides out a restarting server until `deadline`."""
+        import httpx
+
+        url = f"{self.url}/restate/workflow/{SERVICE_NAME}/{run_id}/attach"
+        delay = 0.1
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise EclflowError(f"gave up waiting for run {run_id} (it goes on in Restate)")
+            try:
+                r = await self.client.get(url, timeout=httpx.Timeout(10.0, read=remaining))
+            except httpx.ReadTimeout:
+                continue
+            except httpx.TransportError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if r.status_code == 200:
+                return result_from_dict(r.json())
+            if r.status_code == 404:
+                raise RunNotFound(run_id)
+            if r.status_code in (502, 503, 504):  # the server is starting or a partition moves
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            return _failed(run_id, workflow_id, _message(r))
+
+    async def status(self, run_id: str) -> dict[str, Any] | None:
+        import httpx
+
+        try:
+            r = await self.client.post(f"{self.url}/{SERVICE_NAME}/{run_id}/status", json=None)
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        if r.status_code == 404:
+            raise ConfigError(f"Restate at {self.url} has no `{SERVICE_NAME}` service")
+        if r.status_code >= 400:
+            raise EclflowError(f"Restate could not read run {run_id} ({r.status_code})")
+        data = r.json()
+        return data if isinstance(data, dict) else None
+
+    async def output(self, run_id: str) -> tuple[str, Any]:
+        """('done', result) · ('running', None) · ('unknown', None) · ('failed', message)."""
+        import httpx
+
+        try:
+            r = await self.client.get(f"{self.url}/restate/workflow/{SERVICE_NAME}/{run_id}/output")
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        if r.status_code == 200:
+            return "done", r.json()
+        if r.status_code == 470:
+            return "running", None
+        if r.status_code == 404:
+            return "unknown", None
+        return "failed", _message(r)
+
+
+def _message(r: Any) -> str:
+    try:
+        data = r.json()
+        text = data.get("message") if isinstance(data, dict) else None
+    except Exception:
+        text = None
+    text = str(text or r.text or f"HTTP {r.status_code}").strip()
+    return text.splitlines()[0] if text else f"HTTP {r.status_code}"
+
+
+def _http_client(connections: int = 16) -> Any:
+    require("httpx")
+    import httpx
+
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_connections=connections)
+    )
+
+
+async def submit_async(
+    workflow: Workflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    model: str | None = None,
+    restate_url: str | None = None,
+    detach: bool = False,
+    run_id: str | None = None,
+    budget: Budget | None = None,
+    timeout: float | None = None,
+    client: Any = None,
+) -> RunResult | str:
+    """Submit one run through Restate's ingress; its RunResult, or its id with `detach`."""
+    from ..engine.orchestrator import new_run_id
+
+    request = build_request(workflow, dict(inputs or {}), model=model, budget=budget)
+    run_id = run_id or new_run_id()
+    own = client is None
+    client = client or _http_client()
+    try:
+        ingress = _Ingress(ingress_url(restate_url), client)
+        await ingress.send(run_id, request)
+        if detach:
+            return run_id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return await ingress.attach(run_id, workflow.id, deadline)
+    finally:
+        if own:
+            await client.aclose()
+
+
+def submit(
+    workflow: Workflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    model: str | None = None,
+    restate_url: str | None = None,
+    detach: bool = False,
+    run_id: str | None = None,
+    budget: Budget | None = None,
+    timeout: float | None = None,
+) -> RunResult | str:
+    """`eclflow run FILE --engine restate [--restate-url URL] [--detach]`."""
+    return asyncio.run(
+        submit_async(
+            workflow,
+            inputs,
+            model=model,
+            restate_url=restate_url,
+            detach=detach,
+            run_id=run_id,
+            budget=budget,
+            timeout=timeout,
+        )
+    )
+
+
+async def submit_many(
+    workflow: Workflow,
+    inputs: list[Mapping[str, Any]],
+    *,
+    model: str | None = None,
+    restate_url: str | None = None,
+    concurrency: int = 32,
+    detach: bool = False,
+    timeout: float | None = None,
+) -> list[RunResult | str]:
+    """Submit one run per input object and wait for them all (or return their ids with
+    `detach`). Results come back in the order of `inputs`.
+
+    The runs all go on at once inside Restate; `concurrency` is how many requests this client
+    has open. Each lane has its own one-connection HTTP client: one shared pool with many
+    requests waiting costs httpx time quadratic in their number."""
+    from ..engine.orchestrator import new_run_id
+
+    requests = [build_request(workflow, dict(i), model=model) for i in inputs]
+    ids = [new_run_id() for _ in requests]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    url = ingress_url(restate_url)
+    results: list[RunResult | str] = list(ids)
+
+    async def lanes(work: Any) -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(ids)):
+            queue.put_nowait(i)
+
+        async def lane() -> None:
+            http = _http_client(1)
+            try:
+                ingress = _Ingress(url, http)
+                while not queue.empty():
+                    await work(ingress, queue.get_nowait())
+            finally:
+                await http.aclose()
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(ids))))))
+
+    async def send(ingress: _Ingress, i: int) -> None:
+        await ingress.send(ids[i], requests[i])
+
+    async def attach(ingress: _Ingress, i: int) -> None:
+        results[i] = await ingress.attach(ids[i], workflow.id, deadline)
+
+    await lanes(send)
+    if not detach:
+        await lanes(attach)
+    return results
+
+
+async def wait_async(
+    run_id: str, *, restate_url: str | None = None, timeout: float | None = None
+) -> RunResult:
+    """Wait for a submitted run and return its result."""
+    client = _http_client()
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return await _Ingress(ingress_url(restate_url), client).attach(run_id, "", deadline)
+    finally:
+        await client.aclose()
+
+
+@dataclass(slots=True)
+class RestateRunStatus:
+    """What `eclflow status RUN_ID --engine restate` shows."""
+
+    run_id: str
+    state: str  # pending | running | completed | failed
+    workflow_id: str | None = None
+    running: str | None = None  # the key of the step in flight
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    failed_step: str | None = None
+    output: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "engine": "restate",
+            "workflow": self.workflow_id,
+            "state": self.state,
+            "running": self.running,
+            "error": self.error,
+            "failed_step": self.failed_step,
+            "output": self.output,
+            "steps": self.steps,
+        }
+
+    def to_text(self) -> str:
+        lines = [f"run {self.run_id} · {self.workflow_id or '?'} · {self.state} (restate)"]
+        if self.error:
+            where = f" at step {self.failed_step}" if self.failed_step else ""
+            lines.append(f"error{where}: {self.error}")
+        for s in self.steps:
+            extra = " (revise)" if s.get("outcome") == "needs_revision" else ""
+            lines.append(
+                f"  {s.get('key')}: {s.get('status')}{extra} · {s.get('attempts', 0)} attempt(s)"
+                f" · {s.get('duration_ms', 0)} ms · {s.get('tokens', 0)} tokens"
+            )
+        if self.running:
+            lines.append(f"  {self.running}: running")
+        return "\n".join(lines)
+
+
+async def status_async(run_id: str, restate_url: str | None = None) -> RestateRunStatus:
+    client = _http_client()
+    try:
+        ingress = _Ingress(ingress_url(restate_url), client)
+        kind, value = await ingress.output(run_id)
+        if kind == "unknown":
+            raise RunNotFound(run_id)
+        data = await ingress.status(run_id) or {}
+        st = RestateRunStatus(
+            run_id=run_id,
+            state=str(data.get("state") or "pending"),
+            workflow_id=data.get("workflow"),
+            running=data.get("running"),
+            steps=list(data.get("steps") or []),
+            error=data.get("error"),
+            failed_step=data.get("failed_step"),
+        )
+        if kind == "done" and isinstance(value, Mapping):
+            result = result_from_dict(value)
+            st.state, st.output = result.status, result.output
+            st.error, st.failed_step = result.error, result.failed_step
+            st.workflow_id = st.workflow_id or result.workflow_id
+        elif kind == "failed":
+            st.state, st.error = "failed", str(value)
+        return st
+    finally:
+        await client.aclose()
+
+
+def status(run_id: str, restate_url: str | None = None) -> RestateRunStatus:
+    """`eclflow status RUN_ID --engine restate`: the run's state as Restate keeps it."""
+    return asyncio.run(status_async(run_id, restate_url))

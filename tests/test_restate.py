@@ -1,0 +1,550 @@
+"""eclflow on Restate: the real `restate-server` binary, real `eclflow serve` workers, SIGKILL.
+
+The server comes from `.restate/` (installed by `.ci/run`); these tests are skipped only when
+that binary is absent. Each worker plays its own `mock/` script and logs every call it receives
+(ECLFLOW_MOCK_LOG), which is how a test proves that no finished call was made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CRITIQUE_REVISE
+from restate_server import (
+    Processes,
+    RestateServer,
+    free_port,
+    processes,
+    server_available,
+    wait_for,
+)
+
+from eclflow.engine.result import RunResult, StepExecution, TraceEvent
+from eclflow.errors import RunNotFound
+from eclflow.restate import client
+from eclflow.restate.journal import execution_from_json, execution_to_json
+from eclflow.spec import load
+from eclflow.spec.model import Workflow
+
+PASS = {"decision": "pass", "critique": "Clear and complete."}
+REVISE = {"decision": "revise", "critique": "Too short.", "feedback": "Add an example."}
+
+needs_server = pytest.mark.skipif(
+    not server_available(),
+    reason="restate-server is not installed in .restate/ (.ci/run installs it with npm)",
+)
+pytestmark = pytest.mark.restate
+
+
+def critique_revise(tmp_path: Path) -> Workflow:
+    """The bundled workflow with millisecond retry delays, its prompts still `../templates/…`."""
+    text = CRITIQUE_REVISE.read_text()
+    text = text.replace("initial_delay: 1s", "initial_delay: 5ms").replace(
+        "max_delay: 10s", "max_delay: 10ms"
+    )
+    folder = tmp_path / "wf" / "workflows"
+    folder.mkdir(parents=True)
+    templates = tmp_path / "wf" / "templates"
+    templates.mkdir()
+    source = CRITIQUE_REVISE.parent.parent / "templates" / "generate.j2"
+    (templates / "generate.j2").write_text(source.read_text())
+    path = folder / "critique_revise.yaml"
+    path.write_text(text)
+    return load(path)
+
+
+def keyed(script: dict[str, Any], *, cycle: bool = False) -> dict[str, Any]:
+    """A mock script keyed by journal key (`critique#2`) or step id."""
+    return {"responses": script, "cycle": cycle}
+
+
+def keys(calls: list[dict[str, Any]]) -> list[str]:
+    return [c["key"] for c in calls]
+
+
+def wait_result(server: RestateServer, run_id: str, timeout: float = 60.0) -> RunResult:
+    return asyncio.run(client.wait_async(run_id, restate_url=server.ingress_url, timeout=timeout))
+
+
+def submit(server: RestateServer, wf: Workflow, topic: str, **kw: Any) -> Any:
+    return asyncio.run(
+        client.submit_async(
+            wf, {"topic": topic}, model="mock/test", restate_url=server.ingress_url, **kw
+        )
+    )
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    with processes(tmp_path) as p:
+        yield p
+
+
+# --- without a server -----------------------------------------------------------------------
+
+
+def test_request_ships_the_prompt_files_and_a_worker_loads_them(tmp_path: Path) -> None:
+    from eclflow.restate.service import Worker, WorkerSettings
+
+    wf = critique_revise(tmp_path)
+    request = client.build_request(wf, {"topic": "tides"}, model="mock/x")
+    assert set(request["prompts"]) == {"../templates/generate.j2"}
+    assert request["input"] == {"topic": "tides"} and request["model"] == "mock/x"
+    json.dumps(request)  # the whole request is JSON
+
+    # a worker on another machine: the files exist only in the request
+    (tmp_path / "wf" / "templates" / "generate.j2").write_text("changed on the client")
+    worker = Worker(WorkerSettings(prompt_dir=tmp_path / "worker"))
+    loaded = worker.workflow(request)
+    assert loaded.sha256 == wf.sha256
+    generate = loaded.step("generate")
+    assert generate.prompt is not None
+    assert (tmp_path / "worker") in generate.prompt.parents
+    assert generate.prompt.read_text() == request["prompts"]["../templates/generate.j2"]
+    assert worker.workflow(request) is loaded  # loaded once per definition
+
+
+def test_invalid_input_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    from eclflow.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        client.build_request(critique_revise(tmp_path), {"topic": ""})
+
+
+def test_step_execution_survives_the_journal_json() -> None:
+    e = StepExecution(
+        "critique",
+        "critique#2",
+        1,
+        "needs_revision",
+        output={"decision": "revise", "n": 2},
+        feedback="more",
+        attempts=2,
+        duration_ms=12,
+        tokens_in=5,
+        tokens_out=7,
+        cost=0.25,
+        calls=2,
+        model="mock/x",
+        input={"draft": "v1"},
+        prompt=[{"role": "user", "content": "hi"}],
+        traces=[TraceEvent("warn", "Retrying", {"attempt": 2}, 1700000000.5)],
+    )
+    data = json.loads(json.dumps(execution_to_json(e)))
+    back = execution_from_json(data, replayed=True)
+    assert back.replayed and not e.replayed
+    back.replayed = False
+    assert back == e
+
+
+# --- against the real server ----------------------------------------------------------------
+
+
+@needs_server
+def test_critique_revise_runs_through_restate(procs: Processes, tmp_path: Path) -> None:
+    server = procs.server()
+    script = keyed({"generate": "v1", "critique#1": REVISE, "revise#1": "v2", "critique#2": PASS})
+    worker = procs.worker(server, script, bind=f"127.0.0.1:{free_port()}")
+    wf = critique_revise(tmp_path)
+
+    result = submit(server, wf, "tide pools")
+    assert isinstance(result, RunResult)
+    assert result.status == "completed", result.error
+    assert result.output == {"final_text": "v2", "revision_count": 1}
+    assert [s.key for s in result.steps] == ["generate", "critique#1", "revise#1", "critique#2"]
+    assert result.revisions == {"critique": 1}
+    calls = worker.calls()
+    assert keys(calls) == ["generate", "critique#1", "revise#1", "critique#2"]
+    assert "tide pools" in calls[0]["messages"][-1]["content"]
+    assert "Add an example." in calls[2]["messages"][-1]["content"]
+
+    st = client.status(result.run_id, server.ingress_url)
+    assert st.state == "completed" and st.output == result.output
+    assert [s["key"] for s in st.steps] == ["generate", "critique#1", "revise#1", "critique#2"]
+    assert "critique#1: succeeded (revise)" in st.to_text()
+    with pytest.raises(RunNotFound):
+        client.status(str(uuid.uuid4()), server.ingress_url)
+
+    # a definition the worker cannot load ends the run (a TerminalError), not a retry loop
+    broken = Workflow(**{**{f: getattr(wf, f) for f in wf.__slots__}, "source": "eclflow: 1\n"})
+    failed = submit(server, broken, "x")
+    assert isinstance(failed, RunResult) and failed.status == "failed"
+    assert failed.error and "critique-revise" not in failed.error
+    assert len(worker.calls()) == 4
+
+
+def _rows(db: str, run_id: str) -> list[tuple[str, str]]:
+    from eclflow.errors import EclflowError
+    from eclflow.store import open_store
+
+    try:
+        store = open_store(db)
+    except EclflowError:
+        return []
+    try:
+        return [(r.key, r.state) for r in store.steps.for_run(run_id)]
+    finally:
+        store.close()
+
+
+@needs_server
+def test_worker_killed_mid_step_another_finishes_without_repeating(
+    procs: Processes, tmp_path: Path
+) -> None:
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = procs.worker(
+        server,
+        keyed(
+            {
+                "generate": "v1",
+                "critique#1": REVISE,
+                "revise#1": {"content": "never delivered", "delay": 120},
+            }
+        ),
+        bind=bind,
+        name="first",
+        db=db,
+    )
+    wf = critique_revise(tmp_path)
+    run_id = submit(server, wf, "tides", detach=True)
+    assert isinstance(run_id, str)
+    wait_for(lambda: "revise#1" in keys(first.calls()), what="revise#1 in flight")
+    wait_for(lambda: ("revise#1", "running") in _rows(db, run_id), what="its running row")
+    first.kill()
+
+    # The replacement's script holds only what is still needed: a repeated generate or
+    # critique#1 would find no reply and fail the run.
+    second = procs.worker(
+        server,
+        keyed({"revise#1": "v2", "critique#2": PASS}),
+        bind=bind,
+        name="second",
+        db=db,
+        register=False,
+    )
+    result = wait_result(server, run_id)
+    assert result.status == "completed", result.error
+    assert result.output == {"final_text": "v2", "revision_count": 1}
+    assert keys(first.calls()) == ["generate", "critique#1", "revise#1"]
+    assert keys(second.calls()) == ["revise#1", "critique#2"]
+    replayed = {s.key: s.replayed for s in result.steps}
+    assert replayed == {
+        "generate": True,
+        "critique#1": True,
+        "revise#1": False,
+        "critique#2": False,
+    }
+
+    # the same attempts are in the eclflow store, keyed as on the local engine
+    from eclflow.store import open_store
+
+    store = open_store(db)
+    try:
+        run = store.runs.get(run_id)
+        assert run.state == "completed" and run.output == result.output
+        assert run.metadata.get("engine") == "restate"
+        rows = [(r.key, r.attempt, r.state) for r in store.steps.for_run(run_id)]
+        assert rows == [
+            ("generate", 1, "succeeded"),
+            ("critique#1", 1, "succeeded"),
+            ("revise#1", 1, "running"),  # the killed worker's attempt
+            ("revise#1", 2, "succeeded"),
+            ("critique#2", 1, "succeeded"),
+        ]
+    finally:
+        store.close()
+
+    # and the history commands read a Restate run like a local one
+    out = subprocess.run(
+        [sys.executable, "-m", "eclflow", "status", run_id, "--db", db, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ECLFLOW_DATABASE_URL": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "completed" in out.stdout and "critique#2" in out.stdout
+
+
+@needs_server
+def test_server_killed_mid_run_restarts_on_its_data_and_completes(
+    procs: Processes, tmp_path: Path
+) -> None:
+    server = procs.server()
+    worker = procs.worker(
+        server,
+        keyed(
+            {
+                "generate": "v1",
+                # the first critique is cut off by the server's death; the second is the retry
+                "critique#1": [{"content": REVISE, "delay": 3}, REVISE],
+                "revise#1": "v2",
+                "critique#2": PASS,
+            }
+        ),
+        bind=f"127.0.0.1:{free_port()}",
+    )
+    wf = critique_revise(tmp_path)
+    run_id = submit(server, wf, "tides", detach=True)
+    assert isinstance(run_id, str)
+
+    waited: dict[str, Any] = {}
+
+    def wait_across_the_crash() -> None:  # a client attached before the crash rides it out
+        try:
+            waited["result"] = wait_result(server, run_id, timeout=90)
+        except BaseException as e:
+            waited["error"] = e
+
+    waiter = threading.Thread(target=wait_across_the_crash, daemon=True)
+    waiter.start()
+    wait_for(lambda: "critique#1" in keys(worker.calls()), what="critique#1 in flight")
+    server.kill()
+    server.start()
+
+    waiter.join(timeout=90)
+    assert not waiter.is_alive()
+    assert "error" not in waited, waited.get("error")
+    result = waited["result"]
+    assert result.status == "completed", result.error
+    assert result.output == {"final_text": "v2", "revision_count": 1}
+    calls = keys(worker.calls())
+    # generate had finished before the crash: it was not called again
+    assert calls.count("generate") == 1
+    assert calls == ["generate", "critique#1", "critique#1", "revise#1", "critique#2"]
+
+
+@needs_server
+def test_two_hundred_runs_across_two_workers(procs: Processes, tmp_path: Path) -> None:
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    script = keyed(
+        {"generate": "v1", "critique#1": REVISE, "revise#1": "v2", "critique#2": PASS},
+        cycle=True,
+    )
+    workers = [procs.worker(server, script, bind=bind, name=f"w{i}") for i in range(2)]
+    wf = critique_revise(tmp_path)
+
+    results = asyncio.run(
+        asyncio.wait_for(
+            client.submit_many(
+                wf,
+                [{"topic": f"topic {i}"} for i in range(200)],
+                model="mock/test",
+                restate_url=server.ingress_url,
+                concurrency=32,
+            ),
+            timeout=90,
+        )
+    )
+    assert all(isinstance(r, RunResult) for r in results)
+    assert len({r.run_id for r in results if isinstance(r, RunResult)}) == 200
+    assert [getattr(r, "status", None) for r in results] == ["completed"] * 200
+    assert all(
+        getattr(r, "output", None) == {"final_text": "v2", "revision_count": 1} for r in results
+    )
+    per_worker = [keys(w.calls()) for w in workers]
+    assert sum(len(c) for c in per_worker) == 800  # 4 calls a run, none repeated
+    assert all(per_worker), "both workers ran steps"
+    every = [k for c in per_worker for k in c]
+    for key in ("generate", "critique#1", "revise#1", "critique#2"):
+        assert every.count(key) == 200
+
+
+def _pg_url() -> Iterator[str]:
+    base = "postgresql://postgres@127.0.0.1:5432/test"
+    try:
+        import psycopg2
+
+        psycopg2.connect(base, connect_timeout=3).close()
+    except Exception as e:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {' '.join(str(e).split())}")
+    schema = f"eclflow_restate_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    yield f"{base}?schema={schema}"
+    conn = psycopg2.connect(base)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    conn.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from _pg_url()
+
+
+@needs_server
+@pytest.mark.postgres
+def test_workers_share_one_postgres_store(procs: Processes, tmp_path: Path, pg_url: str) -> None:
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    script = keyed(
+        {"generate": "v1", "critique#1": REVISE, "revise#1": "v2", "critique#2": PASS},
+        cycle=True,
+    )
+    for i in range(2):
+        procs.worker(server, script, bind=bind, name=f"pg{i}", db=pg_url)
+    wf = critique_revise(tmp_path)
+
+    async def go() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.submit_async(
+                        wf, {"topic": f"t{i}"}, model="mock/x", restate_url=server.ingress_url
+                    )
+                    for i in range(20)
+                )
+            )
+        )
+
+    results = asyncio.run(go())
+    assert {r.status for r in results} == {"completed"}
+    from eclflow.store import open_store
+
+    store = open_store(pg_url)
+    try:
+        for r in results:
+            run = store.runs.get(r.run_id)
+            assert run.state == "completed"
+            assert [(s.key, s.state) for s in store.steps.for_run(r.run_id)] == [
+                ("generate", "succeeded"),
+                ("critique#1", "succeeded"),
+                ("revise#1", "succeeded"),
+                ("critique#2", "succeeded"),
+            ]
+    finally:
+        store.close()
+
+
+@needs_server
+def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -> None:
+    """`eclflow run FILE --engine restate` and `eclflow status RUN_ID --engine restate`."""
+    server = procs.server()
+    script = keyed({"generate": "v1", "critique": PASS}, cycle=True)
+    worker = procs.worker(server, script, bind=f"127.0.0.1:{free_port()}")
+    wf = critique_revise(tmp_path)
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": "", "ECLFLOW_RESTATE_URL": server.ingress_url}
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eclflow", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    done = eclflow(
+        "run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x", "--json"
+    )
+    if "No such option" in done.stderr and "--engine" in done.stderr:
+        pytest.skip("`eclflow run --engine restate` is not wired into the CLI yet")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["status"] == "completed" and data["output"]["final_text"] == "v1"
+    assert keys(worker.calls()) == ["generate", "critique#1"]
+
+    detached = eclflow(
+        "run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x", "--detach"
+    )
+    assert detached.returncode == 0, detached.stderr
+    run_id = detached.stdout.strip().splitlines()[-1]
+    uuid.UUID(run_id)
+    result = wait_result(server, run_id)
+    assert result.status == "completed"
+
+    st = eclflow("status", run_id, "--engine", "restate", "-o", "json")
+    assert st.returncode == 0, st.stderr
+    assert json.loads(st.stdout)["state"] == "completed"
+    missing = eclflow("status", str(uuid.uuid4()), "--engine", "restate")
+    assert missing.returncode == 1 and "Run not found" in missing.stderr
+
+    down = eclflow(
+        "run",
+        str(wf.path),
+        "--engine",
+        "restate",
+        "-i",
+        "topic=kelp",
+        "-m",
+        "mock/x",
+        "--restate-url",
+        f"http://127.0.0.1:{free_port()}",
+    )
+    assert down.returncode != 0
+    assert "cannot reach Restate" in down.stderr and "Traceback" not in down.stderr
+
+
+def _local(wf: Workflow, inputs: dict[str, Any], script: dict[str, Any]) -> RunResult:
+    from eclflow.engine.runner import run
+    from eclflow.llm import MockProvider
+
+    return asyncio.run(run(wf, inputs, model="mock/x", mock_responses=MockProvider(script)))
+
+
+@needs_server
+def test_branches_and_conditions_take_the_local_engines_path(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Skipped steps and concurrent branches: the same steps and output as a local run, and a
+    worker killed in the step after the branches does not repeat them."""
+    from ruamel.yaml import YAML
+
+    examples = CRITIQUE_REVISE.parent.parent / "examples"
+    yaml = YAML(typ="safe", pure=True)
+    routing = load(examples / "conditional_routing.yaml")
+    parallel = load(examples / "parallel_branches.yaml")
+    routing_script = yaml.load((examples / "mock" / "conditional_routing.yaml").read_text())
+    parallel_script = yaml.load((examples / "mock" / "parallel_branches.yaml").read_text())
+    slow_verdict = {**parallel_script, "verdict": {"content": "late", "delay": 120}}
+    bind = f"127.0.0.1:{free_port()}"
+    server = procs.server()
+    first = procs.worker(server, keyed({**routing_script, **slow_verdict}), bind=bind, name="first")
+
+    question = {"question": "Why is the sky blue?"}
+    routed = asyncio.run(
+        client.submit_async(routing, question, model="mock/x", restate_url=server.ingress_url)
+    )
+    assert isinstance(routed, RunResult)
+    local = _local(routing, question, routing_script)
+    assert routed.status == local.status == "completed"
+    assert routed.output == local.output
+    assert [(s.key, s.status) for s in routed.steps] == [(s.key, s.status) for s in local.steps]
+    assert ("long_answer", "skipped") in [(s.key, s.status) for s in routed.steps]
+
+    proposal = {"proposal": "A four-day work week"}
+    run_id = asyncio.run(
+        client.submit_async(
+            parallel, proposal, model="mock/x", restate_url=server.ingress_url, detach=True
+        )
+    )
+    assert isinstance(run_id, str)
+    wait_for(lambda: "verdict" in keys(first.calls()), what="verdict in flight")
+    first.kill()
+    second = procs.worker(
+        server,
+        keyed({"verdict": parallel_script["verdict"]}),
+        bind=bind,
+        name="second",
+        register=False,
+    )
+    result = wait_result(server, run_id)
+    local = _local(parallel, proposal, parallel_script)
+    assert result.status == local.status == "completed", result.error
+    assert result.output == local.output
+    assert sorted(s.key for s in result.steps) == sorted(s.key for s in local.steps)
+    assert sorted(keys(first.calls())) == ["classify", "cons", "pros", "short_answer", "verdict"]
+    assert keys(second.calls()) == ["verdict"]
