@@ -25,7 +25,7 @@ import restate
 from restate import TerminalError
 
 from ..engine.journal import Journal, StoreJournal
-from ..errors import EclflowError, RunNotFound
+from ..errors import EclflowError, PersistenceError, RunNotFound
 from ..spec.model import Budget, Workflow
 from . import SERVICE_NAME
 from .journal import STATUS_STATE, RestateJournal
@@ -140,13 +140,23 @@ class Worker:
         self, run_id: str, wf: Workflow, inputs: Mapping[str, Any], model: str | None, meta: Any
     ) -> None:
         """The run's row in the store, once however often the handler is replayed."""
-        import socket
 
         try:
             self.store.runs.get(run_id)
             return
         except RunNotFound:
             pass
+        try:
+            self._create(run_id, wf, inputs, model, meta)
+        except PersistenceError:
+            # Two workers replaying the same handler at once: the other one created it.
+            self.store.runs.get(run_id)
+
+    def _create(
+        self, run_id: str, wf: Workflow, inputs: Mapping[str, Any], model: str | None, meta: Any
+    ) -> None:
+        import socket
+
         self.store.runs.create(
             run_id=run_id,
             definition_id=wf.id,
