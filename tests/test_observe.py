@@ -335,3 +335,34 @@ def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
     ]
     text = _cli(tmp_path, "logs", run_id[:8])
     assert text.returncode == 0 and "Workflow execution completed successfully" in text.stdout
+
+
+def test_json_logs_of_two_concurrent_cli_runs_are_all_json(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.yaml"
+    script.write_text(KEYED % {"d": 0.05})
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}"}
+    cmd = [
+        sys.executable, "-m", "eclflow", "--log-format", "json", "--log-level", "info", "run",
+        str(CRITIQUE_REVISE), "-i", "topic=tides", "--model", "mock/t", "--mock-responses",
+        str(script),
+    ]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    run_ids = set()
+    for stdout, stderr in outs:
+        assert "final_text: draft two" in stdout
+        lines = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
+        ids = {x["run_id"] for x in lines}
+        assert len(ids) == 1
+        run_ids |= ids
+        steps = [x["step_id"] for x in lines if x["kind"] == "step_succeeded"]
+        assert steps == ["generate", "critique", "revise", "critique"]
+    assert len(run_ids) == 2

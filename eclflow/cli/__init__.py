@@ -33,6 +33,9 @@ def cli(ctx: click.Context, verbose: bool, log_level: str | None, log_format: st
 
     try:
         configure(log_level or ("debug" if verbose else None), log_format)
+        from ..observe.logs import resolve
+
+        ctx.obj["log_format"] = resolve(None, log_format)[1]
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 

@@ -27,9 +27,23 @@ def stdout_console() -> Any:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
-    """Print one line to stderr and exit."""
-    click.echo(f"error: {message}", err=True)
+    """Print one line to stderr (a JSON object when the logs are JSON) and exit."""
+    if _json_logs():
+        import json
+
+        click.echo(json.dumps({"level": "error", "event": message, "exit_code": code}), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _json_logs() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.obj and "log_format" in ctx.obj:
+            return bool(ctx.obj["log_format"] == "json")
+        ctx = ctx.parent
+    return False
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -129,6 +129,16 @@ class LiveView:
         return table
 
 
+def json_logs() -> bool:
+    """Whether stderr carries JSON log lines, which nothing else may interleave with."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.obj and "log_format" in ctx.obj:
+            return bool(ctx.obj["log_format"] == "json")
+        ctx = ctx.parent
+    return False
+
+
 def print_result(result: Any, as_json: bool, quiet: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
@@ -151,6 +161,8 @@ def print_result(result: Any, as_json: bool, quiet: bool) -> None:
         f"{revisions} revision{'s' if revisions != 1 else ''} · {result.tokens} tokens · "
         f"${result.cost:.4f} · {result.duration_ms / 1000:.1f}s"
     )
+    if json_logs():
+        return  # the workflow_completed / workflow_failed log line says it on stderr
     click.echo(line, err=True)
     if result.error:
         where = f" at step {result.failed_step}" if result.failed_step else ""
@@ -337,9 +349,10 @@ def run_cmd(
         )
         return
     store = None if no_journal else _open_store(db)
-    show_live = not (as_json or quiet) and sys.stderr.isatty()
+    quiet_stderr = as_json or quiet or json_logs()
+    show_live = not quiet_stderr and sys.stderr.isatty()
     view = LiveView(workflow.name) if show_live else None
-    listener = view if view is not None else (None if as_json or quiet else _line_printer())
+    listener = view if view is not None else (None if quiet_stderr else _line_printer())
     try:
 
         async def go() -> Any:
@@ -408,7 +421,7 @@ def resume_cmd(
     _quiet_stamina()
     store = _open_store(db)
     try:
-        listener = None if as_json or quiet else _line_printer()
+        listener = None if as_json or quiet or json_logs() else _line_printer()
         result = _run_async(
             runner.resume(
                 run_id,
