@@ -133,5 +133,18 @@ class Plan:
         return total
 
 
+_plans: dict[int, tuple[Workflow, Plan]] = {}
+_MAX_PLANS = 256
+
+
 def compile_plan(workflow: Workflow) -> Plan:
-    return Plan(workflow)
+    """The plan of `workflow`, compiled once per workflow object (workflows are immutable, so
+    a batch of a thousand runs shares one)."""
+    hit = _plans.get(id(workflow))
+    if hit is not None and hit[0] is workflow:
+        return hit[1]
+    plan = Plan(workflow)
+    if len(_plans) >= _MAX_PLANS:
+        _plans.pop(next(iter(_plans)))
+    _plans[id(workflow)] = (workflow, plan)
+    return plan

@@ -44,6 +44,9 @@ EVENTS: dict[str, tuple[int, str]] = {
     "budget_exceeded": (ERROR, "Budget exceeded"),
 }
 
+# Kept in the logs only: the step's attempt rows already say when each attempt started.
+_NOT_KEPT = frozenset({"step_started", "llm_request_started"})
+
 _recorder: ContextVar[EventRecorder | None] = ContextVar("eclflow_event_recorder", default=None)
 
 
@@ -60,7 +63,7 @@ def emit(kind: str, **fields: Any) -> None:
             logger.name, level, "eclflow", 0, message, (), None, extra={"kind": kind, **fields}
         )
         logger.handle(record)
-    if recorder is not None:
+    if recorder is not None and kind not in _NOT_KEPT:
         ctx = bound()
         recorder.add(kind, level, message, ctx.get("step_id"), {**ctx, **fields})
 

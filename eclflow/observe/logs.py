@@ -12,8 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import lru_cache
 from types import MappingProxyType
@@ -39,14 +38,19 @@ def get_logger(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 
 
-@contextmanager
-def bind(**fields: Any) -> Iterator[None]:
+class bind:
     """Add fields to every record logged inside the block (and in tasks it starts)."""
-    token = _context.set({**_context.get(), **fields})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+
+    __slots__ = ("fields", "token")
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def __enter__(self) -> None:
+        self.token = _context.set({**_context.get(), **self.fields})
+
+    def __exit__(self, *exc: object) -> None:
+        _context.reset(self.token)
 
 
 def bound() -> Mapping[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 _UNSET: Any = object()
@@ -84,13 +84,19 @@ def enabled() -> bool:
     return tracer() is not None
 
 
-@contextmanager
-def span(name: str, **attributes: Any) -> Iterator[Any]:
+_OFF = nullcontext(None)
+
+
+def span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
     """A span named `name` under the current one; yields None when tracing is off."""
     t = tracer()
     if t is None:
-        yield None
-        return
+        return _OFF
+    return _span(t, name, attributes)
+
+
+@contextmanager
+def _span(t: Any, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
     attrs = {k: v for k, v in attributes.items() if v is not None}
     with t.start_as_current_span(name, attributes=attrs) as s:
         yield s
