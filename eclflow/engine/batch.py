@@ -95,7 +95,7 @@ async def run_batch(
 
     async def _item(runner: Any, run_id: str, index: int, item: Mapping[str, Any]) -> RunResult:
         mock = mock_responses.fresh() if mock_responses is not None else None
-        if store is not None:
+        if store is not None and run_id in known:
             previous = await asyncio.to_thread(_previous, store, run_id)
             if previous is not None:
                 if previous.state == "completed":
@@ -115,6 +115,11 @@ async def run_batch(
             metadata={"batch": bid, "item": index},
         )
 
+    # One query for the whole batch tells which items an earlier attempt already started.
+    ids = [item_run_id(bid, i) for i in range(len(items))]
+    known: dict[str, str] = (
+        await asyncio.to_thread(store.runs.states, ids) if store is not None else {}
+    )
     update()
     return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
 

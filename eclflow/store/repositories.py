@@ -74,6 +74,17 @@ class RunRepository:
             raise RunNotFound(run_id)
         return _run(row)
 
+    def states(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """The state of each of these runs that exists (one query per 500 ids)."""
+        ids = builtins.list(run_ids)
+        out: dict[str, str] = {}
+        with self._s.reading():
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                query = self._m.select(self._m.id, self._m.state).where(self._m.id.in_(chunk))
+                out.update({r.id: r.state for r in query})
+        return out
+
     def find(self, prefix: str) -> RunRecord:
         """The run whose id is `prefix`, or the only one starting with it (≥ 4 characters)."""
         given = prefix.strip()
