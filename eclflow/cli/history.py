@@ -69,8 +69,8 @@ def runs_cmd(
         return
     with open_store(db) as store:
         runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
-        stats = store.steps.stats_many(r.id for r in runs)
-    rows = [_run_summary(r, stats.get(r.id)) for r in runs]
+        by_run = store.steps.stats_many(r.id for r in runs)
+    rows = [_run_summary(r, by_run.get(r.id)) for r in runs]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, default=str))
         return

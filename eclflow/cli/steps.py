@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -18,7 +19,7 @@ def steps_cmd(as_json: bool) -> None:
     from ..steps import default_registry
 
     registry = default_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in registry.names():
         cls = registry.get(name)
         rows.append(

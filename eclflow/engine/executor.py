@@ -280,10 +280,10 @@ class Executor:
         record.attempts = 1
         record.duration_ms = _ms(started)
         if traces is not None:  # the journal keeps the step's story up to this attempt
-            level = "error" if result.kind == "failed" else "info"
-            how = f"failed: {result.error}" if level == "error" else "completed"
-            done = f"Attempt {attempt} {how}"
-            record.traces = [*traces, TraceEvent(level, done)]
+            failed = result.kind == "failed"
+            how = f"failed: {result.error}" if failed else "completed"
+            done = TraceEvent("error" if failed else "info", f"Attempt {attempt} {how}")
+            record.traces = [*traces, done]
         await attempts_log.finished(handle, attempt, record)
         return record
 

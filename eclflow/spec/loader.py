@@ -392,7 +392,9 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
         extras = [k for k in (inst or {}) if k not in error.schema.get("properties", {})]
         out = []
         for k in extras:
-            hint = _did_you_mean(str(k), allowed) or f"allowed keys: {', '.join(allowed)}"
+            hint: str | None = _did_you_mean(str(k), allowed) or (
+                f"allowed keys: {', '.join(allowed)}"
+            )
             out.append(
                 _diag(
                     located.at([*path, k], key=True),
