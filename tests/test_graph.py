@@ -441,11 +441,14 @@ async def test_conditional_example_fails_when_the_classifier_breaks_its_schema()
         CONDITIONAL,
         {"question": "Why?"},
         model="mock/x",
-        mock_responses=[{"content": {"reason": "no decision"}}],
+        mock_responses=[{"content": {"reason": "no decision"}}] * 3,
     )
     assert result.status == "failed"
     assert result.failed_step == "classify"
     assert "long" in (result.error or "")
+    # a reply that breaks the schema is retried: the model may do better
+    assert "may do better on retry" in (result.error or "")
+    assert result.steps[0].attempts == 3
 
 
 async def test_parallel_example_joins_both_branches() -> None:

@@ -371,7 +371,11 @@ yaml_values = st.recursive(
 )
 
 
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(yaml_values)
 def test_random_documents_give_diagnostics_only(value: object) -> None:
     import io
@@ -387,7 +391,11 @@ def test_random_documents_give_diagnostics_only(value: object) -> None:
         assert d.code[0] in "EW"
 
 
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.data())
 def test_mutated_bundled_workflows_give_diagnostics_only(data: st.DataObject) -> None:
     sources = [BASE, *(p.read_text() for p in sorted((ROOT / "examples").glob("*.yaml")))]

@@ -202,9 +202,20 @@ def test_input_validation_failure_is_not_retried_and_calls_nothing() -> None:
 def test_output_validation_failure_fails_the_step() -> None:
     from eclflow.engine.journal import _NoLog
 
-    ex, _ = _ctx(MockProvider(["   "]))
+    mock = MockProvider(["   "], cycle=True)
+    ex, _ = _ctx(mock)
     e = asyncio.run(ex.run(GenerateStep(spec("generate")), "generate", 0, {"topic": "t"}, _NoLog()))
     assert e.outcome == "failed" and "Generated draft is empty" in (e.error or "")
+    # the model's reply broke the rules: retried, as the model may do better
+    assert e.retryable and e.attempts == 3 and mock.calls == 3
+
+
+def test_output_validation_failure_then_a_good_reply_succeeds() -> None:
+    from eclflow.engine.journal import _NoLog
+
+    ex, _ = _ctx(MockProvider(["x" * 2500, "A fine draft."]))
+    e = asyncio.run(ex.run(GenerateStep(spec("generate")), "generate", 0, {"topic": "t"}, _NoLog()))
+    assert e.outcome == "success" and e.attempts == 2 and e.output == {"draft": "A fine draft."}
 
 
 def test_step_timeout_is_retryable() -> None:

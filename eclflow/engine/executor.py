@@ -266,7 +266,14 @@ class Executor:
                 step.validate_output(result.output)
             except ValidationError as e:
                 emit("validation_failed", field=e.field or "output", reason=str(e))
-                result = StepResult.failed(str(e), retryable=False)
+                # A model's reply that breaks the output rules (a draft too long, a field
+                # missing) may well be fine on the next attempt; a plain step's would not.
+                if step.uses_model:
+                    result = StepResult.failed(
+                        f"{e} (the model may do better on retry)", retryable=True
+                    )
+                else:
+                    result = StepResult.failed(str(e), retryable=False)
         record.outcome = result.kind
         record.output = result.output
         record.feedback = result.feedback

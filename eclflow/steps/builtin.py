@@ -95,7 +95,7 @@ class GenerateStep(PromptStep):
     description = "Write a first draft about a topic."
     default_template = "generate.j2"
     default_system = "You are a content generator. Write clear paragraphs."
-    default_max_tokens = 400
+    default_max_tokens = 300  # about 1200-2000 characters: a draft stays under 2000
     input_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "required": ["topic"],
@@ -214,7 +214,7 @@ class ReviseStep(PromptStep):
     description = "Rewrite a draft from a critique's feedback."
     default_template = "revise.j2"
     default_system = "You are a content editor. Improve the text based on feedback."
-    default_max_tokens = 400
+    default_max_tokens = 300  # about 1200-2000 characters: a draft stays under 2000
     input_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "required": ["draft", "feedback"],
