@@ -21,14 +21,15 @@ def stderr_console() -> Any:
 
 
 def stdout_console() -> Any:
+    """Rich on stdout; wide when stdout is not a terminal, so piped tables are not cut."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print one line to stderr (a JSON object when the logs are JSON) and exit."""
-    if _json_logs():
+    if json_logs():
         import json
 
         click.echo(json.dumps({"level": "error", "event": message, "exit_code": code}), err=True)
@@ -37,13 +38,19 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
     sys.exit(code)
 
 
-def _json_logs() -> bool:
+def _global(name: str) -> Any:
+    """A global option (`eclflow -v --log-format … COMMAND`) seen from inside a command."""
     ctx = click.get_current_context(silent=True)
     while ctx is not None:
-        if ctx.obj and "log_format" in ctx.obj:
-            return bool(ctx.obj["log_format"] == "json")
+        if ctx.obj and name in ctx.obj:
+            return ctx.obj[name]
         ctx = ctx.parent
-    return False
+    return None
+
+
+def json_logs() -> bool:
+    """Whether stderr carries JSON log lines, which nothing else may interleave with."""
+    return bool(_global("log_format") == "json")
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -86,12 +93,7 @@ def handle_errors(fn: F) -> F:
 
 
 def _verbose() -> bool:
-    ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        if ctx.obj and ctx.obj.get("verbose"):
-            return True
-        ctx = ctx.parent
-    return False
+    return bool(_global("verbose"))
 
 
 def db_option(fn: F) -> F:

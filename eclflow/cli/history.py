@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import cli
-from ._common import db_option, handle_errors, open_store
+from ._common import db_option, handle_errors, open_store, stdout_console
 
 _STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 _STYLE = {
@@ -490,15 +490,6 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
 
 
 # --- shared ---------------------------------------------------------------------------------------
-
-
-def stdout_console() -> Any:
-    """Rich on stdout; wide when stdout is not a terminal, so piped tables are not cut."""
-    import sys
-
-    from rich.console import Console
-
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _styled(state: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..observe.logs import shorten
 from . import cli
 from ._common import db_option, handle_errors, open_store
 
@@ -92,12 +93,6 @@ def _text_line(event: Any, data: dict[str, Any]) -> str:
     if step:
         head += f"  step={step}"
     rest = " ".join(
-        f"{k}={_short(v)}" for k, v in data.items() if k not in _SKIP_FIELDS and v is not None
+        f"{k}={shorten(v, 100)}" for k, v in data.items() if k not in _SKIP_FIELDS and v is not None
     )
     return f"{head} {rest}".rstrip()
-
-
-def _short(value: Any, limit: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -12,7 +12,15 @@ from typing import Any
 import click
 
 from . import cli
-from ._common import EXIT_FAILED, EXIT_OK, db_option, fail, handle_errors, stderr_console
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    db_option,
+    fail,
+    handle_errors,
+    json_logs,
+    stderr_console,
+)
 
 
 def parse_inputs(pairs: tuple[str, ...], input_file: Path | None) -> dict[str, Any]:
@@ -127,16 +135,6 @@ class LiveView:
                 str(row.get("tokens") or ""),
             )
         return table
-
-
-def json_logs() -> bool:
-    """Whether stderr carries JSON log lines, which nothing else may interleave with."""
-    ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        if ctx.obj and "log_format" in ctx.obj:
-            return bool(ctx.obj["log_format"] == "json")
-        ctx = ctx.parent
-    return False
 
 
 def print_result(result: Any, as_json: bool, quiet: bool) -> None:

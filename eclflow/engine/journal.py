@@ -7,8 +7,8 @@ and conditions are computed only from what it returns, so a replay takes the sam
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from .result import StepExecution, TraceEvent
@@ -66,24 +66,8 @@ class MemoryJournal:
 
 
 def _replayed(e: StepExecution) -> StepExecution:
-    return StepExecution(
-        step_id=e.step_id,
-        key=e.key,
-        iteration=e.iteration,
-        outcome=e.outcome,
-        output=e.output,
-        feedback=e.feedback,
-        attempts=e.attempts,
-        duration_ms=e.duration_ms,
-        tokens_in=e.tokens_in,
-        tokens_out=e.tokens_out,
-        cost=e.cost,
-        calls=e.calls,
-        model=e.model,
-        input=e.input,
-        prompt=e.prompt,
-        replayed=True,
-    )
+    """A reused execution as this run records it: same results, no traces of its own."""
+    return replace(e, error=None, retryable=False, traces=[], replayed=True)
 
 
 class StoreJournal:
@@ -111,17 +95,14 @@ class StoreJournal:
             if r.state == "skipped":
                 self._skipped.add(r.key)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     @property
     def writer(self) -> Any:
-        """The store's group-commit writer for this event loop (None: plain repository calls)."""
+        """The store's group-commit writer for this event loop (see eclflow/store/writer.py)."""
         if self._writer is None:
             from ..store.writer import writer_for
 
-            self._writer = writer_for(self.store) or False
-        return self._writer or None
+            self._writer = writer_for(self.store)
+        return self._writer
 
     async def step(
         self,
@@ -145,16 +126,7 @@ class StoreJournal:
     async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
         if key not in self._skipped:
             self._skipped.add(key)
-            if self.writer is not None:
-                await self.writer.record_skipped(self.run_id, step_id, key, iteration)
-                return StepExecution(step_id, key, iteration, "skipped")
-            await self._call(
-                self.store.steps.record_skipped,
-                run_id=self.run_id,
-                step_id=step_id,
-                key=key,
-                iteration=iteration,
-            )
+            await self.writer.record_skipped(self.run_id, step_id, key, iteration)
         return StepExecution(step_id, key, iteration, "skipped")
 
 
@@ -169,36 +141,24 @@ class _StoreAttemptLog:
         self.offset = offset  # attempts a crashed or failed earlier execution already used
 
     async def started(self, attempt: int, input: Any, model: str | None) -> Any:
-        writer = self.journal.writer
-        if writer is not None:  # queued, not awaited: see eclflow/store/writer.py
-            return writer.start(
-                self.journal.run_id,
-                self.step_id,
-                self.key,
-                self.iteration,
-                self.offset + attempt,
-                input,
-                model,
-            )
-        return await self.journal._call(
-            self.journal.store.steps.start,
-            run_id=self.journal.run_id,
-            step_id=self.step_id,
-            key=self.key,
-            iteration=self.iteration,
-            attempt=self.offset + attempt,
-            input=_jsonable(input),
-            model=model,
+        # queued, not awaited: a crash before it is committed only loses the note that a call
+        # was in flight (the step is redone either way)
+        return self.journal.writer.start(
+            self.journal.run_id,
+            self.step_id,
+            self.key,
+            self.iteration,
+            self.offset + attempt,
+            input,
+            model,
         )
 
     async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
-        failed = record.outcome == "failed"
-        writer = self.journal.writer
-        await (writer.finish if writer is not None else self._finish_in_thread)(
+        await self.journal.writer.finish(
             handle,
-            state="failed" if failed else "succeeded",
+            state="failed" if record.outcome == "failed" else "succeeded",
             outcome=record.outcome,
-            output=record.output if writer is not None else _jsonable(record.output),
+            output=record.output,
             feedback=record.feedback,
             error=record.error,
             retryable=record.retryable,
@@ -209,9 +169,6 @@ class _StoreAttemptLog:
             traces=[t.to_dict() for t in record.traces],
             prompt=record.prompt,
         )
-
-    async def _finish_in_thread(self, handle: Any, **fields: Any) -> None:
-        await self.journal._call(self.journal.store.steps.finish, handle, **fields)
 
 
 def execution_from_record(row: Any, *, replayed: bool) -> StepExecution:
@@ -235,13 +192,3 @@ def execution_from_record(row: Any, *, replayed: bool) -> StepExecution:
         traces=[TraceEvent(t.get("level", "info"), t.get("message", "")) for t in row.traces or []],
         replayed=replayed,
     )
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=str))

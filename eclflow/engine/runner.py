@@ -136,11 +136,7 @@ async def run(
                         ),
                     },
                 )
-                writer = writer_for(store)
-                if writer is not None:
-                    writer.create_run(**row)  # committed with the first step's rows
-                else:
-                    store.runs.create(**row)
+                writer_for(store).create_run(**row)  # committed with the first step's rows
                 journal = (journal_factory or (lambda rid: StoreJournal(store, rid, fresh=True)))(
                     run_id
                 )
@@ -234,25 +230,23 @@ async def _execute(
         if flusher is not None:
             flusher.cancel()
     if store is not None:
+        assert recorder is not None
         writer = writer_for(store)
-        if writer is not None:
-            assert recorder is not None
-            writer.events(run_id, recorder.take())
-            await writer.end_run(
-                result.run_id,
-                result.status,
-                result.output,
-                result.error,
-                result.failed_step,
-                _end_metadata(result),
-            )
-        else:
-            await asyncio.to_thread(_record_end, store, result, recorder)
+        writer.events(run_id, recorder.take())
+        await writer.end_run(
+            result.run_id,
+            result.status,
+            result.output,
+            result.error,
+            result.failed_step,
+            _end_metadata(result),
+        )
     return result
 
 
 def writer_for(store: Any) -> Any:
-    """The store's group-commit writer for this event loop, if it has one."""
+    """The store's group-commit writer for this event loop (imported here: runs without a
+    journal never load the store)."""
     from ..store.writer import writer_for as _writer_for
 
     return _writer_for(store)
@@ -276,10 +270,7 @@ async def _flush_events(recorder: EventRecorder | None) -> None:
     while True:
         await asyncio.sleep(recorder.max_delay)
         if recorder.due():
-            if writer is not None:
-                writer.events(recorder.run_id, recorder.take())
-            else:
-                await asyncio.to_thread(recorder.flush)
+            writer.events(recorder.run_id, recorder.take())
 
 
 def _both_guards(first: CallGuard, second: CallGuard | None) -> CallGuard:
@@ -317,23 +308,6 @@ def _limits(wf: Workflow, override: Budget | None) -> Budget:
 
 def _budget_dict(b: Budget) -> dict[str, Any]:
     return {"max_usd": b.max_usd, "max_tokens": b.max_tokens, "max_calls": b.max_calls}
-
-
-def _record_end(store: Any, result: RunResult, recorder: EventRecorder | None = None) -> None:
-    if recorder is not None:
-        recorder.flush()
-    with store.transaction():
-        store.runs.update_output(result.run_id, result.output)
-        store.runs.update_metadata(
-            result.run_id,
-            revisions=result.revisions,
-            tokens=result.tokens,
-            cost=result.cost,
-            duration_ms=result.duration_ms,
-        )
-        store.runs.update_state(
-            result.run_id, result.status, error=result.error, failed_step=result.failed_step
-        )
 
 
 async def resume(

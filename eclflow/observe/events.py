@@ -78,7 +78,7 @@ def record_to(recorder: EventRecorder | None) -> Iterator[None]:
 
 
 class EventRecorder:
-    """Buffers a run's events and writes them to the store in batches (thread-safe)."""
+    """Buffers a run's events; the runner hands them to the store's writer in batches."""
 
     def __init__(self, store: Any, run_id: str, *, max_delay: float = 0.2) -> None:
         self.store = store
@@ -109,19 +109,3 @@ class EventRecorder:
             batch, self._buffer = self._buffer, []
             self._last_flush = time.monotonic()
         return batch
-
-    def flush(self) -> None:
-        """Write what is buffered (call from a worker thread: it does I/O)."""
-        batch = self.take()
-        if not batch:
-            return
-        try:
-            events = self.store.events
-            if hasattr(events, "append_many"):
-                events.append_many(self.run_id, batch)
-            else:
-                with self.store.transaction():
-                    for kind, step_id, data in batch:
-                        events.append(self.run_id, kind, {"step_id": step_id, **data})
-        except Exception as e:  # the timeline must never fail a run
-            logger.warning("could not record %d events: %s", len(batch), e)

@@ -111,7 +111,7 @@ class CompactFormatter(logging.Formatter):
         for key, value in fields.items():
             if key == "run_id" and isinstance(value, str):
                 value = value[:8]
-            parts.append(f"{key}={_short(value)}")
+            parts.append(f"{key}={shorten(value)}")
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -124,7 +124,7 @@ class _PrettyFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = fields_of(record)
         extra = " ".join(
-            f"{k}={_short(v[:8] if k == 'run_id' and isinstance(v, str) else v)}"
+            f"{k}={shorten(v[:8] if k == 'run_id' and isinstance(v, str) else v)}"
             for k, v in fields.items()
         )
         return (
@@ -136,7 +136,8 @@ def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
 
-def _short(value: Any, limit: int = 120) -> str:
+def shorten(value: Any, limit: int = 120) -> str:
+    """A value on one line, cut at `limit` characters."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

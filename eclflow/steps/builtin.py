@@ -42,6 +42,16 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _check_draft(output: Any, config: Mapping[str, Any], *, empty: str, long: str) -> None:
+    """A draft is non-blank and at most `config.max_chars` (default 2000) characters."""
+    draft = _text(output.get("draft") if isinstance(output, Mapping) else None)
+    if not draft.strip():
+        raise ValidationError(f"{empty} is empty", field="draft")
+    limit = int(config.get("max_chars", MAX_DRAFT))
+    if len(draft) > limit:
+        raise ValidationError(f"{long} too long: {len(draft)} chars (max {limit})", field="draft")
+
+
 class PromptStep(Step):
     """A step whose user prompt is a Jinja template: inline, a file, or a bundled default."""
 
@@ -115,14 +125,7 @@ class GenerateStep(PromptStep):
             raise ValidationError(f"Topic is too long (max {MAX_TOPIC} characters)", field="topic")
 
     def validate_output(self, output: Any) -> None:
-        draft = _text(output.get("draft") if isinstance(output, Mapping) else None)
-        if not draft.strip():
-            raise ValidationError("Generated draft is empty", field="draft")
-        limit = int(self.spec.config.get("max_chars", MAX_DRAFT))
-        if len(draft) > limit:
-            raise ValidationError(
-                f"Draft too long: {len(draft)} chars (max {limit})", field="draft"
-            )
+        _check_draft(output, self.spec.config, empty="Generated draft", long="Draft")
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         return StepResult.success({"draft": await self.call_model(ctx, input)})
@@ -254,14 +257,7 @@ class ReviseStep(PromptStep):
             )
 
     def validate_output(self, output: Any) -> None:
-        draft = _text(output.get("draft") if isinstance(output, Mapping) else None)
-        if not draft.strip():
-            raise ValidationError("Revised draft is empty", field="draft")
-        limit = int(self.spec.config.get("max_chars", MAX_DRAFT))
-        if len(draft) > limit:
-            raise ValidationError(
-                f"Revised draft too long: {len(draft)} chars (max {limit})", field="draft"
-            )
+        _check_draft(output, self.spec.config, empty="Revised draft", long="Revised draft")
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         return StepResult.success({"draft": await self.call_model(ctx, input)})

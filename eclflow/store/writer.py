@@ -295,11 +295,8 @@ class JournalWriter:
 _writers: weakref.WeakKeyDictionary[Any, dict[int, JournalWriter]] = weakref.WeakKeyDictionary()
 
 
-def writer_for(store: Any) -> JournalWriter | None:
-    """The group-commit writer of `store` in the running event loop (None if the store has no
-    SQL database, e.g. a stand-in in a test)."""
-    if getattr(store, "db", None) is None or not hasattr(store.db, "param"):
-        return None
+def writer_for(store: Any) -> JournalWriter:
+    """The group-commit writer of `store` in the running event loop."""
     loop = asyncio.get_running_loop()
     per_loop = _writers.setdefault(store, {})
     w = per_loop.get(id(loop))
