@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .errors import TemplateError
@@ -89,10 +90,24 @@ def _explain(e: Exception, source: str) -> TemplateError:
     return TemplateError(f"template {source!r} failed: {type(e).__name__}: {e}")
 
 
+@lru_cache(maxsize=4096)
+def _renderer(source: str) -> tuple[jinja2.Template, dict[str, Any]]:
+    """A compiled template and its globals as a plain dict (Jinja merges a ChainMap of them
+    into every render otherwise, which costs more than rendering a short prompt)."""
+    template = compile_template(source)
+    return template, dict(template.globals)
+
+
 def render_string(source: str, context: Mapping[str, Any]) -> str:
     """Render a template to text."""
+    if not has_template(source):
+        return source
     try:
-        return compile_template(source).render(context)
+        template, globals_ = _renderer(source)
+        ctx = new_context(
+            template.environment, template.name, template.blocks, {**globals_, **context}, True
+        )
+        return template.environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
     except TemplateError:
         raise
     except Exception as e:

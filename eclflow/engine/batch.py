@@ -8,10 +8,12 @@ completed items are reported as they were, unfinished ones are resumed, missing 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +123,24 @@ async def run_batch(
         await asyncio.to_thread(store.runs.states, ids) if store is not None else {}
     )
     update()
-    return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+    with _gc_for_many_runs():
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+
+
+@contextmanager
+def _gc_for_many_runs() -> Iterator[None]:
+    """Hundreds of runs in flight are hundreds of thousands of live objects, and Python's
+    cyclic GC, at its default thresholds, scans them over and over (measured: more than half
+    the time of 2000 runs at once). Runs make little cyclic garbage, so during a batch the
+    youngest generation is collected ten times less often; the thresholds are restored after."""
+    before = gc.get_threshold()
+    relaxed = (max(before[0], 10 * 700), before[1], before[2])
+    gc.set_threshold(*relaxed)
+    try:
+        yield
+    finally:
+        if gc.get_threshold() == relaxed:  # unless somebody changed them meanwhile
+            gc.set_threshold(*before)
 
 
 def _previous(store: Any, run_id: str) -> Any:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import stamina
@@ -47,7 +47,6 @@ class _Usage:
     cost: float = 0.0
     calls: int = 0
     prompt: list[dict[str, str]] | None = None
-    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,7 +68,7 @@ class Executor:
             return None
         return self.model_override or step.spec.model or self.default_model
 
-    async def run(
+    def run(
         self,
         step: Step,
         key: str,
@@ -77,33 +76,43 @@ class Executor:
         input: Mapping[str, Any],
         attempts_log: AttemptLog,
         loop: LoopState | None = None,
+    ) -> Awaitable[StepExecution]:
+        """Execute one step occurrence to its record (all attempts)."""
+        if tracing.enabled():
+            return self._traced(step, key, iteration, input, attempts_log, loop)
+        return self._run(step, key, iteration, input, attempts_log, loop)
+
+    async def _traced(
+        self,
+        step: Step,
+        key: str,
+        iteration: int,
+        input: Mapping[str, Any],
+        attempts_log: AttemptLog,
+        loop: LoopState | None,
     ) -> StepExecution:
-        with (
-            bind(step_id=step.id, iteration=iteration),
-            tracing.span(
-                "step",
-                **{
-                    "eclflow.run_id": self.run_id,
-                    "eclflow.step_id": step.id,
-                    "eclflow.step_type": step.type_name,
-                    "eclflow.key": key,
-                    "eclflow.iteration": iteration,
-                },
-            ) as span,
-        ):
+        with tracing.span(
+            "step",
+            **{
+                "eclflow.run_id": self.run_id,
+                "eclflow.step_id": step.id,
+                "eclflow.step_type": step.type_name,
+                "eclflow.key": key,
+                "eclflow.iteration": iteration,
+            },
+        ) as span:
             record = await self._run(step, key, iteration, input, attempts_log, loop)
-            if span is not None:
-                tracing.set_attributes(
-                    span,
-                    **{
-                        "eclflow.outcome": record.outcome,
-                        "eclflow.attempts": record.attempts,
-                        "gen_ai.usage.input_tokens": record.tokens_in,
-                        "gen_ai.usage.output_tokens": record.tokens_out,
-                    },
-                )
-                if record.outcome == "failed":
-                    tracing.record_error(span, record.error or "failed")
+            tracing.set_attributes(
+                span,
+                **{
+                    "eclflow.outcome": record.outcome,
+                    "eclflow.attempts": record.attempts,
+                    "gen_ai.usage.input_tokens": record.tokens_in,
+                    "gen_ai.usage.output_tokens": record.tokens_out,
+                },
+            )
+            if record.outcome == "failed":
+                tracing.record_error(span, record.error or "failed")
             return record
 
     async def _run(
@@ -113,111 +122,134 @@ class Executor:
         iteration: int,
         input: Mapping[str, Any],
         attempts_log: AttemptLog,
-        loop: LoopState | None = None,
+        loop: LoopState | None,
     ) -> StepExecution:
-        started = time.perf_counter()
-        model = self.model_for(step)
-        traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
-        total = StepExecution(step.id, key, iteration, "failed", input=dict(input), model=model)
-        total.traces = traces
-
-        try:
-            step.validate_input(input)
-        except ValidationError as e:
-            traces.append(TraceEvent("error", "Input validation failed", {"error": str(e)}))
-            emit("validation_failed", field=e.field or "input", reason=str(e))
-            handle = await attempts_log.started(1, total.input, model)
-            total.error = str(e)
-            total.attempts = 1
-            total.duration_ms = _ms(started)
-            await attempts_log.finished(handle, 1, total)
-            return total
-        traces.append(TraceEvent("info", "Input validation passed"))
-
-        policy = step.retry_policy
-        max_attempts = max(1, policy.max_attempts)
-
-        async def attempt_number(n: int, previous: StepExecution | None) -> StepExecution:
-            with bind(attempt=n):
-                if n > 1:
-                    error = previous.error if previous else None
-                    delay = policy.delay_for_attempt(n - 1)
-                    emit("retrying", attempt=n, max_attempts=max_attempts, error=error, delay=delay)
-                    traces.append(
-                        TraceEvent(
-                            "warn",
-                            f"Retrying after failure (attempt {n} of {max_attempts})",
-                            {
-                                "attempt": n,
-                                "max_attempts": max_attempts,
-                                "error": error,
-                                "delay": delay,
-                            },
-                        )
-                    )
-                if self.on_attempt is not None:
-                    self.on_attempt(key, n, max_attempts)
-                emit("step_started", attempt=n)
-                record = await self._attempt(
-                    step, key, iteration, n, input, model, loop, attempts_log, traces
-                )
-                _accumulate(total, record)
-                return record
-
-        # The first attempt runs directly: most steps succeed at once, and entering the retry
-        # machinery costs more than the rest of the engine's work on a step.
-        n = 1
-        last = await attempt_number(1, None)
-        if last.outcome == "failed" and last.retryable and max_attempts > 1:
+        with bind(step_id=step.id, iteration=iteration, attempt=1):
+            started = time.perf_counter()
+            model = self.model_for(step)
+            traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
             try:
-                async for attempt in stamina.retry_context(
-                    on=_RetryableFailure,
-                    attempts=max_attempts,
-                    timeout=None,
-                    wait_initial=policy.initial_delay,
-                    wait_max=policy.max_delay,
-                    wait_exp_base=policy.multiplier,
-                    wait_jitter=policy.initial_delay * 0.1,
-                ):
-                    with attempt:
-                        if attempt.num == 1:
-                            raise _RetryableFailure(last)  # already made: stamina waits
-                        n = attempt.num
-                        last = await attempt_number(n, last)
-                        if last.outcome == "failed" and last.retryable:
-                            raise _RetryableFailure(last)
-            except _RetryableFailure as e:
-                last = e.record
-        assert last is not None
-        total.attempts = n
-        total.outcome = last.outcome
-        total.output = last.output
-        total.feedback = last.feedback
-        total.error = last.error
-        total.retryable = last.retryable
-        total.prompt = last.prompt
-        total.duration_ms = _ms(started)
-        if last.outcome == "failed":
-            msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
-            traces.append(TraceEvent("error", msg, {"attempts": n, "error": last.error}))
-            if n > 1:
-                emit("step_failed_after_retries", attempts=n, error=last.error)
-            else:
-                emit("step_failed", error=last.error, duration_ms=total.duration_ms)
-        else:
-            if n > 1:
-                traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
-                emit("step_succeeded_after_retry", attempts=n, duration_ms=total.duration_ms)
-            else:
-                emit(
-                    "step_succeeded",
-                    duration_ms=total.duration_ms,
-                    tokens_input=total.tokens_in,
-                    tokens_output=total.tokens_out,
-                    cost=total.cost,
+                step.validate_input(input)
+            except ValidationError as e:
+                traces.append(TraceEvent("error", "Input validation failed", {"error": str(e)}))
+                emit("validation_failed", field=e.field or "input", reason=str(e))
+                handle = attempts_log.started(1, input, model)
+                total = StepExecution(
+                    step.id, key, iteration, "failed", error=str(e), attempts=1, model=model,
+                    input=input, traces=traces, duration_ms=_ms(started),
+                )  # fmt: skip
+                await attempts_log.finished(handle, 1, total)
+                return total
+            traces.append(TraceEvent("info", "Input validation passed"))
+
+            # The first attempt runs directly: most steps succeed at once, and entering the
+            # retry machinery costs more than the rest of the engine's work on a step.
+            policy = step.retry_policy
+            if self.on_attempt is not None:
+                self.on_attempt(key, 1, max(1, policy.max_attempts))
+            emit("step_started", attempt=1)
+            last = await self._attempt(
+                step, key, iteration, 1, input, model, loop, attempts_log, traces
+            )
+            if last.outcome == "failed" and last.retryable and policy.max_attempts > 1:
+                last = await self._retry(
+                    step, key, iteration, input, model, loop, attempts_log, traces, last
                 )
-            traces.append(TraceEvent("info", "Step execution completed"))
-        return total
+            n = last.attempts
+            last.traces = traces
+            last.duration_ms = _ms(started)
+            if last.outcome == "failed":
+                msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
+                traces.append(TraceEvent("error", msg, {"attempts": n, "error": last.error}))
+                if n > 1:
+                    emit("step_failed_after_retries", attempts=n, error=last.error)
+                else:
+                    emit("step_failed", error=last.error, duration_ms=last.duration_ms)
+            else:
+                if n > 1:
+                    traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
+                    emit("step_succeeded_after_retry", attempts=n, duration_ms=last.duration_ms)
+                else:
+                    emit(
+                        "step_succeeded",
+                        duration_ms=last.duration_ms,
+                        tokens_input=last.tokens_in,
+                        tokens_output=last.tokens_out,
+                        cost=last.cost,
+                    )
+                traces.append(TraceEvent("info", "Step execution completed"))
+            return last
+
+    async def _retry(
+        self,
+        step: Step,
+        key: str,
+        iteration: int,
+        input: Mapping[str, Any],
+        model: str | None,
+        loop: LoopState | None,
+        attempts_log: AttemptLog,
+        traces: list[TraceEvent],
+        first: StepExecution,
+    ) -> StepExecution:
+        """Attempts 2… under the step's retry policy; the record of the last, with the totals
+        of all of them."""
+        policy = step.retry_policy
+        max_attempts = policy.max_attempts
+        made = [first]
+        last = first
+        try:
+            async for attempt in stamina.retry_context(
+                on=_RetryableFailure,
+                attempts=max_attempts,
+                timeout=None,
+                wait_initial=policy.initial_delay,
+                wait_max=policy.max_delay,
+                wait_exp_base=policy.multiplier,
+                wait_jitter=policy.initial_delay * 0.1,
+            ):
+                with attempt:
+                    n = attempt.num
+                    if n == 1:
+                        raise _RetryableFailure(last)  # already made: stamina waits
+                    with bind(attempt=n):
+                        error = last.error
+                        delay = policy.delay_for_attempt(n - 1)
+                        emit(
+                            "retrying", attempt=n, max_attempts=max_attempts, error=error,
+                            delay=delay,
+                        )  # fmt: skip
+                        traces.append(
+                            TraceEvent(
+                                "warn",
+                                f"Retrying after failure (attempt {n} of {max_attempts})",
+                                {
+                                    "attempt": n,
+                                    "max_attempts": max_attempts,
+                                    "error": error,
+                                    "delay": delay,
+                                },
+                            )
+                        )
+                        if self.on_attempt is not None:
+                            self.on_attempt(key, n, max_attempts)
+                        emit("step_started", attempt=n)
+                        last = await self._attempt(
+                            step, key, iteration, n, input, model, loop, attempts_log, traces
+                        )
+                    made.append(last)
+                    if last.outcome == "failed" and last.retryable:
+                        raise _RetryableFailure(last)
+        except _RetryableFailure as e:
+            last = e.record
+        return replace(
+            last,
+            attempts=len(made),
+            tokens_in=sum(r.tokens_in for r in made),
+            tokens_out=sum(r.tokens_out for r in made),
+            cost=sum(r.cost for r in made),
+            calls=sum(r.calls for r in made),
+        )
 
     async def _attempt(
         self,
@@ -229,11 +261,10 @@ class Executor:
         model: str | None,
         loop: LoopState | None,
         attempts_log: AttemptLog,
-        traces: list[TraceEvent] | None = None,
+        traces: list[TraceEvent],
     ) -> StepExecution:
-        handle = await attempts_log.started(attempt, dict(input), model)
-        usage = _Usage(model=model)
-        record = StepExecution(step.id, key, iteration, "failed", model=model, input=dict(input))
+        handle = attempts_log.started(attempt, input, model)
+        usage = _Usage()
         started = time.perf_counter()
         ctx = StepContext(
             run_id=self.run_id,
@@ -274,23 +305,33 @@ class Executor:
                     )
                 else:
                     result = StepResult.failed(str(e), retryable=False)
-        record.outcome = result.kind
-        record.output = result.output
-        record.feedback = result.feedback
-        record.error = result.error
-        record.retryable = result.retryable
-        record.tokens_in = usage.tokens_in
-        record.tokens_out = usage.tokens_out
-        record.cost = usage.cost
-        record.calls = usage.calls
-        record.prompt = usage.prompt
-        record.attempts = 1
-        record.duration_ms = _ms(started)
-        if traces is not None:  # the journal keeps the step's story up to this attempt
-            failed = result.kind == "failed"
-            how = f"failed: {result.error}" if failed else "completed"
-            done = TraceEvent("error" if failed else "info", f"Attempt {attempt} {how}")
-            record.traces = [*traces, done]
+        failed = result.kind == "failed"
+        done = TraceEvent(
+            "error" if failed else "info",
+            f"Attempt {attempt} failed: {result.error}"
+            if failed
+            else f"Attempt {attempt} completed",
+        )
+        record = StepExecution(
+            step.id,
+            key,
+            iteration,
+            result.kind,
+            result.output,
+            result.feedback,
+            result.error,
+            result.retryable,
+            1,
+            _ms(started),
+            usage.tokens_in,
+            usage.tokens_out,
+            usage.cost,
+            usage.calls,
+            model,
+            input,
+            usage.prompt,
+            [*traces, done],  # the journal keeps the step's story up to this attempt
+        )
         await attempts_log.finished(handle, attempt, record)
         return record
 
@@ -386,13 +427,6 @@ class Executor:
 
 def _failure(e: EclflowError) -> StepResult:
     return StepResult.failed(str(e), retryable=e.retryable)
-
-
-def _accumulate(total: StepExecution, attempt: StepExecution) -> None:
-    total.tokens_in += attempt.tokens_in
-    total.tokens_out += attempt.tokens_out
-    total.cost += attempt.cost
-    total.calls += attempt.calls
 
 
 def _ms(started: float) -> int:

@@ -17,9 +17,8 @@ from .result import StepExecution, TraceEvent
 class AttemptLog(Protocol):
     """Where the executor writes each attempt: `running` before the call, completed after."""
 
-    async def started(
-        self, attempt: int, input: Any, model: str | None
-    ) -> Any: ...  # returns a handle for `finished`
+    def started(self, attempt: int, input: Any, model: str | None) -> Any:
+        """Note that an attempt begins (without waiting); returns a handle for `finished`."""
 
     async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None: ...
 
@@ -37,7 +36,7 @@ class Journal(Protocol):
 
 
 class _NoLog:
-    async def started(self, attempt: int, input: Any, model: str | None) -> None:
+    def started(self, attempt: int, input: Any, model: str | None) -> None:
         return None
 
     async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
@@ -117,7 +116,7 @@ class StoreJournal:
         if key in self.seed:
             reused = _replayed(self.seed.pop(key))
             log = _StoreAttemptLog(self, key, step_id, iteration, 0)
-            handle = await log.started(1, reused.input, reused.model)
+            handle = log.started(1, reused.input, reused.model)
             await log.finished(handle, 1, reused)
             return reused
         log = _StoreAttemptLog(self, key, step_id, iteration, self._last_attempt.get(key, 0))
@@ -140,7 +139,7 @@ class _StoreAttemptLog:
         self.iteration = iteration
         self.offset = offset  # attempts a crashed or failed earlier execution already used
 
-    async def started(self, attempt: int, input: Any, model: str | None) -> Any:
+    def started(self, attempt: int, input: Any, model: str | None) -> Any:
         # queued, not awaited: a crash before it is committed only loses the note that a call
         # was in flight (the step is redone either way)
         return self.journal.writer.start(

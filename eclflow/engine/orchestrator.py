@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from .. import expr
@@ -33,33 +33,61 @@ class _RunFailed(Exception):
         self.error = error
 
 
-@dataclass(slots=True)
 class _State:
-    input: Mapping[str, Any]
-    outputs: dict[str, Any] = field(default_factory=dict)
-    statuses: dict[str, str] = field(default_factory=dict)
-    versions: dict[str, list[Any]] = field(default_factory=dict)
-    revisions: dict[str, int] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-    executions: list[StepExecution] = field(default_factory=list)
+    """What a run knows so far, and the template context built from it.
 
-    def context(self, loop: LoopState | None = None) -> dict[str, Any]:
-        ctx: dict[str, Any] = {
-            "input": self.input,
-            "steps": {
-                sid: {
-                    "output": self.outputs.get(sid),
-                    "status": status,
-                    "versions": list(self.versions.get(sid, ())),
-                }
-                for sid, status in self.statuses.items()
-            },
-            "loops": {v: {"revisions": n} for v, n in self.revisions.items()},
-            "env": self.env,
+    The context is kept up to date as steps finish instead of being rebuilt for every template
+    (templates only read it: the sandbox is immutable).
+    """
+
+    __slots__ = (
+        "_ctx",
+        "_loops",
+        "_steps",
+        "executions",
+        "input",
+        "outputs",
+        "revisions",
+        "statuses",
+    )
+
+    def __init__(self, input: Mapping[str, Any], step_ids: Sequence[str], env: dict[str, str]):
+        self.input = input
+        self.outputs: dict[str, Any] = {}
+        self.statuses: dict[str, str] = dict.fromkeys(step_ids, "pending")
+        self.revisions: dict[str, int] = {}
+        self.executions: list[StepExecution] = []
+        self._steps: dict[str, dict[str, Any]] = {
+            sid: {"output": None, "status": "pending", "versions": []} for sid in step_ids
         }
-        if loop is not None:
-            ctx["loop"] = loop.as_context()
-        return ctx
+        self._loops: dict[str, dict[str, int]] = {}
+        self._ctx: dict[str, Any] = {
+            "input": input,
+            "steps": self._steps,
+            "loops": self._loops,
+            "env": env,
+        }
+
+    def set_status(self, sid: str, status: str) -> None:
+        self.statuses[sid] = status
+        self._steps[sid]["status"] = status
+
+    def set_output(self, sid: str, output: Any) -> None:
+        """A new version of a step's output (a reviser's output is a new version of its
+        target's)."""
+        self.outputs[sid] = output
+        entry = self._steps[sid]
+        entry["output"] = output
+        entry["versions"] = [*entry["versions"], output]  # copied: earlier lookups keep theirs
+
+    def set_revisions(self, validator: str, n: int) -> None:
+        self.revisions[validator] = n
+        self._loops[validator] = {"revisions": n}
+
+    def context(self, loop: dict[str, Any] | None = None) -> dict[str, Any]:
+        if loop is None:
+            return self._ctx
+        return {**self._ctx, "loop": loop}
 
 
 class Orchestrator:
@@ -83,8 +111,7 @@ class Orchestrator:
             executor.on_attempt = lambda key, n, m: self._emit(
                 "step_attempt", key=key, attempt=n, max_attempts=m
             )
-        wf = plan.workflow
-        self.steps: dict[str, Step] = {s.id: self.registry.get(s.type)(s, wf) for s in wf.steps}
+        self.steps: dict[str, Step] = plan.step_objects(self.registry)
 
     def _emit(self, event: str, **payload: Any) -> None:
         if self.listener is not None:
@@ -93,11 +120,7 @@ class Orchestrator:
     async def run(self, run_id: str, input: Mapping[str, Any]) -> RunResult:
         wf = self.plan.workflow
         started = time.perf_counter()
-        state = _State(
-            input=input,
-            statuses={s.id: "pending" for s in wf.steps},
-            env={k: os.environ[k] for k in wf.env if k in os.environ},
-        )
+        state = _State(input, wf.step_ids, {k: os.environ[k] for k in wf.env if k in os.environ})
         result = RunResult(run_id, wf.id, "running")
         try:
             await self._linear_pass(state)
@@ -155,7 +178,7 @@ class Orchestrator:
             raise failure[0]
 
     def _is_active(self, sid: str, state: _State) -> bool:
-        preds = list(self.plan.dag.predecessors(sid))
+        preds = self.plan.predecessors[sid]
         if not preds:
             return True
         for p in preds:
@@ -179,8 +202,8 @@ class Orchestrator:
         return LoopState(iteration=0, max_iterations=self.plan.loops[validator].max_iterations)
 
     async def _skip(self, sid: str, state: _State) -> None:
-        state.statuses[sid] = "skipped"
-        execution = await self.journal.skip(first_key(self.plan, sid), sid, 0)
+        state.set_status(sid, "skipped")
+        execution = await self.journal.skip(self.plan.first_keys[sid], sid, 0)
         state.executions.append(execution)
         self._emit("step_finished", execution=execution)
 
@@ -194,35 +217,33 @@ class Orchestrator:
         loop: LoopState | None = None,
     ) -> StepExecution:
         step = self.steps[sid]
-        key = key or first_key(self.plan, sid)
+        key = key or self.plan.first_keys[sid]
         try:
-            rendered = expr.render_value(dict(step.spec.with_), state.context(loop))
+            context = state.context(loop.as_context() if loop is not None else None)
+            rendered = expr.render_value(step.spec.with_, context)
         except EclflowError as e:
             raise _RunFailed(sid, f"Step {sid} failed: input: {e}") from None
         if not isinstance(rendered, dict):
             rendered = {}
-        state.statuses[sid] = "running"
+        state.set_status(sid, "running")
         self._emit("step_started", step_id=sid, key=key, iteration=iteration)
 
-        async def execute(attempts_log: Any) -> StepExecution:
-            return await self.executor.run(step, key, iteration, rendered, attempts_log, loop)
-
+        execute = partial(self.executor.run, step, key, iteration, rendered, loop=loop)
         execution = await self.journal.step(key, sid, iteration, execute)
         state.executions.append(execution)
         self._emit("step_finished", execution=execution)
         if execution.outcome == "failed":
-            state.statuses[sid] = "failed"
+            state.set_status(sid, "failed")
             raise _RunFailed(sid, f"Step {sid} failed: {execution.error}")
-        state.statuses[sid] = "succeeded"
-        state.outputs[sid] = execution.output
-        state.versions.setdefault(sid, []).append(execution.output)
+        state.set_status(sid, "succeeded")
+        state.set_output(sid, execution.output)
         return execution
 
     async def _run_loop(self, loop: Loop, state: _State) -> None:
         """The validator has run once; revise and re-validate until it passes or the bound."""
         last = _last(state, loop.validator)
         revisions = 0
-        state.revisions[loop.validator] = 0
+        state.set_revisions(loop.validator, 0)
         history: list[dict[str, Any]] = []
         while last.outcome == "needs_revision":
             history.append(
@@ -234,7 +255,7 @@ class Orchestrator:
                 err = MaxRevisionsExceeded(loop.max_iterations)
                 raise _RunFailed(loop.validator, f"Revision loop failed: {err}")
             revisions += 1
-            state.revisions[loop.validator] = revisions
+            state.set_revisions(loop.validator, revisions)
             loop_state = LoopState(
                 iteration=revisions,
                 max_iterations=loop.max_iterations,
@@ -255,8 +276,7 @@ class Orchestrator:
                 loop=loop_state,
             )
             # The reviser's output is the new version of the target's output.
-            state.outputs[loop.target] = revised.output
-            state.versions.setdefault(loop.target, []).append(revised.output)
+            state.set_output(loop.target, revised.output)
             for sid in loop.rerun:
                 last = await self._run_step(
                     sid,
@@ -276,10 +296,7 @@ def _last(state: _State, sid: str) -> StepExecution:
 
 def first_key(plan: Plan, sid: str) -> str:
     """The journal key of a step's first execution (`critique#1` inside a loop body)."""
-    loop = plan.loop_of.get(sid)
-    if loop is not None and sid != plan.loops[loop].target:
-        return f"{sid}#1"
-    return sid
+    return plan.first_keys[sid]
 
 
 def new_run_id() -> str:

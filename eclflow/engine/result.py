@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from .._time import utc_text
 
 Outcome = Literal["success", "needs_revision", "failed", "skipped"]
 RunStatus = Literal["pending", "running", "paused", "completed", "failed", "cancelled"]
@@ -22,7 +23,7 @@ class TraceEvent:
 
     @property
     def timestamp(self) -> str:
-        return datetime.fromtimestamp(self.time, UTC).isoformat()
+        return utc_text(self.time)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts": self.timestamp, "level": self.level, "message": self.message, **self.fields}

@@ -42,17 +42,14 @@ def as_mock(mock: MockProvider | Sequence[Any] | str | Path | None) -> MockProvi
 
 def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
     """Check the run input against the workflow's `inputs` schema before anything runs."""
-    from jsonschema import Draft202012Validator
-
-    errors = sorted(
-        Draft202012Validator(dict(workflow.inputs)).iter_errors(dict(inputs)),
-        key=lambda e: list(e.absolute_path),
-    )
-    if errors:
-        e = errors[0]
-        where = ".".join(str(p) for p in e.absolute_path)
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise InvalidInput(f"input {e.message}{more}", field=where or None)
+    validator = compile_plan(workflow).input_validator
+    if validator.is_valid(inputs):
+        return
+    errors = sorted(validator.iter_errors(dict(inputs)), key=lambda e: list(e.absolute_path))
+    e = errors[0]
+    where = ".".join(str(p) for p in e.absolute_path)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise InvalidInput(f"input {e.message}{more}", field=where or None)
 
 
 def default_model(workflow: Workflow, model: str | None) -> str | None:
@@ -174,8 +171,6 @@ async def _execute(
     limits: Budget | None = None,
     spent: Spent | None = None,
 ) -> RunResult:
-    import asyncio
-
     limits = limits or Budget()
     budget_guard = BudgetGuard(limits.max_usd, limits.max_tokens, limits.max_calls, spent)
     if budget_guard.active:
@@ -187,7 +182,9 @@ async def _execute(
     orchestrator = Orchestrator(plan, executor, journal, listener=listener)
     wf = plan.workflow
     recorder = EventRecorder(store, run_id) if store is not None else None
-    flusher = asyncio.create_task(_flush_events(recorder)) if recorder is not None else None
+    writer = writer_for(store) if store is not None else None
+    if writer is not None:
+        writer.follow(recorder)
     try:
         with (
             bind(run_id=run_id, workflow_id=wf.id),
@@ -227,12 +224,9 @@ async def _execute(
                 span, **{"eclflow.status": result.status, "eclflow.cost_usd": result.cost}
             )
     finally:
-        if flusher is not None:
-            flusher.cancel()
-    if store is not None:
-        assert recorder is not None
-        writer = writer_for(store)
-        writer.events(run_id, recorder.take())
+        if writer is not None:
+            writer.unfollow(recorder)
+    if writer is not None:
         await writer.end_run(
             result.run_id,
             result.status,
@@ -259,18 +253,6 @@ def _end_metadata(result: RunResult) -> dict[str, Any]:
         "cost": result.cost,
         "duration_ms": result.duration_ms,
     }
-
-
-async def _flush_events(recorder: EventRecorder | None) -> None:
-    """Writes the run's events every fraction of a second, so other processes can follow."""
-    import asyncio
-
-    assert recorder is not None
-    writer = writer_for(recorder.store)
-    while True:
-        await asyncio.sleep(recorder.max_delay)
-        if recorder.due():
-            writer.events(recorder.run_id, recorder.take())
 
 
 def _both_guards(first: CallGuard, second: CallGuard | None) -> CallGuard:

@@ -6,11 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from ..spec.deps import dependency_graph, topological_order
 from ..spec.model import RevisionLoop, Workflow
+
+if TYPE_CHECKING:
+    from ..steps.base import Step
+    from ..steps.registry import StepRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,7 @@ class Plan:
 
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
+        self._step_objects: dict[int, tuple[StepRegistry, dict[str, Step]]] = {}
         self.dag: nx.DiGraph = dependency_graph(workflow.steps, workflow.transitions)
         self.order: tuple[str, ...] = tuple(topological_order(self.dag))
         loops = {}
@@ -98,6 +104,36 @@ class Plan:
                     deps.append(p)
             out[s] = tuple(sorted(deps, key=self.order.index))
         return MappingProxyType(out)
+
+    @cached_property
+    def predecessors(self) -> Mapping[str, tuple[str, ...]]:
+        """Each step's direct predecessors in the dependency graph."""
+        return MappingProxyType({s: tuple(self.dag.predecessors(s)) for s in self.order})
+
+    @cached_property
+    def first_keys(self) -> Mapping[str, str]:
+        """The journal key of each step's first execution (`critique#1` inside a loop body)."""
+        out = {}
+        for s in self.order:
+            loop = self.loop_of.get(s)
+            out[s] = f"{s}#1" if loop is not None and s != self.loops[loop].target else s
+        return MappingProxyType(out)
+
+    @cached_property
+    def input_validator(self) -> Any:
+        """The JSON Schema validator of the run input, built once (building one costs more
+        than using it)."""
+        from jsonschema import Draft202012Validator
+
+        return Draft202012Validator(dict(self.workflow.inputs))
+
+    def step_objects(self, registry: StepRegistry) -> dict[str, Step]:
+        """The workflow's step instances from `registry`, made once per plan and registry."""
+        made = self._step_objects.get(id(registry))
+        if made is None or made[0] is not registry:
+            steps = {s.id: registry.get(s.type)(s, self.workflow) for s in self.workflow.steps}
+            made = self._step_objects[id(registry)] = (registry, steps)
+        return made[1]
 
     def upstream(self, step: str) -> frozenset[str]:
         return frozenset(nx.ancestors(self.dag, step))

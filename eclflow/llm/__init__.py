@@ -36,11 +36,12 @@ class Providers:
         return "remote"
 
     def get(self, model: str) -> Provider:
+        kind = self.kind(model)
+        cached = self._cache.get(kind)
+        if cached is not None:
+            return cached
         from ..errors import ConfigError
 
-        kind = self.kind(model)
-        if kind in self._cache:
-            return self._cache[kind]
         provider: Provider
         if kind == "mock":
             if self.mock is None:

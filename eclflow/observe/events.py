@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -44,6 +44,8 @@ EVENTS: dict[str, tuple[int, str]] = {
     "budget_exceeded": (ERROR, "Budget exceeded"),
 }
 
+_LEVEL_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
+
 # Kept in the logs only: the step's attempt rows already say when each attempt started.
 _NOT_KEPT = frozenset({"step_started", "llm_request_started"})
 
@@ -64,8 +66,7 @@ def emit(kind: str, **fields: Any) -> None:
         )
         logger.handle(record)
     if recorder is not None and kind not in _NOT_KEPT:
-        ctx = bound()
-        recorder.add(kind, level, message, ctx.get("step_id"), {**ctx, **fields})
+        recorder.add(kind, level, message, fields)
 
 
 @contextmanager
@@ -78,34 +79,26 @@ def record_to(recorder: EventRecorder | None) -> Iterator[None]:
 
 
 class EventRecorder:
-    """Buffers a run's events; the runner hands them to the store's writer in batches."""
+    """Buffers a run's events; the store's writer takes them in batches (every fraction of a
+    second, and at the run's end), so other processes can follow the run."""
 
-    def __init__(self, store: Any, run_id: str, *, max_delay: float = 0.2) -> None:
+    def __init__(self, store: Any, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
-        self.max_delay = max_delay
         self._buffer: list[tuple[str, str | None, dict[str, Any]]] = []
         self._lock = threading.Lock()
-        self._last_flush = time.monotonic()
 
-    def add(
-        self, kind: str, level: int, message: str, step_id: str | None, fields: dict[str, Any]
-    ) -> None:
-        data = {
-            "level": logging.getLevelName(level).lower(),
-            "message": message,
-            "ts": time.time(),
-            **{k: v for k, v in fields.items() if k not in ("run_id",)},
-        }
+    def add(self, kind: str, level: int, message: str, fields: Mapping[str, Any]) -> None:
+        """Keep one event with the fields bound where it happened (but the run id)."""
+        data: dict[str, Any] = {"level": _LEVEL_NAMES[level], "message": message, "ts": time.time()}
+        data.update(bound())
+        data.pop("run_id", None)
+        data.update(fields)
         with self._lock:
-            self._buffer.append((kind, step_id, data))
-
-    def due(self) -> bool:
-        return bool(self._buffer) and time.monotonic() - self._last_flush >= self.max_delay
+            self._buffer.append((kind, data.get("step_id"), data))
 
     def take(self) -> list[tuple[str, str | None, dict[str, Any]]]:
         """Empty the buffer and return what it held."""
         with self._lock:
             batch, self._buffer = self._buffer, []
-            self._last_flush = time.monotonic()
         return batch

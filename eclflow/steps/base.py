@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import ValidationError
@@ -143,7 +144,7 @@ class StepContext:
     iteration: int = 0
     max_revisions: int = 3
 
-    async def complete(
+    def complete(
         self,
         messages: Sequence[Message],
         *,
@@ -151,9 +152,10 @@ class StepContext:
         temperature: float | None = None,
         stop: Sequence[str] = (),
         json_schema: Mapping[str, Any] | None = None,
-    ) -> CompletionResponse:
-        """Call this step's model; tokens and cost are accounted to the attempt."""
-        return await self.complete_fn(
+    ) -> Awaitable[CompletionResponse]:
+        """Call this step's model (await the result); tokens and cost are accounted to the
+        attempt."""
+        return self.complete_fn(
             messages,
             max_tokens=max_tokens,
             temperature=temperature,
@@ -187,7 +189,7 @@ class Step:
     def name(self) -> str:
         return self.spec.id
 
-    @property
+    @cached_property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy.from_spec(self.spec.retry)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
@@ -229,8 +229,8 @@ class ReviseStep(PromptStep):
     }
     output_schema: ClassVar[Mapping[str, Any]] = GenerateStep.output_schema
 
-    @property
-    def max_revisions(self) -> int:
+    @cached_property
+    def max_revisions(self) -> int:  # type: ignore[override]
         if self.workflow is not None:
             for loop in self.workflow.loops:
                 if loop.reviser == self.id:

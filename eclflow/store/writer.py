@@ -16,12 +16,12 @@ import json
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
-from .models import _TIME_FORMAT
+from .._time import utc_text
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
+EVENTS_EVERY = 0.2  # seconds between two writes of the runs' events (`eclflow logs --follow`)
 Handle = tuple[str, str, int]  # (run id, journal key, attempt)
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 
@@ -33,7 +33,7 @@ def _json(value: Any) -> str | None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime(_TIME_FORMAT)
+    return utc_text(None, " ")  # the text of models._TIME_FORMAT
 
 
 class JournalWriter:
@@ -45,6 +45,9 @@ class JournalWriter:
         self._pending: list[_Op] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._awaited = 0  # queued writes somebody waits for
+        self._recorders: set[Any] = set()
+        self._events_timer: asyncio.TimerHandle | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eclflow-journal")
         # PostgreSQL is written from the worker thread, never from the event loop.
         self.inline = store.kind == "sqlite"
@@ -58,6 +61,13 @@ class JournalWriter:
             "start": (
                 "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
                 f"input, model, started_at) VALUES ({', '.join([p] * 9)})"
+            ),
+            # a `running` row whose result came in the same batch: one row, written once
+            "start_finished": (
+                "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
+                "input, model, started_at, outcome, output, feedback, error, retryable, "
+                "duration_ms, tokens_in, tokens_out, cost, traces, prompt, completed_at) "
+                f"VALUES ({', '.join([p] * 21)})"
             ),
             "finish": (
                 f"UPDATE step_executions SET state = {p}, outcome = {p}, output = {p}, "
@@ -80,6 +90,8 @@ class JournalWriter:
     def _queue(self, kind: str, args: tuple[Any, ...], wait: bool) -> asyncio.Future[Any] | None:
         future = self.loop.create_future() if wait else None
         self._pending.append((kind, args, future))
+        if wait:
+            self._awaited += 1
         if not self._busy:
             if wait:
                 self._busy = True
@@ -101,22 +113,32 @@ class JournalWriter:
 
     def _launch(self) -> None:
         batch, self._pending = self._pending, []
+        self._awaited = 0
         if not batch:
             self._busy = False
             return
         if self.inline:
             # SQLite: a local file, a transaction of tens of microseconds; a thread hop would
-            # cost more than the write. The next batch is whatever arrives meanwhile.
+            # cost more than the write.
             error: BaseException | None = None
             try:
                 self._write(batch)
             except Exception as e:
                 error = e
             self._resolve(batch, error)
-            self.loop.call_soon(self._launch)
+            self._next()
             return
         done = self.loop.run_in_executor(self._pool, self._write, batch)
         done.add_done_callback(lambda f: self._settle(batch, f))
+
+    def _next(self) -> None:
+        """After a write: the next one at once if somebody waits, else after the linger."""
+        if self._awaited:
+            self.loop.call_soon(self._launch)
+            return
+        self._busy = False
+        if self._pending and self._timer is None:
+            self._timer = self.loop.call_later(LINGER, self._kick)
 
     def _resolve(self, batch: list[_Op], error: BaseException | None) -> None:
         for _, _, future in batch:
@@ -127,16 +149,33 @@ class JournalWriter:
                     future.set_result(None)
 
     def _settle(self, batch: list[_Op], done: asyncio.Future[Any]) -> None:
-        error = done.exception()
-        for _, _, future in batch:
-            if future is not None and not future.done():
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(None)
         # Unawaited writes (running rows, events) have nobody to tell of an error: the next
         # awaited write fails the same way, or the run's end does.
-        self._launch()
+        self._resolve(batch, done.exception())
+        self._next()
+
+    # --- the events of the runs in this loop, written every EVENTS_EVERY seconds -------------
+
+    def follow(self, recorder: Any) -> None:
+        """Write `recorder`'s events (see eclflow/observe/events.py) as they come, until
+        `unfollow`."""
+        self._recorders.add(recorder)
+        if self._events_timer is None:
+            self._events_timer = self.loop.call_later(EVENTS_EVERY, self._flush_events)
+
+    def unfollow(self, recorder: Any) -> None:
+        """Stop following `recorder` and queue what it still holds."""
+        self._recorders.discard(recorder)
+        self.events(recorder.run_id, recorder.take())
+
+    def _flush_events(self) -> None:
+        self._events_timer = None
+        for recorder in self._recorders:
+            batch = recorder.take()
+            if batch:
+                self.events(recorder.run_id, batch)
+        if self._recorders:
+            self._events_timer = self.loop.call_later(EVENTS_EVERY, self._flush_events)
 
     def create_run(self, **fields: Any) -> None:
         now = _now()
@@ -184,7 +223,7 @@ class JournalWriter:
             f.get("tokens_in"),
             f.get("tokens_out"),
             f.get("cost"),
-            _json([dict(t) for t in traces] if traces is not None else None),
+            _json(traces),
             _json(f.get("prompt")),
             _now(),
             *handle,
@@ -230,27 +269,34 @@ class JournalWriter:
     # --- writing (worker thread) ---------------------------------------------------------------
 
     def _write(self, batch: list[_Op]) -> None:
-        db = self.store.db
+        groups = _grouped(batch)
+        if self.inline:
+            self._write_sqlite(groups)
+            return
         with self.store.transaction():
-            cursor = db.cursor()
-            i = 0
-            while i < len(batch):
-                kind, args, _ = batch[i]
-                if kind == "noop":
-                    i += 1
-                    continue
-                if kind == "end_run":
+            self._apply(self.store.db.cursor(), groups)
+
+    def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """On the loop's own connection: BEGIN/COMMIT by hand, no ORM in between."""
+        with self.store.reading():
+            conn = self.store.db.connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply(conn.cursor(), groups)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _apply(self, cursor: Any, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        for kind, rows in groups:
+            if kind == "end_run":
+                for args in rows:
                     self._end_run(*args)
-                    i += 1
-                    continue
-                j = i + 1  # consecutive writes of one kind go in one executemany
-                while j < len(batch) and batch[j][0] == kind:
-                    j += 1
-                if j - i == 1:
-                    cursor.execute(self._sql[kind], args)
-                else:
-                    cursor.executemany(self._sql[kind], [op[1] for op in batch[i:j]])
-                i = j
+            elif len(rows) == 1:
+                cursor.execute(self._sql[kind], rows[0])
+            else:
+                cursor.executemany(self._sql[kind], rows)
 
     def _end_run(
         self,
@@ -290,6 +336,35 @@ class JournalWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+# The order a batch is written in: a run's row before its steps and events, a step's `running`
+# row before its result, a run's end after everything else of it.
+_PHASES = ("create_run", "start", "start_finished", "skip", "finish", "events", "end_run")
+
+
+def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The batch's writes by kind in `_PHASES` order, a start and its finish made one insert."""
+    by_kind: dict[str, list[tuple[Any, ...]]] = {}
+    starts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for kind, args, _ in batch:
+        if kind == "start":
+            starts[(args[0], args[2], args[4])] = args
+            continue
+        if kind == "finish":
+            started = starts.pop(args[-3:], None)
+            if started is not None:
+                # state, outcome, output, feedback, error, retryable, duration_ms, tokens_in,
+                # tokens_out, cost, traces, prompt, completed_at
+                by_kind.setdefault("start_finished", []).append(
+                    (*started[:5], args[0], *started[6:], *args[1:13])
+                )
+                continue
+        if kind != "noop":
+            by_kind.setdefault(kind, []).append(args)
+    if starts:
+        by_kind["start"] = list(starts.values())
+    return [(kind, by_kind[kind]) for kind in _PHASES if kind in by_kind]
 
 
 _writers: weakref.WeakKeyDictionary[Any, dict[int, JournalWriter]] = weakref.WeakKeyDictionary()
