@@ -284,7 +284,7 @@ class JournalWriter:
             self._write_sqlite(groups)
             return
         with self.store.transaction():
-            self._apply(self.store.db.cursor(), groups)
+            self._apply(self.store.db.cursor(), groups, _many_pages)
 
     def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         """On the loop's own connection: BEGIN/COMMIT by hand, no ORM in between."""
@@ -298,13 +298,20 @@ class JournalWriter:
                 raise
             conn.execute("COMMIT")
 
-    def _apply(self, cursor: Any, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _apply(
+        self,
+        cursor: Any,
+        groups: list[tuple[str, list[tuple[Any, ...]]]],
+        many: Any = None,
+    ) -> None:
         for kind, rows in groups:
             if kind == "end_run":
                 for args in rows:
                     self._end_run(*args)
             elif len(rows) == 1:
                 cursor.execute(self._sql[kind], rows[0])
+            elif many is not None:
+                many(cursor, self._sql[kind], rows)
             else:
                 cursor.executemany(self._sql[kind], rows)
 
@@ -346,6 +353,14 @@ class JournalWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: psycopg2's executemany is one round trip per row; execute_batch sends the
+    statements a few hundred at a time."""
+    from psycopg2.extras import execute_batch
+
+    execute_batch(cursor, sql, rows, page_size=500)
 
 
 # The order a batch is written in: a run's row before its steps and events, a step's `running`
