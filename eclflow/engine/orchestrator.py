@@ -46,16 +46,10 @@ class _State:
         "_steps",
         "executions",
         "input",
-        "outputs",
-        "revisions",
-        "statuses",
     )
 
     def __init__(self, input: Mapping[str, Any], step_ids: Sequence[str], env: dict[str, str]):
         self.input = input
-        self.outputs: dict[str, Any] = {}
-        self.statuses: dict[str, str] = dict.fromkeys(step_ids, "pending")
-        self.revisions: dict[str, int] = {}
         self.executions: list[StepExecution] = []
         self._steps: dict[str, dict[str, Any]] = {
             sid: {"output": None, "status": "pending", "versions": []} for sid in step_ids
@@ -68,20 +62,24 @@ class _State:
             "env": env,
         }
 
+    def status(self, sid: str) -> str:
+        return str(self._steps[sid]["status"])
+
     def set_status(self, sid: str, status: str) -> None:
-        self.statuses[sid] = status
         self._steps[sid]["status"] = status
 
     def set_output(self, sid: str, output: Any) -> None:
         """A new version of a step's output (a reviser's output is a new version of its
         target's)."""
-        self.outputs[sid] = output
         entry = self._steps[sid]
         entry["output"] = output
         entry["versions"] = [*entry["versions"], output]  # copied: earlier lookups keep theirs
 
+    def revisions(self) -> dict[str, int]:
+        """Revisions so far, by loop validator."""
+        return {v: loop["revisions"] for v, loop in self._loops.items()}
+
     def set_revisions(self, validator: str, n: int) -> None:
-        self.revisions[validator] = n
         self._loops[validator] = {"revisions": n}
 
     def context(self, loop: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -129,7 +127,7 @@ class Orchestrator:
             result.error = f.error
             result.failed_step = f.step
         result.steps = state.executions
-        result.revisions = dict(state.revisions)
+        result.revisions = state.revisions()
         if result.status == "running" or (
             result.failed_step is not None and result.error and "max revisions" in result.error
         ):
@@ -182,7 +180,7 @@ class Orchestrator:
         if not preds:
             return True
         for p in preds:
-            if state.statuses.get(p) != "succeeded":
+            if state.status(p) != "succeeded":
                 continue
             when = self.plan.conditions.get((p, sid))
             if when is None:
@@ -292,11 +290,6 @@ def _last(state: _State, sid: str) -> StepExecution:
         if e.step_id == sid:
             return e
     raise LookupError(sid)
-
-
-def first_key(plan: Plan, sid: str) -> str:
-    """The journal key of a step's first execution (`critique#1` inside a loop body)."""
-    return plan.first_keys[sid]
 
 
 def new_run_id() -> str:

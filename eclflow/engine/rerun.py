@@ -8,7 +8,7 @@ from ..errors import StepNotFound
 from ..graph.plan import Plan, compile_plan
 from ..spec.model import Workflow
 from .journal import StoreJournal, execution_from_record
-from .orchestrator import Listener, first_key
+from .orchestrator import Listener
 from .result import RunResult
 
 
@@ -74,7 +74,7 @@ async def rerun_from(
         same_loop = in_same_loop is not None and (
             loop == in_same_loop or row.step_id in plan.revisers
         )
-        if same_loop and key != first_key(plan, row.step_id):
+        if same_loop and key != plan.first_keys[row.step_id]:
             continue  # later turns of the loop are redone from STEP on
         seed[key] = execution_from_record(row, replayed=True)
     journal = _SeededJournal(store, seed)
