@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from eclflow.errors import WorkflowInvalid
 from eclflow.spec import check, check_text, load, load_text, parse_duration, schema
+from eclflow.spec.deps import CycleError, DepGraph
 from eclflow.spec.model import Conditional, RevisionLoop, Sequential
 
 BASE = CRITIQUE_REVISE.read_text(encoding="utf-8")
@@ -496,5 +497,59 @@ def test_validate_does_not_import_heavy_modules() -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines()}
     assert "eclflow" in imported
-    for heavy in ("litellm", "peewee", "openai", "llama_cpp", "rich", "httpx"):
+    for heavy in ("litellm", "peewee", "openai", "llama_cpp", "rich", "httpx", "networkx"):
         assert heavy not in imported, heavy
+
+
+# --- the dependency graph ----------------------------------------------------------------------
+
+
+def _graph(nodes: str, edges: str) -> DepGraph:
+    g = DepGraph()
+    for n in nodes.split():
+        g.add_node(n)
+    for e in edges.split():
+        a, b = e.split(">")
+        g.add_edge(a, b, kind="depends_on")
+    return g
+
+
+def test_order_breaks_ties_by_declaration() -> None:
+    # c is free from the start but declared last: it comes after b, which a unblocks
+    g = _graph("a b c d", "a>b b>d c>d")
+    assert g.order() == ["a", "b", "c", "d"]
+    assert g.order(["b", "c", "d"]) == ["b", "c", "d"]
+    assert g.generations(["a", "b", "c", "d"]) == [["a", "c"], ["b"], ["d"]]
+
+
+def test_reachability() -> None:
+    g = _graph("a b c d", "a>b b>c")
+    assert g.descendants("a") == {"b", "c"}
+    assert g.ancestors("c") == {"a", "b"}
+    assert g.has_path("a", "c") and not g.has_path("c", "a") and not g.has_path("a", "d")
+
+
+def test_cycles_one_per_strongly_connected_part() -> None:
+    g = _graph("a b c d e f", "a>b b>c c>b c>a d>e e>d e>f")
+    assert g.cycles() == [["b", "c"], ["d", "e"]]  # c -> b comes before c -> a
+    with pytest.raises(CycleError):
+        g.order()
+    assert _graph("a b", "a>b").cycles() == []
+    assert _graph("a", "a>a").cycles() == [["a"]]
+
+
+def test_two_cycles_are_two_diagnostics() -> None:
+    text = """\
+eclflow: 1
+id: two-cycles
+model: mock/x
+inputs: {type: object}
+steps:
+  - {id: a, type: template, template: "x", depends_on: [b]}
+  - {id: b, type: template, template: "x", depends_on: [a]}
+  - {id: c, type: template, template: "x", depends_on: [d]}
+  - {id: d, type: template, template: "x", depends_on: [c]}
+"""
+    cycles = [d for d in diagnose(text) if d.code == "E204"]
+    assert [d.message for d in cycles] == ["cycle a -> b -> a", "cycle c -> d -> c"]
+    assert [d.location.line for d in cycles] == [6, 8]  # where the closing edge is declared

@@ -8,9 +8,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
-from ..spec.deps import dependency_graph, topological_order
+from ..spec.deps import DepGraph, dependency_graph
 from ..spec.model import RevisionLoop, Workflow
 
 if TYPE_CHECKING:
@@ -57,23 +55,19 @@ class Plan:
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         self._step_objects: dict[int, tuple[StepRegistry, dict[str, Step]]] = {}
-        self.dag: nx.DiGraph = dependency_graph(workflow.steps, workflow.transitions)
-        self.order: tuple[str, ...] = tuple(topological_order(self.dag))
+        self.dag: DepGraph = dependency_graph(workflow.steps, workflow.transitions)
+        self.order: tuple[str, ...] = tuple(self.dag.order())
         loops = {}
         for spec in workflow.loops:
-            body_set = (nx.descendants(self.dag, spec.target) | {spec.target}) & (
-                nx.ancestors(self.dag, spec.validator) | {spec.validator}
+            body_set = (self.dag.descendants(spec.target) | {spec.target}) & (
+                self.dag.ancestors(spec.validator) | {spec.validator}
             )
             body_set |= {spec.target, spec.validator}
             loops[spec.validator] = Loop(spec, tuple(s for s in self.order if s in body_set))
         self.loops: Mapping[str, Loop] = MappingProxyType(loops)
         self.revisers: frozenset[str] = frozenset(lp.reviser for lp in loops.values())
         self.conditions: Mapping[tuple[str, str], str] = MappingProxyType(
-            {
-                (a, b): d["when"]
-                for a, b, d in self.dag.edges(data=True)
-                if d.get("kind") == "conditional"
-            }
+            {(a, b): d["when"] for a, b, d in self.dag.edges() if d.get("kind") == "conditional"}
         )
         # Which loop (by validator) each body step belongs to.
         self.loop_of: Mapping[str, str] = MappingProxyType(
@@ -136,7 +130,7 @@ class Plan:
         return made[1]
 
     def upstream(self, step: str) -> frozenset[str]:
-        return frozenset(nx.ancestors(self.dag, step))
+        return frozenset(self.dag.ancestors(step) - {step})
 
     @cached_property
     def entry_steps(self) -> tuple[str, ...]:
@@ -145,9 +139,8 @@ class Plan:
     @cached_property
     def generations(self) -> tuple[tuple[str, ...], ...]:
         """Sets of steps that may run at the same time, in order."""
-        sub = self.dag.subgraph(self.linear)
         return tuple(
-            tuple(sorted(gen, key=self.order.index)) for gen in nx.topological_generations(sub)
+            tuple(sorted(gen, key=self.order.index)) for gen in self.dag.generations(self.linear)
         )
 
     def occurrences(self, step: str) -> int:

@@ -71,7 +71,7 @@ def _edges(plan: Plan) -> Iterator[_Edge]:
     """The DAG's edges in a stable order, minus validator → reviser (drawn as part of the loop)."""
     loop_links = {(lp.validator, lp.reviser) for lp in plan.loops.values()}
     index = {s: i for i, s in enumerate(plan.order)}
-    edges = sorted(plan.dag.edges(data=True), key=lambda e: (index[e[0]], index[e[1]]))
+    edges = sorted(plan.dag.edges(), key=lambda e: (index[e[0]], index[e[1]]))
     for a, b, data in edges:
         if (a, b) in loop_links:
             continue

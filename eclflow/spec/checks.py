@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import networkx as nx
-
 from .deps import dependency_graph
 from .model import Conditional, Diagnostic, Location, RevisionLoop, Sequential, Workflow
 
@@ -171,29 +169,23 @@ class _Checker:
         return ["steps"]
 
     def check_cycles(self) -> bool:
-        found = False
-        for component in nx.strongly_connected_components(self.graph):
-            nodes = sorted(component, key=lambda n: self.graph.nodes[n]["index"])
-            if len(nodes) == 1 and not self.graph.has_edge(nodes[0], nodes[0]):
-                continue
-            found = True
-            cycle = nx.find_cycle(self.graph.subgraph(nodes), source=nodes[0])
-            names = [a for a, _ in cycle] + [cycle[0][0]]
-            a, b = cycle[-1]
+        cycles = self.graph.cycles()
+        for cycle in cycles:
+            a, b = cycle[-1], cycle[0]
             self.error(
                 self.edge_path(a, b),
                 "E204",
-                f"cycle {' -> '.join(names)}",
+                f"cycle {' -> '.join([*cycle, b])}",
                 "only a revision_loop transition may lead back to an earlier step",
             )
-        return found
+        return bool(cycles)
 
     def loop_body(self, loop: RevisionLoop) -> set[str]:
         g = self.graph
         if loop.target not in g or loop.validator not in g:
             return set()
-        body = (nx.descendants(g, loop.target) | {loop.target}) & (
-            nx.ancestors(g, loop.validator) | {loop.validator}
+        body = (g.descendants(loop.target) | {loop.target}) & (
+            g.ancestors(loop.validator) | {loop.validator}
         )
         return body | {loop.target, loop.validator}
 
@@ -231,7 +223,7 @@ class _Checker:
                     f"the reviser of {where} must be a step of its own, not '{t.reviser}'",
                 )
                 continue
-            if t.target != t.validator and not nx.has_path(self.graph, t.target, t.validator):
+            if t.target != t.validator and not self.graph.has_path(t.target, t.validator):
                 self.error(
                     ["transitions", i, "target"],
                     "E207",
@@ -240,7 +232,7 @@ class _Checker:
                 )
                 continue
             body = self.loop_body(t)
-            if t.reviser in body or nx.has_path(self.graph, t.reviser, t.validator):
+            if t.reviser in body or self.graph.has_path(t.reviser, t.validator):
                 self.error(
                     ["transitions", i, "reviser"],
                     "E207",
@@ -270,7 +262,7 @@ class _Checker:
     def check_templates(self) -> None:
         loops = {t.validator for t in self.wf.loops}
         for i, s in enumerate(self.wf.steps):
-            upstream = nx.ancestors(self.graph, s.id) if s.id in self.graph else set()
+            upstream = self.graph.ancestors(s.id) if s.id in self.graph else set()
             allowed = upstream | self.loop_scope.get(s.id, set())
             allowed.discard(s.id)
             scope = _Scope(f"step '{s.id}'", allowed, s.id in self.in_loop, loops, set(self.wf.env))
@@ -280,7 +272,7 @@ class _Checker:
             self.prompt_templates(i, s, raw)
         for i, t in enumerate(self.wf.transitions):
             if isinstance(t, Conditional) and t.to in self.graph:
-                allowed = nx.ancestors(self.graph, t.to) | {t.from_}
+                allowed = self.graph.ancestors(t.to) | {t.from_}
                 scope = _Scope(
                     f"the condition of transitions[{i}]", allowed, False, loops, set(self.wf.env)
                 )
@@ -420,7 +412,7 @@ class _Checker:
                         used.add(p[1])
         for i, s in enumerate(self.wf.steps):
             g = self.graph
-            connected = g.in_degree(s.id) > 0 or g.out_degree(s.id) > 0 or s.id in self.in_loop
+            connected = bool(g.pred[s.id] or g.succ[s.id]) or s.id in self.in_loop
             if not connected and s.id not in used:
                 self.warn(
                     ["steps", i, "id"],
@@ -431,7 +423,7 @@ class _Checker:
                 continue
             if (
                 self.wf.output
-                and g.out_degree(s.id) == 0
+                and not g.succ[s.id]
                 and s.id not in used
                 and s.id not in self.in_loop
             ):
