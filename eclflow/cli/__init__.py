@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from .. import __version__
 
+# The module that defines each command. A command's module is imported only when that command
+# runs (or --help lists them all), so `eclflow validate` does not pay for `run`'s imports.
+_COMMANDS = {
+    "graph": "graph",
+    "logs": "logs",
+    "prune": "history",
+    "resume": "run",
+    "run": "run",
+    "runs": "history",
+    "serve": "serve",
+    "show": "history",
+    "status": "history",
+    "steps": "steps",
+    "validate": "validate",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in _COMMANDS:
+            importlib.import_module(f"{__name__}.{_COMMANDS[name]}")
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="eclflow")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 @click.option(
@@ -41,6 +68,4 @@ def cli(ctx: click.Context, verbose: bool, log_level: str | None, log_format: st
 
 
 def main() -> None:
-    from . import commands  # noqa: F401  (registers the subcommands)
-
     sys.exit(cli.main(standalone_mode=True))
