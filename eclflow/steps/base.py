@@ -204,24 +204,37 @@ class Step:
 
     def validate_input(self, input: Mapping[str, Any]) -> None:
         """Raise `ValidationError` when `input` cannot be executed. Default: check the schema."""
-        _check_schema(self.input_schema, input, "input")
+        _check(self._input_validator, input, "input")
 
     def validate_output(self, output: Any) -> None:
         """Raise `ValidationError` when `output` is not acceptable. Default: check the schema."""
-        schema = self.effective_output_schema()
-        if schema:
-            _check_schema(schema, output, "output")
+        _check(self._output_validator, output, "output")
+
+    # Built once per step: making a jsonschema validator costs several times more than using it.
+    @cached_property
+    def _input_validator(self) -> Any:
+        return _validator(self.input_schema)
+
+    @cached_property
+    def _output_validator(self) -> Any:
+        return _validator(self.effective_output_schema())
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         raise NotImplementedError
 
 
-def _check_schema(schema: Mapping[str, Any], value: Any, what: str) -> None:
+def _validator(schema: Mapping[str, Any] | None) -> Any:
     if not schema:
-        return
+        return None
     from jsonschema import Draft202012Validator
 
-    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
+    return Draft202012Validator(schema)
+
+
+def _check(validator: Any, value: Any, what: str) -> None:
+    if validator is None:
+        return
+    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         field_name = ".".join(str(p) for p in e.absolute_path) or None
