@@ -186,3 +186,81 @@ def test_killed_mid_step_resumes_without_repeating_calls(tmp_path: Path, kill_at
 @pytest.mark.postgres
 def test_killed_mid_step_resumes_on_postgres(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
     crash_and_resume(tmp_path, pg_url, "critique#1")
+
+
+TEMPLATE_CHAIN = """\
+eclflow: 1
+id: quote-chain
+inputs: {type: object, required: [topic], properties: {topic: {type: string}}}
+steps:
+  - {id: generate, type: llm, template: "Write about {{ topic }}", with: {topic: "{{ input.topic }}"}}
+  - id: quote
+    type: template
+    depends_on: [generate]
+    template: "> {{ text }}"
+    with: {text: "{{ steps.generate.output.text }}"}
+  - id: answer
+    type: llm
+    depends_on: [quote]
+    template: "Reply to {{ q }}"
+    with: {q: "{{ steps.quote.output.text }}"}
+output: {quote: "{{ steps.quote.output.text }}", answer: "{{ steps.answer.output.text }}"}
+"""
+
+
+@pytest.mark.slow
+def test_killed_after_a_template_step_resumes_from_its_journal(tmp_path: Path) -> None:
+    """A template step's result is not waited for (redoing it is free), but it is committed
+    in order with what follows: killed while the next model call is in flight, the journal holds
+    the template's result and resume calls only the interrupted step."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    journal = Journal(url)
+    wf = tmp_path / "chain.yaml"
+    wf.write_text(TEMPLATE_CHAIN)
+    first, first_log = tmp_path / "first.json", tmp_path / "first.jsonl"
+    first.write_text(json.dumps({"generate": "tides", "answer": {"content": "x", "delay": 60}}))
+    cmd = [sys.executable, "-m", "eclflow", "run", str(wf), "-i", "topic=sea", "--model", "mock/x"]
+    proc = subprocess.Popen(
+        [*cmd, "--mock-responses", str(first), "--json"],
+        env={**env, "ECLFLOW_MOCK_LOG": str(first_log)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        (run_id,) = wait_for(
+            lambda: journal.rows(
+                "select run_id from step_executions where key = 'answer' and state = 'running'"
+            ),
+            "answer to be in flight",
+        )[0]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    states = journal.rows(
+        "select key, state, output from step_executions where run_id = %s order by id", run_id
+    )
+    assert [(k, s) for k, s, _ in states] == [
+        ("generate", "succeeded"),
+        ("quote", "succeeded"),
+        ("answer", "running"),
+    ]
+    assert json.loads(states[1][2]) == {"text": "> tides"}
+
+    second, second_log = tmp_path / "second.json", tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"answer": "calm"}))
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "resume", run_id[:8], "--model", "mock/x"]
+        + ["--mock-responses", str(second), "--json"],
+        env={**env, "ECLFLOW_MOCK_LOG": str(second_log)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["output"] == {"quote": "> tides", "answer": "calm"}
+    assert calls(second_log) == ["answer"]
+    assert [s["replayed"] for s in result["steps"]] == [True, True, False]

@@ -279,8 +279,11 @@ class Executor:
             max_revisions=step.max_revisions,
         )
         try:
-            async with asyncio.timeout(step.spec.timeout):
+            if step.pure:  # never waits on anything: there is nothing a timer could cut short
                 result = await step.execute(ctx, input)
+            else:
+                async with asyncio.timeout(step.spec.timeout):
+                    result = await step.execute(ctx, input)
         except TimeoutError:
             result = _failure(StepTimeout(step.spec.timeout))
         except EclflowError as e:
@@ -332,7 +335,7 @@ class Executor:
             usage.prompt,
             [*traces, done],  # the journal keeps the step's story up to this attempt
         )
-        await attempts_log.finished(handle, attempt, record)
+        await attempts_log.finished(handle, attempt, record, commit=not step.pure)
         return record
 
     def _completer(self, step: Step, key: str, model: str | None, usage: _Usage) -> Any:

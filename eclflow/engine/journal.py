@@ -20,7 +20,10 @@ class AttemptLog(Protocol):
     def started(self, attempt: int, input: Any, model: str | None) -> Any:
         """Note that an attempt begins (without waiting); returns a handle for `finished`."""
 
-    async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None: ...
+    async def finished(
+        self, handle: Any, attempt: int, record: StepExecution, *, commit: bool = True
+    ) -> None:
+        """Record the attempt's result: once committed, or once queued when not `commit`."""
 
 
 class Journal(Protocol):
@@ -39,7 +42,9 @@ class _NoLog:
     def started(self, attempt: int, input: Any, model: str | None) -> None:
         return None
 
-    async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
+    async def finished(
+        self, handle: Any, attempt: int, record: StepExecution, *, commit: bool = True
+    ) -> None:
         return None
 
 
@@ -152,9 +157,12 @@ class _StoreAttemptLog:
             model,
         )
 
-    async def finished(self, handle: Any, attempt: int, record: StepExecution) -> None:
-        await self.journal.writer.finish(
+    async def finished(
+        self, handle: Any, attempt: int, record: StepExecution, *, commit: bool = True
+    ) -> None:
+        written = self.journal.writer.finish(
             handle,
+            commit,
             state="failed" if record.outcome == "failed" else "succeeded",
             outcome=record.outcome,
             output=record.output,
@@ -168,6 +176,8 @@ class _StoreAttemptLog:
             traces=[t.to_dict() for t in record.traces],
             prompt=record.prompt,
         )
+        if written is not None:
+            await written
 
 
 def execution_from_record(row: Any, *, replayed: bool) -> StepExecution:

@@ -175,6 +175,11 @@ class Step:
     input_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
     output_schema: ClassVar[Mapping[str, Any]] = {}
     uses_model: ClassVar[bool] = False
+    # Nothing outside the run sees it execute, redoing it costs nothing and it never waits on
+    # anything (no model call, no I/O): the run goes on without waiting for its result to be
+    # committed, since a crash before the commit only means executing it again, and it runs
+    # without the step timeout's timer, which could not cut it short anyway.
+    pure: ClassVar[bool] = False
     default_template: ClassVar[str | None] = None  # bundled template file name, if any
 
     def __init__(self, spec: StepSpec, workflow: Workflow | None = None) -> None:
@@ -224,8 +229,8 @@ class Step:
 
 
 def _validator(schema: Mapping[str, Any] | None) -> Any:
-    if not schema:
-        return None
+    if not schema or schema == {"type": "object"}:
+        return None  # the engine always hands a step a mapping: nothing left to check
     from jsonschema import Draft202012Validator
 
     return Draft202012Validator(schema)

@@ -3,7 +3,10 @@ time, on one worker thread.
 
 A step's `running` row is queued without waiting (a crash before it is committed only loses the
 knowledge that a call was in flight: the step is redone either way); its result is queued and
-awaited, so nothing that depends on it starts before it is committed. Whatever arrives while a
+awaited, so nothing that depends on it starts before it is committed — except a pure step's
+(a template: redoing it costs nothing), which the run does not wait for. Transactions commit in
+queue order, so the journal on disk is always a prefix of what the runs did: a result whose
+input came from an uncommitted pure step is never committed without it. Whatever arrives while a
 transaction is being written goes into the next one, so a thousand concurrent runs share a few
 commits instead of paying one each. Statements are plain parameterised SQL: building peewee
 queries cost more than the writes themselves.
@@ -68,12 +71,9 @@ class JournalWriter:
                 "definition_sha256, input, state, metadata, created_at, updated_at) "
                 f"VALUES ({', '.join([p] * 10)})"
             ),
-            "start": (
-                "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
-                f"input, model, started_at) VALUES ({', '.join([p] * 9)})"
-            ),
-            # a `running` row whose result came in the same batch: one row, written once
-            "start_finished": (
+            # a step row: `running`, or already with its result when that came in the same
+            # batch, or `skipped` (one statement, so a batch's rows keep their queue order)
+            "step": (
                 "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
                 "input, model, started_at, outcome, output, feedback, error, retryable, "
                 "duration_ms, tokens_in, tokens_out, cost, traces, prompt, completed_at) "
@@ -84,10 +84,6 @@ class JournalWriter:
                 f"feedback = {p}, error = {p}, retryable = {p}, duration_ms = {p}, "
                 f"tokens_in = {p}, tokens_out = {p}, cost = {p}, traces = {p}, prompt = {p}, "
                 f"completed_at = {p} WHERE run_id = {p} AND key = {p} AND attempt = {p}"
-            ),
-            "skip": (
-                "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
-                f"started_at, completed_at) VALUES ({p}, {p}, {p}, {p}, 0, 'skipped', {p}, {p})"
             ),
             "events": (
                 "INSERT INTO events (run_id, ts, kind, step_id, fields) "
@@ -220,7 +216,9 @@ class JournalWriter:
         self._queue("start", args, wait=False)
         return (run_id, key, attempt)
 
-    async def finish(self, handle: Handle, **f: Any) -> None:
+    def finish(self, handle: Handle, wait: bool = True, **f: Any) -> asyncio.Future[Any] | None:
+        """Queue an attempt's result; the future resolves once it is committed (None when
+        nobody waits for it)."""
         traces = f.get("traces")
         args = (
             f["state"],
@@ -238,13 +236,10 @@ class JournalWriter:
             _now(),
             *handle,
         )
-        future = self._queue("finish", args, wait=True)
-        assert future is not None
-        await future
+        return self._queue("finish", args, wait)
 
     async def record_skipped(self, run_id: str, step_id: str, key: str, iteration: int) -> None:
-        now = _now()
-        future = self._queue("skip", (run_id, step_id, key, iteration, now, now), wait=True)
+        future = self._queue("skip", (run_id, step_id, key, iteration, _now()), wait=True)
         assert future is not None
         await future
 
@@ -363,32 +358,35 @@ def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
     execute_batch(cursor, sql, rows, page_size=500)
 
 
-# The order a batch is written in: a run's row before its steps and events, a step's `running`
-# row before its result, a run's end after everything else of it.
-_PHASES = ("create_run", "start", "start_finished", "skip", "finish", "events", "end_run")
+# The order a batch is written in: a run's row before its steps and events, a run's end after
+# everything else of it.
+_PHASES = ("create_run", "step", "finish", "events", "end_run")
+_NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
 
 
 def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The batch's writes by kind in `_PHASES` order, a start and its finish made one insert."""
+    """The batch's writes by kind in `_PHASES` order; new step rows in queue order, a start and
+    its finish made one row."""
     by_kind: dict[str, list[tuple[Any, ...]]] = {}
-    starts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    steps: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # by (run id, key, attempt)
     for kind, args, _ in batch:
         if kind == "start":
-            starts[(args[0], args[2], args[4])] = args
-            continue
-        if kind == "finish":
-            started = starts.pop(args[-3:], None)
-            if started is not None:
-                # state, outcome, output, feedback, error, retryable, duration_ms, tokens_in,
-                # tokens_out, cost, traces, prompt, completed_at
-                by_kind.setdefault("start_finished", []).append(
-                    (*started[:5], args[0], *started[6:], *args[1:13])
-                )
-                continue
-        if kind != "noop":
+            steps[(args[0], args[2], args[4])] = (*args, *_NO_RESULT)
+        elif kind == "finish" and (started := steps.get(args[-3:])) is not None:
+            # state, outcome, output, feedback, error, retryable, duration_ms, tokens_in,
+            # tokens_out, cost, traces, prompt, completed_at
+            steps[args[-3:]] = (*started[:5], args[0], *started[6:9], *args[1:13])
+        elif kind == "skip":
+            run_id, step_id, key, iteration, now = args
+            steps[(run_id, key, "skip")] = (
+                *(run_id, step_id, key, iteration, 0, "skipped", None, None, now),
+                *_NO_RESULT[:-1],
+                now,
+            )
+        elif kind != "noop":
             by_kind.setdefault(kind, []).append(args)
-    if starts:
-        by_kind["start"] = list(starts.values())
+    if steps:
+        by_kind["step"] = list(steps.values())
     return [(kind, by_kind[kind]) for kind in _PHASES if kind in by_kind]
 
 
