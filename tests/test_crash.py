@@ -252,8 +252,10 @@ def test_killed_after_a_template_step_resumes_from_its_journal(tmp_path: Path) -
     second, second_log = tmp_path / "second.json", tmp_path / "second.jsonl"
     second.write_text(json.dumps({"answer": "calm"}))
     r = subprocess.run(
-        [sys.executable, "-m", "eclflow", "resume", run_id[:8], "--model", "mock/x"]
-        + ["--mock-responses", str(second), "--json"],
+        [
+            *(sys.executable, "-m", "eclflow", "resume", run_id[:8], "--model", "mock/x"),
+            *("--mock-responses", str(second), "--json"),
+        ],
         env={**env, "ECLFLOW_MOCK_LOG": str(second_log)},
         capture_output=True,
         text=True,
