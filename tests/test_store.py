@@ -588,8 +588,8 @@ def _version_rows(s: Store) -> list[int]:
 
 
 def test_fresh_database_is_at_the_latest_version(store: Store) -> None:
-    assert store.schema_version == migrations_module.latest_version() == 1
-    assert _version_rows(store) == [1]
+    assert store.schema_version == migrations_module.latest_version() == 2
+    assert _version_rows(store) == [1, 2]
     for table in ("workflows", "step_executions", "artifacts", "events", "schema_version"):
         assert store.db.table_exists(table)
 
@@ -602,7 +602,7 @@ def test_hand_made_v0_database_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
         conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
     with open_store(f"sqlite:///{path}") as s:
-        assert s.schema_version == 1 and _version_rows(s) == [1]
+        assert s.schema_version == 2 and _version_rows(s) == [1, 2]
         new_run(s)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
@@ -616,18 +616,42 @@ def test_older_database_is_upgraded_by_new_migrations(
         run_id = new_run(s)
         add_step(s, run_id, "generate")
 
-    def v2(db: object, models: object) -> None:
+    def v3(db: object, models: object) -> None:
         db.execute_sql("ALTER TABLE workflows ADD COLUMN note TEXT")  # type: ignore[attr-defined]
         db.execute_sql("UPDATE workflows SET note = 'migrated'")  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v2])
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v3])
     with open_store(url) as s:
-        assert s.schema_version == 2 and _version_rows(s) == [1, 2]
+        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
         assert s.db.execute_sql("SELECT note FROM workflows").fetchall() == [("migrated",)]
         assert s.runs.get(run_id).input["topic"] == "tides"
         assert len(s.steps.for_run(run_id)) == 1
     with open_store(url) as s:  # applied once only
-        assert _version_rows(s) == [1, 2]
+        assert _version_rows(s) == [1, 2, 3]
+
+
+def test_version_1_database_loses_the_started_at_index(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(migrations_module, "MIGRATIONS", migrations_module.MIGRATIONS[:1])
+        with open_store(url) as s:  # as version 1 made it
+            s.db.execute_sql(
+                "CREATE INDEX step_executions_run_id_started_at "
+                "ON step_executions (run_id, started_at)"
+            )
+            run_id = new_run(s)
+            add_step(s, run_id, "generate")
+            assert s.schema_version == 1
+            assert "step_executions_run_id_started_at" in _indexes(s)
+    with open_store(url) as s:
+        assert s.schema_version == 2 and _version_rows(s) == [1, 2]
+        assert _indexes(s) - {"step_executions_pkey"} == {"step_executions_run_id_key_attempt"}
+        assert [r.key for r in s.steps.for_run(run_id)] == ["generate"]
+
+
+def _indexes(s: Store) -> set[str]:
+    return {i.name for i in s.db.get_indexes("step_executions")}
 
 
 def test_newer_database_is_refused(url: str) -> None:
@@ -636,7 +660,7 @@ def test_newer_database_is_refused(url: str) -> None:
     with pytest.raises(PersistenceError) as e:
         open_store(url)
     assert str(e.value) == (
-        "Database error: database schema version 7 is newer than this eclflow (supports 1); "
+        "Database error: database schema version 7 is newer than this eclflow (supports 2); "
         "upgrade eclflow"
     )
 
