@@ -104,7 +104,13 @@ class JournalWriter:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                self.loop.call_soon(self._launch)
+                if self.inline and len(self._recorders) <= 1:
+                    # One run in this loop: no other run's write could join the transaction,
+                    # so write now rather than a loop iteration later (the caller then awaits
+                    # a future that is already done, which does not suspend it).
+                    self._launch()
+                else:
+                    self.loop.call_soon(self._launch)
             elif self._timer is None:
                 # Nobody waits for this one: give it a few milliseconds to share a transaction
                 # with the result that usually follows.
