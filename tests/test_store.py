@@ -587,6 +587,33 @@ def _version_rows(s: Store) -> list[int]:
     return [r.version for r in M.select().order_by(M.version)]
 
 
+def test_journal_writer_commits_big_and_small_batches_in_queue_order(store: Store) -> None:
+    """A batch of hundreds of writes (SQLite: from the writer's thread) and single awaited
+    writes (on the loop's thread) land complete and in the order they were queued."""
+    import asyncio
+
+    from eclflow.store.writer import writer_for
+
+    run_id = new_run(store)
+
+    async def write() -> None:
+        w = writer_for(store)
+        handles = [w.start(run_id, f"s{i}", f"s{i}", 0, 1, {"i": i}) for i in range(300)]
+        for i, h in enumerate(handles):
+            w.finish(h, False, state="succeeded", outcome="success", output={"i": i})
+        await w.drain()
+        last = w.start(run_id, "last", "last", 0, 1)
+        done = w.finish(last, state="succeeded", outcome="success", output={"i": 300})
+        assert done is not None
+        await done
+
+    asyncio.run(write())
+    rows = store.steps.for_run(run_id)
+    assert [r.key for r in rows] == [*(f"s{i}" for i in range(300)), "last"]
+    assert [r.output for r in rows] == [{"i": i} for i in range(301)]
+    assert {r.state for r in rows} == {"succeeded"}
+
+
 def test_fresh_database_is_at_the_latest_version(store: Store) -> None:
     assert store.schema_version == migrations_module.latest_version() == 2
     assert _version_rows(store) == [1, 2]

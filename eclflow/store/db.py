@@ -107,7 +107,9 @@ class Store:
         self._shared: threading.RLock | None = None
         self._closed = False
         self.db = _database(url)
-        if url.kind == "sqlite" and url.path == MEMORY:
+        # one connection shared by every thread, under a lock
+        self.in_memory = url.kind == "sqlite" and url.path == MEMORY
+        if self.in_memory:
             self._shared = threading.RLock()
         self.models = make_models(self.db)
         self.runs = RunRepository(self)

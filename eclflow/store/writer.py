@@ -26,6 +26,10 @@ import orjson
 from .._time import utc_text
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
+# SQLite batches of at least this many writes go to the worker thread: they take milliseconds,
+# mostly inside SQLite, which releases the GIL, so the runs go on meanwhile on the other core;
+# smaller ones are cheaper on the loop's thread than a thread hop.
+THREAD_AT = 64
 EVENTS_EVERY = 0.2  # seconds between two writes of the runs' events (`eclflow logs --follow`)
 Handle = tuple[str, str, int]  # (run id, journal key, attempt)
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
@@ -62,8 +66,10 @@ class JournalWriter:
         self._recorders: set[Any] = set()
         self._events_timer: asyncio.TimerHandle | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eclflow-journal")
-        # PostgreSQL is written from the worker thread, never from the event loop.
+        # PostgreSQL is written from the worker thread, never from the event loop; SQLite
+        # small batches on the loop's thread (see THREAD_AT).
         self.inline = store.kind == "sqlite"
+        self._thread_at = 1 if not self.inline else 2**62 if store.in_memory else THREAD_AT
         p = store.db.param
         self._sql = {
             "create_run": (
@@ -129,7 +135,7 @@ class JournalWriter:
         if not batch:
             self._busy = False
             return
-        if self.inline:
+        if len(batch) < self._thread_at:
             # SQLite: a local file, a transaction of tens of microseconds; a thread hop would
             # cost more than the write.
             error: BaseException | None = None
@@ -281,7 +287,7 @@ class JournalWriter:
 
     def _write(self, batch: list[_Op]) -> None:
         groups = _grouped(batch)
-        if self.inline:
+        if self.inline:  # SQLite, from either thread
             self._write_sqlite(groups)
             return
         with self.store.transaction():
