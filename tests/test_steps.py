@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
@@ -227,3 +228,15 @@ def test_step_timeout_is_retryable() -> None:
     s = GenerateStep(spec("generate", timeout=0.05, retry=RetrySpec(2, 0, 0, 1)))
     e = asyncio.run(ex.run(s, "generate", 0, {"topic": "t"}, _NoLog()))
     assert e.outcome == "success" and e.attempts == 2 and e.output == {"draft": "on time"}
+
+
+def test_an_object_output_schema_still_refuses_a_non_object() -> None:
+    class Objects(Step):
+        type_name = "objects"
+        output_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
+
+    step = Objects(spec("generate"))
+    step.validate_input({"anything": 1})  # inputs are always mappings: nothing to refuse
+    step.validate_output({"a": 1})
+    with pytest.raises(ValidationError, match="output 'text' is not of type 'object'"):
+        step.validate_output("text")

@@ -218,6 +218,8 @@ class Step:
     # Built once per step: making a jsonschema validator costs several times more than using it.
     @cached_property
     def _input_validator(self) -> Any:
+        if self.input_schema == {"type": "object"}:
+            return None  # the engine always hands a step a mapping: nothing left to check
         return _validator(self.input_schema)
 
     @cached_property
@@ -229,8 +231,8 @@ class Step:
 
 
 def _validator(schema: Mapping[str, Any] | None) -> Any:
-    if not schema or schema == {"type": "object"}:
-        return None  # the engine always hands a step a mapping: nothing left to check
+    if not schema:
+        return None
     from jsonschema import Draft202012Validator
 
     return Draft202012Validator(schema)
