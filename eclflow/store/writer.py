@@ -1,5 +1,5 @@
 """Group commit for the journal: the writes of every run in an event loop, one transaction at a
-time, on one worker thread.
+time (on SQLite small ones on the loop's thread, big ones and PostgreSQL's on one worker thread).
 
 A step's `running` row is queued without waiting (a crash before it is committed only loses the
 knowledge that a call was in flight: the step is redone either way); its result is queued and
@@ -294,7 +294,7 @@ class JournalWriter:
             self._apply(self.store.db.cursor(), groups, _many_pages)
 
     def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        """On the loop's own connection: BEGIN/COMMIT by hand, no ORM in between."""
+        """On this thread's connection: BEGIN/COMMIT by hand, no ORM in between."""
         with self.store.reading():
             conn = self.store.db.connection()
             conn.execute("BEGIN IMMEDIATE")
