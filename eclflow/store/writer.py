@@ -106,10 +106,9 @@ class JournalWriter:
             self._awaited += 1
         if not self._busy:
             if wait:
+                # (a linger timer still armed is left to fire on an empty queue: cheaper than
+                # cancelling one and arming another for nearly every step)
                 self._busy = True
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
                 if self.inline and len(self._recorders) <= 1:
                     # One run in this loop: no other run's write could join the transaction,
                     # so write now rather than a loop iteration later (the caller then awaits
