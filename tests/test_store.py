@@ -606,12 +606,35 @@ def test_journal_writer_commits_big_and_small_batches_in_queue_order(store: Stor
         done = w.finish(last, state="succeeded", outcome="success", output={"i": 300})
         assert done is not None
         await done
+        # results of rows committed earlier: many UPDATEs in one batch, NULLs among them
+        later = [w.start(run_id, f"u{i}", f"u{i}", 0, 1) for i in range(300)]
+        await w.drain()
+        for i, h in enumerate(later):
+            fields: dict[str, object] = {"state": "failed", "outcome": "failed", "error": "e"}
+            if i % 2:
+                fields = {
+                    **{"state": "succeeded", "outcome": "success", "output": {"i": i}},
+                    **{"retryable": False, "duration_ms": i, "tokens_in": 2, "tokens_out": 3},
+                    **{"cost": 0.25, "traces": [{"message": "ok"}], "prompt": [{"role": "u"}]},
+                }
+            w.finish(h, False, **fields)
+        await w.drain()
 
     asyncio.run(write())
     rows = store.steps.for_run(run_id)
-    assert [r.key for r in rows] == [*(f"s{i}" for i in range(300)), "last"]
-    assert [r.output for r in rows] == [{"i": i} for i in range(301)]
-    assert {r.state for r in rows} == {"succeeded"}
+    assert [r.key for r in rows] == [
+        *(f"s{i}" for i in range(300)),
+        "last",
+        *(f"u{i}" for i in range(300)),
+    ]
+    assert [r.output for r in rows[:301]] == [{"i": i} for i in range(301)]
+    assert {r.state for r in rows[:301]} == {"succeeded"}
+    failed, ok = rows[301], rows[302]
+    assert (failed.state, failed.error, failed.output, failed.cost) == ("failed", "e", None, None)
+    assert (ok.state, ok.output, ok.retryable, ok.duration_ms) == ("succeeded", {"i": 1}, False, 1)
+    assert (ok.tokens_in, ok.tokens_out, ok.cost) == (2, 3, 0.25)
+    assert ok.traces == [{"message": "ok"}] and ok.prompt == [{"role": "u"}]
+    assert ok.completed_at is not None and failed.completed_at is not None
 
 
 def test_fresh_database_is_at_the_latest_version(store: Store) -> None:

@@ -362,11 +362,46 @@ class JournalWriter:
 
 
 def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """PostgreSQL: psycopg2's executemany is one round trip per row; execute_batch sends the
-    statements a few hundred at a time."""
-    from psycopg2.extras import execute_batch
+    """PostgreSQL: psycopg2's executemany is one round trip per row. Many rows become one
+    statement per thousand (one parse and plan each): `INSERT … VALUES (…), (…)`, and results
+    as `UPDATE … FROM (VALUES …)`."""
+    from psycopg2.extras import execute_values
 
-    execute_batch(cursor, sql, rows, page_size=500)
+    if sql.startswith("INSERT"):
+        head, _, row = sql.partition(" VALUES ")
+        execute_values(cursor, f"{head} VALUES %s", rows, template=row, page_size=1000)
+    else:
+        assert sql.startswith("UPDATE step_executions SET"), sql
+        execute_values(cursor, _PG_FINISH_MANY, rows, template=_PG_FINISH_ROW, page_size=1000)
+
+
+# `finish` for many rows at once on PostgreSQL; the casts type the VALUES list, whose NULLs
+# would otherwise be text.
+_FINISHED = (
+    ("state", "varchar"),
+    ("outcome", "varchar"),
+    ("output", "json"),
+    ("feedback", "text"),
+    ("error", "text"),
+    ("retryable", "boolean"),
+    ("duration_ms", "integer"),
+    ("tokens_in", "integer"),
+    ("tokens_out", "integer"),
+    ("cost", "float8"),
+    ("traces", "json"),
+    ("prompt", "json"),
+    ("completed_at", "timestamptz"),
+    ("run_id", "varchar"),
+    ("key", "text"),
+    ("attempt", "integer"),
+)
+_PG_FINISH_MANY = (
+    "UPDATE step_executions AS s SET "
+    + ", ".join(f"{c} = v.{c}" for c, _ in _FINISHED[:-3])
+    + f" FROM (VALUES %s) AS v ({', '.join(c for c, _ in _FINISHED)}) "
+    "WHERE s.run_id = v.run_id AND s.key = v.key AND s.attempt = v.attempt"
+)
+_PG_FINISH_ROW = f"({', '.join(f'%s::{t}' for _, t in _FINISHED)})"
 
 
 # The order a batch is written in: a run's row before its steps and events, a run's end after
