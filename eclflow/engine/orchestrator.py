@@ -143,37 +143,62 @@ class Orchestrator:
         return result
 
     async def _linear_pass(self, state: _State) -> None:
+        """Every step of the linear pass, each once all it waits for has settled.
+
+        A task follows one chain of steps: when a step settles, the task goes on with the first
+        step it made ready and starts a task for each other one, so a linear workflow runs in
+        one task and parallel branches each get their own.
+        """
         plan = self.plan
-        settled: dict[str, asyncio.Future[str]] = {
-            s: asyncio.get_running_loop().create_future() for s in plan.linear
-        }
+        settled: dict[str, str] = {}  # step → succeeded | skipped | aborted
+        begun = set(plan.entry_steps)
         failure: list[_RunFailed] = []
+        tasks: list[asyncio.Task[None]] = []
 
-        async def run_one(sid: str) -> None:
-            try:
-                statuses = [await settled[w] for w in plan.waits[sid]]
-                if failure or "aborted" in statuses:
-                    settled[sid].set_result("aborted")
-                    return
-                if not self._is_active(sid, state):
-                    await self._skip(sid, state)
-                    settled[sid].set_result("skipped")
-                    return
-                await self._run_step(sid, state, loop=self._first_pass_loop(sid))
-                if sid in plan.loops:
-                    await self._run_loop(plan.loops[sid], state)
-                settled[sid].set_result("succeeded")
-            except _RunFailed as f:
-                failure.append(f)
-                settled[sid].set_result("aborted")
-            except BaseException:
-                if not settled[sid].done():
-                    settled[sid].set_result("aborted")
-                raise
+        async def follow(sid: str | None) -> None:
+            while sid is not None:
+                done = sid
+                settled[done] = await self._settle(done, state, settled, failure)
+                sid = None
+                for d in plan.dependants[done]:
+                    if d not in begun and all(w in settled for w in plan.waits[d]):
+                        begun.add(d)
+                        if sid is None:
+                            sid = d
+                        else:
+                            tasks.append(asyncio.get_running_loop().create_task(follow(d)))
 
-        await asyncio.gather(*(run_one(s) for s in plan.linear))
+        entry = plan.entry_steps
+        tasks.extend(asyncio.get_running_loop().create_task(follow(s)) for s in entry[1:])
+        try:
+            await follow(entry[0] if entry else None)
+            while tasks:  # the tasks may start more while we wait
+                await tasks[0]
+                tasks.pop(0)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
         if failure:
             raise failure[0]
+
+    async def _settle(
+        self, sid: str, state: _State, settled: Mapping[str, str], failure: list[_RunFailed]
+    ) -> str:
+        """Run (or skip) one step of the linear pass, with its loop; how it settled."""
+        try:
+            if failure or any(settled[w] == "aborted" for w in self.plan.waits[sid]):
+                return "aborted"
+            if not self._is_active(sid, state):
+                await self._skip(sid, state)
+                return "skipped"
+            await self._run_step(sid, state, loop=self._first_pass_loop(sid))
+            if sid in self.plan.loops:
+                await self._run_loop(self.plan.loops[sid], state)
+            return "succeeded"
+        except _RunFailed as f:
+            failure.append(f)
+            return "aborted"
 
     def _is_active(self, sid: str, state: _State) -> bool:
         preds = self.plan.predecessors[sid]

@@ -100,6 +100,15 @@ class Plan:
         return MappingProxyType(out)
 
     @cached_property
+    def dependants(self) -> Mapping[str, tuple[str, ...]]:
+        """The linear steps that wait for each linear step, in order."""
+        out: dict[str, list[str]] = {s: [] for s in self.linear}
+        for s in self.linear:
+            for w in self.waits[s]:
+                out[w].append(s)
+        return MappingProxyType({s: tuple(d) for s, d in out.items()})
+
+    @cached_property
     def predecessors(self) -> Mapping[str, tuple[str, ...]]:
         """Each step's direct predecessors in the dependency graph."""
         return MappingProxyType({s: tuple(self.dag.predecessors(s)) for s in self.order})
