@@ -26,9 +26,11 @@ import orjson
 from .._time import utc_text
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
-# SQLite batches of at least this many writes go to the worker thread: they take milliseconds,
-# mostly inside SQLite, which releases the GIL, so the runs go on meanwhile on the other core;
-# smaller ones are cheaper on the loop's thread than a thread hop.
+# With several runs in the loop, SQLite batches of at least this many writes go to the worker
+# thread: they take milliseconds, mostly inside SQLite, which releases the GIL, so the other runs
+# go on meanwhile on the other core. Smaller ones are cheaper on the loop's thread than a thread
+# hop, and so is everything of a lone run (its next steps would only fight the thread for the
+# GIL).
 THREAD_AT = 64
 EVENTS_EVERY = 0.2  # seconds between two writes of the runs' events (`eclflow logs --follow`)
 Handle = tuple[str, str, int]  # (run id, journal key, attempt)
@@ -134,7 +136,7 @@ class JournalWriter:
         if not batch:
             self._busy = False
             return
-        if len(batch) < self._thread_at:
+        if len(batch) < self._thread_at or (self.inline and len(self._recorders) <= 1):
             # SQLite: a local file, a transaction of tens of microseconds; a thread hop would
             # cost more than the write.
             error: BaseException | None = None
