@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,15 @@ def _budget_dict(b: Budget) -> dict[str, Any]:
     return {"max_usd": b.max_usd, "max_tokens": b.max_tokens, "max_calls": b.max_calls}
 
 
+@lru_cache(maxsize=32)
+def _stored_workflow(definition: str, file: str, base_dir: Path | None) -> Workflow:
+    """A run's stored definition, parsed once per process: a batch that starts again resumes
+    hundreds of runs of one file, and parsing and checking it takes milliseconds."""
+    from ..spec import load_text
+
+    return load_text(definition, file=file, base_dir=base_dir)
+
+
 async def resume(
     run_id: str,
     *,
@@ -307,14 +317,12 @@ async def resume(
     """Continue a run from its journal: succeeded steps are replayed without calling anything.
 
     A budget given here replaces the one the run had; what the run already spent counts."""
-    from ..spec import load, load_text
+    from ..spec import load
 
     record = store.runs.find(run_id)
     meta = dict(record.metadata or {})
     path = Path(meta["path"]) if meta.get("path") else None
-    wf = load_text(
-        record.definition, file=str(path or "<stored>"), base_dir=path.parent if path else None
-    )
+    wf = _stored_workflow(record.definition, str(path or "<stored>"), path.parent if path else None)
     if path is not None and path.is_file():
         on_disk = path.read_text(encoding="utf-8")
         if on_disk != record.definition:
