@@ -91,27 +91,14 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60) -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
-    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
-    journal = Journal(url)
-    first_script, first_log = tmp_path / "first.json", tmp_path / "first.jsonl"
-    first_script.write_text(script(KEYS, slow=kill_at))
+def start_and_kill(
+    args: list[str], env: dict[str, str], log: Path, journal: Journal, key: str
+) -> str:
+    """Start `eclflow ARGS`, wait until `key` is in flight in the journal, kill -9 the process;
+    the run's id."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eclflow",
-            "run",
-            str(CRITIQUE_REVISE),
-            "-i",
-            "topic=tides",
-            "--model",
-            "mock/x",
-            "--mock-responses",
-            str(first_script),
-            "--json",
-        ],
-        env={**env, "ECLFLOW_MOCK_LOG": str(first_log)},
+        [sys.executable, "-m", "eclflow", *args],
+        env={**env, "ECLFLOW_MOCK_LOG": str(log)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -119,15 +106,50 @@ def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
     try:
         (run_id,) = wait_for(
             lambda: journal.rows(
-                "select run_id from step_executions where key = %s and state = 'running'", kill_at
+                "select run_id from step_executions where key = %s and state = 'running'", key
             ),
-            f"{kill_at} to be in flight",
+            f"{key} to be in flight",
         )[0]
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.communicate(timeout=30)  # reaped: the pid is gone, so resume will not refuse
     assert proc.returncode == -signal.SIGKILL
+    return str(run_id)
+
+
+def resume(run_id: str, script_file: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
+    """`eclflow resume` of the run on `script_file`'s replies; its JSON result."""
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", "resume", run_id[:8], "--model", "mock/x"),
+            *("--mock-responses", str(script_file), "--json"),
+        ],
+        env={**env, "ECLFLOW_MOCK_LOG": str(log)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
+
+
+def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    journal = Journal(url)
+    first_script, first_log = tmp_path / "first.json", tmp_path / "first.jsonl"
+    first_script.write_text(script(KEYS, slow=kill_at))
+    run_id = start_and_kill(
+        [
+            *("run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--model", "mock/x"),
+            *("--mock-responses", str(first_script), "--json"),
+        ],
+        env,
+        first_log,
+        journal,
+        kill_at,
+    )
 
     done = KEYS[: KEYS.index(kill_at)]
     left = KEYS[KEYS.index(kill_at) :]
@@ -140,26 +162,7 @@ def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
 
     second_script, second_log = tmp_path / "second.json", tmp_path / "second.jsonl"
     second_script.write_text(script(left))  # only the replies still needed
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eclflow",
-            "resume",
-            run_id[:8],
-            "--model",
-            "mock/x",
-            "--mock-responses",
-            str(second_script),
-            "--json",
-        ],
-        env={**env, "ECLFLOW_MOCK_LOG": str(second_log)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout)
+    result = resume(run_id, second_script, env, second_log)
     assert result["status"] == "completed" and result["run_id"] == run_id
     assert result["output"] == {"final_text": "draft two", "revision_count": 1}
     assert calls(second_log) == left  # nothing that had succeeded was called again
@@ -220,25 +223,16 @@ def test_killed_after_a_template_step_resumes_from_its_journal(tmp_path: Path) -
     wf.write_text(TEMPLATE_CHAIN)
     first, first_log = tmp_path / "first.json", tmp_path / "first.jsonl"
     first.write_text(json.dumps({"generate": "tides", "answer": {"content": "x", "delay": 60}}))
-    cmd = [sys.executable, "-m", "eclflow", "run", str(wf), "-i", "topic=sea", "--model", "mock/x"]
-    proc = subprocess.Popen(
-        [*cmd, "--mock-responses", str(first), "--json"],
-        env={**env, "ECLFLOW_MOCK_LOG": str(first_log)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    run_id = start_and_kill(
+        [
+            *("run", str(wf), "-i", "topic=sea", "--model", "mock/x"),
+            *("--mock-responses", str(first), "--json"),
+        ],
+        env,
+        first_log,
+        journal,
+        "answer",
     )
-    try:
-        (run_id,) = wait_for(
-            lambda: journal.rows(
-                "select run_id from step_executions where key = 'answer' and state = 'running'"
-            ),
-            "answer to be in flight",
-        )[0]
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=30)
     states = journal.rows(
         "select key, state, output from step_executions where run_id = %s order by id", run_id
     )
@@ -251,18 +245,7 @@ def test_killed_after_a_template_step_resumes_from_its_journal(tmp_path: Path) -
 
     second, second_log = tmp_path / "second.json", tmp_path / "second.jsonl"
     second.write_text(json.dumps({"answer": "calm"}))
-    r = subprocess.run(
-        [
-            *(sys.executable, "-m", "eclflow", "resume", run_id[:8], "--model", "mock/x"),
-            *("--mock-responses", str(second), "--json"),
-        ],
-        env={**env, "ECLFLOW_MOCK_LOG": str(second_log)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout)
+    result = resume(run_id, second, env, second_log)
     assert result["output"] == {"quote": "> tides", "answer": "calm"}
     assert calls(second_log) == ["answer"]
     assert [s["replayed"] for s in result["steps"]] == [True, True, False]
