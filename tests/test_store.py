@@ -637,6 +637,34 @@ def test_journal_writer_commits_big_and_small_batches_in_queue_order(store: Stor
     assert ok.completed_at is not None and failed.completed_at is not None
 
 
+def test_journal_writer_ends_runs_with_their_metadata_merged(store: Store) -> None:
+    import asyncio
+
+    from eclflow.store.writer import writer_for
+
+    ids = [new_run(store, metadata={"path": "w.yaml", "model": "mock/x"}) for _ in range(3)]
+
+    async def end() -> None:
+        w = writer_for(store)
+        await asyncio.gather(  # one batch: PostgreSQL ends them all in one statement
+            *(
+                w.end_run(run_id, "completed", {"i": i}, None, None, {"model": "mock/y", "i": i})
+                for i, run_id in enumerate(ids)
+            ),
+            w.end_run(ids[2], "failed", None, "boom", "critique", {"tokens": 5}),  # ended twice
+        )
+
+    asyncio.run(end())
+    for i, run_id in enumerate(ids[:2]):
+        run = store.runs.get(run_id)
+        assert (run.state, run.output, run.error) == ("completed", {"i": i}, None)
+        assert run.metadata == {"path": "w.yaml", "model": "mock/y", "i": i}
+        assert run.completed_at is not None
+    last = store.runs.get(ids[2])
+    assert (last.state, last.output, last.error) == ("failed", None, "boom")
+    assert last.metadata == {"path": "w.yaml", "model": "mock/y", "i": 2, "tokens": 5}
+
+
 def test_fresh_database_is_at_the_latest_version(store: Store) -> None:
     assert store.schema_version == migrations_module.latest_version() == 2
     assert _version_rows(store) == [1, 2]
