@@ -55,6 +55,7 @@ def has_template(value: str) -> bool:
     return "{{" in value or "{%" in value or "{#" in value
 
 
+@lru_cache(maxsize=4096)
 def single_expression(value: str) -> str | None:
     """The body of `value` when it is exactly one `{{ … }}` (so it keeps its type), else None."""
     m = _SINGLE_EXPR.match(value)
@@ -102,6 +103,13 @@ def render_string(source: str, context: Mapping[str, Any]) -> str:
     """Render a template to text."""
     if not has_template(source):
         return source
+    body = single_expression(source)
+    if body is not None and source.startswith("{{") and source.endswith("}}"):
+        path = _dotted(body)
+        if path is not None and path[0] not in _LITERALS:
+            value = _lookup(path, context)
+            if type(value) is str:
+                return value  # what Jinja would print, without building a context for it
     try:
         template, globals_ = _renderer(source)
         ctx = new_context(
@@ -116,6 +124,7 @@ def render_string(source: str, context: Mapping[str, Any]) -> str:
 
 _PATH = re.compile(r"^\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*$")
 _MISSING = object()
+_LITERALS = frozenset({"true", "false", "none", "True", "False", "None"})
 
 
 @lru_cache(maxsize=4096)
@@ -128,7 +137,7 @@ def _lookup(path: tuple[str, ...], context: Mapping[str, Any]) -> Any:
     """`a.b.c` through mappings only, as the sandbox would resolve it; _MISSING otherwise."""
     value: Any = context
     for part in path:
-        if not isinstance(value, Mapping) or part not in value:
+        if not (type(value) is dict or isinstance(value, Mapping)) or part not in value:
             return _MISSING
         value = value[part]
     return value
@@ -139,7 +148,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     body = single_expression(expression)
     source = body if body is not None else expression
     path = _dotted(source)
-    if path is not None and path[0] not in ("true", "false", "none", "True", "False", "None"):
+    if path is not None and path[0] not in _LITERALS:
         value = _lookup(path, context)
         if value is not _MISSING:
             return value  # the common `steps.x.output.y`, without building a Jinja context

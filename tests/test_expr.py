@@ -58,3 +58,21 @@ def test_referenced_paths() -> None:
     assert ("loop", "feedback") in paths
     assert ("steps", "b", "status") in paths
     assert not any(p[0] == "i" for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ a.b }}", "text"),  # a string found by its path: returned as Jinja would print it
+        (" {{ a.b }} ", " text "),  # text around the expression stays
+        ("{{ n }}", "3"),  # not a string: Jinja prints it
+        ("{{ a.b | upper }}", "TEXT"),
+        ("{{ a }}", "{'b': 'text'}"),
+    ],
+)
+def test_render_string_of_one_expression_prints_what_jinja_prints(
+    source: str, expected: str
+) -> None:
+    context = {"a": {"b": "text"}, "n": 3}
+    assert expr.render_string(source, context) == expected
+    assert expr.environment().from_string(source).render(context) == expected

@@ -48,6 +48,9 @@ class _NoLog:
         return None
 
 
+_NO_LOG = _NoLog()
+
+
 class MemoryJournal:
     """Not durable: runs everything, remembers nothing. `seed` replays given executions."""
 
@@ -63,7 +66,7 @@ class MemoryJournal:
     ) -> StepExecution:
         if key in self.seed:
             return _replayed(self.seed[key])
-        return await execute(_NoLog())
+        return await execute(_NO_LOG)
 
     async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
         return StepExecution(step_id, key, iteration, "skipped")

@@ -320,8 +320,12 @@ class TemplateStep(Step):
             super().validate_output(output)
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
-        variables = {**input, "config": dict(self.spec.config)}
+        variables = {**input, "config": self._config}
         return StepResult.success({"text": expr.render_string(self.source(), variables)})
+
+    @cached_property
+    def _config(self) -> dict[str, Any]:
+        return dict(self.spec.config)  # templates only read it (the sandbox is immutable)
 
 
 BUILTINS: tuple[type[Step], ...] = (GenerateStep, CritiqueStep, ReviseStep, LLMStep, TemplateStep)
