@@ -213,13 +213,7 @@ def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: 
     cost = sum(r.cost or 0.0 for r in rows)
     if fmt == "json":
         data = {
-            "id": run.id,
-            "workflow_id": run.definition_id,
-            "workflow_name": run.definition_name,
-            "state": run.state,
-            "error": run.error,
-            "failed_step": run.failed_step,
-            "created_at": run.created_at,
+            **_run_fields(run),
             "updated_at": run.updated_at,
             "completed_at": run.completed_at,
             "duration_ms": _run_duration_ms(run),
@@ -341,13 +335,7 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
         data: dict[str, Any] = {"executions": executions}
         if step is None:
             data = {
-                "id": run.id,
-                "workflow_id": run.definition_id,
-                "workflow_name": run.definition_name,
-                "state": run.state,
-                "error": run.error,
-                "failed_step": run.failed_step,
-                "created_at": run.created_at,
+                **_run_fields(run),
                 "completed_at": run.completed_at,
                 "metadata": run.metadata,
                 "input": run.input,
@@ -378,6 +366,19 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
             out.append("-- traces")
             out += [_trace(t) for t in e["traces"]]
     click.echo("\n".join(out).lstrip("\n"))
+
+
+def _run_fields(run: Any) -> dict[str, Any]:
+    """What `status` and `show` both print of a run, as JSON."""
+    return {
+        "id": run.id,
+        "workflow_id": run.definition_id,
+        "workflow_name": run.definition_name,
+        "state": run.state,
+        "error": run.error,
+        "failed_step": run.failed_step,
+        "created_at": run.created_at,
+    }
 
 
 def _execution(r: Any) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from typing import Any
 import click
 
 from ..observe.logs import shorten
+from ..store.records import TERMINAL_STATES
 from . import cli
 from ._common import db_option, handle_errors, open_store
 
-_TERMINAL = ("completed", "failed", "cancelled")
 _SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
 
 
@@ -49,7 +49,7 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
             if not follow:
                 break
             state = store.runs.get(run.id).state
-            if state in _TERMINAL:
+            if state in TERMINAL_STATES:
                 # one last read: the run may have written its final events just now
                 for event in store.events.for_run(run.id, after_id=last_id):
                     last_id = event.id

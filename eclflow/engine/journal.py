@@ -94,7 +94,8 @@ class StoreJournal:
         self.seed = dict(seed or {})  # executions reused from another run (--from)
         self._writer: Any = None
         rows = [] if fresh else store.steps.for_run(run_id)
-        self._done: dict[str, Any] = {} if fresh else store.steps.succeeded(run_id)
+        # the succeeded row of each key (rows come in the order they started)
+        self._done: dict[str, Any] = {r.key: r for r in rows if r.state == "succeeded"}
         self._last_attempt: dict[str, int] = {}
         self._skipped: set[str] = set()
         for r in rows:

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from .._time import utc_text
+from .records import TERMINAL_STATES
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
 # With several runs in the loop, SQLite batches of at least this many writes go to the worker
@@ -71,7 +72,6 @@ class JournalWriter:
         # PostgreSQL is written from the worker thread, never from the event loop; SQLite
         # small batches on the loop's thread (see THREAD_AT).
         self.inline = store.kind == "sqlite"
-        self._thread_at = 1 if not self.inline else 2**62 if store.in_memory else THREAD_AT
         p = store.db.param
         self._sql = {
             "create_run": (
@@ -136,7 +136,7 @@ class JournalWriter:
         if not batch:
             self._busy = False
             return
-        if len(batch) < self._thread_at or (self.inline and len(self._recorders) <= 1):
+        if not self._on_thread(batch):
             # SQLite: a local file, a transaction of tens of microseconds; a thread hop would
             # cost more than the write.
             error: BaseException | None = None
@@ -149,6 +149,12 @@ class JournalWriter:
             return
         done = self.loop.run_in_executor(self._pool, self._write, batch)
         done.add_done_callback(lambda f: self._settle(batch, f))
+
+    def _on_thread(self, batch: list[_Op]) -> bool:
+        """Whether `batch` is written from the worker thread (see THREAD_AT)."""
+        if not self.inline:
+            return True  # PostgreSQL
+        return len(batch) >= THREAD_AT and len(self._recorders) > 1 and not self.store.in_memory
 
     def _next(self) -> None:
         """After a write: the next one at once if somebody waits, else after the linger."""
@@ -345,7 +351,7 @@ class JournalWriter:
             current = json.loads(raw) if isinstance(raw, str | bytes) else dict(raw)
         current.update(metadata)
         now = _now()
-        terminal = state in ("completed", "failed", "cancelled")
+        terminal = state in TERMINAL_STATES
         db.execute_sql(
             f"UPDATE workflows SET state = {p}, output = {p}, error = {p}, failed_step = {p}, "
             f"metadata = {p}, updated_at = {p}, completed_at = {p} WHERE id = {p}",
@@ -392,7 +398,7 @@ def _end_runs_many(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
         ends[run_id] = (run_id, state, output, error, failed_step, merged)
     values = []
     for run_id, state, output, error, failed_step, meta in ends.values():
-        ended = now if state in ("completed", "failed", "cancelled") else None
+        ended = now if state in TERMINAL_STATES else None
         values.append((run_id, state, _json(output), error, failed_step, _json(meta), now, ended))
     execute_values(cursor, _PG_END_MANY, values, template=_PG_END_ROW, page_size=1000)
 
