@@ -102,3 +102,29 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+async def test_a_batch_collects_young_objects_less_often_and_restores_the_gc(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    from eclflow.engine.batch import run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+
+    seen: list[tuple[int, int, int]] = []
+    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+    before = gc.get_threshold()
+    results = await run_batch(
+        load(CRITIQUE_REVISE),
+        [{"topic": f"t{i}"} for i in range(300)],
+        concurrency=400,
+        model="mock/t",
+        mock_responses=MockProvider(script),
+        on_update=lambda progress: seen.append(gc.get_threshold()) if progress.running else None,
+    )
+    assert [r.status for r in results] == ["completed"] * 300
+    # 300 runs in flight (not 400: there are only 300 items), 500 young objects each
+    assert seen and set(seen) == {(150_000, max(before[1], 20), before[2])}
+    assert gc.get_threshold() == before
