@@ -6,7 +6,6 @@ the step timeout, each attempt journaled → validate output.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from ..observe import tracing
 from ..observe.events import emit
 from ..observe.logs import bind
 from ..steps.base import LoopState, Step, StepContext, StepResult
+from . import deadline
 from .journal import AttemptLog
 from .result import StepExecution, TraceEvent
 
@@ -282,7 +282,7 @@ class Executor:
             if step.pure:  # never waits on anything: there is nothing a timer could cut short
                 result = await step.execute(ctx, input)
             else:
-                async with asyncio.timeout(step.spec.timeout):
+                async with deadline.timeout(step.spec.timeout):
                     result = await step.execute(ctx, input)
         except TimeoutError:
             result = _failure(StepTimeout(step.spec.timeout))

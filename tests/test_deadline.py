@@ -1,0 +1,65 @@
+"""Step timeouts: asyncio.timeout's behaviour, one loop timer for all steps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from eclflow.engine import deadline
+
+
+async def test_blocks_over_their_timeout_raise_timeout_error_and_the_others_finish() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def block(seconds: float, sleep: float) -> tuple[str, float]:
+        t0 = loop.time()
+        try:
+            async with deadline.timeout(seconds):
+                await asyncio.sleep(sleep)
+        except TimeoutError:
+            return "timeout", loop.time() - t0
+        return "done", loop.time() - t0
+
+    outcomes = await asyncio.gather(
+        *(block(0.2, 0.05) for _ in range(50)),
+        *(block(0.05, 1.0) for _ in range(50)),
+        *(block(0.1, 1.0) for _ in range(50)),
+        block(0.3, 0.1),
+    )
+    assert [o for o, _ in outcomes] == ["done"] * 50 + ["timeout"] * 100 + ["done"]
+    # each timed-out block ended at its own deadline, not at another timeout's
+    assert all(0.045 <= t < 0.09 for _, t in outcomes[50:100])
+    assert all(0.095 <= t < 0.15 for _, t in outcomes[100:150])
+    # nothing is left waiting once every block has ended
+    assert all(not q for q in deadline._by_loop[loop]._queues.values())
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    async def block() -> None:
+        async with deadline.timeout(5):
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(block())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_task_goes_on_normally_after_a_timed_out_block() -> None:
+    async def two_blocks() -> str:
+        with pytest.raises(TimeoutError):
+            async with deadline.timeout(0.01):
+                await asyncio.sleep(1)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        async with deadline.timeout(1):
+            await asyncio.sleep(0.02)  # not cut short by the first block's cancellation
+        return "finished"
+
+    assert await two_blocks() == "finished"
+
+
+async def test_no_timeout_means_none() -> None:
+    async with deadline.timeout(None):
+        await asyncio.sleep(0.01)
