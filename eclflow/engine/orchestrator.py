@@ -10,6 +10,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -88,6 +89,17 @@ class _State:
         return {**self._ctx, "loop": loop}
 
 
+@dataclass(slots=True)
+class _Walk:
+    """Where the linear pass stands: how each settled step settled (succeeded | skipped |
+    aborted), the steps begun, the first failure, the tasks of parallel branches."""
+
+    begun: set[str]
+    settled: dict[str, str] = field(default_factory=dict)
+    failure: list[_RunFailed] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
 class Orchestrator:
     """Runs one workflow run. Create one per run."""
 
@@ -143,44 +155,42 @@ class Orchestrator:
         return result
 
     async def _linear_pass(self, state: _State) -> None:
-        """Every step of the linear pass, each once all it waits for has settled.
-
-        A task follows one chain of steps: when a step settles, the task goes on with the first
-        step it made ready and starts a task for each other one, so a linear workflow runs in
-        one task and parallel branches each get their own.
-        """
-        plan = self.plan
-        settled: dict[str, str] = {}  # step → succeeded | skipped | aborted
-        begun = set(plan.entry_steps)
-        failure: list[_RunFailed] = []
-        tasks: list[asyncio.Task[None]] = []
-
-        async def follow(sid: str | None) -> None:
-            while sid is not None:
-                done = sid
-                settled[done] = await self._settle(done, state, settled, failure)
-                sid = None
-                for d in plan.dependants[done]:
-                    if d not in begun and all(w in settled for w in plan.waits[d]):
-                        begun.add(d)
-                        if sid is None:
-                            sid = d
-                        else:
-                            tasks.append(asyncio.get_running_loop().create_task(follow(d)))
-
-        entry = plan.entry_steps
-        tasks.extend(asyncio.get_running_loop().create_task(follow(s)) for s in entry[1:])
+        """Every step of the linear pass, each once all it waits for has settled."""
+        entry = self.plan.entry_steps
+        walk = _Walk(begun=set(entry))
+        loop = asyncio.get_running_loop()
+        walk.tasks.extend(loop.create_task(self._follow(s, state, walk)) for s in entry[1:])
         try:
-            await follow(entry[0] if entry else None)
-            while tasks:  # the tasks may start more while we wait
-                await tasks[0]
-                tasks.pop(0)
+            await self._follow(entry[0] if entry else None, state, walk)
+            while walk.tasks:  # the tasks may start more while we wait
+                await walk.tasks[0]
+                walk.tasks.pop(0)
         except BaseException:
-            for t in tasks:
+            for t in walk.tasks:
                 t.cancel()
             raise
-        if failure:
-            raise failure[0]
+        if walk.failure:
+            first = walk.failure[0]
+            raise _RunFailed(first.step, first.error)  # a new one: this frame holds the old
+
+    async def _follow(self, sid: str | None, state: _State, walk: _Walk) -> None:
+        """Settle `sid`, then go on with the first step that made ready, starting a task for
+        each other one: a linear workflow runs in one task, parallel branches each in their
+        own. (A method, not a closure: a closure that starts itself is a reference cycle, and
+        would keep the whole run in memory until the cyclic GC.)"""
+        plan = self.plan
+        while sid is not None:
+            done = sid
+            walk.settled[done] = await self._settle(done, state, walk.settled, walk.failure)
+            sid = None
+            for d in plan.dependants[done]:
+                if d not in walk.begun and all(w in walk.settled for w in plan.waits[d]):
+                    walk.begun.add(d)
+                    if sid is None:
+                        sid = d
+                    else:
+                        task = asyncio.get_running_loop().create_task(self._follow(d, state, walk))
+                        walk.tasks.append(task)
 
     async def _settle(
         self, sid: str, state: _State, settled: Mapping[str, str], failure: list[_RunFailed]
@@ -197,7 +207,7 @@ class Orchestrator:
                 await self._run_loop(self.plan.loops[sid], state)
             return "succeeded"
         except _RunFailed as f:
-            failure.append(f)
+            failure.append(f.with_traceback(None))  # its frames hold the list: no cycle
             return "aborted"
 
     def _is_active(self, sid: str, state: _State) -> bool:
