@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +79,16 @@ class MockProvider:
         cycle: bool = False,
         log_path: str | Path | None = None,
     ) -> None:
-        self.keyed: dict[str, list[Any]] | None = None
+        self.keyed: dict[str, list[_Reply]] | None = None
         if isinstance(script, Mapping):
             # Keyed: replies by journal key (`critique#2`), else by step id, else `*`; a list
             # plays in order for successive calls of the same key (retries).
             self.keyed = {}
             for k, v in script.items():
                 entries = list(v) if isinstance(v, list) else [v]
-                for i, entry in enumerate(entries):
-                    _check_entry(entry, i)
-                self.keyed[str(k)] = entries
+                self.keyed[str(k)] = [_reply(entry, i) for i, entry in enumerate(entries)]
             script = []
-        for i, entry in enumerate(script):
-            _check_entry(entry, i)
-        self.script = list(script)
+        self.script = [_reply(entry, i) for i, entry in enumerate(script)]
         self._used: dict[str, int] = {}
         self.cycle = cycle
         self.requests: list[CompletionRequest] = []
@@ -122,7 +119,7 @@ class MockProvider:
     def check(self, model: str) -> None:
         return None
 
-    def _keyed_entry(self, request: CompletionRequest, n: int) -> Any:
+    def _keyed_entry(self, request: CompletionRequest, n: int) -> _Reply:
         assert self.keyed is not None
         for name in (request.key, request.step_id, "*"):
             if name is not None and name in self.keyed:
@@ -157,44 +154,62 @@ class MockProvider:
                     f.write(
                         json.dumps({"call": n + 1, "key": request.key, **request.to_dict()}) + "\n"
                     )
-        if isinstance(entry, str):
-            return _response(entry, request)
-        if not _ENTRY_KEYS & entry.keys():
-            return _response(json.dumps(entry), request)  # the mapping is the (JSON) reply
-        delay = float(entry.get("delay", 0) or 0)
-        if delay > 0:
-            import asyncio
+        if entry.delay > 0:
+            import asyncio  # here: `eclflow validate` loads this module and must start fast
 
-            await asyncio.sleep(delay)
-        error = entry.get("error")
-        if error is not None:
-            cls = _ERRORS[str(error)]
-            raise cls(str(entry.get("message", f"mock {error}")))
-        content = entry.get("content", "")
-        if not isinstance(content, str):
-            content = json.dumps(content)
-        tokens = entry.get("tokens") or {}
+            await asyncio.sleep(entry.delay)
+        if entry.error is not None:
+            message = entry.message if entry.message is not None else f"mock {entry.error}"
+            raise _ERRORS[entry.error](message)
         return _response(
-            content,
+            entry.content,
             request,
-            tokens_in=tokens.get("input"),
-            tokens_out=tokens.get("output"),
-            cost=float(entry.get("cost", 0.0)),
-            finish_reason=str(entry.get("finish_reason", "stop")),
+            tokens_in=entry.tokens_in,
+            tokens_out=entry.tokens_out,
+            cost=entry.cost,
+            finish_reason=entry.finish_reason,
         )
 
 
-def _check_entry(entry: Any, index: int) -> None:
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """One scripted entry, read once when the script is loaded."""
+
+    content: str
+    delay: float = 0.0
+    error: str | None = None
+    message: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost: float = 0.0
+    finish_reason: str = "stop"
+
+
+def _reply(entry: Any, index: int) -> _Reply:
     if isinstance(entry, str):
-        return
+        return _Reply(entry)
     if not isinstance(entry, Mapping):
         raise ConfigError(f"mock reply {index + 1} must be a string or a mapping, not {entry!r}")
+    if not _ENTRY_KEYS & entry.keys():
+        return _Reply(json.dumps(entry))  # the mapping is the (JSON) reply
     error = entry.get("error")
     if error is not None and str(error) not in _ERRORS:
         raise ConfigError(
             f"mock reply {index + 1}: unknown error '{error}' "
             f"(use one of {', '.join(sorted(_ERRORS))})"
         )
+    content = entry.get("content", "")
+    tokens = entry.get("tokens") or {}
+    return _Reply(
+        content if isinstance(content, str) else json.dumps(content),
+        delay=float(entry.get("delay", 0) or 0),
+        error=None if error is None else str(error),
+        message=None if entry.get("message") is None else str(entry["message"]),
+        tokens_in=tokens.get("input"),
+        tokens_out=tokens.get("output"),
+        cost=float(entry.get("cost", 0.0)),
+        finish_reason=str(entry.get("finish_reason", "stop")),
+    )
 
 
 def _response(
