@@ -373,16 +373,20 @@ class Executor:
             usage.prompt = [{"role": m.role, "content": m.content} for m in messages]
             emit("llm_request_started", model=model, message_count=len(messages))
             t0 = time.perf_counter()
-            with tracing.span(
-                "llm_call",
-                **{
-                    "gen_ai.request.model": model,
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.request.max_tokens": max_tokens,
-                    "gen_ai.request.temperature": temperature,
-                    "eclflow.run_id": self.run_id,
-                    "eclflow.step_id": step.id,
-                },
+            with (  # attributes are only built when tracing is on
+                tracing.span(
+                    "llm_call",
+                    **{
+                        "gen_ai.request.model": model,
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.request.max_tokens": max_tokens,
+                        "gen_ai.request.temperature": temperature,
+                        "eclflow.run_id": self.run_id,
+                        "eclflow.step_id": step.id,
+                    },
+                )
+                if tracing.enabled()
+                else tracing.OFF
             ) as span:
                 try:
                     response = await self.providers.get(model).complete(request)
@@ -399,16 +403,17 @@ class Executor:
                     if span is not None:
                         tracing.record_error(span, str(e) or type(e).__name__)
                     raise
-                tracing.set_attributes(
-                    span,
-                    **{
-                        "gen_ai.response.model": response.model or None,
-                        "gen_ai.usage.input_tokens": response.usage.input,
-                        "gen_ai.usage.output_tokens": response.usage.output,
-                        "gen_ai.response.finish_reasons": [response.finish_reason],
-                        "eclflow.cost_usd": response.cost,
-                    },
-                )
+                if span is not None:
+                    tracing.set_attributes(
+                        span,
+                        **{
+                            "gen_ai.response.model": response.model or None,
+                            "gen_ai.usage.input_tokens": response.usage.input,
+                            "gen_ai.usage.output_tokens": response.usage.output,
+                            "gen_ai.response.finish_reasons": [response.finish_reason],
+                            "eclflow.cost_usd": response.cost,
+                        },
+                    )
             emit(
                 "llm_request_completed",
                 model=model,

@@ -84,14 +84,14 @@ def enabled() -> bool:
     return tracer() is not None
 
 
-_OFF = nullcontext(None)
+OFF = nullcontext(None)  # what span() gives when tracing is off
 
 
 def span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
     """A span named `name` under the current one; yields None when tracing is off."""
     t = tracer()
     if t is None:
-        return _OFF
+        return OFF
     return _span(t, name, attributes)
 
 
