@@ -46,11 +46,16 @@ REPLIES: dict[str, str] = {
 CALL_ORDER = ["generate", "critique#1", "revise#1", "critique#2", "revise#2", "critique#3"]
 
 
+# Both fake models answer with fixed text; eclflow's `mock/` also reports fixed token counts, as
+# a real provider does, instead of counting the prompt's words for every call (LangGraph's fake
+# counts nothing). Roughly what the six calls' prompts and replies hold.
+TOKENS = {"input": 150, "output": 40}
+
+
 def mock_script(latency: float) -> dict[str, Any]:
     """eclflow's keyed `mock/` script: each journal key's reply, after `latency` seconds."""
-    if latency <= 0:
-        return dict(REPLIES)
-    return {key: {"content": text, "delay": latency} for key, text in REPLIES.items()}
+    extra: dict[str, Any] = {"delay": latency} if latency > 0 else {}
+    return {key: {"content": text, "tokens": TOKENS, **extra} for key, text in REPLIES.items()}
 
 
 def floor_seconds(latency: float) -> float:
