@@ -74,8 +74,7 @@ async def run_batch(
         if on_update is not None:
             on_update(progress)
 
-    async def one(index: int, item: Mapping[str, Any]) -> RunResult:
-        run_id = item_run_id(bid, index)
+    async def one(index: int, item: Mapping[str, Any], run_id: str) -> RunResult:
         async with gate:
             progress.running += 1
             update()
@@ -124,7 +123,7 @@ async def run_batch(
     )
     update()
     with _gc_for_many_runs(min(len(items), max(1, concurrency))):
-        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+        return list(await asyncio.gather(*(one(i, item, ids[i]) for i, item in enumerate(items))))
 
 
 @contextmanager
