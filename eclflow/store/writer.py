@@ -483,7 +483,9 @@ _writers: weakref.WeakKeyDictionary[Any, dict[int, JournalWriter]] = weakref.Wea
 def writer_for(store: Any) -> JournalWriter:
     """The group-commit writer of `store` in the running event loop."""
     loop = asyncio.get_running_loop()
-    per_loop = _writers.setdefault(store, {})
+    per_loop = _writers.get(store)  # (setdefault would make a weak reference every call)
+    if per_loop is None:
+        per_loop = _writers[store] = {}
     w = per_loop.get(id(loop))
     if w is None or w.loop is not loop:
         w = JournalWriter(store, loop)
