@@ -63,3 +63,19 @@ async def test_a_task_goes_on_normally_after_a_timed_out_block() -> None:
 async def test_no_timeout_means_none() -> None:
     async with deadline.timeout(None):
         await asyncio.sleep(0.01)
+
+
+def test_a_finished_event_loop_is_not_kept_alive() -> None:
+    import gc
+    import weakref
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with deadline.timeout(60):  # its timer would still be pending when the loop ends
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    gc.collect()
+    assert loops[0]() is None

@@ -10,11 +10,12 @@ block raises TimeoutError.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 from collections import deque
 from types import TracebackType
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, ref
 
 # How early a deadline may be taken as reached: the loop's own timers fire up to its clock
 # resolution early, and re-arming for a nanosecond would only spin.
@@ -32,22 +33,26 @@ class _Watch:
 
 
 class _Deadlines:
-    """The running steps of one event loop that have a timeout, by timeout value."""
+    """The running steps of one event loop that have a timeout, by timeout value.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    It is the loop's value in a weak-keyed mapping, so it keeps no reference to the loop: the
+    timers it arms are only in the loop's own schedule, and one that is no longer needed fires
+    and finds nothing to do (cheaper than cancelling it)."""
+
+    def __init__(self) -> None:
         self._queues: dict[float, deque[_Watch]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._armed: list[float] = []  # a heap: when the timers already scheduled fire
 
-    def watch(self, seconds: float, task: asyncio.Task[Any]) -> _Watch:
-        w = _Watch(self._loop.time() + seconds, task)
+    def watch(
+        self, seconds: float, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop
+    ) -> _Watch:
+        w = _Watch(loop.time() + seconds, task)
         queue = self._queues.get(seconds)
         if queue is None:
             queue = self._queues[seconds] = deque()
         queue.append(w)
-        if w.deadline < self._timer_at:
-            self._arm(w.deadline)
+        if not self._armed or w.deadline < self._armed[0]:
+            self._arm(loop, w.deadline)
         return w
 
     def release(self, seconds: float, w: _Watch) -> None:
@@ -57,15 +62,15 @@ class _Deadlines:
         while queue and not queue[0].running:
             queue.popleft()
 
-    def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._expire)
-        self._timer_at = when
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        heapq.heappush(self._armed, when)
+        loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        now = self._loop.time() + _SLACK
+        loop = asyncio.get_running_loop()
+        now = loop.time() + _SLACK
+        while self._armed and self._armed[0] <= now:
+            heapq.heappop(self._armed)
         earliest = math.inf
         for queue in self._queues.values():
             while queue:
@@ -77,11 +82,26 @@ class _Deadlines:
                 if w.running and w.task is not None:
                     w.expired = True
                     w.task.cancel()
-        if earliest < math.inf:
-            self._arm(earliest)
+        if earliest < math.inf and (not self._armed or earliest < self._armed[0]):
+            self._arm(loop, earliest)
 
 
 _by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = WeakKeyDictionary()
+_last: tuple[ref[asyncio.AbstractEventLoop], _Deadlines] | None = None
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    """The loop's deadlines; the last loop's without a lookup (a weak-keyed lookup makes a
+    weak reference every time)."""
+    global _last
+    last = _last
+    if last is not None and last[0]() is loop:
+        return last[1]
+    deadlines = _by_loop.get(loop)
+    if deadlines is None:
+        deadlines = _by_loop[loop] = _Deadlines()
+    _last = (ref(loop), deadlines)
+    return deadlines
 
 
 def timeout(seconds: float | None) -> _Timeout:
@@ -103,12 +123,9 @@ class _Timeout:
         if task is None:
             raise RuntimeError("timeout() should be used inside a task")
         loop = task.get_loop()
-        deadlines = _by_loop.get(loop)
-        if deadlines is None:
-            deadlines = _by_loop[loop] = _Deadlines(loop)
-        self._deadlines = deadlines
+        self._deadlines = _deadlines(loop)
         self._cancelling = task.cancelling()
-        self._watch = deadlines.watch(self._seconds, task)
+        self._watch = self._deadlines.watch(self._seconds, task, loop)
         return self
 
     async def __aexit__(
