@@ -819,3 +819,36 @@ def test_four_processes_write_one_sqlite_file(sqlite_url: str, tmp_path: Path) -
 @pytest.mark.postgres
 def test_four_processes_write_one_postgres_database(pg_url: str, tmp_path: Path) -> None:
     _hammer(pg_url, tmp_path)
+
+
+def test_a_closed_store_lets_go_of_its_journal_writers(tmp_path: Path) -> None:
+    """The writers a store's runs used (with their worker threads) end with the store, and a
+    closed store is not kept alive by them."""
+    import asyncio
+    import gc
+    import weakref
+
+    from eclflow.engine.batch import run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+
+    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    results = asyncio.run(
+        run_batch(
+            load(CRITIQUE_REVISE),
+            [{"topic": f"t{i}"} for i in range(60)],
+            concurrency=60,
+            model="mock/t",
+            mock_responses=MockProvider(script),
+            store=store,
+        )
+    )
+    assert [r.status for r in results] == ["completed"] * 60
+    assert store.writers  # the batch's loop had a writer
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("eclflow-journal")]
+    gone = weakref.ref(store)
+    del store
+    gc.collect()
+    assert gone() is None

@@ -116,6 +116,8 @@ class Store:
         self.steps = StepRepository(self)
         self.artifacts = ArtifactRepository(self)
         self.events = EventRepository(self)
+        # the group-commit writer of each event loop that writes here (eclflow/store/writer.py)
+        self.writers: dict[int, Any] = {}
         try:
             with self.reading():
                 if url.schema is not None:
@@ -166,6 +168,9 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
         self.db.close_all()
         self.db.dispose()
 

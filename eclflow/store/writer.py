@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -477,17 +476,16 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     return [(kind, by_kind[kind]) for kind in _PHASES if kind in by_kind]
 
 
-_writers: weakref.WeakKeyDictionary[Any, dict[int, JournalWriter]] = weakref.WeakKeyDictionary()
-
-
 def writer_for(store: Any) -> JournalWriter:
-    """The group-commit writer of `store` in the running event loop."""
+    """The group-commit writer of `store` in the running event loop (kept by the store, which
+    closes it; writers of loops that have ended are let go when another loop asks)."""
     loop = asyncio.get_running_loop()
-    per_loop = _writers.get(store)  # (setdefault would make a weak reference every call)
-    if per_loop is None:
-        per_loop = _writers[store] = {}
-    w = per_loop.get(id(loop))
+    writers = store.writers
+    w = writers.get(id(loop))
     if w is None or w.loop is not loop:
-        w = JournalWriter(store, loop)
-        per_loop[id(loop)] = w
+        for key, old in list(writers.items()):
+            if old.loop.is_closed():
+                old.close()
+                del writers[key]
+        w = writers[id(loop)] = JournalWriter(store, loop)
     return w
