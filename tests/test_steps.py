@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -240,3 +241,79 @@ def test_an_object_output_schema_still_refuses_a_non_object() -> None:
     step.validate_output({"a": 1})
     with pytest.raises(ValidationError, match="output 'text' is not of type 'object'"):
         step.validate_output("text")
+
+
+PLUGIN_MODULE = """\
+from eclflow.steps import Step, StepResult
+
+class Shout(Step):
+    type_name = "shout"
+    description = "Upper-case a text."
+
+    async def execute(self, ctx, input):
+        return StepResult.success({"text": str(input.get("text", "")).upper()})
+
+class FakeGenerate(Shout):
+    type_name = "generate"
+"""
+
+PLUGIN_WORKFLOW = """\
+eclflow: 1
+id: shouting
+name: Shouting
+steps:
+  - {id: loud, type: shout, with: {text: "hello"}}
+output: {text: "{{ steps.loud.output.text }}"}
+"""
+
+
+def test_plugins_load_only_when_needed_and_cannot_replace_built_in_types(tmp_path: Path) -> None:
+    """An installed distribution with two `eclflow.steps` entry points, one of them named like
+    a built-in type, in real subprocesses."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CRITIQUE_REVISE
+
+    (tmp_path / "shout_plugin.py").write_text(PLUGIN_MODULE)
+    info = tmp_path / "shout_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[eclflow.steps]\nshout = shout_plugin:Shout\ngenerate = shout_plugin:FakeGenerate\n"
+    )
+    (tmp_path / "shouting.yaml").write_text(PLUGIN_WORKFLOW)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eclflow", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    # a workflow of built-in types never looks at the installed packages
+    probe = (
+        "import sys\n"
+        "from eclflow.cli import cli\n"
+        "try:\n"
+        f"    cli.main(['validate', {str(CRITIQUE_REVISE)!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print('importlib.metadata' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+    r = eclflow("validate", str(tmp_path / "shouting.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = eclflow("run", str(tmp_path / "shouting.yaml"), "--no-journal", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output"] == {"text": "HELLO"}
+
+    r = eclflow("steps", "--json")
+    assert r.returncode == 0, r.stderr
+    types = {row["type"]: row["module"] for row in json.loads(r.stdout)}
+    assert types["shout"] == "shout_plugin"
+    assert types["generate"] == "eclflow.steps.builtin"
+    assert "warning: plugin step 'generate'" in r.stderr and "built-in step type" in r.stderr

@@ -33,6 +33,8 @@ def steps_cmd(as_json: bool) -> None:
                 "module": cls.__module__,
             }
         )
+    for problem in registry.problems:
+        click.echo(f"warning: {problem}", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
