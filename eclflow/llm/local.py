@@ -203,6 +203,11 @@ def _generate(path: Path, kwargs: dict[str, Any], call: _Call) -> Mapping[str, A
     with loaded.lock:
         if call.abandoned.is_set():
             raise ProviderTimeout("abandoned before it started")  # nobody awaits this any more
+        if kwargs.get("seed") is not None or kwargs.get("temperature") == 0:
+            # A repeatable reply was asked for. llama.cpp would reuse the tokens a previous
+            # call left in its cache and evaluate only the rest, which changes the logits
+            # slightly and, with them, the greedy reply (llama-cpp-python 0.3.36): start over.
+            loaded.llama.reset()
         try:
             return loaded.llama.create_chat_completion(**kwargs)
         except ValueError as e:
