@@ -128,3 +128,14 @@ async def test_a_batch_collects_young_objects_less_often_and_restores_the_gc(
     # 300 runs in flight (not 400: there are only 300 items), 500 young objects each
     assert seen and set(seen) == {(150_000, max(before[1], 20), before[2])}
     assert gc.get_threshold() == before
+
+
+def test_the_batch_gc_threshold_is_capped() -> None:
+    import gc
+
+    from eclflow.engine.batch import _gc_for_many_runs
+
+    before = gc.get_threshold()
+    with _gc_for_many_runs(5000):
+        assert gc.get_threshold()[0] == 500_000  # not 2.5 million
+    assert gc.get_threshold() == before

@@ -130,12 +130,14 @@ async def run_batch(
 def _gc_for_many_runs(in_flight: int) -> Iterator[None]:
     """Runs in flight are hundreds of live objects each, and Python's cyclic GC, at its default
     thresholds, scans them over and over (measured: more than half the time of 2000 runs at
-    once). Runs make little cyclic garbage, so during a batch the young generation is collected
-    only after 500 net new objects per run in flight (at least 100 000): with 2000 runs at once,
-    no collection at all instead of six, for the same peak memory. The thresholds are restored
-    after."""
+    once). eclflow's runs leave no cyclic garbage, so during a batch the young generation is
+    collected only after 500 net new objects per run in flight, between 100 000 and 500 000
+    (with 2000 runs at once: four collections in 0.06 s instead of seven in 0.2 s, the same
+    peak memory). The upper bound caps what cyclic garbage of other libraries (a provider's
+    HTTP client, say) can pile up between collections. The thresholds are restored after."""
     before = gc.get_threshold()
-    relaxed = (max(before[0], 100_000, 500 * in_flight), max(before[1], 20), before[2])
+    young = max(before[0], 100_000, min(500 * in_flight, 500_000))
+    relaxed = (young, max(before[1], 20), before[2])
     gc.set_threshold(*relaxed)
     try:
         yield
