@@ -23,9 +23,10 @@ _SLACK = 1e-3
 
 
 class _Watch:
-    __slots__ = ("deadline", "expired", "running", "task")
+    __slots__ = ("deadline", "expired", "running", "seconds", "task")
 
-    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
+    def __init__(self, seconds: float, deadline: float, task: asyncio.Task[Any]) -> None:
+        self.seconds = seconds
         self.deadline = deadline
         self.task: asyncio.Task[Any] | None = task
         self.running = True
@@ -46,7 +47,7 @@ class _Deadlines:
     def watch(
         self, seconds: float, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop
     ) -> _Watch:
-        w = _Watch(loop.time() + seconds, task)
+        w = _Watch(seconds, loop.time() + seconds, task)
         queue = self._queues.get(seconds)
         if queue is None:
             queue = self._queues[seconds] = deque()
@@ -55,10 +56,10 @@ class _Deadlines:
             self._arm(loop, w.deadline)
         return w
 
-    def release(self, seconds: float, w: _Watch) -> None:
+    def release(self, w: _Watch) -> None:
         w.running = False
         w.task = None
-        queue = self._queues[seconds]
+        queue = self._queues[w.seconds]
         while queue and not queue[0].running:
             queue.popleft()
 
@@ -135,10 +136,10 @@ class _Timeout:
         tb: TracebackType | None,
     ) -> None:
         w = self._watch
-        if w is None or self._seconds is None:
+        if w is None:
             return
         task = w.task
-        self._deadlines.release(self._seconds, w)
+        self._deadlines.release(w)
         # an expired watch cancelled the task once: take that back, and unless somebody else
         # asked for a cancellation meanwhile, the block timed out
         if (

@@ -174,14 +174,14 @@ class Orchestrator:
             raise _RunFailed(first.step, first.error)  # a new one: this frame holds the old
 
     async def _follow(self, sid: str | None, state: _State, walk: _Walk) -> None:
-        """Settle `sid`, then go on with the first step that made ready, starting a task for
+        """Settle `sid`, then go on with the first step that it made ready, starting a task for
         each other one: a linear workflow runs in one task, parallel branches each in their
         own. (A method, not a closure: a closure that starts itself is a reference cycle, and
         would keep the whole run in memory until the cyclic GC.)"""
         plan = self.plan
         while sid is not None:
             done = sid
-            walk.settled[done] = await self._settle(done, state, walk.settled, walk.failure)
+            walk.settled[done] = await self._settle(done, state, walk)
             sid = None
             for d in plan.dependants[done]:
                 if d not in walk.begun and all(w in walk.settled for w in plan.waits[d]):
@@ -192,12 +192,10 @@ class Orchestrator:
                         task = asyncio.get_running_loop().create_task(self._follow(d, state, walk))
                         walk.tasks.append(task)
 
-    async def _settle(
-        self, sid: str, state: _State, settled: Mapping[str, str], failure: list[_RunFailed]
-    ) -> str:
+    async def _settle(self, sid: str, state: _State, walk: _Walk) -> str:
         """Run (or skip) one step of the linear pass, with its loop; how it settled."""
         try:
-            if failure or any(settled[w] == "aborted" for w in self.plan.waits[sid]):
+            if walk.failure or any(walk.settled[w] == "aborted" for w in self.plan.waits[sid]):
                 return "aborted"
             if not self._is_active(sid, state):
                 await self._skip(sid, state)
@@ -207,7 +205,7 @@ class Orchestrator:
                 await self._run_loop(self.plan.loops[sid], state)
             return "succeeded"
         except _RunFailed as f:
-            failure.append(f.with_traceback(None))  # its frames hold the list: no cycle
+            walk.failure.append(f.with_traceback(None))  # its frames hold `walk`: no cycle
             return "aborted"
 
     def _is_active(self, sid: str, state: _State) -> bool:
