@@ -852,3 +852,40 @@ def test_a_closed_store_lets_go_of_its_journal_writers(tmp_path: Path) -> None:
     del store
     gc.collect()
     assert gone() is None
+
+
+def test_closing_the_store_writes_what_its_writers_still_hold(url: str) -> None:
+    """A loop that stops before the linger timer fires (Ctrl-C) leaves unawaited writes queued
+    and events buffered; closing the store commits them instead of dropping them."""
+    import asyncio
+
+    from eclflow.observe.events import EventRecorder
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    run_id = new_run(store)
+    loop = asyncio.new_event_loop()
+
+    async def queue_and_stop() -> None:
+        w = writer_for(store)
+        h = w.start(run_id, "generate", "generate", 0, 1, {"topic": "t"}, "mock/x")
+        w.finish(h, False, state="succeeded", outcome="success", output="a draft")
+        w.start(run_id, "critique", "critique#1", 1, 1, {"draft": "a draft"}, "mock/x")
+        w.events(run_id, [("step_succeeded", "generate", {"level": "info"})])
+        recorder = EventRecorder(store, run_id)
+        w.follow(recorder)  # a run cut short before it could unfollow
+        recorder.add("loop_revision", 20, "Revision requested", {"step_id": "critique"})
+
+    loop.run_until_complete(queue_and_stop())
+    loop.close()  # the linger and events timers never fire
+    store.close()
+
+    store = open_store(url)
+    try:
+        rows = {r.key: r for r in store.steps.for_run(run_id)}
+        assert rows["generate"].state == "succeeded" and rows["generate"].output == "a draft"
+        assert rows["critique#1"].state == "running"
+        kinds = [e.kind for e in store.events.for_run(run_id)]
+        assert kinds == ["step_succeeded", "loop_revision"]
+    finally:
+        store.close()

@@ -167,10 +167,10 @@ class Store:
         """Close every connection this store opened (in any thread). Idempotent."""
         if self._closed:
             return
-        self._closed = True
-        for writer in self.writers.values():
+        writers, self.writers = list(self.writers.values()), {}
+        for writer in writers:  # first: they write what they still hold
             writer.close()
-        self.writers.clear()
+        self._closed = True
         self.db.close_all()
         self.db.dispose()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +39,7 @@ _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+logger = logging.getLogger("eclflow.store")
 
 
 def _json(value: Any) -> str | None:
@@ -264,9 +266,18 @@ class JournalWriter:
     def events(
         self, run_id: str, batch: Sequence[tuple[str, str | None, Mapping[str, Any]]]
     ) -> None:
+        for op in self._event_ops(run_id, batch):
+            self._queue(*op[:2], wait=False)
+
+    @staticmethod
+    def _event_ops(
+        run_id: str, batch: Sequence[tuple[str, str | None, Mapping[str, Any]]]
+    ) -> list[_Op]:
         now = _now()
-        for kind, step_id, data in batch:
-            self._queue("events", (run_id, now, kind, step_id, _json(dict(data))), wait=False)
+        return [
+            ("events", (run_id, now, kind, step_id, _json(dict(data))), None)
+            for kind, step_id, data in batch
+        ]
 
     async def end_run(
         self,
@@ -367,7 +378,27 @@ class JournalWriter:
         )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Stop the worker thread, writing first whatever is still queued or buffered.
+
+        On Ctrl-C the event loop stops before the linger timer fires: without this, the
+        `running` rows, the results of pure steps and the runs' last events would be lost.
+        """
+        self._pool.shutdown(wait=True)  # a batch in flight commits first: queue order
+        for recorder in list(self._recorders):  # runs cancelled before they could unfollow
+            self._pending.extend(self._event_ops(recorder.run_id, recorder.take()))
+        self._recorders.clear()
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        except Exception as e:  # the store is closing: say what was lost, do not raise
+            logger.warning("journal: %d queued writes were lost on close: %s", len(batch), e)
+            error: BaseException | None = e
+        else:
+            error = None
+        if not self.loop.is_closed():
+            self._resolve(batch, error)
 
 
 def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
