@@ -101,6 +101,47 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
     assert "20 from an earlier attempt" in r.stderr
 
 
+def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
+    tmp_path: Path,
+) -> None:
+    """SIGINT mid-batch: exit 130 with the counts and no traceback; every succeeded step of
+    every run, finished or cut short, has its `step_succeeded` event in the journal; and the
+    same command then finishes the batch without repeating a call whose result was kept."""
+    import sqlite3
+
+    path = tmp_path / "runs.db"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--db", f"sqlite:///{path}", delay=0.1)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 14:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted:" in err and "run the same command again" in err and "Traceback" not in err
+    first = len(log.read_text().splitlines())
+
+    db = sqlite3.connect(path)
+    steps = db.execute(
+        "SELECT run_id, key FROM step_executions WHERE state = 'succeeded' ORDER BY run_id, key"
+    ).fetchall()
+    events = db.execute(
+        "SELECT run_id, step_id FROM events WHERE kind = 'step_succeeded'"
+    ).fetchall()
+    db.close()
+    assert 0 < len(steps) < 48
+    assert len(events) == len(steps), (steps, events)
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["completed"] * 12
+    # the calls made before Ctrl-C whose results were kept are not made again
+    assert len(log.read_text().splitlines()) - first <= 48 - len(steps)
+
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
