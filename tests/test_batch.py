@@ -101,6 +101,47 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
     assert "20 from an earlier attempt" in r.stderr
 
 
+def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(tmp_path: Path) -> None:
+    """The second call of the same batch reads the completed items back (in bulk) with their
+    outputs, tokens, cost and steps, and makes no model call; a run left unfinished in between
+    is resumed, in its place in the input order."""
+    import asyncio
+
+    from eclflow.engine.batch import BatchProgress, run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+    from eclflow.store import open_store
+
+    wf = load(CRITIQUE_REVISE)
+    items = [{"topic": f"t{i}"} for i in range(30)]
+    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        first = asyncio.run(
+            run_batch(
+                wf, items, concurrency=8, model="mock/t", mock_responses=MockProvider(script),
+                store=store,
+            )
+        )  # fmt: skip
+        assert [r.status for r in first] == ["completed"] * 30
+        store.runs.update_state(first[7].run_id, "running")  # as if cut short before its end
+        seen: list[BatchProgress] = []
+        again = asyncio.run(  # with a mock that fails any call
+            run_batch(
+                wf, items, concurrency=8, model="mock/t", mock_responses=MockProvider([]),
+                store=store, on_update=seen.append,
+            )
+        )  # fmt: skip
+    finally:
+        store.close()
+    assert [r.run_id for r in again] == [r.run_id for r in first]
+    for a, b in zip(first, again, strict=True):
+        assert (b.status, b.output, b.tokens, b.cost) == (a.status, a.output, a.tokens, a.cost)
+        assert [s.key for s in b.steps] == [s.key for s in a.steps] == ["generate", "critique#1"]
+        assert all(s.replayed for s in b.steps)
+    assert seen[-1].reused == 29 and seen[-1].done == 30
+
+
 def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     tmp_path: Path,
 ) -> None:

@@ -75,6 +75,14 @@ async def run_batch(
             on_update(progress)
 
     async def one(index: int, item: Mapping[str, Any], run_id: str) -> RunResult:
+        if run_id in finished:  # completed by an earlier attempt: its stored result
+            result = progress.results[index] = finished.pop(run_id)
+            progress.reused += 1
+            progress.done += 1
+            progress.tokens += result.tokens
+            progress.cost += result.cost
+            update()
+            return result
         async with gate:
             progress.running += 1
             update()
@@ -99,9 +107,9 @@ async def run_batch(
         if store is not None and run_id in known:
             previous = await asyncio.to_thread(_previous, store, run_id)
             if previous is not None:
-                if previous.state == "completed":
+                if previous.state == "completed":  # (since the batch began: another process)
                     progress.reused += 1
-                    return _stored_result(store, previous)
+                    return _stored_results(store, [run_id])[run_id]
                 return await runner.resume(
                     run_id, store=store, model=model, mock_responses=mock, force=True, budget=budget
                 )
@@ -121,6 +129,9 @@ async def run_batch(
     known: dict[str, str] = (
         await asyncio.to_thread(store.runs.states, ids) if store is not None else {}
     )
+    # and the results of those it completed, read in bulk rather than one run at a time
+    completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
+    finished = await asyncio.to_thread(_stored_results, store, completed) if completed else {}
     update()
     with _gc_for_many_runs(min(len(items), max(1, concurrency))):
         return list(await asyncio.gather(*(one(i, item, ids[i]) for i, item in enumerate(items))))
@@ -153,22 +164,27 @@ def _previous(store: Any, run_id: str) -> Any:
         return None
 
 
-def _stored_result(store: Any, record: Any) -> RunResult:
-    """A finished item as it was recorded, its steps rebuilt from the journal (no calls)."""
+def _stored_results(store: Any, run_ids: Sequence[str]) -> dict[str, RunResult]:
+    """Finished items as they were recorded, their steps rebuilt from the journal (no calls):
+    a few queries for any number of them."""
     from .journal import execution_from_record
 
-    meta = record.metadata or {}
-    return RunResult(
-        record.id,
-        record.definition_id,
-        record.state,
-        output=record.output,
-        error=record.error,
-        failed_step=getattr(record, "failed_step", None),
-        steps=[
-            execution_from_record(row, replayed=True)
-            for row in store.steps.succeeded(record.id).values()
-        ],
-        revisions=dict(meta.get("revisions") or {}),
-        duration_ms=int(meta.get("duration_ms") or 0),
-    )
+    records = store.runs.get_many(run_ids)
+    steps = store.steps.succeeded_many(records)
+    out = {}
+    for run_id, record in records.items():
+        meta = record.metadata or {}
+        out[run_id] = RunResult(
+            record.id,
+            record.definition_id,
+            record.state,
+            output=record.output,
+            error=record.error,
+            failed_step=record.failed_step,
+            steps=[
+                execution_from_record(row, replayed=True) for row in steps.get(run_id, {}).values()
+            ],
+            revisions=dict(meta.get("revisions") or {}),
+            duration_ms=int(meta.get("duration_ms") or 0),
+        )
+    return out

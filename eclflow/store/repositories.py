@@ -85,6 +85,16 @@ class RunRepository:
                 out.update({r.id: r.state for r in query})
         return out
 
+    def get_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
+        """Each of these runs that exists, by id (one query per 500 ids)."""
+        ids = builtins.list(run_ids)
+        out: dict[str, RunRecord] = {}
+        with self._s.reading():
+            for i in range(0, len(ids), 500):
+                query = self._m.select().where(self._m.id.in_(ids[i : i + 500]))
+                out.update({r.id: _run(r) for r in query})
+        return out
+
     def find(self, prefix: str) -> RunRecord:
         """The run whose id is `prefix`, or the only one starting with it (≥ 4 characters)."""
         given = prefix.strip()
@@ -356,6 +366,22 @@ class StepRepository:
                 .order_by(M.started_at, M.id)
             )
             return {r.key: _step(r) for r in rows}
+
+    def succeeded_many(self, run_ids: Iterable[str]) -> dict[str, dict[str, StepRow]]:
+        """`succeeded` of several runs (one query per 500 ids; runs without rows left out)."""
+        ids = builtins.list(run_ids)
+        M = self._m
+        out: dict[str, dict[str, StepRow]] = {}
+        with self._s.reading():
+            for i in range(0, len(ids), 500):
+                rows = (
+                    M.select()
+                    .where(M.run.in_(ids[i : i + 500]) & (M.state == "succeeded"))
+                    .order_by(M.run, M.started_at, M.id)
+                )
+                for r in rows:
+                    out.setdefault(r.run_id, {})[r.key] = _step(r)
+        return out
 
     def stats(self, run_id: str) -> StepStats:
         return self.stats_many([run_id]).get(run_id, StepStats())
