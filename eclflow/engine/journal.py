@@ -7,7 +7,7 @@ and conditions are computed only from what it returns, so a replay takes the sam
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -88,12 +88,14 @@ class StoreJournal:
         seed: Mapping[str, StepExecution] | None = None,
         *,
         fresh: bool = False,
+        rows: Sequence[Any] | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.seed = dict(seed or {})  # executions reused from another run (--from)
         self._writer: Any = None
-        rows = [] if fresh else store.steps.for_run(run_id)
+        if rows is None:  # (the run's rows, when the caller has just read them)
+            rows = [] if fresh else store.steps.for_run(run_id)
         # the succeeded row of each key (rows come in the order they started)
         self._done: dict[str, Any] = {r.key: r for r in rows if r.state == "succeeded"}
         self._last_attempt: dict[str, int] = {}

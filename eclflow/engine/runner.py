@@ -317,6 +317,41 @@ async def resume(
     """Continue a run from its journal: succeeded steps are replayed without calling anything.
 
     A budget given here replaces the one the run had; what the run already spent counts."""
+    import asyncio
+
+    providers = Providers(mock=as_mock(mock_responses))
+    # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
+    # runs at once, and the event loop must not wait for the database meanwhile.
+    record, wf, limits, rows = await asyncio.to_thread(
+        _take_over, store, run_id, force, budget, providers, model
+    )
+    chosen = model or record.metadata.get("model") or default_model(wf, None)
+    return await _execute(
+        compile_plan(wf),
+        providers,
+        chosen,
+        StoreJournal(store, record.id, rows=rows),
+        record.id,
+        record.input,
+        store,
+        listener,
+        guard,
+        on_call,
+        limits,
+        _spent_so_far(rows),
+    )
+
+
+def _take_over(
+    store: Any,
+    run_id: str,
+    force: bool,
+    budget: Budget | None,
+    providers: Providers,
+    model: str | None,
+) -> tuple[Any, Workflow, Budget, list[Any]]:
+    """Check that run `run_id` can be resumed and mark it running in this process, in one
+    transaction; its record, workflow, limits and journal rows."""
     from ..spec import load
 
     record = store.runs.find(run_id)
@@ -334,15 +369,7 @@ async def resume(
             wf = load(path)
     if record.state == "running" and not force and _alive_elsewhere(meta):
         raise InvalidState(f"run {record.id[:8]} is still running in process {meta.get('pid')}")
-    plan = compile_plan(wf)
-    providers = Providers(mock=as_mock(mock_responses))
-    chosen = model or meta.get("model") or default_model(wf, None)
-    check_models(plan, providers, chosen)
-    _close_interrupted(store, record.id)
-    store.runs.update_state(record.id, "running")
-    store.runs.update_metadata(
-        record.id, pid=os.getpid(), host=_hostname(), resumed=int(meta.get("resumed", 0)) + 1
-    )
+    check_models(compile_plan(wf), providers, model or meta.get("model") or default_model(wf, None))
     stored = meta.get("budget") or {}
     limits = _limits(
         wf,
@@ -358,28 +385,23 @@ async def resume(
             else stored.get("max_calls"),
         ),
     )
-    if budget is not None:
-        store.runs.update_metadata(record.id, budget=_budget_dict(limits))
-    journal = StoreJournal(store, record.id)
-    return await _execute(
-        plan,
-        providers,
-        chosen,
-        journal,
-        record.id,
-        record.input,
-        store,
-        listener,
-        guard,
-        on_call,
-        limits,
-        _spent_so_far(store, record.id),
-    )
+    with store.transaction():
+        rows = store.steps.for_run(record.id)
+        _close_interrupted(store, rows)
+        store.runs.update_state(record.id, "running")
+        store.runs.update_metadata(
+            record.id,
+            pid=os.getpid(),
+            host=_hostname(),
+            resumed=int(meta.get("resumed", 0)) + 1,
+            **({"budget": _budget_dict(limits)} if budget is not None else {}),
+        )
+    return record, wf, limits, rows
 
 
-def _close_interrupted(store: Any, run_id: str) -> None:
+def _close_interrupted(store: Any, rows: Sequence[Any]) -> None:
     """Attempts left `running` by a process that died are failed: they will be made again."""
-    for row in store.steps.for_run(run_id):
+    for row in rows:
         if row.state == "running":
             store.steps.finish(
                 row.id,
@@ -390,10 +412,11 @@ def _close_interrupted(store: Any, run_id: str) -> None:
             )
 
 
-def _spent_so_far(store: Any, run_id: str) -> Spent:
-    """What a run's journaled attempts already used: every attempt with a model is a call."""
+def _spent_so_far(rows: Sequence[Any]) -> Spent:
+    """What a run's journaled attempts already used: every attempt with a model is a call
+    (one cut short by a crash too: it may have been paid for)."""
     spent = Spent()
-    for row in store.steps.for_run(run_id):
+    for row in rows:
         if row.state == "skipped" or not row.model:
             continue
         if (
