@@ -889,3 +889,53 @@ def test_closing_the_store_writes_what_its_writers_still_hold(url: str) -> None:
         assert kinds == ["step_succeeded", "loop_revision"]
     finally:
         store.close()
+
+
+def test_a_running_row_waits_for_its_result_then_is_written_on_its_own(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that finishes within HOLD_START is one row in one transaction (no INSERT of a
+    `running` row, then an UPDATE); one still going after HOLD_START is committed as
+    `running` (other processes see the call in flight), and `drain` writes held rows at once."""
+    import asyncio
+
+    from eclflow.store.writer import HOLD_START, JournalWriter, writer_for
+
+    store = open_store(url)
+    run_id = new_run(store)
+    batches: list[list[str]] = []
+    write = JournalWriter._write
+
+    def spy(self: JournalWriter, batch: list[tuple[str, object, object]]) -> None:
+        batches.append([kind for kind, _, _ in batch])
+        write(self, batch)
+
+    monkeypatch.setattr(JournalWriter, "_write", spy)
+
+    async def steps() -> None:
+        w = writer_for(store)
+        quick = w.start(run_id, "generate", "generate", 0, 1, {"topic": "t"}, "mock/x")
+        slow = w.start(run_id, "critique", "critique#1", 1, 1, {"draft": "d"}, "mock/x")
+        done = w.finish(quick, state="succeeded", outcome="success", output="a draft")
+        assert done is not None
+        await done
+        assert batches == [["start", "finish"]]  # the slow one's row is still held
+        await asyncio.sleep(HOLD_START + 0.2)
+        assert batches[1:] == [["start"]]
+        assert [r.state for r in store.steps.for_run(run_id)] == ["succeeded", "running"]
+        w.finish(slow, False, state="succeeded", outcome="success", output={"ok": 1})
+        w.start(run_id, "revise", "revise#1", 1, 1, None, "mock/x")
+        await w.drain()
+        assert batches[2:] == [["finish", "start", "noop"]]
+
+    try:
+        asyncio.run(steps())
+        rows = store.steps.for_run(run_id)
+        assert [(r.key, r.state) for r in rows] == [
+            ("generate", "succeeded"),
+            ("critique#1", "succeeded"),
+            ("revise#1", "running"),
+        ]
+        assert rows[0].output == "a draft" and rows[0].input == {"topic": "t"}
+    finally:
+        store.close()

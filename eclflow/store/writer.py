@@ -1,15 +1,17 @@
 """Group commit for the journal: the writes of every run in an event loop, one transaction at a
 time (on SQLite small ones on the loop's thread, big ones and PostgreSQL's on one worker thread).
 
-A step's `running` row is queued without waiting (a crash before it is committed only loses the
-knowledge that a call was in flight: the step is redone either way); its result is queued and
-awaited, so nothing that depends on it starts before it is committed — except a pure step's
-(a template: redoing it costs nothing), which the run does not wait for. Transactions commit in
-queue order, so the journal on disk is always a prefix of what the runs did: a result whose
-input came from an uncommitted pure step is never committed without it. Whatever arrives while a
-transaction is being written goes into the next one, so a thousand concurrent runs share a few
-commits instead of paying one each. Statements are plain parameterised SQL: building peewee
-queries cost more than the writes themselves.
+A step's `running` row is not waited for, and is held back up to HOLD_START seconds for its
+result, to be written as one row with it (a crash before it is committed only loses the knowledge
+that a call was in flight: the step is redone either way); its result is queued and awaited, so
+nothing that depends on it starts before it is committed — except a pure step's (a template:
+redoing it costs nothing), which the run does not wait for. Transactions commit in queue order
+(a held row joins the queue when it is let go), so the results on disk are always a prefix of
+what the runs did: a result whose input came from an
+uncommitted pure step is never committed without it. Whatever arrives while a transaction is
+being written goes into the next one, so a thousand concurrent runs share a few commits instead
+of paying one each. Statements are plain parameterised SQL: building peewee queries cost more
+than the writes themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from .._time import utc_text
 from .records import TERMINAL_STATES
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
+# Seconds a step's `running` row is held back for its result, so that a step that finishes
+# within it is written once (one INSERT, rather than an INSERT and later an UPDATE), and the
+# result's transaction is not queued behind a transaction of other steps' `running` rows.
+HOLD_START = 0.5
 # With several runs in the loop, SQLite batches of at least this many writes go to the worker
 # thread: they take milliseconds, mostly inside SQLite, which releases the GIL, so the other runs
 # go on meanwhile on the other core. Smaller ones are cheaper on the loop's thread than a thread
@@ -66,6 +72,8 @@ class JournalWriter:
         self._pending: list[_Op] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._held: dict[Handle, tuple[_Op, float]] = {}  # `running` rows held back, in order
+        self._held_timer: asyncio.TimerHandle | None = None
         self._awaited = 0  # queued writes somebody waits for
         self._recorders: set[Any] = set()
         self._events_timer: asyncio.TimerHandle | None = None
@@ -233,12 +241,36 @@ class JournalWriter:
         model: str | None = None,
     ) -> Handle:
         args = (run_id, step_id, key, iteration, attempt, "running", _json(input), model, _now())
-        self._queue("start", args, wait=False)
-        return (run_id, key, attempt)
+        handle = (run_id, key, attempt)
+        self._held[handle] = (("start", args, None), self.loop.time())
+        if self._held_timer is None:
+            self._held_timer = self.loop.call_later(HOLD_START, self._release_held)
+        return handle
+
+    def _release_held(self, everything: bool = False) -> None:
+        """Queue the `running` rows held for HOLD_START seconds (all of them if
+        `everything`), in the order they came."""
+        if self._held_timer is not None:
+            self._held_timer.cancel()  # (a no-op when it is the one firing)
+            self._held_timer = None
+        due = self.loop.time() - HOLD_START + 0.001
+        released = False
+        for handle, (op, since) in list(self._held.items()):
+            if not everything and since > due:
+                self._held_timer = self.loop.call_at(since + HOLD_START, self._release_held)
+                break
+            del self._held[handle]
+            self._pending.append(op)
+            released = True
+        if released and not self._busy and self._timer is None:
+            self._timer = self.loop.call_later(LINGER, self._kick)
 
     def finish(self, handle: Handle, wait: bool = True, **f: Any) -> asyncio.Future[Any] | None:
         """Queue an attempt's result; the future resolves once it is committed (None when
         nobody waits for it)."""
+        held = self._held.pop(handle, None)
+        if held is not None:  # its `running` row goes with it: one row
+            self._pending.append(held[0])
         traces = f.get("traces")
         args = (
             f["state"],
@@ -296,6 +328,7 @@ class JournalWriter:
 
     async def drain(self) -> None:
         """Wait until everything queued so far is committed."""
+        self._release_held(everything=True)
         future = self._queue("noop", (), wait=True)
         assert future is not None
         await future
@@ -384,6 +417,8 @@ class JournalWriter:
         `running` rows, the results of pure steps and the runs' last events would be lost.
         """
         self._pool.shutdown(wait=True)  # a batch in flight commits first: queue order
+        self._pending.extend(op for op, _ in self._held.values())
+        self._held.clear()
         for recorder in list(self._recorders):  # runs cancelled before they could unfollow
             self._pending.extend(self._event_ops(recorder.run_id, recorder.take()))
         self._recorders.clear()
