@@ -31,8 +31,9 @@ from .records import TERMINAL_STATES
 LINGER = 0.005  # seconds an unawaited write may wait for company
 # Seconds a step's `running` row is held back for its result, so that a step that finishes
 # within it is written once (one INSERT, rather than an INSERT and later an UPDATE), and the
-# result's transaction is not queued behind a transaction of other steps' `running` rows.
-HOLD_START = 0.5
+# result's transaction is not queued behind a transaction of other steps' `running` rows. Other
+# processes (`eclflow status`) see a call in flight this late at most, as they see events.
+HOLD_START = 0.2
 # With several runs in the loop, SQLite batches of at least this many writes go to the worker
 # thread: they take milliseconds, mostly inside SQLite, which releases the GIL, so the other runs
 # go on meanwhile on the other core. Smaller ones are cheaper on the loop's thread than a thread
