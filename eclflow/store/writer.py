@@ -7,11 +7,10 @@ that a call was in flight: the step is redone either way); its result is queued 
 nothing that depends on it starts before it is committed — except a pure step's (a template:
 redoing it costs nothing), which the run does not wait for. Transactions commit in queue order
 (a held row joins the queue when it is let go), so the results on disk are always a prefix of
-what the runs did: a result whose input came from an
-uncommitted pure step is never committed without it. Whatever arrives while a transaction is
-being written goes into the next one, so a thousand concurrent runs share a few commits instead
-of paying one each. Statements are plain parameterised SQL: building peewee queries cost more
-than the writes themselves.
+what the runs did: a result whose input came from an uncommitted pure step is never committed
+without it. Whatever arrives while a transaction is being written goes into the next one, so a
+thousand concurrent runs share a few commits instead of paying one each. Statements are plain
+parameterised SQL: building peewee queries cost more than the writes themselves.
 """
 
 from __future__ import annotations
@@ -256,7 +255,9 @@ class JournalWriter:
             self._held_timer = None
         due = self.loop.time() - HOLD_START + 0.001
         released = False
-        for handle, (op, since) in list(self._held.items()):
+        while self._held:
+            handle = next(iter(self._held))  # the oldest
+            op, since = self._held[handle]
             if not everything and since > due:
                 self._held_timer = self.loop.call_at(since + HOLD_START, self._release_held)
                 break
