@@ -322,10 +322,9 @@ async def resume(
     providers = Providers(mock=as_mock(mock_responses))
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
-    record, wf, limits, rows = await asyncio.to_thread(
+    record, wf, chosen, limits, rows = await asyncio.to_thread(
         _take_over, store, run_id, force, budget, providers, model
     )
-    chosen = model or record.metadata.get("model") or default_model(wf, None)
     return await _execute(
         compile_plan(wf),
         providers,
@@ -349,9 +348,9 @@ def _take_over(
     budget: Budget | None,
     providers: Providers,
     model: str | None,
-) -> tuple[Any, Workflow, Budget, list[Any]]:
+) -> tuple[Any, Workflow, str | None, Budget, list[Any]]:
     """Check that run `run_id` can be resumed and mark it running in this process, in one
-    transaction; its record, workflow, limits and journal rows."""
+    transaction; its record, workflow, model, limits and journal rows."""
     from ..spec import load
 
     record = store.runs.find(run_id)
@@ -369,7 +368,8 @@ def _take_over(
             wf = load(path)
     if record.state == "running" and not force and _alive_elsewhere(meta):
         raise InvalidState(f"run {record.id[:8]} is still running in process {meta.get('pid')}")
-    check_models(compile_plan(wf), providers, model or meta.get("model") or default_model(wf, None))
+    chosen = model or meta.get("model") or default_model(wf, None)
+    check_models(compile_plan(wf), providers, chosen)
     stored = meta.get("budget") or {}
     limits = _limits(
         wf,
@@ -396,7 +396,7 @@ def _take_over(
             resumed=int(meta.get("resumed", 0)) + 1,
             **({"budget": _budget_dict(limits)} if budget is not None else {}),
         )
-    return record, wf, limits, rows
+    return record, wf, chosen, limits, rows
 
 
 def _close_interrupted(store: Any, rows: Sequence[Any]) -> None:

@@ -5,7 +5,7 @@ StepNotFound / NotFound for missing rows."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -76,22 +76,19 @@ class RunRepository:
 
     def states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """The state of each of these runs that exists (one query per 500 ids)."""
-        ids = builtins.list(run_ids)
         out: dict[str, str] = {}
         with self._s.reading():
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
+            for chunk in _chunks(run_ids):
                 query = self._m.select(self._m.id, self._m.state).where(self._m.id.in_(chunk))
                 out.update({r.id: r.state for r in query})
         return out
 
     def get_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
         """Each of these runs that exists, by id (one query per 500 ids)."""
-        ids = builtins.list(run_ids)
         out: dict[str, RunRecord] = {}
         with self._s.reading():
-            for i in range(0, len(ids), 500):
-                query = self._m.select().where(self._m.id.in_(ids[i : i + 500]))
+            for chunk in _chunks(run_ids):
+                query = self._m.select().where(self._m.id.in_(chunk))
                 out.update({r.id: _run(r) for r in query})
         return out
 
@@ -369,14 +366,13 @@ class StepRepository:
 
     def succeeded_many(self, run_ids: Iterable[str]) -> dict[str, dict[str, StepRow]]:
         """`succeeded` of several runs (one query per 500 ids; runs without rows left out)."""
-        ids = builtins.list(run_ids)
         M = self._m
         out: dict[str, dict[str, StepRow]] = {}
         with self._s.reading():
-            for i in range(0, len(ids), 500):
+            for chunk in _chunks(run_ids):
                 rows = (
                     M.select()
-                    .where(M.run.in_(ids[i : i + 500]) & (M.state == "succeeded"))
+                    .where(M.run.in_(chunk) & (M.state == "succeeded"))
                     .order_by(M.run, M.started_at, M.id)
                 )
                 for r in rows:
@@ -586,6 +582,13 @@ class EventRepository:
                 )
                 for r in query
             ]
+
+
+def _chunks(ids: Iterable[str], size: int = 500) -> Iterator[list[str]]:
+    """`ids` in lists of `size`: one query each keeps the statement's parameters bounded."""
+    ids = builtins.list(ids)
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
 
 
 def _check_state(state: str) -> None:
