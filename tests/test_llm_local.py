@@ -110,6 +110,27 @@ def test_a_file_that_is_not_a_model_fails_without_retry(tmp_path: Path) -> None:
     assert not info.value.retryable and "\n" not in str(info.value)
 
 
+@pytest.mark.skipif(not HAVE_LLAMA, reason="the 'local' extra is not installed")
+def test_amx_cpus_load_weights_without_extra_buffer_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with AMX, llama.cpp's AMX weight buffers crashed the first generation: the model
+    is loaded with `use_extra_bufts` off there (llama-cpp-python has no argument for it), and
+    the library's defaults are left as they were."""
+    import llama_cpp.llama_cpp as low
+
+    if "use_extra_bufts" not in {f for f, *_ in low.llama_model_params._fields_}:
+        pytest.skip("this llama-cpp-python has no use_extra_bufts")
+    assert low.llama_model_default_params().use_extra_bufts
+
+    monkeypatch.setattr(local_mod, "_cpu_has_amx", lambda: True)
+    with local_mod._plain_weights_on_amx():
+        assert not low.llama_model_default_params().use_extra_bufts
+    assert low.llama_model_default_params().use_extra_bufts
+
+    monkeypatch.setattr(local_mod, "_cpu_has_amx", lambda: False)
+    with local_mod._plain_weights_on_amx():
+        assert low.llama_model_default_params().use_extra_bufts
+
+
 def test_local_models_share_one_provider_per_process() -> None:
     assert Providers().get("local/smollm2") is Providers().get("local/x.gguf")
 

@@ -14,7 +14,7 @@ import contextlib
 import importlib.util
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,43 @@ def _threads() -> int:
     return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
+@contextlib.contextmanager
+def _plain_weights_on_amx() -> Iterator[None]:
+    """On a CPU with AMX, load weights without llama.cpp's extra buffer types.
+
+    llama.cpp repacks the weights for AMX when the CPU reports it, and its first generation
+    then crashed the process with a segmentation fault on such a machine (SmolLM2's Q4_1
+    weights, llama-cpp-python 0.3.36), where plain CPU buffers work. llama-cpp-python does not
+    expose `use_extra_bufts`, so its default model parameters are wrapped while loading
+    (under `_load_lock`)."""
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+    fields = {name for name, *_ in getattr(original().__class__, "_fields_", [])}
+    if "use_extra_bufts" not in fields or not _cpu_has_amx():
+        yield
+        return
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:  # not Linux: llama.cpp's AMX code is for Linux on Intel CPUs
+        return False
+
+
 def _load(path: Path) -> _Loaded:
     """The loaded model for `path`, loading it on first use (once, even under concurrency)."""
     loaded = _models.get(path)
@@ -111,12 +148,13 @@ def _load(path: Path) -> _Loaded:
             except ImportError:
                 raise ConfigError(INSTALL_HINT) from None
             try:
-                llama = Llama(
-                    model_path=str(path),
-                    n_ctx=N_CTX,
-                    n_threads=_threads(),
-                    verbose=False,
-                )
+                with _plain_weights_on_amx():
+                    llama = Llama(
+                        model_path=str(path),
+                        n_ctx=N_CTX,
+                        n_threads=_threads(),
+                        verbose=False,
+                    )
             except (ValueError, RuntimeError, OSError) as e:
                 raise LLMError(
                     f"cannot load local model {path}: {_one_line(e)}", retryable=False
