@@ -854,6 +854,40 @@ def test_a_closed_store_lets_go_of_its_journal_writers(tmp_path: Path) -> None:
     assert gone() is None
 
 
+def test_sqlite_pages_reach_the_database_file_from_the_checkpoint_thread(tmp_path: Path) -> None:
+    """Committed pages are copied from the WAL into the database file by the writer's own
+    checkpoint thread, long before the WAL reaches SQLite's automatic mark (10 000 pages),
+    which would do it inside a commit on the event loop's thread; closing stops the thread."""
+    import asyncio
+
+    from eclflow.engine.runner import run
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+
+    path = tmp_path / "x.db"
+    store = open_store(f"sqlite:///{path}")
+    empty = path.stat().st_size
+    wf = load(CRITIQUE_REVISE)
+    mock = MockProvider({"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}})
+
+    async def runs() -> None:
+        for _ in range(20):
+            result = await run(
+                wf, {"topic": "t"}, model="mock/t", mock_responses=mock.fresh(), store=store
+            )
+            assert result.status == "completed"
+            await asyncio.sleep(0.01)  # several checkpoint periods over the runs
+
+    try:
+        asyncio.run(runs())
+        wal = Path(f"{path}-wal").stat().st_size
+        assert 0 < wal < 10_000 * 4096  # below the automatic checkpoint's mark
+        assert path.stat().st_size > empty  # yet the database file has the runs' pages
+    finally:
+        store.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("eclflow-checkpoint")]
+
+
 def test_closing_the_store_writes_what_its_writers_still_hold(url: str) -> None:
     """A loop that stops before the linger timer fires (Ctrl-C) leaves unawaited writes queued
     and events buffered; closing the store commits them instead of dropping them."""

@@ -40,6 +40,9 @@ HOLD_START = 0.2
 # GIL).
 THREAD_AT = 64
 EVENTS_EVERY = 0.2  # seconds between two writes of the runs' events (`eclflow logs --follow`)
+# SQLite: at most this often (seconds), a thread of its own copies what was committed from the
+# WAL into the database file (a passive checkpoint; see `_checkpoint`).
+CHECKPOINT_EVERY = 0.05
 Handle = tuple[str, str, int]  # (run id, journal key, attempt)
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 
@@ -78,6 +81,9 @@ class JournalWriter:
         self._recorders: set[Any] = set()
         self._events_timer: asyncio.TimerHandle | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eclflow-journal")
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_due = 0.0
+        self._checkpointing = False
         # PostgreSQL is written from the worker thread, never from the event loop; SQLite
         # small batches on the loop's thread (see THREAD_AT).
         self.inline = store.kind == "sqlite"
@@ -167,6 +173,7 @@ class JournalWriter:
 
     def _next(self) -> None:
         """After a write: the next one at once if somebody waits, else after the linger."""
+        self._maybe_checkpoint()
         if self._awaited:
             self.loop.call_soon(self._launch)
             return
@@ -187,6 +194,35 @@ class JournalWriter:
         # awaited write fails the same way, or the run's end does.
         self._resolve(batch, done.exception())
         self._next()
+
+    def _maybe_checkpoint(self) -> None:
+        if not self.inline or self.store.in_memory or self._checkpointing:
+            return
+        now = self.loop.time()
+        if now < self._checkpoint_due:
+            return
+        self._checkpoint_due = now + CHECKPOINT_EVERY
+        self._checkpointing = True
+        if self._checkpointer is None:
+            self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="eclflow-checkpoint")
+        self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """(checkpoint thread) Copy the pages committed to SQLite's WAL into the database file,
+        and sync both, beside the commits rather than inside one of them.
+
+        SQLite does this itself once the WAL holds `wal_autocheckpoint` pages, in the commit
+        that crosses the mark: on the event loop's thread, for tens of milliseconds, mostly
+        syncing tens of megabytes. A passive checkpoint waits for no lock and blocks no writer;
+        the automatic one is left with the pages of the last few commits, and still restarts
+        the WAL."""
+        try:
+            with self.store.reading():
+                self.store.db.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception as e:  # the automatic checkpoint still happens
+            logger.debug("journal: checkpoint failed: %s", e)
+        finally:
+            self._checkpointing = False
 
     # --- the events of the runs in this loop, written every EVENTS_EVERY seconds -------------
 
@@ -419,6 +455,8 @@ class JournalWriter:
         `running` rows, the results of pure steps and the runs' last events would be lost.
         """
         self._pool.shutdown(wait=True)  # a batch in flight commits first: queue order
+        if self._checkpointer is not None:
+            self._checkpointer.shutdown(wait=True)
         self._pending.extend(op for op, _ in self._held.values())
         self._held.clear()
         for recorder in list(self._recorders):  # runs cancelled before they could unfollow
