@@ -212,6 +212,48 @@ async def test_a_batch_collects_young_objects_less_often_and_restores_the_gc(
     assert gc.get_threshold() == before
 
 
+async def test_a_journaled_batch_hands_the_gil_over_quickly_and_restores_the_interval(
+    tmp_path: Path,
+) -> None:
+    """The journal's writer thread waits for the GIL after every statement: during a journaled
+    batch of several runs the switch interval is short; alone, or without a journal, it is
+    left as it was, and it is restored after."""
+    import sys
+
+    from eclflow.engine.batch import SWITCH_INTERVAL, run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+    from eclflow.store import open_store
+
+    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL
+    store = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        for items, concurrency, journal, expected in [
+            (20, 10, store, SWITCH_INTERVAL),
+            (20, 1, store, before),
+            (20, 10, None, before),
+        ]:
+            seen: set[float] = set()
+            results = await run_batch(
+                load(CRITIQUE_REVISE),
+                [{"topic": f"t{i} {concurrency} {journal is None}"} for i in range(items)],
+                concurrency=concurrency,
+                model="mock/t",
+                mock_responses=MockProvider(script),
+                store=journal,
+                on_update=lambda p, seen=seen: (
+                    seen.add(sys.getswitchinterval()) if p.running else None
+                ),
+            )
+            assert [r.status for r in results] == ["completed"] * items
+            assert seen == {expected}
+            assert sys.getswitchinterval() == before
+    finally:
+        store.close()
+
+
 def test_the_batch_gc_threshold_is_capped() -> None:
     import gc
 

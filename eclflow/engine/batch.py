@@ -11,6 +11,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -133,8 +134,31 @@ async def run_batch(
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
     finished = await asyncio.to_thread(_stored_results, store, completed) if completed else {}
     update()
-    with _gc_for_many_runs(min(len(items), max(1, concurrency))):
+    in_flight = min(len(items), max(1, concurrency))
+    with _gc_for_many_runs(in_flight), _quick_gil_handoffs(store is not None and in_flight > 1):
         return list(await asyncio.gather(*(one(i, item, ids[i]) for i, item in enumerate(items))))
+
+
+SWITCH_INTERVAL = 0.0005
+
+
+@contextmanager
+def _quick_gil_handoffs(journaled: bool) -> Iterator[None]:
+    """The journal's writer thread (eclflow/store/writer.py) takes the GIL back after each
+    statement, and an event loop busy with many runs lets it go only every
+    `sys.getswitchinterval()` seconds (5 ms by default): a batch's commit, a few statements,
+    waited tens of milliseconds for the GIL, and the runs for their commit. During a journaled
+    batch the interval is SWITCH_INTERVAL (unless already shorter), restored after."""
+    before = sys.getswitchinterval()
+    if not journaled or before <= SWITCH_INTERVAL:
+        yield
+        return
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        if sys.getswitchinterval() == SWITCH_INTERVAL:  # unless somebody changed it meanwhile
+            sys.setswitchinterval(before)
 
 
 @contextmanager
