@@ -564,6 +564,44 @@ def test_sqlite_settings(sqlite_url: str) -> None:
         assert s.db._lock_type == "IMMEDIATE"
 
 
+def test_a_connection_refused_as_locked_is_tried_again(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new connection's `PRAGMA journal_mode = wal` can fail at once with "database is
+    locked" while another process opens or checkpoints the file (two `eclflow run` started
+    together failed one time in ten): the connection is tried again, other errors are not."""
+    import sqlite3
+
+    from peewee import SqliteDatabase
+
+    connect = SqliteDatabase._connect
+    calls: list[int] = []
+
+    def locked_twice(self: SqliteDatabase) -> object:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return connect(self)
+
+    monkeypatch.setattr(SqliteDatabase, "_connect", locked_twice)
+    store = open_store(sqlite_url)
+    try:
+        assert len(calls) == 3
+        assert store.runs.list() == []
+    finally:
+        store.close()
+
+    def broken(self: SqliteDatabase) -> object:
+        calls.append(1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    calls.clear()
+    monkeypatch.setattr(SqliteDatabase, "_connect", broken)
+    with pytest.raises(PersistenceError, match="disk I/O error"):
+        open_store(sqlite_url)
+    assert len(calls) == 1
+
+
 def test_close_closes_every_thread_connection(sqlite_url: str) -> None:
     s = open_store(sqlite_url)
     run_id = new_run(s)

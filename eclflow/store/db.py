@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
@@ -70,7 +71,18 @@ class _SqliteDatabase(_Tracked, SqliteDatabase):
         super().__init__(*args, **kwargs)
 
     def _connect(self) -> Any:
-        return self._track(super()._connect())  # type: ignore[misc]
+        # `PRAGMA journal_mode = wal` on a new connection can fail at once with "database is
+        # locked" while another process opens the file or checkpoints it: SQLite does not call
+        # the busy handler there. The mode is already in the file, so a retry soon succeeds.
+        waited, delay = 0.0, 0.001
+        while True:
+            try:
+                return self._track(super()._connect())  # type: ignore[misc]
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or waited >= BUSY_TIMEOUT_MS / 1000:
+                    raise
+            time.sleep(delay)
+            waited, delay = waited + delay, min(delay * 2, 0.1)
 
 
 class _PostgresqlDatabase(_Tracked, PostgresqlDatabase):
