@@ -457,6 +457,11 @@ async def test_engine_run_is_journaled_and_resumes_from_the_store(store: Store) 
     assert store.steps.succeeded(run.id)["critique#1"].feedback == "more"
     assert any(e.kind == "workflow_completed" for e in store.events.for_run(run.id))
 
+    # a completed run resumes from its journal alone: no script for its mock model is needed
+    again = await runner.resume(run.id[:8], store=store)
+    assert again.status == "completed" and all(s.replayed for s in again.steps)
+    assert again.output == {"final_text": "v2", "revision_count": 1}
+
     # a run that stopped after critique#1: resuming calls only what is left
     store.runs.update_state(run.id, "running")
     M = store.models.StepExecution

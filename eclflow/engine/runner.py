@@ -369,7 +369,8 @@ def _take_over(
     if record.state == "running" and not force and _alive_elsewhere(meta):
         raise InvalidState(f"run {record.id[:8]} is still running in process {meta.get('pid')}")
     chosen = model or meta.get("model") or default_model(wf, None)
-    check_models(compile_plan(wf), providers, chosen)
+    if record.state != "completed":  # a completed run replays its journal: it calls nothing
+        check_models(compile_plan(wf), providers, chosen)
     stored = meta.get("budget") or {}
     limits = _limits(
         wf,
