@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import EclflowError, RunNotFound
 from ..llm import MockProvider
@@ -140,6 +140,7 @@ async def run_batch(
 
 
 SWITCH_INTERVAL = 0.0005
+_T = TypeVar("_T")
 
 
 @contextmanager
@@ -149,16 +150,11 @@ def _quick_gil_handoffs(journaled: bool) -> Iterator[None]:
     `sys.getswitchinterval()` seconds (5 ms by default): a batch's commit, a few statements,
     waited tens of milliseconds for the GIL, and the runs for their commit. During a journaled
     batch the interval is SWITCH_INTERVAL (unless already shorter), restored after."""
-    before = sys.getswitchinterval()
-    if not journaled or before <= SWITCH_INTERVAL:
+    if not journaled or sys.getswitchinterval() <= SWITCH_INTERVAL:
         yield
         return
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    try:
+    with _process_setting(sys.getswitchinterval, sys.setswitchinterval, SWITCH_INTERVAL):
         yield
-    finally:
-        if sys.getswitchinterval() == SWITCH_INTERVAL:  # unless somebody changed it meanwhile
-            sys.setswitchinterval(before)
 
 
 @contextmanager
@@ -173,12 +169,21 @@ def _gc_for_many_runs(in_flight: int) -> Iterator[None]:
     before = gc.get_threshold()
     young = max(before[0], 100_000, min(500 * in_flight, 500_000))
     relaxed = (young, max(before[1], 20), before[2])
-    gc.set_threshold(*relaxed)
+    with _process_setting(gc.get_threshold, lambda t: gc.set_threshold(*t), relaxed):
+        yield
+
+
+@contextmanager
+def _process_setting(get: Callable[[], _T], put: Callable[[_T], None], value: _T) -> Iterator[None]:
+    """A process-wide setting at `value` for the block, then back to what it was, unless
+    somebody changed it meanwhile."""
+    before = get()
+    put(value)
     try:
         yield
     finally:
-        if gc.get_threshold() == relaxed:  # unless somebody changed them meanwhile
-            gc.set_threshold(*before)
+        if get() == value:
+            put(before)
 
 
 def _previous(store: Any, run_id: str) -> Any:

@@ -110,7 +110,7 @@ def _plain_weights_on_amx() -> Iterator[None]:
     import llama_cpp.llama_cpp as low
 
     original = low.llama_model_default_params
-    fields = {name for name, *_ in getattr(original().__class__, "_fields_", [])}
+    fields = {name for name, *_ in low.llama_model_params._fields_}
     if "use_extra_bufts" not in fields or not _cpu_has_amx():
         yield
         return
