@@ -317,3 +317,35 @@ def test_plugins_load_only_when_needed_and_cannot_replace_built_in_types(tmp_pat
     assert types["shout"] == "shout_plugin"
     assert types["generate"] == "eclflow.steps.builtin"
     assert "warning: plugin step 'generate'" in r.stderr and "built-in step type" in r.stderr
+
+
+def test_a_step_cancelled_while_its_result_is_committed_keeps_its_event() -> None:
+    """Ctrl-C can cancel a run just after its step's result was committed, before the task
+    resumes: the step's outcome event must already have been recorded by then."""
+    from eclflow.observe.events import EventRecorder, record_to
+
+    class CommitsThenCancelled:
+        def __init__(self) -> None:
+            self.committed: list[str] = []
+
+        def started(self, attempt: int, input: Any, model: str | None) -> None:
+            return None
+
+        async def finished(self, handle: Any, attempt: int, record: Any, **kw: Any) -> None:
+            self.committed.append(record.outcome)
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # as asyncio.run does on Ctrl-C, with the commit already done
+            await asyncio.sleep(0)
+
+    async def main() -> list[str]:
+        recorder = EventRecorder(None, "r")
+        ex, _ = _ctx(MockProvider(["A fine draft."]))
+        with record_to(recorder), pytest.raises(asyncio.CancelledError):
+            await ex.run(GenerateStep(spec("generate")), "generate", 0, {"topic": "t"}, log)
+        return [kind for kind, _, _ in recorder.take()]
+
+    log = CommitsThenCancelled()
+    kinds = asyncio.run(main())
+    assert log.committed == ["success"]
+    assert "step_succeeded" in kinds

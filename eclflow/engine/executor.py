@@ -149,36 +149,44 @@ class Executor:
                 self.on_attempt(key, 1, max(1, policy.max_attempts))
             emit("step_started", attempt=1)
             last = await self._attempt(
-                step, key, iteration, 1, input, model, loop, attempts_log, traces
+                step, key, iteration, 1, input, model, loop, attempts_log, traces, started
             )
             if last.outcome == "failed" and last.retryable and policy.max_attempts > 1:
                 last = await self._retry(
-                    step, key, iteration, input, model, loop, attempts_log, traces, last
+                    step, key, iteration, input, model, loop, attempts_log, traces, last, started
                 )
-            n = last.attempts
             last.traces = traces
             last.duration_ms = _ms(started)
-            if last.outcome == "failed":
-                msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
-                traces.append(TraceEvent("error", msg, {"attempts": n, "error": last.error}))
-                if n > 1:
-                    emit("step_failed_after_retries", attempts=n, error=last.error)
-                else:
-                    emit("step_failed", error=last.error, duration_ms=last.duration_ms)
-            else:
-                if n > 1:
-                    traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
-                    emit("step_succeeded_after_retry", attempts=n, duration_ms=last.duration_ms)
-                else:
-                    emit(
-                        "step_succeeded",
-                        duration_ms=last.duration_ms,
-                        tokens_input=last.tokens_in,
-                        tokens_output=last.tokens_out,
-                        cost=last.cost,
-                    )
-                traces.append(TraceEvent("info", "Step execution completed"))
             return last
+
+    def _settled(
+        self, record: StepExecution, n: int, traces: list[TraceEvent], started: float
+    ) -> None:
+        """The step's outcome, decided by its `n`th and last attempt: its event and last trace.
+
+        Said before the attempt is committed: a run cancelled while it waits for that commit
+        (Ctrl-C) would otherwise keep the step's result without its event."""
+        duration_ms = _ms(started)
+        if record.outcome == "failed":
+            msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
+            traces.append(TraceEvent("error", msg, {"attempts": n, "error": record.error}))
+            if n > 1:
+                emit("step_failed_after_retries", attempts=n, error=record.error)
+            else:
+                emit("step_failed", error=record.error, duration_ms=duration_ms)
+            return
+        if n > 1:
+            traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
+            emit("step_succeeded_after_retry", attempts=n, duration_ms=duration_ms)
+        else:
+            emit(
+                "step_succeeded",
+                duration_ms=duration_ms,
+                tokens_input=record.tokens_in,
+                tokens_output=record.tokens_out,
+                cost=record.cost,
+            )
+        traces.append(TraceEvent("info", "Step execution completed"))
 
     async def _retry(
         self,
@@ -191,6 +199,7 @@ class Executor:
         attempts_log: AttemptLog,
         traces: list[TraceEvent],
         first: StepExecution,
+        started: float,
     ) -> StepExecution:
         """Attempts 2… under the step's retry policy; the record of the last, with the totals
         of all of them."""
@@ -235,8 +244,9 @@ class Executor:
                             self.on_attempt(key, n, max_attempts)
                         emit("step_started", attempt=n)
                         last = await self._attempt(
-                            step, key, iteration, n, input, model, loop, attempts_log, traces
-                        )
+                            step, key, iteration, n, input, model, loop, attempts_log, traces,
+                            started,
+                        )  # fmt: skip
                     made.append(last)
                     if last.outcome == "failed" and last.retryable:
                         raise _RetryableFailure(last)
@@ -262,6 +272,7 @@ class Executor:
         loop: LoopState | None,
         attempts_log: AttemptLog,
         traces: list[TraceEvent],
+        step_started: float,
     ) -> StepExecution:
         handle = attempts_log.started(attempt, input, model)
         usage = _Usage()
@@ -335,6 +346,8 @@ class Executor:
             usage.prompt,
             [*traces, done],  # the journal keeps the step's story up to this attempt
         )
+        if not (failed and result.retryable and attempt < step.retry_policy.max_attempts):
+            self._settled(record, attempt, traces, step_started)
         await attempts_log.finished(handle, attempt, record, commit=not step.pure)
         return record
 
