@@ -298,6 +298,12 @@ def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path
     assert keys == ["generate", "critique#1", "revise#1", "critique#2"]  # nothing called twice
     status = _cli(tmp_path, "status", out["run_id"], "-o", "json")
     assert status.returncode == 0, status.stderr
+    # once more, now that it has completed: its result again, and nothing is called
+    r3 = _cli(tmp_path, "resume", out["run_id"][:8])
+    assert r3.returncode == 0, r3.stderr
+    assert "had already completed: its recorded result (nothing was run)" in r3.stderr
+    assert "final_text: draft two" in r3.stdout and "completed · run" in r3.stderr
+    assert len(calls.read_text().splitlines()) == 4
 
 
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:

@@ -455,12 +455,24 @@ async def test_engine_run_is_journaled_and_resumes_from_the_store(store: Store) 
         "critique#2",
     ]
     assert store.steps.succeeded(run.id)["critique#1"].feedback == "more"
-    assert any(e.kind == "workflow_completed" for e in store.events.for_run(run.id))
+    events = store.events.for_run(run.id)
+    assert any(e.kind == "workflow_completed" for e in events)
 
-    # a completed run resumes from its journal alone: no script for its mock model is needed
-    again = await runner.resume(run.id[:8], store=store)
+    # resuming a completed run gives its recorded result: no script for its mock model is
+    # needed, and nothing is rewritten (not its end, its duration, its metadata or its events)
+    heard: list[str] = []
+    again = await runner.resume(
+        run.id[:8], store=store, listener=lambda event, payload: heard.append(event)
+    )
     assert again.status == "completed" and all(s.replayed for s in again.steps)
     assert again.output == {"final_text": "v2", "revision_count": 1}
+    assert [s.key for s in again.steps] == ["generate", "critique#1", "revise#1", "critique#2"]
+    assert again.duration_ms == run.metadata["duration_ms"] and again.tokens == result.tokens
+    assert heard == ["run_already_completed"]
+    after = store.runs.get(run.id)
+    assert (after.completed_at, after.updated_at) == (run.completed_at, run.updated_at)
+    assert after.metadata == run.metadata and "resumed" not in after.metadata
+    assert len(store.events.for_run(run.id)) == len(events)
 
     # a run that stopped after critique#1: resuming calls only what is left
     store.runs.update_state(run.id, "running")

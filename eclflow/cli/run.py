@@ -413,7 +413,9 @@ def resume_cmd(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Continue RUN_ID (any unique prefix) from its journal without repeating finished steps."""
+    """Continue RUN_ID (any unique prefix) from its journal without repeating finished steps.
+
+    A run that already completed is left as it is; its recorded result is printed."""
     from ..engine import runner
 
     _quiet_stamina()
@@ -467,6 +469,12 @@ def _line_printer() -> Any:
             click.echo(
                 f"  {e.key}: {what}{extra} · {e.attempts} attempt(s) · {e.tokens} tokens · "
                 f"{e.duration_ms} ms",
+                err=True,
+            )
+        elif event == "run_already_completed":
+            click.echo(
+                f"run {payload['result'].run_id[:8]} had already completed: "
+                "its recorded result (nothing was run)",
                 err=True,
             )
 

@@ -110,7 +110,7 @@ async def run_batch(
             if previous is not None:
                 if previous.state == "completed":  # (since the batch began: another process)
                     progress.reused += 1
-                    return _stored_results(store, [run_id])[run_id]
+                    return runner.stored_results(store, [run_id])[run_id]
                 return await runner.resume(
                     run_id, store=store, model=model, mock_responses=mock, force=True, budget=budget
                 )
@@ -132,7 +132,7 @@ async def run_batch(
     )
     # and the results of those it completed, read in bulk rather than one run at a time
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
-    finished = await asyncio.to_thread(_stored_results, store, completed) if completed else {}
+    finished = await asyncio.to_thread(runner.stored_results, store, completed) if completed else {}
     update()
     in_flight = min(len(items), max(1, concurrency))
     with _gc_for_many_runs(in_flight), _quick_gil_handoffs(store is not None and in_flight > 1):
@@ -191,29 +191,3 @@ def _previous(store: Any, run_id: str) -> Any:
         return store.runs.get(run_id)
     except RunNotFound:
         return None
-
-
-def _stored_results(store: Any, run_ids: Sequence[str]) -> dict[str, RunResult]:
-    """Finished items as they were recorded, their steps rebuilt from the journal (no calls):
-    a few queries for any number of them."""
-    from .journal import execution_from_record
-
-    records = store.runs.get_many(run_ids)
-    steps = store.steps.succeeded_many(records)
-    out = {}
-    for run_id, record in records.items():
-        meta = record.metadata or {}
-        out[run_id] = RunResult(
-            record.id,
-            record.definition_id,
-            record.state,
-            output=record.output,
-            error=record.error,
-            failed_step=record.failed_step,
-            steps=[
-                execution_from_record(row, replayed=True) for row in steps.get(run_id, {}).values()
-            ],
-            revisions=dict(meta.get("revisions") or {}),
-            duration_ms=int(meta.get("duration_ms") or 0),
-        )
-    return out

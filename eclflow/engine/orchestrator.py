@@ -24,6 +24,7 @@ from .journal import Journal
 from .result import RunResult, StepExecution
 
 # (event, payload) callbacks for live views and logs: step_started, step_finished, loop_revision
+# (and run_already_completed, from `resume` of a run that has nothing left to do)
 Listener = Callable[[str, Mapping[str, Any]], None]
 
 

@@ -322,9 +322,12 @@ async def resume(
     providers = Providers(mock=as_mock(mock_responses))
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
-    record, wf, chosen, limits, rows = await asyncio.to_thread(
-        _take_over, store, run_id, force, budget, providers, model
-    )
+    taken = await asyncio.to_thread(_take_over, store, run_id, force, budget, providers, model)
+    if isinstance(taken, RunResult):  # completed before: nothing to run, nothing rewritten
+        if listener is not None:
+            listener("run_already_completed", {"result": taken})
+        return taken
+    record, wf, chosen, limits, rows = taken
     return await _execute(
         compile_plan(wf),
         providers,
@@ -348,12 +351,15 @@ def _take_over(
     budget: Budget | None,
     providers: Providers,
     model: str | None,
-) -> tuple[Any, Workflow, str | None, Budget, list[Any]]:
+) -> tuple[Any, Workflow, str | None, Budget, list[Any]] | RunResult:
     """Check that run `run_id` can be resumed and mark it running in this process, in one
-    transaction; its record, workflow, model, limits and journal rows."""
+    transaction; its record, workflow, model, limits and journal rows. A run that completed is
+    left as it is: its recorded result."""
     from ..spec import load
 
     record = store.runs.find(run_id)
+    if record.state == "completed":
+        return stored_results(store, [record.id])[record.id]
     meta = dict(record.metadata or {})
     path = Path(meta["path"]) if meta.get("path") else None
     wf = _stored_workflow(record.definition, str(path or "<stored>"), path.parent if path else None)
@@ -369,8 +375,7 @@ def _take_over(
     if record.state == "running" and not force and _alive_elsewhere(meta):
         raise InvalidState(f"run {record.id[:8]} is still running in process {meta.get('pid')}")
     chosen = model or meta.get("model") or default_model(wf, None)
-    if record.state != "completed":  # a completed run replays its journal: it calls nothing
-        check_models(compile_plan(wf), providers, chosen)
+    check_models(compile_plan(wf), providers, chosen)
     stored = meta.get("budget") or {}
     limits = _limits(
         wf,
@@ -454,3 +459,29 @@ def _hostname() -> str:
 
 def _same_host(meta: Mapping[str, Any]) -> bool:
     return meta.get("host") in (None, _hostname())
+
+
+def stored_results(store: Any, run_ids: Sequence[str]) -> dict[str, RunResult]:
+    """Finished runs as they were recorded, their steps rebuilt from the journal (no calls):
+    a few queries for any number of them."""
+    from .journal import execution_from_record
+
+    records = store.runs.get_many(run_ids)
+    steps = store.steps.succeeded_many(records)
+    out = {}
+    for run_id, record in records.items():
+        meta = record.metadata or {}
+        out[run_id] = RunResult(
+            record.id,
+            record.definition_id,
+            record.state,
+            output=record.output,
+            error=record.error,
+            failed_step=record.failed_step,
+            steps=[
+                execution_from_record(row, replayed=True) for row in steps.get(run_id, {}).values()
+            ],
+            revisions=dict(meta.get("revisions") or {}),
+            duration_ms=int(meta.get("duration_ms") or 0),
+        )
+    return out
