@@ -153,7 +153,16 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     path = tmp_path / "runs.db"
     log = tmp_path / "calls.jsonl"
     cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--db", f"sqlite:///{path}", delay=0.1)
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a shell starts a background job (CI's, say) with SIGINT
+    # ignored, and the child would inherit that and never see the signal
+    p = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if log.exists() and len(log.read_text().splitlines()) >= 14:
