@@ -272,3 +272,43 @@ def test_the_batch_gc_threshold_is_capped() -> None:
     with _gc_for_many_runs(5000):
         assert gc.get_threshold()[0] == 500_000  # not 2.5 million
     assert gc.get_threshold() == before
+
+
+def test_items_completed_or_deleted_since_the_batch_began(tmp_path: Path) -> None:
+    """An item another process completed after the batch read the states is its stored result
+    (counted as reused, no call); one deleted meanwhile starts afresh."""
+    import asyncio
+
+    from eclflow.engine.batch import BatchProgress, run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+    from eclflow.store import open_store
+
+    wf = load(CRITIQUE_REVISE)
+    items = [{"topic": f"t{i}"} for i in range(4)]
+    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        first = asyncio.run(
+            run_batch(
+                wf, items, concurrency=2, model="mock/t", mock_responses=MockProvider(script),
+                store=store,
+            )
+        )  # fmt: skip
+        store.runs.delete(first[3].run_id)
+        # as read when the batch began: none of them completed yet
+        store.runs.states = lambda ids: {r.run_id: "running" for r in first}  # type: ignore[method-assign]
+        seen: list[BatchProgress] = []
+        mock = MockProvider(script)
+        again = asyncio.run(
+            run_batch(
+                wf, items, concurrency=2, model="mock/t", mock_responses=mock, store=store,
+                on_update=seen.append,
+            )
+        )  # fmt: skip
+    finally:
+        store.close()
+    assert [r.status for r in again] == ["completed"] * 4
+    assert [r.output for r in again] == [r.output for r in first]
+    assert [all(s.replayed for s in r.steps) for r in again] == [True, True, True, False]
+    assert seen[-1].reused == 3

@@ -106,14 +106,23 @@ async def run_batch(
     async def _item(runner: Any, run_id: str, index: int, item: Mapping[str, Any]) -> RunResult:
         mock = mock_responses.fresh() if mock_responses is not None else None
         if store is not None and run_id in known:
-            previous = await asyncio.to_thread(_previous, store, run_id)
-            if previous is not None:
-                if previous.state == "completed":  # (since the batch began: another process)
+
+            def reused(event: str, payload: Mapping[str, Any]) -> None:
+                if event == "run_already_completed":  # since the batch began: another process
                     progress.reused += 1
-                    return runner.stored_results(store, [run_id])[run_id]
+
+            try:
                 return await runner.resume(
-                    run_id, store=store, model=model, mock_responses=mock, force=True, budget=budget
+                    run_id,
+                    store=store,
+                    model=model,
+                    mock_responses=mock,
+                    force=True,
+                    budget=budget,
+                    listener=reused,
                 )
+            except RunNotFound:  # deleted since the batch began: it starts afresh
+                pass
         return await runner.run(
             workflow,
             item,
@@ -184,10 +193,3 @@ def _process_setting(get: Callable[[], _T], put: Callable[[_T], None], value: _T
     finally:
         if get() == value:
             put(before)
-
-
-def _previous(store: Any, run_id: str) -> Any:
-    try:
-        return store.runs.get(run_id)
-    except RunNotFound:
-        return None
