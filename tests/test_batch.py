@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CRITIQUE_REVISE
@@ -105,33 +106,17 @@ def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(tmp_pat
     """The second call of the same batch reads the completed items back (in bulk) with their
     outputs, tokens, cost and steps, and makes no model call; a run left unfinished in between
     is resumed, in its place in the input order."""
-    import asyncio
-
-    from eclflow.engine.batch import BatchProgress, run_batch
-    from eclflow.llm import MockProvider
-    from eclflow.spec import load
+    from eclflow.engine.batch import BatchProgress
     from eclflow.store import open_store
 
-    wf = load(CRITIQUE_REVISE)
-    items = [{"topic": f"t{i}"} for i in range(30)]
-    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
     store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
     try:
-        first = asyncio.run(
-            run_batch(
-                wf, items, concurrency=8, model="mock/t", mock_responses=MockProvider(script),
-                store=store,
-            )
-        )  # fmt: skip
+        first = _api_batch(store, 30, concurrency=8)
         assert [r.status for r in first] == ["completed"] * 30
         store.runs.update_state(first[7].run_id, "running")  # as if cut short before its end
         seen: list[BatchProgress] = []
-        again = asyncio.run(  # with a mock that fails any call
-            run_batch(
-                wf, items, concurrency=8, model="mock/t", mock_responses=MockProvider([]),
-                store=store, on_update=seen.append,
-            )
-        )  # fmt: skip
+        # with a mock that fails any call
+        again = _api_batch(store, 30, concurrency=8, script=[], on_update=seen.append)
     finally:
         store.close()
     assert [r.run_id for r in again] == [r.run_id for r in first]
@@ -140,6 +125,26 @@ def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(tmp_pat
         assert [s.key for s in b.steps] == [s.key for s in a.steps] == ["generate", "critique#1"]
         assert all(s.replayed for s in b.steps)
     assert seen[-1].reused == 29 and seen[-1].done == 30
+
+
+def _api_batch(store: Any, n: int, concurrency: int, script: Any = None, **kw: Any) -> list[Any]:
+    """`run_batch` of critique-revise over n items on `mock/` (by default every critique
+    passes at once)."""
+    import asyncio
+
+    from eclflow.engine.batch import run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+
+    if script is None:
+        script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+    items = [{"topic": f"t{i}"} for i in range(n)]
+    return asyncio.run(
+        run_batch(
+            load(CRITIQUE_REVISE), items, concurrency=concurrency, model="mock/t",
+            mock_responses=MockProvider(script), store=store, **kw,
+        )
+    )  # fmt: skip
 
 
 def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
@@ -277,35 +282,17 @@ def test_the_batch_gc_threshold_is_capped() -> None:
 def test_items_completed_or_deleted_since_the_batch_began(tmp_path: Path) -> None:
     """An item another process completed after the batch read the states is its stored result
     (counted as reused, no call); one deleted meanwhile starts afresh."""
-    import asyncio
-
-    from eclflow.engine.batch import BatchProgress, run_batch
-    from eclflow.llm import MockProvider
-    from eclflow.spec import load
+    from eclflow.engine.batch import BatchProgress
     from eclflow.store import open_store
 
-    wf = load(CRITIQUE_REVISE)
-    items = [{"topic": f"t{i}"} for i in range(4)]
-    script = {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
     store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
     try:
-        first = asyncio.run(
-            run_batch(
-                wf, items, concurrency=2, model="mock/t", mock_responses=MockProvider(script),
-                store=store,
-            )
-        )  # fmt: skip
+        first = _api_batch(store, 4, concurrency=2)
         store.runs.delete(first[3].run_id)
         # as read when the batch began: none of them completed yet
         store.runs.states = lambda ids: {r.run_id: "running" for r in first}  # type: ignore[method-assign]
         seen: list[BatchProgress] = []
-        mock = MockProvider(script)
-        again = asyncio.run(
-            run_batch(
-                wf, items, concurrency=2, model="mock/t", mock_responses=mock, store=store,
-                on_update=seen.append,
-            )
-        )  # fmt: skip
+        again = _api_batch(store, 4, concurrency=2, on_update=seen.append)
     finally:
         store.close()
     assert [r.status for r in again] == ["completed"] * 4
