@@ -40,6 +40,8 @@ LABELS = {
     "langgraph/sqlite": "LangGraph, AsyncSqliteSaver",
     "langgraph/sqlite-normal": "LangGraph, AsyncSqliteSaver synchronous=NORMAL",
     "langgraph/postgres": "LangGraph, AsyncPostgresSaver",
+    "plain/sqlite": "plain asyncio loop, same rows to SQLite",
+    "plain/postgres": "plain asyncio loop, same rows to PostgreSQL",
 }
 # eclflow row -> the LangGraph row it is compared with
 PAIRS = {
@@ -47,6 +49,9 @@ PAIRS = {
     "eclflow/sqlite": "langgraph/sqlite",
     "eclflow/postgres": "langgraph/postgres",
 }
+# the machine's calibration: eclflow's durable row -> the plain loop writing the same rows
+# (bench/plain_side.py; the issue's "about 0.4 s" for B's 2000 runs)
+CALIBRATION = {"eclflow/sqlite": "plain/sqlite", "eclflow/postgres": "plain/postgres"}
 
 
 @dataclass
@@ -109,7 +114,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="A/B: also LangGraph's SQLite saver with synchronous=NORMAL (eclflow's setting)",
     )
-    p.add_argument("--only", choices=["eclflow", "langgraph"], help="measure one engine only")
+    p.add_argument(
+        "--only",
+        choices=["eclflow", "langgraph", "plain"],
+        help="measure one engine only (plain: the calibration rows, bench/plain_side.py)",
+    )
     p.add_argument("--jsonl", type=Path, help="also append each figure's JSON line to this file")
     p.add_argument(
         "--profile",
@@ -176,6 +185,7 @@ def run_figure(name: str, args: argparse.Namespace) -> Figure:
         keys = ["eclflow/none", "eclflow/sqlite", "langgraph/none", "langgraph/sqlite"]
         if args.sync_normal:
             keys.append("langgraph/sqlite-normal")
+        keys.append("plain/sqlite")
         rows = [Row(k, {"figure": "A", "runs": args.runs}) for k in engines(args, keys)]
         measure_rows(rows, args, per_step_us)
         return Figure(
@@ -209,12 +219,13 @@ def concurrency_figure(name: str, args: argparse.Namespace) -> Figure:
         why = unreachable()
         if why is not None:
             return Figure("E", "× floor", [], skipped=f"PostgreSQL unreachable: {why}")
-        keys = ["eclflow/postgres", "langgraph/postgres"]
+        keys = ["eclflow/postgres", "langgraph/postgres", "plain/postgres"]
         target = "≤ 2× floor"
     else:
         keys = ["eclflow/none", "eclflow/sqlite", "langgraph/none", "langgraph/sqlite"]
         if args.sync_normal:
             keys.append("langgraph/sqlite-normal")
+        keys.append("plain/sqlite")
         target = "≤ 1.5× floor, RSS growth < 100 MB"
     rows = [
         Row(f"{k}@{n}", {"figure": name, "runs": n, "latency": args.latency})
@@ -405,6 +416,30 @@ def ratios(fig: Figure) -> list[dict[str, Any]]:
     return out
 
 
+def calibrations(fig: Figure) -> list[dict[str, Any]]:
+    """eclflow's durable rows against the plain loop writing the same rows: how much of the
+    way from the floor the engine itself takes."""
+    by_key = {r.key: r for r in fig.rows}
+    out = []
+    for row in fig.rows:
+        base, _, n = row.key.partition("@")
+        plain = (
+            by_key.get(f"{CALIBRATION[base]}@{n}" if n else CALIBRATION[base])
+            if base in CALIBRATION
+            else None
+        )
+        if plain is None or row.median is None or not plain.median:
+            continue
+        out.append(
+            {
+                "eclflow": label(row.key),
+                "plain": label(plain.key),
+                "ratio": round(row.median / plain.median, 4),
+            }
+        )
+    return out
+
+
 def print_figure(fig: Figure, args: argparse.Namespace) -> None:
     if fig.skipped:
         print(f"   skipped: {fig.skipped}")
@@ -432,6 +467,9 @@ def print_figure(fig: Figure, args: argparse.Namespace) -> None:
         pairs = ratios(fig)
         for p in pairs:
             print(f"   ratio {p['eclflow']} / {p['langgraph']}: {p['ratio']:.3f}")
+        calibration = calibrations(fig)
+        for p in calibration:
+            print(f"   ratio {p['eclflow']} / {p['plain']}: {p['ratio']:.3f}")
         line = {
             "figure": fig.name,
             "title": TITLES[fig.name],
@@ -439,6 +477,7 @@ def print_figure(fig: Figure, args: argparse.Namespace) -> None:
             "note": fig.note,
             "rows": [row_json(r, fig) for r in fig.rows],
             "ratios": pairs,
+            "calibration": calibration,
             "targets": fig.targets,
         }
     text = json.dumps(line, ensure_ascii=False)

@@ -43,6 +43,8 @@ async def measure(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         from . import eclflow_side as side
     elif spec["engine"] == "langgraph":
         from . import langgraph_side as side  # type: ignore[no-redef]
+    elif spec["engine"] == "plain":
+        from . import plain_side as side  # type: ignore[no-redef]
     else:
         raise ValueError(f"unknown engine {spec['engine']!r}")
     base: dict[str, float] = {}

@@ -1,0 +1,303 @@
+"""The calibration row of figures A, B and E: a plain asyncio loop, no engine.
+
+The issue measures its targets against "a plain asyncio loop writing the same rows to SQLite in
+WAL mode" (about 0.4 s for B's 2000 runs on its machine). This is that loop, so that every
+table shows how near the floor a durable engine can get on the machine at hand: each run
+sleeps LATENCY six times, and after each call writes the step row eclflow's journal writes
+(same tables, made by eclflow's store; same columns, same JSON) and waits for its commit before
+the next call; the run's row goes first, its end is awaited last. Nothing else: no templates, no
+parsing of the verdicts, no events, no budget.
+
+The writes go to one thread that commits everything queued at once (group commit) and wakes the
+batch's waiters with a single hop to the loop; a lone run (figure A) writes on the loop's
+thread, where a hop would cost more than its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eclflow._time import utc_text
+
+from .workloads import CALL_ORDER, CALLS_PER_RUN, CRITIQUE_REVISE, PG_URL, REPLIES, TOKENS, TOPIC
+
+_RUN_SQL = (
+    "INSERT INTO workflows (id, definition_id, definition_name, definition, definition_sha256, "
+    "input, state, metadata, created_at, updated_at) VALUES ({})"
+)
+_STEP_SQL = (
+    "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, input, model, "
+    "started_at, outcome, output, feedback, error, retryable, duration_ms, tokens_in, "
+    "tokens_out, cost, traces, prompt, completed_at) VALUES ({})"
+)
+_END_SQL = (
+    "UPDATE workflows SET state = {0}, output = {0}, metadata = {0}, updated_at = {0}, "
+    "completed_at = {0} WHERE id = {0}"
+)
+
+
+def _now() -> str:
+    return utc_text(None, " ")  # as eclflow's journal writes it
+
+
+class _Writer:
+    """Group commit: everything queued while a transaction is written goes into the next."""
+
+    def __init__(self, connect: Callable[[], Any], param: str, inline: bool) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.inline = inline
+        self.param = param
+        self.sql = {
+            "run": _RUN_SQL.format(", ".join([param] * 10)),
+            "step": _STEP_SQL.format(", ".join([param] * 21)),
+            "end": _END_SQL.format(param),
+        }
+        self._queue: list[tuple[str, tuple[Any, ...], asyncio.Future[None] | None]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._connect = connect
+        if inline:
+            self._conn = connect()
+        else:
+            self._thread = threading.Thread(target=self._work, name="plain-writer", daemon=True)
+            self._thread.start()
+
+    def put(self, kind: str, args: tuple[Any, ...], wait: bool) -> asyncio.Future[None] | None:
+        future = self.loop.create_future() if wait else None
+        if self.inline:
+            self._queue.append((kind, args, future))
+            if wait:
+                batch, self._queue = self._queue, []
+                self._commit(self._conn, batch)
+                assert future is not None
+                future.set_result(None)
+            return future
+        with self._cond:
+            self._queue.append((kind, args, future))
+            self._cond.notify()
+        return future
+
+    def _work(self) -> None:
+        conn = self._connect()
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+            if not batch:
+                break
+            self._commit(conn, batch)
+            futures = [f for _, _, f in batch if f is not None]
+            if futures:
+                self.loop.call_soon_threadsafe(_resolve, futures)
+        conn.close()
+
+    def _commit(self, conn: Any, batch: list[tuple[str, tuple[Any, ...], Any]]) -> None:
+        groups: dict[str, list[tuple[Any, ...]]] = {"run": [], "step": [], "end": []}
+        for kind, args, _ in batch:
+            groups[kind].append(args)
+        cur = conn.cursor()
+        sqlite = self.param == "?"
+        if sqlite:
+            cur.execute("BEGIN")
+        for kind, rows in groups.items():
+            if rows and sqlite:
+                cur.executemany(self.sql[kind], rows)
+            elif rows:
+                _pg_many(cur, kind, rows)
+        if sqlite:
+            cur.execute("COMMIT")
+        else:
+            conn.commit()
+
+    def close(self) -> None:
+        if self.inline:
+            self._conn.close()
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_result(None)
+
+
+def _pg_many(cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
+    """psycopg2's executemany is a round trip per row: one statement per thousand rows."""
+    from psycopg2.extras import execute_values
+
+    if kind == "end":
+        execute_values(
+            cur,
+            "UPDATE workflows AS w SET state = v.state, output = v.output::json, "
+            "metadata = v.metadata::json, updated_at = v.updated_at::timestamptz, "
+            "completed_at = v.completed_at::timestamptz FROM (VALUES %s) AS v "
+            "(state, output, metadata, updated_at, completed_at, id) WHERE w.id = v.id",
+            rows,
+            page_size=1000,
+        )
+        return
+    sql = _RUN_SQL if kind == "run" else _STEP_SQL
+    execute_values(cur, sql.format("").replace("VALUES ()", "VALUES %s"), rows, page_size=1000)
+
+
+async def _one_run(writer: _Writer, n: int, latency: float, definition: tuple[str, str]) -> None:
+    run_id = f"plain-{n}-{time.monotonic_ns()}"
+    inputs = {"topic": f"{TOPIC} #{n}"}
+    now = _now()
+    writer.put(
+        "run",
+        (
+            run_id,
+            "critique_revise",
+            "Critique and revise",
+            definition[0],
+            definition[1],
+            json.dumps(inputs),
+            "running",
+            json.dumps({"model": "mock/bench"}),
+            now,
+            now,
+        ),
+        wait=False,
+    )
+    usage = TOKENS["input"] + TOKENS["output"]
+    for key in CALL_ORDER:
+        step_id, _, it = key.partition("#")
+        started = _now()
+        await asyncio.sleep(latency)
+        reply = REPLIES[key]
+        output = json.loads(reply) if step_id == "critique" else {"text": reply}
+        future = writer.put(
+            "step",
+            (
+                run_id,
+                step_id,
+                key,
+                int(it or 0),
+                1,
+                "succeeded",
+                json.dumps(inputs),
+                "mock/bench",
+                started,
+                "success",
+                json.dumps(output),
+                None,
+                None,
+                None,
+                int(latency * 1000),
+                TOKENS["input"],
+                TOKENS["output"],
+                0.0,
+                json.dumps([]),
+                json.dumps([{"role": "user", "content": inputs["topic"]}]),
+                _now(),
+            ),
+            wait=True,
+        )
+        assert future is not None
+        await future
+    now = _now()
+    end = writer.put(
+        "end",
+        (
+            "completed",
+            json.dumps({"text": REPLIES["revise#2"], "revision_count": 2}),
+            json.dumps({"model": "mock/bench", "tokens": usage * CALLS_PER_RUN}),
+            now,
+            now,
+            run_id,
+        ),
+        wait=True,
+    )
+    assert end is not None
+    await end
+
+
+def _connector(kind: str, workdir: Path) -> tuple[Callable[[], Any], str, Any]:
+    """How to connect to the journal's tables (made by eclflow's store), the SQL parameter, and
+    what to drop afterwards."""
+    from eclflow.store import open_store
+
+    if kind == "sqlite":
+        path = workdir / "plain.db"
+        open_store(f"sqlite:///{path}").close()
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = wal")
+            conn.execute("PRAGMA synchronous = normal")
+            return conn
+
+        return connect, "?", None
+    if kind == "postgres":
+        import psycopg2
+
+        from .pg import temporary_schema
+
+        schema_cm = temporary_schema("bench_plain")
+        schema = schema_cm.__enter__()
+        open_store(f"{PG_URL}?schema={schema}").close()
+
+        def connect_pg() -> Any:
+            return psycopg2.connect(PG_URL, options=f"-c search_path={schema}")
+
+        return connect_pg, "%s", schema_cm
+    raise ValueError(f"the plain loop writes to sqlite or postgres, not {kind!r}")
+
+
+async def _batch(
+    runs: int,
+    latency: float,
+    kind: str,
+    workdir: Path,
+    inline: bool,
+    on_ready: Callable[[], None] | None = None,
+) -> float:
+    connect, param, cleanup = _connector(kind, workdir)
+    definition = CRITIQUE_REVISE.read_text(encoding="utf-8")
+    definition_pair = (definition, hashlib.sha256(definition.encode()).hexdigest())
+    writer = _Writer(connect, param, inline)
+    try:
+        await _one_run(writer, -1, latency, definition_pair)  # warm-up
+        if on_ready is not None:
+            on_ready()
+        start = time.perf_counter()
+        if inline:
+            for n in range(runs):
+                await _one_run(writer, n, latency, definition_pair)
+        else:
+            await asyncio.gather(
+                *(_one_run(writer, n, latency, definition_pair) for n in range(runs))
+            )
+        return time.perf_counter() - start
+    finally:
+        writer.close()
+        if cleanup is not None:
+            cleanup.__exit__(None, None, None)
+
+
+async def sequential(runs: int, kind: str, workdir: Path) -> dict[str, Any]:
+    """Figure A's calibration: `runs` runs one after another, latency 0."""
+    seconds = await _batch(runs, 0.0, kind, workdir, inline=True)
+    return {"seconds": seconds, "runs": runs, "steps": runs * CALLS_PER_RUN}
+
+
+async def concurrent(
+    runs: int, latency: float, kind: str, workdir: Path, on_ready: Callable[[], None]
+) -> dict[str, Any]:
+    """Figures B and E's calibration: `runs` runs at once."""
+    seconds = await _batch(runs, latency, kind, workdir, inline=False, on_ready=on_ready)
+    return {"seconds": seconds, "runs": runs, "steps": runs * CALLS_PER_RUN}
