@@ -3,10 +3,12 @@
 The issue measures its targets against "a plain asyncio loop writing the same rows to SQLite in
 WAL mode" (about 0.4 s for B's 2000 runs on its machine). This is that loop, so that every
 table shows how near the floor a durable engine can get on the machine at hand: each run
-sleeps LATENCY six times, and after each call writes the step row eclflow's journal writes
-(same tables, made by eclflow's store; same columns, same JSON) and waits for its commit before
-the next call; the run's row goes first, its end is awaited last. Nothing else: no templates, no
-parsing of the verdicts, no events, no budget.
+sleeps LATENCY six times, and after each call writes the step row eclflow's journal writes and
+waits for its commit before the next call; the run's row goes first, its end is awaited last.
+The rows are those of a real eclflow run of the workload (same tables, made by eclflow's store;
+same columns and content, serialised again for every write), under their own ids and times.
+Nothing else: no templates, no parsing of the verdicts, no events (eclflow adds two or three
+a step), no budget.
 
 The writes go to one thread that commits everything queued at once (group commit) and wakes the
 batch's waiters with a single hop to the loop; a lone run (figure A) writes on the loop's
@@ -16,18 +18,18 @@ thread, where a hop would cost more than its transaction.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eclflow._time import utc_text
 
-from .workloads import CALL_ORDER, CALLS_PER_RUN, CRITIQUE_REVISE, PG_URL, REPLIES, TOKENS, TOPIC
+from .workloads import CALL_ORDER, CALLS_PER_RUN, CRITIQUE_REVISE, PG_URL, TOPIC, mock_script
 
 _RUN_SQL = (
     "INSERT INTO workflows (id, definition_id, definition_name, definition, definition_sha256, "
@@ -153,56 +155,108 @@ def _pg_many(cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
     execute_values(cur, sql.format("").replace("VALUES ()", "VALUES %s"), rows, page_size=1000)
 
 
-async def _one_run(writer: _Writer, n: int, latency: float, definition: tuple[str, str]) -> None:
+@dataclass
+class _Sample:
+    """The rows of one real eclflow run of the workload, as objects: the plain loop writes
+    the same content (serialised again for every write), under its own run ids and times."""
+
+    run: dict[str, Any]
+    steps: list[dict[str, Any]]
+
+
+_JSON_RUN = ("input", "metadata", "output")
+_JSON_STEP = ("input", "output", "traces", "prompt")
+
+
+def _sample(workdir: Path) -> _Sample:
+    """Run the workload once with eclflow into a scratch SQLite file and read its rows back."""
+    from eclflow.engine.runner import run
+    from eclflow.llm import MockProvider
+    from eclflow.store import open_store
+
+    path = workdir / "sample.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        result = asyncio.run(
+            run(
+                CRITIQUE_REVISE,
+                {"topic": TOPIC},
+                model="mock/bench",
+                mock_responses=MockProvider(mock_script(0.0)),
+                store=store,
+            )
+        )
+    finally:
+        store.close()
+    if result.status != "completed":
+        raise RuntimeError(f"the sample run {result.status}: {result.error}")
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        run_row = dict(conn.execute("SELECT * FROM workflows").fetchone())
+        steps = [dict(r) for r in conn.execute("SELECT * FROM step_executions ORDER BY id")]
+    finally:
+        conn.close()
+    for name in _JSON_RUN:
+        run_row[name] = json.loads(run_row[name]) if run_row[name] is not None else None
+    for step in steps:
+        for name in _JSON_STEP:
+            step[name] = json.loads(step[name]) if step[name] is not None else None
+    if [s["key"] for s in steps] != CALL_ORDER:
+        raise RuntimeError(f"the sample run did not do the workload: {[s['key'] for s in steps]}")
+    return _Sample(run_row, steps)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+async def _one_run(writer: _Writer, n: int, latency: float, sample: _Sample) -> None:
     run_id = f"plain-{n}-{time.monotonic_ns()}"
-    inputs = {"topic": f"{TOPIC} #{n}"}
+    r = sample.run
     now = _now()
     writer.put(
         "run",
         (
             run_id,
-            "critique_revise",
-            "Critique and revise",
-            definition[0],
-            definition[1],
-            json.dumps(inputs),
+            r["definition_id"],
+            r["definition_name"],
+            r["definition"],
+            r["definition_sha256"],
+            _dumps(r["input"]),
             "running",
-            json.dumps({"model": "mock/bench"}),
+            _dumps(r["metadata"]),
             now,
             now,
         ),
         wait=False,
     )
-    usage = TOKENS["input"] + TOKENS["output"]
-    for key in CALL_ORDER:
-        step_id, _, it = key.partition("#")
+    for s in sample.steps:
         started = _now()
         await asyncio.sleep(latency)
-        reply = REPLIES[key]
-        output = json.loads(reply) if step_id == "critique" else {"text": reply}
         future = writer.put(
             "step",
             (
                 run_id,
-                step_id,
-                key,
-                int(it or 0),
-                1,
-                "succeeded",
-                json.dumps(inputs),
-                "mock/bench",
+                s["step_id"],
+                s["key"],
+                s["iteration"],
+                s["attempt"],
+                s["state"],
+                _dumps(s["input"]),
+                s["model"],
                 started,
-                "success",
-                json.dumps(output),
-                None,
-                None,
-                None,
-                int(latency * 1000),
-                TOKENS["input"],
-                TOKENS["output"],
-                0.0,
-                json.dumps([]),
-                json.dumps([{"role": "user", "content": inputs["topic"]}]),
+                s["outcome"],
+                _dumps(s["output"]),
+                s["feedback"],
+                s["error"],
+                None if s["retryable"] is None else bool(s["retryable"]),
+                s["duration_ms"],
+                s["tokens_in"],
+                s["tokens_out"],
+                s["cost"],
+                _dumps(s["traces"]),
+                _dumps(s["prompt"]),
                 _now(),
             ),
             wait=True,
@@ -211,16 +265,7 @@ async def _one_run(writer: _Writer, n: int, latency: float, definition: tuple[st
         await future
     now = _now()
     end = writer.put(
-        "end",
-        (
-            "completed",
-            json.dumps({"text": REPLIES["revise#2"], "revision_count": 2}),
-            json.dumps({"model": "mock/bench", "tokens": usage * CALLS_PER_RUN}),
-            now,
-            now,
-            run_id,
-        ),
-        wait=True,
+        "end", ("completed", _dumps(r["output"]), _dumps(r["metadata"]), now, now, run_id), True
     )
     assert end is not None
     await end
@@ -266,22 +311,19 @@ async def _batch(
     inline: bool,
     on_ready: Callable[[], None] | None = None,
 ) -> float:
+    sample = await asyncio.to_thread(_sample, workdir)
     connect, param, cleanup = _connector(kind, workdir)
-    definition = CRITIQUE_REVISE.read_text(encoding="utf-8")
-    definition_pair = (definition, hashlib.sha256(definition.encode()).hexdigest())
     writer = _Writer(connect, param, inline)
     try:
-        await _one_run(writer, -1, latency, definition_pair)  # warm-up
+        await _one_run(writer, -1, latency, sample)  # warm-up
         if on_ready is not None:
             on_ready()
         start = time.perf_counter()
         if inline:
             for n in range(runs):
-                await _one_run(writer, n, latency, definition_pair)
+                await _one_run(writer, n, latency, sample)
         else:
-            await asyncio.gather(
-                *(_one_run(writer, n, latency, definition_pair) for n in range(runs))
-            )
+            await asyncio.gather(*(_one_run(writer, n, latency, sample) for n in range(runs)))
         return time.perf_counter() - start
     finally:
         writer.close()
