@@ -96,10 +96,14 @@ class _Writer:
                 batch, self._queue = self._queue, []
             if not batch:
                 break
-            self._commit(conn, batch)
+            error: BaseException | None = None
+            try:
+                self._commit(conn, batch)
+            except Exception as e:  # the runs waiting for this batch fail with it
+                error = e
             futures = [f for _, _, f in batch if f is not None]
             if futures:
-                self.loop.call_soon_threadsafe(_resolve, futures)
+                self.loop.call_soon_threadsafe(_resolve, futures, error)
         conn.close()
 
     def _commit(self, conn: Any, batch: list[tuple[str, tuple[Any, ...], Any]]) -> None:
@@ -130,9 +134,13 @@ class _Writer:
         self._thread.join()
 
 
-def _resolve(futures: list[asyncio.Future[None]]) -> None:
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
     for f in futures:
-        if not f.done():
+        if f.done():
+            continue
+        if error is not None:
+            f.set_exception(error)
+        else:
             f.set_result(None)
 
 
