@@ -399,7 +399,7 @@ def ratios(fig: Figure) -> list[dict[str, Any]]:
         if fig.name == "D" and base == "eclflow/validate":
             partners.append("langgraph/compile")
         for partner in partners:
-            other = by_key.get(f"{partner}@{n}" if n else partner)
+            other = _row(by_key, partner, n)
             if other is None or row.median is None or not other.median:
                 continue
             entry: dict[str, Any] = {
@@ -416,6 +416,11 @@ def ratios(fig: Figure) -> list[dict[str, Any]]:
     return out
 
 
+def _row(by_key: dict[str, Row], base: str, n: str) -> Row | None:
+    """The row of `base` at the same number of runs at once (`n`; empty outside B and E)."""
+    return by_key.get(f"{base}@{n}" if n else base)
+
+
 def calibrations(fig: Figure) -> list[dict[str, Any]]:
     """eclflow's durable rows against the plain loop writing the same rows: how much of the
     way from the floor the engine itself takes."""
@@ -423,11 +428,7 @@ def calibrations(fig: Figure) -> list[dict[str, Any]]:
     out = []
     for row in fig.rows:
         base, _, n = row.key.partition("@")
-        plain = (
-            by_key.get(f"{CALIBRATION[base]}@{n}" if n else CALIBRATION[base])
-            if base in CALIBRATION
-            else None
-        )
+        plain = _row(by_key, CALIBRATION[base], n) if base in CALIBRATION else None
         if plain is None or row.median is None or not plain.median:
             continue
         out.append(

@@ -22,7 +22,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ class _Writer:
             if rows and sqlite:
                 cur.executemany(self.sql[kind], rows)
             elif rows:
-                _pg_many(cur, kind, rows)
+                _pg_many(cur, kind, self.sql[kind], rows)
         if sqlite:
             cur.execute("COMMIT")
         else:
@@ -144,23 +145,25 @@ def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -
             f.set_result(None)
 
 
-def _pg_many(cur: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
-    """psycopg2's executemany is a round trip per row: one statement per thousand rows."""
+def _pg_many(cur: Any, kind: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Many rows in one statement per thousand, as eclflow's journal writes them (psycopg2's
+    executemany is a round trip per row)."""
     from psycopg2.extras import execute_values
 
-    if kind == "end":
-        execute_values(
-            cur,
-            "UPDATE workflows AS w SET state = v.state, output = v.output::json, "
-            "metadata = v.metadata::json, updated_at = v.updated_at::timestamptz, "
-            "completed_at = v.completed_at::timestamptz FROM (VALUES %s) AS v "
-            "(state, output, metadata, updated_at, completed_at, id) WHERE w.id = v.id",
-            rows,
-            page_size=1000,
-        )
+    from eclflow.store.writer import _many_pages
+
+    if kind != "end":
+        _many_pages(cur, sql, rows)
         return
-    sql = _RUN_SQL if kind == "run" else _STEP_SQL
-    execute_values(cur, sql.format("").replace("VALUES ()", "VALUES %s"), rows, page_size=1000)
+    execute_values(
+        cur,
+        "UPDATE workflows AS w SET state = v.state, output = v.output::json, "
+        "metadata = v.metadata::json, updated_at = v.updated_at::timestamptz, "
+        "completed_at = v.completed_at::timestamptz FROM (VALUES %s) AS v "
+        "(state, output, metadata, updated_at, completed_at, id) WHERE w.id = v.id",
+        rows,
+        page_size=1000,
+    )
 
 
 @dataclass
@@ -176,7 +179,7 @@ _JSON_RUN = ("input", "metadata", "output")
 _JSON_STEP = ("input", "output", "traces", "prompt")
 
 
-def _sample(workdir: Path) -> _Sample:
+async def _sample(workdir: Path) -> _Sample:
     """Run the workload once with eclflow into a scratch SQLite file and read its rows back."""
     from eclflow.engine.runner import run
     from eclflow.llm import MockProvider
@@ -185,14 +188,12 @@ def _sample(workdir: Path) -> _Sample:
     path = workdir / "sample.db"
     store = open_store(f"sqlite:///{path}")
     try:
-        result = asyncio.run(
-            run(
-                CRITIQUE_REVISE,
-                {"topic": TOPIC},
-                model="mock/bench",
-                mock_responses=MockProvider(mock_script(0.0)),
-                store=store,
-            )
+        result = await run(
+            CRITIQUE_REVISE,
+            {"topic": TOPIC},
+            model="mock/bench",
+            mock_responses=MockProvider(mock_script(0.0)),
+            store=store,
         )
     finally:
         store.close()
@@ -279,9 +280,10 @@ async def _one_run(writer: _Writer, n: int, latency: float, sample: _Sample) -> 
     await end
 
 
-def _connector(kind: str, workdir: Path) -> tuple[Callable[[], Any], str, Any]:
-    """How to connect to the journal's tables (made by eclflow's store), the SQL parameter, and
-    what to drop afterwards."""
+@contextmanager
+def _connector(kind: str, workdir: Path) -> Iterator[tuple[Callable[[], Any], str]]:
+    """How to connect to the journal's tables (made by eclflow's store), and the SQL
+    parameter; a PostgreSQL schema is dropped afterwards."""
     from eclflow.store import open_store
 
     if kind == "sqlite":
@@ -294,21 +296,17 @@ def _connector(kind: str, workdir: Path) -> tuple[Callable[[], Any], str, Any]:
             conn.execute("PRAGMA synchronous = normal")
             return conn
 
-        return connect, "?", None
-    if kind == "postgres":
+        yield connect, "?"
+    elif kind == "postgres":
         import psycopg2
 
         from .pg import temporary_schema
 
-        schema_cm = temporary_schema("bench_plain")
-        schema = schema_cm.__enter__()
-        open_store(f"{PG_URL}?schema={schema}").close()
-
-        def connect_pg() -> Any:
-            return psycopg2.connect(PG_URL, options=f"-c search_path={schema}")
-
-        return connect_pg, "%s", schema_cm
-    raise ValueError(f"the plain loop writes to sqlite or postgres, not {kind!r}")
+        with temporary_schema("bench_plain") as schema:
+            open_store(f"{PG_URL}?schema={schema}").close()
+            yield (lambda: psycopg2.connect(PG_URL, options=f"-c search_path={schema}")), "%s"
+    else:
+        raise ValueError(f"the plain loop writes to sqlite or postgres, not {kind!r}")
 
 
 async def _batch(
@@ -319,24 +317,22 @@ async def _batch(
     inline: bool,
     on_ready: Callable[[], None] | None = None,
 ) -> float:
-    sample = await asyncio.to_thread(_sample, workdir)
-    connect, param, cleanup = _connector(kind, workdir)
-    writer = _Writer(connect, param, inline)
-    try:
-        await _one_run(writer, -1, latency, sample)  # warm-up
-        if on_ready is not None:
-            on_ready()
-        start = time.perf_counter()
-        if inline:
-            for n in range(runs):
-                await _one_run(writer, n, latency, sample)
-        else:
-            await asyncio.gather(*(_one_run(writer, n, latency, sample) for n in range(runs)))
-        return time.perf_counter() - start
-    finally:
-        writer.close()
-        if cleanup is not None:
-            cleanup.__exit__(None, None, None)
+    sample = await _sample(workdir)
+    with _connector(kind, workdir) as (connect, param):
+        writer = _Writer(connect, param, inline)
+        try:
+            await _one_run(writer, -1, latency, sample)  # warm-up
+            if on_ready is not None:
+                on_ready()
+            start = time.perf_counter()
+            if inline:
+                for n in range(runs):
+                    await _one_run(writer, n, latency, sample)
+            else:
+                await asyncio.gather(*(_one_run(writer, n, latency, sample) for n in range(runs)))
+            return time.perf_counter() - start
+        finally:
+            writer.close()
 
 
 async def sequential(runs: int, kind: str, workdir: Path) -> dict[str, Any]:
