@@ -60,6 +60,16 @@ def test_results_in_input_order_without_a_journal(tmp_path: Path) -> None:
     assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 12 * 4
 
 
+def test_quiet_hides_the_progress_but_not_the_summary(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 3, "--concurrency", "2", "--no-journal", "--quiet")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["completed"] * 3
+    # no progress lines (the first would say 0/3), one summary line
+    assert r.stderr.splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("3/3 completed, 0 failed, 0 running") and " in " in r.stderr
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

@@ -126,13 +126,14 @@ def run_batch_command(
             "cost": r.cost,
         }
         click.echo(json.dumps(line, default=str, ensure_ascii=False))
-    if not quiet:
-        elapsed = time.monotonic() - started
-        click.echo(
-            f"{_counts(progress)} in {elapsed:.1f}s"
-            + (f" ({progress.reused} from an earlier attempt)" if progress.reused else ""),
-            err=True,
-        )
+    # the summary, also with --quiet (which only hides the live view), on stderr: stdout is
+    # the results
+    elapsed = time.monotonic() - started
+    click.echo(
+        f"{_counts(progress)} in {elapsed:.1f}s"
+        + (f" ({progress.reused} from an earlier attempt)" if progress.reused else ""),
+        err=True,
+    )
     sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_FAILED)
 
 
