@@ -70,6 +70,17 @@ def test_quiet_hides_the_progress_but_not_the_summary(tmp_path: Path) -> None:
     assert r.stderr.startswith("3/3 completed, 0 failed, 0 running") and " in " in r.stderr
 
 
+def test_a_model_no_run_can_call_fails_the_batch_before_it_starts(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 3, "--no-journal")
+    cmd.remove("--mock-responses")
+    cmd.remove(str(tmp_path / "script.yaml"))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == (
+        "error: Configuration error: model 'mock/t' plays a script: pass --mock-responses FILE"
+    )
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

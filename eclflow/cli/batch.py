@@ -52,9 +52,10 @@ def run_batch_command(
     quiet: bool,
 ) -> None:
     from ..engine.batch import BatchProgress, run_batch
-    from ..engine.runner import validate_input
+    from ..engine.runner import check_models, default_model, validate_input
     from ..errors import InvalidInput
-    from ..llm import load_script
+    from ..graph.plan import compile_plan
+    from ..llm import Providers, load_script
 
     items = read_items(inputs_file, defaults)
     for n, item in enumerate(items, 1):
@@ -63,6 +64,9 @@ def run_batch_command(
         except InvalidInput as e:
             fail(f"{inputs_file}: item {n}: {e}", EXIT_USAGE)
     mock = load_script(mock_responses) if mock_responses is not None else None
+    # what would fail every run (no model, a model that cannot be called) fails the batch now,
+    # as it fails a single run, rather than each of its items
+    check_models(compile_plan(workflow), Providers(mock=mock), default_model(workflow, model))
     store = None
     if journal:
         from ..store import open_store
