@@ -81,6 +81,19 @@ def test_a_model_no_run_can_call_fails_the_batch_before_it_starts(tmp_path: Path
     )
 
 
+def test_the_summary_says_why_items_failed(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 3, "--no-journal", "--quiet")
+    (tmp_path / "script.yaml").write_text('generate: {error: auth_error, message: "bad key"}\n')
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["failed"] * 3
+    assert "0/3 completed, 3 failed" in r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"{tmp_path / 'items.jsonl'}: item 1: Step generate failed: LLM error: bad key "
+        "(and 2 more failed)"
+    )
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

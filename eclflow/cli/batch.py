@@ -138,7 +138,12 @@ def run_batch_command(
         + (f" ({progress.reused} from an earlier attempt)" if progress.reused else ""),
         err=True,
     )
-    sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_FAILED)
+    failed = [(n, r) for n, r in enumerate(results, 1) if r.status != "completed"]
+    if failed:  # why, without digging through the result lines
+        n, first = failed[0]
+        more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
+        click.echo(f"{inputs_file}: item {n}: {first.error or first.status}{more}", err=True)
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 def _counts(p: Any) -> str:
