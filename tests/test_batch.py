@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,27 @@ def test_the_summary_says_why_items_failed(tmp_path: Path) -> None:
         f"{tmp_path / 'items.jsonl'}: item 1: Step generate failed: LLM error: bad key "
         "(and 2 more failed)"
     )
+
+
+def test_the_progress_bar_fits_its_counts_in_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    from eclflow.cli.batch import _Bar
+    from eclflow.engine.batch import BatchProgress
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    p = BatchProgress(total=1000)
+    with _Bar(1000, enabled=True, console=console) as bar:
+        p.done, p.failed, p.running, p.tokens, p.cost = 794, 6, 200, 1_234_567, 12.5
+        bar.update(p)
+    frames = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.getvalue()).replace("\r", "\n")
+    last = [line for line in frames.splitlines() if line.strip()][-1]  # the final frame
+    assert len(last) <= 80 and "…" not in last, last
+    for part in ("800/1000", "794 done", "6 failed", "200 running", "1.2M tok", "$12.5000", "eta"):
+        assert part in last, (part, last)
 
 
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:

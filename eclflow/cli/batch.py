@@ -154,11 +154,13 @@ def _counts(p: Any) -> str:
 
 
 class _Bar:
-    """A rich progress bar on stderr (done / failed / running, tokens, cost, ETA)."""
+    """A rich progress bar on stderr: done / failed / running, tokens, cost, ETA, on one line
+    that fits an 80-column terminal (the bar takes what the counts leave)."""
 
-    def __init__(self, total: int, *, enabled: bool) -> None:
+    def __init__(self, total: int, *, enabled: bool, console: Any = None) -> None:
         self.total = total
         self.enabled = enabled
+        self.console = console
         self.progress: Any = None
         self.task: Any = None
 
@@ -170,28 +172,26 @@ class _Bar:
                 MofNCompleteColumn,
                 Progress,
                 TextColumn,
-                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 
             self.progress = Progress(
-                TextColumn("[bold]runs"),
-                BarColumn(),
+                BarColumn(bar_width=None),
                 MofNCompleteColumn(),
                 TextColumn(
                     "[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/] "
                     "[cyan]{task.fields[running]} running[/] {task.fields[tokens]} tok "
                     "${task.fields[cost]:.4f}"
                 ),
-                TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=self.console or Console(stderr=True),
                 transient=False,
+                expand=True,
             )
             self.progress.__enter__()
             self.task = self.progress.add_task(
-                "runs", total=self.total, done=0, failed=0, running=0, tokens=0, cost=0.0
+                "runs", total=self.total, done=0, failed=0, running=0, tokens="0", cost=0.0
             )
         return self
 
@@ -203,10 +203,24 @@ class _Bar:
                 done=p.done,
                 failed=p.failed,
                 running=p.running,
-                tokens=p.tokens,
+                tokens=_short(p.tokens),
                 cost=p.cost,
             )
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
+
+
+def _short(n: int) -> str:
+    """A count in at most five characters: 950, 12.3k, 456k, 1.2M."""
+    if n < 1000:
+        return str(n)
+    value = float(n)
+    for unit in "kMG":
+        value /= 1000
+        if round(value, 1) < 100:
+            return f"{value:.1f}{unit}"
+        if round(value) < 1000 or unit == "G":
+            return f"{value:.0f}{unit}"
+    raise AssertionError("unreachable")
