@@ -253,6 +253,27 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     assert len(log.read_text().splitlines()) - first <= 48 - len(steps)
 
 
+def test_ctrl_c_without_a_journal_says_running_again_starts_over(tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--no-journal", delay=0.1, log=log)
+    p = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (see above)
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 6):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "nothing was kept (--no-journal), so running it again starts over" in err
+    assert "run the same command again" not in err and "Traceback" not in err
+
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 

@@ -113,9 +113,14 @@ def run_batch_command(
             store.close()
     if interrupted:
         unfinished = progress.total - progress.done - progress.failed
+        then = (
+            "run the same command again to finish the batch"
+            if journal
+            else "nothing was kept (--no-journal), so running it again starts over"
+        )
         click.echo(
             f"interrupted: {progress.done} completed, {progress.failed} failed, {unfinished} "
-            "unfinished; run the same command again to finish the batch",
+            f"unfinished; {then}",
             err=True,
         )
         sys.exit(130)
