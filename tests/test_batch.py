@@ -230,9 +230,10 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
             break
         time.sleep(0.02)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "interrupted:" in err and "run the same command again" in err and "Traceback" not in err
+    printed = out.splitlines()  # the results of the items before the first unfinished one
     first = len(log.read_text().splitlines())
 
     db = sqlite3.connect(path)
@@ -249,6 +250,7 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["completed"] * 12
+    assert r.stdout.splitlines()[: len(printed)] == printed
     # the calls made before Ctrl-C whose results were kept are not made again
     assert len(log.read_text().splitlines()) - first <= 48 - len(steps)
 
@@ -272,6 +274,61 @@ def test_ctrl_c_without_a_journal_says_running_again_starts_over(tmp_path: Path)
     assert p.returncode == 130, err
     assert "nothing was kept (--no-journal), so running it again starts over" in err
     assert "run the same command again" not in err and "Traceback" not in err
+
+
+def test_result_lines_come_while_the_batch_runs(tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 12, "--concurrency", "2", "--no-journal", delay=0.05, log=log)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    first = json.loads(p.stdout.readline())
+    calls_then = len(log.read_text().splitlines())
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert first["status"] == "completed"
+    assert calls_then < 12 * 4  # the first line came before the last run was done
+    lines = [first, *map(json.loads, rest.splitlines())]
+    assert len(lines) == 12 and lines[0]["run_id"] != lines[1]["run_id"]
+
+
+async def test_iter_batch_gives_results_in_input_order_as_they_are_ready() -> None:
+    from contextlib import aclosing
+
+    from eclflow.engine.batch import BatchProgress, iter_batch, run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+
+    wf = load(CRITIQUE_REVISE)
+    script = {
+        "*": {"content": "a draft", "delay": 0.02},
+        "critique": {"content": {"decision": "pass", "critique": "ok"}, "delay": 0.02},
+    }
+    items = [{"topic": f"t{i}"} for i in range(20)]
+    seen: list[BatchProgress] = []
+    order = [r.run_id for r in await run_batch(wf, items, concurrency=4, model="mock/t",
+                                               mock_responses=MockProvider(script))]  # fmt: skip
+    got, done_then = [], []
+    async with aclosing(
+        iter_batch(
+            wf, items, concurrency=4, model="mock/t", mock_responses=MockProvider(script),
+            on_update=seen.append,
+        )
+    ) as results:  # fmt: skip
+        async for r in results:
+            got.append(r.run_id)
+            done_then.append(seen[-1].done)
+    assert got == order  # input order, the same run ids as run_batch's
+    assert done_then[0] < 20  # the first came while others were still to do
+    # closed early, it stops the runs it had started
+    async with aclosing(
+        iter_batch(
+            wf, items, concurrency=4, model="mock/t", mock_responses=MockProvider(script),
+            on_update=seen.append,
+        )
+    ) as results:  # fmt: skip
+        async for _ in results:
+            break
+    assert seen[-1].running == 0 and seen[-1].done < 20
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")

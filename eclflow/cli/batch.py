@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def run_batch_command(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    from ..engine.batch import BatchProgress, run_batch
+    from ..engine.batch import BatchProgress, iter_batch
     from ..engine.runner import check_models, default_model, validate_input
     from ..errors import InvalidInput
     from ..graph.plan import compile_plan
@@ -83,29 +84,40 @@ def run_batch_command(
             last_print[0] = time.monotonic()
             click.echo(_counts(p), err=True)
 
-    interrupted = False
-    results: list[Any] = []
     progress = BatchProgress(total=len(items))
+    failed: list[tuple[int, Any]] = []  # (item number, result)
 
     def keep(p: BatchProgress) -> None:
         nonlocal progress
         progress = p
         on_update(p)
 
+    async def go() -> None:
+        # each result line as soon as it and those before it are in: in input order, and what
+        # is printed stays printed if the batch is interrupted
+        async with aclosing(
+            iter_batch(
+                workflow,
+                items,
+                concurrency=concurrency,
+                model=model,
+                mock_responses=mock,
+                store=store,
+                budget=budget,
+                on_update=keep,
+            )
+        ) as results:
+            n = 0
+            async for r in results:
+                n += 1
+                if r.status != "completed":
+                    failed.append((n, r))
+                click.echo(json.dumps(_line(r), default=str, ensure_ascii=False))
+
+    interrupted = False
     try:
         with bar:
-            results = asyncio.run(
-                run_batch(
-                    workflow,
-                    items,
-                    concurrency=concurrency,
-                    model=model,
-                    mock_responses=mock,
-                    store=store,
-                    budget=budget,
-                    on_update=keep,
-                )
-            )
+            asyncio.run(go())
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -124,17 +136,6 @@ def run_batch_command(
             err=True,
         )
         sys.exit(130)
-    for r in results:
-        line = {
-            "run_id": r.run_id,
-            "status": r.status,
-            "output": r.output,
-            "error": r.error,
-            "failed_step": r.failed_step,
-            "tokens": r.tokens,
-            "cost": r.cost,
-        }
-        click.echo(json.dumps(line, default=str, ensure_ascii=False))
     # the summary, also with --quiet (which only hides the live view), on stderr: stdout is
     # the results
     elapsed = time.monotonic() - started
@@ -143,12 +144,24 @@ def run_batch_command(
         + (f" ({progress.reused} from an earlier attempt)" if progress.reused else ""),
         err=True,
     )
-    failed = [(n, r) for n, r in enumerate(results, 1) if r.status != "completed"]
     if failed:  # why, without digging through the result lines
         n, first = failed[0]
         more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
         click.echo(f"{inputs_file}: item {n}: {first.error or first.status}{more}", err=True)
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _line(r: Any) -> dict[str, Any]:
+    """A result's JSON line."""
+    return {
+        "run_id": r.run_id,
+        "status": r.status,
+        "output": r.output,
+        "error": r.error,
+        "failed_step": r.failed_step,
+        "tokens": r.tokens,
+        "cost": r.cost,
+    }
 
 
 def _counts(p: Any) -> str:
@@ -193,6 +206,9 @@ class _Bar:
                 console=self.console or Console(stderr=True),
                 transient=False,
                 expand=True,
+                # result lines printed meanwhile: above the bar when stdout is the same
+                # terminal, untouched when it is a file or a pipe
+                redirect_stdout=sys.stdout.isatty(),
             )
             self.progress.__enter__()
             self.task = self.progress.add_task(

@@ -13,9 +13,9 @@ import hashlib
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import EclflowError, RunNotFound
@@ -37,7 +37,6 @@ class BatchProgress:
     reused: int = 0
     tokens: int = 0
     cost: float = 0.0
-    results: dict[int, RunResult] = field(default_factory=dict)
 
 
 def batch_id(workflow: Workflow, items: Sequence[Mapping[str, Any]], model: str | None) -> str:
@@ -65,11 +64,39 @@ async def run_batch(
 ) -> list[RunResult]:
     """Run `workflow` once per item; results in input order. With a store, a second call with
     the same batch resumes it instead of starting over."""
+    return [
+        result
+        async for result in iter_batch(
+            workflow,
+            items,
+            concurrency=concurrency,
+            model=model,
+            mock_responses=mock_responses,
+            store=store,
+            budget=budget,
+            on_update=on_update,
+        )
+    ]
+
+
+async def iter_batch(
+    workflow: Workflow,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    concurrency: int = 8,
+    model: str | None = None,
+    mock_responses: MockProvider | None = None,
+    store: Any = None,
+    budget: Budget | None = None,
+    on_update: Callable[[BatchProgress], None] | None = None,
+) -> AsyncGenerator[RunResult, None]:
+    """`run_batch`, each result given as soon as it and every one before it are in: a caller
+    can print or store results while the batch goes on, and keep none of them. Only
+    `concurrency` runs exist at a time; closing the iterator early cancels them."""
     from . import runner
 
     progress = BatchProgress(total=len(items))
     bid = batch_id(workflow, items, model)
-    gate = asyncio.Semaphore(max(1, concurrency))
 
     def update() -> None:
         if on_update is not None:
@@ -77,31 +104,29 @@ async def run_batch(
 
     async def one(index: int, item: Mapping[str, Any], run_id: str) -> RunResult:
         if run_id in finished:  # completed by an earlier attempt: its stored result
-            result = progress.results[index] = finished.pop(run_id)
+            result = finished.pop(run_id)
             progress.reused += 1
             progress.done += 1
             progress.tokens += result.tokens
             progress.cost += result.cost
             update()
             return result
-        async with gate:
-            progress.running += 1
-            update()
-            try:
-                result = await _item(runner, run_id, index, item)
-            except EclflowError as e:
-                result = RunResult(run_id, workflow.id, "failed", error=str(e))
-            finally:
-                progress.running -= 1
-            if result.status == "completed":
-                progress.done += 1
-            else:
-                progress.failed += 1
-            progress.tokens += result.tokens
-            progress.cost += result.cost
-            progress.results[index] = result
-            update()
-            return result
+        progress.running += 1
+        update()
+        try:
+            result = await _item(runner, run_id, index, item)
+        except EclflowError as e:
+            result = RunResult(run_id, workflow.id, "failed", error=str(e))
+        finally:
+            progress.running -= 1
+        if result.status == "completed":
+            progress.done += 1
+        else:
+            progress.failed += 1
+        progress.tokens += result.tokens
+        progress.cost += result.cost
+        update()
+        return result
 
     async def _item(runner: Any, run_id: str, index: int, item: Mapping[str, Any]) -> RunResult:
         mock = mock_responses.fresh() if mock_responses is not None else None
@@ -143,9 +168,43 @@ async def run_batch(
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
     finished = await asyncio.to_thread(runner.stored_results, store, completed) if completed else {}
     update()
+
+    # `concurrency` workers take the items in input order; results wait in `ready` until those
+    # before them are given
+    todo = iter(enumerate(items))
+    ready: dict[int, RunResult] = {}
+    arrived = asyncio.Event()
+    broken: list[BaseException] = []
+
+    async def worker() -> None:
+        try:
+            for index, item in todo:
+                ready[index] = await one(index, item, ids[index])
+                arrived.set()
+                # let the loop go round between items: a run that never waits (a stored
+                # result, a model that answers at once) would otherwise keep the loop, and
+                # the results, Ctrl-C and every other run, until the whole batch is done
+                await asyncio.sleep(0)
+        except BaseException as e:  # (a bug: EclflowError is a failed result) stops the batch
+            broken.append(e)
+            arrived.set()
+            raise
+
     in_flight = min(len(items), max(1, concurrency))
     with _gc_for_many_runs(in_flight), _quick_gil_handoffs(store is not None and in_flight > 1):
-        return list(await asyncio.gather(*(one(i, item, ids[i]) for i, item in enumerate(items))))
+        workers = [asyncio.create_task(worker()) for _ in range(in_flight)]
+        try:
+            for index in range(len(items)):
+                while index not in ready:
+                    if broken:
+                        raise broken[0]
+                    arrived.clear()
+                    await arrived.wait()
+                yield ready.pop(index)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
 
 SWITCH_INTERVAL = 0.0005
