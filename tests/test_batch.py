@@ -116,6 +116,21 @@ def test_the_progress_bar_fits_its_counts_in_80_columns() -> None:
         assert part in last, (part, last)
 
 
+def test_with_json_logs_every_stderr_line_is_a_json_object(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 3, "--no-journal")
+    cmd[3:3] = ["--log-format", "json"]  # (a global option: before `run`)
+    (tmp_path / "script.yaml").write_text('generate: {error: auth_error, message: "bad key"}\n')
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    logged = [json.loads(line) for line in r.stderr.splitlines()]  # no plain count lines
+    summary, failure = logged[-2:]
+    assert (summary["level"], summary["total"], summary["completed"], summary["failed"]) == (
+        "info", 3, 0, 3,
+    )  # fmt: skip
+    assert failure["level"] == "error" and failure["item"] == 1 and failure["failed_items"] == 3
+    assert "bad key" in failure["event"]
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

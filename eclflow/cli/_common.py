@@ -29,13 +29,20 @@ def stdout_console() -> Any:
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print one line to stderr (a JSON object when the logs are JSON) and exit."""
+    say(message, "error", prefix="error: ", exit_code=code)
+    sys.exit(code)
+
+
+def say(message: str, level: str = "info", *, prefix: str = "", **fields: Any) -> None:
+    """One line to stderr: `prefix` and `message` for a person, or, when the logs are JSON
+    (which nothing else may interleave with), an object with the message and `fields`."""
     if json_logs():
         import json
 
-        click.echo(json.dumps({"level": "error", "event": message, "exit_code": code}), err=True)
+        line = {"level": level, "event": message, **fields}
+        click.echo(json.dumps(line, default=str, ensure_ascii=False), err=True)
     else:
-        click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+        click.echo(f"{prefix}{message}", err=True)
 
 
 def _global(name: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, json_logs, say
 
 
 def read_items(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
@@ -74,8 +74,11 @@ def run_batch_command(
 
         store = open_store(db)
     started = time.monotonic()
-    bar = _Bar(len(items), enabled=not quiet and sys.stderr.isatty())
-    plain = not quiet and not sys.stderr.isatty()
+    # the live view: a bar on a terminal, else a line of counts every 2 s; neither with --quiet
+    # or when stderr carries JSON logs
+    live = not quiet and not json_logs()
+    bar = _Bar(len(items), enabled=live and sys.stderr.isatty())
+    plain = live and not sys.stderr.isatty()
     last_print = [0.0]
 
     def on_update(p: BatchProgress) -> None:
@@ -130,25 +133,48 @@ def run_batch_command(
             if journal
             else "nothing was kept (--no-journal), so running it again starts over"
         )
-        click.echo(
+        say(
             f"interrupted: {progress.done} completed, {progress.failed} failed, {unfinished} "
             f"unfinished; {then}",
-            err=True,
+            "warning",
+            **_fields(progress),
+            unfinished=unfinished,
+            exit_code=130,
         )
         sys.exit(130)
     # the summary, also with --quiet (which only hides the live view), on stderr: stdout is
     # the results
     elapsed = time.monotonic() - started
-    click.echo(
+    say(
         f"{_counts(progress)} in {elapsed:.1f}s"
         + (f" ({progress.reused} from an earlier attempt)" if progress.reused else ""),
-        err=True,
+        **_fields(progress),
+        seconds=round(elapsed, 3),
     )
     if failed:  # why, without digging through the result lines
         n, first = failed[0]
         more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
-        click.echo(f"{inputs_file}: item {n}: {first.error or first.status}{more}", err=True)
+        say(
+            f"{inputs_file}: item {n}: {first.error or first.status}{more}",
+            "error",
+            item=n,
+            run_id=first.run_id,
+            failed_items=len(failed),
+        )
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _fields(p: Any) -> dict[str, Any]:
+    """The counts, as fields of a JSON summary."""
+    return {
+        "total": p.total,
+        "completed": p.done,
+        "failed": p.failed,
+        "running": p.running,
+        "reused": p.reused,
+        "tokens": p.tokens,
+        "cost": p.cost,
+    }
 
 
 def _line(r: Any) -> dict[str, Any]:
