@@ -307,43 +307,52 @@ def test_result_lines_come_while_the_batch_runs(tmp_path: Path) -> None:
 
 
 async def test_iter_batch_gives_results_in_input_order_as_they_are_ready() -> None:
+    """Items that finish in the reverse order still come out in input order, each as soon as
+    those before it are in; closed early, the iterator stops the runs it had started."""
+    import asyncio
+    from collections.abc import Mapping
     from contextlib import aclosing
 
-    from eclflow.engine.batch import BatchProgress, iter_batch, run_batch
-    from eclflow.llm import MockProvider
-    from eclflow.spec import load
+    from eclflow.engine.batch import BatchProgress, iter_batch
+    from eclflow.spec import load_text
+    from eclflow.steps import Step, StepContext, StepResult, register
 
-    wf = load(CRITIQUE_REVISE)
-    script = {
-        "*": {"content": "a draft", "delay": 0.02},
-        "critique": {"content": {"decision": "pass", "critique": "ok"}, "delay": 0.02},
-    }
-    items = [{"topic": f"t{i}"} for i in range(20)]
-    seen: list[BatchProgress] = []
-    order = [r.run_id for r in await run_batch(wf, items, concurrency=4, model="mock/t",
-                                               mock_responses=MockProvider(script))]  # fmt: skip
+    @register
+    class Nap(Step):
+        type_name = "test_nap"
+        uses_model = False
+
+        async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+            await asyncio.sleep(float(input["seconds"]))
+            return StepResult.success({"slept": input["seconds"]})
+
+    wf = load_text(
+        "eclflow: 1\nid: naps\nsteps:\n  - id: nap\n    type: test_nap\n"
+        "    with: {seconds: '{{ input.seconds }}'}\noutput: {slept: '{{ steps.nap.output.slept }}'}\n"
+    )
+    items = [{"seconds": 0.01 * (8 - i)} for i in range(8)]  # the first takes longest
+    progress: list[BatchProgress] = []
+
+    def naps(concurrency: int) -> Any:
+        return aclosing(iter_batch(wf, items, concurrency=concurrency, on_update=progress.append))
+
     got, done_then = [], []
-    async with aclosing(
-        iter_batch(
-            wf, items, concurrency=4, model="mock/t", mock_responses=MockProvider(script),
-            on_update=seen.append,
-        )
-    ) as results:  # fmt: skip
+    async with naps(8) as results:  # all at once: they finish last item first
         async for r in results:
-            got.append(r.run_id)
-            done_then.append(seen[-1].done)
-    assert got == order  # input order, the same run ids as run_batch's
-    assert done_then[0] < 20  # the first came while others were still to do
-    # closed early, it stops the runs it had started
-    async with aclosing(
-        iter_batch(
-            wf, items, concurrency=4, model="mock/t", mock_responses=MockProvider(script),
-            on_update=seen.append,
-        )
-    ) as results:  # fmt: skip
+            got.append(r.output["slept"])
+            done_then.append(progress[-1].done)
+    assert got == [item["seconds"] for item in items]
+    assert done_then[0] == 8  # the first to be given was the last to finish
+    got.clear()
+    async with naps(1) as results:  # one at a time: each is given before the next is done
+        async for r in results:
+            got.append(r.output["slept"])
+            assert progress[-1].done == len(got)
+    assert got == [item["seconds"] for item in items]
+    async with naps(2) as results:
         async for _ in results:
             break
-    assert seen[-1].running == 0 and seen[-1].done < 20
+    assert progress[-1].running == 0 and progress[-1].done < 8
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
