@@ -218,6 +218,19 @@ def _api_batch(store: Any, n: int, concurrency: int, script: Any = None, **kw: A
     )  # fmt: skip
 
 
+def _interruptible(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The command started as a terminal starts it, so that SIGINT is Ctrl-C: a shell starts a
+    background job (CI's, say) with SIGINT ignored, and the child would inherit that."""
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     tmp_path: Path,
 ) -> None:
@@ -229,16 +242,7 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     path = tmp_path / "runs.db"
     log = tmp_path / "calls.jsonl"
     cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--db", f"sqlite:///{path}", delay=0.1)
-    # Ctrl-C as a terminal delivers it: a shell starts a background job (CI's, say) with SIGINT
-    # ignored, and the child would inherit that and never see the signal
-    p = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    p = _interruptible(cmd, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if log.exists() and len(log.read_text().splitlines()) >= 14:
@@ -273,14 +277,7 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
 def test_ctrl_c_without_a_journal_says_running_again_starts_over(tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--no-journal", delay=0.1, log=log)
-    p = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (see above)
-    )
+    p = _interruptible(cmd, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 6):
         time.sleep(0.02)
