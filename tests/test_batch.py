@@ -131,6 +131,17 @@ def test_with_json_logs_every_stderr_line_is_a_json_object(tmp_path: Path) -> No
     assert "bad key" in failure["event"]
 
 
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0"), (999, "999"), (1000, "1.0k"), (12_345, "12.3k"), (99_999, "100k"),
+     (999_999, "1.0M"), (1_234_567, "1.2M"), (123_456_789, "123M"), (10**13, "10000G")],
+)  # fmt: skip
+def test_the_bar_shortens_token_counts(n: int, text: str) -> None:
+    from eclflow.cli.batch import _short
+
+    assert _short(n) == text
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

@@ -261,13 +261,11 @@ class _Bar:
 
 def _short(n: int) -> str:
     """A count in at most five characters: 950, 12.3k, 456k, 1.2M."""
-    if n < 1000:
+    value, unit = float(n), ""
+    for larger in "kMG":
+        if round(value) < 1000:
+            break
+        value, unit = value / 1000, larger
+    if not unit:
         return str(n)
-    value = float(n)
-    for unit in "kMG":
-        value /= 1000
-        if round(value, 1) < 100:
-            return f"{value:.1f}{unit}"
-        if round(value) < 1000 or unit == "G":
-            return f"{value:.0f}{unit}"
-    raise AssertionError("unreachable")
+    return f"{value:.1f}{unit}" if round(value, 1) < 100 else f"{value:.0f}{unit}"
