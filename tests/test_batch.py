@@ -303,11 +303,12 @@ def test_result_lines_come_while_the_batch_runs(tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     cmd, env = batch(tmp_path, 12, "--concurrency", "2", "--no-journal", delay=0.05, log=log)
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdout is not None
+    assert p.stdout is not None and p.stderr is not None
     first = json.loads(p.stdout.readline())
     calls_then = len(log.read_text().splitlines())
-    rest, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+    # (not communicate(): it reads the pipe itself, past what readline has buffered)
+    rest, err = p.stdout.read(), p.stderr.read()  # stderr: a few lines, never a full pipe
+    assert p.wait(timeout=60) == 0, err
     assert first["status"] == "completed"
     assert calls_then < 12 * 4  # the first line came before the last run was done
     lines = [first, *map(json.loads, rest.splitlines())]
