@@ -142,6 +142,20 @@ def test_the_bar_shortens_token_counts(n: int, text: str) -> None:
     assert _short(n) == text
 
 
+def test_items_can_come_from_stdin_and_resume_the_same_batch(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    cmd, env = batch(tmp_path, 3, "--db", db)
+    from_file = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert from_file.returncode == 0, from_file.stderr
+    cmd[cmd.index("--inputs") + 1] = "-"
+    items = (tmp_path / "items.jsonl").read_text()
+    r = subprocess.run(cmd, env=env, input=items, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == from_file.stdout and "3 from an earlier attempt" in r.stderr
+    r = subprocess.run(cmd, env=env, input='{"topic": "a"}\n[1]\n', capture_output=True, text=True)
+    assert r.returncode == 2 and "<stdin>:2:1: each line must be a JSON object" in r.stderr
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

@@ -16,18 +16,21 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, json_logs, say
 
 
 def read_items(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
-    """One JSON object a line (blank lines and `#` comments skipped); -i values are defaults."""
+    """One JSON object a line (blank lines and `#` comments skipped) from `path`, or stdin
+    when it is `-`; -i values are defaults."""
     items = []
+    from_stdin, path = str(path) == "-", _shown(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = sys.stdin.read() if from_stdin else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         fail(f"{path}: cannot read: {e}", EXIT_USAGE)
+    lines = text.splitlines()
     for n, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
         try:
-            value = json.loads(text)
+            value = json.loads(line)
         except json.JSONDecodeError as e:
             fail(f"{path}:{n}:{e.colno}: not valid JSON: {e.msg}", EXIT_USAGE)
         if not isinstance(value, dict):
@@ -36,6 +39,11 @@ def read_items(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
     if not items:
         fail(f"{path}: no input lines", EXIT_USAGE)
     return items
+
+
+def _shown(path: Path) -> Path:
+    """How messages name the items' file: `<stdin>` for `-`."""
+    return Path("<stdin>") if str(path) == "-" else path
 
 
 def run_batch_command(
@@ -59,6 +67,7 @@ def run_batch_command(
     from ..llm import Providers, load_script
 
     items = read_items(inputs_file, defaults)
+    inputs_file = _shown(inputs_file)
     for n, item in enumerate(items, 1):
         try:
             validate_input(workflow, item)

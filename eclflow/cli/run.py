@@ -243,9 +243,9 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
 @click.option(
     "--inputs",
     "inputs_file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Batch: a JSON-lines file, one input object a line; one run per line. Running the "
-    "same batch again resumes its unfinished runs.",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
+    help="Batch: a JSON-lines file (- for stdin), one input object a line; one run per line. "
+    "Running the same batch again resumes its unfinished runs.",
 )
 @click.option(
     "--concurrency",
