@@ -156,6 +156,18 @@ def test_items_can_come_from_stdin_and_resume_the_same_batch(tmp_path: Path) -> 
     assert r.returncode == 2 and "<stdin>:2:1: each line must be a JSON object" in r.stderr
 
 
+def test_a_reader_that_goes_away_stops_the_batch_quietly(tmp_path: Path) -> None:
+    """`eclflow run … --inputs … | head -1`: the batch stops at its next line, with SIGPIPE's
+    status and no error message."""
+    cmd, env = batch(tmp_path, 50, "--concurrency", "5", "--no-journal", "-q", delay=0.02)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    assert json.loads(p.stdout.readline())["status"] == "completed"
+    p.stdout.close()
+    assert p.wait(timeout=60) == 141
+    assert p.stderr.read() == ""
+
+
 def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 1, "--no-journal")
     items = tmp_path / "items.jsonl"

@@ -68,6 +68,17 @@ def exit_code_for(error: BaseException) -> int:
     return EXIT_FAILED
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # (no file descriptor behind sys.stdout)
+        pass
+
+
 def handle_errors(fn: F) -> F:
     """Turn every error a user can cause into one line and an exit code; tracebacks only
     with --verbose."""
@@ -89,6 +100,11 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # whoever read stdout has gone (`eclflow … | head`): stop without a word, as other
+            # tools do, with the status a shell gives a process SIGPIPE ended (128 + 13)
+            _stdout_to_devnull()
+            sys.exit(141)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except Exception as e:
