@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 from .workloads import CALLS_PER_RUN, CHAIN_STEPS, PG_URL, REPLIES, TOPIC
 
@@ -146,9 +146,10 @@ async def saver(kind: str, workdir: Path) -> AsyncIterator[Any]:
             )
             await pool.open()
             try:
-                cp = AsyncPostgresSaver(pool)
-                await cp.setup()
-                yield cp
+                # (the pool's rows are dicts, set by row_factory, which its type does not say)
+                pg = AsyncPostgresSaver(cast(Any, pool))
+                await pg.setup()
+                yield pg
             finally:
                 await pool.close()
     else:

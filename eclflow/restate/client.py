@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,7 +294,7 @@ def submit(
 
 async def submit_many(
     workflow: Workflow,
-    inputs: list[Mapping[str, Any]],
+    inputs: Sequence[Mapping[str, Any]],
     *,
     model: str | None = None,
     restate_url: str | None = None,
