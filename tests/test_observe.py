@@ -87,6 +87,24 @@ def test_retries_and_failures_are_logged_with_their_fields(
     assert len(failed_calls) == 1 and "duration_ms" in failed_calls[0]
 
 
+def test_a_cancelled_model_call_is_not_logged_as_a_failed_one(
+    workflow: Any, log_stream: io.StringIO
+) -> None:
+    """Ctrl-C or a stopped batch cancels the calls in flight: they did not fail."""
+
+    async def cancelled() -> None:
+        task = asyncio.create_task(run(workflow, [{"content": "draft", "delay": 30}]))
+        while "llm_request_started" not in log_stream.getvalue():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    kinds = [json.loads(line)["kind"] for line in log_stream.getvalue().splitlines()]
+    assert "llm_request_started" in kinds and "llm_request_failed" not in kinds
+
+
 def test_prompts_only_at_debug_and_secrets_masked() -> None:
     stream = io.StringIO()
     configure("debug", "json", stream=stream)

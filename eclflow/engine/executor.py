@@ -407,12 +407,15 @@ class Executor:
                     release = getattr(self.guard, "release", None)
                     if release is not None:
                         release(request)
-                    emit(
-                        "llm_request_failed",
-                        model=model,
-                        error=str(e) or type(e).__name__,
-                        duration_ms=_ms(t0),
-                    )
+                    if isinstance(e, Exception):
+                        # (a call cancelled by Ctrl-C, a stopped batch or a step's timeout did
+                        # not fail: the run or the step says what happened)
+                        emit(
+                            "llm_request_failed",
+                            model=model,
+                            error=str(e) or type(e).__name__,
+                            duration_ms=_ms(t0),
+                        )
                     if span is not None:
                         tracing.record_error(span, str(e) or type(e).__name__)
                     raise
