@@ -97,7 +97,7 @@ def run_batch_command(
             click.echo(_counts(p), err=True)
 
     progress = BatchProgress(total=len(items))
-    failed: list[tuple[int, Any]] = []  # (item number, result)
+    first_failed: tuple[int, Any] | None = None  # (item number, result)
 
     def keep(p: BatchProgress) -> None:
         nonlocal progress
@@ -119,11 +119,12 @@ def run_batch_command(
                 on_update=keep,
             )
         ) as results:
+            nonlocal first_failed
             n = 0
             async for r in results:
                 n += 1
-                if r.status != "completed":
-                    failed.append((n, r))
+                if r.status != "completed" and first_failed is None:
+                    first_failed = (n, r)
                 click.echo(json.dumps(_line(r), default=str, ensure_ascii=False))
 
     interrupted = False
@@ -160,17 +161,17 @@ def run_batch_command(
         **_fields(progress),
         seconds=round(elapsed, 3),
     )
-    if failed:  # why, without digging through the result lines
-        n, first = failed[0]
-        more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
+    if first_failed is not None:  # why, without digging through the result lines
+        n, first = first_failed
+        more = f" (and {progress.failed - 1} more failed)" if progress.failed > 1 else ""
         say(
             f"{inputs_file}: item {n}: {first.error or first.status}{more}",
             "error",
             item=n,
             run_id=first.run_id,
-            failed_items=len(failed),
+            failed_items=progress.failed,
         )
-    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+    sys.exit(EXIT_FAILED if first_failed is not None else EXIT_OK)
 
 
 def _fields(p: Any) -> dict[str, Any]:
