@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import click
 
 from .. import __version__
+from ._common import one_line_click_errors
 
 # The module that defines each command. A command's module is imported only when that command
 # runs (or --help lists them all), so `eclflow validate` does not pay for `run`'s imports.
@@ -34,6 +36,44 @@ class _LazyGroup(click.Group):
         if name not in self.commands and name in _COMMANDS:
             importlib.import_module(f"{__name__}.{_COMMANDS[name]}")
         return super().get_command(ctx, name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Click's, with a suggestion when the command name is misspelled."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            import difflib
+
+            name = args[0] if args else ""
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            if not close or name.startswith("-") or "did you mean" in e.message.lower():
+                raise
+            raise click.UsageError(f"{e.message} (Did you mean '{close[0]}'?)", e.ctx) from None
+
+    # Click prints a usage error as three lines (usage, "Try --help", error); every error we
+    # print is one line, so each click error is given a one-line `show` on its way out.
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        line = list(args)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as e:
+            raise one_line_click_errors(e, line) from e.__cause__
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            sub = ctx.invoked_subcommand
+            command = f"{ctx.command_path} {sub}" if sub else ctx.command_path
+            raise one_line_click_errors(e, command=command) from e.__cause__
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

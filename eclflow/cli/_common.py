@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,13 +37,71 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
 def say(message: str, level: str = "info", *, prefix: str = "", **fields: Any) -> None:
     """One line to stderr: `prefix` and `message` for a person, or, when the logs are JSON
     (which nothing else may interleave with), an object with the message and `fields`."""
-    if json_logs():
+    _emit(message, level, prefix, json_logs(), fields)
+
+
+def _emit(message: str, level: str, prefix: str, as_json: bool, fields: dict[str, Any]) -> None:
+    if as_json:
         import json
 
         line = {"level": level, "event": message, **fields}
         click.echo(json.dumps(line, default=str, ensure_ascii=False), err=True)
     else:
         click.echo(f"{prefix}{message}", err=True)
+
+
+def one_line_click_errors(
+    error: click.ClickException, args: list[str] | None = None, command: str | None = None
+) -> click.ClickException:
+    """Make click show `error` as one line (a JSON object when the logs are JSON) instead of
+    its usage block; the exception keeps its type and exit code. `args` are the command line,
+    when the error came before its options were read; `command` the command path, when the
+    error does not know it. Returns `error`."""
+    if not isinstance(error, click.exceptions.NoArgsIsHelpError):  # (that one *is* the help)
+        fmt = _log_format_in(args or [])
+        show = functools.partial(_show_one_line, error, fmt, command)
+        error.show = show  # type: ignore[method-assign]
+    return error
+
+
+def _log_format_in(args: list[str]) -> str | None:
+    """The value of --log-format among the global options at the start of `args`."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2].lower()
+        if arg == "--log-format" and i + 1 < len(args):
+            return args[i + 1].lower()
+    return None
+
+
+def _show_one_line(
+    error: click.ClickException, fmt: str | None, command: str | None, file: Any = None
+) -> None:
+    message = " ".join(error.format_message().split())
+    ctx = getattr(error, "ctx", None)
+    fields: dict[str, Any] = {"exit_code": error.exit_code}
+    see = ""
+    command = ctx.command_path if ctx is not None else command
+    if isinstance(error, click.UsageError) and command:
+        fields["help"] = f"{command} --help"
+        see = f" (see {fields['help']})"
+    fmt = _log_format_of(ctx) or fmt or os.environ.get("ECLFLOW_LOG_FORMAT", "").lower()
+    if fmt == "json":
+        _emit(message, "error", "", True, fields)
+    else:
+        _emit(message + see, "error", "error: ", False, fields)
+
+
+def _log_format_of(ctx: click.Context | None) -> str | None:
+    """--log-format as far as the command line was read before an error."""
+    root = ctx
+    while ctx is not None:
+        if ctx.obj and "log_format" in ctx.obj:
+            return str(ctx.obj["log_format"])
+        root, ctx = ctx, ctx.parent
+    if root is not None and root.params.get("log_format"):
+        return str(root.params["log_format"]).lower()
+    return None
 
 
 def _global(name: str) -> Any:
@@ -70,8 +129,6 @@ def exit_code_for(error: BaseException) -> int:
 
 def _stdout_to_devnull() -> None:
     """Point stdout at /dev/null, so that flushing it at exit does not fail again."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

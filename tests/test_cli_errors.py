@@ -1,0 +1,100 @@
+"""Errors the command line reports: each is one line (a JSON object under --log-format json)
+with the exit code the project promises, run through the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CRITIQUE_REVISE
+
+WF = str(CRITIQUE_REVISE)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI; click calls itself `python -m eclflow` there, shortened to `eclflow`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    r.stderr = r.stderr.replace("python -m eclflow", "eclflow")
+    r.stdout = r.stdout.replace("python -m eclflow", "eclflow")
+    return r
+
+
+USAGE_ERRORS = [
+    (
+        ["run", WF, "--inputs", "nope.jsonl"],
+        "error: Invalid value for '--inputs': File 'nope.jsonl' does not exist."
+        " (see eclflow run --help)",
+    ),
+    (["run", WF, "-c", "0"], "error: Invalid value for '--concurrency' / '-c'"),
+    (["run"], "error: Missing argument 'FILE'. (see eclflow run --help)"),
+    (["run", WF, "--nosuch"], "error: No such option '--nosuch'"),
+    (["run", WF, "--input"], "error: Option '--input' requires an argument."),
+    (["--log-level", "bogus", "runs"], "error: Invalid value for '--log-level'"),
+    (["nosuchcommand"], "error: No such command 'nosuchcommand'."),
+]
+
+
+@pytest.mark.parametrize(("args", "start"), USAGE_ERRORS)
+def test_a_usage_error_is_one_line_and_exit_2(args: list[str], start: str) -> None:
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith(start), r.stderr
+    assert "Usage:" not in r.stderr and "Traceback" not in r.stderr
+    assert "--help)" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--log-format", "json", "run", WF, "-c", "0"],
+        ["--log-format=json", "--bogus", "runs"],
+        ["--log-format", "json", "nosuchcommand"],
+        ["--log-format", "json", "validate"],
+    ],
+)
+def test_a_usage_error_is_a_json_object_when_the_logs_are_json(args: list[str]) -> None:
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    line = json.loads(lines[0])
+    assert line["level"] == "error" and line["exit_code"] == 2
+    assert line["help"].startswith("eclflow") and line["help"].endswith("--help")
+
+
+def test_json_from_the_environment_too() -> None:
+    r = cli("run", env={"ECLFLOW_LOG_FORMAT": "json"})
+    assert r.returncode == 2
+    assert json.loads(r.stderr)["event"] == "Missing argument 'FILE'."
+
+
+def test_misspellings_get_a_suggestion_on_the_same_line() -> None:
+    r = cli("rnu", WF)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: No such command 'rnu'. (Did you mean 'run'?) (see eclflow --help)"
+    )
+    r = cli("run", WF, "--inptus", "x.jsonl")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert "Did you mean" in r.stderr and "'--inputs'" in r.stderr
+
+
+def test_help_and_version_still_work(tmp_path: Path) -> None:
+    r = cli("--help")
+    assert r.returncode == 0 and r.stdout.startswith("Usage: eclflow") and not r.stderr
+    r = cli("run", "-h")
+    assert r.returncode == 0 and "Usage: eclflow run" in r.stdout
+    r = cli("--version")
+    assert r.returncode == 0 and "eclflow, version" in r.stdout
