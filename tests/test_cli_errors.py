@@ -98,3 +98,38 @@ def test_help_and_version_still_work(tmp_path: Path) -> None:
     assert r.returncode == 0 and "Usage: eclflow run" in r.stdout
     r = cli("--version")
     assert r.returncode == 0 and "eclflow, version" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], str]:
+    """A SQLite file holding one completed run of the bundled workflow, and that run's id."""
+    tmp = tmp_path_factory.mktemp("errors")
+    env = {"ECLFLOW_DATABASE_URL": f"sqlite:///{tmp / 'runs.db'}"}
+    script = tmp / "script.yaml"
+    script.write_text('generate: "draft"\ncritique: {content: {decision: pass, critique: fine}}\n')
+    r = cli(
+        "run", WF, "-i", "topic=kelp", "-m", "mock/x", "--mock-responses", str(script), "--json",
+        env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return env, json.loads(r.stdout)["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["resume", "zzzz"], "error: Run not found: zzzz"),
+        (["status", "zzzz"], "error: Run not found: zzzz"),
+        (["show", "zzzz"], "error: Run not found: zzzz"),
+        (["logs", "zzzz"], "error: Run not found: zzzz"),
+        (["show", "RUN", "--step", "nosuch"], "error: Step not found: nosuch"),
+        (["run", WF, "--run", "RUN", "--from", "nosuch"], "error: Step not found: nosuch"),
+    ],
+)
+def test_a_run_or_step_that_does_not_exist_is_invalid_input(
+    one_run: tuple[dict[str, str], str], args: list[str], message: str
+) -> None:
+    env, run_id = one_run
+    r = cli(*[run_id if a == "RUN" else a for a in args], env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1, r.stderr

@@ -177,7 +177,7 @@ def test_show_one_step(two_runs: Any) -> None:
     assert r.returncode == 0, r.stderr
     assert "== revise#1" in r.stdout and "== generate" not in r.stdout and "Run " not in r.stdout
     r = env.cli("show", ok["run_id"][:8], "--step", "publish")
-    assert r.returncode == 1
+    assert r.returncode == 2  # invalid input
     assert r.stderr.startswith("error: Step not found: publish (this run has: critique,")
     assert "Traceback" not in r.stderr
 
@@ -186,7 +186,7 @@ def test_show_one_step(two_runs: Any) -> None:
 def test_unknown_run_is_one_line(two_runs: Any, command: str) -> None:
     env, _, _ = two_runs
     r = env.cli(command, "deadbeef")
-    assert r.returncode == 1
+    assert r.returncode == 2  # invalid input
     assert r.stderr == "error: Run not found: deadbeef\n"
     assert r.stdout == ""
 
@@ -224,7 +224,7 @@ def test_prune(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "Deleted 1 run."
     assert {d["id"] for d in env.json("runs", "--json")} == {ok["run_id"], newest["run_id"]}
-    assert env.cli("status", bad["run_id"]).returncode == 1
+    assert env.cli("status", bad["run_id"]).returncode == 2  # not found any more
 
     r = env.cli("prune", input="n\n")  # default: older than 30 days; asks first
     assert r.returncode == 1 and "Delete 1 run started more than 30d ago?" in r.stderr

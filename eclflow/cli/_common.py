@@ -120,9 +120,11 @@ def json_logs() -> bool:
 
 
 def exit_code_for(error: BaseException) -> int:
-    from ..errors import ConfigError, InvalidInput
+    """2 when what the user typed is wrong (bad input or configuration, a run or step that
+    does not exist), else 1."""
+    from ..errors import ConfigError, InvalidInput, NotFound
 
-    if isinstance(error, InvalidInput | ConfigError):
+    if isinstance(error, InvalidInput | ConfigError | NotFound):
         return EXIT_USAGE
     return EXIT_FAILED
 
