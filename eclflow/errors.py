@@ -23,6 +23,16 @@ class EclflowError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle (across processes) the attributes, not the constructor's arguments: most
+        # subclasses format their message, so calling them again with it would fail.
+        return _restore, (type(self), self.args), self.__dict__
+
+
+def _restore(cls: type[EclflowError], args: tuple[Any, ...]) -> EclflowError:
+    """An unpickled error, built without calling its `__init__` again."""
+    return cls.__new__(cls, *args)
+
 
 class ConfigError(EclflowError):
     """The configuration (command line, environment, registry) is wrong."""

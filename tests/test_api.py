@@ -1,0 +1,46 @@
+"""The Python API's surface: the `eclflow` package, its exceptions and its result object."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from typing import Any
+
+import pytest
+
+from eclflow import errors
+
+
+def _error_classes() -> list[type[errors.EclflowError]]:
+    return [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, errors.EclflowError)
+    ]
+
+
+def _example(cls: type[errors.EclflowError]) -> errors.EclflowError:
+    """An instance of `cls`, its arguments made up from the constructor's parameters."""
+    made_up = {"float": 2.5, "int": 3, "str": "it broke", "list[Any]": ["a problem"]}
+    kwargs: dict[str, Any] = {}
+    for name, p in inspect.signature(cls).parameters.items():
+        if p.default is inspect.Parameter.empty:
+            kwargs[name] = made_up.get(str(p.annotation), "value")
+    return cls(**kwargs)
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_every_error_survives_pickling(cls: type[errors.EclflowError]) -> None:
+    """Errors cross process boundaries (batch workers, multiprocessing) by pickle."""
+    error = _example(cls)
+    error.retryable = not error.retryable  # an instance attribute must survive too
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is cls
+    assert str(back) == str(error) and back.args == error.args
+    assert vars(back) == vars(error)
+    assert back.retryable == error.retryable
+
+
+def test_step_timeout_keeps_its_seconds() -> None:
+    back = pickle.loads(pickle.dumps(errors.StepTimeout(3)))
+    assert back.seconds == 3 and str(back) == "Step timed out after 3s"
