@@ -44,3 +44,45 @@ def test_every_error_survives_pickling(cls: type[errors.EclflowError]) -> None:
 def test_step_timeout_keeps_its_seconds() -> None:
     back = pickle.loads(pickle.dumps(errors.StepTimeout(3)))
     assert back.seconds == 3 and str(back) == "Step timed out after 3s"
+
+
+def test_dir_and_help_show_the_lazy_public_names() -> None:
+    import pydoc
+
+    import eclflow
+
+    assert set(eclflow.__all__) <= set(dir(eclflow))
+    text = pydoc.render_doc(eclflow, renderer=pydoc.plaintext)
+    for name in ("run(", "resume(", "load(", "RunResult", "WorkflowInvalid", "RunNotFound"):
+        assert name in text, name
+
+
+def test_the_docstring_example_runs_outside_an_event_loop() -> None:
+    import eclflow
+
+    doc = eclflow.__doc__ or ""
+    assert "asyncio.run(eclflow.run(" in doc and "= await" not in doc
+
+
+def test_the_errors_users_catch_are_exported() -> None:
+    import eclflow
+
+    for name in ("WorkflowInvalid", "InvalidInput", "ConfigError", "RunNotFound", "StepNotFound",
+                 "BudgetExceeded", "LLMError", "InvalidState", "EclflowError"):  # fmt: skip
+        assert name in eclflow.__all__
+        assert getattr(eclflow, name) is getattr(errors, name)
+    assert all(hasattr(eclflow, name) for name in eclflow.__all__)
+
+
+def test_importing_eclflow_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, eclflow; from eclflow import RunNotFound, WorkflowInvalid; dir(eclflow);"
+        "print(sorted(m for m in sys.modules if m.startswith(('eclflow.', 'litellm', 'rich'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "['eclflow.errors']"
