@@ -553,3 +553,154 @@ steps:
     cycles = [d for d in diagnose(text) if d.code == "E204"]
     assert [d.message for d in cycles] == ["cycle a -> b -> a", "cycle c -> d -> c"]
     assert [d.location.line for d in cycles] == [6, 8]  # where the closing edge is declared
+
+
+# --- audit: odd values the schema and the loader must turn into one located line ----------------
+
+
+def test_step_config_is_checked_where_the_engine_reads_it() -> None:
+    text = MINIMAL.replace(
+        "    with:",
+        "    config: {max_tokens: lots, temperature: hot, stop: 3, max_chars: 0}\n    with:",
+    )
+    diags = diagnose(text)
+    got = {(d.code, d.message) for d in diags}
+    assert ("E112", "steps[0].config.max_tokens must be an integer, not a string") in got
+    assert ("E112", "steps[0].config.temperature must be a number or null, not a string") in got
+    assert ("E112", "steps[0].config.stop must be a string or array, not a number") in got
+    assert ("E114", "steps[0].config.max_chars is 0; it must be at least 1") in got
+    assert located(text, "lots") in [(d.location.line, d.location.col) for d in diags]
+    text = MINIMAL.replace("    with:", "    config: {max_tokens: null, temperature: 3}\n    with:")
+    assert sorted(d.message for d in diagnose(text)) == [
+        "steps[0].config.max_tokens must be an integer, not null",
+        "steps[0].config.temperature is 3; it must be at most 2",
+    ]
+    # what a plugin type reads is its own business
+    ok = MINIMAL.replace("    with:", "    config: {max_tokens: 5, stop: END, words: 3}\n    with:")
+    assert diagnose(ok) == []
+
+
+def test_messages_say_what_to_write() -> None:
+    def messages(text: str) -> list[str]:
+        return [f"{d.code} {d.message}{f' ({d.hint})' if d.hint else ''}" for d in diagnose(text)]
+
+    budget = MINIMAL.replace(
+        "steps:", "budget: {max_usd: 0, max_tokens: 1.5, max_calls: -1, max_dollars: 3}\nsteps:"
+    )
+    assert messages(budget) == [
+        "E114 budget.max_usd is 0; it must be greater than 0",
+        "E112 budget.max_tokens must be a whole number, not 1.5",
+        "E114 budget.max_calls is -1; it must be at least 1",
+        "E111 unknown key 'max_dollars' in budget (did you mean 'max_usd'?)",
+    ]
+    assert messages("eclflow: 1\nid: x\nsteps:\n") == ["E112 steps must be an array, not null"]
+    long_id = MINIMAL.replace("id: mini", "id: " + "x" * 130)
+    assert messages(long_id) == ["E114 id is too long (130 characters; at most 128)"]
+
+
+def test_null_and_scalar_steps_are_one_type_error_each() -> None:
+    text = "eclflow: 1\nid: x\nsteps:\n  - null\n  - a\n"
+    assert [(d.code, d.location.line, d.message) for d in diagnose(text)] == [
+        ("E112", 4, "steps[0] must be an object, not null"),
+        ("E112", 5, "steps[1] must be an object, not a string"),
+    ]
+
+
+def test_an_empty_value_is_located_at_its_key_not_past_the_end() -> None:
+    for text, needle in [
+        ("eclflow: 1\nid: x\nsteps:\n", "steps:"),
+        (MINIMAL + "defaults:\n", "defaults:"),
+    ]:
+        (d,) = diagnose(text)
+        assert (d.location.line, d.location.col) == located(text, needle), str(d)
+
+
+def test_an_unclosed_quote_is_reported_where_it_opens() -> None:
+    text = 'eclflow: 1\nid: "x\nsteps:\n  - {id: a, type: llm, template: hi}\n'
+    (d,) = diagnose(text)
+    assert d.code == "E100" and (d.location.line, d.location.col) == (2, 5), str(d)
+    assert "quoted scalar" in d.message
+
+
+def test_prompt_paths_the_system_refuses_are_e401(tmp_path: Path) -> None:
+    for prompt in ("~nosuchuser_eclflow/p.j2", "a" * 300 + ".j2", "a\0b.j2"):
+        text = MINIMAL.replace('template: "hello {{ who }}"', f"prompt: {json.dumps(prompt)}")
+        text = text.replace("type: template", "type: llm")
+        assert [d.code for d in diagnose(text, tmp_path)] == ["E401"], prompt
+
+
+def test_a_lone_surrogate_is_printed_escaped(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(MINIMAL + '"\\ud800": 1\n')
+    r = run_cli("validate", str(f))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "E111 unknown key '\\ud800'" in r.stdout
+
+
+def test_validate_goes_on_past_bad_files_and_json_stays_whole(tmp_path: Path) -> None:
+    files = []
+    for name, body in {
+        "tokens.yaml": MINIMAL.replace("    with:", "    config: {max_tokens: lots}\n    with:"),
+        "tilde.yaml": "eclflow: 1\nid: x\nsteps:\n  - {id: a, type: llm, prompt: ~nosuchuser_x/p}\n",
+        "surrogate.yaml": MINIMAL + '"\\ud800": 1\n',
+        "good.yaml": MINIMAL,
+    }.items():
+        (tmp_path / name).write_text(body)
+        files.append(str(tmp_path / name))
+    r = run_cli("validate", *files)
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    assert "4 files: 1 valid, 3 invalid" in r.stdout
+    r = run_cli("validate", "--format", "json", *files)
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    out = json.loads(r.stdout)
+    assert [f["valid"] for f in out["files"]] == [False, False, False, True]
+
+
+def test_a_bug_while_checking_one_file_is_one_line_for_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    import eclflow.spec
+    from eclflow.cli import cli
+
+    real = eclflow.spec.check
+
+    def flaky(path: Path) -> object:
+        if path.name == "boom.yaml":
+            raise RuntimeError("boom\ninside")
+        return real(path)
+
+    monkeypatch.setattr(eclflow.spec, "check", flaky)
+    (tmp_path / "boom.yaml").write_text(MINIMAL)
+    (tmp_path / "ok.yaml").write_text(MINIMAL)
+    args = [str(tmp_path / "boom.yaml"), str(tmp_path / "ok.yaml")]
+    r = CliRunner().invoke(cli, ["validate", "--format", "json", *args])
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.stdout)
+    (d,) = out["files"][0]["diagnostics"]
+    assert d["code"] == "E000" and d["message"].endswith("RuntimeError: boom inside")
+    assert out["files"][1]["valid"] is True
+
+
+def test_an_unreadable_file_is_e102_and_the_others_are_checked(tmp_path: Path) -> None:
+    import shutil
+
+    f = tmp_path / "secret.yaml"
+    f.write_text(MINIMAL)
+    f.chmod(0)
+    (tmp_path / "ok.yaml").write_text(MINIMAL)
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    r = subprocess.run(
+        [*prefix, sys.executable, "-m", "eclflow", "validate", str(f), str(tmp_path / "ok.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{f}:1:1: E102 cannot read the file" in r.stdout
+    assert "2 files: 1 valid, 1 invalid" in r.stdout

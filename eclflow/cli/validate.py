@@ -10,11 +10,13 @@ from typing import Any
 import click
 
 from . import cli
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
 
 
 @cli.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+# readable=False: an unreadable file is one E102 among the others' reports, not a usage error
+# that stops them all
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option(
     "--format",
     "fmt",
@@ -30,32 +32,32 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
     metavar="MODEL",
     help="Price the worst case with this model instead of the workflow's.",
 )
+@handle_errors
 def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool, model: str | None) -> None:
     """Check workflow files: schema, references, cycles, loops, templates and prompt files.
 
     Prints `file:line:col: CODE message` for each problem, then a summary. Exit code 0 when
     every file is valid, 1 when one is not, 2 when a file does not exist.
     """
-    from ..spec import check
+    from ..spec.model import printable
 
     reports: list[dict[str, Any]] = []
     missing = False
     for path in files:
-        if not path.exists():
+        if _missing(path):
             missing = True
-        wf, diags = check(path)
+        wf, diags, summary = _check_one(path, model)
         errors = [d for d in diags if d.severity == "error"]
         warnings = [d for d in diags if d.severity == "warning"]
         valid = wf is not None and not (strict and warnings)
         report: dict[str, Any] = {
-            "file": str(path),
+            "file": printable(str(path)),
             "valid": valid,
             "errors": len(errors),
             "warnings": len(warnings),
             "diagnostics": [d.to_dict() for d in diags],
         }
-        if wf is not None:
-            report.update(_summary(wf, model))
+        report.update(summary)
         reports.append(report)
         if fmt == "text":
             for d in diags:
@@ -65,7 +67,7 @@ def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool, model: str | N
                 cost = report["worst_case_usd"]
                 priced = f", at most ${cost:.4f}" if cost is not None else ""
                 click.echo(
-                    f"{path}: {'valid' if valid else 'invalid (--strict)'}: "
+                    f"{printable(str(path))}: {'valid' if valid else 'invalid (--strict)'}: "
                     f"{report['steps']} step{'s' * (report['steps'] != 1)}, "
                     f"{loops} revision loop{'s' * (loops != 1)}, "
                     f"at most {report['worst_case_calls']} model calls per run{priced}"
@@ -91,6 +93,35 @@ def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool, model: str | N
     sys.exit(EXIT_FAILED if n_invalid else EXIT_OK)
 
 
+def _missing(path: Path) -> bool:
+    """Whether `path` names nothing (exit code 2); a path the system refuses is E102 instead."""
+    try:
+        return not path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_one(path: Path, model: str | None) -> tuple[Any, list[Any], dict[str, Any]]:
+    """One file's workflow (None if invalid), diagnostics and summary. A bug of ours while
+    checking it is one located E000 line for that file: the other files are still checked."""
+    from ..spec import Diagnostic, Location, check
+
+    try:
+        wf, diags = check(path)
+        return wf, diags, (_summary(wf, model) if wf is not None else {})
+    except Exception as e:  # not the user's doing: say so, and go on with the next file
+        if _verbose():
+            raise
+        why = " ".join(str(e).split())
+        internal = Diagnostic(
+            Location(str(path)),
+            "E000",
+            f"eclflow failed while checking this file: {type(e).__name__}: {why}",
+            "please report it; run with --verbose for the traceback",
+        )
+        return None, [internal], {}
+
+
 def _summary(wf: Any, model: str | None) -> dict[str, Any]:
     """Shape and cost of a valid workflow: steps, loops, worst-case model calls and dollars."""
     from ..graph.plan import compile_plan
@@ -114,6 +145,7 @@ def _worst_case_usd(wf: Any, plan: Any, registry: Any, model: str | None) -> flo
     """Every call of every occurrence and attempt at its max_tokens, with the prompt's text
     counted; None when a model's price is unknown."""
     from ..observe.budget import estimate_tokens, price
+    from ..spec.loader import is_file
 
     total = 0.0
     for s in wf.steps:
@@ -124,10 +156,15 @@ def _worst_case_usd(wf: Any, plan: Any, registry: Any, model: str | None) -> flo
         p = price(m) if m else None
         if p is None:
             return None
-        max_tokens = int(s.config.get("max_tokens", getattr(cls, "default_max_tokens", 1024)))
+        max_tokens = s.config.get("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens < 1:  # (a plugin's own config)
+            max_tokens = int(getattr(cls, "default_max_tokens", 1024))
         prompt = s.template or ""
-        if not prompt and s.prompt is not None and s.prompt.is_file():
-            prompt = s.prompt.read_text(encoding="utf-8")
+        if not prompt and s.prompt is not None and is_file(s.prompt):
+            try:
+                prompt = s.prompt.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                prompt = ""
         # bound inputs (drafts, feedback) can be as long as a reply
         prompt_tokens = estimate_tokens(prompt) + max_tokens * len(s.with_)
         calls = plan.occurrences(s.id) * s.retry.max_attempts

@@ -311,12 +311,16 @@ class _Checker:
         import jinja2
 
         from .. import expr
+        from .loader import is_file
 
-        if s.prompt is not None and not s.prompt.is_file():
+        if s.prompt is not None and not is_file(s.prompt):
+            name = str(raw["prompt"])
+            shown = name if len(name) <= 80 else name[:60] + "…"
             self.error(
                 ["steps", i, "prompt"],
                 "E401",
-                f"prompt file {raw['prompt']} not found",
+                f"prompt file {shown!r} not found"
+                + (f" (its name has {len(name)} characters)" if len(name) > 80 else ""),
                 "paths are relative to the workflow file; bundled: generate.j2, "
                 "critique.j2, revise.j2",
             )

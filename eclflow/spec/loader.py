@@ -8,6 +8,7 @@ then the semantic checks of `checks.py`. Nothing here raises for bad input excep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -177,8 +178,19 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
         return yaml.load(text), []
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problem = e.problem or e.context or "invalid YAML"
+        if e.context_mark is not None and e.context and "end of stream" in str(problem):
+            # a quote or bracket left open: the end of the file says nothing, where it opens does
+            m = e.context_mark
+            return None, [
+                _diag(
+                    Location(file, m.line + 1, m.column + 1),
+                    "E100",
+                    f"YAML: {_one_line(e.context)} that starts here, {_one_line(problem)}",
+                    "close the quote or bracket that opens here",
+                )
+            ]
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         if "found duplicate key" in str(problem):
             return None, [
                 _diag(
@@ -288,6 +300,17 @@ class _Located:
                 pos = None
             if pos is None or pos[0] is None or pos[1] is None:
                 break
+            if (
+                lc is not None
+                and not (key and last)
+                and isinstance(node, Mapping)
+                and node.get(part) is None
+            ):
+                # an empty value (`steps:` then nothing) has the position of the next token,
+                # which may be past the end of the file: its key is where it is written
+                kpos = lc.key(part)
+                if kpos[0] is not None and pos[0] > kpos[0]:
+                    pos = kpos
             line, col = pos
             try:
                 node = node[part]
@@ -392,8 +415,10 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
         extras = [k for k in (inst or {}) if k not in error.schema.get("properties", {})]
         out = []
         for k in extras:
-            hint: str | None = _did_you_mean(str(k), allowed) or (
-                f"allowed keys: {', '.join(allowed)}"
+            hint: str | None = (
+                _synonym(path, str(k))
+                or _did_you_mean(str(k), allowed)
+                or f"allowed keys: {', '.join(allowed)}"
             )
             out.append(
                 _diag(
@@ -407,11 +432,14 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     if v == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
+        if expected == "integer" and isinstance(inst, float):
+            return [_diag(located.at(path), "E112", f"{where} must be a whole number, not {inst}")]
+        kind = "null" if inst is None else _article(_kind(inst))
         return [
             _diag(
                 located.at(path),
                 "E112",
-                f"{where} must be {_article(expected)}, not {_article(_kind(inst))}",
+                f"{where} must be {_article(expected)}, not {kind}",
             )
         ]
     if v in ("enum", "const"):
@@ -455,13 +483,24 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
                     f"max_iterations is {inst}; a revision loop allows 1 to 10 revisions",
                 )
             ]
-        return [_diag(located.at(path), "E114", f"{where}: {error.message}")]
+        bound = error.validator_value
+        rule = {
+            "minimum": f"at least {bound}",
+            "maximum": f"at most {bound}",
+            "exclusiveMinimum": f"greater than {bound}",
+            "exclusiveMaximum": f"less than {bound}",
+        }[v]
+        shown = json.dumps(inst, default=str)
+        return [_diag(located.at(path), "E114", f"{where} is {shown}; it must be {rule}")]
     if v in ("minLength", "maxLength", "minItems", "maxItems", "uniqueItems"):
+        limit = error.validator_value
         msg = {
             "minLength": "must not be empty",
             "minItems": "must not be empty",
             "uniqueItems": "lists an item twice",
-        }.get(v, f"is too long ({error.message})")
+            "maxLength": f"is too long ({_size(inst)} characters; at most {limit})",
+            "maxItems": f"has too many items ({_size(inst)}; at most {limit})",
+        }[v]
         return [_diag(located.at(path), "E114", f"{where} {msg}")]
     if v == "anyOf" and path and path[-1] in ("timeout", "initial_delay", "max_delay"):
         return [
@@ -484,6 +523,10 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     return [
         _diag(located.at(path), "E115", f"{where or 'the workflow'}: {_one_line(error.message)}")
     ]
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | dict) else 0
 
 
 def _embedded_schemas(data: dict[str, Any], located: _Located) -> list[Diagnostic]:
@@ -517,6 +560,27 @@ def _path_text(path: Sequence[Any]) -> str:
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out
+
+
+# Words people write for a key, by what they mean: `budget: {max_dollars: 3}` is max_usd, which
+# spelling alone would not find (difflib prefers max_calls).
+_SYNONYMS = {
+    "budget": (
+        ("max_usd", ("dollar", "usd", "cost", "price", "spend", "money", "cent")),
+        ("max_tokens", ("token",)),
+        ("max_calls", ("call", "request")),
+    ),
+}
+
+
+def _synonym(path: Sequence[Any], key: str) -> str | None:
+    """`did you mean` from what a key means, for the few places where people guess names."""
+    table = _SYNONYMS.get(_path_text(path), ())
+    low = key.lower()
+    for name, words in table:
+        if any(w in low for w in words):
+            return f"did you mean '{name}'?"
+    return None
 
 
 def _article(word: str) -> str:
@@ -555,14 +619,32 @@ def _retry(raw: Mapping[str, Any] | None, base: RetrySpec) -> RetrySpec:
 def resolve_prompt(prompt: str, base: Path | None) -> Path:
     """A prompt path relative to the workflow file; a bare name not found there falls back to
     the bundled templates."""
-    p = Path(prompt).expanduser()
+    p = Path(prompt)
+    with contextlib.suppress(RuntimeError):  # `~nosuchuser/…`: kept, and reported not found
+        p = p.expanduser()
     if not p.is_absolute() and base is not None:
         p = base / p
-    if not p.exists() and "/" not in prompt and "\\" not in prompt:
+    if not exists(p) and "/" not in prompt and "\\" not in prompt:
         bundled = Path(str(resources.files("eclflow").joinpath("templates", prompt)))
-        if bundled.exists():
+        if exists(bundled):
             return bundled.resolve()
-    return p.resolve() if p.exists() else p
+    return p.resolve() if exists(p) else p
+
+
+def exists(p: Path) -> bool:
+    """Whether `p` exists; False for any path the system refuses (too long, NUL, no access)."""
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def is_file(p: Path) -> bool:
+    """Whether `p` is a file; False for any path the system refuses (too long, NUL, no access)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _build(
@@ -641,6 +723,8 @@ __all__ = [
     "MAX_STEPS",
     "check",
     "check_text",
+    "exists",
+    "is_file",
     "load",
     "load_text",
     "parse_duration",

@@ -28,6 +28,15 @@ class Location:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+def printable(text: str) -> str:
+    """`text` with lone surrogates (which UTF-8 cannot encode) written as `\\udXXX` escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One problem found in a workflow file: where, a stable code, one line of why."""
@@ -37,6 +46,17 @@ class Diagnostic:
     message: str
     hint: str | None = None
     severity: Severity = "error"
+
+    def __post_init__(self) -> None:
+        # A key or value the YAML spells with a lone surrogate ("\ud800") cannot be printed or
+        # encoded: show it escaped, as it was written.
+        for name in ("message", "hint"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, printable(value))
+        if self.location.file != printable(self.location.file):
+            loc = self.location
+            object.__setattr__(self, "location", Location(printable(loc.file), loc.line, loc.col))
 
     def __str__(self) -> str:
         hint = f" ({self.hint})" if self.hint else ""

@@ -90,11 +90,12 @@ class PromptStep(Step):
         json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         config = self.spec.config
+        stop = config.get("stop", ())
         response = await ctx.complete(
             self.messages(input),
             max_tokens=int(config.get("max_tokens", self.default_max_tokens)),
             temperature=config.get("temperature"),
-            stop=tuple(config.get("stop", ())),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),  # one string: one stop
             json_schema=json_schema,
         )
         return response.content.strip()
