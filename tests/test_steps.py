@@ -349,3 +349,17 @@ def test_a_step_cancelled_while_its_result_is_committed_keeps_its_event() -> Non
     kinds = asyncio.run(main())
     assert log.committed == ["success"]
     assert "step_succeeded" in kinds
+
+
+def test_revise_without_attempt_in_with_uses_the_loop_iteration() -> None:
+    """`attempt` is optional (docs) and revise.j2 reads it: the revision number fills it."""
+    from eclflow.engine.journal import _NoLog
+    from eclflow.steps.base import LoopState
+
+    mock = MockProvider(["better draft"])
+    ex, _ = _ctx(mock)
+    step = ReviseStep(spec("revise"))
+    loop = LoopState(iteration=2, max_iterations=3, feedback="f")
+    e = asyncio.run(ex.run(step, "revise#2", 2, {"draft": "d", "feedback": "f"}, _NoLog(), loop))
+    assert e.outcome == "success", e.error
+    assert "Revision attempt: 2 of 3" in mock.requests[0].messages[-1].content

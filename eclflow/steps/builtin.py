@@ -261,6 +261,11 @@ class ReviseStep(PromptStep):
         _check_draft(output, self.spec.config, empty="Revised draft", long="Revised draft")
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        if "attempt" not in input:
+            # `attempt` is optional in `with:`, and the bundled revise.j2 reads it: it is the
+            # loop's revision number (1-based), which is what a workflow would bind anyway
+            n = ctx.loop.iteration if ctx.loop is not None else ctx.iteration
+            input = {**input, "attempt": max(n, 1)}
         return StepResult.success({"draft": await self.call_model(ctx, input)})
 
 
