@@ -86,3 +86,32 @@ def test_importing_eclflow_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "['eclflow.errors']"
+
+
+def _result(cost: float) -> Any:
+    from eclflow.engine.result import RunResult, StepExecution
+
+    steps = [
+        StepExecution(f"s{i}", f"s{i}", 0, "success", prompt=[{"content": "x" * 2000}], cost=cost)
+        for i in range(3)
+    ]
+    return RunResult("run-1", "wf", "failed", error="boom", steps=steps)
+
+
+def test_run_result_repr_is_one_short_line() -> None:
+    r = _result(0.5)
+    assert repr(r) == (
+        "RunResult(run_id='run-1', workflow='wf', status='failed', steps=3, tokens=0, "
+        "cost=1.5, error='boom')"
+    )
+    assert len(repr(r.steps[0])) < 400  # a step's prompt stays out of its repr too
+    assert r == _result(0.5) and r != _result(0.25)  # still compared field by field
+
+
+def test_cost_is_always_a_float_in_the_result_json() -> None:
+    from eclflow.engine.result import RunResult
+
+    for r in (RunResult("run-1", "wf", "completed"), _result(0)):
+        data = r.to_dict()
+        assert isinstance(data["cost"], float) and data["cost"] == 0.0
+        assert all(isinstance(s["cost"], float) for s in data["steps"])

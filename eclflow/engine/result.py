@@ -49,8 +49,9 @@ class StepExecution:
     calls: int = 0
     model: str | None = None
     input: Any = None
-    prompt: Any = None  # the messages of the last model call, for `eclflow show`
-    traces: list[TraceEvent] = field(default_factory=list)
+    # the messages of the last model call, for `eclflow show` (long: kept out of the repr)
+    prompt: Any = field(default=None, repr=False)
+    traces: list[TraceEvent] = field(default_factory=list, repr=False)
     replayed: bool = False
 
     @property
@@ -74,7 +75,7 @@ class StepExecution:
             "tokens": self.tokens,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
-            "cost": self.cost,
+            "cost": float(self.cost),
             "duration_ms": self.duration_ms,
             "output": self.output,
             "feedback": self.feedback,
@@ -83,7 +84,7 @@ class StepExecution:
         }
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class RunResult:
     """How a run ended. A failed run is a result with `status == "failed"`, never an exception."""
 
@@ -103,7 +104,7 @@ class RunResult:
 
     @property
     def cost(self) -> float:
-        return sum(s.cost for s in self.steps)
+        return float(sum(s.cost for s in self.steps))
 
     @property
     def calls(self) -> int:
@@ -112,6 +113,14 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "completed"
+
+    def __repr__(self) -> str:
+        """One short line: the steps (and their prompts) are in `steps` and `to_dict()`."""
+        return (
+            f"RunResult(run_id={self.run_id!r}, workflow={self.workflow_id!r}, "
+            f"status={self.status!r}, steps={len(self.steps)}, tokens={self.tokens}, "
+            f"cost={round(self.cost, 6)!r}, error={self.error!r})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
