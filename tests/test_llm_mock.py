@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,49 @@ def test_keyed_scripts_answer_by_journal_key_then_step_then_star() -> None:
         ask("critique", "critique#3")
     fresh = mock.fresh()
     assert fresh.calls == 0
+
+
+def _doc_examples() -> list[str]:
+    """The indented YAML examples of eclflow.llm.mock's docstring."""
+    import eclflow.llm.mock as mock
+
+    blocks, current = [], []
+    for line in (mock.__doc__ or "").splitlines():
+        if line.startswith("    "):
+            current.append(line[4:])
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return [b for b in blocks if not b.startswith("content")]  # (the table of keys)
+
+
+def test_the_module_docstring_documents_the_whole_script_format(tmp_path: Path) -> None:
+    import eclflow.llm.mock as mock
+
+    doc = mock.__doc__ or ""
+    for word in sorted(mock._ENTRY_KEYS | mock._ERRORS.keys() | {"responses", "cycle", '"*"'}):
+        assert word in doc, word
+    listed, keyed = _doc_examples()
+    f = tmp_path / "list.yaml"
+    f.write_text(listed)
+    m = load_script(f)
+    assert asyncio.run(m.complete(req())).content == "the first reply"
+    assert json.loads(asyncio.run(m.complete(req())).content) == {"decision": "pass"}
+    with pytest.raises(errors.RateLimited):
+        asyncio.run(m.complete(req()))
+    assert asyncio.run(m.complete(req())).content == "late"
+    f.write_text(f"responses:\n{textwrap.indent(keyed, '  ')}\ncycle: true\n")
+    m = load_script(f)
+
+    def ask(step: str, key: str) -> str:
+        r = CompletionRequest("mock/t", (Message("user", "x"),), step_id=step, key=key)
+        return asyncio.run(m.complete(r)).content
+
+    assert json.loads(ask("critique", "critique#1"))["decision"] == "revise"
+    assert json.loads(ask("critique", "critique#2")) == {"decision": "pass"}
+    assert [ask("revise", f"revise#{i}") for i in (1, 2, 3)] == [
+        "draft two",
+        "draft three",
+        "draft two",
+    ]
+    assert ask("publish", "publish") == "any other step"

@@ -1,7 +1,44 @@
 """The scripted `mock/…` model: plays replies in order, injects failures, records every request.
 
-It is the only fake in the test suite. It raises when its script runs out, which is how a test
-proves that a resumed run did not call a finished step again.
+It is the only fake in the test suite. It raises `MockExhausted` when its script runs out, which
+is how a test proves that a resumed run did not call a finished step again.
+
+The script: `eclflow run FILE --model mock/x --mock-responses SCRIPT` (YAML or JSON), or
+`eclflow.run(..., mock_responses=...)` with a path, a list, a mapping or a `MockProvider`.
+
+A list plays one entry per model call, in the order the calls are made:
+
+    - "the first reply"
+    - {content: {decision: pass}}     # a mapping or list as content is sent as JSON text
+    - {error: rate_limit}             # this call fails; the retry gets the next entry
+    - {content: "late", delay: 0.5}   # replies after 0.5 seconds
+
+A mapping (keyed) answers each call by its journal key (`critique#2`), else its step id
+(`critique`), else `*`. A list under a key plays in order for successive calls of that key
+(retries); a key whose replies are used up raises `MockExhausted`:
+
+    generate: "draft one"
+    critique#1: {content: {decision: revise, feedback: add tide tables}}
+    critique: {content: {decision: pass}}
+    revise: ["draft two", "draft three"]
+    "*": "any other step"
+
+Either form may be wrapped as `{responses: LIST_OR_MAPPING, cycle: true}`; with `cycle` the
+script (or each key's list) starts over instead of running out.
+
+An entry is a string (the reply) or a mapping with any of these keys:
+
+    content        the reply (default ""); a mapping or list is sent as its JSON text
+    error          fail the call: rate_limit | timeout | server_error (retryable),
+                   auth_error | bad_request (not retryable)
+    message        the failure's message, with `error` (default "mock ERROR")
+    delay          seconds to wait before replying or failing (default 0)
+    tokens         {input: N, output: M} (default: word counts of prompt and reply)
+    cost           USD the call costs (default 0)
+    finish_reason  what the model reports as why it stopped (default "stop")
+
+A mapping with none of these keys is itself the reply, sent as JSON. Every request is kept in
+`MockProvider.requests`; with ECLFLOW_MOCK_LOG=FILE each is also appended to FILE as a JSON line.
 """
 
 from __future__ import annotations
@@ -67,10 +104,8 @@ def load_script(path: str | Path) -> MockProvider:
 
 class MockProvider:
     """Plays `script` one entry per call, or, when `script` is a mapping, the entry for the
-    call's journal key (`critique#2`), else its step id, else `*`. A string is the reply; a
-    mapping may carry `content`,
-    `delay` (seconds), `error` (rate_limit | timeout | server_error | auth_error | bad_request),
-    `tokens` ({input, output}), `cost` and `finish_reason`. Non-string content is sent as JSON."""
+    call's journal key (`critique#2`), else its step id, else `*`; `cycle` starts it over
+    instead of running out. The entries are described in this module's docstring."""
 
     def __init__(
         self,
