@@ -390,3 +390,72 @@ def test_json_logs_of_two_concurrent_cli_runs_are_all_json(tmp_path: Any) -> Non
         steps = [x["step_id"] for x in lines if x["kind"] == "step_succeeded"]
         assert steps == ["generate", "critique", "revise", "critique"]
     assert len(run_ids) == 2
+
+
+def test_pretty_logs_are_one_line_a_record() -> None:
+    stream = io.StringIO()
+    configure("warning", "pretty", stream=stream)
+    try:
+        log = logging.getLogger(f"{LOGGER_NAME}.test")
+        with bind(run_id="0123456789abcdef", workflow_id="critique-revise"):
+            log.warning(
+                "LLM request failed",
+                extra={"kind": "llm_request_failed", "step_id": "generate", "attempt": 1,
+                       "error": "LLM error: " + "very long " * 30, "duration_ms": 3},
+            )  # fmt: skip
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                log.error("Step execution failed", exc_info=True)
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 2, lines
+        assert "WARNING LLM request failed  step_id=generate attempt=1 error=LLM error:" in lines[0]
+        assert "run_id=01234567 " in lines[0] and "kind=" not in lines[0]
+        assert lines[1].endswith("Step execution failed  run_id=01234567 "
+                                 "workflow_id=critique-revise  (ValueError: boom)")  # fmt: skip
+    finally:
+        configure("warning", "compact")
+
+
+def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fail.yaml"
+    script.write_text('generate: {error: auth_error, message: "bad key"}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x",
+         "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert not [line for line in lines if line.startswith(" ")], r.stderr  # nothing wrapped
+    assert sum("WARNING" in line or "ERROR" in line for line in lines) == 3, r.stderr
+    assert len(lines) == 5, r.stderr  # and the summary's two lines
+
+
+def test_the_library_logs_to_nobody_until_logging_is_configured(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, logging, sys, eclflow\n"
+        "async def main():\n"
+        "    return await eclflow.run(eclflow.load(sys.argv[1]), {'topic': 'x'}, model='mock/x',"
+        " mock_responses=[{'error': 'auth_error'}])\n"
+        "if len(sys.argv) > 2: logging.basicConfig(format='%(levelname)s %(message)s')\n"
+        "print(asyncio.run(main()).status)\n"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", code, str(CRITIQUE_REVISE)], capture_output=True, text=True
+    )
+    assert quiet.stdout == "failed\n" and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run(
+        [sys.executable, "-c", code, str(CRITIQUE_REVISE), "configured"],
+        capture_output=True,
+        text=True,
+    )
+    assert loud.stdout == "failed\n" and "ERROR Workflow execution failed" in loud.stderr

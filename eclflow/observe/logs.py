@@ -2,7 +2,9 @@
 
 `bind(run_id=…)` adds fields to every record logged inside it, also in tasks started inside it,
 so concurrent runs never mix. `configure()` installs one handler on the `eclflow` logger in one
-of three formats: `pretty` (rich), `json` (one object a line, every field) or `compact`.
+of three formats: `pretty` (rich, one line a record; several lines with tracebacks at debug
+level), `json` (one object a line, every field) or `compact`. Until then the library logs to
+nobody, as libraries should: configure `logging` (or call `configure()`) to see its records.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
 _SECRET_WORDS = ("api_key", "apikey", "authorization", "password", "secret", "token_value")
+
+
+# A library's logs reach nobody until the application configures logging (the CLI does, with
+# `configure()`); without this, Python's last-resort handler prints bare warnings on stderr.
+logging.getLogger(LOGGER_NAME).addHandler(logging.NullHandler())
 
 
 def get_logger(name: str = "") -> logging.Logger:
@@ -151,8 +158,59 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler eclflow installed, so configuring again replaces it."""
 
 
+class _OneLineHandler(logging.Handler):
+    """The default `pretty` logs: one line a record (time, level and message in colour, then
+    the fields), cut at the terminal's width rather than wrapped. rich is imported on the
+    first record, so commands that log nothing stay fast."""
+
+    _eclflow = True
+    _FIRST = ("step_id", "attempt", "error")  # what a person reads first
+    _HIDDEN = frozenset({"kind"})  # (the message says it in words)
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self.stream = stream
+        self._console: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from rich.text import Text
+
+            if self._console is None:
+                from rich.console import Console
+
+                self._console = Console(
+                    file=self.stream or sys.stderr, stderr=self.stream is None, highlight=False
+                )
+            console = self._console
+            fields = fields_of(record)
+            keys = [k for k in self._FIRST if k in fields]
+            keys += [k for k in fields if k not in self._FIRST and k not in self._HIDDEN]
+            line = Text.assemble(
+                (time.strftime("%H:%M:%S ", time.localtime(record.created)), "log.time"),
+                (f"{record.levelname:<8}", f"logging.level.{record.levelname.lower()}"),
+                " ".join(record.getMessage().split()),
+            )
+            if keys:
+                line.append("  " + " ".join(f"{k}={_short(k, fields[k])}" for k in keys), "dim")
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                line.append(f"  ({type(error).__name__}: {error})", "red")
+            if console.is_terminal:
+                console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
+            else:
+                console.print(line, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _short(key: str, value: Any) -> str:
+    return shorten(value[:8] if key == "run_id" and isinstance(value, str) else value)
+
+
 class _LazyRichHandler(logging.Handler):
-    """rich's handler, imported on the first record: commands that log nothing stay fast."""
+    """rich's handler, imported on the first record: commands that log nothing stay fast.
+    Records over several lines, with tracebacks: for debug logs (`-v`)."""
 
     _eclflow = True
 
@@ -205,7 +263,7 @@ def configure(
             logger.removeHandler(h)
     handler: logging.Handler
     if fmt == "pretty":
-        handler = _LazyRichHandler(stream)
+        handler = _LazyRichHandler(stream) if level == "debug" else _OneLineHandler(stream)
     else:
         handler = _Handler(stream or sys.stderr)
         handler.setFormatter(JSONFormatter() if fmt == "json" else CompactFormatter())
