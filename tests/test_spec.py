@@ -189,6 +189,50 @@ CASES = {
         ),
         "extra",
     ),
+    "W503 unknown inputs keyword": (
+        "W503",
+        sub("  required: [topic]", "  requird: [topic]"),
+        "requird",
+    ),
+    "E116 dangling $ref": (
+        "E116",
+        sub("topic: {type: string", "topic: {$ref: '#/nope', type: string"),
+        "'#/nope'",
+    ),
+    "E301 unknown filter": (
+        "E301",
+        sub('"{{ input.topic }}"', '"{{ input.topic | nosuchfilter }}"'),
+        '"{{ input.topic |',
+    ),
+    "E301 condition mixing text and {{ }}": (
+        "E301",
+        sub(
+            "  - {type: sequential, from: generate, to: critique}",
+            "  - {type: conditional, from: generate, to: critique, when: 'v: {{ 1 }}'}",
+        ),
+        "'v: {{",
+    ),
+    "E303 loops count before its loop ran": (
+        "E303",
+        sub('{topic: "{{ input.topic }}"}', '{topic: "{{ loops.critique.revisions }}"}'),
+        '"{{ loops.critique.revisions }}"}',
+    ),
+    "E302 unknown loops field": (
+        "E302",
+        sub('"{{ loops.critique.revisions }}"', '"{{ loops.critique.nope }}"'),
+        '"{{ loops.critique.nope',
+    ),
+    "E207 validator never revises": (
+        "E207",
+        sub("validator: critique, reviser", "validator: generate, reviser"),
+        "generate, reviser",
+    ),
+    "E114 timeout 0": ("E114", sub("timeout: 120s", "timeout: 0s"), "0s\n"),
+    "E114 initial_delay over max_delay": (
+        "E114",
+        sub("initial_delay: 1s", "initial_delay: 20s"),
+        "20s",
+    ),
 }
 
 
@@ -704,3 +748,70 @@ def test_an_unreadable_file_is_e102_and_the_others_are_checked(tmp_path: Path) -
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"{f}:1:1: E102 cannot read the file" in r.stdout
     assert "2 files: 1 valid, 1 invalid" in r.stdout
+
+
+def test_unknown_filters_and_tests_everywhere_a_template_is(tmp_path: Path) -> None:
+    (tmp_path / "p.j2").write_text("line one\n{{ topic | upperr }}\n")
+    text = """\
+eclflow: 1
+id: f
+steps:
+  - {id: a, type: template, template: "{{ x | nosuch }}", with: {x: "{{ input.t }}"}}
+  - {id: b, type: generate, prompt: p.j2, with: {topic: x}, depends_on: [a]}
+  - id: c
+    type: template
+    template: hi
+    depends_on: [a]
+    with: {w: "{% if input.t is nosuchtest %}a{% endif %}"}
+transitions:
+  - {type: conditional, from: a, to: c, when: "steps.a.output.text | nosuch2"}
+output: {r: "{{ steps.c.output.text | lenght }}"}
+"""
+    got = [(d.code, d.message, d.hint) for d in diagnose(text, tmp_path)]
+    assert got == [
+        ("E301", "no filter named 'nosuch'", "see Jinja's built-in filters"),
+        ("E301", "no filter named 'upperr' (p.j2 line 2)", "did you mean 'upper'?"),
+        ("E301", "no test named 'nosuchtest'", "see Jinja's built-in tests"),
+        ("E301", "no filter named 'nosuch2'", "see Jinja's built-in filters"),
+        ("E301", "no filter named 'lenght'", "did you mean 'length'?"),
+    ], got
+
+
+def test_jinja_loop_variable_inside_for_is_not_e304() -> None:
+    text = MINIMAL.replace(
+        'with: {who: "{{ input.who }}"}',
+        'with: {who: "{% for i in [1, 2] %}{{ loop.index }}{% endfor %}"}',
+    )
+    text += 'output: {o: "{% for i in [1] %}{{ loop.first }}{% endfor %}"}\n'
+    assert diagnose(text) == []
+
+
+def test_a_loop_mistake_is_reported_once() -> None:
+    for wrong, needle in [
+        ("target: generate", "target: nope"),
+        ("target: generate", "target: revise"),
+    ]:
+        text = sub(wrong, needle)
+        codes = [d.code for d in diagnose(text) if d.severity == "error"]
+        assert len(codes) == 1, [str(d) for d in diagnose(text)]
+    text = sub("validator: critique, reviser", "validator: generate, reviser")
+    codes = [d.code for d in diagnose(text)]
+    assert "E207" in codes and "E304" not in codes and "E303" not in codes, codes
+
+
+def test_loops_count_is_readable_downstream_of_its_validator() -> None:
+    text = sub(
+        "transitions:",
+        "  - id: report\n    type: template\n    depends_on: [critique]\n"
+        '    template: "{{ n }}"\n    with: {n: "{{ loops.critique.revisions }}"}\ntransitions:',
+    )
+    assert [d for d in diagnose(text) if d.severity == "error"] == []
+
+
+def test_retry_delays_merge_over_the_defaults() -> None:
+    text = sub("    type: critique\n", "    type: critique\n    retry: {max_delay: 500ms}\n")
+    (d,) = diagnose(text)
+    assert d.code == "E114" and d.message == (
+        "steps[1].retry: initial_delay (1s) is longer than max_delay (0.5s)"
+    )
+    assert (d.location.line, d.location.col) == located(text, "500ms")

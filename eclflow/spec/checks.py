@@ -19,6 +19,7 @@ from .model import Conditional, Diagnostic, Location, RevisionLoop, Sequential, 
 _JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 _STEP_FIELDS = ("output", "status", "versions")
 _LOOP_FIELDS = ("iteration", "max_iterations", "feedback", "history")
+_LOOPS_FIELDS = ("revisions",)
 
 
 def semantic_checks(
@@ -198,6 +199,11 @@ class _Checker:
             if not isinstance(t, RevisionLoop):
                 continue
             if not all(x in self.known for x in (t.validator, t.reviser, t.target)):
+                # E203 said so; the reviser is still meant to be this loop's: no E207 for its
+                # revision_source, no E304 for its loop.*
+                if t.reviser in self.known and t.validator in self.known:
+                    revisers.setdefault(t.reviser, i)
+                self.broken_loop(t)
                 continue
             where = f"transitions[{i}]"
             if t.validator in validators:
@@ -222,6 +228,7 @@ class _Checker:
                     "E207",
                     f"the reviser of {where} must be a step of its own, not '{t.reviser}'",
                 )
+                self.broken_loop(t)
                 continue
             if t.target != t.validator and not self.graph.has_path(t.target, t.validator):
                 self.error(
@@ -230,6 +237,18 @@ class _Checker:
                     f"target '{t.target}' is not upstream of validator '{t.validator}'",
                     f"the validator must depend (directly or not) on '{t.target}'",
                 )
+                self.broken_loop(t)
+                continue
+            if self.never_revises(t.validator):
+                vtype = self.wf.step(t.validator).type
+                self.error(
+                    ["transitions", i, "validator"],
+                    "E207",
+                    f"validator '{t.validator}' (type {vtype}) never asks for a revision: "
+                    "its output has no decision",
+                    "use a critique step, or an llm step whose output_schema has `decision`",
+                )
+                self.broken_loop(t)
                 continue
             body = self.loop_body(t)
             if t.reviser in body or self.graph.has_path(t.reviser, t.validator):
@@ -239,6 +258,7 @@ class _Checker:
                     f"reviser '{t.reviser}' runs before validator '{t.validator}'",
                     "the reviser runs only when the validator asks for a revision",
                 )
+                self.broken_loop(t)
                 continue
             # The reviser sees the whole loop; body steps see only what is upstream of them
             # (the validator has not run yet when they first run).
@@ -256,6 +276,26 @@ class _Checker:
                     f"validator '{src}' and reviser '{s.id}'",
                     "add the revision_loop transition or remove revision_source",
                 )
+
+    def never_revises(self, step_id: str) -> bool:
+        """Whether a step's type can never return needs_revision: the built-in types whose
+        output has no `decision` (plugin types may, so they are trusted)."""
+        from ..steps.builtin import GenerateStep, LLMStep, ReviseStep, TemplateStep
+
+        s = self.wf.step(step_id)
+        if s.type not in self.registry:
+            return False
+        cls = self.registry.get(s.type)
+        if cls in (GenerateStep, ReviseStep, TemplateStep):
+            return True
+        return cls is LLMStep and s.output_schema is None
+
+    def broken_loop(self, t: RevisionLoop) -> None:
+        """A loop already reported: its reviser may read what a reviser may (every step,
+        `loop.*`), so that the one mistake is not reported again in its templates."""
+        if t.reviser in self.known:
+            self.loop_scope.setdefault(t.reviser, set()).update(self.known)
+            self.in_loop.add(t.reviser)
 
     # --- templates --------------------------------------------------------------------------
 
@@ -288,8 +328,18 @@ class _Checker:
 
         from .. import expr
 
+        if whole and expr.single_expression(text) is None and expr.has_template(text):
+            # the engine evaluates a condition as one expression: `{{ a }} == {{ b }}` or
+            # `value: {{ x }}` would fail every run
+            self.error(
+                path,
+                "E301",
+                "a condition is one expression, not text around {{ }} or {% %}",
+                "write it bare (steps.a.output.n == 1) or as exactly one {{ … }}",
+            )
+            return
         try:
-            if whole and expr.single_expression(text) is None and not expr.has_template(text):
+            if whole and expr.single_expression(text) is None:
                 tree = expr.parse_expression(text)
             else:
                 if not expr.has_template(text):
@@ -301,7 +351,12 @@ class _Checker:
         except Exception as e:  # the sandbox's parser on absurd input
             self.error(path, "E301", f"template does not parse: {type(e).__name__}")
             return
+        if not self.filters_and_tests(path, tree, ""):
+            return
+        jinja_loop = _uses_jinja_loop(tree)
         for p in expr.referenced_paths(tree):
+            if p[0] == "loop" and jinja_loop:
+                continue  # Jinja's own `loop` inside {% for %}
             problem = scope.check(p, self.ids)
             if problem is not None:
                 code, msg, hint = problem
@@ -355,9 +410,11 @@ class _Checker:
             except Exception as e:
                 self.error(path, "E301", f"template does not parse: {type(e).__name__}")
                 continue
+            if not self.filters_and_tests(path, tree, where.format("?") if file else ""):
+                continue
             if names is None:
                 continue
-            uses_loop_var = any(True for _ in tree.find_all(jinja2.nodes.For))
+            uses_loop_var = _uses_jinja_loop(tree)
             for p in expr.referenced_paths(tree):
                 root = p[0]
                 if root in names or root in _JINJA_GLOBALS or (root == "loop" and uses_loop_var):
@@ -371,6 +428,28 @@ class _Checker:
                     f"prompt of step '{s.id}' uses '{root}', which is not in its input",
                     hint,
                 )
+
+    def filters_and_tests(self, path: list[Any], tree: Any, where: str) -> bool:
+        """Report `| nosuchfilter` and `is nosuchtest` (Jinja finds them only when it compiles,
+        that is at run time); False when there was one."""
+        from jinja2 import nodes
+
+        from .. import expr
+
+        env = expr.environment()
+        ok = True
+        for kind, node_type, known in (
+            ("filter", nodes.Filter, env.filters),
+            ("test", nodes.Test, env.tests),
+        ):
+            for n in tree.find_all(node_type):
+                if n.name in known:
+                    continue
+                ok = False
+                where_ = where.replace("line ?", f"line {n.lineno}") if where else ""
+                hint = _did_you_mean(n.name, sorted(known)) or f"see Jinja's built-in {kind}s"
+                self.error(path, "E301", f"no {kind} named '{n.name}'{where_}", hint)
+        return ok
 
     def prompt_names(self, s: Any) -> set[str] | None:
         """Variables a built-in step's prompt can see; None for plugin types (unknown)."""
@@ -437,6 +516,13 @@ class _Checker:
                     f"nothing uses the output of step '{s.id}'",
                     "reference it in `output:` or in a later step",
                 )
+
+
+def _uses_jinja_loop(tree: Any) -> bool:
+    """Whether the template has a `{% for %}`, inside which `loop` is Jinja's own variable."""
+    from jinja2 import nodes
+
+    return any(True for _ in tree.find_all(nodes.For))
 
 
 def _paths_of_expression(text: str) -> list[tuple[str, ...]]:
@@ -518,6 +604,21 @@ class _Scope:
                     f"loops.{p[1]} is not a revision loop",
                     _did_you_mean(p[1], sorted(self.loops))
                     or "loops are named by their validator step",
+                )
+            if len(p) >= 2 and p[1] not in self.steps:
+                # the count exists once the validator has run: not for steps that may run
+                # before it (a loop's own body, unrelated steps)
+                return (
+                    "E303",
+                    f"loops.{p[1]} is not known yet in {self.where}: "
+                    f"its validator '{p[1]}' is not upstream",
+                    f"add '{p[1]}' to depends_on (directly or through a step it depends on)",
+                )
+            if len(p) >= 3 and p[2] not in _LOOPS_FIELDS:
+                return (
+                    "E302",
+                    f"loops.{p[1]}.{p[2]} does not exist",
+                    _did_you_mean(p[2], _LOOPS_FIELDS) or "a loop has only `revisions`",
                 )
             return None
         if root == "env":

@@ -115,14 +115,15 @@ def check_text(
                 "start from `eclflow: 1`, `id:`, `steps:` (see docs/format.md)",
             )
         ]
-    diags = _schema_diagnostics(data, located)
+    diags = _schema_diagnostics(data, located) + _value_diagnostics(data, located)
     if any(d.severity == "error" for d in diags):
         return None, _sorted(diags)
+    schema_warnings = diags
     base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
     wf = _build(data, located, text, path, base)
     from .checks import semantic_checks
 
-    diags = semantic_checks(wf, data, located, registry=registry)
+    diags = schema_warnings + semantic_checks(wf, data, located, registry=registry)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         return None, _sorted(diags)
@@ -525,6 +526,51 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     ]
 
 
+def _value_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnostic]:
+    """What the schema cannot say: a timeout of 0 (every attempt would time out at once) and a
+    retry whose first delay is longer than its longest. Only values the schema accepted."""
+    out: list[Diagnostic] = []
+    defaults = data.get("defaults")
+    defaults = defaults if isinstance(defaults, dict) else {}
+    places: list[tuple[list[Any], Any]] = [(["defaults"], defaults)]
+    steps = data.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(step, dict):
+            places.append((["steps", i], step))
+    base_retry = defaults.get("retry") if isinstance(defaults.get("retry"), dict) else {}
+    for path, holder in places:
+        with contextlib.suppress(ValueError):
+            if "timeout" in holder and parse_duration(holder["timeout"]) <= 0:
+                out.append(
+                    _diag(
+                        located.at([*path, "timeout"]),
+                        "E114",
+                        f"{_path_text([*path, 'timeout'])} is {json.dumps(holder['timeout'])}; "
+                        "it must be greater than 0",
+                        "leave it out for the default (120s)",
+                    )
+                )
+        retry = holder.get("retry")
+        if not isinstance(retry, dict) or not ({"initial_delay", "max_delay"} & set(retry)):
+            continue
+        merged = {**(base_retry if path != ["defaults"] else {}), **retry}
+        with contextlib.suppress(ValueError):
+            first = parse_duration(merged.get("initial_delay", RetrySpec().initial_delay))
+            most = parse_duration(merged.get("max_delay", RetrySpec().max_delay))
+            if first > most:
+                key = "initial_delay" if "initial_delay" in retry else "max_delay"
+                out.append(
+                    _diag(
+                        located.at([*path, "retry", key]),
+                        "E114",
+                        f"{_path_text([*path, 'retry'])}: initial_delay ({first:g}s) is longer "
+                        f"than max_delay ({most:g}s)",
+                        "the first wait cannot be longer than the longest",
+                    )
+                )
+    return out
+
+
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, str | list | dict) else 0
 
@@ -552,6 +598,81 @@ def _embedded_schemas(data: dict[str, Any], located: _Located) -> list[Diagnosti
                     f"{_path_text(path)} is not a valid JSON Schema: {_one_line(e.message)}",
                 )
             )
+            continue
+        for ref_path, ref in _dangling_refs(value):
+            out.append(
+                _diag(
+                    located.at([*path, *ref_path, "$ref"]),
+                    "E116",
+                    f"{_path_text(path)}: $ref {json.dumps(ref)} points to nothing",
+                    "a $ref names a part of the same schema, e.g. #/$defs/name",
+                )
+            )
+        if path == ["inputs"] and isinstance(value, dict):
+            out.extend(_unknown_keywords(value, located))
+    return out
+
+
+def _dangling_refs(schema_: Any) -> list[tuple[list[Any], str]]:
+    """Every `$ref` of `schema_` that does not resolve, as the engine's validator would resolve
+    it (no network: a remote `$ref` fails at run time too). Parts under their own `$id` are
+    left alone."""
+    from jsonschema_specifications import REGISTRY
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    if not isinstance(schema_, dict):
+        return []
+    uri = str(schema_.get("$id", "")) or "urn:eclflow:schema"
+    resolver = REGISTRY.with_resource(uri, DRAFT202012.create_resource(schema_)).resolver(uri)
+    out: list[tuple[list[Any], str]] = []
+
+    def walk(node: Any, path: list[Any]) -> None:
+        if isinstance(node, dict):
+            if path and "$id" in node:
+                return
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    out.append((path, ref))
+            for k, v in node.items():
+                if k not in ("const", "enum", "default", "examples"):
+                    walk(v, [*path, k])
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, [*path, i])
+
+    walk(schema_, [])
+    return out
+
+
+def _unknown_keywords(schema_: dict[str, Any], located: _Located) -> list[Diagnostic]:
+    """Warn about top-level keys of `inputs` that JSON Schema does not know (`requird:`):
+    the validator ignores them, so the rule they were meant to state silently does not hold."""
+    from jsonschema.validators import Draft202012Validator
+
+    known = set(Draft202012Validator.VALIDATORS) | {
+        "$schema", "$id", "$defs", "$comment", "$anchor", "$dynamicAnchor", "$vocabulary",
+        "definitions", "title", "description", "default", "examples", "deprecated",
+        "readOnly", "writeOnly", "format", "contentEncoding", "contentMediaType",
+        "contentSchema",
+    }  # fmt: skip
+    out = []
+    for k in schema_:
+        if not isinstance(k, str) or k in known:
+            continue
+        hint = _did_you_mean(k, sorted(known)) or "JSON Schema ignores keys it does not know"
+        out.append(
+            _diag(
+                located.at(["inputs", k], key=True),
+                "W503",
+                f"'{k}' in inputs is not a JSON Schema keyword and checks nothing",
+                hint,
+                "warning",
+            )
+        )
     return out
 
 
