@@ -537,7 +537,8 @@ def _value_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnost
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
             places.append((["steps", i], step))
-    base_retry = defaults.get("retry") if isinstance(defaults.get("retry"), dict) else {}
+    raw_base = defaults.get("retry")
+    base_retry: dict[str, Any] = raw_base if isinstance(raw_base, dict) else {}
     for path, holder in places:
         with contextlib.suppress(ValueError):
             if "timeout" in holder and parse_duration(holder["timeout"]) <= 0:
