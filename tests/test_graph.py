@@ -559,3 +559,40 @@ async def test_plugin_workflow_with_its_mock_script_and_a_word_limit(
     assert result.status == "completed", result.error
     assert result.output["within_limit"] is False
     assert result.output["words"] > 5
+
+
+def test_cli_output_format_follows_the_file_extension(tmp_path: Path) -> None:
+    out = tmp_path / "g.mmd"
+    proc = graph(str(CRITIQUE_REVISE), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text(encoding="utf-8") == to_mermaid(plan_of(CRITIQUE_REVISE))
+    # a .png is drawn as a PNG (here: asks for Graphviz), never ASCII written into it
+    env = {**os.environ, "PATH": str(tmp_path)}
+    proc = graph(str(CRITIQUE_REVISE), "-o", str(tmp_path / "g.png"), env=env)
+    assert proc.returncode == 2 and DOT_MISSING in proc.stderr.decode()
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_output_that_contradicts_format_or_is_no_file_is_one_line(tmp_path: Path) -> None:
+    for args, words in [
+        (("-f", "dot", "-o", str(tmp_path / "g.png")), "named like a png file"),
+        (("-o", ""), "-o needs a file name"),
+        (("-o", str(tmp_path)), "is a directory"),
+    ]:
+        proc = graph(str(CRITIQUE_REVISE), *args)
+        err = proc.stderr.decode().strip()
+        assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+        assert words in err, err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_output_dash_is_standard_output(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "eclflow", "graph", str(CRITIQUE_REVISE), "-o", "-"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == str(to_ascii(plan_of(CRITIQUE_REVISE)))
+    assert not (tmp_path / "-").exists()

@@ -20,27 +20,69 @@ FORMATS = ("ascii", "mermaid", "dot", "svg", "png")
     "-f",
     "fmt",
     type=click.Choice(FORMATS),
-    default="ascii",
-    show_default=True,
+    default=None,
     help="ascii draws in the terminal; mermaid and dot print text; svg and png need "
-    "Graphviz's `dot` program.",
+    "Graphviz's `dot` program. Default: from the -o file's extension, else ascii.",
 )
 @click.option(
     "-o",
     "--output",
     "out",
-    type=click.Path(path_type=Path, dir_okay=False),
     metavar="OUT",
-    help="Write the drawing to this file instead of standard output.",
+    help="Write the drawing to this file instead of standard output (`-` is standard output).",
 )
 @handle_errors
-def graph_cmd(file: Path, fmt: str, out: Path | None) -> None:
+def graph_cmd(file: Path, fmt: str | None, out: str | None) -> None:
     """Draw a workflow: its steps, dependencies, conditions and revision loops.
 
     An invalid workflow prints the same diagnostics as `eclflow validate` (exit code 1).
     """
     if not file.exists():
         fail(f"{file}: no such file", EXIT_USAGE)
+    out_path, fmt = _output(out, fmt)
+    _draw(file, fmt, out_path)
+
+
+# The extensions that say which format a file is in; `-o g.png` without --format draws a PNG.
+EXTENSIONS = {
+    ".svg": "svg",
+    ".png": "png",
+    ".dot": "dot",
+    ".gv": "dot",
+    ".mmd": "mermaid",
+    ".mermaid": "mermaid",
+    ".txt": "ascii",
+}
+
+
+def _output(out: str | None, fmt: str | None) -> tuple[Path | None, str]:
+    """Where to write (None: standard output) and in which format, from -o and --format: the
+    format follows the file's extension unless --format says otherwise, and a --format that
+    contradicts a known extension is refused rather than writing ASCII into a .png."""
+    if out is None or out == "-":
+        return None, fmt or "ascii"
+    if not out.strip():
+        fail("-o needs a file name (or - for standard output)", EXIT_USAGE)
+    path = Path(out)
+    if path.is_dir():
+        fail(f"cannot write {out}: it is a directory; give a file name", EXIT_USAGE)
+    implied = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        return path, implied or "ascii"
+    if implied is not None and implied != fmt:
+        fail(
+            f"{out} is named like a {implied} file but --format is {fmt}: "
+            f"name it {path.stem}{_extension(fmt)} or drop --format",
+            EXIT_USAGE,
+        )
+    return path, fmt
+
+
+def _extension(fmt: str) -> str:
+    return next(ext for ext, f in EXTENSIONS.items() if f == fmt)
+
+
+def _draw(file: Path, fmt: str, out: Path | None) -> None:
     from ..graph.plan import compile_plan
     from ..graph.render import render_image, to_ascii, to_dot, to_mermaid
     from ..spec import load
