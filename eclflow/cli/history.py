@@ -17,12 +17,15 @@ from . import cli
 from ._common import db_option, handle_errors, open_store, stdout_console
 
 _STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
+# `interrupted` is not stored: a run still `running` whose process has ended (Ctrl-C, kill -9)
+_SHOWN_STATES = (*_STATES, "interrupted")
 _STYLE = {
     "completed": "green",
     "succeeded": "green",
     "failed": "red",
     "cancelled": "red",
     "running": "yellow",
+    "interrupted": "yellow",
     "paused": "cyan",
     "pending": "dim",
     "skipped": "dim",
@@ -32,6 +35,7 @@ _ICON = {
     "failed": "✗",
     "cancelled": "✗",
     "running": "⏳",
+    "interrupted": "⚠",
     "paused": "⏸",
     "pending": "…",
 }
@@ -42,7 +46,11 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @cli.command("runs")
-@click.option("--state", type=click.Choice(_STATES), help="Only runs in this state.")
+@click.option(
+    "--state",
+    type=click.Choice(_SHOWN_STATES),
+    help="Only runs in this state (interrupted: running, but their process has ended).",
+)
 @click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow id.")
 @click.option(
     "--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N."
@@ -68,11 +76,16 @@ def runs_cmd(
         _totals(db, as_json)
         return
     with open_store(db) as store:
-        runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
+        if state in ("running", "interrupted"):  # both stored as running
+            running = store.runs.list(state="running", definition_id=workflow_id, limit=None)
+            runs = [r for r in running if shown_state(r) == state][:limit]
+        else:
+            runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
         by_run = store.steps.stats_many(r.id for r in runs)
     rows = [_run_summary(r, by_run.get(r.id)) for r in runs]
     if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, default=str))
+        shown = [{k: v for k, v in r.items() if k != "_run"} for r in rows]
+        click.echo(json.dumps(shown, ensure_ascii=False, default=str))
         return
     if not rows:
         click.echo("No runs.")
@@ -95,7 +108,7 @@ def runs_cmd(
         table.add_row(
             r["id"][:8],
             r["workflow_id"],
-            _styled(r["state"]),
+            _styled(shown_state(r["_run"])),
             str(r["steps"]),
             str(r["tokens"]),
             f"${r['cost']:.4f}",
@@ -146,6 +159,7 @@ def _run_summary(run: Any, stats: Any) -> dict[str, Any]:
         "workflow_id": run.definition_id,
         "workflow_name": run.definition_name,
         "state": run.state,
+        "interrupted": shown_state(run) == "interrupted",
         "error": run.error,
         "failed_step": run.failed_step,
         "steps": stats.steps if stats else 0,
@@ -155,7 +169,19 @@ def _run_summary(run: Any, stats: Any) -> dict[str, Any]:
         "created_at": run.created_at,
         "completed_at": run.completed_at,
         "duration_ms": _run_duration_ms(run),
+        "_run": run,
     }
+
+
+def shown_state(run: Any) -> str:
+    """The run's state as a person should see it: `interrupted` for a run still recorded
+    `running` whose process (on this host) has ended, so that nothing will finish it but
+    `eclflow resume`."""
+    if run.state != "running":
+        return str(run.state)
+    from ..store.owner import holder
+
+    return "interrupted" if holder(run.metadata or {}) == "gone" else "running"
 
 
 def _run_duration_ms(run: Any) -> int | None:
@@ -214,6 +240,7 @@ def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: 
     if fmt == "json":
         data = {
             **_run_fields(run),
+            "interrupted": shown_state(run) == "interrupted",
             "updated_at": run.updated_at,
             "completed_at": run.completed_at,
             "duration_ms": _run_duration_ms(run),
@@ -225,10 +252,11 @@ def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: 
         }
         click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
         return
+    shown = shown_state(run)
     lines = [
         ("Workflow ID", run.id),
         ("Workflow", _workflow_label(run)),
-        ("Status", f"{_ICON.get(run.state, '')} {run.state.capitalize()}".strip()),
+        ("Status", f"{_ICON.get(shown, '')} {shown.capitalize()}".strip()),
         ("Started", _local(run.created_at)),
     ]
     if run.completed_at is not None:
@@ -240,6 +268,15 @@ def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: 
         lines.append(("Failed Step", run.failed_step))
     if run.error:
         lines.append(("Error", run.error))
+    if shown == "interrupted":
+        pid = (run.metadata or {}).get("pid")
+        lines.append(
+            (
+                "Note",
+                f"process {pid}, which ran it, has ended; "
+                f"`eclflow resume {run.id[:8]}` continues it",
+            )
+        )
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
         click.echo(f"{label + ':':<{width}} {value}")
@@ -252,7 +289,9 @@ def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: 
     for name in ("step", "state", "attempts", "duration", "tokens"):
         table.add_column(name, justify="right" if name != "step" and name != "state" else "left")
     for k in keys:
-        state = _styled(k["state"])
+        state = _styled(
+            "interrupted" if shown == "interrupted" and k["state"] == "running" else k["state"]
+        )
         if k["outcome"] == "needs_revision":
             state += " (revise)"
         table.add_row(
@@ -477,17 +516,19 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
     """Delete old runs with their steps, artifacts and events; print how many."""
     age = parse_age(older_than)
     with open_store(db) as store:
-        count = store.runs.count(state=state, older_than=age)
-        if count == 0:
-            click.echo("Deleted 0 runs.")
+        live = store.runs.live(age, state)  # a run going on is never deleted under its feet
+        kept = f" (kept {len(live)} still running)" if live else ""
+        count = store.runs.count(state=state, older_than=age) - len(live)
+        if count <= 0:
+            click.echo(f"Deleted 0 runs.{kept}")
             return
         if not yes:
             what = f"{count} {state + ' ' if state else ''}run{'s' if count != 1 else ''}"
             click.confirm(
                 f"Delete {what} started more than {older_than} ago?", abort=True, err=True
             )
-        deleted = store.runs.prune(age, state=state)
-    click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.")
+        deleted = store.runs.prune(age, state=state, keep=live)
+    click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.{kept}")
 
 
 # --- shared ---------------------------------------------------------------------------------------

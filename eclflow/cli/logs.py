@@ -10,9 +10,10 @@ from typing import Any
 import click
 
 from ..observe.logs import shorten
+from ..store.owner import holder
 from ..store.records import TERMINAL_STATES
 from . import cli
-from ._common import db_option, handle_errors, open_store
+from ._common import db_option, handle_errors, open_store, say
 
 _SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
 
@@ -48,14 +49,22 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                 click.echo(_json_line(run.id, event, data) if as_json else _text_line(event, data))
             if not follow:
                 break
-            state = store.runs.get(run.id).state
-            if state in TERMINAL_STATES:
+            now = store.runs.get(run.id)
+            gone = now.state == "running" and holder(now.metadata or {}) == "gone"
+            if now.state in TERMINAL_STATES or gone:
                 # one last read: the run may have written its final events just now
                 for event in store.events.for_run(run.id, after_id=last_id):
                     last_id = event.id
                     data = dict(event.fields or {})
                     click.echo(
                         _json_line(run.id, event, data) if as_json else _text_line(event, data)
+                    )
+                if gone:  # nothing will write to it again: stop following
+                    say(
+                        f"run {run.id[:8]} was interrupted: process {now.metadata.get('pid')} "
+                        f"that ran it has ended; `eclflow resume {run.id[:8]}` continues it",
+                        "warning",
+                        run_id=run.id,
                     )
                 break
             time.sleep(0.3)

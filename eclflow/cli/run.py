@@ -19,6 +19,7 @@ from ._common import (
     fail,
     handle_errors,
     json_logs,
+    say,
     stderr_console,
 )
 
@@ -347,6 +348,9 @@ def run_cmd(
         )
         return
     store = None if no_journal else _open_store(db)
+    from ..engine.orchestrator import new_run_id
+
+    run_id = new_run_id()
     quiet_stderr = as_json or quiet or json_logs()
     show_live = not quiet_stderr and sys.stderr.isatty()
     view = LiveView(workflow.name) if show_live else None
@@ -367,6 +371,7 @@ def run_cmd(
                     listener=listener,
                     inputs=inputs or None,
                     budget=budget,
+                    new_run_id=run_id,
                 )
             return await runner.run(
                 workflow,
@@ -376,6 +381,7 @@ def run_cmd(
                 store=store,
                 listener=listener,
                 budget=budget,
+                run_id=run_id,
             )
 
         if view is not None:
@@ -383,6 +389,8 @@ def run_cmd(
                 result = _run_async(go())
         else:
             result = _run_async(go())
+    except KeyboardInterrupt:
+        _interrupted(run_id if store is not None else None)
     finally:
         if store is not None:
             store.close()
@@ -433,10 +441,23 @@ def resume_cmd(
                 budget=_budget(budget_usd, budget_tokens, budget_calls),
             )
         )
+    except KeyboardInterrupt:
+        _interrupted(run_id)
     finally:
         store.close()
     print_result(result, as_json, quiet)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _interrupted(run_id: str | None) -> None:
+    """Ctrl-C: say how to go on (what was committed is kept), exit 130."""
+    if run_id is None:
+        message = "interrupted (with --no-journal nothing was kept: running it again starts over)"
+    else:
+        short = run_id[:8]
+        message = f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    say(message, "error", exit_code=130, run_id=run_id)
+    sys.exit(130)
 
 
 def _run_async(coro: Any) -> Any:

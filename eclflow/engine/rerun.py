@@ -47,6 +47,7 @@ async def rerun_from(
     listener: Listener | None = None,
     inputs: dict[str, Any] | None = None,
     budget: Any = None,
+    new_run_id: str | None = None,
 ) -> RunResult:
     from .runner import run
 
@@ -88,6 +89,7 @@ async def rerun_from(
         journal_factory=journal.bind,
         metadata={"rerun_of": old.id, "from_step": step},
         budget=budget,
+        run_id=new_run_id,
     )
 
 

@@ -113,6 +113,8 @@ async def run(
         limits = _limits(wf, budget)
         if journal is None:
             if store is not None:
+                from ..store.owner import this_process
+
                 row = dict(
                     run_id=run_id,
                     definition_id=wf.id,
@@ -124,8 +126,7 @@ async def run(
                     metadata={
                         "model": chosen,
                         "path": str(wf.path) if wf.path else None,
-                        "pid": os.getpid(),
-                        "host": _hostname(),
+                        **this_process(),
                         **(metadata or {}),
                         **(
                             {"budget": _budget_dict(limits)}
@@ -352,15 +353,18 @@ def _take_over(
     providers: Providers,
     model: str | None,
 ) -> tuple[Any, Workflow, str | None, Budget, list[Any]] | RunResult:
-    """Check that run `run_id` can be resumed and mark it running in this process, in one
-    transaction; its record, workflow, model, limits and journal rows. A run that completed is
-    left as it is: its recorded result."""
+    """Check that run `run_id` can be resumed and mark it running in this process; its record,
+    workflow, model, limits and journal rows. A run that completed is left as it is: its
+    recorded result. Whether another process still holds the run is decided and the run taken
+    in one transaction, so two resumes started at once cannot both run it."""
     from ..spec import load
+    from ..store.owner import this_process
 
     record = store.runs.find(run_id)
     if record.state == "completed":
         return stored_results(store, [record.id])[record.id]
     meta = dict(record.metadata or {})
+    _refuse_if_held(record, meta)
     path = Path(meta["path"]) if meta.get("path") else None
     wf = _stored_workflow(record.definition, str(path or "<stored>"), path.parent if path else None)
     if path is not None and path.is_file():
@@ -372,8 +376,6 @@ def _take_over(
                     "resume with --force to continue with the file as it is now"
                 )
             wf = load(path)
-    if record.state == "running" and not force and _alive_elsewhere(meta):
-        raise InvalidState(f"run {record.id[:8]} is still running in process {meta.get('pid')}")
     chosen = model or meta.get("model") or default_model(wf, None)
     check_models(compile_plan(wf), providers, chosen)
     stored = meta.get("budget") or {}
@@ -392,17 +394,32 @@ def _take_over(
         ),
     )
     with store.transaction():
-        rows = store.steps.for_run(record.id)
-        _close_interrupted(store, rows)
-        store.runs.update_state(record.id, "running")
-        store.runs.update_metadata(
-            record.id,
-            pid=os.getpid(),
-            host=_hostname(),
-            resumed=int(meta.get("resumed", 0)) + 1,
-            **({"budget": _budget_dict(limits)} if budget is not None else {}),
-        )
+        now = store.runs.get(record.id, for_update=True)
+        if now.state != "completed":  # (completed by another process since the first look)
+            _refuse_if_held(now, dict(now.metadata or {}))
+            rows = store.steps.for_run(record.id)
+            _close_interrupted(store, rows)
+            store.runs.update_state(record.id, "running")
+            store.runs.update_metadata(
+                record.id,
+                **this_process(),
+                resumed=int((now.metadata or {}).get("resumed", 0)) + 1,
+                **({"budget": _budget_dict(limits)} if budget is not None else {}),
+            )
+    if now.state == "completed":
+        return stored_results(store, [record.id])[record.id]
     return record, wf, chosen, limits, rows
+
+
+def _refuse_if_held(record: Any, meta: Mapping[str, Any]) -> None:
+    """A run another live process is running is not resumed: both would make its calls."""
+    from ..store.owner import held_elsewhere
+
+    if record.state == "running" and held_elsewhere(meta):
+        raise InvalidState(
+            f"run {record.id[:8]} is still running in process {meta.get('pid')}; "
+            "wait for it to end, or stop that process and resume again"
+        )
 
 
 def _close_interrupted(store: Any, rows: Sequence[Any]) -> None:
@@ -436,29 +453,6 @@ def _spent_so_far(rows: Sequence[Any]) -> Spent:
         spent.tokens += (row.tokens_in or 0) + (row.tokens_out or 0)
         spent.usd += row.cost or 0.0
     return spent
-
-
-def _alive_elsewhere(meta: Mapping[str, Any]) -> bool:
-    pid = meta.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _same_host(meta)
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
-
-
-def _same_host(meta: Mapping[str, Any]) -> bool:
-    return meta.get("host") in (None, _hostname())
 
 
 def stored_results(store: Any, run_ids: Sequence[str]) -> dict[str, RunResult]:

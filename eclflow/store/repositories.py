@@ -66,10 +66,15 @@ class RunRepository:
             ).execute()
             return self.get(run_id)
 
-    def get(self, run_id: str) -> RunRecord:
-        """The run with exactly this id."""
+    def get(self, run_id: str, *, for_update: bool = False) -> RunRecord:
+        """The run with exactly this id; `for_update` (inside a transaction) locks its row until
+        the transaction ends, so that what is decided from it still holds when it is written."""
+        M = self._m
         with self._s.reading():
-            row = self._m.get_or_none(self._m.id == run_id)
+            query = M.select().where(M.id == run_id)
+            if for_update and self._s.kind == "postgresql":
+                query = query.for_update()  # SQLite's BEGIN IMMEDIATE already holds the lock
+            row = query.first()
         if row is None:
             raise RunNotFound(run_id)
         return _run(row)
@@ -203,12 +208,30 @@ class RunRepository:
         if not n:
             raise RunNotFound(run_id)
 
-    def prune(self, older_than: timedelta | None, state: str | None = None) -> int:
+    def prune(
+        self, older_than: timedelta | None, state: str | None = None, keep: Iterable[str] = ()
+    ) -> int:
         """Delete runs created more than `older_than` ago (all when None), only in `state` if
-        given; returns how many were deleted."""
+        given, except those in `keep`; returns how many were deleted."""
         ids = self._filtered(state, None, older_than).select(self._m.id)
+        kept = builtins.list(keep)
         with self._s.transaction():
-            return int(self._m.delete().where(self._m.id.in_(ids)).execute())
+            query = self._m.delete().where(self._m.id.in_(ids))
+            if kept:
+                query = query.where(self._m.id.not_in(kept))
+            return int(query.execute())
+
+    def live(self, older_than: timedelta | None = None, state: str | None = None) -> builtins.list[str]:
+        """Ids of the runs recorded running whose process may still be running them (alive, or
+        on another host): deleting one would break it mid-run."""
+        from .owner import holder
+
+        if state not in (None, "running"):
+            return []
+        M = self._m
+        query = self._filtered("running", None, older_than).select(M.id, M.metadata)
+        with self._s.reading():
+            return [r.id for r in query if holder(r.metadata or {}) != "gone"]
 
     def _filtered(
         self, state: str | None, definition_id: str | None, older_than: timedelta | None

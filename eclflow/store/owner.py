@@ -1,0 +1,68 @@
+"""Which process holds a running run, and whether it is still there.
+
+A run's metadata names the process that runs it (`pid`, `host`, and on Linux `started`, the
+process's start time in clock ticks since boot). A pid alone is not enough: after a reboot or a
+long time another process may have it, and a run that died would look alive for ever. With the
+start time, the pid must also be the same process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, Literal
+
+Holder = Literal["alive", "gone", "unknown"]
+
+
+def this_process() -> dict[str, Any]:
+    """The metadata fields that name this process as a run's holder."""
+    fields: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    started = _start_ticks(os.getpid())
+    if started is not None:
+        fields["started"] = started
+    return fields
+
+
+def holder(meta: Mapping[str, Any]) -> Holder:
+    """Whether the process named in a running run's metadata is still running: `unknown` when
+    it is on another host (or the run is Restate's, whose workers hold no run), `alive` for this
+    very process."""
+    pid = meta.get("pid")
+    if meta.get("engine") == "restate" or not isinstance(pid, int):
+        return "unknown"
+    if meta.get("host") not in (None, socket.gethostname()):
+        return "unknown"
+    if pid == os.getpid():
+        return "alive"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:  # another user's process: it exists
+        pass
+    except OSError:
+        return "unknown"
+    started = meta.get("started")
+    if isinstance(started, int):
+        now = _start_ticks(pid)
+        if now is not None and now != started:
+            return "gone"  # the pid was given to another process since
+    return "alive"
+
+
+def held_elsewhere(meta: Mapping[str, Any]) -> bool:
+    """True when another process that is still running holds the run."""
+    return meta.get("pid") != os.getpid() and holder(meta) == "alive"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time from /proc (Linux), None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # the command name (field 2) may hold spaces and parentheses: count from the last ')'
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,218 @@
+"""A run belongs to the process that runs it: no other process resumes it, prunes it or calls
+it running once that process has ended (eclflow/store/owner.py and its users).
+
+Real processes throughout: `eclflow run` in a subprocess, killed with SIGKILL or SIGINT, and
+the commands a user would type next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import CRITIQUE_REVISE
+from test_crash import KEYS, Journal, calls, script, wait_for
+
+from eclflow.store.owner import _start_ticks, held_elsewhere, holder, this_process
+
+
+def eclflow(*args: str, env: dict[str, str], timeout: float = 120) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "eclflow", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start(tmp_path: Path, env: dict[str, str], slow: str = "generate", **popen: Any) -> Any:
+    """`eclflow run` of critique-revise whose `slow` call takes a minute."""
+    (tmp_path / "slow.json").write_text(script(KEYS, slow=slow))
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x"),
+            *("--model", "mock/x", "--mock-responses", str(tmp_path / "slow.json")),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def in_flight(journal: Journal, key: str = "generate") -> str:
+    (run_id,) = wait_for(
+        lambda: journal.rows(
+            "select run_id from step_executions where key = %s and state = 'running'", key
+        ),
+        f"{key} to be in flight",
+    )[0]
+    return str(run_id)
+
+
+def setup(tmp_path: Path) -> tuple[dict[str, str], Journal, Path]:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url, "ECLFLOW_MOCK_LOG": str(log)}
+    (tmp_path / "rest.json").write_text(script(KEYS))
+    return env, Journal(url), log
+
+
+def test_holder_is_the_same_process_not_only_the_same_pid() -> None:
+    me = this_process()
+    assert holder(me) == "alive" and not held_elsewhere(me)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as p:
+        try:
+            other = {"pid": p.pid, "host": socket.gethostname(), "started": _start_ticks(p.pid)}
+            assert other["started"] is not None
+            assert holder(other) == "alive" and held_elsewhere(other)
+            # the same pid, started at another time: a process that got the pid later
+            assert holder({**other, "started": other["started"] - 1}) == "gone"
+            assert holder({**other, "host": "elsewhere"}) == "unknown"
+            assert holder({**other, "engine": "restate"}) == "unknown"
+        finally:
+            p.kill()
+    assert holder(other) == "gone"
+
+
+def test_resume_refuses_a_run_another_process_is_running_even_with_force(tmp_path: Path) -> None:
+    env, journal, log = setup(tmp_path)
+    p = start(tmp_path, env)
+    try:
+        run_id = in_flight(journal)
+        r = eclflow(
+            *("resume", run_id[:8], "--force", "--model", "mock/x"),
+            *("--mock-responses", str(tmp_path / "rest.json")),
+            env=env,
+        )
+        assert r.returncode != 0
+        assert f"still running in process {p.pid}" in r.stderr
+        assert len(r.stderr.splitlines()) == 1
+        assert calls(log) == ["generate"]  # the resume called nothing
+    finally:
+        p.kill()
+        p.communicate(timeout=30)
+    # once that process has gone, the run is resumed, and finishes
+    r = eclflow(
+        *("resume", run_id[:8], "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+
+
+def test_two_resumes_at_once_run_the_run_once(tmp_path: Path) -> None:
+    """Both resumes look at the run while a third connection holds the database's write lock,
+    so both find its process gone; the lock released, the first takes the run over and the
+    second, deciding again inside its own transaction, finds the first running it."""
+    env, journal, log = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    p.kill()
+    p.communicate(timeout=30)
+    (tmp_path / "again.json").write_text(script(KEYS, slow="generate"))
+    lock = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    cmd = [
+        *(sys.executable, "-m", "eclflow", "resume", run_id[:8], "--model", "mock/x"),
+        *("--mock-responses", str(tmp_path / "again.json")),
+    ]
+    both = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(4)  # both started, looked, and wait for the lock
+        assert all(q.poll() is None for q in both)
+        lock.execute("COMMIT")
+        lock.close()
+        loser = wait_for(
+            lambda: next((q for q in both if q.poll() is not None), None), "one resume to end"
+        )
+        assert loser.returncode == 1
+        _, err = loser.communicate()
+        assert "still running in process" in err
+        winner = next(q for q in both if q is not loser)
+        assert winner.poll() is None  # the other one is running the run (its minute-long call)
+        assert calls(log) == ["generate", "generate"]  # the first process's, the winner's
+    finally:
+        for q in both:
+            q.kill()
+            q.communicate(timeout=30)
+
+
+def test_prune_keeps_a_run_that_is_going_on(tmp_path: Path) -> None:
+    env, journal, _ = setup(tmp_path)
+    (tmp_path / "quick.json").write_text(script(KEYS))
+    done = eclflow(
+        *("run", str(CRITIQUE_REVISE), "-i", "topic=y", "--model", "mock/x"),
+        *("--mock-responses", str(tmp_path / "quick.json"), "-q"),
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    p = start(tmp_path, env, slow="critique#1")
+    try:
+        run_id = in_flight(journal, "critique#1")
+        r = eclflow("prune", "--older-than", "0", "-y", env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "Deleted 1 run. (kept 1 still running)"
+        assert journal.rows("select state from workflows where id = %s", run_id) == [("running",)]
+    finally:
+        p.kill()
+        p.communicate(timeout=30)
+    # its process gone, it is an interrupted run like any other: pruned
+    r = eclflow("prune", "--older-than", "0", "-y", env=env)
+    assert r.stdout.strip() == "Deleted 1 run."
+    assert journal.rows("select id from workflows") == []
+
+
+def test_a_run_whose_process_died_shows_as_interrupted(tmp_path: Path) -> None:
+    env, journal, _ = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    r = eclflow("runs", env=env)
+    assert r.returncode == 0 and f"{run_id[:8]}  critique-revise  interrupted" in r.stdout
+    r = eclflow("runs", "--state", "interrupted", "--json", env=env)
+    (row,) = json.loads(r.stdout)
+    assert row["run_id"] == run_id and row["state"] == "running" and row["interrupted"] is True
+    assert json.loads(eclflow("runs", "--state", "running", "--json", env=env).stdout) == []
+    r = eclflow("status", run_id[:8], env=env)
+    assert "Status:      ⚠ Interrupted" in r.stdout
+    assert f"`eclflow resume {run_id[:8]}` continues it" in r.stdout
+    # following its events ends at once instead of waiting for an end that will not come
+    r = eclflow("logs", run_id[:8], "--follow", env=env, timeout=30)
+    assert r.returncode == 0 and f"run {run_id[:8]} was interrupted" in r.stderr
+
+
+def test_ctrl_c_says_which_run_stopped_and_how_to_continue_it(tmp_path: Path) -> None:
+    env, journal, _ = setup(tmp_path)
+    # a terminal's Ctrl-C: SIGINT at its default (a background job would have it ignored)
+    p = start(tmp_path, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    run_id = in_flight(journal)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    short = run_id[:8]
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    )
+    r = eclflow(
+        *("resume", short, "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
