@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import StepNotFound
+from ..errors import InvalidState, StepNotFound
 from ..graph.plan import Plan, compile_plan
 from ..spec.model import Workflow
 from .journal import StoreJournal, execution_from_record
@@ -62,6 +62,11 @@ async def rerun_from(
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise StepNotFound(f"{step}{hint}")
     old = store.runs.find(run_id)
+    if old.definition_id != workflow.id:
+        raise InvalidState(
+            f"run {old.id[:8]} is of workflow '{old.definition_id}', not '{workflow.id}': "
+            "--from reuses the steps of a run of the same workflow"
+        )
     plan = compile_plan(workflow)
     keep = reusable_steps(plan, step)
     in_same_loop = plan.loop_of.get(step) or next(

@@ -1,0 +1,74 @@
+"""`eclflow run FILE --from STEP --run RUN_ID`: a new run that reuses an earlier run's results
+upstream of STEP (eclflow/engine/rerun.py), through the real command line and journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import CRITIQUE_REVISE
+from test_crash import KEYS, calls, script
+
+
+def eclflow(*args: str, env: dict[str, str]) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "eclflow", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def first_run(tmp_path: Path) -> tuple[dict[str, str], str]:
+    log = tmp_path / "calls.jsonl"
+    env = {
+        **os.environ,
+        "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+        "ECLFLOW_MOCK_LOG": str(log),
+    }
+    (tmp_path / "all.json").write_text(script(KEYS))
+    r = eclflow(
+        *("run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "all.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    return env, json.loads(r.stdout)["run_id"]
+
+
+def test_from_a_step_reuses_what_is_upstream_of_it(tmp_path: Path) -> None:
+    env, old = first_run(tmp_path)
+    (tmp_path / "rest.json").write_text(script(KEYS[1:]))  # no reply for generate
+    r = eclflow(
+        *("run", str(CRITIQUE_REVISE), "--from", "critique", "--run", old[:8]),
+        *("--model", "mock/x", "--mock-responses", str(tmp_path / "rest.json"), "--json"),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["status"] == "completed" and result["run_id"] != old
+    assert result["output"]["final_text"] == "draft two"
+    assert calls(tmp_path / "calls.jsonl") == [*KEYS, *KEYS[1:]]  # generate was not called again
+
+
+def test_a_run_of_another_workflow_is_refused(tmp_path: Path) -> None:
+    env, old = first_run(tmp_path)
+    other = tmp_path / "other.yaml"
+    text = CRITIQUE_REVISE.read_text().replace("id: critique-revise", "id: other-flow", 1)
+    other.write_text(text.replace("../templates/", f"{CRITIQUE_REVISE.parent.parent}/templates/"))
+    r = eclflow(
+        *("run", str(other), "--from", "critique", "--run", old[:8]),
+        *("--model", "mock/x", "--mock-responses", str(tmp_path / "all.json")),
+        env=env,
+    )
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == (
+        f"error: run {old[:8]} is of workflow 'critique-revise', not 'other-flow': "
+        "--from reuses the steps of a run of the same workflow"
+    )
+    assert calls(tmp_path / "calls.jsonl") == KEYS  # nothing was called
