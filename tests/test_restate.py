@@ -470,7 +470,7 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     assert st.returncode == 0, st.stderr
     assert json.loads(st.stdout)["state"] == "completed"
     missing = eclflow("status", str(uuid.uuid4()), "--engine", "restate")
-    assert missing.returncode == 1 and "Run not found" in missing.stderr
+    assert missing.returncode == 2 and "Run not found" in missing.stderr
 
     down = eclflow(
         "run",
