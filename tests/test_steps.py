@@ -363,3 +363,50 @@ def test_revise_without_attempt_in_with_uses_the_loop_iteration() -> None:
     e = asyncio.run(ex.run(step, "revise#2", 2, {"draft": "d", "feedback": "f"}, _NoLog(), loop))
     assert e.outcome == "success", e.error
     assert "Revision attempt: 2 of 3" in mock.requests[0].messages[-1].content
+
+
+def test_a_plugin_type_is_its_entry_point_name_and_a_broken_one_says_why(tmp_path: Path) -> None:
+    """docs/format.md: `type:` is the entry point's name; a plugin cannot replace a built-in
+    type, even through a type_name it inherits; validate's E202 shows a plugin's import error."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "more_plugin.py").write_text(
+        "from eclflow.steps.builtin import GenerateStep, TemplateStep\n"
+        "class MyGen(GenerateStep):\n"
+        "    description = 'my tweaked generate'\n"
+        "class Shout(TemplateStep):\n"
+        "    type_name = 'shout'\n"
+    )
+    info = tmp_path / "more_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: more-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[eclflow.steps]\nmy_generate = more_plugin:MyGen\nyell = more_plugin:Shout\n"
+        "broken = no_such_module_xyz:X\n"
+    )
+    (tmp_path / "w.yaml").write_text(
+        "eclflow: 1\nid: p\nsteps:\n"
+        "  - {id: a, type: my_generate, with: {topic: x}}\n"
+        "  - {id: b, type: yell, template: hi, depends_on: [a]}\n"
+        "  - {id: c, type: broken, depends_on: [b]}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eclflow", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    r = eclflow("validate", str(tmp_path / "w.yaml"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [line for line in r.stdout.splitlines() if ": E" in line]
+    assert len(errors) == 1, r.stdout
+    assert "E202 unknown step type 'broken'" in errors[0]
+    assert "No module named 'no_such_module_xyz'" in errors[0]
+    r = eclflow("steps", "--json")
+    types = {row["type"]: row["module"] for row in json.loads(r.stdout)}
+    assert types["generate"] == "eclflow.steps.builtin"
+    assert types["my_generate"] == types["yell"] == "more_plugin"
+    assert "shout" not in types

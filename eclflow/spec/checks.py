@@ -106,6 +106,9 @@ class _Checker:
             if s.type not in self.registry:
                 names = self.registry.names()
                 hint = _did_you_mean(s.type, names) or f"known types: {', '.join(names)}"
+                broken = getattr(self.registry, "problem", lambda _: None)(s.type)
+                if broken is not None:  # installed, but it does not import: say why
+                    hint = f"{broken}; fix or reinstall the plugin"
                 self.error(["steps", i, "type"], "E202", f"unknown step type '{s.type}'", hint)
                 continue
             cls = self.registry.get(s.type)

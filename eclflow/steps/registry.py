@@ -72,10 +72,21 @@ class StepRegistry:
                     raise TypeError("not a subclass of eclflow.Step")
                 if not cls.type_name:
                     cls.type_name = ep.name
-                self.register(cls, replace=True)
+                # The entry point's name is the type (docs/format.md), whatever type_name the
+                # class has or inherits: a subclass of GenerateStep registered as `my_generate`
+                # inherits type_name "generate", and must neither replace the built-in type nor
+                # go missing under its own name.
+                self._types[ep.name] = cls
             except Exception as e:  # a broken plugin must not break eclflow
-                problems.append(f"plugin step '{ep.name}' ({ep.value}) failed to load: {e}")
+                why = " ".join(str(e).split()) or type(e).__name__
+                problems.append(f"plugin step '{ep.name}' ({ep.value}) failed to load: {why}")
         return problems
+
+    def problem(self, name: str) -> str | None:
+        """Why the plugin that declares type `name` failed to load, if one did."""
+        self._all()
+        prefix = f"plugin step '{name}' "
+        return next((p for p in self.problems if p.startswith(prefix)), None)
 
 
 _default: StepRegistry | None = None
