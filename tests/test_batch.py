@@ -174,9 +174,14 @@ def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     items.write_text('{"topic": "ok"}\n{"topic": \n')
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and f"{items}:2:" in r.stderr and "Traceback" not in r.stderr
-    items.write_text('{"topic": ""}\n')
+    # every line that does not match the inputs is named by its line, and long values are cut
+    items.write_text('# items\n\n{"topic": ""}\n{"topic": "ok"}\n{"topic": "%s"}\n' % ("a" * 600))
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and "item 1" in r.stderr
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 2, r.stderr
+    assert lines[0].startswith(f"error: {items}:3: ") and "non-empty" in lines[0]
+    assert lines[1].startswith(f"error: {items}:5: ") and "(602 characters)" in lines[1]
+    assert "a" * 100 not in r.stderr
 
 
 def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> None:
@@ -492,3 +497,73 @@ def test_items_completed_or_deleted_since_the_batch_began(tmp_path: Path) -> Non
     assert [r.output for r in again] == [r.output for r in first]
     assert [all(s.replayed for s in r.steps) for r in again] == [True, True, True, False]
     assert seen[-1].reused == 3
+
+
+def test_an_item_is_known_by_its_content_so_an_edited_batch_reuses_its_finished_items(
+    tmp_path: Path,
+) -> None:
+    """Lines added, removed or reordered: the items run before are reused, not run again; an
+    item the file holds twice is two runs."""
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 3, "--db", db, log=log)
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    ids = [json.loads(x)["run_id"] for x in first.stdout.splitlines()]
+    assert len(log.read_text().splitlines()) == 3 * 4
+    items = tmp_path / "items.jsonl"
+    lines = items.read_text().splitlines()
+    new = json.dumps({"topic": "a new one"})
+    items.write_text("\n".join([lines[2], new, lines[0], lines[2]]) + "\n")  # 1 dropped, 2 twice
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    again = [json.loads(x)["run_id"] for x in r.stdout.splitlines()]
+    assert again[0] == ids[2] and again[2] == ids[0]
+    assert len(set(again)) == 4 and again[1] not in ids and again[3] not in ids
+    assert "2 from an earlier attempt" in r.stderr
+    assert len(log.read_text().splitlines()) == 3 * 4 + 2 * 4  # the new item, the second copy
+
+
+def test_an_edited_prompt_file_makes_a_new_batch(tmp_path: Path) -> None:
+    from eclflow.engine.batch import item_run_ids, workflow_fingerprint
+    from eclflow.spec import load
+
+    (tmp_path / "ask.j2").write_text("Say something about {{ topic }}.")
+    wf_file = tmp_path / "wf.yaml"
+    wf_file.write_text(
+        "eclflow: 1\nid: ask\nsteps:\n"
+        "  - {id: ask, type: llm, prompt: ask.j2, with: {topic: '{{ input.topic }}'}}\n"
+    )
+    wf = load(wf_file)
+    items = [{"topic": "tides"}]
+    before = item_run_ids(workflow_fingerprint(wf, "mock/t"), items)
+    assert item_run_ids(workflow_fingerprint(wf, "mock/t"), items) == before
+    assert item_run_ids(workflow_fingerprint(wf, "mock/u"), items) != before
+    (tmp_path / "ask.j2").write_text("Say something else about {{ topic }}.")
+    assert item_run_ids(workflow_fingerprint(wf, "mock/t"), items) != before
+
+
+def test_the_same_batch_in_a_second_process_is_refused_while_the_first_runs(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 4, "--concurrency", "4", "--db", db, "-q", delay=1.5, log=log)
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and len(log.read_text().splitlines()) >= 4):
+            assert time.monotonic() < deadline, "the first batch never started its calls"
+            time.sleep(0.05)
+        time.sleep(0.5)  # its runs are in the journal (committed within about 0.2 s)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr.strip() == (
+            f"error: 4 items of this batch are being run by process {first.pid}; "
+            "wait for it to end, or stop it and run the batch again"
+        )
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    assert len(log.read_text().splitlines()) == 4 * 4  # no call was made twice

@@ -15,9 +15,9 @@ import click
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, json_logs, say
 
 
-def read_items(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+def read_items(path: Path, defaults: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     """One JSON object a line (blank lines and `#` comments skipped) from `path`, or stdin
-    when it is `-`; -i values are defaults."""
+    when it is `-`, each with its line number; -i values are defaults."""
     items = []
     from_stdin, path = str(path) == "-", _shown(path)
     try:
@@ -34,11 +34,22 @@ def read_items(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             fail(f"{path}:{n}:{e.colno}: not valid JSON: {e.msg}", EXIT_USAGE)
         if not isinstance(value, dict):
-            fail(f"{path}:{n}:1: each line must be a JSON object, not {type(value).__name__}", 2)
-        items.append({**defaults, **value})
+            fail(f"{path}:{n}:1: each line must be a JSON object, not {_json_type(value)}", 2)
+        items.append((n, {**defaults, **value}))
     if not items:
         fail(f"{path}: no input lines", EXIT_USAGE)
     return items
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type: null, array, string, number, boolean."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def _shown(path: Path) -> Path:
@@ -66,13 +77,21 @@ def run_batch_command(
     from ..graph.plan import compile_plan
     from ..llm import Providers, load_script
 
-    items = read_items(inputs_file, defaults)
+    numbered = read_items(inputs_file, defaults)
     inputs_file = _shown(inputs_file)
-    for n, item in enumerate(items, 1):
+    bad = []
+    for line, item in numbered:
         try:
             validate_input(workflow, item)
         except InvalidInput as e:
-            fail(f"{inputs_file}: item {n}: {e}", EXIT_USAGE)
+            bad.append(f"{inputs_file}:{line}: {e}")
+    if bad:  # every bad line (the first 10) is named, not only the first: one pass mends them
+        shown = bad[:10]
+        for message in shown[:-1]:
+            say(message, "error", prefix="error: ")
+        extra = f" (and {len(bad) - 10} more lines)" if len(bad) > 10 else ""
+        fail(shown[-1] + extra, EXIT_USAGE)
+    items = [item for _, item in numbered]
     mock = load_script(mock_responses) if mock_responses is not None else None
     # what would fail every run (no model, a model that cannot be called) fails the batch now,
     # as it fails a single run, rather than each of its items

@@ -1,8 +1,10 @@
 """Batch mode: one run per input item, a bounded number at once, resumable as a whole.
 
-Each item's run id is derived from the batch (workflow text, the items, the model) and the
-item's position, so running the same batch again finds its earlier runs in the journal:
-completed items are reported as they were, unfinished ones are resumed, missing ones start.
+Each item's run id is derived from what its run depends on: the workflow's text and prompt
+files, the model, and the item itself (with a count for an item the batch holds more than
+once). Running a batch again therefore finds the runs of its items in the journal, even with
+lines added, removed or reordered: completed items are reported as they were, unfinished ones
+are resumed, new ones start. Editing the workflow or a prompt file starts its items afresh.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import EclflowError, RunNotFound
+from ..errors import EclflowError, InvalidState, RunNotFound
 from ..llm import MockProvider
 from ..spec.model import Budget, Workflow
 from .result import RunResult
@@ -39,16 +41,30 @@ class BatchProgress:
     cost: float = 0.0
 
 
-def batch_id(workflow: Workflow, items: Sequence[Mapping[str, Any]], model: str | None) -> str:
+def workflow_fingerprint(workflow: Workflow, model: str | None) -> str:
+    """What every run of a batch depends on: the workflow's text, its prompt files, the model."""
     h = hashlib.sha256()
     h.update(workflow.sha256.encode())
-    h.update(json.dumps(list(items), sort_keys=True, default=str).encode())
-    h.update((model or "").encode())
-    return h.hexdigest()[:16]
+    for step in workflow.steps:
+        if step.prompt is not None:
+            try:
+                h.update(step.prompt.read_bytes())
+            except OSError:  # (the run will say what is wrong with it)
+                h.update(str(step.prompt).encode())
+    h.update(b"\0" + (model or "").encode())
+    return h.hexdigest()
 
 
-def item_run_id(batch: str, index: int) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{batch}:{index}"))
+def item_run_ids(fingerprint: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The run id of each item: the same item (as JSON, keys sorted) under the same fingerprint
+    always gets the same id; its second copy in a batch gets another."""
+    seen: dict[str, int] = {}
+    ids = []
+    for item in items:
+        text = json.dumps(item, sort_keys=True, ensure_ascii=False, default=str)
+        copy = seen[text] = seen.get(text, -1) + 1
+        ids.append(str(uuid.uuid5(_NAMESPACE, f"{fingerprint}:{copy}:{text}")))
+    return ids
 
 
 async def run_batch(
@@ -96,7 +112,10 @@ async def iter_batch(
     from . import runner
 
     progress = BatchProgress(total=len(items))
-    bid = batch_id(workflow, items, model)
+    fingerprint = workflow_fingerprint(workflow, model)
+    ids = item_run_ids(fingerprint, items)
+    # which batch a run was started by, in its metadata (a run may serve later batches too)
+    bid = hashlib.sha256("".join(ids).encode()).hexdigest()[:16]
 
     def update() -> None:
         if on_update is not None:
@@ -142,7 +161,6 @@ async def iter_batch(
                     store=store,
                     model=model,
                     mock_responses=mock,
-                    force=True,
                     budget=budget,
                     listener=reused,
                 )
@@ -160,10 +178,12 @@ async def iter_batch(
         )
 
     # One query for the whole batch tells which items an earlier attempt already started.
-    ids = [item_run_id(bid, i) for i in range(len(items))]
     known: dict[str, str] = (
         await asyncio.to_thread(store.runs.states, ids) if store is not None else {}
     )
+    running = [run_id for run_id in ids if known.get(run_id) == "running"]
+    if running:  # the same items in another live process: both would make their calls
+        await asyncio.to_thread(_refuse_held, store, running)
     # and the results of those it completed, read in bulk rather than one run at a time
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
     finished = await asyncio.to_thread(runner.stored_results, store, completed) if completed else {}
@@ -205,6 +225,21 @@ async def iter_batch(
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _refuse_held(store: Any, run_ids: Sequence[str]) -> None:
+    """Refuse a batch whose items another process that still runs is running."""
+    from ..store.owner import held_elsewhere
+
+    records = store.runs.get_many(run_ids)
+    held = [r for r in records.values() if held_elsewhere(r.metadata or {})]
+    if held:
+        pids = sorted({str((r.metadata or {}).get("pid")) for r in held})
+        raise InvalidState(
+            f"{len(held)} item{'s' * (len(held) != 1)} of this batch "
+            f"{'are' if len(held) != 1 else 'is'} being run by process {', '.join(pids)}; "
+            "wait for it to end, or stop it and run the batch again"
+        )
 
 
 SWITCH_INTERVAL = 0.0005
