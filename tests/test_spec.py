@@ -815,3 +815,14 @@ def test_retry_delays_merge_over_the_defaults() -> None:
         "steps[1].retry: initial_delay (1s) is longer than max_delay (0.5s)"
     )
     assert (d.location.line, d.location.col) == located(text, "500ms")
+
+
+def test_errors_inside_a_block_scalar_point_at_their_line() -> None:
+    text = MINIMAL.replace(
+        'with: {who: "{{ input.who }}"}',
+        "with:\n      who: |\n        line one\n        {{ inptu.q }}\n      x: |\n"
+        "        ok\n        {{ x }\n",
+    )
+    got = {d.code: (d.location.line, d.location.col) for d in diagnose(text)}
+    assert got["E302"] == located(text, "{{ inptu")
+    assert got["E301"] == located(text, "{{ x }")

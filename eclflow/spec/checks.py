@@ -53,8 +53,38 @@ class _Checker:
         loc: Location = self.located.at(path, key=key)
         return loc
 
-    def error(self, path: Sequence[Any], code: str, msg: str, hint: str | None = None) -> None:
-        self.out.append(Diagnostic(self.at(path), code, msg, hint))
+    def error(
+        self,
+        path: Sequence[Any],
+        code: str,
+        msg: str,
+        hint: str | None = None,
+        *,
+        line: int | None = None,
+    ) -> None:
+        """`line`: 1-based line within the string at `path`, for a `|` block scalar."""
+        loc = self.at(path)
+        if line is not None:
+            loc = self.in_block(path, loc, line)
+        self.out.append(Diagnostic(loc, code, msg, hint))
+
+    def in_block(self, path: Sequence[Any], loc: Location, line: int) -> Location:
+        """The location of line `line` of a literal block scalar (`|`), whose own location is
+        its indicator; any other value keeps `loc`."""
+        node: Any = self.located.doc
+        try:
+            for part in path:
+                node = node[part]
+        except Exception:
+            return loc
+        if type(node).__name__ != "LiteralScalarString":
+            return loc
+        source = self.wf.source.splitlines()
+        at = loc.line + line - 1  # 0-based index of the line: the text starts after the `|`
+        if not 0 <= at < len(source):
+            return loc
+        text = source[at]
+        return Location(loc.file, at + 1, len(text) - len(text.lstrip()) + 1)
 
     def warn(self, path: Sequence[Any], code: str, msg: str, hint: str | None = None) -> None:
         self.out.append(Diagnostic(self.at(path), code, msg, hint, "warning"))
@@ -349,7 +379,7 @@ class _Checker:
                     return
                 tree = expr.parse(text)
         except jinja2.TemplateSyntaxError as e:
-            self.error(path, "E301", f"template does not parse: {e.message}")
+            self.error(path, "E301", f"template does not parse: {e.message}", line=e.lineno)
             return
         except Exception as e:  # the sandbox's parser on absurd input
             self.error(path, "E301", f"template does not parse: {type(e).__name__}")
@@ -363,7 +393,7 @@ class _Checker:
             problem = scope.check(p, self.ids)
             if problem is not None:
                 code, msg, hint = problem
-                self.error(path, code, msg, hint)
+                self.error(path, code, msg, hint, line=_line_of(text, p))
 
     def prompt_templates(self, i: int, s: Any, raw: Mapping[str, Any]) -> None:
         import jinja2
@@ -519,6 +549,17 @@ class _Checker:
                     f"nothing uses the output of step '{s.id}'",
                     "reference it in `output:` or in a later step",
                 )
+
+
+def _line_of(text: str, path: tuple[str, ...]) -> int | None:
+    """The first line (1-based) of `text` that names `path` (`steps.zz`), if one does."""
+    import re
+
+    pattern = re.compile(r"\b" + r"\s*\.\s*".join(map(re.escape, path[:2])) + r"\b")
+    for n, line in enumerate(text.splitlines(), 1):
+        if pattern.search(line):
+            return n
+    return None
 
 
 def _uses_jinja_loop(tree: Any) -> bool:
