@@ -115,3 +115,50 @@ def test_cost_is_always_a_float_in_the_result_json() -> None:
         data = r.to_dict()
         assert isinstance(data["cost"], float) and data["cost"] == 0.0
         assert all(isinstance(s["cost"], float) for s in data["steps"])
+
+
+# --- eclflow.run and eclflow.resume take what a caller naturally passes -----------------------
+
+KEYED = {  # the keyed form of a mock script, as a dict
+    "generate": "a draft",
+    "critique": {"content": {"decision": "pass", "critique": "fine"}},
+}
+
+
+def test_run_takes_a_keyed_mock_script_a_budget_mapping_and_a_database_url(tmp_path: Any) -> None:
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = asyncio.run(
+        eclflow.run(
+            CRITIQUE_REVISE, {"topic": "tides"}, model="mock/x", mock_responses=KEYED,
+            budget={"max_calls": 5}, store=url,
+        )
+    )  # fmt: skip
+    assert result.status == "completed" and result.output["final_text"] == "a draft"
+    # kept in that database: resume finds it there from its URL alone
+    again = asyncio.run(eclflow.resume(result.run_id, db=url))
+    assert again.status == "completed" and again.run_id == result.run_id
+    assert asyncio.run(eclflow.resume(result.run_id, store=url)).run_id == result.run_id
+
+
+def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+
+    with pytest.raises(eclflow.InvalidInput, match=r"inputs must be a mapping .* not list"):
+        asyncio.run(eclflow.run(CRITIQUE_REVISE, ["topic"], model="mock/x", mock_responses=KEYED))
+    with pytest.raises(eclflow.ConfigError, match="budget has no field max_dollars"):
+        asyncio.run(
+            eclflow.run(
+                CRITIQUE_REVISE, {"topic": "t"}, model="mock/x", mock_responses=KEYED,
+                budget={"max_dollars": 1},
+            )
+        )  # fmt: skip

@@ -38,6 +38,8 @@ def as_mock(mock: MockProvider | Sequence[Any] | str | Path | None) -> MockProvi
         return mock
     if isinstance(mock, str | Path):
         return load_script(mock)
+    if isinstance(mock, Mapping):  # the keyed form: replies by journal key or step id
+        return MockProvider(mock)
     return MockProvider(list(mock))
 
 
@@ -50,7 +52,11 @@ def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
     e = errors[0]
     where = ".".join(str(p) for p in e.absolute_path)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise InvalidInput(f"input {e.message}{more}", field=where or None)
+    message = e.message
+    shown = repr(e.instance)
+    if len(shown) > 60:  # a 5 MB value is not echoed back: its start and its length
+        message = message.replace(shown, f"{shown[:40]}… ({len(shown)} characters)")
+    raise InvalidInput(f"input {message}{more}", field=where or None)
 
 
 def default_model(workflow: Workflow, model: str | None) -> str | None:
@@ -90,20 +96,27 @@ async def run(
     journal: Journal | None = None,
     journal_factory: Callable[[str], Journal] | None = None,
     metadata: Mapping[str, Any] | None = None,
-    budget: Budget | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
     Journaled to `store` (or a store opened from `db`) when given; otherwise nothing is kept.
     """
     wf = as_workflow(workflow)
+    if inputs is not None and not isinstance(inputs, Mapping):
+        raise InvalidInput(
+            f"inputs must be a mapping of input names to values, not {type(inputs).__name__}"
+        )
     inputs = dict(inputs or {})
     validate_input(wf, inputs)
+    budget = as_budget(budget)
     plan = compile_plan(wf)
     providers = Providers(mock=as_mock(mock_responses))
     chosen = default_model(wf, model)
     check_models(plan, providers, chosen)
     own_store = False
+    if isinstance(store, str):  # a database URL given as the store
+        store, db = None, store
     if store is None and db is not None:
         from ..store import open_store
 
@@ -290,6 +303,19 @@ def _limits(wf: Workflow, override: Budget | None) -> Budget:
     )
 
 
+def as_budget(budget: Budget | Mapping[str, Any] | None) -> Budget | None:
+    """A Budget, also from a mapping such as `{"max_calls": 10}` (the file's `budget:`)."""
+    if budget is None or isinstance(budget, Budget):
+        return budget
+    if not isinstance(budget, Mapping):
+        raise ConfigError(f"budget must be a Budget or a mapping, not {type(budget).__name__}")
+    fields = ("max_usd", "max_tokens", "max_calls")
+    unknown = sorted(set(budget) - set(fields))
+    if unknown:
+        raise ConfigError(f"budget has no field {', '.join(unknown)}: use {', '.join(fields)}")
+    return Budget(**budget)
+
+
 def _budget_dict(b: Budget) -> dict[str, Any]:
     return {"max_usd": b.max_usd, "max_tokens": b.max_tokens, "max_calls": b.max_calls}
 
@@ -306,20 +332,42 @@ def _stored_workflow(definition: str, file: str, base_dir: Path | None) -> Workf
 async def resume(
     run_id: str,
     *,
-    store: Any,
+    store: Any = None,
+    db: str | None = None,
     model: str | None = None,
     mock_responses: MockProvider | Sequence[Any] | str | Path | None = None,
     force: bool = False,
     listener: Listener | None = None,
     guard: CallGuard | None = None,
     on_call: CallHook | None = None,
-    budget: Budget | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Continue a run from its journal: succeeded steps are replayed without calling anything.
 
-    A budget given here replaces the one the run had; what the run already spent counts."""
+    The journal is `store`, else one opened from `db` (a URL; the default database when
+    neither is given). A budget given here replaces the one the run had; what the run already
+    spent counts."""
+    if store is None or isinstance(store, str):
+        from ..store import open_store
+
+        opened = open_store(store if isinstance(store, str) else db)
+        try:
+            return await resume(
+                run_id,
+                store=opened,
+                model=model,
+                mock_responses=mock_responses,
+                force=force,
+                listener=listener,
+                guard=guard,
+                on_call=on_call,
+                budget=budget,
+            )
+        finally:
+            opened.close()
     import asyncio
 
+    budget = as_budget(budget)
     providers = Providers(mock=as_mock(mock_responses))
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
