@@ -806,6 +806,12 @@ def test_loops_count_is_readable_downstream_of_its_validator() -> None:
         '    template: "{{ n }}"\n    with: {n: "{{ loops.critique.revisions }}"}\ntransitions:',
     )
     assert [d for d in diagnose(text) if d.severity == "error"] == []
+    # a step that depends on the loop's target waits for the whole loop (the engine's rule)
+    after_target = text.replace("depends_on: [critique]", "depends_on: [generate]")
+    assert [d for d in diagnose(after_target) if d.severity == "error"] == []
+    # one that depends on none of the loop's steps may run before it ends
+    beside = text.replace("    depends_on: [critique]\n", "")
+    assert [d.code for d in diagnose(beside) if d.severity == "error"] == ["E303"]
 
 
 def test_retry_delays_merge_over_the_defaults() -> None:

@@ -332,13 +332,39 @@ class _Checker:
 
     # --- templates --------------------------------------------------------------------------
 
+    def loop_members(self) -> dict[str, set[str]]:
+        """Each loop's steps (by validator): its target, validator, reviser and the steps
+        between target and validator. A step that depends on any of them waits for the whole
+        loop, so the loop's count is known there."""
+        g = self.graph
+        members = {}
+        for t in self.wf.loops:
+            body = {t.target, t.validator, t.reviser}
+            if t.target in g and t.validator in g:
+                body |= g.ancestors(t.validator) & g.descendants(t.target)
+            members[t.validator] = body
+        return members
+
     def check_templates(self) -> None:
         loops = {t.validator for t in self.wf.loops}
+        members = self.loop_members()
+
+        def after(step: str, upstream: set[str]) -> set[str]:
+            """The loops whose count `step` can read: it is not in them, and waits for them."""
+            return {v for v, m in members.items() if step not in m and m & upstream}
+
         for i, s in enumerate(self.wf.steps):
             upstream = self.graph.ancestors(s.id) if s.id in self.graph else set()
             allowed = upstream | self.loop_scope.get(s.id, set())
             allowed.discard(s.id)
-            scope = _Scope(f"step '{s.id}'", allowed, s.id in self.in_loop, loops, set(self.wf.env))
+            scope = _Scope(
+                f"step '{s.id}'",
+                allowed,
+                s.id in self.in_loop,
+                loops,
+                set(self.wf.env),
+                after(s.id, upstream),
+            )
             raw = self.data["steps"][i]
             for path, text in _strings(raw.get("with"), ["steps", i, "with"]):
                 self.expression(path, text, scope, whole=False)
@@ -347,12 +373,17 @@ class _Checker:
             if isinstance(t, Conditional) and t.to in self.graph:
                 allowed = self.graph.ancestors(t.to) | {t.from_}
                 scope = _Scope(
-                    f"the condition of transitions[{i}]", allowed, False, loops, set(self.wf.env)
+                    f"the condition of transitions[{i}]",
+                    allowed,
+                    False,
+                    loops,
+                    set(self.wf.env),
+                    after(t.to, allowed),
                 )
                 when = self.data["transitions"][i]["when"]
                 if isinstance(when, str):
                     self.expression(["transitions", i, "when"], when, scope, whole=True)
-        scope = _Scope("output", self.known, False, loops, set(self.wf.env))
+        scope = _Scope("output", self.known, False, loops, set(self.wf.env), loops)
         for path, text in _strings(self.data.get("output"), ["output"]):
             self.expression(path, text, scope, whole=False)
 
@@ -595,13 +626,20 @@ class _Scope:
     """What an expression at one place may name."""
 
     def __init__(
-        self, where: str, steps: set[str], in_loop: bool, loops: set[str], env: set[str]
+        self,
+        where: str,
+        steps: set[str],
+        in_loop: bool,
+        loops: set[str],
+        env: set[str],
+        loops_done: set[str],
     ) -> None:
         self.where = where
         self.steps = steps
         self.in_loop = in_loop
         self.loops = loops
         self.env = env
+        self.loops_done = loops_done  # the loops that have ended wherever this is evaluated
 
     def check(self, p: tuple[str, ...], ids: Sequence[str]) -> tuple[str, str, str | None] | None:
         root = p[0]
@@ -649,14 +687,14 @@ class _Scope:
                     _did_you_mean(p[1], sorted(self.loops))
                     or "loops are named by their validator step",
                 )
-            if len(p) >= 2 and p[1] not in self.steps:
-                # the count exists once the validator has run: not for steps that may run
-                # before it (a loop's own body, unrelated steps)
+            if len(p) >= 2 and p[1] not in self.loops_done:
+                # the count exists once the loop has ended: not in the loop's own steps, nor
+                # in steps that may run before it or beside it
                 return (
                     "E303",
-                    f"loops.{p[1]} is not known yet in {self.where}: "
-                    f"its validator '{p[1]}' is not upstream",
-                    f"add '{p[1]}' to depends_on (directly or through a step it depends on)",
+                    f"loops.{p[1]} is not known yet in {self.where}: it does not wait for that "
+                    "loop to end",
+                    f"make it depend on '{p[1]}' (directly or through a step it depends on)",
                 )
             if len(p) >= 3 and p[2] not in _LOOPS_FIELDS:
                 return (
