@@ -84,11 +84,21 @@ def compile_expression(source: str) -> Any:
 
 
 def _explain(e: Exception, source: str) -> TemplateError:
+    shown = _excerpt(source)
     if isinstance(e, SecurityError):
-        return TemplateError(f"unsafe template refused by the sandbox: {e} in {source!r}")
+        return TemplateError(f"unsafe template refused by the sandbox: {e} in {shown}")
     if isinstance(e, jinja2.UndefinedError):
-        return TemplateError(f"{e.message} in {source!r}")
-    return TemplateError(f"template {source!r} failed: {type(e).__name__}: {e}")
+        return TemplateError(f"{e.message} in {shown}")
+    return TemplateError(f"template {shown} failed: {type(e).__name__}: {e}")
+
+
+def _excerpt(source: str, limit: int = 60) -> str:
+    """A template as an error message names it: whole when short, else its first line cut to
+    `limit` characters (a prompt file is pages long)."""
+    first = source.strip().splitlines()[0] if source.strip() else source
+    if first == source and len(source) <= limit:
+        return repr(source)
+    return repr(first[:limit]) + f"… ({len(source.splitlines())} lines)"
 
 
 @lru_cache(maxsize=4096)

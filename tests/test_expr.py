@@ -76,3 +76,17 @@ def test_render_string_of_one_expression_prints_what_jinja_prints(
     context = {"a": {"b": "text"}, "n": 3}
     assert expr.render_string(source, context) == expected
     assert expr.environment().from_string(source).render(context) == expected
+
+
+def test_an_error_names_a_long_template_by_its_first_line_only() -> None:
+    from eclflow.errors import TemplateError
+
+    prompt = "Revise the draft below using {{ feedback }}.\n" + "More instructions.\n" * 40
+    with pytest.raises(TemplateError) as caught:
+        expr.render_string(prompt, {})
+    message = str(caught.value)
+    assert message == (
+        "'feedback' is undefined in 'Revise the draft below using {{ feedback }}.'… (41 lines)"
+    )
+    with pytest.raises(TemplateError, match=r"^'x' is undefined in '\{\{ x \}\}'$"):
+        expr.render_string("{{ x }}", {})
