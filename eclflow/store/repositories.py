@@ -221,7 +221,9 @@ class RunRepository:
                 query = query.where(self._m.id.not_in(kept))
             return int(query.execute())
 
-    def live(self, older_than: timedelta | None = None, state: str | None = None) -> builtins.list[str]:
+    def live(
+        self, older_than: timedelta | None = None, state: str | None = None
+    ) -> builtins.list[str]:
         """Ids of the runs recorded running whose process may still be running them (alive, or
         on another host): deleting one would break it mid-run."""
         from .owner import holder
