@@ -78,7 +78,8 @@ def test_a_model_no_run_can_call_fails_the_batch_before_it_starts(tmp_path: Path
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == (
-        "error: Configuration error: model 'mock/t' plays a script: pass --mock-responses FILE"
+        "error: Configuration error: model 'mock/t' plays a script of replies: pass "
+        "--mock-responses FILE (command line) or mock_responses= (Python)"
     )
 
 

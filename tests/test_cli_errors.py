@@ -42,6 +42,19 @@ USAGE_ERRORS = [
     (["run", WF, "--input"], "error: Option '--input' requires an argument."),
     (["--log-level", "bogus", "runs"], "error: Invalid value for '--log-level'"),
     (["nosuchcommand"], "error: No such command 'nosuchcommand'."),
+    # values a script gets wrong, refused before anything runs
+    (["run", WF, "-i", "topic=x", "--model", ""], "error: Invalid value for '--model' / '-m'"),
+    (["runs", "--db", " "], "error: Invalid value for '--db': must not be empty"),
+    (
+        ["run", WF, "-i", "topic=x", "--budget-usd", "nan"],
+        "error: Invalid value for '--budget-usd': nan is not a number of dollars",
+    ),
+    (["run", WF, "-i", "topic=x", "-c", "4"], "error: --concurrency goes with --inputs"),
+    (
+        ["run", WF, "-i", "topic=x", "--mock-responses", "replies.yaml"],
+        "error: --mock-responses plays replies for mock/… models, and no step uses one "
+        "(the model is local/smollm2): add --model mock/NAME",
+    ),
 ]
 
 

@@ -308,12 +308,21 @@ def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path
     assert out["status"] == "failed" and "budget_exceeded" in out["error"]
     calls = tmp_path / "calls.jsonl"
     assert len(calls.read_text().splitlines()) == 2
+    # without --json, the last lines say why it stopped and how to go on
+    r1 = _cli(tmp_path, "status", out["run_id"])
+    assert "budget_exceeded" in r1.stdout
+    quiet = _cli(tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=t", "--budget-calls", "1")
+    *_, error, hint = quiet.stderr.strip().splitlines()
+    assert error.startswith("error: Step critique failed: budget_exceeded: step 'critique'")
+    run_id = quiet.stderr.split("· run ")[1][:8]
+    assert hint == f"`eclflow resume {run_id} --budget-calls N` continues it with a larger budget"
     r2 = _cli(tmp_path, "resume", out["run_id"], "--budget-calls", "10", "--json")
     assert r2.returncode == 0, r2.stderr
     done = json.loads(r2.stdout)
     assert done["status"] == "completed" and done["output"]["final_text"] == "draft two"
     keys = [json.loads(line)["key"] for line in calls.read_text().splitlines()]
-    assert keys == ["generate", "critique#1", "revise#1", "critique#2"]  # nothing called twice
+    # (the second run's one call, generate, in between)
+    assert keys == ["generate", "critique#1", "generate", "revise#1", "critique#2"]
     status = _cli(tmp_path, "status", out["run_id"], "-o", "json")
     assert status.returncode == 0, status.stderr
     # once more, now that it has completed: its result again, and nothing is called
@@ -321,7 +330,7 @@ def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path
     assert r3.returncode == 0, r3.stderr
     assert "had already completed: its recorded result (nothing was run)" in r3.stderr
     assert "final_text: draft two" in r3.stdout and "completed · run" in r3.stderr
-    assert len(calls.read_text().splitlines()) == 4
+    assert len(calls.read_text().splitlines()) == 5
 
 
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:

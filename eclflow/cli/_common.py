@@ -178,12 +178,20 @@ def _verbose() -> bool:
     return bool(_global("verbose"))
 
 
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option given as '' (an unset variable in a script, say) is a mistake, not a default."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty", ctx=ctx, param=param)
+    return value
+
+
 def db_option(fn: F) -> F:
     return click.option(
         "--db",
         "db",
         metavar="URL",
         envvar="ECLFLOW_DATABASE_URL",
+        callback=not_empty,
         help="Database URL (sqlite:///file.db, postgresql://…). "
         "Default: ECLFLOW_DATABASE_URL, else a SQLite file in your data directory.",
     )(fn)

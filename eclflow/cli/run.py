@@ -19,6 +19,7 @@ from ._common import (
     fail,
     handle_errors,
     json_logs,
+    not_empty,
     say,
     stderr_console,
 )
@@ -164,21 +165,34 @@ def print_result(result: Any, as_json: bool, quiet: bool) -> None:
         return  # the workflow_completed / workflow_failed log line says it on stderr
     click.echo(line, err=True)
     if result.error:
-        where = f" at step {result.failed_step}" if result.failed_step else ""
-        click.echo(f"error{where}: {result.error}", err=True)
+        click.echo(f"error: {result.error}", err=True)
+        if "budget_exceeded" in result.error:
+            flag = next(
+                (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"
+            )
+            click.echo(
+                f"`eclflow resume {result.run_id[:8]} {flag}` continues it with a larger budget",
+                err=True,
+            )
+
+
+_BUDGET_FLAGS = (("model call", "--budget-calls N"), ("tokens", "--budget-tokens N"))
 
 
 def _model_options(fn: Any) -> Any:
     fn = click.option(
         "--mock-responses",
         type=click.Path(path_type=Path, dir_okay=False),
-        help="Replies for `mock/…` models (YAML or JSON list), one per call.",
+        help="Replies for `mock/…` models (YAML or JSON): a list played in call order, or a "
+        "mapping of journal key (critique#2), step id or * to replies; a reply is text or "
+        "{content, error, delay, tokens, cost}. See `pydoc eclflow.llm.mock`.",
     )(fn)
     fn = click.option(
         "--model",
         "-m",
         metavar="MODEL",
         envvar="ECLFLOW_MODEL",
+        callback=not_empty,
         help="Model for steps without their own (overrides the workflow's "
         "`model:`): local/smollm2, openai/gpt-4o-mini, mock/test, …",
     )(fn)
@@ -201,11 +215,20 @@ def _budget_options(fn: Any) -> Any:
     fn = click.option(
         "--budget-usd",
         type=click.FloatRange(min=0, min_open=True),
+        callback=_finite,
         metavar="USD",
         help="Stop before a call that could bring the run's cost over USD (the workflow's "
         "`budget:` otherwise).",
     )(fn)
     return fn
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of dollars", ctx=ctx, param=param)
+    return value
 
 
 def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
@@ -305,9 +328,17 @@ def run_cmd(
 
     if bool(from_step) != bool(from_run):
         raise click.UsageError("--from STEP and --run RUN_ID go together")
+    ctx = click.get_current_context()
+    if inputs_file is None and ctx.get_parameter_source("concurrency") in (
+        click.core.ParameterSource.COMMANDLINE,
+        click.core.ParameterSource.ENVIRONMENT,
+    ):
+        raise click.UsageError("--concurrency goes with --inputs (a batch)")
     if not file.exists():
         fail(f"{file}: no such file", 2)
     workflow = load(file)
+    if mock_responses is not None:
+        _check_mock_is_used(workflow, model)
     inputs = parse_inputs(pairs, input_file)
     budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
@@ -408,7 +439,7 @@ def run_cmd(
     "--force", is_flag=True, help="Resume even if the workflow file changed since the run started."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
-@click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No step lines; print only the summary.")
 @handle_errors
 def resume_cmd(
     run_id: str,
@@ -448,6 +479,19 @@ def resume_cmd(
         store.close()
     print_result(result, as_json, quiet)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _check_mock_is_used(workflow: Any, model: str | None) -> None:
+    """--mock-responses with no `mock/` model would run the real model (and pay for it)."""
+    from ..engine.runner import default_model
+
+    chosen = default_model(workflow, model)
+    used = {s.model or chosen for s in workflow.steps}
+    if not any(m and m.startswith("mock/") for m in used):
+        raise click.UsageError(
+            f"--mock-responses plays replies for mock/… models, and no step uses one "
+            f"(the model is {chosen or 'not set'}): add --model mock/NAME"
+        )
 
 
 def _interrupted(run_id: str | None) -> None:

@@ -45,7 +45,10 @@ class Providers:
         provider: Provider
         if kind == "mock":
             if self.mock is None:
-                raise ConfigError(f"model '{model}' plays a script: pass --mock-responses FILE")
+                raise ConfigError(
+                    f"model '{model}' plays a script of replies: pass --mock-responses FILE "
+                    "(command line) or mock_responses= (Python)"
+                )
             provider = self.mock
         elif kind == "local":
             from .local import LocalProvider
