@@ -241,6 +241,17 @@ def test_prune(tmp_path: Path) -> None:
 
     r = env.cli("prune", "--older-than", "soon", "--yes")
     assert r.returncode == 2 and "not an age" in r.stderr
+    r = env.cli("prune", "--older-than", "99999999999d", "--yes")
+    assert r.returncode == 2 and "longer than any run can be old" in r.stderr
+
+    env.run(PASSES, "tides")
+    r = env.cli("prune", "--older-than", "0", input="")  # no answer: stdin is at its end
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        "Delete 1 run? [y/N]: ",
+        "error: nothing deleted (--yes deletes without asking)",
+    ]
+    assert len(env.json("runs", "--json")) == 1
 
 
 def test_db_option_and_bad_urls(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,8 @@ def test_ctrl_c_says_which_run_stopped_and_how_to_continue_it(tmp_path: Path) ->
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "completed"
+    # its duration is from its start to its end, not the resumed part's alone
+    st = json.loads(eclflow("status", short, "--json", env=env).stdout)
+    began, end = (datetime.fromisoformat(st[k]) for k in ("created_at", "completed_at"))
+    assert st["duration_ms"] == int((end - began).total_seconds() * 1000)
+    assert st["duration_ms"] > json.loads(r.stdout)["duration_ms"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from . import cli
-from ._common import db_option, handle_errors, open_store, stdout_console
+from ._common import db_option, fail, handle_errors, open_store, stdout_console
 
 _STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 # `interrupted` is not stored: a run still `running` whose process has ended (Ctrl-C, kill -9)
@@ -186,8 +187,11 @@ def shown_state(run: Any) -> str:
 
 def _run_duration_ms(run: Any) -> int | None:
     """How long the run took: its own measure when it has one, else start to end."""
-    measured = (run.metadata or {}).get("duration_ms")
-    if isinstance(measured, int | float) and run.completed_at is not None:
+    meta = run.metadata or {}
+    measured = meta.get("duration_ms")
+    # a resumed run measured its last part only: start to end says more
+    resumed = bool(meta.get("resumed"))
+    if isinstance(measured, int | float) and run.completed_at is not None and not resumed:
         return int(measured)
     if run.completed_at is None:
         return None
@@ -217,10 +221,14 @@ def _run_duration_ms(run: Any) -> int | None:
     help="restate: ask Restate (give the full run id).",
 )
 @click.option("--restate-url", metavar="URL", help="Restate's ingress URL.")
+@click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 @db_option
 @handle_errors
-def status_cmd(run_id: str, fmt: str, engine: str, restate_url: str | None, db: str | None) -> None:
+def status_cmd(
+    run_id: str, fmt: str, engine: str, restate_url: str | None, as_json: bool, db: str | None
+) -> None:
     """The state of RUN_ID and of each of its steps."""
+    fmt = "json" if as_json else fmt
     if engine == "restate":
         from ..restate.client import status
 
@@ -496,7 +504,12 @@ def parse_age(text: str) -> timedelta:
         raise click.BadParameter(
             f"{text!r} is not an age: use e.g. 30d, 12h, 90m, 45s, 2w", param_hint="--older-than"
         )
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "d"])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "d"])
+    except OverflowError:
+        raise click.BadParameter(
+            f"{text!r} is longer than any run can be old", param_hint="--older-than"
+        ) from None
 
 
 @cli.command("prune")
@@ -506,7 +519,8 @@ def parse_age(text: str) -> timedelta:
     default="30d",
     show_default=True,
     metavar="AGE",
-    help="Delete runs started more than AGE ago (30d, 12h, 90m; 0 for every run).",
+    help="Delete runs started more than AGE ago: 30d, 12h, 90m, 45s, 2w (a bare number is "
+    "days; 0 is every run).",
 )
 @click.option("--state", type=click.Choice(_STATES), help="Only runs in this state.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -524,9 +538,15 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
             return
         if not yes:
             what = f"{count} {state + ' ' if state else ''}run{'s' if count != 1 else ''}"
-            click.confirm(
-                f"Delete {what} started more than {older_than} ago?", abort=True, err=True
-            )
+            when = f" started more than {older_than} ago" if age else ""
+            try:
+                sure = click.confirm(f"Delete {what}{when}?", default=False, err=True)
+            except click.Abort:  # stdin at its end (a script, CI): no answer
+                sure = False
+            if not sure:
+                if not sys.stdin.isatty():  # (a terminal echoed the answer and its newline)
+                    click.echo(err=True)
+                fail("nothing deleted (--yes deletes without asking)", 1)
         deleted = store.runs.prune(age, state=state, keep=live)
     click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.{kept}")
 
