@@ -91,7 +91,7 @@ def test_the_summary_says_why_items_failed(tmp_path: Path) -> None:
     assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["failed"] * 3
     assert "0/3 completed, 3 failed" in r.stderr
     assert r.stderr.splitlines()[-1] == (
-        f"{tmp_path / 'items.jsonl'}: item 1: Step generate failed: LLM error: bad key "
+        f"{tmp_path / 'items.jsonl'}:1: Step generate failed: LLM error: bad key "
         "(and 2 more failed)"
     )
 
@@ -128,7 +128,7 @@ def test_with_json_logs_every_stderr_line_is_a_json_object(tmp_path: Path) -> No
     assert (summary["level"], summary["total"], summary["completed"], summary["failed"]) == (
         "info", 3, 0, 3,
     )  # fmt: skip
-    assert failure["level"] == "error" and failure["item"] == 1 and failure["failed_items"] == 3
+    assert failure["level"] == "error" and failure["line"] == 1 and failure["failed_items"] == 3
     assert "bad key" in failure["event"]
 
 
@@ -183,6 +183,15 @@ def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     assert lines[0].startswith(f"error: {items}:3: ") and "non-empty" in lines[0]
     assert lines[1].startswith(f"error: {items}:5: ") and "(602 characters)" in lines[1]
     assert "a" * 100 not in r.stderr
+    # and what is not JSON, or not text, is named by line and column
+    for content, message in (
+        (b'\xef\xbb\xbf{"topic": 1}\n{"topic": NaN}\n', ":2: not valid JSON: NaN is not a JSON"),
+        (b'{"topic": "ok"}\n{"topic": "\xff"}\n', ":2:12: not UTF-8 text (byte 0xff)"),
+    ):
+        items.write_bytes(content)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert r.stderr.startswith(f"error: {items}{message}"), r.stderr
 
 
 def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> None:

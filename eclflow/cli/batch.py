@@ -21,24 +21,37 @@ def read_items(path: Path, defaults: dict[str, Any]) -> list[tuple[int, dict[str
     items = []
     from_stdin, path = str(path) == "-", _shown(path)
     try:
-        text = sys.stdin.read() if from_stdin else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"{path}: cannot read: {e}", EXIT_USAGE)
-    lines = text.splitlines()
+        data = sys.stdin.buffer.read() if from_stdin else path.read_bytes()
+    except OSError as e:
+        fail(f"{path}: cannot read: {e.strerror or e}", EXIT_USAGE)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        fail(f"{path}:{line}:{col}: not UTF-8 text (byte {data[e.start]:#04x})", EXIT_USAGE)
+    lines = text.removeprefix("\ufeff").splitlines()  # (a BOM, as some editors write)
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_constant=_not_json)
         except json.JSONDecodeError as e:
             fail(f"{path}:{n}:{e.colno}: not valid JSON: {e.msg}", EXIT_USAGE)
+        except ValueError as e:
+            fail(f"{path}:{n}: not valid JSON: {e}", EXIT_USAGE)
         if not isinstance(value, dict):
             fail(f"{path}:{n}:1: each line must be a JSON object, not {_json_type(value)}", 2)
         items.append((n, {**defaults, **value}))
     if not items:
         fail(f"{path}: no input lines", EXIT_USAGE)
     return items
+
+
+def _not_json(name: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON has not (and no schema expects)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _json_type(value: Any) -> str:
@@ -116,7 +129,7 @@ def run_batch_command(
             click.echo(_counts(p), err=True)
 
     progress = BatchProgress(total=len(items))
-    first_failed: tuple[int, Any] | None = None  # (item number, result)
+    first_failed: tuple[int, Any] | None = None  # (line in the items file, result)
 
     def keep(p: BatchProgress) -> None:
         nonlocal progress
@@ -139,11 +152,11 @@ def run_batch_command(
             )
         ) as results:
             nonlocal first_failed
-            n = 0
+            index = 0
             async for r in results:
-                n += 1
                 if r.status != "completed" and first_failed is None:
-                    first_failed = (n, r)
+                    first_failed = (numbered[index][0], r)
+                index += 1
                 click.echo(json.dumps(_line(r), default=str, ensure_ascii=False))
 
     interrupted = False
@@ -184,9 +197,9 @@ def run_batch_command(
         n, first = first_failed
         more = f" (and {progress.failed - 1} more failed)" if progress.failed > 1 else ""
         say(
-            f"{inputs_file}: item {n}: {first.error or first.status}{more}",
+            f"{inputs_file}:{n}: {first.error or first.status}{more}",
             "error",
-            item=n,
+            line=n,
             run_id=first.run_id,
             failed_items=progress.failed,
         )
