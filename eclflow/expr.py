@@ -169,7 +169,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     except Exception as e:
         raise _explain(e, expression) from e
     if isinstance(result, jinja2.Undefined):
-        raise TemplateError(f"{expression!r} is undefined")
+        raise TemplateError(f"{' '.join(source.split())} is undefined")
     return result
 
 

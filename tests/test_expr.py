@@ -90,3 +90,10 @@ def test_an_error_names_a_long_template_by_its_first_line_only() -> None:
     )
     with pytest.raises(TemplateError, match=r"^'x' is undefined in '\{\{ x \}\}'$"):
         expr.render_string("{{ x }}", {})
+
+
+def test_an_undefined_expression_is_named_as_written_without_braces_or_quotes() -> None:
+    from eclflow.errors import TemplateError
+
+    with pytest.raises(TemplateError, match=r"^input\.topic is undefined$"):
+        expr.render_value("{{ input.topic }}", {"input": {"other": 1}})
