@@ -222,3 +222,52 @@ def test_ctrl_c_says_which_run_stopped_and_how_to_continue_it(tmp_path: Path) ->
     began, end = (datetime.fromisoformat(st[k]) for k in ("created_at", "completed_at"))
     assert st["duration_ms"] == int((end - began).total_seconds() * 1000)
     assert st["duration_ms"] > json.loads(r.stdout)["duration_ms"]
+
+
+def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A server (say) that cancels a run and lives on: the run is released, so another
+    process resumes it at once instead of finding it 'still running in process N'."""
+    import asyncio
+    import contextlib
+
+    import eclflow
+    from eclflow.store import open_store
+
+    env, journal, log = setup(tmp_path)
+    monkeypatch.setenv("ECLFLOW_MOCK_LOG", str(log))
+    store = open_store(env["ECLFLOW_DATABASE_URL"])
+
+    async def main() -> Any:
+        run = eclflow.run(
+            CRITIQUE_REVISE, {"topic": "x"}, model="mock/x", store=store,
+            mock_responses=json.loads(script(KEYS, slow="generate")),
+        )  # fmt: skip
+        task = asyncio.create_task(run)
+        while not journal.rows("select 1 from step_executions where state = 'running'"):
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # the writer's next batch
+        # this process goes on, its store open: another one resumes the run
+        return await asyncio.to_thread(
+            eclflow_cli_resume, journal.rows("select id from workflows")[0][0], env, tmp_path
+        )
+
+    try:
+        r = asyncio.run(main())
+    finally:
+        store.close()
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert calls(log) == ["generate", *KEYS]  # the cancelled call, then the resumed run's
+
+
+def eclflow_cli_resume(run_id: str, env: dict[str, str], tmp_path: Path) -> Any:
+    return eclflow(
+        *("resume", run_id[:8], "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )

@@ -238,6 +238,10 @@ async def _execute(
             tracing.set_attributes(
                 span, **{"eclflow.status": result.status, "eclflow.cost_usd": result.cost}
             )
+    except BaseException:  # cancelled before its end: nobody runs it now (resume may take it)
+        if writer is not None:
+            writer.release_run(run_id)
+        raise
     finally:
         if writer is not None:
             writer.unfollow(recorder)
@@ -451,6 +455,7 @@ def _take_over(
             store.runs.update_metadata(
                 record.id,
                 **this_process(),
+                released=None,
                 resumed=int((now.metadata or {}).get("resumed", 0)) + 1,
                 **({"budget": _budget_dict(limits)} if budget is not None else {}),
             )

@@ -1,9 +1,10 @@
 """Which process holds a running run, and whether it is still there.
 
 A run's metadata names the process that runs it (`pid`, `host`, and on Linux `started`, the
-process's start time in clock ticks since boot). A pid alone is not enough: after a reboot or a
-long time another process may have it, and a run that died would look alive for ever. With the
-start time, the pid must also be the same process.
+process's start time in clock ticks since boot), and says `released` when that process stopped
+running it without ending it (a run cancelled in a process that goes on). A pid alone is not
+enough: after a reboot or a long time another process may have it, and a run that died would
+look alive for ever. With the start time, the pid must also be the same process.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def holder(meta: Mapping[str, Any]) -> Holder:
     it is on another host (or the run is Restate's, whose workers hold no run), `alive` for this
     very process."""
     pid = meta.get("pid")
+    if meta.get("released"):  # its process stopped running it (cancelled) and said so
+        return "gone"
     if meta.get("engine") == "restate" or not isinstance(pid, int):
         return "unknown"
     if meta.get("host") not in (None, socket.gethostname()):

@@ -349,6 +349,12 @@ class JournalWriter:
             for kind, step_id, data in batch
         ]
 
+    def release_run(self, run_id: str) -> None:
+        """Mark a run this process stopped without ending it (cancelled: Ctrl-C, a stopped
+        batch, a caller's timeout) as held by nobody, so that another process may resume it at
+        once. Queued, not waited for: written with the next batch, or when the store closes."""
+        self._queue("end_run", (run_id, "running", None, None, None, {"released": True}), False)
+
     async def end_run(
         self,
         run_id: str,
