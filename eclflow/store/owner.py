@@ -18,12 +18,19 @@ Holder = Literal["alive", "gone", "unknown"]
 
 
 def this_process() -> dict[str, Any]:
-    """The metadata fields that name this process as a run's holder."""
-    fields: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
-    started = _start_ticks(os.getpid())
-    if started is not None:
-        fields["started"] = started
-    return fields
+    """The metadata fields that name this process as a run's holder (read once per process:
+    every run writes them)."""
+    pid = os.getpid()
+    if _mine.get("pid") != pid:  # first call, or a forked child
+        _mine.clear()
+        _mine.update(pid=pid, host=socket.gethostname())
+        started = _start_ticks(pid)
+        if started is not None:
+            _mine["started"] = started
+    return dict(_mine)
+
+
+_mine: dict[str, Any] = {}
 
 
 def holder(meta: Mapping[str, Any]) -> Holder:
