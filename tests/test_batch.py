@@ -577,3 +577,20 @@ def test_the_same_batch_in_a_second_process_is_refused_while_the_first_runs(
         first.kill()
     assert first.returncode == 0, err
     assert len(log.read_text().splitlines()) == 4 * 4  # no call was made twice
+
+
+def test_json_gives_each_item_its_whole_result(tmp_path: Path) -> None:
+    cmd, env = batch(tmp_path, 2, "--no-journal", "-q")
+    short = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    full = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert short.returncode == full.returncode == 0, full.stderr
+    lines = [json.loads(x) for x in full.stdout.splitlines()]
+    assert len(lines) == 2 and all(x["status"] == "completed" for x in lines)
+    # what a single run's --json prints: the steps and revisions too
+    assert [s["key"] for s in lines[0]["steps"]] == [
+        "generate",
+        "critique#1",
+        "revise#1",
+        "critique#2",
+    ]
+    assert lines[0]["revisions"] and "steps" not in json.loads(short.stdout.splitlines()[0])

@@ -157,7 +157,8 @@ def run_batch_command(
                 if r.status != "completed" and first_failed is None:
                     first_failed = (numbered[index][0], r)
                 index += 1
-                click.echo(json.dumps(_line(r), default=str, ensure_ascii=False))
+                line = r.to_dict() if as_json else _line(r)
+                click.echo(json.dumps(line, default=str, ensure_ascii=False))
 
     interrupted = False
     try:

@@ -295,7 +295,13 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     help="Restate's ingress (default: ECLFLOW_RESTATE_URL, else http://127.0.0.1:8080).",
 )
 @click.option("--detach", is_flag=True, help="With --engine restate: print the run id and return.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as one JSON object (with --inputs: each item's whole result, "
+    "steps included, a line each, instead of the short line).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
 @handle_errors
 def run_cmd(
