@@ -64,7 +64,8 @@ def single_expression(value: str) -> str | None:
     body = m.group("body")
     if "{{" in body or "}}" in body or "{%" in body:
         return None
-    return body
+    # `{{-` and `-}}` are Jinja's whitespace control, not part of the expression
+    return body.removeprefix("-").removesuffix("-")
 
 
 @lru_cache(maxsize=4096)
@@ -95,10 +96,11 @@ def _explain(e: Exception, source: str) -> TemplateError:
 def _excerpt(source: str, limit: int = 60) -> str:
     """A template as an error message names it: whole when short, else its first line cut to
     `limit` characters (a prompt file is pages long)."""
-    first = source.strip().splitlines()[0] if source.strip() else source
-    if first == source and len(source) <= limit:
-        return repr(source)
-    return repr(first[:limit]) + f"… ({len(source.splitlines())} lines)"
+    text = source.strip()
+    lines = text.splitlines() or [text]
+    if len(lines) == 1 and len(text) <= limit:
+        return repr(text)
+    return repr(lines[0][:limit]) + f"… ({len(lines)} line{'s' * (len(lines) != 1)})"
 
 
 @lru_cache(maxsize=4096)
@@ -212,17 +214,25 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
     constant key counts like an attribute. Names bound inside the template (for-loops, set) are
     left out.
     """
-    bound: set[str] = set()
-    for n in tree.find_all((nodes.For, nodes.Assign, nodes.Macro)):
-        for t in n.find_all(nodes.Name):
-            if t.ctx in ("store", "param"):
-                bound.add(t.name)
+    # names the template binds itself: for, set (also as a block), with, macro parameters and
+    # the macros' own names
+    bound = {t.name for t in tree.find_all(nodes.Name) if t.ctx in ("store", "param")}
+    bound |= {m.name for m in tree.find_all(nodes.Macro)}
+    # what the template guards (`x is defined`, `x | default(…)`) it does not need
+    guarded = set()
+    for n in tree.find_all((nodes.Test, nodes.Filter)):
+        if n.name in _GUARDS and n.node is not None:
+            chain = _path_of(n.node)
+            if chain is not None and chain[0] != "steps":  # (a step's name is still checked)
+                guarded.add(chain)
     paths: list[tuple[str, ...]] = []
 
     def walk(node: nodes.Node) -> None:
         chain = _path_of(node)
         if chain is not None:
-            if chain[0] not in bound:
+            if chain[0] not in bound and not any(
+                chain[: len(g)] == g or g[: len(chain)] == chain for g in guarded
+            ):
                 paths.append(chain)
             return
         for child in node.iter_child_nodes():
@@ -230,6 +240,9 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
 
     walk(tree)
     return paths
+
+
+_GUARDS = {"defined", "undefined", "default", "d"}
 
 
 def _path_of(node: nodes.Node) -> tuple[str, ...] | None:

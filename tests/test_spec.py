@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import CRITIQUE_REVISE, ROOT
@@ -815,12 +816,15 @@ def test_loops_count_is_readable_downstream_of_its_validator() -> None:
 
 
 def test_retry_delays_merge_over_the_defaults() -> None:
+    # a shorter max_delay alone caps the default first wait: nothing to say
     text = sub("    type: critique\n", "    type: critique\n    retry: {max_delay: 500ms}\n")
+    assert diagnose(text) == []
+    text = sub("    type: critique\n", "    type: critique\n    retry: {initial_delay: 21s}\n")
     (d,) = diagnose(text)
     assert d.code == "E114" and d.message == (
-        "steps[1].retry: initial_delay (1s) is longer than max_delay (0.5s)"
+        "steps[1].retry: initial_delay (21s) is longer than max_delay (10s)"
     )
-    assert (d.location.line, d.location.col) == located(text, "500ms")
+    assert (d.location.line, d.location.col) == located(text, "21s")
 
 
 def test_errors_inside_a_block_scalar_point_at_their_line() -> None:
@@ -832,3 +836,69 @@ def test_errors_inside_a_block_scalar_point_at_their_line() -> None:
     got = {d.code: (d.location.line, d.location.col) for d in diagnose(text)}
     assert got["E302"] == located(text, "{{ inptu")
     assert got["E301"] == located(text, "{{ x }")
+
+
+def test_valid_files_the_newer_checks_once_refused() -> None:
+    """A condition whose string literal holds braces is one expression; `then` and `else`
+    are JSON Schema keywords (read by `if`)."""
+    braces = sub(
+        "  - {type: sequential, from: generate, to: critique}",
+        "  - {type: conditional, from: generate, to: critique,\n"
+        "     when: \"'{{' in steps.generate.output.draft\"}",
+    )
+    assert diagnose(braces) == []
+    if_then = sub(
+        "  required: [topic]\n",
+        "  required: [topic]\n  if: {required: [tone]}\n  then: {required: [style]}\n"
+        "  else: {required: [topic]}\n",
+    )
+    assert diagnose(if_then) == []
+
+
+def test_names_a_template_binds_or_guards_are_not_its_inputs() -> None:
+    """Macros, `{% set %}` blocks, `{% with %}`, and variables under `is defined` or
+    `| default` render without being bound; `{% include %}` cannot load anything."""
+    text = MINIMAL.replace('    template: "hello {{ who }}"\n', "").replace(
+        'with: {who: "{{ input.who }}"}',
+        "template: |\n"
+        "      {% macro greet(n) %}Hi {{ n }}{% endmacro %}{{ greet(who) }}\n"
+        "      {% set header %}== {{ who | upper }} =={% endset %}{{ header }}\n"
+        "      {% with g = 'hello' %}{{ g }}{% endwith %}\n"
+        "      {% if tone is defined %}{{ tone }}{% endif %} {{ style | default('plain') }}\n"
+        '    with: {who: "{{ input.who }}"}',
+    )
+    assert [d for d in diagnose(text) if d.severity == "error"] == []
+    (d,) = diagnose(text.replace("{{ g }}{% endwith %}", "{{ g }}{% endwith %}{{ nope }}"))
+    assert d.code == "E302" and "'nope'" in d.message
+    (d,) = diagnose(text.replace("{{ greet(who) }}", "{% include 'other.j2' %}"))
+    assert d.code == "E301" and "{% include %} is not supported" in d.message
+
+
+def test_a_plugin_prompt_step_may_give_its_prompt_in_code() -> None:
+    from eclflow.steps.builtin import PromptStep
+    from eclflow.steps.registry import default_registry
+
+    class Shout(PromptStep):
+        type_name = "shout_test"
+        description = "Shout the text."
+        input_schema: ClassVar = {"type": "object", "properties": {"text": {"type": "string"}}}
+
+        def prompt_source(self) -> str:
+            return "Shout {{ text }}"
+
+    registry = default_registry()
+    registry.register(Shout, replace=True)
+    text = (
+        MINIMAL.replace("type: template", "type: shout_test")
+        .replace('    template: "hello {{ who }}"\n', "")
+        .replace('with: {who: "{{ input.who }}"}', 'with: {text: "{{ input.who }}"}')
+    )
+    try:
+        assert [d.code for d in diagnose(text) if d.severity == "error"] == []
+    finally:
+        registry._types.pop("shout_test")  # (the registry is the process's)
+
+
+def test_max_revisions_is_for_model_steps_only() -> None:
+    (d,) = diagnose(MINIMAL.replace("hello {{ who }}", "at most {{ max_revisions }}"))
+    assert d.code == "E302" and "'max_revisions'" in d.message

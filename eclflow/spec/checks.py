@@ -153,7 +153,9 @@ class _Checker:
                     "bind it under `with:`",
                 )
             needs_prompt = (
-                issubclass(cls, PromptStep) and cls.default_template is None
+                issubclass(cls, PromptStep)
+                and cls.default_template is None
+                and cls.prompt_source is PromptStep.prompt_source  # (a plugin may give its own)
             ) or cls is TemplateStep
             if needs_prompt and s.template is None and s.prompt is None:
                 self.error(
@@ -392,7 +394,12 @@ class _Checker:
 
         from .. import expr
 
-        if whole and expr.single_expression(text) is None and expr.has_template(text):
+        if (
+            whole
+            and expr.single_expression(text) is None
+            and expr.has_template(text)
+            and not _parses_as_expression(text)  # ('{{' in x: braces in a string literal)
+        ):
             # the engine evaluates a condition as one expression: `{{ a }} == {{ b }}` or
             # `value: {{ x }}` would fail every run
             self.error(
@@ -502,6 +509,16 @@ class _Checker:
 
         env = expr.environment()
         ok = True
+        for n in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+            ok = False
+            tag = {nodes.Include: "include", nodes.Extends: "extends"}.get(type(n), "import")
+            where_ = where.replace("line ?", f"line {n.lineno}") if where else ""
+            self.error(
+                path,
+                "E301",
+                f"{{% {tag} %}} is not supported{where_}: a template cannot load another",
+                "put the text in this template, or pass it in through `with:`",
+            )
         for kind, node_type, known in (
             ("filter", nodes.Filter, env.filters),
             ("test", nodes.Test, env.tests),
@@ -527,7 +544,8 @@ class _Checker:
         if cls.__module__ != "eclflow.steps.builtin":
             return None
         props = (cls.input_schema or {}).get("properties", {})
-        return set(s.with_) | set(props) | {"max_revisions", "config"}
+        model_step = {"max_revisions"} if issubclass(cls, PromptStep) else set()
+        return set(s.with_) | set(props) | {"config"} | model_step
 
     # --- warnings ---------------------------------------------------------------------------
 
@@ -620,6 +638,16 @@ def _strings(value: Any, path: list[Any]) -> Iterator[tuple[list[Any], str]]:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from _strings(v, [*path, i])
+
+
+def _parses_as_expression(text: str) -> bool:
+    from .. import expr
+
+    try:
+        expr.parse_expression(text)
+    except Exception:
+        return False
+    return True
 
 
 class _Scope:

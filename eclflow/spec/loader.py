@@ -552,17 +552,18 @@ def _value_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnost
                     )
                 )
         retry = holder.get("retry")
-        if not isinstance(retry, dict) or not ({"initial_delay", "max_delay"} & set(retry)):
+        # only a first wait written out can contradict the longest: a shorter max_delay alone
+        # just caps the default first wait (1s), as the engine does
+        if not isinstance(retry, dict) or "initial_delay" not in retry:
             continue
         merged = {**(base_retry if path != ["defaults"] else {}), **retry}
         with contextlib.suppress(ValueError):
             first = parse_duration(merged.get("initial_delay", RetrySpec().initial_delay))
             most = parse_duration(merged.get("max_delay", RetrySpec().max_delay))
             if first > most:
-                key = "initial_delay" if "initial_delay" in retry else "max_delay"
                 out.append(
                     _diag(
-                        located.at([*path, "retry", key]),
+                        located.at([*path, "retry", "initial_delay"]),
                         "E114",
                         f"{_path_text([*path, 'retry'])}: initial_delay ({first:g}s) is longer "
                         f"than max_delay ({most:g}s)",
@@ -658,7 +659,7 @@ def _unknown_keywords(schema_: dict[str, Any], located: _Located) -> list[Diagno
         "$schema", "$id", "$defs", "$comment", "$anchor", "$dynamicAnchor", "$vocabulary",
         "definitions", "title", "description", "default", "examples", "deprecated",
         "readOnly", "writeOnly", "format", "contentEncoding", "contentMediaType",
-        "contentSchema",
+        "contentSchema", "then", "else",  # (read by `if`, not validators of their own)
     }  # fmt: skip
     out = []
     for k in schema_:
