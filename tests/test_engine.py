@@ -155,3 +155,29 @@ async def test_finished_runs_leave_no_reference_cycles() -> None:
     finally:
         gc.enable()
     assert in_cycles == 0
+
+
+SKIPPED_LOOP = """\
+eclflow: 1
+id: skipped-loop
+steps:
+  - {id: gate, type: template, template: "{{ go }}", with: {go: "{{ input.go }}"}}
+  - {id: generate, type: generate, with: {topic: "{{ input.topic }}"}}
+  - {id: critique, type: critique, depends_on: [generate],
+     with: {draft: "{{ steps.generate.output.draft }}"}}
+  - {id: revise, type: revise, depends_on: [critique], revision_source: critique,
+     with: {draft: "{{ steps.generate.output.draft }}", feedback: "{{ loop.feedback }}"}}
+  - {id: after, type: template, depends_on: [gate, critique], template: "n={{ n }}",
+     with: {n: "{{ loops.critique.revisions }}"}}
+transitions:
+  - {type: conditional, from: gate, to: generate, when: "input.go"}
+  - {type: revision_loop, validator: critique, reviser: revise, target: generate}
+output: {n: "{{ loops.critique.revisions }}"}
+"""
+
+
+def test_a_loop_a_condition_skipped_made_zero_revisions() -> None:
+    r = go(SKIPPED_LOOP, [], {"topic": "t", "go": False}, model="mock/x")
+    assert r.status == "completed", r.error
+    assert r.output == {"n": 0} and r.revisions == {}
+    assert [s.output["text"] for s in r.steps if s.step_id == "after"] == ["n=0"]

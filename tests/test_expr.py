@@ -97,3 +97,16 @@ def test_an_undefined_expression_is_named_as_written_without_braces_or_quotes() 
 
     with pytest.raises(TemplateError, match=r"^input\.topic is undefined$"):
         expr.render_value("{{ input.topic }}", {"input": {"other": 1}})
+
+
+def test_whitespace_control_marks_are_not_part_of_a_single_expression() -> None:
+    ctx = {"input": {"n": 3, "topic": "tides"}}
+    assert expr.render_value("{{- input.n -}}", ctx) == 3
+    assert expr.render_value("{{-input.topic}}", ctx) == "tides"
+
+
+def test_a_short_template_is_named_whole_even_with_a_final_newline() -> None:
+    from eclflow.errors import TemplateError
+
+    with pytest.raises(TemplateError, match=r"^'x' is undefined in '\{\{ x \}\}'$"):
+        expr.render_string("{{ x }}\n", {})

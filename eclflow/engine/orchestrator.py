@@ -50,17 +50,24 @@ class _State:
         "input",
     )
 
-    def __init__(self, input: Mapping[str, Any], step_ids: Sequence[str], env: dict[str, str]):
+    def __init__(
+        self,
+        input: Mapping[str, Any],
+        step_ids: Sequence[str],
+        env: dict[str, str],
+        loops: Sequence[str] = (),
+    ):
         self.input = input
         self.executions: list[StepExecution] = []
         self._steps: dict[str, dict[str, Any]] = {
             sid: {"output": None, "status": "pending", "versions": []} for sid in step_ids
         }
-        self._loops: dict[str, dict[str, int]] = {}
+        self._loops: dict[str, dict[str, int]] = {}  # the loops that ran
         self._ctx: dict[str, Any] = {
             "input": input,
             "steps": self._steps,
-            "loops": self._loops,
+            # every loop, 0 revisions until it runs: a loop a condition skipped made none
+            "loops": {v: {"revisions": 0} for v in loops},
             "env": env,
         }
 
@@ -82,7 +89,7 @@ class _State:
         return {v: loop["revisions"] for v, loop in self._loops.items()}
 
     def set_revisions(self, validator: str, n: int) -> None:
-        self._loops[validator] = {"revisions": n}
+        self._loops[validator] = self._ctx["loops"][validator] = {"revisions": n}
 
     def context(self, loop: dict[str, Any] | None = None) -> dict[str, Any]:
         if loop is None:
@@ -131,7 +138,12 @@ class Orchestrator:
     async def run(self, run_id: str, input: Mapping[str, Any]) -> RunResult:
         wf = self.plan.workflow
         started = time.perf_counter()
-        state = _State(input, wf.step_ids, {k: os.environ[k] for k in wf.env if k in os.environ})
+        state = _State(
+            input,
+            wf.step_ids,
+            {k: os.environ[k] for k in wf.env if k in os.environ},
+            list(self.plan.loops),
+        )
         result = RunResult(run_id, wf.id, "running")
         try:
             await self._linear_pass(state)
