@@ -594,3 +594,39 @@ def test_json_gives_each_item_its_whole_result(tmp_path: Path) -> None:
         "critique#2",
     ]
     assert lines[0]["revisions"] and "steps" not in json.loads(short.stdout.splitlines()[0])
+
+
+def test_a_batch_sharing_items_with_a_running_one_neither_repeats_nor_breaks_it(
+    tmp_path: Path,
+) -> None:
+    """An item the first batch has not begun yet is already claimed by it: the second batch
+    refuses it instead of running it too (which also broke the first batch's journal)."""
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 8, "--concurrency", "2", "--db", db, "-q", delay=0.3, log=log)
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text()):
+            assert time.monotonic() < deadline, "the first batch never started its calls"
+            time.sleep(0.05)
+        last = tmp_path / "last.jsonl"  # the first batch's last item: not begun yet
+        last.write_text(json.dumps({"topic": "topic 7"}) + "\n")
+        second_cmd = [*cmd]
+        second_cmd[second_cmd.index("--inputs") + 1] = str(last)
+        second = subprocess.run(second_cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr.strip() == (
+            f"error: 1 item of this batch is being run by process {first.pid}; "
+            "wait for it to end, or stop it and run the batch again"
+        )
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    assert [json.loads(x)["status"] for x in out.splitlines()] == ["completed"] * 8
+    assert len(log.read_text().splitlines()) == 8 * 4  # no call made twice
+    # the same item on its own, now that the first batch is done: its result, no call
+    again = subprocess.run(second_cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "1 from an earlier attempt" in again.stderr
+    assert len(log.read_text().splitlines()) == 8 * 4

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import CRITIQUE_REVISE
 from test_crash import KEYS, Journal, calls, script, wait_for
 
@@ -232,7 +233,7 @@ def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
     import asyncio
     import contextlib
 
-    import eclflow
+    import eclflow as api
     from eclflow.store import open_store
 
     env, journal, log = setup(tmp_path)
@@ -240,7 +241,7 @@ def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
     store = open_store(env["ECLFLOW_DATABASE_URL"])
 
     async def main() -> Any:
-        run = eclflow.run(
+        run = api.run(
             CRITIQUE_REVISE, {"topic": "x"}, model="mock/x", store=store,
             mock_responses=json.loads(script(KEYS, slow="generate")),
         )  # fmt: skip
@@ -251,10 +252,11 @@ def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.5)  # the writer's next batch
+        run_id = journal.rows("select id from workflows")[0][0]
+        st = await asyncio.to_thread(eclflow, "status", run_id[:8], env=env)
+        assert f"Note:        it was stopped (cancelled) by process {os.getpid()};" in st.stdout
         # this process goes on, its store open: another one resumes the run
-        return await asyncio.to_thread(
-            eclflow_cli_resume, journal.rows("select id from workflows")[0][0], env, tmp_path
-        )
+        return await asyncio.to_thread(eclflow_cli_resume, run_id, env, tmp_path)
 
     try:
         r = asyncio.run(main())
@@ -271,3 +273,59 @@ def eclflow_cli_resume(run_id: str, env: dict[str, str], tmp_path: Path) -> Any:
         *("--mock-responses", str(tmp_path / "rest.json")),
         env=env,
     )
+
+
+def test_an_ended_but_unreaped_process_holds_nothing() -> None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        meta = {"pid": p.pid, "host": socket.gethostname(), "started": _start_ticks(p.pid)}
+        wait_for(lambda: holder(meta) == "gone", "the child to end", 10)  # a zombie till reaped
+        assert os.waitpid(p.pid, os.WNOHANG) != (0, 0)  # it was not reaped before
+    finally:
+        p.wait()
+
+
+def test_a_run_held_on_another_host_is_resumed_only_with_force(tmp_path: Path) -> None:
+    env, journal, log = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    p.kill()
+    p.communicate(timeout=30)
+    with sqlite3.connect(tmp_path / "runs.db") as db:  # as if it had run on another machine
+        db.execute("update workflows set metadata = json_set(metadata, '$.host', 'elsewhere')")
+    args = ("resume", run_id[:8], "--model", "mock/x", "--mock-responses")
+    r = eclflow(*args, str(tmp_path / "rest.json"), env=env)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"error: run {run_id[:8]} was running in process {p.pid} on elsewhere, which cannot "
+        "be checked from here; once that process is gone, resume with --force"
+    )
+    assert calls(log) == ["generate"]
+    r = eclflow(*args, str(tmp_path / "rest.json"), "--force", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+
+
+def test_resuming_a_run_this_very_process_is_running_is_refused(tmp_path: Path) -> None:
+    import asyncio
+
+    import eclflow
+    from eclflow.errors import InvalidState
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def main() -> None:
+        run = asyncio.create_task(
+            eclflow.run(
+                CRITIQUE_REVISE, {"topic": "x"}, model="mock/x", store=url, run_id="r-1234",
+                mock_responses=json.loads(script(KEYS, slow="generate")),
+            )
+        )  # fmt: skip
+        while not Journal(url).rows("select 1 from step_executions"):
+            await asyncio.sleep(0.05)
+        try:
+            with pytest.raises(InvalidState, match="running in this process"):
+                await eclflow.resume("r-1234", db=url, mock_responses=json.loads(script(KEYS)))
+        finally:
+            run.cancel()
+
+    asyncio.run(main())

@@ -77,9 +77,15 @@ def runs_cmd(
         _totals(db, as_json)
         return
     with open_store(db) as store:
-        if state in ("running", "interrupted"):  # both stored as running
-            running = store.runs.list(state="running", definition_id=workflow_id, limit=None)
-            runs = [r for r in running if shown_state(r) == state][:limit]
+        if state in ("running", "pending", "interrupted"):  # (interrupted: stored as one of
+            # the other two, its process gone)
+            runs = [
+                r
+                for stored in ("running", "pending")
+                for r in store.runs.list(state=stored, definition_id=workflow_id, limit=None)
+                if shown_state(r) == state
+            ]
+            runs = sorted(runs, key=lambda r: r.created_at, reverse=True)[:limit]
         else:
             runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
         by_run = store.steps.stats_many(r.id for r in runs)
@@ -178,11 +184,11 @@ def shown_state(run: Any) -> str:
     """The run's state as a person should see it: `interrupted` for a run still recorded
     `running` whose process (on this host) has ended, so that nothing will finish it but
     `eclflow resume`."""
-    if run.state != "running":
+    if run.state not in ("running", "pending"):  # (pending: claimed by a batch, not begun)
         return str(run.state)
     from ..store.owner import holder
 
-    return "interrupted" if holder(run.metadata or {}) == "gone" else "running"
+    return "interrupted" if holder(run.metadata or {}) == "gone" else str(run.state)
 
 
 def _run_duration_ms(run: Any) -> int | None:
@@ -277,14 +283,13 @@ def status_cmd(
     if run.error:
         lines.append(("Error", run.error))
     if shown == "interrupted":
-        pid = (run.metadata or {}).get("pid")
-        lines.append(
-            (
-                "Note",
-                f"process {pid}, which ran it, has ended; "
-                f"`eclflow resume {run.id[:8]}` continues it",
-            )
-        )
+        meta = run.metadata or {}
+        how = (
+            "was stopped (cancelled) by process {}"
+            if meta.get("released")
+            else "was running in process {}, which has ended"
+        ).format(meta.get("pid"))
+        lines.append(("Note", f"it {how}; `eclflow resume {run.id[:8]}` continues it"))
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
         click.echo(f"{label + ':':<{width}} {value}")
@@ -530,11 +535,11 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
     """Delete old runs with their steps, artifacts and events; print how many."""
     age = parse_age(older_than)
     with open_store(db) as store:
-        live = store.runs.live(age, state)  # a run going on is never deleted under its feet
-        kept = f" (kept {len(live)} still running)" if live else ""
+        # a run going on is never deleted under its feet (decided again when deleting)
+        live = store.runs.live(age, state)
         count = store.runs.count(state=state, older_than=age) - len(live)
         if count <= 0:
-            click.echo(f"Deleted 0 runs.{kept}")
+            click.echo("Deleted 0 runs." + (f" (kept {len(live)} still running)" if live else ""))
             return
         if not yes:
             what = f"{count} {state + ' ' if state else ''}run{'s' if count != 1 else ''}"
@@ -547,8 +552,9 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
                 if not sys.stdin.isatty():  # (a terminal echoed the answer and its newline)
                     click.echo(err=True)
                 fail("nothing deleted (--yes deletes without asking)", 1)
-        deleted = store.runs.prune(age, state=state, keep=live)
-    click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.{kept}")
+        deleted, kept = store.runs.prune(age, state=state)
+    still = f" (kept {kept} still running)" if kept else ""
+    click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.{still}")
 
 
 # --- shared ---------------------------------------------------------------------------------------

@@ -60,9 +60,15 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                         _json_line(run.id, event, data) if as_json else _text_line(event, data)
                     )
                 if gone:  # nothing will write to it again: stop following
+                    pid = now.metadata.get("pid")
+                    how = (
+                        f"process {pid} stopped it"
+                        if now.metadata.get("released")
+                        else f"process {pid} that ran it has ended"
+                    )
                     say(
-                        f"run {run.id[:8]} was interrupted: process {now.metadata.get('pid')} "
-                        f"that ran it has ended; `eclflow resume {run.id[:8]}` continues it",
+                        f"run {run.id[:8]} was interrupted: {how}; "
+                        f"`eclflow resume {run.id[:8]}` continues it",
                         "warning",
                         run_id=run.id,
                     )

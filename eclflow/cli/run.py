@@ -268,9 +268,9 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "--inputs",
     "inputs_file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
-    help="Batch: a JSON-lines file (- for stdin), one input object a line; one run per line. "
-    "Items run before (same content, workflow, prompt files and model) are reused, unfinished "
-    "ones resumed.",
+    help="Batch: a JSON-lines file (- for stdin), one input object a line; one run per line "
+    "(-i and --input-file give defaults a line may override). Items run before (same "
+    "content, workflow, prompt files and model) are reused, unfinished ones resumed.",
 )
 @click.option(
     "--concurrency",

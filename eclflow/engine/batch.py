@@ -166,6 +166,7 @@ async def iter_batch(
                 )
             except RunNotFound:  # deleted since the batch began: it starts afresh
                 pass
+        begun.add(run_id)
         return await runner.run(
             workflow,
             item,
@@ -175,15 +176,29 @@ async def iter_batch(
             run_id=run_id,
             budget=budget,
             metadata={"batch": bid, "item": index},
+            claimed=run_id in claimed,
         )
 
     # One query for the whole batch tells which items an earlier attempt already started.
     known: dict[str, str] = (
         await asyncio.to_thread(store.runs.states, ids) if store is not None else {}
     )
-    running = [run_id for run_id in ids if known.get(run_id) == "running"]
+    running = [run_id for run_id in ids if known.get(run_id) in ("running", "pending")]
     if running:  # the same items in another live process: both would make their calls
         await asyncio.to_thread(_refuse_held, store, running)
+    # The items no run has yet are claimed now, all in a few statements: written `pending`,
+    # held by this process, so that another batch sharing an item resumes or refuses it
+    # instead of running it too (its run id is the same there).
+    claimed: set[str] = set()
+    begun: set[str] = set()  # claimed runs this batch has started
+    fresh = [i for i, run_id in enumerate(ids) if run_id not in known]
+    if store is not None and fresh:
+        claimed = await asyncio.to_thread(
+            _claim, runner, store, workflow, items, ids, fresh, model, budget, bid
+        )
+        for i in fresh:
+            if ids[i] not in claimed:  # another process wrote it first: resumed, or refused
+                known[ids[i]] = "pending"
     # and the results of those it completed, read in bulk rather than one run at a time
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
     finished = await asyncio.to_thread(runner.stored_results, store, completed) if completed else {}
@@ -225,6 +240,32 @@ async def iter_batch(
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if claimed - begun:  # stopped early: what it never began is nobody's again
+                store.runs.unclaim(claimed - begun)
+
+
+def _claim(
+    runner: Any,
+    store: Any,
+    workflow: Workflow,
+    items: Sequence[Mapping[str, Any]],
+    ids: Sequence[str],
+    indexes: Sequence[int],
+    model: str | None,
+    budget: Budget | None,
+    batch: str,
+) -> set[str]:
+    """Write the runs of these items `pending`; the ids this process claimed."""
+    chosen = runner.default_model(workflow, model)
+    limits = runner._limits(workflow, runner.as_budget(budget))
+    rows = [
+        runner.run_row(
+            workflow, items[i], ids[i], chosen, limits, {"batch": batch, "item": i}, "pending"
+        )
+        for i in indexes
+    ]
+    claimed: set[str] = store.runs.claim_many(rows, uuid.uuid4().hex)
+    return claimed
 
 
 def _refuse_held(store: Any, run_ids: Sequence[str]) -> None:

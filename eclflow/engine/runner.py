@@ -97,10 +97,12 @@ async def run(
     journal_factory: Callable[[str], Journal] | None = None,
     metadata: Mapping[str, Any] | None = None,
     budget: Budget | Mapping[str, Any] | None = None,
+    claimed: bool = False,
 ) -> RunResult:
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
     Journaled to `store` (or a store opened from `db`) when given; otherwise nothing is kept.
+    `claimed`: the caller (batch mode) has already written the run's row, `pending`.
     """
     wf = as_workflow(workflow)
     if inputs is not None and not isinstance(inputs, Mapping):
@@ -126,29 +128,12 @@ async def run(
         limits = _limits(wf, budget)
         if journal is None:
             if store is not None:
-                from ..store.owner import this_process
-
-                row = dict(
-                    run_id=run_id,
-                    definition_id=wf.id,
-                    definition_name=wf.name,
-                    definition=wf.source,
-                    definition_sha256=wf.sha256,
-                    input=inputs,
-                    state="running",
-                    metadata={
-                        "model": chosen,
-                        "path": str(wf.path) if wf.path else None,
-                        **this_process(),
-                        **(metadata or {}),
-                        **(
-                            {"budget": _budget_dict(limits)}
-                            if limits.max_usd or limits.max_tokens or limits.max_calls
-                            else {}
-                        ),
-                    },
-                )
-                writer_for(store).create_run(**row)  # committed with the first step's rows
+                if claimed:  # its row is in the journal already, `pending`: now it runs
+                    writer_for(store).start_run(run_id)
+                else:  # committed with the first step's rows
+                    writer_for(store).create_run(
+                        **run_row(wf, inputs, run_id, chosen, limits, metadata)
+                    )
                 journal = (journal_factory or (lambda rid: StoreJournal(store, rid, fresh=True)))(
                     run_id
                 )
@@ -200,6 +185,7 @@ async def _execute(
     writer = writer_for(store) if store is not None else None
     if writer is not None:
         writer.follow(recorder)
+    _running_here.add(run_id)
     try:
         with (
             bind(run_id=run_id, workflow_id=wf.id),
@@ -243,6 +229,7 @@ async def _execute(
             writer.release_run(run_id)
         raise
     finally:
+        _running_here.discard(run_id)
         if writer is not None:
             writer.unfollow(recorder)
     if writer is not None:
@@ -304,6 +291,40 @@ def _limits(wf: Workflow, override: Budget | None) -> Budget:
         max_usd=override.max_usd if override.max_usd is not None else wf.budget.max_usd,
         max_tokens=override.max_tokens if override.max_tokens is not None else wf.budget.max_tokens,
         max_calls=override.max_calls if override.max_calls is not None else wf.budget.max_calls,
+    )
+
+
+def run_row(
+    wf: Workflow,
+    inputs: Mapping[str, Any],
+    run_id: str,
+    model: str | None,
+    limits: Budget,
+    metadata: Mapping[str, Any] | None = None,
+    state: str = "running",
+) -> dict[str, Any]:
+    """A new run's row in the journal, held by this process."""
+    from ..store.owner import this_process
+
+    return dict(
+        run_id=run_id,
+        definition_id=wf.id,
+        definition_name=wf.name,
+        definition=wf.source,
+        definition_sha256=wf.sha256,
+        input=dict(inputs),
+        state=state,
+        metadata={
+            "model": model,
+            "path": str(wf.path) if wf.path else None,
+            **this_process(),
+            **(metadata or {}),
+            **(
+                {"budget": _budget_dict(limits)}
+                if limits.max_usd or limits.max_tokens or limits.max_calls
+                else {}
+            ),
+        },
     )
 
 
@@ -416,7 +437,7 @@ def _take_over(
     if record.state == "completed":
         return stored_results(store, [record.id])[record.id]
     meta = dict(record.metadata or {})
-    _refuse_if_held(record, meta)
+    _refuse_if_held(record, meta, force)
     path = Path(meta["path"]) if meta.get("path") else None
     wf = _stored_workflow(record.definition, str(path or "<stored>"), path.parent if path else None)
     if path is not None and path.is_file():
@@ -448,7 +469,7 @@ def _take_over(
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)
         if now.state != "completed":  # (completed by another process since the first look)
-            _refuse_if_held(now, dict(now.metadata or {}))
+            _refuse_if_held(now, dict(now.metadata or {}), force)
             rows = store.steps.for_run(record.id)
             _close_interrupted(store, rows)
             store.runs.update_state(record.id, "running")
@@ -464,15 +485,30 @@ def _take_over(
     return record, wf, chosen, limits, rows
 
 
-def _refuse_if_held(record: Any, meta: Mapping[str, Any]) -> None:
-    """A run another live process is running is not resumed: both would make its calls."""
-    from ..store.owner import held_elsewhere
+def _refuse_if_held(record: Any, meta: Mapping[str, Any], force: bool) -> None:
+    """A run another live process is running is not resumed: both would make its calls. One
+    held on another host cannot be checked: it is resumed only with `force`."""
+    from ..store.owner import held_elsewhere, holder
 
-    if record.state == "running" and held_elsewhere(meta):
+    if record.state not in ("running", "pending"):
+        return
+    if record.id in _running_here:
+        raise InvalidState(f"run {record.id[:8]} is running in this process")
+    if held_elsewhere(meta):
         raise InvalidState(
             f"run {record.id[:8]} is still running in process {meta.get('pid')}; "
             "wait for it to end, or stop that process and resume again"
         )
+    if not force and holder(meta) == "unknown" and meta.get("engine") != "restate":
+        raise InvalidState(
+            f"run {record.id[:8]} was running in process {meta.get('pid')} on "
+            f"{meta.get('host')}, which cannot be checked from here; once that process is "
+            "gone, resume with --force"
+        )
+
+
+# the runs this process is running now (a resume of one of them, from this process, is refused)
+_running_here: set[str] = set()
 
 
 def _close_interrupted(store: Any, rows: Sequence[Any]) -> None:

@@ -54,10 +54,13 @@ def holder(meta: Mapping[str, Any]) -> Holder:
         pass
     except OSError:
         return "unknown"
-    started = meta.get("started")
-    if isinstance(started, int):
-        now = _start_ticks(pid)
-        if now is not None and now != started:
+    stat = _stat(pid)
+    if stat is not None:
+        state, now = stat
+        if state == "Z":  # ended, not yet reaped by its parent
+            return "gone"
+        started = meta.get("started")
+        if isinstance(started, int) and now != started:
             return "gone"  # the pid was given to another process since
     return "alive"
 
@@ -69,10 +72,17 @@ def held_elsewhere(meta: Mapping[str, Any]) -> bool:
 
 def _start_ticks(pid: int) -> int | None:
     """The process's start time from /proc (Linux), None where there is no /proc."""
+    stat = _stat(pid)
+    return stat[1] if stat is not None else None
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """The process's state letter and start time from /proc/PID/stat (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         # the command name (field 2) may hold spaces and parentheses: count from the last ')'
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        return fields[0].decode(), int(fields[19])
     except (OSError, ValueError, IndexError):
         return None

@@ -66,6 +66,45 @@ class RunRepository:
             ).execute()
             return self.get(run_id)
 
+    def claim_many(self, rows: Sequence[Mapping[str, Any]], token: str) -> set[str]:
+        """Write the rows of runs that do not exist yet, `pending`, each with `token` in its
+        metadata; the ids this call wrote (a run another process wrote first is not claimed).
+        `rows` are what `create` takes."""
+        M = self._m
+        now = utcnow()
+        claimed: set[str] = set()
+        for start in range(0, len(rows), 200):
+            part = rows[start : start + 200]
+            values = [
+                {
+                    "id": r["run_id"],
+                    "definition_id": r["definition_id"],
+                    "definition_name": r.get("definition_name"),
+                    "definition": r["definition"],
+                    "definition_sha256": r["definition_sha256"],
+                    "input": r.get("input"),
+                    "state": "pending",
+                    "metadata": {**(r.get("metadata") or {}), "claim": token},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in part
+            ]
+            with self._s.transaction():
+                M.insert_many(values).on_conflict_ignore().execute()
+                ids = [r["run_id"] for r in part]
+                query = M.select(M.id, M.metadata).where(M.id.in_(ids))
+                claimed |= {r.id for r in query if (r.metadata or {}).get("claim") == token}
+        return claimed
+
+    def unclaim(self, run_ids: Iterable[str]) -> None:
+        """Delete claimed runs that never started (`pending`, no steps)."""
+        for chunk in _chunks(run_ids):
+            with self._s.transaction():
+                self._m.delete().where(
+                    self._m.id.in_(chunk) & (self._m.state == "pending")
+                ).execute()
+
     def get(self, run_id: str, *, for_update: bool = False) -> RunRecord:
         """The run with exactly this id; `for_update` (inside a transaction) locks its row until
         the transaction ends, so that what is decided from it still holds when it is written."""
@@ -208,18 +247,17 @@ class RunRepository:
         if not n:
             raise RunNotFound(run_id)
 
-    def prune(
-        self, older_than: timedelta | None, state: str | None = None, keep: Iterable[str] = ()
-    ) -> int:
+    def prune(self, older_than: timedelta | None, state: str | None = None) -> tuple[int, int]:
         """Delete runs created more than `older_than` ago (all when None), only in `state` if
-        given, except those in `keep`; returns how many were deleted."""
+        given, except those a process may still be running (decided in the same transaction,
+        so that a resume cannot take one in between); returns (deleted, kept)."""
         ids = self._filtered(state, None, older_than).select(self._m.id)
-        kept = builtins.list(keep)
         with self._s.transaction():
+            live = self.live(older_than, state)
             query = self._m.delete().where(self._m.id.in_(ids))
-            if kept:
-                query = query.where(self._m.id.not_in(kept))
-            return int(query.execute())
+            if live:
+                query = query.where(self._m.id.not_in(live))
+            return int(query.execute()), len(live)
 
     def live(
         self, older_than: timedelta | None = None, state: str | None = None
@@ -228,10 +266,13 @@ class RunRepository:
         on another host): deleting one would break it mid-run."""
         from .owner import holder
 
-        if state not in (None, "running"):
+        if state not in (None, "running", "pending"):
             return []
         M = self._m
-        query = self._filtered("running", None, older_than).select(M.id, M.metadata)
+        query = self._filtered(state, None, older_than).select(M.id, M.metadata, M.state)
+        query = query.where(M.state.in_(["running", "pending"]))
+        if self._s.kind == "postgresql" and self._s.db.in_transaction():
+            query = query.for_update()  # (held until the caller's delete)
         with self._s.reading():
             return [r.id for r in query if holder(r.metadata or {}) != "gone"]
 

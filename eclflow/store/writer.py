@@ -94,6 +94,8 @@ class JournalWriter:
                 "definition_sha256, input, state, metadata, created_at, updated_at) "
                 f"VALUES ({', '.join([p] * 10)})"
             ),
+            # a run whose row was written `pending` (claimed by a batch) starts
+            "start_run": f"UPDATE workflows SET state = 'running', updated_at = {p} WHERE id = {p}",
             # a step row: `running`, or already with its result when that came in the same
             # batch, or `skipped` (one statement, so a batch's rows keep their queue order)
             "step": (
@@ -265,6 +267,10 @@ class JournalWriter:
             ),
             wait=False,
         )
+
+    def start_run(self, run_id: str) -> None:
+        """A claimed (`pending`) run starts: committed with its first step's rows."""
+        self._queue("start_run", (_now(), run_id), wait=False)
 
     def start(
         self,
@@ -558,7 +564,7 @@ _PG_FINISH_ROW = f"({', '.join(f'%s::{t}' for _, t in _FINISHED)})"
 
 # The order a batch is written in: a run's row before its steps and events, a run's end after
 # everything else of it.
-_PHASES = ("create_run", "step", "finish", "events", "end_run")
+_PHASES = ("create_run", "start_run", "step", "finish", "events", "end_run")
 _NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
 
 
