@@ -1033,3 +1033,32 @@ def test_a_running_row_waits_for_its_result_then_is_written_on_its_own(
         assert rows[0].output == "a draft" and rows[0].input == {"topic": "t"}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("how", ["claim_many", "_claim_many_slowly"])
+def test_claiming_runs_writes_only_those_nobody_has(store: Store, how: str) -> None:
+    """Batch mode claims the runs of its items before it starts; a run another claim (or run)
+    wrote first is not this claim's."""
+
+    def rows(ids: list[str]) -> list[dict[str, object]]:
+        return [
+            {
+                "run_id": i, "definition_id": "wf", "definition_name": "WF",
+                "definition": "eclflow: 1\\n", "definition_sha256": "ab" * 32,
+                "input": {"topic": i}, "metadata": {"item": n},
+            }
+            for n, i in enumerate(ids)
+        ]  # fmt: skip
+
+    claim = getattr(store.runs, how)
+    existing = new_run(store)
+    first = [str(uuid.uuid4()) for _ in range(250)]  # more than one statement's worth
+    assert claim(rows([*first, existing]), "token-1") == set(first)
+    again = [str(uuid.uuid4()), *first[:3]]
+    assert claim(rows(again), "token-2") == {again[0]}
+    got = store.runs.get(first[0])
+    assert got.state == "pending" and got.input == {"topic": first[0]}
+    assert got.metadata == {"item": 0, "claim": "token-1"}
+    assert store.runs.get(existing).state == "running"
+    store.runs.unclaim([first[0], existing])  # only what is still pending goes
+    assert store.runs.states([first[0], existing]) == {existing: "running"}

@@ -69,7 +69,42 @@ class RunRepository:
     def claim_many(self, rows: Sequence[Mapping[str, Any]], token: str) -> set[str]:
         """Write the rows of runs that do not exist yet, `pending`, each with `token` in its
         metadata; the ids this call wrote (a run another process wrote first is not claimed).
-        `rows` are what `create` takes."""
+        `rows` are what `create` takes. A batch claims thousands at once before it starts:
+        plain SQL, a few hundred rows a statement, told by RETURNING which it wrote."""
+        import sqlite3
+
+        from .writer import _json, _now
+
+        if self._s.kind == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+            return self._claim_many_slowly(rows, token)
+        db = self._s.db
+        now = _now()
+        columns = (
+            "id, definition_id, definition_name, definition, definition_sha256, input, state, "
+            "metadata, created_at, updated_at"
+        )
+        one = "(" + ", ".join([db.param] * 10) + ")"
+        claimed: set[str] = set()
+        for start in range(0, len(rows), 200):
+            part = rows[start : start + 200]
+            params: list[Any] = []
+            for r in part:
+                meta = {**(r.get("metadata") or {}), "claim": token}
+                params += (
+                    r["run_id"], r["definition_id"], r.get("definition_name"), r["definition"],
+                    r["definition_sha256"], _json(r.get("input")), "pending", _json(meta), now,
+                    now,
+                )  # fmt: skip
+            sql = (
+                f"INSERT INTO workflows ({columns}) VALUES {', '.join([one] * len(part))} "
+                "ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+            with self._s.transaction():
+                claimed |= {row[0] for row in db.execute_sql(sql, params).fetchall()}
+        return claimed
+
+    def _claim_many_slowly(self, rows: Sequence[Mapping[str, Any]], token: str) -> set[str]:
+        """`claim_many` for SQLite before 3.35 (no RETURNING): insert, then read back."""
         M = self._m
         now = utcnow()
         claimed: set[str] = set()
