@@ -155,25 +155,10 @@ class Worker:
     def _create(
         self, run_id: str, wf: Workflow, inputs: Mapping[str, Any], model: str | None, meta: Any
     ) -> None:
-        import socket
+        from ..engine.runner import run_row
 
-        self.store.runs.create(
-            run_id=run_id,
-            definition_id=wf.id,
-            definition_name=wf.name,
-            definition=wf.source,
-            definition_sha256=wf.sha256,
-            input=dict(inputs),
-            state="running",
-            metadata={
-                "engine": "restate",
-                "model": model,
-                "path": (meta or {}).get("path"),
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                **{k: v for k, v in (meta or {}).items() if k != "path"},
-            },
-        )
+        extra = {"engine": "restate", "path": (meta or {}).get("path"), **(meta or {})}
+        self.store.runs.create(**run_row(wf, inputs, run_id, model, Budget(), extra))
 
 
 def _ups(path: str) -> int:
