@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -209,8 +210,14 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
     p.wait()
     first = len(log.read_text().splitlines())
     assert 0 < first < 80
+    with sqlite3.connect(tmp_path / "runs.db") as conn:  # claimed by the batch, never begun
+        unbegun = {i for (i,) in conn.execute("select id from workflows where state = 'pending'")}
+    assert unbegun
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "runs.db") as conn:  # claimed again, not resumed
+        meta = dict(conn.execute("select id, metadata from workflows").fetchall())
+    assert all("resumed" not in json.loads(meta[i]) for i in unbegun)
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["status"] for x in lines] == ["completed"] * 20
     total = len(log.read_text().splitlines())

@@ -185,7 +185,13 @@ async def iter_batch(
     )
     running = [run_id for run_id in ids if known.get(run_id) in ("running", "pending")]
     if running:  # the same items in another live process: both would make their calls
-        await asyncio.to_thread(_refuse_held, store, running)
+        unbegun = await asyncio.to_thread(_refuse_held, store, running)
+        # items a batch that died had claimed but not begun have no steps: claimed again with
+        # the new ones, in bulk, rather than resumed one by one
+        if unbegun:
+            await asyncio.to_thread(store.runs.unclaim, unbegun)
+            for run_id in unbegun:
+                del known[run_id]
     # The items no run has yet are claimed now, all in a few statements: written `pending`,
     # held by this process, so that another batch sharing an item resumes or refuses it
     # instead of running it too (its run id is the same there).
@@ -268,9 +274,10 @@ def _claim(
     return claimed
 
 
-def _refuse_held(store: Any, run_ids: Sequence[str]) -> None:
-    """Refuse a batch whose items another process that still runs is running."""
-    from ..store.owner import held_elsewhere
+def _refuse_held(store: Any, run_ids: Sequence[str]) -> list[str]:
+    """Refuse a batch whose items another process that still runs is running; the runs of
+    these that a process which has ended claimed and never began."""
+    from ..store.owner import held_elsewhere, holder
 
     records = store.runs.get_many(run_ids)
     held = [r for r in records.values() if held_elsewhere(r.metadata or {})]
@@ -281,6 +288,11 @@ def _refuse_held(store: Any, run_ids: Sequence[str]) -> None:
             f"{'are' if len(held) != 1 else 'is'} being run by process {', '.join(pids)}; "
             "wait for it to end, or stop it and run the batch again"
         )
+    return [
+        r.id
+        for r in records.values()
+        if r.state == "pending" and holder(r.metadata or {}) == "gone"
+    ]
 
 
 SWITCH_INTERVAL = 0.0005
