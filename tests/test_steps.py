@@ -410,3 +410,18 @@ def test_a_plugin_type_is_its_entry_point_name_and_a_broken_one_says_why(tmp_pat
     assert types["generate"] == "eclflow.steps.builtin"
     assert types["my_generate"] == types["yell"] == "more_plugin"
     assert "shout" not in types
+
+
+def test_every_step_of_a_loop_sees_its_bound_as_max_revisions() -> None:
+    from conftest import CRITIQUE_REVISE
+
+    from eclflow.spec import load_text
+    from eclflow.steps.registry import default_registry
+
+    text = CRITIQUE_REVISE.read_text().replace("max_iterations: 3", "max_iterations: 5")
+    wf = load_text(text, file=str(CRITIQUE_REVISE), base_dir=CRITIQUE_REVISE.parent)
+    registry = default_registry()
+    bounds = {s.id: registry.get(s.type)(s, wf).max_revisions for s in wf.steps}
+    assert bounds == {"generate": 5, "critique": 5, "revise": 5}
+    alone = load_text("eclflow: 1\nid: one\nsteps: [{id: g, type: generate, with: {topic: t}}]\n")
+    assert registry.get("generate")(alone.steps[0], alone).max_revisions == 3

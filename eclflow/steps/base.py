@@ -198,8 +198,14 @@ class Step:
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy.from_spec(self.spec.retry)
 
-    @property
+    @cached_property
     def max_revisions(self) -> int:
+        """The bound of the revision loop the step belongs to (as its target, validator or
+        reviser), else 3."""
+        if self.workflow is not None:
+            for loop in self.workflow.loops:
+                if self.id in (loop.reviser, loop.validator, loop.target):
+                    return loop.max_iterations
         return 3
 
     def effective_output_schema(self) -> Mapping[str, Any] | None:

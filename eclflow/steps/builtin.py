@@ -230,13 +230,6 @@ class ReviseStep(PromptStep):
     }
     output_schema: ClassVar[Mapping[str, Any]] = GenerateStep.output_schema
 
-    @cached_property
-    def max_revisions(self) -> int:  # type: ignore[override]
-        if self.workflow is not None:
-            for loop in self.workflow.loops:
-                if loop.reviser == self.id:
-                    return loop.max_iterations
-        return 3
 
     def validate_input(self, input: Mapping[str, Any]) -> None:
         if not _text(input.get("draft")).strip():
