@@ -230,7 +230,6 @@ class ReviseStep(PromptStep):
     }
     output_schema: ClassVar[Mapping[str, Any]] = GenerateStep.output_schema
 
-
     def validate_input(self, input: Mapping[str, Any]) -> None:
         if not _text(input.get("draft")).strip():
             raise ValidationError("Draft cannot be empty", field="draft")
