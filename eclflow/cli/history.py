@@ -181,14 +181,10 @@ def _run_summary(run: Any, stats: Any) -> dict[str, Any]:
 
 
 def shown_state(run: Any) -> str:
-    """The run's state as a person should see it: `interrupted` for a run still recorded
-    `running` whose process (on this host) has ended, so that nothing will finish it but
-    `eclflow resume`."""
-    if run.state not in ("running", "pending"):  # (pending: claimed by a batch, not begun)
-        return str(run.state)
-    from ..store.owner import holder
+    """The run's state as `runs` and `status` show it (see store.owner.shown_state)."""
+    from ..store.owner import shown_state as shown
 
-    return "interrupted" if holder(run.metadata or {}) == "gone" else str(run.state)
+    return shown(str(run.state), run.metadata or {})
 
 
 def _run_duration_ms(run: Any) -> int | None:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..observe.logs import shorten
-from ..store.owner import holder
+from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
 from ._common import db_option, handle_errors, open_store, say
@@ -50,7 +50,7 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
             if not follow:
                 break
             now = store.runs.get(run.id)
-            gone = now.state == "running" and holder(now.metadata or {}) == "gone"
+            gone = shown_state(now.state, now.metadata or {}) == "interrupted"
             if now.state in TERMINAL_STATES or gone:
                 # one last read: the run may have written its final events just now
                 for event in store.events.for_run(run.id, after_id=last_id):

@@ -65,6 +65,15 @@ def holder(meta: Mapping[str, Any]) -> Holder:
     return "alive"
 
 
+def shown_state(state: str, meta: Mapping[str, Any]) -> str:
+    """A run's state as a person should see it: `interrupted` for one still recorded running
+    (or pending: claimed by a batch) whose process has ended, so that nothing will finish it
+    but `eclflow resume`."""
+    if state in ("running", "pending") and holder(meta) == "gone":
+        return "interrupted"
+    return state
+
+
 def held_elsewhere(meta: Mapping[str, Any]) -> bool:
     """True when another process that is still running holds the run."""
     return meta.get("pid") != os.getpid() and holder(meta) == "alive"

@@ -66,17 +66,21 @@ class RunRepository:
             ).execute()
             return self.get(run_id)
 
-    def claim_many(self, rows: Sequence[Mapping[str, Any]], token: str) -> set[str]:
+    def claim_many(
+        self, rows: Sequence[Mapping[str, Any]], token: str, *, returning: bool | None = None
+    ) -> set[str]:
         """Write the rows of runs that do not exist yet, `pending`, each with `token` in its
         metadata; the ids this call wrote (a run another process wrote first is not claimed).
         `rows` are what `create` takes. A batch claims thousands at once before it starts:
-        plain SQL, a few hundred rows a statement, told by RETURNING which it wrote."""
+        plain SQL, a few hundred rows a statement, told by RETURNING which it wrote (SQLite
+        before 3.35 has none: the rows are read back and their token compared)."""
         import sqlite3
 
         from .writer import _json, _now
 
-        if self._s.kind == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
-            return self._claim_many_slowly(rows, token)
+        if returning is None:
+            returning = self._s.kind != "sqlite" or sqlite3.sqlite_version_info >= (3, 35)
+        M = self._m
         db = self._s.db
         now = _now()
         columns = (
@@ -97,40 +101,20 @@ class RunRepository:
                 )  # fmt: skip
             sql = (
                 f"INSERT INTO workflows ({columns}) VALUES {', '.join([one] * len(part))} "
-                "ON CONFLICT (id) DO NOTHING RETURNING id"
+                "ON CONFLICT (id) DO NOTHING" + (" RETURNING id" if returning else "")
             )
             with self._s.transaction():
-                claimed |= {row[0] for row in db.execute_sql(sql, params).fetchall()}
+                cursor = db.execute_sql(sql, params)
+                if returning:
+                    claimed |= {row[0] for row in cursor.fetchall()}
+                    continue
+                query = M.select(M.id, M.metadata).where(M.id.in_([r["run_id"] for r in part]))
+                claimed |= {r.id for r in query if (r.metadata or {}).get("claim") == token}
         return claimed
 
     def _claim_many_slowly(self, rows: Sequence[Mapping[str, Any]], token: str) -> set[str]:
-        """`claim_many` for SQLite before 3.35 (no RETURNING): insert, then read back."""
-        M = self._m
-        now = utcnow()
-        claimed: set[str] = set()
-        for start in range(0, len(rows), 200):
-            part = rows[start : start + 200]
-            values = [
-                {
-                    "id": r["run_id"],
-                    "definition_id": r["definition_id"],
-                    "definition_name": r.get("definition_name"),
-                    "definition": r["definition"],
-                    "definition_sha256": r["definition_sha256"],
-                    "input": r.get("input"),
-                    "state": "pending",
-                    "metadata": {**(r.get("metadata") or {}), "claim": token},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for r in part
-            ]
-            with self._s.transaction():
-                M.insert_many(values).on_conflict_ignore().execute()
-                ids = [r["run_id"] for r in part]
-                query = M.select(M.id, M.metadata).where(M.id.in_(ids))
-                claimed |= {r.id for r in query if (r.metadata or {}).get("claim") == token}
-        return claimed
+        """`claim_many` as on SQLite before 3.35 (no RETURNING)."""
+        return self.claim_many(rows, token, returning=False)
 
     def unclaim(self, run_ids: Iterable[str]) -> None:
         """Delete claimed runs that never started (`pending`, no steps)."""
