@@ -516,6 +516,36 @@ def test_items_completed_or_deleted_since_the_batch_began(tmp_path: Path) -> Non
     assert seen[-1].reused == 3
 
 
+def test_an_item_its_inputs_refuse_fails_without_leaving_a_claimed_run(tmp_path: Path) -> None:
+    """Through the API nothing checks the items first: one the workflow's `inputs` refuse is a
+    failed result, and no run of it is left `pending` in the journal."""
+    import asyncio
+
+    from eclflow.engine.batch import run_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+    from eclflow.store import open_store
+
+    items = [{"topic": "fine"}, {"topic": ""}, {"subject": "no topic"}]
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        results = asyncio.run(
+            run_batch(
+                load(CRITIQUE_REVISE), items, concurrency=3, model="mock/t", store=store,
+                mock_responses=MockProvider(
+                    {"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}}
+                ),
+            )
+        )  # fmt: skip
+    finally:
+        store.close()
+    assert [r.status for r in results] == ["completed", "failed", "failed"]
+    assert "topic" in (results[2].error or "")
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        states = [s for (s,) in conn.execute("select state from workflows")]
+    assert states == ["completed"]
+
+
 def test_an_item_is_known_by_its_content_so_an_edited_batch_reuses_its_finished_items(
     tmp_path: Path,
 ) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import EclflowError, InvalidState, RunNotFound
+from ..graph.plan import compile_plan
 from ..llm import MockProvider
 from ..spec.model import Budget, Workflow
 from .result import RunResult
@@ -261,15 +262,21 @@ def _claim(
     budget: Budget | None,
     batch: str,
 ) -> set[str]:
-    """Write the runs of these items `pending`; the ids this process claimed."""
+    """Write the runs of these items `pending`; the ids this process claimed. An item its
+    workflow's `inputs` refuse is not claimed: its run fails before it starts, and a claim
+    would stay `pending` for nobody."""
     chosen = runner.default_model(workflow, model)
     limits = runner._limits(workflow, runner.as_budget(budget))
+    accepts = compile_plan(workflow).input_validator.is_valid
     rows = [
         runner.run_row(
             workflow, items[i], ids[i], chosen, limits, {"batch": batch, "item": i}, "pending"
         )
         for i in indexes
+        if isinstance(items[i], Mapping) and accepts(dict(items[i]))
     ]
+    if not rows:
+        return set()
     claimed: set[str] = store.runs.claim_many(rows, uuid.uuid4().hex)
     return claimed
 
