@@ -902,3 +902,43 @@ def test_a_plugin_prompt_step_may_give_its_prompt_in_code() -> None:
 def test_max_revisions_is_for_model_steps_only() -> None:
     (d,) = diagnose(MINIMAL.replace("hello {{ who }}", "at most {{ max_revisions }}"))
     assert d.code == "E302" and "'max_revisions'" in d.message
+
+
+LLM_LOOP = """\
+eclflow: 1
+id: llm-loop
+model: mock/x
+steps:
+  - {id: draft, type: llm, template: "write"}
+  - id: judge
+    type: llm
+    template: "judge {{ steps.draft.output.text }}"
+    depends_on: [draft]
+    output_schema: %s
+  - {id: fix, type: llm, template: "fix {{ loop.feedback }}", depends_on: [judge]}
+transitions:
+  - {type: revision_loop, validator: judge, reviser: fix, target: draft, max_iterations: 2}
+"""
+
+
+@pytest.mark.parametrize(
+    ("schema", "never"),
+    [
+        ("{type: object, properties: {decision: {type: string}}}", False),
+        ("{type: object, properties: {decision: {enum: [pass, Revise]}}}", False),
+        ("{type: object}", False),
+        ("{$ref: '#/$defs/v', $defs: {v: {type: object}}}", False),
+        ("{type: string}", True),
+        ("{type: object, properties: {score: {type: number}}, additionalProperties: false}", True),
+        ("{type: object, properties: {decision: {enum: [pass, ok]}}}", True),
+        ("{type: object, properties: {decision: {const: pass}}}", True),
+        ("{type: object, properties: {decision: {type: boolean}}}", True),
+    ],
+)
+def test_an_llm_validator_whose_output_schema_cannot_say_revise_is_e207(
+    schema: str, never: bool
+) -> None:
+    found = [d for d in diagnose(LLM_LOOP % schema) if d.code == "E207"]
+    assert bool(found) == never, found
+    if never:
+        assert "output_schema does not admit `decision: revise`" in found[0].message

@@ -275,12 +275,16 @@ class _Checker:
                 self.broken_loop(t)
                 continue
             if self.never_revises(t.validator):
-                vtype = self.wf.step(t.validator).type
+                v = self.wf.step(t.validator)
+                why = (
+                    "its output has no decision"
+                    if v.output_schema is None
+                    else "its output_schema does not admit `decision: revise`"
+                )
                 self.error(
                     ["transitions", i, "validator"],
                     "E207",
-                    f"validator '{t.validator}' (type {vtype}) never asks for a revision: "
-                    "its output has no decision",
+                    f"validator '{t.validator}' (type {v.type}) never asks for a revision: {why}",
                     "use a critique step, or an llm step whose output_schema has `decision`",
                 )
                 self.broken_loop(t)
@@ -323,7 +327,7 @@ class _Checker:
         cls = self.registry.get(s.type)
         if cls in (GenerateStep, ReviseStep, TemplateStep):
             return True
-        return cls is LLMStep and s.output_schema is None
+        return cls is LLMStep and not _may_hold_revise(s.output_schema)
 
     def broken_loop(self, t: RevisionLoop) -> None:
         """A loop already reported: its reviser may read what a reviser may (every step,
@@ -745,3 +749,29 @@ class _Scope:
             f"unknown variable '{root}' in {self.where}",
             _did_you_mean(root, names) or "expressions see input, steps, loop, loops and env",
         )
+
+
+def _may_hold_revise(schema: Any) -> bool:
+    """Whether an llm step's `output_schema` admits `decision: revise`, which is how such a
+    step asks its loop for a revision. Schemas built from `$ref`, `anyOf` and the like are
+    trusted."""
+    if not isinstance(schema, Mapping):
+        return schema is True
+    if any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "if", "not")):
+        return True
+    kind = schema.get("type", "object")
+    if "object" not in (kind if isinstance(kind, list) else [kind]):
+        return False
+    properties = schema.get("properties")
+    decision = properties.get("decision") if isinstance(properties, Mapping) else None
+    if decision is None:
+        return (
+            schema.get("additionalProperties", True) is not False or "patternProperties" in schema
+        )
+    if not isinstance(decision, Mapping):
+        return decision is not False
+    allowed = decision.get("enum", [decision["const"]] if "const" in decision else None)
+    if isinstance(allowed, list):
+        return any(isinstance(v, str) and v.strip().lower() == "revise" for v in allowed)
+    dtype = decision.get("type", "string")
+    return "string" in (dtype if isinstance(dtype, list) else [dtype])
