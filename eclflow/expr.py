@@ -223,17 +223,18 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
     for n in tree.find_all((nodes.Test, nodes.Filter)):
         if n.name in _GUARDS and n.node is not None:
             chain = _path_of(n.node)
-            if chain is not None and chain[0] != "steps":  # (a step's name is still checked)
+            if chain is not None:
                 guarded.add(chain)
     paths: list[tuple[str, ...]] = []
 
     def walk(node: nodes.Node) -> None:
         chain = _path_of(node)
         if chain is not None:
-            if chain[0] not in bound and not any(
-                chain[: len(g)] == g or g[: len(chain)] == chain for g in guarded
-            ):
-                paths.append(chain)
+            if chain[0] not in bound:
+                if not any(chain[: len(g)] == g or g[: len(chain)] == chain for g in guarded):
+                    paths.append(chain)
+                elif chain[0] == "steps":  # a guarded field of a step: its name is still read
+                    paths.append(chain[:3])
             return
         for child in node.iter_child_nodes():
             walk(child)

@@ -140,14 +140,18 @@ CASES = {
         ),
         "'a ==='",
     ),
-    "E302 unknown root": ("E302", sub('"{{ input.topic }}"', '"{{ inputs.topic }}"'), '"{{ inputs'),
+    "E302 unknown root": (
+        "E302",
+        sub('"{{ input.topic }}"', '"{{ inputs.topic }}"'),
+        "inputs.topic",
+    ),
     "E302 unknown step field": (
         "E302",
         sub(
             'final_text: "{{ steps.generate.output.draft }}"',
             'final_text: "{{ steps.generate.outputs }}"',
         ),
-        '"{{ steps.generate.outputs',
+        "steps.generate.outputs",
     ),
     "E302 prompt variable": (
         "E302",
@@ -157,20 +161,20 @@ CASES = {
     "E303 not upstream": (
         "E303",
         sub('{topic: "{{ input.topic }}"}', '{topic: "{{ steps.critique.output.critique }}"}'),
-        '"{{ steps.critique',
+        "steps.critique.output.critique",
     ),
     "E303 not a step": (
         "E303",
         sub('"{{ loops.critique.revisions }}"', '"{{ steps.nope.status }}"'),
-        '"{{ steps.nope',
+        "steps.nope",
     ),
     "E304 loop outside loop": (
         "E304",
         sub('"{{ loops.critique.revisions }}"', '"{{ loop.iteration }}"'),
-        '"{{ loop.iteration }}"\n',
+        'loop.iteration }}"\n',
         2,
     ),
-    "E305 env undeclared": ("E305", sub('"{{ input.topic }}"', '"{{ env.HOME }}"'), '"{{ env.HOME'),
+    "E305 env undeclared": ("E305", sub('"{{ input.topic }}"', '"{{ env.HOME }}"'), "env.HOME"),
     "E401 prompt missing": (
         "E401",
         sub("../templates/generate.j2", "../templates/gone.j2"),
@@ -216,12 +220,12 @@ CASES = {
     "E303 loops count before its loop ran": (
         "E303",
         sub('{topic: "{{ input.topic }}"}', '{topic: "{{ loops.critique.revisions }}"}'),
-        '"{{ loops.critique.revisions }}"}',
+        'loops.critique.revisions }}"}',
     ),
     "E302 unknown loops field": (
         "E302",
         sub('"{{ loops.critique.revisions }}"', '"{{ loops.critique.nope }}"'),
-        '"{{ loops.critique.nope',
+        "loops.critique.nope",
     ),
     "E207 validator never revises": (
         "E207",
@@ -834,7 +838,7 @@ def test_errors_inside_a_block_scalar_point_at_their_line() -> None:
         "        ok\n        {{ x }\n",
     )
     got = {d.code: (d.location.line, d.location.col) for d in diagnose(text)}
-    assert got["E302"] == located(text, "{{ inptu")
+    assert got["E302"] == located(text, "inptu.q")
     assert got["E301"] == located(text, "{{ x }")
 
 
@@ -942,3 +946,89 @@ def test_an_llm_validator_whose_output_schema_cannot_say_revise_is_e207(
     assert bool(found) == never, found
     if never:
         assert "output_schema does not admit `decision: revise`" in found[0].message
+
+
+def test_a_field_a_steps_output_does_not_have_is_e302_at_its_use() -> None:
+    """Fields of built-in outputs are known: a typo fails at validate, not after the calls
+    before it were paid for; the location is the use, in a `|` block on its own line."""
+    text = sub('"{{ steps.generate.output.draft }}"}', '"{{ steps.generate.output.drat }}"}')
+    (d,) = diagnose(text)
+    assert (d.code, d.message, d.hint) == (
+        "E302",
+        "steps.generate.output.drat does not exist",
+        "did you mean 'draft'?",
+    )
+    assert (d.location.line, d.location.col) == located(text, "steps.generate.output.drat")
+    text = sub(
+        '  final_text: "{{ steps.generate.output.draft }}"',
+        "  final_text: |\n    {{ steps.generate.output.draft }}\n"
+        "    {{ steps.critique.output.feedback }} {{ steps.critique.output.verdict }}",
+    )
+    (d,) = diagnose(text)
+    assert d.message == "steps.critique.output.verdict does not exist"
+    assert "decision, feedback" in (d.hint or "")
+    assert (d.location.line, d.location.col) == located(text, "steps.critique.output.verdict")
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        "steps.critique.output.quality_score",
+        "steps.critique.output.get('score')",
+        "steps.critique.output.scores | default(0)",
+        "steps.critique.output.scores is defined",
+    ],
+)
+def test_fields_a_template_guards_or_a_mapping_method_are_not_flagged(use: str) -> None:
+    text = sub('"{{ loops.critique.revisions }}"', '"{{ %s }}"' % use)
+    assert diagnose(text) == []
+
+
+OUTPUT_OF = """\
+eclflow: 1
+id: fields
+model: mock/x
+steps:
+  - {id: a, type: llm, template: "write"%s}
+  - {id: b, type: template, template: "{{ x }}", depends_on: [a],
+     with: {x: "{{ steps.a.output.%s }}"}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("schema", "field", "ok"),
+    [
+        ("", "text", True),
+        ("", "draft", False),
+        (", output_schema: {type: object}", "anything", True),
+        (", output_schema: {type: object, properties: {n: {}}}", "m", True),
+        (", output_schema: {type: object, properties: {n: {}}, additionalProperties: false}",
+         "n", True),
+        (", output_schema: {type: object, properties: {n: {}}, additionalProperties: false}",
+         "m", False),
+    ],
+)  # fmt: skip
+def test_an_llm_steps_fields_are_known_without_a_schema_or_with_a_closed_one(
+    schema: str, field: str, ok: bool
+) -> None:
+    codes = [d.code for d in diagnose(OUTPUT_OF % (schema, field))]
+    assert codes == ([] if ok else ["E302"])
+
+
+def test_a_loop_targets_output_has_what_its_reviser_writes_too() -> None:
+    text = """\
+eclflow: 1
+id: mixed
+model: mock/x
+steps:
+  - {id: a, type: llm, template: "write"}
+  - {id: c, type: critique, depends_on: [a], with: {draft: "{{ steps.a.output.text }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "x", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: revision_loop, validator: c, reviser: r, target: a, max_iterations: 2}
+output: {t: "{{ steps.a.output.text }}", d: "{{ steps.a.output.draft }}"}
+"""
+    assert diagnose(text) == []
+    (d,) = diagnose(text.replace("output.draft }}", "output.drafts }}"))
+    assert d.code == "E302" and d.message == "steps.a.output.drafts does not exist"

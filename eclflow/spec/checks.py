@@ -20,6 +20,8 @@ _JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "name
 _STEP_FIELDS = ("output", "status", "versions")
 _LOOP_FIELDS = ("iteration", "max_iterations", "feedback", "history")
 _LOOPS_FIELDS = ("revisions",)
+# what a template may call on a step's output (a mapping) besides reading its fields
+_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
 
 
 def semantic_checks(
@@ -60,31 +62,44 @@ class _Checker:
         msg: str,
         hint: str | None = None,
         *,
-        line: int | None = None,
+        at: tuple[int, int] | None = None,
     ) -> None:
-        """`line`: 1-based line within the string at `path`, for a `|` block scalar."""
+        """`at`: (line, column), 1-based, within the string at `path` (column 0: the line's
+        first character)."""
         loc = self.at(path)
-        if line is not None:
-            loc = self.in_block(path, loc, line)
+        if at is not None:
+            loc = self.within(path, loc, *at)
         self.out.append(Diagnostic(loc, code, msg, hint))
 
-    def in_block(self, path: Sequence[Any], loc: Location, line: int) -> Location:
-        """The location of line `line` of a literal block scalar (`|`), whose own location is
-        its indicator; any other value keeps `loc`."""
+    def within(self, path: Sequence[Any], loc: Location, line: int, column: int) -> Location:
+        """The location of a place in the string at `path`: in a literal block scalar (`|`),
+        whose own location is its indicator, or in a one-line scalar; otherwise `loc`."""
         node: Any = self.located.doc
         try:
             for part in path:
                 node = node[part]
         except Exception:
             return loc
-        if type(node).__name__ != "LiteralScalarString":
-            return loc
         source = self.wf.source.splitlines()
+        if type(node).__name__ != "LiteralScalarString":
+            # a one-line scalar, plain or quoted: where its text from the use on stands
+            if not isinstance(node, str) or "\n" in node or line != 1 or column <= 0:
+                return loc
+            if not 0 < loc.line <= len(source):
+                return loc
+            found = source[loc.line - 1].find(node[column - 1 :][:40], loc.col - 1)
+            return loc if found < 0 else Location(loc.file, loc.line, found + 1)
         at = loc.line + line - 1  # 0-based index of the line: the text starts after the `|`
         if not 0 <= at < len(source):
             return loc
         text = source[at]
-        return Location(loc.file, at + 1, len(text) - len(text.lstrip()) + 1)
+        indent = len(text) - len(text.lstrip())
+        if column > 0:  # the block's lines are the source's without the block's indentation
+            lines = str(node).splitlines()
+            within = lines[line - 1] if line <= len(lines) else ""
+            start = text.rfind(within) if within else -1
+            return Location(loc.file, at + 1, (start if start >= 0 else indent) + column)
+        return Location(loc.file, at + 1, indent + 1)
 
     def warn(self, path: Sequence[Any], code: str, msg: str, hint: str | None = None) -> None:
         self.out.append(Diagnostic(self.at(path), code, msg, hint, "warning"))
@@ -354,6 +369,7 @@ class _Checker:
     def check_templates(self) -> None:
         loops = {t.validator for t in self.wf.loops}
         members = self.loop_members()
+        fields = self.output_fields()
 
         def after(step: str, upstream: set[str]) -> set[str]:
             """The loops whose count `step` can read: it is not in them, and waits for them."""
@@ -370,6 +386,7 @@ class _Checker:
                 loops,
                 set(self.wf.env),
                 after(s.id, upstream),
+                fields,
             )
             raw = self.data["steps"][i]
             for path, text in _strings(raw.get("with"), ["steps", i, "with"]):
@@ -385,13 +402,43 @@ class _Checker:
                     loops,
                     set(self.wf.env),
                     after(t.to, allowed),
+                    fields,
                 )
                 when = self.data["transitions"][i]["when"]
                 if isinstance(when, str):
                     self.expression(["transitions", i, "when"], when, scope, whole=True)
-        scope = _Scope("output", self.known, False, loops, set(self.wf.env), loops)
+        scope = _Scope("output", self.known, False, loops, set(self.wf.env), loops, fields)
         for path, text in _strings(self.data.get("output"), ["output"]):
             self.expression(path, text, scope, whole=False)
+
+    def output_fields(self) -> dict[str, frozenset[str] | None]:
+        """The fields each step's output has, where its type fixes them (None: not known). A
+        loop's target also gives what its reviser writes in its place."""
+        from ..steps.builtin import CritiqueStep, GenerateStep, LLMStep, ReviseStep, TemplateStep
+
+        fixed: dict[Any, frozenset[str]] = {
+            GenerateStep: frozenset({"draft"}),
+            ReviseStep: frozenset({"draft"}),
+            CritiqueStep: frozenset({"decision", "critique", "feedback", "quality_score"}),
+            TemplateStep: frozenset({"text"}),
+        }
+        fields: dict[str, frozenset[str] | None] = {}
+        for s in self.wf.steps:
+            cls = self.registry.get(s.type) if s.type in self.registry else None
+            if cls is None:
+                fields[s.id] = None
+            elif cls in fixed:
+                fields[s.id] = fixed[cls]
+            elif cls is LLMStep:
+                closed = _closed_fields(s.output_schema)
+                fields[s.id] = frozenset({"text"}) if s.output_schema is None else closed
+            else:  # a plugin type: what its own schema closes, if it does
+                fields[s.id] = _closed_fields(s.output_schema or cls.output_schema)
+        for t in self.wf.loops:
+            target, reviser = fields.get(t.target), fields.get(t.reviser)
+            if t.target in fields:
+                fields[t.target] = None if target is None or reviser is None else target | reviser
+        return fields
 
     def expression(self, path: list[Any], text: str, scope: _Scope, *, whole: bool) -> None:
         import jinja2
@@ -421,7 +468,12 @@ class _Checker:
                     return
                 tree = expr.parse(text)
         except jinja2.TemplateSyntaxError as e:
-            self.error(path, "E301", f"template does not parse: {e.message}", line=e.lineno)
+            self.error(
+                path,
+                "E301",
+                f"template does not parse: {e.message}",
+                at=(e.lineno, 0) if e.lineno else None,
+            )
             return
         except Exception as e:  # the sandbox's parser on absurd input
             self.error(path, "E301", f"template does not parse: {type(e).__name__}")
@@ -435,7 +487,7 @@ class _Checker:
             problem = scope.check(p, self.ids)
             if problem is not None:
                 code, msg, hint = problem
-                self.error(path, code, msg, hint, line=_line_of(text, p))
+                self.error(path, code, msg, hint, at=_position_of(text, p))
 
     def prompt_templates(self, i: int, s: Any, raw: Mapping[str, Any]) -> None:
         import jinja2
@@ -604,14 +656,17 @@ class _Checker:
                 )
 
 
-def _line_of(text: str, path: tuple[str, ...]) -> int | None:
-    """The first line (1-based) of `text` that names `path` (`steps.zz`), if one does."""
+def _position_of(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
+    """Where (1-based line and column) `text` first names `path` (`steps.a.output.x`), or as
+    long a start of it as it names: the line of the use, not of the first mention."""
     import re
 
-    pattern = re.compile(r"\b" + r"\s*\.\s*".join(map(re.escape, path[:2])) + r"\b")
-    for n, line in enumerate(text.splitlines(), 1):
-        if pattern.search(line):
-            return n
+    for n in range(len(path), 0, -1):
+        pattern = re.compile(r"\b" + r"\s*\.\s*".join(map(re.escape, path[:n])) + r"\b")
+        for number, line in enumerate(text.splitlines(), 1):
+            found = pattern.search(line)
+            if found:
+                return number, found.start() + 1
     return None
 
 
@@ -665,8 +720,10 @@ class _Scope:
         loops: set[str],
         env: set[str],
         loops_done: set[str],
+        fields: Mapping[str, frozenset[str] | None],
     ) -> None:
         self.where = where
+        self.fields = fields  # step → the fields of its output, where known
         self.steps = steps
         self.in_loop = in_loop
         self.loops = loops
@@ -694,6 +751,20 @@ class _Scope:
                     "E302",
                     f"steps.{name}.{p[2]} does not exist",
                     _did_you_mean(p[2], _STEP_FIELDS) or "use output, status or versions",
+                )
+            known = self.fields.get(name)
+            if (
+                len(p) >= 4
+                and p[2] == "output"
+                and known is not None
+                and p[3] not in known
+                and p[3] not in _MAPPING_METHODS
+            ):
+                return (
+                    "E302",
+                    f"steps.{name}.output.{p[3]} does not exist",
+                    _did_you_mean(p[3], sorted(known))
+                    or f"the output of '{name}' has {', '.join(sorted(known))}",
                 )
             return None
         if root == "loop":
@@ -775,3 +846,14 @@ def _may_hold_revise(schema: Any) -> bool:
         return any(isinstance(v, str) and v.strip().lower() == "revise" for v in allowed)
     dtype = decision.get("type", "string")
     return "string" in (dtype if isinstance(dtype, list) else [dtype])
+
+
+def _closed_fields(schema: Any) -> frozenset[str] | None:
+    """The fields an object schema allows when it allows no others; None when it is open or
+    built from parts (`$ref`, `anyOf`, …) this check does not follow."""
+    if not isinstance(schema, Mapping) or schema.get("additionalProperties", True) is not False:
+        return None
+    if any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "if", "patternProperties")):
+        return None
+    properties = schema.get("properties", {})
+    return frozenset(properties) if isinstance(properties, Mapping) else None
