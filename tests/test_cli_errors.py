@@ -146,3 +146,37 @@ def test_a_run_or_step_that_does_not_exist_is_invalid_input(
     r = cli(*[run_id if a == "RUN" else a for a in args], env=env)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_a_value_the_inputs_declare_a_string_stays_the_text_typed(tmp_path: Path) -> None:
+    """`-i topic=2024` is the topic "2024" (the input is a string), not the number 2024 that
+    the input schema then refused."""
+    script = tmp_path / "script.yaml"
+    script.write_text('generate: "draft"\ncritique: {content: {decision: pass, critique: fine}}\n')
+    r = cli(
+        "run", WF, "-i", "topic=2024", "-m", "mock/x", "--mock-responses", str(script),
+        "--json", "--no-journal",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("declared", "raw", "value"),
+    [
+        ({"type": "string"}, "2024", "2024"),
+        ({"type": "string"}, "true", "true"),
+        ({"type": "string"}, "1.5", "1.5"),
+        ({"type": ["string", "integer"]}, "2024", 2024),
+        ({"type": ["string", "integer"]}, "1.5", "1.5"),
+        ({"type": ["string", "number"]}, "1.5", 1.5),
+        ({"type": "integer"}, "2024", 2024),
+        ({}, "2024", 2024),
+        ({"type": "boolean"}, "true", True),
+    ],
+)
+def test_typed_values_follow_the_inputs_schema(declared: dict, raw: str, value: object) -> None:
+    from eclflow.cli.run import parse_inputs
+
+    schema = {"type": "object", "properties": {"x": declared}}
+    assert parse_inputs((f"x={raw}",), None, schema) == {"x": value}

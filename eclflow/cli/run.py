@@ -25,8 +25,11 @@ from ._common import (
 )
 
 
-def parse_inputs(pairs: tuple[str, ...], input_file: Path | None) -> dict[str, Any]:
-    """`--input-file` (JSON or YAML) first, then each `-i key=value` (a YAML scalar) on top."""
+def parse_inputs(
+    pairs: tuple[str, ...], input_file: Path | None, schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`--input-file` (JSON or YAML) first, then each `-i key=value` (a YAML scalar) on top.
+    A value the workflow's `inputs` declare a string stays the text typed (`topic=2024`)."""
     from ruamel.yaml import YAML, YAMLError
 
     yaml = YAML(typ="safe", pure=True)
@@ -53,8 +56,23 @@ def parse_inputs(pairs: tuple[str, ...], input_file: Path | None) -> dict[str, A
             value = raw
         if not isinstance(value, str | int | float | bool) or value is None:
             value = raw
+        if not isinstance(value, str) and _wants_text(schema, key.strip(), value):
+            value = raw
         data[key.strip()] = value
     return data
+
+
+def _wants_text(schema: Mapping[str, Any] | None, key: str, value: Any) -> bool:
+    """Whether the `inputs` schema declares `key` a string and not the type `value` has."""
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    declared = properties.get(key) if isinstance(properties, Mapping) else None
+    kind = declared.get("type") if isinstance(declared, Mapping) else None
+    kinds = kind if isinstance(kind, list) else [kind]
+    if "string" not in kinds:
+        return False
+    if isinstance(value, bool):
+        return "boolean" not in kinds
+    return "number" not in kinds and (isinstance(value, float) or "integer" not in kinds)
 
 
 class LiveView:
@@ -345,7 +363,7 @@ def run_cmd(
     workflow = load(file)
     if mock_responses is not None:
         _check_mock_is_used(workflow, model)
-    inputs = parse_inputs(pairs, input_file)
+    inputs = parse_inputs(pairs, input_file, workflow.inputs)
     budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
     if engine == "restate":
