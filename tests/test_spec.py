@@ -980,7 +980,7 @@ def test_a_field_a_steps_output_does_not_have_is_e302_at_its_use() -> None:
     ],
 )
 def test_fields_a_template_guards_or_a_mapping_method_are_not_flagged(use: str) -> None:
-    text = sub('"{{ loops.critique.revisions }}"', '"{{ %s }}"' % use)
+    text = sub('"{{ loops.critique.revisions }}"', f'"{{{{ {use} }}}}"')
     assert diagnose(text) == []
 
 
