@@ -490,6 +490,46 @@ async def test_engine_run_is_journaled_and_resumes_from_the_store(store: Store) 
     assert store.runs.get(run.id).output == {"final_text": "v2b", "revision_count": 1}
 
 
+async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
+    store: Store, tmp_path: Path
+) -> None:
+    """The rest of a run would use the edited prompt (or file) with the results of the old:
+    refused unless forced, naming what changed."""
+    import shutil
+
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+
+    (tmp_path / "wf").mkdir()
+    shutil.copytree(CRITIQUE_REVISE.parent.parent / "templates", tmp_path / "templates")
+    wf = tmp_path / "wf" / "critique_revise.yaml"
+    wf.write_text(CRITIQUE_REVISE.read_text())
+    revise = {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}}
+    failing = MockProvider(
+        {"generate": "v1", "critique#1": revise, "revise#1": {"error": "auth_error"}}
+    )
+    first = await runner.run(
+        wf, {"topic": "tides"}, model="mock/x", mock_responses=failing, store=store
+    )
+    assert first.status == "failed"
+    assert list(store.runs.get(first.run_id).metadata["prompts"]) == [
+        str(tmp_path / "templates" / "generate.j2")
+    ]
+    rest = {"revise#1": "v2", "critique#2": {"content": {"decision": "pass", "critique": "ok"}}}
+
+    prompt = tmp_path / "templates" / "generate.j2"
+    prompt.write_text(prompt.read_text() + "\nBe brief.\n")
+    with pytest.raises(InvalidState, match=r"generate\.j2 changed since run .* --force"):
+        await runner.resume(first.run_id, store=store, mock_responses=MockProvider(rest))
+    wf.write_text(wf.read_text() + "\n# edited\n")
+    with pytest.raises(InvalidState, match=r"critique_revise\.yaml changed since run"):
+        await runner.resume(first.run_id, store=store, mock_responses=MockProvider(rest))
+    done = await runner.resume(
+        first.run_id, store=store, mock_responses=MockProvider(rest), force=True
+    )
+    assert done.status == "completed" and done.output["final_text"] == "v2"
+
+
 # --- opening: URLs, settings, migrations ---------------------------------------------------------
 
 

@@ -460,7 +460,9 @@ def run_cmd(
 @_budget_options
 @db_option
 @click.option(
-    "--force", is_flag=True, help="Resume even if the workflow file changed since the run started."
+    "--force",
+    is_flag=True,
+    help="Resume even if the workflow file or a prompt file changed since the run started.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--quiet", "-q", is_flag=True, help="No step lines; print only the summary.")

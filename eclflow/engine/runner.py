@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
@@ -294,6 +295,31 @@ def _limits(wf: Workflow, override: Budget | None) -> Budget:
     )
 
 
+_digests: dict[tuple[Path, int, int], str] = {}
+
+
+def prompt_digests(wf: Workflow) -> dict[str, str]:
+    """A digest of each prompt file the steps of `wf` read, as the file is now: recorded with a
+    run, so that resume can tell that a prompt was edited since."""
+    out: dict[str, str] = {}
+    for step in wf.steps:
+        path = step.prompt
+        if path is None or str(path) in out:
+            continue
+        try:
+            st = path.stat()
+            key = (path, st.st_mtime_ns, st.st_size)
+            digest = _digests.get(key)
+            if digest is None:
+                if len(_digests) >= 1024:
+                    _digests.clear()
+                digest = _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError:
+            digest = "unreadable"
+        out[str(path)] = digest
+    return out
+
+
 def run_row(
     wf: Workflow,
     inputs: Mapping[str, Any],
@@ -317,6 +343,7 @@ def run_row(
         metadata={
             "model": model,
             "path": str(wf.path) if wf.path else None,
+            **({"prompts": prompts} if (prompts := prompt_digests(wf)) else {}),
             **this_process(),
             **(metadata or {}),
             **(
@@ -449,6 +476,13 @@ def _take_over(
                     "resume with --force to continue with the file as it is now"
                 )
             wf = load(path)
+    recorded = meta.get("prompts") or {}
+    edited = [p for p, d in prompt_digests(wf).items() if recorded.get(p, d) != d]
+    if edited and not force:
+        raise InvalidState(
+            f"{edited[0]} changed since run {record.id[:8]} started; "
+            "resume with --force to continue with the prompt as it is now"
+        )
     chosen = model or meta.get("model") or default_model(wf, None)
     check_models(compile_plan(wf), providers, chosen)
     stored = meta.get("budget") or {}
