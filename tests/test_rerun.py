@@ -60,7 +60,7 @@ def test_a_run_of_another_workflow_is_refused(tmp_path: Path) -> None:
     env, old = first_run(tmp_path)
     other = tmp_path / "other.yaml"
     text = CRITIQUE_REVISE.read_text().replace("id: critique-revise", "id: other-flow", 1)
-    other.write_text(text.replace("../templates/", f"{CRITIQUE_REVISE.parent.parent}/templates/"))
+    other.write_text(text)
     r = eclflow(
         *("run", str(other), "--from", "critique", "--run", old[:8]),
         *("--model", "mock/x", "--mock-responses", str(tmp_path / "all.json")),

@@ -47,8 +47,11 @@ pytestmark = pytest.mark.restate
 
 
 def critique_revise(tmp_path: Path) -> Workflow:
-    """The bundled workflow with millisecond retry delays, its prompts still `../templates/…`."""
-    text = CRITIQUE_REVISE.read_text()
+    """The bundled workflow with millisecond retry delays, its prompt a file of its own in
+    `../templates/`."""
+    text = CRITIQUE_REVISE.read_text().replace(
+        "prompt: generate.j2", "prompt: ../templates/generate.j2"
+    )
     text = text.replace("initial_delay: 1s", "initial_delay: 5ms").replace(
         "max_delay: 10s", "max_delay: 10ms"
     )

@@ -30,7 +30,6 @@ def critique_revise(tmp_path: Path, *, on_exhausted: str = "fail", max_iteration
     )
     text = text.replace("on_exhausted: fail", f"on_exhausted: {on_exhausted}")
     text = text.replace("max_iterations: 3", f"max_iterations: {max_iterations}")
-    text = text.replace("prompt: ../templates/generate.j2", "prompt: generate.j2")
     path = tmp_path / "critique_revise.yaml"
     path.write_text(text)
     return path

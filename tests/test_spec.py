@@ -177,7 +177,7 @@ CASES = {
     "E305 env undeclared": ("E305", sub('"{{ input.topic }}"', '"{{ env.HOME }}"'), "env.HOME"),
     "E401 prompt missing": (
         "E401",
-        sub("../templates/generate.j2", "../templates/gone.j2"),
+        sub("prompt: generate.j2", "prompt: ../templates/gone.j2"),
         "../templates/gone.j2",
     ),
     "E402 no prompt": ("E402", MINIMAL.replace('    template: "hello {{ who }}"\n', ""), "a\n"),
@@ -495,9 +495,7 @@ def test_validate_bundled_files() -> None:
 
 def test_validate_reports_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        sub("../templates/generate.j2", "generate.j2", sub("to: critique}", "to: critque}"))
-    )
+    bad.write_text(sub("to: critique}", "to: critque}"))
     r = run_cli("validate", str(bad))
     assert r.returncode == 1
     line, col = located(bad.read_text(), "critque")

@@ -503,7 +503,11 @@ async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
     (tmp_path / "wf").mkdir()
     shutil.copytree(CRITIQUE_REVISE.parent.parent / "templates", tmp_path / "templates")
     wf = tmp_path / "wf" / "critique_revise.yaml"
-    wf.write_text(CRITIQUE_REVISE.read_text())
+    wf.write_text(
+        CRITIQUE_REVISE.read_text().replace(
+            "prompt: generate.j2", "prompt: ../templates/generate.j2"
+        )
+    )
     revise = {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}}
     failing = MockProvider(
         {"generate": "v1", "critique#1": revise, "revise#1": {"error": "auth_error"}}
