@@ -180,3 +180,25 @@ def test_typed_values_follow_the_inputs_schema(declared: dict, raw: str, value: 
 
     schema = {"type": "object", "properties": {"x": declared}}
     assert parse_inputs((f"x={raw}",), None, schema) == {"x": value}
+
+
+@pytest.mark.parametrize("args", [["steps"], ["graph", WF], ["runs"]])
+def test_a_reader_that_goes_away_is_141_for_commands_that_print_through_rich(
+    args: list[str], tmp_path: Path
+) -> None:
+    """rich handles the broken pipe itself and exits 1 ("the run failed"); the shell's status
+    for a process its reader left is 141, as for every other command."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")},
+        "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+    }
+    p = subprocess.Popen(
+        [sys.executable, "-m", "eclflow", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # long before the interpreter has started and printed anything
+    assert p.wait(timeout=60) == 141
+    assert p.stderr.read() == b""

@@ -15,17 +15,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def stderr_console() -> Any:
+@functools.cache
+def _console_class() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own exits 1, which says the run failed: the reader going away is
+            # `handle_errors`' to report, with 141 as for every other command
+            raise BrokenPipeError
+
+    return _Console
+
+
+def stderr_console() -> Any:
+    return _console_class()(stderr=True, highlight=False)
 
 
 def stdout_console() -> Any:
     """Rich on stdout; wide when stdout is not a terminal, so piped tables are not cut."""
-    from rich.console import Console
-
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return _console_class()(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
