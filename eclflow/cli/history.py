@@ -222,14 +222,18 @@ def _run_duration_ms(run: Any) -> int | None:
     envvar="ECLFLOW_ENGINE",
     help="restate: ask Restate (give the full run id).",
 )
-@click.option("--restate-url", metavar="URL", help="Restate's ingress URL.")
+@click.option(
+    "--restate-url",
+    metavar="URL",
+    help="Restate's ingress (default: ECLFLOW_RESTATE_URL, else http://127.0.0.1:8080).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 @db_option
 @handle_errors
 def status_cmd(
     run_id: str, fmt: str, engine: str, restate_url: str | None, as_json: bool, db: str | None
 ) -> None:
-    """The state of RUN_ID and of each of its steps."""
+    """The state of RUN_ID (any unique prefix) and of each of its steps."""
     fmt = "json" if as_json else fmt
     if engine == "restate":
         from ..restate.client import status
@@ -364,8 +368,8 @@ def _by_key(rows: Iterable[Any]) -> list[dict[str, Any]]:
 @db_option
 @handle_errors
 def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> None:
-    """Everything recorded about RUN_ID: input, output, and every step execution with its
-    rendered input, output, feedback, error and traces."""
+    """Everything recorded about RUN_ID (any unique prefix): input, output, and every step
+    execution with its rendered input, output, feedback, error and traces."""
     with open_store(db) as store:
         run = store.runs.find(run_id)
         rows = store.steps.for_run(run.id)
