@@ -119,11 +119,16 @@ def test_status_text(two_runs: Any) -> None:
     ]
     assert [row[0] for row in rows] == ["generate", "critique#1", "revise#1", "critique#2"]
     assert rows[1][1:3] == ["succeeded", "(revise)"]
+    output = r.stdout.split("Output:\n", 1)[1].split("\n\n", 1)[0]
+    assert json.loads(output) == {
+        "final_text": ok["output"]["final_text"],
+        "revision_count": 1,
+    }
 
     r = env.cli("status", bad["run_id"])
     assert r.returncode == 0, r.stderr
     assert "Status:      ✗ Failed" in r.stdout and "Failed Step: critique" in r.stdout
-    assert "max revisions exceeded" in r.stdout
+    assert "max revisions exceeded" in r.stdout and "Output:" not in r.stdout
 
 
 def test_status_json(two_runs: Any) -> None:

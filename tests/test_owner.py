@@ -192,7 +192,8 @@ def test_a_run_whose_process_died_shows_as_interrupted(tmp_path: Path) -> None:
     assert row["run_id"] == run_id and row["state"] == "running" and row["interrupted"] is True
     assert json.loads(eclflow("runs", "--state", "running", "--json", env=env).stdout) == []
     r = eclflow("status", run_id[:8], env=env)
-    assert "Status:      ⚠ Interrupted" in r.stdout
+    assert "Status:       ⚠ Interrupted" in r.stdout
+    assert "Current Step: generate\nAttempt:      1\n" in r.stdout  # where it stopped
     assert f"`eclflow resume {run_id[:8]}` continues it" in r.stdout
     # following its events ends at once instead of waiting for an end that will not come
     r = eclflow("logs", run_id[:8], "--follow", env=env, timeout=30)

@@ -278,6 +278,11 @@ def status_cmd(
         lines.append(("Duration", _duration(_run_duration_ms(run))))
     lines.append(("Total Steps", str(len([k for k in keys if k["state"] != "skipped"]))))
     lines.append(("Tokens", f"{tokens} (${cost:.4f})"))
+    if shown in ("running", "interrupted"):
+        current = next((r for r in reversed(rows) if r.state == "running"), None)
+        if current is not None:
+            lines.append(("Current Step", current.key))
+            lines.append(("Attempt", str(current.attempt)))
     if run.failed_step:
         lines.append(("Failed Step", run.failed_step))
     if run.error:
@@ -293,6 +298,9 @@ def status_cmd(
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
         click.echo(f"{label + ':':<{width}} {value}")
+    if run.state == "completed" and run.output is not None:
+        shown_output = json.dumps(run.output, indent=2, ensure_ascii=False, default=str)
+        click.echo("Output:\n" + "\n".join("  " + line for line in shown_output.splitlines()))
     if not keys:
         return
     click.echo()
