@@ -294,6 +294,40 @@ def test_all_problems_in_one_pass() -> None:
     assert sorted(d.code for d in diagnose(text)) == ["E111", "E113", "E113"]
 
 
+def test_unknown_keys_do_not_hide_the_other_problems() -> None:
+    """A typo'd key is the commonest mistake: the rest of the file is still checked, so that
+    one pass shows everything (other schema errors still stop there: the file's shape is
+    unknown)."""
+    text = """\
+eclflow: 1
+id: x
+model: mock/x
+steps:
+  - {id: a, type: llm, template: "hi", timeot: 5s}
+  - {id: b, type: generat, depends_on: [nosuch], with: {topic: x}}
+  - {id: c, type: llm, prompt: missing.j2, depends_on: [a], colour: red}
+output: {o: "{{ steps.a.output.txt }}"}
+"""
+    got = [(d.code, d.location.line) for d in diagnose(text)]
+    assert got == [
+        ("E111", 5), ("E202", 6), ("E203", 6), ("E401", 7), ("E111", 7), ("E302", 8),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "code"),
+    [
+        ("  - id: revise", "  - id: critique", "E201"),
+        ("depends_on: [generate]", "depends_on: [generate, revise]", "E204"),
+    ],
+)
+def test_a_missing_prompt_file_is_reported_beside_duplicate_ids_and_cycles(
+    old: str, new: str, code: str
+) -> None:
+    text = sub(old, new, sub("prompt: generate.j2", "prompt: gone.j2"))
+    assert {code, "E401"} <= {d.code for d in diagnose(text)}
+
+
 def test_too_many_steps() -> None:
     steps = "".join(
         f"  - {{id: s{i}, type: template, template: x{f', depends_on: [s{i - 1}]' if i else ''}}}\n"

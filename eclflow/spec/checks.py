@@ -118,11 +118,17 @@ class _Checker:
         self.check_types()
         self.check_references()
         if any(d.code == "E201" for d in self.out):
-            return self.out  # the graph of ambiguous ids would only report noise
+            # the graph of ambiguous ids would only report noise; missing files are missing
+            for i, s in enumerate(self.wf.steps):
+                self.prompt_missing(i, s, self.data["steps"][i])
+            return self.out
         self.graph = dependency_graph(self.wf.steps, self.wf.transitions)
         has_cycle = self.check_cycles()
         self.check_loops()
-        if not has_cycle:
+        if has_cycle:  # no scopes to check templates in; missing files are missing still
+            for i, s in enumerate(self.wf.steps):
+                self.prompt_missing(i, s, self.data["steps"][i])
+        else:
             self.check_templates()
             if not any(d.severity == "error" for d in self.out):
                 self.check_reachability()
@@ -489,23 +495,29 @@ class _Checker:
                 code, msg, hint = problem
                 self.error(path, code, msg, hint, at=_position_of(text, p))
 
+    def prompt_missing(self, i: int, s: Any, raw: Mapping[str, Any]) -> bool:
+        """E401 when the step's prompt file does not exist."""
+        from .loader import is_file
+
+        if s.prompt is None or is_file(s.prompt):
+            return False
+        name = str(raw["prompt"])
+        shown = name if len(name) <= 80 else name[:60] + "…"
+        self.error(
+            ["steps", i, "prompt"],
+            "E401",
+            f"prompt file {shown!r} not found"
+            + (f" (its name has {len(name)} characters)" if len(name) > 80 else ""),
+            "paths are relative to the workflow file; bundled: generate.j2, critique.j2, revise.j2",
+        )
+        return True
+
     def prompt_templates(self, i: int, s: Any, raw: Mapping[str, Any]) -> None:
         import jinja2
 
         from .. import expr
-        from .loader import is_file
 
-        if s.prompt is not None and not is_file(s.prompt):
-            name = str(raw["prompt"])
-            shown = name if len(name) <= 80 else name[:60] + "…"
-            self.error(
-                ["steps", i, "prompt"],
-                "E401",
-                f"prompt file {shown!r} not found"
-                + (f" (its name has {len(name)} characters)" if len(name) > 80 else ""),
-                "paths are relative to the workflow file; bundled: generate.j2, "
-                "critique.j2, revise.j2",
-            )
+        if self.prompt_missing(i, s, raw):
             return
         sources: list[tuple[list[Any], str, str]] = []
         if s.template is not None:

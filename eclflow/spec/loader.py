@@ -116,13 +116,23 @@ def check_text(
             )
         ]
     diags = _schema_diagnostics(data, located) + _value_diagnostics(data, located)
-    if any(d.severity == "error" for d in diags):
-        return None, _sorted(diags)
-    schema_warnings = diags
     base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
-    wf = _build(data, located, text, path, base)
     from .checks import semantic_checks
 
+    if any(d.severity == "error" for d in diags):
+        # Unknown keys alone (typos, the commonest mistake) do not stop the other checks:
+        # without them the file is whole, and every problem shows in one pass.
+        pruned = _without_unknown_keys(data)
+        if pruned is None or not all(d.code == "E111" for d in diags if d.severity == "error"):
+            return None, _sorted(diags)
+        diags += _embedded_schemas(pruned, located)
+        if all(d.code == "E111" for d in diags if d.severity == "error"):
+            with contextlib.suppress(Exception):  # (the E111s say enough then)
+                wf = _build(pruned, located, text, path, base)
+                diags += semantic_checks(wf, pruned, located, registry=registry)
+        return None, _sorted(diags)
+    schema_warnings = diags
+    wf = _build(data, located, text, path, base)
     diags = schema_warnings + semantic_checks(wf, data, located, registry=registry)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
@@ -381,6 +391,27 @@ def _schema_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnos
     if not out:
         out.extend(_embedded_schemas(data, located))
     return out
+
+
+def _without_unknown_keys(data: dict[str, Any]) -> dict[str, Any] | None:
+    """`data` without the keys the schema does not know, if that leaves it valid; else None."""
+    import copy
+
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    pruned = copy.deepcopy(data)
+    for _ in range(3):  # a key inside an unknown key goes with it: rarely more than one round
+        errors = [leaf for e in validator.iter_errors(pruned) for leaf in _leaves(e)]
+        if not errors:
+            return pruned
+        if any(e.validator != "additionalProperties" for e in errors):
+            return None
+        for e in errors:
+            known = e.schema.get("properties", {})
+            for key in [k for k in e.instance if k not in known]:
+                del e.instance[key]
+    return None
 
 
 def _leaves(error: Any) -> Iterator[Any]:
