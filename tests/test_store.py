@@ -1064,7 +1064,7 @@ def test_a_running_row_waits_for_its_result_then_is_written_on_its_own(
         w.finish(slow, False, state="succeeded", outcome="success", output={"ok": 1})
         w.start(run_id, "revise", "revise#1", 1, 1, None, "mock/x")
         await w.drain()
-        assert batches[2:] == [["finish", "start", "noop"]]
+        assert batches[2:] == [["upsert", "start", "noop"]]
 
     try:
         asyncio.run(steps())
@@ -1075,6 +1075,47 @@ def test_a_running_row_waits_for_its_result_then_is_written_on_its_own(
             ("revise#1", "running"),
         ]
         assert rows[0].output == "a draft" and rows[0].input == {"topic": "t"}
+    finally:
+        store.close()
+
+
+def test_a_result_is_kept_when_its_running_row_was_lost(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody waits for a `running` row: when its transaction fails (a lock held past the
+    timeout, a full disk) the result that follows must still be kept, not reported committed
+    after an UPDATE of no row; else resume would pay for the call again."""
+    import asyncio
+
+    from eclflow.errors import PersistenceError
+    from eclflow.store.writer import HOLD_START, JournalWriter, writer_for
+
+    store = open_store(url)
+    run_id = new_run(store)
+    write = JournalWriter._write
+
+    def failing_starts(self: JournalWriter, batch: list[tuple[str, object, object]]) -> None:
+        if [kind for kind, _, _ in batch] == ["start"]:
+            raise PersistenceError("database is locked")
+        write(self, batch)
+
+    monkeypatch.setattr(JournalWriter, "_write", failing_starts)
+
+    async def step() -> None:
+        w = writer_for(store)
+        slow = w.start(run_id, "generate", "generate", 0, 1, {"topic": "t"}, "mock/x")
+        await asyncio.sleep(HOLD_START + 0.2)  # its `running` row went, and failed
+        assert store.steps.for_run(run_id) == []
+        done = w.finish(slow, state="succeeded", outcome="success", output="a draft")
+        assert done is not None
+        await done
+
+    try:
+        asyncio.run(step())
+        (row,) = store.steps.for_run(run_id)
+        assert (row.key, row.state, row.output, row.input) == (
+            "generate", "succeeded", "a draft", {"topic": "t"},
+        )  # fmt: skip
     finally:
         store.close()
 

@@ -47,6 +47,10 @@ Handle = tuple[str, str, int]  # (run id, journal key, attempt)
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 
 
+_RESULT_COLUMNS = (
+    "state", "outcome", "output", "feedback", "error", "retryable", "duration_ms",
+    "tokens_in", "tokens_out", "cost", "traces", "prompt", "completed_at",
+)  # fmt: skip
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 logger = logging.getLogger("eclflow.store")
 
@@ -77,6 +81,10 @@ class JournalWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._held: dict[Handle, tuple[_Op, float]] = {}  # `running` rows held back, in order
         self._held_timer: asyncio.TimerHandle | None = None
+        # the `running` row of every attempt in flight, so that its result can write the whole
+        # row: if that row was lost (an unawaited batch that failed: a lock, a timeout, a full
+        # disk), the result is still kept, not silently dropped by an UPDATE of no row
+        self._started: dict[Handle, tuple[Any, ...]] = {}
         self._awaited = 0  # queued writes somebody waits for
         self._recorders: set[Any] = set()
         self._events_timer: asyncio.TimerHandle | None = None
@@ -109,6 +117,14 @@ class JournalWriter:
                 f"feedback = {p}, error = {p}, retryable = {p}, duration_ms = {p}, "
                 f"tokens_in = {p}, tokens_out = {p}, cost = {p}, traces = {p}, prompt = {p}, "
                 f"completed_at = {p} WHERE run_id = {p} AND key = {p} AND attempt = {p}"
+            ),
+            # a result whose `running` row went ahead of it: the whole row again, updating it
+            "upsert": (
+                "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
+                "input, model, started_at, outcome, output, feedback, error, retryable, "
+                "duration_ms, tokens_in, tokens_out, cost, traces, prompt, completed_at) "
+                f"VALUES ({', '.join([p] * 21)}) ON CONFLICT (run_id, key, attempt) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in _RESULT_COLUMNS)
             ),
             "events": (
                 "INSERT INTO events (run_id, ts, kind, step_id, fields) "
@@ -285,6 +301,7 @@ class JournalWriter:
         args = (run_id, step_id, key, iteration, attempt, "running", _json(input), model, _now())
         handle = (run_id, key, attempt)
         self._held[handle] = (("start", args, None), self.loop.time())
+        self._started[handle] = args
         if self._held_timer is None:
             self._held_timer = self.loop.call_later(HOLD_START, self._release_held)
         return handle
@@ -313,6 +330,7 @@ class JournalWriter:
         """Queue an attempt's result; the future resolves once it is committed (None when
         nobody waits for it)."""
         held = self._held.pop(handle, None)
+        started = self._started.pop(handle, None)
         if held is not None:  # its `running` row goes with it: one row
             self._pending.append(held[0])
         traces = f.get("traces")
@@ -332,6 +350,8 @@ class JournalWriter:
             _now(),
             *handle,
         )
+        if held is None and started is not None:  # its `running` row went on its own
+            return self._queue("upsert", (*started[:5], args[0], *started[6:9], *args[1:13]), wait)
         return self._queue("finish", args, wait)
 
     async def record_skipped(self, run_id: str, step_id: str, key: str, iteration: int) -> None:
@@ -359,6 +379,8 @@ class JournalWriter:
         """Mark a run this process stopped without ending it (cancelled: Ctrl-C, a stopped
         batch, a caller's timeout) as held by nobody, so that another process may resume it at
         once. Queued, not waited for: written with the next batch, or when the store closes."""
+        for handle in [h for h in self._started if h[0] == run_id]:  # attempts it left
+            del self._started[handle]
         self._queue("end_run", (run_id, "running", None, None, None, {"released": True}), False)
 
     async def end_run(
@@ -495,8 +517,11 @@ def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
     from psycopg2.extras import execute_values
 
     if sql.startswith("INSERT"):
-        head, _, row = sql.partition(" VALUES ")
-        execute_values(cursor, f"{head} VALUES %s", rows, template=row, page_size=1000)
+        head, _, rest = sql.partition(" VALUES ")
+        row, conflict, tail = rest.partition(" ON CONFLICT ")
+        execute_values(
+            cursor, f"{head} VALUES %s{conflict}{tail}", rows, template=row, page_size=1000
+        )
     else:
         assert sql.startswith("UPDATE step_executions SET"), sql
         execute_values(cursor, _PG_FINISH_MANY, rows, template=_PG_FINISH_ROW, page_size=1000)
@@ -564,7 +589,8 @@ _PG_FINISH_ROW = f"({', '.join(f'%s::{t}' for _, t in _FINISHED)})"
 
 # The order a batch is written in: a run's row before its steps and events, a run's end after
 # everything else of it.
-_PHASES = ("create_run", "start_run", "step", "finish", "events", "end_run")
+_PHASES = ("create_run", "start_run", "step", "finish", "upsert", "events", "end_run")
+
 _NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
 
 
