@@ -3,6 +3,7 @@ URLs, migrations, and several processes writing one database at once."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -532,6 +533,47 @@ async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
         first.run_id, store=store, mock_responses=MockProvider(rest), force=True
     )
     assert done.status == "completed" and done.output["final_text"] == "v2"
+
+
+@pytest.mark.postgres
+async def test_a_run_goes_on_when_postgres_closes_its_connections(pg_url: str) -> None:
+    """A server restart or failover mid-run: the journal writes the batch again on a new
+    connection, so the result of the call in flight is kept (before, it was lost, and the
+    run failed with a database error; resume would have paid for the call again)."""
+    import psycopg2
+
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+
+    store = open_store(pg_url)
+    mock = MockProvider(
+        {
+            "generate": {"content": "v1", "delay": 0.6},
+            "critique": {"content": {"decision": "pass", "critique": "ok"}, "delay": 0.3},
+        }
+    )
+
+    async def close_its_connections() -> None:
+        await asyncio.sleep(0.35)  # generate in flight, its `running` row committed
+        pids = [c.get_backend_pid() for c in store.db._conns if not c.closed]
+        admin = psycopg2.connect(PG_BASE)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,))
+        admin.close()
+
+    try:
+        closing = asyncio.create_task(close_its_connections())
+        result = await runner.run(
+            CRITIQUE_REVISE, {"topic": "t"}, model="mock/x", mock_responses=mock, store=store
+        )
+        await closing
+        assert result.status == "completed", result.error
+    finally:
+        store.close()
+    with open_store(pg_url) as again:
+        assert list(again.steps.succeeded(result.run_id)) == ["generate", "critique#1"]
+        assert again.runs.get(result.run_id).state == "completed"
 
 
 # --- opening: URLs, settings, migrations ---------------------------------------------------------

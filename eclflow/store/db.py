@@ -11,6 +11,7 @@ all threads, used under a lock.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -164,7 +165,12 @@ class Store:
                 yield
             except EclflowError:
                 raise
-            except (DatabaseError, InterfaceError, sqlite3.Error) as e:
+            except Exception as e:
+                if not _is_database_error(e):
+                    raise
+                if connection_lost(e):  # this thread's next call opens a new connection
+                    with suppress(Exception):
+                        self.db.close()
                 raise PersistenceError(_one_line(e, self.url)) from e
 
     @contextmanager
@@ -225,6 +231,29 @@ def _database(url: DatabaseURL) -> Any:
             "PostgreSQL needs the psycopg2 driver: pip install 'eclflow[postgres]'"
         ) from None
     return _PostgresqlDatabase(url.database, field_types=FIELD_TYPES["postgresql"], **url.params)
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """peewee's, sqlite3's, or psycopg2's own (the journal writes through a raw cursor)."""
+    if isinstance(error, DatabaseError | InterfaceError | sqlite3.Error):
+        return True
+    psycopg2 = sys.modules.get("psycopg2")
+    return psycopg2 is not None and isinstance(error, psycopg2.Error)
+
+
+def connection_lost(error: BaseException | None) -> bool:
+    """Whether a PostgreSQL error may go away with a new connection and another try: the
+    connection was closed or broken (a server restart, a failover, a killed backend)."""
+    psycopg2 = sys.modules.get("psycopg2")
+    if error is None or psycopg2 is None:
+        return False
+    if isinstance(error, psycopg2.InterfaceError):
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        return getattr(error, "pgcode", None) is None or error.pgcode.startswith(("08", "57P"))
+    return isinstance(error, DatabaseError | InterfaceError) and connection_lost(
+        error.__cause__ or error.__context__
+    )
 
 
 def _one_line(error: BaseException, url: str) -> str:

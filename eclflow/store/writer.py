@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 import orjson
 
 from .._time import utc_text
+from ..errors import PersistenceError
+from .db import connection_lost
 from .records import TERMINAL_STATES
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
@@ -39,6 +42,8 @@ HOLD_START = 0.2
 # hop, and so is everything of a lone run (its next steps would only fight the thread for the
 # GIL).
 THREAD_AT = 64
+# PostgreSQL: seconds before each new try of a batch whose connection was lost
+RECONNECT_AFTER = (0.1, 0.5, 2.0)
 EVENTS_EVERY = 0.2  # seconds between two writes of the runs' events (`eclflow logs --follow`)
 # SQLite: at most this often (seconds), a thread of its own copies what was committed from the
 # WAL into the database file (a passive checkpoint; see `_checkpoint`).
@@ -412,8 +417,18 @@ class JournalWriter:
         if self.inline:  # SQLite, from either thread
             self._write_sqlite(groups)
             return
-        with self.store.transaction():
-            self._apply(self.store.db.cursor(), groups, _many_pages)
+        for wait in (*RECONNECT_AFTER, None):
+            try:
+                with self.store.transaction():
+                    self._apply(self.store.db.cursor(), groups, _many_pages)
+                return
+            except PersistenceError as e:
+                # a connection PostgreSQL closed (a restart, a failover) rolled the batch back
+                # whole: written again on a new one, rather than losing results paid for
+                if wait is None or not connection_lost(e.__cause__):
+                    raise
+                logger.warning("journal: %s; writing again on a new connection", e)
+                time.sleep(wait)
 
     def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         """On this thread's connection: BEGIN/COMMIT by hand, no ORM in between."""
