@@ -1189,3 +1189,18 @@ def test_claiming_runs_writes_only_those_nobody_has(store: Store, how: str) -> N
     assert store.runs.get(existing).state == "running"
     store.runs.unclaim([first[0], existing])  # only what is still pending goes
     assert store.runs.states([first[0], existing]) == {existing: "running"}
+
+
+def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
+    from eclflow.store.db import _sqlite_hint
+
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(PersistenceError) as e:
+        open_store(f"sqlite:///{tmp_path / 'dir.db'}")
+    assert str(e.value).endswith(f"; {tmp_path / 'dir.db'} is a directory: give the path of a file")
+    assert "\n" not in str(e.value)
+    db = str(tmp_path / "runs.db")
+    assert "held the write lock for 60 s" in (_sqlite_hint("database is locked", db) or "")
+    assert "free space" in (_sqlite_hint("database or disk is full", db) or "")
+    assert "writable" in (_sqlite_hint("attempt to write a readonly database", db) or "")
+    assert _sqlite_hint("no such table: x", db) is None

@@ -171,7 +171,10 @@ class Store:
                 if connection_lost(e):  # this thread's next call opens a new connection
                     with suppress(Exception):
                         self.db.close()
-                raise PersistenceError(_one_line(e, self.url)) from e
+                raise PersistenceError(_one_line(e, self.url, self._sqlite_path())) from e
+
+    def _sqlite_path(self) -> str | None:
+        return None if self.kind != "sqlite" or self.in_memory else str(self.db.database)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -256,6 +259,32 @@ def connection_lost(error: BaseException | None) -> bool:
     )
 
 
-def _one_line(error: BaseException, url: str) -> str:
+def _one_line(error: BaseException, url: str, sqlite_path: str | None = None) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    return f"{text} ({url})"
+    hint = _sqlite_hint(text, sqlite_path) if sqlite_path else None
+    return f"{text} ({url})" + (f"; {hint}" if hint else "")
+
+
+def _sqlite_hint(text: str, path: str) -> str | None:
+    """What SQLite's terse messages usually mean, for the file at `path`."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path).parent
+    if Path(path).is_dir():
+        return f"{path} is a directory: give the path of a file"
+    if "unable to open database file" in text or "readonly database" in text:
+        if not os.access(folder, os.W_OK):
+            return (
+                f"the directory {folder} is not writable (SQLite needs to create the -wal and "
+                "-shm files beside the database): use another --db"
+            )
+        return "check that the file and its directory are writable"
+    if "database is locked" in text:
+        return (
+            f"another process held the write lock for {BUSY_TIMEOUT_MS // 1000} s "
+            "(an open sqlite3 shell, say): end it and resume the run"
+        )
+    if "disk is full" in text or "disk I/O error" in text:
+        return f"check the free space (and any file-size limit) where {folder} is"
+    return None
