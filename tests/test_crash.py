@@ -249,3 +249,45 @@ def test_killed_after_a_template_step_resumes_from_its_journal(tmp_path: Path) -
     assert result["output"] == {"quote": "> tides", "answer": "calm"}
     assert calls(second_log) == ["answer"]
     assert [s["replayed"] for s in result["steps"]] == [True, True, False]
+
+
+def test_a_database_error_mid_run_says_how_to_resume_and_loses_nothing(tmp_path: Path) -> None:
+    """The database refuses a write mid-run (here a trigger, as a full disk would): the run
+    stops with one line that names it and the resume command; what was committed is kept,
+    and resume does not call it again."""
+    db = tmp_path / "runs.db"
+    url = f"sqlite:///{db}"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "eclflow", "runs"], env=env, check=True)  # creates it
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON step_executions WHEN NEW.key = 'revise#1' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    first_script, first_log = tmp_path / "first.json", tmp_path / "first.jsonl"
+    first_script.write_text(script(KEYS))
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=tides"),
+            *("--model", "mock/x", "--mock-responses", str(first_script), "--json"),
+        ],
+        env={**env, "ECLFLOW_MOCK_LOG": str(first_log)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stdout == ""
+    (run_id,) = Journal(url).rows("select id from workflows")[0]
+    short = run_id[:8]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Database error: database or disk is full"), r.stderr
+    assert last.endswith(
+        f"run {short} stopped: once the database is back, `eclflow resume {short}` continues it"
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    second_script, second_log = tmp_path / "second.json", tmp_path / "second.jsonl"
+    second_script.write_text(script(KEYS[2:]))
+    result = resume(run_id, second_script, env, second_log)
+    assert result["status"] == "completed"
+    assert calls(first_log) == KEYS[:3] and calls(second_log) == KEYS[2:]

@@ -11,11 +11,13 @@ from typing import Any
 
 import click
 
+from ..errors import PersistenceError
 from . import cli
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     db_option,
+    exit_code_for,
     fail,
     handle_errors,
     json_logs,
@@ -447,6 +449,8 @@ def run_cmd(
             result = _run_async(go())
     except KeyboardInterrupt:
         _interrupted(run_id if store is not None else None)
+    except PersistenceError as e:
+        _journal_failed(e, store, run_id)
     finally:
         if store is not None:
             store.close()
@@ -501,6 +505,8 @@ def resume_cmd(
         )
     except KeyboardInterrupt:
         _interrupted(run_id)
+    except PersistenceError as e:
+        _journal_failed(e, store, run_id)
     finally:
         store.close()
     print_result(result, as_json, quiet)
@@ -529,6 +535,23 @@ def _interrupted(run_id: str | None) -> None:
         message = f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
     say(message, "error", exit_code=130, run_id=run_id)
     sys.exit(130)
+
+
+def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
+    """The database failed mid-run: what it committed is kept; say how to go on from it."""
+    from contextlib import suppress
+
+    found = None
+    with suppress(Exception):
+        found = store.runs.find(run_id).id
+    if found is None:
+        raise error
+    short = found[:8]
+    fail(
+        f"{error}; run {short} stopped: once the database is back, `eclflow resume {short}` "
+        "continues it",
+        exit_code_for(error),
+    )
 
 
 def _run_async(coro: Any) -> Any:
