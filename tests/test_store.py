@@ -620,6 +620,25 @@ def test_memory_store_is_shared_by_threads() -> None:
         assert len(s.steps.for_run(run_id)) == 20
 
 
+@pytest.mark.postgres
+def test_opening_an_existing_postgres_schema_takes_no_lock(pg_url: str) -> None:
+    """Only creating the schema (or migrating it) waits for the migrations' advisory lock: a
+    session that holds it (another process migrating a fresh schema) does not stall `runs`."""
+    import psycopg2
+
+    open_store(pg_url).close()
+    admin = psycopg2.connect(PG_BASE)
+    pool = ThreadPoolExecutor(1)
+    try:
+        with admin.cursor() as cur:  # held until the rollback below
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (migrations_module._LOCK_KEY,))
+        pool.submit(lambda: open_store(pg_url).close()).result(timeout=10)
+    finally:
+        admin.rollback()  # (lets a stalled open finish, so that the pool can end)
+        admin.close()
+        pool.shutdown()
+
+
 def test_postgres_url_forms() -> None:
     u = parse_url("postgresql://bob:s3cret@db.example:6543/runs?schema=eclflow&sslmode=require")
     assert (u.kind, u.database, u.schema) == ("postgresql", "runs", "eclflow")

@@ -141,6 +141,11 @@ class Store:
             raise
 
     def _create_schema(self, schema: str) -> None:
+        """Create the URL's schema if it is not there; only then under the migrations' lock
+        (a store that opens an existing schema neither waits for it nor needs to write)."""
+        exists = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+        if self.db.execute_sql(exists, (schema,)).fetchone():
+            return
         with self.db.atomic():
             self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (migrations._LOCK_KEY,))
             self.db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
