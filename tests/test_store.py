@@ -535,6 +535,52 @@ async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
     assert done.status == "completed" and done.output["final_text"] == "v2"
 
 
+async def test_a_lock_another_process_holds_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """SQLite waits up to its busy timeout for another process's write lock; on the event
+    loop's thread that wait would stall every timer (step timeouts fired late and called the
+    model again; Ctrl-C did nothing). The loop's write goes to the worker thread instead."""
+    import sqlite3
+
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+
+    path = tmp_path / "runs.db"
+    store = open_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    mock = MockProvider(
+        {
+            "generate": {"content": "v1", "delay": 0.2},
+            "critique": {"content": {"decision": "pass", "critique": "ok"}, "delay": 0.2},
+        }
+    )
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    other.execute("BEGIN IMMEDIATE")  # "another process" holds the write lock for 1.5 s
+    threading.Timer(1.5, lambda: other.execute("COMMIT")).start()
+    ticking = asyncio.create_task(tick())
+    try:
+        result = await runner.run(
+            CRITIQUE_REVISE, {"topic": "t"}, model="mock/x", mock_responses=mock, store=store
+        )
+    finally:
+        ticking.cancel()
+        store.close()
+    assert result.status == "completed", result.error
+    assert max(gaps) < 0.5, max(gaps)
+    assert result.duration_ms >= 1400  # it did wait for the lock, off the loop
+    with open_store(f"sqlite:///{path}") as again:
+        assert list(again.steps.succeeded(result.run_id)) == ["generate", "critique#1"]
+    other.close()
+
+
 @pytest.mark.postgres
 async def test_a_run_goes_on_when_postgres_closes_its_connections(pg_url: str) -> None:
     """A server restart or failover mid-run: the journal writes the batch again on a new

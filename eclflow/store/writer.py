@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +44,10 @@ HOLD_START = 0.2
 # hop, and so is everything of a lone run (its next steps would only fight the thread for the
 # GIL).
 THREAD_AT = 64
+# SQLite: how long a write on the event loop's thread may wait for another process's lock
+# before it goes to the worker thread, which waits for as long as the store's busy timeout (the
+# loop must not stall: the other runs' timers, step timeouts and Ctrl-C depend on it)
+QUICK_BUSY_MS = 5
 # PostgreSQL: seconds before each new try of a batch whose connection was lost
 RECONNECT_AFTER = (0.1, 0.5, 2.0)
 EVENTS_EVERY = 0.2  # seconds between two writes of the runs' events (`eclflow logs --follow`)
@@ -100,6 +106,9 @@ class JournalWriter:
         # PostgreSQL is written from the worker thread, never from the event loop; SQLite
         # small batches on the loop's thread (see THREAD_AT).
         self.inline = store.kind == "sqlite"
+        self._loop_thread = threading.get_ident()
+        self._quick: Any = None  # SQLite: the loop thread's own connection, short busy timeout
+        self._closing = False
         p = store.db.param
         self._sql = {
             "create_run": (
@@ -180,6 +189,10 @@ class JournalWriter:
             error: BaseException | None = None
             try:
                 self._write(batch)
+            except _Busy:  # another process holds the lock: wait for it off the loop
+                done = self.loop.run_in_executor(self._pool, self._write, batch)
+                done.add_done_callback(lambda f: self._settle(batch, f))
+                return
             except Exception as e:
                 error = e
             self._resolve(batch, error)
@@ -431,16 +444,34 @@ class JournalWriter:
                 time.sleep(wait)
 
     def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        """On this thread's connection: BEGIN/COMMIT by hand, no ORM in between."""
+        """On this thread's connection: BEGIN/COMMIT by hand, no ORM in between. On the event
+        loop's thread, _Busy when another process holds the write lock (see QUICK_BUSY_MS)."""
         with self.store.reading():
-            conn = self.store.db.connection()
-            conn.execute("BEGIN IMMEDIATE")
+            quick = self._quick_connection()
+            conn = quick if quick is not None else self.store.db.connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if quick is not None and "locked" in str(e):
+                    raise _Busy from None
+                raise
             try:
                 self._apply(conn.cursor(), groups)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def _quick_connection(self) -> Any:
+        """The loop thread's connection for its writes, which waits QUICK_BUSY_MS at most for
+        a lock; None elsewhere (the worker thread, closing, an in-memory store)."""
+        if self._closing or self.store.in_memory or threading.get_ident() != self._loop_thread:
+            return None
+        if self._quick is None:
+            conn = self.store.db._connect()  # the store's pragmas; closed with the store
+            conn.execute(f"PRAGMA busy_timeout = {QUICK_BUSY_MS}")
+            self._quick = conn
+        return self._quick
 
     def _apply(
         self,
@@ -453,7 +484,7 @@ class JournalWriter:
                 _end_runs_many(cursor, rows)
             elif kind == "end_run":
                 for args in rows:
-                    self._end_run(*args)
+                    self._end_run(cursor, *args)
             elif len(rows) == 1:
                 cursor.execute(self._sql[kind], rows[0])
             elif many is not None:
@@ -463,6 +494,7 @@ class JournalWriter:
 
     def _end_run(
         self,
+        cursor: Any,
         run_id: str,
         state: str,
         output: Any,
@@ -470,11 +502,10 @@ class JournalWriter:
         failed_step: str | None,
         metadata: Mapping[str, Any],
     ) -> None:
-        db = self.store.db
-        p = db.param
+        p = self.store.db.param
         lock = " FOR UPDATE" if self.store.kind != "sqlite" else ""
-        row = db.execute_sql(f"SELECT metadata FROM workflows WHERE id = {p}{lock}", (run_id,))
-        found = row.fetchone()
+        cursor.execute(f"SELECT metadata FROM workflows WHERE id = {p}{lock}", (run_id,))
+        found = cursor.fetchone()
         current: dict[str, Any] = {}
         if found and found[0] is not None:
             raw = found[0]
@@ -482,7 +513,7 @@ class JournalWriter:
         current.update(metadata)
         now = _now()
         terminal = state in TERMINAL_STATES
-        db.execute_sql(
+        cursor.execute(
             f"UPDATE workflows SET state = {p}, output = {p}, error = {p}, failed_step = {p}, "
             f"metadata = {p}, updated_at = {p}, completed_at = {p} WHERE id = {p}",
             (
@@ -503,6 +534,7 @@ class JournalWriter:
         On Ctrl-C the event loop stops before the linger timer fires: without this, the
         `running` rows, the results of pure steps and the runs' last events would be lost.
         """
+        self._closing = True
         self._pool.shutdown(wait=True)  # a batch in flight commits first: queue order
         if self._checkpointer is not None:
             self._checkpointer.shutdown(wait=True)
@@ -607,6 +639,10 @@ _PG_FINISH_ROW = f"({', '.join(f'%s::{t}' for _, t in _FINISHED)})"
 _PHASES = ("create_run", "start_run", "step", "finish", "upsert", "events", "end_run")
 
 _NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
+
+
+class _Busy(Exception):
+    """A write on the loop's thread found the SQLite file locked by another process."""
 
 
 def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
