@@ -59,13 +59,14 @@ __all__ = [
     "WorkflowInvalid",
     "__version__",
     "load",
+    "pause",
     "register",
     "resume",
     "run",
 ]
 
 if TYPE_CHECKING:
-    from .engine import RunResult, resume, run
+    from .engine import RunResult, pause, resume, run
     from .spec import Workflow, load
     from .steps import Step, StepContext, StepResult, register
 
@@ -74,6 +75,7 @@ _LAZY = {
     "RunResult": "eclflow.engine",
     "run": "eclflow.engine",
     "resume": "eclflow.engine",
+    "pause": "eclflow.engine",
     "Workflow": "eclflow.spec",
     "load": "eclflow.spec",
     "Step": "eclflow.steps",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +163,59 @@ def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
                 budget={"max_dollars": 1},
             )
         )  # fmt: skip
+
+
+async def test_pause_lets_the_steps_in_flight_finish_and_resume_runs_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two parallel branches in flight when the pause is asked: both finish (paid for, kept),
+    the step that waits for them does not start; resume runs only it."""
+    import asyncio
+
+    import eclflow
+    from eclflow.engine import orchestrator
+    from eclflow.llm import MockProvider
+    from eclflow.store import open_store
+
+    monkeypatch.setattr(orchestrator, "PAUSE_POLL", 0.0)  # look at every step
+    wf = eclflow.load(_write(tmp_path / "fan.yaml", FAN))
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    mock = MockProvider(
+        {"b": {"content": "B", "delay": 0.5}, "c": {"content": "C", "delay": 0.1}, "d": "D"}
+    )
+    try:
+        running = asyncio.create_task(
+            eclflow.run(wf, {}, model="mock/x", mock_responses=mock, store=store, run_id="r-fan")
+        )
+        await asyncio.sleep(0.2)  # b and c in flight (c done)
+        assert eclflow.pause("r-fan", store=store) == "r-fan"
+        result = await running
+        assert (result.status, result.paused_at) == ("paused", "d")
+        assert [s.key for s in result.steps] == ["a", "c", "b"] and mock.calls == 2
+        assert store.runs.get("r-fan").state == "paused"
+        with pytest.raises(eclflow.InvalidState, match="is paused: only a running run pauses"):
+            eclflow.pause("r-fan", store=store)
+        done = await eclflow.resume("r-fan", store=store, mock_responses=mock)
+        assert done.status == "completed" and done.output == {"d": "D"}
+        assert mock.calls == 3  # only d
+        assert store.runs.get("r-fan").metadata.get("pause_requested") is None
+    finally:
+        store.close()
+
+
+FAN = """\
+eclflow: 1
+id: fan
+model: mock/x
+steps:
+  - {id: a, type: template, template: "go"}
+  - {id: b, type: llm, template: "b {{ x }}", depends_on: [a], with: {x: "{{ steps.a.output.text }}"}}
+  - {id: c, type: llm, template: "c {{ x }}", depends_on: [a], with: {x: "{{ steps.a.output.text }}"}}
+  - {id: d, type: llm, template: "d", depends_on: [b, c]}
+output: {d: "{{ steps.d.output.text }}"}
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -331,3 +331,65 @@ def test_resuming_a_run_this_very_process_is_running_is_refused(tmp_path: Path) 
             run.cancel()
 
     asyncio.run(main())
+
+
+def test_a_run_paused_from_another_process_stops_between_steps_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """`eclflow pause`: the step in flight finishes (it is paid for), no other starts, the run
+    is left `paused`; `eclflow resume` continues it without calling anything twice."""
+    env, journal, log = setup(tmp_path)
+    replies = json.loads(script(KEYS))
+    replies["critique#1"]["delay"] = 4  # longer than the engine waits between two looks
+    (tmp_path / "slowish.json").write_text(json.dumps(replies))
+    p = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x"),
+            *("--model", "mock/x", "--mock-responses", str(tmp_path / "slowish.json")),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = in_flight(journal, "critique#1")
+        short = run_id[:8]
+        r = eclflow("pause", short, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"pausing run {short}: it stops before its next step")
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 1
+    assert f"paused · run {short} · 2 steps" in err
+    assert f"paused before step revise, as asked; `eclflow resume {short}` continues it" in err
+    assert calls(log) == ["generate", "critique#1"]
+    st = eclflow("status", short, env=env)
+    assert "Status:      ⏸ Paused" in st.stdout and "before step revise" in st.stdout
+    again = eclflow("pause", short, env=env)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: run {short} is paused: only a running run pauses"
+    r = eclflow(
+        *("resume", short, "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert calls(log) == KEYS  # nothing called twice
+
+
+def test_only_a_running_run_pauses(tmp_path: Path) -> None:
+    env, journal, _ = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    r = eclflow("pause", run_id[:8], env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"error: run {run_id[:8]} is not running: its process ended; "
+        f"`eclflow resume {run_id[:8]}` continues it"
+    )
+    assert eclflow("pause", "zzzz", env=env).returncode == 2

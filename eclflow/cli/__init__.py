@@ -16,6 +16,7 @@ from ._common import one_line_click_errors
 _COMMANDS = {
     "graph": "graph",
     "logs": "logs",
+    "pause": "run",
     "prune": "history",
     "resume": "run",
     "run": "run",

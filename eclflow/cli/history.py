@@ -287,6 +287,12 @@ def status_cmd(
         lines.append(("Failed Step", run.failed_step))
     if run.error:
         lines.append(("Error", run.error))
+    if shown == "paused":
+        before = (run.metadata or {}).get("paused_at")
+        where = f" before step {before}" if before else ""
+        lines.append(
+            ("Note", f"paused{where}, as asked; `eclflow resume {run.id[:8]}` continues it")
+        )
     if shown == "interrupted":
         meta = run.metadata or {}
         how = (

@@ -51,7 +51,7 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                 break
             now = store.runs.get(run.id)
             gone = shown_state(now.state, now.metadata or {}) == "interrupted"
-            if now.state in TERMINAL_STATES or gone:
+            if now.state in TERMINAL_STATES or now.state == "paused" or gone:
                 # one last read: the run may have written its final events just now
                 for event in store.events.for_run(run.id, after_id=last_id):
                     last_id = event.id

@@ -184,6 +184,13 @@ def print_result(result: Any, as_json: bool, quiet: bool) -> None:
     if json_logs():
         return  # the workflow_completed / workflow_failed log line says it on stderr
     click.echo(line, err=True)
+    if result.status == "paused":
+        short = result.run_id[:8]
+        click.echo(
+            f"paused before step {result.paused_at}, as asked; `eclflow resume {short}` "
+            "continues it",
+            err=True,
+        )
     if result.error:
         click.echo(f"error: {result.error}", err=True)
         if "budget_exceeded" in result.error:
@@ -511,6 +518,25 @@ def resume_cmd(
         store.close()
     print_result(result, as_json, quiet)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+@cli.command("pause")
+@click.argument("run_id")
+@db_option
+@handle_errors
+def pause_cmd(run_id: str, db: str | None) -> None:
+    """Pause RUN_ID (any unique prefix), which another process is running.
+
+    The steps it is in finish (they are paid for); then it stops, `paused`, until `eclflow
+    resume RUN_ID` continues it. The running process looks between steps, at most every few
+    seconds."""
+    from ..engine.runner import pause
+
+    full = pause(run_id, db=db)
+    short = full[:8]
+    click.echo(
+        f"pausing run {short}: it stops before its next step; `eclflow resume {short}` continues it"
+    )
 
 
 def _check_mock_is_used(workflow: Any, model: str | None) -> None:

@@ -4,7 +4,7 @@ from .executor import Executor
 from .journal import Journal, MemoryJournal, StoreJournal
 from .orchestrator import Orchestrator
 from .result import RunResult, StepExecution, TraceEvent
-from .runner import resume, run
+from .runner import pause, resume, run
 
 __all__ = [
     "Executor",
@@ -15,6 +15,7 @@ __all__ = [
     "StepExecution",
     "StoreJournal",
     "TraceEvent",
+    "pause",
     "resume",
     "run",
 ]

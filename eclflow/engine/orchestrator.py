@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,6 +26,10 @@ from .result import RunResult, StepExecution
 # (event, payload) callbacks for live views and logs: step_started, step_finished, loop_revision
 # (and run_already_completed, from `resume` of a run that has nothing left to do)
 Listener = Callable[[str, Mapping[str, Any]], None]
+# Whether somebody asked for the run to pause (`eclflow pause`): asked between steps, at most
+# once every PAUSE_POLL seconds, so that short runs never pay for it
+PauseCheck = Callable[[], Awaitable[bool]]
+PAUSE_POLL = 3.0
 
 
 class _RunFailed(Exception):
@@ -33,6 +37,12 @@ class _RunFailed(Exception):
         super().__init__(error)
         self.step = step
         self.error = error
+
+
+class _RunPaused(Exception):
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 class _State:
@@ -106,6 +116,7 @@ class _Walk:
     settled: dict[str, str] = field(default_factory=dict)
     failure: list[_RunFailed] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    paused: str | None = None  # the first step that did not start because of a pause
 
 
 class Orchestrator:
@@ -119,8 +130,12 @@ class Orchestrator:
         *,
         registry: StepRegistry | None = None,
         listener: Listener | None = None,
+        pause_check: PauseCheck | None = None,
     ) -> None:
         self.plan = plan
+        self.pause_check = pause_check
+        self._next_pause_check = time.monotonic() + PAUSE_POLL
+        self._pausing = False
         self.executor = executor
         self.journal = journal
         self.registry = registry or default_registry()
@@ -151,6 +166,9 @@ class Orchestrator:
             result.status = "failed"
             result.error = f.error
             result.failed_step = f.step
+        except _RunPaused as p:
+            result.status = "paused"
+            result.paused_at = p.step
         result.steps = state.executions
         result.revisions = state.revisions()
         if result.status == "running" or (
@@ -185,6 +203,8 @@ class Orchestrator:
         if walk.failure:
             first = walk.failure[0]
             raise _RunFailed(first.step, first.error)  # a new one: this frame holds the old
+        if walk.paused is not None:
+            raise _RunPaused(walk.paused)
 
     async def _follow(self, sid: str | None, state: _State, walk: _Walk) -> None:
         """Settle `sid`, then go on with the first step that it made ready, starting a task for
@@ -219,6 +239,9 @@ class Orchestrator:
             return "succeeded"
         except _RunFailed as f:
             walk.failure.append(f.with_traceback(None))  # its frames hold `walk`: no cycle
+            return "aborted"
+        except _RunPaused as p:  # the other branches finish the steps they are in, no more
+            walk.paused = walk.paused or p.step
             return "aborted"
 
     def _is_active(self, sid: str, state: _State) -> bool:
@@ -262,6 +285,8 @@ class Orchestrator:
     ) -> StepExecution:
         step = self.steps[sid]
         key = key or self.plan.first_keys[sid]
+        if self.pause_check is not None and await self._pause_asked():
+            raise _RunPaused(sid)
         try:
             context = state.context(loop.as_context() if loop is not None else None)
             rendered = expr.render_value(step.spec.with_, context)
@@ -282,6 +307,13 @@ class Orchestrator:
         state.set_status(sid, "succeeded")
         state.set_output(sid, execution.output)
         return execution
+
+    async def _pause_asked(self) -> bool:
+        if not self._pausing and time.monotonic() >= self._next_pause_check:
+            assert self.pause_check is not None
+            self._pausing = await self.pause_check()
+            self._next_pause_check = time.monotonic() + PAUSE_POLL
+        return self._pausing
 
     async def _run_loop(self, loop: Loop, state: _State) -> None:
         """The validator has run once; revise and re-validate until it passes or the bound."""

@@ -97,6 +97,7 @@ class RunResult:
     steps: list[StepExecution] = field(default_factory=list)
     revisions: dict[str, int] = field(default_factory=dict)
     duration_ms: int = 0
+    paused_at: str | None = None  # a paused run: the step it stopped before
 
     @property
     def tokens(self) -> int:
@@ -135,4 +136,5 @@ class RunResult:
             "cost": self.cost,
             "duration_ms": self.duration_ms,
             "steps": [s.to_dict() for s in self.steps],
+            **({"paused_at": self.paused_at} if self.paused_at is not None else {}),
         }

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InvalidInput, InvalidState
+from .._time import utc_text
+from ..errors import ConfigError, InvalidInput, InvalidState, RunNotFound
 from ..graph.plan import Plan, compile_plan
 from ..llm import MockProvider, Providers, load_script
 from ..observe import tracing
@@ -180,7 +182,15 @@ async def _execute(
     executor = Executor(
         run_id=run_id, providers=providers, default_model=model, guard=guard, on_call=on_call
     )
-    orchestrator = Orchestrator(plan, executor, journal, listener=listener)
+    orchestrator = Orchestrator(
+        plan,
+        executor,
+        journal,
+        listener=listener,
+        pause_check=partial(asyncio.to_thread, pause_requested, store, run_id)
+        if store is not None
+        else None,
+    )
     wf = plan.workflow
     recorder = EventRecorder(store, run_id) if store is not None else None
     writer = writer_for(store) if store is not None else None
@@ -214,6 +224,8 @@ async def _execute(
                     tokens=result.tokens,
                     cost=result.cost,
                 )
+            elif result.status == "paused":
+                emit("workflow_paused", before_step=result.paused_at)
             else:
                 emit(
                     "workflow_failed",
@@ -245,6 +257,43 @@ async def _execute(
     return result
 
 
+def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
+    """Ask the process running `run_id` (any unique prefix) to pause it: the steps in flight
+    finish, no other starts, and the run is left `paused` for `resume`. The run's full id."""
+    own = store is None
+    if own:
+        from ..store import open_store
+
+        store = open_store(db)
+    try:
+        from ..store.owner import shown_state
+
+        record = store.runs.find(run_id)
+        shown = shown_state(record.state, record.metadata or {})
+        if (record.metadata or {}).get("engine") == "restate":
+            raise InvalidState(f"run {record.id[:8]} runs on Restate, which eclflow cannot pause")
+        if shown == "interrupted":
+            raise InvalidState(
+                f"run {record.id[:8]} is not running: its process ended; "
+                f"`eclflow resume {record.id[:8]}` continues it"
+            )
+        if shown != "running":
+            raise InvalidState(f"run {record.id[:8]} is {shown}: only a running run pauses")
+        store.runs.update_metadata(record.id, pause_requested=utc_text())
+        return str(record.id)
+    finally:
+        if own:
+            store.close()
+
+
+def pause_requested(store: Any, run_id: str) -> bool:
+    """Whether `pause` was asked of the run (read between its steps, from a thread)."""
+    try:
+        return bool((store.runs.get(run_id).metadata or {}).get("pause_requested"))
+    except RunNotFound:  # its row is not committed yet
+        return False
+
+
 def writer_for(store: Any) -> Any:
     """The store's group-commit writer for this event loop (imported here: runs without a
     journal never load the store)."""
@@ -259,6 +308,7 @@ def _end_metadata(result: RunResult) -> dict[str, Any]:
         "tokens": result.tokens,
         "cost": result.cost,
         "duration_ms": result.duration_ms,
+        **({"paused_at": result.paused_at} if result.paused_at is not None else {}),
     }
 
 
@@ -511,6 +561,7 @@ def _take_over(
                 record.id,
                 **this_process(),
                 released=None,
+                pause_requested=None,
                 resumed=int((now.metadata or {}).get("resumed", 0)) + 1,
                 **({"budget": _budget_dict(limits)} if budget is not None else {}),
             )

@@ -28,6 +28,7 @@ EVENTS: dict[str, tuple[int, str]] = {
     "workflow_started": (INFO, "Workflow execution started"),
     "workflow_completed": (INFO, "Workflow execution completed successfully"),
     "workflow_failed": (ERROR, "Workflow execution failed"),
+    "workflow_paused": (INFO, "Workflow paused as asked"),
     "step_started": (DEBUG, "Step execution started"),
     "step_succeeded": (INFO, "Step execution succeeded"),
     "step_succeeded_after_retry": (INFO, "Step succeeded after retry"),
