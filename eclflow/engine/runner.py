@@ -105,7 +105,8 @@ async def run(
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
     Journaled to `store` (or a store opened from `db`) when given; otherwise nothing is kept.
-    `claimed`: the caller (batch mode) has already written the run's row, `pending`.
+    `claimed`: the caller (batch mode) has already checked the input and written the run's
+    row, `pending`.
     """
     wf = as_workflow(workflow)
     if inputs is not None and not isinstance(inputs, Mapping):
@@ -113,7 +114,8 @@ async def run(
             f"inputs must be a mapping of input names to values, not {type(inputs).__name__}"
         )
     inputs = dict(inputs or {})
-    validate_input(wf, inputs)
+    if not claimed:  # (batch mode checked the items it claimed)
+        validate_input(wf, inputs)
     budget = as_budget(budget)
     plan = compile_plan(wf)
     providers = Providers(mock=as_mock(mock_responses))
