@@ -189,6 +189,22 @@ def test_no_tracing_without_the_switch(monkeypatch: Any) -> None:
     tracing.reset()
 
 
+def test_asking_for_spans_without_opentelemetry_says_so(monkeypatch: Any, caplog: Any) -> None:
+    import sys
+
+    monkeypatch.setenv("ECLFLOW_OTEL", "1")
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if the extra were missing
+    tracing.reset()
+    try:
+        with caplog.at_level("WARNING", logger="eclflow.observe"):
+            assert tracing.enabled() is False
+        (record,) = caplog.records
+        assert "OpenTelemetry is not installed" in record.getMessage()
+        assert "eclflow[otel]" in record.getMessage()
+    finally:
+        tracing.reset()
+
+
 def test_prices_come_from_the_bundled_map() -> None:
     p = price("openai/gpt-4o-mini")
     assert p is not None and p.input > 0 and p.output > p.input

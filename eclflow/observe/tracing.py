@@ -31,6 +31,13 @@ def _setup() -> Any:
     try:
         from opentelemetry import trace
     except ImportError:
+        if os.environ.get("ECLFLOW_OTEL"):  # asked for by name: say why nothing comes
+            import logging
+
+            logging.getLogger("eclflow.observe").warning(
+                "ECLFLOW_OTEL is set, but OpenTelemetry is not installed: no spans are "
+                "recorded (pip install 'eclflow[otel]')"
+            )
         return None
     provider = trace.get_tracer_provider()
     if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
