@@ -57,6 +57,11 @@ class _Tracked:
             self._conns.append(conn)
         return conn
 
+    def _close(self, conn: Any) -> None:
+        with self._conns_lock, suppress(ValueError):
+            self._conns.remove(conn)
+        super()._close(conn)  # type: ignore[misc]
+
     def close_all(self) -> None:
         with self._conns_lock:
             conns, self._conns = self._conns, []
@@ -284,7 +289,9 @@ def _sqlite_hint(text: str, path: str) -> str | None:
                 f"the directory {folder} is not writable (SQLite needs to create the -wal and "
                 "-shm files beside the database): use another --db"
             )
-        return "check that the file and its directory are writable"
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            return f"{path} is not writable: use another --db"
+        return None
     if "database is locked" in text:
         return (
             f"another process held the write lock for {BUSY_TIMEOUT_MS // 1000} s "

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -431,14 +432,17 @@ class JournalWriter:
             self._write_sqlite(groups)
             return
         for wait in (*RECONNECT_AFTER, None):
+            applied = False
             try:
                 with self.store.transaction():
                     self._apply(self.store.db.cursor(), groups, _many_pages)
+                    applied = True
                 return
             except PersistenceError as e:
-                # a connection PostgreSQL closed (a restart, a failover) rolled the batch back
-                # whole: written again on a new one, rather than losing results paid for
-                if wait is None or not connection_lost(e.__cause__):
+                # a connection PostgreSQL closed (a restart, a failover) before the COMMIT
+                # rolled the batch back whole: written again on a new one, rather than losing
+                # results paid for. Lost during the COMMIT, the batch may be in: not again.
+                if applied or wait is None or not connection_lost(e.__cause__):
                     raise
                 logger.warning("journal: %s; writing again on a new connection", e)
                 time.sleep(wait)
@@ -535,9 +539,19 @@ class JournalWriter:
         `running` rows, the results of pure steps and the runs' last events would be lost.
         """
         self._closing = True
-        self._pool.shutdown(wait=True)  # a batch in flight commits first: queue order
-        if self._checkpointer is not None:
-            self._checkpointer.shutdown(wait=True)
+        # a batch in flight commits first (queue order); then each of this writer's threads
+        # closes the connection it opened (a process that runs loop after loop on one store
+        # would run out of file descriptors)
+        for pool in (self._pool, self._checkpointer):
+            if pool is not None:
+                if not self.store.in_memory:  # (its one connection is every thread's)
+                    with suppress(Exception):
+                        pool.submit(self.store.db.close)
+                pool.shutdown(wait=True)
+        if self._quick is not None:
+            with suppress(Exception):
+                self.store.db._close(self._quick)
+            self._quick = None
         self._pending.extend(op for op, _ in self._held.values())
         self._held.clear()
         for recorder in list(self._recorders):  # runs cancelled before they could unfollow
