@@ -203,6 +203,49 @@ async def test_pause_lets_the_steps_in_flight_finish_and_resume_runs_the_rest(
         store.close()
 
 
+def test_a_pause_look_that_meets_a_database_error_does_not_fail_the_run(tmp_path: Path) -> None:
+    """(PostgreSQL gone for a moment: the journal writes again on a new connection, and the
+    look for a pause request must not end the run either.)"""
+    from eclflow.engine.runner import pause_requested
+    from eclflow.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    store.close()  # every call now raises PersistenceError
+    assert pause_requested(store, "r-any") is False
+
+
+async def test_a_run_paused_before_its_revision_counts_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+    from eclflow.engine import orchestrator
+    from eclflow.llm import MockProvider
+    from eclflow.store import open_store
+
+    monkeypatch.setattr(orchestrator, "PAUSE_POLL", 0.0)
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    revise = {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}}
+    mock = MockProvider({"generate": "v1", "critique#1": {**revise, "delay": 0.3}})
+    try:
+        running = asyncio.create_task(
+            eclflow.run(
+                eclflow.load(CRITIQUE_REVISE), {"topic": "t"}, model="mock/x",
+                mock_responses=mock, store=store, run_id="r-loop",
+            )
+        )  # fmt: skip
+        await asyncio.sleep(0.1)  # critique#1 in flight
+        eclflow.pause("r-loop", store=store)
+        result = await running
+        assert (result.status, result.paused_at) == ("paused", "revise")
+        assert result.revisions == {"critique": 0}
+    finally:
+        store.close()
+
+
 FAN = """\
 eclflow: 1
 id: fan

@@ -344,13 +344,17 @@ class Orchestrator:
                 iteration=revisions,
                 max_iterations=loop.max_iterations,
             )
-            revised = await self._run_step(
-                loop.reviser,
-                state,
-                key=f"{loop.reviser}#{revisions}",
-                iteration=revisions,
-                loop=loop_state,
-            )
+            try:
+                revised = await self._run_step(
+                    loop.reviser,
+                    state,
+                    key=f"{loop.reviser}#{revisions}",
+                    iteration=revisions,
+                    loop=loop_state,
+                )
+            except _RunPaused:  # paused before the revision: it was not made
+                state.set_revisions(loop.validator, revisions - 1)
+                raise
             # The reviser's output is the new version of the target's output.
             state.set_output(loop.target, revised.output)
             for sid in loop.rerun:

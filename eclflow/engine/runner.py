@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache, partial
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._time import utc_text
-from ..errors import ConfigError, InvalidInput, InvalidState, RunNotFound
+from ..errors import ConfigError, InvalidInput, InvalidState, PersistenceError, RunNotFound
 from ..graph.plan import Plan, compile_plan
 from ..llm import MockProvider, Providers, load_script
 from ..observe import tracing
@@ -26,6 +27,7 @@ from .orchestrator import Listener, Orchestrator, new_run_id
 from .result import RunResult
 
 MODEL_ENV = "ECLFLOW_MODEL"
+logger = logging.getLogger("eclflow.engine")
 
 
 def as_workflow(workflow: Workflow | str | Path) -> Workflow:
@@ -293,6 +295,9 @@ def pause_requested(store: Any, run_id: str) -> bool:
     try:
         return bool((store.runs.get(run_id).metadata or {}).get("pause_requested"))
     except RunNotFound:  # its row is not committed yet
+        return False
+    except PersistenceError as e:  # (a lost connection: the next look opens a new one)
+        logger.warning("could not look for a pause request of run %s: %s", run_id[:8], e)
         return False
 
 
