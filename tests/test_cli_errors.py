@@ -202,3 +202,24 @@ def test_a_reader_that_goes_away_is_141_for_commands_that_print_through_rich(
     p.stdout.close()  # long before the interpreter has started and printed anything
     assert p.wait(timeout=60) == 141
     assert p.stderr.read() == b""
+
+
+def test_a_journal_that_fails_mid_run_names_the_run_even_when_the_database_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eclflow.cli.run import _journal_failed
+    from eclflow.errors import PersistenceError
+    from eclflow.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    store.close()  # the database cannot be asked whether the run is there
+    with pytest.raises(SystemExit) as e:
+        _journal_failed(PersistenceError("connection refused"), store, "0123456789abcdef")
+    assert e.value.code == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "run 01234567 stopped: once the database is back, `eclflow resume 01234567` continues it"
+        )
+    )

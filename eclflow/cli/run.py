@@ -565,13 +565,14 @@ def _interrupted(run_id: str | None) -> None:
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
     """The database failed mid-run: what it committed is kept; say how to go on from it."""
-    from contextlib import suppress
+    from ..errors import RunNotFound
 
-    found = None
-    with suppress(Exception):
+    try:
         found = store.runs.find(run_id).id
-    if found is None:
-        raise error
+    except RunNotFound:  # nothing of it was committed: nothing to resume
+        raise error from None
+    except PersistenceError:  # the database may be gone: the id is known anyway
+        found = run_id
     short = found[:8]
     fail(
         f"{error}; run {short} stopped: once the database is back, `eclflow resume {short}` "
