@@ -129,7 +129,11 @@ def check_text(
         if all(d.code == "E111" for d in diags if d.severity == "error"):
             with contextlib.suppress(Exception):  # (the E111s say enough then)
                 wf = _build(pruned, located, text, path, base)
-                diags += semantic_checks(wf, pruned, located, registry=registry)
+                found = semantic_checks(wf, pruned, located, registry=registry)
+                # only what a key left out cannot have caused: without a misspelt `with:`,
+                # `env:`, `output_schema:` or `transitions:`, other checks would report
+                # what the typo did rather than what the file says
+                diags += [d for d in found if d.code in _SURVIVE_UNKNOWN_KEYS]
         return None, _sorted(diags)
     schema_warnings = diags
     wf = _build(data, located, text, path, base)
@@ -391,6 +395,11 @@ def _schema_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnos
     if not out:
         out.extend(_embedded_schemas(data, located))
     return out
+
+
+# Checks whose findings no missing key can cause: duplicate ids, unknown types and step names,
+# cycles, template syntax, missing prompt files.
+_SURVIVE_UNKNOWN_KEYS = frozenset({"E201", "E202", "E203", "E204", "E301", "E401"})
 
 
 def _without_unknown_keys(data: dict[str, Any]) -> dict[str, Any] | None:
