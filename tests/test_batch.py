@@ -667,3 +667,53 @@ def test_a_batch_sharing_items_with_a_running_one_neither_repeats_nor_breaks_it(
     again = subprocess.run(second_cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "1 from an earlier attempt" in again.stderr
     assert len(log.read_text().splitlines()) == 8 * 4
+
+
+def test_items_paused_are_counted_as_paused_and_the_batch_run_again_continues_them(
+    tmp_path: Path,
+) -> None:
+    from test_crash import Journal, calls, wait_for
+
+    cmd, env = batch(tmp_path, 2, "--concurrency", "2")
+    env["ECLFLOW_DATABASE_URL"] = f"sqlite:///{tmp_path / 'runs.db'}"
+    script = tmp_path / "script.yaml"
+    # critique#1 outlasts the engine's wait between two looks for a pause request
+    script.write_text(
+        (SCRIPT % {"d": 0}).replace("feedback: more}, delay: 0", "feedback: more}, delay: 4")
+    )
+    journal = Journal(env["ECLFLOW_DATABASE_URL"])
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        flying = wait_for(
+            lambda: (
+                len(
+                    rows := journal.rows(
+                        "select run_id from step_executions where key = 'critique#1' and state = 'running'"
+                    )
+                )
+                == 2
+                and rows
+            ),
+            "both critiques to be in flight",
+        )
+        for (run_id,) in flying:
+            r = subprocess.run(
+                [sys.executable, "-m", "eclflow", "pause", run_id[:8]],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 0, r.stderr
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 1
+    assert [json.loads(line)["status"] for line in out.splitlines()] == ["paused", "paused"]
+    assert "0/2 completed, 0 failed, 2 paused, 0 running" in err
+    assert "2 paused (eclflow pause): run the same command again to continue them" in err
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["completed"] * 2
+    keys = sorted(calls(tmp_path / "calls.jsonl"))
+    assert keys == sorted(["generate", "critique#1", "revise#1", "critique#2"] * 2)  # none twice

@@ -154,7 +154,7 @@ def run_batch_command(
             nonlocal first_failed
             index = 0
             async for r in results:
-                if r.status != "completed" and first_failed is None:
+                if r.status not in ("completed", "paused") and first_failed is None:
                     first_failed = (numbered[index][0], r)
                 index += 1
                 line = r.to_dict() if as_json else _line(r)
@@ -170,7 +170,7 @@ def run_batch_command(
         if store is not None:
             store.close()
     if interrupted:
-        unfinished = progress.total - progress.done - progress.failed
+        unfinished = progress.total - progress.done - progress.failed - progress.paused
         then = (
             "run the same command again to finish the batch"
             if journal
@@ -204,7 +204,14 @@ def run_batch_command(
             run_id=first.run_id,
             failed_items=progress.failed,
         )
-    sys.exit(EXIT_FAILED if first_failed is not None else EXIT_OK)
+    if progress.paused:
+        say(
+            f"{progress.paused} paused (eclflow pause): run the same command again to continue "
+            f"{'them' if progress.paused > 1 else 'it'}",
+            "warning",
+            paused=progress.paused,
+        )
+    sys.exit(EXIT_FAILED if first_failed is not None or progress.paused else EXIT_OK)
 
 
 def _fields(p: Any) -> dict[str, Any]:
@@ -215,6 +222,7 @@ def _fields(p: Any) -> dict[str, Any]:
         "failed": p.failed,
         "running": p.running,
         "reused": p.reused,
+        "paused": p.paused,
         "tokens": p.tokens,
         "cost": p.cost,
     }
@@ -235,8 +243,9 @@ def _line(r: Any) -> dict[str, Any]:
 
 def _counts(p: Any) -> str:
     return (
-        f"{p.done}/{p.total} completed, {p.failed} failed, {p.running} running, "
-        f"{p.tokens} tokens, ${p.cost:.4f}"
+        f"{p.done}/{p.total} completed, {p.failed} failed, "
+        + (f"{p.paused} paused, " if p.paused else "")
+        + f"{p.running} running, {p.tokens} tokens, ${p.cost:.4f}"
     )
 
 
@@ -289,7 +298,7 @@ class _Bar:
         if self.progress is not None:
             self.progress.update(
                 self.task,
-                completed=p.done + p.failed,
+                completed=p.done + p.failed + p.paused,
                 done=p.done,
                 failed=p.failed,
                 running=p.running,

@@ -38,6 +38,7 @@ class BatchProgress:
     failed: int = 0
     running: int = 0
     reused: int = 0
+    paused: int = 0  # by `eclflow pause`: the batch run again continues them
     tokens: int = 0
     cost: float = 0.0
 
@@ -141,6 +142,8 @@ async def iter_batch(
             progress.running -= 1
         if result.status == "completed":
             progress.done += 1
+        elif result.status == "paused":
+            progress.paused += 1
         else:
             progress.failed += 1
         progress.tokens += result.tokens
