@@ -546,6 +546,7 @@ async def test_a_lock_another_process_holds_does_not_stall_the_event_loop(tmp_pa
 
     path = tmp_path / "runs.db"
     store = open_store(f"sqlite:///{path}")
+    store.check_writable()  # (done before a run starts: not the wait this test is about)
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     mock = MockProvider(
         {
@@ -1315,6 +1316,26 @@ def test_a_store_used_by_loop_after_loop_keeps_few_connections(tmp_path: Path) -
         assert len(store.db._conns) <= 4, len(store.db._conns)
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+async def test_a_read_only_database_fails_the_run_before_its_first_call(pg_url: str) -> None:
+    """(A standby, or default_transaction_read_only: before, the first model call was made and
+    paid for, then its result could not be written.)"""
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+
+    open_store(pg_url).close()  # the schema exists
+    read_only = f"{pg_url}&options=-c%20default_transaction_read_only%3Don"
+    mock = MockProvider({"*": "v1"})
+    with (
+        open_store(read_only) as store,
+        pytest.raises(PersistenceError, match=r"is read-only .* a writable server"),
+    ):
+        await runner.run(
+            CRITIQUE_REVISE, {"topic": "t"}, model="mock/x", mock_responses=mock, store=store
+        )
+    assert mock.calls == 0
 
 
 def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:

@@ -133,6 +133,8 @@ async def run(
     run_id = run_id or new_run_id()
     try:
         limits = _limits(wf, budget)
+        if store is not None and journal is None and not getattr(store, "write_checked", True):
+            await asyncio.to_thread(store.check_writable)  # before anything is paid for
         if journal is None:
             if store is not None:
                 if claimed:  # its row is in the journal already, `pending`: now it runs

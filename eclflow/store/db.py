@@ -124,6 +124,7 @@ class Store:
         self.kind = url.kind
         self._shared: threading.RLock | None = None
         self._closed = False
+        self.write_checked = False  # True once check_writable has found it writable
         self.db = _database(url)
         # one connection shared by every thread, under a lock
         self.in_memory = url.kind == "sqlite" and url.path == MEMORY
@@ -182,6 +183,24 @@ class Store:
                     with suppress(Exception):
                         self.db.close()
                 raise PersistenceError(_one_line(e, self.url, self._sqlite_path())) from e
+
+    def check_writable(self) -> None:
+        """Fail now if nothing can be written here (a read-only file or mount, a PostgreSQL
+        standby), rather than after a run's first paid call. Once per store; waits for a
+        lock another process holds, like any write."""
+        if self.write_checked or self.in_memory:
+            return
+        with self.reading():
+            if self.kind == "sqlite":
+                conn = self.db.connection()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            elif self.db.execute_sql("SHOW transaction_read_only").fetchone()[0] == "on":
+                raise PersistenceError(
+                    f"{self.url} is read-only (transaction_read_only is on: a standby, or "
+                    "default_transaction_read_only): give the URL of a writable server"
+                )
+        self.write_checked = True
 
     def _sqlite_path(self) -> str | None:
         return None if self.kind != "sqlite" or self.in_memory else str(self.db.database)
