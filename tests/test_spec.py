@@ -1070,3 +1070,53 @@ output: {t: "{{ steps.a.output.text }}", d: "{{ steps.a.output.draft }}"}
     assert diagnose(text) == []
     (d,) = diagnose(text.replace("output.draft }}", "output.drafts }}"))
     assert d.code == "E302" and d.message == "steps.a.output.drafts does not exist"
+
+
+LOOPS = """\
+eclflow: 1
+id: loops
+model: mock/x
+steps:
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: x, type: llm, template: "style guide"}
+  - {id: c1, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: c2, type: critique, depends_on: [c1], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r1, type: revise, depends_on: [c1], revision_source: c1,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+  - {id: r2, type: revise, depends_on: [c2], revision_source: c2,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: revision_loop, validator: c1, reviser: r1, target: g, max_iterations: 2}
+  - {type: revision_loop, validator: c2, reviser: r2, target: g, max_iterations: 2}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # two loops re-running the same steps: both wrote c1#2, and resume replayed one
+        # loop's verdict as the other's
+        ((), "the loop of transitions[1] shares step 'g' with the loop of transitions[0]"),
+        # a validator revised in place is never asked again: the reviser ran to the bound
+        (
+            (("target: g, max_iterations: 2}\n  - {type: revision_loop, validator: c2",
+              "target: c1, max_iterations: 2}\n  - {type: revision_loop, validator: c2"),),
+            "the target of transitions[0] is its validator 'c1'",
+        ),
+        # the reviser ran as soon as the validator asked, before x had even started
+        (
+            (("depends_on: [c1], revision_source: c1", "depends_on: [c1, x], revision_source: c1"),
+             ("target: g, max_iterations: 2}\n", "target: g, max_iterations: 2}\n#")),
+            "reviser 'r1' depends on 'x', which the loop does not wait for",
+        ),
+    ],
+)  # fmt: skip
+def test_loop_wirings_the_engine_cannot_run_are_e207(
+    change: tuple[tuple[str, str], ...], message: str
+) -> None:
+    text = LOOPS
+    for old, new in change:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    found = [d.message for d in diagnose(text) if d.code == "E207"]
+    assert message in found, found

@@ -249,6 +249,7 @@ class _Checker:
     def check_loops(self) -> None:
         validators: dict[str, int] = {}
         revisers: dict[str, int] = {}
+        taken: dict[str, int] = {}  # step → the loop (transition index) whose body holds it
         self.loop_scope: dict[str, set[str]] = {}  # step → steps of its loop
         self.in_loop: set[str] = set()
         for i, t in enumerate(self.wf.transitions):
@@ -310,6 +311,18 @@ class _Checker:
                 )
                 self.broken_loop(t)
                 continue
+            if t.target == t.validator:
+                # (a validator revised in place would never be asked again: the loop would
+                # call its reviser to the bound and fail)
+                self.error(
+                    ["transitions", i, "target"],
+                    "E207",
+                    f"the target of {where} is its validator '{t.validator}'",
+                    "the target is the step whose output the validator judges: a step upstream "
+                    "of it",
+                )
+                self.broken_loop(t)
+                continue
             body = self.loop_body(t)
             if t.reviser in body or self.graph.has_path(t.reviser, t.validator):
                 self.error(
@@ -320,6 +333,34 @@ class _Checker:
                 )
                 self.broken_loop(t)
                 continue
+            shared = sorted((body | {t.reviser}) & taken.keys(), key=self.wf.step_ids.index)
+            if shared:
+                other = taken[shared[0]]
+                self.error(
+                    ["transitions", i, "target"],
+                    "E207",
+                    f"the loop of {where} shares step '{shared[0]}' with the loop of "
+                    f"transitions[{other}]",
+                    "loops may not share steps: each would re-run them under the same keys",
+                )
+                self.broken_loop(t)
+                continue
+            outside = [
+                p
+                for p in self.graph.predecessors(t.reviser)
+                if p not in body and p not in self.graph.ancestors(t.validator)
+            ]
+            if outside:
+                self.error(
+                    ["transitions", i, "reviser"],
+                    "E207",
+                    f"reviser '{t.reviser}' depends on '{outside[0]}', which the loop does not "
+                    "wait for",
+                    f"make validator '{t.validator}' depend on '{outside[0]}' (directly or not)",
+                )
+                self.broken_loop(t)
+                continue
+            taken.update(dict.fromkeys(body | {t.reviser}, i))
             # The reviser sees the whole loop; body steps see only what is upstream of them
             # (the validator has not run yet when they first run).
             self.loop_scope.setdefault(t.reviser, set()).update(body)
