@@ -181,3 +181,91 @@ def test_a_loop_a_condition_skipped_made_zero_revisions() -> None:
     assert r.status == "completed", r.error
     assert r.output == {"n": 0} and r.revisions == {}
     assert [s.output["text"] for s in r.steps if s.step_id == "after"] == ["n=0"]
+
+
+REVDEP = """\
+eclflow: 1
+id: revdep
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+  - {id: fin, type: template, depends_on: [r], template: "{{ d }}",
+     with: {d: "{{ steps.g.output.draft }} / {{ loops.c.revisions }}"}}
+transitions:
+  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
+output: {fin: "{{ steps.fin.output.text }}"}
+"""
+
+
+def test_a_step_after_the_reviser_runs_when_the_validator_passes_at_once() -> None:
+    """What depends on the reviser waits for the loop to end, revision or not (it was
+    skipped when no revision was needed, and the output then failed)."""
+    r = go(REVDEP, {"g": "G0", "c": {"content": {"decision": "pass", "critique": "ok"}}})
+    assert r.status == "completed", r.error
+    assert r.output == {"fin": "G0 / 0"}
+
+
+def test_a_condition_in_a_loop_body_holds_on_every_version() -> None:
+    """A step its condition skipped on the first version is skipped on the next too, not
+    called (and paid for) on the rerun."""
+    text = """\
+eclflow: 1
+id: loopcond
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: m, type: llm, template: "polish {{ d }}", with: {d: "{{ steps.g.output.draft }}"}}
+  - {id: c, type: critique, depends_on: [g, m], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: conditional, from: g, to: m, when: "steps.g.output.draft == 'POLISHME'"}
+  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
+output: {g: "{{ steps.g.output.draft }}", m: "{{ steps.m.status }}"}
+"""
+    script = {
+        "g": "G0", "r": "G1", "m": "polished",
+        "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
+        "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+    }  # fmt: skip
+    r = go(text, script)
+    assert r.status == "completed", r.error
+    assert [(s.key, s.status) for s in r.steps if s.step_id == "m"] == [
+        ("m#1", "skipped"),
+        ("m#2", "skipped"),
+    ]
+    assert r.output == {"g": "G1", "m": "skipped"} and r.calls == 4
+
+
+def test_a_loop_stops_revising_once_another_branch_has_failed_the_run() -> None:
+    """ "Steps already running finish, nothing new starts" holds for a loop's next turn too
+    (it went on revising, and paying, after the run had failed)."""
+    text = """\
+eclflow: 1
+id: parloop
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: x, type: llm, template: "x"}
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 5,
+     on_exhausted: accept}
+"""
+    revise = {"content": {"decision": "revise", "critique": "no", "feedback": "more"}, "delay": 0.2}
+    script = {
+        "x": {"error": "auth_error", "delay": 0.3},
+        "g": "G0", "c": revise, "r": {"content": "Gn", "delay": 0.2},
+    }  # fmt: skip
+    r = go(text, script)
+    assert r.status == "failed" and r.failed_step == "x"
+    # g, c#1 (0.2 s), r#1 in flight when x fails at 0.3 s: it finishes; c#2 never starts
+    assert [s.key for s in r.steps if s.step_id != "x"] == ["g", "c#1", "r#1"]

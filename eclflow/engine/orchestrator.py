@@ -39,6 +39,10 @@ class _RunFailed(Exception):
         self.error = error
 
 
+class _Stopped(Exception):
+    """Another branch failed the run: nothing new starts (what is in flight finishes)."""
+
+
 class _RunPaused(Exception):
     def __init__(self, step: str) -> None:
         super().__init__(step)
@@ -136,6 +140,7 @@ class Orchestrator:
         self.pause_check = pause_check
         self._next_pause_check = time.monotonic() + PAUSE_POLL
         self._pausing = False
+        self._failed = False  # a branch has failed the run
         self.executor = executor
         self.journal = journal
         self.registry = registry or default_registry()
@@ -239,6 +244,9 @@ class Orchestrator:
             return "succeeded"
         except _RunFailed as f:
             walk.failure.append(f.with_traceback(None))  # its frames hold `walk`: no cycle
+            self._failed = True
+            return "aborted"
+        except _Stopped:  # (a loop in this branch, after another branch failed)
             return "aborted"
         except _RunPaused as p:  # the other branches finish the steps they are in, no more
             walk.paused = walk.paused or p.step
@@ -248,8 +256,14 @@ class Orchestrator:
         preds = self.plan.predecessors[sid]
         if not preds:
             return True
+        revisers = self.plan.reviser_loops
         for p in preds:
-            if state.status(p) != "succeeded":
+            status = state.status(p)
+            if status != "succeeded" and p in revisers:
+                # a reviser that never ran: its validator passed; what waits for the reviser
+                # waits for the loop's end (as Plan.waits has it), which has come
+                status = state.status(revisers[p])
+            if status != "succeeded":
                 continue
             when = self.plan.conditions.get((p, sid))
             if when is None:
@@ -268,9 +282,11 @@ class Orchestrator:
             return None
         return LoopState(iteration=0, max_iterations=self.plan.loops[validator].max_iterations)
 
-    async def _skip(self, sid: str, state: _State) -> None:
+    async def _skip(
+        self, sid: str, state: _State, key: str | None = None, iteration: int = 0
+    ) -> None:
         state.set_status(sid, "skipped")
-        execution = await self.journal.skip(self.plan.first_keys[sid], sid, 0)
+        execution = await self.journal.skip(key or self.plan.first_keys[sid], sid, iteration)
         state.executions.append(execution)
         self._emit("step_finished", execution=execution)
 
@@ -285,6 +301,8 @@ class Orchestrator:
     ) -> StepExecution:
         step = self.steps[sid]
         key = key or self.plan.first_keys[sid]
+        if self._failed:
+            raise _Stopped
         if self.pause_check is not None and await self._pause_asked():
             raise _RunPaused(sid)
         try:
@@ -358,6 +376,10 @@ class Orchestrator:
             # The reviser's output is the new version of the target's output.
             state.set_output(loop.target, revised.output)
             for sid in loop.rerun:
+                if sid != loop.validator and not self._is_active(sid, state):
+                    # a condition in the loop's body holds on the new version as on the first
+                    await self._skip(sid, state, f"{sid}#{revisions + 1}", revisions)
+                    continue
                 last = await self._run_step(
                     sid,
                     state,

@@ -75,6 +75,11 @@ class Plan:
         )
 
     @cached_property
+    def reviser_loops(self) -> Mapping[str, str]:
+        """Each reviser's loop, by its validator."""
+        return MappingProxyType({lp.reviser: v for v, lp in self.loops.items()})
+
+    @cached_property
     def linear(self) -> tuple[str, ...]:
         """Steps of the linear pass, in order: every step but the revisers."""
         return tuple(s for s in self.order if s not in self.revisers)
