@@ -1053,7 +1053,9 @@ def test_an_llm_steps_fields_are_known_without_a_schema_or_with_a_closed_one(
     assert codes == ([] if ok else ["E302"])
 
 
-def test_a_loop_targets_output_has_what_its_reviser_writes_too() -> None:
+def test_what_is_read_of_a_loop_target_must_be_in_its_revisers_output_too() -> None:
+    """After a revision the target's output is the reviser's: a field only the first version
+    has fails the run after the revision was paid for."""
     text = """\
 eclflow: 1
 id: mixed
@@ -1065,11 +1067,16 @@ steps:
      with: {draft: "x", feedback: "{{ loop.feedback }}"}}
 transitions:
   - {type: revision_loop, validator: c, reviser: r, target: a, max_iterations: 2}
-output: {t: "{{ steps.a.output.text }}", d: "{{ steps.a.output.draft }}"}
+output: {t: "{{ steps.a.output.text }}"}
 """
-    assert diagnose(text) == []
-    (d,) = diagnose(text.replace("output.draft }}", "output.drafts }}"))
-    assert d.code == "E302" and d.message == "steps.a.output.drafts does not exist"
+    found = [(d.code, d.message, d.hint) for d in diagnose(text)]
+    hint = "after a revision the output of 'a' is reviser 'r''s: read what both have (no field"
+    assert [f[:2] for f in found] == [("E302", "steps.a.output.text does not exist")] * 2
+    assert all((f[2] or "").startswith(hint) for f in found)
+    same = text.replace(
+        '{id: a, type: llm, template: "write"}', "{id: a, type: generate, with: {topic: t}}"
+    ).replace("output.text", "output.draft")
+    assert diagnose(same) == []
 
 
 LOOPS = """\

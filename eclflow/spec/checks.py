@@ -434,6 +434,7 @@ class _Checker:
                 set(self.wf.env),
                 after(s.id, upstream),
                 fields,
+                self.revised_by,
             )
             raw = self.data["steps"][i]
             for path, text in _strings(raw.get("with"), ["steps", i, "with"]):
@@ -450,17 +451,20 @@ class _Checker:
                     set(self.wf.env),
                     after(t.to, allowed),
                     fields,
+                    self.revised_by,
                 )
                 when = self.data["transitions"][i]["when"]
                 if isinstance(when, str):
                     self.expression(["transitions", i, "when"], when, scope, whole=True)
-        scope = _Scope("output", self.known, False, loops, set(self.wf.env), loops, fields)
+        scope = _Scope(
+            "output", self.known, False, loops, set(self.wf.env), loops, fields, self.revised_by
+        )
         for path, text in _strings(self.data.get("output"), ["output"]):
             self.expression(path, text, scope, whole=False)
 
     def output_fields(self) -> dict[str, frozenset[str] | None]:
         """The fields each step's output has, where its type fixes them (None: not known). A
-        loop's target also gives what its reviser writes in its place."""
+        loop's target has those its reviser's output has too (which replaces it)."""
         from ..steps.builtin import CritiqueStep, GenerateStep, LLMStep, ReviseStep, TemplateStep
 
         fixed: dict[Any, frozenset[str]] = {
@@ -470,6 +474,7 @@ class _Checker:
             TemplateStep: frozenset({"text"}),
         }
         fields: dict[str, frozenset[str] | None] = {}
+        self.revised_by: dict[str, str] = {}  # a loop's target → its reviser
         for s in self.wf.steps:
             cls = self.registry.get(s.type) if s.type in self.registry else None
             if cls is None:
@@ -484,7 +489,10 @@ class _Checker:
         for t in self.wf.loops:
             target, reviser = fields.get(t.target), fields.get(t.reviser)
             if t.target in fields:
-                fields[t.target] = None if target is None or reviser is None else target | reviser
+                # after a revision the target's output is the reviser's: what is read of it
+                # must be in both
+                fields[t.target] = None if target is None or reviser is None else target & reviser
+                self.revised_by[t.target] = t.reviser
         return fields
 
     def expression(self, path: list[Any], text: str, scope: _Scope, *, whole: bool) -> None:
@@ -774,9 +782,11 @@ class _Scope:
         env: set[str],
         loops_done: set[str],
         fields: Mapping[str, frozenset[str] | None],
+        revised_by: Mapping[str, str],
     ) -> None:
         self.where = where
         self.fields = fields  # step → the fields of its output, where known
+        self.revised_by = revised_by
         self.steps = steps
         self.in_loop = in_loop
         self.loops = loops
@@ -813,11 +823,18 @@ class _Scope:
                 and p[3] not in known
                 and p[3] not in _MAPPING_METHODS
             ):
+                has = ", ".join(sorted(known)) or "no field both have"
+                reviser = self.revised_by.get(name)
                 return (
                     "E302",
                     f"steps.{name}.output.{p[3]} does not exist",
                     _did_you_mean(p[3], sorted(known))
-                    or f"the output of '{name}' has {', '.join(sorted(known))}",
+                    or (
+                        f"after a revision the output of '{name}' is reviser '{reviser}''s: "
+                        f"read what both have ({has})"
+                        if reviser is not None
+                        else f"the output of '{name}' has {has}"
+                    ),
                 )
             return None
         if root == "loop":
