@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -79,6 +80,24 @@ def test_bad_scripts_are_config_errors(tmp_path: Path) -> None:
         load_script(bad)
     with pytest.raises(errors.ConfigError, match="cannot read"):
         load_script(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"content": "x", "delay": "abc"}, "mock reply 1: delay (seconds) must be a number ≥ 0"),
+        ({"content": "x", "delay": -1}, "delay (seconds) must be a number ≥ 0, not -1"),
+        ({"content": "x", "cost": "free"}, "cost (USD) must be a number ≥ 0, not 'free'"),
+        ({"content": "x", "tokens": 5}, "tokens must be a mapping {input: N, output: N}"),
+        ({"content": "x", "tokens": {"input": "lots"}}, "tokens.input must be a whole number"),
+    ],
+)
+def test_bad_reply_fields_are_config_errors_when_the_script_loads(
+    entry: dict[str, object], message: str
+) -> None:
+    """(They were raw ValueError/AttributeError, or failed the step only when it ran.)"""
+    with pytest.raises(errors.ConfigError, match=re.escape(message)):
+        MockProvider([entry])
 
 
 def test_keyed_scripts_answer_by_journal_key_then_step_then_star() -> None:

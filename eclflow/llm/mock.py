@@ -235,16 +235,45 @@ def _reply(entry: Any, index: int) -> _Reply:
         )
     content = entry.get("content", "")
     tokens = entry.get("tokens") or {}
+    if not isinstance(tokens, Mapping):
+        raise ConfigError(
+            f"mock reply {index + 1}: tokens must be a mapping {{input: N, output: N}}, "
+            f"not {tokens!r}"
+        )
     return _Reply(
         content if isinstance(content, str) else json.dumps(content),
-        delay=float(entry.get("delay", 0) or 0),
+        delay=_number(entry.get("delay", 0) or 0, "delay (seconds)", index),
         error=None if error is None else str(error),
         message=None if entry.get("message") is None else str(entry["message"]),
-        tokens_in=tokens.get("input"),
-        tokens_out=tokens.get("output"),
-        cost=float(entry.get("cost", 0.0)),
+        tokens_in=_count(tokens.get("input"), "tokens.input", index),
+        tokens_out=_count(tokens.get("output"), "tokens.output", index),
+        cost=_number(entry.get("cost", 0.0), "cost (USD)", index),
         finish_reason=str(entry.get("finish_reason", "stop")),
     )
+
+
+def _number(value: Any, what: str, index: int) -> float:
+    """A non-negative number of a reply, or a ConfigError that names the reply."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        number = None
+    else:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not number >= 0:
+        raise ConfigError(f"mock reply {index + 1}: {what} must be a number ≥ 0, not {value!r}")
+    return number
+
+
+def _count(value: Any, what: str, index: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"mock reply {index + 1}: {what} must be a whole number ≥ 0, not {value!r}"
+        )
+    return value
 
 
 def _response(
