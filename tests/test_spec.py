@@ -122,6 +122,15 @@ CASES = {
         sub("revision_source: critique", "revision_source: generate"),
         "generate   #",
     ),
+    "E209 two conditions on one edge": (
+        "E209",
+        sub(
+            "  - {type: sequential, from: generate, to: critique}\n",
+            "  - {type: conditional, from: generate, to: critique, when: 'true'}\n"
+            "  - {type: conditional, from: generate, to: critique, when: 'false'}\n",
+        ),
+        "{type: conditional, from: generate, to: critique, when: 'false'}",
+    ),
     "E208 missing input": (
         "E208",
         sub('    with: {draft: "{{ steps.generate.output.draft }}"}', '    with: {text: "x"}'),

@@ -1,8 +1,9 @@
 """Semantic checks of a schema-valid workflow: references, cycles, loops, templates, files.
 
 Codes: E201 duplicate step id, E202 unknown step type, E203 unknown step reference, E204 cycle,
-E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing, E301 template
-syntax, E302 unknown variable, E303 `steps.X` not available here, E304 `loop.*` outside a loop,
+E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing, E209 two
+conditions on one edge, E301 template syntax, E302 unknown variable, E303 `steps.X` not
+available here, E304 `loop.*` outside a loop,
 E305 `env.X` not declared, E401 prompt file missing, E402 step has no prompt; warnings W501 step
 not connected, W502 output unused.
 """
@@ -203,7 +204,18 @@ class _Checker:
                     s.revision_source,
                     f"steps[{i}].revision_source",
                 )
+        conditions: dict[tuple[str, str], int] = {}
         for i, t in enumerate(self.wf.transitions):
+            if isinstance(t, Conditional):
+                first = conditions.setdefault((t.from_, t.to), i)
+                if first != i:  # (the graph keeps one edge a pair: the last would win)
+                    self.error(
+                        ["transitions", i],
+                        "E209",
+                        f"transitions[{i}] and transitions[{first}] are both conditions on "
+                        f"{t.from_} -> {t.to}",
+                        "write one condition that says both: (a) or (b)",
+                    )
             if isinstance(t, Sequential | Conditional):
                 self.ref(["transitions", i, "from"], t.from_, f"transitions[{i}].from")
                 self.ref(["transitions", i, "to"], t.to, f"transitions[{i}].to")
