@@ -57,9 +57,10 @@ steps:
     with: {text: "{{ steps.draft.output.text }}"}
   - {id: check, type: critique, depends_on: [polish], with: {draft: "{{ steps.polish.output.text }}"}}
   - id: fix
-    type: revise
+    type: llm
     depends_on: [check]
     revision_source: check
+    template: "Fix {{ draft }}: {{ feedback }}"
     with: {draft: "{{ steps.draft.output.text }}", feedback: "{{ loop.feedback }}"}
   - {id: publish, type: template, depends_on: [draft], template: "{{ t }}", with: {t: "{{ steps.draft.output.text }}"}}
 transitions:
