@@ -303,7 +303,11 @@ class Orchestrator:
         key = key or self.plan.first_keys[sid]
         if self._failed:
             raise _Stopped
-        if self.pause_check is not None and await self._pause_asked():
+        if (
+            self.pause_check is not None
+            and (self._pausing or time.monotonic() >= self._next_pause_check)
+            and await self._pause_asked()
+        ):  # (no coroutine a step until a look is due)
             raise _RunPaused(sid)
         try:
             context = state.context(loop.as_context() if loop is not None else None)
