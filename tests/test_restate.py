@@ -282,6 +282,47 @@ def test_worker_killed_mid_step_another_finishes_without_repeating(
 
 
 @needs_server
+def test_a_worker_crash_does_not_give_the_run_a_new_budget(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The calls replayed from Restate's journal count against the run's budget: with 3
+    calls allowed, generate and critique#1 before the crash and revise#1 after it leave none
+    for critique#2 (before, each crash started the count again: 8 calls on a budget of 3)."""
+    from eclflow.spec.model import Budget
+
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    first = procs.worker(
+        server,
+        keyed(
+            {
+                "generate": "v1",
+                "critique#1": REVISE,
+                "revise#1": {"content": "never delivered", "delay": 120},
+            }
+        ),
+        bind=bind,
+        name="first",
+    )
+    run_id = submit(
+        server, critique_revise(tmp_path), "tides", detach=True, budget=Budget(max_calls=3)
+    )
+    wait_for(lambda: "revise#1" in keys(first.calls()), what="revise#1 in flight")
+    first.kill()
+    second = procs.worker(
+        server,
+        keyed({"revise#1": "v2", "critique#2": PASS}),
+        bind=bind,
+        name="second",
+        register=False,
+    )
+    result = wait_result(server, run_id)
+    assert result.status == "failed"
+    assert "budget_exceeded" in (result.error or "") and "model call 4" in (result.error or "")
+    assert keys(second.calls()) == ["revise#1"]
+
+
+@needs_server
 def test_server_killed_mid_run_restarts_on_its_data_and_completes(
     procs: Processes, tmp_path: Path
 ) -> None:

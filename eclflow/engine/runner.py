@@ -103,12 +103,14 @@ async def run(
     metadata: Mapping[str, Any] | None = None,
     budget: Budget | Mapping[str, Any] | None = None,
     claimed: bool = False,
+    spent: Spent | None = None,
 ) -> RunResult:
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
     Journaled to `store` (or a store opened from `db`) when given; otherwise nothing is kept.
     `claimed`: the caller (batch mode) has already checked the input and written the run's
-    row, `pending`.
+    row, `pending`. `spent`: what the budget counts as spent already (a journal that replays
+    steps adds theirs to it).
     """
     wf = as_workflow(workflow)
     if inputs is not None and not isinstance(inputs, Mapping):
@@ -160,6 +162,7 @@ async def run(
             guard,
             on_call,
             limits,
+            spent,
         )
     finally:
         if own_store:

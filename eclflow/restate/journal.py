@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engine.journal import AttemptLog, Journal, MemoryJournal
 from ..engine.result import StepExecution, TraceEvent
+from ..observe.budget import Spent
 from ..spec.model import RetrySpec
 
 STATUS_STATE = "status"
@@ -121,6 +122,9 @@ class RestateJournal:
         self._lock = asyncio.Lock()
         self.progress: list[dict[str, Any]] = []
         self.executed: list[str] = []  # keys this invocation really executed (not replayed)
+        # what the steps read back from Restate's journal spent: the run's budget counts it,
+        # or every crash of a worker would give the run a whole budget again
+        self.spent = Spent()
 
     async def _inner(self) -> Journal:
         if self.inner is None:
@@ -165,6 +169,10 @@ class RestateJournal:
                 )
             if ran:
                 self.executed.append(key)
+            else:
+                self.spent.calls += execution.calls
+                self.spent.tokens += execution.tokens
+                self.spent.usd += execution.cost
             self._record(execution)
         return execution
 

@@ -257,6 +257,7 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
             run_id=run_id,
             journal=journal,
             budget=_budget(request.get("budget")),
+            spent=journal.spent,
         )
     except EclflowError as e:
         if e.retryable:
