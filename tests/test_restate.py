@@ -501,6 +501,16 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     assert data["status"] == "completed" and data["output"]["final_text"] == "v1"
     assert keys(worker.calls()) == ["generate", "critique#1"]
 
+    # in text, the full id comes first: Restate knows no prefixes, and the run goes on if
+    # the command stops waiting
+    text = eclflow("run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x")
+    assert text.returncode == 0, text.stderr
+    first = text.stderr.splitlines()[0]
+    assert first.startswith("run ") and first.endswith(" --engine restate` shows it")
+    sent = first.split()[1]
+    uuid.UUID(sent)
+    assert wait_result(server, sent).status == "completed"
+
     detached = eclflow(
         "run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x", "--detach"
     )

@@ -159,7 +159,9 @@ class LiveView:
         return table
 
 
-def print_result(result: Any, as_json: bool, quiet: bool) -> None:
+def print_result(result: Any, as_json: bool, quiet: bool, local: bool = True) -> None:
+    """The result on stdout, its summary on stderr. `local`: a run of this machine's journal,
+    which `eclflow resume` can continue (not one on Restate)."""
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
         return
@@ -193,7 +195,7 @@ def print_result(result: Any, as_json: bool, quiet: bool) -> None:
         )
     if result.error:
         click.echo(f"error: {result.error}", err=True)
-        if "budget_exceeded" in result.error:
+        if "budget_exceeded" in result.error and local:
             flag = next(
                 (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"
             )
@@ -381,15 +383,36 @@ def run_cmd(
                 "--engine restate takes no --mock-responses, --from, --inputs or --no-journal "
                 "(the workers hold the mock script and the database)"
             )
+        from ..engine.orchestrator import new_run_id
         from ..restate.client import submit
 
-        outcome = submit(
-            workflow, inputs, model=model, restate_url=restate_url, detach=detach, budget=budget
-        )
+        restate_id = new_run_id()
+        where = f"`eclflow status {restate_id} --engine restate` shows it"
+        if not detach and not (as_json or quiet or json_logs()):
+            # the full id: Restate knows no prefixes, and the run goes on if this stops waiting
+            click.echo(f"run {restate_id} sent to Restate; {where}", err=True)
+        try:
+            outcome = submit(
+                workflow,
+                inputs,
+                model=model,
+                restate_url=restate_url,
+                detach=detach,
+                budget=budget,
+                run_id=restate_id,
+            )
+        except KeyboardInterrupt:
+            say(
+                f"interrupted: stopped waiting; run {restate_id} goes on in Restate; {where}",
+                "error",
+                exit_code=130,
+                run_id=restate_id,
+            )
+            sys.exit(130)
         if isinstance(outcome, str):
             click.echo(outcome)
             sys.exit(EXIT_OK)
-        print_result(outcome, as_json, quiet)
+        print_result(outcome, as_json, quiet, local=False)
         sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
     if detach:
         raise click.UsageError("--detach goes with --engine restate")
