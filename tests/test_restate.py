@@ -124,6 +124,19 @@ def test_invalid_input_is_refused_before_anything_is_sent(tmp_path: Path) -> Non
         client.build_request(critique_revise(tmp_path), {"topic": ""})
 
 
+@pytest.mark.parametrize("bind", ["127.0.0.1:99999", "127.0.0.1", "host:port"])
+def test_a_bad_bind_is_one_line_and_exit_2(bind: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "serve", "--bind", bind],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: Configuration error: --bind expects HOST:PORT with a port of 0 to 65535, "
+        f"got {bind!r}"
+    ]
+
+
 def test_step_execution_survives_the_journal_json() -> None:
     e = StepExecution(
         "critique",

@@ -23,8 +23,8 @@ from .service import Worker, build_service
 def parse_bind(bind: str) -> tuple[str, int]:
     """`host:port` (or `[v6]:port`, or `:port`) → (host, port)."""
     host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--bind expects HOST:PORT, got {bind!r}")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--bind expects HOST:PORT with a port of 0 to 65535, got {bind!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
