@@ -80,7 +80,8 @@ def test_a_model_no_run_can_call_fails_the_batch_before_it_starts(tmp_path: Path
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == (
         "error: Configuration error: model 'mock/t' plays a script of replies: pass "
-        "--mock-responses FILE (command line) or mock_responses= (Python)"
+        "--mock-responses FILE to `eclflow run` (for Restate runs, to `eclflow serve`) or "
+        "mock_responses= (Python)"
     )
 
 

@@ -47,7 +47,8 @@ class Providers:
             if self.mock is None:
                 raise ConfigError(
                     f"model '{model}' plays a script of replies: pass --mock-responses FILE "
-                    "(command line) or mock_responses= (Python)"
+                    "to `eclflow run` (for Restate runs, to `eclflow serve`) or "
+                    "mock_responses= (Python)"
                 )
             provider = self.mock
         elif kind == "local":
