@@ -321,6 +321,9 @@ def test_a_worker_crash_does_not_give_the_run_a_new_budget(
         server, critique_revise(tmp_path), "tides", detach=True, budget=Budget(max_calls=3)
     )
     wait_for(lambda: "revise#1" in keys(first.calls()), what="revise#1 in flight")
+    # (and `status` says whose run it is while it goes on)
+    st = asyncio.run(client.status_async(run_id, server.ingress_url))
+    assert (st.state, st.workflow_id, st.running) == ("running", "critique-revise", "revise#1")
     first.kill()
     second = procs.worker(
         server,

@@ -115,8 +115,10 @@ class RestateJournal:
         *,
         inner: InnerJournal | None = None,
         retry: Callable[[str], RetrySpec] | None = None,
+        workflow_id: str | None = None,
     ) -> None:
         self.ctx = ctx
+        self.workflow_id = workflow_id  # (for `status` while the run goes on)
         self.inner = inner
         self.retry = retry or (lambda step_id: RetrySpec())
         self._lock = asyncio.Lock()
@@ -204,7 +206,13 @@ class RestateJournal:
 
     def _set_status(self, *, running: str | None) -> None:
         self.ctx.set(
-            STATUS_STATE, {"state": "running", "running": running, "steps": list(self.progress)}
+            STATUS_STATE,
+            {
+                "state": "running",
+                "running": running,
+                "steps": list(self.progress),
+                "workflow": self.workflow_id,
+            },
         )
 
 

@@ -245,7 +245,10 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
         await ctx.run_typed("eclflow:run", create_row)
 
     journal = RestateJournal(
-        ctx, inner=worker.inner_journal(run_id), retry=lambda sid: wf.step(sid).retry
+        ctx,
+        inner=worker.inner_journal(run_id),
+        retry=lambda sid: wf.step(sid).retry,
+        workflow_id=wf.id,
     )
     try:
         result = await runner.run(
@@ -264,7 +267,13 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
             raise
         ctx.set(
             STATUS_STATE,
-            {"state": "failed", "running": None, "steps": journal.progress, "error": str(e)},
+            {
+                "state": "failed",
+                "running": None,
+                "steps": journal.progress,
+                "workflow": wf.id,
+                "error": str(e),
+            },
         )
         raise TerminalError(_one_line(e), status_code=400) from None
     data = result.to_dict()
