@@ -269,3 +269,26 @@ transitions:
     assert r.status == "failed" and r.failed_step == "x"
     # g, c#1 (0.2 s), r#1 in flight when x fails at 0.3 s: it finishes; c#2 never starts
     assert [s.key for s in r.steps if s.step_id != "x"] == ["g", "c#1", "r#1"]
+
+
+def test_an_output_that_reads_a_skipped_step_says_so() -> None:
+    text = """\
+eclflow: 1
+id: skipout
+model: mock/x
+steps:
+  - {id: k, type: llm, template: "k", output_schema: {type: object, properties: {long: {type: boolean}}}}
+  - {id: a, type: llm, template: "a"}
+transitions:
+  - {type: conditional, from: k, to: a, when: "steps.k.output.long"}
+output: {a: "{{ steps.a.output.text }}"}
+"""
+    r = go(text, {"k": {"content": {"long": False}}, "a": "A"})
+    assert r.status == "failed"
+    assert r.error == (
+        "output: steps.a.output.text is undefined (step a was skipped, so its output is null: "
+        "guard it with `| default(...)` or `steps.a.status`)"
+    )
+    guarded = go(text.replace("output.text }}", "output.text | default('none') }}"), {
+        "k": {"content": {"long": False}}, "a": "A"})  # fmt: skip
+    assert guarded.status == "completed" and guarded.output == {"a": "none"}

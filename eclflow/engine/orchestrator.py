@@ -184,7 +184,7 @@ class Orchestrator:
             except EclflowError as e:
                 if result.status == "running":
                     result.status = "failed"
-                    result.error = f"output: {e}"
+                    result.error = f"output: {e}" + _skipped_hint(str(e), state)
         if result.status == "running":
             result.status = "completed"
         result.duration_ms = int((time.perf_counter() - started) * 1000)
@@ -391,6 +391,18 @@ class Orchestrator:
                     iteration=revisions,
                     loop=loop_state,
                 )
+
+
+def _skipped_hint(error: str, state: _State) -> str:
+    """Why an output that reads a skipped step fails, and what to write instead."""
+    for e in state.executions:
+        if e.outcome == "skipped" and f"steps.{e.step_id}." in error:
+            sid = e.step_id
+            return (
+                f" (step {sid} was skipped, so its output is null: guard it with "
+                f"`| default(...)` or `steps.{sid}.status`)"
+            )
+    return ""
 
 
 def _last(state: _State, sid: str) -> StepExecution:
