@@ -170,11 +170,14 @@ def test_prune_keeps_a_run_that_is_going_on(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "Deleted 1 run. (kept 1 still running)"
         assert journal.rows("select state from workflows where id = %s", run_id) == [("running",)]
+        # only the interrupted ones: none yet (the completed run is not one)
+        r = eclflow("prune", "--older-than", "0", "--state", "interrupted", "-y", env=env)
+        assert r.stdout.strip() == "Deleted 0 runs. (kept 1 still running)"
     finally:
         p.kill()
         p.communicate(timeout=30)
     # its process gone, it is an interrupted run like any other: pruned
-    r = eclflow("prune", "--older-than", "0", "-y", env=env)
+    r = eclflow("prune", "--older-than", "0", "--state", "interrupted", "-y", env=env)
     assert r.stdout.strip() == "Deleted 1 run."
     assert journal.rows("select id from workflows") == []
 

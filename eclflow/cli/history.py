@@ -541,17 +541,23 @@ def parse_age(text: str) -> timedelta:
     help="Delete runs started more than AGE ago: 30d, 12h, 90m, 45s, 2w (a bare number is "
     "days; 0 is every run).",
 )
-@click.option("--state", type=click.Choice(_STATES), help="Only runs in this state.")
+@click.option(
+    "--state",
+    type=click.Choice(_SHOWN_STATES),
+    help="Only runs in this state (interrupted: running, but their process has ended).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @db_option
 @handle_errors
 def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> None:
     """Delete old runs with their steps, artifacts and events; print how many."""
     age = parse_age(older_than)
+    # interrupted runs are stored running (or pending), and a live one is never deleted
+    states: tuple[str | None, ...] = ("running", "pending") if state == "interrupted" else (state,)
     with open_store(db) as store:
         # a run going on is never deleted under its feet (decided again when deleting)
-        live = store.runs.live(age, state)
-        count = store.runs.count(state=state, older_than=age) - len(live)
+        live = [r for s in states for r in store.runs.live(age, s)]
+        count = sum(store.runs.count(state=s, older_than=age) for s in states) - len(live)
         if count <= 0:
             click.echo("Deleted 0 runs." + (f" (kept {len(live)} still running)" if live else ""))
             return
@@ -566,7 +572,10 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
                 if not sys.stdin.isatty():  # (a terminal echoed the answer and its newline)
                     click.echo(err=True)
                 fail("nothing deleted (--yes deletes without asking)", 1)
-        deleted, kept = store.runs.prune(age, state=state)
+        deleted = kept = 0
+        for s in states:
+            d, k = store.runs.prune(age, state=s)
+            deleted, kept = deleted + d, kept + k
     still = f" (kept {kept} still running)" if kept else ""
     click.echo(f"Deleted {deleted} run{'s' if deleted != 1 else ''}.{still}")
 
