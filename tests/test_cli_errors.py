@@ -51,6 +51,10 @@ USAGE_ERRORS = [
     ),
     (["run", WF, "-i", "topic=x", "-c", "4"], "error: --concurrency goes with --inputs"),
     (
+        ["run", WF, "-i", "topic=x", "--engine", "restate", "--db", "sqlite:///x.db"],
+        "error: --engine restate takes no --mock-responses, --from, --inputs, --no-journal or --db",
+    ),
+    (
         ["run", WF, "-i", "topic=x", "--mock-responses", "replies.yaml"],
         "error: --mock-responses plays replies for mock/… models, and no step uses one "
         "(the model is local/smollm2): add --model mock/NAME",

@@ -378,10 +378,17 @@ def run_cmd(
     budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
     if engine == "restate":
-        if mock_responses or from_step or inputs_file or no_journal:
+        db_given = click.get_current_context().get_parameter_source("db")
+        if (
+            mock_responses
+            or from_step
+            or inputs_file
+            or no_journal
+            or db_given == click.core.ParameterSource.COMMANDLINE
+        ):
             raise click.UsageError(
-                "--engine restate takes no --mock-responses, --from, --inputs or --no-journal "
-                "(the workers hold the mock script and the database)"
+                "--engine restate takes no --mock-responses, --from, --inputs, --no-journal or "
+                "--db (the workers hold the mock script and the database)"
             )
         from ..engine.orchestrator import new_run_id
         from ..restate.client import submit
