@@ -292,3 +292,109 @@ output: {a: "{{ steps.a.output.text }}"}
     guarded = go(text.replace("output.text }}", "output.text | default('none') }}"), {
         "k": {"content": {"long": False}}, "a": "A"})  # fmt: skip
     assert guarded.status == "completed" and guarded.output == {"a": "none"}
+
+
+def test_a_condition_on_a_revisers_output_stays_closed_when_it_never_ran() -> None:
+    text = (
+        REVDEP.replace(
+            "  - {id: fin, type: template, depends_on: [r], template:",
+            "  - {id: fin, type: template, template:",
+        )
+        .replace(
+            "transitions:\n",
+            "transitions:\n  - {type: conditional, from: r, to: fin, "
+            "when: 'steps.r.output.draft | length > 3'}\n",
+        )
+        .replace(
+            'output: {fin: "{{ steps.fin.output.text }}"}',
+            'output: {fin: "{{ steps.fin.status }}"}',
+        )
+    )
+    r = go(text, {"g": "G0", "c": {"content": {"decision": "pass", "critique": "ok"}}})
+    assert r.status == "completed", r.error
+    assert r.output == {"fin": "skipped"}
+
+
+def test_a_step_skipped_on_a_rerun_has_no_output() -> None:
+    text = """\
+eclflow: 1
+id: loopcond
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: m, type: llm, template: "polish {{ d }}", with: {d: "{{ steps.g.output.draft }}"}}
+  - {id: c, type: critique, depends_on: [g, m], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: conditional, from: g, to: m, when: "steps.g.output.draft == 'v1'"}
+  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
+output: {m: "{{ steps.m.output }}", n: "{{ steps.m.versions | length }}"}
+"""
+    script = {
+        "g": "v1", "r": "v2", "m": "polished",
+        "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
+        "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+    }  # fmt: skip
+    r = go(text, script)
+    assert r.status == "completed", r.error
+    # m ran on v1, was skipped on v2: its output is null now (its versions keep v1's)
+    assert r.output == {"m": None, "n": 1}
+
+
+def test_a_resumed_run_follows_the_journal_rather_than_deciding_again() -> None:
+    """What the journal recorded (here m#2 succeeded, though its condition is false for the
+    new version) is the path: a run resumed by another version of eclflow replays it."""
+    from eclflow.engine import StepExecution
+
+    text = """\
+eclflow: 1
+id: loopcond
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: m, type: llm, template: "polish {{ d }}", with: {d: "{{ steps.g.output.draft }}"}}
+  - {id: c, type: critique, depends_on: [g, m], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: conditional, from: g, to: m, when: "steps.g.output.draft == 'v1'"}
+  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
+output: {m: "{{ steps.m.output.text }}"}
+"""
+    seed = {"m#2": StepExecution("m", "m#2", 1, "success", output={"text": "m two"})}
+    script = {
+        "g": "v1", "r": "v2", "m#1": "m one",
+        "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
+        "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+    }  # fmt: skip
+    r = go(text, script, journal=MemoryJournal(seed))
+    assert r.status == "completed", r.error
+    assert r.output == {"m": "m two"}
+    assert [(s.key, s.replayed) for s in r.steps if s.step_id == "m"] == [
+        ("m#1", False),
+        ("m#2", True),
+    ]
+
+
+def test_a_loop_stopped_by_another_branchs_failure_counts_no_revision() -> None:
+    text = """\
+eclflow: 1
+id: parloop
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: x, type: llm, template: "x"}
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
+"""
+    revise = {"content": {"decision": "revise", "critique": "no", "feedback": "more"}, "delay": 0.3}
+    r = go(text, {"x": {"error": "auth_error", "delay": 0.1}, "g": "G0", "c": revise})
+    assert r.status == "failed" and r.failed_step == "x"
+    assert r.revisions == {"c": 0}

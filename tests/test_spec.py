@@ -1107,6 +1107,23 @@ transitions:
 """
 
 
+def test_a_reviser_may_depend_on_an_earlier_loops_reviser() -> None:
+    """(The engine waits for that loop's end, as it does for anything downstream of it.)"""
+    text = (
+        LOOPS.replace(
+            "  - {id: c2, type: critique, depends_on: [c1],",
+            "  - {id: g2, type: generate, depends_on: [c1], with: {topic: t}}\n"
+            "  - {id: c2, type: critique, depends_on: [g2],",
+        )
+        .replace(
+            "  - {id: r2, type: revise, depends_on: [c2],",
+            "  - {id: r2, type: revise, depends_on: [c2, r1],",
+        )
+        .replace("reviser: r2, target: g,", "reviser: r2, target: g2,")
+    )
+    assert [d.code for d in diagnose(text) if d.severity == "error"] == []
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

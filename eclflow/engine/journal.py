@@ -71,6 +71,9 @@ class MemoryJournal:
     async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
         return StepExecution(step_id, key, iteration, "skipped")
 
+    def recorded(self, key: str) -> str | None:
+        return "succeeded" if key in self.seed else None
+
 
 def _replayed(e: StepExecution) -> StepExecution:
     """A reused execution as this run records it: same results, no traces of its own."""
@@ -132,6 +135,13 @@ class StoreJournal:
             return reused
         log = _StoreAttemptLog(self, key, step_id, iteration, self._last_attempt.get(key, 0))
         return await execute(log)
+
+    def recorded(self, key: str) -> str | None:
+        """How the journal has `key`: succeeded, skipped, or not (yet): a resumed run takes
+        the path it took."""
+        if key in self._done:
+            return "succeeded"
+        return "skipped" if key in self._skipped else None
 
     async def skip(self, key: str, step_id: str, iteration: int) -> StepExecution:
         if key not in self._skipped:

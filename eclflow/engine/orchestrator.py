@@ -98,6 +98,10 @@ class _State:
         entry["output"] = output
         entry["versions"] = [*entry["versions"], output]  # copied: earlier lookups keep theirs
 
+    def clear_output(self, sid: str) -> None:
+        """A skipped step's output is null (its versions stay)."""
+        self._steps[sid]["output"] = None
+
     def revisions(self) -> dict[str, int]:
         """Revisions so far, by loop validator."""
         return {v: loop["revisions"] for v, loop in self._loops.items()}
@@ -235,7 +239,7 @@ class Orchestrator:
         try:
             if walk.failure or any(walk.settled[w] == "aborted" for w in self.plan.waits[sid]):
                 return "aborted"
-            if not self._is_active(sid, state):
+            if not self._runs(sid, self.plan.first_keys[sid], state):
                 await self._skip(sid, state)
                 return "skipped"
             await self._run_step(sid, state, loop=self._first_pass_loop(sid))
@@ -252,6 +256,15 @@ class Orchestrator:
             walk.paused = walk.paused or p.step
             return "aborted"
 
+    def _runs(self, sid: str, key: str, state: _State) -> bool:
+        """Whether `sid` runs at `key`: as the journal recorded it when it has (a run resumed
+        takes the path it took, whatever this version would decide), else as its edges say."""
+        recorded = getattr(self.journal, "recorded", None)
+        seen = recorded(key) if recorded is not None else None
+        if seen is not None:
+            return bool(seen == "succeeded")
+        return self._is_active(sid, state)
+
     def _is_active(self, sid: str, state: _State) -> bool:
         preds = self.plan.predecessors[sid]
         if not preds:
@@ -259,9 +272,10 @@ class Orchestrator:
         revisers = self.plan.reviser_loops
         for p in preds:
             status = state.status(p)
-            if status != "succeeded" and p in revisers:
+            if status != "succeeded" and p in revisers and (p, sid) not in self.plan.conditions:
                 # a reviser that never ran: its validator passed; what waits for the reviser
-                # waits for the loop's end (as Plan.waits has it), which has come
+                # waits for the loop's end (as Plan.waits has it), which has come (an edge
+                # with a condition on the reviser's output stays closed)
                 status = state.status(revisers[p])
             if status != "succeeded":
                 continue
@@ -286,6 +300,7 @@ class Orchestrator:
         self, sid: str, state: _State, key: str | None = None, iteration: int = 0
     ) -> None:
         state.set_status(sid, "skipped")
+        state.clear_output(sid)  # (a loop's rerun: not the last version's output)
         execution = await self.journal.skip(key or self.plan.first_keys[sid], sid, iteration)
         state.executions.append(execution)
         self._emit("step_finished", execution=execution)
@@ -374,15 +389,16 @@ class Orchestrator:
                     iteration=revisions,
                     loop=loop_state,
                 )
-            except _RunPaused:  # paused before the revision: it was not made
+            except (_RunPaused, _Stopped):  # stopped before the revision: it was not made
                 state.set_revisions(loop.validator, revisions - 1)
                 raise
             # The reviser's output is the new version of the target's output.
             state.set_output(loop.target, revised.output)
             for sid in loop.rerun:
-                if sid != loop.validator and not self._is_active(sid, state):
+                key = f"{sid}#{revisions + 1}"
+                if sid != loop.validator and not self._runs(sid, key, state):
                     # a condition in the loop's body holds on the new version as on the first
-                    await self._skip(sid, state, f"{sid}#{revisions + 1}", revisions)
+                    await self._skip(sid, state, key, revisions)
                     continue
                 last = await self._run_step(
                     sid,

@@ -357,10 +357,14 @@ class _Checker:
                 )
                 self.broken_loop(t)
                 continue
+            # (another loop's reviser stands for that loop's validator, as the engine waits)
+            reviser_of = {x.reviser: x.validator for x in self.wf.loops}
             outside = [
                 p
                 for p in self.graph.predecessors(t.reviser)
-                if p not in body and p not in self.graph.ancestors(t.validator)
+                if p not in body
+                and reviser_of.get(p, p) not in self.graph.ancestors(t.validator)
+                and reviser_of.get(p, p) not in body
             ]
             if outside:
                 self.error(
