@@ -209,10 +209,7 @@ def test_a_step_after_the_reviser_runs_when_the_validator_passes_at_once() -> No
     assert r.output == {"fin": "G0 / 0"}
 
 
-def test_a_condition_in_a_loop_body_holds_on_every_version() -> None:
-    """A step its condition skipped on the first version is skipped on the next too, not
-    called (and paid for) on the rerun."""
-    text = """\
+LOOPCOND = """\
 eclflow: 1
 id: loopcond
 model: mock/x
@@ -224,10 +221,35 @@ steps:
   - {id: r, type: revise, depends_on: [c], revision_source: c,
      with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
 transitions:
-  - {type: conditional, from: g, to: m, when: "steps.g.output.draft == 'POLISHME'"}
+  - {type: conditional, from: g, to: m, when: "%(when)s"}
   - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
-output: {g: "{{ steps.g.output.draft }}", m: "{{ steps.m.status }}"}
-"""
+output: %(output)s
+"""  # a condition inside a loop's body: when, output
+
+
+PARLOOP = """\
+eclflow: 1
+id: parloop
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: x, type: llm, template: "x"}
+  - {id: g, type: generate, with: {topic: "t"}}
+  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
+  - {id: r, type: revise, depends_on: [c], revision_source: c,
+     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
+transitions:
+  - {type: revision_loop, validator: c, reviser: r, target: g, %(bound)s}
+"""  # a loop beside a branch that fails: bound
+
+
+def test_a_condition_in_a_loop_body_holds_on_every_version() -> None:
+    """A step its condition skipped on the first version is skipped on the next too, not
+    called (and paid for) on the rerun."""
+    text = LOOPCOND % {
+        "when": "steps.g.output.draft == 'POLISHME'",
+        "output": '{g: "{{ steps.g.output.draft }}", m: "{{ steps.m.status }}"}',
+    }
     script = {
         "g": "G0", "r": "G1", "m": "polished",
         "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
@@ -245,21 +267,7 @@ output: {g: "{{ steps.g.output.draft }}", m: "{{ steps.m.status }}"}
 def test_a_loop_stops_revising_once_another_branch_has_failed_the_run() -> None:
     """ "Steps already running finish, nothing new starts" holds for a loop's next turn too
     (it went on revising, and paying, after the run had failed)."""
-    text = """\
-eclflow: 1
-id: parloop
-model: mock/x
-defaults: {retry: {max_attempts: 1}}
-steps:
-  - {id: x, type: llm, template: "x"}
-  - {id: g, type: generate, with: {topic: "t"}}
-  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
-  - {id: r, type: revise, depends_on: [c], revision_source: c,
-     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
-transitions:
-  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 5,
-     on_exhausted: accept}
-"""
+    text = PARLOOP % {"bound": "max_iterations: 5,\n     on_exhausted: accept"}
     revise = {"content": {"decision": "revise", "critique": "no", "feedback": "more"}, "delay": 0.2}
     script = {
         "x": {"error": "auth_error", "delay": 0.3},
@@ -316,22 +324,10 @@ def test_a_condition_on_a_revisers_output_stays_closed_when_it_never_ran() -> No
 
 
 def test_a_step_skipped_on_a_rerun_has_no_output() -> None:
-    text = """\
-eclflow: 1
-id: loopcond
-model: mock/x
-defaults: {retry: {max_attempts: 1}}
-steps:
-  - {id: g, type: generate, with: {topic: "t"}}
-  - {id: m, type: llm, template: "polish {{ d }}", with: {d: "{{ steps.g.output.draft }}"}}
-  - {id: c, type: critique, depends_on: [g, m], with: {draft: "{{ steps.g.output.draft }}"}}
-  - {id: r, type: revise, depends_on: [c], revision_source: c,
-     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
-transitions:
-  - {type: conditional, from: g, to: m, when: "steps.g.output.draft == 'v1'"}
-  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
-output: {m: "{{ steps.m.output }}", n: "{{ steps.m.versions | length }}"}
-"""
+    text = LOOPCOND % {
+        "when": "steps.g.output.draft == 'v1'",
+        "output": '{m: "{{ steps.m.output }}", n: "{{ steps.m.versions | length }}"}',
+    }
     script = {
         "g": "v1", "r": "v2", "m": "polished",
         "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
@@ -348,22 +344,10 @@ def test_a_resumed_run_follows_the_journal_rather_than_deciding_again() -> None:
     new version) is the path: a run resumed by another version of eclflow replays it."""
     from eclflow.engine import StepExecution
 
-    text = """\
-eclflow: 1
-id: loopcond
-model: mock/x
-defaults: {retry: {max_attempts: 1}}
-steps:
-  - {id: g, type: generate, with: {topic: "t"}}
-  - {id: m, type: llm, template: "polish {{ d }}", with: {d: "{{ steps.g.output.draft }}"}}
-  - {id: c, type: critique, depends_on: [g, m], with: {draft: "{{ steps.g.output.draft }}"}}
-  - {id: r, type: revise, depends_on: [c], revision_source: c,
-     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
-transitions:
-  - {type: conditional, from: g, to: m, when: "steps.g.output.draft == 'v1'"}
-  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
-output: {m: "{{ steps.m.output.text }}"}
-"""
+    text = LOOPCOND % {
+        "when": "steps.g.output.draft == 'v1'",
+        "output": '{m: "{{ steps.m.output.text }}"}',
+    }
     seed = {"m#2": StepExecution("m", "m#2", 1, "success", output={"text": "m two"})}
     script = {
         "g": "v1", "r": "v2", "m#1": "m one",
@@ -380,20 +364,7 @@ output: {m: "{{ steps.m.output.text }}"}
 
 
 def test_a_loop_stopped_by_another_branchs_failure_counts_no_revision() -> None:
-    text = """\
-eclflow: 1
-id: parloop
-model: mock/x
-defaults: {retry: {max_attempts: 1}}
-steps:
-  - {id: x, type: llm, template: "x"}
-  - {id: g, type: generate, with: {topic: "t"}}
-  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}
-  - {id: r, type: revise, depends_on: [c], revision_source: c,
-     with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}}
-transitions:
-  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}
-"""
+    text = PARLOOP % {"bound": "max_iterations: 2"}
     revise = {"content": {"decision": "revise", "critique": "no", "feedback": "more"}, "delay": 0.3}
     r = go(text, {"x": {"error": "auth_error", "delay": 0.1}, "g": "G0", "c": revise})
     assert r.status == "failed" and r.failed_step == "x"
