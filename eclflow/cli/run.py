@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..errors import PersistenceError
+from ..errors import PersistenceError, RunNotFound
 from . import cli
 from ._common import (
     EXIT_FAILED,
@@ -595,8 +595,6 @@ def _interrupted(run_id: str | None) -> None:
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
     """The database failed mid-run: what it committed is kept; say how to go on from it."""
-    from ..errors import RunNotFound
-
     try:
         found = store.runs.find(run_id).id
     except RunNotFound:  # nothing of it was committed: nothing to resume

@@ -262,6 +262,8 @@ class _Checker:
         validators: dict[str, int] = {}
         revisers: dict[str, int] = {}
         taken: dict[str, int] = {}  # step → the loop (transition index) whose body holds it
+        # (another loop's reviser stands for that loop's validator, as the engine waits)
+        reviser_of = {x.reviser: x.validator for x in self.wf.loops}
         self.loop_scope: dict[str, set[str]] = {}  # step → steps of its loop
         self.in_loop: set[str] = set()
         for i, t in enumerate(self.wf.transitions):
@@ -357,8 +359,6 @@ class _Checker:
                 )
                 self.broken_loop(t)
                 continue
-            # (another loop's reviser stands for that loop's validator, as the engine waits)
-            reviser_of = {x.reviser: x.validator for x in self.wf.loops}
             outside = [
                 p
                 for p in self.graph.predecessors(t.reviser)

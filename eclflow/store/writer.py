@@ -59,10 +59,6 @@ Handle = tuple[str, str, int]  # (run id, journal key, attempt)
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 
 
-_RESULT_COLUMNS = (
-    "state", "outcome", "output", "feedback", "error", "retryable", "duration_ms",
-    "tokens_in", "tokens_out", "cost", "traces", "prompt", "completed_at",
-)  # fmt: skip
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 logger = logging.getLogger("eclflow.store")
 
@@ -133,19 +129,16 @@ class JournalWriter:
                 f"tokens_in = {p}, tokens_out = {p}, cost = {p}, traces = {p}, prompt = {p}, "
                 f"completed_at = {p} WHERE run_id = {p} AND key = {p} AND attempt = {p}"
             ),
-            # a result whose `running` row went ahead of it: the whole row again, updating it
-            "upsert": (
-                "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, "
-                "input, model, started_at, outcome, output, feedback, error, retryable, "
-                "duration_ms, tokens_in, tokens_out, cost, traces, prompt, completed_at) "
-                f"VALUES ({', '.join([p] * 21)}) ON CONFLICT (run_id, key, attempt) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in _RESULT_COLUMNS)
-            ),
             "events": (
                 "INSERT INTO events (run_id, ts, kind, step_id, fields) "
                 f"VALUES ({p}, {p}, {p}, {p}, {p})"
             ),
         }
+        # a result whose `running` row went ahead of it: the whole step row again, updating it
+        self._sql["upsert"] = (
+            f"{self._sql['step']} ON CONFLICT (run_id, key, attempt) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c, _ in _FINISHED[:-3])
+        )
 
     # --- queueing (event loop thread) --------------------------------------------------------
 
@@ -370,7 +363,7 @@ class JournalWriter:
             *handle,
         )
         if held is None and started is not None:  # its `running` row went on its own
-            return self._queue("upsert", (*started[:5], args[0], *started[6:9], *args[1:13]), wait)
+            return self._queue("upsert", _whole_row(started, args), wait)
         return self._queue("finish", args, wait)
 
     async def record_skipped(self, run_id: str, step_id: str, key: str, iteration: int) -> None:
@@ -668,9 +661,7 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         if kind == "start":
             steps[(args[0], args[2], args[4])] = (*args, *_NO_RESULT)
         elif kind == "finish" and (started := steps.get(args[-3:])) is not None:
-            # state, outcome, output, feedback, error, retryable, duration_ms, tokens_in,
-            # tokens_out, cost, traces, prompt, completed_at
-            steps[args[-3:]] = (*started[:5], args[0], *started[6:9], *args[1:13])
+            steps[args[-3:]] = _whole_row(started, args)
         elif kind == "skip":
             run_id, step_id, key, iteration, now = args
             steps[(run_id, key, "skip")] = (
@@ -683,6 +674,13 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     if steps:
         by_kind["step"] = list(steps.values())
     return [(kind, by_kind[kind]) for kind in _PHASES if kind in by_kind]
+
+
+def _whole_row(start: tuple[Any, ...], finish: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A step row (the `step` INSERT's columns) from a `start`'s arguments and its `finish`'s
+    (state, outcome, output, feedback, error, retryable, duration_ms, tokens_in, tokens_out,
+    cost, traces, prompt, completed_at, then the handle)."""
+    return (*start[:5], finish[0], *start[6:9], *finish[1:13])
 
 
 def writer_for(store: Any) -> JournalWriter:
