@@ -87,6 +87,17 @@ def submit(server: RestateServer, wf: Workflow, topic: str, **kw: Any) -> Any:
     )
 
 
+def stuck_in_revise(procs: Processes, server: RestateServer, bind: str, **kw: Any) -> Any:
+    """A worker whose script answers generate and critique#1 (revise) and never revise#1:
+    the one a test kills mid-run."""
+    script = {
+        "generate": "v1",
+        "critique#1": REVISE,
+        "revise#1": {"content": "never delivered", "delay": 120},
+    }
+    return procs.worker(server, keyed(script), bind=bind, name="first", **kw)
+
+
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Processes]:
     with processes(tmp_path) as p:
@@ -220,19 +231,7 @@ def test_worker_killed_mid_step_another_finishes_without_repeating(
     server = procs.server()
     bind = f"127.0.0.1:{free_port()}"
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    first = procs.worker(
-        server,
-        keyed(
-            {
-                "generate": "v1",
-                "critique#1": REVISE,
-                "revise#1": {"content": "never delivered", "delay": 120},
-            }
-        ),
-        bind=bind,
-        name="first",
-        db=db,
-    )
+    first = stuck_in_revise(procs, server, bind, db=db)
     wf = critique_revise(tmp_path)
     run_id = submit(server, wf, "tides", detach=True)
     assert isinstance(run_id, str)
@@ -305,18 +304,7 @@ def test_a_worker_crash_does_not_give_the_run_a_new_budget(
 
     server = procs.server()
     bind = f"127.0.0.1:{free_port()}"
-    first = procs.worker(
-        server,
-        keyed(
-            {
-                "generate": "v1",
-                "critique#1": REVISE,
-                "revise#1": {"content": "never delivered", "delay": 120},
-            }
-        ),
-        bind=bind,
-        name="first",
-    )
+    first = stuck_in_revise(procs, server, bind)
     run_id = submit(
         server, critique_revise(tmp_path), "tides", detach=True, budget=Budget(max_calls=3)
     )
