@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -57,29 +59,40 @@ def advertised_uri(bind: str) -> str:
     return f"http://{host}:{port}"
 
 
-async def register(admin_url: str, uri: str, *, attempts: int = 50) -> str:
+REGISTER_WITHIN = 30.0  # seconds: the admin API may still be starting beside the worker
+
+
+async def register(admin_url: str, uri: str, *, within: float = REGISTER_WITHIN) -> str:
     """Register the deployment at `uri` with the Restate admin API; returns its id.
 
-    Registering the same URI again (another worker at the same address) is not an error."""
+    Tries for `within` seconds (a server starting beside the worker is waited for). Registering
+    the same URI again (another worker at the same address) is not an error."""
+    import time
+
     import httpx
 
     url = admin_url.rstrip("/") + "/deployments"
+    deadline = time.monotonic() + within
     last: str = ""
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        for _ in range(attempts):
+    async with httpx.AsyncClient(timeout=min(30.0, within)) as client:
+        while True:
             try:
                 r = await client.post(url, json={"uri": uri})
             except httpx.TransportError as e:
                 last = f"cannot reach the Restate admin API at {admin_url}: {e}"
-                await asyncio.sleep(0.2)
-                continue
-            if r.status_code in (200, 201):
-                data = r.json()
-                return str(data.get("id", ""))
-            if r.status_code == 409:
-                return _existing_id(r)
-            last = f"Restate refused the deployment {uri} ({r.status_code}): {_message(r)}"
-            if r.status_code < 500:
+            else:
+                if r.status_code in (200, 201):
+                    data = r.json()
+                    return str(data.get("id", ""))
+                if r.status_code == 409:
+                    return _existing_id(r)
+                last = (
+                    f"Restate refused the deployment {uri} ({r.status_code}): {_message(r)}; "
+                    "is that where Restate reaches this worker? (--advertise URL)"
+                )
+                if r.status_code < 500:
+                    break
+            if time.monotonic() + 0.2 >= deadline:
                 break
             await asyncio.sleep(0.2)
     raise ConfigError(last or f"cannot register {uri} with {admin_url}")
@@ -184,8 +197,28 @@ async def _until_stopped(server: asyncio.Task[Any], stop: asyncio.Event, grace: 
     if server.done():
         server.result()
         return
+    _quiet_cut_offs()
     try:
-        await asyncio.wait_for(asyncio.shield(server), timeout=grace)
+        # hypercorn cuts off what is still running after `grace`; this bound is for a server
+        # that does not stop even then
+        await asyncio.wait_for(asyncio.shield(server), timeout=grace + 2.0)
     except TimeoutError:
         server.cancel()
         await asyncio.wait({server}, timeout=1.0)
+    if server.done() and not server.cancelled():
+        with contextlib.suppress(Exception):
+            server.exception()
+
+
+def _quiet_cut_offs() -> None:
+    """Invocations cut off at a stop make hypercorn, the Restate SDK and asyncio print the
+    tracebacks of their own cancellation. That is the expected end of a stop (Restate retries
+    the invocations elsewhere), so from now on they go to the debug log, not to stderr."""
+    log = logging.getLogger("eclflow.restate")
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        log.debug("while stopping: %s", context.get("message"), exc_info=context.get("exception"))
+
+    asyncio.get_running_loop().set_exception_handler(handler)
+    logging.getLogger("restate.server").addFilter(lambda record: record.levelno > logging.ERROR)
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
