@@ -30,7 +30,7 @@ from restate_server import (
 )
 
 from eclflow.engine.result import RunResult, StepExecution, TraceEvent
-from eclflow.errors import RunNotFound
+from eclflow.errors import EclflowError, RunNotFound
 from eclflow.restate import client
 from eclflow.restate.journal import execution_from_json, execution_to_json
 from eclflow.spec import load
@@ -133,6 +133,45 @@ def test_invalid_input_is_refused_before_anything_is_sent(tmp_path: Path) -> Non
 
     with pytest.raises(InvalidInput):
         client.build_request(critique_revise(tmp_path), {"topic": ""})
+
+
+def test_registering_gives_up_on_a_deployment_restate_cannot_reach() -> None:
+    """An admin API that keeps answering 500 (what Restate says when it cannot call the
+    advertised URI) is tried for `within` seconds, then a one-line error with the remedy."""
+    import http.server
+    import time
+
+    from eclflow.errors import ConfigError
+    from eclflow.restate.worker import register
+
+    posts: list[str] = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(self.path)
+            body = b'{"message": "error when calling the deployment: connection refused"}'
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    admin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=admin.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            asyncio.run(
+                register(f"http://127.0.0.1:{admin.server_port}", "http://w:9080", within=1.0)
+            )
+        assert time.monotonic() - started < 10
+    finally:
+        admin.shutdown()
+    assert len(posts) >= 2 and set(posts) == {"/deployments"}
+    assert "Restate refused the deployment http://w:9080 (500): error when" in str(e.value)
+    assert "(--advertise URL)" in str(e.value)
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1:99999", "127.0.0.1", "host:port"])
@@ -544,6 +583,73 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     )
     assert down.returncode != 0
     assert "cannot reach Restate" in down.stderr and "Traceback" not in down.stderr
+
+
+@needs_server
+def test_sigterm_cuts_off_a_step_quietly_and_another_worker_finishes_the_run(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """SIGTERM mid-step: the worker exits 0 after its grace period without printing the
+    tracebacks of the invocation it cut off, and Restate gives the run to the next worker."""
+    import signal
+
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    slow = keyed({"generate": {"content": "never delivered", "delay": 120}})
+    first = procs.worker(server, slow, bind=bind, name="first")
+    wf = critique_revise(tmp_path)
+    run_id = submit(server, wf, "kelp", detach=True)
+    wait_for(lambda: keys(first.calls()) == ["generate"], what="generate in flight")
+
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=30) == 0
+    log = first.log_path.read_text()
+    assert "Traceback" not in log and "never awaited" not in log, log
+    assert log.strip().splitlines()[-1].startswith("eclflow worker serving ")
+
+    second = procs.worker(
+        server, keyed({"generate": "v1", "critique": PASS}, cycle=True), bind=bind,
+        name="second", register=False,
+    )  # fmt: skip
+    assert wait_result(server, run_id).status == "completed"
+    assert keys(second.calls()) == ["generate", "critique#1"]
+
+
+@needs_server
+def test_a_run_waiting_for_a_worker_says_so_once(
+    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the service registered but no worker up, the client says so (once) instead of
+    waiting without a word; a slow step on a live worker is not taken for a missing one."""
+    monkeypatch.setattr(client, "NO_WORKER_AFTER", 0.5)
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    script = keyed({"generate": {"content": "v1", "delay": 2}, "critique": PASS}, cycle=True)
+    live = procs.worker(server, script, bind=bind)
+    wf = critique_revise(tmp_path)
+    said: list[str] = []
+
+    slow = submit(server, wf, "kelp", on_no_worker=lambda: said.append("slow"))
+    assert isinstance(slow, RunResult) and slow.status == "completed", slow
+    assert said == []
+
+    live.kill()
+    with pytest.raises(EclflowError, match="gave up waiting"):
+        submit(
+            server,
+            wf,
+            "kelp",
+            run_id="batch/7?a b",
+            timeout=5,
+            on_no_worker=lambda: said.append("none"),
+        )
+    assert said == ["none"]
+
+    # the run waited in Restate; a worker at the registered address runs it, and an id
+    # with `/`, `?` and a space is one key throughout
+    procs.worker(server, script, bind=bind, name="second", register=False)
+    assert wait_result(server, "batch/7?a b").status == "completed"
+    assert client.status("batch/7?a b", server.ingress_url).state == "completed"
 
 
 def _local(wf: Workflow, inputs: dict[str, Any], script: dict[str, Any]) -> RunResult:

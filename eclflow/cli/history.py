@@ -218,9 +218,8 @@ def _run_duration_ms(run: Any) -> int | None:
     "--engine",
     type=click.Choice(["local", "restate"]),
     default="local",
-    show_default=True,
     envvar="ECLFLOW_ENGINE",
-    help="restate: ask Restate (give the full run id).",
+    help="restate: ask Restate (give the full run id). Default: ECLFLOW_ENGINE, else local.",
 )
 @click.option(
     "--restate-url",

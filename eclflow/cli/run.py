@@ -314,9 +314,9 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "--engine",
     type=click.Choice(["local", "restate"]),
     default="local",
-    show_default=True,
     envvar="ECLFLOW_ENGINE",
-    help="restate: submit the run to Restate, where `eclflow serve` workers run it.",
+    help="restate: submit the run to Restate, where `eclflow serve` workers run it. "
+    "Default: ECLFLOW_ENGINE, else local.",
 )
 @click.option(
     "--restate-url",
@@ -398,6 +398,15 @@ def run_cmd(
         if not detach and not (as_json or quiet or json_logs()):
             # the full id: Restate knows no prefixes, and the run goes on if this stops waiting
             click.echo(f"run {restate_id} sent to Restate; {where}", err=True)
+
+        def no_worker() -> None:
+            say(
+                f"run {restate_id} waits in Restate: no worker answers; start one with "
+                "`eclflow serve --register ADMIN_URL` (the run goes on when one does)",
+                "warning",
+                run_id=restate_id,
+            )
+
         try:
             outcome = submit(
                 workflow,
@@ -407,6 +416,7 @@ def run_cmd(
                 detach=detach,
                 budget=budget,
                 run_id=restate_id,
+                on_no_worker=None if detach else no_worker,
             )
         except KeyboardInterrupt:
             say(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,9 @@ from ..engine.result import RunResult, StepExecution
 from ..errors import ConfigError, EclflowError, RunNotFound
 from ..spec.model import Budget, Workflow
 from . import DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
+
+NO_WORKER_AFTER = 10.0  # seconds without a result before `run` asks whether a worker answers
+NO_WORKER_PROBE = 3.0
 
 
 def ingress_url(url: str | None = None) -> str:
@@ -144,7 +147,7 @@ class _Ingress:
 
         try:
             r = await self.client.post(
-                f"{self.url}/{SERVICE_NAME}/{run_id}/run/send", json=dict(request)
+                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/run/send", json=dict(request)
             )
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
@@ -157,19 +160,37 @@ class _Ingress:
             raise EclflowError(f"Restate refused the run ({r.status_code}): {_message(r)}")
         return str(r.json().get("status", "Accepted"))
 
-    async def attach(self, run_id: str, workflow_id: str, deadline: float | None) -> RunResult:
-        """Wait for the run's result; rides out a restarting server until `deadline`."""
+    async def attach(
+        self,
+        run_id: str,
+        workflow_id: str,
+        deadline: float | None,
+        on_no_worker: Callable[[], None] | None = None,
+    ) -> RunResult:
+        """Wait for the run's result; rides out a restarting server until `deadline`.
+
+        If no result came within NO_WORKER_AFTER seconds and no worker answers a status
+        request either, `on_no_worker` is called once (Restate holds the run until one does)."""
         import httpx
 
-        url = f"{self.url}/restate/workflow/{SERVICE_NAME}/{run_id}/attach"
+        url = f"{self.url}/restate/workflow/{SERVICE_NAME}/{_key(run_id)}/attach"
         delay = 0.1
+        quiet_until = None if on_no_worker is None else time.monotonic() + NO_WORKER_AFTER
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise EclflowError(f"gave up waiting for run {run_id} (it goes on in Restate)")
+            read = remaining
+            if quiet_until is not None:
+                left = max(quiet_until - time.monotonic(), 0.0)
+                read = left if read is None else min(read, left)
             try:
-                r = await self.client.get(url, timeout=httpx.Timeout(10.0, read=remaining))
+                r = await self.client.get(url, timeout=httpx.Timeout(10.0, read=read))
             except httpx.ReadTimeout:
+                if quiet_until is not None and time.monotonic() >= quiet_until:
+                    quiet_until = None
+                    if on_no_worker is not None and not await self.worker_answers(run_id):
+                        on_no_worker()
                 continue
             except httpx.TransportError:
                 await asyncio.sleep(delay)
@@ -185,11 +206,29 @@ class _Ingress:
                 continue
             return _failed(run_id, workflow_id, _message(r))
 
+    async def worker_answers(self, run_id: str) -> bool:
+        """Whether a worker answers the run's status handler within NO_WORKER_PROBE seconds."""
+        import httpx
+
+        try:
+            r = await self.client.post(
+                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/status",
+                json=None,
+                timeout=httpx.Timeout(NO_WORKER_PROBE),
+            )
+        except httpx.TimeoutException:
+            return False
+        except httpx.TransportError:
+            return True  # the server, not the worker, is away: attach rides that out
+        return r.status_code < 500
+
     async def status(self, run_id: str) -> dict[str, Any] | None:
         import httpx
 
         try:
-            r = await self.client.post(f"{self.url}/{SERVICE_NAME}/{run_id}/status", json=None)
+            r = await self.client.post(
+                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/status", json=None
+            )
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
         if r.status_code == 404:
@@ -204,7 +243,9 @@ class _Ingress:
         import httpx
 
         try:
-            r = await self.client.get(f"{self.url}/restate/workflow/{SERVICE_NAME}/{run_id}/output")
+            r = await self.client.get(
+                f"{self.url}/restate/workflow/{SERVICE_NAME}/{_key(run_id)}/output"
+            )
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
         if r.status_code == 200:
@@ -214,6 +255,13 @@ class _Ingress:
         if r.status_code == 404:
             return "unknown", None
         return "failed", _message(r)
+
+
+def _key(run_id: str) -> str:
+    """A run id as one path segment of an ingress URL (a `/` or `?` in it is not a path)."""
+    from urllib.parse import quote
+
+    return quote(run_id, safe="")
 
 
 def _message(r: Any) -> str:
@@ -246,8 +294,11 @@ async def submit_async(
     budget: Budget | None = None,
     timeout: float | None = None,
     client: Any = None,
+    on_no_worker: Callable[[], None] | None = None,
 ) -> RunResult | str:
-    """Submit one run through Restate's ingress; its RunResult, or its id with `detach`."""
+    """Submit one run through Restate's ingress; its RunResult, or its id with `detach`.
+
+    `on_no_worker` is called once if the run seems to wait for a worker (see `attach`)."""
     from ..engine.orchestrator import new_run_id
 
     request = build_request(workflow, dict(inputs or {}), model=model, budget=budget)
@@ -260,7 +311,7 @@ async def submit_async(
         if detach:
             return run_id
         deadline = None if timeout is None else time.monotonic() + timeout
-        return await ingress.attach(run_id, workflow.id, deadline)
+        return await ingress.attach(run_id, workflow.id, deadline, on_no_worker)
     finally:
         if own:
             await client.aclose()
@@ -276,6 +327,7 @@ def submit(
     run_id: str | None = None,
     budget: Budget | None = None,
     timeout: float | None = None,
+    on_no_worker: Callable[[], None] | None = None,
 ) -> RunResult | str:
     """`eclflow run FILE --engine restate [--restate-url URL] [--detach]`."""
     return asyncio.run(
@@ -288,6 +340,7 @@ def submit(
             run_id=run_id,
             budget=budget,
             timeout=timeout,
+            on_no_worker=on_no_worker,
         )
     )
 
