@@ -220,6 +220,37 @@ def test_output_validation_failure_then_a_good_reply_succeeds() -> None:
     assert e.outcome == "success" and e.attempts == 2 and e.output == {"draft": "A fine draft."}
 
 
+@pytest.mark.parametrize(
+    ("step", "reply", "output"),
+    [
+        (GenerateStep, "too long a draft", {"draft": "short"}),
+        (ReviseStep, "too long a draft", {"draft": "short"}),
+        (
+            CritiqueStep,
+            '{"decision": "pass", "critique": "Fine but wordy."}',
+            {"decision": "pass", "critique": "Fine.", "feedback": "Fine."},
+        ),
+    ],
+)
+def test_a_workflow_output_schema_binds_the_fixed_output_types_too(
+    step: type[Step], reply: str, output: dict[str, Any]
+) -> None:
+    """generate, critique and revise check their own rules and then the step's
+    `output_schema` (it was ignored): a reply that breaks it is retried like any other."""
+    from eclflow.engine.journal import _NoLog
+
+    field = "critique" if step is CritiqueStep else "draft"
+    schema = {"type": "object", "properties": {field: {"maxLength": 8}}}
+    mock = MockProvider(
+        [reply, '{"decision": "pass", "critique": "Fine."}' if step is CritiqueStep else "short"]
+    )
+    ex, _ = _ctx(mock)
+    s = step(spec(step.type_name, output_schema=schema))
+    inputs = {"topic": "t", "draft": "d", "feedback": "f", "attempt": 1}
+    e = asyncio.run(ex.run(s, "k", 0, inputs, _NoLog()))
+    assert e.outcome == "success" and e.attempts == 2 and e.output == output, e.error
+
+
 def test_step_timeout_is_retryable() -> None:
     from eclflow.engine.journal import _NoLog
     from eclflow.spec.model import RetrySpec

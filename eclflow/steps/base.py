@@ -221,6 +221,12 @@ class Step:
         """Raise `ValidationError` when `output` is not acceptable. Default: check the schema."""
         _check(self._output_validator, output, "output")
 
+    def check_workflow_schema(self, output: Any) -> None:
+        """Check `output` against the `output_schema` the workflow gave this step, if any: for
+        the step types whose `validate_output` checks rules of their own instead."""
+        if self.spec.output_schema is not None:
+            _check(self._output_validator, output, "output")
+
     # Built once per step: making a jsonschema validator costs several times more than using it.
     @cached_property
     def _input_validator(self) -> Any:

@@ -127,6 +127,7 @@ class GenerateStep(PromptStep):
 
     def validate_output(self, output: Any) -> None:
         _check_draft(output, self.spec.config, empty="Generated draft", long="Draft")
+        self.check_workflow_schema(output)
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         return StepResult.success({"draft": await self.call_model(ctx, input)})
@@ -201,6 +202,7 @@ class CritiqueStep(PromptStep):
     def validate_output(self, output: Any) -> None:
         if not _text(output.get("critique") if isinstance(output, Mapping) else None).strip():
             raise ValidationError("Critique cannot be empty", field="critique")
+        self.check_workflow_schema(output)
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         reply = await self.call_model(ctx, input, json_schema=CRITIQUE_SCHEMA)
@@ -251,6 +253,7 @@ class ReviseStep(PromptStep):
 
     def validate_output(self, output: Any) -> None:
         _check_draft(output, self.spec.config, empty="Revised draft", long="Revised draft")
+        self.check_workflow_schema(output)
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         if "attempt" not in input:
@@ -314,8 +317,7 @@ class TemplateStep(Step):
 
     def validate_output(self, output: Any) -> None:
         """Only a workflow's own `output_schema` to check: `execute` always makes `{text}`."""
-        if self.spec.output_schema is not None:
-            super().validate_output(output)
+        self.check_workflow_schema(output)
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         variables = {**input, "config": self._config}
