@@ -105,6 +105,38 @@ def test_input_is_checked_against_the_workflow_schema() -> None:
         go(BODY, [], inputs={"topic": 5})
 
 
+DEFAULTS = """\
+eclflow: 1
+id: defaults
+inputs:
+  type: object
+  required: [topic]
+  properties:
+    topic: {type: string}
+    tone: {type: string, default: plain}
+    style:
+      type: object
+      default: {}
+      properties: {width: {type: integer, default: 60}, case: {type: string}}
+steps:
+  - id: a
+    type: template
+    template: "{{ t }} / {{ tone }} / {{ width }}"
+    with: {t: "{{ input.topic }}", tone: "{{ input.tone }}", width: "{{ input.style.width }}"}
+output: {text: "{{ steps.a.output.text }}", style: "{{ input.style }}"}
+"""
+
+
+def test_input_defaults_fill_what_the_input_leaves_out() -> None:
+    """A property's `default` (nested too) is what the run sees when the input omits it."""
+    assert go(DEFAULTS, [], inputs={"topic": "kelp"}).output == {
+        "text": "kelp / plain / 60",
+        "style": {"width": 60},
+    }
+    given = go(DEFAULTS, [], inputs={"topic": "kelp", "tone": "dry", "style": {"case": "up"}})
+    assert given.output == {"text": "kelp / dry / 60", "style": {"case": "up", "width": 60}}
+
+
 def test_mock_model_without_a_script_is_a_config_error() -> None:
     wf = load_text(BODY)
     with pytest.raises(ConfigError, match="--mock-responses"):

@@ -163,7 +163,7 @@ class Orchestrator:
         wf = self.plan.workflow
         started = time.perf_counter()
         state = _State(
-            input,
+            self.plan.with_defaults(input),
             wf.step_ids,
             {k: os.environ[k] for k in wf.env if k in os.environ},
             list(self.plan.loops),

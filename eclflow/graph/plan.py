@@ -135,6 +135,17 @@ class Plan:
 
         return Draft202012Validator(dict(self.workflow.inputs))
 
+    def with_defaults(self, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`inputs` with the `default` of every property the `inputs` schema declares and the
+        run input leaves out (in nested objects too), as a reader of the schema expects."""
+        if not self._input_defaults:
+            return inputs
+        return _fill_defaults(self.workflow.inputs, inputs)
+
+    @cached_property
+    def _input_defaults(self) -> bool:
+        return _has_defaults(self.workflow.inputs)
+
     def step_objects(self, registry: StepRegistry) -> dict[str, Step]:
         """The workflow's step instances from `registry`, made once per plan and registry."""
         made = self._step_objects.get(id(registry))
@@ -191,3 +202,27 @@ def compile_plan(workflow: Workflow) -> Plan:
         _plans.pop(next(iter(_plans)))
     _plans[id(workflow)] = (workflow, plan)
     return plan
+
+
+def _has_defaults(schema: Any) -> bool:
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(props, Mapping):
+        return False
+    return any(
+        isinstance(p, Mapping) and ("default" in p or _has_defaults(p)) for p in props.values()
+    )
+
+
+def _fill_defaults(schema: Mapping[str, Any], value: Mapping[str, Any]) -> dict[str, Any]:
+    import copy
+
+    out = dict(value)
+    for name, prop in (schema.get("properties") or {}).items():
+        if not isinstance(prop, Mapping):
+            continue
+        if name not in out:
+            if "default" in prop:
+                out[name] = copy.deepcopy(prop["default"])
+        if isinstance(out.get(name), Mapping) and _has_defaults(prop):
+            out[name] = _fill_defaults(prop, out[name])
+    return out
