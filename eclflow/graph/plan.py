@@ -220,9 +220,8 @@ def _fill_defaults(schema: Mapping[str, Any], value: Mapping[str, Any]) -> dict[
     for name, prop in (schema.get("properties") or {}).items():
         if not isinstance(prop, Mapping):
             continue
-        if name not in out:
-            if "default" in prop:
-                out[name] = copy.deepcopy(prop["default"])
+        if name not in out and "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
         if isinstance(out.get(name), Mapping) and _has_defaults(prop):
             out[name] = _fill_defaults(prop, out[name])
     return out
