@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from conftest import CRITIQUE_REVISE
 
@@ -177,6 +178,19 @@ def test_a_value_the_inputs_declare_a_string_stays_the_text_typed(tmp_path: Path
         ({"type": "integer"}, "2024", 2024),
         ({}, "2024", 2024),
         ({"type": "boolean"}, "true", True),
+        # the text as typed: YAML comments, quotes, anchors and spaces are not syntax here
+        ({"type": "string"}, "Issue #42 is broken", "Issue #42 is broken"),
+        ({}, "a # b", "a # b"),
+        ({}, '"quoted"', '"quoted"'),
+        ({}, "  spaced  ", "  spaced  "),
+        ({}, "line1\nline2", "line1\nline2"),
+        ({}, "&a x", "&a x"),
+        ({}, "null", "null"),
+        ({}, "2024-01-01", "2024-01-01"),
+        ({"type": "number"}, ".inf", ".inf"),  # (refused by the schema, not turned into inf)
+        ({"type": "array"}, "[a, 2]", ["a", 2]),
+        ({"type": "object"}, "{k: v}", {"k": "v"}),
+        ({"type": "string"}, "[a, 2]", "[a, 2]"),
     ],
 )
 def test_typed_values_follow_the_inputs_schema(declared: dict, raw: str, value: object) -> None:
@@ -184,6 +198,20 @@ def test_typed_values_follow_the_inputs_schema(declared: dict, raw: str, value: 
 
     schema = {"type": "object", "properties": {"x": declared}}
     assert parse_inputs((f"x={raw}",), None, schema) == {"x": value}
+
+
+def test_an_input_file_holds_json_values(tmp_path: Path) -> None:
+    """A YAML date is its ISO text (it was refused: not a string); `.nan` and `.inf`, which
+    JSON and the journal cannot keep, are refused with the place in the file."""
+    from eclflow.cli.run import parse_inputs
+
+    good = tmp_path / "in.yaml"
+    good.write_text("when: 2024-01-01\nnested: {at: [2024-01-02]}\n")
+    assert parse_inputs((), good) == {"when": "2024-01-01", "nested": {"at": ["2024-01-02"]}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: {y: [1, .nan]}\n")
+    with pytest.raises(click.BadParameter, match=r"x\.y\[1\] is nan, not a finite number"):
+        parse_inputs((), bad)
 
 
 @pytest.mark.parametrize("args", [["steps"], ["graph", WF], ["runs"]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -30,8 +31,11 @@ from ._common import (
 def parse_inputs(
     pairs: tuple[str, ...], input_file: Path | None, schema: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """`--input-file` (JSON or YAML) first, then each `-i key=value` (a YAML scalar) on top.
-    A value the workflow's `inputs` declare a string stays the text typed (`topic=2024`)."""
+    """`--input-file` (JSON or YAML) first, then each `-i key=value` on top.
+
+    A value typed with `-i` is the text as typed (`#`, quotes and spaces included), except a
+    number or boolean the `inputs` schema does not declare a string, and a `[list]` or
+    `{object}` (YAML flow syntax) where it declares one."""
     from ruamel.yaml import YAML, YAMLError
 
     yaml = YAML(typ="safe", pure=True)
@@ -47,29 +51,55 @@ def parse_inputs(
             raise click.BadParameter(
                 f"{input_file} must hold an object of input values", param_hint="--input-file"
             )
-        data.update(loaded)
+        data.update(_plain(loaded, input_file, ""))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-i")
+        kinds = _declared(schema, key)
         try:
             value = yaml.load(raw) if raw.strip() else raw
         except YAMLError:
             value = raw
-        if not isinstance(value, str | int | float | bool) or value is None:
+        if isinstance(value, list | dict):
+            value = value if ("array" if isinstance(value, list) else "object") in kinds else raw
+        elif isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
+            value = raw if _wants_text(kinds, value) else value
+        else:  # text, null, a date, .inf: what was typed
             value = raw
-        if not isinstance(value, str) and _wants_text(schema, key.strip(), value):
-            value = raw
-        data[key.strip()] = value
+        data[key] = value
     return data
 
 
-def _wants_text(schema: Mapping[str, Any] | None, key: str, value: Any) -> bool:
-    """Whether the `inputs` schema declares `key` a string and not the type `value` has."""
+def _plain(value: Any, path: Path, where: str) -> Any:
+    """An input file's values as JSON has them: a YAML date is its ISO text; a number that
+    is not finite is refused (JSON has none, and the journal could not keep it)."""
+    import datetime
+
+    if isinstance(value, Mapping):
+        return {k: _plain(v, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise click.BadParameter(
+            f"{path}: {where} is {value}, not a finite number", param_hint="--input-file"
+        )
+    return value
+
+
+def _declared(schema: Mapping[str, Any] | None, key: str) -> list[Any]:
+    """The JSON types the `inputs` schema declares for `key` (none when it says nothing)."""
     properties = schema.get("properties") if isinstance(schema, Mapping) else None
     declared = properties.get(key) if isinstance(properties, Mapping) else None
     kind = declared.get("type") if isinstance(declared, Mapping) else None
-    kinds = kind if isinstance(kind, list) else [kind]
+    return kind if isinstance(kind, list) else [kind]
+
+
+def _wants_text(kinds: list[Any], value: Any) -> bool:
+    """Whether the declared `kinds` include string and not the type `value` has."""
     if "string" not in kinds:
         return False
     if isinstance(value, bool):
@@ -276,7 +306,8 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="An input value (repeatable); the value is read as a YAML scalar.",
+    help="An input value (repeatable): the text as typed; a number or true/false where the "
+    "workflow's inputs allow one, [a, b] or {k: v} where they declare a list or object.",
 )
 @click.option(
     "--input-file",
