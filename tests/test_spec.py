@@ -415,6 +415,38 @@ transitions:
     ]
 
 
+def test_numbers_that_are_not_finite_are_refused_where_they_are_written() -> None:
+    """`.nan` passed the schema's `minimum: 0` and a retry delay of it hung the run; `.inf`
+    delays and timeouts never end. Each is E114 at its value, once (the schema's own error
+    for `-.inf` is not repeated)."""
+    text = """\
+eclflow: 1
+id: nanwf
+defaults: {retry: {max_attempts: 2, initial_delay: .nan, max_delay: .inf}}
+budget: {max_usd: .inf}
+steps:
+  - {id: a, type: template, template: hi, timeout: .nan, config: {t: .nan}}
+  - {id: b, type: template, template: hi, retry: {initial_delay: -.inf}}
+"""
+    with pytest.raises(WorkflowInvalid) as e:
+        load_text(text, file="n.yaml")
+    got = [(d.location.line, d.location.col, d.code) for d in e.value.diagnostics]
+    assert sorted(got) == [
+        (3, 52, "E114"),
+        (3, 69, "E114"),
+        (4, 19, "E114"),
+        (6, 52, "E114"),
+        (6, 70, "E114"),
+        (7, 66, "E113"),
+    ]
+    assert "defaults.retry.initial_delay is nan; numbers in a workflow must be finite" in str(
+        e.value
+    )
+    for bad in (float("nan"), float("inf"), "9" * 400 + "s"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+
+
 def test_load_raises_with_all_diagnostics() -> None:
     with pytest.raises(WorkflowInvalid) as e:
         load_text(sub("to: critique}", "to: critque}"), file="x.yaml", base_dir=ROOT / "workflows")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -116,6 +117,8 @@ def check_text(
             )
         ]
     diags = _schema_diagnostics(data, located) + _value_diagnostics(data, located)
+    seen = {d.location for d in diags}
+    diags += [d for d in _non_finite(data, located, []) if d.location not in seen]
     base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
     from .checks import semantic_checks
 
@@ -174,11 +177,15 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    m = _DURATION.match(str(value))
-    if m is None:
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if m is None:
+            raise ValueError(f"not a duration: {value!r}")
+        seconds = float(m.group("n")) * _UNITS[m.group("unit")]
+    if not math.isfinite(seconds):  # .nan or .inf: a retry wait or a timeout that never ends
         raise ValueError(f"not a duration: {value!r}")
-    return float(m.group("n")) * _UNITS[m.group("unit")]
+    return seconds
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -564,6 +571,24 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     return [
         _diag(located.at(path), "E115", f"{where or 'the workflow'}: {_one_line(error.message)}")
     ]
+
+
+def _non_finite(value: Any, located: _Located, path: list[Any]) -> list[Diagnostic]:
+    """`.nan`, `.inf` anywhere: a schema's `minimum` lets NaN through, and a retry delay or a
+    timeout of either hangs the run."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [
+            _diag(
+                located.at(path),
+                "E114",
+                f"{_path_text(path)} is {value}; numbers in a workflow must be finite",
+                "write a number, or leave the key out for its default",
+            )
+        ]
+    items: Any = value.items() if isinstance(value, dict) else ()
+    if isinstance(value, list):
+        items = enumerate(value)
+    return [d for k, v in items for d in _non_finite(v, located, [*path, k])]
 
 
 def _value_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnostic]:
