@@ -255,3 +255,55 @@ def test_a_journal_that_fails_mid_run_names_the_run_even_when_the_database_is_go
             "run 01234567 stopped: once the database is back, `eclflow resume 01234567` continues it"
         )
     )
+
+
+def test_model_text_and_a_markup_like_name_print_safely_on_a_terminal(tmp_path: Path) -> None:
+    """A name with `[/]` crashed the live view (rich markup); a reply's escape sequences
+    reached the terminal raw (they can retitle the window or rewrite lines)."""
+    import pty
+    import threading
+
+    wf = tmp_path / "mk.yaml"
+    wf.write_text(
+        'eclflow: 1\nid: mk\nname: "Costs [USD] and [/] report [bold]x"\nmodel: mock/x\n'
+        "steps:\n  - {id: a, type: llm, template: hi}\n"
+        'output: {text: "{{ steps.a.output.text }}"}\n'
+    )
+    script = tmp_path / "m.yaml"
+    script.write_text('- "draft \\e]0;pwned\\a \\e[31mred\\e[0m \\x9b2J"\n')
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    main, secondary = pty.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "eclflow", "run", str(wf), "--mock-responses", str(script),
+             "--db", db],
+            stdout=subprocess.PIPE, stderr=secondary, timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")},
+        )  # fmt: skip
+    finally:
+        os.close(secondary)
+        reader.join(timeout=5)
+        os.close(main)
+    assert r.returncode == 0, bytes(seen).decode(errors="replace")
+    assert b"Costs [USD] and [/] report [bold]x" in seen  # the title, as written
+    out = r.stdout.decode()
+    assert out == "text: draft \\x1b]0;pwned\\x07 \\x1b[31mred\\x1b[0m \\x9b2J\n"
+
+    run_id = cli("runs", "--db", db, "--json").stdout
+    shown = cli("show", json.loads(run_id)[0]["id"], "--db", db)
+    assert shown.returncode == 0 and "pwned" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\x9b" not in shown.stdout and "\x07" not in shown.stdout

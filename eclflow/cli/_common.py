@@ -37,6 +37,17 @@ def stdout_console() -> Any:
     return _console_class()(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)}
+_CONTROL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
+
+
+def safe_text(text: str) -> str:
+    """`text` (a model's reply, a prompt, a run's input) safe to print on a terminal: control
+    characters other than newline and tab are written as `\\x1b`, so a reply cannot set the
+    window title, recolour the screen or rewrite a line. `--json` output is escaped by JSON."""
+    return text.translate(_CONTROL)
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print one line to stderr (a JSON object when the logs are JSON) and exit."""
     say(message, "error", prefix="error: ", exit_code=code)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import cli
-from ._common import db_option, fail, handle_errors, open_store, stdout_console
+from ._common import db_option, fail, handle_errors, open_store, safe_text, stdout_console
 
 _STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 # `interrupted` is not stored: a run still `running` whose process has ended (Ctrl-C, kill -9)
@@ -302,10 +302,11 @@ def status_cmd(
         lines.append(("Note", f"it {how}; `eclflow resume {run.id[:8]}` continues it"))
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
-        click.echo(f"{label + ':':<{width}} {value}")
+        click.echo(safe_text(f"{label + ':':<{width}} {value}"))
     if run.state == "completed" and run.output is not None:
         shown_output = json.dumps(run.output, indent=2, ensure_ascii=False, default=str)
-        click.echo("Output:\n" + "\n".join("  " + line for line in shown_output.splitlines()))
+        lines_out = "\n".join("  " + line for line in shown_output.splitlines())
+        click.echo(safe_text("Output:\n" + lines_out))
     if not keys:
         return
     click.echo()
@@ -430,7 +431,7 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
         if e["traces"]:
             out.append("-- traces")
             out += [_trace(t) for t in e["traces"]]
-    click.echo("\n".join(out).lstrip("\n"))
+    click.echo(safe_text("\n".join(out).lstrip("\n")))
 
 
 def _run_fields(run: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ..observe.logs import shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
-from ._common import db_option, handle_errors, open_store, say
+from ._common import db_option, handle_errors, open_store, safe_text, say
 
 _SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
 
@@ -46,7 +46,11 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                 lvl = str(data.get("level", "info"))
                 if lvl in order and order.index(lvl) < floor:
                     continue
-                click.echo(_json_line(run.id, event, data) if as_json else _text_line(event, data))
+                click.echo(
+                    _json_line(run.id, event, data)
+                    if as_json
+                    else safe_text(_text_line(event, data))
+                )
             if not follow:
                 break
             now = store.runs.get(run.id)
@@ -57,7 +61,9 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                     last_id = event.id
                     data = dict(event.fields or {})
                     click.echo(
-                        _json_line(run.id, event, data) if as_json else _text_line(event, data)
+                        _json_line(run.id, event, data)
+                        if as_json
+                        else safe_text(_text_line(event, data))
                     )
                 if gone:  # nothing will write to it again: stop following
                     pid = now.metadata.get("pid")

@@ -23,6 +23,7 @@ from ._common import (
     handle_errors,
     json_logs,
     not_empty,
+    safe_text,
     say,
     stderr_console,
 )
@@ -161,8 +162,9 @@ class LiveView:
 
     def _render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=self.title, caption=self.loop_note or None, expand=False)
+        table = Table(title=Text(self.title), caption=self.loop_note or None, expand=False)
         for col in ("step", "status", "attempt", "time", "tokens"):
             table.add_column(col, justify="right" if col in ("time", "tokens") else "left")
         now = time.perf_counter()
@@ -203,9 +205,9 @@ def print_result(result: Any, as_json: bool, quiet: bool, local: bool = True) ->
             and all(isinstance(v, str | int | float | bool) or v is None for v in out.values())
         ):
             for k, v in out.items():
-                click.echo(f"{k}: {v}")
+                click.echo(safe_text(f"{k}: {v}"))
         elif out is not None:
-            click.echo(json.dumps(out, indent=2, ensure_ascii=False, default=str))
+            click.echo(safe_text(json.dumps(out, indent=2, ensure_ascii=False, default=str)))
     revisions = sum(result.revisions.values())
     status = result.status
     line = (
@@ -224,7 +226,7 @@ def print_result(result: Any, as_json: bool, quiet: bool, local: bool = True) ->
             err=True,
         )
     if result.error:
-        click.echo(f"error: {result.error}", err=True)
+        click.echo(safe_text(f"error: {result.error}"), err=True)
         if "budget_exceeded" in result.error and local:
             flag = next(
                 (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"
