@@ -718,3 +718,19 @@ def test_items_paused_are_counted_as_paused_and_the_batch_run_again_continues_th
     assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["completed"] * 2
     keys = sorted(calls(tmp_path / "calls.jsonl"))
     assert keys == sorted(["generate", "critique#1", "revise#1", "critique#2"] * 2)  # none twice
+
+
+def test_input_lines_are_split_at_newlines_only(tmp_path: Path) -> None:
+    """JSON Lines as `jq -c` or eclflow's own --json write them: U+2028, U+2029 and U+0085
+    stay inside their strings (splitlines() cut the line there); CRLF, a BOM, blank and `#`
+    lines are as before."""
+    from eclflow.cli.batch import read_items
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(
+        '\ufeff{"topic": "a\u2028b"}\r\n\n# a comment\n{"topic": "c\u0085d\u2029e"}\n'.encode()
+    )
+    assert read_items(path, {"tone": "dry"}) == [
+        (1, {"tone": "dry", "topic": "a\u2028b"}),
+        (4, {"tone": "dry", "topic": "c\u0085d\u2029e"}),
+    ]

@@ -30,7 +30,9 @@ def read_items(path: Path, defaults: dict[str, Any]) -> list[tuple[int, dict[str
         line = data[: e.start].count(b"\n") + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         fail(f"{path}:{line}:{col}: not UTF-8 text (byte {data[e.start]:#04x})", EXIT_USAGE)
-    lines = text.removeprefix("\ufeff").splitlines()  # (a BOM, as some editors write)
+    # (a BOM, as some editors write); JSON Lines ends a line at \n only: U+2028 and U+0085,
+    # which splitlines() also breaks at, are text inside a JSON string
+    lines = text.removeprefix("\ufeff").split("\n")
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
