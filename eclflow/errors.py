@@ -148,6 +148,16 @@ class RunNotFound(NotFound):
         super().__init__(f"Run not found: {id}")
 
 
+class StoreNotFound(NotFound):
+    """A database that a command only reads has no eclflow store (a mistyped --db)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"no eclflow database at {url}: nothing has run with it; check --db or "
+            "ECLFLOW_DATABASE_URL"
+        )
+
+
 class PersistenceError(EclflowError):
     retryable = True
 

@@ -220,6 +220,9 @@ def test_a_reader_that_goes_away_is_141_for_commands_that_print_through_rich(
 ) -> None:
     """rich handles the broken pipe itself and exits 1 ("the run failed"); the shell's status
     for a process its reader left is 141, as for every other command."""
+    from eclflow.store import open_store
+
+    open_store(f"sqlite:///{tmp_path / 'runs.db'}").close()  # (`runs` reads an existing one)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")},
         "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
@@ -307,3 +310,21 @@ def test_model_text_and_a_markup_like_name_print_safely_on_a_terminal(tmp_path: 
     shown = cli("show", json.loads(run_id)[0]["id"], "--db", db)
     assert shown.returncode == 0 and "pwned" in shown.stdout
     assert "\x1b" not in shown.stdout and "\x9b" not in shown.stdout and "\x07" not in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["runs"], ["status", "abcd1234"], ["show", "abcd1234"], ["logs", "abcd1234"],
+     ["prune", "--older-than", "1d", "--yes"], ["resume", "abcd1234"], ["pause", "abcd1234"]],
+)  # fmt: skip
+def test_reading_a_mistyped_database_is_an_error_and_creates_nothing(
+    args: list[str], tmp_path: Path
+) -> None:
+    typo = tmp_path / "tyop.db"
+    r = cli(*args, "--db", str(typo))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (
+        f"error: no eclflow database at {typo}: nothing has run with it; check --db or "
+        "ECLFLOW_DATABASE_URL"
+    )
+    assert not typo.exists()

@@ -258,7 +258,9 @@ def test_a_database_error_mid_run_says_how_to_resume_and_loses_nothing(tmp_path:
     db = tmp_path / "runs.db"
     url = f"sqlite:///{db}"
     env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
-    subprocess.run([sys.executable, "-m", "eclflow", "runs"], env=env, check=True)  # creates it
+    from eclflow.store import open_store
+
+    open_store(url).close()  # creates it
     with sqlite3.connect(db) as conn:
         conn.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON step_executions WHEN NEW.key = 'revise#1' "

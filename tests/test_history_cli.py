@@ -262,9 +262,9 @@ def test_prune(tmp_path: Path) -> None:
 def test_db_option_and_bad_urls(tmp_path: Path) -> None:
     env = Env(tmp_path)
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    r = env.cli("runs", "--json", "--db", other)
-    assert r.returncode == 0 and json.loads(r.stdout) == []
-    assert (tmp_path / "other.db").is_file()
+    r = env.cli("runs", "--json", "--db", other)  # reading makes no database of a typo
+    assert r.returncode == 2 and "no eclflow database at" in r.stderr
+    assert not (tmp_path / "other.db").exists()
     r = env.cli("runs", "--db", "mysql://root@localhost/x")
     assert r.returncode == 2
     assert r.stderr.startswith(
@@ -272,7 +272,8 @@ def test_db_option_and_bad_urls(tmp_path: Path) -> None:
     )
     assert r.stderr.count("\n") == 1
     r = env.cli("runs", "--db", f"sqlite:///{tmp_path}/no/such/dir.db")
-    assert r.returncode == 1 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "no eclflow database at" in r.stderr
+    assert r.stderr.count("\n") == 1
 
 
 def test_runs_stats_totals_by_workflow_and_model(two_runs: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -1352,3 +1353,31 @@ def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
     # (writable here: no advice to check what is fine, say when the process ran out of files)
     assert _sqlite_hint("attempt to write a readonly database", db) is None
     assert _sqlite_hint("no such table: x", db) is None
+
+
+def test_a_store_that_is_only_read_is_never_created(url: str, tmp_path: Path) -> None:
+    """`create=False` (the history commands with a given --db): a mistyped URL is an error,
+    not a new empty database (`runs --db typo.db` said "No runs." and left typo.db; on
+    PostgreSQL it made eclflow's tables in the schema). A store that exists opens."""
+    from eclflow.errors import StoreNotFound
+
+    with pytest.raises(StoreNotFound, match=r"no eclflow database at .*check --db"):
+        open_store(url, create=False)
+    if url.startswith("sqlite"):
+        assert not (tmp_path / "store.db").exists()
+        (tmp_path / "store.db").write_bytes(b"")  # a file that is not a store is not made one
+        with pytest.raises(StoreNotFound):
+            open_store(url, create=False)
+        with sqlite3.connect(tmp_path / "store.db") as conn:
+            assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+        (tmp_path / "store.db").unlink()
+    else:
+        import psycopg2
+
+        schema = url.split("schema=")[1]
+        with psycopg2.connect(PG_BASE) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            assert cur.fetchone() is None
+    open_store(url).close()
+    with open_store(url, create=False) as store:
+        assert store.runs.list() == []

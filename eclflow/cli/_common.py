@@ -217,7 +217,10 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
-def open_store(db: str | None) -> Any:
+def open_store(db: str | None, *, existing: bool = False) -> Any:
+    """The store at `db` (--db or ECLFLOW_DATABASE_URL), else the default file. `existing`:
+    for commands that only read, a given URL must hold a store already (a typo is an error,
+    not a new empty database)."""
     from ..store import open_store as _open
 
-    return _open(db)
+    return _open(db, create=not (existing and db is not None))

@@ -76,7 +76,7 @@ def runs_cmd(
     if stats:
         _totals(db, as_json)
         return
-    with open_store(db) as store:
+    with open_store(db, existing=True) as store:
         if state in ("running", "pending", "interrupted"):  # (interrupted: stored as one of
             # the other two, its process gone)
             runs = [
@@ -126,7 +126,7 @@ def runs_cmd(
 
 
 def _totals(db: str | None, as_json: bool) -> None:
-    with open_store(db) as store:
+    with open_store(db, existing=True) as store:
         groups = {by: store.steps.totals(by) for by in ("workflow", "model")}
     if as_json:
         click.echo(json.dumps(groups, ensure_ascii=False))
@@ -244,7 +244,7 @@ def status_cmd(
             else st.to_text()
         )
         return
-    with open_store(db) as store:
+    with open_store(db, existing=True) as store:
         run = store.runs.find(run_id)
         rows = store.steps.for_run(run.id)
     keys = _by_key(rows)
@@ -384,7 +384,7 @@ def _by_key(rows: Iterable[Any]) -> list[dict[str, Any]]:
 def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> None:
     """Everything recorded about RUN_ID (any unique prefix): input, output, and every step
     execution with its rendered input, output, feedback, error and traces."""
-    with open_store(db) as store:
+    with open_store(db, existing=True) as store:
         run = store.runs.find(run_id)
         rows = store.steps.for_run(run.id)
     if step is not None:
@@ -554,7 +554,7 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
     age = parse_age(older_than)
     # interrupted runs are stored running (or pending), and a live one is never deleted
     states: tuple[str | None, ...] = ("running", "pending") if state == "interrupted" else (state,)
-    with open_store(db) as store:
+    with open_store(db, existing=True) as store:
         # a run going on is never deleted under its feet (decided again when deleting)
         live = [r for s in states for r in store.runs.live(age, s)]
         count = sum(store.runs.count(state=s, older_than=age) for s in states) - len(live)

@@ -35,7 +35,7 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
     """Show the events of RUN_ID (any unique prefix): steps, attempts, retries, model calls."""
     order = ["debug", "info", "warning", "error"]
     floor = order.index(level)
-    store = open_store(db)
+    store = open_store(db, existing=True)
     try:
         run = store.runs.find(run_id)
         last_id: int | None = None

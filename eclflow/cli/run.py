@@ -23,6 +23,7 @@ from ._common import (
     handle_errors,
     json_logs,
     not_empty,
+    open_store,
     safe_text,
     say,
     stderr_console,
@@ -569,7 +570,7 @@ def resume_cmd(
     from ..engine import runner
 
     _quiet_stamina()
-    store = _open_store(db)
+    store = open_store(db, existing=True)
     try:
         listener = None if as_json or quiet or json_logs() else _line_printer()
         result = _run_async(

@@ -273,7 +273,7 @@ def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
     if own:
         from ..store import open_store
 
-        store = open_store(db)
+        store = open_store(db, create=db is None)  # (a given URL must hold runs already)
     try:
         from ..store.owner import shown_state
 

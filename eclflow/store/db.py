@@ -25,7 +25,7 @@ from peewee import (
     SqliteDatabase,
 )
 
-from ..errors import ConfigError, EclflowError, PersistenceError
+from ..errors import ConfigError, EclflowError, PersistenceError, StoreNotFound
 from . import migrations
 from .models import FIELD_TYPES, make_models
 from .url import MEMORY, DatabaseURL, parse_url, resolve_url
@@ -112,7 +112,7 @@ class _PostgresqlDatabase(_Tracked, PostgresqlDatabase):
 class Store:
     """A durable store of runs, step executions, artifacts and events."""
 
-    def __init__(self, url: DatabaseURL) -> None:
+    def __init__(self, url: DatabaseURL, *, create: bool = True) -> None:
         from .repositories import (
             ArtifactRepository,
             EventRepository,
@@ -125,6 +125,12 @@ class Store:
         self._shared: threading.RLock | None = None
         self._closed = False
         self.write_checked = False  # True once check_writable has found it writable
+        if not create and url.kind == "sqlite" and url.path != MEMORY:
+            from pathlib import Path
+
+            assert url.path is not None
+            if not Path(url.path).is_file():
+                raise StoreNotFound(url.url)
         self.db = _database(url)
         # one connection shared by every thread, under a lock
         self.in_memory = url.kind == "sqlite" and url.path == MEMORY
@@ -139,6 +145,8 @@ class Store:
         self.writers: dict[int, Any] = {}
         try:
             with self.reading():
+                if not create and migrations.current_version(self.db, self.models) == 0:
+                    raise StoreNotFound(url.url)
                 if url.schema is not None:
                     self._create_schema(url.schema)
                 self.schema_version = migrations.migrate(self.db, self.models)
@@ -225,10 +233,11 @@ class Store:
         self.db.dispose()
 
 
-def open_store(url: str | None = None) -> Store:
+def open_store(url: str | None = None, *, create: bool = True) -> Store:
     """Open (and create or upgrade) the store at `url`, $ECLFLOW_DATABASE_URL, or the default
-    SQLite file in the user's data directory."""
-    return Store(parse_url(resolve_url(url)))
+    SQLite file in the user's data directory. `create=False`: only a store that exists (the
+    commands that read history do not make a database of a mistyped URL)."""
+    return Store(parse_url(resolve_url(url)), create=create)
 
 
 def _database(url: DatabaseURL) -> Any:
