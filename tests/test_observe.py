@@ -217,6 +217,29 @@ def _request(model: str = "mock/t", max_tokens: int = 100) -> CompletionRequest:
     return CompletionRequest(model, (Message("user", "word " * 40),), max_tokens=max_tokens)
 
 
+def test_counting_a_prompt_never_reaches_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm picks a Hugging Face tokenizer for `…llama-3…` names and downloads it (23 s
+    offline, inside the step's deadline); a budget's count uses the bundled encoding."""
+    import socket
+
+    tried: list[Any] = []
+
+    def no_network(self: socket.socket, address: Any) -> None:
+        tried.append(address)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: no_network(None, a))  # type: ignore[arg-type]
+    messages = [Message("system", "Be brief."), Message("user", "Why do tides happen? " * 20)]
+    for model in (
+        "openai/meta-llama/Meta-Llama-3-8B-Instruct",
+        "huggingface/meta-llama/Llama-2-7b",
+    ):
+        n = prompt_tokens(model, messages)
+        assert 80 < n < 400, n
+    assert tried == []
+
+
 def test_budget_guard_refuses_before_the_call() -> None:
     from eclflow.llm import CompletionResponse, TokenUsage
 

@@ -68,10 +68,16 @@ def estimate_tokens(text: str) -> int:
 
 
 def prompt_tokens(model: str, messages: Sequence[Any]) -> int:
-    """Tokens of a prompt: litellm's tokenizer for remote models, a cautious estimate else."""
+    """Tokens of a prompt: litellm's tokenizer for remote models, a cautious estimate else.
+
+    Always tiktoken's encoding, which litellm ships: for some model names (`…llama-3…`)
+    litellm would fetch a tokenizer from Hugging Face first, on the event loop inside the
+    step's deadline (offline, 23 s: a false step timeout)."""
     if not model.startswith(("local/", "mock/")):
         try:
             import litellm
+
+            litellm.disable_hf_tokenizer_download = True
 
             return int(
                 litellm.token_counter(
