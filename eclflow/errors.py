@@ -76,12 +76,16 @@ class TemplateError(EclflowError):
 
 
 class LLMError(EclflowError):
-    """A model call failed. Retryable unless a subclass says otherwise."""
+    """A model call failed. Retryable unless a subclass says otherwise. `retry_after`: the
+    seconds the provider asked to wait before the next call (its Retry-After header)."""
 
     retryable = True
 
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"LLM error: {message}", retryable=retryable)
+        self.retry_after = retry_after
 
 
 class RateLimited(LLMError):

@@ -66,6 +66,7 @@ class FakeOpenAI:
         self.reply = reply
         self.requests: list[dict[str, Any]] = []
         self.delay = 0.0
+        self.headers: dict[str, str] = {}  # sent with every reply that is not a 200
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,6 +75,7 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 outer.requests.append(
                     {
+                        "at": time.monotonic(),
                         "path": self.path,
                         "headers": {k.lower(): v for k, v in self.headers.items()},
                         "body": body,
@@ -87,6 +89,8 @@ class FakeOpenAI:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
+                    for name, value in (outer.headers if status != 200 else {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -342,6 +346,57 @@ def _litellm_errors() -> list[tuple[Exception, type[errors.LLMError], bool]]:
         (litellm.APIError(502, "bad gateway", **kw), errors.ServerError, True),
         (ValueError("odd"), errors.LLMError, False),
     ]
+
+
+def test_a_rate_limit_waits_as_long_as_the_provider_asks(
+    openai_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429's Retry-After is waited for (the policy's 1 ms delays spent every attempt within
+    a second, and the run failed); OpenAI's insufficient_quota is not retried at all."""
+    from eclflow.engine.runner import run
+    from eclflow.spec import load_text
+
+    text = (
+        "eclflow: 1\nid: rl\nmodel: openai/gpt-4o-mini\nsteps:\n  - {id: a, type: llm, "
+        "template: hi, retry: {max_attempts: 3, initial_delay: 1ms, max_delay: 1ms}}\n"
+    )
+    replies = iter([api_error(429, "Rate limit reached"), (200, chat_completion("ok"))])
+    with FakeOpenAI(lambda body: next(replies)) as s:
+        s.headers = {"retry-after": "1.5"}
+        monkeypatch.setenv(API_BASE_ENV, s.base)
+        result = asyncio.run(run(load_text(text), {}))
+    assert result.status == "completed", result.error
+    assert len(s.requests) == 2 and s.requests[1]["at"] - s.requests[0]["at"] >= 1.4
+    retry = next(t for t in result.steps[0].traces if t.message.startswith("Retrying"))
+    assert retry.fields["delay"] == 1.5
+
+    quota = "You exceeded your current quota, please check your plan and billing details."
+    with FakeOpenAI(lambda body: (429, {"error": {"message": quota, "type": "insufficient_quota",
+                                                  "code": "insufficient_quota"}})) as s:  # fmt: skip
+        monkeypatch.setenv(API_BASE_ENV, s.base)
+        failed = asyncio.run(run(load_text(text), {}))
+    assert failed.status == "failed" and "quota" in (failed.error or "")
+    assert len(s.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [({"retry-after": "7"}, 7.0), ({"retry-after-ms": "250"}, 0.25), ({}, None),
+     ({"retry-after": "soon"}, None)],
+)  # fmt: skip
+def test_retry_after_is_read_from_the_error_response(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    import httpx
+    import litellm
+
+    req = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    e = litellm.RateLimitError(
+        "slow down", llm_provider="openai", model="gpt-4o-mini",
+        response=httpx.Response(429, request=req, headers=headers),
+    )  # fmt: skip
+    mapped = map_exception(e)
+    assert isinstance(mapped, errors.RateLimited) and mapped.retry_after == seconds
 
 
 def test_every_litellm_exception_maps_to_one_of_ours() -> None:

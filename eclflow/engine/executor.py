@@ -6,6 +6,7 @@ the step timeout, each attempt journaled → validate output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 import stamina
 
-from ..errors import EclflowError, StepTimeout, ValidationError
+from ..errors import EclflowError, LLMError, StepTimeout, ValidationError
 from ..llm import CompletionRequest, CompletionResponse, Message, Providers
 from ..observe import tracing
 from ..observe.events import emit
@@ -40,6 +41,11 @@ class _RetryableFailure(Exception):
         self.record = record
 
 
+# A provider's Retry-After is honoured up to this many seconds (a longer one, such as a daily
+# quota's, is not worth holding a run for: the retries run out, and `eclflow resume` goes on).
+MAX_RETRY_AFTER = 120.0
+
+
 @dataclass(slots=True)
 class _Usage:
     tokens_in: int = 0
@@ -47,6 +53,7 @@ class _Usage:
     cost: float = 0.0
     calls: int = 0
     prompt: list[dict[str, str]] | None = None
+    retry_after: float | None = None
 
 
 @dataclass(slots=True)
@@ -224,6 +231,10 @@ class Executor:
                     with bind(attempt=n):
                         error = last.error
                         delay = policy.delay_for_attempt(n - 1)
+                        asked = min(last.retry_after or 0.0, MAX_RETRY_AFTER)
+                        if asked > delay:  # the provider's Retry-After: stamina waited `delay`
+                            await asyncio.sleep(asked - delay)
+                            delay = asked
                         emit(
                             "retrying", attempt=n, max_attempts=max_attempts, error=error,
                             delay=delay,
@@ -345,6 +356,7 @@ class Executor:
             input,
             usage.prompt,
             [*traces, done],  # the journal keeps the step's story up to this attempt
+            retry_after=usage.retry_after if failed else None,
         )
         if not (failed and result.retryable and attempt < step.retry_policy.max_attempts):
             self._settled(record, attempt, traces, step_started)
@@ -407,6 +419,8 @@ class Executor:
                     release = getattr(self.guard, "release", None)
                     if release is not None:
                         release(request)
+                    if isinstance(e, LLMError) and e.retry_after is not None:
+                        usage.retry_after = e.retry_after
                     if isinstance(e, Exception):
                         # (a call cancelled by Ctrl-C, a stopped batch or a step's timeout did
                         # not fail: the run or the step says what happened)

@@ -53,6 +53,8 @@ class StepExecution:
     prompt: Any = field(default=None, repr=False)
     traces: list[TraceEvent] = field(default_factory=list, repr=False)
     replayed: bool = False
+    # what the provider asked to wait before the next attempt (not journaled)
+    retry_after: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def status(self) -> Literal["succeeded", "failed", "skipped"]:

@@ -32,6 +32,8 @@ An entry is a string (the reply) or a mapping with any of these keys:
     error          fail the call: rate_limit | timeout | server_error (retryable),
                    auth_error | bad_request (not retryable)
     message        the failure's message, with `error` (default "mock ERROR")
+    retry_after    seconds the failure asks to wait before the next call, with `error`
+                   (as a provider's Retry-After header)
     delay          seconds to wait before replying or failing (default 0)
     tokens         {input: N, output: M} (default: word counts of prompt and reply)
     cost           USD the call costs (default 0)
@@ -64,7 +66,9 @@ from ..errors import (
 from .base import CompletionRequest, CompletionResponse, TokenUsage
 
 # Keys of a scripted entry; a mapping with none of them is itself the reply, sent as JSON.
-_ENTRY_KEYS = frozenset({"content", "delay", "error", "message", "tokens", "cost", "finish_reason"})
+_ENTRY_KEYS = frozenset(
+    {"content", "delay", "error", "message", "retry_after", "tokens", "cost", "finish_reason"}
+)
 
 _ERRORS: Mapping[str, type[LLMError]] = {
     "rate_limit": RateLimited,
@@ -195,7 +199,7 @@ class MockProvider:
             await asyncio.sleep(entry.delay)
         if entry.error is not None:
             message = entry.message if entry.message is not None else f"mock {entry.error}"
-            raise _ERRORS[entry.error](message)
+            raise _ERRORS[entry.error](message, retry_after=entry.retry_after)
         return _response(
             entry.content,
             request,
@@ -214,6 +218,7 @@ class _Reply:
     delay: float = 0.0
     error: str | None = None
     message: str | None = None
+    retry_after: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
     cost: float = 0.0
@@ -245,6 +250,9 @@ def _reply(entry: Any, index: int) -> _Reply:
         delay=_number(entry.get("delay", 0) or 0, "delay (seconds)", index),
         error=None if error is None else str(error),
         message=None if entry.get("message") is None else str(entry["message"]),
+        retry_after=None
+        if entry.get("retry_after") is None
+        else _number(entry["retry_after"], "retry_after (seconds)", index),
         tokens_in=_count(tokens.get("input"), "tokens.input", index),
         tokens_out=_count(tokens.get("output"), "tokens.output", index),
         cost=_number(entry.get("cost", 0.0), "cost (USD)", index),

@@ -192,6 +192,37 @@ def completion_cost(litellm: Any, resp: Any) -> float:
         return 0.0
 
 
+def retry_after(e: BaseException) -> float | None:
+    """The seconds a provider's error response asks to wait: its `retry-after-ms` or
+    `retry-after` header (seconds, or an HTTP date)."""
+    response = getattr(e, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(float(ms) / 1000, 0.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            import time
+            from email.utils import parsedate_to_datetime
+
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _out_of_quota(e: BaseException) -> bool:
+    """OpenAI's 429 `insufficient_quota` ("check your plan and billing details")."""
+    body = getattr(getattr(e, "response", None), "text", "") or ""
+    text = f"{e} {body if isinstance(body, str) else ''}"
+    return "insufficient_quota" in text or "exceeded your current quota" in text
+
+
 def map_exception(e: BaseException) -> LLMError:
     """Turn a litellm (or openai/httpx) exception into ours, with a one-line message and
     `retryable` set by what went wrong. Order matters: litellm's Timeout is an
@@ -226,6 +257,11 @@ def map_exception(e: BaseException) -> LLMError:
     ]
     for classes, ours in table:
         if isinstance(e, classes):
+            if ours is RateLimited and _out_of_quota(e):
+                # OpenAI's "check your plan and billing" is a 429 no wait mends
+                return RateLimited(message, retryable=False)
+            if ours in (RateLimited, ServerError):
+                return ours(message, retry_after=retry_after(e))
             return ours(message)
     if isinstance(e, TimeoutError):
         return ProviderTimeout(message)
@@ -234,9 +270,9 @@ def map_exception(e: BaseException) -> LLMError:
     status = getattr(e, "status_code", None)
     if isinstance(status, int):
         if status == 429:
-            return RateLimited(message)
+            return RateLimited(message, retry_after=retry_after(e))
         if status == 408 or status >= 500:
-            return ServerError(message)
+            return ServerError(message, retry_after=retry_after(e))
         if status in (401, 403):
             return AuthError(message)
     return LLMError(message, retryable=False)
