@@ -240,6 +240,19 @@ def test_counting_a_prompt_never_reaches_the_network(monkeypatch: pytest.MonkeyP
     assert tried == []
 
 
+def test_a_dollar_budget_on_a_model_without_a_price_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, workflow: Any
+) -> None:
+    """It started, failed at the first call with budget_exceeded, and advised a resume with
+    a larger budget, which failed the same way."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdefghij")
+    with pytest.raises(ConfigError, match=r"price of model 'openai/acme-llama' is unknown.*"
+                       r"--budget-tokens"):  # fmt: skip
+        asyncio.run(
+            eclflow.run(workflow, {"topic": "t"}, model="openai/acme-llama", budget={"max_usd": 1})
+        )
+
+
 def test_budget_guard_refuses_before_the_call() -> None:
     from eclflow.llm import CompletionResponse, TokenUsage
 

@@ -87,7 +87,7 @@ def run_batch_command(
     quiet: bool,
 ) -> None:
     from ..engine.batch import BatchProgress, iter_batch
-    from ..engine.runner import check_models, default_model, validate_input
+    from ..engine.runner import _limits, as_budget, check_models, default_model, validate_input
     from ..errors import InvalidInput
     from ..graph.plan import compile_plan
     from ..llm import Providers, load_script
@@ -110,7 +110,12 @@ def run_batch_command(
     mock = load_script(mock_responses) if mock_responses is not None else None
     # what would fail every run (no model, a model that cannot be called) fails the batch now,
     # as it fails a single run, rather than each of its items
-    check_models(compile_plan(workflow), Providers(mock=mock), default_model(workflow, model))
+    check_models(
+        compile_plan(workflow),
+        Providers(mock=mock),
+        default_model(workflow, model),
+        _limits(workflow, as_budget(budget)),
+    )
     store = None
     if journal:
         from ..store import open_store

@@ -69,8 +69,13 @@ def default_model(workflow: Workflow, model: str | None) -> str | None:
     return model or os.environ.get(MODEL_ENV) or workflow.model
 
 
-def check_models(plan: Plan, providers: Providers, model: str | None) -> None:
-    """Fail before the run starts if a model the run needs cannot be called."""
+def check_models(
+    plan: Plan, providers: Providers, model: str | None, limits: Budget | None = None
+) -> None:
+    """Fail before the run starts if a model the run needs cannot be called, or, with a
+    dollar budget, has no price to count it in."""
+    from ..observe.budget import price
+
     registry = default_registry()
     seen: set[str] = set()
     for s in plan.workflow.steps:
@@ -84,6 +89,12 @@ def check_models(plan: Plan, providers: Providers, model: str | None) -> None:
         if m not in seen:
             seen.add(m)
             providers.check(m)
+            if limits is not None and limits.max_usd is not None and price(m) is None:
+                raise ConfigError(
+                    f"the price of model '{m}' is unknown, so a budget of ${limits.max_usd:g} "
+                    "cannot be counted; limit tokens or calls instead (--budget-tokens, "
+                    "--budget-calls, or `budget:` in the workflow)"
+                )
 
 
 async def run(
@@ -124,7 +135,7 @@ async def run(
     plan = compile_plan(wf)
     providers = Providers(mock=as_mock(mock_responses))
     chosen = default_model(wf, model)
-    check_models(plan, providers, chosen)
+    check_models(plan, providers, chosen, _limits(wf, budget))
     own_store = False
     if isinstance(store, str):  # a database URL given as the store
         store, db = None, store
@@ -546,7 +557,6 @@ def _take_over(
             "resume with --force to continue with the prompt as it is now"
         )
     chosen = model or meta.get("model") or default_model(wf, None)
-    check_models(compile_plan(wf), providers, chosen)
     stored = meta.get("budget") or {}
     limits = _limits(
         wf,
@@ -562,6 +572,7 @@ def _take_over(
             else stored.get("max_calls"),
         ),
     )
+    check_models(compile_plan(wf), providers, chosen, limits)
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)
         if now.state != "completed":  # (completed by another process since the first look)
