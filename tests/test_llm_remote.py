@@ -177,6 +177,26 @@ def test_complete_over_http_passes_the_request_and_reads_tokens_and_cost(
     assert "response_format" not in body
 
 
+def test_a_reply_without_usage_is_counted_by_estimate_not_as_nothing(
+    openai_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers that send no `usage` made every call 0 tokens and $0: a token or dollar budget
+    never stopped the run."""
+    import litellm
+
+    reply = chat_completion("word " * 400)
+    del reply["usage"]
+    with FakeOpenAI(lambda body: (200, reply)) as s:
+        monkeypatch.setenv(API_BASE_ENV, s.base)
+        resp = complete(LiteLLMProvider(), request())
+    assert resp.usage.input > 5 and resp.usage.output > 300
+    prices = litellm.model_cost["gpt-4o-mini"]
+    assert resp.cost == pytest.approx(
+        resp.usage.input * prices["input_cost_per_token"]
+        + resp.usage.output * prices["output_cost_per_token"]
+    )
+
+
 def test_json_schema_becomes_a_strict_response_format_where_supported(server: FakeOpenAI) -> None:
     complete(LiteLLMProvider(), request(json_schema=CRITIQUE_SCHEMA))
     fmt = server.requests[0]["body"]["response_format"]

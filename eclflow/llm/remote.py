@@ -170,10 +170,20 @@ def _to_response(litellm: Any, resp: Any, request: CompletionRequest) -> Complet
     usage = getattr(resp, "usage", None)
     tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
     tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+    cost = completion_cost(litellm, resp)
+    if tokens_in == 0 and tokens_out == 0:
+        # many OpenAI-compatible servers and proxies send no `usage`: counted as nothing, a
+        # budget would never stop; the same estimate a budget reserves with instead
+        from ..observe.budget import estimate_tokens, price, prompt_tokens
+
+        tokens_in = prompt_tokens(request.model, request.messages)
+        tokens_out = estimate_tokens(content)
+        p = price(request.model)
+        cost = tokens_in * p.input + tokens_out * p.output if p is not None else 0.0
     return CompletionResponse(
         content=content,
         usage=TokenUsage(tokens_in, tokens_out),
-        cost=completion_cost(litellm, resp),
+        cost=cost,
         finish_reason=str(finish),
         model=str(getattr(resp, "model", "") or request.model),
     )
