@@ -80,6 +80,16 @@ def test_bad_scripts_are_config_errors(tmp_path: Path) -> None:
         load_script(bad)
     with pytest.raises(errors.ConfigError, match="cannot read"):
         load_script(tmp_path / "missing.yaml")
+    # one line each, where: not UTF-8 was an internal error, broken YAML eight lines
+    bad.write_bytes(b"- caf\xe9\n")
+    with pytest.raises(errors.ConfigError) as e:
+        load_script(bad)
+    assert str(e.value).endswith("bad.yaml are not UTF-8 text (byte 0xe9 at offset 5)")
+    bad.write_text("- ok\n- [unclosed\n")
+    with pytest.raises(errors.ConfigError) as e:
+        load_script(bad)
+    assert "bad.yaml:3:1 are not valid YAML/JSON: expected ',' or ']'" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(

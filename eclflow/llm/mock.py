@@ -90,10 +90,18 @@ def load_script(path: str | Path) -> MockProvider:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read mock responses {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"mock responses {p} are not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start})"
+        ) from None
     try:
         data = YAML(typ="safe", pure=True).load(text)
     except YAMLError as e:
-        raise ConfigError(f"mock responses {p} are not valid YAML/JSON: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"mock responses {p}{where} are not valid YAML/JSON: {problem}") from None
     cycle = False
     if isinstance(data, Mapping) and "responses" in data:
         cycle = bool(data.get("cycle", False))
