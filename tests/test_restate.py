@@ -583,6 +583,7 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     )
     assert down.returncode != 0
     assert "cannot reach Restate" in down.stderr and "Traceback" not in down.stderr
+    assert "sent to Restate" not in down.stderr  # (it said so before sending)
 
 
 @needs_server

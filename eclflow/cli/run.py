@@ -429,9 +429,11 @@ def run_cmd(
 
         restate_id = new_run_id()
         where = f"`eclflow status {restate_id} --engine restate` shows it"
-        if not detach and not (as_json or quiet or json_logs()):
+
+        def sent(run_id: str) -> None:
             # the full id: Restate knows no prefixes, and the run goes on if this stops waiting
-            click.echo(f"run {restate_id} sent to Restate; {where}", err=True)
+            if not detach and not (as_json or quiet or json_logs()):
+                click.echo(f"run {run_id} sent to Restate; {where}", err=True)
 
         def no_worker() -> None:
             say(
@@ -451,6 +453,7 @@ def run_cmd(
                 budget=budget,
                 run_id=restate_id,
                 on_no_worker=None if detach else no_worker,
+                on_sent=sent,
             )
         except KeyboardInterrupt:
             say(

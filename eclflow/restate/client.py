@@ -295,10 +295,12 @@ async def submit_async(
     timeout: float | None = None,
     client: Any = None,
     on_no_worker: Callable[[], None] | None = None,
+    on_sent: Callable[[str], None] | None = None,
 ) -> RunResult | str:
     """Submit one run through Restate's ingress; its RunResult, or its id with `detach`.
 
-    `on_no_worker` is called once if the run seems to wait for a worker (see `attach`)."""
+    `on_sent(run_id)` is called once Restate has accepted the run; `on_no_worker` once if the
+    run seems to wait for a worker (see `attach`)."""
     from ..engine.orchestrator import new_run_id
 
     request = build_request(workflow, dict(inputs or {}), model=model, budget=budget)
@@ -308,6 +310,8 @@ async def submit_async(
     try:
         ingress = _Ingress(ingress_url(restate_url), client)
         await ingress.send(run_id, request)
+        if on_sent is not None:
+            on_sent(run_id)
         if detach:
             return run_id
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -328,6 +332,7 @@ def submit(
     budget: Budget | None = None,
     timeout: float | None = None,
     on_no_worker: Callable[[], None] | None = None,
+    on_sent: Callable[[str], None] | None = None,
 ) -> RunResult | str:
     """`eclflow run FILE --engine restate [--restate-url URL] [--detach]`."""
     return asyncio.run(
@@ -341,6 +346,7 @@ def submit(
             budget=budget,
             timeout=timeout,
             on_no_worker=on_no_worker,
+            on_sent=on_sent,
         )
     )
 
