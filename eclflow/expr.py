@@ -62,10 +62,24 @@ def single_expression(value: str) -> str | None:
     if m is None:
         return None
     body = m.group("body")
-    if "{{" in body or "}}" in body or "{%" in body:
-        return None
+    if ("{{" in body or "}}" in body or "{%" in body) and not _one_variable(value.strip()):
+        return None  # `{{ a }} {{ b }}`, not `{{ {'a': {'b': 1}} }}`
     # `{{-` and `-}}` are Jinja's whitespace control, not part of the expression
     return body.removeprefix("-").removesuffix("-")
+
+
+def _one_variable(value: str) -> bool:
+    """Whether Jinja's lexer reads `value` as one `{{ … }}` and nothing else."""
+    try:
+        kinds = [kind for _, kind, _ in environment().lex(value)]
+    except jinja2.TemplateSyntaxError:
+        return False
+    return (
+        kinds[:1] == ["variable_begin"]
+        and kinds[-1:] == ["variable_end"]
+        and kinds.count("variable_begin") == 1
+        and kinds.count("variable_end") == 1
+    )
 
 
 @lru_cache(maxsize=4096)

@@ -15,6 +15,11 @@ def test_single_expression_keeps_its_type() -> None:
     assert expr.render_value("n={{ input.n }}", ctx) == "n=3"
     assert expr.render_value({"a": ["{{ input.n + 1 }}"]}, ctx) == {"a": [4]}
     assert expr.render_value("plain", ctx) == "plain"
+    # a nested literal's `}}` does not end the expression (it was the text "{'a': {'b': 1}}")
+    assert expr.render_value("{{ {'a': {'b': input.n}} }}", ctx) == {"a": {"b": 3}}
+    assert expr.render_value("{{ [{'k': 1}] }}", ctx) == [{"k": 1}]
+    assert expr.render_value("{{ input.n }} {{ input.n }}", ctx) == "3 3"
+    assert expr.render_value("{{ input.n }}{% if true %}!{% endif %}", ctx) == "3!"
 
 
 def test_values_are_data_not_templates() -> None:
