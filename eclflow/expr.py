@@ -225,13 +225,12 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
     """Every variable path the template reads, as far as it can be known statically.
 
     `steps.critique.output.draft` gives ('steps', 'critique', 'output', 'draft'); a subscript with a
-    constant key counts like an attribute. Names bound inside the template (for-loops, set) are
-    left out.
+    constant key counts like an attribute. Names the template binds are left out where they are
+    bound: a for-loop's target inside its body, a `set` after it, a macro's or call block's
+    parameters (and `caller`, `varargs`, `kwargs`) inside it, `with` targets inside `with`.
     """
-    # names the template binds itself: for, set (also as a block), with, macro parameters and
-    # the macros' own names
-    bound = {t.name for t in tree.find_all(nodes.Name) if t.ctx in ("store", "param")}
-    bound |= {m.name for m in tree.find_all(nodes.Macro)}
+    # macros can be called before their definition (Jinja hoists them)
+    macros = {m.name for m in tree.find_all(nodes.Macro)}
     # what the template guards (`x is defined`, `x | default(…)`) it does not need
     guarded = set()
     for n in tree.find_all((nodes.Test, nodes.Filter)):
@@ -241,7 +240,7 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
                 guarded.add(chain)
     paths: list[tuple[str, ...]] = []
 
-    def walk(node: nodes.Node) -> None:
+    def walk(node: nodes.Node, bound: set[str]) -> None:
         chain = _path_of(node)
         if chain is not None:
             if chain[0] not in bound:
@@ -250,11 +249,45 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
                 elif chain[0] == "steps":  # a guarded field of a step: its name is still read
                     paths.append(chain[:3])
             return
-        for child in node.iter_child_nodes():
-            walk(child)
+        if isinstance(node, nodes.For):
+            walk(node.iter, bound)
+            inner = bound | _stored(node.target)
+            for child in [*([node.test] if node.test is not None else []), *node.body]:
+                walk(child, inner)
+            for child in node.else_:
+                walk(child, bound)
+        elif isinstance(node, nodes.Macro | nodes.CallBlock):
+            for default in node.defaults:
+                walk(default, bound)
+            if isinstance(node, nodes.CallBlock):
+                walk(node.call, bound)
+            inner = bound | {a.name for a in node.args} | {"caller", "varargs", "kwargs"}
+            for child in node.body:
+                walk(child, inner)
+        elif isinstance(node, nodes.With):
+            for value in node.values:
+                walk(value, bound)
+            inner = bound | {n for t in node.targets for n in _stored(t)}
+            for child in node.body:
+                walk(child, inner)
+        elif isinstance(node, nodes.Assign | nodes.AssignBlock):
+            for child in node.iter_child_nodes():
+                if child is not node.target:
+                    walk(child, bound)
+            bound |= _stored(node.target)  # from here on, in this scope
+        else:
+            for child in node.iter_child_nodes():
+                walk(child, bound)
 
-    walk(tree)
+    walk(tree, set(macros))
     return paths
+
+
+def _stored(target: nodes.Node) -> set[str]:
+    """The names an assignment target binds (`x`, `a, b`)."""
+    if isinstance(target, nodes.Name):
+        return {target.name}
+    return {n.name for n in target.find_all(nodes.Name)}
 
 
 _GUARDS = {"defined", "undefined", "default", "d"}

@@ -115,3 +115,27 @@ def test_a_short_template_is_named_whole_even_with_a_final_newline() -> None:
 
     with pytest.raises(TemplateError, match=r"^'x' is undefined in '\{\{ x \}\}'$"):
         expr.render_string("{{ x }}\n", {})
+
+
+@pytest.mark.parametrize(
+    ("source", "unbound"),
+    [
+        # used before its `set`, or outside the loop or block that binds it: undefined there
+        ("{{ x }}{% set x = 1 %}", ["x"]),
+        ("{% for item in items %}{{ item }}{% endfor %} last={{ item }}", ["items", "item"]),
+        ("{% for i in items %}{% set q = i %}{{ q }}{% endfor %}{{ q }}", ["items", "q"]),
+        ("{% for i in items %}{% else %}{{ i }}{% endfor %}", ["items", "i"]),
+        ("{% with z = 1 %}{{ z }}{% endwith %}{{ z }}", ["z"]),
+        # bound where they are used
+        ("{% set y = items | length %}{{ y }}{% for a, b in items if a %}{{ a ~ b }}{% endfor %}",
+         ["items", "items"]),
+        ("{% macro box(t) %}[{{ caller() }}:{{ t }}:{{ varargs | length }}:{{ kwargs }}]"
+         "{% endmacro %}{% call box('x', 1) %}in {{ name }}{% endcall %}", ["name"]),
+        ("{{ m() }}{% macro m() %}.{% endmacro %}", []),
+        ("{% call(row) box() %}{{ row }}{% endcall %}", ["box"]),
+    ],
+)  # fmt: skip
+def test_bound_names_count_only_where_they_are_bound(source: str, unbound: list[str]) -> None:
+    """validate's E302 reads this: a name bound anywhere counted as bound everywhere (a run
+    then failed on it), and `caller`, `varargs`, `kwargs` were taken for inputs."""
+    assert [p[0] for p in expr.referenced_paths(expr.parse(source))] == unbound

@@ -17,7 +17,9 @@ from .deps import dependency_graph
 from .model import Conditional, Diagnostic, Location, RevisionLoop, Sequential, Workflow
 
 # Names every template may use besides the context: Jinja's globals.
-_JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+_JINJA_GLOBALS = frozenset(
+    {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "self", "super"}
+)
 _STEP_FIELDS = ("output", "status", "versions")
 _LOOP_FIELDS = ("iteration", "max_iterations", "feedback", "history")
 _LOOPS_FIELDS = ("revisions",)
