@@ -88,6 +88,8 @@ def compile_template(source: str) -> jinja2.Template:
         return environment().from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"template does not parse: {e.message} (line {e.lineno})") from e
+    except (RecursionError, SyntaxError, MemoryError):
+        raise TemplateError(f"template {_excerpt(source)} does not compile: {_TOO_DEEP}") from None
 
 
 @lru_cache(maxsize=4096)
@@ -96,6 +98,10 @@ def compile_expression(source: str) -> Any:
         return environment().compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"expression does not parse: {e.message}") from e
+    except (RecursionError, SyntaxError, MemoryError):
+        raise TemplateError(
+            f"expression {_excerpt(source)} does not compile: {_TOO_DEEP}"
+        ) from None
 
 
 def _explain(e: Exception, source: str) -> TemplateError:
@@ -211,14 +217,40 @@ def render_value(value: Any, context: Mapping[str, Any]) -> Any:
 # --- static analysis, used by validation -------------------------------------------------------
 
 
+# Python compiles Jinja's code with a parenthesis a level: it refuses 200, and Jinja's own
+# compiler runs out of stack before 500. Deeper than this is refused when parsed (validate).
+MAX_NESTING = 100
+
+
 def parse(source: str) -> nodes.Template:
-    """Parse a template; raises jinja2.TemplateSyntaxError."""
-    return environment().parse(source)
+    """Parse a template; raises jinja2.TemplateSyntaxError (also when it nests too deep to
+    run)."""
+    try:
+        tree = environment().parse(source)
+    except RecursionError:
+        raise jinja2.TemplateSyntaxError(_TOO_DEEP, 1) from None
+    _check_nesting(tree)
+    return tree
 
 
 def parse_expression(source: str) -> nodes.Template:
     """Parse a bare expression as a template `{{ source }}`."""
-    return environment().parse("{{ " + source + " }}")
+    return parse("{{ " + source + " }}")
+
+
+_TOO_DEEP = (
+    f"nested more than {MAX_NESTING} levels deep (a long chain of `or`/`and`?): "
+    "write `x in [a, b, …]` or split it"
+)
+
+
+def _check_nesting(tree: nodes.Node) -> None:
+    stack: list[tuple[nodes.Node, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise jinja2.TemplateSyntaxError(_TOO_DEEP, getattr(node, "lineno", 1) or 1)
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
 
 
 def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:

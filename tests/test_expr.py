@@ -139,3 +139,21 @@ def test_bound_names_count_only_where_they_are_bound(source: str, unbound: list[
     """validate's E302 reads this: a name bound anywhere counted as bound everywhere (a run
     then failed on it), and `caller`, `varargs`, `kwargs` were taken for inputs."""
     assert [p[0] for p in expr.referenced_paths(expr.parse(source))] == unbound
+
+
+def test_too_deep_to_run_is_a_parse_error_and_never_a_raw_python_one() -> None:
+    """A chain of ~190 `or`s parsed (validate passed) and then failed the run with Python's
+    "too many nested parentheses"; ~1000 raised RecursionError in validate and at run time."""
+    import jinja2
+
+    def chain(n: int) -> str:
+        return " or ".join(f"x == {i}" for i in range(n))
+
+    assert expr.compile_expression(chain(90))(x=89) is True  # what parses, runs
+    for n in (150, 1000):
+        with pytest.raises(jinja2.TemplateSyntaxError, match="nested more than 100 levels"):
+            expr.parse_expression(chain(n))
+    with pytest.raises(TemplateError, match="does not compile: nested more than 100"):
+        expr.compile_expression(chain(1000))
+    with pytest.raises(TemplateError, match="does not compile: nested more than 100"):
+        expr.compile_template("{{ " + chain(1000) + " }}")
