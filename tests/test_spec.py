@@ -94,6 +94,11 @@ CASES = {
         sub("type: object\n  required", "type: objekt\n  required"),
         "objekt",
     ),
+    "E116 inputs not an object": (
+        "E116",
+        sub("type: object\n  required", "type: [string, array]\n  required"),
+        "[string, array]",
+    ),
     "E201 duplicate id": (
         "E201",
         sub("  - id: revise", "  - id: critique"),

@@ -677,6 +677,18 @@ def _embedded_schemas(data: dict[str, Any], located: _Located) -> list[Diagnosti
             )
         if path == ["inputs"] and isinstance(value, dict):
             out.extend(_unknown_keywords(value, located))
+            kind = value.get("type")
+            kinds = kind if isinstance(kind, list) else [kind]
+            if kind is not None and "object" not in kinds:
+                out.append(
+                    _diag(
+                        located.at(["inputs", "type"]),
+                        "E116",
+                        f"inputs has type {json.dumps(kind)}, but a run's input is an object of "
+                        "named values: every run would be refused",
+                        "write `type: object` with `properties:` for each input",
+                    )
+                )
     return out
 
 
