@@ -171,3 +171,7 @@ class PersistenceError(EclflowError):
 
 class InvalidState(EclflowError):
     """An operation does not fit the run's current state (e.g. resuming a completed run)."""
+
+
+class UnclearRunId(NotFound):
+    """A run id prefix too short to look up, or one that several runs share."""

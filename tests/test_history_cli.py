@@ -204,7 +204,7 @@ def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
         for rid in ("abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"):
             s.runs.create(rid, "wf", "WF", "x", "0" * 64, {}, "completed", {})
     r = env.cli("status", "abcd")
-    assert r.returncode == 1
+    assert r.returncode == 2  # what was typed does not name one run, as for an unknown id
     assert r.stderr.startswith("error: run id prefix 'abcd' is ambiguous: abcd2222-")  # newest
     assert "abcd1111-" in r.stderr and r.stderr.count("\n") == 1
     r = env.cli("status", "abcd2")

@@ -156,6 +156,8 @@ def test_get_unknown_run(store: Store) -> None:
 
 
 def test_find_by_prefix(store: Store) -> None:
+    from eclflow.errors import UnclearRunId
+
     a = new_run(store, "abcd0001-0000-4000-8000-000000000000")
     b = new_run(store, "abcd0002-0000-4000-8000-000000000000", state="failed")
     c = new_run(store, "f00d0001-0000-4000-8000-000000000000")
@@ -163,10 +165,10 @@ def test_find_by_prefix(store: Store) -> None:
     assert store.runs.find("abcd0001").id == a
     assert store.runs.find("ABCD0002").id == b  # ids are compared case-insensitively
     assert store.runs.find("f00d").id == c
-    with pytest.raises(InvalidState, match="ambiguous") as e:
+    with pytest.raises(UnclearRunId, match="ambiguous") as e:
         store.runs.find("abcd")
     assert a in str(e.value) and b in str(e.value)
-    with pytest.raises(InvalidState, match="at least 4"):
+    with pytest.raises(UnclearRunId, match="at least 4"):
         store.runs.find("f0")
     with pytest.raises(RunNotFound, match="Run not found: beef"):
         store.runs.find("beef")

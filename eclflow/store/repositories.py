@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from peewee import Case, fn
 
-from ..errors import InvalidState, NotFound, RunNotFound, StepNotFound
+from ..errors import InvalidState, NotFound, RunNotFound, StepNotFound, UnclearRunId
 from .models import utcnow
 from .records import (
     RUN_STATES,
@@ -175,13 +175,13 @@ class RunRepository:
         if not rows:
             raise RunNotFound(prefix)
         if len(text) < MIN_PREFIX:
-            raise InvalidState(
+            raise UnclearRunId(
                 f"run id prefix '{prefix}' is too short: give at least {MIN_PREFIX} characters"
             )
         if len(rows) > 1:
             shown = ", ".join(f"{r.id} ({r.definition_id}, {r.state})" for r in rows[:5])
             more = " and more" if len(rows) > 5 else ""
-            raise InvalidState(f"run id prefix '{prefix}' is ambiguous: {shown}{more}")
+            raise UnclearRunId(f"run id prefix '{prefix}' is ambiguous: {shown}{more}")
         return self.get(rows[0].id)
 
     def update_state(
