@@ -755,6 +755,20 @@ def test_an_unclosed_quote_is_reported_where_it_opens() -> None:
     assert "quoted scalar" in d.message
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("eclflow: 1\nid: s\nsteps: [{id: a, type: template\n", (3, 9)),  # at the end
+        ("eclflow: 1\nid: s\nsteps: [{id: a, type: template, template: x}\nmodel: x\n", (3, 8)),
+        ("eclflow: 1\nid: s\nsteps: [{id: a type: template}]\n", (3, 20)),  # a comma, here
+    ],
+)
+def test_an_unclosed_bracket_is_reported_where_it_opens(text: str, where: tuple[int, int]) -> None:
+    """(It was reported where the parser noticed: the end of the file, or the next key.)"""
+    (d,) = diagnose(text)
+    assert d.code == "E100" and (d.location.line, d.location.col) == where, str(d)
+
+
 def test_prompt_paths_the_system_refuses_are_e401(tmp_path: Path) -> None:
     for prompt in ("~nosuchuser_eclflow/p.j2", "a" * 300 + ".j2", "a\0b.j2"):
         text = MINIMAL.replace('template: "hello {{ who }}"', f"prompt: {json.dumps(prompt)}")

@@ -201,7 +201,15 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "invalid YAML"
-        if e.context_mark is not None and e.context and "end of stream" in str(problem):
+        unclosed = "end of stream" in str(problem) or (
+            # a bracket left open: the parser notices lines later (`got '<scalar>'`)
+            str(e.context).startswith("while parsing a flow")
+            and "expected ','" in str(problem)
+            and e.problem_mark is not None
+            and e.context_mark is not None
+            and e.problem_mark.line > e.context_mark.line
+        )
+        if e.context_mark is not None and e.context and unclosed:
             # a quote or bracket left open: the end of the file says nothing, where it opens does
             m = e.context_mark
             return None, [
