@@ -452,6 +452,15 @@ steps:
             parse_duration(bad)
 
 
+def test_a_lone_surrogate_is_refused_where_it_is_written() -> None:
+    """ "\\ud800" passed validate; the run then failed printing its output, or with a journal
+    lost the run (its row could not be written)."""
+    text = 'eclflow: 1\nid: s\nsteps:\n  - {id: a, type: template, template: "sur[\\ud800]"}\n'
+    (d,) = diagnose(text)
+    assert (d.code, d.location.line, d.location.col) == ("E113", 4, 39), str(d)
+    assert "half of a surrogate pair" in d.message
+
+
 def test_load_raises_with_all_diagnostics() -> None:
     with pytest.raises(WorkflowInvalid) as e:
         load_text(sub("to: critique}", "to: critque}"), file="x.yaml", base_dir=ROOT / "workflows")

@@ -118,7 +118,7 @@ def check_text(
         ]
     diags = _schema_diagnostics(data, located) + _value_diagnostics(data, located)
     seen = {d.location for d in diags}
-    diags += [d for d in _non_finite(data, located, []) if d.location not in seen]
+    diags += [d for d in _unusable(data, located, []) if d.location not in seen]
     base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
     from .checks import semantic_checks
 
@@ -581,9 +581,24 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     ]
 
 
-def _non_finite(value: Any, located: _Located, path: list[Any]) -> list[Diagnostic]:
+def _unusable(value: Any, located: _Located, path: list[Any]) -> list[Diagnostic]:
     """`.nan`, `.inf` anywhere: a schema's `minimum` lets NaN through, and a retry delay or a
-    timeout of either hangs the run."""
+    timeout of either hangs the run. A lone surrogate (`"\\ud800"`): no UTF-8 can hold it, so
+    the run failed printing it, or its journal failed writing it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return [
+                _diag(
+                    located.at(path),
+                    "E113",
+                    f"{_path_text(path) or 'a key'} holds {value[e.start]!r}, half of a "
+                    "surrogate pair, which no UTF-8 text can hold",
+                    "write the character itself, or its \\U0001xxxx escape",
+                )
+            ]
+        return []
     if isinstance(value, float) and not math.isfinite(value):
         return [
             _diag(
@@ -596,7 +611,11 @@ def _non_finite(value: Any, located: _Located, path: list[Any]) -> list[Diagnost
     items: Any = value.items() if isinstance(value, dict) else ()
     if isinstance(value, list):
         items = enumerate(value)
-    return [d for k, v in items for d in _non_finite(v, located, [*path, k])]
+    return [
+        d
+        for k, v in items
+        for d in (*_unusable(k, located, path), *_unusable(v, located, [*path, k]))
+    ]
 
 
 def _value_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnostic]:
