@@ -401,3 +401,26 @@ def test_a_loop_stopped_by_another_branchs_failure_counts_no_revision() -> None:
     r = go(text, {"x": {"error": "auth_error", "delay": 0.1}, "g": "G0", "c": revise})
     assert r.status == "failed" and r.failed_step == "x"
     assert r.revisions == {"c": 0}
+
+
+def test_a_lone_surrogate_in_a_reply_is_kept_as_u_fffd_and_the_run_journaled(
+    tmp_path: Any,
+) -> None:
+    """A `\\ud800` escape in a model's JSON (or a provider's text) became half a surrogate
+    pair, which no UTF-8 can hold: the journal's transaction failed and the run was lost."""
+    from eclflow.store import open_store
+
+    text = (
+        "eclflow: 1\nid: sur\nmodel: mock/t\nsteps:\n"
+        "  - {id: a, type: llm, template: hi, output_schema: {type: object}}\n"
+        "  - {id: b, type: llm, template: hi, depends_on: [a]}\n"
+        'output: {k: "{{ steps.a.output.k }}", t: "{{ steps.b.output.text }}"}\n'
+    )
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    r = go(text, ['{"k": "x\\ud800y", "\\udc00": 1}', "plain \ud800 text"], inputs={}, db=db)
+    assert r.status == "completed", r.error
+    assert r.output == {"k": "x\ufffdy", "t": "plain \ufffd text"}
+    with open_store(db) as store:
+        assert store.runs.get(r.run_id).output == r.output
+        rows = store.steps.for_run(r.run_id)
+        assert rows[0].output == {"k": "x\ufffdy", "\ufffd": 1}

@@ -17,6 +17,7 @@ import stamina
 
 from ..errors import EclflowError, LLMError, StepTimeout, ValidationError
 from ..llm import CompletionRequest, CompletionResponse, Message, Providers
+from ..llm.base import utf8_text
 from ..observe import tracing
 from ..observe.events import emit
 from ..observe.logs import bind
@@ -452,6 +453,9 @@ class Executor:
                 duration_ms=_ms(t0),
                 cost=response.cost,
             )
+            content = utf8_text(response.content)
+            if content is not response.content:
+                response = replace(response, content=content)
             usage.tokens_in += response.usage.input
             usage.tokens_out += response.usage.output
             usage.cost += response.cost

@@ -69,3 +69,16 @@ class Provider(Protocol):
     def check(self, model: str) -> None:
         """Raise ConfigError before a run starts when the model cannot be reached (no key...)."""
         ...
+
+
+def utf8_text(text: str) -> str:
+    """`text` with any lone surrogate (half of a UTF-16 pair, as a `\\ud800` escape in a
+    model's JSON makes) replaced by U+FFFD: no UTF-8 holds one, so the journal could not write
+    the step's row, nor the terminal print it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

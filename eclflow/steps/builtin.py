@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .. import expr
 from ..errors import ValidationError
-from ..llm.base import Message
+from ..llm.base import Message, utf8_text
 from .base import Step, StepContext, StepResult
 
 MAX_TOPIC = 500
@@ -144,18 +144,36 @@ CRITIQUE_SCHEMA: Mapping[str, Any] = {
 }
 
 
+def _loads(text: str) -> Any:
+    """A model's JSON reply; a `\\ud800` escape in it (half a surrogate pair) is U+FFFD."""
+    data = json.loads(text)
+    if "\\u" in text and re.search(r"\\u[dD][89a-fA-F]", text):
+        data = _utf8(data)
+    return data
+
+
+def _utf8(value: Any) -> Any:
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, dict):
+        return {_utf8(k): _utf8(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utf8(v) for v in value]
+    return value
+
+
 def parse_critique(reply: str) -> dict[str, Any]:
     """Parse a critique reply into {decision, critique, feedback}; ValueError says what is wrong."""
     body = strip_fences(reply)
     try:
-        data = json.loads(body)
+        data = _loads(body)
     except json.JSONDecodeError as e:
         # a model sometimes wraps the object in prose: take the outermost {...}
         start, end = body.find("{"), body.rfind("}")
         if start == -1 or end <= start:
             raise ValueError(f"Failed to parse critique JSON: {e.msg}") from None
         try:
-            data = json.loads(body[start : end + 1])
+            data = _loads(body[start : end + 1])
         except json.JSONDecodeError as e2:
             raise ValueError(f"Failed to parse critique JSON: {e2.msg}") from None
     if not isinstance(data, dict):
@@ -282,7 +300,7 @@ class LLMStep(PromptStep):
         if schema is None:
             return StepResult.success({"text": reply})
         try:
-            data = json.loads(strip_fences(reply))
+            data = _loads(strip_fences(reply))
         except json.JSONDecodeError as e:
             return StepResult.failed(
                 f"reply is not valid JSON: {e.msg} (the model may do better on retry)",
