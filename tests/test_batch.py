@@ -233,13 +233,26 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
     assert "20 from an earlier attempt" in r.stderr
 
 
-def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(tmp_path: Path) -> None:
-    """The second call of the same batch reads the completed items back (in bulk) with their
-    outputs, tokens, cost and steps, and makes no model call; a run left unfinished in between
-    is resumed, in its place in the input order."""
+def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second call of the same batch reads the completed items back (in bulk, a chunk at
+    a time as the workers reach them: all at once held a big batch's every result in memory)
+    with their outputs, tokens, cost and steps, and makes no model call; a run left unfinished
+    in between is resumed, in its place in the input order."""
+    from eclflow.engine import batch, runner
     from eclflow.engine.batch import BatchProgress
     from eclflow.store import open_store
 
+    chunks: list[int] = []
+    read = runner.stored_results
+
+    def spy(store: Any, run_ids: Any) -> Any:
+        chunks.append(len(run_ids))
+        return read(store, run_ids)
+
+    monkeypatch.setattr(batch, "STORED_CHUNK", 7)
+    monkeypatch.setattr(runner, "stored_results", spy)
     store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
     try:
         first = _api_batch(store, 30, concurrency=8)
@@ -250,6 +263,7 @@ def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(tmp_pat
         again = _api_batch(store, 30, concurrency=8, script=[], on_update=seen.append)
     finally:
         store.close()
+    assert max(chunks) <= 7 and sum(chunks) == 29
     assert [r.run_id for r in again] == [r.run_id for r in first]
     for a, b in zip(first, again, strict=True):
         assert (b.status, b.output, b.tokens, b.cost) == (a.status, a.output, a.tokens, a.cost)

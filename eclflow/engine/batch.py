@@ -97,6 +97,9 @@ async def run_batch(
     ]
 
 
+STORED_CHUNK = 500  # stored results read at a time when a batch is run again
+
+
 async def iter_batch(
     workflow: Workflow,
     items: Sequence[Mapping[str, Any]],
@@ -123,9 +126,22 @@ async def iter_batch(
         if on_update is not None:
             on_update(progress)
 
+    async def stored(run_id: str) -> RunResult | None:
+        """The stored result of a run an earlier attempt completed, read with the next
+        STORED_CHUNK of them (in input order, as the workers reach them: all at once held
+        every result of a big batch in memory); None if it has gone since."""
+        async with loading:
+            if run_id not in finished:
+                n = completed_at[run_id]
+                chunk = [r for r in completed[n : n + STORED_CHUNK] if r not in finished]
+                finished.update(await asyncio.to_thread(runner.stored_results, store, chunk))
+        return finished.pop(run_id, None)
+
     async def one(index: int, item: Mapping[str, Any], run_id: str) -> RunResult:
-        if run_id in finished:  # completed by an earlier attempt: its stored result
-            result = finished.pop(run_id)
+        # completed by an earlier attempt: its stored result
+        done = await stored(run_id) if run_id in completed_at else None
+        if done is not None:
+            result = done
             progress.reused += 1
             progress.done += 1
             progress.tokens += result.tokens
@@ -211,7 +227,9 @@ async def iter_batch(
                 known[ids[i]] = "pending"
     # and the results of those it completed, read in bulk rather than one run at a time
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
-    finished = await asyncio.to_thread(runner.stored_results, store, completed) if completed else {}
+    completed_at = {run_id: n for n, run_id in enumerate(completed)}
+    finished: dict[str, RunResult] = {}
+    loading = asyncio.Lock()
     update()
 
     # `concurrency` workers take the items in input order; results wait in `ready` until those
