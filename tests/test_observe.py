@@ -253,6 +253,32 @@ def test_a_dollar_budget_on_a_model_without_a_price_is_refused_before_the_run(
         )
 
 
+def test_a_guard_of_ones_own_beside_a_budget_gives_failed_calls_reservations_back() -> None:
+    """With `guard=` and a budget, a failed call's worst case stayed reserved (the executor
+    found no `release` on the combined guard), and so did a call the own guard refused after
+    the budget had reserved it: later calls were refused by a budget nothing had spent."""
+    from eclflow.errors import ServerError
+    from eclflow.spec import load_text
+
+    wf = load_text(
+        "eclflow: 1\nid: g\nmodel: mock/t\nsteps:\n  - {id: a, type: llm, template: hi, "
+        "config: {max_tokens: 100}, retry: {max_attempts: 4, initial_delay: 1ms}}\n"
+    )
+    seen: list[str] = []
+
+    async def guard(step_id: str, request: Any) -> None:
+        seen.append(step_id)
+        if len(seen) == 1:
+            raise ServerError("refused by my own guard")
+
+    script = [{"error": "server_error"}, {"error": "server_error"}, "fine"]
+    r = asyncio.run(
+        eclflow.run(wf, {}, mock_responses=script, guard=guard, budget={"max_tokens": 250})
+    )
+    assert r.status == "completed", r.error
+    assert r.steps[0].attempts == 4 and len(seen) == 4
+
+
 def test_budget_guard_refuses_before_the_call() -> None:
     from eclflow.llm import CompletionResponse, TokenUsage
 

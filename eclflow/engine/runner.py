@@ -335,15 +335,30 @@ def _end_metadata(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _both_guards(first: CallGuard, second: CallGuard | None) -> CallGuard:
+def _both_guards(first: BudgetGuard, second: CallGuard | None) -> CallGuard:
     if second is None:
         return first
+    return _Guards(first, second)
 
-    async def guard(step_id: str, request: Any) -> None:
-        await first(step_id, request)
-        await second(step_id, request)
 
-    return guard
+class _Guards:
+    """The budget's guard, then the caller's; `release` (a call that failed, or that the
+    caller's guard refused after the budget reserved it) goes to the budget's, as the executor
+    calls it on the guard it holds."""
+
+    def __init__(self, budget: BudgetGuard, other: CallGuard) -> None:
+        self.budget, self.other = budget, other
+
+    async def __call__(self, step_id: str, request: Any) -> None:
+        await self.budget(step_id, request)
+        try:
+            await self.other(step_id, request)
+        except BaseException:
+            self.budget.cancel(request)
+            raise
+
+    def release(self, request: Any) -> None:
+        self.budget.release(request)
 
 
 def _both_hooks(first: CallHook, second: CallHook | None) -> CallHook:

@@ -171,12 +171,19 @@ class BudgetGuard:
             self.spent.tokens += response.usage.input + response.usage.output
             self.spent.usd += response.cost
 
+    def cancel(self, request: Any) -> None:
+        """A reserved call that was not made after all: its reservation is given back."""
+        self._unreserve(request, made=False)
+
     def release(self, request: Any) -> None:
-        """A reserved call failed without a response."""
+        """A reserved call failed without a response (it still counts as made)."""
+        self._unreserve(request, made=True)
+
+    def _unreserve(self, request: Any, *, made: bool) -> None:
         with self._lock:
             worst = self._reserved.pop(id(request), None)
             if worst is not None:
                 self._pending.calls -= 1
                 self._pending.tokens -= worst[0]
                 self._pending.usd -= worst[1]
-                self.spent.calls += 1  # a failed call still counts as made
+                self.spent.calls += made
