@@ -409,6 +409,17 @@ def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path
     assert "had already completed: its recorded result (nothing was run)" in r3.stderr
     assert "final_text: draft two" in r3.stdout and "completed · run" in r3.stderr
     assert len(calls.read_text().splitlines()) == 5
+    # a --db given on the command line is part of the command that goes on (without it,
+    # resume would look in the default database and find no such run)
+    other = tmp_path / "other dir"
+    other.mkdir()
+    db = f"sqlite:///{other / 'runs.db'}"
+    given = _cli(tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=t", "--budget-calls", "1",
+                 "--db", db)  # fmt: skip
+    run_id = given.stderr.split("· run ")[1][:8]
+    assert given.stderr.strip().splitlines()[-1] == (
+        f"`eclflow resume {run_id} --budget-calls N --db '{db}'` continues it with a larger budget"
+    )
 
 
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:

@@ -217,6 +217,29 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
+def resume_command(run_id: str, *args: str) -> str:
+    """`eclflow resume SHORT_ID …`, with the --db this command was given (without it, the
+    command would look in the default database; ECLFLOW_DATABASE_URL finds the same one)."""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    db = None
+    while ctx is not None and db is None:
+        if ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE:
+            db = ctx.params.get("db")
+        ctx = ctx.parent
+    parts = ["eclflow resume", run_id[:8], *args]
+    if db:
+        from ..store.db import parse_url
+
+        try:
+            shown = parse_url(db).url  # (a password is not echoed)
+        except Exception:
+            shown = db
+        parts.append(f"--db {shlex.quote(shown)}")
+    return "`" + " ".join(parts) + "`"
+
+
 def open_store(db: str | None, *, existing: bool = False) -> Any:
     """The store at `db` (--db or ECLFLOW_DATABASE_URL), else the default file. `existing`:
     for commands that only read, a given URL must hold a store already (a typo is an error,

@@ -15,7 +15,15 @@ from typing import Any
 import click
 
 from . import cli
-from ._common import db_option, fail, handle_errors, open_store, safe_text, stdout_console
+from ._common import (
+    db_option,
+    fail,
+    handle_errors,
+    open_store,
+    resume_command,
+    safe_text,
+    stdout_console,
+)
 
 _STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 # `interrupted` is not stored: a run still `running` whose process has ended (Ctrl-C, kill -9)
@@ -289,9 +297,7 @@ def status_cmd(
     if shown == "paused":
         before = (run.metadata or {}).get("paused_at")
         where = f" before step {before}" if before else ""
-        lines.append(
-            ("Note", f"paused{where}, as asked; `eclflow resume {run.id[:8]}` continues it")
-        )
+        lines.append(("Note", f"paused{where}, as asked; {resume_command(run.id)} continues it"))
     if shown == "interrupted":
         meta = run.metadata or {}
         how = (
@@ -299,7 +305,7 @@ def status_cmd(
             if meta.get("released")
             else "was running in process {}, which has ended"
         ).format(meta.get("pid"))
-        lines.append(("Note", f"it {how}; `eclflow resume {run.id[:8]}` continues it"))
+        lines.append(("Note", f"it {how}; {resume_command(run.id)} continues it"))
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
         click.echo(safe_text(f"{label + ':':<{width}} {value}"))

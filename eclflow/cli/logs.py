@@ -13,7 +13,7 @@ from ..observe.logs import shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
-from ._common import db_option, handle_errors, open_store, safe_text, say
+from ._common import db_option, handle_errors, open_store, resume_command, safe_text, say
 
 _SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
 
@@ -74,7 +74,7 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                     )
                     say(
                         f"run {run.id[:8]} was interrupted: {how}; "
-                        f"`eclflow resume {run.id[:8]}` continues it",
+                        f"{resume_command(run.id)} continues it",
                         "warning",
                         run_id=run.id,
                     )

@@ -24,6 +24,7 @@ from ._common import (
     json_logs,
     not_empty,
     open_store,
+    resume_command,
     safe_text,
     say,
     stderr_console,
@@ -220,10 +221,9 @@ def print_result(result: Any, as_json: bool, quiet: bool, local: bool = True) ->
         return  # the workflow_completed / workflow_failed log line says it on stderr
     click.echo(line, err=True)
     if result.status == "paused":
-        short = result.run_id[:8]
         click.echo(
-            f"paused before step {result.paused_at}, as asked; `eclflow resume {short}` "
-            "continues it",
+            f"paused before step {result.paused_at}, as asked; "
+            f"{resume_command(result.run_id)} continues it",
             err=True,
         )
     if result.error:
@@ -233,7 +233,7 @@ def print_result(result: Any, as_json: bool, quiet: bool, local: bool = True) ->
                 (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"
             )
             click.echo(
-                f"`eclflow resume {result.run_id[:8]} {flag}` continues it with a larger budget",
+                f"{resume_command(result.run_id, flag)} continues it with a larger budget",
                 err=True,
             )
 
@@ -610,9 +610,9 @@ def pause_cmd(run_id: str, db: str | None) -> None:
     from ..engine.runner import pause
 
     full = pause(run_id, db=db)
-    short = full[:8]
     click.echo(
-        f"pausing run {short}: it stops before its next step; `eclflow resume {short}` continues it"
+        f"pausing run {full[:8]}: it stops before its next step (the process running it looks "
+        f"every few seconds); {resume_command(full)} continues it"
     )
 
 
@@ -634,8 +634,7 @@ def _interrupted(run_id: str | None) -> None:
     if run_id is None:
         message = "interrupted (with --no-journal nothing was kept: running it again starts over)"
     else:
-        short = run_id[:8]
-        message = f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+        message = f"interrupted: run {run_id[:8]} stopped; {resume_command(run_id)} continues it"
     say(message, "error", exit_code=130, run_id=run_id)
     sys.exit(130)
 
@@ -648,10 +647,9 @@ def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
         raise error from None
     except PersistenceError:  # the database may be gone: the id is known anyway
         found = run_id
-    short = found[:8]
     fail(
-        f"{error}; run {short} stopped: once the database is back, `eclflow resume {short}` "
-        "continues it",
+        f"{error}; run {found[:8]} stopped: once the database is back, "
+        f"{resume_command(found)} continues it",
         exit_code_for(error),
     )
 
