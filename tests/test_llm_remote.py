@@ -294,6 +294,16 @@ def test_refused_connection_is_a_retryable_server_error(
     with pytest.raises(errors.ServerError) as info:
         complete(LiteLLMProvider(), request())
     assert info.value.retryable
+    # the address, and why (litellm says only "InternalServerError … Connection error.")
+    assert str(info.value) == (
+        f"LLM error: cannot reach http://127.0.0.1:{port}/v1: connection refused"
+    )
+    monkeypatch.setenv(API_BASE_ENV, "http://nosuchhost.invalid/v1")
+    with pytest.raises(errors.ServerError) as info:
+        complete(LiteLLMProvider(), request())
+    assert str(info.value).startswith(
+        "LLM error: cannot reach http://nosuchhost.invalid/v1: unknown host"
+    )
 
 
 def test_slow_server_past_the_request_timeout_is_a_provider_timeout(

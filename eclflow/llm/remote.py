@@ -106,13 +106,22 @@ class LiteLLMProvider:
             # The schema is a hint: an endpoint that rejects `response_format` gets the plain
             # request once more instead of failing the step.
             if response_format is None or not _rejects_request(litellm, e):
-                raise map_exception(e) from None
+                raise self._mapped(e, request.model) from None
             kwargs.pop("response_format")
             try:
                 resp = await litellm.acompletion(**kwargs)
             except Exception as e2:
-                raise map_exception(e2) from None
+                raise self._mapped(e2, request.model) from None
         return _to_response(litellm, resp, request)
+
+    def _mapped(self, e: Exception, model: str) -> LLMError:
+        """`map_exception`, naming the address when no connection could be made (litellm
+        says "InternalServerError … Connection error." without it)."""
+        reason = _connect_failure(e)
+        if reason is None:
+            return map_exception(e)
+        where = self._api_base() or f"the API of {model.split('/', 1)[0]}"
+        return ServerError(f"cannot reach {where}: {reason}")
 
 
 def response_format_for(model: str, schema: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -224,6 +233,25 @@ def retry_after(e: BaseException) -> float | None:
             return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _connect_failure(e: BaseException) -> str | None:
+    """Why no connection was made (`connection refused`, `name or service not known`), when
+    that is what `e` comes from; else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, OSError) and type(cause).__name__ == "gaierror":
+            return f"unknown host ({cause.strerror or cause})".lower()
+        if type(cause).__name__ in ("ConnectError", "ClientConnectorError") and cause is not e:
+            inner = cause.__cause__ or cause.__context__
+            if inner is None:
+                return str(cause).split(" ssl:")[0].lower() or "no connection"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _out_of_quota(e: BaseException) -> bool:
