@@ -456,3 +456,31 @@ def test_every_step_of_a_loop_sees_its_bound_as_max_revisions() -> None:
     assert bounds == {"generate": 5, "critique": 5, "revise": 5}
     alone = load_text("eclflow: 1\nid: one\nsteps: [{id: g, type: generate, with: {topic: t}}]\n")
     assert registry.get("generate")(alone.steps[0], alone).max_revisions == 3
+
+
+def test_a_reply_a_step_could_not_use_is_kept_with_its_failed_attempt(tmp_path: Path) -> None:
+    """A critique that is not JSON, or a draft over max_chars, was paid for and then kept
+    nowhere: `eclflow show` printed "(none)" for every failed attempt."""
+    import eclflow
+    from eclflow.spec import load_text
+    from eclflow.store import open_store
+
+    wf = load_text(
+        "eclflow: 1\nid: keep\nmodel: mock/t\nsteps:\n"
+        "  - {id: g, type: generate, with: {topic: t}, config: {max_chars: 5},\n"
+        "     retry: {max_attempts: 2, initial_delay: 1ms}}\n"
+        "  - {id: c, type: critique, depends_on: [g], with: {draft: '{{ steps.g.output.draft }}'},\n"
+        "     retry: {max_attempts: 1}}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    r = asyncio.run(
+        eclflow.run(wf, {}, mock_responses=["far too long", "short", "Looks fine to me!"], db=db)
+    )
+    assert r.status == "failed" and r.failed_step == "c"
+    with open_store(db) as store:
+        rows = [(s.key, s.attempt, s.state, s.output) for s in store.steps.for_run(r.run_id)]
+    assert rows == [
+        ("g", 1, "failed", {"draft": "far too long"}),
+        ("g", 2, "succeeded", {"draft": "short"}),
+        ("c", 1, "failed", {"reply": "Looks fine to me!"}),
+    ]

@@ -325,12 +325,13 @@ class Executor:
                 emit("validation_failed", field=e.field or "output", reason=str(e))
                 # A model's reply that breaks the output rules (a draft too long, a field
                 # missing) may well be fine on the next attempt; a plain step's would not.
+                # What broke the rules is kept with the attempt, for `eclflow show`.
                 if step.uses_model:
                     result = StepResult.failed(
-                        f"{e} (the model may do better on retry)", retryable=True
+                        f"{e} (the model may do better on retry)", True, result.output
                     )
                 else:
-                    result = StepResult.failed(str(e), retryable=False)
+                    result = StepResult.failed(str(e), False, result.output)
         failed = result.kind == "failed"
         done = TraceEvent(
             "error" if failed else "info",

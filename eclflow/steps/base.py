@@ -73,8 +73,10 @@ class StepResult:
         return cls("needs_revision", output, feedback=feedback)
 
     @classmethod
-    def failed(cls, error: str, retryable: bool = False) -> StepResult:
-        return cls("failed", error=error, retryable=retryable)
+    def failed(cls, error: str, retryable: bool = False, output: Any = None) -> StepResult:
+        """`output`: what the step got that it could not use (a model's reply that does not
+        parse), journaled with the failed attempt for `eclflow show`; never a step's output."""
+        return cls("failed", output, error=error, retryable=retryable)
 
     @property
     def is_success(self) -> bool:

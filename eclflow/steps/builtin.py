@@ -227,7 +227,9 @@ class CritiqueStep(PromptStep):
         try:
             parsed = parse_critique(reply)
         except ValueError as e:
-            return StepResult.failed(f"{e} (the model may do better on retry)", retryable=True)
+            return StepResult.failed(
+                f"{e} (the model may do better on retry)", retryable=True, output={"reply": reply}
+            )
         if parsed["decision"] == "revise":
             return StepResult.needs_revision(parsed, parsed["feedback"])
         return StepResult.success(parsed)
@@ -305,6 +307,7 @@ class LLMStep(PromptStep):
             return StepResult.failed(
                 f"reply is not valid JSON: {e.msg} (the model may do better on retry)",
                 retryable=True,
+                output={"reply": reply},
             )
         if isinstance(data, dict) and str(data.get("decision", "")).lower() == "revise":
             feedback = data.get("feedback") or data.get("critique") or ""
