@@ -332,6 +332,18 @@ output: {a: "{{ steps.a.output.text }}"}
     guarded = go(text.replace("output.text }}", "output.text | default('none') }}"), {
         "k": {"content": {"long": False}}, "a": "A"})  # fmt: skip
     assert guarded.status == "completed" and guarded.output == {"a": "none"}
+    # and a step's input that reads it
+    reads = text.replace(
+        "transitions:",
+        "  - {id: c, type: template, depends_on: [k, a], template: '{{ t }}',\n"
+        "     with: {t: '{{ steps.a.output.text }}'}}\ntransitions:",
+    ).replace('output: {a: "{{ steps.a.output.text }}"}', "")
+    r = go(reads, {"k": {"content": {"long": False}}, "a": "A"})
+    assert r.status == "failed" and r.failed_step == "c", r
+    assert r.error == (
+        "Step c failed: input: steps.a.output.text is undefined (step a was skipped, so its "
+        "output is null: guard it with `| default(...)` or `steps.a.status`)"
+    )
 
 
 def test_a_condition_on_a_revisers_output_stays_closed_when_it_never_ran() -> None:

@@ -328,7 +328,8 @@ class Orchestrator:
             context = state.context(loop.as_context() if loop is not None else None)
             rendered = expr.render_value(step.spec.with_, context)
         except EclflowError as e:
-            raise _RunFailed(sid, f"Step {sid} failed: input: {e}") from None
+            hint = _skipped_hint(str(e), state)
+            raise _RunFailed(sid, f"Step {sid} failed: input: {e}{hint}") from None
         if not isinstance(rendered, dict):
             rendered = {}
         state.set_status(sid, "running")
