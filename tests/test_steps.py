@@ -484,3 +484,21 @@ def test_a_reply_a_step_could_not_use_is_kept_with_its_failed_attempt(tmp_path: 
         ("g", 2, "succeeded", {"draft": "short"}),
         ("c", 1, "failed", {"reply": "Looks fine to me!"}),
     ]
+
+
+def test_what_with_binds_wins_over_the_names_a_prompt_gets_anyway() -> None:
+    """`with: {config: …}` rendered the step's config and `with: {max_revisions: 99}` the
+    loop's bound: the binding was silently ignored."""
+    from eclflow.steps.builtin import LLMStep
+
+    step = LLMStep(
+        spec("llm", template="{{ config }} {{ max_revisions }}", config={"max_tokens": 5})
+    )
+    assert step.messages({})[-1].content == "{'max_tokens': 5} 3"
+    assert step.messages({"config": "mine", "max_revisions": 99})[-1].content == "mine 99"
+    from eclflow.engine.journal import _NoLog
+
+    ex, _ = _ctx(MockProvider([]))
+    t = TemplateStep(spec("template", template="{{ config }}", config={"k": 1}))
+    e = asyncio.run(ex.run(t, "t", 0, {"config": "mine"}, _NoLog()))
+    assert e.output == {"text": "mine"}

@@ -71,7 +71,8 @@ class PromptStep(Step):
         )
 
     def prompt_variables(self, input: Mapping[str, Any]) -> dict[str, Any]:
-        return {**input, "max_revisions": self.max_revisions, "config": dict(self.spec.config)}
+        """The step's input, and `max_revisions` and `config` unless `with:` binds them."""
+        return {"max_revisions": self.max_revisions, "config": dict(self.spec.config), **input}
 
     def messages(self, input: Mapping[str, Any]) -> list[Message]:
         variables = self.prompt_variables(input)
@@ -341,7 +342,7 @@ class TemplateStep(Step):
         self.check_workflow_schema(output)
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
-        variables = {**input, "config": self._config}
+        variables = {"config": self._config, **input}  # (what `with:` binds wins)
         return StepResult.success({"text": expr.render_string(self.source(), variables)})
 
     @cached_property
