@@ -170,7 +170,7 @@ CASES = {
     "E302 prompt variable": (
         "E302",
         sub("    type: critique\n", "    type: critique\n    template: 'Review {{ drafts }}'\n"),
-        "'Review",
+        "drafts }}",
     ),
     "E303 not upstream": (
         "E303",
@@ -459,6 +459,29 @@ def test_a_lone_surrogate_is_refused_where_it_is_written() -> None:
     (d,) = diagnose(text)
     assert (d.code, d.location.line, d.location.col) == ("E113", 4, 39), str(d)
     assert "half of a surrogate pair" in d.message
+
+
+def test_template_problems_are_located_in_the_template(tmp_path: Path) -> None:
+    """An inline template's problems were all reported at its `|`; a prompt file's E302 named
+    no line of the file."""
+    text = (
+        "eclflow: 1\nid: loc\nsteps:\n  - id: a\n    type: template\n    template: |\n"
+        "      line one {{ x }}\n      line two {{ nope }}\n    with: {x: 1}\n"
+        "  - id: b\n    type: template\n    template: |\n      one\n      {{ x | nofilter }}\n"
+        "  - id: c\n    type: template\n    template: |\n      one\n      {% if %}\n"
+        "  - {id: d, type: template, prompt: p.j2, with: {x: 1}}\n"
+    )
+    (tmp_path / "p.j2").write_text("Line1\n{{ x }}\nhello {{ nme }}\n")
+    got = {
+        (d.code, d.location.line, d.location.col, d.message.split(":")[0])
+        for d in diagnose(text, base_dir=tmp_path)
+    }
+    assert got == {
+        ("E302", 8, 19, "prompt of step 'a' uses 'nope', which is not in its input"),
+        ("E301", 14, 14, "no filter named 'nofilter'"),
+        ("E301", 19, 7, "template does not parse"),
+        ("E302", 20, 37, "prompt of step 'd' uses 'nme' (p.j2 line 3), which is not in its input"),
+    }
 
 
 def test_load_raises_with_all_diagnostics() -> None:

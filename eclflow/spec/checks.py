@@ -610,13 +610,18 @@ class _Checker:
                 tree = expr.parse(text)
             except jinja2.TemplateSyntaxError as e:
                 self.error(
-                    path, "E301", f"template does not parse: {e.message}{where.format(e.lineno)}"
+                    path,
+                    "E301",
+                    f"template does not parse: {e.message}{where.format(e.lineno)}",
+                    at=None if file or not e.lineno else (e.lineno, 0),
                 )
                 continue
             except Exception as e:
                 self.error(path, "E301", f"template does not parse: {type(e).__name__}")
                 continue
-            if not self.filters_and_tests(path, tree, where.format("?") if file else ""):
+            if not self.filters_and_tests(
+                path, tree, where.format("?") if file else "", None if file else text
+            ):
                 continue
             if names is None:
                 continue
@@ -628,16 +633,22 @@ class _Checker:
                 hint = _did_you_mean(root, sorted(names)) or (
                     f"the prompt sees its step's input: {', '.join(sorted(names))}"
                 )
+                found = _position_of(text, p)
+                in_file = where.format(found[0]) if file and found else ""
                 self.error(
                     path,
                     "E302",
-                    f"prompt of step '{s.id}' uses '{root}', which is not in its input",
+                    f"prompt of step '{s.id}' uses '{root}'{in_file}, which is not in its input",
                     hint,
+                    at=None if file else found,
                 )
 
-    def filters_and_tests(self, path: list[Any], tree: Any, where: str) -> bool:
+    def filters_and_tests(
+        self, path: list[Any], tree: Any, where: str, inline: str | None = None
+    ) -> bool:
         """Report `| nosuchfilter` and `is nosuchtest` (Jinja finds them only when it compiles,
-        that is at run time); False when there was one."""
+        that is at run time); False when there was one. `inline`: the template's text, when
+        it is written in the workflow (the problem is located in it)."""
         from jinja2 import nodes
 
         from .. import expr
@@ -653,6 +664,7 @@ class _Checker:
                 "E301",
                 f"{{% {tag} %}} is not supported{where_}: a template cannot load another",
                 "put the text in this template, or pass it in through `with:`",
+                at=(n.lineno, 0) if inline is not None else None,
             )
         for kind, node_type, known in (
             ("filter", nodes.Filter, env.filters),
@@ -664,7 +676,8 @@ class _Checker:
                 ok = False
                 where_ = where.replace("line ?", f"line {n.lineno}") if where else ""
                 hint = _did_you_mean(n.name, sorted(known)) or f"see Jinja's built-in {kind}s"
-                self.error(path, "E301", f"no {kind} named '{n.name}'{where_}", hint)
+                at = _position_of(inline, (n.name,)) if inline is not None else None
+                self.error(path, "E301", f"no {kind} named '{n.name}'{where_}", hint, at=at)
         return ok
 
     def prompt_names(self, s: Any) -> set[str] | None:
