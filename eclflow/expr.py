@@ -104,8 +104,10 @@ def compile_expression(source: str) -> Any:
         ) from None
 
 
-def _explain(e: Exception, source: str) -> TemplateError:
-    shown = _excerpt(source)
+def _explain(
+    e: Exception, source: str, line: int | None = None, name: str | None = None
+) -> TemplateError:
+    shown = (name or _excerpt(source)) + (f", line {line}" if line else "")
     if isinstance(e, SecurityError):
         return TemplateError(f"unsafe template refused by the sandbox: {e} in {shown}")
     if isinstance(e, jinja2.UndefinedError):
@@ -131,8 +133,8 @@ def _renderer(source: str) -> tuple[jinja2.Template, dict[str, Any]]:
     return template, dict(template.globals)
 
 
-def render_string(source: str, context: Mapping[str, Any]) -> str:
-    """Render a template to text."""
+def render_string(source: str, context: Mapping[str, Any], name: str | None = None) -> str:
+    """Render a template to text. `name`: what an error calls the template (its file)."""
     if not has_template(source):
         return source
     body = single_expression(source)
@@ -151,7 +153,22 @@ def render_string(source: str, context: Mapping[str, Any]) -> str:
     except TemplateError:
         raise
     except Exception as e:
-        raise _explain(e, source) from e
+        raise _explain(e, source, _template_line(e, source), name) from e
+
+
+def _template_line(e: BaseException, source: str) -> int | None:
+    """The line of a template of several lines that `e` was raised at, from the traceback's
+    frames in the compiled template (what Jinja's own render would rewrite them to)."""
+    if "\n" not in source.strip():
+        return None
+    template = _renderer(source)[0]
+    line = None
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = template.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return line
 
 
 _PATH = re.compile(r"^\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*$")

@@ -91,7 +91,8 @@ def test_an_error_names_a_long_template_by_its_first_line_only() -> None:
         expr.render_string(prompt, {})
     message = str(caught.value)
     assert message == (
-        "'feedback' is undefined in 'Revise the draft below using {{ feedback }}.'… (41 lines)"
+        "'feedback' is undefined in 'Revise the draft below using {{ feedback }}.'… (41 lines), "
+        "line 1"
     )
     with pytest.raises(TemplateError, match=r"^'x' is undefined in '\{\{ x \}\}'$"):
         expr.render_string("{{ x }}", {})
@@ -157,3 +158,17 @@ def test_too_deep_to_run_is_a_parse_error_and_never_a_raw_python_one() -> None:
         expr.compile_expression(chain(1000))
     with pytest.raises(TemplateError, match="does not compile: nested more than 100"):
         expr.compile_template("{{ " + chain(1000) + " }}")
+
+
+def test_a_run_time_error_names_the_template_line_and_file() -> None:
+    """It named the template by its first line only: in a prompt file of pages, which line
+    failed was anyone's guess."""
+    source = "Line one\n{{ x }}\nhello {{ items.first }}\n"
+    with pytest.raises(TemplateError) as caught:
+        expr.render_string(source, {"x": 1, "items": "s"})
+    assert str(caught.value) == (
+        "'str object' has no attribute 'first' in 'Line one'… (3 lines), line 3"
+    )
+    with pytest.raises(TemplateError) as caught:
+        expr.render_string(source, {"x": 1, "items": "s"}, name="prompts/p.j2")
+    assert str(caught.value) == "'str object' has no attribute 'first' in prompts/p.j2, line 3"

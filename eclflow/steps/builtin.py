@@ -76,7 +76,7 @@ class PromptStep(Step):
 
     def messages(self, input: Mapping[str, Any]) -> list[Message]:
         variables = self.prompt_variables(input)
-        user = expr.render_string(self.prompt_source(), variables)
+        user = expr.render_string(self.prompt_source(), variables, _file_of(self.spec))
         system_source = self.spec.system if self.spec.system is not None else self.default_system
         out = []
         if system_source:
@@ -143,6 +143,11 @@ CRITIQUE_SCHEMA: Mapping[str, Any] = {
     },
     "required": ["decision", "critique"],
 }
+
+
+def _file_of(spec: Any) -> str | None:
+    """How an error names the step's prompt file (None for an inline or bundled template)."""
+    return str(spec.prompt) if spec.template is None and spec.prompt is not None else None
 
 
 def _loads(text: str) -> Any:
@@ -343,7 +348,8 @@ class TemplateStep(Step):
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         variables = {"config": self._config, **input}  # (what `with:` binds wins)
-        return StepResult.success({"text": expr.render_string(self.source(), variables)})
+        text = expr.render_string(self.source(), variables, _file_of(self.spec))
+        return StepResult.success({"text": text})
 
     @cached_property
     def _config(self) -> dict[str, Any]:
