@@ -328,3 +328,16 @@ def test_reading_a_mistyped_database_is_an_error_and_creates_nothing(
         "ECLFLOW_DATABASE_URL"
     )
     assert not typo.exists()
+
+
+def test_quiet_hides_the_progress_and_keeps_the_output(tmp_path: Path) -> None:
+    """`eclflow run -q … > out.txt` wrote an empty file: -q dropped the output itself (in
+    batch mode it hid the progress only)."""
+    script = tmp_path / "m.yaml"
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    r = cli("run", WF, "-i", "topic=kelp", "-m", "mock/x", "--mock-responses", str(script),
+            "--no-journal", "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "final_text: A draft.\nrevision_count: 0\n"
+    [summary] = r.stderr.splitlines()
+    assert summary.startswith("completed · run ")

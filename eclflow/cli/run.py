@@ -193,23 +193,24 @@ class LiveView:
         return table
 
 
-def print_result(result: Any, as_json: bool, quiet: bool, local: bool = True) -> None:
+def print_result(result: Any, as_json: bool, local: bool = True) -> None:
     """The result on stdout, its summary on stderr. `local`: a run of this machine's journal,
     which `eclflow resume` can continue (not one on Restate)."""
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
         return
-    if not quiet:
-        out = result.output
-        if (
-            isinstance(out, Mapping)
-            and len(out)
-            and all(isinstance(v, str | int | float | bool) or v is None for v in out.values())
-        ):
-            for k, v in out.items():
-                click.echo(safe_text(f"{k}: {v}"))
-        elif out is not None:
-            click.echo(safe_text(json.dumps(out, indent=2, ensure_ascii=False, default=str)))
+    # the output on stdout, also with --quiet (which hides the progress only, as in batch
+    # mode): `eclflow run -q … > out.txt` keeps it
+    out = result.output
+    if (
+        isinstance(out, Mapping)
+        and len(out)
+        and all(isinstance(v, str | int | float | bool) or v is None for v in out.values())
+    ):
+        for k, v in out.items():
+            click.echo(safe_text(f"{k}: {v}"))
+    elif out is not None:
+        click.echo(safe_text(json.dumps(out, indent=2, ensure_ascii=False, default=str)))
     revisions = sum(result.revisions.values())
     status = result.status
     line = (
@@ -365,7 +366,12 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     help="Print the result as one JSON object (with --inputs: each item's whole result, "
     "steps included, a line each, instead of the short line).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No live view; print only the summary.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No live view or step lines: only the output (stdout) and the summary (stderr).",
+)
 @handle_errors
 def run_cmd(
     file: Path,
@@ -466,7 +472,7 @@ def run_cmd(
         if isinstance(outcome, str):
             click.echo(outcome)
             sys.exit(EXIT_OK)
-        print_result(outcome, as_json, quiet, local=False)
+        print_result(outcome, as_json, local=False)
         sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
     if detach:
         raise click.UsageError("--detach goes with --engine restate")
@@ -538,7 +544,7 @@ def run_cmd(
     finally:
         if store is not None:
             store.close()
-    print_result(result, as_json, quiet)
+    print_result(result, as_json)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
@@ -553,7 +559,12 @@ def run_cmd(
     help="Resume even if the workflow file or a prompt file changed since the run started.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
-@click.option("--quiet", "-q", is_flag=True, help="No step lines; print only the summary.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No step lines: only the output (stdout) and the summary (stderr).",
+)
 @handle_errors
 def resume_cmd(
     run_id: str,
@@ -593,7 +604,7 @@ def resume_cmd(
         _journal_failed(e, store, run_id)
     finally:
         store.close()
-    print_result(result, as_json, quiet)
+    print_result(result, as_json)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
