@@ -287,3 +287,40 @@ def test_runs_stats_totals_by_workflow_and_model(two_runs: Any) -> None:
     assert model["model"] == "mock/x" and model["calls"] == 12
     text = env.cli("runs", "--stats")
     assert text.returncode == 0 and "by workflow" in text.stdout and "mock/x" in text.stdout
+
+
+@pytest.mark.parametrize("columns", [120, 80, 40])
+def test_runs_on_a_narrow_terminal_drops_columns_rather_than_cutting_ids(
+    two_runs: Any, columns: int
+) -> None:
+    """On 80 columns every cell was cut (`comple…`, `$0.00…`), on 40 the id was `9…`."""
+    import pty
+    import re
+
+    env, ok, bad = two_runs
+    main, secondary = pty.openpty()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "eclflow", "runs"], stdout=secondary, stderr=subprocess.PIPE,
+            env={**env.env, "COLUMNS": str(columns)}, timeout=60,
+        )  # fmt: skip
+        os.close(secondary)
+        out = b""
+        while chunk := _read(main):
+            out += chunk
+    finally:
+        os.close(main)
+    assert r.returncode == 0, r.stderr
+    lines = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode()).splitlines()
+    assert "…" not in "\n".join(lines)
+    assert all(len(line.rstrip()) <= columns for line in lines)
+    assert lines[1].split()[:3] == [bad["run_id"][:8], "critique-revise", "failed"]
+    assert lines[2].split()[:3] == [ok["run_id"][:8], "critique-revise", "completed"]
+    assert ("started" in lines[0]) is (columns >= 100)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other end has closed
+        return b""

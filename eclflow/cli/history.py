@@ -107,30 +107,31 @@ def runs_cmd(
         return
     from rich.table import Table
 
+    cells = {
+        "run": [r["id"][:8] for r in rows],
+        "workflow": [r["workflow_id"] for r in rows],
+        "state": [shown_state(r["_run"]) for r in rows],
+        "steps": [str(r["steps"]) for r in rows],
+        "tokens": [str(r["tokens"]) for r in rows],
+        "cost": [f"${r['cost']:.4f}" for r in rows],
+        "started": [_local(r["created_at"]) for r in rows],
+        "duration": [_duration(r["duration_ms"]) for r in rows],
+    }
+    console = stdout_console()
+    # on a narrow terminal whole columns give way, the least useful first, rather than every
+    # cell being cut (an id cut to `9…` is of no use)
+    width = {name: max(len(name), *(len(c) for c in column)) for name, column in cells.items()}
+    for name in ("duration", "started", "cost", "tokens", "steps"):
+        if sum(width.values()) + 2 * (len(width) - 1) <= console.width:
+            break
+        del width[name]
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name, justify in (
-        ("run", "left"),
-        ("workflow", "left"),
-        ("state", "left"),
-        ("steps", "right"),
-        ("tokens", "right"),
-        ("cost", "right"),
-        ("started", "left"),
-        ("duration", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for r in rows:
-        table.add_row(
-            r["id"][:8],
-            r["workflow_id"],
-            _styled(shown_state(r["_run"])),
-            str(r["steps"]),
-            str(r["tokens"]),
-            f"${r['cost']:.4f}",
-            _local(r["created_at"]),
-            _duration(r["duration_ms"]),
-        )
-    stdout_console().print(table)
+    for name in width:
+        justify = "right" if name in ("steps", "tokens", "cost", "duration") else "left"
+        table.add_column(name, justify=justify, no_wrap=True, min_width=min(width[name], 11))  # type: ignore[arg-type]
+    for i in range(len(rows)):
+        table.add_row(*(_styled(cells[n][i]) if n == "state" else cells[n][i] for n in width))
+    console.print(table)
 
 
 def _totals(db: str | None, as_json: bool) -> None:
@@ -320,7 +321,13 @@ def status_cmd(
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("step", "state", "attempts", "duration", "tokens"):
-        table.add_column(name, justify="right" if name != "step" and name != "state" else "left")
+        table.add_column(
+            name,
+            justify="right" if name != "step" and name != "state" else "left",
+            min_width=min(max((len(k["key"]) for k in keys), default=4), 24)
+            if name == "step"
+            else None,
+        )
     for k in keys:
         state = _styled(
             "interrupted" if shown == "interrupted" and k["state"] == "running" else k["state"]
