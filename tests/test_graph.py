@@ -597,3 +597,18 @@ def test_cli_output_dash_is_standard_output(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == str(to_ascii(plan_of(CRITIQUE_REVISE)))
     assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(("out", "says"), [("svg", "write -f svg"), ("json", "-f is one of")])
+def test_o_with_a_format_name_is_refused_not_written_to_a_file_of_that_name(
+    out: str, says: str, tmp_path: Path
+) -> None:
+    """`graph -o json` (as `status -o json` means a format) wrote an ASCII drawing to a file
+    named `json` and exited 0."""
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "graph", str(CRITIQUE_REVISE), "-o", out],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: -o names the file to write, not a format: {says}")
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / out).exists()

@@ -623,6 +623,8 @@ def test_validate_reports_and_exits_1(tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert out["valid"] is False
     assert out["files"][0]["diagnostics"][0]["code"] == "E203"
+    # --json, as the other commands spell it
+    assert json.loads(run_cli("validate", "--json", str(bad)).stdout) == out
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,11 @@ def _output(out: str | None, fmt: str | None) -> tuple[Path | None, str]:
     if path.is_dir():
         fail(f"cannot write {out}: it is a directory; give a file name", EXIT_USAGE)
     implied = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None and out in (*FORMATS, "json", "text") and not path.exists():
+        # `-o svg` (or `-o json`, as `status -o json` means a format) would write an ASCII
+        # drawing to a file named `svg`
+        wanted = f"write -f {out}" if out in FORMATS else f"-f is one of {', '.join(FORMATS)}"
+        fail(f"-o names the file to write, not a format: {wanted}", EXIT_USAGE)
     if fmt is None:
         return path, implied or "ascii"
     if implied is not None and implied != fmt:

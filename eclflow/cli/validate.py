@@ -25,6 +25,7 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
     show_default=True,
     help="json prints one object for CI tools.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option(
     "--model",
@@ -33,12 +34,15 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
     help="Price the worst case with this model instead of the workflow's.",
 )
 @handle_errors
-def validate_cmd(files: tuple[Path, ...], fmt: str, strict: bool, model: str | None) -> None:
+def validate_cmd(
+    files: tuple[Path, ...], fmt: str, as_json: bool, strict: bool, model: str | None
+) -> None:
     """Check workflow files: schema, references, cycles, loops, templates and prompt files.
 
     Prints `file:line:col: CODE message` for each problem, then a summary. Exit code 0 when
     every file is valid, 1 when one is not, 2 when a file does not exist.
     """
+    fmt = "json" if as_json else fmt
     from ..spec.model import printable
 
     reports: list[dict[str, Any]] = []
