@@ -80,6 +80,7 @@ def test_a_usage_error_is_one_line_and_exit_2(args: list[str], start: str) -> No
         ["--log-format=json", "--bogus", "runs"],
         ["--log-format", "json", "nosuchcommand"],
         ["--log-format", "json", "validate"],
+        ["--log-format", "json", "run", WF, "-i"],  # (an option without its value was text)
     ],
 )
 def test_a_usage_error_is_a_json_object_when_the_logs_are_json(args: list[str]) -> None:

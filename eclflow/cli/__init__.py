@@ -74,7 +74,8 @@ class _LazyGroup(click.Group):
         except click.ClickException as e:
             sub = ctx.invoked_subcommand
             command = f"{ctx.command_path} {sub}" if sub else ctx.command_path
-            raise one_line_click_errors(e, command=command) from e.__cause__
+            fmt = (ctx.obj or {}).get("log_format")
+            raise one_line_click_errors(e, command=command, fmt=fmt) from e.__cause__
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

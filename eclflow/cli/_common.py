@@ -71,14 +71,17 @@ def _emit(message: str, level: str, prefix: str, as_json: bool, fields: dict[str
 
 
 def one_line_click_errors(
-    error: click.ClickException, args: list[str] | None = None, command: str | None = None
+    error: click.ClickException,
+    args: list[str] | None = None,
+    command: str | None = None,
+    fmt: str | None = None,
 ) -> click.ClickException:
     """Make click show `error` as one line (a JSON object when the logs are JSON) instead of
     its usage block; the exception keeps its type and exit code. `args` are the command line,
     when the error came before its options were read; `command` the command path, when the
-    error does not know it. Returns `error`."""
+    error does not know it; `fmt` the log format, when known. Returns `error`."""
     if not isinstance(error, click.exceptions.NoArgsIsHelpError):  # (that one *is* the help)
-        fmt = _log_format_in(args or [])
+        fmt = fmt or _log_format_in(args or [])
         show = functools.partial(_show_one_line, error, fmt, command)
         error.show = show  # type: ignore[method-assign]
     return error
