@@ -342,3 +342,18 @@ def test_quiet_hides_the_progress_and_keeps_the_output(tmp_path: Path) -> None:
     assert r.stdout == "final_text: A draft.\nrevision_count: 0\n"
     [summary] = r.stderr.splitlines()
     assert summary.startswith("completed · run ")
+
+
+def test_a_workflow_file_whose_name_is_not_utf8_runs_and_is_journaled(tmp_path: Path) -> None:
+    """Its name went into the run's metadata as it was, and the journal (UTF-8) refused it:
+    `UnicodeEncodeError: … surrogates not allowed`."""
+    name = os.fsdecode(b"bad\xffname.yaml")
+    (tmp_path / name).write_text(CRITIQUE_REVISE.read_text())
+    script = tmp_path / "m.yaml"
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    r = cli("run", str(tmp_path / name), "-i", "topic=x", "-m", "mock/x", "--mock-responses",
+            str(script), "--db", db, "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = cli("show", json.loads(r.stdout)["run_id"], "--db", db, "--json")
+    assert json.loads(shown.stdout)["metadata"]["path"].endswith("bad\\udcffname.yaml")

@@ -19,7 +19,7 @@ from ..observe import tracing
 from ..observe.budget import BudgetGuard, Spent
 from ..observe.events import EventRecorder, emit, record_to
 from ..observe.logs import bind
-from ..spec.model import Budget, Workflow
+from ..spec.model import Budget, Workflow, printable
 from ..steps.registry import default_registry
 from .executor import CallGuard, CallHook, Executor
 from .journal import Journal, MemoryJournal, StoreJournal
@@ -430,7 +430,8 @@ def run_row(
         state=state,
         metadata={
             "model": model,
-            "path": str(wf.path) if wf.path else None,
+            # (a file name that is not UTF-8 is kept escaped: the journal holds UTF-8 text)
+            "path": printable(str(wf.path)) if wf.path else None,
             **({"prompts": prompts} if (prompts := prompt_digests(wf)) else {}),
             **this_process(),
             **(metadata or {}),
