@@ -357,3 +357,20 @@ def test_a_workflow_file_whose_name_is_not_utf8_runs_and_is_journaled(tmp_path: 
     assert r.returncode == 0, r.stderr
     shown = cli("show", json.loads(r.stdout)["run_id"], "--db", db, "--json")
     assert json.loads(shown.stdout)["metadata"]["path"].endswith("bad\\udcffname.yaml")
+
+
+def test_the_input_file_can_be_stdin(tmp_path: Path) -> None:
+    script = tmp_path / "m.yaml"
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", WF, "--input-file", "-", "-m", "mock/x",
+         "--mock-responses", str(script), "--db", db, "--json"],
+        input='{"topic": "from stdin"}', capture_output=True, text=True, env=base, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = cli("show", json.loads(r.stdout)["run_id"], "--db", db, "--json")
+    assert json.loads(shown.stdout)["input"] == {"topic": "from stdin"}
+    both = cli("run", WF, "--input-file", "-", "--inputs", "-")
+    assert both.returncode == 2 and "cannot both read stdin" in both.stderr

@@ -45,7 +45,8 @@ def parse_inputs(
     data: dict[str, Any] = {}
     if input_file is not None:
         try:
-            loaded = yaml.load(input_file.read_text(encoding="utf-8"))
+            text = sys.stdin.read() if str(input_file) == "-" else input_file.read_text("utf-8")
+            loaded = yaml.load(text)
         except (OSError, YAMLError, UnicodeDecodeError) as e:
             raise click.BadParameter(
                 f"cannot read {input_file}: {e}", param_hint="--input-file"
@@ -315,8 +316,8 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
 )
 @click.option(
     "--input-file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="A JSON or YAML file holding the input object.",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
+    help="A JSON or YAML file holding the input object (- for stdin).",
 )
 @_model_options
 @db_option
@@ -332,7 +333,8 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "--inputs",
     "inputs_file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
-    help="Batch: a JSON-lines file (- for stdin), one input object a line; one run per line "
+    help="Batch: a JSON-lines file (- for stdin), one input object a line (blank lines and "
+    "lines starting with # are skipped); one run per line "
     "(-i and --input-file give defaults a line may override). Items run before (same "
     "content, workflow, prompt files and model) are reused, unfinished ones resumed.",
 )
@@ -409,6 +411,8 @@ def run_cmd(
         click.core.ParameterSource.ENVIRONMENT,
     ):
         raise click.UsageError("--concurrency goes with --inputs (a batch)")
+    if str(inputs_file) == "-" and str(input_file) == "-":
+        raise click.UsageError("--inputs - and --input-file - cannot both read stdin")
     if not file.exists():
         fail(f"{file}: no such file", 2)
     workflow = load(file)
