@@ -28,13 +28,52 @@ def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+# What one operation in a template may make: a workflow file may come from someone else, and
+# `'a' * 10**10`, `2 ** 10**9` or `'x' | center(10**9)` would take the process's memory or time.
+MAX_SIZE = 10_000_000  # characters or items
+MAX_BITS = 100_000  # of an integer `**` makes
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     """Sandboxed, and `a.b` on a mapping means its key `b` first (`output.items` is data)."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and type(n) is int:
+                    _bounded(len(seq) * n, f"`*` would make {len(seq) * n:,} items")
+        elif operator == "**" and type(left) is int and type(right) is int and right > 0:
+            bits = right * max(abs(left), 1).bit_length()
+            if bits > MAX_BITS:
+                raise SecurityError(f"`**` would make a number of {bits:,} bits")
+        elif operator == "%" and isinstance(left, str):
+            for width in re.findall(r"%[-+ #0]*(\d+)", left):
+                _bounded(int(width), f"a width of {int(width):,} in `%`")
+        return super().call_binop(context, operator, left, right)
+
+
+def _bounded(size: int, what: str) -> None:
+    if size > MAX_SIZE:
+        raise SecurityError(f"{what}, over the limit of {MAX_SIZE:,}")
+
+
+def _width_filter(name: str) -> Any:
+    """Jinja's `center` or `indent`, refusing a width over MAX_SIZE."""
+    original = jinja2.filters.FILTERS[name]
+
+    def bounded(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> Any:
+        if type(width) is int:
+            _bounded(width, f"`{name}` of width {width:,}")
+        return original(value, width, *args, **kwargs)
+
+    return bounded
 
 
 @lru_cache(maxsize=1)
@@ -48,6 +87,8 @@ def environment() -> ImmutableSandboxedEnvironment:
     )
     env.filters["tojson"] = _tojson
     env.filters["to_json"] = _tojson
+    for name in ("center", "indent"):
+        env.filters[name] = _width_filter(name)
     return env
 
 

@@ -172,3 +172,33 @@ def test_a_run_time_error_names_the_template_line_and_file() -> None:
     with pytest.raises(TemplateError) as caught:
         expr.render_string(source, {"x": 1, "items": "s"}, name="prompts/p.j2")
     assert str(caught.value) == "'str object' has no attribute 'first' in prompts/p.j2, line 3"
+
+
+@pytest.mark.parametrize(
+    ("source", "refused"),
+    [
+        ("{{ 'a' * 10000000000 }}", "`*` would make 10,000,000,000 items"),
+        ("{{ [0] * n * n * n }}", "`*` would make 100,000,000 items"),
+        ("{{ 2 ** 1000000000 }}", "`**` would make a number of 2,000,000,000 bits"),
+        ("{{ 'x' | center(1000000000) }}", "`center` of width 1,000,000,000"),
+        ("{{ ' ' | indent(10 ** 9) }}", "`indent` of width 1,000,000,000"),
+        ("{{ '%999999999d' % 1 }}", "a width of 999,999,999 in `%`"),
+    ],
+)
+def test_the_sandbox_bounds_what_one_operation_may_make(source: str, refused: str) -> None:
+    """A workflow file may come from someone else: each of these took the process's memory
+    or minutes of CPU. Ordinary sizes are untouched."""
+    with pytest.raises(TemplateError) as caught:
+        expr.render_string(source, {"n": 10000})
+    assert str(caught.value).startswith("unsafe template refused by the sandbox: " + refused)
+    with pytest.raises(TemplateError, match="refused by the sandbox"):
+        expr.evaluate(source.strip("{} "), {"n": 10000})
+
+
+def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
+    ctx = {"n": 3}
+    assert expr.render_value("{{ 'ab' * n }}", ctx) == "ababab"
+    assert expr.render_value("{{ [1] * n }}", ctx) == [1, 1, 1]
+    assert expr.render_value("{{ 2 ** 64 }}", ctx) == 2**64
+    assert expr.render_value("{{ '%5d|%-3s' % (42, 'x') }}", ctx) == "   42|x  "
+    assert expr.render_value("{{ 'x' | center(5) }}", ctx) == "  x  "
