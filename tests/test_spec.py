@@ -99,6 +99,11 @@ CASES = {
         sub("type: object\n  required", "type: [string, array]\n  required"),
         "[string, array]",
     ),
+    "E116 output_schema a fixed type never meets": (
+        "E116",
+        sub("    type: critique\n", "    type: critique\n    output_schema: {required: [score]}\n"),
+        "[score]",
+    ),
     "E201 duplicate id": (
         "E201",
         sub("  - id: revise", "  - id: critique"),
@@ -482,6 +487,11 @@ def test_template_problems_are_located_in_the_template(tmp_path: Path) -> None:
         ("E301", 19, 7, "template does not parse"),
         ("E302", 20, 37, "prompt of step 'd' uses 'nme' (p.j2 line 3), which is not in its input"),
     }
+
+
+def test_a_value_the_schema_refuses_is_not_also_out_of_range() -> None:
+    (d,) = diagnose(MINIMAL.replace("    template:", "    timeout: -1\n    template:"))
+    assert d.code == "E113" and "timeout -1 is not a duration" in d.message
 
 
 def test_load_raises_with_all_diagnostics() -> None:

@@ -493,12 +493,23 @@ class _Checker:
         }
         fields: dict[str, frozenset[str] | None] = {}
         self.revised_by: dict[str, str] = {}  # a loop's target → its reviser
-        for s in self.wf.steps:
+        for i, s in enumerate(self.wf.steps):
             cls = self.registry.get(s.type) if s.type in self.registry else None
             if cls is None:
                 fields[s.id] = None
             elif cls in fixed:
                 fields[s.id] = fixed[cls]
+                required = (s.output_schema or {}).get("required")
+                missing = [r for r in required or () if isinstance(r, str) and r not in fixed[cls]]
+                if isinstance(required, list) and missing:
+                    self.error(
+                        ["steps", i, "output_schema", "required"],
+                        "E116",
+                        f"steps.{s.id}.output_schema requires {', '.join(map(repr, missing))}, "
+                        f"which a {s.type} step's output never has (it has "
+                        f"{', '.join(sorted(fixed[cls]))}): every attempt would fail",
+                        "an `llm` step's output is the JSON its output_schema describes",
+                    )
             elif cls is LLMStep:
                 closed = _closed_fields(s.output_schema)
                 fields[s.id] = frozenset({"text"}) if s.output_schema is None else closed

@@ -116,7 +116,9 @@ def check_text(
                 "start from `eclflow: 1`, `id:`, `steps:` (see docs/format.md)",
             )
         ]
-    diags = _schema_diagnostics(data, located) + _value_diagnostics(data, located)
+    diags = _schema_diagnostics(data, located)
+    seen = {d.location for d in diags}  # (one problem a value: -1 is no duration, so no range)
+    diags += [d for d in _value_diagnostics(data, located) if d.location not in seen]
     seen = {d.location for d in diags}
     diags += [d for d in _unusable(data, located, []) if d.location not in seen]
     base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
