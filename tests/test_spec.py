@@ -218,6 +218,11 @@ CASES = {
         sub("  required: [topic]", "  requird: [topic]"),
         "requird",
     ),
+    "W504 timeout on a template step": (
+        "W504",
+        MINIMAL.replace("    template:", "    timeout: 5s\n    template:"),
+        "5s",
+    ),
     "E116 dangling $ref": (
         "E116",
         sub("topic: {type: string", "topic: {$ref: '#/nope', type: string"),

@@ -135,6 +135,7 @@ class _Checker:
             self.check_templates()
             if not any(d.severity == "error" for d in self.out):
                 self.check_reachability()
+                self.check_pure_timeouts()
         return self.out
 
     # --- identities and types ---------------------------------------------------------------
@@ -707,6 +708,23 @@ class _Checker:
         return set(s.with_) | set(props) | {"config"} | model_step
 
     # --- warnings ---------------------------------------------------------------------------
+
+    def check_pure_timeouts(self) -> None:
+        """A `timeout:` on a step that calls no model and waits on nothing (a `template`)
+        bounds nothing: such steps run without a timer."""
+        raw_steps = self.data.get("steps") or []
+        for i, s in enumerate(self.wf.steps):
+            raw = raw_steps[i] if i < len(raw_steps) else {}
+            if not (isinstance(raw, Mapping) and "timeout" in raw) or s.type not in self.registry:
+                continue
+            if self.registry.get(s.type).pure:
+                self.warn(
+                    ["steps", i, "timeout"],
+                    "W504",
+                    f"steps.{s.id}.timeout bounds nothing: a {s.type} step waits on nothing, "
+                    "so it runs without a timer",
+                    "leave it out",
+                )
 
     def check_reachability(self) -> None:
         if len(self.wf.steps) < 2:
