@@ -87,6 +87,26 @@ def test_retries_and_failures_are_logged_with_their_fields(
     assert len(failed_calls) == 1 and "duration_ms" in failed_calls[0]
 
 
+def test_a_reply_cut_off_at_max_tokens_is_logged_and_kept_with_the_run(
+    workflow: Any, log_stream: io.StringIO, tmp_path: Any
+) -> None:
+    """A draft cut at max_tokens reads as whole; nothing said so."""
+    from eclflow.store import open_store
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    script = {"generate": {"content": "A draft that stops mid", "finish_reason": "length"},
+              "critique": PASS}  # fmt: skip
+    r = asyncio.run(run(workflow, script, db=db))  # type: ignore[arg-type]  (a mapping script)
+    assert r.status == "completed", r.error
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    [cut] = [x for x in lines if x["kind"] == "llm_reply_truncated"]
+    assert (cut["level"], cut["step_id"], cut["max_tokens"]) == ("warning", "generate", 300)
+    assert cut["hint"] == "raise steps.generate.config.max_tokens"
+    with open_store(db) as store:
+        kinds = [e.kind for e in store.events.for_run(r.run_id)]
+    assert kinds.count("llm_reply_truncated") == 1
+
+
 def test_a_cancelled_model_call_is_not_logged_as_a_failed_one(
     workflow: Any, log_stream: io.StringIO
 ) -> None:

@@ -454,6 +454,13 @@ class Executor:
                 duration_ms=_ms(t0),
                 cost=response.cost,
             )
+            if response.finish_reason == "length":  # (a draft cut mid-sentence looks whole)
+                emit(
+                    "llm_reply_truncated",
+                    model=model,
+                    max_tokens=max_tokens,
+                    hint=f"raise steps.{step.id}.config.max_tokens",
+                )
             content = utf8_text(response.content)
             if content is not response.content:
                 response = replace(response, content=content)

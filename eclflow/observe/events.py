@@ -41,6 +41,7 @@ EVENTS: dict[str, tuple[int, str]] = {
     "llm_request_started": (DEBUG, "LLM request started"),
     "llm_request_completed": (DEBUG, "LLM request completed"),
     "llm_request_failed": (WARNING, "LLM request failed"),
+    "llm_reply_truncated": (WARNING, "LLM reply cut off at max_tokens"),
     "loop_revision": (INFO, "Revision requested"),
     "budget_exceeded": (ERROR, "Budget exceeded"),
 }
