@@ -165,6 +165,75 @@ def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
         )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"budget": {"max_calls": "ten"}},
+            "budget max_calls must be a whole number ≥ 1, not 'ten'",
+        ),
+        ({"budget": {"max_calls": -1}}, "budget max_calls must be a whole number ≥ 1, not -1"),
+        ({"budget": {"max_usd": 0}}, "budget max_usd must be a number > 0, not 0"),
+        ({"store": 42}, "store must be an eclflow Store (eclflow.store.open_store) or a database"),
+        ({"db": 42}, "db must be a database URL, not int"),
+        ({"run_id": 5}, "run_id must be a string, not int"),
+        ({"model": "local/smollm2"}, "mock responses play replies for mock/… models, and no step"),
+    ],
+)
+def test_run_refuses_what_it_cannot_use_before_anything_runs(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Each of these started the run: a budget failed it with a TypeError (or at once with
+    budget_exceeded), a store or db of the wrong type raised AttributeError, a mock script
+    beside a real model was ignored and the real model was called (and paid)."""
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+
+    args: dict[str, Any] = {"model": "mock/x", "mock_responses": KEYED, **kwargs}
+    with pytest.raises(eclflow.ConfigError) as caught:
+        asyncio.run(eclflow.run(CRITIQUE_REVISE, {"topic": "t"}, **args))
+    assert message in str(caught.value)
+
+
+def test_a_run_id_that_exists_is_refused_and_its_run_left_as_it_was(tmp_path: Path) -> None:
+    """The second run of an id made a model call, failed on the journal's UNIQUE key, and then
+    wrote the first, completed run back to `running` (shown as interrupted)."""
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+    from eclflow.llm import MockProvider
+    from eclflow.store import open_store
+
+    with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        mocks: list[MockProvider] = []
+
+        def go(run_id: str) -> Any:
+            mocks.append(MockProvider(KEYED))
+            return asyncio.run(
+                eclflow.run(CRITIQUE_REVISE, {"topic": "t"}, model="mock/x",
+                            mock_responses=mocks[-1], store=store, run_id=run_id)
+            )  # fmt: skip
+
+        assert go("same-id").status == "completed"
+        with pytest.raises(eclflow.InvalidState, match="run same-id already exists"):
+            go("same-id")
+        assert mocks[1].calls == 0  # refused before anything was called
+        assert go("other").status == "completed"
+        assert store.runs.get("same-id").state == "completed"
+        # a Path is a SQLite file, for run, resume and pause alike
+        again = asyncio.run(eclflow.resume("same-id", store=tmp_path / "runs.db"))
+        assert again.status == "completed"
+    # resume with a URL that holds no store does not make one
+    with pytest.raises(eclflow.NotFound, match="no eclflow database at"):
+        asyncio.run(eclflow.resume("same-id", db=f"sqlite:///{tmp_path / 'typo.db'}"))
+    assert not (tmp_path / "typo.db").exists()
+
+
 async def test_pause_lets_the_steps_in_flight_finish_and_resume_runs_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -633,15 +633,16 @@ def pause_cmd(run_id: str, db: str | None) -> None:
 
 def _check_mock_is_used(workflow: Any, model: str | None) -> None:
     """--mock-responses with no `mock/` model would run the real model (and pay for it)."""
-    from ..engine.runner import default_model
+    from ..engine.runner import check_mock_is_used, default_model
+    from ..errors import ConfigError
 
-    chosen = default_model(workflow, model)
-    used = {s.model or chosen for s in workflow.steps}
-    if not any(m and m.startswith("mock/") for m in used):
+    try:
+        check_mock_is_used(workflow, model)
+    except ConfigError:
         raise click.UsageError(
             f"--mock-responses plays replies for mock/… models, and no step uses one "
-            f"(the model is {chosen or 'not set'}): add --model mock/NAME"
-        )
+            f"(the model is {default_model(workflow, model) or 'not set'}): add --model mock/NAME"
+        ) from None
 
 
 def _interrupted(run_id: str | None) -> None:

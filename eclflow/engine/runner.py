@@ -69,6 +69,22 @@ def default_model(workflow: Workflow, model: str | None) -> str | None:
     return model or os.environ.get(MODEL_ENV) or workflow.model
 
 
+def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
+    """Replies for `mock/` models with no step on one would run the real model (and pay)."""
+    chosen = default_model(workflow, model)
+    registry = default_registry()
+    calling = [
+        s.model or chosen or ""
+        for s in workflow.steps
+        if s.type not in registry or registry.get(s.type).uses_model
+    ]
+    if calling and not any(m.startswith("mock/") for m in calling):
+        raise ConfigError(
+            f"mock responses play replies for mock/… models, and no step uses one (the model "
+            f"is {chosen or 'not set'}): give a mock/NAME model"
+        )
+
+
 def check_models(
     plan: Plan, providers: Providers, model: str | None, limits: Budget | None = None
 ) -> None:
@@ -133,21 +149,26 @@ async def run(
         validate_input(wf, inputs)
     budget = as_budget(budget)
     plan = compile_plan(wf)
+    if mock_responses is not None:
+        check_mock_is_used(wf, model)
     providers = Providers(mock=as_mock(mock_responses))
     chosen = default_model(wf, model)
     check_models(plan, providers, chosen, _limits(wf, budget))
-    own_store = False
-    if isinstance(store, str):  # a database URL given as the store
-        store, db = None, store
-    if store is None and db is not None:
-        from ..store import open_store
-
-        store, own_store = open_store(db), True
+    if run_id is not None and not isinstance(run_id, str):
+        raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
+    store, own_store = _as_store(store, db)
+    given_id = run_id
     run_id = run_id or new_run_id()
     try:
         limits = _limits(wf, budget)
         if store is not None and journal is None and not getattr(store, "write_checked", True):
             await asyncio.to_thread(store.check_writable)  # before anything is paid for
+        # a run of that id is another run: its record is not this one's to write
+        taken = given_id and store is not None and journal is None and not claimed
+        if taken and await asyncio.to_thread(store.runs.exists, run_id):
+            raise InvalidState(
+                f"run {run_id} already exists: resume it, or give the new run another id"
+            )
         if journal is None:
             if store is not None:
                 if claimed:  # its row is in the journal already, `pending`: now it runs
@@ -280,10 +301,14 @@ async def _execute(
 def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
     """Ask the process running `run_id` (any unique prefix) to pause it: the steps in flight
     finish, no other starts, and the run is left `paused` for `resume`. The run's full id."""
+    if store is not None and not hasattr(store, "runs"):  # a URL or path: as `db`
+        store, db = None, store
     own = store is None
     if own:
         from ..store import open_store
 
+        if isinstance(db, os.PathLike):
+            db = f"sqlite:///{os.fspath(db)}"
         store = open_store(db, create=db is None)  # (a given URL must hold runs already)
     try:
         from ..store.owner import shown_state
@@ -333,6 +358,29 @@ def _end_metadata(result: RunResult) -> dict[str, Any]:
         "duration_ms": result.duration_ms,
         **({"paused_at": result.paused_at} if result.paused_at is not None else {}),
     }
+
+
+def _as_store(store: Any, db: str | os.PathLike[str] | None) -> tuple[Any, bool]:
+    """The store a run journals to, and whether this call opened it: `store` (a Store, or a
+    URL or path), else one opened from `db`, else none."""
+    if isinstance(store, os.PathLike):
+        store = f"sqlite:///{os.fspath(store)}"
+    if isinstance(store, str):  # a database URL given as the store
+        store, db = None, store
+    if store is not None and not hasattr(store, "runs"):
+        raise ConfigError(
+            f"store must be an eclflow Store (eclflow.store.open_store) or a database URL, "
+            f"not {type(store).__name__}"
+        )
+    if isinstance(db, os.PathLike):
+        db = f"sqlite:///{os.fspath(db)}"
+    if store is None and db is not None:
+        if not isinstance(db, str):
+            raise ConfigError(f"db must be a database URL, not {type(db).__name__}")
+        from ..store import open_store
+
+        return open_store(db), True
+    return store, False
 
 
 def _both_guards(first: BudgetGuard, second: CallGuard | None) -> CallGuard:
@@ -454,6 +502,14 @@ def as_budget(budget: Budget | Mapping[str, Any] | None) -> Budget | None:
     unknown = sorted(set(budget) - set(fields))
     if unknown:
         raise ConfigError(f"budget has no field {', '.join(unknown)}: use {', '.join(fields)}")
+    for name, value in budget.items():
+        whole = name != "max_usd"
+        kinds = (int,) if whole else (int, float)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+            what = "a whole number ≥ 1" if whole else "a number > 0"
+            raise ConfigError(f"budget {name} must be {what}, not {value!r}")
     return Budget(**budget)
 
 
@@ -488,10 +544,14 @@ async def resume(
     The journal is `store`, else one opened from `db` (a URL; the default database when
     neither is given). A budget given here replaces the one the run had; what the run already
     spent counts."""
-    if store is None or isinstance(store, str):
+    if store is None or isinstance(store, str | os.PathLike):
         from ..store import open_store
 
-        opened = open_store(store if isinstance(store, str) else db)
+        url = store if store is not None else db
+        if isinstance(url, os.PathLike):
+            url = f"sqlite:///{os.fspath(url)}"
+        # (a URL given must hold the run already: a typo is no new, empty database)
+        opened = open_store(url, create=url is None)
         try:
             return await resume(
                 run_id,

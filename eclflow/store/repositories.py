@@ -137,6 +137,10 @@ class RunRepository:
             raise RunNotFound(run_id)
         return _run(row)
 
+    def exists(self, run_id: str) -> bool:
+        with self._s.reading():
+            return self._m.select(self._m.id).where(self._m.id == run_id).exists()
+
     def states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """The state of each of these runs that exists (one query per 500 ids)."""
         out: dict[str, str] = {}
