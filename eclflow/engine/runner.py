@@ -69,9 +69,17 @@ def default_model(workflow: Workflow, model: str | None) -> str | None:
     return model or os.environ.get(MODEL_ENV) or workflow.model
 
 
+def _unpriced(model: str) -> bool:
+    from ..observe.budget import price
+
+    return price(model) is None
+
+
 def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
     """Replies for `mock/` models with no step on one would run the real model (and pay)."""
     chosen = default_model(workflow, model)
+    if (workflow.sha256, chosen) in _MOCK_USED:  # (checked once: batches run it per item)
+        return
     registry = default_registry()
     calling = [
         s.model or chosen or ""
@@ -83,6 +91,12 @@ def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
             f"mock responses play replies for mock/… models, and no step uses one (the model "
             f"is {chosen or 'not set'}): give a mock/NAME model"
         )
+    if len(_MOCK_USED) > 256:
+        _MOCK_USED.clear()
+    _MOCK_USED.add((workflow.sha256, chosen))
+
+
+_MOCK_USED: set[tuple[str, str | None]] = set()
 
 
 def check_models(
@@ -90,8 +104,6 @@ def check_models(
 ) -> None:
     """Fail before the run starts if a model the run needs cannot be called, or, with a
     dollar budget, has no price to count it in."""
-    from ..observe.budget import price
-
     registry = default_registry()
     seen: set[str] = set()
     for s in plan.workflow.steps:
@@ -105,7 +117,7 @@ def check_models(
         if m not in seen:
             seen.add(m)
             providers.check(m)
-            if limits is not None and limits.max_usd is not None and price(m) is None:
+            if limits is not None and limits.max_usd is not None and _unpriced(m):
                 raise ConfigError(
                     f"the price of model '{m}' is unknown, so a budget of ${limits.max_usd:g} "
                     "cannot be counted; limit tokens or calls instead (--budget-tokens, "
@@ -153,14 +165,14 @@ async def run(
         check_mock_is_used(wf, model)
     providers = Providers(mock=as_mock(mock_responses))
     chosen = default_model(wf, model)
-    check_models(plan, providers, chosen, _limits(wf, budget))
+    limits = _limits(wf, budget)
+    check_models(plan, providers, chosen, limits)
     if run_id is not None and not isinstance(run_id, str):
         raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
     store, own_store = _as_store(store, db)
     given_id = run_id
     run_id = run_id or new_run_id()
     try:
-        limits = _limits(wf, budget)
         if store is not None and journal is None and not getattr(store, "write_checked", True):
             await asyncio.to_thread(store.check_writable)  # before anything is paid for
         # a run of that id is another run: its record is not this one's to write
