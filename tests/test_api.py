@@ -331,3 +331,37 @@ output: {d: "{{ steps.d.output.text }}"}
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_one_store_serves_event_loops_in_several_threads(tmp_path: Path) -> None:
+    """Threads that each found the writer of an ended event loop all deleted it: a bare
+    KeyError in most of them."""
+    import asyncio
+    import threading
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+    from eclflow.store import open_store
+
+    wf = eclflow.load(CRITIQUE_REVISE)
+    results: list[Any] = []
+    with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+
+        def one() -> None:
+            try:
+                results.append(
+                    asyncio.run(eclflow.run(wf, {"topic": "t"}, model="mock/x",
+                                            mock_responses=KEYED, store=store))
+                )  # fmt: skip
+            except BaseException as e:  # (a thread's exception would be lost)
+                results.append(e)
+
+        one()  # leaves the writer of a loop that has ended
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [getattr(r, "status", r) for r in results] == ["completed"] * 9
+        assert len(store.runs.list(limit=None)) == 9

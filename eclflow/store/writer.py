@@ -690,9 +690,14 @@ def writer_for(store: Any) -> JournalWriter:
     writers = store.writers
     w = writers.get(id(loop))
     if w is None or w.loop is not loop:
-        for key, old in list(writers.items()):
-            if old.loop.is_closed():
-                old.close()
-                del writers[key]
-        w = writers[id(loop)] = JournalWriter(store, loop)
+        with _WRITERS_LOCK:  # (event loops in several threads may share the store)
+            for key, old in list(writers.items()):
+                if old.loop.is_closed() and writers.pop(key, None) is old:
+                    old.close()
+            w = writers.get(id(loop))
+            if w is None or w.loop is not loop:
+                w = writers[id(loop)] = JournalWriter(store, loop)
     return w
+
+
+_WRITERS_LOCK = threading.Lock()
