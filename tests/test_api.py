@@ -365,3 +365,46 @@ def test_one_store_serves_event_loops_in_several_threads(tmp_path: Path) -> None
             t.join()
         assert [getattr(r, "status", r) for r in results] == ["completed"] * 9
         assert len(store.runs.list(limit=None)) == 9
+
+
+def test_a_custom_step_may_pass_plain_mappings_as_messages_and_registering_checks_the_class(
+    tmp_path: Path,
+) -> None:
+    """`ctx.complete([{"role": "user", "content": …}])`, the form every model API takes, failed
+    with AttributeError; `register` took anything (and let a built-in type be replaced)."""
+    import asyncio
+
+    import eclflow
+    from eclflow.spec import load_text
+    from eclflow.steps.registry import StepRegistry, default_registry
+
+    class Ask(eclflow.Step):
+        type_name = "ask_plain"
+        uses_model = True
+
+        async def execute(self, ctx: Any, input: Any) -> Any:
+            reply = await ctx.complete([{"role": "user", "content": "hello"}])
+            return eclflow.StepResult.success({"text": reply.content})
+
+    eclflow.register(Ask)
+    wf = load_text("eclflow: 1\nid: ask\nmodel: mock/x\nsteps: [{id: a, type: ask_plain}]\n")
+    r = asyncio.run(eclflow.run(wf, {}, mock_responses=["hi there"]))
+    assert r.status == "completed" and r.steps[0].output == {"text": "hi there"}
+
+    class Sync(eclflow.Step):
+        type_name = "sync_step"
+
+        def execute(self, ctx: Any, input: Any) -> Any:  # type: ignore[override]
+            return eclflow.StepResult.success({})
+
+    class Generate(Ask):
+        type_name = "generate"
+
+    for bad, says in [(int, "subclass of eclflow.Step"), (Sync, "must be `async def`"),
+                      (Generate, "Step type 'generate' is already registered")]:  # fmt: skip
+        with pytest.raises(eclflow.ConfigError, match=says):
+            eclflow.register(bad)
+    assert default_registry().get("generate").__module__ == "eclflow.steps.builtin"
+    assert StepRegistry().register(Ask, replace=True) is Ask
+    with pytest.raises(eclflow.ConfigError, match="looks like the text of a workflow"):
+        eclflow.load("eclflow: 1\nid: x\nsteps: []\n")

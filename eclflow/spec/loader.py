@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import WorkflowInvalid
+from ..errors import ConfigError, WorkflowInvalid
 from .model import (
     DEFAULT_TIMEOUT,
     Budget,
@@ -153,6 +154,13 @@ def check_text(
 
 def load(path: str | Path) -> Workflow:
     """Load and validate a workflow file; raises `WorkflowInvalid` with every diagnostic."""
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"a workflow is a file path, not {type(path).__name__}")
+    if isinstance(path, str) and "\n" in path:
+        raise ConfigError(
+            "this looks like the text of a workflow, not a file name: use "
+            "eclflow.spec.load_text(text) for text"
+        )
     wf, diags = check(path)
     if wf is None:
         raise WorkflowInvalid(diags)

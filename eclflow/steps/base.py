@@ -156,7 +156,11 @@ class StepContext:
         json_schema: Mapping[str, Any] | None = None,
     ) -> Awaitable[CompletionResponse]:
         """Call this step's model (await the result); tokens and cost are accounted to the
-        attempt."""
+        attempt. A message is a `Message` or a mapping `{"role": …, "content": …}`."""
+        from ..llm.base import Message
+
+        if not all(isinstance(m, Message) for m in messages):
+            messages = [_message(m) for m in messages]
         return self.complete_fn(
             messages,
             max_tokens=max_tokens,
@@ -164,6 +168,20 @@ class StepContext:
             stop=stop,
             json_schema=json_schema,
         )
+
+
+def _message(m: Any) -> Message:
+    from ..llm.base import Message
+
+    if isinstance(m, Message):
+        return m
+    role = m.get("role", "user") if isinstance(m, Mapping) else None
+    if role in ("system", "user", "assistant") and isinstance(m.get("content"), str):
+        return Message(role, m["content"])
+    raise ValidationError(
+        f"a message is a Message or a mapping with a role (system, user or assistant) and "
+        f"content (text), not {m!r:.80}"
+    )
 
 
 class Step:

@@ -26,11 +26,23 @@ class StepRegistry:
         self.problems: list[str] = []  # plugins that failed to load
 
     def register(self, cls: type[Step], *, replace: bool = False) -> type[Step]:
+        """Add a step type. `replace`: a type of the same name that is not built in gives way
+        (a built-in type never does: a workflow's `generate` is always the same step)."""
+        import inspect
+
+        if not (isinstance(cls, type) and issubclass(cls, Step)):
+            raise ConfigError(f"a step type is a subclass of eclflow.Step, not {cls!r}")
         name = cls.type_name
         if not name:
             raise ConfigError(f"step class {cls.__qualname__} has no type_name")
-        if name in self._types and not replace and self._types[name] is not cls:
-            raise ConfigError(f"Step type '{name}' is already registered")
+        if not inspect.iscoroutinefunction(cls.execute):
+            raise ConfigError(f"{cls.__qualname__}.execute must be `async def`")
+        current = self._types.get(name)
+        if current is not None and current is not cls:
+            from .builtin import BUILTINS
+
+            if not replace or current in BUILTINS:
+                raise ConfigError(f"Step type '{name}' is already registered")
         self._types[name] = cls
         return cls
 
