@@ -49,14 +49,28 @@ class _Environment(ImmutableSandboxedEnvironment):
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and type(n) is int:
                     _bounded(len(seq) * n, f"`*` would make {len(seq) * n:,} items")
-        elif operator == "**" and type(left) is int and type(right) is int and right > 0:
-            bits = right * max(abs(left), 1).bit_length()
+        elif operator == "**" and type(left) is int and type(right) is int and abs(left) > 1:
+            bits = right * abs(left).bit_length()
             if bits > MAX_BITS:
                 raise SecurityError(f"`**` would make a number of {bits:,} bits")
         elif operator == "%" and isinstance(left, str):
-            for width in re.findall(r"%[-+ #0]*(\d+)", left):
-                _bounded(int(width), f"a width of {int(width):,} in `%`")
+            for number in re.findall(r"%(?:\([^)]*\))?[-+ #0]*(\d*)(?:\.(\d+))?", left):
+                for n in filter(None, number):
+                    _bounded(int(n), f"a width of {int(n):,} in `%`")
+            if re.search(r"%(?:\([^)]*\))?[-+ #0]*\d*(?:\*|\.\*)", left):
+                raise SecurityError("a width given as `*` in `%` is not allowed in a template")
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # str's own padding methods, as the filters above
+        name = getattr(__obj, "__name__", "")
+        padding = isinstance(getattr(__obj, "__self__", None), str) and name in _PADDING
+        if padding and args and type(args[0]) is int:
+            _bounded(args[0], f"`{name}` of width {args[0]:,}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+_PADDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
 def _bounded(size: int, what: str) -> None:
@@ -65,13 +79,14 @@ def _bounded(size: int, what: str) -> None:
 
 
 def _width_filter(name: str) -> Any:
-    """Jinja's `center` or `indent`, refusing a width over MAX_SIZE."""
+    """Jinja's `center` or `indent`, refusing a width over MAX_SIZE (its own default kept)."""
     original = jinja2.filters.FILTERS[name]
 
-    def bounded(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> Any:
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        width = args[0] if args else kwargs.get("width")
         if type(width) is int:
             _bounded(width, f"`{name}` of width {width:,}")
-        return original(value, width, *args, **kwargs)
+        return original(value, *args, **kwargs)
 
     return bounded
 

@@ -183,6 +183,12 @@ def test_a_run_time_error_names_the_template_line_and_file() -> None:
         ("{{ 'x' | center(1000000000) }}", "`center` of width 1,000,000,000"),
         ("{{ ' ' | indent(10 ** 9) }}", "`indent` of width 1,000,000,000"),
         ("{{ '%999999999d' % 1 }}", "a width of 999,999,999 in `%`"),
+        ("{{ '%.999999999f' % 1.0 }}", "a width of 999,999,999 in `%`"),
+        ("{{ '%(a)999999999s' % {'a': 1} }}", "a width of 999,999,999 in `%`"),
+        ("{{ '%*s' % (10 ** 9, 'x') }}", "a width given as `*` in `%`"),
+        ("{{ 'x'.center(10 ** 9) }}", "`center` of width 1,000,000,000"),
+        ("{{ 'x'.ljust(10 ** 9) }}", "`ljust` of width 1,000,000,000"),
+        ("{{ 'x'.zfill(10 ** 9) }}", "`zfill` of width 1,000,000,000"),
     ],
 )
 def test_the_sandbox_bounds_what_one_operation_may_make(source: str, refused: str) -> None:
@@ -202,3 +208,9 @@ def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
     assert expr.render_value("{{ 2 ** 64 }}", ctx) == 2**64
     assert expr.render_value("{{ '%5d|%-3s' % (42, 'x') }}", ctx) == "   42|x  "
     assert expr.render_value("{{ 'x' | center(5) }}", ctx) == "  x  "
+    # the filters' own defaults are kept (a bare `indent` indented 80 spaces, not 4)
+    assert expr.render_value('{{ "a\nb" | indent }}', ctx) == "a\n    b"
+    assert expr.render_value('{{ "a" | center }}', ctx) == "a".center(80)
+    assert expr.render_value("{{ 1 ** 200000 }}", ctx) == 1
+    assert expr.render_value("{{ 'a .* b %s' % 'x' }}", ctx) == "a .* b x"
+    assert expr.render_value("{{ 'ab'.center(6) }}", ctx) == "  ab  "

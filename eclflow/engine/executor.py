@@ -461,9 +461,8 @@ class Executor:
                     max_tokens=max_tokens,
                     hint=f"raise steps.{step.id}.config.max_tokens",
                 )
-            content = utf8_text(response.content)
-            if content is not response.content:
-                response = replace(response, content=content)
+            if not response.content.isascii():  # (the check is cheap, the repair is not)
+                response = replace(response, content=utf8_text(response.content))
             usage.tokens_in += response.usage.input
             usage.tokens_out += response.usage.output
             usage.cost += response.cost

@@ -70,13 +70,17 @@ class PromptStep(Step):
             f"step '{self.id}' has no prompt: give it `template:` or `prompt:`", field="prompt"
         )
 
+    @cached_property
+    def _prompt_file(self) -> str | None:
+        return _file_of(self.spec)
+
     def prompt_variables(self, input: Mapping[str, Any]) -> dict[str, Any]:
         """The step's input, and `max_revisions` and `config` unless `with:` binds them."""
         return {"max_revisions": self.max_revisions, "config": dict(self.spec.config), **input}
 
     def messages(self, input: Mapping[str, Any]) -> list[Message]:
         variables = self.prompt_variables(input)
-        user = expr.render_string(self.prompt_source(), variables, _file_of(self.spec))
+        user = expr.render_string(self.prompt_source(), variables, self._prompt_file)
         system_source = self.spec.system if self.spec.system is not None else self.default_system
         out = []
         if system_source:
@@ -348,7 +352,7 @@ class TemplateStep(Step):
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         variables = {"config": self._config, **input}  # (what `with:` binds wins)
-        text = expr.render_string(self.source(), variables, _file_of(self.spec))
+        text = expr.render_string(self.source(), variables, _file_of(self.spec))  # (no model)
         return StepResult.success({"text": text})
 
     @cached_property
