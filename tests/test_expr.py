@@ -198,7 +198,7 @@ def test_the_sandbox_bounds_what_one_operation_may_make(source: str, refused: st
         expr.render_string(source, {"n": 10000})
     assert str(caught.value).startswith("unsafe template refused by the sandbox: " + refused)
     with pytest.raises(TemplateError, match="refused by the sandbox"):
-        expr.evaluate(source.strip("{} "), {"n": 10000})
+        expr.evaluate(source[3:-3], {"n": 10000})
 
 
 def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
