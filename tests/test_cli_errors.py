@@ -213,6 +213,11 @@ def test_an_input_file_holds_json_values(tmp_path: Path) -> None:
     bad.write_text("x: {y: [1, .nan]}\n")
     with pytest.raises(click.BadParameter, match=r"x\.y\[1\] is nan, not a finite number"):
         parse_inputs((), bad)
+    # and a list or object given with -i, as the journal keeps it
+    schema = {"properties": {"xs": {"type": "array"}, "o": {"type": "object"}}}
+    assert parse_inputs(("xs=[2024-01-01, b]",), None, schema) == {"xs": ["2024-01-01", "b"]}
+    with pytest.raises(click.BadParameter, match=r"o\.a is inf, not a finite number"):
+        parse_inputs(("o={a: .inf}",), None, schema)
 
 
 @pytest.mark.parametrize("args", [["steps"], ["graph", WF], ["runs"]])
@@ -357,6 +362,17 @@ def test_a_workflow_file_whose_name_is_not_utf8_runs_and_is_journaled(tmp_path: 
     assert r.returncode == 0, r.stderr
     shown = cli("show", json.loads(r.stdout)["run_id"], "--db", db, "--json")
     assert json.loads(shown.stdout)["metadata"]["path"].endswith("bad\\udcffname.yaml")
+    # in such a folder, with a prompt file of its own (whose path the run records)
+    folder = tmp_path / os.fsdecode(b"dir\xffx")
+    folder.mkdir()
+    (folder / "p.j2").write_text("Say {{ topic }}")
+    (folder / "wf.yaml").write_text(
+        "eclflow: 1\nid: p\nsteps:\n  - {id: a, type: template, prompt: p.j2, "
+        "with: {topic: '{{ input.topic }}'}}\n"
+    )
+    r = cli("run", str(folder / "wf.yaml"), "-i", "topic=x", "--db", db, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["steps"][0]["output"] == {"text": "Say x"}
 
 
 def test_the_input_file_can_be_stdin(tmp_path: Path) -> None:

@@ -66,8 +66,9 @@ def parse_inputs(
             value = yaml.load(raw) if raw.strip() else raw
         except YAMLError:
             value = raw
-        if isinstance(value, list | dict):
-            value = value if ("array" if isinstance(value, list) else "object") in kinds else raw
+        if isinstance(value, list | dict):  # as JSON has it: dates as text, no NaN
+            wanted = ("array" if isinstance(value, list) else "object") in kinds
+            value = _plain(value, None, key) if wanted else raw
         elif isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
             value = raw if _wants_text(kinds, value) else value
         else:  # text, null, a date, .inf: what was typed
@@ -76,7 +77,7 @@ def parse_inputs(
     return data
 
 
-def _plain(value: Any, path: Path, where: str) -> Any:
+def _plain(value: Any, path: Path | None, where: str) -> Any:
     """An input file's values as JSON has them: a YAML date is its ISO text; a number that
     is not finite is refused (JSON has none, and the journal could not keep it)."""
     import datetime
@@ -89,7 +90,8 @@ def _plain(value: Any, path: Path, where: str) -> Any:
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
         raise click.BadParameter(
-            f"{path}: {where} is {value}, not a finite number", param_hint="--input-file"
+            f"{f'{path}: ' if path else ''}{where} is {value}, not a finite number",
+            param_hint="--input-file" if path else "-i",
         )
     return value
 

@@ -452,7 +452,8 @@ def prompt_digests(wf: Workflow) -> dict[str, str]:
     out: dict[str, str] = {}
     for step in wf.steps:
         path = step.prompt
-        if path is None or str(path) in out:
+        # keyed by the path as UTF-8 text (a folder whose name is not UTF-8 is kept escaped)
+        if path is None or printable(str(path)) in out:
             continue
         try:
             st = path.stat()
@@ -464,7 +465,7 @@ def prompt_digests(wf: Workflow) -> dict[str, str]:
                 digest = _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         except OSError:
             digest = "unreadable"
-        out[str(path)] = digest
+        out[printable(str(path))] = digest
     return out
 
 
