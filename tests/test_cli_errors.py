@@ -268,10 +268,8 @@ def test_a_journal_that_fails_mid_run_names_the_run_even_when_the_database_is_go
 
 def test_model_text_and_a_markup_like_name_print_safely_on_a_terminal(tmp_path: Path) -> None:
     """A name with `[/]` crashed the live view (rich markup); a reply's escape sequences
-    reached the terminal raw (they can retitle the window or rewrite lines)."""
-    import pty
-    import threading
-
+    reached the terminal raw (they can retitle the window or rewrite lines). Into a file or a
+    pipe the output is exactly the reply."""
     wf = tmp_path / "mk.yaml"
     wf.write_text(
         'eclflow: 1\nid: mk\nname: "Costs [USD] and [/] report [bold]x"\nmodel: mock/x\n'
@@ -281,41 +279,59 @@ def test_model_text_and_a_markup_like_name_print_safely_on_a_terminal(tmp_path: 
     script = tmp_path / "m.yaml"
     script.write_text('- "draft \\e]0;pwned\\a \\e[31mred\\e[0m \\x9b2J"\n')
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    main, secondary = pty.openpty()
-    seen = bytearray()
+    run = ["run", str(wf), "--mock-responses", str(script), "--db", db]
+    out, err, code = _on_terminals(*run)
+    assert code == 0, err
+    assert "Costs [USD] and [/] report [bold]x" in err  # the title, as written
+    assert out.replace("\r\n", "\n") == (
+        "text: draft \\x1b]0;pwned\\x07 \\x1b[31mred\\x1b[0m \\x9b2J\n"
+    )
+    piped = cli(*run)
+    assert piped.stdout == "text: draft \x1b]0;pwned\x07 \x1b[31mred\x1b[0m \x9b2J\n"
+    run_id = json.loads(cli("runs", "--db", db, "--json").stdout)[0]["id"]
+    shown, _, code = _on_terminals("show", run_id, "--db", db)
+    assert code == 0 and "pwned" in shown
+    assert "\x07" not in shown and "\x9b" not in shown and "\x1b]" not in shown
 
-    def drain() -> None:
+
+def _on_terminals(*args: str) -> tuple[str, str, int]:
+    """Run the CLI with stdout and stderr each on a terminal of its own; what each showed."""
+    import pty
+    import threading
+
+    ends = [pty.openpty(), pty.openpty()]
+    seen = [bytearray(), bytearray()]
+
+    def drain(fd: int, into: bytearray) -> None:
         while True:
             try:
-                chunk = os.read(main, 4096)
+                chunk = os.read(fd, 4096)
             except OSError:
                 return
             if not chunk:
                 return
-            seen.extend(chunk)
+            into.extend(chunk)
 
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    readers = [
+        threading.Thread(target=drain, args=(main, into), daemon=True)
+        for (main, _), into in zip(ends, seen, strict=True)
+    ]
+    for r in readers:
+        r.start()
     try:
-        r = subprocess.run(
-            [sys.executable, "-m", "eclflow", "run", str(wf), "--mock-responses", str(script),
-             "--db", db],
-            stdout=subprocess.PIPE, stderr=secondary, timeout=120,
-            env={k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")},
+        proc = subprocess.run(
+            [sys.executable, "-m", "eclflow", *args], stdout=ends[0][1], stderr=ends[1][1],
+            timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")},
         )  # fmt: skip
     finally:
-        os.close(secondary)
-        reader.join(timeout=5)
-        os.close(main)
-    assert r.returncode == 0, bytes(seen).decode(errors="replace")
-    assert b"Costs [USD] and [/] report [bold]x" in seen  # the title, as written
-    out = r.stdout.decode()
-    assert out == "text: draft \\x1b]0;pwned\\x07 \\x1b[31mred\\x1b[0m \\x9b2J\n"
-
-    run_id = cli("runs", "--db", db, "--json").stdout
-    shown = cli("show", json.loads(run_id)[0]["id"], "--db", db)
-    assert shown.returncode == 0 and "pwned" in shown.stdout
-    assert "\x1b" not in shown.stdout and "\x9b" not in shown.stdout and "\x07" not in shown.stdout
+        for _, secondary in ends:
+            os.close(secondary)
+        for r in readers:
+            r.join(timeout=5)
+        for main, _ in ends:
+            os.close(main)
+    out, err = (bytes(b).decode(errors="replace") for b in seen)
+    return out, err, proc.returncode
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,13 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0
 _CONTROL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
 
 
-def safe_text(text: str) -> str:
-    """`text` (a model's reply, a prompt, a run's input) safe to print on a terminal: control
-    characters other than newline and tab are written as `\\x1b`, so a reply cannot set the
-    window title, recolour the screen or rewrite a line. `--json` output is escaped by JSON."""
-    return text.translate(_CONTROL)
+def safe_text(text: str, err: bool = False) -> str:
+    """`text` (a model's reply, a prompt, a run's input) as it may be shown on a terminal:
+    control characters other than newline and tab are written as `\\x1b`, so a reply cannot
+    set the window title, recolour the screen or rewrite a line. Written to a file or a pipe
+    (`err`: stderr, else stdout), it is left exactly as it is."""
+    stream = sys.stderr if err else sys.stdout
+    return text.translate(_CONTROL) if stream.isatty() else text
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

@@ -313,7 +313,7 @@ def status_cmd(
     if run.state == "completed" and run.output is not None:
         shown_output = json.dumps(run.output, indent=2, ensure_ascii=False, default=str)
         lines_out = "\n".join("  " + line for line in shown_output.splitlines())
-        click.echo(safe_text("Output:\n" + lines_out))
+        click.echo(safe_text("Output:\n" + lines_out), color=True)
     if not keys:
         return
     click.echo()
@@ -444,7 +444,7 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
         if e["traces"]:
             out.append("-- traces")
             out += [_trace(t) for t in e["traces"]]
-    click.echo(safe_text("\n".join(out).lstrip("\n")))
+    click.echo(safe_text("\n".join(out).lstrip("\n")), color=True)
 
 
 def _run_fields(run: Any) -> dict[str, Any]:

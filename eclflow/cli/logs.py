@@ -39,7 +39,9 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
     try:
         run = store.runs.find(run_id)
         last_id: int | None = None
-        while True:
+
+        def print_new() -> None:
+            nonlocal last_id
             for event in store.events.for_run(run.id, after_id=last_id):
                 last_id = event.id
                 data = dict(event.fields or {})
@@ -51,20 +53,17 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                     if as_json
                     else safe_text(_text_line(event, data))
                 )
+
+        while True:
+            print_new()
             if not follow:
                 break
             now = store.runs.get(run.id)
             gone = shown_state(now.state, now.metadata or {}) == "interrupted"
             if now.state in TERMINAL_STATES or now.state == "paused" or gone:
-                # one last read: the run may have written its final events just now
-                for event in store.events.for_run(run.id, after_id=last_id):
-                    last_id = event.id
-                    data = dict(event.fields or {})
-                    click.echo(
-                        _json_line(run.id, event, data)
-                        if as_json
-                        else safe_text(_text_line(event, data))
-                    )
+                # one last read: the run may have written its final events just now (its
+                # --level applies to them too)
+                print_new()
                 if gone:  # nothing will write to it again: stop following
                     pid = now.metadata.get("pid")
                     how = (

@@ -211,9 +211,11 @@ def print_result(result: Any, as_json: bool, local: bool = True) -> None:
         and all(isinstance(v, str | int | float | bool) or v is None for v in out.values())
     ):
         for k, v in out.items():
-            click.echo(safe_text(f"{k}: {v}"))
+            click.echo(safe_text(f"{k}: {v}"), color=True)  # (data: never stripped)
     elif out is not None:
-        click.echo(safe_text(json.dumps(out, indent=2, ensure_ascii=False, default=str)))
+        click.echo(
+            safe_text(json.dumps(out, indent=2, ensure_ascii=False, default=str)), color=True
+        )
     revisions = sum(result.revisions.values())
     status = result.status
     line = (
@@ -231,7 +233,7 @@ def print_result(result: Any, as_json: bool, local: bool = True) -> None:
             err=True,
         )
     if result.error:
-        click.echo(safe_text(f"error: {result.error}"), err=True)
+        click.echo(safe_text(f"error: {result.error}", err=True), err=True)
         if "budget_exceeded" in result.error and local:
             flag = next(
                 (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"
