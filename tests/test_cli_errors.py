@@ -350,6 +350,10 @@ def test_reading_a_mistyped_database_is_an_error_and_creates_nothing(
         "ECLFLOW_DATABASE_URL"
     )
     assert not typo.exists()
+    # ECLFLOW_DATABASE_URL names a database on purpose: a new one is simply empty
+    fresh = tmp_path / "fresh.db"
+    r = cli(*args, env={"ECLFLOW_DATABASE_URL": f"sqlite:///{fresh}"})
+    assert "no eclflow database" not in r.stderr
 
 
 def test_quiet_hides_the_progress_and_keeps_the_output(tmp_path: Path) -> None:

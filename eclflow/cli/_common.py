@@ -227,28 +227,34 @@ def resume_command(run_id: str, *args: str) -> str:
     command would look in the default database; ECLFLOW_DATABASE_URL finds the same one)."""
     import shlex
 
-    ctx = click.get_current_context(silent=True)
-    db = None
-    while ctx is not None and db is None:
-        if ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE:
-            db = ctx.params.get("db")
-        ctx = ctx.parent
+    db = _given_db()
     parts = ["eclflow resume", run_id[:8], *args]
     if db:
         from ..store.db import parse_url
 
         try:
-            shown = parse_url(db).url  # (a password is not echoed)
+            shown = parse_url(db).url
         except Exception:
             shown = db
-        parts.append(f"--db {shlex.quote(shown)}")
+        # a password is not echoed: then the command says which --db, not its text
+        parts.append(f"--db {shlex.quote(shown)}" if shown == db else "--db <the same URL>")
     return "`" + " ".join(parts) + "`"
+
+
+def _given_db() -> str | None:
+    """The --db given on this command line (not from ECLFLOW_DATABASE_URL), if any."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE:
+            return ctx.params.get("db")
+        ctx = ctx.parent
+    return None
 
 
 def open_store(db: str | None, *, existing: bool = False) -> Any:
     """The store at `db` (--db or ECLFLOW_DATABASE_URL), else the default file. `existing`:
-    for commands that only read, a given URL must hold a store already (a typo is an error,
-    not a new empty database)."""
+    for commands that only read, a --db given on the command line must hold a store already
+    (a typo is an error, not a new empty database)."""
     from ..store import open_store as _open
 
-    return _open(db, create=not (existing and db is not None))
+    return _open(db, create=not (existing and db is not None and _given_db() == db))

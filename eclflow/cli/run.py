@@ -628,7 +628,8 @@ def pause_cmd(run_id: str, db: str | None) -> None:
     seconds."""
     from ..engine.runner import pause
 
-    full = pause(run_id, db=db)
+    with open_store(db, existing=True) as store:
+        full = pause(run_id, store=store)
     click.echo(
         f"pausing run {full[:8]}: it stops before its next step (the process running it looks "
         f"every few seconds); {resume_command(full)} continues it"
