@@ -173,5 +173,6 @@ class InvalidState(EclflowError):
     """An operation does not fit the run's current state (e.g. resuming a completed run)."""
 
 
-class UnclearRunId(NotFound):
-    """A run id prefix too short to look up, or one that several runs share."""
+class UnclearRunId(NotFound, InvalidState):
+    """A run id prefix too short to look up, or one that several runs share (an InvalidState
+    before, so that is still caught)."""

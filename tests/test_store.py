@@ -168,6 +168,8 @@ def test_find_by_prefix(store: Store) -> None:
     with pytest.raises(UnclearRunId, match="ambiguous") as e:
         store.runs.find("abcd")
     assert a in str(e.value) and b in str(e.value)
+    with pytest.raises(InvalidState, match="ambiguous"):  # (what it was: still caught so)
+        store.runs.find("abcd")
     with pytest.raises(UnclearRunId, match="at least 4"):
         store.runs.find("f0")
     with pytest.raises(RunNotFound, match="Run not found: beef"):

@@ -250,12 +250,18 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
         retry=lambda sid: wf.step(sid).retry,
         workflow_id=wf.id,
     )
+    mock = worker.mock
+    if mock is not None:  # a worker's script is for the runs on mock/ models, not the others
+        try:
+            runner.check_mock_is_used(wf, model)
+        except EclflowError:
+            mock = None
     try:
         result = await runner.run(
             wf,
             inputs,
             model=model,
-            mock_responses=worker.mock,
+            mock_responses=mock,
             store=worker.store,
             run_id=run_id,
             journal=journal,
