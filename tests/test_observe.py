@@ -285,18 +285,23 @@ def test_a_guard_of_ones_own_beside_a_budget_gives_failed_calls_reservations_bac
         "config: {max_tokens: 100}, retry: {max_attempts: 4, initial_delay: 1ms}}\n"
     )
     seen: list[str] = []
+    released: list[Any] = []
 
-    async def guard(step_id: str, request: Any) -> None:
-        seen.append(step_id)
-        if len(seen) == 1:
-            raise ServerError("refused by my own guard")
+    class Guard:
+        async def __call__(self, step_id: str, request: Any) -> None:
+            seen.append(step_id)
+            if len(seen) == 1:
+                raise ServerError("refused by my own guard")
+
+        def release(self, request: Any) -> None:  # told of a call that failed, as without
+            released.append(request)  # a budget
 
     script = [{"error": "server_error"}, {"error": "server_error"}, "fine"]
     r = asyncio.run(
-        eclflow.run(wf, {}, mock_responses=script, guard=guard, budget={"max_tokens": 250})
+        eclflow.run(wf, {}, mock_responses=script, guard=Guard(), budget={"max_tokens": 250})
     )
     assert r.status == "completed", r.error
-    assert r.steps[0].attempts == 4 and len(seen) == 4
+    assert r.steps[0].attempts == 4 and len(seen) == 4 and len(released) == 2
 
 
 def test_budget_guard_refuses_before_the_call() -> None:

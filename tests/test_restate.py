@@ -139,7 +139,6 @@ def test_registering_gives_up_on_a_deployment_restate_cannot_reach() -> None:
     """An admin API that keeps answering 500 (what Restate says when it cannot call the
     advertised URI) is tried for `within` seconds, then a one-line error with the remedy."""
     import http.server
-    import time
 
     from eclflow.errors import ConfigError
     from eclflow.restate.worker import register
@@ -161,12 +160,10 @@ def test_registering_gives_up_on_a_deployment_restate_cannot_reach() -> None:
     admin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
     threading.Thread(target=admin.serve_forever, daemon=True).start()
     try:
-        started = time.monotonic()
         with pytest.raises(ConfigError) as e:
             asyncio.run(
                 register(f"http://127.0.0.1:{admin.server_port}", "http://w:9080", within=1.0)
             )
-        assert time.monotonic() - started < 10
     finally:
         admin.shutdown()
     assert len(posts) >= 2 and set(posts) == {"/deployments"}

@@ -131,9 +131,10 @@ async def iter_batch(
         STORED_CHUNK of them (in input order, as the workers reach them: all at once held
         every result of a big batch in memory); None if it has gone since."""
         async with loading:
-            if run_id not in finished:
-                n = completed_at[run_id]
-                chunk = [r for r in completed[n : n + STORED_CHUNK] if r not in finished]
+            n = completed_at[run_id]
+            if n >= loaded_to[0]:  # (workers take items in order: those before were read)
+                chunk = completed[n : n + STORED_CHUNK]
+                loaded_to[0] = n + len(chunk)
                 finished.update(await asyncio.to_thread(runner.stored_results, store, chunk))
         return finished.pop(run_id, None)
 
@@ -229,6 +230,7 @@ async def iter_batch(
     completed = [run_id for run_id in ids if known.get(run_id) == "completed"]
     completed_at = {run_id: n for n, run_id in enumerate(completed)}
     finished: dict[str, RunResult] = {}
+    loaded_to = [0]  # completed[: loaded_to[0]] have been read
     loading = asyncio.Lock()
     update()
 

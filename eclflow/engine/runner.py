@@ -419,6 +419,9 @@ class _Guards:
 
     def release(self, request: Any) -> None:
         self.budget.release(request)
+        other = getattr(self.other, "release", None)  # (as it is told without a budget)
+        if other is not None:
+            other(request)
 
 
 def _both_hooks(first: CallHook, second: CallHook | None) -> CallHook:

@@ -77,6 +77,7 @@ def prompt_tokens(model: str, messages: Sequence[Any]) -> int:
         try:
             import litellm
 
+            # (process-wide, and what eclflow wants of litellm everywhere: no downloads)
             litellm.disable_hf_tokenizer_download = True
 
             return int(

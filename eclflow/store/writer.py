@@ -690,13 +690,16 @@ def writer_for(store: Any) -> JournalWriter:
     writers = store.writers
     w = writers.get(id(loop))
     if w is None or w.loop is not loop:
+        ended = []
         with _WRITERS_LOCK:  # (event loops in several threads may share the store)
             for key, old in list(writers.items()):
                 if old.loop.is_closed() and writers.pop(key, None) is old:
-                    old.close()
+                    ended.append(old)
             w = writers.get(id(loop))
             if w is None or w.loop is not loop:
                 w = writers[id(loop)] = JournalWriter(store, loop)
+        for old in ended:  # (a flush may take a while: not under the lock)
+            old.close()
     return w
 
 
