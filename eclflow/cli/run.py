@@ -503,7 +503,7 @@ def run_cmd(
             quiet=quiet,
         )
         return
-    store = None if no_journal else _open_store(db)
+    store = None if no_journal else open_store(db)
     from ..engine.orchestrator import new_run_id
 
     run_id = new_run_id()
@@ -686,12 +686,6 @@ def _quiet_stamina() -> None:
     from stamina.instrumentation import set_on_retry_hooks
 
     set_on_retry_hooks([])
-
-
-def _open_store(db: str | None) -> Any:
-    from ..store import open_store
-
-    return open_store(db)
 
 
 def _line_printer() -> Any:
