@@ -408,3 +408,35 @@ def test_a_custom_step_may_pass_plain_mappings_as_messages_and_registering_check
     assert StepRegistry().register(Ask, replace=True) is Ask
     with pytest.raises(eclflow.ConfigError, match="looks like the text of a workflow"):
         eclflow.load("eclflow: 1\nid: x\nsteps: []\n")
+
+
+def test_a_step_type_whose_output_is_not_json_fails_its_attempt(tmp_path: Path) -> None:
+    """A set or bytes was journaled as its repr (orjson's default=str): the run completed, and
+    its resume read back a string where the run had had a set."""
+    import asyncio
+
+    import eclflow
+    from eclflow.spec import load_text
+
+    class Odd(eclflow.Step):
+        type_name = "odd_output"
+
+        async def execute(self, ctx: Any, input: Any) -> Any:
+            return eclflow.StepResult.success({"s": {1, 2}})
+
+    class Fine(eclflow.Step):
+        type_name = "fine_output"
+
+        async def execute(self, ctx: Any, input: Any) -> Any:
+            return eclflow.StepResult.success({"n": [1, 2.5, None, "x"]})
+
+    for cls in (Odd, Fine):
+        eclflow.register(cls)
+    odd = load_text("eclflow: 1\nid: o\nsteps: [{id: a, type: odd_output}]\n")
+    r = asyncio.run(eclflow.run(odd, {}, db=f"sqlite:///{tmp_path / 'runs.db'}"))
+    assert r.status == "failed"
+    assert "made an output that is not JSON (Object of type set is not JSON serializable)" in (
+        r.error or ""
+    )
+    fine = load_text("eclflow: 1\nid: f\nsteps: [{id: a, type: fine_output}]\n")
+    assert asyncio.run(eclflow.run(fine, {})).steps[0].output == {"n": [1, 2.5, None, "x"]}

@@ -318,6 +318,8 @@ class Executor:
             result = StepResult.failed(
                 f"step type '{step.type_name}' returned {type(result).__name__}, not StepResult"
             )
+        elif result.kind != "failed" and type(step).__module__ != _BUILTIN_MODULE:
+            result = _as_json(step, result)  # (the built-in types make JSON by construction)
         if result.kind != "failed":
             try:
                 step.validate_output(result.output)
@@ -472,6 +474,24 @@ class Executor:
             return response
 
         return complete
+
+
+_BUILTIN_MODULE = "eclflow.steps.builtin"
+
+
+def _as_json(step: Step, result: StepResult) -> StepResult:
+    """A step type's output as the journal keeps it, JSON: a set or bytes became its repr in
+    the journal, and a resumed run read back something else than the run had."""
+    import json
+
+    try:
+        json.dumps(result.output, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        return StepResult.failed(
+            f"step type '{step.type_name}' made an output that is not JSON ({e}): a step's "
+            "output is journaled as JSON"
+        )
+    return result
 
 
 def _failure(e: EclflowError) -> StepResult:
