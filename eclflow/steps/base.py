@@ -9,9 +9,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import ValidationError
+from ..llm.base import Message
 
 if TYPE_CHECKING:
-    from ..llm.base import CompletionResponse, Message
+    from ..llm.base import CompletionResponse
     from ..spec.model import RetrySpec, StepSpec, Workflow
 
 
@@ -157,10 +158,10 @@ class StepContext:
     ) -> Awaitable[CompletionResponse]:
         """Call this step's model (await the result); tokens and cost are accounted to the
         attempt. A message is a `Message` or a mapping `{"role": …, "content": …}`."""
-        from ..llm.base import Message
-
-        if not all(isinstance(m, Message) for m in messages):
-            messages = [_message(m) for m in messages]
+        for m in messages:
+            if type(m) is not Message:  # a mapping (or a subclass): made a Message
+                messages = [_message(m) for m in messages]
+                break
         return self.complete_fn(
             messages,
             max_tokens=max_tokens,
@@ -171,8 +172,6 @@ class StepContext:
 
 
 def _message(m: Any) -> Message:
-    from ..llm.base import Message
-
     if isinstance(m, Message):
         return m
     role = m.get("role", "user") if isinstance(m, Mapping) else None
