@@ -78,7 +78,8 @@ def _unpriced(model: str) -> bool:
 def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
     """Replies for `mock/` models with no step on one would run the real model (and pay)."""
     chosen = default_model(workflow, model)
-    if (workflow.sha256, chosen) in _MOCK_USED:  # (checked once: batches run it per item)
+    checked = compile_plan(workflow).mock_models_checked  # (once: a batch runs it per item)
+    if chosen in checked:
         return
     registry = default_registry()
     calling = [
@@ -91,12 +92,7 @@ def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
             f"mock responses play replies for mock/… models, and no step uses one (the model "
             f"is {chosen or 'not set'}): give a mock/NAME model"
         )
-    if len(_MOCK_USED) > 256:
-        _MOCK_USED.clear()
-    _MOCK_USED.add((workflow.sha256, chosen))
-
-
-_MOCK_USED: set[tuple[str, str | None]] = set()
+    checked.add(chosen)
 
 
 def check_models(
@@ -375,6 +371,8 @@ def _end_metadata(result: RunResult) -> dict[str, Any]:
 def _as_store(store: Any, db: str | os.PathLike[str] | None) -> tuple[Any, bool]:
     """The store a run journals to, and whether this call opened it: `store` (a Store, or a
     URL or path), else one opened from `db`, else none."""
+    if db is None and (store is None or hasattr(store, "runs")):  # (the usual cases, first)
+        return store, False
     if isinstance(store, os.PathLike):
         store = f"sqlite:///{os.fspath(store)}"
     if isinstance(store, str):  # a database URL given as the store

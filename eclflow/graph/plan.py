@@ -55,6 +55,7 @@ class Plan:
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         self._step_objects: dict[int, tuple[StepRegistry, dict[str, Step]]] = {}
+        self.mock_models_checked: set[str | None] = set()  # (runner.check_mock_is_used)
         self.dag: DepGraph = dependency_graph(workflow.steps, workflow.transitions)
         self.order: tuple[str, ...] = tuple(self.dag.order())
         loops = {}
