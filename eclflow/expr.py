@@ -54,23 +54,52 @@ class _Environment(ImmutableSandboxedEnvironment):
             if bits > MAX_BITS:
                 raise SecurityError(f"`**` would make a number of {bits:,} bits")
         elif operator == "%" and isinstance(left, str):
-            for number in re.findall(r"%(?:\([^)]*\))?[-+ #0]*(\d*)(?:\.(\d+))?", left):
-                for n in filter(None, number):
-                    _bounded(int(n), f"a width of {int(n):,} in `%`")
-            if re.search(r"%(?:\([^)]*\))?[-+ #0]*\d*(?:\*|\.\*)", left):
-                raise SecurityError("a width given as `*` in `%` is not allowed in a template")
+            _check_format(left, right)
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        # str's own padding methods, as the filters above
-        name = getattr(__obj, "__name__", "")
-        padding = isinstance(getattr(__obj, "__self__", None), str) and name in _PADDING
-        if padding and args and type(args[0]) is int:
-            _bounded(args[0], f"`{name}` of width {args[0]:,}")
+        # str's own padding methods, as the filters
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name in _PADDING:
+                width = args[0] if args else kwargs.get("tabsize" if name == "expandtabs" else "")
+                if type(width) is int:
+                    tabs = owner.count("\t") if name == "expandtabs" else 0
+                    _bounded(len(owner) + max(tabs, 1) * width, f"`{name}` of width {width:,}")
         return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # `'…'.format(…)` and `format_map(…)`: the sandbox hands out its own wrapper
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            mapped = args[0].values() if value.__name__ == "format_map" and args else ()
+            _check_format(fmt, (*args, *kwargs.values(), *mapped))
+            return wrapped(*args, **kwargs)
+
+        return bounded
 
 
 _PADDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+def _check_format(fmt: str, values: Any) -> None:
+    """A `%` or `str.format` format whose widths or precisions (written, or given as values
+    for `*` and `{…}` fields) would make more than MAX_SIZE characters."""
+    for number in re.findall(r"\d{8,}", fmt):
+        _bounded(int(number), f"a width of {int(number):,} in a format")
+    given = values if isinstance(values, tuple) else (values,)
+    if isinstance(values, Mapping):
+        given = tuple(values.values())
+    # widths given as values: `%*s`, or a nested `{:>{}}` field
+    if "*" in fmt.replace("%%", "") or re.search(r"\{[^{}]*:[^{}]*\{", fmt):
+        for v in given:
+            if type(v) is int:
+                _bounded(abs(v), f"a width of {abs(v):,} in a format")
 
 
 def _bounded(size: int, what: str) -> None:
@@ -79,13 +108,19 @@ def _bounded(size: int, what: str) -> None:
 
 
 def _width_filter(name: str) -> Any:
-    """Jinja's `center` or `indent`, refusing a width over MAX_SIZE (its own default kept)."""
+    """Jinja's `center`, `indent` or `format`, refusing what would make more than MAX_SIZE
+    characters (their own defaults kept)."""
     original = jinja2.filters.FILTERS[name]
 
     def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == "format":
+            if isinstance(value, str):
+                _check_format(value, (*args, *kwargs.values()))
+            return original(value, *args, **kwargs)
         width = args[0] if args else kwargs.get("width")
         if type(width) is int:
-            _bounded(width, f"`{name}` of width {width:,}")
+            lines = str(value).count("\n") + 1 if name == "indent" else 1
+            _bounded(len(str(value)) + lines * width, f"`{name}` of width {width:,}")
         return original(value, *args, **kwargs)
 
     return bounded
@@ -102,7 +137,7 @@ def environment() -> ImmutableSandboxedEnvironment:
     )
     env.filters["tojson"] = _tojson
     env.filters["to_json"] = _tojson
-    for name in ("center", "indent"):
+    for name in ("center", "indent", "format"):
         env.filters[name] = _width_filter(name)
     return env
 

@@ -182,10 +182,16 @@ def test_a_run_time_error_names_the_template_line_and_file() -> None:
         ("{{ 2 ** 1000000000 }}", "`**` would make a number of 2,000,000,000 bits"),
         ("{{ 'x' | center(1000000000) }}", "`center` of width 1,000,000,000"),
         ("{{ ' ' | indent(10 ** 9) }}", "`indent` of width 1,000,000,000"),
-        ("{{ '%999999999d' % 1 }}", "a width of 999,999,999 in `%`"),
-        ("{{ '%.999999999f' % 1.0 }}", "a width of 999,999,999 in `%`"),
-        ("{{ '%(a)999999999s' % {'a': 1} }}", "a width of 999,999,999 in `%`"),
-        ("{{ '%*s' % (10 ** 9, 'x') }}", "a width given as `*` in `%`"),
+        ("{{ '%999999999d' % 1 }}", "a width of 999,999,999 in a format"),
+        ("{{ '%.999999999f' % 1.0 }}", "a width of 999,999,999 in a format"),
+        ("{{ '%(a(b)c)20000000s' % {'a(b)c': 1} }}", "a width of 20,000,000 in a format"),
+        ("{{ '%*s' % (10 ** 9, 'x') }}", "a width of 1,000,000,000 in a format"),
+        ("{{ '%20000000s' | format(1) }}", "a width of 20,000,000 in a format"),
+        ("{{ '{:>20000000}'.format(1) }}", "a width of 20,000,000 in a format"),
+        ("{{ '{:>{}}'.format(1, 20000000) }}", "a width of 20,000,000 in a format"),
+        ("{{ ('\t' * 1000).expandtabs(9000000) }}", "`expandtabs` of width 9,000,000"),
+        ("{{ '\t'.expandtabs(tabsize=20000000) }}", "`expandtabs` of width 20,000,000"),
+        ("{{ ('a\n' * 100000) | indent(500) }}", "`indent` of width 500"),
         ("{{ 'x'.center(10 ** 9) }}", "`center` of width 1,000,000,000"),
         ("{{ 'x'.ljust(10 ** 9) }}", "`ljust` of width 1,000,000,000"),
         ("{{ 'x'.zfill(10 ** 9) }}", "`zfill` of width 1,000,000,000"),
@@ -214,3 +220,7 @@ def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
     assert expr.render_value("{{ 1 ** 200000 }}", ctx) == 1
     assert expr.render_value("{{ 'a .* b %s' % 'x' }}", ctx) == "a .* b x"
     assert expr.render_value("{{ 'ab'.center(6) }}", ctx) == "  ab  "
+    assert expr.render_value("{{ '{}'.format(20000000) }}", ctx) == "20000000"
+    assert expr.render_value("{{ '%d items, 100%%' % 20000000 }}", ctx) == "20000000 items, 100%"
+    assert expr.render_value("{{ '{:>5}'.format('ab') }}", ctx) == "   ab"
+    assert expr.render_value("{{ '%5.1f' | format(3.14159) }}", ctx) == "  3.1"
