@@ -424,6 +424,17 @@ def test_a_step_type_whose_output_is_not_json_fails_its_attempt(tmp_path: Path) 
         async def execute(self, ctx: Any, input: Any) -> Any:
             return eclflow.StepResult.success({"s": {1, 2}})
 
+    class Keys(eclflow.Step):
+        type_name = "int_keys"
+
+        async def execute(self, ctx: Any, input: Any) -> Any:
+            return eclflow.StepResult.success({"by": {1: "a"}})
+
+    eclflow.register(Keys)
+    keys = load_text("eclflow: 1\nid: k\nsteps: [{id: a, type: int_keys}]\n")
+    r = asyncio.run(eclflow.run(keys, {}))
+    assert r.status == "failed" and "a mapping's keys must be text" in (r.error or "")
+
     class Fine(eclflow.Step):
         type_name = "fine_output"
 

@@ -218,6 +218,7 @@ def test_an_input_file_holds_json_values(tmp_path: Path) -> None:
     assert parse_inputs(("xs=[2024-01-01, b]",), None, schema) == {"xs": ["2024-01-01", "b"]}
     with pytest.raises(click.BadParameter, match=r"o\.a is inf, not a finite number"):
         parse_inputs(("o={a: .inf}",), None, schema)
+    assert parse_inputs(("o={1: a}",), None, schema) == {"o": {"1": "a"}}
 
 
 @pytest.mark.parametrize("args", [["steps"], ["graph", WF], ["runs"]])
@@ -410,3 +411,19 @@ def test_the_input_file_can_be_stdin(tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["input"] == {"topic": "from stdin"}
     both = cli("run", WF, "--input-file", "-", "--inputs", "-")
     assert both.returncode == 2 and "cannot both read stdin" in both.stderr
+
+
+def test_a_run_whose_stdout_is_closed_still_completes(tmp_path: Path) -> None:
+    """`eclflow run … >&-`: printing the output failed with AttributeError (exit 1) after the
+    run had completed."""
+    script = tmp_path / "m.yaml"
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", WF, "-i", "topic=x", "-m", "mock/x",
+         "--mock-responses", str(script), "--no-journal"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")},
+        pass_fds=(), close_fds=True, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "completed · run" in r.stderr

@@ -47,7 +47,11 @@ def safe_text(text: str, err: bool = False) -> str:
     set the window title, recolour the screen or rewrite a line. Written to a file or a pipe
     (`err`: stderr, else stdout), it is left exactly as it is."""
     stream = sys.stderr if err else sys.stdout
-    return text.translate(_CONTROL) if stream.isatty() else text
+    try:
+        terminal = stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a file
+        terminal = False
+    return text.translate(_CONTROL) if terminal else text
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

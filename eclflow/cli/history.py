@@ -309,7 +309,7 @@ def status_cmd(
         lines.append(("Note", f"it {how}; {resume_command(run.id)} continues it"))
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
-        click.echo(safe_text(f"{label + ':':<{width}} {value}"))
+        click.echo(safe_text(f"{label + ':':<{width}} {value}"), color=True)
     if run.state == "completed" and run.output is not None:
         shown_output = json.dumps(run.output, indent=2, ensure_ascii=False, default=str)
         lines_out = "\n".join("  " + line for line in shown_output.splitlines())

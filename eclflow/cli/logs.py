@@ -51,7 +51,8 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                 click.echo(
                     _json_line(run.id, event, data)
                     if as_json
-                    else safe_text(_text_line(event, data))
+                    else safe_text(_text_line(event, data)),
+                    color=True,  # (data: kept whole in a file)
                 )
 
         while True:

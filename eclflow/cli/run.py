@@ -82,8 +82,10 @@ def _plain(value: Any, path: Path | None, where: str) -> Any:
     is not finite is refused (JSON has none, and the journal could not keep it)."""
     import datetime
 
-    if isinstance(value, Mapping):
-        return {k: _plain(v, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, Mapping):  # (keys as JSON has them: text)
+        return {
+            str(k): _plain(v, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_plain(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, datetime.date):
@@ -233,7 +235,7 @@ def print_result(result: Any, as_json: bool, local: bool = True) -> None:
             err=True,
         )
     if result.error:
-        click.echo(safe_text(f"error: {result.error}", err=True), err=True)
+        click.echo(safe_text(f"error: {result.error}", err=True), err=True, color=True)
         if "budget_exceeded" in result.error and local:
             flag = next(
                 (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"

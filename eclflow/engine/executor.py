@@ -486,12 +486,22 @@ def _as_json(step: Step, result: StepResult) -> StepResult:
 
     try:
         json.dumps(result.output, allow_nan=False)
+        if not _string_keys(result.output):  # ({1: "a"} is read back as {"1": "a"})
+            raise TypeError("a mapping's keys must be text")
     except (TypeError, ValueError) as e:
         return StepResult.failed(
             f"step type '{step.type_name}' made an output that is not JSON ({e}): a step's "
             "output is journaled as JSON"
         )
     return result
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 def _failure(e: EclflowError) -> StepResult:
