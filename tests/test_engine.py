@@ -275,6 +275,13 @@ transitions:
 """  # a loop beside a branch that fails: bound
 
 
+# a one-revision loop's verdicts in LOOPCOND, keyed by journal key
+C_REVISES_THEN_PASSES = {
+    "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
+    "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+}
+
+
 def test_a_condition_in_a_loop_body_holds_on_every_version() -> None:
     """A step its condition skipped on the first version is skipped on the next too, not
     called (and paid for) on the rerun."""
@@ -284,8 +291,7 @@ def test_a_condition_in_a_loop_body_holds_on_every_version() -> None:
     }
     script = {
         "g": "G0", "r": "G1", "m": "polished",
-        "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
-        "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+        **C_REVISES_THEN_PASSES,
     }  # fmt: skip
     r = go(text, script)
     assert r.status == "completed", r.error
@@ -374,8 +380,7 @@ def test_a_step_skipped_on_a_rerun_has_no_output() -> None:
     }
     script = {
         "g": "v1", "r": "v2", "m": "polished",
-        "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
-        "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+        **C_REVISES_THEN_PASSES,
     }  # fmt: skip
     r = go(text, script)
     assert r.status == "completed", r.error
@@ -395,8 +400,7 @@ def test_a_resumed_run_follows_the_journal_rather_than_deciding_again() -> None:
     seed = {"m#2": StepExecution("m", "m#2", 1, "success", output={"text": "m two"})}
     script = {
         "g": "v1", "r": "v2", "m#1": "m one",
-        "c#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
-        "c#2": {"content": {"decision": "pass", "critique": "ok"}},
+        **C_REVISES_THEN_PASSES,
     }  # fmt: skip
     r = go(text, script, journal=MemoryJournal(seed))
     assert r.status == "completed", r.error

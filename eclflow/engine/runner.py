@@ -309,15 +309,7 @@ async def _execute(
 def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
     """Ask the process running `run_id` (any unique prefix) to pause it: the steps in flight
     finish, no other starts, and the run is left `paused` for `resume`. The run's full id."""
-    if store is not None and not hasattr(store, "runs"):  # a URL or path: as `db`
-        store, db = None, store
-    own = store is None
-    if own:
-        from ..store import open_store
-
-        if isinstance(db, os.PathLike):
-            db = f"sqlite:///{os.fspath(db)}"
-        store = open_store(db, create=db is None)  # (a given URL must hold runs already)
+    store, own = _as_store(store, db, reading=True)
     try:
         from ..store.owner import shown_state
 
@@ -368,29 +360,27 @@ def _end_metadata(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _as_store(store: Any, db: str | os.PathLike[str] | None) -> tuple[Any, bool]:
-    """The store a run journals to, and whether this call opened it: `store` (a Store, or a
-    URL or path), else one opened from `db`, else none."""
-    if db is None and (store is None or hasattr(store, "runs")):  # (the usual cases, first)
+def _as_store(store: Any, db: Any, *, reading: bool = False) -> tuple[Any, bool]:
+    """The store to use, and whether this call opened it: `store` (a Store, or a URL or a
+    path), else one opened from `db`, else none. `reading` (resume, pause): with neither, the
+    default database; a URL given must hold a store already (a typo is no new database)."""
+    if store is not None and hasattr(store, "runs"):  # (the usual cases, first)
         return store, False
-    if isinstance(store, os.PathLike):
-        store = f"sqlite:///{os.fspath(store)}"
-    if isinstance(store, str):  # a database URL given as the store
-        store, db = None, store
-    if store is not None and not hasattr(store, "runs"):
+    if store is None and db is None and not reading:
+        return None, False
+    if store is not None and not isinstance(store, str | os.PathLike):
         raise ConfigError(
             f"store must be an eclflow Store (eclflow.store.open_store) or a database URL, "
             f"not {type(store).__name__}"
         )
-    if isinstance(db, os.PathLike):
-        db = f"sqlite:///{os.fspath(db)}"
-    if store is None and db is not None:
-        if not isinstance(db, str):
-            raise ConfigError(f"db must be a database URL, not {type(db).__name__}")
-        from ..store import open_store
+    url = store if store is not None else db
+    if isinstance(url, os.PathLike):
+        url = f"sqlite:///{os.fspath(url)}"
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"db must be a database URL, not {type(url).__name__}")
+    from ..store import open_store
 
-        return open_store(db), True
-    return store, False
+    return open_store(url, create=not (reading and url is not None)), True
 
 
 def _both_guards(first: BudgetGuard, second: CallGuard | None) -> CallGuard:
@@ -559,13 +549,7 @@ async def resume(
     neither is given). A budget given here replaces the one the run had; what the run already
     spent counts."""
     if store is None or isinstance(store, str | os.PathLike):
-        from ..store import open_store
-
-        url = store if store is not None else db
-        if isinstance(url, os.PathLike):
-            url = f"sqlite:///{os.fspath(url)}"
-        # (a URL given must hold the run already: a typo is no new, empty database)
-        opened = open_store(url, create=url is None)
+        opened, _ = _as_store(store, db, reading=True)
         try:
             return await resume(
                 run_id,
