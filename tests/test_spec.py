@@ -146,6 +146,11 @@ CASES = {
         sub('    with: {draft: "{{ steps.generate.output.draft }}"}', '    with: {text: "x"}'),
         "{text",
     ),
+    "E210 input the step refuses": (
+        "E210",
+        sub('attempt: "{{ loop.iteration }}"', "attempt: next"),
+        "next",
+    ),
     "E301 template syntax": (
         "E301",
         sub('"{{ input.topic }}"', '"{{ input.topic }"'),
@@ -1048,6 +1053,77 @@ def test_a_plugin_prompt_step_may_give_its_prompt_in_code() -> None:
         assert [d.code for d in diagnose(text) if d.severity == "error"] == []
     finally:
         registry._types.pop("shout_test")  # (the registry is the process's)
+
+
+def test_inputs_written_as_they_are_are_checked_as_a_run_would() -> None:
+    attempt = 'attempt: "{{ loop.iteration }}"'
+    for value, message in [
+        ("0", "Attempt number must be positive (1-indexed)"),
+        ("4", "Attempt 4 exceeds max revisions 3"),  # the loop's bound
+        ("[1]", "Attempt must be a number, not [1]"),
+    ]:
+        text = sub(attempt, f"attempt: {value}")
+        (d,) = diagnose(text)
+        assert (d.code, d.message) == ("E210", f"step 'revise', input 'attempt': {message}")
+        assert (d.location.line, d.location.col) == located(text, f"{value}\n", nth=1)
+    (d,) = diagnose(sub('{topic: "{{ input.topic }}"}', '{topic: "  "}'))
+    assert d.message == "step 'generate', input 'topic': Topic cannot be empty"
+    (d,) = diagnose(sub('feedback: "{{ loop.feedback }}"', "feedback: ''"))
+    assert d.message == "step 'revise', input 'feedback': Feedback cannot be empty"
+    # as a run reads them: a number as text, the whole loop's bound, anything with an expression
+    assert diagnose(sub(attempt, 'attempt: "3"')) == []
+    assert diagnose(sub(attempt, 'attempt: "{{ 0 }}"')) == []
+    assert diagnose(sub('{topic: "{{ input.topic }}"}', "{topic: [x, '{{ input.topic }}']}")) == []
+
+
+def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> None:
+    from eclflow.errors import ValidationError
+    from eclflow.steps.base import Step
+    from eclflow.steps.registry import default_registry
+
+    class Count(Step):
+        type_name = "count_test"
+        input_schema: ClassVar = {
+            "type": "object",
+            "required": ["n", "unit"],
+            "properties": {"n": {"type": "integer", "minimum": 1}, "unit": {"type": "string"}},
+        }
+
+    class Picky(Step):
+        type_name = "picky_test"
+
+        def validate_given(self, given: object) -> None:
+            raise RuntimeError("a plugin's own bug")
+
+    class Odd(Step):
+        type_name = "odd_test"
+
+        def validate_given(self, given: object) -> None:
+            raise ValidationError("must be odd")
+
+    registry = default_registry()
+    for cls in (Count, Picky, Odd):
+        registry.register(cls, replace=True)
+    text = MINIMAL.replace('    template: "hello {{ who }}"\n', "")
+    try:
+        count = text.replace("type: template", "type: count_test")
+        bad = count.replace('with: {who: "{{ input.who }}"}', "with: {n: 0, unit: '{{ input.u }}'}")
+        (d,) = diagnose(bad)
+        assert (d.code, d.message) == (
+            "E210",
+            "step 'a', input 'n': value 0 is less than the minimum of 1",
+        )
+        assert (d.location.line, d.location.col) == located(bad, "0, unit")
+        good = count.replace('with: {who: "{{ input.who }}"}', "with: {n: 2, unit: cm}")
+        assert diagnose(good) == []
+        picky = text.replace("type: template", "type: picky_test")
+        assert diagnose(picky.replace("{{ input.who }}", "x")) == []
+        odd = text.replace("type: template", "type: odd_test")
+        (d,) = diagnose(odd.replace("{{ input.who }}", "x"))
+        assert (d.code, d.message) == ("E210", "step 'a', input 'who': must be odd")
+    finally:
+        for cls in (Count, Picky, Odd):
+            registry._types.pop(cls.type_name)
 
 
 def test_max_revisions_is_for_model_steps_only() -> None:

@@ -2,8 +2,8 @@
 
 Codes: E201 duplicate step id, E202 unknown step type, E203 unknown step reference, E204 cycle,
 E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing, E209 two
-conditions on one edge, E301 template syntax, E302 unknown variable, E303 `steps.X` not
-available here, E304 `loop.*` outside a loop,
+conditions on one edge, E210 an input written as it is that the step type refuses, E301 template
+syntax, E302 unknown variable, E303 `steps.X` not available here, E304 `loop.*` outside a loop,
 E305 `env.X` not declared, E401 prompt file missing, E402 step has no prompt; warnings W501 step
 not connected, W502 output unused.
 """
@@ -177,6 +177,7 @@ class _Checker:
                     + ", ".join(f"'{m}'" for m in missing),
                     "bind it under `with:`",
                 )
+            self.check_given(i, s, cls)
             needs_prompt = (
                 issubclass(cls, PromptStep)
                 and cls.default_template is None
@@ -189,6 +190,34 @@ class _Checker:
                     f"step '{s.id}' of type {s.type} has no prompt",
                     "give it `template:` (inline) or `prompt:` (a file)",
                 )
+
+    def check_given(self, i: int, s: Any, cls: Any) -> None:
+        """E210: an input `with:` writes as it is (no template) that the step's type refuses;
+        the run would fail there, after paying for the steps before it."""
+        from ..errors import ValidationError
+        from ..expr import render_value
+
+        # what a run would hand the step: render_value thaws the frozen containers
+        given = {k: render_value(v, {}) for k, v in s.with_.items() if _written_as_is(v)}
+        if not given:
+            return
+        try:
+            cls(s, self.wf).validate_given(given)
+        except ValidationError as e:
+            name = (e.field or "").split(".")[0]
+            if name not in given and len(given) == 1:
+                name = next(iter(given))
+            where = ["steps", i, "with", name] if name in given else ["steps", i, "with"]
+            self.error(
+                where,
+                "E210",
+                f"step '{s.id}', input '{name}': {e.reason}"
+                if name in given
+                else f"step '{s.id}': {e.reason}",
+                "bind a value the step accepts, or an expression",
+            )
+        except Exception:  # a plugin's own bug is for its run to report
+            return
 
     def ref(self, path: Sequence[Any], name: str, what: str) -> bool:
         if name in self.known:
@@ -789,6 +818,22 @@ def _position_of(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
             if found:
                 return number, found.start() + 1
     return None
+
+
+def _written_as_is(value: Any) -> bool:
+    """Whether a binding has no expression anywhere: a run uses it as the file writes it."""
+    from ..expr import has_template
+
+    def literal(v: Any) -> bool:
+        if isinstance(v, str):
+            return not has_template(v)
+        if isinstance(v, Mapping):
+            return all(literal(x) for x in v.values())
+        if isinstance(v, list | tuple):
+            return all(literal(x) for x in v)
+        return True
+
+    return literal(value)
 
 
 def _uses_jinja_loop(tree: Any) -> bool:

@@ -236,6 +236,13 @@ class Step:
         """Raise `ValidationError` when `input` cannot be executed. Default: check the schema."""
         _check(self._input_validator, input, "input")
 
+    def validate_given(self, given: Mapping[str, Any]) -> None:
+        """Raise `ValidationError` for an input the workflow file writes as it is (no template)
+        that `validate_input` would refuse at run time: `eclflow validate` asks. `given` holds
+        only such inputs, so a required one may be missing. Default: each against its property
+        in `input_schema`."""
+        _check(self._given_validator, given, "value")
+
     def validate_output(self, output: Any) -> None:
         """Raise `ValidationError` when `output` is not acceptable. Default: check the schema."""
         _check(self._output_validator, output, "output")
@@ -254,11 +261,21 @@ class Step:
         return _validator(self.input_schema)
 
     @cached_property
+    def _given_validator(self) -> Any:
+        # the schema's rules for each property, not those of the object as a whole
+        per_property = {k: v for k, v in self.input_schema.items() if k in _PER_PROPERTY}
+        return _validator(per_property) if _OF_PROPERTIES & per_property.keys() else None
+
+    @cached_property
     def _output_validator(self) -> Any:
         return _validator(self.effective_output_schema())
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
         raise NotImplementedError
+
+
+_OF_PROPERTIES = frozenset({"properties", "patternProperties", "additionalProperties"})
+_PER_PROPERTY = _OF_PROPERTIES | {"$schema", "$id", "$defs", "definitions"}
 
 
 def _validator(schema: Mapping[str, Any] | None) -> Any:

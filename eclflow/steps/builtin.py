@@ -42,6 +42,11 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _check_filled(name: str, value: Any) -> None:
+    if not _text(value).strip():
+        raise ValidationError(f"{name.capitalize()} cannot be empty", field=name)
+
+
 def _check_draft(output: Any, config: Mapping[str, Any], *, empty: str, long: str) -> None:
     """A draft is non-blank and at most `config.max_chars` (default 2000) characters."""
     draft = _text(output.get("draft") if isinstance(output, Mapping) else None)
@@ -73,6 +78,24 @@ class PromptStep(Step):
     @cached_property
     def _prompt_file(self) -> str | None:
         return _file_of(self.spec)
+
+    # The inputs `check_input` knows; each is checked alone, so that `eclflow validate` can
+    # check the ones a file writes as they are with the same code as a run.
+    checked_inputs: ClassVar[tuple[str, ...]] = ()
+
+    def check_input(self, name: str, value: Any) -> None:
+        """Raise `ValidationError` when `value` cannot be this step's input `name`."""
+
+    def validate_input(self, input: Mapping[str, Any]) -> None:
+        required = self.input_schema.get("required", ())
+        for name in self.checked_inputs:
+            if name in input or name in required:
+                self.check_input(name, input.get(name))
+
+    def validate_given(self, given: Mapping[str, Any]) -> None:
+        for name in self.checked_inputs:
+            if name in given:
+                self.check_input(name, given[name])
 
     def prompt_variables(self, input: Mapping[str, Any]) -> dict[str, Any]:
         """The step's input, and `max_revisions` and `config` unless `with:` binds them."""
@@ -123,8 +146,10 @@ class GenerateStep(PromptStep):
         "properties": {"draft": {"type": "string"}},
     }
 
-    def validate_input(self, input: Mapping[str, Any]) -> None:
-        topic = _text(input.get("topic"))
+    checked_inputs = ("topic",)
+
+    def check_input(self, name: str, value: Any) -> None:
+        topic = _text(value)
         if not topic.strip():
             raise ValidationError("Topic cannot be empty", field="topic")
         if len(topic) > MAX_TOPIC:
@@ -223,9 +248,10 @@ class CritiqueStep(PromptStep):
     }
     output_schema: ClassVar[Mapping[str, Any]] = CRITIQUE_SCHEMA
 
-    def validate_input(self, input: Mapping[str, Any]) -> None:
-        if not _text(input.get("draft")).strip():
-            raise ValidationError("Draft cannot be empty", field="draft")
+    checked_inputs = ("draft",)
+
+    def check_input(self, name: str, value: Any) -> None:
+        _check_filled(name, value)
 
     def validate_output(self, output: Any) -> None:
         if not _text(output.get("critique") if isinstance(output, Mapping) else None).strip():
@@ -262,17 +288,17 @@ class ReviseStep(PromptStep):
     }
     output_schema: ClassVar[Mapping[str, Any]] = GenerateStep.output_schema
 
-    def validate_input(self, input: Mapping[str, Any]) -> None:
-        if not _text(input.get("draft")).strip():
-            raise ValidationError("Draft cannot be empty", field="draft")
-        if not _text(input.get("feedback")).strip():
-            raise ValidationError("Feedback cannot be empty", field="feedback")
-        raw = input.get("attempt", 1)
+    checked_inputs = ("draft", "feedback", "attempt")
+
+    def check_input(self, name: str, value: Any) -> None:
+        if name != "attempt":
+            _check_filled(name, value)
+            return
         try:
-            attempt = int(raw)
+            attempt = int(value)
         except (TypeError, ValueError):
             raise ValidationError(
-                f"Attempt must be a number, not {raw!r}", field="attempt"
+                f"Attempt must be a number, not {value!r}", field="attempt"
             ) from None
         if attempt <= 0:
             raise ValidationError("Attempt number must be positive (1-indexed)", field="attempt")
