@@ -647,6 +647,29 @@ def test_validate_reports_and_exits_1(tmp_path: Path) -> None:
     assert json.loads(run_cli("validate", "--json", str(bad)).stdout) == out
 
 
+def test_validate_annotates_for_github_actions(tmp_path: Path) -> None:
+    bad = tmp_path / "a,b:c.yaml"  # the separators of an annotation's properties
+    bad.write_text(sub("to: critique}", "to: critque}"))
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(MINIMAL + "    timeout: 5%s\n")  # `%` starts an escape in an annotation
+    lone = tmp_path / "lone.yaml"
+    lone.write_text(MINIMAL + "    timeout: 5s\n")  # W504: a template step waits on nothing
+    r = run_cli("validate", "--format", "github", str(bad), str(odd), str(lone))
+    assert r.returncode == 1
+    line, col = located(bad.read_text(), "critque")
+    file = str(bad).replace(",", "%2C").replace(":", "%3A")
+    assert r.stdout.splitlines() == [
+        f"::error file={file},line={line},col={col},title=eclflow E203::"
+        "unknown step 'critque' in transitions[0].to (did you mean 'critique'?)",
+        f"::error file={odd},line=8,col=14,title=eclflow E113::"
+        'steps[0].timeout "5%25s" is not a duration (write seconds (30), or 500ms, 1.5s, 2m, 1h)',
+        f"::warning file={lone},line=8,col=14,title=eclflow W504::steps.a.timeout bounds "
+        "nothing: a template step waits on nothing, so it runs without a timer (leave it out)",
+        f"{lone}: valid: 1 step, 0 revision loops, at most 0 model calls per run, at most $0.0000",
+        "3 files: 1 valid, 2 invalid (2 errors, 1 warning)",
+    ]
+
+
 @pytest.mark.parametrize(
     "content",
     [

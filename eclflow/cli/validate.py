@@ -20,10 +20,11 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "json", "github"]),
     default="text",
     show_default=True,
-    help="json prints one object for CI tools.",
+    help="json prints one object for CI tools; github prints each problem as a GitHub Actions "
+    "annotation (shown on the pull request's lines), then the summary.",
 )
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
@@ -63,9 +64,9 @@ def validate_cmd(
         }
         report.update(summary)
         reports.append(report)
-        if fmt == "text":
+        if fmt != "json":
             for d in diags:
-                click.echo(str(d))
+                click.echo(_annotation(d) if fmt == "github" else str(d))
             if wf is not None:
                 loops = report["loops"]
                 cost = report["worst_case_usd"]
@@ -95,6 +96,21 @@ def validate_cmd(
     if missing:
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_FAILED if n_invalid else EXIT_OK)
+
+
+def _annotation(d: Any) -> str:
+    """A diagnostic as a GitHub Actions workflow command (`::error file=…,line=…::…`)."""
+    loc = d.location
+    where = f"file={_escape(loc.file, property=True)},line={loc.line},col={loc.col}"
+    hint = f" ({d.hint})" if d.hint else ""
+    kind = "warning" if d.severity == "warning" else "error"
+    return f"::{kind} {where},title=eclflow {d.code}::{_escape(d.message + hint)}"
+
+
+def _escape(text: str, *, property: bool = False) -> str:
+    # GitHub's escaping of a workflow command's data, and of its properties
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if property else text
 
 
 def _missing(path: Path) -> bool:
