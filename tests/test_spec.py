@@ -647,6 +647,34 @@ def test_validate_reports_and_exits_1(tmp_path: Path) -> None:
     assert json.loads(run_cli("validate", "--json", str(bad)).stdout) == out
 
 
+def test_validate_checks_the_workflow_files_under_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "b.yaml").write_text(MINIMAL)
+    (tmp_path / "deep" / "er" / "a.yml").write_text(sub("to: critique}", "to: critque}"))
+    (tmp_path / ".hidden" / "c.yaml").write_text(MINIMAL.replace("{{ who }}", "{{ who"))
+    (tmp_path / "mock.yaml").write_text("- hello\n- {error: rate_limit}\n")  # not a workflow
+    (tmp_path / "notes.txt").write_text(MINIMAL)
+    r = run_cli("validate", str(tmp_path))
+    assert r.returncode == 1
+    line, col = located(sub("to: critique}", "to: critque}"), "critque}")
+    assert r.stdout.splitlines() == [
+        f"{tmp_path / 'b.yaml'}: valid: 1 step, 0 revision loops, at most 0 model calls per run"
+        ", at most $0.0000",
+        f"{tmp_path / 'deep/er/a.yml'}:{line}:{col}: E203 unknown step 'critque' in "
+        "transitions[0].to (did you mean 'critique'?)",
+        "2 files: 1 valid, 1 invalid (1 error, 0 warnings)",
+    ]
+    (tmp_path / "none").mkdir()
+    r = run_cli("validate", str(tmp_path / "b.yaml"), str(tmp_path / "none"))
+    assert r.returncode == 2
+    assert r.stdout.splitlines()[1:] == [
+        f"{tmp_path / 'none'}:1:1: E102 holds no workflow file (a .yaml or .yml file with a "
+        "top-level `eclflow:` key)",
+        "2 files: 1 valid, 1 invalid (1 error, 0 warnings)",
+    ]
+
+
 def test_validate_annotates_for_github_actions(tmp_path: Path) -> None:
     bad = tmp_path / "a,b:c.yaml"  # the separators of an annotation's properties
     bad.write_text(sub("to: critique}", "to: critque}"))
@@ -695,7 +723,7 @@ def test_validate_usage_errors(tmp_path: Path) -> None:
     r = run_cli("validate", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "no such file" in r.stdout
     r = run_cli("validate", str(tmp_path))
-    assert r.returncode == 1 and "is a directory" in r.stdout
+    assert r.returncode == 2 and f"{tmp_path}:1:1: E102 holds no workflow file" in r.stdout
 
 
 def test_validate_does_not_import_heavy_modules() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,16 +42,18 @@ def validate_cmd(
 ) -> None:
     """Check workflow files: schema, references, cycles, loops, templates and prompt files.
 
-    Prints `file:line:col: CODE message` for each problem, then a summary. Exit code 0 when
-    every file is valid, 1 when one is not, 2 when a file does not exist.
+    A directory stands for the workflow files under it (YAML files with a top-level
+    `eclflow:` key; hidden directories are skipped). Prints `file:line:col: CODE message` for
+    each problem, then a summary. Exit code 0 when every file is valid, 1 when one is not, 2
+    when a file does not exist or a directory holds no workflow file.
     """
     fmt = "json" if as_json else fmt
     from ..spec.model import printable
 
     reports: list[dict[str, Any]] = []
     missing = False
-    for path in files:
-        if _missing(path):
+    for path in _expand(files):
+        if _missing(path) or _is_dir(path):
             missing = True
         wf, diags, summary = _check_one(path, model)
         errors = [d for d in diags if d.severity == "error"]
@@ -113,6 +117,46 @@ def _escape(text: str, *, property: bool = False) -> str:
     return text.replace(":", "%3A").replace(",", "%2C") if property else text
 
 
+_WORKFLOW_KEY = re.compile(rb"^eclflow[ \t]*:", re.MULTILINE)
+
+
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    """The files to check: each file given, and the workflow files under each directory."""
+    out: list[Path] = []
+    for path in paths:
+        if not _is_dir(path):
+            out.append(path)
+            continue
+        # none: the directory itself, reported as holding none
+        out.extend([f for f in _yaml_files(path) if _is_workflow(f)] or [path])
+    return out
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _yaml_files(root: Path) -> list[Path]:
+    found = []
+    for parent, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(parent, n) for n in sorted(names) if n.endswith((".yaml", ".yml"))]
+    return found
+
+
+def _is_workflow(path: Path) -> bool:
+    from ..spec.loader import MAX_BYTES
+
+    try:
+        with path.open("rb") as f:
+            return _WORKFLOW_KEY.search(f.read(MAX_BYTES)) is not None
+    except OSError:
+        return True  # unreadable: its E102 says why
+
+
 def _missing(path: Path) -> bool:
     """Whether `path` names nothing (exit code 2); a path the system refuses is E102 instead."""
     try:
@@ -126,6 +170,9 @@ def _check_one(path: Path, model: str | None) -> tuple[Any, list[Any], dict[str,
     checking it is one located E000 line for that file: the other files are still checked."""
     from ..spec import Diagnostic, Location, check
 
+    if _is_dir(path):
+        why = "holds no workflow file (a .yaml or .yml file with a top-level `eclflow:` key)"
+        return None, [Diagnostic(Location(str(path)), "E102", why)], {}
     try:
         wf, diags = check(path)
         return wf, diags, (_summary(wf, model) if wf is not None else {})
