@@ -265,6 +265,74 @@ def test_request_timeout_is_a_provider_timeout_and_the_model_stays_usable() -> N
 
 @pytest.mark.slow
 @needs_model
+def test_a_generation_given_up_stops_at_its_next_token() -> None:
+    provider = LocalProvider()
+    loaded = local_mod._load(model_path("local/smollm2"))
+
+    async def main() -> None:
+        with pytest.raises(errors.ProviderTimeout):
+            await provider.complete(
+                ask("Write a long essay about oceans.", max_tokens=1000, timeout=0.5, seed=2)
+            )
+
+    asyncio.run(main())  # (waits for the worker thread)
+    with loaded.lock:
+        # reset when the call stopped, the model holds none of its tokens; had it generated
+        # to the end it would hold the prompt and up to 1000 more
+        assert loaded.llama.n_tokens == 0
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_schema_llama_cpp_cannot_parse_as_a_grammar_is_not_a_crash(tmp_path: Path) -> None:
+    # llama-cpp-python writes a grammar llama.cpp cannot parse for a `pattern` with `\d` or an
+    # enum value with a backslash, and llama.cpp then crashed the process (SIGSEGV)
+    code = (
+        "import asyncio\n"
+        "from eclflow.llm import CompletionRequest, Message\n"
+        "from eclflow.llm.local import LocalProvider\n"
+        "schemas = [\n"
+        "  {'type': 'object', 'required': ['code'],\n"
+        "   'properties': {'code': {'type': 'string', 'pattern': '^\\\\d{5}$'}}},\n"
+        "  {'type': 'object', 'properties': {'a': {'enum': ['say \"hi\"', 'z']}}},\n"
+        "]\n"
+        "for schema in schemas:\n"
+        "    r = asyncio.run(LocalProvider().complete(CompletionRequest('local/smollm2',\n"
+        "        (Message('user', 'A zip code as JSON.'),), max_tokens=24, seed=1,\n"
+        "        json_schema=schema)))\n"
+        "    print(r.content.lstrip()[:1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["{", "{"]  # JSON still: the patterns left out, then any JSON
+    assert "cannot follow the patterns of this output_schema" in proc.stderr
+    assert "cannot follow this output_schema as a grammar" in proc.stderr
+
+
+def test_patterns_are_left_out_of_schemas_not_of_property_names() -> None:
+    schema = {
+        "type": "object",
+        "pattern": "x",
+        "properties": {
+            "pattern": {"type": "string", "pattern": "^a$"},
+            "list": {"type": "array", "items": {"pattern": "b", "type": "string"}},
+        },
+        "anyOf": [{"pattern": "c"}],
+        "$defs": {"d": {"pattern": "d", "minLength": 1}},
+    }
+    assert local_mod._without_patterns(schema) == {
+        "type": "object",
+        "properties": {
+            "pattern": {"type": "string"},
+            "list": {"type": "array", "items": {"type": "string"}},
+        },
+        "anyOf": [{}],
+        "$defs": {"d": {"minLength": 1}},
+    }
+
+
+@pytest.mark.slow
+@needs_model
 def test_cancelled_calls_still_waiting_for_the_model_never_run() -> None:
     provider = LocalProvider()
     generated: list[int] = []

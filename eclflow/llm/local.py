@@ -12,6 +12,8 @@ import asyncio
 import atexit
 import contextlib
 import importlib.util
+import json
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -33,6 +35,8 @@ DEFAULT_TEMPERATURE = 0.2
 REPEAT_PENALTY = 1.1
 THREADS_ENV = "ECLFLOW_LOCAL_THREADS"
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class _Loaded:
@@ -40,6 +44,8 @@ class _Loaded:
 
     llama: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
+    current: _Call | None = None  # the call generating now (under `lock`)
+    grammars: dict[str, Any] = field(default_factory=dict)  # schema text → LlamaGrammar
 
 
 _models: dict[Path, _Loaded] = {}
@@ -162,7 +168,28 @@ def _load(path: Path) -> _Loaded:
             if not _models:
                 atexit.register(_close_all)
             loaded = _models[path] = _Loaded(llama)
+            _stop_between_tokens(loaded)
     return loaded
+
+
+class _Abandoned(Exception):
+    """Raised between two tokens of a call its caller gave up."""
+
+
+def _stop_between_tokens(loaded: _Loaded) -> None:
+    """Let a call given up (its timeout, Ctrl-C) end at its next token instead of generating
+    to the end (which kept a stopped CLI waiting for seconds). llama.cpp's C code cannot be
+    interrupted, but llama-cpp-python evaluates each token through the Python method
+    `Llama.eval`: this instance's own wrapper of it checks the call in progress."""
+    original = loaded.llama.eval
+
+    def eval(tokens: Any) -> Any:
+        call = loaded.current
+        if call is not None and call.abandoned.is_set():
+            raise _Abandoned
+        return original(tokens)
+
+    loaded.llama.eval = eval
 
 
 def _close_all() -> None:
@@ -175,9 +202,9 @@ def _close_all() -> None:
 
 
 class _Call:
-    """One request on its way to the model. llama.cpp cannot be interrupted mid-generation
-    (its Python callbacks cannot raise), so a caller that gives up (step timeout, cancellation)
-    only marks the call abandoned: if it is still waiting for the model it never starts."""
+    """One request on its way to the model. A caller that gives up (step timeout,
+    cancellation) marks the call abandoned: if it is still waiting for the model it never
+    starts, and if it is generating it stops at its next token."""
 
     def __init__(self) -> None:
         self.abandoned = threading.Event()
@@ -225,9 +252,7 @@ def _chat_kwargs(request: CompletionRequest) -> dict[str, Any]:
     if request.seed is not None:
         kwargs["seed"] = request.seed
     if request.json_schema is not None:
-        # llama-cpp-python turns the schema into a grammar: decoding can only produce JSON
-        # that matches it (llama_chat_format: response_format json_object + schema).
-        kwargs["response_format"] = {"type": "json_object", "schema": _plain(request.json_schema)}
+        kwargs["json_schema"] = _plain(request.json_schema)  # a grammar, once the model is here
     return kwargs
 
 
@@ -251,13 +276,93 @@ def _generate(path: Path, kwargs: dict[str, Any], call: _Call) -> Mapping[str, A
             # call left in its cache and evaluate only the rest, which changes the logits
             # slightly and, with them, the greedy reply (llama-cpp-python 0.3.36): start over.
             loaded.llama.reset()
+        schema = kwargs.pop("json_schema", None)
+        if schema is not None:
+            # decoding can then only produce JSON that matches the schema
+            kwargs["grammar"] = _grammar(loaded, schema)
+        loaded.current = call
         try:
             return loaded.llama.create_chat_completion(**kwargs)
+        except _Abandoned:
+            loaded.llama.reset()  # (what it had evaluated of this call is no use to the next)
+            raise ProviderTimeout("abandoned while it generated") from None
         except ValueError as e:
             # e.g. "Requested tokens (5000) exceed context window of 4096"
             raise BadRequest(f"local model {path.name}: {_one_line(e)}") from None
         except RuntimeError as e:
             raise LLMError(f"local model {path.name}: {_one_line(e)}", retryable=False) from None
+        finally:
+            loaded.current = None
+
+
+def _grammar(loaded: _Loaded, schema: Mapping[str, Any]) -> Any:
+    """The grammar that keeps decoding to JSON matching `schema`, as near as llama.cpp takes it.
+
+    llama-cpp-python writes a grammar llama.cpp cannot parse for some schemas (a `pattern`
+    with `\\d`, a property name or enum value with a double quote), and llama.cpp then crashed
+    the process at the first token. So the grammar is parsed first; the schema's patterns are
+    left out if it fails, and any JSON object is asked for if that fails too. The reply is
+    still checked against the whole schema afterwards."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+
+    key = json.dumps(schema, sort_keys=True)
+    grammar = loaded.grammars.get(key)
+    if grammar is None:
+        for candidate in (schema, _without_patterns(schema)):
+            try:
+                text = json_schema_to_gbnf(json.dumps(candidate))
+            except Exception:  # a schema the converter does not take: the next candidate
+                continue
+            if _parses(loaded, text):
+                if candidate is not schema:
+                    logger.warning(
+                        "the local model cannot follow the patterns of this output_schema; "
+                        "its replies are checked against them afterwards"
+                    )
+                break
+        else:
+            logger.warning(
+                "the local model cannot follow this output_schema as a grammar: it is asked "
+                "for any JSON object, checked against the schema afterwards"
+            )
+            text = JSON_GBNF
+        grammar = loaded.grammars[key] = LlamaGrammar.from_string(text, verbose=False)
+    return grammar
+
+
+def _parses(loaded: _Loaded, grammar: str) -> bool:
+    """Whether llama.cpp parses `grammar` (when it does not, it prints why and the grammar
+    on stderr, which nothing here can take back)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(loaded.llama.model)
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
+# where a JSON Schema holds schemas: `pattern` is left out of these, not of property names
+_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+_SUBSCHEMAS = ("properties", "patternProperties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+
+
+def _without_patterns(schema: Any) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "pattern"}
+    for k in _SUBSCHEMA:
+        if k in out:
+            out[k] = _without_patterns(out[k])
+    for k in _SUBSCHEMAS:
+        if isinstance(out.get(k), dict):
+            out[k] = {name: _without_patterns(v) for name, v in out[k].items()}
+    for k in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(k), list):
+            out[k] = [_without_patterns(v) for v in out[k]]
+    return out
 
 
 def _to_response(result: Mapping[str, Any], request: CompletionRequest) -> CompletionResponse:
