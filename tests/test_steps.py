@@ -142,6 +142,9 @@ def test_parse_critique_accepts_the_documented_shapes() -> None:
     assert (
         parse_critique('{"decision":"pass","critique":"x","quality_score":7}')["quality_score"] == 7
     )
+    # a line break written as it is inside a string, as small models write one
+    out = parse_critique('{"critique": "Too short.\n\tAdd an example.", "decision": "revise"}')
+    assert out["critique"] == "Too short.\n\tAdd an example."
 
 
 @pytest.mark.parametrize(

@@ -180,8 +180,9 @@ def _file_of(spec: Any) -> str | None:
 
 
 def _loads(text: str) -> Any:
-    """A model's JSON reply; a `\\ud800` escape in it (half a surrogate pair) is U+FFFD."""
-    data = json.loads(text)
+    """A model's JSON reply; a `\\ud800` escape in it (half a surrogate pair) is U+FFFD.
+    A line break written as it is inside a string (small models do) is taken as one."""
+    data = json.loads(text, strict=False)
     if "\\u" in text and re.search(r"\\u[dD][89a-fA-F]", text):
         data = _utf8(data)
     return data
