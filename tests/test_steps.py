@@ -16,6 +16,7 @@ from eclflow.llm import MockProvider, Providers
 from eclflow.spec.model import RevisionLoop, StepSpec, Workflow
 from eclflow.steps import RetryPolicy, Step, StepRegistry, StepResult, default_registry
 from eclflow.steps.builtin import (
+    CRITIQUE_SCHEMA,
     CritiqueStep,
     GenerateStep,
     ReviseStep,
@@ -183,6 +184,25 @@ def test_critique_step_turns_revise_into_needs_revision() -> None:
     e = asyncio.run(ex.run(step, "critique#1", 0, {"draft": "d"}, _NoLog()))
     assert e.outcome == "needs_revision" and e.feedback == "f" and e.attempts == 1
     assert mock.requests[0].json_schema is not None  # structured output was asked for
+
+
+def test_a_critique_asks_for_the_quality_score_its_output_schema_requires() -> None:
+    from eclflow.engine.journal import _NoLog
+
+    reply = '{"critique": "c", "decision": "pass", "quality_score": 8}'
+    own = {"type": "object", "required": ["quality_score"], "properties": {}}
+    mock = MockProvider([reply, reply])
+    ex, _ = _ctx(mock)
+    e = asyncio.run(
+        ex.run(CritiqueStep(spec("critique", output_schema=own)), "c", 0, {"draft": "d"}, _NoLog())
+    )
+    assert e.outcome == "success" and e.output["quality_score"] == 8
+    asked = mock.requests[0].json_schema
+    assert asked["required"] == ["decision", "critique", "quality_score"]
+    assert asked["properties"]["quality_score"] == {"type": "number"}
+    # without one, the verdict alone
+    asyncio.run(ex.run(CritiqueStep(spec("critique")), "c", 0, {"draft": "d"}, _NoLog()))
+    assert mock.requests[1].json_schema == CRITIQUE_SCHEMA
 
 
 def test_template_step_renders_without_a_model() -> None:

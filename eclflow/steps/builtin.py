@@ -259,8 +259,27 @@ class CritiqueStep(PromptStep):
             raise ValidationError("Critique cannot be empty", field="critique")
         self.check_workflow_schema(output)
 
+    @cached_property
+    def _reply_schema(self) -> Mapping[str, Any]:
+        """What the model is asked for: the verdict, and `quality_score` where the workflow's
+        own output_schema has it (a grammar built from the verdict alone, as the local model
+        decodes with, could never write it)."""
+        own = self.spec.output_schema or {}
+        score = (own.get("properties") or {}).get("quality_score")
+        required = "quality_score" in (own.get("required") or ())
+        if score is None and not required:
+            return CRITIQUE_SCHEMA
+        return {
+            **CRITIQUE_SCHEMA,
+            "properties": {
+                **CRITIQUE_SCHEMA["properties"],
+                "quality_score": score if score is not None else {"type": "number"},
+            },
+            "required": [*CRITIQUE_SCHEMA["required"], *(["quality_score"] if required else [])],
+        }
+
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
-        reply = await self.call_model(ctx, input, json_schema=CRITIQUE_SCHEMA)
+        reply = await self.call_model(ctx, input, json_schema=self._reply_schema)
         try:
             parsed = parse_critique(reply)
         except ValueError as e:
