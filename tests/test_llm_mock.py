@@ -177,3 +177,29 @@ def test_the_module_docstring_documents_the_whole_script_format(tmp_path: Path) 
         "draft two",
     ]
     assert ask("publish", "publish") == "any other step"
+
+
+@pytest.mark.parametrize("script", ["the module's keyed example", "examples/mock"])
+def test_the_documented_scripts_run_the_bundled_workflow(script: str) -> None:
+    from conftest import CRITIQUE_REVISE, EXAMPLES
+    from ruamel.yaml import YAML
+
+    import eclflow
+    from eclflow.llm import mock
+
+    if script == "examples/mock":
+        responses: object = EXAMPLES / "mock" / "critique_revise.yaml"
+    else:
+        doc = mock.__doc__ or ""
+        example = doc[doc.index("    generate:") : doc.index('    "*":')]
+        responses = YAML(typ="safe").load(textwrap.dedent(example))
+    result = asyncio.run(
+        eclflow.run(
+            eclflow.load(CRITIQUE_REVISE),
+            {"topic": "tide pools"},
+            model="mock/demo",
+            mock_responses=responses,
+            store=None,
+        )
+    )
+    assert (result.status, result.output["revision_count"]) == ("completed", 1), result.error

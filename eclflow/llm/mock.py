@@ -9,7 +9,7 @@ The script: `eclflow run FILE --model mock/x --mock-responses SCRIPT` (YAML or J
 A list plays one entry per model call, in the order the calls are made:
 
     - "the first reply"
-    - {content: {decision: pass}}     # a mapping or list as content is sent as JSON text
+    - {content: {decision: pass, critique: clear}}  # a mapping as content is sent as JSON
     - {error: rate_limit}             # this call fails; the retry gets the next entry
     - {content: "late", delay: 0.5}   # replies after 0.5 seconds
 
@@ -19,7 +19,7 @@ A mapping (keyed) answers each call by its journal key (`critique#2`), else its 
 
     generate: "draft one"
     critique#1: {content: {decision: revise, feedback: add tide tables}}
-    critique: {content: {decision: pass}}
+    critique: {content: {decision: pass, critique: clear and complete}}
     revise: ["draft two", "draft three"]
     "*": "any other step"
 
