@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,7 +126,35 @@ def test_a_cancelled_model_call_is_not_logged_as_a_failed_one(
     assert "llm_request_started" in kinds and "llm_request_failed" not in kinds
 
 
-def test_prompts_only_at_debug_and_secrets_masked() -> None:
+def test_prompts_only_at_debug_and_secrets_masked(tmp_path: Path) -> None:
+    wf = eclflow.load(CRITIQUE_REVISE)
+    replies = {"generate": "Pools of sea.", "critique": {"decision": "pass", "critique": "Good."}}
+
+    def logged(level: str) -> list[dict[str, Any]]:
+        stream = io.StringIO()
+        configure(level, "json", stream=stream)
+        try:
+            result = asyncio.run(
+                eclflow.run(
+                    wf,
+                    {"topic": "tide pools"},
+                    model="mock/x",
+                    mock_responses=replies,
+                    db=tmp_path / f"{level}.db",
+                )
+            )
+        finally:
+            configure("warning", "compact")
+        assert result.status == "completed"
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    at_debug = logged("debug")
+    (prompt, _) = [e for e in at_debug if e.get("kind") == "llm_prompt"]
+    assert prompt["step_id"] == "generate" and "tide pools" in prompt["messages"][-1]["content"]
+    replies_logged = [e["content"] for e in at_debug if e.get("kind") == "llm_reply"]
+    assert replies_logged == ["Pools of sea.", '{"decision": "pass", "critique": "Good."}']
+    assert not [e for e in logged("info") if "messages" in e or "content" in e]
+
     stream = io.StringIO()
     configure("debug", "json", stream=stream)
     try:

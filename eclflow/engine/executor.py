@@ -20,6 +20,7 @@ from ..llm import CompletionRequest, CompletionResponse, Message, Providers
 from ..llm.base import utf8_text
 from ..observe import tracing
 from ..observe.events import emit
+from ..observe.events import logger as _events
 from ..observe.logs import bind
 from ..steps.base import LoopState, Step, StepContext, StepResult
 from . import deadline
@@ -401,6 +402,8 @@ class Executor:
                     raise
             usage.prompt = [{"role": m.role, "content": m.content} for m in messages]
             emit("llm_request_started", model=model, message_count=len(messages))
+            if _events.isEnabledFor(logging.DEBUG):  # prompts and replies: at debug only
+                emit("llm_prompt", model=model, messages=usage.prompt)
             t0 = time.perf_counter()
             with (  # attributes are only built when tracing is on
                 tracing.span(
@@ -456,6 +459,8 @@ class Executor:
                 duration_ms=_ms(t0),
                 cost=response.cost,
             )
+            if _events.isEnabledFor(logging.DEBUG):
+                emit("llm_reply", model=model, content=response.content)
             if response.finish_reason == "length":  # (a draft cut mid-sentence looks whole)
                 emit(
                     "llm_reply_truncated",

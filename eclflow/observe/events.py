@@ -40,6 +40,8 @@ EVENTS: dict[str, tuple[int, str]] = {
     "validation_failed": (WARNING, "Validation failed"),
     "llm_request_started": (DEBUG, "LLM request started"),
     "llm_request_completed": (DEBUG, "LLM request completed"),
+    "llm_prompt": (DEBUG, "LLM prompt"),
+    "llm_reply": (DEBUG, "LLM reply"),
     "llm_request_failed": (WARNING, "LLM request failed"),
     "llm_reply_truncated": (WARNING, "LLM reply cut off at max_tokens"),
     "loop_revision": (INFO, "Revision requested"),
@@ -48,8 +50,9 @@ EVENTS: dict[str, tuple[int, str]] = {
 
 _LEVEL_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
 
-# Kept in the logs only: the step's attempt rows already say when each attempt started.
-_NOT_KEPT = frozenset({"step_started", "llm_request_started"})
+# Kept in the logs only: the step's attempt rows already say when each attempt started, and
+# hold its prompt and reply.
+_NOT_KEPT = frozenset({"step_started", "llm_request_started", "llm_prompt", "llm_reply"})
 
 _recorder: ContextVar[EventRecorder | None] = ContextVar("eclflow_event_recorder", default=None)
 
