@@ -1359,6 +1359,15 @@ def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
     assert _sqlite_hint("no such table: x", db) is None
 
 
+def test_a_postgres_database_that_does_not_exist_is_a_configuration_error() -> None:
+    from eclflow.errors import ConfigError
+
+    url = PG_BASE.rsplit("/", 1)[0] + "/eclflow_no_such_db"
+    for create in (True, False):  # a run, and a command that only reads
+        with pytest.raises(ConfigError, match="database 'eclflow_no_such_db' does not exist"):
+            open_store(url, create=create)
+
+
 def test_a_store_that_is_only_read_is_never_created(url: str, tmp_path: Path) -> None:
     """`create=False` (the history commands with a given --db): a mistyped URL is an error,
     not a new empty database (`runs --db typo.db` said "No runs." and left typo.db; on

@@ -10,6 +10,7 @@ all threads, used under a lock.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 import threading
@@ -190,6 +191,12 @@ class Store:
                 if connection_lost(e):  # this thread's next call opens a new connection
                     with suppress(Exception):
                         self.db.close()
+                missing = _missing_database(e)
+                if missing is not None:  # a mistyped --db, not a failure of the server
+                    raise ConfigError(
+                        f"the PostgreSQL database '{missing}' does not exist ({self.url}): "
+                        f"create it (createdb {missing}) or check --db / ECLFLOW_DATABASE_URL"
+                    ) from None
                 raise PersistenceError(_one_line(e, self.url, self._sqlite_path())) from e
 
     def check_writable(self) -> None:
@@ -295,6 +302,13 @@ def connection_lost(error: BaseException | None) -> bool:
     return isinstance(error, DatabaseError | InterfaceError) and connection_lost(
         error.__cause__ or error.__context__
     )
+
+
+def _missing_database(error: BaseException) -> str | None:
+    """The name of the PostgreSQL database a connection found missing, if that is why it
+    failed (the driver gives no code for a refused connection: only the server's message)."""
+    m = re.search(r'FATAL:\s+database "(.+)" does not exist', str(error))
+    return m.group(1) if m else None
 
 
 def _one_line(error: BaseException, url: str, sqlite_path: str | None = None) -> str:
