@@ -404,7 +404,8 @@ def run_cmd(
 ) -> None:
     """Run the workflow in FILE and print its output.
 
-    Exit status: 0 completed, 1 failed (or invalid file), 2 usage error or invalid input.
+    Exit status: 0 completed, 1 failed (or paused, or an invalid file), 2 usage or configuration
+    error (invalid input, a missing API key, a database that does not exist).
     """
     from ..engine import runner
     from ..spec import load
