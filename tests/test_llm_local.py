@@ -85,6 +85,28 @@ def test_relative_gguf_path_is_taken_from_the_working_directory(
     assert model_path(f"local/{tmp_path}/models/tiny.gguf") == model_path("local/models/tiny.gguf")
 
 
+def test_a_run_keeps_a_model_file_given_by_a_relative_path_as_an_absolute_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--model local/models/tiny.gguf`, killed, then `eclflow resume` from another directory:
+    # "local model file not found: models/tiny.gguf"
+    from eclflow.engine.runner import MODEL_ENV, default_model
+    from eclflow.spec import load_text
+
+    wf = load_text(
+        "eclflow: 1\nid: w\nmodel: local/in-file.gguf\nsteps: [{id: a, type: llm, template: x}]"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    assert default_model(wf, "local/models/tiny.gguf") == f"local/{tmp_path}/models/tiny.gguf"
+    monkeypatch.setenv(MODEL_ENV, "local/other.GGUF")
+    assert default_model(wf, None) == f"local/{tmp_path}/other.GGUF"
+    assert default_model(wf, f"local/{tmp_path}/x.gguf") == f"local/{tmp_path}/x.gguf"
+    assert default_model(wf, "local/smollm2") == "local/smollm2"
+    monkeypatch.delenv(MODEL_ENV)
+    assert default_model(wf, None) == "local/in-file.gguf"  # the file's own: as it says
+
+
 @needs_model
 def test_smollm2_resolves_to_the_gguf_inside_the_package() -> None:
     path = model_path("local/smollm2")

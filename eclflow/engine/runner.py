@@ -65,8 +65,16 @@ def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
 
 
 def default_model(workflow: Workflow, model: str | None) -> str | None:
-    """`--model` > ECLFLOW_MODEL > the workflow's `model:`."""
-    return model or os.environ.get(MODEL_ENV) or workflow.model
+    """`--model` > ECLFLOW_MODEL > the workflow's `model:`. A local model file given by a
+    relative path is made absolute: the run keeps its model, and is resumed from anywhere."""
+    given = model or os.environ.get(MODEL_ENV)
+    if not given:
+        return workflow.model
+    if given.startswith("local/") and given.lower().endswith(".gguf"):
+        path = Path(given[len("local/") :]).expanduser()
+        if not path.is_absolute():
+            return f"local/{path.absolute()}"
+    return given
 
 
 def _unpriced(model: str) -> bool:
