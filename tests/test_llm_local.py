@@ -124,6 +124,16 @@ def test_check_does_not_load_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @needs_model
+@pytest.mark.parametrize("threads", ["0", "-3", "abc"])
+def test_a_thread_count_that_cannot_be_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, threads: str
+) -> None:
+    monkeypatch.setenv(local_mod.THREADS_ENV, threads)
+    with pytest.raises(errors.ConfigError, match=f"must be a whole number from 1, not '{threads}'"):
+        LocalProvider().check("local/smollm2")
+
+
+@needs_model
 def test_a_file_that_is_not_a_model_fails_without_retry(tmp_path: Path) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"this is not a gguf file")

@@ -96,9 +96,12 @@ def _threads() -> int:
     raw = os.environ.get(THREADS_ENV)
     if raw:
         try:
-            return max(1, int(raw))
+            n = int(raw)
         except ValueError:
-            raise ConfigError(f"{THREADS_ENV} must be a whole number, not {raw!r}") from None
+            n = 0
+        if n < 1:
+            raise ConfigError(f"{THREADS_ENV} must be a whole number from 1, not {raw!r}")
+        return n
     # Half the cores, like llama.cpp: its threads spin while they wait, so using every core
     # on a shared machine makes generation several times slower, not faster.
     return max(1, min(8, (os.cpu_count() or 1) // 2))
@@ -216,6 +219,7 @@ class LocalProvider:
     def check(self, model: str) -> None:
         model_path(model)  # never loads the model: check must stay fast
         _require_llama_cpp()
+        _threads()
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         path = model_path(request.model)
