@@ -95,7 +95,9 @@ def test_a_reply_cut_off_at_max_tokens_is_logged_and_kept_with_the_run(
     from eclflow.store import open_store
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    script = {"generate": {"content": "A draft that stops mid", "finish_reason": "length"},
+    cut_at = {"input": 50, "output": 300}  # generate's max_tokens
+    script = {"generate": {"content": "A draft that stops mid", "finish_reason": "length",
+                           "tokens": cut_at},
               "critique": PASS}  # fmt: skip
     r = asyncio.run(run(workflow, script, db=db))  # type: ignore[arg-type]  (a mapping script)
     assert r.status == "completed", r.error
@@ -106,6 +108,18 @@ def test_a_reply_cut_off_at_max_tokens_is_logged_and_kept_with_the_run(
     with open_store(db) as store:
         kinds = [e.kind for e in store.events.for_run(r.run_id)]
     assert kinds.count("llm_reply_truncated") == 1
+    # stopped short of max_tokens: the prompt filled the context window (llama.cpp lowers
+    # max_tokens to what is left of it), and raising max_tokens cannot help
+    script["generate"]["tokens"] = {"input": 4000, "output": 84}
+    log_stream.seek(0)
+    log_stream.truncate()
+    r = asyncio.run(run(workflow, script, db=db))  # type: ignore[arg-type]
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines() if line.strip()]
+    [cut] = [x for x in lines if x["kind"].startswith("llm_") and "hint" in x]
+    assert (cut["kind"], cut["tokens_output"]) == ("llm_context_full", 84)
+    assert cut["hint"] == (
+        "shorten the prompt of step 'generate', or use a model with a longer context"
+    )
 
 
 def test_a_cancelled_model_call_is_not_logged_as_a_failed_one(

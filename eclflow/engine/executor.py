@@ -462,12 +462,7 @@ class Executor:
             if _events.isEnabledFor(logging.DEBUG):
                 emit("llm_reply", model=model, content=response.content)
             if response.finish_reason == "length":  # (a draft cut mid-sentence looks whole)
-                emit(
-                    "llm_reply_truncated",
-                    model=model,
-                    max_tokens=max_tokens,
-                    hint=f"raise steps.{step.id}.config.max_tokens",
-                )
+                _truncated(step.id, model, max_tokens, response.usage.output)
             if not response.content.isascii():  # (the check is cheap, the repair is not)
                 response = replace(response, content=utf8_text(response.content))
             usage.tokens_in += response.usage.input
@@ -511,6 +506,26 @@ def _string_keys(value: Any) -> bool:
 
 def _failure(e: EclflowError) -> StepResult:
     return StepResult.failed(str(e), retryable=e.retryable)
+
+
+def _truncated(step_id: str, model: str, max_tokens: int, output: int) -> None:
+    """Say that a reply was cut off, and by what: max_tokens, or (a reply that stopped short
+    of it) the model's context window, which the prompt and the reply share."""
+    if 0 < output < max_tokens:
+        emit(
+            "llm_context_full",
+            model=model,
+            max_tokens=max_tokens,
+            tokens_output=output,
+            hint=f"shorten the prompt of step '{step_id}', or use a model with a longer context",
+        )
+    else:
+        emit(
+            "llm_reply_truncated",
+            model=model,
+            max_tokens=max_tokens,
+            hint=f"raise steps.{step_id}.config.max_tokens",
+        )
 
 
 def _ms(started: float) -> int:

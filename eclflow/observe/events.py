@@ -44,6 +44,7 @@ EVENTS: dict[str, tuple[int, str]] = {
     "llm_reply": (DEBUG, "LLM reply"),
     "llm_request_failed": (WARNING, "LLM request failed"),
     "llm_reply_truncated": (WARNING, "LLM reply cut off at max_tokens"),
+    "llm_context_full": (WARNING, "LLM reply cut off: the model's context window is full"),
     "loop_revision": (INFO, "Revision requested"),
     "budget_exceeded": (ERROR, "Budget exceeded"),
 }
