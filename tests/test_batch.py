@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 from conftest import CRITIQUE_REVISE
+
+HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 
 # Keyed by journal key, so a resumed run gets the replies of the calls it still has to make.
 SCRIPT = """\
@@ -748,3 +751,36 @@ def test_input_lines_are_split_at_newlines_only(tmp_path: Path) -> None:
         (1, {"tone": "dry", "topic": "a\u2028b"}),
         (4, {"tone": "dry", "topic": "c\u0085d\u2029e"}),
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LLAMA, reason="the 'local' extra is not installed")
+def test_a_batch_on_the_local_model_runs_one_item_at_a_time(tmp_path: Path) -> None:
+    """The model answers one call at a time: more items at once only waited for it, and their
+    waits counted against their step timeouts (items that never started timed out)."""
+    wf = tmp_path / "w.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: w\nmodel: local/smollm2\n"
+        "steps:\n  - {id: a, type: llm, template: 'Say {{ n }}.', with: {n: '{{ input.n }}'},\n"
+        "     config: {max_tokens: 4}}\n"
+    )
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3)))
+    cmd = [sys.executable, "-m", "eclflow", "run", str(wf), "--inputs", str(items)]
+    r = subprocess.run(
+        [*cmd, "--concurrency", "3", "--db", str(tmp_path / "r.db")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == (
+        "note: the local model answers one call at a time: 1 item at a time, not 3"
+    )
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        spans = conn.execute(
+            "SELECT started_at, completed_at FROM step_executions ORDER BY started_at"
+        ).fetchall()
+    assert len(spans) == 3
+    # one after the other: each began once the one before it had ended
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(2)), spans

@@ -86,7 +86,7 @@ def run_batch_command(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    from ..engine.batch import BatchProgress, iter_batch
+    from ..engine.batch import BatchProgress, iter_batch, one_call_at_a_time
     from ..engine.runner import _limits, as_budget, check_models, default_model, validate_input
     from ..errors import InvalidInput
     from ..graph.plan import compile_plan
@@ -116,6 +116,14 @@ def run_batch_command(
         default_model(workflow, model),
         _limits(workflow, as_budget(budget)),
     )
+    at_once = one_call_at_a_time(workflow, model)
+    if at_once is not None and min(concurrency, len(items)) > at_once:
+        say(
+            f"{'the local model answers' if at_once == 1 else 'each local model answers'} one "
+            f"call at a time: {at_once} item{'s' * (at_once != 1)} at a time, not {concurrency}",
+            "info",
+            prefix="note: ",
+        )
     store = None
     if journal:
         from ..store import open_store

@@ -100,6 +100,26 @@ async def run_batch(
 STORED_CHUNK = 500  # stored results read at a time when a batch is run again
 
 
+def one_call_at_a_time(workflow: Workflow, model: str | None) -> int | None:
+    """How many runs of `workflow` can be served at once when every model it calls answers
+    one call at a time in this process (`local/…`: one run per such model); None when a
+    model it calls is not one. More runs at once would only wait for the model, and their
+    waits would count against their steps' timeouts."""
+    from ..steps.registry import default_registry
+    from .runner import default_model
+
+    chosen = default_model(workflow, model)
+    registry = default_registry()
+    models = {
+        s.model or chosen or ""
+        for s in workflow.steps
+        if s.type not in registry or registry.get(s.type).uses_model
+    }
+    if not models or not all(m.startswith("local/") for m in models):
+        return None
+    return len(models)
+
+
 async def iter_batch(
     workflow: Workflow,
     items: Sequence[Mapping[str, Any]],
@@ -113,7 +133,8 @@ async def iter_batch(
 ) -> AsyncGenerator[RunResult, None]:
     """`run_batch`, each result given as soon as it and every one before it are in: a caller
     can print or store results while the batch goes on, and keep none of them. Only
-    `concurrency` runs exist at a time; closing the iterator early cancels them."""
+    `concurrency` runs exist at a time (fewer on a local model: `one_call_at_a_time`); closing
+    the iterator early cancels them."""
     from . import runner
 
     progress = BatchProgress(total=len(items))
@@ -255,7 +276,9 @@ async def iter_batch(
             arrived.set()
             raise
 
-    in_flight = min(len(items), max(1, concurrency))
+    in_flight = min(
+        len(items), max(1, concurrency), one_call_at_a_time(workflow, model) or len(items)
+    )
     with _gc_for_many_runs(in_flight), _quick_gil_handoffs(store is not None and in_flight > 1):
         workers = [asyncio.create_task(worker()) for _ in range(in_flight)]
         try:
