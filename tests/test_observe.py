@@ -589,7 +589,9 @@ def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> N
     import sys
 
     script = tmp_path / "fail.yaml"
-    script.write_text('generate: {error: auth_error, message: "bad key"}\n')
+    script.write_text(
+        'generate: [{error: server_error, message: "busy"}, {error: auth_error, message: "bad key"}]\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
     r = subprocess.run(
         [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x",
@@ -599,8 +601,12 @@ def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> N
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert not [line for line in lines if line.startswith(" ")], r.stderr  # nothing wrapped
-    assert sum("WARNING" in line or "ERROR" in line for line in lines) == 3, r.stderr
-    assert len(lines) == 5, r.stderr  # and the summary's two lines
+    # the retry's warning, then the summary's two lines: the failure is said once, by the
+    # `error:` line (the failed call, the failed step and the failed run were three more)
+    assert len(lines) == 3, r.stderr
+    assert "WARNING Retrying after failure" in lines[0] and "busy" in lines[0]
+    assert lines[2] == "error: Step generate failed: LLM error: bad key"
+    assert r.stderr.count("bad key") == 1
 
 
 def test_the_library_logs_to_nobody_until_logging_is_configured(tmp_path: Any) -> None:

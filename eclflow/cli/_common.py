@@ -148,6 +148,29 @@ def json_logs() -> bool:
     return bool(_global("log_format") == "json")
 
 
+# A run's failure as the command line prints it itself (the step's line, the `error:` line):
+# in the formats for people, the log lines that only say the same again are left out. A retry's
+# warning stays (it says why, before the step's line).
+_SAID_AT_THE_END = frozenset(
+    {"llm_request_failed", "step_failed", "step_failed_after_retries", "workflow_failed"}
+)
+
+
+def leave_out_what_the_end_says() -> None:
+    """For `run` and `resume` of one run: no log line for what its `error:` line says."""
+    if json_logs():
+        return
+    import logging
+
+    from ..observe.logs import LOGGER_NAME
+
+    def said_at_the_end(record: logging.LogRecord) -> bool:
+        return getattr(record, "kind", None) not in _SAID_AT_THE_END
+
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        handler.addFilter(said_at_the_end)
+
+
 def exit_code_for(error: BaseException) -> int:
     """2 when what the user typed is wrong (bad input or configuration, a run or step that
     does not exist), else 1."""

@@ -22,6 +22,7 @@ from ._common import (
     fail,
     handle_errors,
     json_logs,
+    leave_out_what_the_end_says,
     not_empty,
     open_store,
     resume_command,
@@ -509,6 +510,7 @@ def run_cmd(
     store = None if no_journal else open_store(db)
     from ..engine.orchestrator import new_run_id
 
+    leave_out_what_the_end_says()
     run_id = new_run_id()
     quiet_stderr = as_json or quiet or json_logs()
     show_live = not quiet_stderr and sys.stderr.isatty()
@@ -595,6 +597,7 @@ def resume_cmd(
     from ..engine import runner
 
     _quiet_stamina()
+    leave_out_what_the_end_says()
     store = open_store(db, existing=True)
     try:
         listener = None if as_json or quiet or json_logs() else _line_printer()
