@@ -99,6 +99,9 @@ def test_the_summary_says_why_items_failed(tmp_path: Path) -> None:
         f"{tmp_path / 'items.jsonl'}:1: Step generate failed: LLM error: bad key "
         "(and 2 more failed)"
     )
+    # one log line for each failed item (its run's failure), not also its call's and step's
+    logged = [line for line in r.stderr.splitlines() if " ERROR " in line or " WARNING " in line]
+    assert len(logged) == 3 and all("Workflow execution failed" in x for x in logged), r.stderr
 
 
 def test_the_progress_bar_fits_its_counts_in_80_columns() -> None:

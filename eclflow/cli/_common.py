@@ -151,21 +151,22 @@ def json_logs() -> bool:
 # A run's failure as the command line prints it itself (the step's line, the `error:` line):
 # in the formats for people, the log lines that only say the same again are left out. A retry's
 # warning stays (it says why, before the step's line).
-_SAID_AT_THE_END = frozenset(
-    {"llm_request_failed", "step_failed", "step_failed_after_retries", "workflow_failed"}
-)
+_SAID_AGAIN = frozenset({"llm_request_failed", "step_failed", "step_failed_after_retries"})
 
 
-def leave_out_what_the_end_says() -> None:
-    """For `run` and `resume` of one run: no log line for what its `error:` line says."""
+def leave_out_what_the_end_says(*, batch: bool = False) -> None:
+    """For `run` and `resume` of one run: no log line for what its `error:` line says. In a
+    batch, one line for each failed item (its run's failure), not four."""
     if json_logs():
         return
     import logging
 
     from ..observe.logs import LOGGER_NAME
 
+    left_out = _SAID_AGAIN if batch else _SAID_AGAIN | {"workflow_failed"}
+
     def said_at_the_end(record: logging.LogRecord) -> bool:
-        return getattr(record, "kind", None) not in _SAID_AT_THE_END
+        return getattr(record, "kind", None) not in left_out
 
     for handler in logging.getLogger(LOGGER_NAME).handlers:
         handler.addFilter(said_at_the_end)

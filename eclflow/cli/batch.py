@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, json_logs, say
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    json_logs,
+    leave_out_what_the_end_says,
+    say,
+)
 
 
 def read_items(path: Path, defaults: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -116,6 +124,7 @@ def run_batch_command(
         default_model(workflow, model),
         _limits(workflow, as_budget(budget)),
     )
+    leave_out_what_the_end_says(batch=True)
     at_once = one_call_at_a_time(workflow, model)
     if at_once is not None and min(concurrency, len(items)) > at_once:
         say(
