@@ -427,3 +427,15 @@ def test_a_run_whose_stdout_is_closed_still_completes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "completed · run" in r.stderr
+
+
+def test_a_run_without_a_journal_says_it_was_not_kept(tmp_path: Path) -> None:
+    """Its id is no use to any other command: no resume hint, even after a budget."""
+    script = tmp_path / "s.yaml"
+    script.write_text("generate: a draft\ncritique: {decision: pass, critique: fine}\n")
+    args = ["run", str(CRITIQUE_REVISE), "-i", "topic=x", "-m", "mock/x"]
+    r = cli(*args, "--mock-responses", str(script), "--no-journal", "--budget-calls", "1", "-q")
+    assert r.returncode == 1, r.stderr
+    summary, error = r.stderr.splitlines()  # (the budget's log line said the error again)
+    assert summary.startswith("failed · run ") and "(not kept: --no-journal) · " in summary
+    assert error.startswith("error: Step critique failed: budget_exceeded")

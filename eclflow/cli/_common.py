@@ -151,7 +151,9 @@ def json_logs() -> bool:
 # A run's failure as the command line prints it itself (the step's line, the `error:` line):
 # in the formats for people, the log lines that only say the same again are left out. A retry's
 # warning stays (it says why, before the step's line).
-_SAID_AGAIN = frozenset({"llm_request_failed", "step_failed", "step_failed_after_retries"})
+_SAID_AGAIN = frozenset(
+    {"llm_request_failed", "step_failed", "step_failed_after_retries", "budget_exceeded"}
+)
 
 
 def leave_out_what_the_end_says(*, batch: bool = False) -> None:

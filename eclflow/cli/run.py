@@ -199,9 +199,10 @@ class LiveView:
         return table
 
 
-def print_result(result: Any, as_json: bool, local: bool = True) -> None:
+def print_result(result: Any, as_json: bool, local: bool = True, kept: bool = True) -> None:
     """The result on stdout, its summary on stderr. `local`: a run of this machine's journal,
-    which `eclflow resume` can continue (not one on Restate)."""
+    which `eclflow resume` can continue (not one on Restate); `kept`: it is in the journal
+    (not a run with --no-journal, whose id no command can find)."""
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
         return
@@ -222,7 +223,8 @@ def print_result(result: Any, as_json: bool, local: bool = True) -> None:
     revisions = sum(result.revisions.values())
     status = result.status
     line = (
-        f"{status} · run {result.run_id[:8]} · {len(result.steps)} steps · "
+        f"{status} · run {result.run_id[:8]}{'' if kept else ' (not kept: --no-journal)'} · "
+        f"{len(result.steps)} steps · "
         f"{revisions} revision{'s' if revisions != 1 else ''} · {result.tokens} tokens · "
         f"${result.cost:.4f} · {result.duration_ms / 1000:.1f}s"
     )
@@ -237,7 +239,7 @@ def print_result(result: Any, as_json: bool, local: bool = True) -> None:
         )
     if result.error:
         click.echo(safe_text(f"error: {result.error}", err=True), err=True, color=True)
-        if "budget_exceeded" in result.error and local:
+        if "budget_exceeded" in result.error and local and kept:
             flag = next(
                 (f for word, f in _BUDGET_FLAGS if word in result.error), "--budget-usd USD"
             )
@@ -557,7 +559,7 @@ def run_cmd(
     finally:
         if store is not None:
             store.close()
-    print_result(result, as_json)
+    print_result(result, as_json, kept=store is not None)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
