@@ -158,7 +158,10 @@ def test_the_module_docstring_documents_the_whole_script_format(tmp_path: Path) 
     f.write_text(listed)
     m = load_script(f)
     assert asyncio.run(m.complete(req())).content == "the first reply"
-    assert json.loads(asyncio.run(m.complete(req())).content) == {"decision": "pass"}
+    assert json.loads(asyncio.run(m.complete(req())).content) == {
+        "decision": "pass",
+        "critique": "clear",
+    }
     with pytest.raises(errors.RateLimited):
         asyncio.run(m.complete(req()))
     assert asyncio.run(m.complete(req())).content == "late"
@@ -170,7 +173,10 @@ def test_the_module_docstring_documents_the_whole_script_format(tmp_path: Path) 
         return asyncio.run(m.complete(r)).content
 
     assert json.loads(ask("critique", "critique#1"))["decision"] == "revise"
-    assert json.loads(ask("critique", "critique#2")) == {"decision": "pass"}
+    assert json.loads(ask("critique", "critique#2")) == {
+        "decision": "pass",
+        "critique": "clear and complete",
+    }
     assert [ask("revise", f"revise#{i}") for i in (1, 2, 3)] == [
         "draft two",
         "draft three",
@@ -185,14 +191,11 @@ def test_the_documented_scripts_run_the_bundled_workflow(script: str) -> None:
     from ruamel.yaml import YAML
 
     import eclflow
-    from eclflow.llm import mock
 
     if script == "examples/mock":
         responses: object = EXAMPLES / "mock" / "critique_revise.yaml"
     else:
-        doc = mock.__doc__ or ""
-        example = doc[doc.index("    generate:") : doc.index('    "*":')]
-        responses = YAML(typ="safe").load(textwrap.dedent(example))
+        responses = YAML(typ="safe").load(_doc_examples()[1])
     result = asyncio.run(
         eclflow.run(
             eclflow.load(CRITIQUE_REVISE),
