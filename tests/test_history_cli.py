@@ -232,7 +232,7 @@ def test_prune(tmp_path: Path) -> None:
     assert env.cli("status", bad["run_id"]).returncode == 2  # not found any more
 
     r = env.cli("prune", input="n\n")  # default: older than 30 days; asks first
-    assert r.returncode == 1 and "Delete 1 run started more than 30d ago?" in r.stderr
+    assert r.returncode == 1 and "Delete 1 run started more than 30 days ago?" in r.stderr
     assert len(env.json("runs", "--json")) == 2
     r = env.cli("prune", input="y\n")
     assert r.returncode == 0 and r.stdout.strip() == "Deleted 1 run."
@@ -246,8 +246,12 @@ def test_prune(tmp_path: Path) -> None:
 
     r = env.cli("prune", "--older-than", "soon", "--yes")
     assert r.returncode == 2 and "not an age" in r.stderr
-    r = env.cli("prune", "--older-than", "99999999999d", "--yes")
-    assert r.returncode == 2 and "longer than any run can be old" in r.stderr
+    for age in ("99999999999d", "999999999d"):  # (the second overflowed the date arithmetic)
+        r = env.cli("prune", "--older-than", age, "--yes")
+        assert r.returncode == 2 and "longer than any run can be old" in r.stderr, r.stderr
+    # `M` is months to some tools: never taken for minutes
+    r = env.cli("prune", "--older-than", "6M", "--yes")
+    assert r.returncode == 2 and "'6M' is not an age: use e.g. 30d, 12h, 90m (minutes)" in r.stderr
 
     env.run(PASSES, "tides")
     r = env.cli("prune", "--older-than", "0", input="")  # no answer: stdin is at its end

@@ -176,7 +176,10 @@ def test_prune_keeps_a_run_that_is_going_on(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.communicate(timeout=30)
-    # its process gone, it is an interrupted run like any other: pruned
+    # its process gone, it is an interrupted run like any other: not a running one (as `runs
+    # --state running` does not list it), and pruned when asked for by that name
+    r = eclflow("prune", "--older-than", "0", "--state", "running", "-y", env=env)
+    assert r.stdout.strip() == "Deleted 0 runs."
     r = eclflow("prune", "--older-than", "0", "--state", "interrupted", "-y", env=env)
     assert r.stdout.strip() == "Deleted 1 run."
     assert journal.rows("select id from workflows") == []

@@ -529,19 +529,37 @@ def _short(value: Any, limit: int = 80) -> str:
 # --- eclflow prune -------------------------------------------------------------------------------
 
 
+_UNIT_NAMES = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week"}
+_OLDEST = timedelta(days=365 * 1000)  # (older dates overflow the database's arithmetic)
+
+
 def parse_age(text: str) -> timedelta:
-    """`30d`, `12h`, `90m`, `45s`, `2w` (a bare number is days; `0` means every run)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    """`30d`, `12h`, `90m`, `45s`, `2w` (a bare number is days; `0` means every run). Units
+    are lowercase: `M` is months to some tools and minutes to others, so it is refused."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if m is None:
         raise click.BadParameter(
-            f"{text!r} is not an age: use e.g. 30d, 12h, 90m, 45s, 2w", param_hint="--older-than"
+            f"{text!r} is not an age: use e.g. 30d, 12h, 90m (minutes), 45s, 2w",
+            param_hint="--older-than",
         )
     try:
-        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "d"])
+        age = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "d"])
     except OverflowError:
+        age = _OLDEST
+    if age >= _OLDEST:
         raise click.BadParameter(
             f"{text!r} is longer than any run can be old", param_hint="--older-than"
-        ) from None
+        )
+    return age
+
+
+def _age_in_words(text: str) -> str:
+    """`90m` as `90 minutes`, for the question before deleting."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if m is None:
+        return text
+    number, unit = m.group(1), _UNIT_NAMES[m.group(2) or "d"]
+    return f"{number} {unit}{'' if number == '1' else 's'}"
 
 
 @cli.command("prune")
@@ -571,12 +589,16 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
         # a run going on is never deleted under its feet (decided again when deleting)
         live = [r for s in states for r in store.runs.live(age, s)]
         count = sum(store.runs.count(state=s, older_than=age) for s in states) - len(live)
+        if state in ("running", "pending"):
+            # those going on are kept; those whose process ended are `interrupted`, as `runs`
+            # shows them, and deleted only when asked for by that name
+            count = 0
         if count <= 0:
             click.echo("Deleted 0 runs." + (f" (kept {len(live)} still running)" if live else ""))
             return
         if not yes:
             what = f"{count} {state + ' ' if state else ''}run{'s' if count != 1 else ''}"
-            when = f" started more than {older_than} ago" if age else ""
+            when = f" started more than {_age_in_words(older_than)} ago" if age else ""
             try:
                 sure = click.confirm(f"Delete {what}{when}?", default=False, err=True)
             except click.Abort:  # stdin at its end (a script, CI): no answer
