@@ -612,3 +612,30 @@ def test_o_with_a_format_name_is_refused_not_written_to_a_file_of_that_name(
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: -o names the file to write, not a format: {says}")
     assert len(r.stderr.splitlines()) == 1 and not (tmp_path / out).exists()
+
+
+def test_o_never_overwrites_the_workflow_nor_writes_ascii_into_an_image(tmp_path: Path) -> None:
+    """`graph w.yaml -o w.yaml` drew over the workflow; `-o g.pdf` wrote ASCII into it."""
+    wf = tmp_path / "w.yaml"
+    wf.write_text(CRITIQUE_REVISE.read_text())
+
+    def graph(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eclflow", "graph", *args],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+
+    for out in ("w.yaml", f"{tmp_path}/../{tmp_path.name}/w.yaml"):
+        r = graph("w.yaml", "-o", out)
+        assert (r.returncode, r.stderr) == (
+            2,
+            f"error: -o {out} is the workflow file itself: give another file name\n",
+        )
+    assert wf.read_text() == CRITIQUE_REVISE.read_text()
+    r = graph("w.yaml", "-o", "g.pdf")
+    assert (r.returncode, r.stderr) == (
+        2,
+        "error: eclflow cannot draw .pdf files: name it g.svg or g.png, or give --format\n",
+    )
+    assert not (tmp_path / "g.pdf").exists()
+    assert graph("w.yaml", "-o", "g.out").returncode == 0  # a name of its own: ASCII

@@ -40,7 +40,16 @@ def graph_cmd(file: Path, fmt: str | None, out: str | None) -> None:
     if not file.exists():
         fail(f"{file}: no such file", EXIT_USAGE)
     out_path, fmt = _output(out, fmt)
+    if out_path is not None and _same_file(out_path, file):
+        fail(f"-o {out} is the workflow file itself: give another file name", EXIT_USAGE)
     _draw(file, fmt, out_path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and a.samefile(b))
+    except (OSError, ValueError):
+        return False
 
 
 # The extensions that say which format a file is in; `-o g.png` without --format draws a PNG.
@@ -73,6 +82,12 @@ def _output(out: str | None, fmt: str | None) -> tuple[Path | None, str]:
         wanted = f"write -f {out}" if out in FORMATS else f"-f is one of {', '.join(FORMATS)}"
         fail(f"-o names the file to write, not a format: {wanted}", EXIT_USAGE)
     if fmt is None:
+        if implied is None and path.suffix.lower() in _IMAGE_LIKE:
+            fail(
+                f"eclflow cannot draw {path.suffix} files: name it {path.stem}.svg or "
+                f"{path.stem}.png, or give --format",
+                EXIT_USAGE,
+            )
         return path, implied or "ascii"
     if implied is not None and implied != fmt:
         fail(
@@ -81,6 +96,13 @@ def _output(out: str | None, fmt: str | None) -> tuple[Path | None, str]:
             EXIT_USAGE,
         )
     return path, fmt
+
+
+# Formats a drawing is wanted in that eclflow does not write: an ASCII drawing in a .pdf file
+# would be no use (other names, such as `graph` or `g.out`, get ASCII)
+_IMAGE_LIKE = frozenset(
+    {".jpg", ".jpeg", ".gif", ".pdf", ".webp", ".bmp", ".tif", ".tiff", ".eps", ".ps", ".html"}
+)
 
 
 def _extension(fmt: str) -> str:
