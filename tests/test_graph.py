@@ -94,6 +94,31 @@ def test_mermaid_labels_conditional_edges_with_their_condition() -> None:
     assert "short_answer --> answer" in lines
 
 
+def test_mermaid_node_ids_are_never_keywords_nor_each_other(tmp_path: Path) -> None:
+    """`interpolate` and `_self` failed Mermaid's parser; steps `end` and `step_end` were drawn
+    as one node."""
+    ids = ["interpolate", "_self", "_top", "end", "step_end", "step_step_end", "plain"]
+    steps = "\n".join(
+        f"  - {{id: {sid}, type: template, template: x"
+        + (f", depends_on: [{ids[i - 1]}]}}" if i else "}")
+        for i, sid in enumerate(ids)
+    )
+    nodes = [
+        line.split("[")[0].strip()
+        for line in to_mermaid(plan_text(f"id: m\nsteps:\n{steps}\n", tmp_path)).splitlines()
+        if '["' in line
+    ]
+    assert nodes == [
+        "step_interpolate",
+        "step__self",
+        "step__top",
+        "step_end",
+        "step_step_end",
+        "step_step_step_end",
+        "plain",
+    ]
+
+
 def test_mermaid_escapes_quotes_and_renames_reserved_ids(tmp_path: Path) -> None:
     plan = plan_text(
         """

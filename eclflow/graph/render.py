@@ -45,6 +45,11 @@ _MERMAID_RESERVED = frozenset(
         "default",
         "call",
         "href",
+        "interpolate",
+        "_self",
+        "_blank",
+        "_parent",
+        "_top",
     }
 )
 
@@ -99,7 +104,11 @@ def _loop_label(loop: Loop) -> str:
 
 
 def _mermaid_id(step: str) -> str:
-    return f"step_{step}" if step.lower() in _MERMAID_RESERVED else step
+    """The node id of a step: its own, but `step_` before a Mermaid keyword, and before an id
+    that already starts with `step_` (so that steps `end` and `step_end` stay two nodes)."""
+    if step.lower() in _MERMAID_RESERVED or step.startswith("step_"):
+        return f"step_{step}"
+    return step
 
 
 def _mermaid_text(text: str) -> str:
