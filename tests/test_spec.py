@@ -1130,6 +1130,7 @@ def test_inputs_written_as_they_are_are_checked_as_a_run_would() -> None:
 def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> None:
     from eclflow.errors import ValidationError
     from eclflow.steps.base import Step
+    from eclflow.steps.builtin import PromptStep
     from eclflow.steps.registry import default_registry
 
     class Count(Step):
@@ -1152,8 +1153,18 @@ def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> No
         def validate_given(self, given: object) -> None:
             raise ValidationError("must be odd")
 
+    class Lenient(Count):  # takes "3" for 3 at run time: its schema is not its rule
+        type_name = "lenient_test"
+
+        def validate_input(self, input: object) -> None:
+            pass
+
+    class Ask(PromptStep):  # a plugin's prompt step: its input_schema, as any step's
+        type_name = "ask_test"
+        input_schema: ClassVar = Count.input_schema
+
     registry = default_registry()
-    for cls in (Count, Picky, Odd):
+    for cls in (Count, Picky, Odd, Lenient, Ask):
         registry.register(cls, replace=True)
     text = MINIMAL.replace('    template: "hello {{ who }}"\n', "")
     try:
@@ -1172,8 +1183,17 @@ def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> No
         odd = text.replace("type: template", "type: odd_test")
         (d,) = diagnose(odd.replace("{{ input.who }}", "x"))
         assert (d.code, d.message) == ("E210", "step 'a', input 'who': must be odd")
+        assert diagnose(bad.replace("count_test", "lenient_test")) == []
+        ask = bad.replace("count_test", "ask_test").replace(
+            "    with:", "    template: x\n    with:"
+        )
+        (d,) = diagnose(ask)
+        assert (d.code, d.message) == (
+            "E210",
+            "step 'a', input 'n': value 0 is less than the minimum of 1",
+        )
     finally:
-        for cls in (Count, Picky, Odd):
+        for cls in (Count, Picky, Odd, Lenient, Ask):
             registry._types.pop(cls.type_name)
 
 

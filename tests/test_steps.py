@@ -525,3 +525,19 @@ def test_what_with_binds_wins_over_the_names_a_prompt_gets_anyway() -> None:
     t = TemplateStep(spec("template", template="{{ config }}", config={"k": 1}))
     e = asyncio.run(ex.run(t, "t", 0, {"config": "mine"}, _NoLog()))
     assert e.output == {"text": "mine"}
+
+
+def test_a_plugin_prompt_step_has_its_input_schema_checked() -> None:
+    from eclflow.steps.builtin import PromptStep
+
+    class Ask(PromptStep):
+        type_name = "ask_test"
+        input_schema: ClassVar[Mapping[str, Any]] = {
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+        }
+
+    step = Ask(spec("ask_test", template="Say {{ n }}"))
+    step.validate_input({"n": 3})
+    with pytest.raises(ValidationError, match="'three' is not of type 'integer'"):
+        step.validate_input({"n": "three"})

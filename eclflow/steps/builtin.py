@@ -87,15 +87,24 @@ class PromptStep(Step):
         """Raise `ValidationError` when `value` cannot be this step's input `name`."""
 
     def validate_input(self, input: Mapping[str, Any]) -> None:
+        if not self.checked_inputs:  # a plugin's prompt step: its input_schema, as any step's
+            super().validate_input(input)
+            return
         required = self.input_schema.get("required", ())
         for name in self.checked_inputs:
             if name in input or name in required:
                 self.check_input(name, input.get(name))
 
     def validate_given(self, given: Mapping[str, Any]) -> None:
+        if not self.checked_inputs:
+            super().validate_given(given)
+            return
         for name in self.checked_inputs:
             if name in given:
                 self.check_input(name, given[name])
+
+    def _checked_by_schema(self) -> bool:
+        return not self.checked_inputs and type(self).validate_input is PromptStep.validate_input
 
     def prompt_variables(self, input: Mapping[str, Any]) -> dict[str, Any]:
         """The step's input, and `max_revisions` and `config` unless `with:` binds them."""
