@@ -655,15 +655,27 @@ def test_validate_checks_the_workflow_files_under_a_directory(tmp_path: Path) ->
     (tmp_path / ".hidden" / "c.yaml").write_text(MINIMAL.replace("{{ who }}", "{{ who"))
     (tmp_path / "mock.yaml").write_text("- hello\n- {error: rate_limit}\n")  # not a workflow
     (tmp_path / "notes.txt").write_text(MINIMAL)
+    (tmp_path / "deep" / "up").symlink_to(tmp_path)  # a loop: followed once, not forever
+    os.mkfifo(tmp_path / "pipe.yaml")  # reading it would wait forever
+    # what the loader takes is a workflow here too: after a byte order mark, a quoted key
+    (tmp_path / "bom.yaml").write_text("\ufeff" + MINIMAL.replace("hello {{ who }}", "{{ x }"))
+    (tmp_path / "quoted.yaml").write_text(MINIMAL.replace("eclflow: 1", '"eclflow": 1'))
     r = run_cli("validate", str(tmp_path))
     assert r.returncode == 1
     line, col = located(sub("to: critique}", "to: critque}"), "critque}")
-    assert r.stdout.splitlines() == [
+    out = r.stdout.splitlines()
+    assert out[0] == (
         f"{tmp_path / 'b.yaml'}: valid: 1 step, 0 revision loops, at most 0 model calls per run"
-        ", at most $0.0000",
+        ", at most $0.0000"
+    )
+    assert out[1].startswith(f"{tmp_path / 'bom.yaml'}:6:") and " E301 " in out[1]
+    assert out[2:] == [  # (a directory's files, then those of its directories)
+        f"{tmp_path / 'quoted.yaml'}: valid: 1 step, 0 revision loops, at most 0 model calls per "
+        "run, at most $0.0000",
         f"{tmp_path / 'deep/er/a.yml'}:{line}:{col}: E203 unknown step 'critque' in "
         "transitions[0].to (did you mean 'critique'?)",
-        "2 files: 1 valid, 1 invalid (1 error, 0 warnings)",
+        "4 files: 2 valid, 2 invalid (2 errors, 0 warnings); 1 YAML file without a top-level "
+        "`eclflow:` key skipped",
     ]
     (tmp_path / "none").mkdir()
     r = run_cli("validate", str(tmp_path / "b.yaml"), str(tmp_path / "none"))
@@ -673,6 +685,28 @@ def test_validate_checks_the_workflow_files_under_a_directory(tmp_path: Path) ->
         "top-level `eclflow:` key)",
         "2 files: 1 valid, 1 invalid (1 error, 0 warnings)",
     ]
+
+
+def test_validate_says_which_directory_it_could_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eclflow.cli import validate
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "w.yaml").write_text(MINIMAL.replace("{{ who }}", "{{ who"))
+    (tmp_path / "ok.yaml").write_text(MINIMAL)
+    scandir = os.scandir
+
+    def refusing(path: object) -> object:  # as for a directory without read permission
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    found = validate._expand((tmp_path,))
+    assert found.files == [tmp_path / "ok.yaml", tmp_path / "locked"]
+    # its own problem (the run's exit code is then 1: not a pass, what it holds went unchecked)
+    assert found.problems == {tmp_path / "locked": "cannot be read: Permission denied"}
 
 
 def test_validate_annotates_for_github_actions(tmp_path: Path) -> None:

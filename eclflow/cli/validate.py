@@ -6,6 +6,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,12 @@ def validate_cmd(
 
     reports: list[dict[str, Any]] = []
     missing = False
-    for path in _expand(files):
-        if _missing(path) or _is_dir(path):
+    found = _expand(files)
+    for path in found.files:
+        problem = found.problems.get(path)
+        if _missing(path) or problem == _EMPTY:
             missing = True
-        wf, diags, summary = _check_one(path, model)
+        wf, diags, summary = _check_one(path, model, problem)
         errors = [d for d in diags if d.severity == "error"]
         warnings = [d for d in diags if d.severity == "warning"]
         valid = wf is not None and not (strict and warnings)
@@ -83,8 +87,9 @@ def validate_cmd(
                 )
     n_invalid = sum(not r["valid"] for r in reports)
     if fmt == "json":
+        skipped = [printable(str(f)) for f in found.skipped]
         json.dump(
-            {"valid": n_invalid == 0 and not missing, "files": reports},
+            {"valid": n_invalid == 0 and not missing, "files": reports, "skipped": skipped},
             sys.stdout,
             indent=2,
         )
@@ -93,9 +98,16 @@ def validate_cmd(
         n_err = sum(r["errors"] for r in reports)
         n_warn = sum(r["warnings"] for r in reports)
         total = len(reports)
+        n_skipped = len(found.skipped)
         click.echo(
             f"{total} file{'s' * (total != 1)}: {total - n_invalid} valid, {n_invalid} invalid "
             f"({n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)})"
+            + (
+                f"; {n_skipped} YAML file{'s' * (n_skipped != 1)} without a top-level "
+                "`eclflow:` key skipped"
+                if n_skipped
+                else ""
+            )
         )
     if missing:
         sys.exit(EXIT_USAGE)
@@ -117,19 +129,42 @@ def _escape(text: str, *, property: bool = False) -> str:
     return text.replace(":", "%3A").replace(",", "%2C") if property else text
 
 
-_WORKFLOW_KEY = re.compile(rb"^eclflow[ \t]*:", re.MULTILINE)
+# A workflow's required top-level key: also after a byte order mark, quoted, or in a flow
+# mapping (`{"eclflow": 1, …}`, a JSON workflow).
+_WORKFLOW_KEY = re.compile(rb"^(?:\xef\xbb\xbf)?\{?[ \t]*[\"']?eclflow[\"']?[ \t]*:", re.MULTILINE)
+_EMPTY = "holds no workflow file (a .yaml or .yml file with a top-level `eclflow:` key)"
 
 
-def _expand(paths: tuple[Path, ...]) -> list[Path]:
-    """The files to check: each file given, and the workflow files under each directory."""
-    out: list[Path] = []
+@dataclass
+class _Found:
+    """What the command line names: the files to check, the directories that could not be
+    read or hold no workflow (each reported as a problem of its own), the YAML files skipped."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: dict[Path, str] = field(default_factory=dict)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def _expand(paths: tuple[Path, ...]) -> _Found:
+    """Each file given, and the workflow files under each directory given."""
+    found = _Found()
     for path in paths:
         if not _is_dir(path):
-            out.append(path)
+            found.files.append(path)
             continue
-        # none: the directory itself, reported as holding none
-        out.extend([f for f in _yaml_files(path) if _is_workflow(f)] or [path])
-    return out
+        before = len(found.files)
+        for f, problem in _yaml_files(path):
+            if problem is not None:
+                found.files.append(f)
+                found.problems[f] = problem
+            elif _is_workflow(f):
+                found.files.append(f)
+            else:
+                found.skipped.append(f)
+        if len(found.files) == before:
+            found.files.append(path)
+            found.problems[path] = _EMPTY
+    return found
 
 
 def _is_dir(path: Path) -> bool:
@@ -139,12 +174,37 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _yaml_files(root: Path) -> list[Path]:
-    found = []
-    for parent, dirs, names in os.walk(root):
+def _yaml_files(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """The regular .yaml/.yml files under `root` (hidden directories skipped, linked ones
+    followed once), and each directory that cannot be read, with why."""
+    unreadable: list[OSError] = []
+    seen: set[str] = set()
+    for parent, dirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(parent, n) for n in sorted(names) if n.endswith((".yaml", ".yml"))]
-    return found
+        for n in sorted(names):
+            f = Path(parent, n)
+            if n.endswith((".yaml", ".yml")) and _regular(f):
+                yield f, None
+        yield from _refused(unreadable, parent)
+    yield from _refused(unreadable, str(root))
+
+
+def _refused(errors: list[OSError], parent: str) -> Iterator[tuple[Path, str]]:
+    for e in errors:
+        yield Path(e.filename or parent), f"cannot be read: {e.strerror or e}"
+    errors.clear()
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return path.is_file()  # (not a FIFO, which reading would wait on forever)
+    except OSError:
+        return False
 
 
 def _is_workflow(path: Path) -> bool:
@@ -165,14 +225,16 @@ def _missing(path: Path) -> bool:
         return False
 
 
-def _check_one(path: Path, model: str | None) -> tuple[Any, list[Any], dict[str, Any]]:
+def _check_one(
+    path: Path, model: str | None, problem: str | None = None
+) -> tuple[Any, list[Any], dict[str, Any]]:
     """One file's workflow (None if invalid), diagnostics and summary. A bug of ours while
-    checking it is one located E000 line for that file: the other files are still checked."""
+    checking it is one located E000 line for that file: the other files are still checked.
+    `problem`: why a directory given could not be looked through."""
     from ..spec import Diagnostic, Location, check
 
-    if _is_dir(path):
-        why = "holds no workflow file (a .yaml or .yml file with a top-level `eclflow:` key)"
-        return None, [Diagnostic(Location(str(path)), "E102", why)], {}
+    if problem is not None:
+        return None, [Diagnostic(Location(str(path)), "E102", problem)], {}
     try:
         wf, diags = check(path)
         return wf, diags, (_summary(wf, model) if wf is not None else {})
