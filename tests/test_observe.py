@@ -607,6 +607,15 @@ def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> N
     assert "WARNING Retrying after failure" in lines[0] and "busy" in lines[0]
     assert lines[2] == "error: Step generate failed: LLM error: bad key"
     assert r.stderr.count("bad key") == 1
+    # logs asked for keep every record
+    for asked in (["--log-format", "compact"], ["--log-level", "warning"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "eclflow", *asked, "run", str(CRITIQUE_REVISE), "-i", "topic=x",
+             "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        kinds = ("LLM request failed", "Step failed after all", "Workflow execution failed")
+        assert all(k in r.stderr for k in kinds), r.stderr
 
 
 def test_the_library_logs_to_nobody_until_logging_is_configured(tmp_path: Any) -> None:

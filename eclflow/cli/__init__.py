@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -105,6 +106,11 @@ def cli(ctx: click.Context, verbose: bool, log_level: str | None, log_format: st
         from ..observe.logs import resolve
 
         ctx.obj["log_format"] = resolve(None, log_format)[1]
+        # logs as they come by default, not as asked for (--log-level, -v, the environment)
+        ctx.obj["default_logs"] = (
+            not (log_level or verbose or log_format or os.environ.get("ECLFLOW_LOG_LEVEL"))
+            and ctx.obj["log_format"] == "pretty"
+        )
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 

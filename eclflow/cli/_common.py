@@ -149,8 +149,9 @@ def json_logs() -> bool:
 
 
 # A run's failure as the command line prints it itself (the step's line, the `error:` line):
-# in the formats for people, the log lines that only say the same again are left out. A retry's
-# warning stays (it says why, before the step's line).
+# with the logs as they come by default, the log lines that only say the same again are left
+# out. A retry's warning stays (it says why, before the step's line); logs asked for (a level,
+# a format, -v) keep every record.
 _SAID_AGAIN = frozenset(
     {"llm_request_failed", "step_failed", "step_failed_after_retries", "budget_exceeded"}
 )
@@ -159,7 +160,7 @@ _SAID_AGAIN = frozenset(
 def leave_out_what_the_end_says(*, batch: bool = False) -> None:
     """For `run` and `resume` of one run: no log line for what its `error:` line says. In a
     batch, one line for each failed item (its run's failure), not four."""
-    if json_logs():
+    if not _global("default_logs"):
         return
     import logging
 
