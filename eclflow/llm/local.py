@@ -312,7 +312,8 @@ def _grammar(loaded: _Loaded, schema: Mapping[str, Any]) -> Any:
     key = json.dumps(schema, sort_keys=True)
     grammar = loaded.grammars.get(key)
     if grammar is None:
-        for candidate in (schema, _without_patterns(schema)):
+        plain = _without_patterns(schema)
+        for candidate in (schema, plain) if plain != schema else (schema,):
             try:
                 text = json_schema_to_gbnf(json.dumps(candidate))
             except Exception:  # a schema the converter does not take: the next candidate
