@@ -79,3 +79,32 @@ def test_a_finished_event_loop_is_not_kept_alive() -> None:
     asyncio.run(main())
     gc.collect()
     assert loops[0]() is None
+
+
+async def test_time_spent_suspended_does_not_count() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def block(before: float, waiting: float, after: float) -> tuple[str, float]:
+        t0 = loop.time()
+        try:
+            async with deadline.timeout(0.3):
+                await asyncio.sleep(before)
+                async with deadline.suspended():
+                    await asyncio.sleep(waiting)
+                await asyncio.sleep(after)
+        except TimeoutError:
+            return "timeout", loop.time() - t0
+        return "done", loop.time() - t0
+
+    outcomes = await asyncio.gather(
+        block(0.1, 0.5, 0.1),  # 0.2 s its own: done, after 0.7 s
+        block(0.2, 0.5, 0.2),  # 0.4 s its own: timed out 0.1 s after the wait
+        block(0.0, 0.0, 0.5),  # an ordinary one beside them
+    )
+    assert [o for o, _ in outcomes] == ["done", "timeout", "timeout"]
+    assert 0.65 <= outcomes[0][1] < 0.9
+    assert 0.75 <= outcomes[1][1] < 0.95  # 0.2 + 0.5 + the 0.1 s left
+    assert 0.28 <= outcomes[2][1] < 0.45
+    # outside a timeout it does nothing
+    async with deadline.suspended():
+        await asyncio.sleep(0)

@@ -470,3 +470,36 @@ def test_the_readme_run_writes_a_draft_that_does_not_loop() -> None:
         sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", draft) if x.strip()]
         most, times = Counter(sentences).most_common(1)[0]
         assert times <= 2, f"{most!r} {times} times in: {draft}"
+
+
+@pytest.mark.slow
+@needs_model
+def test_waiting_for_the_model_does_not_count_against_the_step_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two steps at once on the local model: the second waited while the first generated, and
+    timed out without having begun (in a batch, items that never started were retried)."""
+    from eclflow.engine.runner import run
+    from eclflow.spec import load_text
+
+    wf = load_text(
+        "eclflow: 1\nid: two\nmodel: local/smollm2\n"
+        "defaults: {retry: {max_attempts: 1}}\n"
+        "steps:\n"
+        "  - {id: long, type: llm, template: 'Count from 1 to 60, separated by spaces.',\n"
+        "     config: {max_tokens: 30, temperature: 0}}\n"
+        "  - {id: short, type: llm, template: 'Say hi.', timeout: 1s,\n"
+        "     config: {max_tokens: 2, temperature: 0}}\n"
+    )
+    loaded = local_mod._load(model_path("local/smollm2"))
+    generate = loaded.llama.eval
+
+    def slowly(tokens: object) -> object:  # every token 0.1 s: `long` takes seconds, always
+        time.sleep(0.1)
+        return generate(tokens)
+
+    monkeypatch.setattr(loaded.llama, "eval", slowly)
+    result = asyncio.run(run(wf, {}, store=None))
+    assert result.status == "completed", result.error
+    durations = {s.step_id: s.duration_ms for s in result.steps}
+    assert durations["long"] > 1500  # (so `short` waited longer than its timeout)

@@ -13,6 +13,9 @@ import asyncio
 import heapq
 import math
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 from weakref import WeakKeyDictionary, ref
@@ -23,7 +26,7 @@ _SLACK = 1e-3
 
 
 class _Watch:
-    __slots__ = ("deadline", "expired", "running", "seconds", "task")
+    __slots__ = ("deadline", "expired", "handle", "running", "seconds", "task")
 
     def __init__(self, seconds: float, deadline: float, task: asyncio.Task[Any]) -> None:
         self.seconds = seconds
@@ -31,6 +34,12 @@ class _Watch:
         self.task: asyncio.Task[Any] | None = task
         self.running = True
         self.expired = False
+        self.handle: asyncio.TimerHandle | None = None  # a timer of its own (`watch_alone`)
+
+    def expire(self) -> None:
+        if self.running and self.task is not None:
+            self.expired = True
+            self.task.cancel()
 
 
 class _Deadlines:
@@ -56,9 +65,21 @@ class _Deadlines:
             self._arm(loop, w.deadline)
         return w
 
+    def watch_alone(
+        self, seconds: float, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop
+    ) -> _Watch:
+        """A watch with a timer of its own: one resumed after a pause (`suspended`) is not in
+        the order of its queue, which expires in the order the steps started."""
+        w = _Watch(seconds, loop.time() + seconds, task)
+        w.handle = loop.call_at(w.deadline, w.expire)
+        return w
+
     def release(self, w: _Watch) -> None:
         w.running = False
         w.task = None
+        if w.handle is not None:
+            w.handle.cancel()
+            return
         queue = self._queues[w.seconds]
         while queue and not queue[0].running:
             queue.popleft()
@@ -80,9 +101,7 @@ class _Deadlines:
                     earliest = min(earliest, w.deadline)
                     break
                 queue.popleft()
-                if w.running and w.task is not None:
-                    w.expired = True
-                    w.task.cancel()
+                w.expire()
         if earliest < math.inf and (not self._armed or earliest < self._armed[0]):
             self._arm(loop, earliest)
 
@@ -110,8 +129,29 @@ def timeout(seconds: float | None) -> _Timeout:
     return _Timeout(seconds)
 
 
+_current: ContextVar[_Timeout | None] = ContextVar("eclflow_step_timeout", default=None)
+
+
+@asynccontextmanager
+async def suspended() -> AsyncIterator[None]:
+    """Inside `timeout()`: the time spent in this block does not count, as for waiting for a
+    model that answers one call at a time and is busy with another step's."""
+    t = _current.get()
+    w = t._watch if t is not None else None
+    if t is None or w is None or not w.running or w.task is None:
+        yield
+        return
+    loop = w.task.get_loop()
+    remaining, task = max(w.deadline - loop.time(), 0.0), w.task
+    t._deadlines.release(w)
+    try:
+        yield
+    finally:
+        t._watch = t._deadlines.watch_alone(remaining, task, loop)
+
+
 class _Timeout:
-    __slots__ = ("_cancelling", "_deadlines", "_seconds", "_watch")
+    __slots__ = ("_cancelling", "_deadlines", "_seconds", "_token", "_watch")
 
     def __init__(self, seconds: float | None) -> None:
         self._seconds = seconds
@@ -127,6 +167,7 @@ class _Timeout:
         self._deadlines = _deadlines(loop)
         self._cancelling = task.cancelling()
         self._watch = self._deadlines.watch(self._seconds, task, loop)
+        self._token = _current.set(self)
         return self
 
     async def __aexit__(
@@ -138,6 +179,7 @@ class _Timeout:
         w = self._watch
         if w is None:
             return
+        _current.reset(self._token)
         task = w.task
         self._deadlines.release(w)
         # an expired watch cancelled the task once: take that back, and unless somebody else

@@ -17,7 +17,7 @@ import stamina
 
 from ..errors import EclflowError, LLMError, StepTimeout, ValidationError
 from ..llm import CompletionRequest, CompletionResponse, Message, Providers
-from ..llm.base import utf8_text
+from ..llm.base import Provider, utf8_text
 from ..observe import tracing
 from ..observe.events import emit
 from ..observe.events import logger as _events
@@ -421,7 +421,7 @@ class Executor:
                 else tracing.OFF
             ) as span:
                 try:
-                    response = await self.providers.get(model).complete(request)
+                    response = await _call(self.providers.get(model), request)
                 except BaseException as e:
                     release = getattr(self.guard, "release", None)
                     if release is not None:
@@ -506,6 +506,22 @@ def _string_keys(value: Any) -> bool:
 
 def _failure(e: EclflowError) -> StepResult:
     return StepResult.failed(str(e), retryable=e.retryable)
+
+
+async def _call(provider: Provider, request: CompletionRequest) -> CompletionResponse:
+    """The provider's reply. One that answers one call at a time (the local model) gives the
+    turn to wait for: the wait does not count against the step's timeout, which is for the
+    step's own call."""
+    turn = getattr(provider, "turn", None)
+    if turn is None:
+        return await provider.complete(request)
+    lock = turn(request.model)
+    async with deadline.suspended():
+        await lock.acquire()
+    try:
+        return await provider.complete(request)
+    finally:
+        lock.release()
 
 
 def _truncated(step_id: str, model: str, max_tokens: int, output: int) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from ..errors import BadRequest, ConfigError, LLMError, ProviderTimeout
 from .base import CompletionRequest, CompletionResponse, TokenUsage
@@ -50,6 +51,7 @@ class _Loaded:
 
 _models: dict[Path, _Loaded] = {}
 _load_lock = threading.Lock()
+_turns: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = WeakKeyDictionary()
 
 
 def model_path(model: str) -> Path:
@@ -215,6 +217,21 @@ class _Call:
 
 class LocalProvider:
     """Runs `local/…` models in this process. Costs nothing; tokens come from llama.cpp."""
+
+    def turn(self, model: str) -> asyncio.Lock:
+        """What a call to `model` from this event loop waits for before `complete`: the
+        engine waits for it outside the step's timeout (a call waiting for the model is not
+        yet the step's own time). Calls from other event loops take turns on the model's
+        thread lock as well."""
+        loop = asyncio.get_running_loop()
+        turns = _turns.get(loop)
+        if turns is None:
+            turns = _turns[loop] = {}
+        path = model_path(model)
+        lock = turns.get(path)
+        if lock is None:
+            lock = turns[path] = asyncio.Lock()
+        return lock
 
     def check(self, model: str) -> None:
         model_path(model)  # never loads the model: check must stay fast
