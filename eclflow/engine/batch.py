@@ -102,9 +102,10 @@ STORED_CHUNK = 500  # stored results read at a time when a batch is run again
 
 def one_call_at_a_time(workflow: Workflow, model: str | None) -> int | None:
     """How many runs of `workflow` can be served at once when every model it calls answers
-    one call at a time in this process (`local/…`: one run per such model); None when a
-    model it calls is not one. More runs at once would only wait for the model, and their
-    waits would count against their steps' timeouts."""
+    one call at a time in this process (`local/…`: one run per model file); None when a
+    model it calls is not one. More runs at once would only wait for the model (outside their
+    steps' timeouts, but inside their steps' recorded durations)."""
+    from ..llm.local import model_path
     from ..steps.registry import default_registry
     from .runner import default_model
 
@@ -117,7 +118,13 @@ def one_call_at_a_time(workflow: Workflow, model: str | None) -> int | None:
     }
     if not models or not all(m.startswith("local/") for m in models):
         return None
-    return len(models)
+    files: set[object] = set()
+    for m in models:
+        try:
+            files.add(model_path(m))  # (local/smollm2 and its file by path are one model)
+        except EclflowError:
+            files.add(m)
+    return len(files)
 
 
 async def iter_batch(
