@@ -402,7 +402,8 @@ class Executor:
                     raise
             usage.prompt = [{"role": m.role, "content": m.content} for m in messages]
             emit("llm_request_started", model=model, message_count=len(messages))
-            if _events.isEnabledFor(logging.DEBUG):  # prompts and replies: at debug only
+            debug = _events.isEnabledFor(logging.DEBUG)  # prompts and replies: at debug only
+            if debug:
                 emit("llm_prompt", model=model, messages=usage.prompt)
             t0 = time.perf_counter()
             with (  # attributes are only built when tracing is on
@@ -459,7 +460,7 @@ class Executor:
                 duration_ms=_ms(t0),
                 cost=response.cost,
             )
-            if _events.isEnabledFor(logging.DEBUG):
+            if debug:
                 emit("llm_reply", model=model, content=response.content)
             if response.finish_reason == "length":  # (a draft cut mid-sentence looks whole)
                 _truncated(step.id, model, max_tokens, response.usage.output)

@@ -188,10 +188,13 @@ def _file_of(spec: Any) -> str | None:
     return str(spec.prompt) if spec.template is None and spec.prompt is not None else None
 
 
+_DECODER = json.JSONDecoder(strict=False)  # (json.loads with an option makes one every call)
+
+
 def _loads(text: str) -> Any:
     """A model's JSON reply; a `\\ud800` escape in it (half a surrogate pair) is U+FFFD.
     A line break written as it is inside a string (small models do) is taken as one."""
-    data = json.loads(text, strict=False)
+    data = _DECODER.decode(text)
     if "\\u" in text and re.search(r"\\u[dD][89a-fA-F]", text):
         data = _utf8(data)
     return data
