@@ -1,5 +1,6 @@
 """`eclflow run FILE --from STEP --run RUN_ID`: a new run that reuses an earlier run's results
-upstream of STEP (eclflow/engine/rerun.py), through the real command line and journal."""
+but those of STEP and the steps it leads to (eclflow/engine/rerun.py), through the real command
+line and journal."""
 
 from __future__ import annotations
 
@@ -72,3 +73,47 @@ def test_a_run_of_another_workflow_is_refused(tmp_path: Path) -> None:
         "--from reuses the steps of a run of the same workflow"
     )
     assert calls(tmp_path / "calls.jsonl") == KEYS  # nothing was called
+
+
+def test_another_input_is_refused(tmp_path: Path) -> None:
+    """The new run recorded the new input and held results made from the old one."""
+    env, old = first_run(tmp_path)
+    r = eclflow(
+        *("run", str(CRITIQUE_REVISE), "--from", "critique", "--run", old[:8]),
+        *("-i", "topic=volcanoes", "--model", "mock/x"),
+        env=env,
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: --from reuses results made from the earlier run's input")
+
+
+def test_from_a_step_reuses_the_steps_beside_it_too(tmp_path: Path) -> None:
+    """`--from cons` called `pros` again (a parallel branch `cons` does not lead to): paid for
+    twice, and with a real model `verdict` would have judged another `pros`."""
+    from conftest import EXAMPLES
+
+    from eclflow.engine.rerun import reusable_steps
+    from eclflow.graph.plan import compile_plan
+    from eclflow.spec import load
+
+    wf, mock = EXAMPLES / "parallel_branches.yaml", EXAMPLES / "mock" / "parallel_branches.yaml"
+    log = tmp_path / "calls.jsonl"
+    env = {
+        **os.environ,
+        "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+        "ECLFLOW_MOCK_LOG": str(log),
+    }
+    args = ("--model", "mock/x", "--mock-responses", str(mock), "--json")
+    r = eclflow("run", str(wf), "-i", "proposal=a four-day week", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    old = json.loads(r.stdout)["run_id"]
+    r = eclflow("run", str(wf), "--from", "cons", "--run", old[:8], *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(log) == ["pros", "cons", "verdict", "cons", "verdict"]
+    # in a revision loop: what the step leads to, and the rest of its loop, run again
+    loop = compile_plan(load(CRITIQUE_REVISE))
+    assert [sorted(reusable_steps(loop, s)) for s in ("generate", "critique", "revise")] == [
+        [],
+        ["generate"],
+        ["critique", "generate"],
+    ]

@@ -334,7 +334,8 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "--from",
     "from_step",
     metavar="STEP",
-    help="With --run: reuse the outputs upstream of STEP and run STEP onwards.",
+    help="With --run: run STEP and the steps it leads to again, and reuse the other steps' "
+    "results (on the earlier run's input).",
 )
 @click.option("--run", "from_run", metavar="RUN_ID", help="The earlier run --from reuses.")
 @_budget_options
@@ -415,6 +416,13 @@ def run_cmd(
 
     if bool(from_step) != bool(from_run):
         raise click.UsageError("--from STEP and --run RUN_ID go together")
+    if from_step and (pairs or input_file is not None):
+        # the steps it reuses ran on the earlier run's input: the new run would record one
+        # input and hold results of another
+        raise click.UsageError(
+            "--from reuses results made from the earlier run's input: -i and --input-file do "
+            "not go with it (run the workflow anew for another input)"
+        )
     ctx = click.get_current_context()
     if inputs_file is None and ctx.get_parameter_source("concurrency") in (
         click.core.ParameterSource.COMMANDLINE,

@@ -13,27 +13,31 @@ from .result import RunResult
 
 
 def reusable_steps(plan: Plan, step: str) -> set[str]:
-    """Steps whose results a run from `step` reuses: everything `step` waits for, transitively
-    (waiting on a loop's validator means waiting on the whole loop, reviser included)."""
-    before: set[str] = set()
+    """Steps whose results a run from `step` reuses: every step but `step` and the steps it
+    leads to, transitively. A step beside it (a parallel branch, the other side of a
+    condition) is reused, not paid for again. A loop whose validator is run again is run again
+    whole, reviser included; from a reviser, its validator's verdict is reused and what
+    waits for the loop is run again."""
+    waited_by: dict[str, list[str]] = {}
+    for s, waits in plan.waits.items():
+        for w in waits:
+            waited_by.setdefault(w, []).append(s)
+    after: set[str] = set()
     todo = [step]
     if step in plan.revisers:
         validator = next(v for v, lp in plan.loops.items() if lp.reviser == step)
-        todo = [validator]
-        before.add(validator)
+        todo.extend(waited_by.get(validator, ()))
+        after.update(waited_by.get(validator, ()))
     while todo:
         s = todo.pop()
-        for w in plan.waits.get(s, ()):
-            if w not in before:
-                before.add(w)
-                todo.append(w)
-                if w in plan.loops and plan.loop_of.get(s) != w:
-                    loop = plan.loops[w]
-                    before.update(loop.body)
-                    before.add(loop.reviser)
-                    todo.extend(loop.body)
-    before.discard(step)
-    return before
+        leads_to = [*waited_by.get(s, ())]
+        if s in plan.loops:
+            leads_to.append(plan.loops[s].reviser)
+        for n in leads_to:
+            if n != step and n not in after:
+                after.add(n)
+                todo.append(n)
+    return set(plan.workflow.step_ids) - after - {step}
 
 
 async def rerun_from(
