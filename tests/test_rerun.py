@@ -117,3 +117,27 @@ def test_from_a_step_reuses_the_steps_beside_it_too(tmp_path: Path) -> None:
         ["generate"],
         ["critique", "generate"],
     ]
+
+
+def test_a_reused_step_that_changed_since_is_named(tmp_path: Path) -> None:
+    """The run reused the old result silently, and a later step failed on it."""
+    env, old = first_run(tmp_path)
+    edited = tmp_path / "cr.yaml"
+    text = CRITIQUE_REVISE.read_text()
+    edited.write_text(text.replace("prompt: generate.j2", "template: 'Write about {{ topic }}.'"))
+    r = eclflow(
+        *("run", str(edited), "--from", "critique", "--run", old[:8]),
+        *("--model", "mock/x", "--mock-responses", str(tmp_path / "all.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"step generate changed since run {old[:8]} and is reused as that run left it "
+        "(--from generate runs it again)"
+    ) in r.stderr
+    r = eclflow(  # the same file: nothing to say
+        *("run", str(CRITIQUE_REVISE), "--from", "critique", "--run", old[:8]),
+        *("--model", "mock/x", "--mock-responses", str(tmp_path / "all.json")),
+        env=env,
+    )
+    assert r.returncode == 0 and "changed since" not in r.stderr, r.stderr

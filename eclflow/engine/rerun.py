@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..errors import InvalidState, StepNotFound
 from ..graph.plan import Plan, compile_plan
-from ..spec.model import Workflow
+from ..spec.model import Workflow, printable
 from .journal import StoreJournal, execution_from_record
 from .orchestrator import Listener
 from .result import RunResult
+
+logger = logging.getLogger("eclflow.engine")
 
 
 def reusable_steps(plan: Plan, step: str) -> set[str]:
@@ -87,6 +90,14 @@ async def rerun_from(
         if same_loop and key != plan.first_keys[row.step_id]:
             continue  # later turns of the loop are redone from STEP on
         seed[key] = execution_from_record(row, replayed=True)
+    changed = _changed_since(old, workflow, {e.step_id for e in seed.values()})
+    if changed:
+        one = len(changed) == 1
+        logger.warning(
+            f"step{'' if one else 's'} {', '.join(changed)} changed since run {old.id[:8]} and "
+            f"{'is' if one else 'are'} reused as that run left {'it' if one else 'them'} "
+            f"(--from {changed[0] if one else 'STEP'} runs {'it' if one else 'a step'} again)"
+        )
     journal = _SeededJournal(store, seed)
     return await run(
         workflow,
@@ -100,6 +111,34 @@ async def rerun_from(
         budget=budget,
         run_id=new_run_id,
     )
+
+
+def _changed_since(old: Any, workflow: Workflow, reused: set[str]) -> list[str]:
+    """The reused steps whose definition or prompt file is not what the earlier run ran."""
+    from .runner import _stored_workflow, prompt_digests
+
+    base = workflow.path.parent if workflow.path is not None else None
+    try:
+        before = _stored_workflow(old.definition, "<stored>", base)
+    except Exception:  # (a definition this eclflow cannot read: nothing to compare with)
+        return []
+    recorded = (old.metadata or {}).get("prompts") or {}
+    now = prompt_digests(workflow)
+    changed = []
+    for sid in sorted(reused):
+        was = before.step(sid) if sid in before.step_ids else None
+        step = workflow.step(sid)
+        prompt = printable(str(step.prompt)) if step.prompt is not None else None
+        edited = prompt is not None and recorded.get(prompt, now.get(prompt)) != now.get(prompt)
+        if was is None or _spec(was) != _spec(step) or edited:
+            changed.append(sid)
+    return changed
+
+
+def _spec(step: Any) -> Any:
+    """What a step does, without where its file was read from."""
+    return (step.type, dict(step.with_), step.template, step.prompt, dict(step.config),
+            step.model, step.output_schema, step.system)  # fmt: skip
 
 
 class _SeededJournal:
