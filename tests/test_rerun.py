@@ -107,9 +107,19 @@ def test_from_a_step_reuses_the_steps_beside_it_too(tmp_path: Path) -> None:
     r = eclflow("run", str(wf), "-i", "proposal=a four-day week", *args, env=env)
     assert r.returncode == 0, r.stderr
     old = json.loads(r.stdout)["run_id"]
+    first = json.loads(r.stdout)
     r = eclflow("run", str(wf), "--from", "cons", "--run", old[:8], *args, env=env)
     assert r.returncode == 0, r.stderr
     assert calls(log) == ["pros", "cons", "verdict", "cons", "verdict"]
+    # what it reused was paid for by the earlier run: not counted again
+    again = json.loads(r.stdout)
+    pros = next(s for s in again["steps"] if s["id"] == "pros")
+    assert (pros["replayed"], pros["tokens"], pros["cost"]) == (True, 0, 0.0)
+    spent = {s["id"]: s["tokens"] for s in first["steps"]}
+    assert again["tokens"] == spent["cons"] + spent["verdict"]
+    (stats,) = json.loads(eclflow("runs", "--stats", "--json", env=env).stdout)["workflow"]
+    assert stats["calls"] == 3 + 2
+    assert stats["tokens_in"] + stats["tokens_out"] == first["tokens"] + again["tokens"]
     # in a revision loop: what the step leads to, and the rest of its loop, run again
     loop = compile_plan(load(CRITIQUE_REVISE))
     assert [sorted(reusable_steps(loop, s)) for s in ("generate", "critique", "revise")] == [

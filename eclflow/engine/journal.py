@@ -76,8 +76,20 @@ class MemoryJournal:
 
 
 def _replayed(e: StepExecution) -> StepExecution:
-    """A reused execution as this run records it: same results, no traces of its own."""
-    return replace(e, error=None, retryable=False, traces=[], replayed=True)
+    """A reused execution as this run records it: same results, no traces of its own, and
+    nothing spent (the run it comes from paid for it: counted again, totals and `runs
+    --stats` showed it spent twice)."""
+    return replace(
+        e,
+        error=None,
+        retryable=False,
+        traces=[],
+        replayed=True,
+        tokens_in=0,
+        tokens_out=0,
+        cost=0.0,
+        calls=0,
+    )
 
 
 class StoreJournal:
@@ -130,7 +142,7 @@ class StoreJournal:
         if key in self.seed:
             reused = _replayed(self.seed.pop(key))
             log = _StoreAttemptLog(self, key, step_id, iteration, 0)
-            handle = log.started(1, reused.input, reused.model)
+            handle = log.started(1, reused.input, None)  # (no model was called for it here)
             await log.finished(handle, 1, reused)
             return reused
         log = _StoreAttemptLog(self, key, step_id, iteration, self._last_attempt.get(key, 0))
