@@ -291,6 +291,14 @@ def test_runs_stats_totals_by_workflow_and_model(two_runs: Any) -> None:
     assert model["model"] == "mock/x" and model["calls"] == 12
     text = env.cli("runs", "--stats")
     assert text.returncode == 0 and "by workflow" in text.stdout and "mock/x" in text.stdout
+    # of one workflow; what it cannot filter by is refused, not ignored
+    assert env.json("runs", "--stats", "--json", "--workflow", "critique-revise") == totals
+    assert env.json("runs", "--stats", "--json", "--workflow", "other") == {
+        "workflow": [],
+        "model": [],
+    }
+    r = env.cli("runs", "--stats", "--state", "failed", "-n", "1")
+    assert r.returncode == 2 and "--state and -n do not go with it" in r.stderr
 
 
 @pytest.mark.parametrize("columns", [120, 80, 40])

@@ -82,7 +82,18 @@ def runs_cmd(
 ) -> None:
     """List runs, newest first."""
     if stats:
-        _totals(db, as_json)
+        ctx = click.get_current_context()
+        given = [
+            flag
+            for name, flag in (("state", "--state"), ("limit", "-n"))
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:  # (they were ignored: totals of every run looked like totals of a few)
+            raise click.UsageError(
+                f"--stats totals every run (of --workflow ID, if given): {' and '.join(given)} "
+                f"{'does' if len(given) == 1 else 'do'} not go with it"
+            )
+        _totals(db, as_json, workflow_id)
         return
     with open_store(db, existing=True) as store:
         if state in ("running", "pending", "interrupted"):  # (interrupted: stored as one of
@@ -134,9 +145,9 @@ def runs_cmd(
     console.print(table)
 
 
-def _totals(db: str | None, as_json: bool) -> None:
+def _totals(db: str | None, as_json: bool, workflow_id: str | None) -> None:
     with open_store(db, existing=True) as store:
-        groups = {by: store.steps.totals(by) for by in ("workflow", "model")}
+        groups = {by: store.steps.totals(by, workflow_id) for by in ("workflow", "model")}
     if as_json:
         click.echo(json.dumps(groups, ensure_ascii=False))
         return

@@ -518,9 +518,9 @@ class StepRepository:
                 for r in query
             }
 
-    def totals(self, by: str) -> list[dict[str, Any]]:
+    def totals(self, by: str, definition_id: str | None = None) -> list[dict[str, Any]]:
         """Runs, model calls (attempts with a model), tokens and dollars grouped by `workflow`
-        (definition id) or by `model`, largest cost first."""
+        (definition id) or by `model`, largest cost first; of one workflow's runs if given."""
         M = self._m
         R = self._s.models.Run
         key = R.definition_id if by == "workflow" else M.model
@@ -538,6 +538,8 @@ class StepRepository:
             .group_by(key)
             .dicts()
         )
+        if definition_id is not None:
+            query = query.where(R.definition_id == definition_id)
         with self._s.reading():
             rows = [
                 {
