@@ -422,7 +422,12 @@ class Executor:
                 else tracing.OFF
             ) as span:
                 try:
-                    response = await _call(self.providers.get(model), request)
+                    provider = self.providers.get(model)
+                    turn = getattr(provider, "turn", None)
+                    if turn is None:
+                        response = await provider.complete(request)
+                    else:
+                        response = await _in_turn(provider, turn(model), request)
                 except BaseException as e:
                     release = getattr(self.guard, "release", None)
                     if release is not None:
@@ -509,20 +514,18 @@ def _failure(e: EclflowError) -> StepResult:
     return StepResult.failed(str(e), retryable=e.retryable)
 
 
-async def _call(provider: Provider, request: CompletionRequest) -> CompletionResponse:
-    """The provider's reply. One that answers one call at a time (the local model) gives the
-    turn to wait for: the wait does not count against the step's timeout, which is for the
+async def _in_turn(
+    provider: Provider, turn: asyncio.Lock, request: CompletionRequest
+) -> CompletionResponse:
+    """The reply of a provider that answers one call at a time (the local model), once it is
+    this call's turn: the wait does not count against the step's timeout, which is for the
     step's own call."""
-    turn = getattr(provider, "turn", None)
-    if turn is None:
-        return await provider.complete(request)
-    lock = turn(request.model)
     async with deadline.suspended():
-        await lock.acquire()
+        await turn.acquire()
     try:
         return await provider.complete(request)
     finally:
-        lock.release()
+        turn.release()
 
 
 def _truncated(step_id: str, model: str, max_tokens: int, output: int) -> None:

@@ -43,7 +43,7 @@ def _text(value: Any) -> str:
 
 
 def _check_filled(name: str, value: Any) -> None:
-    if not _text(value).strip():
+    if value is None or not str(value).strip():
         raise ValidationError(f"{name.capitalize()} cannot be empty", field=name)
 
 
