@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..spec.loader import MAX_BYTES, is_dir, is_file
 from . import cli
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
 
@@ -149,7 +150,7 @@ def _expand(paths: tuple[Path, ...]) -> _Found:
     """Each file given, and the workflow files under each directory given."""
     found = _Found()
     for path in paths:
-        if not _is_dir(path):
+        if not is_dir(path):
             found.files.append(path)
             continue
         before = len(found.files)
@@ -167,13 +168,6 @@ def _expand(paths: tuple[Path, ...]) -> _Found:
     return found
 
 
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except (OSError, ValueError):
-        return False
-
-
 def _yaml_files(root: Path) -> Iterator[tuple[Path, str | None]]:
     """The regular .yaml/.yml files under `root` (hidden directories skipped, linked ones
     followed once), and each directory that cannot be read, with why."""
@@ -188,7 +182,7 @@ def _yaml_files(root: Path) -> Iterator[tuple[Path, str | None]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for n in sorted(names):
             f = Path(parent, n)
-            if n.endswith((".yaml", ".yml")) and _regular(f):
+            if n.endswith((".yaml", ".yml")) and is_file(f):  # (not a FIFO: read, it waits)
                 yield f, None
         yield from _refused(unreadable, parent)
     yield from _refused(unreadable, str(root))
@@ -200,16 +194,7 @@ def _refused(errors: list[OSError], parent: str) -> Iterator[tuple[Path, str]]:
     errors.clear()
 
 
-def _regular(path: Path) -> bool:
-    try:
-        return path.is_file()  # (not a FIFO, which reading would wait on forever)
-    except OSError:
-        return False
-
-
 def _is_workflow(path: Path) -> bool:
-    from ..spec.loader import MAX_BYTES
-
     try:
         with path.open("rb") as f:
             return _WORKFLOW_KEY.search(f.read(MAX_BYTES)) is not None
@@ -274,7 +259,6 @@ def _worst_case_usd(wf: Any, plan: Any, registry: Any, model: str | None) -> flo
     """Every call of every occurrence and attempt at its max_tokens, with the prompt's text
     counted; None when a model's price is unknown."""
     from ..observe.budget import estimate_tokens, price
-    from ..spec.loader import is_file
 
     total = 0.0
     for s in wf.steps:

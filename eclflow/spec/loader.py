@@ -884,6 +884,14 @@ def is_file(p: Path) -> bool:
         return False
 
 
+def is_dir(p: Path) -> bool:
+    """Whether `p` is a directory; False for any path the system refuses."""
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _build(
     data: dict[str, Any], located: _Located, text: str, path: Path | None, base: Path | None
 ) -> Workflow:
