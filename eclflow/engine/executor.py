@@ -20,7 +20,6 @@ from ..llm import CompletionRequest, CompletionResponse, Message, Providers
 from ..llm.base import Provider, utf8_text
 from ..observe import tracing
 from ..observe.events import emit
-from ..observe.events import logger as _events
 from ..observe.logs import bind
 from ..steps.base import LoopState, Step, StepContext, StepResult
 from . import deadline
@@ -401,8 +400,8 @@ class Executor:
                     emit("budget_exceeded", model=model, error=str(e))
                     raise
             usage.prompt = [{"role": m.role, "content": m.content} for m in messages]
-            emit("llm_request_started", model=model, message_count=len(messages))
-            debug = _events.isEnabledFor(logging.DEBUG)  # prompts and replies: at debug only
+            # (a debug event: when it is logged, so are the prompt and the reply)
+            debug = emit("llm_request_started", model=model, message_count=len(messages))
             if debug:
                 emit("llm_prompt", model=model, messages=usage.prompt)
             t0 = time.perf_counter()

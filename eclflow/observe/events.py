@@ -58,13 +58,14 @@ _NOT_KEPT = frozenset({"step_started", "llm_request_started", "llm_prompt", "llm
 _recorder: ContextVar[EventRecorder | None] = ContextVar("eclflow_event_recorder", default=None)
 
 
-def emit(kind: str, **fields: Any) -> None:
-    """Log a standard event with its fields, and record it for the current run."""
+def emit(kind: str, **fields: Any) -> bool:
+    """Log a standard event with its fields, and record it for the current run. Whether the
+    logs take events of its level (the caller may log more alongside it)."""
     level, message = EVENTS[kind]
     recorder = _recorder.get()
     enabled = logger.isEnabledFor(level)
     if not enabled and recorder is None:
-        return
+        return False
     if enabled:
         # makeRecord + handle: what logger.log does, minus looking up the caller's frame
         record = logger.makeRecord(
@@ -73,6 +74,7 @@ def emit(kind: str, **fields: Any) -> None:
         logger.handle(record)
     if recorder is not None and kind not in _NOT_KEPT:
         recorder.add(kind, level, message, fields)
+    return enabled
 
 
 @contextmanager
