@@ -151,3 +151,54 @@ def test_a_reused_step_that_changed_since_is_named(tmp_path: Path) -> None:
         env=env,
     )
     assert r.returncode == 0 and "changed since" not in r.stderr, r.stderr
+
+
+TWO_LOOPS = """\
+eclflow: 1
+id: two-loops
+inputs: {type: object, required: [topic], properties: {topic: {type: string}}}
+steps:
+  - {id: gen1, type: generate, with: {topic: "{{ input.topic }}"}}
+  - {id: crit1, type: critique, depends_on: [gen1], with: {draft: "{{ steps.gen1.output.draft }}"}}
+  - id: rev1
+    type: revise
+    depends_on: [crit1]
+    revision_source: crit1
+    with: {draft: "{{ steps.gen1.output.draft }}", feedback: "{{ loop.feedback }}"}
+  - {id: gen2, type: generate, with: {topic: "{{ input.topic }}"}}
+  - {id: crit2, type: critique, depends_on: [gen2], with: {draft: "{{ steps.gen2.output.draft }}"}}
+  - id: rev2
+    type: revise
+    depends_on: [crit2]
+    revision_source: crit2
+    with: {draft: "{{ steps.gen2.output.draft }}", feedback: "{{ loop.feedback }}"}
+transitions:
+  - {type: revision_loop, validator: crit1, reviser: rev1, target: gen1}
+  - {type: revision_loop, validator: crit2, reviser: rev2, target: gen2}
+"""
+
+
+def test_from_a_step_in_one_loop_reuses_another_loop_whole(tmp_path: Path) -> None:
+    """`--from crit1` called the other loop's reviser again (paid twice) and reused that loop's
+    later verdict, which had judged the old revision."""
+    wf = tmp_path / "two.yaml"
+    wf.write_text(TWO_LOOPS)
+    log = tmp_path / "calls.jsonl"
+    env = {
+        **os.environ,
+        "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+        "ECLFLOW_MOCK_LOG": str(log),
+    }
+    revise = {"decision": "revise", "critique": "thin", "feedback": "more"}
+    passes = {"decision": "pass", "critique": "ok"}
+    replies = {"gen1": "a", "gen2": "b", "rev1": "a2", "rev2": "b2",
+               "crit1#1": revise, "crit2#1": revise, "crit1": passes, "crit2": passes}  # fmt: skip
+    (tmp_path / "s.json").write_text(json.dumps(replies))
+    args = ("--model", "mock/x", "--mock-responses", str(tmp_path / "s.json"), "--json")
+    r = eclflow("run", str(wf), "-i", "topic=t", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    old = json.loads(r.stdout)["run_id"]
+    first = calls(log)
+    r = eclflow("run", str(wf), "--from", "crit1", "--run", old[:8], *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(log)[len(first) :] == ["crit1#1", "rev1#1", "crit1#2"]

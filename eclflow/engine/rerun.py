@@ -85,8 +85,8 @@ async def rerun_from(
             continue
         loop = plan.loop_of.get(row.step_id)
         same_loop = in_same_loop is not None and (
-            loop == in_same_loop or row.step_id in plan.revisers
-        )
+            loop == in_same_loop or plan.reviser_loops.get(row.step_id) == in_same_loop
+        )  # (another loop's turns are reused whole)
         if same_loop and key != plan.first_keys[row.step_id]:
             continue  # later turns of the loop are redone from STEP on
         seed[key] = execution_from_record(row, replayed=True)
