@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from conftest import CRITIQUE_REVISE, ROOT
@@ -1187,18 +1187,27 @@ def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> No
         def validate_given(self, given: object) -> None:
             raise ValidationError("must be odd")
 
-    class Lenient(Count):  # takes "3" for 3 at run time: its schema is not its rule
+    class Lenient(Count):  # takes "3" for 3 at run time, and says so to validate
         type_name = "lenient_test"
 
         def validate_input(self, input: object) -> None:
             pass
+
+        def validate_given(self, given: object) -> None:
+            pass
+
+    class Stricter(Count):  # the schema, and then a rule of its own (examples/plugin's way)
+        type_name = "stricter_test"
+
+        def validate_input(self, input: Any) -> None:
+            super().validate_input(input)
 
     class Ask(PromptStep):  # a plugin's prompt step: its input_schema, as any step's
         type_name = "ask_test"
         input_schema: ClassVar = Count.input_schema
 
     registry = default_registry()
-    for cls in (Count, Picky, Odd, Lenient, Ask):
+    for cls in (Count, Picky, Odd, Lenient, Stricter, Ask):
         registry.register(cls, replace=True)
     text = MINIMAL.replace('    template: "hello {{ who }}"\n', "")
     try:
@@ -1218,6 +1227,8 @@ def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> No
         (d,) = diagnose(odd.replace("{{ input.who }}", "x"))
         assert (d.code, d.message) == ("E210", "step 'a', input 'who': must be odd")
         assert diagnose(bad.replace("count_test", "lenient_test")) == []
+        (d,) = diagnose(bad.replace("count_test", "stricter_test"))
+        assert d.message == "step 'a', input 'n': value 0 is less than the minimum of 1"
         ask = bad.replace("count_test", "ask_test").replace(
             "    with:", "    template: x\n    with:"
         )
@@ -1227,7 +1238,7 @@ def test_a_plugin_type_checks_given_inputs_by_its_schema_or_its_own_rule() -> No
             "step 'a', input 'n': value 0 is less than the minimum of 1",
         )
     finally:
-        for cls in (Count, Picky, Odd, Lenient, Ask):
+        for cls in (Count, Picky, Odd, Lenient, Stricter, Ask):
             registry._types.pop(cls.type_name)
 
 

@@ -240,13 +240,9 @@ class Step:
         """Raise `ValidationError` for an input the workflow file writes as it is (no template)
         that `validate_input` would refuse at run time: `eclflow validate` asks. `given` holds
         only such inputs, so a required one may be missing. Default: each against its property
-        in `input_schema`, when that schema is what `validate_input` checks (a type whose own
-        `validate_input` may take more would get false errors)."""
-        if self._checked_by_schema():
-            _check(self._given_validator, given, "value")
-
-    def _checked_by_schema(self) -> bool:
-        return type(self).validate_input is Step.validate_input
+        in `input_schema` (a type whose `validate_input` takes what its schema does not
+        overrides this too)."""
+        _check(self._given_validator, given, "value")
 
     def validate_output(self, output: Any) -> None:
         """Raise `ValidationError` when `output` is not acceptable. Default: check the schema."""

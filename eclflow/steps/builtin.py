@@ -103,9 +103,6 @@ class PromptStep(Step):
             if name in given:
                 self.check_input(name, given[name])
 
-    def _checked_by_schema(self) -> bool:
-        return not self.checked_inputs and type(self).validate_input is PromptStep.validate_input
-
     def prompt_variables(self, input: Mapping[str, Any]) -> dict[str, Any]:
         """The step's input, and `max_revisions` and `config` unless `with:` binds them."""
         return {"max_revisions": self.max_revisions, "config": dict(self.spec.config), **input}
