@@ -108,3 +108,31 @@ async def test_time_spent_suspended_does_not_count() -> None:
     # outside a timeout it does nothing
     async with deadline.suspended():
         await asyncio.sleep(0)
+
+
+async def test_the_clock_runs_while_any_call_of_the_block_has_its_turn() -> None:
+    """Two calls at once in one step: the second waited (clock stopped) while the first, the
+    step's own work, ran with no deadline at all."""
+    loop = asyncio.get_running_loop()
+    turn = asyncio.Lock()  # a model that answers one call at a time
+
+    async def call(seconds: float) -> None:
+        async with deadline.suspended():
+            await turn.acquire()
+        try:
+            async with deadline.working():
+                await asyncio.sleep(seconds)
+        finally:
+            turn.release()
+
+    t0 = loop.time()
+    with pytest.raises(TimeoutError):
+        async with deadline.timeout(0.5):
+            await asyncio.gather(call(2.0), call(0.1))
+    assert 0.45 <= loop.time() - t0 < 0.8
+    # a call waiting for another block's: only its own call counts
+    await turn.acquire()
+    loop.call_later(0.6, turn.release)
+    async with deadline.timeout(0.5):
+        await call(0.1)
+    assert not turn.locked()

@@ -134,24 +134,50 @@ _current: ContextVar[_Timeout | None] = ContextVar("eclflow_step_timeout", defau
 
 @asynccontextmanager
 async def suspended() -> AsyncIterator[None]:
-    """Inside `timeout()`: the time spent in this block does not count, as for waiting for a
-    model that answers one call at a time and is busy with another step's."""
+    """Inside `timeout()`: while the block's calls all wait in here (for a model that answers
+    one call at a time and is busy with another step's), its clock stops."""
     t = _current.get()
-    w = t._watch if t is not None else None
-    if t is None or w is None or not w.running or w.task is None:
+    if t is None or t._watch is None:
         yield
         return
-    loop = w.task.get_loop()
-    remaining, task = max(w.deadline - loop.time(), 0.0), w.task
-    t._deadlines.release(w)
+    t._waiting += 1
+    t._settle()
     try:
         yield
     finally:
-        t._watch = t._deadlines.watch_alone(remaining, task, loop)
+        t._waiting -= 1
+        t._settle()
+
+
+@asynccontextmanager
+async def working() -> AsyncIterator[None]:
+    """Inside `timeout()`: a call that has its turn. While one does, the clock runs, even if
+    other calls of the block wait in `suspended()`."""
+    t = _current.get()
+    if t is None or t._watch is None:
+        yield
+        return
+    t._working += 1
+    t._settle()
+    try:
+        yield
+    finally:
+        t._working -= 1
+        t._settle()
 
 
 class _Timeout:
-    __slots__ = ("_cancelling", "_deadlines", "_seconds", "_token", "_watch")
+    __slots__ = (
+        "_cancelling",
+        "_deadlines",
+        "_remaining",
+        "_seconds",
+        "_task",
+        "_token",
+        "_waiting",
+        "_watch",
+        "_working",
+    )
 
     def __init__(self, seconds: float | None) -> None:
         self._seconds = seconds
@@ -167,8 +193,24 @@ class _Timeout:
         self._deadlines = _deadlines(loop)
         self._cancelling = task.cancelling()
         self._watch = self._deadlines.watch(self._seconds, task, loop)
+        self._task = task
+        self._waiting = self._working = 0
         self._token = _current.set(self)
         return self
+
+    def _settle(self) -> None:
+        """Stop the clock when every call of the block waits (`suspended`), start it again with
+        the time that was left when one does not."""
+        w = self._watch
+        if w is None:
+            return
+        stop = self._waiting > 0 and self._working == 0
+        if stop and w.running and not w.expired:
+            self._remaining = max(w.deadline - self._task.get_loop().time(), 0.0)
+            self._deadlines.release(w)
+        elif not stop and not w.running:
+            loop = self._task.get_loop()
+            self._watch = self._deadlines.watch_alone(self._remaining, self._task, loop)
 
     async def __aexit__(
         self,
@@ -180,7 +222,7 @@ class _Timeout:
         if w is None:
             return
         _current.reset(self._token)
-        task = w.task
+        task = self._task
         self._deadlines.release(w)
         # an expired watch cancelled the task once: take that back, and unless somebody else
         # asked for a cancellation meanwhile, the block timed out

@@ -522,7 +522,8 @@ async def _in_turn(
     async with deadline.suspended():
         await turn.acquire()
     try:
-        return await provider.complete(request)
+        async with deadline.working():
+            return await provider.complete(request)
     finally:
         turn.release()
 
