@@ -656,6 +656,7 @@ def test_validate_checks_the_workflow_files_under_a_directory(tmp_path: Path) ->
     (tmp_path / "mock.yaml").write_text("- hello\n- {error: rate_limit}\n")  # not a workflow
     (tmp_path / "notes.txt").write_text(MINIMAL)
     (tmp_path / "deep" / "up").symlink_to(tmp_path)  # a loop: followed once, not forever
+    (tmp_path / "deep" / "out").symlink_to(ROOT / "workflows")  # out of the tree: not followed
     os.mkfifo(tmp_path / "pipe.yaml")  # reading it would wait forever
     # what the loader takes is a workflow here too: after a byte order mark, a quoted key
     (tmp_path / "bom.yaml").write_text("\ufeff" + MINIMAL.replace("hello {{ who }}", "{{ x }"))

@@ -46,9 +46,10 @@ def validate_cmd(
     """Check workflow files: schema, references, cycles, loops, templates and prompt files.
 
     A directory stands for the workflow files under it (YAML files with a top-level
-    `eclflow:` key; hidden directories are skipped). Prints `file:line:col: CODE message` for
-    each problem, then a summary. Exit code 0 when every file is valid, 1 when one is not, 2
-    when a file does not exist or a directory holds no workflow file.
+    `eclflow:` key; hidden directories and links out of it are skipped). Prints
+    `file:line:col: CODE message` for each problem, then a summary. Exit code 0 when every
+    file is valid, 1 when one is not, 2 when a file does not exist or a directory holds no
+    workflow file.
     """
     fmt = "json" if as_json else fmt
     from ..spec.model import printable
@@ -169,23 +170,31 @@ def _expand(paths: tuple[Path, ...]) -> _Found:
 
 
 def _yaml_files(root: Path) -> Iterator[tuple[Path, str | None]]:
-    """The regular .yaml/.yml files under `root` (hidden directories skipped, linked ones
-    followed once), and each directory that cannot be read, with why."""
+    """The regular .yaml/.yml files under `root` (hidden directories skipped, links to
+    directories within it followed once), and each directory that cannot be read, with why."""
     unreadable: list[OSError] = []
     seen: set[str] = set()
+    inside = os.path.join(os.path.realpath(root), "")
     for parent, dirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
         real = os.path.realpath(parent)
         if real in seen:  # a link back up the tree
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _within(parent, d, inside))
         for n in sorted(names):
             f = Path(parent, n)
             if n.endswith((".yaml", ".yml")) and is_file(f):  # (not a FIFO: read, it waits)
                 yield f, None
         yield from _refused(unreadable, parent)
     yield from _refused(unreadable, str(root))
+
+
+def _within(parent: str, name: str, inside: str) -> bool:
+    """Whether directory `name` is one of the tree's own: a link out of it (a mounted data
+    folder, a package store) is not looked through."""
+    path = os.path.join(parent, name)
+    return not os.path.islink(path) or os.path.join(os.path.realpath(path), "").startswith(inside)
 
 
 def _refused(errors: list[OSError], parent: str) -> Iterator[tuple[Path, str]]:
