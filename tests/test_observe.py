@@ -608,11 +608,15 @@ def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> N
     assert lines[2] == "error: Step generate failed: LLM error: bad key"
     assert r.stderr.count("bad key") == 1
     # logs asked for keep every record
-    for asked in (["--log-format", "compact"], ["--log-level", "warning"]):
+    for asked, environment in (
+        (["--log-format", "compact"], {}),
+        (["--log-level", "warning"], {}),
+        ([], {"ECLFLOW_LOG_FORMAT": "pretty"}),
+    ):
         r = subprocess.run(
             [sys.executable, "-m", "eclflow", *asked, "run", str(CRITIQUE_REVISE), "-i", "topic=x",
              "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
-            env=env, capture_output=True, text=True, timeout=120,
+            env={**env, **environment}, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         kinds = ("LLM request failed", "Step failed after all", "Workflow execution failed")
         assert all(k in r.stderr for k in kinds), r.stderr

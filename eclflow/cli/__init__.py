@@ -107,9 +107,9 @@ def cli(ctx: click.Context, verbose: bool, log_level: str | None, log_format: st
 
         ctx.obj["log_format"] = resolve(None, log_format)[1]
         # logs as they come by default, not as asked for (--log-level, -v, the environment)
-        ctx.obj["default_logs"] = (
-            not (log_level or verbose or log_format or os.environ.get("ECLFLOW_LOG_LEVEL"))
-            and ctx.obj["log_format"] == "pretty"
+        asked = log_level or verbose or log_format
+        ctx.obj["default_logs"] = not (
+            asked or os.environ.get("ECLFLOW_LOG_LEVEL") or os.environ.get("ECLFLOW_LOG_FORMAT")
         )
     except ConfigError as e:
         raise click.UsageError(str(e)) from None

@@ -68,7 +68,8 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 @click.option(
     "--stats",
     is_flag=True,
-    help="Totals instead: runs, calls, tokens and dollars by workflow and by model.",
+    help="Totals instead: runs, calls, tokens and dollars by workflow and by model (of one "
+    "workflow with --workflow; --state and -n do not go with it).",
 )
 @db_option
 @handle_errors
@@ -550,7 +551,7 @@ def parse_age(text: str) -> timedelta:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if m is None:
         raise click.BadParameter(
-            f"{text!r} is not an age: use e.g. 30d, 12h, 90m (minutes), 45s, 2w",
+            f"{text!r} is not an age: use e.g. 30d, 12h, 90m (minutes), 45s, 2w (units lowercase)",
             param_hint="--older-than",
         )
     try:
@@ -580,8 +581,8 @@ def _age_in_words(text: str) -> str:
     default="30d",
     show_default=True,
     metavar="AGE",
-    help="Delete runs started more than AGE ago: 30d, 12h, 90m, 45s, 2w (a bare number is "
-    "days; 0 is every run).",
+    help="Delete runs started more than AGE ago: 30d, 12h, 90m, 45s, 2w (units lowercase: 90m "
+    "is minutes; a bare number is days; 0 is every run).",
 )
 @click.option(
     "--state",
