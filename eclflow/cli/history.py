@@ -541,6 +541,7 @@ def _short(value: Any, limit: int = 80) -> str:
 # --- eclflow prune -------------------------------------------------------------------------------
 
 
+_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
 _UNIT_NAMES = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week"}
 _OLDEST = timedelta(days=365 * 1000)  # (older dates overflow the database's arithmetic)
 
@@ -548,7 +549,7 @@ _OLDEST = timedelta(days=365 * 1000)  # (older dates overflow the database's ari
 def parse_age(text: str) -> timedelta:
     """`30d`, `12h`, `90m`, `45s`, `2w` (a bare number is days; `0` means every run). Units
     are lowercase: `M` is months to some tools and minutes to others, so it is refused."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    m = _AGE.fullmatch(text)
     if m is None:
         raise click.BadParameter(
             f"{text!r} is not an age: use e.g. 30d, 12h, 90m (minutes), 45s, 2w (units lowercase)",
@@ -567,7 +568,7 @@ def parse_age(text: str) -> timedelta:
 
 def _age_in_words(text: str) -> str:
     """`90m` as `90 minutes`, for the question before deleting."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    m = _AGE.fullmatch(text)
     if m is None:
         return text
     number, unit = m.group(1), _UNIT_NAMES[m.group(2) or "d"]

@@ -106,16 +106,9 @@ def one_call_at_a_time(workflow: Workflow, model: str | None) -> int | None:
     model it calls is not one. More runs at once would only wait for the model (outside their
     steps' timeouts, but inside their steps' recorded durations)."""
     from ..llm.local import model_path
-    from ..steps.registry import default_registry
-    from .runner import default_model
+    from .runner import default_model, models_called
 
-    chosen = default_model(workflow, model)
-    registry = default_registry()
-    models = {
-        s.model or chosen or ""
-        for s in workflow.steps
-        if s.type not in registry or registry.get(s.type).uses_model
-    }
+    models = models_called(workflow, default_model(workflow, model))
     if not models or not all(m.startswith("local/") for m in models):
         return None
     files: set[object] = set()

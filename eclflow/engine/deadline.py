@@ -14,7 +14,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
@@ -132,37 +132,30 @@ def timeout(seconds: float | None) -> _Timeout:
 _current: ContextVar[_Timeout | None] = ContextVar("eclflow_step_timeout", default=None)
 
 
-@asynccontextmanager
-async def suspended() -> AsyncIterator[None]:
+def suspended() -> AbstractAsyncContextManager[None]:
     """Inside `timeout()`: while the block's calls all wait in here (for a model that answers
     one call at a time and is busy with another step's), its clock stops."""
-    t = _current.get()
-    if t is None or t._watch is None:
-        yield
-        return
-    t._waiting += 1
-    t._settle()
-    try:
-        yield
-    finally:
-        t._waiting -= 1
-        t._settle()
+    return _counted("_waiting")
+
+
+def working() -> AbstractAsyncContextManager[None]:
+    """Inside `timeout()`: a call that has its turn. While one does, the clock runs, even if
+    other calls of the block wait in `suspended()`."""
+    return _counted("_working")
 
 
 @asynccontextmanager
-async def working() -> AsyncIterator[None]:
-    """Inside `timeout()`: a call that has its turn. While one does, the clock runs, even if
-    other calls of the block wait in `suspended()`."""
+async def _counted(counter: str) -> AsyncIterator[None]:
     t = _current.get()
     if t is None or t._watch is None:
         yield
         return
-    t._working += 1
+    setattr(t, counter, getattr(t, counter) + 1)
     t._settle()
     try:
         yield
     finally:
-        t._working -= 1
+        setattr(t, counter, getattr(t, counter) - 1)
         t._settle()
 
 

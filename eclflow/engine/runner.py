@@ -83,18 +83,24 @@ def _unpriced(model: str) -> bool:
     return price(model) is None
 
 
+def models_called(workflow: Workflow, chosen: str | None) -> set[str]:
+    """The models the steps that call one would call, with `chosen` for those without their
+    own (`""` when there is none)."""
+    registry = default_registry()
+    return {
+        s.model or chosen or ""
+        for s in workflow.steps
+        if s.type not in registry or registry.get(s.type).uses_model
+    }
+
+
 def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
     """Replies for `mock/` models with no step on one would run the real model (and pay)."""
     chosen = default_model(workflow, model)
     checked = compile_plan(workflow).mock_models_checked  # (once: a batch runs it per item)
     if chosen in checked:
         return
-    registry = default_registry()
-    calling = [
-        s.model or chosen or ""
-        for s in workflow.steps
-        if s.type not in registry or registry.get(s.type).uses_model
-    ]
+    calling = models_called(workflow, chosen)
     if calling and not any(m.startswith("mock/") for m in calling):
         raise ConfigError(
             f"mock responses play replies for mock/… models, and no step uses one (the model "

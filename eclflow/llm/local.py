@@ -242,7 +242,8 @@ class LocalProvider:
         path = model_path(request.model)
         _require_llama_cpp()
         call = _Call()
-        work = asyncio.to_thread(_generate, path, _chat_kwargs(request), call)
+        schema = _plain(request.json_schema) if request.json_schema is not None else None
+        work = asyncio.to_thread(_generate, path, _chat_kwargs(request), schema, call)
         try:
             if request.timeout:
                 result = await asyncio.wait_for(work, request.timeout)
@@ -272,8 +273,6 @@ def _chat_kwargs(request: CompletionRequest) -> dict[str, Any]:
         kwargs["stop"] = list(request.stop)
     if request.seed is not None:
         kwargs["seed"] = request.seed
-    if request.json_schema is not None:
-        kwargs["json_schema"] = _plain(request.json_schema)  # a grammar, once the model is here
     return kwargs
 
 
@@ -286,8 +285,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _generate(path: Path, kwargs: dict[str, Any], call: _Call) -> Mapping[str, Any]:
-    """Runs in a worker thread: one generation, alone on its model."""
+def _generate(
+    path: Path, kwargs: dict[str, Any], schema: Mapping[str, Any] | None, call: _Call
+) -> Mapping[str, Any]:
+    """Runs in a worker thread: one generation, alone on its model; with `schema`, decoding
+    can only produce JSON that matches it (a grammar made from it once the model is here)."""
     loaded = _load(path)
     with loaded.lock:
         if call.abandoned.is_set():
@@ -297,9 +299,7 @@ def _generate(path: Path, kwargs: dict[str, Any], call: _Call) -> Mapping[str, A
             # call left in its cache and evaluate only the rest, which changes the logits
             # slightly and, with them, the greedy reply (llama-cpp-python 0.3.36): start over.
             loaded.llama.reset()
-        schema = kwargs.pop("json_schema", None)
         if schema is not None:
-            # decoding can then only produce JSON that matches the schema
             kwargs["grammar"] = _grammar(loaded, schema)
         loaded.current = call
         try:
