@@ -55,6 +55,10 @@ def test_from_a_step_reuses_what_is_upstream_of_it(tmp_path: Path) -> None:
     assert result["status"] == "completed" and result["run_id"] != old
     assert result["output"]["final_text"] == "draft two"
     assert calls(tmp_path / "calls.jsonl") == [*KEYS, *KEYS[1:]]  # generate was not called again
+    shown = eclflow("show", result["run_id"], env=env).stdout.splitlines()
+    headings = [line for line in shown if line.startswith(("== generate", "== critique"))]
+    assert headings[0] == f"== generate · attempt 1 · succeeded · reused from run {old[:8]}"
+    assert "reused" not in headings[1]  # critique was called again
 
 
 def test_a_run_of_another_workflow_is_refused(tmp_path: Path) -> None:

@@ -502,9 +502,12 @@ def _execution_heading(e: Mapping[str, Any]) -> str:
     parts = [f"== {e['key']}", f"attempt {e['attempt']}" if e["attempt"] else "", e["state"]]
     if e["outcome"] == "needs_revision":
         parts[-1] += " (revise)"
+    origin = next((t["reused_from"] for t in e["traces"] or () if "reused_from" in t), None)
+    if origin:  # (a `run --from` result, neither called nor paid for in this run)
+        parts.append(f"reused from run {str(origin)[:8]}")
     if e["model"]:
         parts.append(e["model"])
-    if e["duration_ms"] is not None and e["state"] != "skipped":
+    if e["duration_ms"] is not None and e["state"] != "skipped" and not origin:
         parts.append(_duration(e["duration_ms"]))
     if e["tokens_in"] or e["tokens_out"]:
         parts.append(f"{(e['tokens_in'] or 0) + (e['tokens_out'] or 0)} tokens")

@@ -104,10 +104,12 @@ class StoreJournal:
         *,
         fresh: bool = False,
         rows: Sequence[Any] | None = None,
+        seed_from: str | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.seed = dict(seed or {})  # executions reused from another run (--from)
+        self.seed_from = seed_from  # that run's id
         self._writer: Any = None
         if rows is None:  # (the run's rows, when the caller has just read them)
             rows = [] if fresh else store.steps.for_run(run_id)
@@ -141,6 +143,9 @@ class StoreJournal:
             return execution_from_record(row, replayed=True)
         if key in self.seed:
             reused = _replayed(self.seed.pop(key))
+            if self.seed_from is not None:  # (`show` says where the result came from)
+                origin = {"reused_from": self.seed_from}
+                reused.traces = [TraceEvent("info", "Reused from an earlier run", origin)]
             log = _StoreAttemptLog(self, key, step_id, iteration, 0)
             handle = log.started(1, reused.input, None)  # (no model was called for it here)
             await log.finished(handle, 1, reused)

@@ -98,7 +98,7 @@ async def rerun_from(
             f"{'is' if one else 'are'} reused as that run left {'it' if one else 'them'} "
             f"(--from {changed[0] if one else 'STEP'} runs {'it' if one else 'a step'} again)"
         )
-    journal = _SeededJournal(store, seed)
+    journal = _SeededJournal(store, seed, old.id)
     return await run(
         workflow,
         inputs if inputs is not None else old.input,
@@ -144,12 +144,13 @@ def _spec(step: Any) -> Any:
 class _SeededJournal:
     """Builds a StoreJournal for the new run that replays (and copies) the reused executions."""
 
-    def __init__(self, store: Any, seed: dict[str, Any]) -> None:
+    def __init__(self, store: Any, seed: dict[str, Any], origin: str) -> None:
         self.store = store
         self.seed = seed
+        self.origin = origin
 
     def bind(self, run_id: str) -> StoreJournal:
-        return StoreJournal(self.store, run_id, seed=self.seed, fresh=True)
+        return StoreJournal(self.store, run_id, seed=self.seed, fresh=True, seed_from=self.origin)
 
 
 __all__ = ["rerun_from", "reusable_steps"]
