@@ -1446,3 +1446,29 @@ def test_loop_wirings_the_engine_cannot_run_are_e207(
         text = text.replace(old, new, 1)
     found = [d.message for d in diagnose(text) if d.code == "E207"]
     assert message in found, found
+
+
+def test_an_input_a_closed_inputs_schema_cannot_have_is_e302() -> None:
+    """With `additionalProperties: false` a run's input has only the declared properties, so
+    `input.topik` would fail the run at the step that reads it, after the paid ones before."""
+    text = sub(
+        "    topic: {type: string, minLength: 1, maxLength: 500}\n",
+        "    topic: {type: string, minLength: 1, maxLength: 500}\n  additionalProperties: false\n",
+    )
+    assert diagnose(text) == []
+    typo = sub('"{{ steps.generate.output.draft }}"}', '"{{ input.topik }}"}', text)
+    (d,) = diagnose(typo)
+    assert (d.code, d.message, d.hint) == (
+        "E302",
+        "input.topik does not exist: `inputs` allows no other properties",
+        "did you mean 'topic'?",
+    )
+    assert (d.location.line, d.location.col) == located(typo, "input.topik")
+    guarded = sub(
+        '"{{ steps.generate.output.draft }}"}',
+        "\"{{ input.tone | default('') }}{{ input.get('x') }}{{ input['topic'] }}\"}",
+        text,
+    )
+    assert diagnose(guarded) == []
+    # an open schema may get any property
+    assert diagnose(sub('"{{ steps.generate.output.draft }}"}', '"{{ input.topik }}"}')) == []

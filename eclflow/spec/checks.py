@@ -465,6 +465,7 @@ class _Checker:
         loops = {t.validator for t in self.wf.loops}
         members = self.loop_members()
         fields = self.output_fields()
+        inputs = _closed_fields(self.wf.inputs)
 
         def after(step: str, upstream: set[str]) -> set[str]:
             """The loops whose count `step` can read: it is not in them, and waits for them."""
@@ -483,6 +484,7 @@ class _Checker:
                 after(s.id, upstream),
                 fields,
                 self.revised_by,
+                inputs,
             )
             raw = self.data["steps"][i]
             for path, text in _strings(raw.get("with"), ["steps", i, "with"]):
@@ -500,12 +502,21 @@ class _Checker:
                     after(t.to, allowed),
                     fields,
                     self.revised_by,
+                    inputs,
                 )
                 when = self.data["transitions"][i]["when"]
                 if isinstance(when, str):
                     self.expression(["transitions", i, "when"], when, scope, whole=True)
         scope = _Scope(
-            "output", self.known, False, loops, set(self.wf.env), loops, fields, self.revised_by
+            "output",
+            self.known,
+            False,
+            loops,
+            set(self.wf.env),
+            loops,
+            fields,
+            self.revised_by,
+            inputs,
         )
         for path, text in _strings(self.data.get("output"), ["output"]):
             self.expression(path, text, scope, whole=False)
@@ -888,8 +899,10 @@ class _Scope:
         loops_done: set[str],
         fields: Mapping[str, frozenset[str] | None],
         revised_by: Mapping[str, str],
+        inputs: frozenset[str] | None = None,
     ) -> None:
         self.where = where
+        self.inputs = inputs  # the input's properties when `inputs` allows no others
         self.fields = fields  # step → the fields of its output, where known
         self.revised_by = revised_by
         self.steps = steps
@@ -900,7 +913,25 @@ class _Scope:
 
     def check(self, p: tuple[str, ...], ids: Sequence[str]) -> tuple[str, str, str | None] | None:
         root = p[0]
-        if root == "input" or root in _JINJA_GLOBALS:
+        if root == "input":
+            if (
+                len(p) >= 2
+                and self.inputs is not None
+                and p[1] not in self.inputs
+                and p[1] not in _MAPPING_METHODS
+            ):
+                return (
+                    "E302",
+                    f"input.{p[1]} does not exist: `inputs` allows no other properties",
+                    _did_you_mean(p[1], sorted(self.inputs))
+                    or (
+                        f"the input has {', '.join(sorted(self.inputs))}"
+                        if self.inputs
+                        else "declare it under inputs.properties"
+                    ),
+                )
+            return None
+        if root in _JINJA_GLOBALS:
             return None
         if root == "steps":
             if len(p) < 2:
