@@ -1472,3 +1472,28 @@ def test_an_input_a_closed_inputs_schema_cannot_have_is_e302() -> None:
     assert diagnose(guarded) == []
     # an open schema may get any property
     assert diagnose(sub('"{{ steps.generate.output.draft }}"}', '"{{ input.topik }}"}')) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        ("openai/", "names no model after 'openai/'"),
+        ("local/", "names no model after 'local/'"),
+        (" openai/gpt-4o", "has spaces around it"),
+        ("/gpt-4o", "starts with a slash"),
+    ],
+)
+def test_a_malformed_model_name_is_e113(model: str, why: str) -> None:
+    """`openai/` passed validate and the run's check of its provider, then failed at the call,
+    after the paid steps before it."""
+    text = sub("model: local/smollm2", f'model: "{model}"')
+    (d,) = diagnose(text)
+    assert (d.code, d.message) == ("E113", f'model "{model}" {why}')
+    assert (d.location.line, d.location.col) == located(text, f'"{model}"')
+
+
+@pytest.mark.parametrize(
+    "model", ["local//models/m.gguf", "local/C:/My Models/m.gguf", "ollama/llama3:8b", "gpt-4o"]
+)
+def test_model_names_with_inner_slashes_spaces_or_no_provider_are_valid(model: str) -> None:
+    assert diagnose(sub("model: local/smollm2", f'model: "{model}"')) == []

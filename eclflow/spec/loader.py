@@ -537,6 +537,22 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
             what = "letters, digits, '_', '-' or '.'"
         elif path and path[0] == "env":
             what = "an environment variable name"
+        elif path and path[-1] == "model" and isinstance(inst, str):
+            why = (
+                "has spaces around it"
+                if inst.strip() != inst
+                else f"names no model after '{inst}'"
+                if inst.endswith("/")
+                else "starts with a slash"
+            )
+            return [
+                _diag(
+                    located.at(path),
+                    "E113",
+                    f"{where} {json.dumps(inst)} {why}",
+                    "write provider/model: openai/gpt-4o-mini, local/smollm2, mock/NAME",
+                )
+            ]
         return [
             _diag(located.at(path), "E113", f"{where} {json.dumps(inst)} is not valid: use {what}")
         ]
