@@ -1497,3 +1497,14 @@ def test_a_malformed_model_name_is_e113(model: str, why: str) -> None:
 )
 def test_model_names_with_inner_slashes_spaces_or_no_provider_are_valid(model: str) -> None:
     assert diagnose(sub("model: local/smollm2", f'model: "{model}"')) == []
+
+
+def test_a_second_yaml_document_is_named_as_such() -> None:
+    """ruamel says only "but found another document"; the user needs to know what that is."""
+    for text in (MINIMAL + "---\nid: other\n", "---\n" + MINIMAL + "---\n"):
+        (d,) = diagnose(text)
+        assert (d.code, d.message) == (
+            "E100",
+            "YAML: a second document starts here; a workflow file holds one",
+        )
+        assert (d.location.line, d.location.col) == located(text, "---", text.count("---"))

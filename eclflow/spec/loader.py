@@ -231,6 +231,15 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
                 )
             ]
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        if "found another document" in str(problem):
+            return None, [
+                _diag(
+                    Location(file, line, col),
+                    "E100",
+                    "YAML: a second document starts here; a workflow file holds one",
+                    "remove this `---` and what follows it, or give each workflow a file",
+                )
+            ]
         if "found duplicate key" in str(problem):
             return None, [
                 _diag(
