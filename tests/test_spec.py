@@ -1508,3 +1508,23 @@ def test_a_second_yaml_document_is_named_as_such() -> None:
             "YAML: a second document starts here; a workflow file holds one",
         )
         assert (d.location.line, d.location.col) == located(text, "---", text.count("---"))
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name"),
+    [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")],
+)
+def test_a_utf16_file_is_named_as_such(tmp_path: Path, encoding: str, name: str) -> None:
+    """What Windows tools write (PowerShell's `>`): "not UTF-8" or "contains NUL bytes" did
+    not say what the file is or how to fix it."""
+    f = tmp_path / "w.yaml"
+    f.write_text(MINIMAL, encoding=encoding)
+    (d,) = check(f)[1]
+    assert (d.code, d.message, d.hint) == (
+        "E102",
+        f"the file is {name} text; a workflow file is UTF-8",
+        f"convert it to UTF-8, e.g. with `iconv -f {name} -t UTF-8`",
+    )
+    f.write_bytes(MINIMAL.replace("hello", "h\xe9llo").encode("latin-1"))
+    (d,) = check(f)[1]
+    assert (d.location.line, d.location.col, d.message) == (6, 17, "not UTF-8 text (byte 0xe9)")

@@ -68,14 +68,48 @@ def check(path: str | Path) -> tuple[Workflow | None, list[Diagnostic]]:
         return None, [_diag(Location(file), "E102", "no such file")]
     except OSError as e:
         return None, [_diag(Location(file), "E102", f"cannot read the file: {e.strerror or e}")]
+    wide = _wide_encoding(raw)
+    if wide is not None:
+        return None, [
+            _diag(
+                Location(file, 1, 1),
+                "E102",
+                f"the file is {wide} text; a workflow file is UTF-8",
+                f"convert it to UTF-8, e.g. with `iconv -f {wide} -t UTF-8`",
+            )
+        ]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        col = len(raw[start : e.start].decode("utf-8", "replace")) + 1
         return None, [
-            _diag(Location(file, line, 1), "E102", "not UTF-8 text (is this a workflow file?)")
+            _diag(
+                Location(file, line, col),
+                "E102",
+                f"not UTF-8 text (byte 0x{raw[e.start]:02x})",
+                "is this a workflow file? save it as UTF-8",
+            )
         ]
     return check_text(text, file=file, base_dir=path.resolve().parent, path=path)
+
+
+def _wide_encoding(raw: bytes) -> str | None:
+    """ "UTF-16" or "UTF-32" when `raw` starts with their byte order mark, or reads as UTF-16
+    text without one (ASCII with a NUL byte after or before each character): what Windows
+    tools write. None otherwise."""
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    head = raw[:8]
+    if len(head) == 8 and (
+        all(head[i] and not head[i + 1] for i in range(0, 8, 2))
+        or all(not head[i] and head[i + 1] for i in range(0, 8, 2))
+    ):
+        return "UTF-16"
+    return None
 
 
 def check_text(
