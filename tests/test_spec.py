@@ -1528,3 +1528,17 @@ def test_a_utf16_file_is_named_as_such(tmp_path: Path, encoding: str, name: str)
     f.write_bytes(MINIMAL.replace("hello", "h\xe9llo").encode("latin-1"))
     (d,) = check(f)[1]
     assert (d.location.line, d.location.col, d.message) == (6, 17, "not UTF-8 text (byte 0xe9)")
+
+
+def test_a_required_key_misspelt_is_one_e111_not_also_e110() -> None:
+    """`Steps:` or `ID:` was reported twice (missing `steps`, unknown `Steps`), and `ID` got
+    no "did you mean": keys are lowercase."""
+    for old, new, hint in [
+        ("steps:\n", "Steps:\n", "'steps'"),
+        ("steps:\n", "setps:\n", "'steps'"),
+        ("  - id: a\n", "  - ID: a\n", "'id'"),
+    ]:
+        text = MINIMAL.replace(old, new)
+        (d,) = diagnose(text)
+        assert (d.code, d.hint) == ("E111", f"did you mean {hint}?")
+        assert (d.location.line, d.location.col) == located(text, new.strip(" -\n"))

@@ -511,6 +511,10 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     inst = error.instance
     if v == "required":
         missing = [m for m in error.validator_value if not isinstance(inst, dict) or m not in inst]
+        # `Steps:` or `setps:` is the missing key misspelt: its E111 says so
+        known = error.schema.get("properties", {})
+        unknown = [str(k) for k in inst if k not in known] if isinstance(inst, dict) else []
+        missing = [m for m in missing if not any(_did_you_mean(k, [m]) for k in unknown)]
         return [
             _diag(
                 located.at(path),
@@ -886,7 +890,8 @@ def _article(word: str) -> str:
 def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
     import difflib
 
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    same = [o for o in options if o.lower() == word.lower()]  # `ID:`, `Steps:`
+    close = same or difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
 
