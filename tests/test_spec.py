@@ -228,6 +228,13 @@ CASES = {
         MINIMAL.replace("    template:", "    timeout: 5s\n    template:"),
         "5s",
     ),
+    "W505 reading a step a condition may skip": (
+        "W505",
+        MINIMAL + "  - {id: b, type: template, template: x}\n"
+        "transitions:\n  - {type: conditional, from: a, to: b, when: input.x}\n"
+        'output: {t: "{{ steps.b.output.text }}"}\n',
+        "steps.b.output.text",
+    ),
     "E116 dangling $ref": (
         "E116",
         sub("topic: {type: string", "topic: {$ref: '#/nope', type: string"),
@@ -1542,3 +1549,42 @@ def test_a_required_key_misspelt_is_one_e111_not_also_e110() -> None:
         (d,) = diagnose(text)
         assert (d.code, d.hint) == ("E111", f"did you mean {hint}?")
         assert (d.location.line, d.location.col) == located(text, new.strip(" -\n"))
+
+
+SKIPPABLE = """\
+eclflow: 1
+id: skip
+steps:
+  - {id: a, type: template, template: x}
+  - {id: b, type: template, template: x}
+  - {id: c, type: template, template: x}
+  - {id: d, type: template, template: "{{ t }}", depends_on: [a, b],
+     with: {t: "{{ steps.b.output.text }}"}}
+  - {id: e, type: template, template: "{{ t }}", depends_on: [b],
+     with: {t: "{{ steps.b.output.text }}"}}
+  - {id: f, type: template, template: "{{ t }}", depends_on: [b, c],
+     with: {t: "{{ steps.b.output.text if steps.b.status == 'succeeded' else '' }}"}}
+transitions:
+  - {type: conditional, from: a, to: b, when: input.x}
+  - {type: conditional, from: a, to: c, when: not input.x}
+output:
+  b: "{{ steps.b.output.text }}"
+  guarded: "{{ steps.b.output.text | default('') }}{{ steps.f.output.text }}"
+"""
+
+
+def test_reading_a_step_a_condition_may_skip_is_w505() -> None:
+    """`steps.b.output.text` where b may be skipped (its output is null) failed the run there:
+    for `output:`, after every step was paid for. Not where the reader runs only after b
+    (e), reads it guarded (f), or joins branches of which one runs (f itself)."""
+    found = [d for d in diagnose(SKIPPABLE) if d.code == "W505"]
+    assert [(d.location.line, d.location.col) for d in found] == [
+        located(SKIPPABLE, "steps.b.output.text"),  # d also runs after a alone
+        located(SKIPPABLE, "steps.b.output.text", 4),
+    ]
+    d = found[0]
+    assert d.message == (
+        "steps.b.output.text fails the run when a condition skips step 'b' (its output is "
+        "null then)"
+    )
+    assert d.severity == "warning"

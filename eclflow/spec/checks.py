@@ -136,6 +136,7 @@ class _Checker:
             if not any(d.severity == "error" for d in self.out):
                 self.check_reachability()
                 self.check_pure_timeouts()
+                self.check_skipped_reads()
         return self.out
 
     # --- identities and types ---------------------------------------------------------------
@@ -815,6 +816,92 @@ class _Checker:
                     f"nothing uses the output of step '{s.id}'",
                     "reference it in `output:` or in a later step",
                 )
+
+    def check_skipped_reads(self) -> None:
+        """W505: a field of a step a condition may skip, read where it is evaluated all the
+        same (`output:`, a step that also waits on another branch): the step's output is
+        null then, and the run fails there, after the steps it paid for. Reads the same
+        expression guards (`steps.X.status`, `steps.X.output` alone, `| default`) are left."""
+        from .. import expr
+
+        g = self.graph
+        sure: set[str] = set()  # the steps that run whenever the run gets that far
+        for sid in g.order():
+            waits = [p for p, e in g.pred[sid].items() if e["kind"] != "conditional"]
+            # a join of branches is taken to have one of them run (exclusive conditions)
+            if not g.pred[sid] or len(waits) > 1 or any(p in sure for p in waits):
+                sure.add(sid)
+        revisers = {t.reviser for t in self.wf.loops}
+        maybe = set(g) - sure - revisers
+        if not maybe:
+            return
+        roots = [n for n in g if not g.pred[n]]
+        without: dict[str, set[str]] = {}
+
+        def runs_without(x: str) -> set[str]:
+            """The steps that can run when `x` does not."""
+            if x not in without:
+                found = {r for r in roots if r != x}
+                todo = list(found)
+                while todo:
+                    for m in g.succ[todo.pop()]:
+                        if m != x and m not in found:
+                            found.add(m)
+                            todo.append(m)
+                without[x] = found
+            return without[x]
+
+        def read(path: list[Any], text: str, reader: str | None, *, whole: bool) -> None:
+            try:
+                body = expr.single_expression(text) if whole else None
+                if whole and body is None and not expr.has_template(text):
+                    tree = expr.parse_expression(text)
+                elif expr.has_template(text):
+                    tree = expr.parse(text)
+                else:
+                    return
+            except Exception:
+                return
+            paths = expr.referenced_paths(tree)
+            if any(len(p) >= 3 and p[0] == "steps" and p[2] == "status" for p in paths):
+                return  # it picks a branch by status: what it reads there, it reads knowingly
+            guarded = {p[1] for p in paths if len(p) == 3 and p[0] == "steps"}
+            warned: set[str] = set()
+            for p in paths:
+                if not (len(p) >= 4 and p[0] == "steps" and p[2] == "output"):
+                    continue
+                x = p[1]
+                if x not in maybe or x in guarded or x in warned:
+                    continue
+                if reader is not None and (reader == x or reader not in runs_without(x)):
+                    continue
+                warned.add(x)
+                loc = self.at(path)
+                at = _position_of(text, p)
+                if at is not None:
+                    loc = self.within(path, loc, *at)
+                field = ".".join(p[:4])
+                self.out.append(
+                    Diagnostic(
+                        loc,
+                        "W505",
+                        f"{field} fails the run when a condition skips step '{x}' "
+                        "(its output is null then)",
+                        f"guard it: `{field} if steps.{x}.status == 'succeeded' else …`, "
+                        "or `| default(…)`",
+                        "warning",
+                    )
+                )
+
+        for i, raw in enumerate(self.data["steps"]):
+            for path, text in _strings(raw.get("with"), ["steps", i, "with"]):
+                read(path, text, self.wf.steps[i].id, whole=False)
+        for i, t in enumerate(self.wf.transitions):
+            when = self.data["transitions"][i].get("when")
+            if isinstance(t, Conditional) and isinstance(when, str):
+                read(["transitions", i, "when"], when, t.from_, whole=True)
+        for path, text in _strings(self.data.get("output"), ["output"]):
+            read(path, text, None, whole=False)
 
 
 def _position_of(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
