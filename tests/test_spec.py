@@ -332,8 +332,8 @@ def test_all_problems_in_one_pass() -> None:
 
 def test_unknown_keys_do_not_hide_the_other_problems() -> None:
     """A typo'd key is the commonest mistake: the rest of the file is still checked, so that
-    one pass shows everything (other schema errors still stop there: the file's shape is
-    unknown)."""
+    one pass shows everything (a required key's problems still stop there: the file's shape
+    is unknown)."""
     text = """\
 eclflow: 1
 id: x
@@ -1588,3 +1588,21 @@ def test_reading_a_step_a_condition_may_skip_is_w505() -> None:
         "null then)"
     )
     assert d.severity == "warning"
+
+
+def test_bad_values_of_keys_that_may_be_left_out_do_not_hide_the_other_problems() -> None:
+    """A loop bound of 0 or a malformed timeout showed alone; the unknown step and the broken
+    template beside it came one `validate` later. A required key's bad value still stops."""
+    text = sub("max_iterations: 3", "max_iterations: 0")
+    text = sub("timeout: 120s", "timeout: soon", text)
+    text = sub("depends_on: [generate]", "depends_on: [generat]", text)
+    text = sub('"{{ loop.feedback }}"', '"{{ loop.feedback }"', text)
+    got = [(d.code, d.location.line, d.location.col) for d in diagnose(text)]
+    assert got == [
+        ("E113", *located(text, "soon")),
+        ("E203", *located(text, "generat]")),
+        ("E301", *located(text, '"{{ loop.feedback }"')),
+        ("E205", *located(text, "0, on_exhausted")),
+    ]
+    required = sub("  - id: generate", "  - id: gen-erate", text)
+    assert [d.code for d in diagnose(required)] == ["E113", "E113", "E205"]

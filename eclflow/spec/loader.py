@@ -160,14 +160,16 @@ def check_text(
     from .checks import semantic_checks
 
     if any(d.severity == "error" for d in diags):
-        # Unknown keys alone (typos, the commonest mistake) do not stop the other checks:
-        # without them the file is whole, and every problem shows in one pass.
-        pruned = _without_unknown_keys(data)
-        if pruned is None or not all(d.code == "E111" for d in diags if d.severity == "error"):
+        # Unknown keys (typos, the commonest mistake) and bad values of keys that may be left
+        # out do not stop the other checks: without them the file is whole, and every
+        # problem shows in one pass.
+        pruned = _without_bad_keys(data)
+        if pruned is None:
             return None, _sorted(diags)
-        diags += _embedded_schemas(pruned, located)
-        if all(d.code == "E111" for d in diags if d.severity == "error"):
-            with contextlib.suppress(Exception):  # (the E111s say enough then)
+        embedded = _embedded_schemas(pruned, located)
+        diags += embedded
+        if not any(d.severity == "error" for d in embedded):
+            with contextlib.suppress(Exception):  # (the schema errors say enough then)
                 wf = _build(pruned, located, text, path, base)
                 found = semantic_checks(wf, pruned, located, registry=registry)
                 # only what a key left out cannot have caused: without a misspelt `with:`,
@@ -470,8 +472,18 @@ def _schema_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnos
 _SURVIVE_UNKNOWN_KEYS = frozenset({"E201", "E202", "E203", "E204", "E301", "E401"})
 
 
-def _without_unknown_keys(data: dict[str, Any]) -> dict[str, Any] | None:
-    """`data` without the keys the schema does not know, if that leaves it valid; else None."""
+# Schema errors about one key's value, which leaving the key out (for its default) removes.
+_PRUNABLE = frozenset(
+    {
+        "type", "enum", "const", "pattern", "anyOf", "minimum", "maximum", "exclusiveMinimum",
+        "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "uniqueItems",
+    }
+)  # fmt: skip
+
+
+def _without_bad_keys(data: dict[str, Any]) -> dict[str, Any] | None:
+    """`data` without the keys the schema does not know or whose value it refuses, if that
+    leaves it valid (a required key left out does not); else None."""
     import copy
 
     import jsonschema
@@ -482,12 +494,19 @@ def _without_unknown_keys(data: dict[str, Any]) -> dict[str, Any] | None:
         errors = [leaf for e in validator.iter_errors(pruned) for leaf in _leaves(e)]
         if not errors:
             return pruned
-        if any(e.validator != "additionalProperties" for e in errors):
-            return None
         for e in errors:
-            known = e.schema.get("properties", {})
-            for key in [k for k in e.instance if k not in known]:
-                del e.instance[key]
+            if e.validator == "additionalProperties":
+                known = e.schema.get("properties", {})
+                for key in [k for k in e.instance if k not in known]:
+                    del e.instance[key]
+                continue
+            path = list(e.absolute_path)
+            if e.validator not in _PRUNABLE or not path or not isinstance(path[-1], str):
+                return None
+            parent: Any = pruned
+            for part in path[:-1]:
+                parent = parent[part]
+            parent.pop(path[-1], None)
     return None
 
 
