@@ -1606,3 +1606,25 @@ def test_bad_values_of_keys_that_may_be_left_out_do_not_hide_the_other_problems(
     ]
     required = sub("  - id: generate", "  - id: gen-erate", text)
     assert [d.code for d in diagnose(required)] == ["E113", "E113", "E205"]
+
+
+def test_a_key_merged_from_an_anchor_is_located_where_the_anchor_writes_it() -> None:
+    """`<<: *common`: a problem in the anchor's keys pointed at the step, not at the line to
+    fix."""
+    text = """\
+eclflow: 1
+id: merged
+metadata:
+  common: &common
+    type: templat
+    template: "{{ t }} {{ nope }}"
+steps:
+  - id: a
+    <<: *common
+    with: {t: x}
+"""
+    got = [(d.code, d.location.line, d.location.col) for d in diagnose(text)]
+    assert got == [("E202", *located(text, "templat"))]
+    fixed = text.replace("templat\n", "template\n")
+    got = [(d.code, d.location.line, d.location.col) for d in diagnose(fixed)]
+    assert got == [("E302", *located(fixed, "nope"))]

@@ -373,6 +373,7 @@ class _Located:
             pos = None
             try:
                 if lc is not None and isinstance(node, Mapping) and part in node:
+                    lc = _written_in(node, part).lc
                     pos = lc.key(part) if (key and last) else lc.value(part)
                 elif (
                     lc is not None
@@ -417,6 +418,19 @@ class _Located:
             except Exception:
                 return []
         return list(node.keys()) if isinstance(node, Mapping) else []
+
+
+def _written_in(node: Any, key: Any) -> Any:
+    """The mapping that writes `key` of `node`: itself, or one it merges (`<<: *anchor`), so
+    that a key from an anchor is located where the anchor writes it."""
+    data = getattr(getattr(node, "lc", None), "data", None) or {}
+    if key in data:
+        return node
+    for merged in getattr(node, "merge", None) or ():
+        merged = merged[1] if isinstance(merged, tuple) else merged
+        if isinstance(merged, Mapping) and key in merged:
+            return _written_in(merged, key)
+    return node
 
 
 def _diag(
