@@ -1628,3 +1628,22 @@ steps:
     fixed = text.replace("templat\n", "template\n")
     got = [(d.code, d.location.line, d.location.col) for d in diagnose(fixed)]
     assert got == [("E302", *located(fixed, "nope"))]
+
+
+def test_a_top_level_key_holding_anchors_is_told_where_anchors_may_live() -> None:
+    """`x-common: &common …` (as in docker compose) is E111: the hint says where it is valid,
+    not "did you mean 'defaults'"."""
+    text = MINIMAL.replace("steps:\n", "defs:\n  - &tpl hello\nsteps:\n").replace(
+        '"hello {{ who }}"', "*tpl"
+    )
+    (d,) = diagnose(text)
+    assert (d.code, d.hint) == (
+        "E111",
+        "keep the anchors steps share under `metadata:`, which may hold anything",
+    )
+    assert (
+        diagnose(text.replace("defs:", "metadata:\n  defs:").replace("  - &tpl", "    - &tpl"))
+        == []
+    )
+    (d,) = diagnose(MINIMAL + "defs: 1\n")
+    assert d.hint == "did you mean 'defaults'?"

@@ -410,6 +410,16 @@ class _Located:
                 line, col = child_lc.line or line, child_lc.col or col
         return Location(self.file, (line or 0) + 1, (col or 0) + 1)
 
+    def node(self, path: Sequence[Any]) -> Any:
+        """The parsed node at `path`, None when there is none."""
+        node = self.doc
+        for part in path:
+            try:
+                node = node[part]
+            except Exception:
+                return None
+        return node
+
     def keys_of(self, path: Sequence[Any]) -> list[Any]:
         node = self.doc
         for part in path:
@@ -418,6 +428,19 @@ class _Located:
             except Exception:
                 return []
         return list(node.keys()) if isinstance(node, Mapping) else []
+
+
+def _holds_anchor(node: Any, depth: int = 0) -> bool:
+    """Whether `node` or a node in it is a YAML anchor (`&name`)."""
+    if depth > 20:
+        return False
+    if getattr(getattr(node, "anchor", None), "value", None):
+        return True
+    if isinstance(node, Mapping):
+        return any(_holds_anchor(v, depth + 1) for v in node.values())
+    if isinstance(node, list):
+        return any(_holds_anchor(v, depth + 1) for v in node)
+    return False
 
 
 def _written_in(node: Any, key: Any) -> Any:
@@ -562,7 +585,9 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
         out = []
         for k in extras:
             hint: str | None = (
-                _synonym(path, str(k))
+                "keep the anchors steps share under `metadata:`, which may hold anything"
+                if not path and _holds_anchor(located.node([k]))
+                else _synonym(path, str(k))
                 or _did_you_mean(str(k), allowed)
                 or f"allowed keys: {', '.join(allowed)}"
             )
