@@ -1647,3 +1647,19 @@ def test_a_top_level_key_holding_anchors_is_told_where_anchors_may_live() -> Non
     )
     (d,) = diagnose(MINIMAL + "defs: 1\n")
     assert d.hint == "did you mean 'defaults'?"
+
+
+def test_a_prompt_that_is_a_directory_or_not_utf8_says_so(tmp_path: Path) -> None:
+    """They were "not found" and Python's "'utf-8' codec can't decode byte 0xff in position
+    17: invalid start byte"."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "latin.j2").write_bytes(b"Hello\n{{ who }} \xe9t\xe9\n")
+    text = MINIMAL.replace('template: "hello {{ who }}"', "prompt: prompts")
+    (d,) = diagnose(text, tmp_path)
+    assert (d.code, d.message) == ("E401", "prompt file 'prompts' is a directory")
+    (d,) = diagnose(text.replace("prompt: prompts", "prompt: latin.j2"), tmp_path)
+    assert (d.code, d.message, d.hint) == (
+        "E401",
+        "prompt file 'latin.j2' is not UTF-8 text (byte 0xe9 on line 2)",
+        "save it as UTF-8",
+    )

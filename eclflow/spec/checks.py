@@ -617,12 +617,20 @@ class _Checker:
 
     def prompt_missing(self, i: int, s: Any, raw: Mapping[str, Any]) -> bool:
         """E401 when the step's prompt file does not exist."""
-        from .loader import is_file
+        from .loader import is_dir, is_file
 
         if s.prompt is None or is_file(s.prompt):
             return False
         name = str(raw["prompt"])
         shown = name if len(name) <= 80 else name[:60] + "…"
+        if is_dir(s.prompt):
+            self.error(
+                ["steps", i, "prompt"],
+                "E401",
+                f"prompt file {shown!r} is a directory",
+                "name a template file in it",
+            )
+            return True
         self.error(
             ["steps", i, "prompt"],
             "E401",
@@ -651,8 +659,22 @@ class _Checker:
                         str(raw["prompt"]),
                     )
                 )
-            except (OSError, UnicodeDecodeError) as e:
-                self.error(["steps", i, "prompt"], "E401", f"cannot read prompt file: {e}")
+            except UnicodeDecodeError as e:
+                line = e.object[: e.start].count(b"\n") + 1
+                self.error(
+                    ["steps", i, "prompt"],
+                    "E401",
+                    f"prompt file {str(raw['prompt'])!r} is not UTF-8 text "
+                    f"(byte 0x{e.object[e.start]:02x} on line {line})",
+                    "save it as UTF-8",
+                )
+                return
+            except OSError as e:
+                self.error(
+                    ["steps", i, "prompt"],
+                    "E401",
+                    f"cannot read prompt file {str(raw['prompt'])!r}: {e.strerror or e}",
+                )
                 return
         if s.system is not None:
             sources.append((["steps", i, "system"], s.system, ""))
