@@ -1663,3 +1663,31 @@ def test_a_prompt_that_is_a_directory_or_not_utf8_says_so(tmp_path: Path) -> Non
         "prompt file 'latin.j2' is not UTF-8 text (byte 0xe9 on line 2)",
         "save it as UTF-8",
     )
+
+
+def test_an_input_default_its_own_schema_refuses_is_e116() -> None:
+    """The input is checked as given, then the defaults fill it: `default: 0` under
+    `minimum: 1` reached the steps unchecked."""
+    text = sub(
+        "    topic: {type: string, minLength: 1, maxLength: 500}\n",
+        "    topic: {type: string, minLength: 1, maxLength: 500}\n"
+        "    tone: {type: string, enum: [plain, formal], default: casual}\n"
+        "    opts:\n      type: object\n      properties:\n"
+        "        n: {type: integer, minimum: 1, default: 0}\n"
+        "        ok: {type: integer, minimum: 1, default: 2}\n",
+    )
+    got = [(d.code, d.location.line, d.location.col, d.message) for d in diagnose(text)]
+    assert got == [
+        (
+            "E116",
+            *located(text, "casual"),
+            "inputs.properties.tone.default \"casual\" does not match its own schema: 'casual' "
+            "is not one of ['plain', 'formal']",
+        ),
+        (
+            "E116",
+            *located(text, "0}\n        ok"),
+            "inputs.properties.opts.properties.n.default 0 does not match its own schema: 0 is "
+            "less than the minimum of 1",
+        ),
+    ]

@@ -835,6 +835,7 @@ def _embedded_schemas(data: dict[str, Any], located: _Located) -> list[Diagnosti
             )
         if path == ["inputs"] and isinstance(value, dict):
             out.extend(_unknown_keywords(value, located))
+            out.extend(_bad_defaults(value, ["inputs"], located))
             kind = value.get("type")
             kinds = kind if isinstance(kind, list) else [kind]
             if kind is not None and "object" not in kinds:
@@ -882,6 +883,36 @@ def _dangling_refs(schema_: Any) -> list[tuple[list[Any], str]]:
                 walk(v, [*path, i])
 
     walk(schema_, [])
+    return out
+
+
+def _bad_defaults(schema_: Any, path: list[Any], located: _Located) -> list[Diagnostic]:
+    """A property's `default` its own schema refuses: a run that leaves the property out gets
+    it (the input is checked as given), so a step would see what the schema forbids. Parts
+    with a `$ref` are left alone."""
+    import jsonschema
+
+    props = schema_.get("properties") if isinstance(schema_, dict) else None
+    out: list[Diagnostic] = []
+    for name, prop in (props or {}).items() if isinstance(props, dict) else ():
+        if not isinstance(prop, dict) or "$ref" in json.dumps(prop, default=str):
+            continue
+        where = [*path, "properties", name]
+        if "default" in prop:
+            error = jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(prop).iter_errors(prop["default"])
+            )
+            if error is not None:
+                out.append(
+                    _diag(
+                        located.at([*where, "default"]),
+                        "E116",
+                        f"{_path_text(where)}.default {json.dumps(prop['default'], default=str)}"
+                        f" does not match its own schema: {_one_line(error.message)}",
+                        f"a run that leaves '{name}' out gets this value",
+                    )
+                )
+        out.extend(_bad_defaults(prop, where, located))
     return out
 
 
