@@ -847,7 +847,7 @@ def test_step_config_is_checked_where_the_engine_reads_it() -> None:
     got = {(d.code, d.message) for d in diags}
     assert ("E112", "steps[0].config.max_tokens must be an integer, not a string") in got
     assert ("E112", "steps[0].config.temperature must be a number or null, not a string") in got
-    assert ("E112", "steps[0].config.stop must be a string or array, not a number") in got
+    assert ("E112", "steps[0].config.stop must be a string or list, not a number") in got
     assert ("E114", "steps[0].config.max_chars is 0; it must be at least 1") in got
     assert located(text, "lots") in [(d.location.line, d.location.col) for d in diags]
     text = MINIMAL.replace("    with:", "    config: {max_tokens: null, temperature: 3}\n    with:")
@@ -873,7 +873,7 @@ def test_messages_say_what_to_write() -> None:
         "E114 budget.max_calls is -1; it must be at least 1",
         "E111 unknown key 'max_dollars' in budget (did you mean 'max_usd'?)",
     ]
-    assert messages("eclflow: 1\nid: x\nsteps:\n") == ["E112 steps must be an array, not null"]
+    assert messages("eclflow: 1\nid: x\nsteps:\n") == ["E112 steps must be a list, not null"]
     long_id = MINIMAL.replace("id: mini", "id: " + "x" * 130)
     assert messages(long_id) == ["E114 id is too long (130 characters; at most 128)"]
 
@@ -881,8 +881,8 @@ def test_messages_say_what_to_write() -> None:
 def test_null_and_scalar_steps_are_one_type_error_each() -> None:
     text = "eclflow: 1\nid: x\nsteps:\n  - null\n  - a\n"
     assert [(d.code, d.location.line, d.message) for d in diagnose(text)] == [
-        ("E112", 4, "steps[0] must be an object, not null"),
-        ("E112", 5, "steps[1] must be an object, not a string"),
+        ("E112", 4, "steps[0] must be a mapping, not null"),
+        ("E112", 5, "steps[1] must be a mapping, not a string"),
     ]
 
 
@@ -1690,4 +1690,19 @@ def test_an_input_default_its_own_schema_refuses_is_e116() -> None:
             "inputs.properties.opts.properties.n.default 0 does not match its own schema: 0 is "
             "less than the minimum of 1",
         ),
+    ]
+
+
+def test_type_errors_speak_yaml_a_list_and_a_mapping() -> None:
+    """`steps must be an array, not a mapping`: JSON Schema's words for a YAML file, and
+    nothing said how to write a list."""
+    text = "eclflow: 1\nid: x\nsteps:\n  a: {type: template, template: x}\nmetadata: [1]\n"
+    got = [(d.code, d.message, d.hint) for d in diagnose(text)]
+    assert got == [
+        (
+            "E112",
+            "steps must be a list, not a mapping",
+            "write each item on a line of its own starting with `- `",
+        ),
+        ("E112", "metadata must be a mapping, not a list", None),
     ]

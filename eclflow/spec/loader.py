@@ -602,15 +602,22 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
         return out
     if v == "type":
         expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        names = [str(n) for n in (expected if isinstance(expected, list) else [expected])]
+        expected = " or ".join(_YAML_TYPES.get(n, n) for n in names)
         if expected == "integer" and isinstance(inst, float):
             return [_diag(located.at(path), "E112", f"{where} must be a whole number, not {inst}")]
         kind = "null" if inst is None else _article(_kind(inst))
+        hint = (
+            "write each item on a line of its own starting with `- `"
+            if names == ["array"] and isinstance(inst, dict)
+            else None
+        )
         return [
             _diag(
                 located.at(path),
                 "E112",
                 f"{where} must be {_article(expected)}, not {kind}",
+                hint,
             )
         ]
     if v in ("enum", "const"):
@@ -710,6 +717,10 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     return [
         _diag(located.at(path), "E115", f"{where or 'the workflow'}: {_one_line(error.message)}")
     ]
+
+
+# JSON Schema's names of types, as YAML calls them (and as the messages call what was found)
+_YAML_TYPES = {"array": "list", "object": "mapping"}
 
 
 def _unusable(value: Any, located: _Located, path: list[Any]) -> list[Diagnostic]:
