@@ -1706,3 +1706,12 @@ def test_type_errors_speak_yaml_a_list_and_a_mapping() -> None:
         ),
         ("E112", "metadata must be a mapping, not a list", None),
     ]
+
+
+def test_nesting_too_deep_is_not_called_an_alias_bomb() -> None:
+    """From 201 to about 245 levels the message was E103 "document expands to more than
+    200000 nodes (anchors and aliases that expand exponentially are refused)"."""
+    for depth in (205, 240, 2000):
+        text = MINIMAL + "metadata: " + "[" * depth + "]" * depth + "\n"
+        (d,) = diagnose(text)
+        assert d.code == "E100" and "nested" in d.message, (depth, str(d))

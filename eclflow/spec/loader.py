@@ -38,6 +38,7 @@ from .model import (
 MAX_BYTES = 2 * 1024 * 1024  # a 1000-step workflow is ~150 KB
 MAX_NODES = 200_000  # guards against alias bombs, which expand when converted
 MAX_STEPS = 1000
+MAX_DEPTH = 200  # levels of nesting: past them, the checks' recursion would run out
 
 _DURATION = re.compile(r"^\s*(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -132,6 +133,15 @@ def check_text(
         return None, diags
     located = _Located(file, doc)
     data, too_big = _plain(doc)
+    if too_big == "deep":
+        return None, [
+            _diag(
+                located.at(()),
+                "E100",
+                f"YAML: nested more than {MAX_DEPTH} levels deep",
+                "a workflow needs only a few levels of nesting",
+            )
+        ]
     if too_big:
         return None, [
             _diag(
@@ -300,15 +310,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _plain(node: Any) -> tuple[Any, bool]:
-    """ruamel's round-trip objects → plain dict/list/str/int/float/bool/None, with a node budget."""
+def _plain(node: Any) -> tuple[Any, str | None]:
+    """ruamel's round-trip objects → plain dict/list/str/int/float/bool/None, with a node budget
+    and a depth limit: also what went over ("nodes", "deep"), or None."""
     count = 0
 
     def conv(n: Any, depth: int) -> Any:
         nonlocal count
         count += 1
-        if count > MAX_NODES or depth > 200:
-            raise _TooBig
+        if count > MAX_NODES:
+            raise _TooBig("nodes")
+        if depth > MAX_DEPTH:
+            raise _TooBig("deep")
         if isinstance(n, Mapping):
             return {_key(k): conv(v, depth + 1) for k, v in n.items()}
         if isinstance(n, list | tuple):
@@ -324,9 +337,11 @@ def _plain(node: Any) -> tuple[Any, bool]:
         return n  # dates, binary...: the schema reports them
 
     try:
-        return conv(node, 0), False
-    except (_TooBig, RecursionError):
-        return None, True
+        return conv(node, 0), None
+    except _TooBig as e:
+        return None, str(e)
+    except RecursionError:
+        return None, "deep"
 
 
 def _key(k: Any) -> Any:
