@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import CRITIQUE_REVISE
+from test_store import pg_url  # noqa: F401  (the fixture: a fresh PostgreSQL schema)
 
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 
@@ -237,6 +238,20 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
     assert r.returncode == 0
     assert len(log.read_text().splitlines()) == total
     assert "20 from an earlier attempt" in r.stderr
+
+
+@pytest.mark.postgres
+def test_a_batch_on_postgres_starts_many_claimed_runs_at_once(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """The claimed runs that start together are written in one statement, as on SQLite."""
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 12, "--concurrency", "12", "--db", pg_url, log=log)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["completed"] * 12
+    assert len(log.read_text().splitlines()) == 48
 
 
 def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(

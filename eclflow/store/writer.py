@@ -567,7 +567,7 @@ class JournalWriter:
 def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
     """PostgreSQL: psycopg2's executemany is one round trip per row. Many rows become one
     statement per thousand (one parse and plan each): `INSERT … VALUES (…), (…)`, and results
-    as `UPDATE … FROM (VALUES …)`."""
+    and claimed runs that start as `UPDATE … FROM (VALUES …)`."""
     from psycopg2.extras import execute_values
 
     if sql.startswith("INSERT"):
@@ -576,9 +576,12 @@ def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
         execute_values(
             cursor, f"{head} VALUES %s{conflict}{tail}", rows, template=row, page_size=1000
         )
-    else:
-        assert sql.startswith("UPDATE step_executions SET"), sql
+    elif sql.startswith("UPDATE step_executions SET"):
         execute_values(cursor, _PG_FINISH_MANY, rows, template=_PG_FINISH_ROW, page_size=1000)
+    elif sql.startswith("UPDATE workflows SET state = 'running'"):
+        execute_values(cursor, _PG_START_MANY, rows, template=_PG_START_ROW, page_size=1000)
+    else:
+        cursor.executemany(sql, rows)
 
 
 def _end_runs_many(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -611,6 +614,13 @@ _PG_END_ROW = (
     "(%s::varchar, %s::varchar, %s::json, %s::text, %s::text, %s::text, %s::timestamptz, "
     "%s::timestamptz)"
 )
+
+# `start_run` for many claimed runs at once on PostgreSQL (a batch starts tens together)
+_PG_START_MANY = (
+    "UPDATE workflows AS w SET state = 'running', updated_at = v.updated_at "
+    "FROM (VALUES %s) AS v (updated_at, id) WHERE w.id = v.id"
+)
+_PG_START_ROW = "(%s::timestamptz, %s::varchar)"
 
 # `finish` for many rows at once on PostgreSQL; the casts type the VALUES list, whose NULLs
 # would otherwise be text.
