@@ -169,6 +169,12 @@ class PersistenceError(EclflowError):
         super().__init__(f"Database error: {message}")
 
 
+class StoreUnavailable(PersistenceError):
+    """The database cannot be opened at all (a wrong host, port, user or password, a server
+    that is down, a directory or a file that is not SQLite): nothing ran, and what to fix is
+    the URL, so the commands exit 2 as for any configuration error."""
+
+
 class InvalidState(EclflowError):
     """An operation does not fit the run's current state (e.g. resuming a completed run)."""
 

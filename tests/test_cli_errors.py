@@ -357,6 +357,35 @@ def test_reading_a_mistyped_database_is_an_error_and_creates_nothing(
     assert "no eclflow database" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("db", "says"),
+    [
+        ("{tmp}", "is a directory: give the path of a file"),
+        ("{tmp}/junk.db", "junk.db is not an SQLite database"),
+        ("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2", "127.0.0.1:1/test"),
+    ],
+)
+@pytest.mark.parametrize("args", [["runs"], ["run", WF, "-i", "topic=x", "--model", "mock/x"]])
+def test_a_database_that_cannot_be_opened_is_a_configuration_error(
+    db: str, says: str, args: list[str], tmp_path: Path
+) -> None:
+    """Nothing ran: exit 2 with one line, as for a database that does not exist (a run said
+    exit 1, "the run failed", when the --db was a directory or the port a wrong one)."""
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all, " * 300)
+    r = cli(*args, "--db", db.format(tmp=tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: Database error: ")
+    assert says in r.stderr
+
+
+def test_a_run_into_a_folder_that_does_not_exist_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    r = cli("run", WF, "-i", "topic=x", "--db", f"sqlite:///{tmp_path}/no/runs.db")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().endswith(f"directory {tmp_path}/no does not exist")
+
+
 def test_quiet_hides_the_progress_and_keeps_the_output(tmp_path: Path) -> None:
     """`eclflow run -q … > out.txt` wrote an empty file: -q dropped the output itself (in
     batch mode it hid the progress only)."""

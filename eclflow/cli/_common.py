@@ -177,10 +177,10 @@ def leave_out_what_the_end_says(*, batch: bool = False) -> None:
 
 def exit_code_for(error: BaseException) -> int:
     """2 when what the user typed is wrong (bad input or configuration, a run or step that
-    does not exist), else 1."""
-    from ..errors import ConfigError, InvalidInput, NotFound
+    does not exist, a database that cannot be opened), else 1."""
+    from ..errors import ConfigError, InvalidInput, NotFound, StoreUnavailable
 
-    if isinstance(error, InvalidInput | ConfigError | NotFound):
+    if isinstance(error, InvalidInput | ConfigError | NotFound | StoreUnavailable):
         return EXIT_USAGE
     return EXIT_FAILED
 

@@ -26,7 +26,13 @@ from peewee import (
     SqliteDatabase,
 )
 
-from ..errors import ConfigError, EclflowError, PersistenceError, StoreNotFound
+from ..errors import (
+    ConfigError,
+    EclflowError,
+    PersistenceError,
+    StoreNotFound,
+    StoreUnavailable,
+)
 from . import migrations
 from .models import FIELD_TYPES, make_models
 from .url import MEMORY, DatabaseURL, parse_url, resolve_url
@@ -130,8 +136,8 @@ class Store:
             from pathlib import Path
 
             assert url.path is not None
-            if not Path(url.path).is_file():
-                raise StoreNotFound(url.url)
+            if not Path(url.path).is_file() and not Path(url.path).is_dir():
+                raise StoreNotFound(url.url)  # (a directory: the connection says so)
         self.db = _database(url)
         # one connection shared by every thread, under a lock
         self.in_memory = url.kind == "sqlite" and url.path == MEMORY
@@ -145,6 +151,7 @@ class Store:
         # the group-commit writer of each event loop that writes here (eclflow/store/writer.py)
         self.writers: dict[int, Any] = {}
         try:
+            self._connect_first()
             with self.reading():
                 if not create and migrations.current_version(self.db, self.models) == 0:
                     raise StoreNotFound(url.url)
@@ -154,6 +161,20 @@ class Store:
         except BaseException:
             self.close()
             raise
+
+    def _connect_first(self) -> None:
+        """Connect before anything else: a connection that cannot be made at all is the URL's
+        fault (or the server's absence), not a run's failure: StoreUnavailable. A lock another
+        process held too long is no such fault."""
+        try:
+            with self.reading():
+                self.db.connect(reuse_if_open=True)
+        except PersistenceError as e:
+            if "database is locked" in str(e) or e.__cause__ is None:
+                raise
+            raise StoreUnavailable(
+                _one_line(e.__cause__, self.url, self._sqlite_path())
+            ) from e.__cause__
 
     def _create_schema(self, schema: str) -> None:
         """Create the URL's schema if it is not there; only then under the migrations' lock
@@ -255,7 +276,7 @@ def _database(url: DatabaseURL) -> Any:
 
             parent = Path(url.path).parent
             if not parent.is_dir():
-                raise PersistenceError(f"cannot open {url.url}: directory {parent} does not exist")
+                raise StoreUnavailable(f"cannot open {url.url}: directory {parent} does not exist")
             return _SqliteDatabase(
                 url.path,
                 pragmas=SQLITE_PRAGMAS,
@@ -334,6 +355,8 @@ def _sqlite_hint(text: str, path: str) -> str | None:
         if os.path.exists(path) and not os.access(path, os.W_OK):
             return f"{path} is not writable: use another --db"
         return None
+    if "file is not a database" in text:
+        return f"{path} is not an SQLite database: give the path of eclflow's, or of a new file"
     if "database is locked" in text:
         return (
             f"another process held the write lock for {BUSY_TIMEOUT_MS // 1000} s "
