@@ -1352,7 +1352,10 @@ def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
     assert str(e.value).endswith(f"; {tmp_path / 'dir.db'} is a directory: give the path of a file")
     assert "\n" not in str(e.value)
     db = str(tmp_path / "runs.db")
-    assert "held the write lock for 60 s" in (_sqlite_hint("database is locked", db) or "")
+    locked = _sqlite_hint("database is locked", db) or ""
+    assert "held the write lock for 60 s" in locked
+    # (said before a run has begun, and by `runs` and `prune`, too: no run to resume there)
+    assert locked.endswith("end it, then try again")
     assert "free space" in (_sqlite_hint("database or disk is full", db) or "")
     # (writable here: no advice to check what is fine, say when the process ran out of files)
     assert _sqlite_hint("attempt to write a readonly database", db) is None

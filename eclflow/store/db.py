@@ -360,7 +360,7 @@ def _sqlite_hint(text: str, path: str) -> str | None:
     if "database is locked" in text:
         return (
             f"another process held the write lock for {BUSY_TIMEOUT_MS // 1000} s "
-            "(an open sqlite3 shell, say): end it and resume the run"
+            "(an open sqlite3 shell, say): end it, then try again"
         )
     if "disk is full" in text or "disk I/O error" in text:
         return f"check the free space (and any file-size limit) where {folder} is"
