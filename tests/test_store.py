@@ -26,6 +26,7 @@ from eclflow.errors import (
     PersistenceError,
     RunNotFound,
     StepNotFound,
+    StoreUnavailable,
 )
 from eclflow.store import Store, open_store, parse_url, resolve_url
 from eclflow.store import migrations as migrations_module
@@ -952,7 +953,7 @@ def _indexes(s: Store) -> set[str]:
 def test_newer_database_is_refused(url: str) -> None:
     with open_store(url) as s:
         s.models.SchemaVersion.insert(version=7, applied_at=datetime.now(UTC)).execute()
-    with pytest.raises(PersistenceError) as e:
+    with pytest.raises(StoreUnavailable) as e:  # (exit 2: nothing ran, the fix is an upgrade)
         open_store(url)
     assert str(e.value) == (
         "Database error: database schema version 7 is newer than this eclflow (supports 2); "

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from peewee import Database, PostgresqlDatabase
 
-from ..errors import PersistenceError
+from ..errors import StoreUnavailable
 from .models import Models, utcnow
 
 Migration = Callable[[Database, Models], None]
@@ -78,7 +78,7 @@ def migrate(db: Database, models: Models, migrations: Sequence[Migration] | None
 
 def _refuse_newer(version: int, latest: int) -> None:
     if version > latest:
-        raise PersistenceError(
+        raise StoreUnavailable(
             f"database schema version {version} is newer than this eclflow (supports "
             f"{latest}); upgrade eclflow"
         )
