@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import CRITIQUE_REVISE
+from test_store import pg_url  # noqa: F401  (the fixture: a fresh PostgreSQL schema)
 
 import eclflow
 from eclflow.errors import BudgetExceeded, ConfigError
@@ -525,6 +526,78 @@ def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
     ]
     text = _cli(tmp_path, "logs", run_id[:8])
     assert text.returncode == 0 and "Workflow execution completed successfully" in text.stdout
+
+
+@pytest.mark.postgres
+def test_logs_follow_goes_on_when_postgres_drops_its_connection(
+    tmp_path: Any,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """A killed backend (a restart, a failover) ended `logs --follow` with a database error
+    while the run it followed went on; it reads again on a new connection."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import psycopg2
+
+    script = tmp_path / "script.yaml"
+    script.write_text(KEYED % {"d": 1.5})
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": pg_url}
+    eclflow = [sys.executable, "-m", "eclflow"]
+    mock = ("--model", "mock/t", "--mock-responses", str(script))
+    run = subprocess.Popen(
+        [*eclflow, "run", str(CRITIQUE_REVISE), "-i", "topic=t", "--json", *mock],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base, _, schema = pg_url.partition("?schema=")
+    app = f"eclflow_follow_{uuid.uuid4().hex[:8]}"
+
+    def sql(query: str, *params: Any) -> list[Any]:
+        conn = psycopg2.connect(base, options=f"-c search_path={schema}")
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetchall()
+        except psycopg2.errors.UndefinedTable:
+            return []
+        finally:
+            conn.close()
+
+    deadline = time.monotonic() + 30
+    while not (ids := sql("select id from workflows")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ids, "the run never appeared in the journal"
+    follow = subprocess.Popen(
+        [
+            *eclflow,
+            "logs",
+            ids[0][0],
+            "--follow",
+            "--json",
+            "--db",
+            f"{pg_url}&application_name={app}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)
+    kill = "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s"
+    assert sql(kill, app), "the follower had no connection to kill"
+    out, err = follow.communicate(timeout=60)
+    run.communicate(timeout=60)
+    assert follow.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["kind"] == "workflow_completed"
+    assert len({e["id"] for e in events}) == len(events)  # none printed twice
 
 
 def test_json_logs_of_two_concurrent_cli_runs_are_all_json(tmp_path: Any) -> None:

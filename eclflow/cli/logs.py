@@ -9,12 +9,15 @@ from typing import Any
 
 import click
 
+from ..errors import PersistenceError
 from ..observe.logs import shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
 from ._common import db_option, handle_errors, open_store, resume_command, safe_text, say
 
+# seconds before each new read, with --follow, after the connection was lost
+_RECONNECT = (0.3, 1.0, 3.0, 10.0)
 _SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
 
 
@@ -33,6 +36,8 @@ _SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "k
 @handle_errors
 def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: str) -> None:
     """Show the events of RUN_ID (any unique prefix): steps, attempts, retries, model calls."""
+    from ..store.db import connection_lost
+
     order = ["debug", "info", "warning", "error"]
     floor = order.index(level)
     store = open_store(db, existing=True)
@@ -55,11 +60,22 @@ def logs_cmd(run_id: str, db: str | None, follow: bool, as_json: bool, level: st
                     color=True,  # (data: kept whole in a file)
                 )
 
+        lost = 0  # reads in a row that found the connection lost
         while True:
-            print_new()
-            if not follow:
-                break
-            now = store.runs.get(run.id)
+            try:
+                print_new()
+                if not follow:
+                    break
+                now = store.runs.get(run.id)
+            except PersistenceError as e:
+                # a server restart, a failover, a killed backend: the run goes on, and so does
+                # following it, on a new connection (what was printed is not printed again)
+                if not follow or not connection_lost(e.__cause__) or lost == len(_RECONNECT):
+                    raise
+                time.sleep(_RECONNECT[lost])
+                lost += 1
+                continue
+            lost = 0
             gone = shown_state(now.state, now.metadata or {}) == "interrupted"
             if now.state in TERMINAL_STATES or now.state == "paused" or gone:
                 # one last read: the run may have written its final events just now (its
