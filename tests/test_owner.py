@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -311,6 +312,62 @@ def test_a_run_held_on_another_host_is_resumed_only_with_force(tmp_path: Path) -
     r = eclflow(*args, str(tmp_path / "rest.json"), "--force", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "completed"
+
+
+def _can_unshare() -> bool:
+    """Whether this process may start one in a pid namespace of its own."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def test_a_pid_of_another_pid_namespace_is_not_looked_up_here() -> None:
+    """Containers sharing the host name (host networking) number their processes apart: a
+    pid recorded in another one, found missing here (or found as some other process, or as
+    this very one: pid 1 in both), says nothing about the process that holds the run."""
+    me = this_process()
+    assert me["pidns"] == os.readlink("/proc/self/ns/pid")
+    there = {**me, "pidns": "pid:[1]", "started": 1}
+    assert holder({**there, "pid": 2**22 + 1}) == "unknown"  # no such pid here
+    assert holder({**there, "pid": os.getpid()}) == "unknown"  # this pid here: another process
+    assert not held_elsewhere(there)
+    assert holder({k: v for k, v in there.items() if k != "pidns"}) == "alive"  # (as before)
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare(1) allowed to make a pid namespace")
+def test_a_run_going_on_in_another_container_of_this_host_is_not_resumed(
+    tmp_path: Path,
+) -> None:
+    """`eclflow run` in a pid namespace of its own (a container with host networking: the
+    same host name), then `eclflow resume` outside it: its pid means nothing here, so the
+    resume must not decide that the run's process has ended and run it a second time."""
+    env, journal, log = setup(tmp_path)
+    (tmp_path / "slow.json").write_text(script(KEYS, slow="generate"))
+    p = subprocess.Popen(
+        [
+            *("unshare", "--pid", "--fork", "--mount-proc", "--kill-child"),
+            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x"),
+            *("--model", "mock/x", "--mock-responses", str(tmp_path / "slow.json")),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = in_flight(journal)
+        r = eclflow(
+            *("resume", run_id[:8], "--model", "mock/x"),
+            *("--mock-responses", str(tmp_path / "rest.json")),
+            env=env,
+        )
+        assert r.returncode == 1, r.stderr
+        assert f"on {socket.gethostname()}, in another container, which cannot be" in r.stderr
+        assert calls(log) == ["generate"]  # the resume called nothing
+    finally:
+        p.kill()
+        p.communicate(timeout=30)
 
 
 def test_resuming_a_run_this_very_process_is_running_is_refused(tmp_path: Path) -> None:

@@ -696,10 +696,13 @@ def _refuse_if_held(record: Any, meta: Mapping[str, Any], force: bool) -> None:
             "wait for it to end, or stop that process and resume again"
         )
     if not force and holder(meta) == "unknown" and meta.get("engine") != "restate":
+        import socket
+
+        host = meta.get("host")
+        where = f"{host}, in another container" if host == socket.gethostname() else host
         raise InvalidState(
-            f"run {record.id[:8]} was running in process {meta.get('pid')} on "
-            f"{meta.get('host')}, which cannot be checked from here; once that process is "
-            "gone, resume with --force"
+            f"run {record.id[:8]} was running in process {meta.get('pid')} on {where}, "
+            "which cannot be checked from here; once that process is gone, resume with --force"
         )
 
 

@@ -4,7 +4,9 @@ A run's metadata names the process that runs it (`pid`, `host`, and on Linux `st
 process's start time in clock ticks since boot), and says `released` when that process stopped
 running it without ending it (a run cancelled in a process that goes on). A pid alone is not
 enough: after a reboot or a long time another process may have it, and a run that died would
-look alive for ever. With the start time, the pid must also be the same process.
+look alive for ever. With the start time, the pid must also be the same process. On Linux the
+metadata also names the process's pid namespace (`pidns`): containers that share a host name
+(host networking) number their processes apart, so a pid there says nothing here.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def this_process() -> dict[str, Any]:
         started = _start_ticks(pid)
         if started is not None:
             _mine["started"] = started
+        namespace = _pid_namespace()
+        if namespace is not None:
+            _mine["pidns"] = namespace
     return dict(_mine)
 
 
@@ -43,6 +48,8 @@ def holder(meta: Mapping[str, Any]) -> Holder:
     if meta.get("engine") == "restate" or not isinstance(pid, int):
         return "unknown"
     if meta.get("host") not in (None, socket.gethostname()):
+        return "unknown"
+    if meta.get("pidns") not in (None, _pid_namespace()):  # another container of this host
         return "unknown"
     if pid == os.getpid():
         return "alive"
@@ -77,6 +84,14 @@ def shown_state(state: str, meta: Mapping[str, Any]) -> str:
 def held_elsewhere(meta: Mapping[str, Any]) -> bool:
     """True when another process that is still running holds the run."""
     return meta.get("pid") != os.getpid() and holder(meta) == "alive"
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (`pid:[4026531836]`, Linux), None where there is none."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _start_ticks(pid: int) -> int | None:
