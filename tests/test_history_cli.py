@@ -101,6 +101,10 @@ def test_runs_lists_newest_first(two_runs: Any) -> None:
     assert data[1]["tokens"] == ok["tokens"] and data[1]["duration_ms"] is not None
     assert [d["id"] for d in env.json("runs", "--json", "--state", "completed")] == [ok["run_id"]]
     assert [d["id"] for d in env.json("runs", "--json", "--limit", "1")] == [bad["run_id"]]
+    one = env.cli("runs", "-n", "1")  # the table says that there are more than it shows
+    assert len(one.stdout.splitlines()) == 2
+    assert one.stderr == "the newest 1 of 2 runs; -n 2 lists them all\n"
+    assert env.cli("runs", "-n", "2").stderr == ""
     assert env.json("runs", "--json", "--workflow", "other") == []
     empty = env.cli("runs", "--workflow", "other")
     assert empty.returncode == 0 and empty.stdout.strip() == "No runs."

@@ -105,9 +105,13 @@ def runs_cmd(
                 for r in store.runs.list(state=stored, definition_id=workflow_id, limit=None)
                 if shown_state(r) == state
             ]
+            total = len(runs)
             runs = sorted(runs, key=lambda r: r.created_at, reverse=True)[:limit]
         else:
             runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
+            total = len(runs)
+            if total == limit and not as_json:  # (how many more there are, said below)
+                total = store.runs.count(state=state, definition_id=workflow_id)
         by_run = store.steps.stats_many(r.id for r in runs)
     rows = [_run_summary(r, by_run.get(r.id)) for r in runs]
     if as_json:
@@ -144,6 +148,8 @@ def runs_cmd(
     for i in range(len(rows)):
         table.add_row(*(_styled(cells[n][i]) if n == "state" else cells[n][i] for n in width))
     console.print(table)
+    if total > len(rows):  # (on stderr: what reads the table gets the table only)
+        click.echo(f"the newest {len(rows)} of {total} runs; -n {total} lists them all", err=True)
 
 
 def _totals(db: str | None, as_json: bool, workflow_id: str | None) -> None:
