@@ -1344,6 +1344,36 @@ async def test_a_read_only_database_fails_the_run_before_its_first_call(pg_url: 
     assert mock.calls == 0
 
 
+@pytest.mark.parametrize("write", ["check_writable", "transaction"])
+def test_a_write_waiting_for_another_process_lock_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, write: str
+) -> None:
+    """A run, a resume or a prune behind an open sqlite3 shell's transaction waited up to a
+    minute without a word; it says what it waits for once the wait is no longer short."""
+    from eclflow.store.db import LOCK_NOTICE_MS
+
+    path = tmp_path / "runs.db"
+    open_store(f"sqlite:///{path}").close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(LOCK_NOTICE_MS / 1000 + 1, other.execute, ("ROLLBACK",))
+    release.start()
+    try:
+        with open_store(f"sqlite:///{path}") as store, caplog.at_level("WARNING", "eclflow"):
+            if write == "check_writable":
+                store.check_writable()
+            else:
+                with store.transaction():
+                    store.runs.create("r1", "wf", None, "src", "0" * 64, {})
+            assert store.runs.exists("r1") == (write == "transaction")
+    finally:
+        release.join()
+        other.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"waiting for the write lock of {path}, which another process holds (up to 57 s more)"
+    ]
+
+
 def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
     from eclflow.store.db import _sqlite_hint
 

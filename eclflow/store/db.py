@@ -10,6 +10,7 @@ all threads, used under a lock.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import sys
@@ -38,6 +39,10 @@ from .models import FIELD_TYPES, make_models
 from .url import MEMORY, DatabaseURL, parse_url, resolve_url
 
 BUSY_TIMEOUT_MS = 60_000
+# SQLite: a transaction that has waited this long for another process's write lock says so
+# before it waits the rest of BUSY_TIMEOUT_MS (a minute without a word looks like a hang)
+LOCK_NOTICE_MS = 3_000
+logger = logging.getLogger("eclflow.store")
 SQLITE_PRAGMAS = [
     # busy_timeout first: switching to WAL may have to wait for another process
     ("busy_timeout", BUSY_TIMEOUT_MS),
@@ -96,6 +101,35 @@ class _SqliteDatabase(_Tracked, SqliteDatabase):
                     raise
             time.sleep(delay)
             waited, delay = waited + delay, min(delay * 2, 0.1)
+
+    def begin(self, lock_type: str | None = None) -> None:
+        """BEGIN IMMEDIATE (every transaction of the store), saying so while it waits long."""
+        if self.database == MEMORY:
+            super().begin(lock_type)
+            return
+        begin_immediate(self.connection(), self.database)
+
+
+def begin_immediate(conn: Any, path: str) -> None:
+    """BEGIN IMMEDIATE on a connection of the file `path`, with a warning once it has waited
+    LOCK_NOTICE_MS for the write lock of another process (an open sqlite3 shell, a long
+    transaction): then it waits the rest of BUSY_TIMEOUT_MS."""
+    conn.execute(f"PRAGMA busy_timeout = {LOCK_NOTICE_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e):
+            raise
+        rest = BUSY_TIMEOUT_MS - LOCK_NOTICE_MS
+        logger.warning(
+            "waiting for the write lock of %s, which another process holds (up to %d s more)",
+            path,
+            rest // 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {rest}")
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 class _PostgresqlDatabase(_Tracked, PostgresqlDatabase):
@@ -229,7 +263,7 @@ class Store:
         with self.reading():
             if self.kind == "sqlite":
                 conn = self.db.connection()
-                conn.execute("BEGIN IMMEDIATE")
+                begin_immediate(conn, str(self.db.database))
                 conn.execute("ROLLBACK")
             elif self.db.execute_sql("SHOW transaction_read_only").fetchone()[0] == "on":
                 raise PersistenceError(
