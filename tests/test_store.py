@@ -629,6 +629,65 @@ async def test_a_run_goes_on_when_postgres_closes_its_connections(pg_url: str) -
         assert again.runs.get(result.run_id).state == "completed"
 
 
+@pytest.mark.postgres
+async def test_a_commit_that_loses_its_connection_is_written_again_if_it_was_not_in(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection lost during a journal batch's COMMIT (a restart, a killed backend): the
+    batch may or may not be in, so it was never written again and every run waiting for it
+    failed (4% of a busy batch's items when its connections were killed now and then),
+    their calls paid again on resume. The server says how the transaction ended: one rolled
+    back is written again, one committed is done."""
+    import psycopg2
+
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+
+    open_store(pg_url).close()
+    base, _, schema = pg_url.partition("?schema=")
+    admin = psycopg2.connect(base, options=f"-c search_path={schema}")
+    admin.autocommit = True
+    with admin.cursor() as cur:  # the first journal batch that writes a step dies in COMMIT
+        cur.execute(
+            """
+            CREATE SEQUENCE commits;
+            CREATE FUNCTION die_in_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('commits') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid());
+                END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER die_in_commit AFTER INSERT ON step_executions
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die_in_commit();
+            """
+        )
+    admin.close()
+    mock = MockProvider({"generate": "v1", "critique": {"decision": "pass", "critique": "ok"}})
+    with open_store(pg_url) as store, caplog.at_level("WARNING", "eclflow"):
+        result = await runner.run(
+            CRITIQUE_REVISE, {"topic": "t"}, model="mock/x", mock_responses=mock, store=store
+        )
+    assert result.status == "completed", result.error
+    assert mock.calls == 2
+    assert any("writing again on a new connection" in r.getMessage() for r in caplog.records)
+    with open_store(pg_url) as again:
+        assert list(again.steps.succeeded(result.run_id)) == ["generate", "critique#1"]
+        assert len(again.steps.for_run(result.run_id)) == 2
+        # and a transaction that did commit is not written again
+        from eclflow.store.writer import JournalWriter
+
+        writer = JournalWriter(again, asyncio.get_running_loop())
+        xid = "SELECT txid_current()"
+        with again.transaction():
+            committed = again.db.execute_sql(xid).fetchone()[0]
+        with pytest.raises(ZeroDivisionError), again.transaction():
+            rolled_back = again.db.execute_sql(xid).fetchone()[0]
+            _ = 1 / 0
+        lost = PersistenceError("lost")
+        assert writer._committed(committed, lost) and not writer._committed(rolled_back, lost)
+        writer.close()
+
+
 # --- opening: URLs, settings, migrations ---------------------------------------------------------
 
 
@@ -1267,9 +1326,9 @@ def test_claiming_runs_writes_only_those_nobody_has(store: Store, how: str) -> N
 def test_a_batch_whose_commit_may_have_gone_through_is_not_written_again(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A connection lost during COMMIT leaves the outcome unknown: writing the batch again
-    could store it twice (events) or fail on its own rows. Only a loss before the COMMIT is
-    tried again."""
+    """A connection lost during COMMIT leaves the outcome unknown to the client: writing the
+    batch again could store it twice (events) or fail on its own rows. The server says that
+    it committed: the batch is done, not written again."""
     from contextlib import contextmanager
 
     import psycopg2
@@ -1294,8 +1353,7 @@ def test_a_batch_whose_commit_may_have_gone_through_is_not_written_again(
 
     try:
         monkeypatch.setattr(store, "transaction", committed_then_lost)
-        with pytest.raises(PersistenceError, match="server closed the connection"):
-            asyncio.run(write())
+        asyncio.run(write())
         monkeypatch.setattr(store, "transaction", real)
         assert [e.kind for e in store.events.for_run(run_id)] == ["step_started"]
     finally:

@@ -424,21 +424,50 @@ class JournalWriter:
         if self.inline:  # SQLite, from either thread
             self._write_sqlite(groups)
             return
+        if not groups:  # (only a drain's marker: nothing to commit)
+            return
         for wait in (*RECONNECT_AFTER, None):
-            applied = False
+            xid = None  # the transaction's id, once everything but the COMMIT is done
             try:
                 with self.store.transaction():
-                    self._apply(self.store.db.cursor(), groups, _many_pages)
-                    applied = True
+                    cursor = self.store.db.cursor()
+                    self._apply(cursor, groups, _many_pages)
+                    cursor.execute("SELECT txid_current()")
+                    xid = cursor.fetchone()[0]
                 return
             except PersistenceError as e:
                 # a connection PostgreSQL closed (a restart, a failover) before the COMMIT
                 # rolled the batch back whole: written again on a new one, rather than losing
-                # results paid for. Lost during the COMMIT, the batch may be in: not again.
-                if applied or wait is None or not connection_lost(e.__cause__):
+                # results paid for. Lost during the COMMIT, the batch may be in: the server
+                # says whether it is, and only one it rolled back is written again.
+                if wait is None or not connection_lost(e.__cause__):
                     raise
+                if xid is not None and self._committed(xid, e):
+                    return
                 logger.warning("journal: %s; writing again on a new connection", e)
                 time.sleep(wait)
+
+    def _committed(self, xid: int, error: PersistenceError) -> bool:
+        """(PostgreSQL, worker thread) Whether transaction `xid`, whose COMMIT lost its
+        connection, was committed; `error` again when the server cannot tell."""
+        for wait in (0.0, *RECONNECT_AFTER):
+            time.sleep(wait)
+            try:
+                with self.store.reading():
+                    cursor = self.store.db.cursor()
+                    cursor.execute("SELECT txid_status(%s)", (xid,))
+                    status = cursor.fetchone()[0]
+            except PersistenceError as e:
+                if not connection_lost(e.__cause__):
+                    raise
+                continue
+            if status == "committed":
+                return True
+            if status == "aborted":
+                return False
+            if status != "in progress":  # (its backend may not have ended yet)
+                raise error  # too old to tell
+        raise error
 
     def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         """On this thread's connection: BEGIN/COMMIT by hand, no ORM in between. On the event
