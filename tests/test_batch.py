@@ -254,6 +254,47 @@ def test_a_batch_on_postgres_starts_many_claimed_runs_at_once(
     assert len(log.read_text().splitlines()) == 48
 
 
+@pytest.mark.postgres
+def test_items_a_database_error_stopped_are_said_to_continue_when_run_again(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    import psycopg2
+
+    from eclflow.store import open_store
+
+    cmd, env = batch(tmp_path, 3, "--concurrency", "1", "--db", pg_url)
+    open_store(pg_url).close()
+    base, _, schema = pg_url.partition("?schema=")
+    with psycopg2.connect(base, options=f"-c search_path={schema}") as conn, conn.cursor() as c:
+        c.execute(
+            """
+            CREATE SEQUENCE failures;
+            CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.input::text LIKE '%topic 1%' AND nextval('failures') = 1 THEN
+                    RAISE EXCEPTION 'could not extend file: No space left on device';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER fail_once BEFORE INSERT ON step_executions
+                FOR EACH ROW EXECUTE FUNCTION fail_once();
+            """
+        )
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == [
+        "completed", "failed", "completed",
+    ]  # fmt: skip
+    assert "could not extend file" in r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "1 stopped by a database error: once it is back, run the same command again to continue it"
+    )
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(x)["status"] for x in again.stdout.splitlines()] == ["completed"] * 3
+
+
 def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -154,6 +154,7 @@ def run_batch_command(
 
     progress = BatchProgress(total=len(items))
     first_failed: tuple[int, Any] | None = None  # (line in the items file, result)
+    journal_failed = 0  # items stopped by a database error (what they committed is kept)
 
     def keep(p: BatchProgress) -> None:
         nonlocal progress
@@ -175,11 +176,13 @@ def run_batch_command(
                 on_update=keep,
             )
         ) as results:
-            nonlocal first_failed
+            nonlocal first_failed, journal_failed
             index = 0
             async for r in results:
                 if r.status not in ("completed", "paused") and first_failed is None:
                     first_failed = (numbered[index][0], r)
+                if r.status == "failed" and (r.error or "").startswith("Database error:"):
+                    journal_failed += 1
                 index += 1
                 line = r.to_dict() if as_json else _line(r)
                 click.echo(json.dumps(line, default=str, ensure_ascii=False))
@@ -227,6 +230,13 @@ def run_batch_command(
             line=n,
             run_id=first.run_id,
             failed_items=progress.failed,
+        )
+    if journal_failed and store is not None:
+        say(
+            f"{journal_failed} stopped by a database error: once it is back, run the same "
+            f"command again to continue {'them' if journal_failed > 1 else 'it'}",
+            "warning",
+            journal_failed=journal_failed,
         )
     if progress.paused:
         say(
