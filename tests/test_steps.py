@@ -541,3 +541,48 @@ def test_a_plugin_prompt_step_has_its_input_schema_checked() -> None:
     step.validate_input({"n": 3})
     with pytest.raises(ValidationError, match="'three' is not of type 'integer'"):
         step.validate_input({"n": "three"})
+
+
+def _install_plugin(tmp_path: Path, module: str, source: str, entry_points: str) -> None:
+    """A distribution on `tmp_path` (put it on the path) whose module `module` holds `source`,
+    with `entry_points` (lines `name = module:Class`) in the group `eclflow.steps`."""
+    (tmp_path / f"{module}.py").write_text(source)
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[eclflow.steps]\n{entry_points}\n")
+
+
+def test_a_plugin_step_that_raises_shows_its_traceback_with_verbose(tmp_path: Path) -> None:
+    """A bug in a plugin's `execute` fails the step with one line, and `eclflow -v` shows
+    where it is (it showed no traceback at all, even with -v)."""
+    import os
+    import subprocess
+    import sys
+
+    _install_plugin(
+        tmp_path,
+        "buggy_plugin",
+        "from eclflow.steps import Step\n"
+        "class Buggy(Step):\n"
+        "    async def execute(self, ctx, input):\n"
+        "        return {}['missing_key']\n",
+        "buggy = buggy_plugin:Buggy",
+    )
+    (tmp_path / "w.yaml").write_text("eclflow: 1\nid: b\nsteps:\n  - {id: s, type: buggy}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eclflow", *args, "run", str(tmp_path / "w.yaml")]
+        cmd.append("--no-journal")
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    r = eclflow()
+    assert r.returncode == 1
+    assert "error: Step s failed: KeyError: 'missing_key'" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = eclflow("-v")
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr
+    assert "buggy_plugin.py" in r.stderr and "return {}['missing_key']" in r.stderr
+

@@ -312,6 +312,7 @@ class Executor:
         except EclflowError as e:
             result = _failure(e)
         except Exception as e:  # a bug in a step type must fail the step, not the engine
+            self._log.debug("step type '%s' raised", step.type_name, exc_info=e)  # (-v)
             result = StepResult.failed(f"{type(e).__name__}: {e}", retryable=False)
 
         if not isinstance(result, StepResult):

@@ -134,9 +134,12 @@ class _PrettyFormatter(logging.Formatter):
             f"{k}={shorten(v[:8] if k == 'run_id' and isinstance(v, str) else v)}"
             for k, v in fields.items()
         )
-        return (
+        text = (
             f"{record.getMessage()}  [dim]{_escape(extra)}[/dim]" if extra else record.getMessage()
         )
+        if record.exc_info:
+            text += "\n" + _escape(self.formatException(record.exc_info))
+        return text
 
 
 def _escape(text: str) -> str:
