@@ -586,3 +586,47 @@ def test_a_plugin_step_that_raises_shows_its_traceback_with_verbose(tmp_path: Pa
     assert "Traceback (most recent call last)" in r.stderr
     assert "buggy_plugin.py" in r.stderr and "return {}['missing_key']" in r.stderr
 
+def test_plugin_entry_points_that_cannot_work_are_refused_when_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain `def execute` (every run failed with "can't be used in 'await' expression"),
+    and a type two plugins, or a plugin and the program, both claim (the last one loaded
+    silently replaced the other): refused with a line that says why, the first type kept."""
+    _install_plugin(
+        tmp_path,
+        "claims_plugin",
+        "from eclflow.steps import Step, StepResult\n"
+        "class Sync(Step):\n"
+        "    def execute(self, ctx, input):\n"
+        "        return StepResult.success({})\n"
+        "class First(Step):\n"
+        "    async def execute(self, ctx, input):\n"
+        "        return StepResult.success({})\n"
+        "class Second(First):\n"
+        "    pass\n",
+        "sync_claim = claims_plugin:Sync\ntwice_claim = claims_plugin:First\n"
+        "twice_claim = claims_plugin:Second\nmine_claim = claims_plugin:First",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = StepRegistry()
+
+    class Mine(Step):
+        type_name = "mine_claim"
+
+        async def execute(self, ctx: Any, input: Any) -> StepResult:
+            return StepResult.success({})
+
+    reg.register(Mine)
+    problems = reg.load_entry_points()
+    assert "sync_claim" not in reg._types
+    assert reg.get("twice_claim").__qualname__ == "First"
+    assert reg.get("mine_claim") is Mine
+    assert sorted(problems) == [
+        "plugin step 'mine_claim' (claims_plugin:First) failed to load: 'mine_claim' is "
+        f"already the type of {Mine.__module__}:{Mine.__qualname__}",
+        "plugin step 'sync_claim' (claims_plugin:Sync) failed to load: Sync.execute must be "
+        "`async def`",
+        "plugin step 'twice_claim' (claims_plugin:Second) failed to load: 'twice_claim' is "
+        "already the type of claims_plugin:First",
+    ]
+

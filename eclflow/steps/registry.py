@@ -28,14 +28,12 @@ class StepRegistry:
     def register(self, cls: type[Step], *, replace: bool = False) -> type[Step]:
         """Add a step type. `replace`: a type of the same name that is not built in gives way
         (a built-in type never does: a workflow's `generate` is always the same step)."""
-        import inspect
-
         if not (isinstance(cls, type) and issubclass(cls, Step)):
             raise ConfigError(f"a step type is a subclass of eclflow.Step, not {cls!r}")
         name = cls.type_name
         if not name:
             raise ConfigError(f"step class {cls.__qualname__} has no type_name")
-        if not inspect.iscoroutinefunction(cls.execute):
+        if not _async_execute(cls):
             raise ConfigError(f"{cls.__qualname__}.execute must be `async def`")
         current = self._types.get(name)
         if current is not None and current is not cls:
@@ -77,11 +75,19 @@ class StepRegistry:
         problems = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
-                if ep.name in self._types and self._types[ep.name].__module__ == _BUILTIN:
-                    raise ConfigError(f"'{ep.name}' is a built-in step type")
+                current = self._types.get(ep.name)
+                if current is not None and current.__module__ == _BUILTIN:
+                    raise TypeError(f"'{ep.name}' is a built-in step type")
                 cls = ep.load()
                 if not (isinstance(cls, type) and issubclass(cls, Step)):
                     raise TypeError("not a subclass of eclflow.Step")
+                if not _async_execute(cls):
+                    raise TypeError(f"{cls.__qualname__}.execute must be `async def`")
+                if current is cls:
+                    continue
+                if current is not None:  # another plugin's, or one the program registered
+                    where = f"{current.__module__}:{current.__qualname__}"
+                    raise TypeError(f"'{ep.name}' is already the type of {where}")
                 if not cls.type_name:
                     cls.type_name = ep.name
                 # The entry point's name is the type (docs/format.md), whatever type_name the
@@ -99,6 +105,13 @@ class StepRegistry:
         self._all()
         prefix = f"plugin step '{name}' "
         return next((p for p in self.problems if p.startswith(prefix)), None)
+
+
+def _async_execute(cls: type[Step]) -> bool:
+    """The engine awaits `execute`: a plain `def` would fail every run of the type."""
+    import inspect
+
+    return inspect.iscoroutinefunction(cls.execute)
 
 
 _default: StepRegistry | None = None
