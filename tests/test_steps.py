@@ -586,6 +586,7 @@ def test_a_plugin_step_that_raises_shows_its_traceback_with_verbose(tmp_path: Pa
     assert "Traceback (most recent call last)" in r.stderr
     assert "buggy_plugin.py" in r.stderr and "return {}['missing_key']" in r.stderr
 
+
 def test_plugin_entry_points_that_cannot_work_are_refused_when_loaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -630,3 +631,22 @@ def test_plugin_entry_points_that_cannot_work_are_refused_when_loaded(
         "already the type of claims_plugin:First",
     ]
 
+
+def test_a_timeout_inside_a_step_is_not_called_the_step_timeout() -> None:
+    """A step's own `asyncio.wait_for` that times out was reported as "Step timed out after
+    120s" at once: it says what it is, and is still retried."""
+    from eclflow.engine.journal import _NoLog
+    from eclflow.spec.model import RetrySpec
+
+    class Waits(Step):
+        type_name = "waits_test"
+
+        async def execute(self, ctx: Any, input: Any) -> StepResult:
+            await asyncio.wait_for(asyncio.sleep(10), 0.01)
+            return StepResult.success({})
+
+    ex, _ = _ctx(MockProvider([]))
+    s = Waits(spec("waits_test", timeout=120, retry=RetrySpec(2, 0, 0, 1)))
+    e = asyncio.run(ex.run(s, "w", 0, {}, _NoLog()))
+    assert e.outcome == "failed" and e.attempts == 2
+    assert e.error == "TimeoutError (a wait inside the step)"

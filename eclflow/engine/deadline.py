@@ -191,6 +191,12 @@ class _Timeout:
         self._token = _current.set(self)
         return self
 
+    @property
+    def expired(self) -> bool:
+        """Whether the block ran out of time (rather than something in it raising
+        TimeoutError of its own)."""
+        return self._watch is not None and self._watch.expired
+
     def _settle(self) -> None:
         """Stop the clock when every call of the block waits (`suspended`), start it again with
         the time that was left when one does not."""

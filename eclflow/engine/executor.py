@@ -301,14 +301,21 @@ class Executor:
             iteration=iteration,
             max_revisions=step.max_revisions,
         )
+        # (a pure step never waits on anything: there is nothing a timer could cut short)
+        timer = None if step.pure else deadline.timeout(step.spec.timeout)
         try:
-            if step.pure:  # never waits on anything: there is nothing a timer could cut short
+            if timer is None:
                 result = await step.execute(ctx, input)
             else:
-                async with deadline.timeout(step.spec.timeout):
+                async with timer:
                     result = await step.execute(ctx, input)
-        except TimeoutError:
-            result = _failure(StepTimeout(step.spec.timeout))
+        except TimeoutError as e:
+            if timer is not None and timer.expired:
+                result = _failure(StepTimeout(step.spec.timeout))
+            else:  # a wait of the step's own (`asyncio.wait_for`, a client's timeout)
+                self._log.debug("step type '%s' raised", step.type_name, exc_info=e)
+                why = f"TimeoutError: {e}" if str(e) else "TimeoutError"
+                result = StepResult.failed(f"{why} (a wait inside the step)", retryable=True)
         except EclflowError as e:
             result = _failure(e)
         except Exception as e:  # a bug in a step type must fail the step, not the engine
