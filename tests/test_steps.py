@@ -650,3 +650,19 @@ def test_a_timeout_inside_a_step_is_not_called_the_step_timeout() -> None:
     e = asyncio.run(ex.run(s, "w", 0, {}, _NoLog()))
     assert e.outcome == "failed" and e.attempts == 2
     assert e.error == "TimeoutError (a wait inside the step)"
+
+
+def test_a_prompt_that_renders_to_nothing_is_not_sent() -> None:
+    """A prompt whose `{% if %}` left nothing was sent to the model as it was (and paid for)."""
+    from eclflow.engine.journal import _NoLog
+    from eclflow.steps.builtin import LLMStep
+
+    mock = MockProvider(["an answer to nothing"])
+    ex, _ = _ctx(mock)
+    step = LLMStep(spec("llm", template="{% if long %}Write at length.{% endif %}\n"))
+    e = asyncio.run(ex.run(step, "llm", 0, {"long": False}, _NoLog()))
+    assert e.outcome == "failed" and not e.retryable and mock.calls == 0
+    assert e.error == (
+        "the prompt of step 'llm' renders to nothing: check the values under `with:` and "
+        "the template's `{% if %}` blocks"
+    )

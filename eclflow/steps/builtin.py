@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import expr
-from ..errors import ValidationError
+from ..errors import TemplateError, ValidationError
 from ..llm.base import Message, utf8_text
 from .base import Step, StepContext, StepResult
 
@@ -110,6 +110,12 @@ class PromptStep(Step):
     def messages(self, input: Mapping[str, Any]) -> list[Message]:
         variables = self.prompt_variables(input)
         user = expr.render_string(self.prompt_source(), variables, self._prompt_file)
+        if not user.strip():  # (a model asked nothing answers anyway, and is paid for it)
+            where = f" ({self._prompt_file})" if self._prompt_file else ""
+            raise TemplateError(
+                f"the prompt of step '{self.id}'{where} renders to nothing: check the "
+                "values under `with:` and the template's `{% if %}` blocks"
+            )
         system_source = self.spec.system if self.spec.system is not None else self.default_system
         out = []
         if system_source:
