@@ -67,6 +67,11 @@ class _Environment(ImmutableSandboxedEnvironment):
                 if type(width) is int:
                     tabs = owner.count("\t") if name == "expandtabs" else 0
                     _bounded(len(owner) + max(tabs, 1) * width, f"`{name}` of width {width:,}")
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(owner, args[0], args[1], args[2] if len(args) > 2 else None)
+            elif name == "join" and len(args) == 1:
+                args = (list(args[0]),)
+                _check_join(owner, args[0])
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -102,6 +107,21 @@ def _check_format(fmt: str, values: Any) -> None:
                 _bounded(abs(v), f"a width of {abs(v):,} in a format")
 
 
+def _check_replace(text: str, old: Any, new: Any, count: Any) -> None:
+    if not (isinstance(old, str) and isinstance(new, str)) or len(new) <= len(old):
+        return
+    n = text.count(old) if old else len(text) + 1
+    if type(count) is int and count >= 0:
+        n = min(n, count)
+    size = len(text) + n * (len(new) - len(old))
+    _bounded(size, f"`replace` would make {size:,} characters")
+
+
+def _check_join(separator: str, items: list[Any]) -> None:
+    size = sum(len(str(i)) for i in items) + len(separator) * max(len(items) - 1, 0)
+    _bounded(size, f"`join` would make {size:,} characters")
+
+
 def _bounded(size: int, what: str) -> None:
     if size > MAX_SIZE:
         raise SecurityError(f"{what}, over the limit of {MAX_SIZE:,}")
@@ -126,6 +146,39 @@ def _width_filter(name: str) -> Any:
     return bounded
 
 
+@jinja2.pass_eval_context
+def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> Any:
+    _check_replace(str(s), str(old), str(new), count)
+    return jinja2.filters.do_replace(eval_ctx, s, old, new, count)
+
+
+@jinja2.pass_eval_context
+def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+    if attribute is not None:
+        value = map(jinja2.filters.make_attrgetter(eval_ctx.environment, attribute), value)
+    items = list(value)
+    _check_join(str(d), items)
+    return jinja2.filters.sync_do_join(eval_ctx, items, d)
+
+
+def _batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+    if fill_with is not None and type(linecount) is int:  # (the last batch is filled up)
+        _bounded(linecount, f"`batch` of {linecount:,} items")
+    return jinja2.filters.do_batch(value, linecount, fill_with)
+
+
+def _slice(value: Any, slices: int, fill_with: Any = None) -> Any:
+    if type(slices) is int:
+        _bounded(slices, f"`slice` into {slices:,} lists")
+    return jinja2.filters.sync_do_slice(value, slices, fill_with)
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Any:
+    if type(n) is int and type(max) is int:
+        _bounded(n * max, f"`lipsum` of up to {n * max:,} words")
+    return jinja2.utils.generate_lorem_ipsum(n, html, min, max)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     env = _Environment(
@@ -139,6 +192,8 @@ def environment() -> ImmutableSandboxedEnvironment:
     env.filters["to_json"] = _tojson
     for name in ("center", "indent", "format"):
         env.filters[name] = _width_filter(name)
+    env.filters.update(replace=_replace, join=_join, batch=_batch, slice=_slice)
+    env.globals["lipsum"] = _lipsum
     return env
 
 

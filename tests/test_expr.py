@@ -195,6 +195,14 @@ def test_a_run_time_error_names_the_template_line_and_file() -> None:
         ("{{ 'x'.center(10 ** 9) }}", "`center` of width 1,000,000,000"),
         ("{{ 'x'.ljust(10 ** 9) }}", "`ljust` of width 1,000,000,000"),
         ("{{ 'x'.zfill(10 ** 9) }}", "`zfill` of width 1,000,000,000"),
+        ("{{ lipsum(10 ** 6) }}", "`lipsum` of up to 100,000,000 words"),
+        ("{{ lipsum(1, max=10 ** 9) }}", "`lipsum` of up to 1,000,000,000 words"),
+        ("{{ [1] | batch(10 ** 9, 0) | list }}", "`batch` of 1,000,000,000 items"),
+        ("{{ [1] | slice(10 ** 8) | list }}", "`slice` into 100,000,000 lists"),
+        ("{{ ('a' * n) | replace('a', 'b' * n) }}", "`replace` would make 100,000,000 characters"),
+        ("{{ ('a' * n).replace('a', 'b' * n) }}", "`replace` would make 100,000,000 characters"),
+        ("{{ ('ab' * n) | join('c' * n) }}", "`join` would make 200,010,000 characters"),
+        ("{{ ('c' * n).join('ab' * n) }}", "`join` would make 200,010,000 characters"),
     ],
 )
 def test_the_sandbox_bounds_what_one_operation_may_make(source: str, refused: str) -> None:
@@ -224,3 +232,10 @@ def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
     assert expr.render_value("{{ '%d items, 100%%' % 20000000 }}", ctx) == "20000000 items, 100%"
     assert expr.render_value("{{ '{:>5}'.format('ab') }}", ctx) == "   ab"
     assert expr.render_value("{{ '%5.1f' | format(3.14159) }}", ctx) == "  3.1"
+    assert expr.render_value("{{ lipsum(2, html=false) | wordcount > 30 }}", ctx) is True
+    assert expr.render_value("{{ [1, 2, 3] | batch(2, 0) | list }}", ctx) == [[1, 2], [3, 0]]
+    assert expr.render_value("{{ [1, 2, 3] | slice(2) | list }}", ctx) == [[1, 2], [3]]
+    assert expr.render_value("{{ 'abcb' | replace('b', 'XY', 1) }}", ctx) == "aXYcb"
+    assert expr.render_value("{{ 'abcb'.replace('b', 'XY') }}", ctx) == "aXYcXY"
+    assert expr.render_value("{{ [{'a': 1}, {'a': 2}] | join('+', attribute='a') }}", ctx) == "1+2"
+    assert expr.render_value("{{ '-'.join(['x', 'y']) }}", ctx) == "x-y"
