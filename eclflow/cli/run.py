@@ -47,7 +47,9 @@ def parse_inputs(
     if input_file is not None:
         try:
             text = sys.stdin.read() if str(input_file) == "-" else input_file.read_text("utf-8")
-            loaded = yaml.load(text)
+            loaded = _json(text)
+            if loaded is None:
+                loaded = yaml.load(text)
         except (OSError, YAMLError, UnicodeDecodeError) as e:
             raise click.BadParameter(
                 f"cannot read {input_file}: {e}", param_hint="--input-file"
@@ -76,6 +78,29 @@ def parse_inputs(
             value = raw
         data[key] = value
     return data
+
+
+def _json(text: str) -> Any:
+    """`text` as a JSON object, or None when it is not one (YAML, or a key written twice,
+    which YAML reports): the pure-Python YAML parser takes seconds a megabyte."""
+    if not text.lstrip().startswith("{"):
+        return None
+    import json
+
+    def no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise ValueError("a key written twice")
+        return obj
+
+    try:
+        return json.loads(text, object_pairs_hook=no_twice, parse_constant=_not_json)
+    except ValueError:
+        return None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # (YAML reads `NaN` as text)
 
 
 def _plain(value: Any, path: Path | None, where: str) -> Any:
