@@ -339,7 +339,7 @@ def test_plugins_load_only_when_needed_and_cannot_replace_built_in_types(tmp_pat
         "[eclflow.steps]\nshout = shout_plugin:Shout\ngenerate = shout_plugin:FakeGenerate\n"
     )
     (tmp_path / "shouting.yaml").write_text(PLUGIN_WORKFLOW)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"}
 
     def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "eclflow", *args]
@@ -371,6 +371,10 @@ def test_plugins_load_only_when_needed_and_cannot_replace_built_in_types(tmp_pat
     assert types["shout"] == "shout_plugin"
     assert types["generate"] == "eclflow.steps.builtin"
     assert "warning: plugin step 'generate'" in r.stderr and "built-in step type" in r.stderr
+    # a type whose schema names no output makes any output (not `llm`'s text / output_schema)
+    r = eclflow("steps")
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()]
+    assert ["shout", "no", "any", "any", "Upper-case a text."] in rows
 
 
 def test_a_step_cancelled_while_its_result_is_committed_keeps_its_event() -> None:

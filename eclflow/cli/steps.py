@@ -17,11 +17,14 @@ from ._common import handle_errors, stdout_console
 def steps_cmd(as_json: bool) -> None:
     """List the registered step types with their inputs and outputs."""
     from ..steps import default_registry
+    from ..steps.builtin import LLMStep
 
     registry = default_registry()
     rows: list[dict[str, Any]] = []
+    unsaid: dict[str, str] = {}  # what the table says of a type whose schema names no output
     for name in registry.names():
         cls = registry.get(name)
+        unsaid[name] = "text / output_schema" if issubclass(cls, LLMStep) else "any"
         rows.append(
             {
                 "type": name,
@@ -49,7 +52,7 @@ def steps_cmd(as_json: bool) -> None:
             r["type"],
             "yes" if r["calls_model"] else "no",
             inputs,
-            ", ".join(r["outputs"]) or "text / output_schema",
+            ", ".join(r["outputs"]) or unsaid[r["type"]],
             r["description"],
         )
     stdout_console().print(table)
