@@ -670,3 +670,29 @@ def test_a_prompt_that_renders_to_nothing_is_not_sent() -> None:
         "the prompt of step 'llm' renders to nothing: check the values under `with:` and "
         "the template's `{% if %}` blocks"
     )
+
+
+def test_a_step_type_that_calls_a_model_without_uses_model_is_told_so() -> None:
+    """It was told to give the workflow a `model:`, which it had: the executor hands no model
+    to a type whose `uses_model` is False."""
+    from eclflow.engine.journal import _NoLog
+
+    class Asks(Step):
+        type_name = "asks_test"
+
+        async def execute(self, ctx: Any, input: Any) -> StepResult:
+            reply = await ctx.complete([{"role": "user", "content": "hi"}])
+            return StepResult.success({"text": reply.content})
+
+    mock = MockProvider(["hello"])
+    ex, _ = _ctx(mock)
+    e = asyncio.run(ex.run(Asks(spec("asks_test")), "a", 0, {}, _NoLog()))
+    assert e.outcome == "failed" and mock.calls == 0
+    assert e.error == (
+        "Validation error: step type 'asks_test' calls a model without saying so: set "
+        "`uses_model = True` on test_a_step_type_that_calls_a_model_without_uses_model_is_told_so"
+        ".<locals>.Asks"
+    )
+    Asks.uses_model = True
+    e = asyncio.run(ex.run(Asks(spec("asks_test")), "a", 0, {}, _NoLog()))
+    assert e.output == {"text": "hello"}

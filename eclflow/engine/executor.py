@@ -384,6 +384,11 @@ class Executor:
             stop: Sequence[str] = (),
             json_schema: Mapping[str, Any] | None = None,
         ) -> CompletionResponse:
+            if not step.uses_model:  # (the executor gives no model to a type that says so)
+                raise ValidationError(
+                    f"step type '{step.type_name}' calls a model without saying so: set "
+                    f"`uses_model = True` on {type(step).__qualname__}"
+                )
             if model is None:
                 raise ValidationError(
                     f"step '{step.id}' calls a model but none is set: give the workflow "
