@@ -695,6 +695,29 @@ def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> N
         assert all(k in r.stderr for k in kinds), r.stderr
 
 
+def test_an_output_that_breaks_the_rules_is_said_once_an_attempt_by_default(
+    tmp_path: Any,
+) -> None:
+    """A draft too long three times: each retry's warning and the `error:` line say why, and
+    a "Validation failed" warning said it again before each of them."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "long.yaml"
+    script.write_text(f"generate: {['x' * 2100] * 3}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x",
+         "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("Draft too long: 2100 chars") == 3, r.stderr
+    assert r.stderr.count("WARNING Retrying after failure") == 2, r.stderr
+    assert "Validation failed" not in r.stderr
+
+
 def test_the_library_logs_to_nobody_until_logging_is_configured(tmp_path: Any) -> None:
     import subprocess
     import sys

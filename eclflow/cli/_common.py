@@ -153,7 +153,13 @@ def json_logs() -> bool:
 # out. A retry's warning stays (it says why, before the step's line); logs asked for (a level,
 # a format, -v) keep every record.
 _SAID_AGAIN = frozenset(
-    {"llm_request_failed", "step_failed", "step_failed_after_retries", "budget_exceeded"}
+    {
+        "llm_request_failed",
+        "validation_failed",
+        "step_failed",
+        "step_failed_after_retries",
+        "budget_exceeded",
+    }
 )
 
 
