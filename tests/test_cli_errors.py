@@ -243,6 +243,17 @@ def test_a_large_json_input_file_is_read_quickly(tmp_path: Path) -> None:
         parse_inputs((), odd)
 
 
+@pytest.mark.parametrize("text", ['{"t": ' + "[" * 100_000 + "]" * 100_000 + "}", "[" * 100_000])
+def test_an_input_file_that_nests_too_deep_is_one_line(tmp_path: Path, text: str) -> None:
+    """It was `RecursionError: maximum recursion depth exceeded`, as an internal error."""
+    from eclflow.cli.run import parse_inputs
+
+    deep = tmp_path / "deep.json"
+    deep.write_text(text)
+    with pytest.raises(click.BadParameter, match=r"deep\.json: its values nest too deep"):
+        parse_inputs((), deep)
+
+
 @pytest.mark.parametrize("args", [["steps"], ["graph", WF], ["runs"]])
 def test_a_reader_that_goes_away_is_141_for_commands_that_print_through_rich(
     args: list[str], tmp_path: Path

@@ -54,6 +54,10 @@ def parse_inputs(
             raise click.BadParameter(
                 f"cannot read {input_file}: {e}", param_hint="--input-file"
             ) from None
+        except RecursionError:
+            raise click.BadParameter(
+                f"cannot read {input_file}: its values nest too deep", param_hint="--input-file"
+            ) from None
         if not isinstance(loaded, Mapping):
             raise click.BadParameter(
                 f"{input_file} must hold an object of input values", param_hint="--input-file"
