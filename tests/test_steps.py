@@ -696,3 +696,36 @@ def test_a_step_type_that_calls_a_model_without_uses_model_is_told_so() -> None:
     Asks.uses_model = True
     e = asyncio.run(ex.run(Asks(spec("asks_test")), "a", 0, {}, _NoLog()))
     assert e.output == {"text": "hello"}
+
+
+@pytest.mark.parametrize("broken", ["validate_input", "validate_output"])
+def test_a_step_type_whose_own_check_raises_fails_the_step_not_the_run(
+    tmp_path: Path, broken: str
+) -> None:
+    """A bug in a plugin's `validate_input` or `validate_output` ended the process with
+    "KeyError: …" as an internal error, the run left `running` (shown as interrupted): it fails
+    the step, and the run, as a bug in `execute` does."""
+    import eclflow
+    from eclflow.spec import load_text
+
+    class Checks(Step):
+        async def execute(self, ctx: Any, input: Any) -> StepResult:
+            return StepResult.success({"done": True})
+
+    def bug(self: Step, value: Any) -> None:
+        raise KeyError("nope")
+
+    Checks = type(f"Checks_{broken}", (Checks,), {"type_name": f"checks_{broken}", broken: bug})
+    eclflow.register(Checks)
+    wf = load_text(f"eclflow: 1\nid: c\nsteps:\n  - {{id: s, type: checks_{broken}}}\n")
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = asyncio.run(eclflow.run(wf, {}, db=db))
+    assert result.status == "failed"
+    assert result.error == "Step s failed: KeyError: 'nope'"
+    from eclflow.store import open_store
+
+    store = open_store(db)
+    try:
+        assert store.runs.get(result.run_id).state == "failed"
+    finally:
+        store.close()

@@ -138,12 +138,14 @@ class Executor:
             traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
             try:
                 step.validate_input(input)
-            except ValidationError as e:
-                traces.append(TraceEvent("error", "Input validation failed", {"error": str(e)}))
-                emit("validation_failed", field=e.field or "input", reason=str(e))
+            except Exception as e:
+                refused = str(e) if isinstance(e, ValidationError) else self._bug(step, e)
+                traces.append(TraceEvent("error", "Input validation failed", {"error": refused}))
+                field_name = e.field if isinstance(e, ValidationError) else None
+                emit("validation_failed", field=field_name or "input", reason=refused)
                 handle = attempts_log.started(1, input, model)
                 total = StepExecution(
-                    step.id, key, iteration, "failed", error=str(e), attempts=1, model=model,
+                    step.id, key, iteration, "failed", error=refused, attempts=1, model=model,
                     input=input, traces=traces, duration_ms=_ms(started),
                 )  # fmt: skip
                 await attempts_log.finished(handle, 1, total)
@@ -318,9 +320,8 @@ class Executor:
                 result = StepResult.failed(f"{why} (a wait inside the step)", retryable=True)
         except EclflowError as e:
             result = _failure(e)
-        except Exception as e:  # a bug in a step type must fail the step, not the engine
-            self._log.debug("step type '%s' raised", step.type_name, exc_info=e)  # (-v)
-            result = StepResult.failed(f"{type(e).__name__}: {e}", retryable=False)
+        except Exception as e:
+            result = StepResult.failed(self._bug(step, e), retryable=False)
 
         if not isinstance(result, StepResult):
             result = StepResult.failed(
@@ -342,6 +343,8 @@ class Executor:
                     )
                 else:
                     result = StepResult.failed(str(e), False, result.output)
+            except Exception as e:
+                result = StepResult.failed(self._bug(step, e), False, result.output)
         failed = result.kind == "failed"
         done = TraceEvent(
             "error" if failed else "info",
@@ -374,6 +377,12 @@ class Executor:
             self._settled(record, attempt, traces, step_started)
         await attempts_log.finished(handle, attempt, record, commit=not step.pure)
         return record
+
+    def _bug(self, step: Step, e: Exception) -> str:
+        """What a step fails with when its type's code raised an exception of no meaning to
+        eclflow (a bug in a plugin): the step fails, not the engine. The traceback: with -v."""
+        self._log.debug("step type '%s' raised", step.type_name, exc_info=e)
+        return f"{type(e).__name__}: {e}"
 
     def _completer(self, step: Step, key: str, model: str | None, usage: _Usage) -> Any:
         async def complete(
