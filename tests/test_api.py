@@ -451,3 +451,37 @@ def test_a_step_type_whose_output_is_not_json_fails_its_attempt(tmp_path: Path) 
     )
     fine = load_text("eclflow: 1\nid: f\nsteps: [{id: a, type: fine_output}]\n")
     assert asyncio.run(eclflow.run(fine, {})).steps[0].output == {"n": [1, 2.5, None, "x"]}
+
+
+def test_a_step_type_that_cannot_be_made_is_a_config_error_before_the_run_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A plugin whose constructor raises ended the process as an internal error with a run
+    recorded and left `running` (interrupted): it is a ConfigError naming the type and its
+    class, and no run is recorded."""
+    import asyncio
+
+    import eclflow
+    from eclflow.spec import load_text
+    from eclflow.store import open_store
+
+    class Unmakeable(eclflow.Step):
+        type_name = "unmakeable_test"
+
+        def __init__(self, spec: Any, workflow: Any = None) -> None:
+            raise ValueError("no settings file")
+
+        async def execute(self, ctx: Any, input: Any) -> eclflow.StepResult:
+            return eclflow.StepResult.success({})
+
+    eclflow.register(Unmakeable)
+    wf = load_text("eclflow: 1\nid: u\nsteps:\n  - {id: s, type: unmakeable_test}\n")
+    with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        with pytest.raises(eclflow.ConfigError) as caught:
+            asyncio.run(eclflow.run(wf, {}, store=store))
+        assert str(caught.value) == (
+            "Configuration error: step type 'unmakeable_test' "
+            f"({__name__}:{Unmakeable.__qualname__}) cannot be made for step 's': "
+            "ValueError: no settings file"
+        )
+        assert store.runs.count() == 0

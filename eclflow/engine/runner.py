@@ -171,6 +171,7 @@ async def run(
         validate_input(wf, inputs)
     budget = as_budget(budget)
     plan = compile_plan(wf)
+    plan.step_objects(default_registry())  # (a type that cannot be made: before any record)
     if mock_responses is not None:
         check_mock_is_used(wf, model)
     providers = Providers(mock=as_mock(mock_responses))

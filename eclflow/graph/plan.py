@@ -8,8 +8,9 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError, EclflowError
 from ..spec.deps import DepGraph, dependency_graph
-from ..spec.model import RevisionLoop, Workflow
+from ..spec.model import RevisionLoop, StepSpec, Workflow
 
 if TYPE_CHECKING:
     from ..steps.base import Step
@@ -151,7 +152,9 @@ class Plan:
         """The workflow's step instances from `registry`, made once per plan and registry."""
         made = self._step_objects.get(id(registry))
         if made is None or made[0] is not registry:
-            steps = {s.id: registry.get(s.type)(s, self.workflow) for s in self.workflow.steps}
+            steps = {
+                s.id: _made(registry.get(s.type), s, self.workflow) for s in self.workflow.steps
+            }
             made = self._step_objects[id(registry)] = (registry, steps)
         return made[1]
 
@@ -226,3 +229,18 @@ def _fill_defaults(schema: Mapping[str, Any], value: Mapping[str, Any]) -> dict[
         if isinstance(out.get(name), Mapping) and _has_defaults(prop):
             out[name] = _fill_defaults(prop, out[name])
     return out
+
+
+def _made(cls: type[Step], spec: StepSpec, workflow: Workflow) -> Step:
+    """A step instance; a step type whose constructor raises (a plugin's bug) is a
+    configuration error that names it, before anything runs."""
+    try:
+        return cls(spec, workflow)
+    except EclflowError:
+        raise
+    except Exception as e:
+        where = f"{cls.__module__}:{cls.__qualname__}"
+        raise ConfigError(
+            f"step type '{spec.type}' ({where}) cannot be made for step '{spec.id}': "
+            f"{type(e).__name__}: {e}"
+        ) from e
