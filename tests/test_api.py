@@ -178,6 +178,8 @@ def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
         ({"db": 42}, "db must be a database URL, not int"),
         ({"run_id": 5}, "run_id must be a string, not int"),
         ({"model": "local/smollm2"}, "mock responses play replies for mock/… models, and no step"),
+        ({"model": 123}, "model is a name such as 'openai/gpt-4o-mini', not 123"),
+        ({"mock_responses": 42}, "mock_responses is a MockProvider, a list of replies, a mapping"),
     ],
 )
 def test_run_refuses_what_it_cannot_use_before_anything_runs(

@@ -45,7 +45,17 @@ def as_mock(mock: MockProvider | Sequence[Any] | str | Path | None) -> MockProvi
         return load_script(mock)
     if isinstance(mock, Mapping):  # the keyed form: replies by journal key or step id
         return MockProvider(mock)
+    if not isinstance(mock, Sequence):
+        raise ConfigError(
+            "mock_responses is a MockProvider, a list of replies, a mapping of them by step, "
+            f"or a script file, not {type(mock).__name__}"
+        )
     return MockProvider(list(mock))
+
+
+def check_model_name(model: Any) -> None:
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"model is a name such as 'openai/gpt-4o-mini', not {model!r}")
 
 
 def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
@@ -169,6 +179,7 @@ async def run(
     inputs = dict(inputs or {})
     if not claimed:  # (batch mode checked the items it claimed)
         validate_input(wf, inputs)
+    check_model_name(model)
     budget = as_budget(budget)
     plan = compile_plan(wf)
     plan.step_objects(default_registry())  # (a type that cannot be made: before any record)
@@ -581,6 +592,7 @@ async def resume(
             opened.close()
     import asyncio
 
+    check_model_name(model)
     budget = as_budget(budget)
     providers = Providers(mock=as_mock(mock_responses))
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
