@@ -309,6 +309,9 @@ class Shout(Step):
 
 class FakeGenerate(Shout):
     type_name = "generate"
+
+class Loose(Shout):
+    input_schema = None
 """
 
 PLUGIN_WORKFLOW = """\
@@ -337,6 +340,7 @@ def test_plugins_load_only_when_needed_and_cannot_replace_built_in_types(tmp_pat
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[eclflow.steps]\nshout = shout_plugin:Shout\ngenerate = shout_plugin:FakeGenerate\n"
+        "loose = shout_plugin:Loose\n"
     )
     (tmp_path / "shouting.yaml").write_text(PLUGIN_WORKFLOW)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"}
@@ -369,6 +373,10 @@ def test_plugins_load_only_when_needed_and_cannot_replace_built_in_types(tmp_pat
     assert r.returncode == 0, r.stderr
     types = {row["type"]: row["module"] for row in json.loads(r.stdout)}
     assert types["shout"] == "shout_plugin"
+    # a type without an input schema (it runs) does not break the listing of every type
+    assert {"type": "loose", "inputs": [], "required": []}.items() <= next(
+        row for row in json.loads(r.stdout) if row["type"] == "loose"
+    ).items()
     assert types["generate"] == "eclflow.steps.builtin"
     assert "warning: plugin step 'generate'" in r.stderr and "built-in step type" in r.stderr
     # a type whose schema names no output makes any output (not `llm`'s text / output_schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -30,9 +31,9 @@ def steps_cmd(as_json: bool) -> None:
                 "type": name,
                 "description": cls.description,
                 "calls_model": cls.uses_model,
-                "inputs": sorted((cls.input_schema.get("properties") or {}).keys()),
-                "required": list(cls.input_schema.get("required") or []),
-                "outputs": sorted((cls.output_schema.get("properties") or {}).keys()),
+                "inputs": sorted(_schema(cls.input_schema, "properties")),
+                "required": list(_schema(cls.input_schema, "required")),
+                "outputs": sorted(_schema(cls.output_schema, "properties")),
                 "module": cls.__module__,
             }
         )
@@ -56,3 +57,10 @@ def steps_cmd(as_json: bool) -> None:
             r["description"],
         )
     stdout_console().print(table)
+
+
+def _schema(schema: Any, key: str) -> Any:
+    """`schema[key]` of a step type's schema, empty where the type has none (a plugin's
+    `input_schema = None` works in a run: it must not break the listing of every type)."""
+    value = schema.get(key) if isinstance(schema, Mapping) else None
+    return value if isinstance(value, Mapping | list) else ()
