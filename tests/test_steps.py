@@ -737,3 +737,17 @@ def test_a_step_type_whose_own_check_raises_fails_the_step_not_the_run(
         assert store.runs.get(result.run_id).state == "failed"
     finally:
         store.close()
+
+
+def test_a_step_types_messages_name_it_as_the_workflow_does() -> None:
+    """A plugin's class registered under its entry point's name (`my_generate`) inherits the
+    `type_name` of its base (`generate`): its errors named the built-in type."""
+    from eclflow.engine.journal import _NoLog
+
+    class Wrong(GenerateStep):
+        async def execute(self, ctx: Any, input: Any) -> StepResult:
+            return {"draft": "not a StepResult"}  # type: ignore[return-value]
+
+    ex, _ = _ctx(MockProvider([]))
+    e = asyncio.run(ex.run(Wrong(spec("my_generate")), "g", 0, {"topic": "t"}, _NoLog()))
+    assert e.error == "step type 'my_generate' returned dict, not StepResult"

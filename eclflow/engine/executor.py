@@ -104,7 +104,7 @@ class Executor:
             **{
                 "eclflow.run_id": self.run_id,
                 "eclflow.step_id": step.id,
-                "eclflow.step_type": step.type_name,
+                "eclflow.step_type": step.spec.type,
                 "eclflow.key": key,
                 "eclflow.iteration": iteration,
             },
@@ -315,7 +315,7 @@ class Executor:
             if timer is not None and timer.expired:
                 result = _failure(StepTimeout(step.spec.timeout))
             else:  # a wait of the step's own (`asyncio.wait_for`, a client's timeout)
-                self._log.debug("step type '%s' raised", step.type_name, exc_info=e)
+                self._log.debug("step type '%s' raised", step.spec.type, exc_info=e)
                 why = f"TimeoutError: {e}" if str(e) else "TimeoutError"
                 result = StepResult.failed(f"{why} (a wait inside the step)", retryable=True)
         except EclflowError as e:
@@ -325,7 +325,7 @@ class Executor:
 
         if not isinstance(result, StepResult):
             result = StepResult.failed(
-                f"step type '{step.type_name}' returned {type(result).__name__}, not StepResult"
+                f"step type '{step.spec.type}' returned {type(result).__name__}, not StepResult"
             )
         elif result.kind != "failed" and type(step).__module__ != _BUILTIN_MODULE:
             result = _as_json(step, result)  # (the built-in types make JSON by construction)
@@ -381,7 +381,7 @@ class Executor:
     def _bug(self, step: Step, e: Exception) -> str:
         """What a step fails with when its type's code raised an exception of no meaning to
         eclflow (a bug in a plugin): the step fails, not the engine. The traceback: with -v."""
-        self._log.debug("step type '%s' raised", step.type_name, exc_info=e)
+        self._log.debug("step type '%s' raised", step.spec.type, exc_info=e)
         return f"{type(e).__name__}: {e}"
 
     def _completer(self, step: Step, key: str, model: str | None, usage: _Usage) -> Any:
@@ -395,7 +395,7 @@ class Executor:
         ) -> CompletionResponse:
             if not step.uses_model:  # (the executor gives no model to a type that says so)
                 raise ValidationError(
-                    f"step type '{step.type_name}' calls a model without saying so: set "
+                    f"step type '{step.spec.type}' calls a model without saying so: set "
                     f"`uses_model = True` on {type(step).__qualname__}"
                 )
             if model is None:
@@ -517,7 +517,7 @@ def _as_json(step: Step, result: StepResult) -> StepResult:
             raise TypeError("a mapping's keys must be text")
     except (TypeError, ValueError) as e:
         return StepResult.failed(
-            f"step type '{step.type_name}' made an output that is not JSON ({e}): a step's "
+            f"step type '{step.spec.type}' made an output that is not JSON ({e}): a step's "
             "output is journaled as JSON"
         )
     return result
