@@ -117,12 +117,14 @@ class RunRepository:
         return self.claim_many(rows, token, returning=False)
 
     def unclaim(self, run_ids: Iterable[str]) -> None:
-        """Delete claimed runs that never started (`pending`, no steps)."""
+        """Delete claimed runs that never started (`pending`, no steps). The rows are found by
+        id: SQLite took the (state, created_at) index for `state = 'pending'` and read every
+        pending row for each chunk (a stopped batch of 100 000 items took a minute to end);
+        `state || ''` is no indexed column."""
+        M = self._m
         for chunk in _chunks(run_ids):
             with self._s.transaction():
-                self._m.delete().where(
-                    self._m.id.in_(chunk) & (self._m.state == "pending")
-                ).execute()
+                M.delete().where(M.id.in_(chunk) & (M.state.concat("") == "pending")).execute()
 
     def get(self, run_id: str, *, for_update: bool = False) -> RunRecord:
         """The run with exactly this id; `for_update` (inside a transaction) locks its row until
