@@ -410,6 +410,34 @@ def test_ctrl_c_stops_a_batch_cleanly_keeping_its_timeline_and_it_resumes(
     assert len(log.read_text().splitlines()) - first <= 48 - len(steps)
 
 
+def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM (`docker stop`, `timeout`) mid-batch: exit 143 with the counts; the same
+    command then finishes it without repeating a call whose result was kept."""
+    import sqlite3
+
+    path = tmp_path / "runs.db"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--db", f"sqlite:///{path}", delay=0.1)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 14):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert "interrupted:" in err and "run the same command again" in err and "Traceback" not in err
+    first = len(log.read_text().splitlines())
+    db = sqlite3.connect(path)
+    (kept,) = db.execute(
+        "SELECT count(*) FROM step_executions WHERE state = 'succeeded'"
+    ).fetchone()
+    db.close()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["completed"] * 12
+    assert kept > 0 and len(log.read_text().splitlines()) - first <= 48 - kept
+
+
 def test_ctrl_c_without_a_journal_says_running_again_starts_over(tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     cmd, env = batch(tmp_path, 12, "--concurrency", "4", "--no-journal", delay=0.1, log=log)

@@ -233,6 +233,32 @@ def test_ctrl_c_says_which_run_stopped_and_how_to_continue_it(tmp_path: Path) ->
     assert st["duration_ms"] > json.loads(r.stdout)["duration_ms"]
 
 
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint", "no-sigint"])
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path: Path, sigint: Any) -> None:
+    """`docker stop`, systemd and `timeout` send SIGTERM: the run stops cleanly, says how to
+    go on, exits 143; its resume makes no call whose result was kept. Also when SIGINT is
+    ignored, as in a background job."""
+    env, journal, log = setup(tmp_path)
+    p = start(tmp_path, env, slow="critique#1", preexec_fn=lambda: signal.signal(2, sigint))
+    run_id = in_flight(journal, "critique#1")
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    short = run_id[:8]
+    assert p.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    )
+    (tmp_path / "rest.json").write_text(script(KEYS[1:]))  # no reply for generate
+    r = eclflow(
+        *("resume", short, "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1 was cut short, and only it again
+
+
 def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
     tmp_path: Path, monkeypatch: Any
 ) -> None:

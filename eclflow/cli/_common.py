@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +15,31 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_terminated = False  # SIGTERM came (see stop_on_sigterm)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`docker stop`, systemd, `timeout`) stops a run as Ctrl-C does: the steps in
+    flight are cancelled, what was committed is kept, the way to go on is said; the exit
+    status is then 143 (128 + SIGTERM), as a shell reports a process SIGTERM ended."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        global _terminated
+        _terminated = True
+        ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(ctrl_c):  # asyncio's (it cancels the main task), or Python's default
+            ctrl_c(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job): stop all the same
+            raise KeyboardInterrupt
+
+    # (not in the main thread, ValueError: a host program's signals stay its own)
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def interrupted_exit_code() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM."""
+    return 143 if _terminated else 130
 
 
 @functools.cache
@@ -220,7 +247,7 @@ def handle_errors(fn: F) -> F:
             fail(str(e), exit_code_for(e))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(interrupted_exit_code())
         except BrokenPipeError:
             # whoever read stdout has gone (`eclflow … | head`): stop without a word, as other
             # tools do, with the status a shell gives a process SIGPIPE ended (128 + 13)

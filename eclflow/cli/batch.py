@@ -17,6 +17,7 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     fail,
+    interrupted_exit_code,
     json_logs,
     leave_out_what_the_end_says,
     say,
@@ -209,9 +210,9 @@ def run_batch_command(
             "warning",
             **_fields(progress),
             unfinished=unfinished,
-            exit_code=130,
+            exit_code=interrupted_exit_code(),
         )
-        sys.exit(130)
+        sys.exit(interrupted_exit_code())
     # the summary, also with --quiet (which only hides the live view), on stderr: stdout is
     # the results
     elapsed = time.monotonic() - started

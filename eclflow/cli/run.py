@@ -21,6 +21,7 @@ from ._common import (
     exit_code_for,
     fail,
     handle_errors,
+    interrupted_exit_code,
     json_logs,
     leave_out_what_the_end_says,
     not_empty,
@@ -29,6 +30,7 @@ from ._common import (
     safe_text,
     say,
     stderr_console,
+    stop_on_sigterm,
 )
 
 
@@ -443,6 +445,7 @@ def run_cmd(
     from ..engine import runner
     from ..spec import load
 
+    stop_on_sigterm()
     if bool(from_step) != bool(from_run):
         raise click.UsageError("--from STEP and --run RUN_ID go together")
     if from_step and (pairs or input_file is not None):
@@ -513,13 +516,14 @@ def run_cmd(
                 on_sent=sent,
             )
         except KeyboardInterrupt:
+            code = interrupted_exit_code()
             say(
                 f"interrupted: stopped waiting; run {restate_id} goes on in Restate; {where}",
                 "error",
-                exit_code=130,
+                exit_code=code,
                 run_id=restate_id,
             )
-            sys.exit(130)
+            sys.exit(code)
         if isinstance(outcome, str):
             click.echo(outcome)
             sys.exit(EXIT_OK)
@@ -635,6 +639,7 @@ def resume_cmd(
     A run that already completed is left as it is; its recorded result is printed."""
     from ..engine import runner
 
+    stop_on_sigterm()
     _quiet_stamina()
     leave_out_what_the_end_says()
     store = open_store(db, existing=True)
@@ -696,13 +701,14 @@ def _check_mock_is_used(workflow: Any, model: str | None) -> None:
 
 
 def _interrupted(run_id: str | None) -> None:
-    """Ctrl-C: say how to go on (what was committed is kept), exit 130."""
+    """Ctrl-C or SIGTERM: say how to go on (what was committed is kept), exit 130 or 143."""
     if run_id is None:
         message = "interrupted (with --no-journal nothing was kept: running it again starts over)"
     else:
         message = f"interrupted: run {run_id[:8]} stopped; {resume_command(run_id)} continues it"
-    say(message, "error", exit_code=130, run_id=run_id)
-    sys.exit(130)
+    code = interrupted_exit_code()
+    say(message, "error", exit_code=code, run_id=run_id)
+    sys.exit(code)
 
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
