@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CRITIQUE_REVISE
+from conftest import CRITIQUE_REVISE, EXAMPLES
 
 from eclflow.errors import (
     ConfigError,
@@ -1487,6 +1487,41 @@ def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
     # (writable here: no advice to check what is fine, say when the process ran out of files)
     assert _sqlite_hint("attempt to write a readonly database", db) is None
     assert _sqlite_hint("no such table: x", db) is None
+
+
+@pytest.mark.postgres
+def test_a_postgres_lock_held_too_long_fails_with_what_to_do(pg_url: str, tmp_path: Path) -> None:
+    """A psql left open in a transaction that holds a run's row made `prune` (and resume)
+    wait for ever; a lock is waited for a minute by default, as on SQLite, then one line says
+    what to do. A lock_timeout in the URL's own options is kept (here, to wait less)."""
+    import psycopg2
+
+    with open_store(pg_url) as store:
+        assert store.db.execute_sql("SHOW lock_timeout").fetchone()[0] == "1min"
+    url = f"{pg_url}&options=-c%20lock_timeout%3D300"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    mock = ("--model", "mock/x", "--mock-responses", str(EXAMPLES / "mock/critique_revise.yaml"))
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x", *mock],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    schema = pg_url.rsplit("schema=", 1)[1]
+    holder = psycopg2.connect(PG_BASE)  # (a transaction left open)
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f'SELECT id FROM "{schema}".workflows FOR UPDATE')
+        r = subprocess.run(
+            [sys.executable, "-m", "eclflow", "prune", "--older-than", "0", "--yes"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().endswith(
+        "another session held a lock too long (a psql left open in a transaction, say): "
+        "end it, then try again"
+    ), r.stderr
 
 
 def test_a_postgres_database_that_does_not_exist_is_a_configuration_error() -> None:

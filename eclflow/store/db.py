@@ -368,7 +368,15 @@ def _missing_database(error: BaseException) -> str | None:
 
 def _one_line(error: BaseException, url: str, sqlite_path: str | None = None) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    hint = _sqlite_hint(text, sqlite_path) if sqlite_path else None
+    if sqlite_path:
+        hint = _sqlite_hint(text, sqlite_path)
+    elif "lock timeout" in text:
+        hint = (
+            "another session held a lock too long (a psql left open in a transaction, say): "
+            "end it, then try again"
+        )
+    else:
+        hint = None
     return f"{text} ({url})" + (f"; {hint}" if hint else "")
 
 
