@@ -112,13 +112,14 @@ def _postgres(text: str) -> DatabaseURL:
         else:
             params[key] = value
     params.setdefault("connect_timeout", 10)
-    if "lock_timeout" not in params.get("options", ""):
+    options = str(params.get("options", ""))
+    if "lock_timeout" not in options:
         # as SQLite's busy timeout: a lock held by a session left open in a transaction (an
         # idle psql, say) fails the statement after a minute instead of hanging for ever
-        params["options"] = f"{params.get('options', '')} -c lock_timeout={LOCK_TIMEOUT_MS}"
+        options += f" -c lock_timeout={LOCK_TIMEOUT_MS}"
     if schema is not None:
-        params["options"] = f"{params['options']} -c search_path={schema}"
-    params["options"] = params["options"].strip()
+        options += f" -c search_path={schema}"
+    params["options"] = options.strip()
     return DatabaseURL("postgresql", _safe(text), database=database, params=params, schema=schema)
 
 
