@@ -751,3 +751,36 @@ def test_a_step_types_messages_name_it_as_the_workflow_does() -> None:
     ex, _ = _ctx(MockProvider([]))
     e = asyncio.run(ex.run(Wrong(spec("my_generate")), "g", 0, {"topic": "t"}, _NoLog()))
     assert e.error == "step type 'my_generate' returned dict, not StepResult"
+
+
+def test_what_a_step_prints_goes_to_stderr_not_into_the_output(tmp_path: Path) -> None:
+    """A plugin's print() (debugging, say) went to stdout, into the JSON that `run --json`
+    and a batch's result lines give to whoever reads them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _install_plugin(
+        tmp_path,
+        "chatty_plugin",
+        "from eclflow.steps import Step, StepResult\n"
+        "class Chatty(Step):\n"
+        "    async def execute(self, ctx, input):\n"
+        "        print('debug: got here')\n"
+        "        return StepResult.success({'text': 'ok'})\n",
+        "chatty = chatty_plugin:Chatty",
+    )
+    (tmp_path / "w.yaml").write_text("eclflow: 1\nid: c\nsteps:\n  - {id: s, type: chatty}\n")
+    (tmp_path / "items.jsonl").write_text("{}\n{}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = [sys.executable, "-m", "eclflow", "run", str(tmp_path / "w.yaml"), "--no-journal"]
+    for extra in ([], ["--inputs", str(tmp_path / "items.jsonl")]):
+        r = subprocess.run(
+            [*run, *extra, "--json"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(line)["status"] for line in r.stdout.splitlines()] == ["completed"] * (
+            2 if extra else 1
+        )
+        assert "debug: got here" in r.stderr

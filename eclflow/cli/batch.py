@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from contextlib import aclosing
+from contextlib import aclosing, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,13 @@ def run_batch_command(
 
     async def go() -> None:
         # each result line as soon as it and those before it are in: in input order, and what
-        # is printed stays printed if the batch is interrupted
+        # is printed stays printed if the batch is interrupted; what steps print goes to
+        # stderr (a plugin's debugging would break the lines a pipe reads)
+        out = sys.stdout
+        with redirect_stdout(sys.stderr):
+            await results_to(out)
+
+    async def results_to(out: Any) -> None:
         async with aclosing(
             iter_batch(
                 workflow,
@@ -186,7 +192,7 @@ def run_batch_command(
                     journal_failed += 1
                 index += 1
                 line = r.to_dict() if as_json else _line(r)
-                click.echo(json.dumps(line, default=str, ensure_ascii=False))
+                click.echo(json.dumps(line, default=str, ensure_ascii=False), file=out)
 
     interrupted = False
     try:

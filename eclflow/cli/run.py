@@ -727,9 +727,13 @@ def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
 
 
 def _run_async(coro: Any) -> Any:
+    """Runs the engine. What a step prints (a plugin's debugging, say) goes to stderr: stdout
+    carries the run's output, which scripts read (`--json | jq`)."""
     import asyncio
+    from contextlib import redirect_stdout
 
-    return asyncio.run(coro)
+    with redirect_stdout(sys.stderr):
+        return asyncio.run(coro)
 
 
 def _quiet_stamina() -> None:
