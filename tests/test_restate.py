@@ -710,3 +710,37 @@ def test_branches_and_conditions_take_the_local_engines_path(
     assert sorted(s.key for s in result.steps) == sorted(s.key for s in local.steps)
     assert sorted(keys(first.calls())) == ["classify", "cons", "pros", "short_answer", "verdict"]
     assert keys(second.calls()) == ["verdict"]
+
+
+@needs_server
+def test_resume_leaves_a_run_restate_is_running_to_restate(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """`eclflow resume` of a Restate run in flight (it is in the store, `running`) ran it here
+    as well: every step's call made twice, by the worker and by the resume."""
+    server = procs.server()
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    worker = stuck_in_revise(procs, server, f"127.0.0.1:{free_port()}", db=db)
+    run_id = submit(server, critique_revise(tmp_path), "tides", detach=True)
+    wait_for(lambda: "revise#1" in keys(worker.calls()), what="revise#1 in flight")
+    (tmp_path / "here.json").write_text(json.dumps(keyed({"*": "v9", "critique": PASS})))
+    here = tmp_path / "here-calls.jsonl"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": "", "ECLFLOW_MOCK_LOG": str(here)}
+    resumed = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", "resume", run_id[:8], "--db", db),
+            *("--model", "mock/x", "--mock-responses", str(tmp_path / "here.json")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert resumed.returncode == 1, resumed.stderr
+    assert resumed.stderr.strip() == (
+        f"error: run {run_id[:8]} runs on Restate, which continues it itself: `eclflow status "
+        f"{run_id} --engine restate` shows it (resume --force runs it here too, paying again "
+        "for what Restate runs; only for a run Restate has lost)"
+    )
+    assert not here.exists()
+    assert _rows(db, run_id)[-1] == ("revise#1", "running")

@@ -696,7 +696,8 @@ def _take_over(
 
 def _refuse_if_held(record: Any, meta: Mapping[str, Any], force: bool) -> None:
     """A run another live process is running is not resumed: both would make its calls. One
-    held on another host cannot be checked: it is resumed only with `force`."""
+    held on another host cannot be checked, and one on Restate is Restate's to continue: they
+    are resumed only with `force`."""
     from ..store.owner import held_elsewhere, holder
 
     if record.state not in ("running", "pending"):
@@ -708,7 +709,13 @@ def _refuse_if_held(record: Any, meta: Mapping[str, Any], force: bool) -> None:
             f"run {record.id[:8]} is still running in process {meta.get('pid')}; "
             "wait for it to end, or stop that process and resume again"
         )
-    if not force and holder(meta) == "unknown" and meta.get("engine") != "restate":
+    if not force and meta.get("engine") == "restate":
+        raise InvalidState(
+            f"run {record.id[:8]} runs on Restate, which continues it itself: `eclflow status "
+            f"{record.id} --engine restate` shows it (resume --force runs it here too, paying "
+            "again for what Restate runs; only for a run Restate has lost)"
+        )
+    if not force and holder(meta) == "unknown":
         import socket
 
         host = meta.get("host")
