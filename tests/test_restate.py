@@ -744,3 +744,56 @@ def test_resume_leaves_a_run_restate_is_running_to_restate(
     )
     assert not here.exists()
     assert _rows(db, run_id)[-1] == ("revise#1", "running")
+
+
+@needs_server
+def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
+    """`status --engine restate` asked a worker even for a finished run: with none up it
+    waited 30 s and then blamed the server ("cannot reach Restate … is `restate-server`
+    running"). A finished run is read from its result; an unfinished one says a worker is
+    needed, after a few seconds."""
+    import time
+
+    server = procs.server()
+    script = keyed(
+        {
+            "generate": ["v1", "v1"],
+            "critique#1": [PASS, REVISE],
+            "revise#1": {"content": "never delivered", "delay": 120},
+        }
+    )
+    worker = procs.worker(server, script, bind=f"127.0.0.1:{free_port()}")
+    wf = critique_revise(tmp_path)
+    done = submit(server, wf, "kelp")
+    assert isinstance(done, RunResult) and done.status == "completed", done
+    running = submit(server, wf, "tides", detach=True)
+    wait_for(lambda: keys(worker.calls())[-1:] == ["revise#1"], what="revise#1 in flight")
+    assert client.status(running, server.ingress_url).running == "revise#1"
+    worker.kill()
+    env = {**os.environ, "ECLFLOW_RESTATE_URL": server.ingress_url}
+
+    def status(run_id: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        start = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-m", "eclflow", "status", run_id, "--engine", "restate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        return out, time.monotonic() - start
+
+    finished, took = status(done.run_id)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.splitlines()[0].endswith("· critique-revise · completed (restate)")
+    assert "  critique#1: succeeded · 1 attempt(s)" in finished.stdout
+    assert took < 10
+
+    unfinished, took = status(running)
+    assert unfinished.returncode == 2
+    assert unfinished.stderr.strip() == (
+        f"error: Configuration error: run {running} has not finished in Restate, and no worker "
+        f"answered for it within 5s: `status --engine restate` needs a live worker; start one "
+        "with `eclflow serve`"
+    )
+    assert took < 20

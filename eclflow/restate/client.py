@@ -21,6 +21,7 @@ from . import DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
 
 NO_WORKER_AFTER = 10.0  # seconds without a result before `run` asks whether a worker answers
 NO_WORKER_PROBE = 3.0
+STATUS_WAIT = 5.0  # seconds `status` waits for a worker to answer for an unfinished run
 
 
 def ingress_url(url: str | None = None) -> str:
@@ -222,13 +223,19 @@ class _Ingress:
             return True  # the server, not the worker, is away: attach rides that out
         return r.status_code < 500
 
-    async def status(self, run_id: str) -> dict[str, Any] | None:
+    async def status(self, run_id: str, wait: float = STATUS_WAIT) -> dict[str, Any] | None:
+        """The progress the run keeps in its state, from its `status` handler; None when no
+        worker answers within `wait` seconds (Restate runs that handler on a worker)."""
         import httpx
 
         try:
             r = await self.client.post(
-                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/status", json=None
+                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/status",
+                json=None,
+                timeout=httpx.Timeout(30.0, read=wait),
             )
+        except httpx.ReadTimeout:
+            return None
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
         if r.status_code == 404:
@@ -236,7 +243,7 @@ class _Ingress:
         if r.status_code >= 400:
             raise EclflowError(f"Restate could not read run {run_id} ({r.status_code})")
         data = r.json()
-        return data if isinstance(data, dict) else None
+        return data if isinstance(data, dict) else {}
 
     async def output(self, run_id: str) -> tuple[str, Any]:
         """('done', result) · ('running', None) · ('unknown', None) · ('failed', message)."""
@@ -464,7 +471,17 @@ async def status_async(run_id: str, restate_url: str | None = None) -> RestateRu
         kind, value = await ingress.output(run_id)
         if kind == "unknown":
             raise RunNotFound(run_id)
-        data = await ingress.status(run_id) or {}
+        if kind == "done" and isinstance(value, Mapping):
+            return _finished(run_id, result_from_dict(value))
+        data = await ingress.status(run_id)
+        if data is None:
+            if kind == "failed":
+                return RestateRunStatus(run_id, "failed", error=str(value))
+            raise ConfigError(
+                f"run {run_id} has not finished in Restate, and no worker answered for it within "
+                f"{STATUS_WAIT:g}s: `status --engine restate` needs a live worker; start one "
+                "with `eclflow serve`"
+            )
         st = RestateRunStatus(
             run_id=run_id,
             state=str(data.get("state") or "pending"),
@@ -474,16 +491,37 @@ async def status_async(run_id: str, restate_url: str | None = None) -> RestateRu
             error=data.get("error"),
             failed_step=data.get("failed_step"),
         )
-        if kind == "done" and isinstance(value, Mapping):
-            result = result_from_dict(value)
-            st.state, st.output = result.status, result.output
-            st.error, st.failed_step = result.error, result.failed_step
-            st.workflow_id = st.workflow_id or result.workflow_id
-        elif kind == "failed":
+        if kind == "failed":
             st.state, st.error = "failed", str(value)
         return st
     finally:
         await client.aclose()
+
+
+def _finished(run_id: str, result: RunResult) -> RestateRunStatus:
+    """A finished run's status from its result alone: no worker is needed to read it."""
+    steps = [
+        {
+            "key": s.key,
+            "step_id": s.step_id,
+            "status": s.status,
+            "outcome": s.outcome,
+            "attempts": s.attempts,
+            "duration_ms": s.duration_ms,
+            "tokens": s.tokens,
+            "error": s.error,
+        }
+        for s in result.steps
+    ]
+    return RestateRunStatus(
+        run_id,
+        result.status,
+        workflow_id=result.workflow_id or None,
+        steps=steps,
+        error=result.error,
+        failed_step=result.failed_step,
+        output=result.output,
+    )
 
 
 def status(run_id: str, restate_url: str | None = None) -> RestateRunStatus:
