@@ -797,3 +797,31 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
         "with `eclflow serve`"
     )
     assert took < 20
+
+
+@needs_server
+def test_the_admin_address_given_for_the_ingress_is_named_as_such(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """`--restate-url` pointing at the admin API (a 404 with no body) said "Restate has no
+    `eclflow` service: start a worker", and `status` said "Run not found"."""
+    server = procs.server()
+    wf = critique_revise(tmp_path)
+    env = {**os.environ, "ECLFLOW_RESTATE_URL": server.admin_url}
+    said = (
+        f"error: Configuration error: {server.admin_url} is not Restate's ingress (it answered "
+        "404 without Restate's error body): give the ingress address (restate-server's port "
+        "8080, not its admin API's 9070 or a worker's) with --restate-url or ECLFLOW_RESTATE_URL"
+    )
+    for args in (
+        ("run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x"),
+        ("status", str(uuid.uuid4()), "--engine", "restate"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "eclflow", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert (out.returncode, out.stderr.strip()) == (2, said)

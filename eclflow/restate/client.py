@@ -143,6 +143,16 @@ class _Ingress:
             "running, and is this its ingress address (--restate-url)?"
         )
 
+    def _check_ingress(self, r: Any) -> None:
+        """A 404 from something other than Restate's ingress (its admin API, a worker) is a
+        wrong address, not a missing service or run."""
+        if r.status_code == 404 and not _from_ingress(r):
+            raise ConfigError(
+                f"{self.url} is not Restate's ingress (it answered 404 without Restate's error "
+                "body): give the ingress address (restate-server's port 8080, not its admin "
+                f"API's 9070 or a worker's) with --restate-url or {INGRESS_ENV}"
+            )
+
     async def send(self, run_id: str, request: Mapping[str, Any]) -> str:
         import httpx
 
@@ -152,6 +162,7 @@ class _Ingress:
             )
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
+        self._check_ingress(r)
         if r.status_code == 404:
             raise ConfigError(
                 f"Restate at {self.url} has no `{SERVICE_NAME}` service: start a worker with "
@@ -255,6 +266,7 @@ class _Ingress:
             )
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
+        self._check_ingress(r)
         if r.status_code == 200:
             return "done", r.json()
         if r.status_code == 470:
@@ -269,6 +281,18 @@ def _key(run_id: str) -> str:
     from urllib.parse import quote
 
     return quote(run_id, safe="")
+
+
+def _from_ingress(r: Any) -> bool:
+    """Whether an answer comes from Restate's ingress, which marks its errors and explains
+    them in a JSON body (its admin API and the workers answer an unknown path with nothing)."""
+    if "x-restate-error-source" in r.headers:
+        return True
+    try:
+        data = r.json()
+    except Exception:
+        return False
+    return isinstance(data, dict) and bool(data.get("message"))
 
 
 def _message(r: Any) -> str:
