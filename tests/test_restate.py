@@ -825,3 +825,25 @@ def test_the_admin_address_given_for_the_ingress_is_named_as_such(
             env=env,
         )
         assert (out.returncode, out.stderr.strip()) == (2, said)
+
+
+@needs_server
+def test_registering_with_the_ingress_address_names_it(procs: Processes) -> None:
+    """`serve --register` given the ingress's address said "Restate refused the deployment
+    (400): bad path: /deployments; is that where Restate reaches this worker? (--advertise)"."""
+    server = procs.server()
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", "serve", "--bind", f"127.0.0.1:{free_port()}"),
+            *("--register", server.ingress_url),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stderr.strip()) == (
+        2,
+        f"error: Configuration error: {server.ingress_url} is not Restate's admin API (it "
+        "answered 400: bad path: /deployments): give --register the admin address "
+        "(restate-server's port 9070, not its ingress's 8080)",
+    )

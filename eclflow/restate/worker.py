@@ -86,6 +86,12 @@ async def register(admin_url: str, uri: str, *, within: float = REGISTER_WITHIN)
                     return str(data.get("id", ""))
                 if r.status_code == 409:
                     return _existing_id(r)
+                if r.status_code == 404 or "x-restate-error-source" in r.headers:
+                    raise ConfigError(
+                        f"{admin_url} is not Restate's admin API (it answered {r.status_code}"
+                        f"{': ' + _message(r) if r.content else ''}): give --register the admin "
+                        "address (restate-server's port 9070, not its ingress's 8080)"
+                    )
                 last = (
                     f"Restate refused the deployment {uri} ({r.status_code}): {_message(r)}; "
                     "is that where Restate reaches this worker? (--advertise URL)"
