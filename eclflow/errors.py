@@ -148,8 +148,8 @@ class StepNotFound(NotFound):
 
 
 class RunNotFound(NotFound):
-    def __init__(self, id: str) -> None:
-        super().__init__(f"Run not found: {id}")
+    def __init__(self, id: str, hint: str = "") -> None:
+        super().__init__(f"Run not found: {id}{f' ({hint})' if hint else ''}")
 
 
 class StoreNotFound(NotFound):

@@ -563,8 +563,12 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     st = eclflow("status", run_id, "--engine", "restate", "-o", "json")
     assert st.returncode == 0, st.stderr
     assert json.loads(st.stdout)["state"] == "completed"
-    missing = eclflow("status", str(uuid.uuid4()), "--engine", "restate")
-    assert missing.returncode == 2 and "Run not found" in missing.stderr
+    missing = eclflow("status", run_id[:8], "--engine", "restate")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        f"error: Run not found: {run_id[:8]} (Restate knows a run by its whole id, as `run` "
+        "printed it, and keeps a finished one for a day by default)",
+    )
 
     down = eclflow(
         "run",

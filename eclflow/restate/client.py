@@ -494,7 +494,11 @@ async def status_async(run_id: str, restate_url: str | None = None) -> RestateRu
         ingress = _Ingress(ingress_url(restate_url), client)
         kind, value = await ingress.output(run_id)
         if kind == "unknown":
-            raise RunNotFound(run_id)
+            raise RunNotFound(
+                run_id,
+                "Restate knows a run by its whole id, as `run` printed it, and keeps a "
+                "finished one for a day by default",
+            )
         if kind == "done" and isinstance(value, Mapping):
             return _finished(run_id, result_from_dict(value))
         data = await ingress.status(run_id)
