@@ -851,3 +851,44 @@ def test_registering_with_the_ingress_address_names_it(procs: Processes) -> None
         "answered 400: bad path: /deployments): give --register the admin address "
         "(restate-server's port 9070, not its ingress's 8080)",
     )
+
+
+@needs_server
+def test_run_waiting_for_a_worker_says_restate_pauses_it_in_time(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The line said "the run goes on when one does", but after about six minutes without a
+    worker Restate pauses the run, and a worker starting then does not continue it: `run`
+    waited for ever."""
+    import signal
+
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    procs.worker(server, keyed({"*": "v1"}), bind=bind).kill()  # registered, then gone
+    wf = critique_revise(tmp_path)
+    env = {**os.environ, "ECLFLOW_RESTATE_URL": server.ingress_url}
+    cmd = [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate"]
+    p = subprocess.Popen(
+        [*cmd, "-i", "topic=kelp", "-m", "mock/x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert p.stderr is not None
+        lines = [p.stderr.readline() for _ in range(2)]  # sent, then (after 10 s) waits
+        p.send_signal(signal.SIGINT)
+        rest = p.communicate(timeout=30)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    run_id = lines[0].split()[1]
+    assert lines[1].strip() == (
+        f"run {run_id} waits in Restate: no worker answers; start one with `eclflow serve "
+        "--register ADMIN_URL`; the run goes on when one does, unless none does for about six "
+        "minutes: Restate then pauses it until it is resumed through its admin API (see "
+        "docs/scaling.md)"
+    )
+    assert p.returncode == 130 and "goes on in Restate" in rest

@@ -498,7 +498,9 @@ def run_cmd(
         def no_worker() -> None:
             say(
                 f"run {restate_id} waits in Restate: no worker answers; start one with "
-                "`eclflow serve --register ADMIN_URL` (the run goes on when one does)",
+                "`eclflow serve --register ADMIN_URL`; the run goes on when one does, unless "
+                "none does for about six minutes: Restate then pauses it until it is resumed "
+                "through its admin API (see docs/scaling.md)",
                 "warning",
                 run_id=restate_id,
             )
