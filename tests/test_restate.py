@@ -550,6 +550,13 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     sent = first.split()[1]
     uuid.UUID(sent)
     assert wait_result(server, sent).status == "completed"
+    # with -q that line is not shown: the summary names the run by its whole id
+    quiet = eclflow(
+        "run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x", "-q"
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    (summary,) = quiet.stderr.splitlines()
+    uuid.UUID(summary.split(" · ")[1].removeprefix("run "))
 
     detached = eclflow(
         "run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x", "--detach"

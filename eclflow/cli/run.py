@@ -253,8 +253,9 @@ def print_result(result: Any, as_json: bool, local: bool = True, kept: bool = Tr
         )
     revisions = sum(result.revisions.values())
     status = result.status
+    shown_id = result.run_id[:8] if local else result.run_id  # (Restate knows no prefixes)
     line = (
-        f"{status} · run {result.run_id[:8]}{'' if kept else ' (not kept: --no-journal)'} · "
+        f"{status} · run {shown_id}{'' if kept else ' (not kept: --no-journal)'} · "
         f"{len(result.steps)} steps · "
         f"{revisions} revision{'s' if revisions != 1 else ''} · {result.tokens} tokens · "
         f"${result.cost:.4f} · {result.duration_ms / 1000:.1f}s"
