@@ -899,3 +899,25 @@ def test_run_waiting_for_a_worker_says_restate_pauses_it_in_time(
         "docs/scaling.md)"
     )
     assert p.returncode == 130 and "goes on in Restate" in rest
+
+
+@needs_server
+def test_a_model_the_worker_cannot_call_says_it_is_the_workers(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A model error such as "needs OPENAI_API_KEY: set it in the environment" sent the user to
+    their own shell; the key (or model file) is needed where `eclflow serve` runs."""
+    server = procs.server()
+    procs.worker(server, keyed({"*": "v1"}), bind=f"127.0.0.1:{free_port()}")
+    result = asyncio.run(
+        client.submit_async(
+            critique_revise(tmp_path),
+            {"topic": "kelp"},
+            model="local/nope",
+            restate_url=server.ingress_url,
+        )
+    )
+    assert isinstance(result, RunResult) and result.status == "failed"
+    assert result.error is not None
+    assert result.error.startswith("Configuration error: unknown local model 'local/nope'")
+    assert result.error.endswith(" (on the workers: the `eclflow serve` processes call the models)")

@@ -25,7 +25,7 @@ import restate
 from restate import TerminalError
 
 from ..engine.journal import Journal, StoreJournal
-from ..errors import EclflowError, PersistenceError, RunNotFound
+from ..errors import ConfigError, EclflowError, PersistenceError, RunNotFound
 from ..spec.model import Budget, Workflow
 from . import SERVICE_NAME
 from .journal import STATUS_STATE, RestateJournal
@@ -271,6 +271,9 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
     except EclflowError as e:
         if e.retryable:
             raise
+        message = _one_line(e)
+        if isinstance(e, ConfigError):  # (a missing API key: the worker's, not the client's)
+            message += " (on the workers: the `eclflow serve` processes call the models)"
         ctx.set(
             STATUS_STATE,
             {
@@ -278,10 +281,10 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
                 "running": None,
                 "steps": journal.progress,
                 "workflow": wf.id,
-                "error": str(e),
+                "error": message,
             },
         )
-        raise TerminalError(_one_line(e), status_code=400) from None
+        raise TerminalError(message, status_code=400) from None
     data = result.to_dict()
     ctx.set(
         STATUS_STATE,
