@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,7 @@ class Processes:
         extra_env: Mapping[str, str] | None = None,
         register: bool = True,
         wait: bool = True,
+        args: Sequence[str] = (),
     ) -> WorkerProcess:
         name = name or f"worker-{len(self.workers)}"
         script_path = self.tmp / f"{name}-script.json"
@@ -213,6 +214,7 @@ class Processes:
             bind,
             "--mock-responses",
             str(script_path),
+            *args,
         ]
         if register:
             cmd += ["--register", server.admin_url]

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -921,3 +922,23 @@ def test_a_model_the_worker_cannot_call_says_it_is_the_workers(
     assert result.error is not None
     assert result.error.startswith("Configuration error: unknown local model 'local/nope'")
     assert result.error.endswith(" (on the workers: the `eclflow serve` processes call the models)")
+
+
+@needs_server
+def test_a_worker_registered_again_with_other_timeouts_sets_them(procs: Processes) -> None:
+    """Registering the same address again kept the service's first settings: a worker
+    restarted with a larger --inactivity-timeout (as docs/scaling.md advises for long steps)
+    still had its long calls cut off at the old one, and called again."""
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+
+    def timeouts() -> tuple[str, str]:
+        with urllib.request.urlopen(f"{server.admin_url}/services/eclflow", timeout=10) as r:
+            data = json.load(r)
+        return data["inactivity_timeout"], data["abort_timeout"]
+
+    procs.worker(server, keyed({"*": "v1"}), bind=bind, name="first").kill()
+    assert timeouts() == ("30m", "10m")
+    args = ("--inactivity-timeout", "2h", "--abort-timeout", "90s")
+    procs.worker(server, keyed({"*": "v1"}), bind=bind, name="second", args=args)
+    assert timeouts() == ("2h", "1m 30s")

@@ -16,9 +16,11 @@ import signal
 import socket
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from ..errors import ConfigError, EclflowError
+from . import SERVICE_NAME
 from .service import Worker, build_service
 
 
@@ -62,11 +64,46 @@ def advertised_uri(bind: str) -> str:
 REGISTER_WITHIN = 30.0  # seconds: the admin API may still be starting beside the worker
 
 
-async def register(admin_url: str, uri: str, *, within: float = REGISTER_WITHIN) -> str:
+async def register(
+    admin_url: str,
+    uri: str,
+    *,
+    within: float = REGISTER_WITHIN,
+    timeouts: tuple[timedelta, timedelta] | None = None,
+) -> str:
     """Register the deployment at `uri` with the Restate admin API; returns its id.
 
     Tries for `within` seconds (a server starting beside the worker is waited for). Registering
-    the same URI again (another worker at the same address) is not an error."""
+    the same URI again (another worker at the same address) is not an error, but Restate then
+    keeps the service's settings of the first registration: `timeouts` (inactivity, abort) are
+    set on the service afterwards, so a worker restarted with other timeouts has them."""
+    deployment = await _register(admin_url, uri, within)
+    if timeouts is not None:
+        await _set_timeouts(admin_url, *timeouts)
+    return deployment
+
+
+def _humantime(d: timedelta) -> str:
+    return f"{round(d.total_seconds() * 1000)}ms"
+
+
+async def _set_timeouts(admin_url: str, inactivity: timedelta, abort: timedelta) -> None:
+    import httpx
+
+    url = f"{admin_url.rstrip('/')}/services/{SERVICE_NAME}"
+    body = {"inactivity_timeout": _humantime(inactivity), "abort_timeout": _humantime(abort)}
+    try:
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            r = await client.patch(url, json=body)
+    except httpx.TransportError as e:
+        raise ConfigError(f"cannot reach the Restate admin API at {admin_url}: {e}") from None
+    if r.status_code >= 400:
+        raise ConfigError(
+            f"Restate did not take the service's timeouts ({r.status_code}): {_message(r)}"
+        )
+
+
+async def _register(admin_url: str, uri: str, within: float) -> str:
     import time
 
     import httpx
@@ -174,7 +211,8 @@ async def serve(
         deployment = None
         uri = advertise or advertised_uri(bind)
         if register_with:
-            registering = asyncio.create_task(register(register_with, uri))
+            timeouts = (worker.settings.inactivity_timeout, worker.settings.abort_timeout)
+            registering = asyncio.create_task(register(register_with, uri, timeouts=timeouts))
             done, _ = await asyncio.wait({server, registering}, return_when=asyncio.FIRST_COMPLETED)
             if registering not in done:
                 registering.cancel()
