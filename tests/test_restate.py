@@ -565,6 +565,15 @@ def test_cli_runs_and_reads_a_run_on_restate(procs: Processes, tmp_path: Path) -
     assert detached.returncode == 0, detached.stderr
     run_id = detached.stdout.strip().splitlines()[-1]
     uuid.UUID(run_id)
+    # with --json, one JSON object like every other --json output
+    as_json = eclflow(
+        "run", str(wf.path), "--engine", "restate", "-i", "topic=kelp", "-m", "mock/x",
+        "--detach", "--json",
+    )  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr
+    sent_json = json.loads(as_json.stdout)
+    assert sent_json == {"run_id": sent_json["run_id"], "engine": "restate"}
+    assert wait_result(server, sent_json["run_id"]).status == "completed"
     result = wait_result(server, run_id)
     assert result.status == "completed"
 

@@ -528,7 +528,7 @@ def run_cmd(
             )
             sys.exit(code)
         if isinstance(outcome, str):
-            click.echo(outcome)
+            click.echo(json.dumps({"run_id": outcome, "engine": "restate"}) if as_json else outcome)
             sys.exit(EXIT_OK)
         print_result(outcome, as_json, local=False)
         sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
