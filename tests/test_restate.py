@@ -951,3 +951,31 @@ def test_a_worker_registered_again_with_other_timeouts_sets_them(procs: Processe
     args = ("--inactivity-timeout", "2h", "--abort-timeout", "90s")
     procs.worker(server, keyed({"*": "v1"}), bind=bind, name="second", args=args)
     assert timeouts() == ("2h", "1m 30s")
+
+
+@needs_server
+def test_a_worker_warns_of_steps_longer_than_its_inactivity_timeout(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A step that may outlast --inactivity-timeout is cut off by Restate and called again,
+    paid again, with nothing said anywhere; the worker now says so once per workflow."""
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    script = keyed({"generate": "v1", "critique": PASS}, cycle=True)
+    wf = critique_revise(tmp_path)
+    roomy = procs.worker(server, script, bind=bind, name="roomy")
+    assert submit(server, wf, "kelp").status == "completed"
+    assert "inactivity" not in roomy.stderr()
+    roomy.kill()
+
+    args = ("--inactivity-timeout", "100s")
+    tight = procs.worker(server, script, bind=bind, name="tight", args=args)
+    for topic in ("kelp", "tides"):
+        assert submit(server, wf, topic).status == "completed"
+    warnings = [line for line in tight.stderr().splitlines() if "inactivity" in line]
+    assert [w.split(" ", 1)[1] for w in warnings] == [
+        "WARNING workflow critique-revise: step generate, critique, revise may run up to 360s "
+        "(timeout × attempts + retry delays), longer than this worker's --inactivity-timeout "
+        "(100s): Restate would cut it off and call it again; start the workers with a larger "
+        "--inactivity-timeout"
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from restate import TerminalError
 
 from ..engine.journal import Journal, StoreJournal
 from ..errors import ConfigError, EclflowError, PersistenceError, RunNotFound
-from ..spec.model import Budget, Workflow
+from ..spec.model import Budget, RetrySpec, Workflow
 from . import SERVICE_NAME
 from .journal import STATUS_STATE, RestateJournal
 
@@ -94,11 +95,29 @@ class Worker:
 
         base = self._materialize(digest, prompts)
         wf = load_text(definition, file=str(request.get("file") or "<restate>"), base_dir=base)
+        self._warn_of_long_steps(wf)
         with self._lock:
             self._workflows[digest] = wf
             while len(self._workflows) > 64:
                 self._workflows.popitem(last=False)
         return wf
+
+    def _warn_of_long_steps(self, wf: Workflow) -> None:
+        """Say (in the worker's log) which steps may outlast the inactivity timeout: Restate
+        cuts such a step off and runs it again, paying for its calls again, without a word."""
+        limit = self.settings.inactivity_timeout.total_seconds()
+        longest = {s.id: step_longest(s.timeout, s.retry) for s in wf.steps}
+        over = [sid for sid, t in longest.items() if t > limit]
+        if over:
+            logging.getLogger("eclflow.restate").warning(
+                "workflow %s: step %s may run up to %.0fs (timeout × attempts + retry delays), "
+                "longer than this worker's --inactivity-timeout (%.0fs): Restate would cut it "
+                "off and call it again; start the workers with a larger --inactivity-timeout",
+                wf.id,
+                ", ".join(over),
+                max(longest[sid] for sid in over),
+                limit,
+            )
 
     def _materialize(self, digest: str, prompts: Mapping[str, Any]) -> Path:
         """Write the shipped prompt files where the definition's relative paths find them."""
@@ -159,6 +178,15 @@ class Worker:
 
         extra = {"engine": "restate", "path": (meta or {}).get("path"), **(meta or {})}
         self.store.runs.create(**run_row(wf, inputs, run_id, model, Budget(), extra))
+
+
+def step_longest(timeout: float, retry: RetrySpec) -> float:
+    """The longest a step execution can take: every attempt to its timeout, and the delays."""
+    attempts = max(1, retry.max_attempts)
+    delays = sum(
+        min(retry.max_delay, retry.initial_delay * retry.multiplier**i) for i in range(attempts - 1)
+    )
+    return attempts * timeout + delays
 
 
 def _ups(path: str) -> int:
