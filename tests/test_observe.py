@@ -656,21 +656,27 @@ def test_pretty_logs_are_one_line_a_record() -> None:
         configure("warning", "compact")
 
 
-def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> None:
+def _failing_run(script: Any, *options: str, **environment: str) -> Any:
+    """`eclflow [options] run` of critique-revise on `script`'s mock replies, -q, with only
+    the ECLFLOW_ variables given (the logs as a user gets them by default)."""
     import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+    return subprocess.run(
+        [sys.executable, "-m", "eclflow", *options, "run", str(CRITIQUE_REVISE), "-i", "topic=x",
+         "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
+        env={**env, **environment}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> None:
     script = tmp_path / "fail.yaml"
     script.write_text(
         'generate: [{error: server_error, message: "busy"}, {error: auth_error, message: "bad key"}]\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
-    r = subprocess.run(
-        [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x",
-         "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = _failing_run(script)
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert not [line for line in lines if line.startswith(" ")], r.stderr  # nothing wrapped
@@ -686,11 +692,7 @@ def test_a_failing_cli_run_logs_one_line_a_record_by_default(tmp_path: Any) -> N
         (["--log-level", "warning"], {}),
         ([], {"ECLFLOW_LOG_FORMAT": "pretty"}),
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "eclflow", *asked, "run", str(CRITIQUE_REVISE), "-i", "topic=x",
-             "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
-            env={**env, **environment}, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        r = _failing_run(script, *asked, **environment)
         kinds = ("LLM request failed", "Step failed after all", "Workflow execution failed")
         assert all(k in r.stderr for k in kinds), r.stderr
 
@@ -700,18 +702,9 @@ def test_an_output_that_breaks_the_rules_is_said_once_an_attempt_by_default(
 ) -> None:
     """A draft too long three times: each retry's warning and the `error:` line say why, and
     a "Validation failed" warning said it again before each of them."""
-    import os
-    import subprocess
-    import sys
-
     script = tmp_path / "long.yaml"
     script.write_text(f"generate: {['x' * 2100] * 3}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
-    r = subprocess.run(
-        [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x",
-         "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "-q"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = _failing_run(script)
     assert r.returncode == 1, r.stderr
     assert r.stderr.count("Draft too long: 2100 chars") == 3, r.stderr
     assert r.stderr.count("WARNING Retrying after failure") == 2, r.stderr

@@ -37,11 +37,21 @@ def eclflow(*args: str, env: dict[str, str], timeout: float = 120) -> Any:
     )
 
 
-def start(tmp_path: Path, env: dict[str, str], slow: str = "generate", **popen: Any) -> Any:
-    """`eclflow run` of critique-revise whose `slow` call takes a minute."""
-    (tmp_path / "slow.json").write_text(script(KEYS, slow=slow))
+def start(
+    tmp_path: Path,
+    env: dict[str, str],
+    slow: str = "generate",
+    *,
+    replies: str | None = None,
+    wrap: tuple[str, ...] = (),
+    **popen: Any,
+) -> Any:
+    """`eclflow run` of critique-revise whose `slow` call takes a minute (or on `replies`, a
+    mock script), started under the command `wrap` if given."""
+    (tmp_path / "slow.json").write_text(replies or script(KEYS, slow=slow))
     return subprocess.Popen(
         [
+            *wrap,
             *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x"),
             *("--model", "mock/x", "--mock-responses", str(tmp_path / "slow.json")),
         ],
@@ -369,18 +379,7 @@ def test_a_run_going_on_in_another_container_of_this_host_is_not_resumed(
     same host name), then `eclflow resume` outside it: its pid means nothing here, so the
     resume must not decide that the run's process has ended and run it a second time."""
     env, journal, log = setup(tmp_path)
-    (tmp_path / "slow.json").write_text(script(KEYS, slow="generate"))
-    p = subprocess.Popen(
-        [
-            *("unshare", "--pid", "--fork", "--mount-proc", "--kill-child"),
-            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x"),
-            *("--model", "mock/x", "--mock-responses", str(tmp_path / "slow.json")),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = start(tmp_path, env, wrap=("unshare", "--pid", "--fork", "--mount-proc", "--kill-child"))
     try:
         run_id = in_flight(journal)
         r = eclflow(
@@ -430,17 +429,7 @@ def test_a_run_paused_from_another_process_stops_between_steps_and_resumes(
     env, journal, log = setup(tmp_path)
     replies = json.loads(script(KEYS))
     replies["critique#1"]["delay"] = 4  # longer than the engine waits between two looks
-    (tmp_path / "slowish.json").write_text(json.dumps(replies))
-    p = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x"),
-            *("--model", "mock/x", "--mock-responses", str(tmp_path / "slowish.json")),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = start(tmp_path, env, replies=json.dumps(replies))
     try:
         run_id = in_flight(journal, "critique#1")
         short = run_id[:8]
