@@ -721,6 +721,18 @@ def test_the_same_batch_in_a_second_process_is_refused_while_the_first_runs(
     assert len(log.read_text().splitlines()) == 4 * 4  # no call was made twice
 
 
+def test_each_result_names_its_line_in_the_inputs_file(tmp_path: Path) -> None:
+    """Results come in input order, but blank and comment lines are skipped: each result line
+    says which line of the file it is for, so a script can match them."""
+    cmd, env = batch(tmp_path, 0, "--no-journal", "-q")
+    (tmp_path / "items.jsonl").write_text('# topics\n{"topic": "a"}\n\n{"topic": "b"}\n')
+    for extra in ([], ["--json"]):
+        r = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["line"], x["status"]) for x in lines] == [(2, "completed"), (4, "completed")]
+
+
 def test_json_gives_each_item_its_whole_result(tmp_path: Path) -> None:
     cmd, env = batch(tmp_path, 2, "--no-journal", "-q")
     short = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

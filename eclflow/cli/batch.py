@@ -186,12 +186,13 @@ def run_batch_command(
             nonlocal first_failed, journal_failed
             index = 0
             async for r in results:
+                number = numbered[index][0]  # (its line in the file: blank ones are skipped)
                 if r.status not in ("completed", "paused") and first_failed is None:
-                    first_failed = (numbered[index][0], r)
+                    first_failed = (number, r)
                 if r.status == "failed" and (r.error or "").startswith("Database error:"):
                     journal_failed += 1
                 index += 1
-                line = r.to_dict() if as_json else _line(r)
+                line = {"line": number, **(r.to_dict() if as_json else _line(r))}
                 click.echo(json.dumps(line, default=str, ensure_ascii=False), file=out)
 
     interrupted = False
