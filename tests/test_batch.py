@@ -105,6 +105,23 @@ def test_the_summary_says_why_items_failed(tmp_path: Path) -> None:
     assert len(logged) == 3 and all("Workflow execution failed" in x for x in logged), r.stderr
 
 
+def test_failed_items_are_retried_by_the_same_command_which_the_summary_says(
+    tmp_path: Path,
+) -> None:
+    cmd, env = batch(tmp_path, 3, "--db", f"sqlite:///{tmp_path / 'runs.db'}", "--quiet")
+    good = (tmp_path / "script.yaml").read_text()
+    (tmp_path / "script.yaml").write_text('generate: {error: auth_error, message: "bad key"}\n')
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1].endswith(
+        "(and 2 more failed); the same command again retries the failed items"
+    )
+    (tmp_path / "script.yaml").write_text(good)  # (the key is fixed, say)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["completed"] * 3
+
+
 def test_the_progress_bar_fits_its_counts_in_80_columns() -> None:
     import io
 

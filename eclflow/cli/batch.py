@@ -232,6 +232,10 @@ def run_batch_command(
     if first_failed is not None:  # why, without digging through the result lines
         n, first = first_failed
         more = f" (and {progress.failed - 1} more failed)" if progress.failed > 1 else ""
+        if store is not None and progress.failed > journal_failed:
+            # (what they committed is kept: a failed step is called again, nothing before it)
+            one = progress.failed == 1
+            more += f"; the same command again retries the failed item{'' if one else 's'}"
         say(
             f"{inputs_file}:{n}: {first.error or first.status}{more}",
             "error",
