@@ -1524,6 +1524,25 @@ def test_a_postgres_lock_held_too_long_fails_with_what_to_do(pg_url: str, tmp_pa
     ), r.stderr
 
 
+@pytest.mark.postgres
+def test_the_postgres_lock_timeout_leaves_the_sessions_own(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minute of lock_timeout went in every connection's startup `options`, which PgBouncer
+    refuses ('unsupported startup parameter: options': no connection at all, where a URL
+    without ?schema= connected before) and which override PGOPTIONS. It is set once
+    connected, only where the session has no lock_timeout of its own."""
+    from eclflow.store.db import _database
+
+    assert "options" not in parse_url(PG_BASE).params
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=300")
+    db = _database(parse_url(PG_BASE))  # (connected only: nothing is created)
+    try:
+        assert db.execute_sql("SHOW lock_timeout").fetchone()[0] == "300ms"
+    finally:
+        db.close()
+
+
 def test_a_postgres_database_that_does_not_exist_is_a_configuration_error() -> None:
     from eclflow.errors import ConfigError
 

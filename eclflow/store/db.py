@@ -42,6 +42,11 @@ BUSY_TIMEOUT_MS = 60_000
 # SQLite: a transaction that has waited this long for another process's write lock says so
 # before it waits the rest of BUSY_TIMEOUT_MS (a minute without a word looks like a hang)
 LOCK_NOTICE_MS = 3_000
+# PostgreSQL: as SQLite's busy timeout, a lock held by a session left open in a transaction (an
+# idle psql, say) fails the statement after a minute instead of hanging for ever. Set once
+# connected, where the session has no lock_timeout of its own (the URL's options, PGOPTIONS,
+# the role's): in the startup packet, poolers (PgBouncer) refuse the connection.
+LOCK_TIMEOUT_MS = 60_000
 logger = logging.getLogger("eclflow.store")
 SQLITE_PRAGMAS = [
     # busy_timeout first: switching to WAL may have to wait for another process
@@ -147,6 +152,16 @@ class _PostgresqlDatabase(_Tracked, PostgresqlDatabase):
             psycopg2.extras.register_default_json(conn, loads=lambda text: text)
         except ImportError:  # pragma: no cover - psycopg 3 is not used
             pass
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, false) "
+                    "WHERE current_setting('lock_timeout') = '0'",
+                    (str(LOCK_TIMEOUT_MS),),
+                )
+        except BaseException:
+            conn.close()
+            raise
         return self._track(conn)
 
 

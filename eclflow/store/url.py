@@ -15,7 +15,6 @@ from ..errors import ConfigError
 
 ENV = "ECLFLOW_DATABASE_URL"
 MEMORY = ":memory:"
-LOCK_TIMEOUT_MS = 60_000  # PostgreSQL's lock_timeout unless the URL's options set one
 _HINT = "use sqlite:///path/to/file.db, a file path, or postgresql://user@host:port/dbname"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -112,14 +111,8 @@ def _postgres(text: str) -> DatabaseURL:
         else:
             params[key] = value
     params.setdefault("connect_timeout", 10)
-    options = str(params.get("options", ""))
-    if "lock_timeout" not in options:
-        # as SQLite's busy timeout: a lock held by a session left open in a transaction (an
-        # idle psql, say) fails the statement after a minute instead of hanging for ever
-        options += f" -c lock_timeout={LOCK_TIMEOUT_MS}"
     if schema is not None:
-        options += f" -c search_path={schema}"
-    params["options"] = options.strip()
+        params["options"] = f"{params.get('options', '')} -c search_path={schema}".strip()
     return DatabaseURL("postgresql", _safe(text), database=database, params=params, schema=schema)
 
 
