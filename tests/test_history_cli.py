@@ -105,6 +105,9 @@ def test_runs_lists_newest_first(two_runs: Any) -> None:
     assert len(one.stdout.splitlines()) == 2
     assert one.stderr == "the newest 1 of 2 runs; -n 2 lists them all\n"
     assert env.cli("runs", "-n", "2").stderr == ""
+    # (JSON logs: stderr holds JSON objects only, that note too)
+    note = json.loads(env.cli("--log-format", "json", "runs", "-n", "1").stderr)
+    assert note["event"] == "the newest 1 of 2 runs; -n 2 lists them all" and note["total"] == 2
     assert env.json("runs", "--json", "--workflow", "other") == []
     empty = env.cli("runs", "--workflow", "other")
     assert empty.returncode == 0 and empty.stdout.strip() == "No runs."

@@ -22,6 +22,7 @@ from ._common import (
     open_store,
     resume_command,
     safe_text,
+    say,
     stdout_console,
 )
 
@@ -149,7 +150,11 @@ def runs_cmd(
         table.add_row(*(_styled(cells[n][i]) if n == "state" else cells[n][i] for n in width))
     console.print(table)
     if total > len(rows):  # (on stderr: what reads the table gets the table only)
-        click.echo(f"the newest {len(rows)} of {total} runs; -n {total} lists them all", err=True)
+        say(
+            f"the newest {len(rows)} of {total} runs; -n {total} lists them all",
+            shown=len(rows),
+            total=total,
+        )
 
 
 def _totals(db: str | None, as_json: bool, workflow_id: str | None) -> None:
