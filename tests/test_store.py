@@ -1470,6 +1470,47 @@ def test_a_write_waiting_for_another_process_lock_says_so(
     ]
 
 
+async def test_a_journal_write_waiting_for_another_process_lock_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An sqlite3 shell that takes the write lock while a run goes on: the journal's writes
+    waited for it up to a minute without a word (only the run's creation said so)."""
+    from eclflow.engine import runner
+    from eclflow.llm import MockProvider
+    from eclflow.store.db import LOCK_NOTICE_MS
+
+    path = tmp_path / "runs.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    release = threading.Timer(LOCK_NOTICE_MS / 1000 + 1, other.execute, ("ROLLBACK",))
+
+    def lock_once_started(event: str, payload: object) -> None:
+        if event == "step_started" and release.ident is None:  # (the first step's start)
+            other.execute("BEGIN IMMEDIATE")
+            release.start()
+
+    replies = {
+        "generate": {"content": "v1", "delay": 0.3},
+        "critique": {"decision": "pass", "critique": "ok"},
+    }
+    try:
+        with open_store(f"sqlite:///{path}") as store, caplog.at_level("WARNING", "eclflow"):
+            result = await runner.run(
+                CRITIQUE_REVISE,
+                {"topic": "t"},
+                model="mock/x",
+                mock_responses=MockProvider(replies),
+                store=store,
+                listener=lock_once_started,
+            )
+    finally:
+        release.join()
+        other.close()
+    assert result.status == "completed", result.error
+    assert [r.getMessage() for r in caplog.records] == [
+        f"waiting for the write lock of {path}, which another process holds (up to 57 s more)"
+    ]
+
+
 def test_sqlite_errors_say_what_to_do(tmp_path: Path) -> None:
     from eclflow.store.db import _sqlite_hint
 

@@ -30,7 +30,7 @@ import orjson
 
 from .._time import utc_text
 from ..errors import PersistenceError
-from .db import connection_lost
+from .db import begin_immediate, connection_lost
 from .records import TERMINAL_STATES
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
@@ -476,7 +476,10 @@ class JournalWriter:
             quick = self._quick_connection()
             conn = quick if quick is not None else self.store.db.connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if quick is not None or self.store.in_memory:
+                    conn.execute("BEGIN IMMEDIATE")
+                else:  # (the worker's wait of up to a minute: said after a few seconds)
+                    begin_immediate(conn, str(self.store.db.database))
             except sqlite3.OperationalError as e:
                 if quick is not None and "locked" in str(e):
                     raise _Busy from None
