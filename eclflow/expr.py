@@ -478,6 +478,27 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
     return paths
 
 
+def tested_paths(tree: nodes.Node) -> list[tuple[str, ...]]:
+    """The variable paths the template tests to pick a branch, as a whole: the test of an
+    `{% if %}` or of `… if X else …`, or the left side of `and`/`or`, or what a `not`, an `is`
+    test or a comparison is about there (`steps.a.output is none`)."""
+    out = []
+    for n in tree.find_all((nodes.If, nodes.CondExpr, nodes.And, nodes.Or)):
+        test = (
+            n.left
+            if isinstance(n, nodes.And | nodes.Or)
+            else n.test
+            if isinstance(n, nodes.If | nodes.CondExpr)
+            else None
+        )
+        while isinstance(test, nodes.Not | nodes.Test | nodes.Compare):
+            test = test.expr if isinstance(test, nodes.Compare) else test.node
+        chain = _path_of(test) if test is not None else None
+        if chain is not None:
+            out.append(chain)
+    return out
+
+
 def _stored(target: nodes.Node) -> set[str]:
     """The names an assignment target binds (`x`, `a, b`)."""
     if isinstance(target, nodes.Name):

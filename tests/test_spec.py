@@ -1590,6 +1590,39 @@ def test_reading_a_step_a_condition_may_skip_is_w505() -> None:
     assert d.severity == "warning"
 
 
+def test_w505_is_not_said_of_reads_that_run_only_with_the_step_or_pick_a_branch() -> None:
+    """Two warnings on correct files: branches fanned out behind one condition and joined
+    (d and e are skipped together, so f never runs without them), and the other branch
+    read in the `else` of a test of a step's output (`… if steps.b.output else …`)."""
+    text = """\
+eclflow: 1
+id: skip
+steps:
+  - {id: a, type: template, template: x}
+  - {id: b, type: template, template: x}
+  - {id: c, type: template, template: x}
+  - {id: d, type: template, template: x, depends_on: [b]}
+  - {id: e, type: template, template: x, depends_on: [b]}
+  - {id: f, type: template, template: "{{ t }}", depends_on: [d, e],
+     with: {t: "{{ steps.d.output.text }} {{ steps.e.output.text }}"}}
+  - {id: g, type: template, template: "{{ t }}", depends_on: [b, c],
+     with: {t: "{{ steps.b.output.text if steps.b.output else steps.c.output.text }}"}}
+  - {id: h, type: template, template: "{{ t }}", depends_on: [b, c],
+     with: {t: "{{ steps.c.output.text if steps.b.output is none else steps.b.output.text }}"}}
+transitions:
+  - {type: conditional, from: a, to: b, when: input.x}
+  - {type: conditional, from: a, to: c, when: not input.x}
+output:
+  g: "{{ steps.g.output.text }}"
+  h: "{{ steps.h.output.text }}"
+  f: "{{ steps.f.output.text | default('') }}"
+"""
+    assert [d for d in diagnose(text) if d.code == "W505"] == []
+    unguarded = text.replace("if steps.b.output else", "or")
+    found = [d for d in diagnose(unguarded) if d.code == "W505"]
+    assert [d.message.split()[0] for d in found] == ["steps.b.output.text", "steps.c.output.text"]
+
+
 def test_bad_values_of_keys_that_may_be_left_out_do_not_hide_the_other_problems() -> None:
     """A loop bound of 0 or a malformed timeout showed alone; the unknown step and the broken
     template beside it came one `validate` later. A required key's bad value still stops."""

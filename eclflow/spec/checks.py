@@ -843,7 +843,8 @@ class _Checker:
         """W505: a field of a step a condition may skip, read where it is evaluated all the
         same (`output:`, a step that also waits on another branch): the step's output is
         null then, and the run fails there, after the steps it paid for. Reads the same
-        expression guards (`steps.X.status`, `steps.X.output` alone, `| default`) are left."""
+        expression guards (`steps.X.status`, `steps.X.output` alone or tested, `| default`)
+        are left."""
         from .. import expr
 
         g = self.graph
@@ -861,13 +862,21 @@ class _Checker:
         without: dict[str, set[str]] = {}
 
         def runs_without(x: str) -> set[str]:
-            """The steps that can run when `x` does not."""
+            """The steps that can run when `x` does not: a step skipped had every step it
+            waits on (not by a condition) skipped too, so none of those runs either."""
             if x not in without:
-                found = {r for r in roots if r != x}
+                skipped = {x}
+                todo = [x]
+                while todo:
+                    for p, e in g.pred[todo.pop()].items():
+                        if e["kind"] != "conditional" and p not in skipped:
+                            skipped.add(p)
+                            todo.append(p)
+                found = {r for r in roots if r not in skipped}
                 todo = list(found)
                 while todo:
                     for m in g.succ[todo.pop()]:
-                        if m != x and m not in found:
+                        if m not in skipped and m not in found:
                             found.add(m)
                             todo.append(m)
                 without[x] = found
@@ -885,8 +894,14 @@ class _Checker:
             except Exception:
                 return
             paths = expr.referenced_paths(tree)
-            if any(len(p) >= 3 and p[0] == "steps" and p[2] == "status" for p in paths):
-                return  # it picks a branch by status: what it reads there, it reads knowingly
+            if any(len(p) >= 3 and p[0] == "steps" and p[2] == "status" for p in paths) or any(
+                p[0] == "steps" and p[2:] == ("output",) and p[1] in maybe
+                for p in expr.tested_paths(tree)
+            ):
+                # it picks a branch by a step's status, or by whether a step that may be
+                # skipped has an output (`… if steps.a.output else …`): what it reads there,
+                # it reads knowingly
+                return
             guarded = {p[1] for p in paths if len(p) == 3 and p[0] == "steps"}
             warned: set[str] = set()
             for p in paths:
