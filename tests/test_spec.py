@@ -1726,6 +1726,21 @@ def test_an_input_default_its_own_schema_refuses_is_e116() -> None:
     ]
 
 
+def test_an_object_default_is_checked_with_its_properties_defaults_filled_in() -> None:
+    """`default: {}` on an object whose required property has a default of its own runs (the
+    run fills it in: `{mode: fast}`), and was refused as E116 for missing that property."""
+    opts = (
+        "    opts:\n      type: object\n      required: [mode]\n      properties:\n"
+        "        mode: {type: string, default: fast}\n      default: {}\n"
+    )
+    topic = "    topic: {type: string, minLength: 1, maxLength: 500}\n"
+    assert diagnose(sub(topic, topic + opts)) == []
+    no_default = sub(topic, topic + opts.replace(", default: fast}", "}"))
+    (d,) = diagnose(no_default)
+    assert (d.code, d.location.line, d.location.col) == ("E116", *located(no_default, "{}\n"))
+    assert "'mode' is a required property" in d.message
+
+
 def test_type_errors_speak_yaml_a_list_and_a_mapping() -> None:
     """`steps must be an array, not a mapping`: JSON Schema's words for a YAML file, and
     nothing said how to write a list."""

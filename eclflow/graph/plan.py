@@ -142,7 +142,7 @@ class Plan:
         run input leaves out (in nested objects too), as a reader of the schema expects."""
         if not self._input_defaults:
             return inputs
-        return _fill_defaults(self.workflow.inputs, inputs)
+        return fill_defaults(self.workflow.inputs, inputs)
 
     @cached_property
     def _input_defaults(self) -> bool:
@@ -217,7 +217,9 @@ def _has_defaults(schema: Any) -> bool:
     )
 
 
-def _fill_defaults(schema: Mapping[str, Any], value: Mapping[str, Any]) -> dict[str, Any]:
+def fill_defaults(schema: Mapping[str, Any], value: Mapping[str, Any]) -> dict[str, Any]:
+    """`value` with the defaults of the properties it leaves out, nested objects too: what a
+    run sees of its input."""
     import copy
 
     out = dict(value)
@@ -227,7 +229,7 @@ def _fill_defaults(schema: Mapping[str, Any], value: Mapping[str, Any]) -> dict[
         if name not in out and "default" in prop:
             out[name] = copy.deepcopy(prop["default"])
         if isinstance(out.get(name), Mapping) and _has_defaults(prop):
-            out[name] = _fill_defaults(prop, out[name])
+            out[name] = fill_defaults(prop, out[name])
     return out
 
 

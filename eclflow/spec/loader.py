@@ -925,8 +925,13 @@ def _bad_defaults(schema_: Any, path: list[Any], located: _Located) -> list[Diag
             continue
         where = [*path, "properties", name]
         if "default" in prop:
+            value = prop["default"]
+            if isinstance(value, dict):  # (`default: {}` gets its properties' own defaults)
+                from ..graph.plan import fill_defaults
+
+                value = fill_defaults(prop, value)
             error = jsonschema.exceptions.best_match(
-                jsonschema.Draft202012Validator(prop).iter_errors(prop["default"])
+                jsonschema.Draft202012Validator(prop).iter_errors(value)
             )
             if error is not None:
                 out.append(
