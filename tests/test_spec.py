@@ -1551,6 +1551,19 @@ def test_a_required_key_misspelt_is_one_e111_not_also_e110() -> None:
         assert (d.location.line, d.location.col) == located(text, new.strip(" -\n"))
 
 
+def test_a_transitions_type_misspelt_is_e110_not_an_internal_error() -> None:
+    """`{Type: sequential, …}`: a transition's keys are checked only once its type is known, so
+    no E111 said it, the E110 was dropped as if one did, and the file crashed the checker
+    (E000 KeyError: 'type'; `run` failed with a traceback hint)."""
+    for key in ("Type", "typ"):
+        text = MINIMAL + (
+            "  - {id: b, type: template, template: x}\n"
+            f"transitions:\n  - {{{key}: sequential, from: a, to: b}}\n"
+        )
+        got = [(d.code, d.message, d.location.line) for d in diagnose(text)]
+        assert got == [("E110", "transitions[0] is missing required key 'type'", text.count("\n"))]
+
+
 SKIPPABLE = """\
 eclflow: 1
 id: skip

@@ -582,9 +582,11 @@ def _describe(error: Any, located: _Located) -> list[Diagnostic]:
     inst = error.instance
     if v == "required":
         missing = [m for m in error.validator_value if not isinstance(inst, dict) or m not in inst]
-        # `Steps:` or `setps:` is the missing key misspelt: its E111 says so
+        # `Steps:` or `setps:` is the missing key misspelt: its E111 says so (only where the
+        # mapping allows no other keys: a transition's `type` is checked before its keys are)
         known = error.schema.get("properties", {})
-        unknown = [str(k) for k in inst if k not in known] if isinstance(inst, dict) else []
+        closed = isinstance(inst, dict) and error.schema.get("additionalProperties") is False
+        unknown = [str(k) for k in inst if k not in known] if closed else []
         missing = [m for m in missing if not any(_did_you_mean(k, [m]) for k in unknown)]
         return [
             _diag(
