@@ -528,24 +528,13 @@ async def status_async(run_id: str, restate_url: str | None = None) -> RestateRu
 
 def _finished(run_id: str, result: RunResult) -> RestateRunStatus:
     """A finished run's status from its result alone: no worker is needed to read it."""
-    steps = [
-        {
-            "key": s.key,
-            "step_id": s.step_id,
-            "status": s.status,
-            "outcome": s.outcome,
-            "attempts": s.attempts,
-            "duration_ms": s.duration_ms,
-            "tokens": s.tokens,
-            "error": s.error,
-        }
-        for s in result.steps
-    ]
+    from .journal import progress_entry
+
     return RestateRunStatus(
         run_id,
         result.status,
         workflow_id=result.workflow_id or None,
-        steps=steps,
+        steps=[progress_entry(s) for s in result.steps],
         error=result.error,
         failed_step=result.failed_step,
         output=result.output,

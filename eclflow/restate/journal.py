@@ -190,18 +190,7 @@ class RestateJournal:
         return execution
 
     def _record(self, e: StepExecution) -> None:
-        self.progress.append(
-            {
-                "key": e.key,
-                "step_id": e.step_id,
-                "status": e.status,
-                "outcome": e.outcome,
-                "attempts": e.attempts,
-                "duration_ms": e.duration_ms,
-                "tokens": e.tokens,
-                "error": e.error,
-            }
-        )
+        self.progress.append(progress_entry(e))
         self._set_status(running=None)
 
     def _set_status(self, *, running: str | None) -> None:
@@ -214,6 +203,20 @@ class RestateJournal:
                 "workflow": self.workflow_id,
             },
         )
+
+
+def progress_entry(e: StepExecution) -> dict[str, Any]:
+    """A step execution as the run's progress (`eclflow status --engine restate`) shows it."""
+    return {
+        "key": e.key,
+        "step_id": e.step_id,
+        "status": e.status,
+        "outcome": e.outcome,
+        "attempts": e.attempts,
+        "duration_ms": e.duration_ms,
+        "tokens": e.tokens,
+        "error": e.error,
+    }
 
 
 def _jsonable(value: Any) -> Any:
