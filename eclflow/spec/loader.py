@@ -917,7 +917,8 @@ def _dangling_refs(schema_: Any) -> list[tuple[list[Any], str]]:
 def _bad_defaults(schema_: Any, path: list[Any], located: _Located) -> list[Diagnostic]:
     """A property's `default` its own schema refuses: a run that leaves the property out gets
     it (the input is checked as given), so a step would see what the schema forbids. Parts
-    with a `$ref` are left alone."""
+    with a `$ref` are left alone, and so is `default: null`, which hand-written schemas use for
+    "optional, none" (`{% if input.note %}` runs with it)."""
     import jsonschema
 
     props = schema_.get("properties") if isinstance(schema_, dict) else None
@@ -926,7 +927,7 @@ def _bad_defaults(schema_: Any, path: list[Any], located: _Located) -> list[Diag
         if not isinstance(prop, dict) or "$ref" in json.dumps(prop, default=str):
             continue
         where = [*path, "properties", name]
-        if "default" in prop:
+        if prop.get("default") is not None:
             value = prop["default"]
             if isinstance(value, dict):  # (`default: {}` gets its properties' own defaults)
                 from ..graph.plan import fill_defaults
