@@ -930,7 +930,7 @@ def test_a_model_the_worker_cannot_call_says_it_is_the_workers(
     assert isinstance(result, RunResult) and result.status == "failed"
     assert result.error is not None
     assert result.error.startswith("Configuration error: unknown local model 'local/nope'")
-    assert result.error.endswith(" (on the workers: the `eclflow serve` processes call the models)")
+    assert result.error.endswith(" (on the workers: the `eclflow serve` processes run the steps)")
 
 
 @needs_server

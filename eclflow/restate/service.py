@@ -300,8 +300,8 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
         if e.retryable:
             raise
         message = _one_line(e)
-        if isinstance(e, ConfigError):  # (a missing API key: the worker's, not the client's)
-            message += " (on the workers: the `eclflow serve` processes call the models)"
+        if isinstance(e, ConfigError):  # (a missing API key, a plugin: the workers')
+            message += " (on the workers: the `eclflow serve` processes run the steps)"
         ctx.set(
             STATUS_STATE,
             {
