@@ -1586,6 +1586,18 @@ output:
 """
 
 
+@pytest.mark.parametrize("when", ["''", "'  '", "'{{ }}'"])
+def test_an_empty_condition_says_so(when: str) -> None:
+    """`when: ""` said "Expected an expression, got 'end of print statement'"."""
+    text = sub(
+        "  - {type: sequential, from: generate, to: critique}",
+        f"  - {{type: conditional, from: generate, to: critique, when: {when}}}",
+    )
+    (d,) = diagnose(text)
+    assert (d.code, d.message) == ("E301", "the condition is empty")
+    assert (d.location.line, d.location.col) == located(text, when)
+
+
 def test_reading_a_step_a_condition_may_skip_is_w505() -> None:
     """`steps.b.output.text` where b may be skipped (its output is null) failed the run there:
     for `output:`, after every step was paid for. Not where the reader runs only after b

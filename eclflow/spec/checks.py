@@ -571,6 +571,14 @@ class _Checker:
 
         from .. import expr
 
+        if whole and not text.strip(" {}"):  # (`when: ""`, `when: "{{ }}"`)
+            self.error(
+                path,
+                "E301",
+                "the condition is empty",
+                "write an expression, e.g. steps.a.output.decision == 'pass'",
+            )
+            return
         if (
             whole
             and expr.single_expression(text) is None
