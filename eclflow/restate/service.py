@@ -182,11 +182,11 @@ class Worker:
 
 def step_longest(timeout: float, retry: RetrySpec) -> float:
     """The longest a step execution can take: every attempt to its timeout, and the delays."""
-    attempts = max(1, retry.max_attempts)
-    delays = sum(
-        min(retry.max_delay, retry.initial_delay * retry.multiplier**i) for i in range(attempts - 1)
-    )
-    return attempts * timeout + delays
+    from ..steps.base import RetryPolicy
+
+    policy = RetryPolicy.from_spec(retry)
+    attempts = max(1, policy.max_attempts)
+    return attempts * timeout + sum(policy.delay_for_attempt(n) for n in range(1, attempts))
 
 
 def _ups(path: str) -> int:

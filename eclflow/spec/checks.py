@@ -595,12 +595,9 @@ class _Checker:
             )
             return
         try:
-            if whole and expr.single_expression(text) is None:
-                tree = expr.parse_expression(text)
-            else:
-                if not expr.has_template(text):
-                    return
-                tree = expr.parse(text)
+            tree = _parsed(text, whole=whole)
+            if tree is None:
+                return
         except jinja2.TemplateSyntaxError as e:
             self.error(
                 path,
@@ -891,15 +888,11 @@ class _Checker:
             return without[x]
 
         def read(path: list[Any], text: str, reader: str | None, *, whole: bool) -> None:
-            try:
-                body = expr.single_expression(text) if whole else None
-                if whole and body is None and not expr.has_template(text):
-                    tree = expr.parse_expression(text)
-                elif expr.has_template(text):
-                    tree = expr.parse(text)
-                else:
-                    return
+            try:  # (what does not parse has had its E301 already: no W505 runs then)
+                tree = _parsed(text, whole=whole)
             except Exception:
+                return
+            if tree is None:
                 return
             paths = expr.referenced_paths(tree)
             if any(len(p) >= 3 and p[0] == "steps" and p[2] == "status" for p in paths) or any(
@@ -947,6 +940,16 @@ class _Checker:
                 read(["transitions", i, "when"], when, t.from_, whole=True)
         for path, text in _strings(self.data.get("output"), ["output"]):
             read(path, text, None, whole=False)
+
+
+def _parsed(text: str, *, whole: bool) -> Any:
+    """The template tree of a string the engine evaluates, None when it is plain text: a
+    condition (`whole`) is one bare expression or one `{{ … }}`. Raises TemplateSyntaxError."""
+    from .. import expr
+
+    if whole and expr.single_expression(text) is None:
+        return expr.parse_expression(text)
+    return expr.parse(text) if expr.has_template(text) else None
 
 
 def _position_of(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:

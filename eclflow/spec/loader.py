@@ -436,12 +436,7 @@ class _Located:
         return node
 
     def keys_of(self, path: Sequence[Any]) -> list[Any]:
-        node = self.doc
-        for part in path:
-            try:
-                node = node[part]
-            except Exception:
-                return []
+        node = self.node(path)
         return list(node.keys()) if isinstance(node, Mapping) else []
 
 
