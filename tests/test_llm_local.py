@@ -494,14 +494,14 @@ def test_waiting_for_the_model_does_not_count_against_the_step_timeout(
     loaded = local_mod._load(model_path("local/smollm2"))
     generate = loaded.llama.eval
 
-    def slowly(tokens: object) -> object:  # every token 0.1 s: `long` takes seconds, always
-        time.sleep(0.1)
+    def slowly(tokens: object) -> object:  # every token 0.2 s: `long` takes seconds, always
+        time.sleep(0.2)
         return generate(tokens)
 
     monkeypatch.setattr(loaded.llama, "eval", slowly)
     result = asyncio.run(run(wf, {}, store=None))
     assert result.status == "completed", result.error
     durations = {s.step_id: s.duration_ms for s in result.steps}
-    # (so `short` waited longer than its timeout, which leaves its own short call room on a
-    # loaded machine)
-    assert durations["long"] > 3500
+    # so `short` waited longer than its timeout (3 s, which leaves its own short call room on a
+    # loaded machine); the model may end its count early, hence the slow tokens
+    assert durations["long"] > 3000, durations
