@@ -179,6 +179,11 @@ class InvalidState(EclflowError):
     """An operation does not fit the run's current state (e.g. resuming a completed run)."""
 
 
+class RunPaused(InvalidState):
+    """Restate paused the run (it could not run it after many attempts): it waits, keeping what
+    its steps did, until it is resumed; the message says how."""
+
+
 class UnclearRunId(NotFound, InvalidState):
     """A run id prefix too short to look up, or one that several runs share (an InvalidState
     before, so that is still caught)."""

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import CRITIQUE_REVISE
 from restate_server import (
@@ -905,10 +906,98 @@ def test_run_waiting_for_a_worker_says_restate_pauses_it_in_time(
     assert lines[1].strip() == (
         f"run {run_id} waits in Restate: no worker answers; start one with `eclflow serve "
         "--register ADMIN_URL`; the run goes on when one does, unless none does for about six "
-        "minutes: Restate then pauses it until it is resumed through its admin API (see "
-        "docs/scaling.md)"
+        "minutes: Restate then pauses it, and this command stops waiting and says how to resume "
+        "it"
     )
     assert p.returncode == 130 and "goes on in Restate" in rest
+
+
+def invocation(server: RestateServer, run_id: str) -> Any:
+    from eclflow.restate.admin import Admin
+
+    async def ask() -> Any:
+        async with httpx.AsyncClient() as http:
+            return await Admin(server.admin_url, http).invocation(run_id)
+
+    return asyncio.run(ask())
+
+
+@needs_server
+def test_a_run_restate_paused_is_said_and_resume_continues_it(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Restate pauses a run it could not run for about six minutes (no worker up, or an error
+    escaping a step every time); `run --engine restate` then waited for ever, `status` said it
+    needed a worker, and only Restate's admin API could continue it. `run` now stops waiting
+    and says how to go on, `status` says paused, and `resume --engine restate` continues it on
+    the workers registered since, without repeating what its steps did."""
+    server = procs.server()
+    gone = procs.worker(server, keyed({"*": "v1"}), bind=f"127.0.0.1:{free_port()}")
+    gone.kill()  # registered, then gone: the run waits for a worker
+    wf = critique_revise(tmp_path)
+    env = {
+        **os.environ,
+        "ECLFLOW_RESTATE_URL": server.ingress_url,
+        "ECLFLOW_RESTATE_ADMIN_URL": server.admin_url,
+    }
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eclflow", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    cmd = [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate"]
+    p = subprocess.Popen(
+        [*cmd, "-i", "topic=kelp", "-m", "mock/x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert p.stderr is not None
+        run_id = p.stderr.readline().split()[1]
+        wait_for(lambda: invocation(server, run_id) is not None, what="the run's invocation")
+        # what Restate does after its last attempt, without waiting six minutes for it
+        r = httpx.patch(f"{server.admin_url}/invocations/{invocation(server, run_id).id}/pause")
+        assert r.status_code < 300, r.text
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert (p.returncode, out) == (1, ""), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"Restate paused run {run_id} after "), last
+    assert "Connection refused" in last  # (the last attempt's failure: no worker)
+    assert last.endswith(
+        ": once a worker is up (`eclflow serve --register ADMIN_URL`), `eclflow resume "
+        f"{run_id} --engine restate` continues it"
+    )
+
+    status = eclflow("status", run_id, "--engine", "restate")  # no worker up: the admin API says
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0] == f"run {run_id} · ? · paused (restate)"
+
+    worker = procs.worker(
+        server, keyed({"generate": "v1", "critique#1": PASS}), bind=f"127.0.0.1:{free_port()}"
+    )
+    resumed = eclflow("resume", run_id, "--engine", "restate")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.splitlines()[0].startswith(
+        f"resuming run {run_id} (Restate paused it after "
+    )
+    assert resumed.stdout.splitlines()[0] == "final_text: v1"
+    assert keys(worker.calls()) == ["generate", "critique#1"]
+
+    again = eclflow("resume", run_id, "--engine", "restate", "--json")  # finished: its result
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "completed"
+    assert keys(worker.calls()) == ["generate", "critique#1"]
 
 
 @needs_server

@@ -286,6 +286,33 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
+def restate_options(what: str) -> Callable[[F], F]:
+    """--engine (local or restate; `what` Restate does with the run), --restate-url and
+    --restate-admin-url."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--restate-admin-url",
+            metavar="URL",
+            help="Restate's admin API, which tells a paused run (default: "
+            "ECLFLOW_RESTATE_ADMIN_URL, else port 9070 of the ingress's host).",
+        )(fn)
+        fn = click.option(
+            "--restate-url",
+            metavar="URL",
+            help="Restate's ingress (default: ECLFLOW_RESTATE_URL, else http://127.0.0.1:8080).",
+        )(fn)
+        return click.option(
+            "--engine",
+            type=click.Choice(["local", "restate"]),
+            default="local",
+            envvar="ECLFLOW_ENGINE",
+            help=f"restate: {what}. Default: ECLFLOW_ENGINE, else local.",
+        )(fn)
+
+    return decorate
+
+
 def resume_command(run_id: str, *args: str) -> str:
     """`eclflow resume SHORT_ID …`, with the --db this command was given (without it, the
     command would look in the default database; ECLFLOW_DATABASE_URL finds the same one)."""

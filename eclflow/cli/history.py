@@ -20,6 +20,7 @@ from ._common import (
     fail,
     handle_errors,
     open_store,
+    restate_options,
     resume_command,
     safe_text,
     say,
@@ -246,30 +247,25 @@ def _run_duration_ms(run: Any) -> int | None:
     show_default=True,
     help="Output format.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "restate"]),
-    default="local",
-    envvar="ECLFLOW_ENGINE",
-    help="restate: ask Restate (give the full run id). Default: ECLFLOW_ENGINE, else local.",
-)
-@click.option(
-    "--restate-url",
-    metavar="URL",
-    help="Restate's ingress (default: ECLFLOW_RESTATE_URL, else http://127.0.0.1:8080).",
-)
+@restate_options("ask Restate (give the full run id)")
 @click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 @db_option
 @handle_errors
 def status_cmd(
-    run_id: str, fmt: str, engine: str, restate_url: str | None, as_json: bool, db: str | None
+    run_id: str,
+    fmt: str,
+    engine: str,
+    restate_url: str | None,
+    restate_admin_url: str | None,
+    as_json: bool,
+    db: str | None,
 ) -> None:
     """The state of RUN_ID (any unique prefix) and of each of its steps."""
     fmt = "json" if as_json else fmt
     if engine == "restate":
         from ..restate.client import status
 
-        st = status(run_id, restate_url)
+        st = status(run_id, restate_url, restate_admin_url)
         click.echo(
             json.dumps(st.to_dict(), indent=2, ensure_ascii=False, default=str)
             if fmt == "json"

@@ -6,13 +6,13 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from ..errors import PersistenceError, RunNotFound
+from ..errors import PersistenceError, RunNotFound, RunPaused
 from . import cli
 from ._common import (
     EXIT_FAILED,
@@ -26,6 +26,7 @@ from ._common import (
     leave_out_what_the_end_says,
     not_empty,
     open_store,
+    restate_options,
     resume_command,
     safe_text,
     say,
@@ -389,19 +390,7 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     help="Batch: how many runs at once.",
 )
 @click.option("--no-journal", is_flag=True, help="Keep nothing in the database.")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "restate"]),
-    default="local",
-    envvar="ECLFLOW_ENGINE",
-    help="restate: submit the run to Restate, where `eclflow serve` workers run it. "
-    "Default: ECLFLOW_ENGINE, else local.",
-)
-@click.option(
-    "--restate-url",
-    metavar="URL",
-    help="Restate's ingress (default: ECLFLOW_RESTATE_URL, else http://127.0.0.1:8080).",
-)
+@restate_options("submit the run to Restate, where `eclflow serve` workers run it")
 @click.option("--detach", is_flag=True, help="With --engine restate: print the run id and return.")
 @click.option(
     "--json",
@@ -434,6 +423,7 @@ def run_cmd(
     no_journal: bool,
     engine: str,
     restate_url: str | None,
+    restate_admin_url: str | None,
     detach: bool,
     as_json: bool,
     quiet: bool,
@@ -496,37 +486,23 @@ def run_cmd(
             if not detach and not (as_json or quiet or json_logs()):
                 click.echo(f"run {run_id} sent to Restate; {where}", err=True)
 
-        def no_worker() -> None:
-            say(
-                f"run {restate_id} waits in Restate: no worker answers; start one with "
-                "`eclflow serve --register ADMIN_URL`; the run goes on when one does, unless "
-                "none does for about six minutes: Restate then pauses it until it is resumed "
-                "through its admin API (see docs/scaling.md)",
-                "warning",
-                run_id=restate_id,
-            )
-
         try:
             outcome = submit(
                 workflow,
                 inputs,
                 model=model,
                 restate_url=restate_url,
+                restate_admin_url=restate_admin_url,
                 detach=detach,
                 budget=budget,
                 run_id=restate_id,
-                on_no_worker=None if detach else no_worker,
+                on_no_worker=None if detach else _no_worker_line(restate_id),
                 on_sent=sent,
             )
         except KeyboardInterrupt:
-            code = interrupted_exit_code()
-            say(
-                f"interrupted: stopped waiting; run {restate_id} goes on in Restate; {where}",
-                "error",
-                exit_code=code,
-                run_id=restate_id,
-            )
-            sys.exit(code)
+            _stopped_waiting(restate_id)
+        except RunPaused as e:
+            _paused_in_restate(restate_id, e, as_json)
         if isinstance(outcome, str):
             click.echo(json.dumps({"run_id": outcome, "engine": "restate"}) if as_json else outcome)
             sys.exit(EXIT_OK)
@@ -607,6 +583,42 @@ def run_cmd(
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
+def _no_worker_line(run_id: str) -> Callable[[], None]:
+    def no_worker() -> None:
+        say(
+            f"run {run_id} waits in Restate: no worker answers; start one with `eclflow serve "
+            "--register ADMIN_URL`; the run goes on when one does, unless none does for about "
+            "six minutes: Restate then pauses it, and this command stops waiting and says how "
+            "to resume it",
+            "warning",
+            run_id=run_id,
+        )
+
+    return no_worker
+
+
+def _stopped_waiting(run_id: str) -> NoReturn:
+    code = interrupted_exit_code()
+    say(
+        f"interrupted: stopped waiting; run {run_id} goes on in Restate; `eclflow status "
+        f"{run_id} --engine restate` shows it",
+        "error",
+        exit_code=code,
+        run_id=run_id,
+    )
+    sys.exit(code)
+
+
+def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
+    """Restate paused the run while this waited: it keeps what its steps did; say how to go on."""
+    if as_json:
+        click.echo(
+            json.dumps({"run_id": run_id, "engine": "restate", "status": "paused", "error": str(e)})
+        )
+    say(str(e), "error", exit_code=EXIT_FAILED, run_id=run_id)
+    sys.exit(EXIT_FAILED)
+
+
 @cli.command("resume")
 @click.argument("run_id")
 @_model_options
@@ -617,6 +629,7 @@ def run_cmd(
     is_flag=True,
     help="Resume even if the workflow file or a prompt file changed since the run started.",
 )
+@restate_options("resume a run Restate paused, or wait for one it runs (give the full run id)")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option(
     "--quiet",
@@ -634,15 +647,33 @@ def resume_cmd(
     budget_calls: int | None,
     db: str | None,
     force: bool,
+    engine: str,
+    restate_url: str | None,
+    restate_admin_url: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Continue RUN_ID (any unique prefix) from its journal without repeating finished steps.
 
-    A run that already completed is left as it is; its recorded result is printed."""
+    A run that already completed is left as it is; its recorded result is printed. With
+    --engine restate: resume a run Restate paused (after about six minutes without a worker,
+    or an error escaping a step every time) and wait for its result."""
     from ..engine import runner
 
     stop_on_sigterm()
+    if engine == "restate":
+        ctx = click.get_current_context()
+        given = [
+            "--" + name.replace("_", "-")
+            for name in _NOT_FOR_RESTATE
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"resume --engine restate takes no {', '.join(given)}: the run goes on as it "
+                "was sent (the workers hold the mock script and the database)"
+            )
+        _resume_in_restate(run_id, restate_url, restate_admin_url, as_json, quiet)
     _quiet_stamina()
     leave_out_what_the_end_says()
     store = open_store(db, existing=True)
@@ -687,6 +718,46 @@ def pause_cmd(run_id: str, db: str | None) -> None:
         f"pausing run {full[:8]}: it stops before its next step (the process running it looks "
         f"every few seconds); {resume_command(full)} continues it"
     )
+
+
+# what a resume on this machine takes and one Restate runs does not
+_NOT_FOR_RESTATE: tuple[str, ...] = ("model", "mock_responses", "budget_usd", "budget_tokens")
+_NOT_FOR_RESTATE += ("budget_calls", "db", "force")
+
+
+def _resume_in_restate(
+    run_id: str, restate_url: str | None, admin_url: str | None, as_json: bool, quiet: bool
+) -> NoReturn:
+    from ..restate.admin import Invocation
+    from ..restate.client import resume_async
+
+    def found(invocation: Invocation) -> None:
+        if as_json or quiet or json_logs():
+            return
+        if invocation.paused:
+            line = f"resuming run {run_id} (Restate paused it {invocation.failure_note()})"
+        elif invocation.status == "completed":
+            return
+        else:
+            line = f"run {run_id} is not paused ({invocation.status} in Restate); waiting for it"
+        click.echo(line, err=True)
+
+    try:
+        result = _run_async(
+            resume_async(
+                run_id,
+                restate_url=restate_url,
+                restate_admin_url=admin_url,
+                on_found=found,
+                on_no_worker=_no_worker_line(run_id),
+            )
+        )
+    except KeyboardInterrupt:
+        _stopped_waiting(run_id)
+    except RunPaused as e:
+        _paused_in_restate(run_id, e, as_json)
+    print_result(result, as_json, local=False)
+    sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
 def _check_mock_is_used(workflow: Any, model: str | None) -> None:

@@ -7,7 +7,8 @@ The same orchestrator runs with a different journal: every step execution is a
   of a `StepExecution` that Restate keeps;
 - `service`: the Restate workflow service (`eclflow serve` serves it) and its worker settings;
 - `worker`: serving that service over HTTP/2 cleartext with hypercorn, and registering it;
-- `client`: submitting runs through Restate's ingress, waiting for them, reading their status.
+- `client`: submitting runs through Restate's ingress, waiting for them, reading their status;
+- `admin`: how a run's invocation stands (paused?) and resuming it, through the admin API.
 
 Importing this package imports nothing heavy; `restate`, `hypercorn` and `httpx` (the `restate`
 extra) are imported by the modules that need them.
@@ -22,6 +23,7 @@ DEFAULT_BIND = "127.0.0.1:9080"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9070"
 DEFAULT_INGRESS_URL = "http://127.0.0.1:8080"
 INGRESS_ENV = "ECLFLOW_RESTATE_URL"
+ADMIN_ENV = "ECLFLOW_RESTATE_ADMIN_URL"
 
 EXTRA_HINT = "pip install 'eclflow[restate]'"
 

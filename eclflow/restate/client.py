@@ -8,6 +8,7 @@ of the prompt files it names (workers need not share a file system), the input, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,13 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.result import RunResult, StepExecution
-from ..errors import ConfigError, EclflowError, RunNotFound
+from ..errors import ConfigError, EclflowError, RunNotFound, RunPaused
 from ..spec.model import Budget, Workflow
 from . import DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
+from .admin import Admin, Invocation, admin_url
+from .admin import message as _message
 
 NO_WORKER_AFTER = 10.0  # seconds without a result before `run` asks whether a worker answers
 NO_WORKER_PROBE = 3.0
 STATUS_WAIT = 5.0  # seconds `status` waits for a worker to answer for an unfinished run
+ADMIN_POLL = 10.0  # seconds between asking the admin API whether Restate paused a waited-for run
 
 
 def ingress_url(url: str | None = None) -> str:
@@ -178,11 +182,14 @@ class _Ingress:
         workflow_id: str,
         deadline: float | None,
         on_no_worker: Callable[[], None] | None = None,
+        admin: Admin | None = None,
     ) -> RunResult:
         """Wait for the run's result; rides out a restarting server until `deadline`.
 
         If no result came within NO_WORKER_AFTER seconds and no worker answers a status
-        request either, `on_no_worker` is called once (Restate holds the run until one does)."""
+        request either, `on_no_worker` is called once (Restate holds the run until one does).
+        With `admin`, every ADMIN_POLL seconds without a result it asks whether Restate paused
+        the run, and raises RunPaused if so (a paused run's result never comes by itself)."""
         import httpx
 
         url = f"{self.url}/restate/workflow/{SERVICE_NAME}/{_key(run_id)}/attach"
@@ -196,6 +203,8 @@ class _Ingress:
             if quiet_until is not None:
                 left = max(quiet_until - time.monotonic(), 0.0)
                 read = left if read is None else min(read, left)
+            if admin is not None:
+                read = ADMIN_POLL if read is None else min(read, ADMIN_POLL)
             try:
                 r = await self.client.get(url, timeout=httpx.Timeout(10.0, read=read))
             except httpx.ReadTimeout:
@@ -203,6 +212,8 @@ class _Ingress:
                     quiet_until = None
                     if on_no_worker is not None and not await self.worker_answers(run_id):
                         on_no_worker()
+                if admin is not None:
+                    admin = await _unless_paused(admin, run_id)
                 continue
             except httpx.TransportError:
                 await asyncio.sleep(delay)
@@ -276,6 +287,26 @@ class _Ingress:
         return "failed", _message(r)
 
 
+async def _unless_paused(admin: Admin, run_id: str) -> Admin | None:
+    """Raise RunPaused if Restate paused the run; the admin API to ask again, or None when it
+    cannot be asked (not reachable at its address: then nothing tells a pause)."""
+    try:
+        invocation = await admin.invocation(run_id)
+    except ConfigError:
+        return None
+    if invocation is not None and invocation.paused:
+        raise RunPaused(paused_message(run_id, invocation))
+    return admin
+
+
+def paused_message(run_id: str, invocation: Invocation) -> str:
+    return (
+        f"Restate paused run {run_id} {invocation.failure_note()}: once a worker is up "
+        f"(`eclflow serve --register ADMIN_URL`), `eclflow resume {run_id} --engine restate` "
+        "continues it"
+    )
+
+
 def _key(run_id: str) -> str:
     """A run id as one path segment of an ingress URL (a `/` or `?` in it is not a path)."""
     from urllib.parse import quote
@@ -293,16 +324,6 @@ def _from_ingress(r: Any) -> bool:
     except Exception:
         return False
     return isinstance(data, dict) and bool(data.get("message"))
-
-
-def _message(r: Any) -> str:
-    try:
-        data = r.json()
-        text = data.get("message") if isinstance(data, dict) else None
-    except Exception:
-        text = None
-    text = str(text or r.text or f"HTTP {r.status_code}").strip()
-    return text.splitlines()[0] if text else f"HTTP {r.status_code}"
 
 
 def _http_client(connections: int = 16) -> Any:
@@ -327,11 +348,13 @@ async def submit_async(
     client: Any = None,
     on_no_worker: Callable[[], None] | None = None,
     on_sent: Callable[[str], None] | None = None,
+    restate_admin_url: str | None = None,
 ) -> RunResult | str:
     """Submit one run through Restate's ingress; its RunResult, or its id with `detach`.
 
     `on_sent(run_id)` is called once Restate has accepted the run; `on_no_worker` once if the
-    run seems to wait for a worker (see `attach`)."""
+    run seems to wait for a worker (see `attach`). Raises RunPaused if Restate pauses the run
+    while this waits (`restate_admin_url`: where to ask, see `admin.admin_url`)."""
     from ..engine.orchestrator import new_run_id
 
     request = build_request(workflow, dict(inputs or {}), model=model, budget=budget)
@@ -346,7 +369,8 @@ async def submit_async(
         if detach:
             return run_id
         deadline = None if timeout is None else time.monotonic() + timeout
-        return await ingress.attach(run_id, workflow.id, deadline, on_no_worker)
+        admin = Admin(admin_url(restate_admin_url, ingress.url), client)
+        return await ingress.attach(run_id, workflow.id, deadline, on_no_worker, admin)
     finally:
         if own:
             await client.aclose()
@@ -364,6 +388,7 @@ def submit(
     timeout: float | None = None,
     on_no_worker: Callable[[], None] | None = None,
     on_sent: Callable[[str], None] | None = None,
+    restate_admin_url: str | None = None,
 ) -> RunResult | str:
     """`eclflow run FILE --engine restate [--restate-url URL] [--detach]`."""
     return asyncio.run(
@@ -378,6 +403,7 @@ def submit(
             timeout=timeout,
             on_no_worker=on_no_worker,
             on_sent=on_sent,
+            restate_admin_url=restate_admin_url,
         )
     )
 
@@ -435,15 +461,63 @@ async def submit_many(
 
 
 async def wait_async(
-    run_id: str, *, restate_url: str | None = None, timeout: float | None = None
+    run_id: str,
+    *,
+    restate_url: str | None = None,
+    timeout: float | None = None,
+    restate_admin_url: str | None = None,
 ) -> RunResult:
-    """Wait for a submitted run and return its result."""
+    """Wait for a submitted run and return its result (RunPaused if Restate pauses it)."""
     client = _http_client()
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
-        return await _Ingress(ingress_url(restate_url), client).attach(run_id, "", deadline)
+        ingress = _Ingress(ingress_url(restate_url), client)
+        admin = Admin(admin_url(restate_admin_url, ingress.url), client)
+        return await ingress.attach(run_id, "", deadline, admin=admin)
     finally:
         await client.aclose()
+
+
+async def resume_async(
+    run_id: str,
+    *,
+    restate_url: str | None = None,
+    restate_admin_url: str | None = None,
+    timeout: float | None = None,
+    on_found: Callable[[Invocation], None] | None = None,
+    on_no_worker: Callable[[], None] | None = None,
+) -> RunResult:
+    """`eclflow resume RUN_ID --engine restate`: resume a run Restate paused, and wait for it.
+
+    A run that is not paused is waited for as it is; a finished one's result is returned.
+    `on_found(invocation)` is called with the run's invocation as it stood (before resuming)."""
+    client = _http_client()
+    try:
+        ingress = _Ingress(ingress_url(restate_url), client)
+        admin = Admin(admin_url(restate_admin_url, ingress.url), client)
+        invocation = await admin.invocation(run_id)
+        if invocation is None:
+            raise RunNotFound(run_id, _WHOLE_ID)
+        if on_found is not None:
+            on_found(invocation)
+        if invocation.status == "completed":
+            kind, value = await ingress.output(run_id)
+            if kind == "done" and isinstance(value, Mapping):
+                return result_from_dict(value)
+            if kind == "failed":
+                return _failed(run_id, "", str(value))
+        elif invocation.paused:
+            await admin.resume(invocation.id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return await ingress.attach(run_id, "", deadline, on_no_worker, admin)
+    finally:
+        await client.aclose()
+
+
+_WHOLE_ID = (
+    "Restate knows a run by its whole id, as `run` printed it, and keeps a finished one for a "
+    "day by default"
+)
 
 
 @dataclass(slots=True)
@@ -451,7 +525,7 @@ class RestateRunStatus:
     """What `eclflow status RUN_ID --engine restate` shows."""
 
     run_id: str
-    state: str  # pending | running | completed | failed
+    state: str  # pending | running | paused | completed | failed
     workflow_id: str | None = None
     running: str | None = None  # the key of the step in flight
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -488,27 +562,36 @@ class RestateRunStatus:
         return "\n".join(lines)
 
 
-async def status_async(run_id: str, restate_url: str | None = None) -> RestateRunStatus:
+async def status_async(
+    run_id: str, restate_url: str | None = None, restate_admin_url: str | None = None
+) -> RestateRunStatus:
     client = _http_client()
     try:
         ingress = _Ingress(ingress_url(restate_url), client)
         kind, value = await ingress.output(run_id)
         if kind == "unknown":
-            raise RunNotFound(
-                run_id,
-                "Restate knows a run by its whole id, as `run` printed it, and keeps a "
-                "finished one for a day by default",
-            )
+            raise RunNotFound(run_id, _WHOLE_ID)
         if kind == "done" and isinstance(value, Mapping):
             return _finished(run_id, result_from_dict(value))
+        invocation = None
+        if kind == "running":  # paused, or waiting for a worker? only the admin API tells
+            admin = Admin(admin_url(restate_admin_url, ingress.url), client)
+            with contextlib.suppress(ConfigError):
+                invocation = await admin.invocation(run_id)
+            if invocation is not None and invocation.paused:
+                # (the status handler would wait for a worker, and stay queued in Restate)
+                return RestateRunStatus(run_id, "paused", error=paused_message(run_id, invocation))
         data = await ingress.status(run_id)
         if data is None:
             if kind == "failed":
                 return RestateRunStatus(run_id, "failed", error=str(value))
+            tried = ""
+            if invocation is not None and invocation.attempts:
+                tried = f" (Restate has tried to run it {invocation.failure_note()})"
             raise ConfigError(
                 f"run {run_id} has not finished in Restate, and no worker answered for it within "
-                f"{STATUS_WAIT:g}s: `status --engine restate` needs a live worker; start one "
-                "with `eclflow serve`"
+                f"{STATUS_WAIT:g}s{tried}: `status --engine restate` needs a live worker; start "
+                "one with `eclflow serve`"
             )
         st = RestateRunStatus(
             run_id=run_id,
@@ -541,6 +624,8 @@ def _finished(run_id: str, result: RunResult) -> RestateRunStatus:
     )
 
 
-def status(run_id: str, restate_url: str | None = None) -> RestateRunStatus:
+def status(
+    run_id: str, restate_url: str | None = None, restate_admin_url: str | None = None
+) -> RestateRunStatus:
     """`eclflow status RUN_ID --engine restate`: the run's state as Restate keeps it."""
-    return asyncio.run(status_async(run_id, restate_url))
+    return asyncio.run(status_async(run_id, restate_url, restate_admin_url))

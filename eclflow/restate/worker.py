@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError, EclflowError
 from . import SERVICE_NAME
+from .admin import message as _message
 from .service import Worker, build_service
 
 
@@ -139,13 +140,6 @@ async def _register(admin_url: str, uri: str, within: float) -> str:
                 break
             await asyncio.sleep(0.2)
     raise ConfigError(last or f"cannot register {uri} with {admin_url}")
-
-
-def _message(r: Any) -> str:
-    try:
-        return str(r.json().get("message") or r.text).strip().splitlines()[0]
-    except Exception:
-        return (r.text or "").strip()[:200]
 
 
 def _existing_id(r: Any) -> str:

@@ -1,0 +1,133 @@
+"""What eclflow asks Restate's admin API about a run: how its invocation stands, and resuming it.
+
+Restate pauses an invocation it could not run after many attempts (no worker for about six
+minutes, or an error escaping a step every time) until someone resumes it; only the admin API
+tells a paused run from one that waits, and only it resumes one. The client finds it at
+`--restate-admin-url`, ECLFLOW_RESTATE_ADMIN_URL, or else port 9070 of the ingress's host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from ..errors import ConfigError, EclflowError
+from . import ADMIN_ENV, SERVICE_NAME
+
+DEFAULT_ADMIN_PORT = 9070
+
+
+def admin_url(url: str | None, ingress: str) -> str:
+    """`--restate-admin-url` > ECLFLOW_RESTATE_ADMIN_URL > the ingress's host on port 9070."""
+    import os
+
+    given = url or os.environ.get(ADMIN_ENV)
+    if given:
+        return given.rstrip("/")
+    parts = urlsplit(ingress)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme or "http", f"{host}:{DEFAULT_ADMIN_PORT}", "", "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A run's invocation of the `run` handler, as the admin API's `sys_invocation` shows it."""
+
+    id: str  # inv_…
+    status: str  # pending, ready, running, backing-off, suspended, paused, completed, …
+    attempts: int = 0  # retry_count: how many times Restate has tried it
+    last_failure: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.status == "paused"
+
+    def failure_note(self) -> str:
+        """`after 70 attempts; the last: <error>` (what Restate saw when it gave up)."""
+        note = f"after {self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        if self.last_failure:
+            note += f"; the last: {self.last_failure.strip().splitlines()[0]}"
+        return note
+
+
+class Admin:
+    """The admin API calls eclflow makes, with one-line errors."""
+
+    def __init__(self, url: str, client: Any) -> None:
+        self.url = url
+        self.client = client
+
+    def _unreachable(self, e: BaseException) -> ConfigError:
+        return ConfigError(
+            f"cannot reach Restate's admin API at {self.url} ({type(e).__name__}): give its "
+            f"address (restate-server's port 9070) with --restate-admin-url or {ADMIN_ENV}"
+        )
+
+    async def invocation(self, run_id: str) -> Invocation | None:
+        """The run's latest `run` invocation; None when Restate has none for it."""
+        import httpx
+
+        key = run_id.replace("'", "''")
+        query = (
+            "SELECT id, status, retry_count, last_failure FROM sys_invocation "
+            f"WHERE target_service_name = '{SERVICE_NAME}' AND target_service_key = '{key}' "
+            "AND target_handler_name = 'run' ORDER BY created_at DESC LIMIT 1"
+        )
+        try:
+            r = await self.client.post(
+                f"{self.url}/query",
+                json={"query": query},
+                headers={"accept": "application/json"},
+                timeout=httpx.Timeout(10.0, connect=3.0),
+            )
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        if r.status_code != 200:
+            raise ConfigError(
+                f"{self.url} did not answer as Restate's admin API does ({r.status_code}): give "
+                f"its address (restate-server's port 9070) with --restate-admin-url or {ADMIN_ENV}"
+            )
+        try:
+            rows = r.json().get("rows") or []
+        except (ValueError, AttributeError):
+            rows = []
+        if not rows:
+            return None
+        row = rows[0]
+        return Invocation(
+            id=str(row.get("id")),
+            status=str(row.get("status") or "pending"),
+            attempts=int(row.get("retry_count") or 0),
+            last_failure=row.get("last_failure") or None,
+        )
+
+    async def resume(self, invocation_id: str) -> None:
+        """Resume a paused invocation on the latest deployment (the workers registered last:
+        the one it started on may be gone)."""
+        import httpx
+
+        url = f"{self.url}/invocations/{quote(invocation_id, safe='')}/resume"
+        try:
+            r = await self.client.patch(url, params={"deployment": "latest"})
+            if r.status_code == 400:  # (no deployment pinned: nothing to replace)
+                r = await self.client.patch(url)
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        if r.status_code >= 400:
+            raise EclflowError(
+                f"Restate did not resume {invocation_id} ({r.status_code}): {message(r)}"
+            )
+
+
+def message(r: Any) -> str:
+    """The first line of what Restate said in an error answer (its JSON `message`, or the text)."""
+    try:
+        data = r.json()
+        text = data.get("message") if isinstance(data, dict) else None
+    except Exception:
+        text = None
+    text = str(text or r.text or f"HTTP {r.status_code}").strip()
+    return text.splitlines()[0] if text else f"HTTP {r.status_code}"
