@@ -1001,6 +1001,61 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
 
 
 @needs_server
+def test_a_run_restate_retries_while_a_worker_is_up_says_why(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """An error escaping a step (here the workers' database lost its `workflows` table) makes
+    Restate retry the whole invocation, every attempt a traceback in the worker's log, while
+    `run` waited without a word for the six minutes until Restate paused it. It now says once
+    that Restate retries it, with the last attempt's error; the run completes once the cause
+    is gone, without calling the model again."""
+    import sqlite3
+
+    server = procs.server()
+    db = tmp_path / "worker.db"
+    script = keyed({"generate": "v1", "critique#1": {"content": json.dumps(PASS), "delay": 2}})
+    worker = procs.worker(server, script, bind=f"127.0.0.1:{free_port()}", db=f"sqlite:///{db}")
+    wf = critique_revise(tmp_path)
+    env = {
+        **os.environ,
+        "ECLFLOW_RESTATE_URL": server.ingress_url,
+        "ECLFLOW_RESTATE_ADMIN_URL": server.admin_url,
+    }
+    cmd = [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate"]
+    p = subprocess.Popen(
+        [*cmd, "-i", "topic=kelp", "-m", "mock/x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    guard = threading.Timer(120, p.kill)  # (a line that never comes fails, not hangs)
+    guard.start()
+    try:
+        assert p.stderr is not None
+        run_id = p.stderr.readline().split()[1]
+        wait_for(lambda: keys(worker.calls()) == ["generate", "critique#1"], what="critique#1")
+        with sqlite3.connect(db) as conn:  # (the run's end is recorded there)
+            conn.execute("ALTER TABLE workflows RENAME TO workflows_away")
+        said = p.stderr.readline().strip()
+        with sqlite3.connect(db) as conn:
+            conn.execute("ALTER TABLE workflows_away RENAME TO workflows")
+        out, err = p.communicate(timeout=60)
+    finally:
+        guard.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert said.startswith(f"run {run_id}: Restate retries it after "), said
+    assert "PersistenceError('Database error: no such table: workflows" in said
+    assert said.endswith("(the workers' log says more); it pauses the run after about 70 attempts")
+    assert p.returncode == 0, err
+    assert "Restate retries it" not in err  # (once)
+    assert out.splitlines()[0] == "final_text: v1"
+    assert keys(worker.calls()) == ["generate", "critique#1"]
+
+
+@needs_server
 def test_a_model_the_worker_cannot_call_says_it_is_the_workers(
     procs: Processes, tmp_path: Path
 ) -> None:

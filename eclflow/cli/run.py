@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -33,6 +33,9 @@ from ._common import (
     stderr_console,
     stop_on_sigterm,
 )
+
+if TYPE_CHECKING:
+    from ..restate.admin import Invocation
 
 
 def parse_inputs(
@@ -498,6 +501,7 @@ def run_cmd(
                 run_id=restate_id,
                 on_no_worker=None if detach else _no_worker_line(restate_id),
                 on_sent=sent,
+                on_retrying=_retrying_line(restate_id),
             )
         except KeyboardInterrupt:
             _stopped_waiting(restate_id)
@@ -595,6 +599,18 @@ def _no_worker_line(run_id: str) -> Callable[[], None]:
         )
 
     return no_worker
+
+
+def _retrying_line(run_id: str) -> Callable[[Invocation], None]:
+    def retrying(invocation: Invocation) -> None:
+        say(
+            f"run {run_id}: Restate retries it {invocation.failure_note()} (the workers' log "
+            "says more); it pauses the run after about 70 attempts",
+            "warning",
+            run_id=run_id,
+        )
+
+    return retrying
 
 
 def _stopped_waiting(run_id: str) -> NoReturn:
@@ -728,7 +744,6 @@ _NOT_FOR_RESTATE += ("budget_calls", "db", "force")
 def _resume_in_restate(
     run_id: str, restate_url: str | None, admin_url: str | None, as_json: bool, quiet: bool
 ) -> NoReturn:
-    from ..restate.admin import Invocation
     from ..restate.client import resume_async
 
     def found(invocation: Invocation) -> None:
@@ -750,6 +765,7 @@ def _resume_in_restate(
                 restate_admin_url=admin_url,
                 on_found=found,
                 on_no_worker=_no_worker_line(run_id),
+                on_retrying=_retrying_line(run_id),
             )
         )
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ NO_WORKER_AFTER = 10.0  # seconds without a result before `run` asks whether a w
 NO_WORKER_PROBE = 3.0
 STATUS_WAIT = 5.0  # seconds `status` waits for a worker to answer for an unfinished run
 ADMIN_POLL = 10.0  # seconds between asking the admin API whether Restate paused a waited-for run
+RETRIES_SAID_AFTER = 2  # failed attempts of a run before `run` says Restate retries it
 
 
 def ingress_url(url: str | None = None) -> str:
@@ -183,18 +184,22 @@ class _Ingress:
         deadline: float | None,
         on_no_worker: Callable[[], None] | None = None,
         admin: Admin | None = None,
+        on_retrying: Callable[[Invocation], None] | None = None,
     ) -> RunResult:
         """Wait for the run's result; rides out a restarting server until `deadline`.
 
         If no result came within NO_WORKER_AFTER seconds and no worker answers a status
         request either, `on_no_worker` is called once (Restate holds the run until one does).
         With `admin`, every ADMIN_POLL seconds without a result it asks whether Restate paused
-        the run, and raises RunPaused if so (a paused run's result never comes by itself)."""
+        the run, and raises RunPaused if so (a paused run's result never comes by itself);
+        `on_retrying` is called once if Restate retries the run while a worker is up (an error
+        escaping a step: the worker's log has its traceback)."""
         import httpx
 
         url = f"{self.url}/restate/workflow/{SERVICE_NAME}/{_key(run_id)}/attach"
         delay = 0.1
         quiet_until = None if on_no_worker is None else time.monotonic() + NO_WORKER_AFTER
+        no_worker = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -211,9 +216,19 @@ class _Ingress:
                 if quiet_until is not None and time.monotonic() >= quiet_until:
                     quiet_until = None
                     if on_no_worker is not None and not await self.worker_answers(run_id):
+                        no_worker = True
                         on_no_worker()
                 if admin is not None:
-                    admin = await _unless_paused(admin, run_id)
+                    admin, invocation = await _unless_paused(admin, run_id)
+                    if (
+                        on_retrying is not None
+                        and not no_worker
+                        and invocation is not None
+                        and invocation.status == "backing-off"
+                        and invocation.attempts >= RETRIES_SAID_AFTER
+                    ):
+                        on_retrying(invocation)
+                        on_retrying = None
                 continue
             except httpx.TransportError:
                 await asyncio.sleep(delay)
@@ -287,16 +302,17 @@ class _Ingress:
         return "failed", _message(r)
 
 
-async def _unless_paused(admin: Admin, run_id: str) -> Admin | None:
-    """Raise RunPaused if Restate paused the run; the admin API to ask again, or None when it
-    cannot be asked (not reachable at its address: then nothing tells a pause)."""
+async def _unless_paused(admin: Admin, run_id: str) -> tuple[Admin | None, Invocation | None]:
+    """Raise RunPaused if Restate paused the run; else the admin API to ask again (None when
+    it cannot be asked: not reachable at its address, so nothing tells a pause) and the run's
+    invocation."""
     try:
         invocation = await admin.invocation(run_id)
     except ConfigError:
-        return None
+        return None, None
     if invocation is not None and invocation.paused:
         raise RunPaused(paused_message(run_id, invocation))
-    return admin
+    return admin, invocation
 
 
 def paused_message(run_id: str, invocation: Invocation) -> str:
@@ -349,12 +365,14 @@ async def submit_async(
     on_no_worker: Callable[[], None] | None = None,
     on_sent: Callable[[str], None] | None = None,
     restate_admin_url: str | None = None,
+    on_retrying: Callable[[Invocation], None] | None = None,
 ) -> RunResult | str:
     """Submit one run through Restate's ingress; its RunResult, or its id with `detach`.
 
     `on_sent(run_id)` is called once Restate has accepted the run; `on_no_worker` once if the
-    run seems to wait for a worker (see `attach`). Raises RunPaused if Restate pauses the run
-    while this waits (`restate_admin_url`: where to ask, see `admin.admin_url`)."""
+    run seems to wait for a worker, `on_retrying` once if Restate retries it (see `attach`).
+    Raises RunPaused if Restate pauses the run while this waits (`restate_admin_url`: where to
+    ask, see `admin.admin_url`)."""
     from ..engine.orchestrator import new_run_id
 
     request = build_request(workflow, dict(inputs or {}), model=model, budget=budget)
@@ -370,7 +388,7 @@ async def submit_async(
             return run_id
         deadline = None if timeout is None else time.monotonic() + timeout
         admin = Admin(admin_url(restate_admin_url, ingress.url), client)
-        return await ingress.attach(run_id, workflow.id, deadline, on_no_worker, admin)
+        return await ingress.attach(run_id, workflow.id, deadline, on_no_worker, admin, on_retrying)
     finally:
         if own:
             await client.aclose()
@@ -389,6 +407,7 @@ def submit(
     on_no_worker: Callable[[], None] | None = None,
     on_sent: Callable[[str], None] | None = None,
     restate_admin_url: str | None = None,
+    on_retrying: Callable[[Invocation], None] | None = None,
 ) -> RunResult | str:
     """`eclflow run FILE --engine restate [--restate-url URL] [--detach]`."""
     return asyncio.run(
@@ -404,6 +423,7 @@ def submit(
             on_no_worker=on_no_worker,
             on_sent=on_sent,
             restate_admin_url=restate_admin_url,
+            on_retrying=on_retrying,
         )
     )
 
@@ -486,6 +506,7 @@ async def resume_async(
     timeout: float | None = None,
     on_found: Callable[[Invocation], None] | None = None,
     on_no_worker: Callable[[], None] | None = None,
+    on_retrying: Callable[[Invocation], None] | None = None,
 ) -> RunResult:
     """`eclflow resume RUN_ID --engine restate`: resume a run Restate paused, and wait for it.
 
@@ -509,7 +530,7 @@ async def resume_async(
         elif invocation.paused:
             await admin.resume(invocation.id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return await ingress.attach(run_id, "", deadline, on_no_worker, admin)
+        return await ingress.attach(run_id, "", deadline, on_no_worker, admin, on_retrying)
     finally:
         await client.aclose()
 
