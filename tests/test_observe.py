@@ -386,6 +386,40 @@ def test_budget_ends_the_run_before_the_third_call(workflow: Any, tmp_path: Any)
     assert [s.key for s in r.steps if s.status == "succeeded"] == ["generate", "critique#1"]
 
 
+PARALLEL = """\
+eclflow: 1
+id: par
+model: mock/t
+steps:
+  - {id: a, type: llm, template: "say a", config: {max_tokens: 100}}
+  - {id: b, type: llm, template: "say b", config: {max_tokens: 100}}
+  - {id: c, type: llm, template: "say c", config: {max_tokens: 100}, timeout: 1s,
+     retry: {max_attempts: 1}}
+  - {id: d, type: llm, depends_on: [a, b, c], template: "join", config: {max_tokens: 100}}
+"""
+
+
+def test_concurrent_branches_wait_for_the_calls_in_flight_instead_of_failing_the_run() -> None:
+    """Three branches at once, each call at most ~105 tokens, 20 used: with a 250-token budget
+    the third was refused at once for the other two's worst case, and the run failed having
+    spent 40 tokens (a resume with the same budget then finished it). Now it waits for them;
+    the wait does not count against its 1 s timeout. A limit that even the calls' real use
+    leaves no room for still fails the run, once they have ended."""
+    from eclflow.spec import load_text
+
+    wf = load_text(PARALLEL)
+    slow = {"content": "x", "tokens": {"input": 10, "output": 10}, "delay": 2.5}
+    script = {"a": slow, "b": slow, "c": {"content": "c", "tokens": {"input": 10, "output": 10}},
+              "d": {"content": "d", "tokens": {"input": 10, "output": 10}}}  # fmt: skip
+    r = asyncio.run(eclflow.run(wf, {}, mock_responses=script, budget={"max_tokens": 250}))
+    assert r.status == "completed", r.error
+    assert r.tokens == 80 and [s.attempts for s in r.steps if s.step_id == "c"] == [1]
+    calls = asyncio.run(eclflow.run(wf, {}, mock_responses=script, budget={"max_calls": 2}))
+    assert calls.status == "failed"
+    assert "would make model call 3, over the limit of 2 calls" in (calls.error or "")
+    assert sorted(s.step_id for s in calls.steps if s.status == "succeeded") == ["a", "b"]
+
+
 def test_validate_prices_the_worst_case_when_the_price_is_known() -> None:
     import subprocess
     import sys

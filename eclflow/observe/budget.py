@@ -6,6 +6,7 @@ without importing litellm; `mock/` and `local/` models cost nothing unless the m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Sequence
@@ -117,6 +118,7 @@ class BudgetGuard:
         self._lock = threading.Lock()
         self._pending = Spent()  # calls in flight, counted at their worst case
         self._reserved: dict[int, tuple[int, float]] = {}
+        self._waiters: list[asyncio.Future[None]] = []  # calls waiting for one in flight
 
     @property
     def active(self) -> bool:
@@ -129,36 +131,70 @@ class BudgetGuard:
         worst_tokens = tokens_in + request.max_tokens
         p = price(request.model)
         worst_usd = tokens_in * p.input + request.max_tokens * p.output if p is not None else 0.0
-        with self._lock:
-            calls = self.spent.calls + self._pending.calls + 1
-            if self.max_calls is not None and calls > self.max_calls:
-                raise BudgetExceeded(
-                    f"step '{step_id}' would make model call {calls}, over the limit of "
-                    f"{self.max_calls} calls"
-                )
-            tokens = self.spent.tokens + self._pending.tokens + worst_tokens
-            if self.max_tokens is not None and tokens > self.max_tokens:
-                raise BudgetExceeded(
-                    f"step '{step_id}' could use up to {tokens} tokens in all "
-                    f"({tokens_in} prompt + {request.max_tokens} max_tokens for this call), over "
-                    f"the limit of {self.max_tokens}"
-                )
-            usd = self.spent.usd + self._pending.usd + worst_usd
-            if self.max_usd is not None:
-                if p is None:
-                    raise BudgetExceeded(
-                        f"step '{step_id}': the price of model '{request.model}' is unknown, so "
-                        f"a budget of ${self.max_usd:g} cannot be enforced"
-                    )
-                if usd > self.max_usd:
-                    raise BudgetExceeded(
-                        f"step '{step_id}' could bring the cost to ${usd:.6f}, over the limit "
-                        f"of ${self.max_usd:g}"
-                    )
-            self._pending.calls += 1
-            self._pending.tokens += worst_tokens
-            self._pending.usd += worst_usd
-            self._reserved[id(request)] = (worst_tokens, worst_usd)
+        if self.max_usd is not None and p is None:
+            raise BudgetExceeded(
+                f"step '{step_id}': the price of model '{request.model}' is unknown, so "
+                f"a budget of ${self.max_usd:g} cannot be enforced"
+            )
+        while True:
+            with self._lock:
+                refusal = self._refusal(step_id, tokens_in, request.max_tokens, worst_usd, None)
+                if refusal is None:
+                    self._pending.calls += 1
+                    self._pending.tokens += worst_tokens
+                    self._pending.usd += worst_usd
+                    self._reserved[id(request)] = (worst_tokens, worst_usd)
+                    return
+                # Over the limit only with the worst case of the calls in flight (concurrent
+                # branches): wait for them to end and count what they really used, rather than
+                # fail a run whose budget may well be enough.
+                if not self._pending.calls or self._refusal(
+                    step_id, tokens_in, request.max_tokens, worst_usd, Spent()
+                ):
+                    raise refusal
+                ended = self._ended_call()
+            await _waiting(ended)
+
+    def _refusal(
+        self, step_id: str, tokens_in: int, max_tokens: int, worst_usd: float, pending: Spent | None
+    ) -> BudgetExceeded | None:
+        """Why the call would exceed a limit, counting the calls in flight at their worst
+        case (or `pending` instead); None when it fits. Called with the lock held."""
+        pending = self._pending if pending is None else pending
+        calls = self.spent.calls + pending.calls + 1
+        if self.max_calls is not None and calls > self.max_calls:
+            return BudgetExceeded(
+                f"step '{step_id}' would make model call {calls}, over the limit of "
+                f"{self.max_calls} calls"
+            )
+        tokens = self.spent.tokens + pending.tokens + tokens_in + max_tokens
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            return BudgetExceeded(
+                f"step '{step_id}' could use up to {tokens} tokens in all "
+                f"({tokens_in} prompt + {max_tokens} max_tokens for this call), over "
+                f"the limit of {self.max_tokens}"
+            )
+        usd = self.spent.usd + pending.usd + worst_usd
+        if self.max_usd is not None and usd > self.max_usd:
+            return BudgetExceeded(
+                f"step '{step_id}' could bring the cost to ${usd:.6f}, over the limit "
+                f"of ${self.max_usd:g}"
+            )
+        return None
+
+    def _ended_call(self) -> asyncio.Future[None]:
+        """A future set when a call in flight ends (with the lock held)."""
+        ended = asyncio.get_running_loop().create_future()
+        self._waiters.append(ended)
+        return ended
+
+    def _wake(self) -> None:
+        """A call in flight ended: the calls that wait for one check the budget again (with the
+        lock held)."""
+        waiters, self._waiters = self._waiters, []
+        for ended in waiters:
+            loop = ended.get_loop()
+            loop.call_soon_threadsafe(_set_done, ended)
 
     def record(self, step_id: str, request: Any, response: Any, seconds: float) -> None:
         """What a call actually used; releases its worst-case reservation."""
@@ -171,6 +207,7 @@ class BudgetGuard:
             self.spent.calls += 1
             self.spent.tokens += response.usage.input + response.usage.output
             self.spent.usd += response.cost
+            self._wake()
 
     def cancel(self, request: Any) -> None:
         """A reserved call that was not made after all: its reservation is given back."""
@@ -188,3 +225,18 @@ class BudgetGuard:
                 self._pending.tokens -= worst[0]
                 self._pending.usd -= worst[1]
                 self.spent.calls += made
+                self._wake()
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _waiting(ended: asyncio.Future[None]) -> None:
+    """Wait for a call in flight to end; the step's timeout does not run meanwhile (the wait
+    is for other steps' calls, as a local model's turn is)."""
+    from ..engine import deadline
+
+    async with deadline.suspended():
+        await ended
