@@ -141,6 +141,44 @@ def test_a_cancelled_model_call_is_not_logged_as_a_failed_one(
     assert "llm_request_started" in kinds and "llm_request_failed" not in kinds
 
 
+def test_the_timeline_says_which_steps_were_skipped_revised_and_replayed(
+    workflow: Any, tmp_path: Any
+) -> None:
+    """`eclflow logs` of a run with a skipped branch showed nothing for that step; a revision
+    was not in it; a resumed run's timeline started over as if nothing had been done before
+    (the replayed steps were missing). The events were declared and never emitted."""
+    from conftest import EXAMPLES
+
+    from eclflow.store import open_store
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    routed = asyncio.run(
+        eclflow.run(
+            EXAMPLES / "conditional_routing.yaml",
+            {"question": "why"},
+            model="mock/t",
+            mock_responses=EXAMPLES / "mock" / "conditional_routing.yaml",
+            db=db,
+        )
+    )
+    assert routed.status == "completed", routed.error
+    stopped = asyncio.run(run(workflow, ONE_REVISION, db=db, budget={"max_calls": 3}))
+    assert stopped.status == "failed"
+    done = asyncio.run(eclflow.resume(stopped.run_id, db=db, mock_responses=[PASS],
+                                      budget={"max_calls": 4}))  # fmt: skip
+    assert done.status == "completed", done.error
+    with open_store(db) as store:
+        routed_events = [(e.kind, e.step_id) for e in store.events.for_run(routed.run_id)]
+        events = [(e.kind, e.step_id, e.fields) for e in store.events.for_run(done.run_id)]
+    assert ("step_skipped", "long_answer") in routed_events
+    [revision, _again] = [f for k, _, f in events if k == "loop_revision"]  # (one a process)
+    assert (revision["validator"], revision["iteration"]) == ("critique", 1)
+    resumed = [k for k, _, _ in events].index("workflow_started", 1)
+    replayed = [(s, f["key"]) for k, s, f in events[resumed:] if k == "step_replayed"]
+    assert replayed == [("generate", "generate"), ("critique", "critique#1"),
+                        ("revise", "revise#1")]  # fmt: skip
+
+
 def test_prompts_only_at_debug_and_secrets_masked(tmp_path: Path) -> None:
     wf = eclflow.load(CRITIQUE_REVISE)
     replies = {"generate": "Pools of sea.", "critique": {"decision": "pass", "critique": "Good."}}

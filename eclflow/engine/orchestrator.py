@@ -17,6 +17,7 @@ from typing import Any
 from .. import expr
 from ..errors import EclflowError, MaxRevisionsExceeded, TemplateError
 from ..graph.plan import Loop, Plan
+from ..observe.events import emit
 from ..steps.base import LoopState, Step
 from ..steps.registry import StepRegistry, default_registry
 from .executor import Executor
@@ -303,6 +304,7 @@ class Orchestrator:
         state.clear_output(sid)  # (a loop's rerun: not the last version's output)
         execution = await self.journal.skip(key or self.plan.first_keys[sid], sid, iteration)
         state.executions.append(execution)
+        emit("step_skipped", step_id=sid, iteration=iteration, key=execution.key)
         self._emit("step_finished", execution=execution)
 
     async def _run_step(
@@ -338,6 +340,8 @@ class Orchestrator:
         execute = partial(self.executor.run, step, key, iteration, rendered, loop=loop)
         execution = await self.journal.step(key, sid, iteration, execute)
         state.executions.append(execution)
+        if execution.replayed:  # (the timeline of a resumed run says what it did not redo)
+            emit("step_replayed", step_id=sid, iteration=iteration, key=key)
         self._emit("step_finished", execution=execution)
         if execution.outcome == "failed":
             state.set_status(sid, "failed")
@@ -375,6 +379,12 @@ class Orchestrator:
                 max_iterations=loop.max_iterations,
                 feedback=last.feedback,
                 history=tuple(history),
+            )
+            emit(
+                "loop_revision",
+                validator=loop.validator,
+                iteration=revisions,
+                max_iterations=loop.max_iterations,
             )
             self._emit(
                 "loop_revision",
