@@ -15,7 +15,7 @@ from test_store import pg_url  # noqa: F401  (the fixture: a fresh PostgreSQL sc
 
 import eclflow
 from eclflow.errors import BudgetExceeded, ConfigError
-from eclflow.llm import CompletionRequest, Message
+from eclflow.llm import CompletionRequest, Message, MockProvider
 from eclflow.observe import tracing
 from eclflow.observe.budget import BudgetGuard, price, prompt_tokens
 from eclflow.observe.logs import LOGGER_NAME, bind, configure, resolve
@@ -456,6 +456,40 @@ def test_concurrent_branches_wait_for_the_calls_in_flight_instead_of_failing_the
     assert calls.status == "failed"
     assert "would make model call 3, over the limit of 2 calls" in (calls.error or "")
     assert sorted(s.step_id for s in calls.steps if s.status == "succeeded") == ["a", "b"]
+
+
+def test_a_resumed_run_counts_every_call_a_step_of_ones_own_made(tmp_path: Any) -> None:
+    """A step type that calls the model twice an attempt: the first run made 4 calls under
+    `max_calls: 4`; the resume counted its journal as 2 (one a step) and, told `max_calls: 5`,
+    made 2 more calls, 6 in all. Now it makes one (the fifth) and stops before the sixth."""
+    from eclflow.spec import load_text
+
+    class Twice(eclflow.Step):
+        type_name = "twice_for_budget"
+        uses_model = True
+
+        async def execute(self, ctx: Any, input: Any) -> Any:
+            one = await ctx.complete([{"role": "user", "content": "one"}], max_tokens=10)
+            two = await ctx.complete([{"role": "user", "content": "two"}], max_tokens=10)
+            return eclflow.StepResult.success({"text": one.content + two.content})
+
+    eclflow.register(Twice)
+    wf = load_text(
+        "eclflow: 1\nid: twice\nmodel: mock/t\nsteps:\n  - {id: a, type: twice_for_budget}\n"
+        "  - {id: b, type: twice_for_budget, depends_on: [a]}\n"
+        "  - {id: c, type: twice_for_budget, depends_on: [b]}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = asyncio.run(eclflow.run(wf, {}, db=db, mock_responses=["x"] * 4,
+                                    budget={"max_calls": 4}))  # fmt: skip
+    assert first.status == "failed" and first.failed_step == "c"
+    assert "would make model call 5, over the limit of 4" in (first.error or "")
+    replies = MockProvider(["y"] * 4)
+    again = asyncio.run(eclflow.resume(first.run_id, db=db, mock_responses=replies,
+                                       budget={"max_calls": 5}))  # fmt: skip
+    assert again.status == "failed"
+    assert "would make model call 6, over the limit of 5" in (again.error or "")
+    assert len(replies.requests) == 1
 
 
 def test_validate_prices_the_worst_case_when_the_price_is_known() -> None:

@@ -42,6 +42,9 @@ class _RetryableFailure(Exception):
         self.record = record
 
 
+# The field of an attempt's last trace that says how many model calls it made, when not one.
+CALLS_MADE = "calls_made"
+
 # A provider's Retry-After is honoured up to this many seconds (a longer one, such as a daily
 # quota's, is not worth holding a run for: the retries run out, and `eclflow resume` goes on).
 MAX_RETRY_AFTER = 120.0
@@ -53,6 +56,7 @@ class _Usage:
     tokens_out: int = 0
     cost: float = 0.0
     calls: int = 0
+    made: int = 0  # calls made, failed or cut short ones too (the budget counts them)
     prompt: list[dict[str, str]] | None = None
     retry_after: float | None = None
 
@@ -351,6 +355,8 @@ class Executor:
             f"Attempt {attempt} failed: {result.error}"
             if failed
             else f"Attempt {attempt} completed",
+            # (not one call: a resumed run's budget reads how many)
+            {CALLS_MADE: usage.made} if usage.made != 1 and model is not None else {},
         )
         record = StepExecution(
             step.id,
@@ -443,6 +449,7 @@ class Executor:
                 else tracing.OFF
             ) as span:
                 try:
+                    usage.made += 1
                     provider = self.providers.get(model)
                     turn = getattr(provider, "turn", None)
                     if turn is None:

@@ -744,23 +744,36 @@ def _close_interrupted(store: Any, rows: Sequence[Any]) -> None:
 
 
 def _spent_so_far(rows: Sequence[Any]) -> Spent:
-    """What a run's journaled attempts already used: every attempt with a model is a call
-    (one cut short by a crash too: it may have been paid for)."""
+    """What a run's journaled attempts already used: the calls each attempt with a model says
+    it made (a step type of one's own may make several), else one (an attempt cut short by a
+    crash too: it may have been paid for)."""
     spent = Spent()
     for row in rows:
         if row.state == "skipped" or not row.model:
             continue
-        if (
+        made = _calls_made(row)
+        if made is None and (
             row.state == "failed"
             and not (row.tokens_in or row.tokens_out)
             and row.error
             and ("budget_exceeded" in row.error)
         ):
-            continue  # refused before the call: nothing was spent
-        spent.calls += 1
+            made = 0  # refused before the call: nothing was spent (a row from before CALLS_MADE)
+        spent.calls += 1 if made is None else made
         spent.tokens += (row.tokens_in or 0) + (row.tokens_out or 0)
         spent.usd += row.cost or 0.0
     return spent
+
+
+def _calls_made(row: Any) -> int | None:
+    """The model calls an attempt's row says it made, None when it does not say (one)."""
+    from .executor import CALLS_MADE
+
+    traces = row.traces
+    if row.state == "running" or not traces or not isinstance(traces[-1], dict):
+        return None
+    made = traces[-1].get(CALLS_MADE)
+    return made if isinstance(made, int) and not isinstance(made, bool) and made >= 0 else None
 
 
 def stored_results(store: Any, run_ids: Sequence[str]) -> dict[str, RunResult]:
