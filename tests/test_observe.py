@@ -307,6 +307,27 @@ def test_asking_for_spans_without_opentelemetry_says_so(monkeypatch: Any, caplog
         tracing.reset()
 
 
+def test_asking_for_spans_without_an_exporter_says_so(monkeypatch: Any, caplog: Any) -> None:
+    """With OpenTelemetry's SDK but no OTLP exporter (`eclflow[dev]` has no exporter), spans
+    were made for every step and sent nowhere, and nothing said so."""
+    import sys
+
+    monkeypatch.setenv("ECLFLOW_OTEL", "1")
+    for name in ("http", "grpc"):  # as if the otel extra's exporter were missing
+        monkeypatch.setitem(
+            sys.modules, f"opentelemetry.exporter.otlp.proto.{name}.trace_exporter", None
+        )
+    tracing.reset()
+    try:
+        with caplog.at_level("WARNING", logger="eclflow.observe"):
+            assert tracing.enabled() is False
+        (record,) = caplog.records
+        assert "no OTLP exporter is installed" in record.getMessage()
+        assert "eclflow[otel]" in record.getMessage()
+    finally:
+        tracing.reset()
+
+
 def test_prices_come_from_the_bundled_map() -> None:
     p = price("openai/gpt-4o-mini")
     assert p is not None and p.input > 0 and p.output > p.input

@@ -31,13 +31,7 @@ def _setup() -> Any:
     try:
         from opentelemetry import trace
     except ImportError:
-        if os.environ.get("ECLFLOW_OTEL"):  # asked for by name: say why nothing comes
-            import logging
-
-            logging.getLogger("eclflow.observe").warning(
-                "ECLFLOW_OTEL is set, but OpenTelemetry is not installed: no spans are "
-                "recorded (pip install 'eclflow[otel]')"
-            )
+        _not_installed("OpenTelemetry is not installed")
         return None
     provider = trace.get_tracer_provider()
     if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
@@ -47,12 +41,24 @@ def _setup() -> Any:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError:
             return None
-        provider = TracerProvider(resource=Resource.create({"service.name": "eclflow"}))
         exporter = _exporter()
-        if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+        if exporter is None:  # (spans would be made, and sent nowhere)
+            _not_installed("no OTLP exporter is installed")
+            return None
+        provider = TracerProvider(resource=Resource.create({"service.name": "eclflow"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
     return trace.get_tracer("eclflow")
+
+
+def _not_installed(what: str) -> None:
+    """Spans asked for by name (ECLFLOW_OTEL) that cannot be sent: say why nothing comes."""
+    if os.environ.get("ECLFLOW_OTEL"):
+        import logging
+
+        logging.getLogger("eclflow.observe").warning(
+            f"ECLFLOW_OTEL is set, but {what}: no spans are recorded (pip install 'eclflow[otel]')"
+        )
 
 
 def _exporter() -> Any:
