@@ -784,3 +784,40 @@ def test_what_a_step_prints_goes_to_stderr_not_into_the_output(tmp_path: Path) -
             2 if extra else 1
         )
         assert "debug: got here" in r.stderr
+
+
+def test_a_plugin_output_nested_too_deeply_fails_the_step_not_the_run(tmp_path: Path) -> None:
+    """A plugin's output nested past Python's recursion limit (a list in a list, 5000 deep)
+    raised RecursionError past the step's handling: a traceback, the run left `running`. It
+    fails the step, saying why; one a few hundred deep is still journaled as it is."""
+    import eclflow
+    from eclflow.spec import load_text
+    from eclflow.store import open_store
+
+    class Deep(Step):
+        type_name = "deep_test"
+
+        async def execute(self, ctx: Any, input: Any) -> StepResult:
+            value: list[Any] = []
+            for _ in range(ctx.config["depth"]):
+                value = [value]
+            return StepResult.success({"v": value})
+
+    eclflow.register(Deep)
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    results = {}
+    for depth in (5000, 600):
+        text = f"eclflow: 1\nid: d\nsteps:\n  - {{id: s, type: deep_test, config: {{depth: {depth}}}}}\n"
+        results[depth] = asyncio.run(eclflow.run(load_text(text), {}, db=db))
+    deep, shallow = results[5000], results[600]
+    assert deep.status == "failed"
+    assert deep.error is not None and deep.error.startswith(
+        "Step s failed: step type 'deep_test' made an output nested too deeply to journal as JSON"
+    )
+    assert shallow.status == "completed"
+    store = open_store(db)
+    try:
+        assert store.runs.get(deep.run_id).state == "failed"
+        assert store.runs.get(shallow.run_id).state == "completed"
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -522,6 +523,11 @@ def _as_json(step: Step, result: StepResult) -> StepResult:
         json.dumps(result.output, allow_nan=False)
         if not _string_keys(result.output):  # ({1: "a"} is read back as {"1": "a"})
             raise TypeError("a mapping's keys must be text")
+    except RecursionError:  # (a list in a list … thousands deep: it escaped the step's handling)
+        return StepResult.failed(
+            f"step type '{step.spec.type}' made an output nested too deeply to journal as "
+            f"JSON (more than about {sys.getrecursionlimit()} levels)"
+        )
     except (TypeError, ValueError) as e:
         return StepResult.failed(
             f"step type '{step.spec.type}' made an output that is not JSON ({e}): a step's "
@@ -531,10 +537,17 @@ def _as_json(step: Step, result: StepResult) -> StepResult:
 
 
 def _string_keys(value: Any) -> bool:
-    if isinstance(value, dict):
-        return all(type(k) is str and _string_keys(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_string_keys(v) for v in value)
+    """Whether every mapping in `value` has text keys; a loop, not a recursion, so that it
+    answers for any output `json.dumps` took."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, dict):
+            if not all(type(k) is str for k in v):
+                return False
+            todo.extend(v.values())
+        elif isinstance(v, list | tuple):
+            todo.extend(v)
     return True
 
 
