@@ -187,3 +187,9 @@ class RunPaused(InvalidState):
 class UnclearRunId(NotFound, InvalidState):
     """A run id prefix too short to look up, or one that several runs share (an InvalidState
     before, so that is still caught)."""
+
+
+class RunOfAnotherWorkflow(NotFound, InvalidState):
+    """A run id given for a workflow (`run FILE --from STEP --run RUN_ID`) that is a run of
+    another workflow: the id typed is wrong, so the commands exit 2 as for a run that does not
+    exist (an InvalidState before, so that is still caught)."""

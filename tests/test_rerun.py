@@ -62,6 +62,8 @@ def test_from_a_step_reuses_what_is_upstream_of_it(tmp_path: Path) -> None:
 
 
 def test_a_run_of_another_workflow_is_refused(tmp_path: Path) -> None:
+    """The id of another workflow's run is a usage error (exit 2, as for a run that does not
+    exist), not a run in no state for the command (exit 1)."""
     env, old = first_run(tmp_path)
     other = tmp_path / "other.yaml"
     text = CRITIQUE_REVISE.read_text().replace("id: critique-revise", "id: other-flow", 1)
@@ -71,7 +73,7 @@ def test_a_run_of_another_workflow_is_refused(tmp_path: Path) -> None:
         *("--model", "mock/x", "--mock-responses", str(tmp_path / "all.json")),
         env=env,
     )
-    assert r.returncode == 1 and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == (
         f"error: run {old[:8]} is of workflow 'critique-revise', not 'other-flow': "
         "--from reuses the steps of a run of the same workflow"

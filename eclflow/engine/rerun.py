@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import InvalidState, StepNotFound
+from ..errors import RunOfAnotherWorkflow, StepNotFound
 from ..graph.plan import Plan, compile_plan
 from ..spec.model import Workflow, printable
 from .journal import StoreJournal, execution_from_record
@@ -70,7 +70,7 @@ async def rerun_from(
         raise StepNotFound(f"{step}{hint}")
     old = store.runs.find(run_id)
     if old.definition_id != workflow.id:
-        raise InvalidState(
+        raise RunOfAnotherWorkflow(
             f"run {old.id[:8]} is of workflow '{old.definition_id}', not '{workflow.id}': "
             "--from reuses the steps of a run of the same workflow"
         )
