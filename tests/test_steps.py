@@ -821,3 +821,25 @@ def test_a_plugin_output_nested_too_deeply_fails_the_step_not_the_run(tmp_path: 
         assert store.runs.get(shallow.run_id).state == "completed"
     finally:
         store.close()
+
+
+def test_steps_json_says_that_llm_and_template_take_any_input() -> None:
+    """`eclflow steps --json` listed `inputs: []` for `llm` and `template`, as if they took
+    nothing, where the table says "any": their `with:` binds the prompt's variables."""
+    import json
+    import subprocess
+    import sys
+
+    def steps(*args: str) -> str:
+        cmd = [sys.executable, "-m", "eclflow", "steps", *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    rows = {row["type"]: row for row in json.loads(steps("--json"))}
+    for name in ("llm", "template"):
+        assert (rows[name]["inputs"], rows[name]["other_inputs"]) == ([], True), name
+    # a prompt step's other names are its prompt's variables too
+    assert (rows["generate"]["inputs"], rows["generate"]["other_inputs"]) == (["topic"], True)
+    table = [[c.strip() for c in line.split("│")[1:-1]] for line in steps().splitlines()]
+    assert {r[0]: r[2] for r in table if r}["llm"] == "any"

@@ -33,6 +33,9 @@ def steps_cmd(as_json: bool) -> None:
                 "calls_model": cls.uses_model,
                 "inputs": sorted(_schema(cls.input_schema, "properties")),
                 "required": list(_schema(cls.input_schema, "required")),
+                # `with:` may bind names besides `inputs` (a model step's prompt variables):
+                # `llm` and `template` list none and take any (the table's "any")
+                "other_inputs": _takes_others(cls.input_schema),
                 "outputs": sorted(_schema(cls.output_schema, "properties")),
                 "module": cls.__module__,
             }
@@ -48,7 +51,9 @@ def steps_cmd(as_json: bool) -> None:
     for col in ("type", "model", "inputs", "outputs", "description"):
         table.add_column(col)
     for r in rows:
-        inputs = ", ".join(f"{i}*" if i in r["required"] else i for i in r["inputs"]) or "any"
+        inputs = ", ".join(f"{i}*" if i in r["required"] else i for i in r["inputs"]) or (
+            "any" if r["other_inputs"] else "none"
+        )
         table.add_row(
             r["type"],
             "yes" if r["calls_model"] else "no",
@@ -64,3 +69,10 @@ def _schema(schema: Any, key: str) -> Any:
     `input_schema = None` works in a run: it must not break the listing of every type)."""
     value = schema.get(key) if isinstance(schema, Mapping) else None
     return value if isinstance(value, Mapping | list) else ()
+
+
+def _takes_others(schema: Any) -> bool:
+    """Whether a step type's input takes names its schema does not list: unless the schema
+    closes them off (`additionalProperties: false`), they reach the step (and a model step's
+    prompt, as variables)."""
+    return not (isinstance(schema, Mapping) and schema.get("additionalProperties") is False)
