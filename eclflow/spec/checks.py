@@ -2,10 +2,10 @@
 
 Codes: E201 duplicate step id, E202 unknown step type, E203 unknown step reference, E204 cycle,
 E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing, E209 two
-conditions on one edge, E210 an input written as it is that the step type refuses, E301 template
-syntax, E302 unknown variable, E303 `steps.X` not available here, E304 `loop.*` outside a loop,
-E305 `env.X` not declared, E401 prompt file missing, E402 step has no prompt; warnings W501 step
-not connected, W502 output unused.
+conditions on one edge, E210 an input written as it is that the step type refuses, E211 an
+unknown local model, E301 template syntax, E302 unknown variable, E303 `steps.X` not available
+here, E304 `loop.*` outside a loop, E305 `env.X` not declared, E401 prompt file missing, E402
+step has no prompt; warnings W501 step not connected, W502 output unused.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class _Checker:
             )
         self.check_ids()
         self.check_types()
+        self.check_models()
         self.check_references()
         if any(d.code == "E201" for d in self.out):
             # the graph of ambiguous ids would only report noise; missing files are missing
@@ -190,6 +191,36 @@ class _Checker:
                     "E402",
                     f"step '{s.id}' of type {s.type} has no prompt",
                     "give it `template:` (inline) or `prompt:` (a file)",
+                )
+
+    def check_models(self) -> None:
+        """E211: a `local/NAME` model that is neither bundled nor a GGUF file; a run would
+        refuse it before its first step. (Other providers' names need litellm to check.)"""
+        defaults = self.data.get("defaults")
+        written: list[tuple[list[Any], Any]] = [
+            (["model"], self.data.get("model")),
+            (
+                ["defaults", "model"],
+                defaults.get("model") if isinstance(defaults, Mapping) else None,
+            ),
+            *(
+                (["steps", i, "model"], raw.get("model"))
+                for i, raw in enumerate(self.data["steps"])
+            ),
+        ]
+        local = [(p, m) for p, m in written if isinstance(m, str) and m.startswith("local/")]
+        if not local:
+            return
+        from ..llm.names import KNOWN, is_known_local
+
+        for path, model in local:
+            if not is_known_local(model):
+                self.error(
+                    path,
+                    "E211",
+                    f"unknown local model '{model}'",
+                    _did_you_mean(model, KNOWN[:-1])
+                    or f"use {', '.join(KNOWN[:-1])}, or {KNOWN[-1]} for a GGUF file",
                 )
 
     def check_given(self, i: int, s: Any, cls: Any) -> None:
