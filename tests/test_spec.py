@@ -1821,3 +1821,20 @@ def test_nesting_too_deep_is_not_called_an_alias_bomb() -> None:
         text = MINIMAL + "metadata: " + "[" * depth + "]" * depth + "\n"
         (d,) = diagnose(text)
         assert d.code == "E100" and "nested" in d.message, (depth, str(d))
+
+
+def test_keys_equal_only_in_python_are_named_as_written() -> None:
+    """`1:` and `true:` in one mapping were "duplicate key "True"": a key the file does not
+    have, and keys YAML does not take for one (an int and a bool, equal in Python)."""
+    text = MINIMAL + "    config: {1: a, true: b}\n"
+    diags = diagnose(text)
+    assert [str(d) for d in diags] == [
+        f"w.yaml:{':'.join(map(str, located(text, 'true: b')))}: E100 YAML: keys 1 (line 8) and "
+        "true are different in YAML but the same key to eclflow (true == 1 in Python) (quote "
+        "them to make them text: '1', 'true')"
+    ]
+    # one key written two ways is a duplicate, named as written
+    text = MINIMAL + "    config:\n      1: a\n      0x1: b\n"
+    assert [d.message for d in diagnose(text)] == [
+        "YAML: duplicate key 0x1: the same key as 1 on line 9"
+    ]

@@ -14,6 +14,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -287,6 +288,28 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
                 )
             ]
         if "found duplicate key" in str(problem):
+            keys = _colliding_keys(text, e.problem_mark)
+            if keys is not None and not keys.same_in_yaml:
+                return None, [
+                    _diag(
+                        Location(file, line, col),
+                        "E100",
+                        f"YAML: keys {keys.first} (line {keys.first_line}) and {keys.second} are "
+                        f"different in YAML but the same key to eclflow ({keys.second} == "
+                        f"{keys.first} in Python)",
+                        f"quote them to make them text: '{keys.first}', '{keys.second}'",
+                    )
+                ]
+            if keys is not None and keys.first != keys.second:  # (`1:` and `0x1:`)
+                return None, [
+                    _diag(
+                        Location(file, line, col),
+                        "E100",
+                        f"YAML: duplicate key {keys.second}: the same key as {keys.first} on "
+                        f"line {keys.first_line}",
+                        "each key may appear once in a mapping",
+                    )
+                ]
             return None, [
                 _diag(
                     Location(file, line, col),
@@ -304,6 +327,62 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
         return None, [
             _diag(Location(file), "E100", f"YAML: {_one_line(str(e)) or type(e).__name__}")
         ]
+
+
+@dataclass(frozen=True)
+class _Collision:
+    """Two keys of one mapping that ruamel calls duplicates, as they are written."""
+
+    first: str
+    first_line: int
+    second: str
+    same_in_yaml: bool  # False: `1:` and `true:` (an int and a bool), equal only in Python
+
+
+def _colliding_keys(text: str, mark: Any) -> _Collision | None:
+    """The key at `mark` that ruamel calls a duplicate and the earlier key it collides with;
+    None when they cannot be found so (the message then is ruamel's)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    if mark is None:
+        return None
+    yaml = YAML(typ="rt")
+    try:
+        todo = [yaml.compose(text)]  # the nodes as written: composing checks no keys
+        seen: set[int] = set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:  # (an alias is the node it names)
+                continue
+            seen.add(id(node))
+            if isinstance(node, SequenceNode):
+                todo.extend(node.value)
+            if not isinstance(node, MappingNode):
+                continue
+            keys = [k for k, _ in node.value]
+            todo.extend(v for _, v in node.value)
+            here = [
+                j
+                for j, k in enumerate(keys)
+                if (k.start_mark.line, k.start_mark.column) == (mark.line, mark.column)
+            ]
+            if not here or not isinstance(keys[here[0]], ScalarNode):
+                todo.extend(keys)
+                continue
+            second = keys[here[0]]
+            value = yaml.constructor.construct_object(second, deep=True)
+            for first in keys[: here[0]]:
+                if not isinstance(first, ScalarNode):
+                    continue
+                if yaml.constructor.construct_object(first, deep=True) == value:
+                    written = [text[k.start_mark.index : k.end_mark.index] for k in (first, second)]
+                    line = first.start_mark.line + 1
+                    return _Collision(written[0], line, written[1], first.tag == second.tag)
+            return None
+    except Exception:  # (only a better message was at stake)
+        return None
+    return None
 
 
 def _one_line(text: str) -> str:
