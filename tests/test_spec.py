@@ -1118,6 +1118,23 @@ def test_errors_inside_a_block_scalar_point_at_their_line() -> None:
     assert got["E301"] == located(text, "{{ x }")
 
 
+def test_errors_inside_a_folded_block_scalar_point_at_their_line() -> None:
+    """In a folded block (`>`), whose lines the text joins with spaces, a problem was
+    reported at the `>`; it is on the line (and column) that writes it."""
+    text = MINIMAL.replace('    template: "hello {{ who }}"\n', "").replace(
+        'with: {who: "{{ input.who }}"}',
+        "template: >\n      hello\n      {{ who | nofilter }}\n"
+        "    with:\n      who: >-\n        line one\n        {{ inptu.q }}\n"
+        "      x: >\n        ok\n\n        {{ x }\n",
+    )
+    got = {(d.code, d.location.line, d.location.col) for d in diagnose(text)}
+    assert got == {
+        ("E301", *located(text, "nofilter")),  # on the second line of a folded one
+        ("E302", *located(text, "inptu.q")),
+        ("E301", *located(text, "{{ x }")),  # after a blank line: a line of its own
+    }
+
+
 def test_valid_files_the_newer_checks_once_refused() -> None:
     """A condition whose string literal holds braces is one expression; `then` and `else`
     are JSON Schema keywords (read by `if`)."""

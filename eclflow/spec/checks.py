@@ -75,7 +75,7 @@ class _Checker:
         self.out.append(Diagnostic(loc, code, msg, hint))
 
     def within(self, path: Sequence[Any], loc: Location, line: int, column: int) -> Location:
-        """The location of a place in the string at `path`: in a literal block scalar (`|`),
+        """The location of a place in the string at `path`: in a block scalar (`|` or `>`),
         whose own location is its indicator, or in a one-line scalar; otherwise `loc`."""
         node: Any = self.located.doc
         try:
@@ -84,6 +84,8 @@ class _Checker:
         except Exception:
             return loc
         source = self.wf.source.splitlines()
+        if type(node).__name__ == "FoldedScalarString":
+            return _in_folded(loc, str(node), source, line, column)
         if type(node).__name__ != "LiteralScalarString":
             # a one-line scalar, plain or quoted: where its text from the use on stands
             if not isinstance(node, str) or "\n" in node or line != 1 or column <= 0:
@@ -971,6 +973,30 @@ class _Checker:
                 read(["transitions", i, "when"], when, t.from_, whole=True)
         for path, text in _strings(self.data.get("output"), ["output"]):
             read(path, text, None, whole=False)
+
+
+def _in_folded(loc: Location, text: str, source: Sequence[str], line: int, column: int) -> Location:
+    """Where (line, column) of the text of a folded block scalar (`>`) at `loc` is written:
+    each of the block's lines is found in turn in the folded text (folding joins lines with a
+    space and drops the indentation); `loc` when a line is not found so."""
+    lines = text.split("\n")
+    if not 0 < line <= len(lines):
+        return loc
+    offset = sum(len(t) + 1 for t in lines[: line - 1]) + max(column - 1, 0)
+    pos = 0
+    for index in range(loc.line, len(source)):  # (the text starts on the line after the `>`)
+        written = source[index]
+        content = written.strip()
+        if not content:
+            continue  # (a blank line folds into a line break)
+        start = text.find(content, pos)
+        if start < 0:
+            return loc  # past the block, or a line folding does not keep as it is
+        if offset < start + len(content):
+            indent = len(written) - len(written.lstrip())
+            return Location(loc.file, index + 1, indent + max(offset - start, 0) + 1)
+        pos = start + len(content)
+    return loc
 
 
 def _parsed(text: str, *, whole: bool) -> Any:
