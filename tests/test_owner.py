@@ -212,6 +212,15 @@ def test_a_run_whose_process_died_shows_as_interrupted(tmp_path: Path) -> None:
     assert "Status:       ⚠ Interrupted" in r.stdout
     assert "Current Step: generate\nAttempt:      1\n" in r.stdout  # where it stopped
     assert f"`eclflow resume {run_id[:8]}` continues it" in r.stdout
+    # `show` said `running` in its heading, as if a process were still at it
+    r = eclflow("show", run_id[:8], env=env)
+    assert r.stdout.splitlines()[:2] == [
+        f"Run {run_id} · critique-revise · interrupted",
+        f"note: it was running in process {p.pid}, which has ended; `eclflow resume "
+        f"{run_id[:8]}` continues it",
+    ]
+    shown = json.loads(eclflow("show", run_id[:8], "--json", env=env).stdout)
+    assert (shown["state"], shown["interrupted"]) == ("running", True)
     # following its events ends at once instead of waiting for an end that will not come
     r = eclflow("logs", run_id[:8], "--follow", env=env, timeout=30)
     assert r.returncode == 0 and f"run {run_id[:8]} was interrupted" in r.stderr

@@ -319,13 +319,7 @@ def status_cmd(
         where = f" before step {before}" if before else ""
         lines.append(("Note", f"paused{where}, as asked; {resume_command(run.id)} continues it"))
     if shown == "interrupted":
-        meta = run.metadata or {}
-        how = (
-            "was stopped (cancelled) by process {}"
-            if meta.get("released")
-            else "was running in process {}, which has ended"
-        ).format(meta.get("pid"))
-        lines.append(("Note", f"it {how}; {resume_command(run.id)} continues it"))
+        lines.append(("Note", _interrupted_note(run)))
     width = max(len(k) for k, _ in lines) + 1
     for label, value in lines:
         click.echo(safe_text(f"{label + ':':<{width}} {value}"), color=True)
@@ -434,6 +428,7 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
         if step is None:
             data = {
                 **_run_fields(run),
+                "interrupted": shown_state(run) == "interrupted",
                 "completed_at": run.completed_at,
                 "metadata": run.metadata,
                 "input": run.input,
@@ -444,7 +439,10 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
         return
     out: list[str] = []
     if step is None:
-        out.append(f"Run {run.id} · {run.definition_id} · {run.state}")
+        shown = shown_state(run)
+        out.append(f"Run {run.id} · {run.definition_id} · {shown}")
+        if shown == "interrupted":
+            out.append(f"note: {_interrupted_note(run)}")
         if run.error:
             where = f" at step {run.failed_step}" if run.failed_step else ""
             out.append(f"error{where}: {run.error}")
@@ -464,6 +462,17 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
             out.append("-- traces")
             out += [_trace(t) for t in e["traces"]]
     click.echo(safe_text("\n".join(out).lstrip("\n")), color=True)
+
+
+def _interrupted_note(run: Any) -> str:
+    """Why a run shows as interrupted, and the command that continues it."""
+    meta = run.metadata or {}
+    how = (
+        "was stopped (cancelled) by process {}"
+        if meta.get("released")
+        else "was running in process {}, which has ended"
+    ).format(meta.get("pid"))
+    return f"it {how}; {resume_command(run.id)} continues it"
 
 
 def _run_fields(run: Any) -> dict[str, Any]:
