@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -276,6 +277,7 @@ def test_worker_killed_mid_step_another_finishes_without_repeating(
     wait_for(lambda: "revise#1" in keys(first.calls()), what="revise#1 in flight")
     wait_for(lambda: ("revise#1", "running") in _rows(db, run_id), what="its running row")
     first.kill()
+    time.sleep(2)  # (the run's duration counts this wait: it said only the last invocation's)
 
     # The replacement's script holds only what is still needed: a repeated generate or
     # critique#1 would find no reply and fail the run.
@@ -290,6 +292,7 @@ def test_worker_killed_mid_step_another_finishes_without_repeating(
     result = wait_result(server, run_id)
     assert result.status == "completed", result.error
     assert result.output == {"final_text": "v2", "revision_count": 1}
+    assert result.duration_ms >= 2000
     assert keys(first.calls()) == ["generate", "critique#1", "revise#1"]
     assert keys(second.calls()) == ["revise#1", "critique#2"]
     replayed = {s.key: s.replayed for s in result.steps}
@@ -308,6 +311,7 @@ def test_worker_killed_mid_step_another_finishes_without_repeating(
         run = store.runs.get(run_id)
         assert run.state == "completed" and run.output == result.output
         assert run.metadata.get("engine") == "restate"
+        assert run.metadata.get("duration_ms") == result.duration_ms
         rows = [(r.key, r.attempt, r.state) for r in store.steps.for_run(run_id)]
         assert rows == [
             ("generate", 1, "succeeded"),

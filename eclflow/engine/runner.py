@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
@@ -163,13 +164,15 @@ async def run(
     budget: Budget | Mapping[str, Any] | None = None,
     claimed: bool = False,
     spent: Spent | None = None,
+    started_at: float | None = None,
 ) -> RunResult:
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
     Journaled to `store` (or a store opened from `db`) when given; otherwise nothing is kept.
     `claimed`: the caller (batch mode) has already checked the input and written the run's
     row, `pending`. `spent`: what the budget counts as spent already (a journal that replays
-    steps adds theirs to it).
+    steps adds theirs to it). `started_at` (`time.time()`): when the run began, for a journal
+    that replays an earlier attempt of it (its duration counts from then, not from this call).
     """
     wf = as_workflow(workflow)
     if inputs is not None and not isinstance(inputs, Mapping):
@@ -229,6 +232,7 @@ async def run(
             on_call,
             limits,
             spent,
+            started_at,
         )
     finally:
         if own_store:
@@ -248,6 +252,7 @@ async def _execute(
     on_call: CallHook | None,
     limits: Budget | None = None,
     spent: Spent | None = None,
+    started_at: float | None = None,
 ) -> RunResult:
     limits = limits or Budget()
     budget_guard = BudgetGuard(limits.max_usd, limits.max_tokens, limits.max_calls, spent)
@@ -292,6 +297,9 @@ async def _execute(
                 model=model,
             )
             result = await orchestrator.run(run_id, inputs)
+            if started_at is not None:
+                since = int((time.time() - started_at) * 1000)
+                result.duration_ms = max(result.duration_ms, since)
             if result.status == "completed":
                 emit(
                     "workflow_completed",

@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,15 +263,17 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
     model = request.get("model") or worker.settings.model
     metadata = request.get("metadata") if isinstance(request.get("metadata"), Mapping) else {}
     ctx.set(STATUS_STATE, {"state": "running", "running": None, "steps": [], "workflow": wf.id})
-    if worker.store is not None:
 
-        async def create_row() -> bool:
+    async def begin() -> float:
+        """The run's row in the store (once), and when the run began: a replay's result
+        counts its duration from then, not from the last invocation's start."""
+        if worker.store is not None:
             await asyncio.to_thread(
                 worker.create_run_row, run_id, wf, inputs, runner.default_model(wf, model), metadata
             )
-            return True
+        return time.time()
 
-        await ctx.run_typed("eclflow:run", create_row)
+    began = await ctx.run_typed("eclflow:run", begin)
 
     journal = RestateJournal(
         ctx,
@@ -295,6 +298,8 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
             journal=journal,
             budget=_budget(request.get("budget")),
             spent=journal.spent,
+            # (an invocation journaled by an eclflow before this one has True there)
+            started_at=began if isinstance(began, float) else None,
         )
     except EclflowError as e:
         if e.retryable:
