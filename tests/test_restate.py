@@ -819,10 +819,25 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
     assert unfinished.returncode == 2
     assert unfinished.stderr.strip() == (
         f"error: Configuration error: run {running} has not finished in Restate, and no worker "
-        f"answered for it within 5s: `status --engine restate` needs a live worker; start one "
-        "with `eclflow serve`"
+        f"answered for it within 5s: `status --engine restate` needs a live worker (or Restate's "
+        "admin API: --restate-admin-url); start one with `eclflow serve`"
     )
     assert took < 20
+
+    # with the admin API, no worker is needed: the progress the run keeps, and what Restate
+    # does about it
+    env["ECLFLOW_RESTATE_ADMIN_URL"] = server.admin_url
+    wait_for(lambda: invocation(server, running).status == "backing-off", what="retries")
+    unfinished, took = status(running)
+    assert unfinished.returncode == 0, unfinished.stderr
+    lines = unfinished.stdout.splitlines()
+    assert lines[0] == f"run {running} · critique-revise · running (restate)"
+    assert lines[1].startswith("note: Restate retries it after ")
+    assert "Connection refused" in lines[1]
+    assert lines[2].startswith("  generate: succeeded · 1 attempt(s)")
+    assert lines[3].startswith("  critique#1: succeeded (revise) · 1 attempt(s)")
+    assert lines[4:] == ["  revise#1: running when the last attempt ended"]
+    assert took < 10
 
 
 @needs_server

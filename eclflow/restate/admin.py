@@ -66,20 +66,14 @@ class Admin:
             f"address (restate-server's port 9070) with --restate-admin-url or {ADMIN_ENV}"
         )
 
-    async def invocation(self, run_id: str) -> Invocation | None:
-        """The run's latest `run` invocation; None when Restate has none for it."""
+    async def _query(self, sql: str) -> list[dict[str, Any]]:
+        """The rows of one SQL query of the admin API (`/query`)."""
         import httpx
 
-        key = run_id.replace("'", "''")
-        query = (
-            "SELECT id, status, retry_count, last_failure FROM sys_invocation "
-            f"WHERE target_service_name = '{SERVICE_NAME}' AND target_service_key = '{key}' "
-            "AND target_handler_name = 'run' ORDER BY created_at DESC LIMIT 1"
-        )
         try:
             r = await self.client.post(
                 f"{self.url}/query",
-                json={"query": query},
+                json={"query": sql},
                 headers={"accept": "application/json"},
                 timeout=httpx.Timeout(10.0, connect=3.0),
             )
@@ -91,9 +85,19 @@ class Admin:
                 f"its address (restate-server's port 9070) with --restate-admin-url or {ADMIN_ENV}"
             )
         try:
-            rows = r.json().get("rows") or []
+            rows = r.json().get("rows")
         except (ValueError, AttributeError):
-            rows = []
+            rows = None
+        return [row for row in rows or [] if isinstance(row, dict)]
+
+    async def invocation(self, run_id: str) -> Invocation | None:
+        """The run's latest `run` invocation; None when Restate has none for it."""
+        rows = await self._query(
+            "SELECT id, status, retry_count, last_failure FROM sys_invocation "
+            f"WHERE target_service_name = '{SERVICE_NAME}' "
+            f"AND target_service_key = {_literal(run_id)} "
+            "AND target_handler_name = 'run' ORDER BY created_at DESC LIMIT 1"
+        )
         if not rows:
             return None
         row = rows[0]
@@ -103,6 +107,22 @@ class Admin:
             attempts=int(row.get("retry_count") or 0),
             last_failure=row.get("last_failure") or None,
         )
+
+    async def state(self, run_id: str, key: str) -> Any:
+        """The value the run keeps in its state under `key` (JSON), None when it has none."""
+        import json
+
+        rows = await self._query(
+            "SELECT value_utf8 FROM state "
+            f"WHERE service_name = '{SERVICE_NAME}' AND service_key = {_literal(run_id)} "
+            f"AND key = {_literal(key)}"
+        )
+        if not rows or rows[0].get("value_utf8") is None:
+            return None
+        try:
+            return json.loads(rows[0]["value_utf8"])
+        except ValueError:
+            return None
 
     async def resume(self, invocation_id: str) -> None:
         """Resume a paused invocation on the latest deployment (the workers registered last:
@@ -120,6 +140,11 @@ class Admin:
             raise EclflowError(
                 f"Restate did not resume {invocation_id} ({r.status_code}): {message(r)}"
             )
+
+
+def _literal(text: str) -> str:
+    """A string as an SQL literal (a run id is the user's to choose)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def message(r: Any) -> str:

@@ -8,7 +8,6 @@ of the prompt files it names (workers need not share a file system), the input, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -553,6 +552,7 @@ class RestateRunStatus:
     error: str | None = None
     failed_step: str | None = None
     output: Any = None
+    note: str | None = None  # what Restate is doing about an unfinished run (retrying it, …)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -563,6 +563,7 @@ class RestateRunStatus:
             "running": self.running,
             "error": self.error,
             "failed_step": self.failed_step,
+            "note": self.note,
             "output": self.output,
             "steps": self.steps,
         }
@@ -572,6 +573,8 @@ class RestateRunStatus:
         if self.error:
             where = f" at step {self.failed_step}" if self.failed_step else ""
             lines.append(f"error{where}: {self.error}")
+        if self.note:
+            lines.append(f"note: {self.note}")
         for s in self.steps:
             extra = " (revise)" if s.get("outcome") == "needs_revision" else ""
             lines.append(
@@ -579,7 +582,9 @@ class RestateRunStatus:
                 f" · {s.get('duration_ms', 0)} ms · {s.get('tokens', 0)} tokens"
             )
         if self.running:
-            lines.append(f"  {self.running}: running")
+            stopped = self.state == "paused" or self.note  # (no worker is at it now)
+            doing = "running when the last attempt ended" if stopped else "running"
+            lines.append(f"  {self.running}: {doing}")
         return "\n".join(lines)
 
 
@@ -594,25 +599,23 @@ async def status_async(
             raise RunNotFound(run_id, _WHOLE_ID)
         if kind == "done" and isinstance(value, Mapping):
             return _finished(run_id, result_from_dict(value))
-        invocation = None
-        if kind == "running":  # paused, or waiting for a worker? only the admin API tells
-            admin = Admin(admin_url(restate_admin_url, ingress.url), client)
-            with contextlib.suppress(ConfigError):
-                invocation = await admin.invocation(run_id)
-            if invocation is not None and invocation.paused:
-                # (the status handler would wait for a worker, and stay queued in Restate)
-                return RestateRunStatus(run_id, "paused", error=paused_message(run_id, invocation))
-        data = await ingress.status(run_id)
+        # The admin API has the progress the run keeps in its state, and whether Restate paused
+        # or retries it, with no worker up; else the run's status handler (a worker) is asked.
+        from .journal import STATUS_STATE
+
+        admin = Admin(admin_url(restate_admin_url, ingress.url), client)
+        try:
+            invocation = await admin.invocation(run_id)
+            data: dict[str, Any] | None = await admin.state(run_id, STATUS_STATE) or {}
+        except ConfigError:
+            invocation, data = None, await ingress.status(run_id)
         if data is None:
             if kind == "failed":
                 return RestateRunStatus(run_id, "failed", error=str(value))
-            tried = ""
-            if invocation is not None and invocation.attempts:
-                tried = f" (Restate has tried to run it {invocation.failure_note()})"
             raise ConfigError(
                 f"run {run_id} has not finished in Restate, and no worker answered for it within "
-                f"{STATUS_WAIT:g}s{tried}: `status --engine restate` needs a live worker; start "
-                "one with `eclflow serve`"
+                f"{STATUS_WAIT:g}s: `status --engine restate` needs a live worker (or Restate's "
+                "admin API: --restate-admin-url); start one with `eclflow serve`"
             )
         st = RestateRunStatus(
             run_id=run_id,
@@ -625,6 +628,10 @@ async def status_async(
         )
         if kind == "failed":
             st.state, st.error = "failed", str(value)
+        elif invocation is not None and invocation.paused:
+            st.state, st.error = "paused", paused_message(run_id, invocation)
+        elif invocation is not None and invocation.status == "backing-off":
+            st.note = f"Restate retries it {invocation.failure_note()}"
         return st
     finally:
         await client.aclose()
