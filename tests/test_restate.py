@@ -941,6 +941,18 @@ def invocation(server: RestateServer, run_id: str) -> Any:
     return asyncio.run(ask())
 
 
+def progress(server: RestateServer, run_id: str) -> dict[str, Any]:
+    """The progress a run keeps in its Restate state, as Restate has it now."""
+    from eclflow.restate.admin import Admin
+    from eclflow.restate.journal import STATUS_STATE
+
+    async def ask() -> Any:
+        async with httpx.AsyncClient() as http:
+            return await Admin(server.admin_url, http).state(run_id, STATUS_STATE)
+
+    return asyncio.run(ask()) or {}
+
+
 @needs_server
 def test_a_run_restate_paused_is_said_and_resume_continues_it(
     procs: Processes, tmp_path: Path
@@ -1017,6 +1029,63 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["status"] == "completed"
     assert keys(worker.calls()) == ["generate", "critique#1"]
+
+
+@needs_server
+def test_runs_lists_the_runs_restate_keeps(procs: Processes, tmp_path: Path) -> None:
+    """`eclflow runs` read the local database only: runs submitted to Restate with --detach
+    could not be found again without their ids. `runs --engine restate` lists them from the
+    admin API, newest first, with no worker needed."""
+    server = procs.server()
+    script = keyed(
+        {
+            "generate": ["v1", "v1"],
+            "critique#1": [PASS, {"content": json.dumps(PASS), "delay": 120}],
+        }
+    )
+    worker = procs.worker(server, script, bind=f"127.0.0.1:{free_port()}")
+    wf = critique_revise(tmp_path)
+    done = submit(server, wf, "kelp")
+    assert isinstance(done, RunResult) and done.status == "completed", done
+    going = submit(server, wf, "tides", detach=True)
+    wait_for(lambda: keys(worker.calls())[-1:] == ["critique#1"], what="critique#1 in flight")
+    wait_for(lambda: len(progress(server, going).get("steps", [])) == 1, what="its progress")
+    worker.kill()
+    env = {
+        **os.environ,
+        "ECLFLOW_RESTATE_URL": server.ingress_url,
+        "ECLFLOW_RESTATE_ADMIN_URL": server.admin_url,
+        "COLUMNS": "200",
+    }
+
+    def runs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eclflow", "runs", "--engine", "restate", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    listed = runs("--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["run_id"], r["workflow"], r["state"], r["steps"]) for r in rows] == [
+        (going, "critique-revise", "running", 1),
+        (done.run_id, "critique-revise", "completed", 2),
+    ]
+    assert rows[1]["tokens"] == done.tokens
+    only = json.loads(runs("--state", "completed", "--json").stdout)
+    assert [r["run_id"] for r in only] == [done.run_id]
+    assert json.loads(runs("-n", "1", "--json").stdout)[0]["run_id"] == going
+    text = runs()
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.split("\n")[0].split() == [
+        "run", "workflow", "state", "steps", "tokens", "started"
+    ]  # fmt: skip
+    assert text.stdout.splitlines()[1].split()[:4] == [going, "critique-revise", "running", "1"]
+    refused = runs("--stats")
+    assert refused.returncode == 2 and "takes no --stats" in refused.stderr
 
 
 @needs_server

@@ -73,6 +73,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     help="Totals instead: runs, calls, tokens and dollars by workflow and by model (of one "
     "workflow with --workflow; --state and -n do not go with it).",
 )
+@restate_options("list the runs Restate keeps (a finished one for a day by default)")
 @db_option
 @handle_errors
 def runs_cmd(
@@ -81,9 +82,20 @@ def runs_cmd(
     limit: int,
     as_json: bool,
     stats: bool,
+    engine: str,
+    restate_url: str | None,
+    restate_admin_url: str | None,
     db: str | None,
 ) -> None:
     """List runs, newest first."""
+    if engine == "restate":
+        if stats or state == "interrupted":
+            raise click.UsageError(
+                "runs --engine restate takes no --stats or --state interrupted (Restate runs "
+                "are never interrupted: it continues them itself)"
+            )
+        _restate_runs(restate_url, restate_admin_url, limit, state, workflow_id, as_json)
+        return
     if stats:
         ctx = click.get_current_context()
         given = [
@@ -156,6 +168,49 @@ def runs_cmd(
             shown=len(rows),
             total=total,
         )
+
+
+def _restate_runs(
+    restate_url: str | None,
+    admin_url: str | None,
+    limit: int,
+    state: str | None,
+    workflow_id: str | None,
+    as_json: bool,
+) -> None:
+    from ..restate.client import runs
+
+    rows = runs(restate_url, admin_url, limit=limit, state=state, workflow_id=workflow_id)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, default=str))
+        return
+    if not rows:
+        click.echo("No runs.")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("run", "workflow", "state", "steps", "tokens", "started"):
+        justify = "right" if name in ("steps", "tokens") else "left"
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r["run_id"],  # (whole: Restate knows no prefixes)
+            r["workflow"] or "?",
+            _styled(r["state"]),
+            str(r["steps"]),
+            str(r["tokens"]),
+            _local(_parse_time(r["started_at"])),
+        )
+    stdout_console().print(table)
+
+
+def _parse_time(text: Any) -> datetime | None:
+    """A time as the admin API writes it (`2026-12-06T16:27:02.438Z`)."""
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _totals(db: str | None, as_json: bool, workflow_id: str | None) -> None:

@@ -657,3 +657,70 @@ def status(
 ) -> RestateRunStatus:
     """`eclflow status RUN_ID --engine restate`: the run's state as Restate keeps it."""
     return asyncio.run(status_async(run_id, restate_url, restate_admin_url))
+
+
+def runs(
+    restate_url: str | None = None,
+    restate_admin_url: str | None = None,
+    *,
+    limit: int = 50,
+    state: str | None = None,
+    workflow_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """`eclflow runs --engine restate`: the runs Restate keeps, newest first, as the admin API
+    shows them (no worker needed; a finished run is kept for a day by default)."""
+    return asyncio.run(_runs_async(restate_url, restate_admin_url, limit, state, workflow_id))
+
+
+async def _runs_async(
+    restate_url: str | None,
+    restate_admin_url: str | None,
+    limit: int,
+    state: str | None,
+    workflow_id: str | None,
+) -> list[dict[str, Any]]:
+    import json
+
+    from .journal import STATUS_STATE
+
+    client = _http_client()
+    try:
+        admin = Admin(admin_url(restate_admin_url, ingress_url(restate_url)), client)
+        filtered = state is not None or workflow_id is not None  # (filtered here, not there)
+        rows = await admin.runs(STATUS_STATE, None if filtered else limit)
+    finally:
+        await client.aclose()
+    out = []
+    for row in rows:
+        try:
+            progress = json.loads(row.get("progress") or "{}")
+        except ValueError:
+            progress = {}
+        progress = progress if isinstance(progress, dict) else {}
+        steps = [s for s in progress.get("steps") or [] if isinstance(s, dict)]
+        shown = _run_state(str(row.get("status") or ""), progress, row.get("completion_failure"))
+        summary = {
+            "run_id": str(row.get("run_id")),
+            "engine": "restate",
+            "workflow": progress.get("workflow"),
+            "state": shown,
+            "steps": sum(1 for s in steps if s.get("status") != "skipped"),
+            "tokens": sum(int(s.get("tokens") or 0) for s in steps),
+            "started_at": row.get("created_at"),
+            "error": progress.get("error") or row.get("completion_failure") or None,
+        }
+        if (state is None or shown == state) and workflow_id in (None, summary["workflow"]):
+            out.append(summary)
+            if len(out) == limit:
+                break
+    return out
+
+
+def _run_state(invocation: str, progress: Mapping[str, Any], failure: Any) -> str:
+    """A run's state from its invocation's status and the progress it keeps."""
+    if invocation == "completed":
+        kept = progress.get("state")
+        return "failed" if failure or kept not in ("completed", "failed") else str(kept)
+    if invocation == "paused":
+        return "paused"
+    return "running" if progress.get("steps") or progress.get("running") else "pending"
