@@ -430,13 +430,13 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
     guarded = set()
     for n in tree.find_all((nodes.Test, nodes.Filter)):
         if n.name in _GUARDS and n.node is not None:
-            chain = _path_of(n.node)
+            chain = path_of(n.node)
             if chain is not None:
                 guarded.add(chain)
     paths: list[tuple[str, ...]] = []
 
     def walk(node: nodes.Node, bound: set[str]) -> None:
-        chain = _path_of(node)
+        chain = path_of(node)
         if chain is not None:
             if chain[0] not in bound:
                 if not any(chain[: len(g)] == g or g[: len(chain)] == chain for g in guarded):
@@ -493,7 +493,7 @@ def tested_paths(tree: nodes.Node) -> list[tuple[str, ...]]:
         )
         while isinstance(test, nodes.Not | nodes.Test | nodes.Compare):
             test = test.expr if isinstance(test, nodes.Compare) else test.node
-        chain = _path_of(test) if test is not None else None
+        chain = path_of(test) if test is not None else None
         if chain is not None:
             out.append(chain)
     return out
@@ -509,7 +509,9 @@ def _stored(target: nodes.Node) -> set[str]:
 _GUARDS = {"defined", "undefined", "default", "d"}
 
 
-def _path_of(node: nodes.Node) -> tuple[str, ...] | None:
+def path_of(node: nodes.Node) -> tuple[str, ...] | None:
+    """The variable path an expression node reads (`steps.a.output['x']` gives
+    ('steps', 'a', 'output', 'x')), None when it is not a plain path."""
     parts: list[str] = []
     while True:
         if isinstance(node, nodes.Getattr):

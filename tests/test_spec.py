@@ -214,6 +214,14 @@ CASES = {
         2,
     ),
     "E305 env undeclared": ("E305", sub('"{{ input.topic }}"', '"{{ env.HOME }}"'), "env.HOME"),
+    "E306 a reply compared with a number": (
+        "E306",
+        MINIMAL
+        + "  - {id: b, type: llm, template: x}\n"
+        + "transitions:\n"
+        + '  - {type: conditional, from: a, to: b, when: "steps.a.output.text > 3"}\n',
+        "steps.a.output.text > 3",
+    ),
     "E401 prompt missing": (
         "E401",
         sub("prompt: generate.j2", "prompt: ../templates/gone.j2"),
@@ -1855,3 +1863,185 @@ def test_keys_equal_only_in_python_are_named_as_written() -> None:
     assert [d.message for d in diagnose(text)] == [
         "YAML: duplicate key 0x1: the same key as 1 on line 9"
     ]
+
+
+# --- E306: operands whose types never go together ---------------------------------------------
+
+TYPED = """\
+eclflow: 1
+id: typed
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+inputs:
+  type: object
+  properties:
+    n: {type: integer}
+    name: {type: string}
+    either: {type: [string, integer]}
+env: [ECLFLOW_TEST_LIMIT]
+steps:
+  - {id: a, type: llm, template: "x"}
+  - id: j
+    type: llm
+    template: "x"
+    output_schema:
+      type: object
+      properties: {score: {type: number}, label: {type: string}, free: {}}
+  - id: b
+    type: template
+    depends_on: [a, j]
+    template: "{{ v }}"
+    with: {v: "%s"}
+output: {v: "{{ steps.b.output.text }}"}
+"""
+# what a run gives the expressions above: values of the types validate reasons with
+TYPED_SCRIPT = {"a": "5", "j": {"content": {"score": 4, "label": "x", "free": 7}}}
+TYPED_INPUT = {"n": 3, "name": "x", "either": 2}
+
+# (expression, what the message says, what the hint says to write)
+NEVER_WORK = [
+    (
+        "{{ steps.a.output.text > 3 }}",
+        "compares a string with a number",
+        "`steps.a.output.text | int > 3`",
+    ),
+    (
+        "{{ 3 <= steps.a.output.text }}",
+        "compares a number with a string",
+        "`3 <= steps.a.output.text | int`",
+    ),
+    ("{{ steps.a.output.text + 1 }}", "adds a string and a number", "`steps.a.output.text ~ 1`"),
+    (
+        "{{ steps.j.output.score - input.name }}",
+        "subtracts a string from a number",
+        "`steps.j.output.score - input.name | int`",
+    ),
+    (
+        "{{ steps.j.output.label * 1.5 }}",
+        "multiplies a string by a number",
+        "`steps.j.output.label | int * 1.5`",
+    ),
+    (
+        "{{ 'x' in steps.j.output.score }}",
+        "looks for a string in a number",
+        "`'x' in (steps.j.output.score | string)`",
+    ),
+    (
+        "{{ input.n in input.name }}",
+        "looks for a number in a string",
+        "`(input.n | string) in input.name`",
+    ),
+    (
+        "{{ env.ECLFLOW_TEST_LIMIT >= 3 }}",
+        "compares a string with a number",
+        "`env.ECLFLOW_TEST_LIMIT | int >= 3`",
+    ),
+    (
+        "{{ steps.j.output.score > '3' }}",
+        "compares a number with a string",
+        "`steps.j.output.score > 3`",
+    ),
+    (
+        "{{ steps.a.output.text | upper > 3 }}",
+        "compares a string with a number",
+        "`steps.a.output.text | upper | int > 3`",
+    ),
+    ("{{ steps.a.output.text ~ 1 < 3 }}", "compares a string with a number", "`| int`"),
+    (
+        "n: {{ input.n / input.name }} of {{ input.n }}",
+        "divides a number by a string",
+        "`input.n / input.name | int`",
+    ),
+]
+
+# operations that work (or whose operands validate cannot know): nothing said, and a run completes
+MAY_WORK = [
+    "{{ steps.a.output.text * 3 }}",
+    "{{ steps.a.output.text * input.n }}",
+    "{{ steps.a.output.text | length > 3 }}",
+    "{{ steps.a.output.text | int > 3 }}",
+    "{{ steps.a.output.text ~ 3 }}",
+    "{{ steps.a.output.text == 3 }}",
+    "{{ 'a' in steps.a.output.text }}",
+    "{{ input.either > 1 }}",
+    "{{ steps.j.output.free > 3 }}",
+    "{{ steps.j.output.score > 3.5 }}",
+    "{{ steps.j.output.label > 3 if steps.j.output.label is number else 0 }}",
+    "{{ (steps.a.output.text | default(0)) * 2 }}",
+    "{% for input in [{'name': 4}] %}{{ input.name > 3 }}{% endfor %}",
+    "{% set env = {'ECLFLOW_TEST_LIMIT': 4} %}{{ env.ECLFLOW_TEST_LIMIT > 3 }}",
+    "{{ [input.n] + [1] }}",
+    "{{ loops | length > 0 }}",
+]
+
+
+def _with(expression: str) -> str:
+    return TYPED % expression.replace('"', '\\"')
+
+
+def _run_typed(expression: str) -> Any:
+    """A run of TYPED whose step b binds `expression`, past validate (which refuses what it
+    knows fails): what the engine makes of it."""
+    import asyncio
+    import dataclasses
+    from types import MappingProxyType
+
+    import eclflow
+
+    wf = load_text(_with("{{ 1 }}"))
+    steps = tuple(
+        dataclasses.replace(s, with_=MappingProxyType({"v": expression})) if s.id == "b" else s
+        for s in wf.steps
+    )
+    wf = dataclasses.replace(wf, steps=steps, source=_with(expression))
+    return asyncio.run(eclflow.run(wf, TYPED_INPUT, mock_responses=TYPED_SCRIPT))
+
+
+@pytest.mark.parametrize(("expression", "says", "hint"), NEVER_WORK)
+def test_operands_that_never_go_together_are_e306(
+    expression: str, says: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`steps.a.output.text > 3` passed validate and failed the run with a TypeError, after
+    the steps before it were paid for."""
+    text = _with(expression)
+    diags = diagnose(text)
+    assert [d.code for d in diags] == ["E306"], [str(d) for d in diags]
+    (d,) = diags
+    assert says in d.message and "TypeError" in d.message, d.message
+    assert hint in (d.hint or ""), d.hint
+    # located at the operation: its first operand as written
+    first = expression.split("{{ ", 1)[1].split(" ", 1)[0].lstrip("(")
+    assert (d.location.line, d.location.col) == located(text, first, text.count("v: {v:") + 1)
+    # and the run does fail there, as validate says
+    monkeypatch.setenv("ECLFLOW_TEST_LIMIT", "5")
+    r = _run_typed(expression)
+    assert r.status == "failed" and "TypeError" in (r.error or ""), (r.status, r.error)
+    assert [(s.step_id, s.status) for s in r.steps] == [("a", "succeeded"), ("j", "succeeded")]
+
+
+@pytest.mark.parametrize("expression", MAY_WORK)
+def test_operands_that_may_go_together_are_not_reported(
+    expression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _with(expression)
+    assert [str(d) for d in diagnose(text)] == []
+    monkeypatch.setenv("ECLFLOW_TEST_LIMIT", "5")
+    r = _run_typed(expression)
+    assert r.status == "completed", r.error
+
+
+def test_e306_in_a_condition_of_several_lines_is_located_on_its_line() -> None:
+    text = MINIMAL + (
+        "  - {id: b, type: llm, template: x}\n"
+        "transitions:\n"
+        "  - type: conditional\n"
+        "    from: a\n"
+        "    to: b\n"
+        "    when: >-\n"
+        "      steps.a.status == 'succeeded'\n"
+        "      and steps.a.output.text | length > 3\n"
+        "      or loops | length < steps.a.output.text\n"
+    )
+    (d,) = diagnose(text)
+    assert d.code == "E306" and d.message.startswith("`loops | length < steps.a.output.text`")
+    assert (d.location.line, d.location.col) == located(text, "loops | length")

@@ -4,7 +4,8 @@ Codes: E201 duplicate step id, E202 unknown step type, E203 unknown step referen
 E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing, E209 two
 conditions on one edge, E210 an input written as it is that the step type refuses, E211 an
 unknown local model, E301 template syntax, E302 unknown variable, E303 `steps.X` not available
-here, E304 `loop.*` outside a loop, E305 `env.X` not declared, E401 prompt file missing, E402
+here, E304 `loop.*` outside a loop, E305 `env.X` not declared, E306 an operation whose
+operands' types never go together (`steps.a.output.text > 3`), E401 prompt file missing, E402
 step has no prompt; warnings W501 step not connected, W502 output unused.
 """
 
@@ -645,13 +646,86 @@ class _Checker:
         if not self.filters_and_tests(path, tree, ""):
             return
         jinja_loop = _uses_jinja_loop(tree)
+        named_well = True
         for p in expr.referenced_paths(tree):
             if p[0] == "loop" and jinja_loop:
                 continue  # Jinja's own `loop` inside {% for %}
             problem = scope.check(p, self.ids)
             if problem is not None:
+                named_well = False
                 code, msg, hint = problem
                 self.error(path, code, msg, hint, at=_position_of(text, p))
+        if named_well:
+            self.check_kinds(path, text, tree)
+
+    def check_kinds(self, path: list[Any], text: str, tree: Any) -> None:
+        """E306: an operation whose operands' types never go together (`steps.a.output.text
+        > 3`, a reply compared with a number): the run would fail there, after paying for the
+        steps before it."""
+        from jinja2 import nodes
+
+        operations = (nodes.Compare, nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv)
+        if not any(True for _ in tree.find_all((*operations, nodes.Mod, nodes.Pow))):
+            return  # (most bindings are one variable: nothing to judge, nothing to import)
+        from .kinds import clashes
+
+        for c in clashes(tree, self.path_kinds):
+            at = _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
+            self.error(path, "E306", c.message, c.hint, at=at or (c.node.lineno, 0))
+
+    def path_kinds(self, p: tuple[str, ...]) -> Any:
+        """The types the value at a variable path may have at run time, where they are known
+        for sure; None otherwise. (A value missing there fails the run anyway.)"""
+        from .kinds import INTEGER, STRING, schema_at, schema_kinds
+
+        root = p[0]
+        if root == "input" and len(p) >= 2:
+            return schema_kinds(schema_at(self.wf.inputs, p[1:]), with_default=True)
+        if root == "env" and len(p) == 2:
+            return STRING  # (an environment variable is text; one that is unset: undefined)
+        if root == "loops" and p[2:] == ("revisions",):
+            return INTEGER
+        if root == "loop" and p[1:] in (("iteration",), ("max_iterations",)):
+            return INTEGER
+        if root != "steps" or len(p) < 3:
+            return None
+        if p[2:] == ("status",):
+            return STRING
+        if p[2] != "output" or len(p) < 4:
+            return None
+        kinds = self.output_kinds(p[1], p[3:])
+        reviser = self.revised_by.get(p[1])
+        if kinds is not None and reviser is not None:  # (a revision replaces the output)
+            more = self.output_kinds(reviser, p[3:])
+            return None if more is None else kinds | more
+        return kinds
+
+    def output_kinds(self, step_id: str, fields: tuple[str, ...]) -> Any:
+        """The types of a field of a built-in step's output (`text` of an `llm` step without
+        output_schema is its reply, a string); None for a plugin's, or where not known."""
+        from ..steps.builtin import CritiqueStep, GenerateStep, LLMStep, ReviseStep, TemplateStep
+        from .kinds import NUMBER, STRING, schema_at, schema_kinds
+
+        s = self.wf.step(step_id)
+        cls = self.registry.get(s.type) if s.type in self.registry else None
+        if cls is LLMStep and s.output_schema is not None:
+            # the output is checked against it: a field it types has that type
+            return schema_kinds(schema_at(s.output_schema, fields))
+        fixed: dict[Any, dict[str, Any]] = {
+            GenerateStep: {"draft": STRING},
+            ReviseStep: {"draft": STRING},
+            TemplateStep: {"text": STRING},
+            LLMStep: {"text": STRING},
+            CritiqueStep: {
+                "decision": STRING,
+                "critique": STRING,
+                "feedback": STRING,
+                "quality_score": NUMBER,
+            },
+        }
+        if cls not in fixed or len(fields) != 1:
+            return None
+        return fixed[cls].get(fields[0])
 
     def prompt_missing(self, i: int, s: Any, raw: Mapping[str, Any]) -> bool:
         """E401 when the step's prompt file does not exist."""
@@ -1021,6 +1095,24 @@ def _position_of(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
             if found:
                 return number, found.start() + 1
     return None
+
+
+def _position_on(
+    text: str, path: tuple[str, ...], line: int, lead: Sequence[str] = ()
+) -> tuple[int, int] | None:
+    """Where `text` names `path` on its line `line` (a template's node knows its line, not
+    its column), or where a `lead` written before it on that line is; else where `text`
+    first names `path`."""
+    import re
+
+    lines = text.splitlines()
+    if 0 < line <= len(lines):
+        pattern = re.compile(r"\b" + r"\s*\.\s*".join(map(re.escape, path)) + r"\b")
+        found = pattern.search(lines[line - 1])
+        if found:
+            before = max((lines[line - 1].rfind(w, 0, found.start()) for w in lead), default=-1)
+            return line, (before if before >= 0 else found.start()) + 1
+    return _position_of(text, path)
 
 
 def _written_as_is(value: Any) -> bool:

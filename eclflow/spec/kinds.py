@@ -1,0 +1,458 @@
+"""E306: an operation in an expression whose operands can never go together.
+
+`steps.a.output.text > 3` (an `llm` step's reply is text) passes every other check and fails
+only when a run gets there, with a TypeError, after the steps before it were paid for. Here
+each operand gets the Python types it may have at run time where they are known for sure (a
+literal, a built-in step's output field, a field an `output_schema` types, an `input` property
+the `inputs` schema types, `env.X`, a filter whose result is fixed); an operation that fails
+for every combination of them is reported. Where a type is not known (a plugin's output, a
+schema part without `type`, `| default(…)`, a name the template binds) nothing is said.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import nodes
+
+from ..expr import path_of
+
+# The Python types a value may have at run time. Only these are reasoned about: a value of
+# another type (a date a YAML default wrote) makes the whole operand unknown.
+Kinds = frozenset[type]
+NONE = type(None)
+NUMBER: Kinds = frozenset({int, float, bool})  # (bool is an int to Python: True + 1 == 2)
+STRING: Kinds = frozenset({str})
+INTEGER: Kinds = frozenset({int})
+BOOLEAN: Kinds = frozenset({bool})
+_KNOWN = frozenset({str, int, float, bool, NONE, list, tuple, dict})
+_SEQUENCES = (str, list, tuple)
+
+# JSON Schema `type` → what a validated value is (`integer` admits 1.0, a float)
+_JSON_TYPES: Mapping[str, Kinds] = {
+    "string": STRING,
+    "integer": frozenset({int, float}),
+    "number": frozenset({int, float}),
+    "boolean": BOOLEAN,
+    "null": frozenset({NONE}),
+    "array": frozenset({list}),
+    "object": frozenset({dict}),
+}
+
+# Filters whose result has one type whatever they are given (Markup, the result of some of
+# them, is a str). `default`, `first`, `sum`, `round`, … depend on their input: unknown.
+_FILTERS: Mapping[str, Kinds] = {
+    **dict.fromkeys(("length", "count", "wordcount", "int"), INTEGER),
+    "float": frozenset({float}),
+    **dict.fromkeys(
+        (
+            "string",
+            "lower",
+            "upper",
+            "title",
+            "capitalize",
+            "trim",
+            "striptags",
+            "center",
+            "indent",
+            "format",
+            "join",
+            "tojson",
+            "to_json",
+            "truncate",
+            "wordwrap",
+            "replace",
+            "urlencode",
+            "filesizeformat",
+            "escape",
+            "e",
+            "safe",
+        ),
+        STRING,
+    ),
+    **dict.fromkeys(("list", "dictsort"), frozenset({list})),
+}
+
+_ORDERING = {"lt": "<", "gt": ">", "lteq": "<=", "gteq": ">="}
+_BINARY: Mapping[type[nodes.BinExpr], str] = {
+    nodes.Add: "+",
+    nodes.Sub: "-",
+    nodes.Mul: "*",
+    nodes.Div: "/",
+    nodes.FloorDiv: "//",
+    nodes.Mod: "%",
+    nodes.Pow: "**",
+}
+
+
+def kind_of(value: Any) -> Kinds | None:
+    """The kinds of a literal value; None for a type not reasoned about."""
+    t = type(value)
+    return frozenset({t}) if t in _KNOWN else None
+
+
+def schema_kinds(schema: Any, *, with_default: bool = False) -> Kinds | None:
+    """What a value a JSON Schema validated may be, from its `type` alone; None when it has
+    none (or one this does not know). `with_default`: a run that leaves the value out gets
+    the schema's `default` (the `inputs` of a workflow), so its type is one more."""
+    if not isinstance(schema, Mapping):
+        return None
+    declared = schema.get("type")
+    names = [declared] if isinstance(declared, str) else declared
+    if not isinstance(names, list) or not names:
+        return None
+    kinds: set[type] = set()
+    for name in names:
+        if not isinstance(name, str) or name not in _JSON_TYPES:
+            return None
+        kinds |= _JSON_TYPES[name]
+    if with_default and "default" in schema:
+        default = kind_of(schema["default"])
+        if default is None:
+            return None
+        kinds |= default
+    return frozenset(kinds)
+
+
+def schema_at(schema: Any, fields: Sequence[str]) -> Any:
+    """The schema of `fields` (nested `properties`) in an object schema, or None. (A value
+    that is not an object there has no such field: the run fails reading it anyway.)"""
+    for name in fields:
+        props = schema.get("properties") if isinstance(schema, Mapping) else None
+        if not isinstance(props, Mapping) or name not in props:
+            return None
+        schema = props[name]
+    return schema
+
+
+@dataclass(frozen=True, slots=True)
+class Clash:
+    """An operation that fails whatever values its operands have at run time."""
+
+    node: nodes.Node
+    path: tuple[str, ...] | None  # a variable it reads (where it is written: its location)
+    message: str
+    hint: str
+    # how its left operand, a literal before `path`, may be written (`3`, `'x'`, `"x"`)
+    lead: tuple[str, ...] = ()
+
+
+def clashes(tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]) -> list[Clash]:
+    """The operations in a parsed template that can never work. `kinds_of`: the kinds of a
+    variable path (`steps.a.output.text`), None where they are not known."""
+    return _Inference(tree, kinds_of).run()
+
+
+class _Inference:
+    def __init__(
+        self, tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]
+    ) -> None:
+        self.tree = tree
+        self.kinds_of = kinds_of
+        self.found: list[Clash] = []
+        # names the template binds itself ({% for %}, {% set %}, macros) are not the context's,
+        # and what it tests (`x is number`, `x is defined`) it may read knowingly
+        bound: set[str] = set()
+        tested: set[tuple[str, ...]] = set()
+        for n in tree.find_all((nodes.Name, nodes.Test, nodes.For, nodes.Macro, nodes.CallBlock)):
+            if isinstance(n, nodes.Name):
+                if n.ctx in ("store", "param"):
+                    bound.add(n.name)
+            elif isinstance(n, nodes.Test):
+                path = path_of(n.node)
+                if path is not None:
+                    tested.add(path)
+            elif isinstance(n, nodes.For):
+                bound.add("loop")  # Jinja's own loop variable
+            else:
+                bound |= {"caller", "varargs", "kwargs", getattr(n, "name", "caller")}
+        self.bound = bound
+        self.tested = tested
+
+    def run(self) -> list[Clash]:
+        self.visit(self.tree)
+        return self.found
+
+    def visit(self, node: nodes.Node) -> None:
+        if isinstance(node, nodes.Expr):
+            self.infer(node)
+            return
+        for child in node.iter_child_nodes():
+            self.visit(child)
+
+    def infer(self, node: nodes.Node) -> Kinds | None:
+        """The kinds of an expression's value (None: not known); operations in it that can
+        never work are recorded on the way."""
+        if isinstance(node, nodes.Const):
+            return kind_of(node.value)
+        if isinstance(node, nodes.TemplateData):
+            return STRING
+        if isinstance(node, nodes.Name | nodes.Getattr | nodes.Getitem):
+            path = path_of(node)
+            if path is not None:
+                return self.variable(path)
+        if isinstance(node, nodes.Compare):
+            left_node, left = node.expr, self.infer(node.expr)
+            for operand in node.ops:
+                right = self.infer(operand.expr)
+                self.compare(operand.op, left_node, left, operand.expr, right)
+                left_node, left = operand.expr, right
+            return BOOLEAN
+        if isinstance(node, nodes.BinExpr) and type(node) in _BINARY:
+            left, right = self.infer(node.left), self.infer(node.right)
+            return self.arithmetic(node, _BINARY[type(node)], left, right)
+        if isinstance(node, nodes.And | nodes.Or):  # (its value is one of its operands)
+            return _union(self.infer(node.left), self.infer(node.right))
+        if isinstance(node, nodes.CondExpr):
+            self.infer(node.test)
+            chosen = self.infer(node.expr1)
+            return _union(chosen, self.infer(node.expr2)) if node.expr2 is not None else None
+        if isinstance(node, nodes.Neg | nodes.Pos):
+            inner = self.infer(node.node)
+            return frozenset({int, float}) if inner is not None and inner <= NUMBER else None
+        for child in node.iter_child_nodes():
+            self.visit(child)
+        if isinstance(node, nodes.Concat):
+            return STRING
+        if isinstance(node, nodes.Not | nodes.Test):
+            return BOOLEAN
+        if isinstance(node, nodes.List):
+            return frozenset({list})
+        if isinstance(node, nodes.Tuple):
+            return frozenset({tuple})
+        if isinstance(node, nodes.Dict):
+            return frozenset({dict})
+        if isinstance(node, nodes.Filter):
+            if node.name in ("int", "float") and (
+                node.args or node.kwargs or node.dyn_args or node.dyn_kwargs
+            ):
+                return None  # (`| int(none)`: what it gives back when the value is no number)
+            return _FILTERS.get(node.name)
+        return None
+
+    def variable(self, path: tuple[str, ...]) -> Kinds | None:
+        if path[0] in self.bound:
+            return None
+        if any(path[: len(t)] == t or t[: len(path)] == path for t in self.tested):
+            return None
+        return self.kinds_of(path)
+
+    # --- the rules: a pair of types an operation never takes ---------------------------------
+
+    def compare(
+        self,
+        op: str,
+        left_node: nodes.Node,
+        left: Kinds | None,
+        right_node: nodes.Node,
+        right: Kinds | None,
+    ) -> None:
+        if left is None or right is None:
+            return
+        if op in _ORDERING:
+            if all(not _orderable(a, b) for a in left for b in right):
+                self.clash(left_node, _ORDERING[op], left, right_node, right)
+        elif op in ("in", "notin") and all(not _contains(a, b) for a in left for b in right):
+            written = "in" if op == "in" else "not in"
+            self.clash(left_node, written, left, right_node, right)
+
+    def arithmetic(
+        self, node: nodes.BinExpr, op: str, left: Kinds | None, right: Kinds | None
+    ) -> Kinds | None:
+        if left is None or right is None:
+            return None
+        results = [_result(op, a, b) for a in left for b in right]
+        if all(r is None for r in results):
+            self.clash(node.left, op, left, node.right, right)
+            return None  # (what uses it is not reported again)
+        if any(r is _UNKNOWN for r in results):
+            return None
+        return frozenset(r for r in results if isinstance(r, type))
+
+    def clash(
+        self,
+        left_node: nodes.Node,
+        op: str,
+        left: Kinds,
+        right_node: nodes.Node,
+        right: Kinds,
+    ) -> None:
+        lt, rt = source(left_node), source(right_node)
+        written = f"`{lt} {op} {rt}`" if lt is not None and rt is not None else f"`{op}`"
+        what = {
+            "+": "adds {} and {}",
+            "-": "subtracts {1} from {0}",
+            "*": "multiplies {} by {}",
+            "/": "divides {} by {}",
+            "//": "divides {} by {}",
+            "%": "takes the remainder of {} divided by {}",
+            "**": "raises {} to the power of {}",
+            "in": "looks for {} in {}",
+            "not in": "looks for {} in {}",
+        }.get(op, "compares {} with {}")
+        message = (
+            f"{written} {what.format(describe(left), describe(right))}: "
+            "a run fails there (TypeError)"
+        )
+        path = _first_path(left_node)
+        lead: tuple[str, ...] = ()
+        if path is None:
+            path = _first_path(right_node)
+            if isinstance(left_node, nodes.Const) and type(left_node.value) in (str, int, float):
+                value = left_node.value
+                lead = (f"'{value}'", f'"{value}"') if isinstance(value, str) else (repr(value),)
+        hint = _hint(op, left_node, left, right_node, right)
+        self.found.append(Clash(left_node, path, message, hint, lead))
+
+
+_UNKNOWN = object()  # an operation that works but whose result is not worked out here
+
+
+def _orderable(a: type, b: type) -> bool:
+    """Whether `a < b` may work for values of these types (lists: when their items do)."""
+    return (a in NUMBER and b in NUMBER) or (a is b and a in _SEQUENCES)
+
+
+def _contains(a: type, b: type) -> bool:
+    """Whether `x in y` may work: `y` is a container, and a string holds only strings."""
+    if b in NUMBER or b is NONE:
+        return False
+    return not (b is str and a is not str)
+
+
+def _result(op: str, a: type, b: type) -> Any:
+    """The type of `a op b`; None when Python refuses these types, _UNKNOWN when it works but
+    its type is not worked out."""
+    numbers = a in NUMBER and b in NUMBER
+    if op == "+":
+        if numbers:
+            return float if float in (a, b) else int
+        return a if a is b and a in _SEQUENCES else None
+    if op == "*":
+        if numbers:
+            return float if float in (a, b) else int
+        if a in _SEQUENCES and b in (int, bool):
+            return a
+        if b in _SEQUENCES and a in (int, bool):
+            return b
+        return None
+    if op == "%":
+        if a is str:
+            return str  # (or a TypeError, by what the format holds: not known here)
+        return (float if float in (a, b) else int) if numbers else None
+    if op in ("-", "//"):
+        return (float if float in (a, b) else int) if numbers else None
+    if op == "/":
+        return float if numbers else None
+    if op == "**":
+        return _UNKNOWN if numbers else None  # (2 ** -1 is a float)
+    return _UNKNOWN
+
+
+def _first_path(node: nodes.Node) -> tuple[str, ...] | None:
+    """The first variable an operand reads, to locate it by."""
+    path = path_of(node)
+    if path is not None:
+        return path
+    for n in node.find_all((nodes.Name, nodes.Getattr, nodes.Getitem)):
+        path = path_of(n)
+        if path is not None:
+            return path
+    return None
+
+
+def _union(a: Kinds | None, b: Kinds | None) -> Kinds | None:
+    return None if a is None or b is None else a | b
+
+
+def describe(kinds: Kinds) -> str:
+    """How a message names what a value may be: 'a string', 'a number', 'a list or null'."""
+    if kinds <= BOOLEAN:
+        return "a boolean"
+    if kinds <= NUMBER:
+        return "a number"
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        NONE: "null",
+        list: "a list",
+        tuple: "a tuple",
+        dict: "a mapping",
+    }
+    return " or ".join(sorted({names[k] for k in kinds}))
+
+
+def source(node: nodes.Node) -> str | None:
+    """An operand as it could be written (`steps.a.output.text`, `3`, `'x'`, `x | length`),
+    None when it is more than that."""
+    path = path_of(node)
+    if path is not None:
+        return path[0] + "".join(f".{p}" if p.isidentifier() else f"[{p!r}]" for p in path[1:])
+    if isinstance(node, nodes.Const):
+        value = node.value
+        if value is None or isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, str | int | float):
+            return repr(value)
+        return None
+    if isinstance(node, nodes.Filter) and node.node is not None and not (node.args or node.kwargs):
+        inner = source(node.node)
+        return None if inner is None else f"{inner} | {node.name}"
+    return None
+
+
+def _hint(op: str, left_node: nodes.Node, left: Kinds, right_node: nodes.Node, right: Kinds) -> str:
+    """What to write instead, with the operands as written where they can be."""
+    lt, rt = source(left_node), source(right_node)
+    text_left = left == STRING and right <= NUMBER
+    text_right = right == STRING and left <= NUMBER
+    if op in ("in", "not in"):
+        if right <= NUMBER | {NONE}:
+            if lt is not None and rt is not None:
+                return (
+                    f"`{op}` looks inside a string, list or mapping: compare with `==`, or look "
+                    f"in its text: `{lt} {op} ({rt} | string)`"
+                )
+            return "`in` looks inside a string, list or mapping: compare with `==` instead"
+        if lt is not None and rt is not None:
+            as_text = f"'{_literal(left_node)}'" if _literal(left_node) is not None else None
+            return f"look for text: `{as_text or f'({lt} | string)'} {op} {rt}`"
+        return "a string holds only strings: convert what you look for with `| string`"
+    if not (text_left or text_right):
+        return "convert one side so both are of one type: `| int`, `| float`, `| string`"
+    number_text = _number_in(left_node if text_left else right_node)
+    if number_text is not None and lt is not None and rt is not None:
+        lw, rw = (number_text, rt) if text_left else (lt, number_text)
+        return f"write the number without quotes: `{lw} {op} {rw}`"
+    if lt is None or rt is None:
+        return "convert the text with `| int` or `| float` (or count it with `| length`)"
+    lw, rw = (f"{lt} | int", rt) if text_left else (lt, f"{rt} | int")
+    converted = f"`{lw} {op} {rw}`"
+    if op in _ORDERING.values():
+        ll, rl = (f"{lt} | length", rt) if text_left else (lt, f"{rt} | length")
+        return f"convert the text: {converted}, or compare its length: `{ll} {op} {rl}`"
+    if op == "+":
+        return f"join them as text with `~`: `{lt} ~ {rt}`, or add numbers: {converted}"
+    if op == "*":
+        return f"a string repeats a whole number of times: {converted}"
+    return f"convert the text: {converted}"
+
+
+def _literal(node: nodes.Node) -> str | None:
+    """A number literal's digits (to be written as a string)."""
+    if isinstance(node, nodes.Const) and type(node.value) in (int, float):
+        return repr(node.value)
+    return None
+
+
+def _number_in(node: nodes.Node) -> str | None:
+    """The number a string literal holds (`'3'`), as it would be written without quotes."""
+    if isinstance(node, nodes.Const) and isinstance(node.value, str):
+        text = node.value.strip()
+        return text if re.fullmatch(r"-?\d+(\.\d+)?", text) else None
+    return None
