@@ -222,6 +222,14 @@ CASES = {
         + '  - {type: conditional, from: a, to: b, when: "steps.a.output.text > 3"}\n',
         "steps.a.output.text > 3",
     ),
+    "W506 text == a number": (
+        "W506",
+        MINIMAL
+        + "  - {id: b, type: llm, template: x}\n"
+        + "transitions:\n"
+        + '  - {type: conditional, from: a, to: b, when: "steps.a.output.text == 5"}\n',
+        "steps.a.output.text == 5",
+    ),
     "E401 prompt missing": (
         "E401",
         sub("prompt: generate.j2", "prompt: ../templates/gone.j2"),
@@ -1961,7 +1969,8 @@ MAY_WORK = [
     "{{ steps.a.output.text | length > 3 }}",
     "{{ steps.a.output.text | int > 3 }}",
     "{{ steps.a.output.text ~ 3 }}",
-    "{{ steps.a.output.text == 3 }}",
+    "{{ steps.a.output.text == '5' }}",
+    "{{ steps.j.output.score != none }}",
     "{{ 'a' in steps.a.output.text }}",
     "{{ input.either > 1 }}",
     "{{ steps.j.output.free > 3 }}",
@@ -2045,3 +2054,71 @@ def test_e306_in_a_condition_of_several_lines_is_located_on_its_line() -> None:
     (d,) = diagnose(text)
     assert d.code == "E306" and d.message.startswith("`loops | length < steps.a.output.text`")
     assert (d.location.line, d.location.col) == located(text, "loops | length")
+
+
+EQUAL = """\
+eclflow: 1
+id: equal
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: a, type: llm, template: "x"}
+  - id: j
+    type: llm
+    template: "x"
+    depends_on: [a]
+    output_schema: {type: object, properties: {score: {type: number}, ok: {type: boolean}}}
+  - {id: b, type: template, template: "x"}
+transitions:
+  - {type: conditional, from: j, to: b, when: "%s"}
+output: {v: "{{ steps.b.status }}"}
+"""
+
+NEVER_EQUAL = [
+    (
+        "steps.a.output.text == 5",
+        "compares a string with a number",
+        "always false",
+        "`steps.a.output.text | int == 5`",
+    ),
+    (
+        "5 != steps.a.output.text",
+        "compares a number with a string",
+        "always true",
+        "`5 != steps.a.output.text | int`",
+    ),
+    (
+        "steps.j.output.score == '4'",
+        "compares a number with a string",
+        "always false",
+        "`steps.j.output.score == 4`",
+    ),
+    (
+        "steps.j.output.ok == 'true'",
+        "compares a boolean with a string",
+        "always false",
+        "`steps.j.output.ok == true`",
+    ),
+]
+
+
+@pytest.mark.parametrize(("when", "says", "always", "hint"), NEVER_EQUAL)
+def test_text_equal_to_a_number_is_a_warning(when: str, says: str, always: str, hint: str) -> None:
+    """`when: steps.a.output.text == 5` never held, not even when the reply was "5": the
+    branch was silently never taken (or always)."""
+    import asyncio
+
+    import eclflow
+
+    text = EQUAL % when
+    diags = diagnose(text)
+    assert [(d.code, d.severity) for d in diags] == [("W506", "warning")], [str(d) for d in diags]
+    (d,) = diags
+    assert says in d.message and always in d.message, d.message
+    assert hint in (d.hint or ""), d.hint
+    assert (d.location.line, d.location.col) == located(text, when)
+    # the run does as the warning says: the reply "5" (score 4, ok true) does not make it hold
+    script = {"a": "5", "j": {"content": {"score": 4, "ok": True}}}
+    r = asyncio.run(eclflow.run(load_text(text), {}, mock_responses=script))
+    assert r.status == "completed", r.error
+    assert r.output == {"v": "skipped" if always == "always false" else "succeeded"}

@@ -6,7 +6,8 @@ conditions on one edge, E210 an input written as it is that the step type refuse
 unknown local model, E301 template syntax, E302 unknown variable, E303 `steps.X` not available
 here, E304 `loop.*` outside a loop, E305 `env.X` not declared, E306 an operation whose
 operands' types never go together (`steps.a.output.text > 3`), E401 prompt file missing, E402
-step has no prompt; warnings W501 step not connected, W502 output unused.
+step has no prompt; warnings W501 step not connected, W502 output unused, W506 text `==` a
+number (never equal).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .deps import dependency_graph
-from .model import Conditional, Diagnostic, Location, RevisionLoop, Sequential, Workflow
+from .model import (
+    Conditional,
+    Diagnostic,
+    Location,
+    RevisionLoop,
+    Sequential,
+    Severity,
+    Workflow,
+)
 
 # Names every template may use besides the context: Jinja's globals.
 _JINJA_GLOBALS = frozenset(
@@ -67,13 +76,14 @@ class _Checker:
         hint: str | None = None,
         *,
         at: tuple[int, int] | None = None,
+        severity: Severity = "error",
     ) -> None:
         """`at`: (line, column), 1-based, within the string at `path` (column 0: the line's
         first character)."""
         loc = self.at(path)
         if at is not None:
             loc = self.within(path, loc, *at)
-        self.out.append(Diagnostic(loc, code, msg, hint))
+        self.out.append(Diagnostic(loc, code, msg, hint, severity))
 
     def within(self, path: Sequence[Any], loc: Location, line: int, column: int) -> Location:
         """The location of a place in the string at `path`: in a block scalar (`|` or `>`),
@@ -661,7 +671,7 @@ class _Checker:
     def check_kinds(self, path: list[Any], text: str, tree: Any) -> None:
         """E306: an operation whose operands' types never go together (`steps.a.output.text
         > 3`, a reply compared with a number): the run would fail there, after paying for the
-        steps before it."""
+        steps before it. W506: text `==` a number, never equal (the branch never runs)."""
         from jinja2 import nodes
 
         operations = (nodes.Compare, nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv)
@@ -671,7 +681,10 @@ class _Checker:
 
         for c in clashes(tree, self.path_kinds):
             at = _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
-            self.error(path, "E306", c.message, c.hint, at=at or (c.node.lineno, 0))
+            severity: Severity = "warning" if c.code.startswith("W") else "error"  # (W506)
+            self.error(
+                path, c.code, c.message, c.hint, at=at or (c.node.lineno, 0), severity=severity
+            )
 
     def path_kinds(self, p: tuple[str, ...]) -> Any:
         """The types the value at a variable path may have at run time, where they are known

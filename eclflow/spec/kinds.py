@@ -138,6 +138,7 @@ class Clash:
     hint: str
     # how its left operand, a literal before `path`, may be written (`3`, `'x'`, `"x"`)
     lead: tuple[str, ...] = ()
+    code: str = "E306"  # W506: `==`/`!=` that is always false/true (it does not fail)
 
 
 def clashes(tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]) -> list[Clash]:
@@ -258,6 +259,9 @@ class _Inference:
         elif op in ("in", "notin") and all(not _contains(a, b) for a in left for b in right):
             written = "in" if op == "in" else "not in"
             self.clash(left_node, written, left, right_node, right)
+        elif op in ("eq", "ne") and all(_never_equal(a, b) for a in left for b in right):
+            written = "==" if op == "eq" else "!="
+            self.clash(left_node, written, left, right_node, right, "W506")
 
     def arithmetic(
         self, node: nodes.BinExpr, op: str, left: Kinds | None, right: Kinds | None
@@ -279,6 +283,7 @@ class _Inference:
         left: Kinds,
         right_node: nodes.Node,
         right: Kinds,
+        code: str = "E306",
     ) -> None:
         lt, rt = source(left_node), source(right_node)
         written = f"`{lt} {op} {rt}`" if lt is not None and rt is not None else f"`{op}`"
@@ -293,9 +298,10 @@ class _Inference:
             "in": "looks for {} in {}",
             "not in": "looks for {} in {}",
         }.get(op, "compares {} with {}")
-        message = (
-            f"{written} {what.format(describe(left), describe(right))}: "
+        message = f"{written} {what.format(describe(left), describe(right))}: " + (
             "a run fails there (TypeError)"
+            if code == "E306"
+            else f"they are never equal, so it is always {'false' if op == '==' else 'true'}"
         )
         path = _first_path(left_node)
         lead: tuple[str, ...] = ()
@@ -305,7 +311,7 @@ class _Inference:
                 value = left_node.value
                 lead = (f"'{value}'", f'"{value}"') if isinstance(value, str) else (repr(value),)
         hint = _hint(op, left_node, left, right_node, right)
-        self.found.append(Clash(left_node, path, message, hint, lead))
+        self.found.append(Clash(left_node, path, message, hint, lead, code))
 
 
 _UNKNOWN = object()  # an operation that works but whose result is not worked out here
@@ -321,6 +327,12 @@ def _contains(a: type, b: type) -> bool:
     if b in NUMBER or b is NONE:
         return False
     return not (b is str and a is not str)
+
+
+def _never_equal(a: type, b: type) -> bool:
+    """Whether a value of `a` is never `==` one of `b` (`'3' == 3` is false): text and a
+    number (or a boolean). Other pairs (`x == none` as a guard) are left alone."""
+    return (a is str and b in NUMBER) or (b is str and a in NUMBER)
 
 
 def _result(op: str, a: type, b: type) -> Any:
@@ -423,6 +435,8 @@ def _hint(op: str, left_node: nodes.Node, left: Kinds, right_node: nodes.Node, r
             as_text = f"'{_literal(left_node)}'" if _literal(left_node) is not None else None
             return f"look for text: `{as_text or f'({lt} | string)'} {op} {rt}`"
         return "a string holds only strings: convert what you look for with `| string`"
+    if op in ("==", "!=") and (text_left or text_right):
+        return _equality_hint(op, left_node, right_node, text_left)
     if not (text_left or text_right):
         return "convert one side so both are of one type: `| int`, `| float`, `| string`"
     number_text = _number_in(left_node if text_left else right_node)
@@ -441,6 +455,30 @@ def _hint(op: str, left_node: nodes.Node, left: Kinds, right_node: nodes.Node, r
     if op == "*":
         return f"a string repeats a whole number of times: {converted}"
     return f"convert the text: {converted}"
+
+
+def _equality_hint(op: str, left_node: nodes.Node, right_node: nodes.Node, text_left: bool) -> str:
+    """What to write for `text == number`: the number it holds, or the number as text."""
+    text_node, other = (left_node, right_node) if text_left else (right_node, left_node)
+    tt, ot = source(text_node), source(other)
+
+    def written(t: str, o: str) -> str:
+        return f"`{t} {op} {o}`" if text_left else f"`{o} {op} {t}`"
+
+    if isinstance(text_node, nodes.Const) and ot is not None:
+        word = str(text_node.value).strip()
+        if word.lower() in ("true", "false"):
+            return f"write the boolean without quotes: {written(word.lower(), ot)}"
+        if _number_in(text_node) is not None:
+            return f"write the number without quotes: {written(word, ot)}"
+    if tt is None or ot is None:
+        return "convert one side so both are of one type: `| int`, `| float`, `| string`"
+    if isinstance(other, nodes.Const) and type(other.value) in (int, float):
+        return (
+            f"compare the number it holds: {written(f'{tt} | int', ot)}, or the text: "
+            f"{written(tt, repr(str(other.value)))}"
+        )
+    return f"compare the number it holds: {written(f'{tt} | int', ot)}"
 
 
 def _literal(node: nodes.Node) -> str | None:
