@@ -1956,6 +1956,11 @@ NEVER_WORK = [
     ),
     ("{{ steps.a.output.text ~ 1 < 3 }}", "compares a string with a number", "`| int`"),
     (
+        "{{ input.n > 'a' }}",
+        "compares a number with a string",
+        "`input.n | string > 'a'`",
+    ),
+    (
         "n: {{ input.n / input.name }} of {{ input.n }}",
         "divides a number by a string",
         "`input.n / input.name | int`",

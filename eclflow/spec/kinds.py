@@ -445,6 +445,13 @@ def _hint(op: str, left_node: nodes.Node, left: Kinds, right_node: nodes.Node, r
         return f"write the number without quotes: `{lw} {op} {rw}`"
     if lt is None or rt is None:
         return "convert the text with `| int` or `| float` (or count it with `| length`)"
+    if isinstance(left_node if text_left else right_node, nodes.Const):  # (`'a'` written so)
+        if op in _ORDERING.values():
+            lw, rw = (lt, f"{rt} | string") if text_left else (f"{lt} | string", rt)
+            return f"write a number there, or compare text: `{lw} {op} {rw}`"
+        if op == "+":
+            return f"join them as text with `~`: `{lt} ~ {rt}`"
+        return "write a number there"
     lw, rw = (f"{lt} | int", rt) if text_left else (lt, f"{rt} | int")
     converted = f"`{lw} {op} {rw}`"
     if op in _ORDERING.values():
