@@ -201,6 +201,7 @@ def test_step_execution_survives_the_journal_json() -> None:
         tokens_out=7,
         cost=0.25,
         calls=2,
+        made=3,
         model="mock/x",
         input={"draft": "v1"},
         prompt=[{"role": "user", "content": "hi"}],
@@ -366,6 +367,36 @@ def test_a_worker_crash_does_not_give_the_run_a_new_budget(
     assert result.status == "failed"
     assert "budget_exceeded" in (result.error or "") and "model call 4" in (result.error or "")
     assert keys(second.calls()) == ["revise#1"]
+
+
+@needs_server
+def test_a_worker_crash_counts_the_failed_calls_too(procs: Processes, tmp_path: Path) -> None:
+    """A call that failed and was retried counts against `max_calls` as it did before the crash
+    (the replay counted only the calls that answered: generate's failed first attempt was free
+    after a crash, and the run made one call over its budget)."""
+    from eclflow.spec.model import Budget
+
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    script = {
+        "generate": [{"error": "server_error"}, "v1"],
+        "critique#1": REVISE,
+        "revise#1": {"content": "never delivered", "delay": 120},
+    }
+    first = procs.worker(server, keyed(script), bind=bind, name="first")
+    run_id = submit(
+        server, critique_revise(tmp_path), "tides", detach=True, budget=Budget(max_calls=4)
+    )
+    wait_for(lambda: "revise#1" in keys(first.calls()), what="revise#1 in flight")
+    first.kill()
+    second = procs.worker(
+        server, keyed({"revise#1": "v2", "critique#2": PASS}), bind=bind, name="second"
+    )
+    result = wait_result(server, run_id)
+    assert keys(first.calls()) == ["generate", "generate", "critique#1", "revise#1"]
+    assert keys(second.calls()) == ["revise#1"]
+    assert result.status == "failed", result
+    assert "would make model call 5, over the limit of 4" in (result.error or "")
 
 
 @needs_server

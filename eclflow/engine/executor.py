@@ -278,6 +278,7 @@ class Executor:
             tokens_out=sum(r.tokens_out for r in made),
             cost=sum(r.cost for r in made),
             calls=sum(r.calls for r in made),
+            made=sum(r.calls if r.made is None else r.made for r in made),
         )
 
     async def _attempt(
@@ -379,6 +380,7 @@ class Executor:
             usage.prompt,
             [*traces, done],  # the journal keeps the step's story up to this attempt
             retry_after=usage.retry_after if failed else None,
+            made=usage.made,
         )
         if not (failed and result.retryable and attempt < step.retry_policy.max_attempts):
             self._settled(record, attempt, traces, step_started)

@@ -46,7 +46,7 @@ class StepExecution:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
-    calls: int = 0
+    calls: int = 0  # model calls that answered
     model: str | None = None
     input: Any = None
     # the messages of the last model call, for `eclflow show` (long: kept out of the repr)
@@ -55,6 +55,9 @@ class StepExecution:
     replayed: bool = False
     # what the provider asked to wait before the next attempt (not journaled)
     retry_after: float | None = field(default=None, repr=False, compare=False)
+    # model calls made, failed ones too (a budget counts them; the local journal has a row
+    # an attempt instead), None where not known: then `calls`
+    made: int | None = field(default=None, repr=False)
 
     @property
     def status(self) -> Literal["succeeded", "failed", "skipped"]:

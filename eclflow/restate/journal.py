@@ -47,6 +47,7 @@ def execution_to_json(e: StepExecution) -> dict[str, Any]:
         "tokens_out": e.tokens_out,
         "cost": e.cost,
         "calls": e.calls,
+        "made": e.calls if e.made is None else e.made,
         "model": e.model,
         "input": _jsonable(e.input),
         "prompt": _jsonable(e.prompt),
@@ -75,6 +76,8 @@ def execution_from_json(data: Mapping[str, Any], *, replayed: bool) -> StepExecu
         tokens_out=int(data.get("tokens_out", 0)),
         cost=float(data.get("cost", 0.0)),
         calls=int(data.get("calls", 0)),
+        # (a journal written before `made` was kept: the calls that answered)
+        made=int(data.get("made", data.get("calls", 0))),
         model=data.get("model"),
         input=data.get("input"),
         prompt=data.get("prompt"),
@@ -171,8 +174,8 @@ class RestateJournal:
                 )
             if ran:
                 self.executed.append(key)
-            else:
-                self.spent.calls += execution.calls
+            else:  # (a call that failed was made: the live budget counted it, so does this)
+                self.spent.calls += execution.calls if execution.made is None else execution.made
                 self.spent.tokens += execution.tokens
                 self.spent.usd += execution.cost
             self._record(execution)
