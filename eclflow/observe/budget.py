@@ -6,15 +6,17 @@ without importing litellm; `mock/` and `local/` models cost nothing unless the m
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceeded
+
+if TYPE_CHECKING:  # (`validate` prices calls with this module: asyncio is imported by a run)
+    import asyncio
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,8 @@ class BudgetGuard:
 
     def _ended_call(self) -> asyncio.Future[None]:
         """A future set when a call in flight ends (with the lock held)."""
+        import asyncio
+
         ended = asyncio.get_running_loop().create_future()
         self._waiters.append(ended)
         return ended
