@@ -479,6 +479,36 @@ def test_concurrent_branches_wait_for_the_calls_in_flight_instead_of_failing_the
     assert sorted(s.step_id for s in calls.steps if s.status == "succeeded") == ["a", "b"]
 
 
+def test_a_call_waiting_for_its_own_steps_call_leaves_that_calls_timeout_running() -> None:
+    """A step type of one's own making two calls at once, the second waiting in the budget for
+    the first: the wait stopped the step's clock, and with it the timeout of the first call,
+    in flight: a call that hung held the step (and the run) far past its 2 s timeout. The
+    step's clock runs while one of its calls is in flight, and the step times out."""
+    from eclflow.spec import load_text
+
+    class Pair(eclflow.Step):
+        type_name = "pair_for_budget"
+        uses_model = True
+
+        async def execute(self, ctx: Any, input: Any) -> Any:
+            one, two = await asyncio.gather(
+                ctx.complete([{"role": "user", "content": "one"}], max_tokens=100),
+                ctx.complete([{"role": "user", "content": "two"}], max_tokens=100),
+            )
+            return eclflow.StepResult.success({"text": one.content + two.content})
+
+    eclflow.register(Pair)
+    wf = load_text(
+        "eclflow: 1\nid: pair\nmodel: mock/t\nsteps:\n"
+        "  - {id: a, type: pair_for_budget, timeout: 2s, retry: {max_attempts: 1}}\n"
+    )
+    hung = {"content": "x", "tokens": {"input": 10, "output": 10}, "delay": 30}
+    script = [hung, {"content": "y", "tokens": {"input": 10, "output": 10}}]
+    r = asyncio.run(eclflow.run(wf, {}, mock_responses=script, budget={"max_tokens": 150}))
+    assert r.status == "failed"
+    assert "timed out" in (r.error or ""), r.error
+
+
 def test_a_resumed_run_counts_every_call_a_step_of_ones_own_made(tmp_path: Any) -> None:
     """A step type that calls the model twice an attempt: the first run made 4 calls under
     `max_calls: 4`; the resume counted its journal as 2 (one a step) and, told `max_calls: 5`,

@@ -455,8 +455,13 @@ class Executor:
                     usage.made += 1
                     provider = self.providers.get(model)
                     turn = getattr(provider, "turn", None)
-                    if turn is None:
+                    if turn is None and self.guard is None:
                         response = await provider.complete(request)
+                    elif turn is None:
+                        # (the step's clock runs while this call is in flight, even if another
+                        # call of the step waits in the budget for it to end)
+                        async with deadline.working():
+                            response = await provider.complete(request)
                     else:
                         response = await _in_turn(provider, turn(model), request)
                 except BaseException as e:

@@ -239,7 +239,8 @@ def _set_done(future: asyncio.Future[None]) -> None:
 
 async def _waiting(ended: asyncio.Future[None]) -> None:
     """Wait for a call in flight to end; the step's timeout does not run meanwhile (the wait
-    is for other steps' calls, as a local model's turn is)."""
+    is for other steps' calls, as a local model's turn is), unless a call of the same step is
+    in flight (the executor marks those `deadline.working`)."""
     from ..engine import deadline
 
     async with deadline.suspended():
