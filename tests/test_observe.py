@@ -648,6 +648,39 @@ def test_budget_stops_a_run_and_resume_with_a_higher_budget_finishes_it(tmp_path
     )
 
 
+def test_the_resume_command_said_for_a_local_run_works_with_engine_restate_set(
+    tmp_path: Any,
+) -> None:
+    """With ECLFLOW_ENGINE=restate in the environment (for `run` and `status` on Restate), a
+    run made with `--engine local` said `eclflow resume ID --budget-calls N`: since `resume`
+    takes ECLFLOW_ENGINE too, that command went to Restate and was refused (it takes no
+    --budget-calls). The command said now names the local engine, and it finishes the run."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.yaml"
+    script.write_text(KEYED % {"d": 0})
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**os.environ, "ECLFLOW_ENGINE": "restate", "ECLFLOW_DATABASE_URL": db}
+    mock = ["--model", "mock/t", "--mock-responses", str(script)]
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eclflow", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    stopped = eclflow("run", str(CRITIQUE_REVISE), "-i", "topic=t", "--engine", "local",
+                      "--budget-calls", "1", *mock)  # fmt: skip
+    assert stopped.returncode == 1, stopped.stderr
+    hint = stopped.stderr.strip().splitlines()[-1]
+    said = shlex.split(hint.split("`")[1].replace(" N", " 10"))
+    assert said[:2] == ["eclflow", "resume"], hint
+    go_on = eclflow(*said[1:], *mock)
+    assert go_on.returncode == 0, go_on.stderr
+    assert "final_text: draft two" in go_on.stdout
+
+
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
     run = _cli(
         tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--json", delay=0.3, wait=False

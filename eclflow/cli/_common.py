@@ -286,6 +286,9 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
+ENGINE_ENV = "ECLFLOW_ENGINE"
+
+
 def restate_options(what: str) -> Callable[[F], F]:
     """--engine (local or restate; `what` Restate does with the run), --restate-url and
     --restate-admin-url."""
@@ -306,7 +309,7 @@ def restate_options(what: str) -> Callable[[F], F]:
             "--engine",
             type=click.Choice(["local", "restate"]),
             default="local",
-            envvar="ECLFLOW_ENGINE",
+            envvar=ENGINE_ENV,
             help=f"restate: {what}. Default: ECLFLOW_ENGINE, else local.",
         )(fn)
 
@@ -315,11 +318,15 @@ def restate_options(what: str) -> Callable[[F], F]:
 
 def resume_command(run_id: str, *args: str) -> str:
     """`eclflow resume SHORT_ID …`, with the --db this command was given (without it, the
-    command would look in the default database; ECLFLOW_DATABASE_URL finds the same one)."""
+    command would look in the default database; ECLFLOW_DATABASE_URL finds the same one), and
+    `--engine local` when ECLFLOW_ENGINE would send a bare `resume` to Restate."""
+    import os
     import shlex
 
     db = _given_db()
     parts = ["eclflow resume", run_id[:8], *args]
+    if os.environ.get(ENGINE_ENV, "local") != "local":
+        parts.append("--engine local")
     if db:
         from ..store.db import parse_url
 
