@@ -989,7 +989,7 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
     procs: Processes, tmp_path: Path
 ) -> None:
     """Restate pauses a run it could not run for about six minutes (no worker up, or an error
-    escaping a step every time); `run --engine restate` then waited for ever, `status` said it
+    outside any step every time); `run --engine restate` then waited for ever, `status` said it
     needed a worker, and only Restate's admin API could continue it. `run` now stops waiting
     and says how to go on, `status` says paused, and `resume --engine restate` continues it on
     the workers registered since, without repeating what its steps did."""
@@ -1123,7 +1123,7 @@ def test_runs_lists_the_runs_restate_keeps(procs: Processes, tmp_path: Path) -> 
 def test_a_run_restate_retries_while_a_worker_is_up_says_why(
     procs: Processes, tmp_path: Path
 ) -> None:
-    """An error escaping a step (here the workers' database lost its `workflows` table) makes
+    """An error outside any step (here the workers' database lost its `workflows` table) makes
     Restate retry the whole invocation, every attempt a traceback in the worker's log, while
     `run` waited without a word for the six minutes until Restate paused it. It now says once
     that Restate retries it, with the last attempt's error; the run completes once the cause

@@ -673,7 +673,7 @@ def resume_cmd(
 
     A run that already completed is left as it is; its recorded result is printed. With
     --engine restate: resume a run Restate paused (after about six minutes without a worker,
-    or an error escaping a step every time) and wait for its result."""
+    or an error outside any step every time) and wait for its result."""
     from ..engine import runner
 
     stop_on_sigterm()

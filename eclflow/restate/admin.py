@@ -1,7 +1,7 @@
 """What eclflow asks Restate's admin API about a run: how its invocation stands, and resuming it.
 
 Restate pauses an invocation it could not run after many attempts (no worker for about six
-minutes, or an error escaping a step every time) until someone resumes it; only the admin API
+minutes, or an error outside any step every time) until someone resumes it; only the admin API
 tells a paused run from one that waits, and only it resumes one. The client finds it at
 `--restate-admin-url`, ECLFLOW_RESTATE_ADMIN_URL, or else port 9070 of the ingress's host.
 """

@@ -192,7 +192,7 @@ class _Ingress:
         With `admin`, every ADMIN_POLL seconds without a result it asks whether Restate paused
         the run, and raises RunPaused if so (a paused run's result never comes by itself);
         `on_retrying` is called once if Restate retries the run while a worker is up (an error
-        escaping a step: the worker's log has its traceback)."""
+        outside any step: the worker's log has its traceback)."""
         import httpx
 
         url = f"{self.url}/restate/workflow/{SERVICE_NAME}/{_key(run_id)}/attach"
