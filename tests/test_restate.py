@@ -1063,6 +1063,40 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
 
 
 @needs_server
+def test_waiting_asks_the_admin_api_again_after_it_was_away(procs: Processes) -> None:
+    """`run` stopped asking whether Restate paused the run at the admin API's first failure (a
+    slow query, a restart), and could wait for ever again; it gives up only on an admin API
+    that never answered (not at its address)."""
+    from eclflow.restate.admin import Admin
+
+    server = procs.server()
+
+    def answers() -> bool:
+        try:
+            return invocation(server, "no-such-run") is None
+        except EclflowError:  # (a server just started answers 500 until its partitions run)
+            return False
+
+    wait_for(answers, what="the admin API's answer")
+
+    async def ask(admin: Admin) -> Any:
+        return await client._unless_paused(admin, "no-such-run")
+
+    async def go() -> None:
+        async with httpx.AsyncClient() as http:
+            nowhere = Admin(f"http://127.0.0.1:{free_port()}", http)
+            assert await ask(nowhere) == (None, None)  # never answered: not there
+            admin = Admin(server.admin_url, http)
+            assert await ask(admin) == (admin, None)
+            server.kill()
+            assert await ask(admin) == (admin, None)  # away for now: asked again
+            server.start()
+            assert await ask(admin) == (admin, None)
+
+    asyncio.run(go())
+
+
+@needs_server
 def test_runs_lists_the_runs_restate_keeps(procs: Processes, tmp_path: Path) -> None:
     """`eclflow runs` read the local database only: runs submitted to Restate with --detach
     could not be found again without their ids. `runs --engine restate` lists them from the

@@ -59,6 +59,7 @@ class Admin:
     def __init__(self, url: str, client: Any) -> None:
         self.url = url
         self.client = client
+        self.answered = False  # whether a query has had an answer from it
 
     def _unreachable(self, e: BaseException) -> ConfigError:
         return ConfigError(
@@ -88,6 +89,7 @@ class Admin:
             rows = r.json().get("rows")
         except (ValueError, AttributeError):
             rows = None
+        self.answered = True
         return [row for row in rows or [] if isinstance(row, dict)]
 
     async def invocation(self, run_id: str) -> Invocation | None:

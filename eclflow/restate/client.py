@@ -302,13 +302,13 @@ class _Ingress:
 
 
 async def _unless_paused(admin: Admin, run_id: str) -> tuple[Admin | None, Invocation | None]:
-    """Raise RunPaused if Restate paused the run; else the admin API to ask again (None when
-    it cannot be asked: not reachable at its address, so nothing tells a pause) and the run's
-    invocation."""
+    """Raise RunPaused if Restate paused the run; else the admin API to ask again and the run's
+    invocation. The admin API is given up (None) when it has never answered: not at its address,
+    so nothing tells a pause; one that answered before is asked again (a slow query, a restart)."""
     try:
         invocation = await admin.invocation(run_id)
     except ConfigError:
-        return None, None
+        return (admin if admin.answered else None), None
     if invocation is not None and invocation.paused:
         raise RunPaused(paused_message(run_id, invocation))
     return admin, invocation
