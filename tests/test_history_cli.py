@@ -308,6 +308,22 @@ def test_runs_stats_totals_by_workflow_and_model(two_runs: Any) -> None:
     assert r.returncode == 2 and "--state and -n do not go with it" in r.stderr
 
 
+def test_runs_stats_with_engine_restate_in_the_environment_reads_the_database(
+    two_runs: Any,
+) -> None:
+    """With ECLFLOW_ENGINE=restate set (for `run` and `status` on Restate), `runs --stats` and
+    `runs --state interrupted` were refused since `runs` took the variable too: what only the
+    database has is read from it, as before; `--engine restate` written out is still refused."""
+    env = two_runs[0]
+    totals = env.json("runs", "--stats", "--json")
+    on_restate = Env(env.tmp)
+    on_restate.env["ECLFLOW_ENGINE"] = "restate"
+    assert on_restate.json("runs", "--stats", "--json") == totals
+    assert on_restate.json("runs", "--state", "interrupted", "--json") == []
+    r = on_restate.cli("runs", "--stats", "--engine", "restate")
+    assert r.returncode == 2 and "takes no --stats" in r.stderr
+
+
 @pytest.mark.parametrize("columns", [120, 80, 40])
 def test_runs_on_a_narrow_terminal_drops_columns_rather_than_cutting_ids(
     two_runs: Any, columns: int

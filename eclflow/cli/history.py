@@ -88,6 +88,12 @@ def runs_cmd(
     db: str | None,
 ) -> None:
     """List runs, newest first."""
+    ctx = click.get_current_context()
+    # what only the database has: ECLFLOW_ENGINE=restate (set for `run` and `status`) does not
+    # refuse `runs --stats`, which read the database before `runs` went to Restate
+    from_env = ctx.get_parameter_source("engine") != click.core.ParameterSource.COMMANDLINE
+    if engine == "restate" and (stats or state == "interrupted") and from_env:
+        engine = "local"
     if engine == "restate":
         if stats or state == "interrupted":
             raise click.UsageError(
@@ -97,7 +103,6 @@ def runs_cmd(
         _restate_runs(restate_url, restate_admin_url, limit, state, workflow_id, as_json)
         return
     if stats:
-        ctx = click.get_current_context()
         given = [
             flag
             for name, flag in (("state", "--state"), ("limit", "-n"))
