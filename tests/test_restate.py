@@ -1066,7 +1066,10 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
 def test_waiting_asks_the_admin_api_again_after_it_was_away(procs: Processes) -> None:
     """`run` stopped asking whether Restate paused the run at the admin API's first failure (a
     slow query, a restart), and could wait for ever again; it gives up only on an admin API
-    that never answered (not at its address)."""
+    that was never reached (not at its address) or answered as none does. One slow from the
+    first question (a query over the time limit) was given up too, as if not there."""
+    import signal
+
     from eclflow.restate.admin import Admin
 
     server = procs.server()
@@ -1085,7 +1088,16 @@ def test_waiting_asks_the_admin_api_again_after_it_was_away(procs: Processes) ->
     async def go() -> None:
         async with httpx.AsyncClient() as http:
             nowhere = Admin(f"http://127.0.0.1:{free_port()}", http)
-            assert await ask(nowhere) == (None, None)  # never answered: not there
+            assert await ask(nowhere) == (None, None)  # never reached: not there
+            ingress = Admin(server.ingress_url, http)
+            assert await ask(ingress) == (None, None)  # not an admin API's answer (400)
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)  # (connections made, no answer)
+            try:
+                slow = Admin(server.admin_url, http)
+                assert await ask(slow) == (slow, None)  # there, but slow: asked again
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
             admin = Admin(server.admin_url, http)
             assert await ask(admin) == (admin, None)
             server.kill()

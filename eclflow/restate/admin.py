@@ -59,7 +59,9 @@ class Admin:
     def __init__(self, url: str, client: Any) -> None:
         self.url = url
         self.client = client
-        self.answered = False  # whether a query has had an answer from it
+        # whether it was ever found at its address (an answer, a failure of its own, a query
+        # over the time limit): then a failure is for now, and it is asked again
+        self.reached = False
 
     def _unreachable(self, e: BaseException) -> ConfigError:
         return ConfigError(
@@ -79,7 +81,11 @@ class Admin:
                 timeout=httpx.Timeout(10.0, connect=3.0),
             )
         except httpx.TransportError as e:
+            # connected, then slow or cut off (a long query, a server starting or stopping)
+            cut = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.ProtocolError)
+            self.reached |= isinstance(e, cut)
             raise self._unreachable(e) from None
+        self.reached |= r.status_code >= 500  # (its own failure: a server still starting)
         if r.status_code != 200:
             raise ConfigError(
                 f"{self.url} did not answer as Restate's admin API does ({r.status_code}): give "
@@ -89,7 +95,7 @@ class Admin:
             rows = r.json().get("rows")
         except (ValueError, AttributeError):
             rows = None
-        self.answered = True
+        self.reached = True
         return [row for row in rows or [] if isinstance(row, dict)]
 
     async def invocation(self, run_id: str) -> Invocation | None:

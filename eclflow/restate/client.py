@@ -303,12 +303,13 @@ class _Ingress:
 
 async def _unless_paused(admin: Admin, run_id: str) -> tuple[Admin | None, Invocation | None]:
     """Raise RunPaused if Restate paused the run; else the admin API to ask again and the run's
-    invocation. The admin API is given up (None) when it has never answered: not at its address,
-    so nothing tells a pause; one that answered before is asked again (a slow query, a restart)."""
+    invocation. The admin API is given up (None) when it was never reached (not at its address,
+    so nothing tells a pause) or answered as no admin API does; one that was reached is asked
+    again (a slow query, a restart, a server still starting)."""
     try:
         invocation = await admin.invocation(run_id)
     except ConfigError:
-        return (admin if admin.answered else None), None
+        return (admin if admin.reached else None), None
     if invocation is not None and invocation.paused:
         raise RunPaused(paused_message(run_id, invocation))
     return admin, invocation
