@@ -8,6 +8,7 @@ that binary is absent. Each worker plays its own `mock/` script and logs every c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,30 @@ def keyed(script: dict[str, Any], *, cycle: bool = False) -> dict[str, Any]:
 
 def keys(calls: list[dict[str, Any]]) -> list[str]:
     return [c["key"] for c in calls]
+
+
+@contextlib.contextmanager
+def run_on_restate(wf: Workflow, env: Mapping[str, str]) -> Iterator[Any]:
+    """`eclflow run WF --engine restate -i topic=kelp -m mock/x` in a subprocess, its stdout and
+    stderr piped (text); killed if it has not ended with the block, or after 120 s (a line
+    that never comes fails the test instead of hanging it)."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate",
+         "-i", "topic=kelp", "-m", "mock/x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    guard = threading.Timer(120, p.kill)
+    guard.start()
+    try:
+        yield p
+    finally:
+        guard.cancel()
+        if p.poll() is None:
+            p.kill()
+        p.wait()
 
 
 def wait_result(server: RestateServer, run_id: str, timeout: float = 60.0) -> RunResult:
@@ -935,23 +960,10 @@ def test_run_waiting_for_a_worker_says_restate_pauses_it_in_time(
     procs.worker(server, keyed({"*": "v1"}), bind=bind).kill()  # registered, then gone
     wf = critique_revise(tmp_path)
     env = {**os.environ, "ECLFLOW_RESTATE_URL": server.ingress_url}
-    cmd = [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate"]
-    p = subprocess.Popen(
-        [*cmd, "-i", "topic=kelp", "-m", "mock/x"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert p.stderr is not None
+    with run_on_restate(wf, env) as p:
         lines = [p.stderr.readline() for _ in range(2)]  # sent, then (after 10 s) waits
         p.send_signal(signal.SIGINT)
         rest = p.communicate(timeout=30)[1]
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     run_id = lines[0].split()[1]
     assert lines[1].strip() == (
         f"run {run_id} waits in Restate: no worker answers; start one with `eclflow serve "
@@ -1012,26 +1024,13 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
             env=env,
         )
 
-    cmd = [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate"]
-    p = subprocess.Popen(
-        [*cmd, "-i", "topic=kelp", "-m", "mock/x"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert p.stderr is not None
+    with run_on_restate(wf, env) as p:
         run_id = p.stderr.readline().split()[1]
         wait_for(lambda: invocation(server, run_id) is not None, what="the run's invocation")
         # what Restate does after its last attempt, without waiting six minutes for it
         r = httpx.patch(f"{server.admin_url}/invocations/{invocation(server, run_id).id}/pause")
         assert r.status_code < 300, r.text
         out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert (p.returncode, out) == (1, ""), err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"Restate paused run {run_id} after "), last
@@ -1186,18 +1185,7 @@ def test_a_run_restate_retries_while_a_worker_is_up_says_why(
         "ECLFLOW_RESTATE_URL": server.ingress_url,
         "ECLFLOW_RESTATE_ADMIN_URL": server.admin_url,
     }
-    cmd = [sys.executable, "-m", "eclflow", "run", str(wf.path), "--engine", "restate"]
-    p = subprocess.Popen(
-        [*cmd, "-i", "topic=kelp", "-m", "mock/x"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    guard = threading.Timer(120, p.kill)  # (a line that never comes fails, not hangs)
-    guard.start()
-    try:
-        assert p.stderr is not None
+    with run_on_restate(wf, env) as p:
         run_id = p.stderr.readline().split()[1]
         wait_for(lambda: keys(worker.calls()) == ["generate", "critique#1"], what="critique#1")
         with sqlite3.connect(db) as conn:  # (the run's end is recorded there)
@@ -1206,11 +1194,6 @@ def test_a_run_restate_retries_while_a_worker_is_up_says_why(
         with sqlite3.connect(db) as conn:
             conn.execute("ALTER TABLE workflows_away RENAME TO workflows")
         out, err = p.communicate(timeout=60)
-    finally:
-        guard.cancel()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert said.startswith(f"run {run_id}: Restate retries it after "), said
     assert "PersistenceError('Database error: no such table: workflows" in said
     assert said.endswith("(the workers' log says more); it pauses the run after about 70 attempts")
