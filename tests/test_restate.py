@@ -852,7 +852,12 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
     wait_for(lambda: keys(worker.calls())[-1:] == ["revise#1"], what="revise#1 in flight")
     assert client.status(running, server.ingress_url).running == "revise#1"
     worker.kill()
-    env = {**os.environ, "ECLFLOW_RESTATE_URL": server.ingress_url}
+    nowhere = f"http://127.0.0.1:{free_port()}"  # (not 9070: a Restate of one's own may be there)
+    env = {
+        **os.environ,
+        "ECLFLOW_RESTATE_URL": server.ingress_url,
+        "ECLFLOW_RESTATE_ADMIN_URL": nowhere,
+    }
 
     def status(run_id: str) -> tuple[subprocess.CompletedProcess[str], float]:
         start = time.monotonic()
@@ -874,9 +879,11 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
     unfinished, took = status(running)
     assert unfinished.returncode == 2
     assert unfinished.stderr.strip() == (
-        f"error: Configuration error: run {running} has not finished in Restate, and no worker "
-        f"answered for it within 5s: `status --engine restate` needs a live worker (or Restate's "
-        "admin API: --restate-admin-url); start one with `eclflow serve`"
+        f"error: Configuration error: run {running} has not finished in Restate, and neither "
+        f"Restate's admin API (cannot reach Restate's admin API at {nowhere} (ConnectError)) nor "
+        "a worker (none answered within 5s) could say how it stands: give the admin API's "
+        "address (restate-server's port 9070) with --restate-admin-url or "
+        "ECLFLOW_RESTATE_ADMIN_URL, or start a worker with `eclflow serve`"
     )
     assert took < 20
 

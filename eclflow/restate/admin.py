@@ -53,6 +53,17 @@ class Invocation:
         return note
 
 
+class AdminUnavailable(ConfigError):
+    """The admin API could not be asked: `reason` says why (the message adds what to do)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason}: give its address (restate-server's port 9070) with --restate-admin-url "
+            f"or {ADMIN_ENV}"
+        )
+        self.reason = reason
+
+
 class Admin:
     """The admin API calls eclflow makes, with one-line errors."""
 
@@ -63,10 +74,9 @@ class Admin:
         # over the time limit): then a failure is for now, and it is asked again
         self.reached = False
 
-    def _unreachable(self, e: BaseException) -> ConfigError:
-        return ConfigError(
-            f"cannot reach Restate's admin API at {self.url} ({type(e).__name__}): give its "
-            f"address (restate-server's port 9070) with --restate-admin-url or {ADMIN_ENV}"
+    def _unreachable(self, e: BaseException) -> AdminUnavailable:
+        return AdminUnavailable(
+            f"cannot reach Restate's admin API at {self.url} ({type(e).__name__})"
         )
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
@@ -87,9 +97,8 @@ class Admin:
             raise self._unreachable(e) from None
         self.reached |= r.status_code >= 500  # (its own failure: a server still starting)
         if r.status_code != 200:
-            raise ConfigError(
-                f"{self.url} did not answer as Restate's admin API does ({r.status_code}): give "
-                f"its address (restate-server's port 9070) with --restate-admin-url or {ADMIN_ENV}"
+            raise AdminUnavailable(
+                f"{self.url} did not answer as Restate's admin API does ({r.status_code})"
             )
         try:
             rows = r.json().get("rows")

@@ -17,8 +17,8 @@ from typing import Any
 from ..engine.result import RunResult, StepExecution
 from ..errors import ConfigError, EclflowError, RunNotFound, RunPaused
 from ..spec.model import Budget, Workflow
-from . import DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
-from .admin import Admin, Invocation, admin_url
+from . import ADMIN_ENV, DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
+from .admin import Admin, AdminUnavailable, Invocation, admin_url
 from .admin import message as _message
 
 NO_WORKER_AFTER = 10.0  # seconds without a result before `run` asks whether a worker answers
@@ -608,16 +608,18 @@ async def status_async(
         try:
             invocation = await admin.invocation(run_id)
             data: dict[str, Any] | None = await admin.state(run_id, STATUS_STATE) or {}
-        except ConfigError:
+        except AdminUnavailable as e:
             invocation, data = None, await ingress.status(run_id)
+            if data is None and kind != "failed":
+                raise ConfigError(
+                    f"run {run_id} has not finished in Restate, and neither Restate's admin API "
+                    f"({e.reason}) nor a worker (none answered within {STATUS_WAIT:g}s) could "
+                    "say how it stands: give the admin API's address (restate-server's port "
+                    f"9070) with --restate-admin-url or {ADMIN_ENV}, or start a worker with "
+                    "`eclflow serve`"
+                ) from None
         if data is None:
-            if kind == "failed":
-                return RestateRunStatus(run_id, "failed", error=str(value))
-            raise ConfigError(
-                f"run {run_id} has not finished in Restate, and no worker answered for it within "
-                f"{STATUS_WAIT:g}s: `status --engine restate` needs a live worker (or Restate's "
-                "admin API: --restate-admin-url); start one with `eclflow serve`"
-            )
+            return RestateRunStatus(run_id, "failed", error=str(value))
         st = RestateRunStatus(
             run_id=run_id,
             state=str(data.get("state") or "pending"),
