@@ -1158,6 +1158,8 @@ def test_runs_lists_the_runs_restate_keeps(procs: Processes, tmp_path: Path) -> 
         (done.run_id, "critique-revise", "completed", 2),
     ]
     assert rows[1]["tokens"] == done.tokens
+    # as `runs --json` of local runs and `run --json` name it too
+    assert [r["status"] for r in rows] == ["running", "completed"]
     only = json.loads(runs("--state", "completed", "--json").stdout)
     assert [r["run_id"] for r in only] == [done.run_id]
     assert json.loads(runs("-n", "1", "--json").stdout)[0]["run_id"] == going

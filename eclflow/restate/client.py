@@ -702,10 +702,11 @@ async def _runs_async(
         progress = progress if isinstance(progress, dict) else {}
         steps = [s for s in progress.get("steps") or [] if isinstance(s, dict)]
         shown = _run_state(str(row.get("status") or ""), progress, row.get("completion_failure"))
-        summary = {
+        summary = {  # (the names `run --json` and `runs --json` of a local run use)
             "run_id": str(row.get("run_id")),
             "engine": "restate",
             "workflow": progress.get("workflow"),
+            "status": shown,
             "state": shown,
             "steps": sum(1 for s in steps if s.get("status") != "skipped"),
             "tokens": sum(int(s.get("tokens") or 0) for s in steps),
