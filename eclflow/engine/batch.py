@@ -13,6 +13,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
@@ -329,23 +330,39 @@ def _claim(
 
 def _refuse_held(store: Any, run_ids: Sequence[str]) -> list[str]:
     """Refuse a batch whose items another process that still runs is running; the runs of
-    these that a process which has ended claimed and never began."""
-    from ..store.owner import held_elsewhere, holder
+    these that a process which has ended claimed and never began. Each process is looked up
+    once (the items of a batch share a few): not once per item, through /proc."""
+    from ..store.owner import holder
 
-    records = store.runs.get_many(run_ids)
-    held = [r for r in records.values() if held_elsewhere(r.metadata or {})]
+    looked_up: dict[tuple[Any, ...], str] = {}
+
+    def held_by(meta: Mapping[str, Any]) -> str:
+        key = tuple(repr(meta.get(k)) for k in _HOLDER_FIELDS)
+        if key not in looked_up:
+            looked_up[key] = holder(meta)
+        return looked_up[key]
+
+    records = store.runs.states_and_metadata(run_ids)
+    me = os.getpid()
+    held = [
+        meta for _, meta in records.values() if meta.get("pid") != me and held_by(meta) == "alive"
+    ]
     if held:
-        pids = sorted({str((r.metadata or {}).get("pid")) for r in held})
+        pids = sorted({str(meta.get("pid")) for meta in held})
         raise InvalidState(
             f"{len(held)} item{'s' * (len(held) != 1)} of this batch "
             f"{'are' if len(held) != 1 else 'is'} being run by process {', '.join(pids)}; "
             "wait for it to end, or stop it and run the batch again"
         )
     return [
-        r.id
-        for r in records.values()
-        if r.state == "pending" and holder(r.metadata or {}) == "gone"
+        run_id
+        for run_id, (state, meta) in records.items()
+        if state == "pending" and held_by(meta) == "gone"
     ]
+
+
+# what `holder` reads of a run's metadata
+_HOLDER_FIELDS = ("pid", "host", "pidns", "started", "released", "engine")
 
 
 SWITCH_INTERVAL = 0.0005

@@ -145,11 +145,31 @@ class RunRepository:
 
     def states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """The state of each of these runs that exists (one query per 500 ids)."""
-        out: dict[str, str] = {}
+        return dict(self._by_id("state", run_ids))
+
+    def states_and_metadata(self, run_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The state and metadata of each of these runs that exists (one query per 500 ids):
+        what tells who holds a run, without reading its definition and input (a batch started
+        again checks every item its last attempt claimed)."""
+        read = self._m.metadata.python_value
+        return {
+            i: (state, dict(read(meta) or {}))
+            for i, state, meta in self._by_id("state, metadata", run_ids)
+        }
+
+    def _by_id(self, columns: str, run_ids: Iterable[str]) -> list[tuple[Any, ...]]:
+        """(id, *columns) of each of these runs that exists, in plain SQL: a batch asks about
+        every one of its items, and peewee took longer to build each query of 500 ids than
+        the database took to answer it (a third of a second for 100 000 items, not one)."""
+        db = self._s.db
+        out: list[tuple[Any, ...]] = []
         with self._s.reading():
             for chunk in _chunks(run_ids):
-                query = self._m.select(self._m.id, self._m.state).where(self._m.id.in_(chunk))
-                out.update({r.id: r.state for r in query})
+                sql = (
+                    f"SELECT id, {columns} FROM workflows "
+                    f"WHERE id IN ({', '.join([db.param] * len(chunk))})"
+                )
+                out += db.execute_sql(sql, chunk).fetchall()
         return out
 
     def get_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
