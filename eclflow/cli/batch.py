@@ -181,6 +181,7 @@ def run_batch_command(
                 store=store,
                 budget=budget,
                 on_update=keep,
+                checked=True,  # (every line was checked above)
             )
         ) as results:
             nonlocal first_failed, journal_failed
