@@ -638,6 +638,64 @@ def test_items_completed_or_deleted_since_the_batch_began(tmp_path: Path) -> Non
     assert seen[-1].reused == 3
 
 
+async def test_a_batch_stopped_while_it_claims_its_items_stops_there_and_leaves_none(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while a big batch claims its items: the claim stops after the statement in hand,
+    and what it had claimed is deleted, as when a batch stops later. It went on to the last
+    item (Ctrl-C waited for it), and left every item `pending` for a process that had ended."""
+    import asyncio
+    from contextlib import aclosing
+
+    from eclflow.engine.batch import iter_batch
+    from eclflow.llm import MockProvider
+    from eclflow.spec import load
+    from eclflow.store import open_store
+
+    n = 20_000
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    unclaimed: list[int] = []
+    unclaim = store.runs.unclaim
+
+    def counted(run_ids: Any) -> None:
+        run_ids = list(run_ids)
+        unclaimed.append(len(run_ids))
+        unclaim(run_ids)
+
+    store.runs.unclaim = counted  # type: ignore[method-assign]
+
+    def runs() -> int:
+        with sqlite3.connect(tmp_path / "runs.db") as conn:
+            try:
+                return int(conn.execute("select count(*) from workflows").fetchone()[0])
+            except sqlite3.OperationalError:  # no table yet
+                return 0
+
+    async def batch() -> None:
+        items = [{"topic": f"t{i}"} for i in range(n)]
+        mock = MockProvider({"*": "a draft", "critique": {"decision": "pass", "critique": "ok"}})
+        async with aclosing(
+            iter_batch(
+                load(CRITIQUE_REVISE), items, model="mock/t", mock_responses=mock, store=store
+            )
+        ) as results:
+            async for _ in results:
+                pass
+
+    try:
+        task = asyncio.create_task(batch())
+        while not await asyncio.to_thread(runs):
+            assert not task.done(), "the batch ended before it claimed anything"
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        store.close()
+    assert runs() == 0
+    assert len(unclaimed) == 1 and 0 < unclaimed[0] < n
+
+
 def test_an_item_its_inputs_refuse_fails_without_leaving_a_claimed_run(tmp_path: Path) -> None:
     """Through the API nothing checks the items first: one the workflow's `inputs` refuse is a
     failed result, and no run of it is left `pending` in the journal."""

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -244,9 +245,22 @@ async def iter_batch(
     begun: set[str] = set()  # claimed runs this batch has started
     fresh = [i for i, run_id in enumerate(ids) if run_id not in known]
     if store is not None and fresh:
-        claimed = await asyncio.to_thread(
-            _claim, runner, store, workflow, items, ids, fresh, model, budget, bid, checked
-        )
+        stop = threading.Event()
+        claiming = asyncio.ensure_future(
+            asyncio.to_thread(
+                _claim, runner, store, workflow, items, ids, fresh, model, budget, bid, checked,
+                stop,
+            )
+        )  # fmt: skip
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # stopped (Ctrl-C) while claiming: the claim ends after its statement in hand,
+            # not after the last of 100 000 items, and what it claimed is nobody's again, as
+            # when a batch stops later
+            stop.set()
+            store.runs.unclaim(await claiming)
+            raise
         for i in fresh:
             if ids[i] not in claimed:  # another process wrote it first: resumed, or refused
                 known[ids[i]] = "pending"
@@ -311,10 +325,12 @@ def _claim(
     budget: Budget | None,
     batch: str,
     checked: bool = False,
+    stop: threading.Event | None = None,
 ) -> set[str]:
     """Write the runs of these items `pending`; the ids this process claimed. An item its
     workflow's `inputs` refuse is not claimed: its run fails before it starts, and a claim
     would stay `pending` for nobody (`checked`: the caller has refused such items already).
+    Once `stop` is set, it claims no more.
     What the rows share is made once: `run_row` for each of 100 000 items took a second."""
     chosen = runner.default_model(workflow, model)
     limits = runner._limits(workflow, runner.as_budget(budget))
@@ -335,7 +351,7 @@ def _claim(
     ]
     if not rows:
         return set()
-    claimed: set[str] = store.runs.claim_many(rows, uuid.uuid4().hex)
+    claimed: set[str] = store.runs.claim_many(rows, uuid.uuid4().hex, stop=stop)
     return claimed
 
 

@@ -5,6 +5,7 @@ StepNotFound / NotFound for missing rows."""
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -67,13 +68,19 @@ class RunRepository:
             return self.get(run_id)
 
     def claim_many(
-        self, rows: Sequence[Mapping[str, Any]], token: str, *, returning: bool | None = None
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        token: str,
+        *,
+        returning: bool | None = None,
+        stop: threading.Event | None = None,
     ) -> set[str]:
         """Write the rows of runs that do not exist yet, `pending`, each with `token` in its
         metadata; the ids this call wrote (a run another process wrote first is not claimed).
         `rows` are what `create` takes. A batch claims thousands at once before it starts:
         plain SQL, a few hundred rows a statement, told by RETURNING which it wrote (SQLite
-        before 3.35 has none: the rows are read back and their token compared)."""
+        before 3.35 has none: the rows are read back and their token compared). Once `stop`
+        is set, no further statement is made (what was claimed is returned)."""
         import sqlite3
 
         from .writer import _json, _now
@@ -90,6 +97,8 @@ class RunRepository:
         one = "(" + ", ".join([db.param] * 10) + ")"
         claimed: set[str] = set()
         for start in range(0, len(rows), 200):
+            if stop is not None and stop.is_set():
+                break
             part = rows[start : start + 200]
             params: list[Any] = []
             for r in part:
