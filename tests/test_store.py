@@ -1322,6 +1322,43 @@ def test_claiming_runs_writes_only_those_nobody_has(store: Store, how: str) -> N
     assert store.runs.states([first[0], existing]) == {existing: "running"}
 
 
+@pytest.mark.parametrize("how", ["claim_many", "_claim_many_slowly"])
+def test_claiming_takes_over_only_runs_still_pending_under_a_dead_claim(
+    store: Store, how: str
+) -> None:
+    """A batch started again after its process died claims the runs that process claimed and
+    never began in place: those still `pending` under its claim's token. One another process
+    has claimed since (another token), or begun (`running`), is not this claim's."""
+
+    def rows(ids: list[str]) -> list[dict[str, object]]:
+        return [
+            {
+                "run_id": i, "definition_id": "wf", "definition_name": "WF",
+                "definition": "eclflow: 1\\n", "definition_sha256": "ab" * 32,
+                "input": {"topic": i}, "metadata": {"item": n},
+            }
+            for n, i in enumerate(ids)
+        ]  # fmt: skip
+
+    claim = getattr(store.runs, how)
+    dead = [str(uuid.uuid4()) for _ in range(250)]  # more than one statement's worth
+    assert claim(rows(dead), "dead") == set(dead)
+    assert claim(rows(dead[:2]), "other", take_over=["dead"]) == set(dead[:2])
+    store.runs.update_state(dead[2], "running")
+    new = str(uuid.uuid4())
+    assert claim(rows([*dead, new]), "mine", take_over=["dead"]) == {*dead[3:], new}
+    got = store.runs.get(dead[3])
+    assert got.state == "pending" and got.metadata == {"item": 3, "claim": "mine"}
+    assert store.runs.get(dead[0]).metadata == {"item": 0, "claim": "other"}
+    assert store.runs.get(dead[2]).metadata["claim"] == "dead"
+    assert store.runs.get(dead[2]).state == "running"
+    assert store.runs.states([*dead, new]) == {
+        **{i: "pending" for i in dead},
+        dead[2]: "running",
+        new: "pending",
+    }
+
+
 def test_unclaiming_a_few_runs_reads_only_those(sqlite_url: str) -> None:
     """A stopped batch lets go of the runs it claimed and never began. SQLite looked them up
     by state (every pending run, for each 500 ids): a batch of 100 000 items took a minute to

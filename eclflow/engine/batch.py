@@ -233,11 +233,16 @@ async def iter_batch(
     if running:  # the same items in another live process: both would make their calls
         unbegun = await asyncio.to_thread(_refuse_held, store, running)
         # items a batch that died had claimed but not begun have no steps: claimed again with
-        # the new ones, in bulk, rather than resumed one by one
-        if unbegun:
-            await asyncio.to_thread(store.runs.unclaim, unbegun)
-            for run_id in unbegun:
-                del known[run_id]
+        # the new ones, in bulk, rather than resumed one by one; their rows are taken over
+        # by their dead claim's token (one without a token is deleted first)
+        untokened = [run_id for run_id, token in unbegun.items() if not token]
+        if untokened:
+            await asyncio.to_thread(store.runs.unclaim, untokened)
+        dead_claims = {token for token in unbegun.values() if token}
+        for run_id in unbegun:
+            del known[run_id]
+    else:
+        dead_claims = set()
     # The items no run has yet are claimed now, all in a few statements: written `pending`,
     # held by this process, so that another batch sharing an item resumes or refuses it
     # instead of running it too (its run id is the same there).
@@ -249,7 +254,7 @@ async def iter_batch(
         claiming = asyncio.ensure_future(
             asyncio.to_thread(
                 _claim, runner, store, workflow, items, ids, fresh, model, budget, bid, checked,
-                stop,
+                stop, sorted(dead_claims),
             )
         )  # fmt: skip
         try:
@@ -326,11 +331,13 @@ def _claim(
     batch: str,
     checked: bool = False,
     stop: threading.Event | None = None,
+    take_over: Sequence[str] = (),
 ) -> set[str]:
     """Write the runs of these items `pending`; the ids this process claimed. An item its
     workflow's `inputs` refuse is not claimed: its run fails before it starts, and a claim
     would stay `pending` for nobody (`checked`: the caller has refused such items already).
-    Once `stop` is set, it claims no more.
+    Once `stop` is set, it claims no more. `take_over`: the tokens of claims whose process has
+    ended (their runs are claimed too).
     What the rows share is made once: `run_row` for each of 100 000 items took a second."""
     chosen = runner.default_model(workflow, model)
     limits = runner._limits(workflow, runner.as_budget(budget))
@@ -351,13 +358,16 @@ def _claim(
     ]
     if not rows:
         return set()
-    claimed: set[str] = store.runs.claim_many(rows, uuid.uuid4().hex, stop=stop)
+    claimed: set[str] = store.runs.claim_many(
+        rows, uuid.uuid4().hex, stop=stop, take_over=take_over
+    )
     return claimed
 
 
-def _refuse_held(store: Any, run_ids: Sequence[str]) -> list[str]:
+def _refuse_held(store: Any, run_ids: Sequence[str]) -> dict[str, str | None]:
     """Refuse a batch whose items another process that still runs is running; the runs of
-    these that a process which has ended claimed and never began. Each process is looked up
+    these that a process which has ended claimed and never began, with the token of their
+    claim (None for a run `pending` without one). Each process is looked up
     once (the items of a batch share a few): not once per item, through /proc."""
     from ..store.owner import holder
 
@@ -381,11 +391,11 @@ def _refuse_held(store: Any, run_ids: Sequence[str]) -> list[str]:
             f"{'are' if len(held) != 1 else 'is'} being run by process {', '.join(pids)}; "
             "wait for it to end, or stop it and run the batch again"
         )
-    return [
-        run_id
+    return {
+        run_id: token if isinstance(token := meta.get("claim"), str) else None
         for run_id, (state, meta) in records.items()
         if state == "pending" and held_by(meta) == "gone"
-    ]
+    }
 
 
 # what `holder` reads of a run's metadata

@@ -75,13 +75,17 @@ class RunRepository:
         *,
         returning: bool | None = None,
         stop: threading.Event | None = None,
+        take_over: Iterable[str] = (),
     ) -> set[str]:
         """Write the rows of runs that do not exist yet, `pending`, each with `token` in its
         metadata; the ids this call wrote (a run another process wrote first is not claimed).
         `rows` are what `create` takes. A batch claims thousands at once before it starts:
         plain SQL, a few hundred rows a statement, told by RETURNING which it wrote (SQLite
         before 3.35 has none: the rows are read back and their token compared). Once `stop`
-        is set, no further statement is made (what was claimed is returned)."""
+        is set, no further statement is made (what was claimed is returned). `take_over`: the
+        tokens of claims whose process has ended: a run still `pending` under one of them is
+        claimed too, its row written anew in the same statement (a batch started again after
+        a crash deleted 100 000 such rows first, then wrote them again)."""
         import sqlite3
 
         from .writer import _json, _now
@@ -96,6 +100,23 @@ class RunRepository:
             "metadata, created_at, updated_at"
         )
         one = "(" + ", ".join([db.param] * 10) + ")"
+        dead = builtins.list(take_over)
+        conflict = "ON CONFLICT (id) DO NOTHING"
+        if dead:  # (a claim's process has ended for good: its token never comes back)
+            claim = (
+                "json_extract(workflows.metadata, '$.claim')"
+                if self._s.kind == "sqlite"
+                else "(workflows.metadata ->> 'claim')"
+            )
+            rewritten = [c.strip() for c in columns.split(",") if c.strip() != "id"]
+            conflict = (
+                "ON CONFLICT (id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in rewritten)
+                + f" WHERE workflows.state = 'pending' AND {claim} IN "
+                + "("
+                + ", ".join([db.param] * len(dead))
+                + ")"
+            )
         claimed: set[str] = set()
         for start in range(0, len(rows), 200):
             if stop is not None and stop.is_set():
@@ -109,9 +130,11 @@ class RunRepository:
                     r["definition_sha256"], _json(r.get("input")), "pending", _json(meta), now,
                     now,
                 )  # fmt: skip
+            params += dead
             sql = (
                 f"INSERT INTO workflows ({columns}) VALUES {', '.join([one] * len(part))} "
-                "ON CONFLICT (id) DO NOTHING" + (" RETURNING id" if returning else "")
+                + conflict
+                + (" RETURNING id" if returning else "")
             )
             with self._s.transaction():
                 cursor = db.execute_sql(sql, params)
@@ -122,9 +145,11 @@ class RunRepository:
                 claimed |= {r.id for r in query if (r.metadata or {}).get("claim") == token}
         return claimed
 
-    def _claim_many_slowly(self, rows: Sequence[Mapping[str, Any]], token: str) -> set[str]:
+    def _claim_many_slowly(
+        self, rows: Sequence[Mapping[str, Any]], token: str, **kw: Any
+    ) -> set[str]:
         """`claim_many` as on SQLite before 3.35 (no RETURNING)."""
-        return self.claim_many(rows, token, returning=False)
+        return self.claim_many(rows, token, returning=False, **kw)
 
     def unclaim(self, run_ids: Iterable[str]) -> None:
         """Delete claimed runs that never started (`pending`, no steps). The rows are found by
