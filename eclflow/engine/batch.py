@@ -100,6 +100,7 @@ async def run_batch(
 
 
 STORED_CHUNK = 500  # stored results read at a time when a batch is run again
+TAKEN_OVER_CLAIMS = 50  # the most claims of dead processes a batch takes over in place
 
 
 def one_call_at_a_time(workflow: Workflow, model: str | None) -> int | None:
@@ -234,11 +235,14 @@ async def iter_batch(
         unbegun = await asyncio.to_thread(_refuse_held, store, running)
         # items a batch that died had claimed but not begun have no steps: claimed again with
         # the new ones, in bulk, rather than resumed one by one; their rows are taken over
-        # by their dead claim's token (one without a token is deleted first)
-        untokened = [run_id for run_id, token in unbegun.items() if not token]
+        # by their dead claim's token (one without a token is deleted first, and all of them
+        # when dead claims are so many that their tokens would crowd each statement)
+        dead_claims = {token for token in unbegun.values() if token}
+        if len(dead_claims) > TAKEN_OVER_CLAIMS:
+            dead_claims = set()
+        untokened = [run_id for run_id, token in unbegun.items() if token not in dead_claims]
         if untokened:
             await asyncio.to_thread(store.runs.unclaim, untokened)
-        dead_claims = {token for token in unbegun.values() if token}
         for run_id in unbegun:
             del known[run_id]
     else:
