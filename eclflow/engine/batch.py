@@ -268,7 +268,7 @@ async def iter_batch(
             # not after the last of 100 000 items, and what it claimed is nobody's again, as
             # when a batch stops later
             stop.set()
-            store.runs.unclaim(await claiming)
+            store.runs.unclaim(_in_order(ids, await claiming))
             raise
         for i in fresh:
             if ids[i] not in claimed:  # another process wrote it first: resumed, or refused
@@ -320,7 +320,14 @@ async def iter_batch(
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             if claimed - begun:  # stopped early: what it never began is nobody's again
-                store.runs.unclaim(claimed - begun)
+                store.runs.unclaim(_in_order(ids, claimed - begun))
+
+
+def _in_order(ids: Sequence[str], some: set[str]) -> list[str]:
+    """`some` of the batch's run ids in input order, the order their rows were claimed in:
+    SQLite deleted 100 000 claimed rows in 2.8 s in that order, 9.3 s in a set's (each
+    statement's rows spread over the whole table)."""
+    return [run_id for run_id in ids if run_id in some]
 
 
 def _claim(
