@@ -1293,27 +1293,29 @@ def test_a_result_is_kept_when_its_running_row_was_lost(
         store.close()
 
 
+def claim_rows(ids: list[str]) -> list[dict[str, object]]:
+    """The rows batch mode claims for runs of these ids (what `RunRepository.create` takes)."""
+    return [
+        {
+            "run_id": i, "definition_id": "wf", "definition_name": "WF",
+            "definition": "eclflow: 1\\n", "definition_sha256": "ab" * 32,
+            "input": {"topic": i}, "metadata": {"item": n},
+        }
+        for n, i in enumerate(ids)
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("how", ["claim_many", "_claim_many_slowly"])
 def test_claiming_runs_writes_only_those_nobody_has(store: Store, how: str) -> None:
     """Batch mode claims the runs of its items before it starts; a run another claim (or run)
     wrote first is not this claim's."""
 
-    def rows(ids: list[str]) -> list[dict[str, object]]:
-        return [
-            {
-                "run_id": i, "definition_id": "wf", "definition_name": "WF",
-                "definition": "eclflow: 1\\n", "definition_sha256": "ab" * 32,
-                "input": {"topic": i}, "metadata": {"item": n},
-            }
-            for n, i in enumerate(ids)
-        ]  # fmt: skip
-
     claim = getattr(store.runs, how)
     existing = new_run(store)
     first = [str(uuid.uuid4()) for _ in range(250)]  # more than one statement's worth
-    assert claim(rows([*first, existing]), "token-1") == set(first)
+    assert claim(claim_rows([*first, existing]), "token-1") == set(first)
     again = [str(uuid.uuid4()), *first[:3]]
-    assert claim(rows(again), "token-2") == {again[0]}
+    assert claim(claim_rows(again), "token-2") == {again[0]}
     got = store.runs.get(first[0])
     assert got.state == "pending" and got.input == {"topic": first[0]}
     assert got.metadata == {"item": 0, "claim": "token-1"}
@@ -1330,23 +1332,13 @@ def test_claiming_takes_over_only_runs_still_pending_under_a_dead_claim(
     never began in place: those still `pending` under its claim's token. One another process
     has claimed since (another token), or begun (`running`), is not this claim's."""
 
-    def rows(ids: list[str]) -> list[dict[str, object]]:
-        return [
-            {
-                "run_id": i, "definition_id": "wf", "definition_name": "WF",
-                "definition": "eclflow: 1\\n", "definition_sha256": "ab" * 32,
-                "input": {"topic": i}, "metadata": {"item": n},
-            }
-            for n, i in enumerate(ids)
-        ]  # fmt: skip
-
     claim = getattr(store.runs, how)
     dead = [str(uuid.uuid4()) for _ in range(250)]  # more than one statement's worth
-    assert claim(rows(dead), "dead") == set(dead)
-    assert claim(rows(dead[:2]), "other", take_over=["dead"]) == set(dead[:2])
+    assert claim(claim_rows(dead), "dead") == set(dead)
+    assert claim(claim_rows(dead[:2]), "other", take_over=["dead"]) == set(dead[:2])
     store.runs.update_state(dead[2], "running")
     new = str(uuid.uuid4())
-    assert claim(rows([*dead, new]), "mine", take_over=["dead"]) == {*dead[3:], new}
+    assert claim(claim_rows([*dead, new]), "mine", take_over=["dead"]) == {*dead[3:], new}
     got = store.runs.get(dead[3])
     assert got.state == "pending" and got.metadata == {"item": 3, "claim": "mine"}
     assert store.runs.get(dead[0]).metadata == {"item": 0, "claim": "other"}
