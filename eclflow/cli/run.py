@@ -737,8 +737,15 @@ def pause_cmd(run_id: str, db: str | None) -> None:
 
 
 # what a resume on this machine takes and one Restate runs does not
-_NOT_FOR_RESTATE: tuple[str, ...] = ("model", "mock_responses", "budget_usd", "budget_tokens")
-_NOT_FOR_RESTATE += ("budget_calls", "db", "force")
+_NOT_FOR_RESTATE = (
+    "model",
+    "mock_responses",
+    "budget_usd",
+    "budget_tokens",
+    "budget_calls",
+    "db",
+    "force",
+)
 
 
 def _resume_in_restate(

@@ -278,7 +278,7 @@ class Executor:
             tokens_out=sum(r.tokens_out for r in made),
             cost=sum(r.cost for r in made),
             calls=sum(r.calls for r in made),
-            made=sum(r.calls if r.made is None else r.made for r in made),
+            made=sum(r.calls_made for r in made),
         )
 
     async def _attempt(

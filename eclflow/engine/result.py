@@ -60,6 +60,11 @@ class StepExecution:
     made: int | None = field(default=None, repr=False)
 
     @property
+    def calls_made(self) -> int:
+        """The model calls made, failed ones too (`calls` where that is not known)."""
+        return self.calls if self.made is None else self.made
+
+    @property
     def status(self) -> Literal["succeeded", "failed", "skipped"]:
         if self.outcome == "skipped":
             return "skipped"

@@ -129,7 +129,7 @@ class Admin:
         """The runs Restate keeps (a finished one for a day by default), newest first: each
         with its invocation's `status`, `created_at`, `completion_failure` and the JSON text of
         the state it keeps under `state_key` (`progress`, None before its first step)."""
-        rows = await self._query(
+        return await self._query(
             "SELECT i.target_service_key AS run_id, i.status, i.created_at, "
             "i.completion_failure, s.value_utf8 AS progress FROM sys_invocation i "
             "LEFT JOIN state s ON s.service_name = i.target_service_name "
@@ -137,7 +137,6 @@ class Admin:
             f"WHERE i.target_service_name = '{SERVICE_NAME}' AND i.target_handler_name = 'run' "
             f"ORDER BY i.created_at DESC{f' LIMIT {int(limit)}' if limit else ''}"
         )
-        return rows
 
     async def state(self, run_id: str, key: str) -> Any:
         """The value the run keeps in its state under `key` (JSON), None when it has none."""

@@ -47,7 +47,7 @@ def execution_to_json(e: StepExecution) -> dict[str, Any]:
         "tokens_out": e.tokens_out,
         "cost": e.cost,
         "calls": e.calls,
-        "made": e.calls if e.made is None else e.made,
+        "made": e.calls_made,
         "model": e.model,
         "input": _jsonable(e.input),
         "prompt": _jsonable(e.prompt),
@@ -175,7 +175,7 @@ class RestateJournal:
             if ran:
                 self.executed.append(key)
             else:  # (a call that failed was made: the live budget counted it, so does this)
-                self.spent.calls += execution.calls if execution.made is None else execution.made
+                self.spent.calls += execution.calls_made
                 self.spent.tokens += execution.tokens
                 self.spent.usd += execution.cost
             self._record(execution)

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 MIN_PREFIX = 4
 
 
+# where RunRecord has its metadata (get_many reads runs as tuples in its order)
+_RUN_METADATA = [f.name for f in fields(RunRecord)].index("metadata")
+
+
 class RunRepository:
     """Runs (table `workflows`)."""
 
@@ -218,8 +222,9 @@ class RunRepository:
                 query = M.select(*columns).where(M.id.in_(chunk)).tuples()
                 for values in cast(Iterable[tuple[Any, ...]], query):
                     # (metadata is a dict of its own, as _run makes it)
+                    m = _RUN_METADATA
                     out[values[0]] = RunRecord(
-                        *(*values[:10], dict(values[10] or {}), *values[11:])
+                        *(*values[:m], dict(values[m] or {}), *values[m + 1 :])
                     )
         return out
 
