@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -259,6 +260,11 @@ CASES = {
         MINIMAL.replace("    template:", "    timeout: 5s\n    template:"),
         "5s",
     ),
+    "W507 a remote model litellm does not list": (
+        "W507",
+        sub("    type: critique\n", "    type: critique\n    model: openai/gpt-4o-mnii\n"),
+        "openai/gpt-4o-mnii",
+    ),
     "W505 reading a step a condition may skip": (
         "W505",
         MINIMAL + "  - {id: b, type: template, template: x}\n"
@@ -358,10 +364,51 @@ def test_an_unknown_local_model_names_the_known_ones() -> None:
     )
     d = next(d for d in diagnose(CASES["E211 unknown local model of a step"][1]))
     assert d.hint == "did you mean 'local/smollm2'?"
-    # a GGUF file is known by its name (where it is depends on the run's working directory),
-    # and other providers' names are litellm's to know
-    for model in ("local/models/tiny.GGUF", "local/smollm2", "openai/nonexistent"):
+    # a GGUF file is known by its name (where it is depends on the run's working directory)
+    for model in ("local/models/tiny.GGUF", "local/smollm2"):
         assert diagnose(sub("model: local/smollm2", f"model: {model}")) == [], model
+
+
+def test_a_remote_model_litellm_does_not_list_is_a_warning_with_the_close_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`model: openai/gpt-4o-mnii` was valid to `eclflow validate`; a run failed at the first
+    step calling it, after paying for the steps before it."""
+    monkeypatch.delenv("ECLFLOW_API_BASE", raising=False)
+    text = sub("model: local/smollm2", "model: openai/gpt-4o-mnii")
+    (d,) = diagnose(text)
+    assert (d.location.line, d.location.col) == located(text, "openai/gpt-4o-mnii")
+    assert (d.code, d.severity, d.message, d.hint) == (
+        "W507",
+        "warning",
+        f"model 'openai/gpt-4o-mnii' is not in the model list of litellm {version('litellm')}",
+        "did you mean 'openai/gpt-4o-mini'?",
+    )
+    # in `defaults`, without a provider (litellm finds its provider in the list only)
+    text = sub("  timeout: 120s\n", "  timeout: 120s\n  model: gpt-4o-mnii\n")
+    (d,) = diagnose(text)
+    assert (d.code, d.hint) == ("W507", "did you mean 'gpt-4o-mini'?")
+    assert (d.location.line, d.location.col) == located(text, "gpt-4o-mnii")
+    (d,) = diagnose(sub("model: local/smollm2", "model: anthropic/claude-nonesuch-9"))
+    assert d.code == "W507" and "ECLFLOW_API_BASE" in (d.hint or "")
+    # listed; a provider whose names are open-ended (a server's, a deployment's); fine-tuned
+    for model in (
+        "openai/gpt-4o-mini",
+        "gpt-4o",
+        "anthropic/claude-haiku-4-5",
+        "mistral/mistral-large-latest",
+        "ollama/llama3:8b",
+        "hosted_vllm/my-org/my-model",
+        "openrouter/some/new-model",
+        "azure/my-deployment",
+        "bedrock/arn:aws:bedrock:us-east-1:1:custom-model/x",
+        "openai/ft:gpt-4o-mini-2024-07-18:org::abc123",
+        "mock/x",
+    ):
+        assert diagnose(sub("model: local/smollm2", f'model: "{model}"')) == [], model
+    # every remote call goes to a server of one's own: its names are its own
+    monkeypatch.setenv("ECLFLOW_API_BASE", "http://127.0.0.1:8000/v1")
+    assert diagnose(sub("model: local/smollm2", "model: openai/my-finetune")) == []
 
 
 def test_all_problems_in_one_pass() -> None:
@@ -813,6 +860,36 @@ def test_validate_usage_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no such file" in r.stdout
     r = run_cli("validate", str(tmp_path))
     assert r.returncode == 2 and f"{tmp_path}:1:1: E102 holds no workflow file" in r.stdout
+
+
+def test_validate_checks_its_model_option_as_a_workflows_model(tmp_path: Path) -> None:
+    """`validate --model local/typo` priced nothing and said nothing; `--model
+    openai/gpt-4o-mnii` said only that the cost was unknown."""
+    r = run_cli("validate", "--model", "local/smolm2", str(CRITIQUE_REVISE))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (
+        "Invalid value for '--model' / '-m': unknown local model 'local/smolm2' (did you mean "
+        "'local/smollm2'?)" in r.stderr
+    )
+    assert "Traceback" not in r.stderr
+    said = (
+        f"--model: W507 model 'openai/gpt-4o-mnii' is not in the model list of litellm "
+        f"{version('litellm')} (did you mean 'openai/gpt-4o-mini'?)"
+    )
+    r = run_cli("validate", "--model", "openai/gpt-4o-mnii", str(CRITIQUE_REVISE))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == said
+    assert lines[-1] == "1 file: 1 valid, 0 invalid (0 errors, 0 warnings); --model: 1 warning"
+    r = run_cli("validate", "--strict", "--model", "openai/gpt-4o-mnii", str(CRITIQUE_REVISE))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1].endswith("; --model: 1 warning (an error: --strict)")
+    r = run_cli("validate", "--json", "--model", "openai/gpt-4o-mnii", str(CRITIQUE_REVISE))
+    out = json.loads(r.stdout)
+    assert out["valid"] is True and out["model"]["code"] == "W507"
+    assert out["model"]["hint"] == "did you mean 'openai/gpt-4o-mini'?"
+    r = run_cli("validate", "--model", "openai/gpt-4o-mini", str(CRITIQUE_REVISE))
+    assert r.returncode == 0 and "W507" not in r.stdout
 
 
 def test_validate_does_not_import_heavy_modules() -> None:

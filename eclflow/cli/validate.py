@@ -18,6 +18,17 @@ from . import cli
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
 
 
+def _known_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--model local/typo` is refused as a workflow's `model:` is (E211): no run could load
+    it. (A remote name litellm does not list is a warning: see _unlisted.)"""
+    from ..llm.names import unknown_local
+
+    hint = unknown_local(value) if value is not None else None
+    if hint is not None:
+        raise click.BadParameter(f"unknown local model '{value}' ({hint})", ctx=ctx, param=param)
+    return value
+
+
 @cli.command("validate")
 # readable=False: an unreadable file is one E102 among the others' reports, not a usage error
 # that stops them all
@@ -37,6 +48,7 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
     "--model",
     "-m",
     metavar="MODEL",
+    callback=_known_model,
     help="Price the worst case with this model instead of the workflow's.",
 )
 @handle_errors
@@ -55,6 +67,11 @@ def validate_cmd(
     from ..spec.model import printable
 
     reports: list[dict[str, Any]] = []
+    unlisted = _unlisted(model)
+    if unlisted is not None and fmt != "json":
+        said = f"--model: W507 {unlisted['message']} ({unlisted['hint']})"
+        github = f"::warning title=eclflow W507::{_escape(said.replace(' W507', '', 1))}"
+        click.echo(github if fmt == "github" else said)
     missing = False
     found = _expand(files)
     for path in found.files:
@@ -88,13 +105,13 @@ def validate_cmd(
                     f"at most {report['worst_case_calls']} model calls per run{priced}"
                 )
     n_invalid = sum(not r["valid"] for r in reports)
+    refused = strict and unlisted is not None  # (--strict: its warning is an error too)
     if fmt == "json":
         skipped = [printable(str(f)) for f in found.skipped]
-        json.dump(
-            {"valid": n_invalid == 0 and not missing, "files": reports, "skipped": skipped},
-            sys.stdout,
-            indent=2,
-        )
+        out = {"valid": n_invalid == 0 and not missing and not refused, "files": reports}
+        if unlisted is not None:
+            out["model"] = unlisted
+        json.dump({**out, "skipped": skipped}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         n_err = sum(r["errors"] for r in reports)
@@ -110,10 +127,22 @@ def validate_cmd(
                 if n_skipped
                 else ""
             )
+            + (f"; --model: 1 warning{' (an error: --strict)' * strict}" if unlisted else "")
         )
     if missing:
         sys.exit(EXIT_USAGE)
-    sys.exit(EXIT_FAILED if n_invalid else EXIT_OK)
+    sys.exit(EXIT_FAILED if n_invalid or refused else EXIT_OK)
+
+
+def _unlisted(model: str | None) -> dict[str, str] | None:
+    """W507 for a `--model` litellm does not list (`openai/gpt-4o-mnii`), said once for the
+    option (it prices every file), or None."""
+    from ..llm.names import unlisted_remote
+
+    found = unlisted_remote(model) if model is not None else None
+    if found is None:
+        return None
+    return {"code": "W507", "severity": "warning", "message": found.message, "hint": found.hint}
 
 
 def _annotation(d: Any) -> str:

@@ -6,7 +6,6 @@ without importing litellm; `mock/` and `local/` models cost nothing unless the m
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,31 +26,14 @@ class Price:
     output: float
 
 
-@lru_cache(maxsize=1)
-def _price_map() -> dict[str, Any]:
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    for folder in spec.submodule_search_locations:
-        f = Path(folder) / "model_prices_and_context_window_backup.json"
-        if f.is_file():
-            try:
-                data: dict[str, Any] = json.loads(f.read_text(encoding="utf-8"))
-                return data
-            except (OSError, ValueError):
-                return {}
-    return {}
-
-
 @lru_cache(maxsize=256)
 def price(model: str) -> Price | None:
     """Per-token prices of a model, None when unknown (mock/ and local/ are free)."""
     if model.startswith(("local/", "mock/")):
         return Price(0.0, 0.0)
-    table = _price_map()
+    from ..llm.names import litellm_table
+
+    table = litellm_table()
     candidates = [model]
     if "/" in model:
         candidates.append(model.split("/", 1)[1])

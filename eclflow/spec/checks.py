@@ -7,7 +7,7 @@ unknown local model, E301 template syntax, E302 unknown variable, E303 `steps.X`
 here, E304 `loop.*` outside a loop, E305 `env.X` not declared, E306 an operation whose
 operands' types never go together (`steps.a.output.text > 3`), E401 prompt file missing, E402
 step has no prompt; warnings W501 step not connected, W502 output unused, W506 text `==` a
-number (never equal).
+number (never equal), W507 a remote model litellm does not list.
 """
 
 from __future__ import annotations
@@ -208,7 +208,9 @@ class _Checker:
 
     def check_models(self) -> None:
         """E211: a `local/NAME` model that is neither bundled nor a GGUF file; a run would
-        refuse it before its first step. (Other providers' names need litellm to check.)"""
+        refuse it before its first step. W507: a remote model litellm's list does not have
+        (`openai/gpt-4o-mnii`): a run fails at the first step that calls it, after paying for
+        the steps before it. Only a warning: new models come before litellm lists them."""
         defaults = self.data.get("defaults")
         written: list[tuple[list[Any], Any]] = [
             (["model"], self.data.get("model")),
@@ -221,20 +223,19 @@ class _Checker:
                 for i, raw in enumerate(self.data["steps"])
             ),
         ]
-        local = [(p, m) for p, m in written if isinstance(m, str) and m.startswith("local/")]
-        if not local:
-            return
-        from ..llm.names import KNOWN, is_known_local
+        from ..llm.names import unknown_local, unlisted_remote
 
-        for path, model in local:
-            if not is_known_local(model):
-                self.error(
-                    path,
-                    "E211",
-                    f"unknown local model '{model}'",
-                    _did_you_mean(model, KNOWN[:-1])
-                    or f"use {', '.join(KNOWN[:-1])}, or {KNOWN[-1]} for a GGUF file",
-                )
+        for path, model in written:
+            if not isinstance(model, str):
+                continue
+            if model.startswith("local/"):
+                hint = unknown_local(model)
+                if hint is not None:
+                    self.error(path, "E211", f"unknown local model '{model}'", hint)
+                continue
+            unlisted = unlisted_remote(model)
+            if unlisted is not None:
+                self.warn(path, "W507", unlisted.message, unlisted.hint)
 
     def check_given(self, i: int, s: Any, cls: Any) -> None:
         """E210: an input `with:` writes as it is (no template) that the step's type refuses;
