@@ -2206,3 +2206,117 @@ def test_text_equal_to_a_number_is_a_warning(when: str, says: str, always: str, 
     r = asyncio.run(eclflow.run(load_text(text), {}, mock_responses=script))
     assert r.status == "completed", r.error
     assert r.output == {"v": "skipped" if always == "always false" else "succeeded"}
+
+
+# --- E306 and W506 in prompt templates ---------------------------------------------------------
+
+PROMPTED = """\
+eclflow: 1
+id: prompted
+model: mock/x
+defaults: {retry: {max_attempts: 1}}
+steps:
+  - {id: a, type: llm, template: "x"}
+  - id: b
+    type: llm
+    depends_on: [a]
+    prompt: p.j2
+    config: {max_tokens: 50}
+    with:
+      reply: "{{ steps.a.output.text }}"
+      count: "{{ steps.a.output.text | length }}"
+      label: "n {{ steps.a.output.text }}"
+      limit: 3
+      whole: "{{ steps.a.output }}"
+output: {v: "{{ steps.b.output.text }}"}
+"""
+
+# (the prompt's second line, what the message says): the prompt's variables are typed by what
+# `with:` binds them to, `config` by the file
+PROMPT_NEVER_WORKS = [
+    ("{{ reply > 3 }}", "`reply > 3` compares a string with a number"),
+    ("{% if count > 'a' %}x{% endif %}", "`count > 'a'` compares a number with a string"),
+    ("Say {{ label + 1 }}", "`label + 1` adds a string and a number"),
+    ("{{ whole.text * 1.5 }}", "`whole.text * 1.5` multiplies a string by a number"),
+    ("{{ config.max_tokens < 'a' }}", "`config.max_tokens < 'a'` compares a number with a string"),
+    ("{{ max_revisions - reply }}", "`max_revisions - reply` subtracts a string from a number"),
+]
+PROMPT_MAY_WORK = [
+    "{{ reply | int > 3 }}",
+    "{{ count > limit }}",
+    "{{ reply * limit }}",
+    "{{ whole.text ~ 1 }}",
+    "{{ config.max_tokens > 3 }}",
+    "{% for reply in [4] %}{{ reply > 3 }}{% endfor %}",
+]
+
+
+def _prompted(tmp_path: Path, line: str) -> tuple[str, Path]:
+    (tmp_path / "p.j2").write_text(f"Write one word.\n{line}\n")
+    return PROMPTED, tmp_path / "p.j2"
+
+
+def _run_prompted(tmp_path: Path, text: str) -> Any:
+    """A run of `text` past validate (which refuses what it knows fails): the prompt file is
+    read when the step runs, so it is written after the workflow is loaded."""
+    import asyncio
+
+    import eclflow
+
+    prompt = (tmp_path / "p.j2").read_text()
+    (tmp_path / "p.j2").write_text("Write one word.\n")
+    wf = load_text(text, file="w.yaml", base_dir=tmp_path)
+    (tmp_path / "p.j2").write_text(prompt)
+    return asyncio.run(eclflow.run(wf, {}, mock_responses={"a": "5", "b": "ok"}))
+
+
+@pytest.mark.parametrize(("line", "says"), PROMPT_NEVER_WORKS)
+def test_a_prompt_whose_operands_never_go_together_is_e306_in_its_file(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    """`{{ reply > 3 }}` in a prompt passed validate (its `with:` and conditions were
+    type-checked, its templates not) and failed the run with a TypeError at that step."""
+    text, prompt = _prompted(tmp_path, line)
+    diags = diagnose(text, base_dir=tmp_path)
+    assert [(d.code, d.severity) for d in diags] == [("E306", "error")], [str(d) for d in diags]
+    (d,) = diags
+    assert d.message.startswith(f"prompt of step 'b': {says}: a run fails there"), d.message
+    # located in the prompt file, at the operation's first operand
+    first = says.split("`")[1].split(" ")[0]
+    assert (d.location.file, d.location.line) == (str(prompt), 2)
+    assert d.location.col == line.index(first) + 1
+    r = _run_prompted(tmp_path, text)
+    assert r.status == "failed" and "TypeError" in (r.error or ""), (r.status, r.error)
+    assert [(s.step_id, s.status) for s in r.steps] == [("a", "succeeded"), ("b", "failed")]
+
+
+@pytest.mark.parametrize("line", PROMPT_MAY_WORK)
+def test_a_prompt_whose_operands_may_go_together_is_not_reported(tmp_path: Path, line: str) -> None:
+    text, _ = _prompted(tmp_path, line)
+    assert [str(d) for d in diagnose(text, base_dir=tmp_path)] == []
+    r = _run_prompted(tmp_path, text)
+    assert r.status == "completed", r.error
+
+
+def test_type_clashes_in_inline_prompts_are_located_in_the_workflow(tmp_path: Path) -> None:
+    text = PROMPTED.replace(
+        "    prompt: p.j2\n",
+        "    template: |\n      Write.\n        {{ reply == 5 }}\n    system: 'Be {{ reply + 1 }}'\n",
+    )
+    diags = diagnose(text)
+    assert [(d.code, d.location.line, d.location.col) for d in diags] == [
+        ("W506", *located(text, "reply == 5")),
+        ("E306", *located(text, "reply + 1")),
+    ], [str(d) for d in diags]
+    assert diags[0].message.startswith("prompt of step 'b': `reply == 5` compares a string")
+
+
+def test_validate_names_the_prompt_file_as_the_workflow_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "w.yaml").write_text(PROMPTED)
+    (tmp_path / "sub" / "p.j2").write_text("Write.\n  {{ reply > 3 }}\n")
+    r = run_cli("validate", "sub/w.yaml", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith(
+        "sub/p.j2:2:6: E306 prompt of step 'b': `reply > 3` compares a string with a number"
+    ), r.stdout

@@ -827,10 +827,12 @@ class _Checker:
             if names is None:
                 continue
             uses_loop_var = _uses_jinja_loop(tree)
+            named_well = True
             for p in expr.referenced_paths(tree):
                 root = p[0]
                 if root in names or root in _JINJA_GLOBALS or (root == "loop" and uses_loop_var):
                     continue
+                named_well = False
                 hint = _did_you_mean(root, sorted(names)) or (
                     f"the prompt sees its step's input: {', '.join(sorted(names))}"
                 )
@@ -843,6 +845,85 @@ class _Checker:
                     hint,
                     at=None if file else found,
                 )
+            if named_well:
+                self.prompt_kinds(s, path, text, tree, file)
+
+    def prompt_kinds(self, s: Any, path: list[Any], text: str, tree: Any, file: str) -> None:
+        """E306 and W506 in a step's prompt (inline, or in its `prompt:` file, where they are
+        located): the prompt's variables are the step's input, whose types are those of what
+        `with:` binds (a value written as it is, one `{{ … }}` whose type is known, text
+        around `{{ … }}`), and `config` and `max_revisions`."""
+        from jinja2 import nodes
+
+        operations = (nodes.Compare, nodes.BinExpr)
+        if not any(True for _ in tree.find_all(operations)):
+            return
+        from ..steps.builtin import PromptStep
+        from .kinds import INTEGER, clashes
+
+        takes_max = issubclass(self.registry.get(s.type), PromptStep)
+
+        def kinds_of(p: tuple[str, ...]) -> Any:
+            root, rest = p[0], p[1:]
+            if root in s.with_:
+                return self.binding_kinds(s.with_[root], rest)
+            if root == "config":
+                return _config_kinds(s.config, rest)
+            if root == "max_revisions" and takes_max and not rest:
+                return INTEGER
+            return None
+
+        shown = self.prompt_file_shown(s, file) if file else None
+        for c in clashes(tree, kinds_of):
+            severity: Severity = "warning" if c.code.startswith("W") else "error"
+            at = _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
+            at = at or (c.node.lineno, 0)
+            message = f"prompt of step '{s.id}': {c.message}"
+            if shown is None:
+                self.error(path, c.code, message, c.hint, at=at, severity=severity)
+            else:  # where it is written in the file
+                line = text.splitlines()[at[0] - 1] if 0 < at[0] <= len(text.splitlines()) else ""
+                col = at[1] if at[1] > 0 else len(line) - len(line.lstrip()) + 1
+                where = Location(shown, at[0], col)
+                self.out.append(Diagnostic(where, c.code, message, c.hint, severity))
+
+    def binding_kinds(self, value: Any, rest: tuple[str, ...]) -> Any:
+        """The types of what a `with:` binding gives its step (at the fields `rest` in it),
+        where known: as `expr.render_value` makes it."""
+        from .. import expr
+        from .kinds import STRING, single_node, value_kinds
+
+        if isinstance(value, Mapping):
+            if not rest:
+                return frozenset({dict})
+            return self.binding_kinds(value[rest[0]], rest[1:]) if rest[0] in value else None
+        if not isinstance(value, str) or not expr.has_template(value):
+            return _literal_kinds(value, rest)
+        body = expr.single_expression(value)
+        if body is None:  # text around {{ … }}: rendered as text
+            return None if rest else STRING
+        try:
+            tree = expr.parse_expression(body)
+        except Exception:
+            return None  # (its E301 is said where it is bound)
+        if not rest:
+            return value_kinds(tree, self.path_kinds)
+        node = single_node(tree)  # `x: "{{ steps.a.output }}"`, read as `x.text`
+        bound = expr.path_of(node) if node is not None else None
+        return None if bound is None else self.path_kinds((*bound, *rest))
+
+    def prompt_file_shown(self, s: Any, file: str) -> str:
+        """How to name a step's prompt file in a diagnostic: beside the workflow file as the
+        command line named it (`workflows/p.j2`), else its full path."""
+        import os
+
+        beside = os.path.normpath(os.path.join(os.path.dirname(self.located.file), file))
+        try:
+            if os.path.samefile(beside, s.prompt):
+                return beside
+        except OSError:
+            pass
+        return str(s.prompt)
 
     def filters_and_tests(
         self, path: list[Any], tree: Any, where: str, inline: str | None = None
@@ -1127,6 +1208,31 @@ def _position_on(
             before = max((lines[line - 1].rfind(w, 0, found.start()) for w in lead), default=-1)
             return line, (before if before >= 0 else found.start()) + 1
     return _position_of(text, path)
+
+
+def _literal_kinds(value: Any, rest: Sequence[str]) -> Any:
+    """The types of a `with:` value written as it is (a scalar or a list: what render_value
+    gives is a list), at the fields `rest` in it."""
+    from .kinds import kind_of
+
+    if rest:
+        return None
+    return frozenset({list}) if isinstance(value, tuple | list) else kind_of(value)
+
+
+def _config_kinds(config: Mapping[str, Any], rest: Sequence[str]) -> Any:
+    """The types of `config` (a dict) or of a field of it, as a prompt has them: its own
+    fields are as the loader froze them (a list is a tuple, a mapping read-only)."""
+    from .kinds import kind_of
+
+    if not rest:
+        return frozenset({dict})
+    value: Any = config
+    for name in rest:
+        if not isinstance(value, Mapping) or name not in value:
+            return None
+        value = value[name]
+    return None if isinstance(value, Mapping) else kind_of(value)
 
 
 def _written_as_is(value: Any) -> bool:

@@ -147,6 +147,27 @@ def clashes(tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None
     return _Inference(tree, kinds_of).run()
 
 
+def single_node(tree: nodes.Node) -> nodes.Expr | None:
+    """The expression of a parsed `{{ expression }}` and nothing else, or None."""
+    body = getattr(tree, "body", None)
+    if not body or len(body) != 1 or not isinstance(body[0], nodes.Output):
+        return None
+    parts = body[0].nodes
+    if len(parts) != 1 or isinstance(parts[0], nodes.TemplateData):
+        return None
+    node: nodes.Expr = parts[0]
+    return node
+
+
+def value_kinds(
+    tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]
+) -> Kinds | None:
+    """The kinds of the value of a parsed `{{ expression }}` (a binding that keeps its type),
+    None when not known. Its clashes are not reported here (its own check reports them)."""
+    node = single_node(tree)
+    return None if node is None else _Inference(tree, kinds_of).infer(node)
+
+
 class _Inference:
     def __init__(
         self, tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]
