@@ -2065,6 +2065,11 @@ MAY_WORK = [
     "{% set env = {'ECLFLOW_TEST_LIMIT': 4} %}{{ env.ECLFLOW_TEST_LIMIT > 3 }}",
     "{{ [input.n] + [1] }}",
     "{{ loops | length > 0 }}",
+    # a branch a constant turns away is never evaluated (it was E306)
+    "{{ false and steps.a.output.text > 3 }}",
+    "{{ true or steps.a.output.text + 1 }}",
+    "{{ 1 if true else steps.a.output.text > 3 }}",
+    "{% if false %}{{ steps.a.output.text > 3 }}{% else %}1{% endif %}",
 ]
 
 
@@ -2121,6 +2126,19 @@ def test_operands_that_may_go_together_are_not_reported(
     monkeypatch.setenv("ECLFLOW_TEST_LIMIT", "5")
     r = _run_typed(expression)
     assert r.status == "completed", r.error
+
+
+def test_a_branch_a_run_may_take_is_judged_whatever_guards_it() -> None:
+    """Only a constant turns a branch away for sure: behind a guard that depends on the run,
+    the operation fails whenever it is reached, so it is still E306."""
+    for expression in (
+        "{{ input.n == 0 and steps.a.output.text > 3 }}",
+        "{{ input.n or steps.a.output.text > 3 }}",
+        "{{ 1 if input.n else steps.a.output.text > 3 }}",
+        "{% if input.n %}{{ steps.a.output.text > 3 }}{% endif %}",
+        "{% if false %}1{% else %}{{ steps.a.output.text > 3 }}{% endif %}",
+    ):
+        assert [d.code for d in diagnose(_with(expression))] == ["E306"], expression
 
 
 def test_e306_in_a_condition_of_several_lines_is_located_on_its_line() -> None:
@@ -2248,6 +2266,7 @@ PROMPT_MAY_WORK = [
     "{{ whole.text ~ 1 }}",
     "{{ config.max_tokens > 3 }}",
     "{% for reply in [4] %}{{ reply > 3 }}{% endfor %}",
+    "{% if false %}{{ reply > 3 }}{% endif %}",
 ]
 
 

@@ -202,6 +202,12 @@ class _Inference:
         if isinstance(node, nodes.Expr):
             self.infer(node)
             return
+        if isinstance(node, nodes.If) and _constant(node.test) is not None:
+            # `{% if false %}…{% endif %}`, text set aside: what is never run never fails
+            taken = node.body if _constant(node.test) else [*node.elif_, *node.else_]
+            for child in taken:
+                self.visit(child)
+            return
         for child in node.iter_child_nodes():
             self.visit(child)
 
@@ -227,9 +233,17 @@ class _Inference:
             left, right = self.infer(node.left), self.infer(node.right)
             return self.arithmetic(node, _BINARY[type(node)], left, right)
         if isinstance(node, nodes.And | nodes.Or):  # (its value is one of its operands)
-            return _union(self.infer(node.left), self.infer(node.right))
+            left = self.infer(node.left)
+            if _constant(node.left) is isinstance(node, nodes.Or):  # `false and …`, `true or …`
+                return left  # (its right is never evaluated: it never fails)
+            return _union(left, self.infer(node.right))
         if isinstance(node, nodes.CondExpr):
             self.infer(node.test)
+            test = _constant(node.test)  # (a branch a constant turns away is never run)
+            if test is True:
+                return self.infer(node.expr1)
+            if test is False:
+                return self.infer(node.expr2) if node.expr2 is not None else None
             chosen = self.infer(node.expr1)
             return _union(chosen, self.infer(node.expr2)) if node.expr2 is not None else None
         if isinstance(node, nodes.Neg | nodes.Pos):
@@ -394,6 +408,14 @@ def _first_path(node: nodes.Node) -> tuple[str, ...] | None:
         path = path_of(n)
         if path is not None:
             return path
+    return None
+
+
+def _constant(node: nodes.Node) -> bool | None:
+    """Whether a test is written as a constant (`false`, `true`, `0`, `none`): its truth, or
+    None when it depends on the run. A branch a constant turns away is never evaluated."""
+    if isinstance(node, nodes.Const) and isinstance(node.value, bool | int | float | str | None):
+        return bool(node.value)
     return None
 
 
