@@ -2044,6 +2044,10 @@ NEVER_WORK = [
         "divides a number by a string",
         "`input.n / input.name | int`",
     ),
+    # a format written in the template, and a value of a type it never takes
+    ("{{ '%d items' % steps.a.output.text }}", "fills the format with a string", "%d"),
+    ("{{ 'done' % input.n }}", "fills the format with a number", "fix the format"),
+    ("{{ '%s of %s' % steps.j.output.score }}", "fills the format with a number", "one value"),
 ]
 
 # operations that work (or whose operands validate cannot know): nothing said, and a run completes
@@ -2065,6 +2069,10 @@ MAY_WORK = [
     "{% set env = {'ECLFLOW_TEST_LIMIT': 4} %}{{ env.ECLFLOW_TEST_LIMIT > 3 }}",
     "{{ [input.n] + [1] }}",
     "{{ loops | length > 0 }}",
+    "{{ '%s items' % steps.a.output.text }}",
+    "{{ '%d items' % input.n }}",
+    "{{ '%s-%s' % (steps.a.output.text, input.n) }}",
+    "{{ '%c' % steps.a.output.text }}",  # (a one-character string: its length is not known)
     # a branch a constant turns away is never evaluated (it was E306)
     "{{ false and steps.a.output.text > 3 }}",
     "{{ true or steps.a.output.text + 1 }}",
@@ -2126,6 +2134,12 @@ def test_operands_that_may_go_together_are_not_reported(
     monkeypatch.setenv("ECLFLOW_TEST_LIMIT", "5")
     r = _run_typed(expression)
     assert r.status == "completed", r.error
+
+
+def test_a_format_that_would_make_a_huge_string_is_not_tried() -> None:
+    """validate tries a `%` format with one value of each type, but not one of a huge width
+    (a number would make 100 MB here; a run's sandbox refuses it first, not with a TypeError)."""
+    assert diagnose(_with("{{ '%99999999d' % steps.a.output.text }}")) == []
 
 
 def test_a_branch_a_run_may_take_is_judged_whatever_guards_it() -> None:

@@ -304,6 +304,9 @@ class _Inference:
         if left is None or right is None:
             return None
         results = [_result(op, a, b) for a in left for b in right]
+        if op == "%" and isinstance(node.left, nodes.Const) and isinstance(node.left.value, str):
+            # a format written in the template: whether it takes such a value is known
+            results = [_formats(node.left.value, b, node.right) for b in right]
         if all(r is None for r in results):
             self.clash(node.left, op, left, node.right, right)
             return None  # (what uses it is not reported again)
@@ -333,6 +336,9 @@ class _Inference:
             "in": "looks for {} in {}",
             "not in": "looks for {} in {}",
         }.get(op, "compares {} with {}")
+        formatted = op == "%" and isinstance(left_node, nodes.Const) and left == STRING
+        if formatted:  # (`'%d items' % x`: a format, not a remainder)
+            what = "fills the format with {1}"
         message = f"{written} {what.format(describe(left), describe(right))}: " + (
             "a run fails there (TypeError)"
             if code == "E306"
@@ -345,7 +351,12 @@ class _Inference:
             if isinstance(left_node, nodes.Const) and type(left_node.value) in (str, int, float):
                 value = left_node.value
                 lead = (f"'{value}'", f'"{value}"') if isinstance(value, str) else (repr(value),)
-        hint = _hint(op, left_node, left, right_node, right)
+        hint = (
+            "each % code takes one value (%s any, %d and %f a number, %(name)s a mapping's): "
+            "fix the format, convert the value (`| int`), or join text with `~`"
+            if formatted
+            else _hint(op, left_node, left, right_node, right)
+        )
         self.found.append(Clash(left_node, path, message, hint, lead, code))
 
 
@@ -388,7 +399,7 @@ def _result(op: str, a: type, b: type) -> Any:
         return None
     if op == "%":
         if a is str:
-            return str  # (or a TypeError, by what the format holds: not known here)
+            return str  # (or a TypeError, by what the format holds: see _formats)
         return (float if float in (a, b) else int) if numbers else None
     if op in ("-", "//"):
         return (float if float in (a, b) else int) if numbers else None
@@ -397,6 +408,33 @@ def _result(op: str, a: type, b: type) -> Any:
     if op == "**":
         return _UNKNOWN if numbers else None  # (2 ** -1 is a float)
     return _UNKNOWN
+
+
+# One value of each type a `%` format is tried with: whether `format % value` is a TypeError
+# depends on the value's type only (for a `%c` code, on the value too: not judged). A tuple is
+# several values, a mapping is read by key: not judged either.
+_SAMPLES: Mapping[type, Any] = {str: "x", int: 1, float: 1.5, bool: True, NONE: None, list: []}
+_CHAR_CODE = re.compile(r"%(\([^)]*\))?[-#0 +]*(\*|\d+)?(\.(\*|\d+)?)?[hlL]?c")
+
+
+def _formats(fmt: str, kind: type, value_node: nodes.Node) -> Any:
+    """The type of `fmt % value` for a value of `kind`: str, None when it is a TypeError
+    (`'%d' % 'x'`, `'%s %s' % 1`, `'done' % 1`), _UNKNOWN when that is not known."""
+    if re.search(r"\d{5}", fmt):
+        return _UNKNOWN  # (`%99999999d`: not to be made here; the run refuses it anyway)
+    if isinstance(value_node, nodes.Const) and type(value_node.value) is kind:
+        value = value_node.value  # (both written: tried as they are)
+    elif kind in _SAMPLES and not _CHAR_CODE.search(fmt.replace("%%", "")):
+        value = _SAMPLES[kind]
+    else:
+        return _UNKNOWN
+    try:
+        fmt % value  # (only whether it fails)
+    except TypeError:
+        return None
+    except Exception:  # a malformed format (ValueError) or a huge number: not a type's fault
+        return _UNKNOWN
+    return str
 
 
 def _first_path(node: nodes.Node) -> tuple[str, ...] | None:
