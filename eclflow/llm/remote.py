@@ -60,7 +60,7 @@ class LiteLLMProvider:
         except Exception:
             raise ConfigError(
                 f"model '{model}' names no provider litellm knows: write it as "
-                "'provider/model' (e.g. 'openai/gpt-4o-mini', 'anthropic/claude-3-5-haiku-latest', "
+                "'provider/model' (e.g. 'openai/gpt-4o-mini', 'anthropic/claude-haiku-4-5', "
                 "'ollama/llama3'), or 'local/smollm2' for the embedded model"
             ) from None
         try:
