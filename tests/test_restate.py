@@ -212,6 +212,43 @@ def test_a_bad_bind_is_one_line_and_exit_2(bind: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("body", [b'{"status": "ok"}', b"<html>a web page</html>"])
+def test_an_admin_address_answering_200_without_rows_is_not_taken_for_no_runs(
+    body: bytes,
+) -> None:
+    """A wrong `--restate-admin-url` that answers 200 (a web page, another JSON API) made
+    `runs --engine restate` say "No runs." and exit 0."""
+    import http.server
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{other.server_port}"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "eclflow", "runs", "--engine", "restate",
+             "--restate-admin-url", url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        other.shutdown()
+    assert (r.returncode, r.stdout) == (2, ""), r.stdout
+    assert r.stderr.strip().splitlines() == [
+        f"error: Configuration error: {url} is not Restate's admin API (it answered 200 without "
+        "the rows of a query): give its address (restate-server's port 9070) with "
+        "--restate-admin-url or ECLFLOW_RESTATE_ADMIN_URL"
+    ]
+
+
 def test_step_execution_survives_the_journal_json() -> None:
     e = StepExecution(
         "critique",

@@ -104,8 +104,13 @@ class Admin:
             rows = r.json().get("rows")
         except (ValueError, AttributeError):
             rows = None
+        if not isinstance(rows, list):  # (a web page, another API: not "no runs")
+            raise AdminUnavailable(
+                f"{self.url} is not Restate's admin API (it answered {r.status_code} without "
+                "the rows of a query)"
+            )
         self.reached = True
-        return [row for row in rows or [] if isinstance(row, dict)]
+        return [row for row in rows if isinstance(row, dict)]
 
     async def invocation(self, run_id: str) -> Invocation | None:
         """The run's latest `run` invocation; None when Restate has none for it."""
