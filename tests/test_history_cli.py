@@ -324,6 +324,14 @@ def test_runs_stats_with_engine_restate_in_the_environment_reads_the_database(
     assert r.returncode == 2 and "takes no --stats" in r.stderr
 
 
+def test_runs_state_retrying_is_for_runs_on_restate(two_runs: Any) -> None:
+    """`--state retrying` (a run Restate retries) lists nothing of the database: it is refused
+    there in one line rather than answering "No runs." as if none were being retried."""
+    r = two_runs[0].cli("runs", "--state", "retrying")
+    assert (r.returncode, r.stdout) == (2, ""), r.stdout
+    assert "--state retrying goes with --engine restate" in r.stderr
+
+
 @pytest.mark.parametrize("columns", [120, 80, 40])
 def test_runs_on_a_narrow_terminal_drops_columns_rather_than_cutting_ids(
     two_runs: Any, columns: int

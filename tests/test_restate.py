@@ -881,7 +881,8 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
             "revise#1": {"content": "never delivered", "delay": 120},
         }
     )
-    worker = procs.worker(server, script, bind=f"127.0.0.1:{free_port()}")
+    bind = f"127.0.0.1:{free_port()}"
+    worker = procs.worker(server, script, bind=bind)
     wf = critique_revise(tmp_path)
     done = submit(server, wf, "kelp")
     assert isinstance(done, RunResult) and done.status == "completed", done
@@ -927,13 +928,22 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
     # with the admin API, no worker is needed: the progress the run keeps, and what Restate
     # does about it
     env["ECLFLOW_RESTATE_ADMIN_URL"] = server.admin_url
-    wait_for(lambda: invocation(server, running).status == "backing-off", what="retries")
+    wait_for(
+        lambda: (
+            (invocation(server, running).status, invocation(server, running).attempts >= 2)
+            == ("backing-off", True)
+        ),
+        what="retries",
+    )
     unfinished, took = status(running)
     assert unfinished.returncode == 0, unfinished.stderr
     lines = unfinished.stdout.splitlines()
-    assert lines[0] == f"run {running} · critique-revise · running (restate)"
-    assert lines[1].startswith("note: Restate retries it after ")
-    assert "Connection refused" in lines[1]
+    assert lines[0] == f"run {running} · critique-revise · retrying (restate)"
+    # (Restate's own words were "[500 Internal] error when calling …: Connection refused")
+    assert lines[1].startswith(
+        f"note: no worker is reachable at http://{bind}/: start one with `eclflow serve --bind "
+        f"{bind}` (Restate has tried "
+    ), lines[1]
     assert lines[2].startswith("  generate: succeeded · 1 attempt(s)")
     assert lines[3].startswith("  critique#1: succeeded (revise) · 1 attempt(s)")
     assert lines[4:] == ["  revise#1: running when the last attempt ended"]
@@ -1050,7 +1060,8 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
     and says how to go on, `status` says paused, and `resume --engine restate` continues it on
     the workers registered since, without repeating what its steps did."""
     server = procs.server()
-    gone = procs.worker(server, keyed({"*": "v1"}), bind=f"127.0.0.1:{free_port()}")
+    bind = f"127.0.0.1:{free_port()}"
+    gone = procs.worker(server, keyed({"*": "v1"}), bind=bind)
     gone.kill()  # registered, then gone: the run waits for a worker
     wf = critique_revise(tmp_path)
     env = {
@@ -1078,7 +1089,7 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
     assert (p.returncode, out) == (1, ""), err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"Restate paused run {run_id} after "), last
-    assert "Connection refused" in last  # (the last attempt's failure: no worker)
+    assert f"; the last: no worker was reachable at http://{bind}/: " in last
     assert last.endswith(
         ": once a worker is up (`eclflow serve --register ADMIN_URL`), `eclflow resume "
         f"{run_id} --engine restate` continues it"
@@ -1086,7 +1097,8 @@ def test_a_run_restate_paused_is_said_and_resume_continues_it(
 
     status = eclflow("status", run_id, "--engine", "restate")  # no worker up: the admin API says
     assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[0] == f"run {run_id} · ? · paused (restate)"
+    # (the workflow from the submission: no worker has begun the run)
+    assert status.stdout.splitlines()[0] == f"run {run_id} · critique-revise · paused (restate)"
 
     worker = procs.worker(
         server, keyed({"generate": "v1", "critique#1": PASS}), bind=f"127.0.0.1:{free_port()}"
@@ -1170,7 +1182,6 @@ def test_runs_lists_the_runs_restate_keeps(procs: Processes, tmp_path: Path) -> 
     going = submit(server, wf, "tides", detach=True)
     wait_for(lambda: keys(worker.calls())[-1:] == ["critique#1"], what="critique#1 in flight")
     wait_for(lambda: len(progress(server, going).get("steps", [])) == 1, what="its progress")
-    worker.kill()
     env = {
         **os.environ,
         "ECLFLOW_RESTATE_URL": server.ingress_url,
@@ -1208,6 +1219,107 @@ def test_runs_lists_the_runs_restate_keeps(procs: Processes, tmp_path: Path) -> 
     assert text.stdout.splitlines()[1].split()[:4] == [going, "critique-revise", "running", "1"]
     refused = runs("--stats")
     assert refused.returncode == 2 and "takes no --stats" in refused.stderr
+
+
+@needs_server
+def test_runs_on_restate_shows_unbegun_and_retried_runs_and_filters_in_the_query(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """`runs --engine restate` showed workflow `?` for a run no worker had begun, `running`
+    for a run Restate retries with no worker up (only `status` said so, quoting Restate's
+    "Connection refused"), and read every run Restate keeps to filter --state and --workflow
+    itself. The workflow is known from the submission, the run is `retrying` with a note
+    saying where a worker is wanted, and the filters and the limit go into the admin query."""
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    script = keyed({"generate": "v1", "critique#1": {"content": json.dumps(PASS), "delay": 120}})
+    worker = procs.worker(server, script, bind=bind)
+    wf = critique_revise(tmp_path)
+    other_path = wf.path.parent / "other.yaml"  # (the same steps under another workflow id)
+    other_path.write_text(wf.source.replace("id: critique-revise", "id: other-flow"))
+    other = load(other_path)
+    assert other.id == "other-flow"
+    going = submit(server, wf, "tides", detach=True)
+    wait_for(lambda: keys(worker.calls())[-1:] == ["critique#1"], what="critique#1 in flight")
+    wait_for(lambda: len(progress(server, going).get("steps", [])) == 1, what="its progress")
+    worker.kill()
+    unbegun = submit(server, other, "reef", detach=True)  # (no worker has begun it)
+
+    def retried(run_id: str) -> bool:
+        # (then retried at longer and longer intervals: it stays backing-off for the test)
+        found = invocation(server, run_id)
+        return found is not None and found.status == "backing-off" and found.attempts >= 2
+
+    wait_for(lambda: retried(going) and retried(unbegun), what="Restate retrying them")
+    recorded: list[str] = []
+    admin = _RecordingProxy(server.admin_url, recorded)
+    env = {
+        **os.environ,
+        "ECLFLOW_RESTATE_URL": server.ingress_url,
+        "ECLFLOW_RESTATE_ADMIN_URL": admin.url,
+    }
+
+    def runs(*args: str) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "eclflow", "runs", "--engine", "restate", "--json", *args],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return list(json.loads(out.stdout))
+
+    try:
+        rows = runs()
+        assert [(r["run_id"], r["workflow"], r["state"], r["steps"]) for r in rows] == [
+            (unbegun, "other-flow", "retrying", 0),
+            (going, "critique-revise", "retrying", 1),
+        ]
+        for r in rows:
+            assert r["note"].startswith(
+                f"no worker is reachable at http://{bind}/: start one with `eclflow serve --bind "
+                f"{bind}` (Restate has tried "
+            ), r["note"]
+        assert [r["run_id"] for r in runs("--workflow", "other-flow")] == [unbegun]
+        assert [r["run_id"] for r in runs("--workflow", "critique-revise")] == [going]
+        assert runs("--state", "running") == []
+        recorded.clear()
+        assert [r["run_id"] for r in runs("--state", "retrying", "-n", "1")] == [unbegun]
+    finally:
+        admin.close()
+    listing = [q for q in recorded if "FROM sys_invocation" in q]
+    assert len(listing) == 1 and "state = 'retrying'" in listing[0], recorded
+    assert listing[0].endswith(" LIMIT 1 OFFSET 0"), listing[0]
+
+
+_FORWARDED = ("accept", "content-type")
+
+
+class _RecordingProxy:
+    """An HTTP proxy in front of Restate's admin API that records the SQL queries sent to it."""
+
+    def __init__(self, target: str, queries: list[str]) -> None:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                queries.append(json.loads(body).get("query", ""))
+                kept = {k: v for k, v in self.headers.items() if k.lower() in _FORWARDED}
+                r = httpx.post(target + self.path, content=body, headers=kept, timeout=30)
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("content-type", ""))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 @needs_server

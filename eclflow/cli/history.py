@@ -30,6 +30,8 @@ from ._common import (
 _STATES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 # `interrupted` is not stored: a run still `running` whose process has ended (Ctrl-C, kill -9)
 _SHOWN_STATES = (*_STATES, "interrupted")
+# `retrying`: a run Restate retries (runs --engine restate); a local run is never retried whole
+_LISTED_STATES = (*_SHOWN_STATES, "retrying")
 _STYLE = {
     "completed": "green",
     "succeeded": "green",
@@ -37,6 +39,7 @@ _STYLE = {
     "cancelled": "red",
     "running": "yellow",
     "interrupted": "yellow",
+    "retrying": "yellow",
     "paused": "cyan",
     "pending": "dim",
     "skipped": "dim",
@@ -59,8 +62,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 @cli.command("runs")
 @click.option(
     "--state",
-    type=click.Choice(_SHOWN_STATES),
-    help="Only runs in this state (interrupted: running, but their process has ended).",
+    type=click.Choice(_LISTED_STATES),
+    help="Only runs in this state (interrupted: running, but their process has ended; "
+    "retrying: with --engine restate, a run Restate retries).",
 )
 @click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow id.")
 @click.option(
@@ -102,6 +106,11 @@ def runs_cmd(
             )
         _restate_runs(restate_url, restate_admin_url, limit, state, workflow_id, as_json)
         return
+    if state == "retrying":
+        raise click.UsageError(
+            "--state retrying goes with --engine restate (Restate retries a run; a local run "
+            "is never retried whole: `--state interrupted` lists those whose process ended)"
+        )
     if stats:
         given = [
             flag

@@ -11,14 +11,14 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engine.result import RunResult, StepExecution
 from ..errors import ConfigError, EclflowError, RunNotFound, RunPaused
 from ..spec.model import Budget, Workflow
 from . import ADMIN_ENV, DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
-from .admin import Admin, AdminUnavailable, Invocation, admin_url
+from .admin import WORKFLOW_HEADER, Admin, AdminUnavailable, Invocation, admin_url
 from .admin import message as _message
 
 NO_WORKER_AFTER = 10.0  # seconds without a result before `run` asks whether a worker answers
@@ -157,12 +157,14 @@ class _Ingress:
                 f"API's 9070 or a worker's) with --restate-url or {INGRESS_ENV}"
             )
 
-    async def send(self, run_id: str, request: Mapping[str, Any]) -> str:
+    async def send(self, run_id: str, request: Mapping[str, Any], workflow_id: str) -> str:
         import httpx
 
         try:
             r = await self.client.post(
-                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/run/send", json=dict(request)
+                f"{self.url}/{SERVICE_NAME}/{_key(run_id)}/run/send",
+                json=dict(request),
+                headers={WORKFLOW_HEADER: workflow_id},  # (kept in the journal: `runs` reads it)
             )
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
@@ -381,7 +383,7 @@ async def submit_async(
     client = client or _http_client()
     try:
         ingress = _Ingress(ingress_url(restate_url), client)
-        await ingress.send(run_id, request)
+        await ingress.send(run_id, request, workflow.id)
         if on_sent is not None:
             on_sent(run_id)
         if detach:
@@ -469,7 +471,7 @@ async def submit_many(
         await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(ids))))))
 
     async def send(ingress: _Ingress, i: int) -> None:
-        await ingress.send(ids[i], requests[i])
+        await ingress.send(ids[i], requests[i], workflow.id)
 
     async def attach(ingress: _Ingress, i: int) -> None:
         results[i] = await ingress.attach(ids[i], workflow.id, deadline)
@@ -546,7 +548,7 @@ class RestateRunStatus:
     """What `eclflow status RUN_ID --engine restate` shows."""
 
     run_id: str
-    state: str  # pending | running | paused | completed | failed
+    state: str  # pending | running | retrying | paused | completed | failed
     workflow_id: str | None = None
     running: str | None = None  # the key of the step in flight
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -583,7 +585,7 @@ class RestateRunStatus:
                 f" · {s.get('duration_ms', 0)} ms · {s.get('tokens', 0)} tokens"
             )
         if self.running:
-            stopped = self.state == "paused" or self.note  # (no worker is at it now)
+            stopped = self.state in ("paused", "retrying")  # (no worker is at it now)
             doing = "running when the last attempt ended" if stopped else "running"
             lines.append(f"  {self.running}: {doing}")
         return "\n".join(lines)
@@ -620,10 +622,13 @@ async def status_async(
                 ) from None
         if data is None:
             return RestateRunStatus(run_id, "failed", error=str(value))
+        workflow_id = data.get("workflow")
+        if not workflow_id and invocation is not None:  # (no worker has begun it)
+            workflow_id = (await admin.submitted_workflows([invocation.id])).get(invocation.id)
         st = RestateRunStatus(
             run_id=run_id,
             state=str(data.get("state") or "pending"),
-            workflow_id=data.get("workflow"),
+            workflow_id=workflow_id,
             running=data.get("running"),
             steps=list(data.get("steps") or []),
             error=data.get("error"),
@@ -634,7 +639,7 @@ async def status_async(
         elif invocation is not None and invocation.paused:
             st.state, st.error = "paused", paused_message(run_id, invocation)
         elif invocation is not None and invocation.status == "backing-off":
-            st.note = f"Restate retries it {invocation.failure_note()}"
+            st.state, st.note = "retrying", invocation.retry_note()
         return st
     finally:
         await client.aclose()
@@ -682,49 +687,66 @@ async def _runs_async(
     state: str | None,
     workflow_id: str | None,
 ) -> list[dict[str, Any]]:
-    import json
-
     from .journal import STATUS_STATE
 
     client = _http_client()
     try:
         admin = Admin(admin_url(restate_admin_url, ingress_url(restate_url)), client)
-        filtered = state is not None or workflow_id is not None  # (filtered here, not there)
-        rows = await admin.runs(STATUS_STATE, None if filtered else limit)
+        out: list[dict[str, Any]] = []
+        offset = 0
+        while len(out) < limit:
+            # the query filters and limits; only a run no worker has begun (its workflow not in
+            # its state yet) is looked up after it, so a --workflow filter may need another page
+            rows = await admin.runs(
+                STATUS_STATE, limit, state=state, workflow=workflow_id, offset=offset
+            )
+            unbegun = [str(r.get("invocation")) for r in rows if not r.get("workflow")]
+            submitted = await admin.submitted_workflows(unbegun)
+            for row in rows:
+                row["workflow"] = row.get("workflow") or submitted.get(str(row.get("invocation")))
+                if workflow_id in (None, row["workflow"]) and len(out) < limit:
+                    out.append(await _run_summary(admin, row))
+            if len(rows) < limit or workflow_id is None:
+                break
+            offset += limit
     finally:
         await client.aclose()
-    out = []
-    for row in rows:
-        try:
-            progress = json.loads(row.get("progress") or "{}")
-        except ValueError:
-            progress = {}
-        progress = progress if isinstance(progress, dict) else {}
-        steps = [s for s in progress.get("steps") or [] if isinstance(s, dict)]
-        shown = _run_state(str(row.get("status") or ""), progress, row.get("completion_failure"))
-        summary = {  # (the names `run --json` and `runs --json` of a local run use)
-            "run_id": str(row.get("run_id")),
-            "engine": "restate",
-            "workflow": progress.get("workflow"),
-            "status": shown,
-            "state": shown,
-            "steps": sum(1 for s in steps if s.get("status") != "skipped"),
-            "tokens": sum(int(s.get("tokens") or 0) for s in steps),
-            "started_at": row.get("created_at"),
-            "error": progress.get("error") or row.get("completion_failure") or None,
-        }
-        if (state is None or shown == state) and workflow_id in (None, summary["workflow"]):
-            out.append(summary)
-            if len(out) == limit:
-                break
     return out
 
 
-def _run_state(invocation: str, progress: Mapping[str, Any], failure: Any) -> str:
-    """A run's state from its invocation's status and the progress it keeps."""
-    if invocation == "completed":
-        kept = progress.get("state")
-        return "failed" if failure or kept not in ("completed", "failed") else str(kept)
-    if invocation == "paused":
-        return "paused"
-    return "running" if progress.get("steps") or progress.get("running") else "pending"
+async def _run_summary(admin: Admin, row: Mapping[str, Any]) -> dict[str, Any]:
+    """One run as `runs --engine restate` shows it, from a row of `Admin.runs`."""
+    import json
+
+    try:
+        progress = json.loads(row.get("progress") or "{}")
+    except ValueError:
+        progress = {}
+    progress = progress if isinstance(progress, dict) else {}
+    steps = [s for s in progress.get("steps") or [] if isinstance(s, dict)]
+    shown = str(row.get("state"))
+    note = None
+    if shown == "retrying":
+        invocation = Invocation(
+            id=str(row.get("invocation")),
+            status="backing-off",
+            attempts=int(row.get("attempts") or 0),
+            last_failure=row.get("last_failure") or None,
+            error_code=row.get("error_code") or None,
+        )
+        if invocation.no_worker:
+            address = await admin.deployment(row.get("deployment_id"))
+            invocation = replace(invocation, deployment=address)
+        note = invocation.retry_note()
+    return {  # (the names `run --json` and `runs --json` of a local run use)
+        "run_id": str(row.get("run_id")),
+        "engine": "restate",
+        "workflow": row.get("workflow"),
+        "status": shown,
+        "state": shown,
+        "steps": sum(1 for s in steps if s.get("status") != "skipped"),
+        "tokens": sum(int(s.get("tokens") or 0) for s in steps),
+        "started_at": row.get("created_at"),
+        "error": progress.get("error") or row.get("completion_failure") or None,
+        "note": note,  # what Restate does about a run it retries, as `status` says it
+    }
