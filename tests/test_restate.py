@@ -925,6 +925,17 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
     )
     assert took < 20
 
+    # an admin address that drops packets: said with the address and how long it waited (it
+    # said only "ConnectTimeout")
+    with dropping_address() as dropping:
+        env["ECLFLOW_RESTATE_ADMIN_URL"] = dropping
+        unfinished, took = status(running)
+    assert unfinished.returncode == 2
+    assert (
+        f"Restate's admin API (cannot reach Restate's admin API at {dropping} (no connection "
+        "within 3s)) nor a worker (none answered within 5s)"
+    ) in unfinished.stderr, unfinished.stderr
+
     # with the admin API, no worker is needed: the progress the run keeps, and what Restate
     # does about it
     env["ECLFLOW_RESTATE_ADMIN_URL"] = server.admin_url
@@ -948,6 +959,19 @@ def test_status_with_no_worker_up(procs: Processes, tmp_path: Path) -> None:
     assert lines[3].startswith("  critique#1: succeeded (revise) · 1 attempt(s)")
     assert lines[4:] == ["  revise#1: running when the last attempt ended"]
     assert took < 10
+
+
+@contextlib.contextmanager
+def dropping_address() -> Iterator[str]:
+    """An address that drops connection attempts, as a firewall does: a listener whose queue is
+    full (one connection made, never accepted) takes no more."""
+    import socket
+
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 @needs_server

@@ -16,6 +16,9 @@ from ..errors import ConfigError, EclflowError
 from . import ADMIN_ENV, SERVICE_NAME
 
 DEFAULT_ADMIN_PORT = 9070
+# seconds to connect to the admin API: one lost SYN is sent again after 1 s and still fits; an
+# address that drops packets (a firewall, a wrong host) is said to be so after this long
+CONNECT_TIMEOUT = 3.0
 
 
 def admin_url(url: str | None, ingress: str) -> str:
@@ -110,9 +113,12 @@ class Admin:
         self._deployments: dict[str, str | None] = {}  # (asked once per listing)
 
     def _unreachable(self, e: BaseException) -> AdminUnavailable:
-        return AdminUnavailable(
-            f"cannot reach Restate's admin API at {self.url} ({type(e).__name__})"
-        )
+        import httpx
+
+        why = type(e).__name__
+        if isinstance(e, httpx.ConnectTimeout):  # (it named no address, nor how long it waited)
+            why = f"no connection within {CONNECT_TIMEOUT:g}s"
+        return AdminUnavailable(f"cannot reach Restate's admin API at {self.url} ({why})")
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
         """The rows of one SQL query of the admin API (`/query`)."""
@@ -123,7 +129,7 @@ class Admin:
                 f"{self.url}/query",
                 json={"query": sql},
                 headers={"accept": "application/json"},
-                timeout=httpx.Timeout(10.0, connect=3.0),
+                timeout=httpx.Timeout(10.0, connect=CONNECT_TIMEOUT),
             )
         except httpx.TransportError as e:
             # connected, then slow or cut off (a long query, a server starting or stopping)
