@@ -308,7 +308,7 @@ def test_asking_for_spans_without_opentelemetry_says_so(monkeypatch: Any, caplog
 
 
 def test_asking_for_spans_without_an_exporter_says_so(monkeypatch: Any, caplog: Any) -> None:
-    """With OpenTelemetry's SDK but no OTLP exporter (`eclflow[dev]` has no exporter), spans
+    """With OpenTelemetry's SDK but no OTLP exporter (as `eclflow[otel]` not installed), spans
     were made for every step and sent nowhere, and nothing said so."""
     import sys
 
@@ -324,6 +324,92 @@ def test_asking_for_spans_without_an_exporter_says_so(monkeypatch: Any, caplog: 
         (record,) = caplog.records
         assert "no OTLP exporter is installed" in record.getMessage()
         assert "eclflow[otel]" in record.getMessage()
+    finally:
+        tracing.reset()
+
+
+def _traced_run(tmp_path: Path, **env: str) -> Any:
+    """`eclflow run --json` of the bundled workflow on a mock model, spans asked for with
+    ECLFLOW_OTEL=1 and `env` (a real process: its exit sends the last spans)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.yaml"
+    script.write_text('generate: "v1"\ncritique: {content: {decision: pass, critique: ok}}\n')
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ECLFLOW_OTEL"))}
+    return subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=x",
+         "-m", "mock/x", "--mock-responses", str(script), "--no-journal", "--json"],
+        capture_output=True, text=True, timeout=60,
+        env={**clean, "ECLFLOW_OTEL": "1", **env},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("collector", ["none listening", "never answering"])
+def test_a_collector_out_of_reach_is_said_once_and_does_not_hold_the_exit(
+    tmp_path: Path, collector: str
+) -> None:
+    """With no collector at the OTLP endpoint a run's exit waited about 8 s (10 s for one that
+    takes connections and never answers), OpenTelemetry's exporter writing a "Transient error
+    … retrying in 1.08s" line at each attempt. It is now one line, and the exit waits at most
+    EXIT_WAIT seconds."""
+    import socket
+
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if collector == "never answering":
+            listener.listen(8)  # (connections are made by the kernel; nothing reads them)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        r = _traced_run(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    why = "could not be reached" if collector == "none listening" else "did not answer within 2s"
+    assert [line.split(" WARNING ", 1)[-1] for line in r.stderr.splitlines()] == [
+        f"the OpenTelemetry collector at {endpoint}/v1/traces {why}: spans are not sent "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT says where it is)"
+    ]
+
+
+def test_otel_traces_exporter_console_writes_the_spans_to_stderr(tmp_path: Path) -> None:
+    """`OTEL_TRACES_EXPORTER=console` was ignored (spans went to OTLP, to no collector). The
+    spans are written to stderr: stdout still carries the run's result alone."""
+    r = _traced_run(tmp_path, OTEL_TRACES_EXPORTER="console")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    names = [line.strip() for line in r.stderr.splitlines() if line.startswith('    "name": ')]
+    assert sorted(names) == sorted(
+        ['"name": "workflow",'] + ['"name": "step",'] * 2 + ['"name": "llm_call",'] * 2
+    )
+
+
+@pytest.mark.parametrize(
+    "env", [{"OTEL_TRACES_EXPORTER": "none"}, {"OTEL_SDK_DISABLED": "true"}], ids=str
+)
+def test_otel_traces_exporter_none_turns_spans_off(monkeypatch: Any, env: dict[str, str]) -> None:
+    """OpenTelemetry's own switches for "no spans" were ignored when ECLFLOW_OTEL was set."""
+    monkeypatch.setenv("ECLFLOW_OTEL", "1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    tracing.reset()
+    try:
+        assert tracing.enabled() is False
+    finally:
+        tracing.reset()
+
+
+def test_an_exporter_name_eclflow_lacks_is_said(monkeypatch: Any, caplog: Any) -> None:
+    monkeypatch.setenv("ECLFLOW_OTEL", "1")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    tracing.reset()
+    try:
+        with caplog.at_level("WARNING", logger="eclflow.observe"):
+            assert tracing.enabled() is False
+        assert [r.getMessage() for r in caplog.records] == [
+            "OTEL_TRACES_EXPORTER names 'zipkin', which eclflow has no exporter for (it knows "
+            "otlp, console and none)"
+        ]
     finally:
         tracing.reset()
 
