@@ -505,3 +505,97 @@ def test_waiting_for_the_model_does_not_count_against_the_step_timeout(
     # so `short` waited longer than its timeout (3 s, which leaves its own short call room on a
     # loaded machine); the model may end its count early, hence the slow tokens
     assert durations["long"] > 3000, durations
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_cancelled_call_keeps_the_model_until_its_thread_has_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call cancelled while it generated released its turn at once: the next call began
+    (its timeout running) while the first one's thread still held the model."""
+    from eclflow.engine.executor import _in_turn
+
+    provider = LocalProvider()
+    loaded = local_mod._load(model_path("local/smollm2"))
+    events: list[str] = []
+    using = threading.Event()  # the first call's thread evaluates tokens on the model
+    go_on = threading.Event()  # the test lets it go on
+
+    real_generate = local_mod._generate
+
+    def generate(path: Path, kwargs: dict[str, object], *rest: object) -> object:
+        name = str(kwargs["messages"][0]["content"])  # type: ignore[index]
+        events.append(f"{name} thread began")
+        try:
+            return real_generate(path, kwargs, *rest)  # type: ignore[arg-type]
+        finally:
+            events.append(f"{name} thread ended")
+
+    real_eval = loaded.llama.eval
+
+    def eval(tokens: object) -> object:
+        if not using.is_set():  # (the first call's first tokens: the other waits for them)
+            using.set()
+            assert go_on.wait(60)
+        return real_eval(tokens)
+
+    class Watched:
+        async def complete(self, request: CompletionRequest) -> object:
+            events.append(f"{request.messages[0].content} began")
+            return await provider.complete(request)
+
+    monkeypatch.setattr(local_mod, "_generate", generate)
+    monkeypatch.setattr(loaded.llama, "eval", eval)
+
+    async def main() -> None:
+        turn = provider.turn("local/smollm2")
+        first = asyncio.create_task(
+            _in_turn(Watched(), turn, ask("long", max_tokens=500))  # type: ignore[arg-type]
+        )
+        await asyncio.to_thread(using.wait, 60)
+        first.cancel()
+        second = asyncio.create_task(
+            _in_turn(Watched(), turn, ask("short", max_tokens=4))  # type: ignore[arg-type]
+        )
+        for _ in range(20):  # room for the cancellation to end the first call's turn
+            await asyncio.sleep(0)
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert (await second).content  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    assert events == [
+        "long began",
+        "long thread began",
+        "long thread ended",
+        "short began",
+        "short thread began",
+        "short thread ended",
+    ]
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_call_given_up_during_a_long_prompt_stops_at_the_next_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llama-cpp-python evaluates a whole prompt in one `eval`: a call given up while a prompt
+    of thousands of tokens was read kept the model (and a stopped CLI) until it was all read."""
+    loaded = local_mod._load(model_path("local/smollm2"))
+    decoded: list[int] = []
+    decode = loaded.llama._ctx.decode
+
+    def counting(batch: object) -> None:
+        decoded.append(1)
+        assert loaded.current is not None
+        loaded.current.abandoned.set()  # given up while its first batch is decoded
+        decode(batch)
+
+    monkeypatch.setattr(loaded.llama._ctx, "decode", counting)
+    prompt = "Tide pools are small. " * 400  # about 2400 tokens: five batches of 512
+    with pytest.raises(errors.ProviderTimeout, match="abandoned while it generated"):
+        asyncio.run(LocalProvider().complete(ask(prompt, max_tokens=4, temperature=0.0)))
+    assert decoded == [1]
+    assert loaded.llama.n_tokens == 0  # and what it read was dropped

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import importlib.util
 import json
 import logging
@@ -184,14 +185,17 @@ def _stop_between_tokens(loaded: _Loaded) -> None:
     """Let a call given up (its timeout, Ctrl-C) end at its next token instead of generating
     to the end (which kept a stopped CLI waiting for seconds). llama.cpp's C code cannot be
     interrupted, but llama-cpp-python evaluates each token through the Python method
-    `Llama.eval`: this instance's own wrapper of it checks the call in progress."""
+    `Llama.eval`: this instance's own wrapper of it checks the call in progress, also between
+    the batches of a long prompt (which `Llama.eval` takes in one call)."""
     original = loaded.llama.eval
+    batch = max(1, int(loaded.llama.n_batch))
 
-    def eval(tokens: Any) -> Any:
-        call = loaded.current
-        if call is not None and call.abandoned.is_set():
-            raise _Abandoned
-        return original(tokens)
+    def eval(tokens: Any) -> None:
+        for i in range(0, len(tokens), batch):
+            call = loaded.current
+            if call is not None and call.abandoned.is_set():
+                raise _Abandoned
+            original(tokens[i : i + batch])
 
     loaded.llama.eval = eval
 
@@ -212,6 +216,21 @@ class _Call:
 
     def __init__(self) -> None:
         self.abandoned = threading.Event()
+        self._state = threading.Lock()
+        self._started = False
+
+    def start(self) -> bool:
+        """Called by the worker holding the model: whether to generate (not abandoned)."""
+        with self._state:
+            self._started = not self.abandoned.is_set()
+            return self._started
+
+    def abandon(self) -> bool:
+        """Give the call up; whether its worker already uses the model (and must be waited
+        for before the model's turn goes to another call)."""
+        with self._state:
+            self.abandoned.set()
+            return self._started
 
 
 class LocalProvider:
@@ -220,7 +239,8 @@ class LocalProvider:
     def turn(self, model: str) -> asyncio.Lock:
         """What a call to `model` from this event loop waits for before `complete`: the
         engine waits for it outside the step's timeout (a call waiting for the model is not
-        yet the step's own time). Calls from other event loops take turns on the model's
+        yet the step's own time). A call given up keeps its turn until its worker thread has
+        stopped using the model. Calls from other event loops take turns on the model's
         thread lock as well."""
         loop = asyncio.get_running_loop()
         turns = _turns.get(loop)
@@ -242,21 +262,52 @@ class LocalProvider:
         _require_llama_cpp()
         call = _Call()
         schema = _plain(request.json_schema) if request.json_schema is not None else None
-        work = asyncio.to_thread(_generate, path, _chat_kwargs(request), schema, call)
+        # (as asyncio.to_thread, but the thread's future is kept: a call given up waits for it)
+        worker = asyncio.get_running_loop().run_in_executor(
+            None,
+            contextvars.copy_context().run,
+            _generate,
+            path,
+            _chat_kwargs(request),
+            schema,
+            call,
+        )
         try:
             if request.timeout:
-                result = await asyncio.wait_for(work, request.timeout)
+                result = await asyncio.wait_for(asyncio.shield(worker), request.timeout)
             else:
-                result = await work
+                result = await asyncio.shield(worker)
         except TimeoutError:
-            call.abandoned.set()
+            await _stopped(call, worker)
             raise ProviderTimeout(
                 f"{request.model} did not answer within {request.timeout:g}s"
             ) from None
         except asyncio.CancelledError:
-            call.abandoned.set()
+            await _stopped(call, worker)
             raise
         return _to_response(result, request)
+
+
+async def _stopped(call: _Call, worker: asyncio.Future[Any]) -> None:
+    """Give `call` up and, if its worker already generates, wait until it has stopped (at its
+    next token): the caller's turn on the model (`LocalProvider.turn`) ends only then, so the
+    next call's wait, not its timeout, covers the stop. A call still waiting for the model
+    never uses it and is not waited for (its worker leaves when it gets the model)."""
+    if not call.abandon():
+        worker.add_done_callback(_ignore_result)
+        return
+    while not worker.done():
+        try:
+            await asyncio.wait((worker,))
+        except asyncio.CancelledError:  # cancelled again (a second Ctrl-C): the stop is near
+            continue
+    _ignore_result(worker)
+
+
+def _ignore_result(worker: asyncio.Future[Any]) -> None:
+    """Retrieve what a worker nobody awaits any more ended with (asyncio would log it)."""
+    if not worker.cancelled():
+        worker.exception()
 
 
 def _chat_kwargs(request: CompletionRequest) -> dict[str, Any]:
@@ -291,7 +342,7 @@ def _generate(
     can only produce JSON that matches it (a grammar made from it once the model is here)."""
     loaded = _load(path)
     with loaded.lock:
-        if call.abandoned.is_set():
+        if not call.start():
             raise ProviderTimeout("abandoned before it started")  # nobody awaits this any more
         if kwargs.get("seed") is not None or kwargs.get("temperature") == 0:
             # A repeatable reply was asked for. llama.cpp would reuse the tokens a previous
