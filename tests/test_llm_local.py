@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -599,3 +600,45 @@ def test_a_call_given_up_during_a_long_prompt_stops_at_the_next_batch(
         asyncio.run(LocalProvider().complete(ask(prompt, max_tokens=4, temperature=0.0)))
     assert decoded == [1]
     assert loaded.llama.n_tokens == 0  # and what it read was dropped
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_retry_at_temperature_zero_gets_another_reply_the_same_on_every_run() -> None:
+    provider = LocalProvider()
+    req = ask("Write one sentence about rivers.", max_tokens=24, temperature=0.0)
+
+    def reply(attempt: int) -> str:
+        return asyncio.run(provider.complete(replace(req, attempt=attempt))).content
+
+    first, second, third = reply(1), reply(2), reply(3)
+    assert len({first, second, third}) == 3, (first, second, third)
+    assert reply(2) == second  # (a resumed run's retry is the interrupted one's)
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_step_retried_after_an_invalid_reply_is_not_given_the_same_reply() -> None:
+    """A step at temperature 0 whose reply broke its rules was retried and got the same reply
+    again, every attempt: retrying could not help."""
+    from eclflow.engine.runner import run
+    from eclflow.spec import load_text
+
+    wf = load_text(
+        "eclflow: 1\nid: retry\nmodel: local/smollm2\n"
+        "steps:\n"
+        "  - id: draft\n"
+        "    type: generate\n"
+        "    with: {topic: rivers}\n"
+        "    retry: {max_attempts: 2, initial_delay: 0s}\n"
+        "    config: {max_tokens: 24, temperature: 0, max_chars: 5}\n"  # no draft is that short
+    )
+    calls: list[tuple[int, str]] = []
+
+    def on_call(step_id: str, request: CompletionRequest, response: object, _: float) -> None:
+        calls.append((request.attempt, response.content))  # type: ignore[attr-defined]
+
+    result = asyncio.run(run(wf, {}, store=None, on_call=on_call))
+    assert result.status == "failed" and "too long" in (result.error or ""), result.error
+    assert [attempt for attempt, _ in calls] == [1, 2]
+    assert calls[0][1] != calls[1][1], calls

@@ -302,7 +302,7 @@ class Executor:
             step_id=step.id,
             attempt=attempt,
             model=model,
-            complete_fn=self._completer(step, key, model, usage),
+            complete_fn=self._completer(step, key, attempt, model, usage),
             logger=self._log,
             config=step.spec.config,
             loop=loop,
@@ -393,7 +393,9 @@ class Executor:
         self._log.debug("step type '%s' raised", step.spec.type, exc_info=e)
         return f"{type(e).__name__}: {e}"
 
-    def _completer(self, step: Step, key: str, model: str | None, usage: _Usage) -> Any:
+    def _completer(
+        self, step: Step, key: str, attempt: int, model: str | None, usage: _Usage
+    ) -> Any:
         async def complete(
             messages: Sequence[Message],
             *,
@@ -423,6 +425,7 @@ class Executor:
                 timeout=step.spec.timeout,
                 step_id=step.id,
                 key=key,
+                attempt=attempt,
             )
             if self.guard is not None:
                 try:

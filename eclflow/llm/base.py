@@ -29,6 +29,7 @@ class CompletionRequest:
     timeout: float | None = None
     step_id: str | None = None  # which step asks, and under which journal key (`critique#2`)
     key: str | None = None
+    attempt: int = 1  # the step's attempt that asks: a retry may ask to be answered otherwise
 
     def to_dict(self) -> dict[str, Any]:
         return {

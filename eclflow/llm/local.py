@@ -34,6 +34,10 @@ DEFAULT_TEMPERATURE = 0.2
 # model at temperature 0.2 soon repeats one sentence up to the token limit (the README's first
 # run did, 25 times over).
 REPEAT_PENALTY = 1.1
+# A retry (a step's attempt 2, 3 …) samples at DEFAULT_TEMPERATURE at least, with a seed of its
+# own made from this and the attempt number: at temperature 0, or with a seed given, it gave
+# the very reply the step had just refused.
+RETRY_SEED = 0x9E3779B1
 THREADS_ENV = "ECLFLOW_LOCAL_THREADS"
 
 logger = logging.getLogger(__name__)
@@ -311,19 +315,30 @@ def _ignore_result(worker: asyncio.Future[Any]) -> None:
 
 
 def _chat_kwargs(request: CompletionRequest) -> dict[str, Any]:
+    temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
+    seed = request.seed
+    if request.attempt > 1:
+        temperature = max(temperature, DEFAULT_TEMPERATURE)
+        seed = retry_seed(request.seed, request.attempt)
     kwargs: dict[str, Any] = {
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         "max_tokens": request.max_tokens,
-        "temperature": (
-            request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
-        ),
+        "temperature": temperature,
         "repeat_penalty": REPEAT_PENALTY,
     }
     if request.stop:
         kwargs["stop"] = list(request.stop)
-    if request.seed is not None:
-        kwargs["seed"] = request.seed
+    if seed is not None:
+        kwargs["seed"] = seed
     return kwargs
+
+
+def retry_seed(seed: int | None, attempt: int) -> int:
+    """The sampling seed of a step's `attempt` (from 2): one of its own, from the request's
+    seed and the attempt number alone, so a retry differs from the attempt it retries and a
+    resumed run's retry samples as the interrupted one did."""
+    # (below 2**32 - 1, which llama.cpp takes as 'a random seed')
+    return ((seed or 0) * 1_000_003 + attempt * RETRY_SEED) % (2**32 - 1)
 
 
 def _plain(value: Any) -> Any:
