@@ -642,3 +642,34 @@ def test_a_step_retried_after_an_invalid_reply_is_not_given_the_same_reply() -> 
     assert result.status == "failed" and "too long" in (result.error or ""), result.error
     assert [attempt for attempt, _ in calls] == [1, 2]
     assert calls[0][1] != calls[1][1], calls
+
+
+@pytest.mark.slow
+@needs_model
+def test_llama_cpp_s_own_lines_are_not_printed_only_logged_at_debug(
+    tmp_path: Path, eclflow_cmd: list[str]
+) -> None:
+    """A grammar llama.cpp cannot parse (a pattern with \\d) printed its error and the whole
+    grammar on stderr, in the middle of eclflow's one-line warnings and errors."""
+    wf = tmp_path / "zip.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: zip\nmodel: local/smollm2\n"
+        "steps:\n"
+        "  - id: zip\n"
+        "    type: llm\n"
+        "    template: A zip code as JSON.\n"
+        "    retry: {max_attempts: 1}\n"
+        "    config: {max_tokens: 16, temperature: 0}\n"
+        "    output_schema:\n"
+        "      {type: object, properties: {code: {type: string, pattern: '^\\d{5}$'}}}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    def stderr(*options: str) -> str:
+        cmd = [*eclflow_cmd, *options, "run", str(wf), "--db", db]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300).stderr
+
+    quiet = stderr()
+    assert "cannot follow the patterns of this output_schema" in quiet  # eclflow's own line
+    assert "error parsing grammar" not in quiet and "::=" not in quiet, quiet
+    assert "parse: error parsing grammar: unknown escape" in stderr("--log-level", "debug")

@@ -12,10 +12,13 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import ctypes
 import importlib.util
 import json
 import logging
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +44,7 @@ RETRY_SEED = 0x9E3779B1
 THREADS_ENV = "ECLFLOW_LOCAL_THREADS"
 
 logger = logging.getLogger(__name__)
+native_logger = logging.getLogger(f"{__name__}.llama_cpp")  # llama.cpp's own lines: debug
 
 
 @dataclass
@@ -162,6 +166,7 @@ def _load(path: Path) -> _Loaded:
                 from llama_cpp import Llama
             except ImportError:
                 raise ConfigError(INSTALL_HINT) from None
+            _route_native_log()
             try:
                 with _plain_weights_on_amx():
                     llama = Llama(
@@ -179,6 +184,54 @@ def _load(path: Path) -> _Loaded:
             loaded = _models[path] = _Loaded(llama)
             _stop_between_tokens(loaded)
     return loaded
+
+
+# ggml's log levels (ggml.h): a message may come in parts, each further part at level CONT
+_GGML_WARN, _GGML_CONT = 3, 5
+
+
+@dataclass
+class _NativeLog:
+    """Where llama.cpp's log goes: its callback (kept alive here) and the message it is writing."""
+
+    callback: Any
+    parts: list[str] = field(default_factory=list)
+    level: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_native_log: _NativeLog | None = None
+
+
+def _route_native_log() -> None:
+    """Send llama.cpp's own warnings and errors (a grammar it cannot parse) to the debug log
+    instead of stderr, where they broke eclflow's one-line errors and warnings (llama-cpp-python
+    prints some even with `verbose=False`). Its info lines (the model's metadata, thousands of
+    them) are dropped, as llama-cpp-python drops them."""
+    global _native_log
+    if _native_log is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        log = _native_log
+        assert log is not None
+        with log.lock:
+            if level != _GGML_CONT:
+                log.level = level
+            if log.level < _GGML_WARN:
+                return
+            log.parts.append(text.decode("utf-8", "replace"))
+            if not log.parts[-1].endswith("\n"):
+                return
+            message = "".join(log.parts).strip()
+            log.parts.clear()
+        if message:
+            native_logger.debug("%s", message)
+
+    _native_log = _NativeLog(callback)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 class _Abandoned(Exception):
@@ -418,16 +471,43 @@ def _grammar(loaded: _Loaded, schema: Mapping[str, Any]) -> Any:
 
 
 def _parses(loaded: _Loaded, grammar: str) -> bool:
-    """Whether llama.cpp parses `grammar` (when it does not, it prints why and the grammar
-    on stderr, which nothing here can take back)."""
+    """Whether llama.cpp parses `grammar` (when it does not, it logs why, and the grammar,
+    at debug level)."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(loaded.llama.model)
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    with _stderr_to_debug():
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     if not sampler:
         return False
     llama_cpp.llama_sampler_free(sampler)
     return True
+
+
+@contextlib.contextmanager
+def _stderr_to_debug() -> Iterator[None]:
+    """What native code writes on stderr meanwhile goes to the debug log: llama.cpp prints a
+    grammar it cannot parse there, past its log callback. The redirection is the process's, as
+    llama-cpp-python's own while it loads a model, so it is kept to one short native call."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to take (a daemon's closed descriptor)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode("utf-8", "replace").strip()
+    if text:
+        native_logger.debug("%s", text)
 
 
 # where a JSON Schema holds schemas: `pattern` is left out of these, not of property names
