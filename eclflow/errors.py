@@ -175,6 +175,11 @@ class StoreUnavailable(PersistenceError):
     the URL, so the commands exit 2 as for any configuration error."""
 
 
+class LockWaitStopped(PersistenceError):
+    """A write stopped waiting for a lock another process holds, because this process is
+    stopping (Ctrl-C, SIGTERM): what was committed before is kept."""
+
+
 class InvalidState(EclflowError):
     """An operation does not fit the run's current state (e.g. resuming a completed run)."""
 
@@ -182,6 +187,15 @@ class InvalidState(EclflowError):
 class RunPaused(InvalidState):
     """Restate paused the run (it could not run it after many attempts): it waits, keeping what
     its steps did, until it is resumed; the message says how."""
+
+
+class RunInterrupted(InvalidState):
+    """The run is `running` in the store, but the process that ran it has ended: only a
+    resume goes on with it (`run_id`: its full id)."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class UnclearRunId(NotFound, InvalidState):

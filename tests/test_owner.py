@@ -278,6 +278,51 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path: Path, sigint: Any) -> None
     assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1 was cut short, and only it again
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_run_waiting_for_another_process_lock_stops_at_once_on_a_signal(
+    tmp_path: Path, sig: int
+) -> None:
+    """Ctrl-C or SIGTERM while the journal waited for the write lock another process holds
+    (an sqlite3 shell left in a transaction): the process sat out the rest of the minute's
+    busy timeout before it stopped. It stops at once, says how to go on in one line, and the
+    resume finishes the run."""
+    import threading
+
+    env, journal, log = setup(tmp_path)
+    replies = json.loads(script(KEYS))
+    replies["critique#1"]["delay"] = 1
+    p = start(tmp_path, env, replies=json.dumps(replies),
+              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+    reader.start()
+    lock = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    try:
+        run_id = in_flight(journal, "critique#1")
+        lock.execute("BEGIN IMMEDIATE")  # critique#1's result waits for it
+        wait_for(lambda: any("waiting for the write lock" in line for line in lines), "the wait")
+        p.send_signal(sig)
+        p.wait(timeout=30)  # (the busy timeout had more than 50 s to go)
+    finally:
+        p.kill()
+        lock.close()
+    reader.join(timeout=10)
+    short = run_id[:8]
+    assert p.returncode == (143 if sig == signal.SIGTERM else 130), lines
+    assert lines[-1].strip() == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    ), lines
+    assert not any("Traceback" in line or "lost" in line for line in lines), lines
+    r = eclflow(
+        *("resume", short, "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1's result was not kept
+
+
 def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -480,3 +525,29 @@ def test_only_a_running_run_pauses(tmp_path: Path) -> None:
         f"`eclflow resume {run_id[:8]}` continues it"
     )
     assert eclflow("pause", "zzzz", env=env).returncode == 2
+
+
+def test_pause_of_an_ended_run_says_a_resume_that_works_with_engine_restate_set(
+    tmp_path: Path,
+) -> None:
+    """With ECLFLOW_ENGINE=restate set, `eclflow pause` of a run whose process ended said
+    `eclflow resume ID`, which went to Restate (no such run there), and without the --db the
+    pause was given: the command said names the local engine and the database, and works."""
+    import shlex
+
+    env, journal, _ = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    url = env.pop("ECLFLOW_DATABASE_URL")
+    env["ECLFLOW_ENGINE"] = "restate"
+    r = eclflow("pause", run_id[:8], "--db", url, env=env)
+    assert r.returncode == 1
+    said = shlex.split(r.stderr.split("`")[1])
+    assert said[:3] == ["eclflow", "resume", run_id[:8]], r.stderr
+    assert "--engine" in said and "--db" in said, r.stderr
+    go_on = eclflow(*said[1:], "--model", "mock/x", "--mock-responses",
+                    str(tmp_path / "rest.json"), "--json", env=env)  # fmt: skip
+    assert go_on.returncode == 0, go_on.stderr
+    assert json.loads(go_on.stdout)["status"] == "completed"

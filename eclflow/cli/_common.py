@@ -7,12 +7,13 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _terminated = False  # SIGTERM came (see stop_on_sigterm)
@@ -35,6 +36,29 @@ def stop_on_sigterm() -> None:
     # (not in the main thread, ValueError: a host program's signals stay its own)
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def stopping_lock_waits(work: Awaitable[T], store: Any) -> T:
+    """Await `work` (in `asyncio.run`), with Ctrl-C and SIGTERM also ending a wait for the
+    database's write lock that another process holds (`Store.stop_waiting`): asyncio
+    cancels the run at once, but the end of `asyncio.run` and closing the store wait for
+    their threads, which could wait out a minute's busy timeout."""
+    previous = signal.getsignal(signal.SIGINT)
+    if store is None or not callable(previous):
+        return await work
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        store.stop_waiting()
+        previous(signum, frame)  # asyncio's: it cancels the run
+
+    with contextlib.suppress(ValueError):  # (not in the main thread: nothing to do)
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return await work
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, previous)
 
 
 def interrupted_exit_code() -> int:

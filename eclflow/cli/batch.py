@@ -21,6 +21,7 @@ from ._common import (
     json_logs,
     leave_out_what_the_end_says,
     say,
+    stopping_lock_waits,
 )
 
 
@@ -199,7 +200,7 @@ def run_batch_command(
     interrupted = False
     try:
         with bar:
-            asyncio.run(go())
+            asyncio.run(stopping_lock_waits(go(), store))
     except KeyboardInterrupt:
         interrupted = True
     finally:

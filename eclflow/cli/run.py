@@ -32,6 +32,7 @@ from ._common import (
     say,
     stderr_console,
     stop_on_sigterm,
+    stopping_lock_waits,
 )
 
 if TYPE_CHECKING:
@@ -573,9 +574,9 @@ def run_cmd(
 
         if view is not None:
             with view:
-                result = _run_async(go())
+                result = _run_async(go(), store)
         else:
-            result = _run_async(go())
+            result = _run_async(go(), store)
     except KeyboardInterrupt:
         _interrupted(run_id if store is not None else None)
     except PersistenceError as e:
@@ -704,7 +705,8 @@ def resume_cmd(
                 force=force,
                 listener=listener,
                 budget=_budget(budget_usd, budget_tokens, budget_calls),
-            )
+            ),
+            store,
         )
     except KeyboardInterrupt:
         _interrupted(run_id)
@@ -727,9 +729,16 @@ def pause_cmd(run_id: str, db: str | None) -> None:
     resume RUN_ID` continues it. The running process looks between steps, at most every few
     seconds."""
     from ..engine.runner import pause
+    from ..errors import RunInterrupted
 
     with open_store(db, existing=True) as store:
-        full = pause(run_id, store=store)
+        try:
+            full = pause(run_id, store=store)
+        except RunInterrupted as e:  # the CLI's hint: with --db, and --engine local if needed
+            fail(
+                f"run {e.run_id[:8]} is not running: its process ended; "
+                f"{resume_command(e.run_id)} continues it"
+            )
     click.echo(
         f"pausing run {full[:8]}: it stops before its next step (the process running it looks "
         f"every few seconds); {resume_command(full)} continues it"
@@ -823,14 +832,15 @@ def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
     )
 
 
-def _run_async(coro: Any) -> Any:
+def _run_async(coro: Any, store: Any = None) -> Any:
     """Runs the engine. What a step prints (a plugin's debugging, say) goes to stderr: stdout
-    carries the run's output, which scripts read (`--json | jq`)."""
+    carries the run's output, which scripts read (`--json | jq`). Ctrl-C and SIGTERM also end
+    a wait for `store`'s lock (see stopping_lock_waits)."""
     import asyncio
     from contextlib import redirect_stdout
 
     with redirect_stdout(sys.stderr):
-        return asyncio.run(coro)
+        return asyncio.run(stopping_lock_waits(coro, store))
 
 
 def _quiet_stamina() -> None:

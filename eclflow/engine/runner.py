@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .._time import utc_text
-from ..errors import ConfigError, InvalidInput, InvalidState, PersistenceError, RunNotFound
+from ..errors import (
+    ConfigError,
+    InvalidInput,
+    InvalidState,
+    PersistenceError,
+    RunInterrupted,
+    RunNotFound,
+)
 from ..graph.plan import Plan, compile_plan
 from ..llm import MockProvider, Providers, load_script
 from ..observe import tracing
@@ -352,9 +359,10 @@ def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
         if (record.metadata or {}).get("engine") == "restate":
             raise InvalidState(f"run {record.id[:8]} runs on Restate, which eclflow cannot pause")
         if shown == "interrupted":
-            raise InvalidState(
+            raise RunInterrupted(
                 f"run {record.id[:8]} is not running: its process ended; "
-                f"`eclflow resume {record.id[:8]}` continues it"
+                f"`eclflow resume {record.id[:8]}` continues it",
+                record.id,
             )
         if shown != "running":
             raise InvalidState(f"run {record.id[:8]} is {shown}: only a running run pauses")

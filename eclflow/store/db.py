@@ -30,6 +30,7 @@ from peewee import (
 from ..errors import (
     ConfigError,
     EclflowError,
+    LockWaitStopped,
     PersistenceError,
     StoreNotFound,
     StoreUnavailable,
@@ -42,6 +43,8 @@ BUSY_TIMEOUT_MS = 60_000
 # SQLite: a transaction that has waited this long for another process's write lock says so
 # before it waits the rest of BUSY_TIMEOUT_MS (a minute without a word looks like a hang)
 LOCK_NOTICE_MS = 3_000
+# SQLite: the longest a wait for that lock goes without looking whether the process is stopping
+LOCK_SLICE_MS = 100
 # PostgreSQL: as SQLite's busy timeout, a lock held by a session left open in a transaction (an
 # idle psql, say) fails the statement after a minute instead of hanging for ever. Set once
 # connected, where the session has no lock_timeout of its own (the URL's options, PGOPTIONS,
@@ -91,6 +94,7 @@ class _SqliteDatabase(_Tracked, SqliteDatabase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._conns: list[Any] = []
         self._conns_lock = threading.Lock()
+        self.stop = threading.Event()  # set: waits for a lock end at once (Store.stop_waiting)
         super().__init__(*args, **kwargs)
 
     def _connect(self) -> Any:
@@ -104,6 +108,8 @@ class _SqliteDatabase(_Tracked, SqliteDatabase):
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or waited >= BUSY_TIMEOUT_MS / 1000:
                     raise
+                if self.stop.is_set():
+                    raise LockWaitStopped(f"stopped opening {self.database}: stopping") from e
             time.sleep(delay)
             waited, delay = waited + delay, min(delay * 2, 0.1)
 
@@ -112,27 +118,48 @@ class _SqliteDatabase(_Tracked, SqliteDatabase):
         if self.database == MEMORY:
             super().begin(lock_type)
             return
-        begin_immediate(self.connection(), self.database)
+        begin_immediate(self.connection(), self.database, self.stop)
 
 
-def begin_immediate(conn: Any, path: str) -> None:
-    """BEGIN IMMEDIATE on a connection of the file `path`, with a warning once it has waited
-    LOCK_NOTICE_MS for the write lock of another process (an open sqlite3 shell, a long
-    transaction): then it waits the rest of BUSY_TIMEOUT_MS."""
-    conn.execute(f"PRAGMA busy_timeout = {LOCK_NOTICE_MS}")
+def begin_immediate(conn: Any, path: str, stop: threading.Event | None = None) -> None:
+    """BEGIN IMMEDIATE on a connection of the file `path`, waiting up to BUSY_TIMEOUT_MS for
+    the write lock of another process (an open sqlite3 shell, a long transaction), with a
+    warning once it has waited LOCK_NOTICE_MS. It waits in slices of LOCK_SLICE_MS, so that
+    `stop` (set when the process is stopping: Ctrl-C, SIGTERM) ends the wait at once instead
+    of a minute later; it then raises LockWaitStopped."""
+    started = time.monotonic()
+    noticed = False
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as e:
-        if "locked" not in str(e):
-            raise
-        rest = BUSY_TIMEOUT_MS - LOCK_NOTICE_MS
-        logger.warning(
-            "waiting for the write lock of %s, which another process holds (up to %d s more)",
-            path,
-            rest // 1000,
-        )
-        conn.execute(f"PRAGMA busy_timeout = {rest}")
-        conn.execute("BEGIN IMMEDIATE")
+        while True:
+            if stop is not None and stop.is_set():
+                # one try that does not wait: a lock that is free is still taken
+                conn.execute("PRAGMA busy_timeout = 0")
+            else:
+                conn.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
+            tried = time.monotonic()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                now = time.monotonic()
+                waited = (now - started) * 1000
+                if "locked" not in str(e) or waited >= BUSY_TIMEOUT_MS:
+                    raise
+                if stop is not None and stop.is_set():
+                    raise LockWaitStopped(
+                        f"stopped waiting for the write lock of {path}, which another process "
+                        "holds: this process is stopping"
+                    ) from None
+            if now - tried < LOCK_SLICE_MS / 2000:  # (refused without waiting: do not spin)
+                time.sleep(LOCK_SLICE_MS / 2000)
+            if not noticed and waited >= LOCK_NOTICE_MS:
+                noticed = True
+                logger.warning(
+                    "waiting for the write lock of %s, which another process holds "
+                    "(up to %d s more)",
+                    path,
+                    (BUSY_TIMEOUT_MS - LOCK_NOTICE_MS) // 1000,
+                )
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
@@ -278,7 +305,7 @@ class Store:
         with self.reading():
             if self.kind == "sqlite":
                 conn = self.db.connection()
-                begin_immediate(conn, str(self.db.database))
+                begin_immediate(conn, str(self.db.database), self.db.stop)
                 conn.execute("ROLLBACK")
             elif self.db.execute_sql("SHOW transaction_read_only").fetchone()[0] == "on":
                 raise PersistenceError(
@@ -286,6 +313,15 @@ class Store:
                     "default_transaction_read_only): give the URL of a writable server"
                 )
         self.write_checked = True
+
+    def stop_waiting(self) -> None:
+        """This process is stopping (Ctrl-C, SIGTERM): a transaction waiting for the write lock
+        another process holds gives up at once (LockWaitStopped) instead of waiting out the
+        busy timeout, and so does any later one that finds the lock taken. For a store about to
+        be closed; SQLite only (a PostgreSQL lock wait ends at its lock_timeout)."""
+        stop = getattr(self.db, "stop", None)
+        if stop is not None:
+            stop.set()
 
     def _sqlite_path(self) -> str | None:
         return None if self.kind != "sqlite" or self.in_memory else str(self.db.database)

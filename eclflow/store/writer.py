@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from .._time import utc_text
-from ..errors import PersistenceError
+from ..errors import LockWaitStopped, PersistenceError
 from .db import begin_immediate, connection_lost
 from .records import TERMINAL_STATES
 
@@ -479,7 +479,7 @@ class JournalWriter:
                 if quick is not None or self.store.in_memory:
                     conn.execute("BEGIN IMMEDIATE")
                 else:  # (the worker's wait of up to a minute: said after a few seconds)
-                    begin_immediate(conn, str(self.store.db.database))
+                    begin_immediate(conn, str(self.store.db.database), self.store.db.stop)
             except sqlite3.OperationalError as e:
                 if quick is not None and "locked" in str(e):
                     raise _Busy from None
@@ -588,7 +588,10 @@ class JournalWriter:
         try:
             self._write(batch)
         except Exception as e:  # the store is closing: say what was lost, do not raise
-            logger.warning("journal: %d queued writes were lost on close: %s", len(batch), e)
+            # (stopped waiting for a lock: the interrupted process says so, and a crash would
+            # have lost the same: what was committed is resumed)
+            say = logger.debug if isinstance(e, LockWaitStopped) else logger.warning
+            say("journal: %d queued writes were lost on close: %s", len(batch), e)
             error: BaseException | None = e
         else:
             error = None
