@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -599,12 +600,12 @@ def test_a_plugin_step_that_raises_shows_its_traceback_with_verbose(tmp_path: Pa
     assert "buggy_plugin.py" in r.stderr and "return {}['missing_key']" in r.stderr
 
 
-def test_plugin_entry_points_that_cannot_work_are_refused_when_loaded(
+def test_plugin_entry_points_that_claim_a_taken_type_are_refused_when_loaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A plain `def execute` (every run failed with "can't be used in 'await' expression"),
-    and a type two plugins, or a plugin and the program, both claim (the last one loaded
-    silently replaced the other): refused with a line that says why, the first type kept."""
+    """A type two plugins, or a plugin and the program, both claim (the last one loaded
+    silently replaced the other): refused with a line that says why, the first type kept. A
+    plain `def execute` is loaded (it runs in a thread)."""
     _install_plugin(
         tmp_path,
         "claims_plugin",
@@ -631,17 +632,118 @@ def test_plugin_entry_points_that_cannot_work_are_refused_when_loaded(
 
     reg.register(Mine)
     problems = reg.load_entry_points()
-    assert "sync_claim" not in reg._types
+    assert reg.get("sync_claim").__qualname__ == "Sync"
     assert reg.get("twice_claim").__qualname__ == "First"
     assert reg.get("mine_claim") is Mine
     assert sorted(problems) == [
         "plugin step 'mine_claim' (claims_plugin:First) failed to load: 'mine_claim' is "
         f"already the type of {Mine.__module__}:{Mine.__qualname__}",
-        "plugin step 'sync_claim' (claims_plugin:Sync) failed to load: Sync.execute must be "
-        "`async def`",
         "plugin step 'twice_claim' (claims_plugin:Second) failed to load: 'twice_claim' is "
         "already the type of claims_plugin:First",
     ]
+
+
+class _Sleepy(Step):
+    """A plugin's blocking code: `def execute` with a sleep that outlasts the step's timeout."""
+
+    type_name = "sleepy_test"
+
+    def execute(self, ctx: Any, input: Any) -> StepResult:  # type: ignore[override]
+        time.sleep(float(input.get("seconds", 5)))
+        return StepResult.success({"slept": True})
+
+
+def test_a_blocking_plugin_execute_runs_in_a_thread_beside_the_other_steps() -> None:
+    """A plain `def execute` was refused, and an `async def` one that blocks held up the event
+    loop: the other branches waited, and the step's timeout could not cut it short. A plain
+    `def execute` runs in a thread: its timeout fails it, and the branch beside it finishes
+    meanwhile."""
+    import eclflow
+    from eclflow.spec import load_text
+
+    registry = default_registry()
+    registry.register(_Sleepy)
+    wf = load_text(
+        "eclflow: 1\nid: sleepy\nsteps:\n"
+        "  - {id: slow, type: sleepy_test, with: {seconds: 5}, timeout: 1s,\n"
+        "     retry: {max_attempts: 1}}\n"
+        "  - {id: quick, type: template, template: done}\n"
+    )
+    seen: list[str] = []
+
+    def listener(event: str, payload: Any) -> None:
+        if event == "step_finished":
+            seen.append(f"{payload['execution'].key}: {payload['execution'].status}")
+
+    try:
+        r = asyncio.run(eclflow.run(wf, {}, listener=listener))
+    finally:
+        registry._types.pop("sleepy_test")
+    assert r.status == "failed" and r.failed_step == "slow"
+    assert r.error == "Step slow failed: Step timed out after 1s"
+    assert seen == ["quick: succeeded", "slow: failed"]
+
+
+def test_ctrl_c_stops_a_run_whose_blocking_plugin_step_is_in_flight(tmp_path: Path) -> None:
+    """Ctrl-C during a plain `def execute` that blocks for a minute: the run stops at once
+    and says how to go on (the thread is not waited for), and the resume runs the step
+    again."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_crash import Journal, wait_for
+
+    _install_plugin(
+        tmp_path,
+        "sleepy_plugin",
+        "import os, time\n"
+        "from eclflow.steps import Step, StepResult\n"
+        "class Sleepy(Step):\n"
+        "    def execute(self, ctx, input):\n"
+        "        time.sleep(float(os.environ['SLEEPY_SECONDS']))\n"
+        "        return StepResult.success({'slept': True})\n",
+        "sleepy = sleepy_plugin:Sleepy",
+    )
+    (tmp_path / "w.yaml").write_text("eclflow: 1\nid: s\nsteps:\n  - {id: s, type: sleepy}\n")
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+           "ECLFLOW_DATABASE_URL": url, "SLEEPY_SECONDS": "60"}  # fmt: skip
+    cmd = [sys.executable, "-m", "eclflow", "run", str(tmp_path / "w.yaml")]
+    p = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        q = "select run_id from step_executions where state = 'running'"
+        ((run_id,),) = wait_for(lambda: Journal(url).rows(q), "the step to be in flight")
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)  # (the step had most of its minute to go)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    short = run_id[:8]
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    )
+    env["SLEEPY_SECONDS"] = "0"
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "resume", short, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["status"] == "completed", done
+    assert [(s["id"], s["status"]) for s in done["steps"]] == [("s", "succeeded")]
 
 
 def test_a_timeout_inside_a_step_is_not_called_the_step_timeout() -> None:

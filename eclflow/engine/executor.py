@@ -7,8 +7,12 @@ the step timeout, each attempt journaled → validate output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import inspect
 import logging
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +53,53 @@ CALLS_MADE = "calls_made"
 # A provider's Retry-After is honoured up to this many seconds (a longer one, such as a daily
 # quota's, is not worth holding a run for: the retries run out, and `eclflow resume` goes on).
 MAX_RETRY_AFTER = 120.0
+
+
+def _execute(step: Step, ctx: StepContext, input: Mapping[str, Any]) -> Awaitable[Any]:
+    """`step.execute`, awaitable. A plain `def execute` (a plugin's blocking code: time.sleep,
+    a synchronous client, a long computation) runs in a thread of its own, so that it blocks
+    neither the other steps and runs of the event loop nor the step's timeout and Ctrl-C; a
+    pure type's (it waits on nothing) runs here, without the thread's cost."""
+    if inspect.iscoroutinefunction(step.execute):
+        return step.execute(ctx, input)
+    if step.pure:
+        return _ready(step.execute(ctx, input))
+    return in_thread(step.execute, ctx, input)
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a daemon thread of its own, with the caller's context (its log fields).
+
+    Not `asyncio.to_thread`: the end of `asyncio.run` waits for the default executor's
+    threads, so Ctrl-C would wait for the blocking call to end. A step timeout or a
+    cancellation stops the waiting at once; Python cannot stop the thread, which runs to its
+    end on its own (a daemon thread: it does not hold up the process's exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # cancelled: nobody waits for it any more
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = context.run(fn, *args), None
+        except BaseException as e:
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # (the event loop has closed)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="eclflow-step", daemon=True).start()
+    return await future
 
 
 @dataclass(slots=True)
@@ -313,10 +364,10 @@ class Executor:
         timer = None if step.pure else deadline.timeout(step.spec.timeout)
         try:
             if timer is None:
-                result = await step.execute(ctx, input)
+                result = await _execute(step, ctx, input)
             else:
                 async with timer:
-                    result = await step.execute(ctx, input)
+                    result = await _execute(step, ctx, input)
         except TimeoutError as e:
             if timer is not None and timer.expired:
                 result = _failure(StepTimeout(step.spec.timeout))

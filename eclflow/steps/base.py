@@ -272,6 +272,9 @@ class Step:
         return _validator(self.effective_output_schema())
 
     async def execute(self, ctx: StepContext, input: Mapping[str, Any]) -> StepResult:
+        """Do the step's work. `async def` runs on the event loop with every other step and
+        must not block; a subclass may define a plain `def execute` instead, for blocking
+        code, which then runs in a thread of its own (it cannot await `ctx.complete`)."""
         raise NotImplementedError
 
 

@@ -33,8 +33,6 @@ class StepRegistry:
         name = cls.type_name
         if not name:
             raise ConfigError(f"step class {cls.__qualname__} has no type_name")
-        if not _async_execute(cls):
-            raise ConfigError(f"{cls.__qualname__}.execute must be `async def`")
         current = self._types.get(name)
         if current is not None and current is not cls:
             from .builtin import BUILTINS
@@ -81,8 +79,6 @@ class StepRegistry:
                 cls = ep.load()
                 if not (isinstance(cls, type) and issubclass(cls, Step)):
                     raise TypeError("not a subclass of eclflow.Step")
-                if not _async_execute(cls):
-                    raise TypeError(f"{cls.__qualname__}.execute must be `async def`")
                 if current is cls:
                     continue
                 if current is not None:  # another plugin's, or one the program registered
@@ -105,13 +101,6 @@ class StepRegistry:
         self._all()
         prefix = f"plugin step '{name}' "
         return next((p for p in self.problems if p.startswith(prefix)), None)
-
-
-def _async_execute(cls: type[Step]) -> bool:
-    """The engine awaits `execute`: a plain `def` would fail every run of the type."""
-    import inspect
-
-    return inspect.iscoroutinefunction(cls.execute)
 
 
 _default: StepRegistry | None = None
