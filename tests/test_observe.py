@@ -767,6 +767,45 @@ def test_the_resume_command_said_for_a_local_run_works_with_engine_restate_set(
     assert "final_text: draft two" in go_on.stdout
 
 
+def test_the_logs_name_a_loop_step_by_its_journal_key(tmp_path: Any) -> None:
+    """The run's lines, `eclflow status` and the mock scripts say `critique#2`; the info logs
+    and `eclflow logs` said `step_id=critique iteration=1` (and `critique#1` is iteration 0,
+    `revise#1` iteration 1): they now say `step=critique#2`. JSON keeps every field."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "script.yaml").write_text(KEYED % {"d": 0})
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}"}
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eclflow", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    keys = ["generate", "critique#1", "revise#1", "critique#2"]
+    for fmt in ("pretty", "compact"):
+        r = eclflow("--log-level", "info", "--log-format", fmt, "run", str(CRITIQUE_REVISE),
+                    "-i", "topic=t", "--model", "mock/t", "--mock-responses",
+                    str(tmp_path / "script.yaml"), "--json")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        lines = [x for x in r.stderr.splitlines() if "Step execution succeeded" in x]
+        assert [x.split("step=")[1].split()[0] for x in lines] == keys, r.stderr
+        assert not any("iteration=" in x or "step_id=" in x for x in lines), r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    text = eclflow("logs", run_id).stdout.splitlines()
+    lines = [x for x in text if "Step execution succeeded" in x]
+    assert [x.split("step=")[1].split()[0] for x in lines] == keys, text
+    assert not any("iteration=" in x for x in lines), text
+    objects = [json.loads(x) for x in eclflow("logs", run_id, "--json").stdout.splitlines()]
+    done = [x for x in objects if x["kind"] == "step_succeeded"]
+    assert [(x["step_id"], x["key"], x["iteration"]) for x in done] == [
+        ("generate", "generate", 0),
+        ("critique", "critique#1", 0),
+        ("revise", "revise#1", 1),
+        ("critique", "critique#2", 1),
+    ]
+
+
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
     run = _cli(
         tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--json", delay=0.3, wait=False
@@ -924,7 +963,7 @@ def test_pretty_logs_are_one_line_a_record() -> None:
                 log.error("Step execution failed", exc_info=True)
         lines = stream.getvalue().splitlines()
         assert len(lines) == 2, lines
-        assert "WARNING LLM request failed  step_id=generate attempt=1 error=LLM error:" in lines[0]
+        assert "WARNING LLM request failed  step=generate attempt=1 error=LLM error:" in lines[0]
         assert "run_id=01234567 " in lines[0] and "kind=" not in lines[0]
         assert lines[1].endswith("Step execution failed  run_id=01234567 "
                                  "workflow_id=critique-revise  (ValueError: boom)")  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import PersistenceError
-from ..observe.logs import shorten
+from ..observe.logs import for_people, shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
@@ -18,7 +18,7 @@ from ._common import db_option, handle_errors, open_store, resume_command, safe_
 
 # seconds before each new read, with --follow, after the connection was lost
 _RECONNECT = (0.3, 1.0, 3.0, 10.0)
-_SKIP_FIELDS = ("level", "message", "ts", "step_id", "run_id", "workflow_id", "kind")
+_SKIP_FIELDS = ("level", "message", "ts", "step", "run_id", "workflow_id", "kind")
 
 
 @cli.command("logs")
@@ -125,11 +125,13 @@ def _json_line(run_id: str, event: Any, data: dict[str, Any]) -> str:
 def _text_line(event: Any, data: dict[str, Any]) -> str:
     when = datetime.fromtimestamp(_ts(event, data)).strftime("%H:%M:%S.%f")[:-3]
     lvl = str(data.get("level", "info")).upper()
-    step = event.step_id or data.get("step_id")
+    shown = for_people({"step_id": event.step_id, **data} if event.step_id else data)
     head = f"{when} {lvl:<7} {data.get('message', event.kind)}"
-    if step:
-        head += f"  step={step}"
+    if shown.get("step"):  # (its journal key, `critique#2`, as the run's lines say)
+        head += f"  step={shown['step']}"
     rest = " ".join(
-        f"{k}={shorten(v, 100)}" for k, v in data.items() if k not in _SKIP_FIELDS and v is not None
+        f"{k}={shorten(v, 100)}"
+        for k, v in shown.items()
+        if k not in _SKIP_FIELDS and v is not None
     )
     return f"{head} {rest}".rstrip()

@@ -188,7 +188,7 @@ class Executor:
         attempts_log: AttemptLog,
         loop: LoopState | None,
     ) -> StepExecution:
-        with bind(step_id=step.id, iteration=iteration, attempt=1):
+        with bind(step_id=step.id, key=key, iteration=iteration, attempt=1):
             started = time.perf_counter()
             model = self.model_for(step)
             traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]

@@ -92,6 +92,21 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+def for_people(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields as the human formats show them: the step as `step=` its journal key, as
+    `eclflow status` and the run's lines name it (`critique#2`, not `step_id=critique
+    iteration=1`). The JSON format keeps every field."""
+    step = fields.get("key") or fields.get("step_id")
+    if step is None:
+        return dict(fields)
+    out: dict[str, Any] = {"step": step}
+    out.update((k, v) for k, v in fields.items() if k not in _STEP_FIELDS)
+    return out
+
+
+_STEP_FIELDS = frozenset({"step_id", "key", "iteration", "step"})
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object a line: ts, level, logger, event, then every field."""
 
@@ -112,7 +127,7 @@ class CompactFormatter(logging.Formatter):
     """`HH:MM:SS LEVEL event key=value …` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = fields_of(record)
+        fields = for_people(fields_of(record))
         head = time.strftime("%H:%M:%S", time.localtime(record.created))
         parts = [f"{head} {record.levelname:<7} {record.getMessage()}"]
         for key, value in fields.items():
@@ -129,7 +144,7 @@ class _PrettyFormatter(logging.Formatter):
     """Message then dimmed fields, for rich's handler (which adds time and level)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = fields_of(record)
+        fields = for_people(fields_of(record))
         extra = " ".join(
             f"{k}={shorten(v[:8] if k == 'run_id' and isinstance(v, str) else v)}"
             for k, v in fields.items()
@@ -167,7 +182,7 @@ class _OneLineHandler(logging.Handler):
     first record, so commands that log nothing stay fast."""
 
     _eclflow = True
-    _FIRST = ("step_id", "attempt", "error")  # what a person reads first
+    _FIRST = ("step", "attempt", "error")  # what a person reads first
     _HIDDEN = frozenset({"kind"})  # (the message says it in words)
 
     def __init__(self, stream: TextIO | None) -> None:
@@ -186,7 +201,7 @@ class _OneLineHandler(logging.Handler):
                     file=self.stream or sys.stderr, stderr=self.stream is None, highlight=False
                 )
             console = self._console
-            fields = fields_of(record)
+            fields = for_people(fields_of(record))
             keys = [k for k in self._FIRST if k in fields]
             keys += [k for k in fields if k not in self._FIRST and k not in self._HIDDEN]
             line = Text.assemble(
