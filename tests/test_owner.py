@@ -323,6 +323,36 @@ def test_a_run_waiting_for_another_process_lock_stops_at_once_on_a_signal(
     assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1's result was not kept
 
 
+def test_a_run_stopped_before_its_first_write_says_nothing_was_kept(tmp_path: Path) -> None:
+    """SIGTERM while a new run waited for the lock before anything of it was written: it
+    said `eclflow resume ID` continues it, which found no such run."""
+    import threading
+
+    from eclflow.store import open_store
+
+    env, _, log = setup(tmp_path)
+    open_store(env["ECLFLOW_DATABASE_URL"]).close()
+    lock = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    p = start(tmp_path, env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("waiting for the write lock" in line for line in lines), "the wait")
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+        lock.close()
+    reader.join(timeout=10)
+    assert p.returncode == 143, lines
+    assert lines[-1].startswith("interrupted before run "), lines
+    assert lines[-1].endswith(" was recorded: nothing was kept; running it again starts over\n")
+    assert calls(log) == []
+    assert eclflow("runs", env=env).stdout.strip() == "No runs."
+
+
 def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
     tmp_path: Path, monkeypatch: Any
 ) -> None:

@@ -578,7 +578,7 @@ def run_cmd(
         else:
             result = _run_async(go(), store)
     except KeyboardInterrupt:
-        _interrupted(run_id if store is not None else None)
+        _interrupted(run_id if store is not None else None, store)
     except PersistenceError as e:
         _journal_failed(e, store, run_id)
     finally:
@@ -806,15 +806,31 @@ def _check_mock_is_used(workflow: Any, model: str | None) -> None:
         ) from None
 
 
-def _interrupted(run_id: str | None) -> None:
-    """Ctrl-C or SIGTERM: say how to go on (what was committed is kept), exit 130 or 143."""
+def _interrupted(run_id: str | None, new_run_in: Any = None) -> None:
+    """Ctrl-C or SIGTERM: say how to go on (what was committed is kept), exit 130 or 143.
+    `new_run_in`: the store of a run this command began, which may have kept nothing yet
+    (stopped while it waited for another process's lock, before its first write)."""
     if run_id is None:
         message = "interrupted (with --no-journal nothing was kept: running it again starts over)"
+    elif new_run_in is not None and not _kept(new_run_in, run_id):
+        message = (
+            f"interrupted before run {run_id[:8]} was recorded: nothing was kept; running it "
+            "again starts over"
+        )
     else:
         message = f"interrupted: run {run_id[:8]} stopped; {resume_command(run_id)} continues it"
     code = interrupted_exit_code()
     say(message, "error", exit_code=code, run_id=run_id)
     sys.exit(code)
+
+
+def _kept(store: Any, run_id: str) -> bool:
+    """Whether the run is in the store, once what its writers held is written."""
+    try:
+        store.close_writers()
+        return bool(store.runs.exists(run_id))
+    except PersistenceError:  # (cannot tell: say how to go on, as for a kept run)
+        return True
 
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:

@@ -334,13 +334,18 @@ class Store:
 
     writing = transaction
 
+    def close_writers(self) -> None:
+        """Let go of the journal writers of the event loops that wrote here, writing what they
+        still hold (a run stopped by Ctrl-C: its last rows and events)."""
+        writers, self.writers = list(self.writers.values()), {}
+        for writer in writers:
+            writer.close()
+
     def close(self) -> None:
         """Close every connection this store opened (in any thread). Idempotent."""
         if self._closed:
             return
-        writers, self.writers = list(self.writers.values()), {}
-        for writer in writers:  # first: they write what they still hold
-            writer.close()
+        self.close_writers()  # first: they write what they still hold
         self._closed = True
         self.db.close_all()
         self.db.dispose()
