@@ -206,3 +206,10 @@ def test_the_documented_scripts_run_the_bundled_workflow(script: str) -> None:
         )
     )
     assert (result.status, result.output["revision_count"]) == ("completed", 1), result.error
+    if script == "examples/mock":  # each critique is the reply the file writes, word for word
+        written = YAML(typ="safe").load(EXAMPLES / "mock" / "critique_revise.yaml")
+        critiques = [s.output["critique"] for s in result.steps if s.step_id == "critique"]
+        assert critiques == [
+            written["critique#1"]["content"]["critique"],
+            written["critique"]["content"]["critique"],
+        ]
