@@ -110,6 +110,27 @@ def test_misspellings_get_a_suggestion_on_the_same_line() -> None:
     assert "Did you mean" in r.stderr and "'--inputs'" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["run", WF, "-v"], "(eclflow -v run …)"),
+        (["validate", "--log-level", "info", WF], "(eclflow --log-level LEVEL validate …)"),
+        (["logs", "x", "--log-format=json"], "(eclflow --log-format FORMAT logs …)"),
+    ],
+)
+def test_an_option_of_eclflow_after_the_command_says_where_it_goes(
+    args: list[str], where: str
+) -> None:
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    option = args[2].partition("=")[0] if args[0] != "validate" else args[1]
+    assert r.stderr.startswith(
+        f"error: {option} is an option of eclflow itself, not of {args[0]}: "
+        f"put it before the command {where}"
+    ), r.stderr
+
+
 def test_help_and_version_still_work(tmp_path: Path) -> None:
     r = cli("--help")
     assert r.returncode == 0 and r.stdout.startswith("Usage: eclflow") and not r.stderr

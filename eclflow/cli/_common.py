@@ -159,6 +159,9 @@ def _show_one_line(
 ) -> None:
     message = " ".join(error.format_message().split())
     ctx = getattr(error, "ctx", None)
+    misplaced = _global_option_after_the_command(error, ctx)
+    if misplaced:
+        message = misplaced
     fields: dict[str, Any] = {"exit_code": error.exit_code}
     see = ""
     command = ctx.command_path if ctx is not None else command
@@ -170,6 +173,27 @@ def _show_one_line(
         _emit(message, "error", "", True, fields)
     else:
         _emit(message + see, "error", "error: ", False, fields)
+
+
+def _global_option_after_the_command(
+    error: click.ClickException, ctx: click.Context | None
+) -> str | None:
+    """What to say when an option of `eclflow` itself (`-v`, `--log-level`, `--log-format`)
+    was written after the command (`eclflow run FILE -v`): where it goes, not just "no such
+    option". None for any other error."""
+    if not isinstance(error, click.NoSuchOption) or ctx is None or ctx.parent is None:
+        return None
+    root = ctx.find_root()
+    name = error.option_name
+    param = next((p for p in root.command.params if name in (*p.opts, *p.secondary_opts)), None)
+    if not isinstance(param, click.Option):
+        return None
+    prog = root.command_path
+    written = name if param.is_flag else f"{name} {name.rsplit('-', 1)[-1].upper()}"
+    return (
+        f"{name} is an option of {prog} itself, not of {ctx.info_name}: "
+        f"put it before the command ({prog} {written} {ctx.info_name} …)"
+    )
 
 
 def _log_format_of(ctx: click.Context | None) -> str | None:
