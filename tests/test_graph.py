@@ -372,6 +372,14 @@ def test_cli_missing_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "nope.yaml" in err and "no such file" in err
 
 
+def test_cli_directory_is_a_usage_error_as_for_run(tmp_path: Path) -> None:
+    proc = graph(str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.decode().strip() == (
+        f"error: {tmp_path} is a directory: give one workflow file in it"
+    )
+
+
 def test_cli_unwritable_output_is_one_line(tmp_path: Path) -> None:
     proc = graph(str(CRITIQUE_REVISE), "-f", "dot", "-o", str(tmp_path / "no" / "dir" / "g.dot"))
     assert proc.returncode == 2

@@ -39,6 +39,8 @@ def graph_cmd(file: Path, fmt: str | None, out: str | None) -> None:
     """
     if not file.exists():
         fail(f"{file}: no such file", EXIT_USAGE)
+    if file.is_dir():  # (as `eclflow run DIR`: a usage error, not an invalid workflow)
+        fail(f"{file} is a directory: give one workflow file in it", EXIT_USAGE)
     out_path, fmt = _output(out, fmt)
     if out_path is not None and _same_file(out_path, file):
         fail(f"-o {out} is the workflow file itself: give another file name", EXIT_USAGE)
