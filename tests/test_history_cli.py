@@ -111,6 +111,16 @@ def test_runs_lists_newest_first(two_runs: Any) -> None:
     assert env.json("runs", "--json", "--workflow", "other") == []
     empty = env.cli("runs", "--workflow", "other")
     assert empty.returncode == 0 and empty.stdout.strip() == "No runs."
+    # a --workflow no run has gets the workflows that have some (on stderr: stdout is the table)
+    assert empty.stderr == (
+        "no run of workflow 'other' at all (--workflow takes the file's `id:`; "
+        "workflows with runs: critique-revise)\n"
+    )
+    typo = env.cli("runs", "--workflow", "critique_revise")
+    assert typo.returncode == 0 and typo.stdout.strip() == "No runs."
+    assert "did you mean 'critique-revise'?" in typo.stderr
+    # none when the workflow has runs, only none in that state
+    assert env.cli("runs", "--workflow", "critique-revise", "--state", "paused").stderr == ""
 
 
 def test_status_text(two_runs: Any) -> None:

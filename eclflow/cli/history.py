@@ -141,6 +141,12 @@ def runs_cmd(
             if total == limit and not as_json:  # (how many more there are, said below)
                 total = store.runs.count(state=state, definition_id=workflow_id)
         by_run = store.steps.stats_many(r.id for r in runs)
+        # a --workflow no run has: a typo, or a name, not the file's `id:`, more often than not
+        others = (
+            [t["workflow"] for t in store.steps.totals("workflow")]
+            if workflow_id and not runs and not store.runs.count(definition_id=workflow_id)
+            else []
+        )
     rows = [_run_summary(r, by_run.get(r.id)) for r in runs]
     if as_json:
         shown = [{k: v for k, v in r.items() if k != "_run"} for r in rows]
@@ -148,6 +154,19 @@ def runs_cmd(
         return
     if not rows:
         click.echo("No runs.")
+        if others:
+            import difflib
+
+            close = difflib.get_close_matches(workflow_id or "", others, n=1)
+            known = sorted(others)
+            listed = ", ".join(known[:10]) + (", …" if len(known) > 10 else "")
+            say(
+                f"no run of workflow '{workflow_id}' at all; did you mean '{close[0]}'? "
+                "(--workflow takes the file's `id:`)"
+                if close
+                else f"no run of workflow '{workflow_id}' at all (--workflow takes the file's "
+                f"`id:`; workflows with runs: {listed})"
+            )
         return
     from rich.table import Table
 
