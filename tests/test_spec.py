@@ -600,6 +600,29 @@ def test_template_problems_are_located_in_the_template(tmp_path: Path) -> None:
     }
 
 
+def test_a_prompt_reading_the_run_context_is_told_to_bind_it_under_with() -> None:
+    """`template: "{{ input.q }}"` is the first prompt one writes; its E302 listed the prompt's
+    own names (config, max_revisions) and did not say where `input.q` goes."""
+    text = (
+        "eclflow: 1\nid: ctx\nsteps:\n"
+        '  - {id: a, type: llm, template: "Answer {{ input.q }}"}\n'
+        '  - {id: b, type: llm, depends_on: [a], template: "{{ steps.a.output.text }}!"}\n'
+    )
+    hints = [(d.code, d.hint) for d in diagnose(text)]
+    assert hints == [
+        (
+            "E302",
+            "a prompt sees its step's `with:` values, not the run's context: bind it, "
+            'with: {q: "{{ input.q }}"}, and write {{ q }}',
+        ),
+        (
+            "E302",
+            "a prompt sees its step's `with:` values, not the run's context: bind it, "
+            'with: {text: "{{ steps.a.output.text }}"}, and write {{ text }}',
+        ),
+    ]
+
+
 def test_a_value_the_schema_refuses_is_not_also_out_of_range() -> None:
     (d,) = diagnose(MINIMAL.replace("    template:", "    timeout: -1\n    template:"))
     assert d.code == "E113" and "timeout -1 is not a duration" in d.message

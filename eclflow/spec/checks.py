@@ -12,7 +12,7 @@ number (never equal), W507 a remote model litellm does not list.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .deps import dependency_graph
@@ -41,6 +41,23 @@ def semantic_checks(
     wf: Workflow, data: Mapping[str, Any], located: Any, *, registry: Any = None
 ) -> list[Diagnostic]:
     return _Checker(wf, data, located, registry).run()
+
+
+# The names of the run's context, which expressions see and prompts do not
+_CONTEXT_ROOTS = frozenset({"input", "steps", "loop", "loops", "env"})
+
+
+def _bind_under_with(p: tuple[str, ...], names: Iterable[str]) -> str:
+    """The hint of a prompt's E302 for a name its input lacks: a name of the run's context
+    (`{{ input.q }}` in `template:`, the first thing one writes) is bound under `with:`."""
+    if p[0] in _CONTEXT_ROOTS and len(p) > 1:
+        expression = ".".join(p)
+        name = p[-1] if p[-1].isidentifier() and p[-1] not in _CONTEXT_ROOTS else "value"
+        return (
+            f"a prompt sees its step's `with:` values, not the run's context: bind it, "
+            f'with: {{{name}: "{{{{ {expression} }}}}"}}, and write {{{{ {name} }}}}'
+        )
+    return f"the prompt sees its step's input: {', '.join(sorted(names))}"
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
@@ -833,9 +850,7 @@ class _Checker:
                 if root in names or root in _JINJA_GLOBALS or (root == "loop" and uses_loop_var):
                     continue
                 named_well = False
-                hint = _did_you_mean(root, sorted(names)) or (
-                    f"the prompt sees its step's input: {', '.join(sorted(names))}"
-                )
+                hint = _did_you_mean(root, sorted(names)) or _bind_under_with(p, names)
                 found = _position_of(text, p)
                 in_file = where.format(found[0]) if file and found else ""
                 self.error(
