@@ -131,6 +131,24 @@ def test_an_option_of_eclflow_after_the_command_says_where_it_goes(
     ), r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["run", WF, "--topic", "x"], "(an input of the workflow is given as -i topic=VALUE)"),
+        (["run", WF, "topic=why tide pools"], "(an input of the workflow is given as -i topic=…)"),
+    ],
+)
+def test_an_input_written_as_an_option_or_a_bare_pair_is_shown_the_i_way(
+    args: list[str], hint: str
+) -> None:
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.strip().endswith(f"{hint} (see eclflow run --help)"), r.stderr
+    # a command that takes no inputs gets no such hint
+    assert "input" not in cli("runs", "--topic").stderr
+
+
 def test_help_and_version_still_work(tmp_path: Path) -> None:
     r = cli("--help")
     assert r.returncode == 0 and r.stdout.startswith("Usage: eclflow") and not r.stderr

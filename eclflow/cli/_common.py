@@ -162,6 +162,8 @@ def _show_one_line(
     misplaced = _global_option_after_the_command(error, ctx)
     if misplaced:
         message = misplaced
+    else:
+        message += _input_written_another_way(error, ctx)
     fields: dict[str, Any] = {"exit_code": error.exit_code}
     see = ""
     command = ctx.command_path if ctx is not None else command
@@ -194,6 +196,25 @@ def _global_option_after_the_command(
         f"{name} is an option of {prog} itself, not of {ctx.info_name}: "
         f"put it before the command ({prog} {written} {ctx.info_name} …)"
     )
+
+
+def _input_written_another_way(error: click.ClickException, ctx: click.Context | None) -> str:
+    """For a command that takes inputs as `-i KEY=VALUE` (`run`): a hint when one was written
+    as an option of its own (`--topic x`) or as a bare `topic=x`, else ""."""
+    if ctx is None or not any("-i" in p.opts for p in ctx.command.params):
+        return ""
+    if isinstance(error, click.NoSuchOption) and not error.possibilities:
+        key = error.option_name.lstrip("-")
+        if key.replace("_", "").replace("-", "").isalnum():
+            return f" (an input of the workflow is given as -i {key}=VALUE)"
+    message = error.format_message()
+    if message.startswith("Got unexpected extra argument") and "=" in message:
+        # (the words of the arguments, as click joins them: a value may hold spaces)
+        words = message.partition("(")[2].rstrip(")").split()
+        keys = [w.partition("=")[0] for w in words if "=" in w.strip("=")]
+        given = " ".join(f"-i {k}=…" for k in keys)
+        return f" (an input of the workflow is given as {given})" if keys else ""
+    return ""
 
 
 def _log_format_of(ctx: click.Context | None) -> str | None:
