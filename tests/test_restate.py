@@ -831,6 +831,179 @@ def test_branches_and_conditions_take_the_local_engines_path(
     assert keys(second.calls()) == ["verdict"]
 
 
+TWO_BRANCHES = """\
+eclflow: 1
+id: two-branches
+inputs:
+  type: object
+  required: [topic]
+  properties: {topic: {type: string}}
+defaults:
+  retry: {max_attempts: 1}
+steps:
+  - id: a1
+    type: llm
+    template: "a1 {{ topic }}"
+    with: {topic: "{{ input.topic }}"}
+  - id: b1
+    type: llm
+    template: "b1 {{ topic }}"
+    with: {topic: "{{ input.topic }}"}
+  - id: a2
+    type: llm
+    depends_on: [a1]
+    template: "a2 {{ prev }}"
+    with: {prev: "{{ steps.a1.output.text }}"}
+  - id: b2
+    type: llm
+    depends_on: [b1]
+    template: "b2 {{ prev }}"
+    with: {prev: "{{ steps.b1.output.text }}"}
+  - id: join
+    type: llm
+    depends_on: [a2, b2]
+    template: "{{ a }} {{ b }}"
+    with: {a: "{{ steps.a2.output.text }}", b: "{{ steps.b2.output.text }}"}
+output:
+  text: "{{ steps.join.output.text }}"
+"""
+# (two branches, a1 -> a2 and b1 -> b2, joined: each step's reply is its key)
+BRANCH_REPLIES = {k: k.upper() for k in ("a1", "b1", "a2", "b2", "join")}
+
+
+def two_branches(tmp_path: Path, text: str = TWO_BRANCHES) -> Workflow:
+    path = tmp_path / "two_branches.yaml"
+    path.write_text(text)
+    return load(path)
+
+
+def _step_rows(db: str, run_id: str) -> dict[str, Any]:
+    from eclflow.store import open_store
+
+    store = open_store(db)
+    try:
+        return {r.key: r for r in store.steps.for_run(run_id)}
+    finally:
+        store.close()
+
+
+@needs_server
+def test_parallel_branches_run_at_the_same_time(procs: Processes, tmp_path: Path) -> None:
+    """Independent branches overlap on Restate as on the local engine: b1 starts before a1
+    ends (they went through Restate's journal one at a time: b1 began after a1 had ended)."""
+    server = procs.server()
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    slow = {
+        **BRANCH_REPLIES,
+        "a1": {"content": "A1", "delay": 1},
+        "b1": {"content": "B1", "delay": 1},
+    }
+    procs.worker(server, keyed(slow), bind=f"127.0.0.1:{free_port()}", db=db)
+    wf = two_branches(tmp_path)
+
+    result = submit(server, wf, "tides")
+    assert isinstance(result, RunResult)
+    assert result.status == "completed", result.error
+    assert (
+        result.output == _local(wf, {"topic": "tides"}, BRANCH_REPLIES).output == {"text": "JOIN"}
+    )
+    rows = _step_rows(db, result.run_id)
+    a1, b1 = rows["a1"], rows["b1"]
+    assert a1.state == b1.state == "succeeded"
+    assert b1.started_at < a1.completed_at and a1.started_at < b1.completed_at
+
+
+@needs_server
+def test_worker_killed_with_both_branches_in_flight(procs: Processes, tmp_path: Path) -> None:
+    """b1 ends before a1 (its branch goes on first: b2 is journaled before a2), then the
+    worker is killed with a2 and b2 both in flight. The next worker replays the entries in
+    the order they were made and calls only a2, b2 and join: no finished step again."""
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    never = {"content": "never delivered", "delay": 120}
+    script = {"a1": {"content": "A1", "delay": 1.5}, "b1": "B1", "a2": never, "b2": never}
+    first = procs.worker(server, keyed(script), bind=bind, name="first")
+    wf = two_branches(tmp_path)
+    run_id = submit(server, wf, "tides", detach=True)
+    wait_for(lambda: {"a2", "b2"} <= set(keys(first.calls())), what="a2 and b2 in flight")
+    assert keys(first.calls()) == ["a1", "b1", "b2", "a2"]
+    first.kill()
+
+    second = procs.worker(
+        server,
+        keyed({k: BRANCH_REPLIES[k] for k in ("a2", "b2", "join")}),
+        bind=bind,
+        name="second",
+        register=False,
+    )
+    result = wait_result(server, run_id)
+    assert result.status == "completed", result.error
+    assert result.output == {"text": "JOIN"}
+    assert sorted(keys(second.calls())) == ["a2", "b2", "join"]
+    replayed = {s.key: s.replayed for s in result.steps}
+    assert replayed == {"a1": True, "b1": True, "a2": False, "b2": False, "join": False}
+
+
+@needs_server
+def test_budget_holds_with_branches_in_flight_across_a_crash(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """With 4 calls allowed, a1 and b1 before the crash and a2 and b2 (in flight at once)
+    after it leave none for join: the replayed branches count, the concurrent ones too."""
+    from eclflow.spec.model import Budget
+
+    server = procs.server()
+    bind = f"127.0.0.1:{free_port()}"
+    never = {"content": "never delivered", "delay": 120}
+    first = procs.worker(
+        server, keyed({"a1": "A1", "b1": "B1", "a2": never, "b2": never}), bind=bind, name="first"
+    )
+    wf = two_branches(tmp_path)
+    run_id = submit(server, wf, "tides", detach=True, budget=Budget(max_calls=4))
+    wait_for(lambda: {"a2", "b2"} <= set(keys(first.calls())), what="a2 and b2 in flight")
+    st = asyncio.run(client.status_async(run_id, server.ingress_url))
+    assert st.state == "running" and sorted((st.running or "").split(", ")) == ["a2", "b2"]
+    first.kill()
+    second = procs.worker(server, keyed(BRANCH_REPLIES), bind=bind, name="second", register=False)
+    result = wait_result(server, run_id)
+    assert result.status == "failed" and result.failed_step == "join", result
+    assert "would make model call 5, over the limit of 4" in (result.error or "")
+    assert sorted(keys(second.calls())) == ["a2", "b2"]
+
+
+@needs_server
+def test_a_branch_that_times_out_fails_the_run_as_locally(procs: Processes, tmp_path: Path) -> None:
+    """a1 passes its 1 s timeout while b1 is in flight: b1 still finishes, nothing after it
+    starts, and the run fails with the local engine's error."""
+    server = procs.server()
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    text = TWO_BRANCHES.replace(
+        'template: "a1 {{ topic }}"', 'template: "a1 {{ topic }}"\n    timeout: 1s'
+    )
+    wf = two_branches(tmp_path, text)
+    script = {
+        **BRANCH_REPLIES,
+        "a1": {"content": "late", "delay": 30},
+        "b1": {"content": "B1", "delay": 2},
+    }
+    worker = procs.worker(server, keyed(script), bind=f"127.0.0.1:{free_port()}", db=db)
+
+    result = submit(server, wf, "tides")
+    local = _local(wf, {"topic": "tides"}, script)
+    assert isinstance(result, RunResult)
+    assert (
+        (result.status, result.failed_step) == (local.status, local.failed_step) == ("failed", "a1")
+    )
+    assert result.error == local.error and "timed out" in (result.error or "")
+    statuses = sorted((s.key, s.status) for s in result.steps)
+    assert statuses == sorted((s.key, s.status) for s in local.steps)
+    assert ("b1", "succeeded") in statuses and "b2" not in dict(statuses)
+    assert sorted(keys(worker.calls())) == ["a1", "b1"]
+    rows = _step_rows(db, result.run_id)
+    assert (rows["a1"].state, rows["b1"].state) == ("failed", "succeeded")
+    assert rows["b1"].started_at < rows["a1"].completed_at  # (in flight when a1 failed)
+
+
 @needs_server
 def test_resume_leaves_a_run_restate_is_running_to_restate(
     procs: Processes, tmp_path: Path

@@ -27,6 +27,11 @@ class AttemptLog(Protocol):
 
 
 class Journal(Protocol):
+    """Optional, looked up by the orchestrator: `recorded(key)` (how a recorded step ended, to
+    take a resumed run's path) and `branch(coro)` (a parallel branch's coroutine as the journal
+    wants it run: Restate's has branches take turns so that a replay creates its entries in the
+    same order)."""
+
     async def step(
         self,
         key: str,

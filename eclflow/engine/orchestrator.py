@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -200,9 +200,11 @@ class Orchestrator:
         entry = self.plan.entry_steps
         walk = _Walk(begun=set(entry))
         loop = asyncio.get_running_loop()
-        walk.tasks.extend(loop.create_task(self._follow(s, state, walk)) for s in entry[1:])
+        walk.tasks.extend(
+            loop.create_task(self._branch(self._follow(s, state, walk))) for s in entry[1:]
+        )
         try:
-            await self._follow(entry[0] if entry else None, state, walk)
+            await self._branch(self._follow(entry[0] if entry else None, state, walk))
             while walk.tasks:  # the tasks may start more while we wait
                 await walk.tasks[0]
                 walk.tasks.pop(0)
@@ -232,8 +234,14 @@ class Orchestrator:
                     if sid is None:
                         sid = d
                     else:
-                        task = asyncio.get_running_loop().create_task(self._follow(d, state, walk))
-                        walk.tasks.append(task)
+                        branch = self._branch(self._follow(d, state, walk))
+                        walk.tasks.append(asyncio.get_running_loop().create_task(branch))
+
+    def _branch(self, follow: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None]:
+        """A branch of the run as its journal wants it run: a journal whose entries must be
+        created in an order a replay repeats (Restate's) has the branches take turns."""
+        take_turns = getattr(self.journal, "branch", None)
+        return follow if take_turns is None else take_turns(follow)
 
     async def _settle(self, sid: str, state: _State, walk: _Walk) -> str:
         """Run (or skip) one step of the linear pass, with its loop; how it settled."""

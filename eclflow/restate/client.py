@@ -550,7 +550,7 @@ class RestateRunStatus:
     run_id: str
     state: str  # pending | running | retrying | paused | completed | failed
     workflow_id: str | None = None
-    running: str | None = None  # the key of the step in flight
+    running: str | None = None  # the keys of the steps in flight (parallel branches: a, b)
     steps: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     failed_step: str | None = None

@@ -318,6 +318,8 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
             },
         )
         raise TerminalError(message, status_code=400) from None
+    finally:
+        journal.close()  # (a driver still waiting: the invocation ends without it)
     data = result.to_dict()
     ctx.set(
         STATUS_STATE,
