@@ -803,8 +803,10 @@ def test_branches_and_conditions_take_the_local_engines_path(
     local = _local(routing, question, routing_script)
     assert routed.status == local.status == "completed"
     assert routed.output == local.output
-    assert [(s.key, s.status) for s in routed.steps] == [(s.key, s.status) for s in local.steps]
-    assert ("long_answer", "skipped") in [(s.key, s.status) for s in routed.steps]
+    # (long_answer's skip and short_answer are branches in flight together: either ends first)
+    steps = sorted((s.key, s.status) for s in routed.steps)
+    assert steps == sorted((s.key, s.status) for s in local.steps)
+    assert ("long_answer", "skipped") in steps and routed.steps[-1].key == "answer"
 
     proposal = {"proposal": "A four-day work week"}
     run_id = asyncio.run(
