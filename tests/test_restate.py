@@ -928,7 +928,8 @@ def test_worker_killed_with_both_branches_in_flight(procs: Processes, tmp_path: 
     wf = two_branches(tmp_path)
     run_id = submit(server, wf, "tides", detach=True)
     wait_for(lambda: {"a2", "b2"} <= set(keys(first.calls())), what="a2 and b2 in flight")
-    assert keys(first.calls()) == ["a1", "b1", "b2", "a2"]
+    called = keys(first.calls())  # (a1 and b1 start together: either call may come first)
+    assert sorted(called[:2]) == ["a1", "b1"] and called[2:] == ["b2", "a2"]
     first.kill()
 
     second = procs.worker(
