@@ -489,23 +489,24 @@ def test_waiting_for_the_model_does_not_count_against_the_step_timeout(
         "steps:\n"
         "  - {id: long, type: llm, template: 'Count from 1 to 60, separated by spaces.',\n"
         "     config: {max_tokens: 50, temperature: 0}}\n"
-        "  - {id: short, type: llm, template: 'Say hi.', timeout: 3s,\n"
+        "  - {id: short, type: llm, template: 'Say hi.', timeout: 6s,\n"
         "     config: {max_tokens: 2, temperature: 0}}\n"
     )
     loaded = local_mod._load(model_path("local/smollm2"))
     generate = loaded.llama.eval
 
-    def slowly(tokens: object) -> object:  # every token 0.2 s: `long` takes seconds, always
-        time.sleep(0.2)
+    def slowly(tokens: object) -> object:  # every token 0.25 s: `long` takes seconds, always
+        time.sleep(0.25)
         return generate(tokens)
 
     monkeypatch.setattr(loaded.llama, "eval", slowly)
     result = asyncio.run(run(wf, {}, store=None))
     assert result.status == "completed", result.error
     durations = {s.step_id: s.duration_ms for s in result.steps}
-    # so `short` waited longer than its timeout (3 s, which leaves its own short call room on a
-    # loaded machine); the model may end its count early, hence the slow tokens
-    assert durations["long"] > 3000, durations
+    # so `short` waited longer than its timeout (6 s, which leaves its own short call room on a
+    # machine loaded by other test runs: 3 s was seen to run out); the model may end its count
+    # early, hence the slow tokens
+    assert durations["long"] > 6000, durations
 
 
 @pytest.mark.slow
