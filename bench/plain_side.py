@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from eclflow._time import utc_text
+from eclflow.store.repositories import definition_sql
 
 from .workloads import CALL_ORDER, CALLS_PER_RUN, CRITIQUE_REVISE, PG_URL, TOPIC, mock_script
 
 _RUN_SQL = (
-    "INSERT INTO workflows (id, definition_id, definition_name, definition, definition_sha256, "
-    "input, state, metadata, created_at, updated_at) VALUES ({})"
+    "INSERT INTO workflows (id, definition_id, definition_name, definition_sha256, input, "
+    "state, metadata, created_at, updated_at) VALUES ({})"
 )
 _STEP_SQL = (
     "INSERT INTO step_executions (run_id, step_id, key, iteration, attempt, state, input, model, "
@@ -59,7 +60,8 @@ class _Writer:
         self.inline = inline
         self.param = param
         self.sql = {
-            "run": _RUN_SQL.format(", ".join([param] * 10)),
+            "run": _RUN_SQL.format(", ".join([param] * 9)),
+            "definition": definition_sql(param),  # (after the run, as eclflow writes it)
             "step": _STEP_SQL.format(", ".join([param] * 21)),
             "end": _END_SQL.format(param),
         }
@@ -108,7 +110,9 @@ class _Writer:
         conn.close()
 
     def _commit(self, conn: Any, batch: list[tuple[str, tuple[Any, ...], Any]]) -> None:
-        groups: dict[str, list[tuple[Any, ...]]] = {"run": [], "step": [], "end": []}
+        groups: dict[str, list[tuple[Any, ...]]] = {
+            "run": [], "definition": [], "step": [], "end": []
+        }  # fmt: skip
         for kind, args, _ in batch:
             groups[kind].append(args)
         cur = conn.cursor()
@@ -202,7 +206,12 @@ async def _sample(workdir: Path) -> _Sample:
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:
-        run_row = dict(conn.execute("SELECT * FROM workflows").fetchone())
+        run_row = dict(
+            conn.execute(
+                "SELECT w.*, d.text AS definition FROM workflows AS w "
+                "JOIN definitions AS d ON d.sha256 = w.definition_sha256"
+            ).fetchone()
+        )
         steps = [dict(r) for r in conn.execute("SELECT * FROM step_executions ORDER BY id")]
     finally:
         conn.close()
@@ -230,7 +239,6 @@ async def _one_run(writer: _Writer, n: int, latency: float, sample: _Sample) -> 
             run_id,
             r["definition_id"],
             r["definition_name"],
-            r["definition"],
             r["definition_sha256"],
             _dumps(r["input"]),
             "running",
@@ -240,6 +248,7 @@ async def _one_run(writer: _Writer, n: int, latency: float, sample: _Sample) -> 
         ),
         wait=False,
     )
+    writer.put("definition", (r["definition_sha256"], r["definition"]), wait=False)
     for s in sample.steps:
         started = _now()
         await asyncio.sleep(latency)

@@ -943,9 +943,10 @@ def test_journal_writer_ends_runs_with_their_metadata_merged(store: Store) -> No
 
 
 def test_fresh_database_is_at_the_latest_version(store: Store) -> None:
-    assert store.schema_version == migrations_module.latest_version() == 2
-    assert _version_rows(store) == [1, 2]
-    for table in ("workflows", "step_executions", "artifacts", "events", "schema_version"):
+    assert store.schema_version == migrations_module.latest_version() == 3
+    assert _version_rows(store) == [1, 2, 3]
+    tables = ("definitions", "workflows", "step_executions", "artifacts", "events")
+    for table in (*tables, "schema_version"):
         assert store.db.table_exists(table)
 
 
@@ -957,7 +958,7 @@ def test_hand_made_v0_database_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
         conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
     with open_store(f"sqlite:///{path}") as s:
-        assert s.schema_version == 2 and _version_rows(s) == [1, 2]
+        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
         new_run(s)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
@@ -971,18 +972,18 @@ def test_older_database_is_upgraded_by_new_migrations(
         run_id = new_run(s)
         add_step(s, run_id, "generate")
 
-    def v3(db: object, models: object) -> None:
+    def v4(db: object, models: object) -> None:
         db.execute_sql("ALTER TABLE workflows ADD COLUMN note TEXT")  # type: ignore[attr-defined]
         db.execute_sql("UPDATE workflows SET note = 'migrated'")  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v3])
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v4])
     with open_store(url) as s:
-        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
+        assert s.schema_version == 4 and _version_rows(s) == [1, 2, 3, 4]
         assert s.db.execute_sql("SELECT note FROM workflows").fetchall() == [("migrated",)]
         assert s.runs.get(run_id).input["topic"] == "tides"
         assert len(s.steps.for_run(run_id)) == 1
     with open_store(url) as s:  # applied once only
-        assert _version_rows(s) == [1, 2, 3]
+        assert _version_rows(s) == [1, 2, 3, 4]
 
 
 def test_version_1_database_loses_the_started_at_index(
@@ -1000,7 +1001,7 @@ def test_version_1_database_loses_the_started_at_index(
             assert s.schema_version == 1
             assert "step_executions_run_id_started_at" in _indexes(s)
     with open_store(url) as s:
-        assert s.schema_version == 2 and _version_rows(s) == [1, 2]
+        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
         assert _indexes(s) - {"step_executions_pkey"} == {"step_executions_run_id_key_attempt"}
         assert [r.key for r in s.steps.for_run(run_id)] == ["generate"]
 
@@ -1015,9 +1016,261 @@ def test_newer_database_is_refused(url: str) -> None:
     with pytest.raises(StoreUnavailable) as e:  # (exit 2: nothing ran, the fix is an upgrade)
         open_store(url)
     assert str(e.value) == (
-        "Database error: database schema version 7 is newer than this eclflow (supports 2); "
+        "Database error: database schema version 7 is newer than this eclflow (supports 3); "
         "upgrade eclflow"
     )
+
+
+# The tables as schema version 2 made them (eclflow before `definitions`): every run's row held
+# its definition's text. {json} {time} {serial} {bool} are the backend's types.
+V2_TABLES = [
+    'CREATE TABLE "workflows" ("id" VARCHAR(64) NOT NULL PRIMARY KEY, "definition_id" TEXT '
+    'NOT NULL, "definition_name" TEXT, "definition" TEXT NOT NULL, "definition_sha256" '
+    'VARCHAR(64) NOT NULL, "input" {json}, "state" VARCHAR(16) NOT NULL, "output" {json}, '
+    '"error" TEXT, "failed_step" TEXT, "metadata" {json}, "created_at" {time} NOT NULL, '
+    '"updated_at" {time} NOT NULL, "completed_at" {time})',
+    'CREATE INDEX "workflows_state_created_at" ON "workflows" ("state", "created_at")',
+    'CREATE INDEX "workflows_definition_id_created_at" ON "workflows" ("definition_id", '
+    '"created_at")',
+    'CREATE INDEX "workflows_created_at" ON "workflows" ("created_at")',
+    'CREATE TABLE "step_executions" ("id" {serial} NOT NULL PRIMARY KEY, "run_id" VARCHAR(64) '
+    'NOT NULL, "step_id" TEXT NOT NULL, "key" TEXT NOT NULL, "iteration" INTEGER NOT NULL, '
+    '"attempt" INTEGER NOT NULL, "state" VARCHAR(16) NOT NULL, "outcome" VARCHAR(16), "input" '
+    '{json}, "output" {json}, "feedback" TEXT, "error" TEXT, "retryable" {bool}, "model" TEXT, '
+    '"prompt" {json}, "started_at" {time} NOT NULL, "completed_at" {time}, "duration_ms" '
+    'INTEGER, "tokens_in" INTEGER, "tokens_out" INTEGER, "cost" REAL, "traces" {json}, '
+    'FOREIGN KEY ("run_id") REFERENCES "workflows" ("id") ON DELETE CASCADE)',
+    'CREATE UNIQUE INDEX "step_executions_run_id_key_attempt" ON "step_executions" ("run_id", '
+    '"key", "attempt")',
+    'CREATE TABLE "artifacts" ("id" {serial} NOT NULL PRIMARY KEY, "run_id" VARCHAR(64) NOT '
+    'NULL, "step_id" TEXT, "name" TEXT NOT NULL, "content_type" TEXT NOT NULL, "content" TEXT, '
+    '"path" TEXT, "size" INTEGER, "created_at" {time} NOT NULL, FOREIGN KEY ("run_id") '
+    'REFERENCES "workflows" ("id") ON DELETE CASCADE)',
+    'CREATE INDEX "artifacts_run_id" ON "artifacts" ("run_id")',
+    'CREATE TABLE "events" ("id" {serial} NOT NULL PRIMARY KEY, "run_id" VARCHAR(64) NOT NULL, '
+    '"ts" {time} NOT NULL, "kind" TEXT NOT NULL, "step_id" TEXT, "fields" {json}, FOREIGN KEY '
+    '("run_id") REFERENCES "workflows" ("id") ON DELETE CASCADE)',
+    'CREATE INDEX "events_run_id_id" ON "events" ("run_id", "id")',
+    'CREATE TABLE "schema_version" ("version" INTEGER NOT NULL PRIMARY KEY, "applied_at" {time} '
+    "NOT NULL)",
+]
+V2_TYPES = {
+    "sqlite": {"json": "TEXT", "time": "TEXT", "serial": "INTEGER", "bool": "INTEGER"},
+    "postgresql": {"json": "JSON", "time": "TIMESTAMPTZ", "serial": "SERIAL", "bool": "BOOLEAN"},
+}
+
+
+def _cli(tmp_path: Path, *args: str, script: dict[str, object]) -> dict[str, object]:
+    """`eclflow ARGS --json` on the mock model's keyed `script`; its JSON result."""
+    import json
+
+    replies = tmp_path / f"replies-{uuid.uuid4().hex[:8]}.json"
+    replies.write_text(json.dumps(script))
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", *args, "--model", "mock/x"),
+            *("--mock-responses", str(replies), "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.stdout, r.stderr
+    result: dict[str, object] = json.loads(r.stdout)
+    return result
+
+
+def _make_version_2(source: Path, url: str) -> None:
+    """At `url`, the tables schema version 2 made, holding the runs of the SQLite file
+    `source` (each run's row with its definition's text, as version 2 wrote them)."""
+    queries = {
+        "workflows": "SELECT w.*, d.text AS definition FROM workflows AS w "
+        "JOIN definitions AS d ON d.sha256 = w.definition_sha256 ORDER BY w.created_at",
+        "step_executions": "SELECT * FROM step_executions ORDER BY id",
+        "events": "SELECT * FROM events ORDER BY id",
+    }
+    src = sqlite3.connect(source)
+    src.row_factory = sqlite3.Row
+    rows = {table: [dict(r) for r in src.execute(sql)] for table, sql in queries.items()}
+    src.close()
+    with open_store(url) as target:  # (for its connection: the tables are made anew below)
+        db, kind = target.db, target.kind
+        with db.atomic():
+            for table in ("step_executions", "events", "artifacts", "workflows"):
+                db.execute_sql(f'DROP TABLE "{table}"')
+            db.execute_sql('DROP TABLE "definitions"')
+            db.execute_sql('DROP TABLE "schema_version"')
+            for sql in V2_TABLES:
+                db.execute_sql(sql.format(**V2_TYPES[kind]))
+            for version in (1, 2):
+                db.execute_sql(
+                    f"INSERT INTO schema_version VALUES ({db.param}, {db.param})",
+                    (version, "2026-01-01 00:00:00.000000+00:00"),
+                )
+            for table, records in rows.items():
+                for record in records:
+                    if table != "workflows":
+                        del record["id"]  # (numbered anew, in the same order)
+                    if record.get("retryable") is not None and kind == "postgresql":
+                        record["retryable"] = bool(record["retryable"])
+                    marks = ", ".join([db.param] * len(record))
+                    db.execute_sql(
+                        f"INSERT INTO {table} ({', '.join(record)}) VALUES ({marks})",
+                        list(record.values()),
+                    )
+
+
+REVISE_ONCE = {
+    "generate": {"content": "draft one"},
+    "critique#1": {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}},
+    "revise#1": {"content": "draft two"},
+    "critique#2": {"content": {"decision": "pass", "critique": "good"}},
+}
+
+
+@pytest.mark.slow
+def test_version_2_database_keeps_each_definition_once_and_its_runs_resume(
+    url: str, tmp_path: Path
+) -> None:
+    """A database of schema version 2 (each run's row with its definition's text) opens at
+    version 3: the text once in `definitions`, the runs' rows without it; its runs show with
+    their definition, and a failed one resumes (the file-changed check compares that text)."""
+    source = tmp_path / "v3.db"
+    at = ("--db", f"sqlite:///{source}")
+    first = {k: REVISE_ONCE[k] for k in ("generate", "critique#1")}  # no reply for revise#1
+    run = ("run", str(CRITIQUE_REVISE))
+    failed = _cli(tmp_path, *run, "-i", "topic=tides", *at, script=first)
+    done = _cli(tmp_path, *run, "-i", "topic=moons", *at, script=REVISE_ONCE)
+    assert (failed["status"], done["status"]) == ("failed", "completed")
+    _make_version_2(source, url)
+
+    run_id = str(failed["run_id"])
+    shown = subprocess.run(
+        [sys.executable, "-m", "eclflow", "show", run_id[:8], "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and run_id in shown.stdout, shown.stderr
+    rest = {k: REVISE_ONCE[k] for k in ("revise#1", "critique#2")}
+    resumed = _cli(tmp_path, "resume", run_id[:8], "--db", url, script=rest)
+    assert resumed["status"] == "completed", resumed
+    assert resumed["output"] == {"final_text": "draft two", "revision_count": 1}
+
+    text = CRITIQUE_REVISE.read_text()
+    with open_store(url) as s:
+        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
+        assert "definition" not in {c.name for c in s.db.get_columns("workflows")}
+        (sha,) = {r.definition_sha256 for r in s.runs.list(limit=None)}
+        assert s.db.execute_sql("SELECT sha256, text FROM definitions").fetchall() == [(sha, text)]
+        runs = s.runs.list(limit=None)
+        assert sorted(r.state for r in runs) == ["completed", "completed"]
+        assert [r.definition for r in runs] == [text, text]
+        assert s.runs.get_many([run_id])[run_id].definition == text
+        # the steps and events of both runs came through (steps still found by their run)
+        assert [r.key for r in s.steps.for_run(str(done["run_id"]))] == list(REVISE_ONCE)
+        assert s.events.for_run(str(done["run_id"]))
+
+
+A_TEXT, B_TEXT = "eclflow: 1\nid: a\n", "eclflow: 1\nid: b\n"
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _definitions(store: Store) -> dict[str, str]:
+    return dict(store.db.execute_sql("SELECT sha256, text FROM definitions").fetchall())
+
+
+def test_each_definition_is_kept_once_whatever_writes_its_runs(store: Store, url: str) -> None:
+    """A definition's text is one row of `definitions` however many runs ran it and whichever
+    way they were written (create, a batch's claim, the journal writer); every run gives it
+    back by its hash, in this process and in another."""
+    from eclflow.store.writer import writer_for
+
+    one = new_run(store, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+    two = new_run(store, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+    claimed = [str(uuid.uuid4()) for _ in range(250)]  # more than one statement's worth
+    rows = [
+        {**row, "definition": text, "definition_sha256": _sha(text)}
+        for row, text in zip(claim_rows(claimed), [A_TEXT, B_TEXT] * 125, strict=True)
+    ]
+    assert store.runs.claim_many(rows, "token") == set(claimed)
+    written = [str(uuid.uuid4()) for _ in range(3)]
+
+    async def write() -> None:
+        w = writer_for(store)
+        for run_id, text in zip(written, [B_TEXT, A_TEXT, B_TEXT], strict=True):
+            w.create_run(
+                run_id=run_id, definition_id="wf", definition=text,
+                definition_sha256=_sha(text), input={}, state="running",
+            )  # fmt: skip
+        await w.drain()
+
+    asyncio.run(write())
+    assert _definitions(store) == {_sha(A_TEXT): A_TEXT, _sha(B_TEXT): B_TEXT}
+    columns = {c.name for c in store.db.get_columns("workflows")}
+    assert "definition_sha256" in columns and "definition" not in columns
+    assert store.runs.get(one).definition == A_TEXT
+    assert store.runs.find(two[:8]).definition == A_TEXT
+    by_id = store.runs.get_many(claimed)
+    assert [by_id[i].definition for i in claimed[:3]] == [A_TEXT, B_TEXT, A_TEXT]
+    listed = {r.id: r.definition for r in store.runs.list(limit=None)}
+    assert [listed[i] for i in written] == [B_TEXT, A_TEXT, B_TEXT]
+    with open_store(url) as other:  # read from the database, not this process's cache
+        assert other.runs.get(claimed[1]).definition == B_TEXT
+        assert other.runs.get(written[1]).definition == A_TEXT
+
+
+def test_prune_deletes_the_definitions_no_run_refers_to_any_more(store: Store) -> None:
+    old_a = new_run(store, state="completed", definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+    old_b = new_run(store, state="completed", definition=B_TEXT, definition_sha256=_sha(B_TEXT))
+    recent_b = new_run(store, state="failed", definition=B_TEXT, definition_sha256=_sha(B_TEXT))
+    _age(store, old_a, 40)
+    _age(store, old_b, 40)
+    assert store.runs.prune(timedelta(days=30)) == (2, 0)
+    assert _definitions(store) == {_sha(B_TEXT): B_TEXT}  # recent_b's is kept
+    assert store.runs.get(recent_b).definition == B_TEXT
+    store.runs.delete(recent_b)  # (one run deleted: its text goes at the next prune)
+    assert _definitions(store) == {_sha(B_TEXT): B_TEXT}
+    assert store.runs.prune(timedelta(days=30)) == (0, 0)
+    assert _definitions(store) == {}
+
+
+@pytest.mark.postgres
+def test_prune_waits_for_a_run_being_written_with_a_stored_definition(pg_url: str) -> None:
+    """PostgreSQL: a transaction has written a run and found its definition stored (nothing
+    to insert, no row locked), and not committed yet; a prune meanwhile would see no run
+    referring to that definition. It waits for the transaction instead, and keeps it."""
+    with open_store(pg_url) as store, open_store(pg_url) as writer:
+        gone = new_run(store, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+        store.runs.delete(gone)  # A's text is stored, and no run refers to it
+        pruned: list[int] = []
+        pruner = threading.Thread(target=lambda: pruned.append(store.runs.prune_definitions()))
+        with writer.transaction():  # (RunRepository.create: the run, then its definition)
+            run_id = new_run(writer, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+            pruner.start()
+
+            def waiting() -> bool:  # the prune blocked on a lock, or (wrongly) done
+                sql = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s"
+                )
+                # (not in the writer's transaction: it would see one snapshot of the activity)
+                found = store.db.execute_sql(sql, ("LOCK TABLE workflows%",)).fetchone()[0]
+                return bool(pruned) or found > 0
+
+            deadline = time.monotonic() + 60
+            while not waiting() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert waiting()
+        pruner.join(timeout=60)
+        assert pruned == [0]
+        assert _definitions(store) == {_sha(A_TEXT): A_TEXT}
+        assert store.runs.get(run_id).definition == A_TEXT
 
 
 # --- several processes at once -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The peewee models: runs (`workflows`), step executions, artifacts, events, schema version.
+"""The peewee models: workflow definitions, runs (`workflows`), step executions, artifacts,
+events, schema version.
 
 Models are built per database by `make_models(db)`, so several stores (a SQLite file and a
 PostgreSQL database, say) can be open in one process without rebinding global classes.
@@ -89,6 +90,7 @@ class Models:
     """The model classes bound to one database."""
 
     # Any: peewee's stubs do not know the fields declared in make_models
+    Definition: Any
     Run: Any
     StepExecution: Any
     Artifact: Any
@@ -98,22 +100,34 @@ class Models:
     @property
     def tables(self) -> list[Any]:
         """Every data table, parents first (creation order)."""
-        return [self.Run, self.StepExecution, self.Artifact, self.Event]
+        return [self.Definition, self.Run, self.StepExecution, self.Artifact, self.Event]
 
 
 def make_models(db: Database) -> Models:
-    """Model classes bound to `db` (version 1 of the schema; see migrations.py)."""
+    """Model classes bound to `db` (the latest version of the schema; see migrations.py)."""
 
     class Base(Model):
         class Meta:
             database = db
             legacy_table_names = False
 
+    class Definition(Base):
+        """The text of a workflow definition, once however many runs ran it: a batch of
+        100 000 items wrote 2 KB of the same text in every run's row."""
+
+        sha256 = CharField(primary_key=True, max_length=64)
+        text = TextField()
+
+        class Meta:
+            table_name = "definitions"
+
     class Run(Base):
         id = CharField(primary_key=True, max_length=64)
         definition_id = TextField()
         definition_name = TextField(null=True)
-        definition = TextField()
+        # the text is the `definitions` row of this hash (no foreign key: SQLite would scan
+        # every run for each definition `prune` deletes; writers keep them paired, see
+        # RunRepository.prune_definitions)
         definition_sha256 = CharField(max_length=64)
         input = JSONField(null=True)
         state = CharField(max_length=16)
@@ -200,4 +214,4 @@ def make_models(db: Database) -> Models:
         class Meta:
             table_name = "schema_version"
 
-    return Models(Run, StepExecution, Artifact, Event, SchemaVersion)
+    return Models(Definition, Run, StepExecution, Artifact, Event, SchemaVersion)

@@ -32,8 +32,21 @@ if TYPE_CHECKING:
 MIN_PREFIX = 4
 
 
-# where RunRecord has its metadata (get_many reads runs as tuples in its order)
-_RUN_METADATA = [f.name for f in fields(RunRecord)].index("metadata")
+# the runs' columns, in RunRecord's order (its `definition` is the text of `definitions`)
+_RUN_COLUMNS = [f.name for f in fields(RunRecord) if f.name != "definition"]
+_DEFINITION_AT = [f.name for f in fields(RunRecord)].index("definition")
+_SHA_AT = _RUN_COLUMNS.index("definition_sha256")
+_METADATA_AT = _RUN_COLUMNS.index("metadata")
+
+
+def definition_sql(param: str) -> str:
+    """Keep a definition's text (sha256, text) once: a second run of it, or another process
+    writing it at the same time, writes nothing. Written after the run that refers to it, in
+    the same transaction (see RunRepository.prune_definitions)."""
+    return (
+        f"INSERT INTO definitions (sha256, text) VALUES ({param}, {param}) "
+        "ON CONFLICT (sha256) DO NOTHING"
+    )
 
 
 class RunRepository:
@@ -42,6 +55,9 @@ class RunRepository:
     def __init__(self, store: Store) -> None:
         self._s = store
         self._m = store.models.Run
+        # definition texts by sha256, as read (a hash has one text, so this is never stale)
+        self._texts: dict[str, str] = {}
+        self._texts_lock = threading.Lock()
 
     def create(
         self,
@@ -61,7 +77,6 @@ class RunRepository:
                 id=run_id,
                 definition_id=definition_id,
                 definition_name=definition_name,
-                definition=definition,
                 definition_sha256=definition_sha256,
                 input=input,
                 state=state,
@@ -70,6 +85,9 @@ class RunRepository:
                 updated_at=now,
                 completed_at=now if state in TERMINAL_STATES else None,
             ).execute()
+            self._s.db.execute_sql(
+                definition_sql(self._s.db.param), (definition_sha256, definition)
+            )
             return self.get(run_id)
 
     def claim_many(
@@ -100,10 +118,10 @@ class RunRepository:
         db = self._s.db
         now = _now()
         columns = (
-            "id, definition_id, definition_name, definition, definition_sha256, input, state, "
-            "metadata, created_at, updated_at"
+            "id, definition_id, definition_name, definition_sha256, input, state, metadata, "
+            "created_at, updated_at"
         )
-        one = "(" + ", ".join([db.param] * 10) + ")"
+        one = "(" + ", ".join([db.param] * 9) + ")"
         dead = builtins.list(take_over)
         conflict = "ON CONFLICT (id) DO NOTHING"
         if dead:  # (a claim's process has ended for good: its token never comes back)
@@ -127,13 +145,15 @@ class RunRepository:
                 break
             part = rows[start : start + 200]
             params: list[Any] = []
+            texts: dict[str, str] = {}
             for r in part:
                 meta = {**(r.get("metadata") or {}), "claim": token}
                 params += (
-                    r["run_id"], r["definition_id"], r.get("definition_name"), r["definition"],
+                    r["run_id"], r["definition_id"], r.get("definition_name"),
                     r["definition_sha256"], _json(r.get("input")), "pending", _json(meta), now,
                     now,
                 )  # fmt: skip
+                texts[r["definition_sha256"]] = r["definition"]
             params += dead
             sql = (
                 f"INSERT INTO workflows ({columns}) VALUES {', '.join([one] * len(part))} "
@@ -144,9 +164,11 @@ class RunRepository:
                 cursor = db.execute_sql(sql, params)
                 if returning:
                     claimed |= {row[0] for row in cursor.fetchall()}
-                    continue
-                query = M.select(M.id, M.metadata).where(M.id.in_([r["run_id"] for r in part]))
-                claimed |= {r.id for r in query if (r.metadata or {}).get("claim") == token}
+                else:
+                    query = M.select(M.id, M.metadata).where(M.id.in_([r["run_id"] for r in part]))
+                    claimed |= {r.id for r in query if (r.metadata or {}).get("claim") == token}
+                for sha in sorted(texts):  # (in one order: two processes never wait crosswise)
+                    db.execute_sql(definition_sql(db.param), (sha, texts[sha]))
         return claimed
 
     def _claim_many_slowly(
@@ -176,7 +198,7 @@ class RunRepository:
             row = query.first()
         if row is None:
             raise RunNotFound(run_id)
-        return _run(row)
+        return self._record(row)
 
     def exists(self, run_id: str) -> bool:
         with self._s.reading():
@@ -215,18 +237,49 @@ class RunRepository:
         """Each of these runs that exists, by id (one query per 500 ids; as tuples in
         RunRecord's order, not model objects: a batch run again reads every item's)."""
         M = self._m
-        columns = [getattr(M, f.name) for f in fields(RunRecord)]
-        out: dict[str, RunRecord] = {}
+        columns = [getattr(M, name) for name in _RUN_COLUMNS]
+        rows: builtins.list[tuple[Any, ...]] = []
         with self._s.reading():
             for chunk in _chunks(run_ids):
                 query = M.select(*columns).where(M.id.in_(chunk)).tuples()
-                for values in cast(Iterable[tuple[Any, ...]], query):
-                    # (metadata is a dict of its own, as _run makes it)
-                    m = _RUN_METADATA
-                    out[values[0]] = RunRecord(
-                        *(*values[:m], dict(values[m] or {}), *values[m + 1 :])
-                    )
+                rows.extend(cast(Iterable[tuple[Any, ...]], query))
+        texts = self.definitions(v[_SHA_AT] for v in rows)
+        out: dict[str, RunRecord] = {}
+        for v in rows:
+            # (metadata is a dict of its own, as _run makes it)
+            values = [*v[:_METADATA_AT], dict(v[_METADATA_AT] or {}), *v[_METADATA_AT + 1 :]]
+            values.insert(_DEFINITION_AT, texts.get(v[_SHA_AT], ""))
+            out[v[0]] = RunRecord(*values)
         return out
+
+    def definitions(self, hashes: Iterable[str]) -> dict[str, str]:
+        """The text of each of these definitions that is stored, by sha256 (read once per
+        store and hash)."""
+        wanted = set(hashes)
+        with self._texts_lock:
+            out = {h: self._texts[h] for h in wanted if h in self._texts}
+        missing = builtins.list(wanted - out.keys())
+        if missing:
+            db = self._s.db
+            with self._s.reading():
+                for chunk in _chunks(missing):
+                    sql = (
+                        "SELECT sha256, text FROM definitions "
+                        f"WHERE sha256 IN ({', '.join([db.param] * len(chunk))})"
+                    )
+                    out.update(db.execute_sql(sql, chunk).fetchall())
+            with self._texts_lock:
+                self._texts.update(out)
+        return out
+
+    def _record(self, row: Any) -> RunRecord:
+        sha = row.definition_sha256
+        return _run(row, self.definitions([sha]).get(sha, ""))
+
+    def _records(self, rows: Iterable[Any]) -> builtins.list[RunRecord]:
+        rows = builtins.list(rows)
+        texts = self.definitions(r.definition_sha256 for r in rows)
+        return [_run(r, texts.get(r.definition_sha256, "")) for r in rows]
 
     def find(self, prefix: str) -> RunRecord:
         """The run whose id is `prefix`, or the only one starting with it (≥ 4 characters)."""
@@ -237,8 +290,9 @@ class RunRepository:
         M = self._m
         with self._s.reading():
             row = M.get_or_none(M.id == given)
-            if row is not None:
-                return _run(row)
+        if row is not None:
+            return self._record(row)
+        with self._s.reading():
             rows = builtins.list(
                 M.select(M.id, M.definition_id, M.state, M.created_at)
                 .where(fn.SUBSTR(fn.LOWER(M.id), 1, len(text)) == text)
@@ -321,7 +375,8 @@ class RunRepository:
         if limit is not None:
             query = query.limit(limit)
         with self._s.reading():
-            return [_run(r) for r in query]
+            rows = builtins.list(query)
+        return self._records(rows)
 
     def count(
         self,
@@ -349,7 +404,24 @@ class RunRepository:
             query = self._m.delete().where(self._m.id.in_(ids))
             if live:
                 query = query.where(self._m.id.not_in(live))
-            return int(query.execute()), len(live)
+            deleted = int(query.execute())
+        self.prune_definitions()  # (those of the runs `delete` and `unclaim` took, too)
+        return deleted, len(live)
+
+    def prune_definitions(self) -> int:
+        """Delete the definitions no run refers to any more; how many. A writer inserts a
+        definition after the run that refers to it, in one transaction, so none is deleted
+        from under a run being written: on SQLite every write transaction is serialised, and
+        on PostgreSQL this one first waits for those writing runs (SHARE on `workflows`
+        conflicts with their ROW EXCLUSIVE) and holds off new ones until it commits."""
+        with self._s.transaction():
+            if self._s.kind == "postgresql":
+                self._s.db.execute_sql("LOCK TABLE workflows IN SHARE MODE")
+            cursor = self._s.db.execute_sql(
+                "DELETE FROM definitions WHERE sha256 NOT IN "
+                "(SELECT definition_sha256 FROM workflows)"
+            )
+            return int(cursor.rowcount)
 
     def live(
         self, older_than: timedelta | None = None, state: str | None = None
@@ -768,12 +840,12 @@ def _event_time(data: Mapping[str, Any]) -> datetime:
     return utcnow()
 
 
-def _run(r: Any) -> RunRecord:
+def _run(r: Any, definition: str) -> RunRecord:
     return RunRecord(
         id=r.id,
         definition_id=r.definition_id,
         definition_name=r.definition_name,
-        definition=r.definition,
+        definition=definition,
         definition_sha256=r.definition_sha256,
         input=r.input,
         state=r.state,

@@ -32,6 +32,7 @@ from .._time import utc_text
 from ..errors import LockWaitStopped, PersistenceError
 from .db import begin_immediate, connection_lost
 from .records import TERMINAL_STATES
+from .repositories import definition_sql
 
 LINGER = 0.005  # seconds an unawaited write may wait for company
 # Seconds a step's `running` row is held back for its result, so that a step that finishes
@@ -109,10 +110,11 @@ class JournalWriter:
         p = store.db.param
         self._sql = {
             "create_run": (
-                "INSERT INTO workflows (id, definition_id, definition_name, definition, "
-                "definition_sha256, input, state, metadata, created_at, updated_at) "
-                f"VALUES ({', '.join([p] * 10)})"
+                "INSERT INTO workflows (id, definition_id, definition_name, definition_sha256, "
+                f"input, state, metadata, created_at, updated_at) VALUES ({', '.join([p] * 9)})"
             ),
+            # its definition's text, once per database (after the run: see _PHASES)
+            "definition": definition_sql(p),
             # a run whose row was written `pending` (claimed by a batch) starts
             "start_run": f"UPDATE workflows SET state = 'running', updated_at = {p} WHERE id = {p}",
             # a step row: `running`, or already with its result when that came in the same
@@ -285,7 +287,6 @@ class JournalWriter:
                 fields["run_id"],
                 fields["definition_id"],
                 fields.get("definition_name"),
-                fields["definition"],
                 fields["definition_sha256"],
                 _json(fields.get("input")),
                 fields.get("state", "running"),
@@ -295,6 +296,7 @@ class JournalWriter:
             ),
             wait=False,
         )
+        self._queue("definition", (fields["definition_sha256"], fields["definition"]), wait=False)
 
     def start_run(self, run_id: str) -> None:
         """A claimed (`pending`) run starts: committed with its first step's rows."""
@@ -687,8 +689,11 @@ _PG_FINISH_ROW = f"({', '.join(f'%s::{t}' for _, t in _FINISHED)})"
 
 
 # The order a batch is written in: a run's row before its steps and events, a run's end after
-# everything else of it.
-_PHASES = ("create_run", "start_run", "step", "finish", "upsert", "events", "end_run")
+# everything else of it; a definition's text after the run that refers to it (so that
+# RunRepository.prune_definitions, which waits for the transaction, sees that run).
+_PHASES = (
+    "create_run", "definition", "start_run", "step", "finish", "upsert", "events", "end_run"
+)  # fmt: skip
 
 _NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
 
@@ -718,6 +723,8 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
             by_kind.setdefault(kind, []).append(args)
     if steps:
         by_kind["step"] = list(steps.values())
+    if "definition" in by_kind:  # each once, in one order (concurrent writers never cross)
+        by_kind["definition"] = sorted(dict(by_kind["definition"]).items())
     return [(kind, by_kind[kind]) for kind in _PHASES if kind in by_kind]
 
 
