@@ -1338,6 +1338,9 @@ def _hammer(url: str, tmp_path: Path) -> None:
         assert len(stats) == 200
         assert all(st.count == 3 and st.succeeded == 3 for st in stats.values())
         assert len(s.runs.get(shared).metadata) == 1 + 200  # no lost read-modify-write
+        # the four wrote the same definition at once: one row, every run's text
+        assert {r.definition for r in runs} == {"x"}
+        assert _definitions(s) == {"0" * 64: "x", "ab" * 32: "eclflow: 1\nid: critique-revise\n"}
 
 
 @pytest.mark.slow
