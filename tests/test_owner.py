@@ -323,6 +323,39 @@ def test_a_run_waiting_for_another_process_lock_stops_at_once_on_a_signal(
     assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1's result was not kept
 
 
+def test_a_background_run_waiting_for_a_lock_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    """A run started in the background of a script (`eclflow run … &`: SIGINT ignored) and
+    stopped by SIGTERM while the journal waited for the write lock another process holds sat
+    out the busy timeout twice (about two minutes): only Ctrl-C's handler ended the wait."""
+    import threading
+
+    env, journal, _ = setup(tmp_path)
+    replies = json.loads(script(KEYS))
+    replies["critique#1"]["delay"] = 1
+    p = start(tmp_path, env, replies=json.dumps(replies),
+              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+    reader.start()
+    lock = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    try:
+        run_id = in_flight(journal, "critique#1")
+        lock.execute("BEGIN IMMEDIATE")  # critique#1's result waits for it
+        wait_for(lambda: any("waiting for the write lock" in line for line in lines), "the wait")
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)  # (the busy timeout had more than 50 s to go)
+    finally:
+        p.kill()
+        lock.close()
+    reader.join(timeout=10)
+    short = run_id[:8]
+    assert p.returncode == 143, lines
+    assert lines[-1].strip() == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    ), lines
+    assert not any("Traceback" in line or "lost" in line for line in lines), lines
+
+
 def test_a_run_stopped_before_its_first_write_says_nothing_was_kept(tmp_path: Path) -> None:
     """SIGTERM while a new run waited for the lock before anything of it was written: it
     said `eclflow resume ID` continues it, which found no such run."""

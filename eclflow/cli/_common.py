@@ -42,23 +42,30 @@ async def stopping_lock_waits(work: Awaitable[T], store: Any) -> T:
     """Await `work` (in `asyncio.run`), with Ctrl-C and SIGTERM also ending a wait for the
     database's write lock that another process holds (`Store.stop_waiting`): asyncio
     cancels the run at once, but the end of `asyncio.run` and closing the store wait for
-    their threads, which could wait out a minute's busy timeout."""
-    previous = signal.getsignal(signal.SIGINT)
-    if store is None or not callable(previous):
+    their threads, which could wait out a minute's busy timeout. Each signal is wrapped on its
+    own: a background job's SIGINT is ignored, and its SIGTERM must end the wait all the same."""
+    if store is None:
         return await work
+    wrapped: dict[signal.Signals, tuple[Any, Any]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):  # (ignored, or the default: nothing runs to stop the wait)
+            continue
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        store.stop_waiting()
-        previous(signum, frame)  # asyncio's: it cancels the run
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            store.stop_waiting()
+            previous(signum, frame)  # asyncio's (it cancels the run), or stop_on_sigterm's
 
-    with contextlib.suppress(ValueError):  # (not in the main thread: nothing to do)
-        signal.signal(signal.SIGINT, on_sigint)
+        with contextlib.suppress(ValueError):  # (not in the main thread: nothing to do)
+            signal.signal(sig, handler)
+            wrapped[sig] = (handler, previous)
     try:
         return await work
     finally:
-        if signal.getsignal(signal.SIGINT) is on_sigint:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGINT, previous)
+        for wrapped_sig, (ours, theirs) in wrapped.items():
+            if signal.getsignal(wrapped_sig) is ours:
+                with contextlib.suppress(ValueError):
+                    signal.signal(wrapped_sig, theirs)
 
 
 def interrupted_exit_code() -> int:
