@@ -411,6 +411,34 @@ def test_a_remote_model_litellm_does_not_list_is_a_warning_with_the_close_name(
     assert diagnose(sub("model: local/smollm2", "model: openai/my-finetune")) == []
 
 
+@pytest.mark.parametrize(
+    ("setting", "model"),
+    [
+        ("OPENAI_BASE_URL", "openai/Qwen/Qwen2.5-7B-Instruct"),
+        ("OPENAI_API_BASE", "openai/my-finetune"),
+        ("ANTHROPIC_BASE_URL", "anthropic/kimi-k2"),
+        ("GEMINI_API_BASE", "gemini/my-gemma"),
+    ],
+)
+def test_a_model_sent_to_the_providers_own_base_url_is_not_judged(
+    monkeypatch: pytest.MonkeyPatch, setting: str, model: str
+) -> None:
+    """litellm sends a provider's calls to the server its base-URL variable names (vLLM or LM
+    Studio behind OPENAI_BASE_URL, a proxy behind ANTHROPIC_BASE_URL), whose model names are
+    its own: validate warned W507 about them (an error with --strict) although a run works."""
+    from eclflow.llm.names import PROVIDER_BASE_ENVS
+
+    for name in ("ECLFLOW_API_BASE", *(n for ns in PROVIDER_BASE_ENVS.values() for n in ns)):
+        monkeypatch.delenv(name, raising=False)
+    text = sub("model: local/smollm2", f"model: {model}")
+    assert [d.code for d in diagnose(text)] == ["W507"]
+    monkeypatch.setenv(setting, "http://127.0.0.1:8000/v1")
+    assert diagnose(text) == []
+    # (another provider's names are still judged)
+    (d,) = diagnose(sub("model: local/smollm2", "model: mistral/mistral-nonesuch-9"))
+    assert d.code == "W507"
+
+
 def test_all_problems_in_one_pass() -> None:
     text = sub("to: critique}", "to: critque}")
     text = sub('"{{ input.topic }}"', '"{{ env.HOME }}"', text)

@@ -23,6 +23,16 @@ KNOWN = (*(PREFIX + name for name in BUNDLED), PREFIX + "PATH.gguf")
 # openrouter/…, azure/DEPLOYMENT, bedrock ARNs, …): never judged.
 CLOSED_PROVIDERS = frozenset({"openai", "anthropic", "gemini", "mistral", "deepseek", "xai"})
 API_BASE_ENV = "ECLFLOW_API_BASE"  # (as llm.remote, which imports litellm: not imported here)
+# The variables litellm reads to send one provider's calls to a server of one's own (vLLM or LM
+# Studio behind OPENAI_BASE_URL, a proxy behind ANTHROPIC_BASE_URL): its names are its own.
+PROVIDER_BASE_ENVS: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_BASE"),
+    "gemini": ("GEMINI_API_BASE",),
+    "mistral": ("MISTRAL_API_BASE",),
+    "deepseek": ("DEEPSEEK_API_BASE",),
+    "xai": ("XAI_API_BASE",),
+}
 
 
 def is_known_local(model: str) -> bool:
@@ -87,11 +97,14 @@ def unlisted_remote(model: str) -> Unlisted | None:
     """Whether `model` looks mistyped, with the closest name litellm lists; None when litellm
     lists it, or its name cannot be judged: `local/` and `mock/` (checked elsewhere), a
     provider whose names are open-ended, a fine-tuned model (`ft:…`), every remote call sent
-    to a server of one's own (ECLFLOW_API_BASE), or no list to look in."""
+    to a server of one's own (ECLFLOW_API_BASE) or the provider's (its base URL variable for
+    litellm, PROVIDER_BASE_ENVS), or no list to look in."""
     if model.startswith((PREFIX, "mock/")) or os.environ.get(API_BASE_ENV):
         return None
     provider, _, name = model.partition("/") if "/" in model else ("", "", model)
     if (provider and provider not in CLOSED_PROVIDERS) or name.startswith("ft:"):
+        return None
+    if any(os.environ.get(env) for env in PROVIDER_BASE_ENVS.get(provider, ())):
         return None
     table = litellm_table()
     if not table or model in table or (provider and name in table):
