@@ -806,6 +806,33 @@ def test_the_logs_name_a_loop_step_by_its_journal_key(tmp_path: Any) -> None:
     ]
 
 
+def test_logs_of_a_run_recorded_without_keys_still_tell_iterations_apart(tmp_path: Any) -> None:
+    """A run recorded before the records carried their journal `key` (an older eclflow, the
+    same database): `eclflow logs` dropped `iteration` along with `step_id`, so critique#1
+    and critique#2 both read `step=critique`, and nothing told them apart."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    (tmp_path / "script.yaml").write_text(KEYED % {"d": 0})
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'runs.db'}"}
+
+    def eclflow(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eclflow", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    r = eclflow("run", str(CRITIQUE_REVISE), "-i", "topic=t", "--model", "mock/t",
+                "--mock-responses", str(tmp_path / "script.yaml"), "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "runs.db") as db:  # (as the older eclflow wrote them)
+        db.execute("UPDATE events SET fields = json_remove(fields, '$.key')")
+    text = eclflow("logs", json.loads(r.stdout)["run_id"]).stdout.splitlines()
+    lines = [x for x in text if "Step execution succeeded" in x and "step=critique" in x]
+    assert [x.split("step=")[1].split()[0] for x in lines] == ["critique", "critique"], text
+    assert ["iteration=0" in lines[0], "iteration=1" in lines[1]] == [True, True], lines
+
+
 def test_logs_follow_a_run_in_another_process(tmp_path: Any) -> None:
     run = _cli(
         tmp_path, "run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--json", delay=0.3, wait=False

@@ -99,8 +99,11 @@ def for_people(fields: Mapping[str, Any]) -> dict[str, Any]:
     step = fields.get("key") or fields.get("step_id")
     if step is None:
         return dict(fields)
+    # (without its key, a record of an older eclflow: its iteration tells critique#1 and
+    # critique#2 apart)
+    said = _STEP_FIELDS if fields.get("key") else _STEP_FIELDS - {"iteration"}
     out: dict[str, Any] = {"step": step}
-    out.update((k, v) for k, v in fields.items() if k not in _STEP_FIELDS)
+    out.update((k, v) for k, v in fields.items() if k not in said)
     return out
 
 
