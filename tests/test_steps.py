@@ -684,6 +684,44 @@ def test_a_blocking_plugin_execute_runs_in_a_thread_beside_the_other_steps() -> 
     assert seen == ["quick: succeeded", "slow: failed"]
 
 
+class _Finder(Step):
+    """A plugin's `def execute` that looks for what is not there: `next()` raises
+    StopIteration."""
+
+    type_name = "finder_test"
+
+    def execute(self, ctx: Any, input: Any) -> StepResult:  # type: ignore[override]
+        found = next(x for x in (1, 2) if x > 5)
+        return StepResult.success({"found": found})
+
+
+def test_a_blocking_plugin_execute_that_raises_stop_iteration_fails_at_once() -> None:
+    """`next()` with nothing left in a plain `def execute` raises StopIteration, which an
+    asyncio future cannot hold: asyncio printed a traceback and the step hung until its
+    timeout (two minutes by default), then failed as "timed out" and was retried. It fails at
+    once, as an `async def` one does (RuntimeError), and is not retried."""
+    import eclflow
+    from eclflow.spec import load_text
+
+    registry = default_registry()
+    registry.register(_Finder)
+    wf = load_text(
+        "eclflow: 1\nid: finder\nsteps:\n"
+        "  - {id: find, type: finder_test, timeout: 30s, retry: {max_attempts: 2}}\n"
+    )
+    try:
+        r = asyncio.run(eclflow.run(wf, {}))
+    finally:
+        registry._types.pop("finder_test")
+    assert r.status == "failed" and r.failed_step == "find"
+    assert r.error == (
+        "Step find failed: RuntimeError: execute raised StopIteration (a plain `def execute` "
+        "cannot let it out: catch it, or give next() a default)"
+    ), r.error
+    (step,) = r.steps
+    assert step.attempts == 1
+
+
 def test_ctrl_c_stops_a_run_whose_blocking_plugin_step_is_in_flight(tmp_path: Path) -> None:
     """Ctrl-C during a plain `def execute` that blocks for a minute: the run stops at once
     and says how to go on (the thread is not waited for), and the resume runs the step

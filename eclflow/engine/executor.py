@@ -91,8 +91,17 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
             future.set_result(result)
 
     def work() -> None:
+        error: BaseException | None
         try:
             result, error = context.run(fn, *args), None
+        except StopIteration as e:  # (a future cannot hold it: as a coroutine, a RuntimeError)
+            name = getattr(fn, "__name__", "it")
+            stopped = RuntimeError(
+                f"{name} raised StopIteration (a plain `def execute` cannot let it out: catch "
+                "it, or give next() a default)"
+            )
+            stopped.__cause__ = e
+            result, error = None, stopped
         except BaseException as e:
             result, error = None, e
         with contextlib.suppress(RuntimeError):  # (the event loop has closed)
