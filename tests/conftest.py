@@ -26,6 +26,16 @@ def _no_retry_waits():
     stamina.set_testing(False)
 
 
+@pytest.fixture(autouse=True)
+def _no_model_server_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own model server (ECLFLOW_API_BASE, OPENAI_BASE_URL, …) would make
+    validate leave every model name alone: the tests see none, in-process and in the CLI."""
+    from eclflow.llm.names import API_BASE_ENV, PROVIDER_BASE_ENVS
+
+    for name in (API_BASE_ENV, *(n for ns in PROVIDER_BASE_ENVS.values() for n in ns)):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def eclflow_cmd() -> list[str]:
     """The command line that runs the real `eclflow` in a subprocess."""
