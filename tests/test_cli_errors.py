@@ -540,3 +540,45 @@ def test_a_run_without_a_journal_says_it_was_not_kept(tmp_path: Path) -> None:
     summary, error = r.stderr.splitlines()  # (the budget's log line said the error again)
     assert summary.startswith("failed · run ") and "(not kept: --no-journal) · " in summary
     assert error.startswith("error: Step critique failed: budget_exceeded")
+
+
+SHAPES = """\
+eclflow: 1
+id: shapes
+model: mock/x
+steps:
+  - {id: k, type: llm, template: "k", output_schema: {type: object}}
+output:
+  flag: "{{ steps.k.output.flag }}"
+  none: "{{ steps.k.output.none }}"
+  n: "{{ steps.k.output.n }}"
+  nested: "{{ steps.k.output.nested }}"
+  text: "{{ steps.k.output.text }}"
+"""
+
+
+def test_the_output_is_shown_as_json_values_with_text_lines_indented(tmp_path: Path) -> None:
+    """The output was printed as Python values: `long: False`, `none: None`, a dict as its
+    repr, and the later lines of a multi-line text ran on at the left margin."""
+    wf, script = tmp_path / "shapes.yaml", tmp_path / "m.yaml"
+    wf.write_text(SHAPES)
+    reply = {"flag": False, "none": None, "n": 2.5, "nested": {"a": [1, True]},
+             "text": "one\n\nthree\n"}  # fmt: skip
+    script.write_text(json.dumps({"k": {"content": reply}}))
+    r = cli("run", str(wf), "--mock-responses", str(script), "--no-journal", "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "flag: false\nnone: null\nn: 2.5\n"
+        'nested: {\n    "a": [\n      1,\n      true\n    ]\n  }\n'
+        "text: one\n\n  three\n"
+    )
+
+
+def test_the_conditional_routing_example_prints_false_as_json(tmp_path: Path) -> None:
+    """The README's example printed `long: False`."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    r = cli("run", str(examples / "conditional_routing.yaml"), "-i", "question=Why?",
+            "-m", "mock/demo", "--mock-responses", str(examples / "mock/conditional_routing.yaml"),
+            "--no-journal", "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1] == "long: false"

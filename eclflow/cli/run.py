@@ -245,13 +245,9 @@ def print_result(result: Any, as_json: bool, local: bool = True, kept: bool = Tr
     # the output on stdout, also with --quiet (which hides the progress only, as in batch
     # mode): `eclflow run -q … > out.txt` keeps it
     out = result.output
-    if (
-        isinstance(out, Mapping)
-        and len(out)
-        and all(isinstance(v, str | int | float | bool) or v is None for v in out.values())
-    ):
+    if isinstance(out, Mapping) and len(out) and all(isinstance(k, str) for k in out):
         for k, v in out.items():
-            click.echo(safe_text(f"{k}: {v}"), color=True)  # (data: never stripped)
+            click.echo(safe_text(f"{k}: {shown_value(v)}"), color=True)  # (data: never stripped)
     elif out is not None:
         click.echo(
             safe_text(json.dumps(out, indent=2, ensure_ascii=False, default=str)), color=True
@@ -284,6 +280,20 @@ def print_result(result: Any, as_json: bool, local: bool = True, kept: bool = Tr
                 f"{resume_command(result.run_id, flag)} continues it with a larger budget",
                 err=True,
             )
+
+
+def shown_value(value: Any) -> str:
+    """One output value after `name: ` for a person: text as it is, with its later lines
+    indented under the name; true/false/null and numbers, lists and mappings as JSON (a
+    Python `False`, `None` or dict repr means nothing to someone who wrote YAML)."""
+    if isinstance(value, str):
+        text = value.rstrip("\n")
+    elif isinstance(value, Mapping | list | tuple) and value:
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    first, *rest = text.split("\n")
+    return first + "".join(f"\n  {line}" if line else "\n" for line in rest)
 
 
 _BUDGET_FLAGS = (("model call", "--budget-calls N"), ("tokens", "--budget-tokens N"))
