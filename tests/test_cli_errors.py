@@ -582,3 +582,70 @@ def test_the_conditional_routing_example_prints_false_as_json(tmp_path: Path) ->
             "--no-journal", "-q")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1] == "long: false"
+
+
+ENVY = """\
+eclflow: 1
+id: envy
+model: mock/x
+env:
+  - HOME
+  - ECLFLOW_TEST_NAME
+steps:
+  - {id: a, type: llm, template: "hi"}
+  - id: b
+    type: template
+    depends_on: [a]
+    template: "{{ who }}"
+    with: {who: "{{ env.ECLFLOW_TEST_NAME }}"}
+output:
+  text: "{{ steps.b.output.text }}"
+"""
+ENV_UNSET = (
+    "error: Configuration error: {wf}:6:5: env.ECLFLOW_TEST_NAME is not set, and step 'b' "
+    "reads it: set ECLFLOW_TEST_NAME in the environment, or read it as "
+    "env.ECLFLOW_TEST_NAME | default('…')"
+)
+
+
+def test_an_unset_env_variable_is_refused_before_anything_is_paid_for(tmp_path: Path) -> None:
+    """It failed step 'b' (`input: env.ECLFLOW_TEST_NAME is undefined`) after step 'a' had
+    made its model call; run, batch and resume now refuse it up front, naming where the file
+    declares it."""
+    wf, script, calls = tmp_path / "wf.yaml", tmp_path / "m.yaml", tmp_path / "calls.jsonl"
+    wf.write_text(ENVY)
+    script.write_text("a: hello\n")
+    db = f"sqlite:///{tmp_path}/runs.db"
+    log = {"ECLFLOW_MOCK_LOG": str(calls)}
+    r = cli("run", str(wf), "--mock-responses", str(script), "--db", db, env=log)
+    assert (r.returncode, r.stderr.strip()) == (2, ENV_UNSET.format(wf=wf))
+    items = tmp_path / "items.jsonl"
+    items.write_text("{}\n{}\n")
+    r = cli("run", str(wf), "--inputs", str(items), "--mock-responses", str(script),
+            "--db", db, env=log)  # fmt: skip
+    assert (r.returncode, r.stderr.strip()) == (2, ENV_UNSET.format(wf=wf))
+    assert not calls.exists()
+    # a run that failed with it set, resumed without it
+    script.write_text("a: {error: auth_error}\n")
+    r = cli("run", str(wf), "--mock-responses", str(script), "--db", db, "--json",
+            env={**log, "ECLFLOW_TEST_NAME": "Ann"})  # fmt: skip
+    assert r.returncode == 1 and len(calls.read_text().splitlines()) == 1
+    run_id = json.loads(r.stdout)["run_id"]
+    script.write_text("a: hello\n")
+    r = cli("resume", run_id, "--mock-responses", str(script), "--db", db, env=log)
+    assert (r.returncode, r.stderr.strip()) == (2, ENV_UNSET.format(wf=wf.resolve()))
+    assert len(calls.read_text().splitlines()) == 1
+    r = cli("resume", run_id, "--mock-responses", str(script), "--db", db,
+            env={**log, "ECLFLOW_TEST_NAME": "Ann"})  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, "text: Ann\n"), r.stderr
+
+
+def test_an_env_variable_read_with_a_default_may_be_unset(tmp_path: Path) -> None:
+    """`env.NAME | default('…')` is how the format says a variable is optional: not refused."""
+    wf, script = tmp_path / "wf.yaml", tmp_path / "m.yaml"
+    wf.write_text(
+        ENVY.replace("env.ECLFLOW_TEST_NAME }}", "env.ECLFLOW_TEST_NAME | default('you') }}")
+    )
+    script.write_text("a: hello\n")
+    r = cli("run", str(wf), "--mock-responses", str(script), "--no-journal")
+    assert (r.returncode, r.stdout) == (0, "text: you\n"), r.stderr

@@ -97,7 +97,14 @@ def run_batch_command(
     quiet: bool,
 ) -> None:
     from ..engine.batch import BatchProgress, iter_batch, one_call_at_a_time
-    from ..engine.runner import _limits, as_budget, check_models, default_model, validate_input
+    from ..engine.runner import (
+        _limits,
+        as_budget,
+        check_env,
+        check_models,
+        default_model,
+        validate_input,
+    )
     from ..errors import InvalidInput
     from ..graph.plan import compile_plan
     from ..llm import Providers, load_script
@@ -118,8 +125,9 @@ def run_batch_command(
         fail(shown[-1] + extra, EXIT_USAGE)
     items = [item for _, item in numbered]
     mock = load_script(mock_responses) if mock_responses is not None else None
-    # what would fail every run (no model, a model that cannot be called) fails the batch now,
-    # as it fails a single run, rather than each of its items
+    # what would fail every run (no model, a model that cannot be called, an unset env:
+    # variable) fails the batch now, as it fails a single run, rather than each of its items
+    check_env(workflow)
     check_models(
         compile_plan(workflow),
         Providers(mock=mock),

@@ -142,6 +142,7 @@ async def iter_batch(
     workflow's `inputs` (the CLI does, to name every bad line), so they are not checked again."""
     from . import runner
 
+    runner.check_env(workflow)  # (it would fail every item)
     progress = BatchProgress(total=len(items))
     fingerprint = workflow_fingerprint(workflow, model)
     ids = item_run_ids(fingerprint, items)

@@ -82,6 +82,25 @@ def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
     raise InvalidInput(f"input {message}{more}", field=where or None)
 
 
+def check_env(workflow: Workflow) -> None:
+    """An `env:` variable that is not set, and that an expression reads without
+    `| default(…)`, fails the run before it starts: otherwise the step that reads it fails,
+    after the steps before it were paid for."""
+    unset = [n for n in workflow.env if n not in os.environ]
+    if not unset:
+        return
+    from ..spec.checks import env_readers
+
+    readers = env_readers(workflow)
+    for i, name in enumerate(workflow.env):
+        if name in unset and name in readers:
+            where = f"{workflow.env_locations[i]}: " if i < len(workflow.env_locations) else ""
+            raise ConfigError(
+                f"{where}env.{name} is not set, and {readers[name]} reads it: set {name} in "
+                f"the environment, or read it as env.{name} | default('…')"
+            )
+
+
 def default_model(workflow: Workflow, model: str | None) -> str | None:
     """`--model` > ECLFLOW_MODEL > the workflow's `model:`. A local model file given by a
     relative path is made absolute: the run keeps its model, and is resumed from anywhere."""
@@ -193,6 +212,7 @@ async def run(
     budget = as_budget(budget)
     plan = compile_plan(wf)
     plan.step_objects(default_registry())  # (a type that cannot be made: before any record)
+    check_env(wf)
     if mock_responses is not None:
         check_mock_is_used(wf, model)
     providers = Providers(mock=as_mock(mock_responses))
@@ -689,6 +709,7 @@ def _take_over(
             else stored.get("max_calls"),
         ),
     )
+    check_env(wf)
     check_models(compile_plan(wf), providers, chosen, limits)
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)

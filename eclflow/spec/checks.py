@@ -1159,6 +1159,34 @@ class _Checker:
             read(path, text, None, whole=False)
 
 
+def env_readers(wf: Workflow) -> dict[str, str]:
+    """The `env:` variables some expression reads without a guard (`| default(…)`, `is
+    defined`), each with the first place that does (`step 'a'`, `output`): a run without
+    the variable set fails there. What does not parse is left (it is E301 already)."""
+    from .. import expr
+
+    places: list[tuple[str, Any, bool]] = [(f"step '{s.id}'", s.with_, False) for s in wf.steps]
+    places += [
+        (f"the condition {t.from_} -> {t.to}", t.when, True)
+        for t in wf.transitions
+        if isinstance(t, Conditional)
+    ]
+    places.append(("output", wf.output, False))
+    found: dict[str, str] = {}
+    for reader, value, whole in places:
+        for _, text in _strings(value, []):
+            if "env" not in text:
+                continue
+            try:
+                tree = _parsed(text, whole=whole)
+            except Exception:
+                continue
+            for p in expr.referenced_paths(tree) if tree is not None else ():
+                if len(p) >= 2 and p[0] == "env" and p[1] in wf.env:
+                    found.setdefault(p[1], reader)
+    return found
+
+
 def _in_folded(loc: Location, text: str, source: Sequence[str], line: int, column: int) -> Location:
     """Where (line, column) of the text of a folded block scalar (`>`) at `loc` is written:
     each of the block's lines is found in turn in the folded text (folding joins lines with a
@@ -1290,7 +1318,7 @@ def _strings(value: Any, path: list[Any]) -> Iterator[tuple[list[Any], str]]:
     elif isinstance(value, Mapping):
         for k, v in value.items():
             yield from _strings(v, [*path, k])
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):  # (a Workflow's values are frozen: tuples)
         for i, v in enumerate(value):
             yield from _strings(v, [*path, i])
 

@@ -1215,6 +1215,7 @@ def _build(
         inputs=MappingProxyType(dict(data.get("inputs") or {"type": "object"})),
         output=_freeze(dict(data.get("output") or {})),
         env=tuple(data.get("env") or ()),
+        env_locations=tuple(located.at(["env", i]) for i in range(len(data.get("env") or ()))),
         budget=Budget(
             max_usd=budget_raw.get("max_usd"),
             max_tokens=budget_raw.get("max_tokens"),

@@ -160,6 +160,7 @@ class Workflow:
     inputs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({"type": "object"}))
     output: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     env: tuple[str, ...] = ()  # environment variables the file may read as `env.NAME`
+    env_locations: tuple[Location, ...] = ()  # where each of `env` is declared
     budget: Budget = Budget()
     source: str = ""  # the YAML text the workflow was loaded from
     path: Path | None = None
