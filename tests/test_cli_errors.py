@@ -649,3 +649,24 @@ def test_an_env_variable_read_with_a_default_may_be_unset(tmp_path: Path) -> Non
     script.write_text("a: hello\n")
     r = cli("run", str(wf), "--mock-responses", str(script), "--no-journal")
     assert (r.returncode, r.stdout) == (0, "text: you\n"), r.stderr
+
+
+def test_mock_replies_for_steps_that_all_name_their_own_model_say_so(tmp_path: Path) -> None:
+    """It said `(the model is mock/x): add --model mock/NAME` to someone who had given
+    exactly that: the steps' own `model:` wins over --model."""
+    wf, script = tmp_path / "own.yaml", tmp_path / "m.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: own\nsteps:\n"
+        '  - {id: a, type: llm, template: "hi", model: openai/gpt-4o-mini}\n'
+        '  - {id: b, type: llm, template: "hi", model: openai/gpt-4o, depends_on: [a]}\n'
+        '  - {id: t, type: template, template: "x", depends_on: [b]}\n'
+    )
+    script.write_text("a: hello\n")
+    r = cli("run", str(wf), "-m", "mock/x", "--mock-responses", str(script), "--no-journal")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: --mock-responses plays replies for mock/… models, and no step uses one (every "
+        "step that calls a model names its own: a: openai/gpt-4o-mini, b: openai/gpt-4o; "
+        "mock/x is for steps without one): write mock/NAME in their model: to play the "
+        "replies (see eclflow run --help)"
+    )

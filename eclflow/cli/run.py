@@ -804,15 +804,15 @@ def _resume_in_restate(
 
 def _check_mock_is_used(workflow: Any, model: str | None) -> None:
     """--mock-responses with no `mock/` model would run the real model (and pay for it)."""
-    from ..engine.runner import check_mock_is_used, default_model
+    from ..engine.runner import check_mock_is_used, default_model, mock_unused
     from ..errors import ConfigError
 
     try:
         check_mock_is_used(workflow, model)
     except ConfigError:
+        why = mock_unused(workflow, default_model(workflow, model), "add --model mock/NAME")
         raise click.UsageError(
-            f"--mock-responses plays replies for mock/… models, and no step uses one "
-            f"(the model is {default_model(workflow, model) or 'not set'}): add --model mock/NAME"
+            f"--mock-responses plays replies for mock/… models, and no step uses one {why}"
         ) from None
 
 

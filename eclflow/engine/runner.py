@@ -140,10 +140,28 @@ def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
     calling = models_called(workflow, chosen)
     if calling and not any(m.startswith("mock/") for m in calling):
         raise ConfigError(
-            f"mock responses play replies for mock/… models, and no step uses one (the model "
-            f"is {chosen or 'not set'}): give a mock/NAME model"
+            "mock responses play replies for mock/… models, and no step uses one "
+            + mock_unused(workflow, chosen, "give a mock/NAME model")
         )
     checked.add(chosen)
+
+
+def mock_unused(workflow: Workflow, chosen: str | None, fix: str) -> str:
+    """Why no step would play the mock's replies, and what to do (`fix`, for a model given
+    once for all steps): a workflow whose every model step names its own model is not
+    changed by `--model mock/…`, so saying `add --model mock/NAME` there would be wrong."""
+    registry = default_registry()
+    calling = [
+        s for s in workflow.steps if s.type not in registry or registry.get(s.type).uses_model
+    ]
+    own = [f"{s.id}: {s.model}" for s in calling if s.model]
+    if own and len(own) == len(calling) and chosen and chosen.startswith("mock/"):
+        shown = ", ".join(own[:3]) + (f", … ({len(own)} steps)" if len(own) > 3 else "")
+        return (
+            f"(every step that calls a model names its own: {shown}; {chosen} is for steps "
+            "without one): write mock/NAME in their model: to play the replies"
+        )
+    return f"(the model is {chosen or 'not set'}): {fix}"
 
 
 def check_models(
