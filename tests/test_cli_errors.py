@@ -670,3 +670,47 @@ def test_mock_replies_for_steps_that_all_name_their_own_model_say_so(tmp_path: P
         "mock/x is for steps without one): write mock/NAME in their model: to play the "
         "replies (see eclflow run --help)"
     )
+
+
+DEFAULTED = """\
+eclflow: 1
+id: dflt
+inputs:
+  type: object
+  properties:
+    topic: {type: string, default: tides}
+steps:
+  - {id: t, type: template, template: "{{ topic }}", with: {topic: "{{ input.topic }}"}}
+output:
+  text: "{{ steps.t.output.text }}"
+"""
+
+
+def test_a_misspelt_input_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    """`-i topc=x` was told only `input 'topic' is a required property`; with
+    additionalProperties: false, `Additional properties are not allowed ('topc' was
+    unexpected)`; and beside a defaulted `topic` it ran on the default without a word."""
+    r = cli("run", WF, "-i", "topc=x", "-m", "mock/x", "--no-journal")
+    assert (r.returncode, r.stderr.strip()) == (
+        2,
+        "error: Validation error: unknown input 'topc' (did you mean 'topic'?); "
+        "input 'topic' is a required property",
+    )
+    closed = tmp_path / "closed.yaml"
+    closed.write_text(
+        DEFAULTED.replace("  properties:", "  additionalProperties: false\n  properties:")
+    )
+    r = cli("run", str(closed), "-i", "topc=x", "-i", "zzz=1", "--no-journal")
+    assert (r.returncode, r.stderr.strip()) == (
+        2,
+        "error: Validation error: unknown input 'topc' (did you mean 'topic'?); "
+        "unknown input 'zzz'",
+    )
+    open_ = tmp_path / "open.yaml"
+    open_.write_text(DEFAULTED)
+    r = cli("run", str(open_), "-i", "topc=kelp", "--no-journal", "-q")
+    assert (r.returncode, r.stdout) == (0, "text: tides\n")
+    assert r.stderr.splitlines()[0] == (
+        "warning: unknown input 'topc' (did you mean 'topic'?): the inputs schema does not "
+        "declare it"
+    )

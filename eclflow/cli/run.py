@@ -474,6 +474,7 @@ def run_cmd(
     if mock_responses is not None:
         _check_mock_is_used(workflow, model)
     inputs = parse_inputs(pairs, input_file, workflow.inputs)
+    _note_undeclared(workflow, inputs)
     budget = _budget(budget_usd, budget_tokens, budget_calls)
     _quiet_stamina()
     if engine == "restate":
@@ -800,6 +801,24 @@ def _resume_in_restate(
         _paused_in_restate(run_id, e, as_json)
     print_result(result, as_json, local=False)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _note_undeclared(workflow: Any, inputs: Mapping[str, Any]) -> None:
+    """A warning for each input the `inputs` schema does not declare, when the schema lets it
+    through all the same: `-i topc=x` beside a `topic` with a default ran on the default,
+    and nothing said why. (When the input is refused, the error names it.)"""
+    from ..engine.runner import undeclared_inputs, validate_input
+    from ..errors import InvalidInput
+
+    notes = undeclared_inputs(workflow.inputs, inputs)
+    if not notes:
+        return
+    try:
+        validate_input(workflow, inputs)
+    except InvalidInput:
+        return  # (the run's error says it)
+    for note in notes:
+        say(f"{note}: the inputs schema does not declare it", "warning", prefix="warning: ")
 
 
 def _check_mock_is_used(workflow: Any, model: str | None) -> None:

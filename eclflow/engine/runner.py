@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache, partial
@@ -72,6 +73,12 @@ def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
     if validator.is_valid(inputs):
         return
     errors = sorted(validator.iter_errors(dict(inputs)), key=lambda e: list(e.absolute_path))
+    unknown = undeclared_inputs(workflow.inputs, inputs)
+    if unknown:  # a misspelt name first: it is why the real one is missing
+        errors = [e for e in errors if e.validator != "additionalProperties" or e.absolute_path]
+        named = "; ".join(unknown)
+        if not errors:
+            raise InvalidInput(named, field=None)
     e = errors[0]
     where = ".".join(str(p) for p in e.absolute_path)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -79,7 +86,39 @@ def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
     shown = repr(e.instance)
     if len(shown) > 60:  # a 5 MB value is not echoed back: its start and its length
         message = message.replace(shown, f"{shown[:40]}… ({len(shown)} characters)")
-    raise InvalidInput(f"input {message}{more}", field=where or None)
+    lead = f"{named}; " if unknown else ""
+    raise InvalidInput(f"{lead}input {message}{more}", field=where or None)
+
+
+def undeclared_inputs(schema: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
+    """`unknown input 'topc' (did you mean 'topic'?)` for each input the `inputs` schema's
+    `properties` (and `patternProperties`) do not declare; none when it declares no
+    properties (it takes anything then)."""
+    import difflib
+
+    props = schema.get("properties")
+    if not isinstance(props, Mapping) or not props:
+        return []
+    patterns = schema.get("patternProperties")
+    out = []
+    for key in inputs:
+        if key in props:
+            continue
+        if isinstance(patterns, Mapping) and any(
+            isinstance(p, str) and _searches(p, str(key)) for p in patterns
+        ):
+            continue
+        close = difflib.get_close_matches(str(key), [str(p) for p in props], n=1, cutoff=0.6)
+        out.append(f"unknown input {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return out
+
+
+def _searches(pattern: str, key: str) -> bool:
+    """Whether a `patternProperties` pattern matches `key` (one that does not compile, no)."""
+    try:
+        return re.search(pattern, key) is not None
+    except re.error:
+        return False
 
 
 def check_env(workflow: Workflow) -> None:
