@@ -714,3 +714,24 @@ def test_a_misspelt_input_is_named_with_the_one_meant(tmp_path: Path) -> None:
         "warning: unknown input 'topc' (did you mean 'topic'?): the inputs schema does not "
         "declare it"
     )
+
+
+def test_a_resume_without_the_mock_script_is_told_to_pass_it_to_resume(tmp_path: Path) -> None:
+    """It was told to pass --mock-responses `to eclflow run`, which would start another run;
+    `eclflow resume` takes it too."""
+    script, db = tmp_path / "m.yaml", f"sqlite:///{tmp_path}/runs.db"
+    script.write_text("generate: {error: auth_error}\n")
+    r = cli("run", WF, "-i", "topic=kelp", "-m", "mock/x", "--mock-responses", str(script),
+            "--db", db, "--json")  # fmt: skip
+    assert r.returncode == 1
+    run_id = json.loads(r.stdout)["run_id"]
+    r = cli("resume", run_id, "--db", db)
+    assert (r.returncode, r.stderr.strip()) == (
+        2,
+        "error: Configuration error: model 'mock/x' plays a script of replies: pass "
+        "--mock-responses FILE to `eclflow resume` (for Restate runs, to `eclflow serve`) or "
+        "mock_responses= (Python)",
+    )
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    r = cli("resume", run_id, "--db", db, "--mock-responses", str(script), "-q")
+    assert (r.returncode, r.stdout) == (0, "final_text: A draft.\nrevision_count: 0\n"), r.stderr

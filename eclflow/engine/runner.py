@@ -687,7 +687,7 @@ async def resume(
 
     check_model_name(model)
     budget = as_budget(budget)
-    providers = Providers(mock=as_mock(mock_responses))
+    providers = Providers(mock=as_mock(mock_responses), command="eclflow resume")
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
     taken = await asyncio.to_thread(_take_over, store, run_id, force, budget, providers, model)

@@ -24,8 +24,11 @@ __all__ = [
 class Providers:
     """Resolves model strings to providers for one run (or batch), creating each once."""
 
-    def __init__(self, mock: Provider | None = None) -> None:
+    def __init__(self, mock: Provider | None = None, command: str = "eclflow run") -> None:
+        """`command`: the command a `mock/` model's missing script is passed to (`eclflow
+        resume` for a resumed run), named when it is missing."""
         self.mock = mock
+        self.command = command
         self._cache: dict[str, Provider] = {}
 
     def kind(self, model: str) -> str:
@@ -47,7 +50,7 @@ class Providers:
             if self.mock is None:
                 raise ConfigError(
                     f"model '{model}' plays a script of replies: pass --mock-responses FILE "
-                    "to `eclflow run` (for Restate runs, to `eclflow serve`) or "
+                    f"to `{self.command}` (for Restate runs, to `eclflow serve`) or "
                     "mock_responses= (Python)"
                 )
             provider = self.mock
