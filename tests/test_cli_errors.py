@@ -735,3 +735,41 @@ def test_a_resume_without_the_mock_script_is_told_to_pass_it_to_resume(tmp_path:
     script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
     r = cli("resume", run_id, "--db", db, "--mock-responses", str(script), "-q")
     assert (r.returncode, r.stdout) == (0, "final_text: A draft.\nrevision_count: 0\n"), r.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            "local/nofile.gguf",
+            "local model file not found: {cwd}/nofile.gguf: give local/PATH.gguf of a GGUF file "
+            "that exists, or local/smollm2",
+        ),
+        (
+            "mock",
+            "model 'mock' needs a name after it: write mock/NAME (any name, e.g. mock/test) and "
+            "pass --mock-responses FILE",
+        ),
+        (
+            "local",
+            "model 'local' needs a name after it: write local/smollm2, or local/PATH.gguf "
+            "for a GGUF file",
+        ),
+    ],
+)
+def test_a_model_that_cannot_be_used_is_named_as_given(
+    tmp_path: Path, model: str, message: str
+) -> None:
+    """`local/nofile.gguf` was echoed as 'local//tmp/…/nofile.gguf'; `mock` alone got
+    litellm's `names no provider litellm knows`, without a word of mock/NAME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]
+    )  # (run from tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "run", WF, "-i", "topic=x", "-m", model, "--no-journal"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2
+    cwd = tmp_path.resolve()
+    assert r.stderr.strip() == "error: Configuration error: " + message.format(cwd=cwd)

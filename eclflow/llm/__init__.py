@@ -39,6 +39,10 @@ class Providers:
         return "remote"
 
     def get(self, model: str) -> Provider:
+        if model in _BARE:  # (litellm would say it knows no such provider)
+            from ..errors import ConfigError
+
+            raise ConfigError(f"model '{model}' needs a name after it: {_BARE[model]}")
         kind = self.kind(model)
         cached = self._cache.get(kind)
         if cached is not None:
@@ -69,6 +73,13 @@ class Providers:
         """Raise ConfigError now if `model` cannot be called (missing key, extra not installed)."""
         self.get(model).check(model)
 
+
+# a provider's prefix alone, without the model's name
+_BARE = {
+    "mock": "write mock/NAME (any name, e.g. mock/test) and pass --mock-responses FILE",
+    "mock/": "write mock/NAME (any name, e.g. mock/test) and pass --mock-responses FILE",
+    "local": "write local/smollm2, or local/PATH.gguf for a GGUF file",
+}
 
 _local_instance: Provider | None = None
 

@@ -72,7 +72,10 @@ def model_path(model: str) -> Path:
     if name.lower().endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ConfigError(f"local model file not found: {path} (from model '{model}')")
+            raise ConfigError(
+                f"local model file not found: {path}: give local/PATH.gguf of a GGUF file "
+                "that exists, or local/smollm2"
+            )
         return path.resolve()
     raise ConfigError(
         f"unknown local model '{model}': use 'local/smollm2' or 'local/PATH.gguf' "
