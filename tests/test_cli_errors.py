@@ -773,3 +773,33 @@ def test_a_model_that_cannot_be_used_is_named_as_given(
     assert r.returncode == 2
     cwd = tmp_path.resolve()
     assert r.stderr.strip() == "error: Configuration error: " + message.format(cwd=cwd)
+
+
+def test_a_mock_script_key_that_names_no_step_is_warned_of_up_front(tmp_path: Path) -> None:
+    """A misspelt key (`clasify:`) was found only when step `classify` asked for its reply:
+    `mock model has no reply for 'classify'`. It is named before the run, once (not once per
+    item of a batch), with the step meant."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    script = tmp_path / "m.yaml"
+    text = (examples / "mock/conditional_routing.yaml").read_text()
+    script.write_text(text.replace("\nclassify:", "\nclasify:") + "answer: x\nshort_answer#0: x\n")
+    wf = str(examples / "conditional_routing.yaml")
+    expected = [
+        f"WARNING mock responses {script}: key 'clasify' names no step that calls a model "
+        "(did you mean 'classify'?)",
+        f"WARNING mock responses {script}: key 'answer': step 'answer' calls no model, so it "
+        "plays no reply",
+        f"WARNING mock responses {script}: key 'short_answer#0': a journal key is STEP#N, N "
+        "from 1 (as 'short_answer#1')",
+    ]
+    r = cli("run", wf, "-i", "question=Why?", "-m", "mock/demo", "--mock-responses", str(script),
+            "--no-journal")  # fmt: skip
+    assert r.returncode == 1
+    warnings = [line.split(" ", 1)[1] for line in r.stderr.splitlines() if " WARNING " in line]
+    assert warnings == expected
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"question": "a"}\n{"question": "b"}\n')
+    r = cli("run", wf, "--inputs", str(items), "-m", "mock/demo", "--mock-responses", str(script),
+            "--no-journal")  # fmt: skip
+    warnings = [line.split(" ", 1)[1] for line in r.stderr.splitlines() if " WARNING " in line]
+    assert warnings == expected

@@ -104,6 +104,7 @@ def run_batch_command(
         check_models,
         default_model,
         validate_input,
+        warn_unplayed_keys,
     )
     from ..errors import InvalidInput
     from ..graph.plan import compile_plan
@@ -128,6 +129,7 @@ def run_batch_command(
     # what would fail every run (no model, a model that cannot be called, an unset env:
     # variable) fails the batch now, as it fails a single run, rather than each of its items
     check_env(workflow)
+    warn_unplayed_keys(workflow, mock)  # (once, before the progress starts)
     check_models(
         compile_plan(workflow),
         Providers(mock=mock),

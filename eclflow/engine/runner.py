@@ -203,6 +203,24 @@ def mock_unused(workflow: Workflow, chosen: str | None, fix: str) -> str:
     return f"(the model is {chosen or 'not set'}): {fix}"
 
 
+def warn_unplayed_keys(workflow: Workflow, mock: object) -> None:
+    """A warning for each key of a keyed mock script that no call of `workflow` can ask
+    for (once per script and workflow: a batch runs it for every item)."""
+    if not isinstance(mock, MockProvider) or mock.keyed is None:
+        return
+    seen = (workflow.sha256, *workflow.step_ids)
+    if seen in mock.keys_checked:
+        return
+    mock.keys_checked.add(seen)
+    registry = default_registry()
+    calling = {
+        s.id for s in workflow.steps if s.type not in registry or registry.get(s.type).uses_model
+    }
+    where = f" {mock.source}" if mock.source else ""
+    for problem in mock.unplayed_keys(workflow.step_ids, calling):
+        logger.warning("mock responses%s: %s", where, problem)
+
+
 def check_models(
     plan: Plan, providers: Providers, model: str | None, limits: Budget | None = None
 ) -> None:
@@ -273,6 +291,7 @@ async def run(
     if mock_responses is not None:
         check_mock_is_used(wf, model)
     providers = Providers(mock=as_mock(mock_responses))
+    warn_unplayed_keys(wf, providers.mock)
     chosen = default_model(wf, model)
     limits = _limits(wf, budget)
     check_models(plan, providers, chosen, limits)
@@ -767,6 +786,7 @@ def _take_over(
         ),
     )
     check_env(wf)
+    warn_unplayed_keys(wf, providers.mock)
     check_models(compile_plan(wf), providers, chosen, limits)
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)

@@ -23,6 +23,9 @@ A mapping (keyed) answers each call by its journal key (`critique#2`), else its 
     revise: ["draft two", "draft three"]
     "*": "any other step"
 
+A key that names no step of the workflow calling a model (a misspelt id, `critique#0`) is
+warned of before the run starts.
+
 Either form may be wrapped as `{responses: LIST_OR_MAPPING, cycle: true}`; with `cycle` the
 script (or each key's list) starts over instead of running out.
 
@@ -48,7 +51,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +114,9 @@ def load_script(path: str | Path) -> MockProvider:
             f"mock responses {p} must be a list of replies, a mapping of step keys to replies, "
             "or {responses: ...}"
         )
-    return MockProvider(data, cycle=cycle)
+    provider = MockProvider(data, cycle=cycle)
+    provider.source = str(p)
+    return provider
 
 
 class MockProvider:
@@ -142,6 +147,30 @@ class MockProvider:
         self._lock = threading.Lock()
         log = log_path if log_path is not None else os.environ.get(LOG_ENV)
         self.log_path = Path(log) if log else None
+        self.source: str | None = None  # the script's file, when it was read from one
+        self.keys_checked: set[tuple[str, ...]] = set()  # (shared by its fresh copies)
+
+    def unplayed_keys(self, step_ids: Sequence[str], calling: Collection[str]) -> list[str]:
+        """What is wrong with each key of a keyed script that no call of a workflow with
+        these steps (`calling`: those that call a model) can ask for: a misspelt step id
+        was found only when that step's call found no reply."""
+        import difflib
+
+        out: list[str] = []
+        for key in self.keyed or ():
+            step, _, n = key.partition("#")
+            if key == "*" or (step in calling and (not n or (n.isdigit() and int(n) > 0))):
+                continue
+            if step in step_ids and not n:
+                out.append(f"key '{key}': step '{key}' calls no model, so it plays no reply")
+                continue
+            if step in calling:
+                out.append(f"key '{key}': a journal key is STEP#N, N from 1 (as '{step}#1')")
+                continue
+            close = difflib.get_close_matches(step, list(calling), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}{'#' + n if n else ''}'?)" if close else ""
+            out.append(f"key '{key}' names no step that calls a model{hint}")
+        return out
 
     def fresh(self) -> MockProvider:
         """A provider playing the same script from the start (one per run in a batch)."""
@@ -153,6 +182,8 @@ class MockProvider:
         clone.requests = []
         clone._lock = threading.Lock()
         clone.log_path = self.log_path
+        clone.source = self.source
+        clone.keys_checked = self.keys_checked
         return clone
 
     @property
