@@ -377,3 +377,21 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # the terminal's other end has closed
         return b""
+
+
+def test_show_numbers_the_attempts_of_a_resumed_run_as_its_traces_do(tmp_path: Path) -> None:
+    """After a resume, `show` said `generate · attempt 2` above a trace `Attempt 1
+    completed`: the traces counted the attempts of the resumed execution only."""
+    env = Env(tmp_path)
+    failed = env.run("generate: {error: auth_error}\n", "tides")
+    assert failed["status"] == "failed"
+    script = tmp_path / "again.yaml"
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    r = env.cli("resume", failed["run_id"], "--mock-responses", str(script), "-q")
+    assert r.returncode == 0, r.stderr
+    shown = env.json("show", failed["run_id"], "--step", "generate", "--json")["executions"]
+    told = [(e["attempt"], [t["message"] for t in e["traces"]][-1]) for e in shown]
+    assert told == [
+        (1, "Attempt 1 failed: LLM error: mock auth_error"),
+        (2, "Attempt 2 completed"),
+    ]

@@ -197,7 +197,11 @@ class Executor:
         attempts_log: AttemptLog,
         loop: LoopState | None,
     ) -> StepExecution:
-        with bind(step_id=step.id, key=key, iteration=iteration, attempt=1):
+        # attempts are numbered as the journal numbers them: after those of earlier
+        # executions of the key (a run resumed after a failed step), so that `show`'s
+        # `attempt 2` and its trace `Attempt 2 completed` agree
+        first = attempts_log.offset
+        with bind(step_id=step.id, key=key, iteration=iteration, attempt=first + 1):
             started = time.perf_counter()
             model = self.model_for(step)
             traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
@@ -221,8 +225,8 @@ class Executor:
             # retry machinery costs more than the rest of the engine's work on a step.
             policy = step.retry_policy
             if self.on_attempt is not None:
-                self.on_attempt(key, 1, max(1, policy.max_attempts))
-            emit("step_started", attempt=1)
+                self.on_attempt(key, first + 1, first + max(1, policy.max_attempts))
+            emit("step_started", attempt=first + 1)
             last = await self._attempt(
                 step, key, iteration, 1, input, model, loop, attempts_log, traces, started
             )
@@ -280,6 +284,7 @@ class Executor:
         of all of them."""
         policy = step.retry_policy
         max_attempts = policy.max_attempts
+        last_shown = attempts_log.offset + max_attempts  # (the journal's number of the last)
         made = [first]
         last = first
         try:
@@ -294,9 +299,10 @@ class Executor:
             ):
                 with attempt:
                     n = attempt.num
+                    shown = attempts_log.offset + n
                     if n == 1:
                         raise _RetryableFailure(last)  # already made: stamina waits
-                    with bind(attempt=n):
+                    with bind(attempt=shown):
                         error = last.error
                         delay = policy.delay_for_attempt(n - 1)
                         asked = min(last.retry_after or 0.0, MAX_RETRY_AFTER)
@@ -304,24 +310,24 @@ class Executor:
                             await asyncio.sleep(asked - delay)
                             delay = asked
                         emit(
-                            "retrying", attempt=n, max_attempts=max_attempts, error=error,
+                            "retrying", attempt=shown, max_attempts=last_shown, error=error,
                             delay=delay,
                         )  # fmt: skip
                         traces.append(
                             TraceEvent(
                                 "warn",
-                                f"Retrying after failure (attempt {n} of {max_attempts})",
+                                f"Retrying after failure (attempt {shown} of {last_shown})",
                                 {
-                                    "attempt": n,
-                                    "max_attempts": max_attempts,
+                                    "attempt": shown,
+                                    "max_attempts": last_shown,
                                     "error": error,
                                     "delay": delay,
                                 },
                             )
                         )
                         if self.on_attempt is not None:
-                            self.on_attempt(key, n, max_attempts)
-                        emit("step_started", attempt=n)
+                            self.on_attempt(key, shown, last_shown)
+                        emit("step_started", attempt=shown)
                         last = await self._attempt(
                             step, key, iteration, n, input, model, loop, attempts_log, traces,
                             started,
@@ -412,11 +418,10 @@ class Executor:
             except Exception as e:
                 result = StepResult.failed(self._bug(step, e), False, result.output)
         failed = result.kind == "failed"
+        shown = attempts_log.offset + attempt  # (as the journal numbers it)
         done = TraceEvent(
             "error" if failed else "info",
-            f"Attempt {attempt} failed: {result.error}"
-            if failed
-            else f"Attempt {attempt} completed",
+            f"Attempt {shown} failed: {result.error}" if failed else f"Attempt {shown} completed",
             # (not one call: a resumed run's budget reads how many)
             {CALLS_MADE: usage.made} if usage.made != 1 and model is not None else {},
         )
