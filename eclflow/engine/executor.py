@@ -200,7 +200,7 @@ class Executor:
         # attempts are numbered as the journal numbers them: after those of earlier
         # executions of the key (a run resumed after a failed step), so that `show`'s
         # `attempt 2` and its trace `Attempt 2 completed` agree
-        first = attempts_log.offset
+        first = _offset(attempts_log)
         with bind(step_id=step.id, key=key, iteration=iteration, attempt=first + 1):
             started = time.perf_counter()
             model = self.model_for(step)
@@ -284,7 +284,7 @@ class Executor:
         of all of them."""
         policy = step.retry_policy
         max_attempts = policy.max_attempts
-        last_shown = attempts_log.offset + max_attempts  # (the journal's number of the last)
+        last_shown = _offset(attempts_log) + max_attempts  # (the journal's number of the last)
         made = [first]
         last = first
         try:
@@ -299,7 +299,7 @@ class Executor:
             ):
                 with attempt:
                     n = attempt.num
-                    shown = attempts_log.offset + n
+                    shown = _offset(attempts_log) + n
                     if n == 1:
                         raise _RetryableFailure(last)  # already made: stamina waits
                     with bind(attempt=shown):
@@ -418,7 +418,7 @@ class Executor:
             except Exception as e:
                 result = StepResult.failed(self._bug(step, e), False, result.output)
         failed = result.kind == "failed"
-        shown = attempts_log.offset + attempt  # (as the journal numbers it)
+        shown = _offset(attempts_log) + attempt  # (as the journal numbers it)
         done = TraceEvent(
             "error" if failed else "info",
             f"Attempt {shown} failed: {result.error}" if failed else f"Attempt {shown} completed",
@@ -667,3 +667,8 @@ def _truncated(step_id: str, model: str, max_tokens: int, output: int) -> None:
 
 def _ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
+
+
+def _offset(attempts_log: AttemptLog) -> int:
+    """The attempts earlier executions of the key used (0 for a log that does not say)."""
+    return int(getattr(attempts_log, "offset", 0))

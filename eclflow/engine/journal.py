@@ -16,10 +16,9 @@ from .result import StepExecution, TraceEvent
 
 class AttemptLog(Protocol):
     """Where the executor writes each attempt: `running` before the call, completed after.
-    `offset`: the attempts earlier executions of the key used (a resumed run's first attempt
-    of a step that failed before is attempt `offset + 1`, as the journal numbers it)."""
-
-    offset: int
+    It may have an `offset`: the attempts earlier executions of the key used (a resumed run's
+    first attempt of a step that failed before is attempt `offset + 1`, as the journal
+    numbers it); none is 0."""
 
     def started(self, attempt: int, input: Any, model: str | None) -> Any:
         """Note that an attempt begins (without waiting); returns a handle for `finished`."""
