@@ -1008,6 +1008,51 @@ def test_a_branch_that_times_out_fails_the_run_as_locally(procs: Processes, tmp_
 
 
 @needs_server
+@pytest.mark.postgres
+def test_a_store_failure_in_one_branch_does_not_call_the_others_steps_again(
+    procs: Processes, tmp_path: Path, pg_url: str
+) -> None:
+    """a1's result cannot be written (its table is gone for a moment) while b1's call is in
+    flight: the write is tried again in the action, b1 is called once. (Restate retried the
+    whole invocation: b1's call was cut short and made again, paid twice.)"""
+    import psycopg2
+
+    server = procs.server()
+    text = TWO_BRANCHES.replace(
+        "retry: {max_attempts: 1}", "retry: {max_attempts: 5, initial_delay: 1s, max_delay: 2s}"
+    )
+    wf = two_branches(tmp_path, text)
+    script = {
+        **BRANCH_REPLIES,
+        "a1": {"content": "A1", "delay": 0.5},
+        "b1": {"content": "B1", "delay": 8},
+    }
+    worker = procs.worker(
+        server, keyed(script, cycle=True), bind=f"127.0.0.1:{free_port()}", db=pg_url
+    )
+    base, schema = pg_url.split("?schema=")
+
+    def rename(old: str, new: str) -> None:
+        conn = psycopg2.connect(base)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'ALTER TABLE "{schema}".{old} RENAME TO {new}')
+        conn.close()
+
+    run_id = submit(server, wf, "tides", detach=True)
+    wait_for(lambda: {"a1", "b1"} <= set(keys(worker.calls())), what="a1 and b1 in flight")
+    rename("step_executions", "step_executions_away")
+    try:
+        wait_for(lambda: "does not exist" in worker.stderr(), what="a1's write failing")
+    finally:
+        rename("step_executions_away", "step_executions")
+    result = wait_result(server, run_id)
+    assert result.status == "completed", result.error
+    assert result.output == {"text": "JOIN"}
+    assert keys(worker.calls()).count("b1") == 1, keys(worker.calls())
+
+
+@needs_server
 def test_resume_leaves_a_run_restate_is_running_to_restate(
     procs: Processes, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ entry comes next depends only on the order of completions Restate journaled, nev
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
@@ -28,12 +29,14 @@ from ..engine.journal import AttemptLog, Journal, MemoryJournal
 from ..engine.result import StepExecution, TraceEvent
 from ..observe.budget import Spent
 from ..spec.model import RetrySpec
+from ..steps.base import RetryPolicy
 
 STATUS_STATE = "status"
 """The workflow state key holding the run's progress (read by the `status` handler)."""
 
 InnerJournal = Callable[[], Awaitable[Journal]]
 T = TypeVar("T")
+logger = logging.getLogger("eclflow.restate")
 
 
 class _Branch:
@@ -112,8 +115,8 @@ def execution_from_json(data: Mapping[str, Any], *, replayed: bool) -> StepExecu
 def run_options(retry: RetrySpec) -> Any:
     """Restate's retries of a step action, bounded by the step's own retry policy.
 
-    The executor already retries model errors inside one action; Restate retries only what
-    escapes it (the store unreachable, the process's own failures), at most as often."""
+    The executor already retries model errors inside one action, and the action retries a
+    store that fails; Restate retries only what escapes it (the process's own failures)."""
     from restate import RunOptions
 
     return RunOptions(
@@ -276,14 +279,29 @@ class RestateJournal:
         async def action() -> dict[str, Any]:
             nonlocal ran
             ran = True
-            try:
-                journal = await self._inner()
-                execution = await journal.step(key, step_id, iteration, execute)
-            except EclflowError as e:
-                if not e.retryable:
-                    raise TerminalError(str(e), status_code=500) from None
-                raise
-            return execution_to_json(execution)
+            policy = RetryPolicy.from_spec(self.retry(step_id))
+            attempt = 1
+            while True:
+                try:
+                    journal = await self._inner()
+                    execution = await journal.step(key, step_id, iteration, execute)
+                    return execution_to_json(execution)
+                except EclflowError as e:
+                    if not e.retryable or attempt >= policy.max_attempts:
+                        raise TerminalError(str(e), status_code=500) from None
+                    # (retried here: Restate would retry the whole invocation, cutting short
+                    # the steps of the other branches in flight, whose calls are made again)
+                    delay = policy.delay_for_attempt(attempt)
+                    logger.warning(
+                        "step %s: %s; trying again in %gs (attempt %d of %d)",
+                        key,
+                        e,
+                        delay,
+                        attempt + 1,
+                        policy.max_attempts,
+                    )
+                    await asyncio.sleep(delay)
+                    attempt += 1
 
         self.running.append(key)
         self._set_status()
