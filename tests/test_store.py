@@ -1273,6 +1273,41 @@ def test_prune_waits_for_a_run_being_written_with_a_stored_definition(pg_url: st
         assert store.runs.get(run_id).definition == A_TEXT
 
 
+@pytest.mark.postgres
+def test_prune_of_definitions_reads_the_runs_once_on_postgresql(pg_url: str) -> None:
+    """PostgreSQL: prune holds up every worker's writes while it looks for the definitions no
+    run refers to, so it reads the runs once (an anti-join). `NOT IN (subquery)` compared each
+    definition with every run once the runs' hashes no longer fitted in work_mem: 35 s for a
+    million runs and 600 texts, longer than a worker waits for a lock."""
+    from eclflow.store.repositories import UNUSED_DEFINITIONS
+
+    used = [_sha(f"used {i}") for i in range(20)]
+    with open_store(pg_url) as store:
+        db = store.db
+        with store.transaction():
+            db.execute_sql(
+                "INSERT INTO definitions (sha256, text) SELECT md5(i::text) || md5(i::text), "
+                "'unused' FROM generate_series(1, 30) AS i"
+            )
+            for sha in used:
+                db.execute_sql("INSERT INTO definitions (sha256, text) VALUES (%s, 'used')", (sha,))
+            db.execute_sql(
+                "INSERT INTO workflows (id, definition_id, definition_sha256, state, created_at, "
+                "updated_at) SELECT 'r' || i, 'wf', (%s::text[])[i %% 20 + 1], 'completed', "
+                "'2026-01-01', '2026-01-01' FROM generate_series(1, 20000) AS i",
+                (used,),
+            )
+        db.execute_sql("ANALYZE workflows")
+        db.execute_sql("ANALYZE definitions")
+        with store.transaction():
+            db.execute_sql("SET LOCAL work_mem = '64kB'")  # (the runs' hashes do not fit)
+            sql = UNUSED_DEFINITIONS["postgresql"]
+            plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}").fetchall())
+        assert "SubPlan" not in plan, plan
+        assert store.runs.prune_definitions() == 30
+        assert sorted(_definitions(store)) == sorted(used)
+
+
 # --- several processes at once -------------------------------------------------------------------
 
 WORKER = r"""
