@@ -1308,6 +1308,53 @@ def test_prune_of_definitions_reads_the_runs_once_on_postgresql(pg_url: str) -> 
         assert sorted(_definitions(store)) == sorted(used)
 
 
+@pytest.mark.postgres
+def test_prune_waiting_for_the_runs_table_does_not_hold_up_workers(pg_url: str) -> None:
+    """PostgreSQL: a session left in a transaction that wrote a run (an idle psql) keeps
+    prune from locking the runs' table. Waiting there, prune's lock request queued every
+    worker's next write to the table behind it for as long as its lock_timeout (a minute),
+    though those writes do not conflict with that session; it now waits in short tries, so a
+    worker's write goes through between them, and prune finishes once the session ends."""
+    import psycopg2
+
+    with open_store(pg_url) as store, open_store(pg_url) as worker:
+        held = new_run(store, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+        other = new_run(store, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+        gone = new_run(store, definition=B_TEXT, definition_sha256=_sha(B_TEXT))
+        store.runs.delete(gone)  # B's text is left for prune
+        schema = pg_url.split("schema=")[1]
+        idle = psycopg2.connect(PG_BASE, options=f"-c search_path={schema}")
+        try:
+            with idle.cursor() as cur:  # (the driver's transaction stays open)
+                cur.execute("UPDATE workflows SET updated_at = updated_at WHERE id = %s", (held,))
+            pruned: list[int] = []
+            pruner = threading.Thread(target=lambda: pruned.append(store.runs.prune_definitions()))
+            pruner.start()
+
+            def prune_waits() -> bool:
+                sql = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s"
+                )
+                return worker.db.execute_sql(sql, ("LOCK TABLE workflows%",)).fetchone()[0] > 0
+
+            deadline = time.monotonic() + 60
+            while not prune_waits() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert prune_waits() and not pruned
+            wrote = threading.Thread(target=lambda: worker.runs.update_metadata(other, ok=1))
+            wrote.start()
+            wrote.join(timeout=30)  # (without waiting for the idle session, nor for prune)
+            assert not wrote.is_alive()
+            assert worker.runs.get(other).metadata["ok"] == 1 and not pruned
+        finally:
+            idle.commit()
+            idle.close()
+        pruner.join(timeout=60)
+        assert pruned == [1]
+        assert _definitions(store) == {_sha(A_TEXT): A_TEXT}
+
+
 # --- several processes at once -------------------------------------------------------------------
 
 WORKER = r"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from peewee import Case, fn
 
-from ..errors import InvalidState, NotFound, RunNotFound, StepNotFound, UnclearRunId
+from ..errors import (
+    InvalidState,
+    NotFound,
+    PersistenceError,
+    RunNotFound,
+    StepNotFound,
+    UnclearRunId,
+)
 from .models import utcnow
 from .records import (
     RUN_STATES,
@@ -60,6 +68,20 @@ UNUSED_DEFINITIONS = {
     "sqlite": "DELETE FROM definitions WHERE sha256 NOT IN "
     "(SELECT definition_sha256 FROM workflows)",
 }
+
+
+# PostgreSQL: how long one try of prune waits for the runs' table (see prune_definitions)
+PRUNE_LOCK_TRY_MS = 500
+
+
+def _lock_not_available(error: BaseException) -> bool:
+    """Whether a PostgreSQL error is a lock wait that ran out (lock_not_available)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if getattr(seen, "pgcode", None) == "55P03":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class RunRepository:
@@ -426,12 +448,32 @@ class RunRepository:
         definition after the run that refers to it, in one transaction, so none is deleted
         from under a run being written: on SQLite every write transaction is serialised, and
         on PostgreSQL this one first waits for those writing runs (SHARE on `workflows`
-        conflicts with their ROW EXCLUSIVE) and holds off new ones until it commits."""
-        with self._s.transaction():
-            if self._s.kind == "postgresql":
-                self._s.db.execute_sql("LOCK TABLE workflows IN SHARE MODE")
-            cursor = self._s.db.execute_sql(UNUSED_DEFINITIONS[self._s.kind])
-            return int(cursor.rowcount)
+        conflicts with their ROW EXCLUSIVE) and holds off new ones until it commits.
+
+        PostgreSQL waits for that lock in tries of PRUNE_LOCK_TRY_MS: a lock request waiting
+        queues every later write to the table behind it, so one waiting a minute for a
+        session left in a transaction would stall every worker's journal for that minute."""
+        if self._s.kind != "postgresql":
+            with self._s.transaction():
+                return int(self._s.db.execute_sql(UNUSED_DEFINITIONS["sqlite"]).rowcount)
+        from .db import LOCK_TIMEOUT_MS
+
+        db = self._s.db
+        deadline = time.monotonic() + LOCK_TIMEOUT_MS / 1000
+        while True:
+            try:
+                with self._s.transaction():
+                    (before,) = db.execute_sql("SELECT current_setting('lock_timeout')").fetchone()
+                    db.execute_sql(
+                        "SELECT set_config('lock_timeout', %s, true)", (str(PRUNE_LOCK_TRY_MS),)
+                    )
+                    db.execute_sql("LOCK TABLE workflows IN SHARE MODE")
+                    db.execute_sql("SELECT set_config('lock_timeout', %s, true)", (before,))
+                    return int(db.execute_sql(UNUSED_DEFINITIONS["postgresql"]).rowcount)
+            except PersistenceError as e:
+                if not _lock_not_available(e) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(PRUNE_LOCK_TRY_MS / 1000)  # (the writers queued behind it go first)
 
     def live(
         self, older_than: timedelta | None = None, state: str | None = None
