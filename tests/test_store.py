@@ -1172,6 +1172,28 @@ def test_version_2_database_keeps_each_definition_once_and_its_runs_resume(
         assert s.events.for_run(str(done["run_id"]))
 
 
+def test_version_2_sqlite_file_upgraded_has_the_schema_of_a_new_one(tmp_path: Path) -> None:
+    """SQLite rebuilds the runs' table to drop its `definition` column: the file it leaves has
+    the same tables and indexes, written the same way, as a file made at version 3 (what
+    `sqlite3 FILE .schema` shows)."""
+    source, upgraded, fresh = (tmp_path / n for n in ("source.db", "v2.db", "v3.db"))
+    with open_store(f"sqlite:///{source}") as s:
+        new_run(s, definition=A_TEXT, definition_sha256=_sha(A_TEXT))
+    _make_version_2(source, f"sqlite:///{upgraded}")
+    for path in (upgraded, fresh):
+        open_store(f"sqlite:///{path}").close()  # (upgraded / made at version 3)
+
+    def schema(path: Path) -> list[str]:
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
+        finally:
+            conn.close()
+        return sorted(r[0] for r in rows)
+
+    assert schema(upgraded) == schema(fresh)
+
+
 A_TEXT, B_TEXT = "eclflow: 1\nid: a\n", "eclflow: 1\nid: b\n"
 
 

@@ -75,7 +75,8 @@ def _v3_definitions_once(db: Database, models: Models) -> None:
     db.execute_sql("ALTER TABLE workflows_v3 RENAME TO workflows")
     for columns in _V3_RUN_INDEXES:
         name = "workflows_" + "_".join(columns)
-        db.execute_sql(f'CREATE INDEX "{name}" ON "workflows" ({", ".join(columns)})')
+        quoted = ", ".join(f'"{c}"' for c in columns)  # (as peewee writes a new file's)
+        db.execute_sql(f'CREATE INDEX "{name}" ON "workflows" ({quoted})')
     broken = db.execute_sql("PRAGMA foreign_key_check").fetchall()
     if broken:  # (cannot be: every row was copied; the transaction is rolled back)
         raise StoreUnavailable(f"upgrading the schema to version 3 broke references: {broken}")
