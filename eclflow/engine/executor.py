@@ -60,11 +60,25 @@ def _execute(step: Step, ctx: StepContext, input: Mapping[str, Any]) -> Awaitabl
     a synchronous client, a long computation) runs in a thread of its own, so that it blocks
     neither the other steps and runs of the event loop nor the step's timeout and Ctrl-C; a
     pure type's (it waits on nothing) runs here, without the thread's cost."""
-    if inspect.iscoroutinefunction(step.execute):
-        return step.execute(ctx, input)
+    execute = step.execute
+    if _is_async(execute):
+        return execute(ctx, input)
     if step.pure:
         return _ready(step.execute(ctx, input))
     return in_thread(step.execute, ctx, input)
+
+
+_ASYNC: dict[Any, bool] = {}
+
+
+def _is_async(execute: Callable[..., Any]) -> bool:
+    """Whether `execute` is an `async def`, known once per function (inspect's answer costs
+    more than a step's own bookkeeping)."""
+    fn = getattr(execute, "__func__", execute)
+    known = _ASYNC.get(fn)
+    if known is None:
+        known = _ASYNC[fn] = inspect.iscoroutinefunction(execute)
+    return known
 
 
 async def _ready(value: Any) -> Any:

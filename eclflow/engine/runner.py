@@ -208,7 +208,7 @@ def warn_unplayed_keys(workflow: Workflow, mock: object) -> None:
     for (once per script and workflow: a batch runs it for every item)."""
     if not isinstance(mock, MockProvider) or mock.keyed is None:
         return
-    seen = (workflow.sha256, *workflow.step_ids)
+    seen = (workflow.source, *workflow.step_ids)  # (a str's hash is kept: no digest per run)
     if seen in mock.keys_checked:
         return
     mock.keys_checked.add(seen)
