@@ -426,13 +426,7 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
     """
     # macros can be called before their definition (Jinja hoists them)
     macros = {m.name for m in tree.find_all(nodes.Macro)}
-    # what the template guards (`x is defined`, `x | default(…)`) it does not need
-    guarded = set()
-    for n in tree.find_all((nodes.Test, nodes.Filter)):
-        if n.name in _GUARDS and n.node is not None:
-            chain = path_of(n.node)
-            if chain is not None:
-                guarded.add(chain)
+    guarded = _guarded(tree)
     paths: list[tuple[str, ...]] = []
 
     def walk(node: nodes.Node, bound: set[str]) -> None:
@@ -475,6 +469,43 @@ def referenced_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
                 walk(child, bound)
 
     walk(tree, set(macros))
+    return paths
+
+
+def _guarded(tree: nodes.Node) -> set[tuple[str, ...]]:
+    """What the template guards (`x is defined`, `x | default(…)`): it does not need it."""
+    guarded = set()
+    for n in tree.find_all((nodes.Test, nodes.Filter)):
+        if n.name in _GUARDS and n.node is not None:
+            chain = path_of(n.node)
+            if chain is not None:
+                guarded.add(chain)
+    return guarded
+
+
+def certain_paths(tree: nodes.Template) -> list[tuple[str, ...]]:
+    """The unguarded variable paths the template reads whenever it is rendered: not those
+    only an `{% if %}` branch, an arm of `… if … else …`, the right of `and`/`or`, a loop's
+    body or a macro reads (a branch the run does not take reads nothing)."""
+    guarded = _guarded(tree)
+    paths: list[tuple[str, ...]] = []
+
+    def walk(node: nodes.Node) -> None:
+        chain = path_of(node)
+        if chain is not None:
+            if not any(chain[: len(g)] == g or g[: len(chain)] == chain for g in guarded):
+                paths.append(chain)
+        elif isinstance(node, nodes.If | nodes.CondExpr):
+            walk(node.test)
+        elif isinstance(node, nodes.And | nodes.Or):
+            walk(node.left)
+        elif isinstance(node, nodes.For):
+            walk(node.iter)
+        elif not isinstance(node, nodes.Macro | nodes.CallBlock):
+            for child in node.iter_child_nodes():
+                walk(child)
+
+    walk(tree)
     return paths
 
 

@@ -651,6 +651,46 @@ def test_an_env_variable_read_with_a_default_may_be_unset(tmp_path: Path) -> Non
     assert (r.returncode, r.stdout) == (0, "text: you\n"), r.stderr
 
 
+BRANCHED = """\
+eclflow: 1
+id: branched
+model: mock/x
+env: [ECLFLOW_TEST_URL]
+inputs:
+  type: object
+  properties:
+    mode: {type: string, default: dev}
+steps:
+  - {id: a, type: llm, template: "hi"}
+  - id: prod
+    type: template
+    template: "{{ url }}"
+    with: {url: "{{ env.ECLFLOW_TEST_URL }}"}
+  - id: dev
+    type: template
+    depends_on: [a]
+    template: "{{ how }}"
+    with: {how: "{% if input.mode == 'prod' %}{{ env.ECLFLOW_TEST_URL }}{% else %}local{% endif %}"}
+transitions:
+  - {type: conditional, from: a, to: prod, when: "input.mode == 'prod'"}
+output:
+  text: "{{ steps.dev.output.text }}"
+"""
+
+
+def test_an_env_variable_read_only_on_a_branch_not_taken_may_be_unset(tmp_path: Path) -> None:
+    """A variable read only in a step a condition skips, or in an `{% if %}` branch, is needed
+    only by the runs that go there: the check refused every run without it (`mode=dev`
+    too), which had run before it. A run that takes the branch still fails there."""
+    wf, script = tmp_path / "wf.yaml", tmp_path / "m.yaml"
+    wf.write_text(BRANCHED)
+    script.write_text("a: hello\n")
+    r = cli("run", str(wf), "--mock-responses", str(script), "--no-journal")
+    assert (r.returncode, r.stdout) == (0, "text: local\n"), r.stderr
+    r = cli("run", str(wf), "--mock-responses", str(script), "--no-journal", "-i", "mode=prod")
+    assert r.returncode == 1 and "env.ECLFLOW_TEST_URL is undefined" in r.stderr, r.stderr
+
+
 def test_mock_replies_for_steps_that_all_name_their_own_model_say_so(tmp_path: Path) -> None:
     """It said `(the model is mock/x): add --model mock/NAME` to someone who had given
     exactly that: the steps' own `model:` wins over --model."""

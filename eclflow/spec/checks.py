@@ -1161,15 +1161,24 @@ class _Checker:
 
 def env_readers(wf: Workflow) -> dict[str, str]:
     """The `env:` variables some expression reads without a guard (`| default(…)`, `is
-    defined`), each with the first place that does (`step 'a'`, `output`): a run without
-    the variable set fails there. What does not parse is left (it is E301 already)."""
+    defined`) in every run, each with the first place that does (`step 'a'`, `output`): a run
+    without the variable set fails there. A read the run may not reach is left: in a step a
+    condition may skip (or a reviser), in a condition that may not be evaluated, in an
+    `{% if %}` branch or `… if … else …` arm. What does not parse is left (it is E301)."""
     from .. import expr
 
-    places: list[tuple[str, Any, bool]] = [(f"step '{s.id}'", s.with_, False) for s in wf.steps]
+    certain = _certain_steps(wf)
+    places: list[tuple[str, Any, bool]] = [
+        (f"step '{s.id}'", s.with_, False) for s in wf.steps if s.id in certain
+    ]
+    graph = dependency_graph(wf.steps, wf.transitions)
     places += [
         (f"the condition {t.from_} -> {t.to}", t.when, True)
         for t in wf.transitions
         if isinstance(t, Conditional)
+        and t.from_ in certain
+        and t.to in graph
+        and list(graph.predecessors(t.to)) == [t.from_]  # (else another edge may open it)
     ]
     places.append(("output", wf.output, False))
     found: dict[str, str] = {}
@@ -1181,10 +1190,27 @@ def env_readers(wf: Workflow) -> dict[str, str]:
                 tree = _parsed(text, whole=whole)
             except Exception:
                 continue
-            for p in expr.referenced_paths(tree) if tree is not None else ():
+            for p in expr.certain_paths(tree) if tree is not None else ():
                 if len(p) >= 2 and p[0] == "env" and p[1] in wf.env:
                     found.setdefault(p[1], reader)
     return found
+
+
+def _certain_steps(wf: Workflow) -> set[str]:
+    """The steps every run that completes runs: those a condition cannot skip (a step runs
+    when a step before it succeeded and the edge between them, if it has a condition, holds)
+    and that are no loop's reviser (which runs only when its validator fails)."""
+    graph = dependency_graph(wf.steps, wf.transitions)
+    revisers = {loop.reviser for loop in wf.loops}
+    certain: set[str] = set()
+    for sid in graph.order():
+        preds = list(graph.predecessors(sid))
+        if sid not in revisers and (
+            not preds
+            or any(p in certain and graph.edge(p, sid)["kind"] != "conditional" for p in preds)
+        ):
+            certain.add(sid)
+    return certain
 
 
 def _in_folded(loc: Location, text: str, source: Sequence[str], line: int, column: int) -> Location:
