@@ -756,6 +756,26 @@ def test_a_misspelt_input_is_named_with_the_one_meant(tmp_path: Path) -> None:
     )
 
 
+def test_inputs_a_schema_takes_on_purpose_are_not_called_unknown(tmp_path: Path) -> None:
+    """A schema with `additionalProperties: {type: string}` (or true) takes inputs beside the
+    declared ones by design: each run warned `unknown input 'tone'`, and an error about
+    another input led with it."""
+    wf = tmp_path / "extra.yaml"
+    wf.write_text(
+        DEFAULTED.replace(
+            "  properties:", "  additionalProperties: {type: string}\n  properties:"
+        ).replace("{{ input.topic }}", "{{ input.topic }} {{ input.tone | default('plain') }}")
+    )
+    r = cli("run", str(wf), "-i", "tone=dry", "--no-journal", "-q")
+    assert (r.returncode, r.stdout) == (0, "text: tides dry\n"), r.stderr
+    assert r.stderr.startswith("completed · run "), r.stderr  # (the summary alone)
+    r = cli("run", str(wf), "-i", "tone=dry", "-i", "n=3", "--no-journal", "-q")
+    assert (r.returncode, r.stderr.strip()) == (
+        2,
+        "error: Validation error in field 'n': input 3 is not of type 'string'",
+    )
+
+
 def test_a_resume_without_the_mock_script_is_told_to_pass_it_to_resume(tmp_path: Path) -> None:
     """It was told to pass --mock-responses `to eclflow run`, which would start another run;
     `eclflow resume` takes it too."""

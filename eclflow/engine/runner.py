@@ -93,11 +93,14 @@ def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
 def undeclared_inputs(schema: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
     """`unknown input 'topc' (did you mean 'topic'?)` for each input the `inputs` schema's
     `properties` (and `patternProperties`) do not declare; none when it declares no
-    properties (it takes anything then)."""
+    properties (it takes anything then), or says what others it takes (`additionalProperties`
+    other than false: inputs beside the declared ones are meant, and not named)."""
     import difflib
 
     props = schema.get("properties")
     if not isinstance(props, Mapping) or not props:
+        return []
+    if schema.get("additionalProperties", False) is not False:
         return []
     patterns = schema.get("patternProperties")
     out = []
