@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .deps import dependency_graph
+from .deps import DepGraph, dependency_graph
 from .model import (
     Conditional,
     Diagnostic,
@@ -1167,11 +1167,11 @@ def env_readers(wf: Workflow) -> dict[str, str]:
     `{% if %}` branch or `… if … else …` arm. What does not parse is left (it is E301)."""
     from .. import expr
 
-    certain = _certain_steps(wf)
+    graph = dependency_graph(wf.steps, wf.transitions)
+    certain = _certain_steps(wf, graph)
     places: list[tuple[str, Any, bool]] = [
         (f"step '{s.id}'", s.with_, False) for s in wf.steps if s.id in certain
     ]
-    graph = dependency_graph(wf.steps, wf.transitions)
     places += [
         (f"the condition {t.from_} -> {t.to}", t.when, True)
         for t in wf.transitions
@@ -1196,11 +1196,10 @@ def env_readers(wf: Workflow) -> dict[str, str]:
     return found
 
 
-def _certain_steps(wf: Workflow) -> set[str]:
+def _certain_steps(wf: Workflow, graph: DepGraph) -> set[str]:
     """The steps every run that completes runs: those a condition cannot skip (a step runs
     when a step before it succeeded and the edge between them, if it has a condition, holds)
     and that are no loop's reviser (which runs only when its validator fails)."""
-    graph = dependency_graph(wf.steps, wf.transitions)
     revisers = {loop.reviser for loop in wf.loops}
     certain: set[str] = set()
     for sid in graph.order():
