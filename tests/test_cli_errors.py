@@ -776,6 +776,25 @@ def test_inputs_a_schema_takes_on_purpose_are_not_called_unknown(tmp_path: Path)
     )
 
 
+def test_an_input_declared_in_an_allof_part_is_not_called_unknown(tmp_path: Path) -> None:
+    """`allOf: [{properties: {tone: …}}]` declares `tone` as surely as `properties` does:
+    each run warned `unknown input 'tone': the inputs schema does not declare it`."""
+    wf = tmp_path / "allof.yaml"
+    wf.write_text(
+        DEFAULTED.replace(
+            "  properties:", "  allOf:\n    - properties: {tone: {type: string}}\n  properties:"
+        ).replace("{{ input.topic }}", "{{ input.topic }} {{ input.tone | default('plain') }}")
+    )
+    r = cli("run", str(wf), "-i", "tone=dry", "--no-journal", "-q")
+    assert (r.returncode, r.stdout) == (0, "text: tides dry\n"), r.stderr
+    assert r.stderr.startswith("completed · run "), r.stderr  # (the summary alone)
+    r = cli("run", str(wf), "-i", "tonr=dry", "--no-journal", "-q")
+    assert r.stderr.splitlines()[0] == (
+        "warning: unknown input 'tonr' (did you mean 'tone'?): the inputs schema does not "
+        "declare it"
+    )
+
+
 def test_a_resume_without_the_mock_script_is_told_to_pass_it_to_resume(tmp_path: Path) -> None:
     """It was told to pass --mock-responses `to eclflow run`, which would start another run;
     `eclflow resume` takes it too."""

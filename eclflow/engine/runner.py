@@ -97,23 +97,52 @@ def undeclared_inputs(schema: Mapping[str, Any], inputs: Mapping[str, Any]) -> l
     other than false: inputs beside the declared ones are meant, and not named)."""
     import difflib
 
-    props = schema.get("properties")
-    if not isinstance(props, Mapping) or not props:
+    if not isinstance(schema.get("properties"), Mapping) or not schema["properties"]:
         return []
     if schema.get("additionalProperties", False) is not False:
         return []
-    patterns = schema.get("patternProperties")
+    declared = _declared(schema)
+    if declared is None:
+        return []
+    props, patterns = declared
     out = []
     for key in inputs:
-        if key in props:
+        if key in props or any(_searches(p, str(key)) for p in patterns):
             continue
-        if isinstance(patterns, Mapping) and any(
-            isinstance(p, str) and _searches(p, str(key)) for p in patterns
-        ):
-            continue
-        close = difflib.get_close_matches(str(key), [str(p) for p in props], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(key), sorted(props), n=1, cutoff=0.6)
         out.append(f"unknown input {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return out
+
+
+_SUBSCHEMAS = ("allOf", "anyOf", "oneOf", "if", "then", "else", "dependentSchemas")
+
+
+def _declared(schema: Any) -> tuple[set[str], list[str]] | None:
+    """The property names and `patternProperties` patterns the `inputs` schema declares, at
+    its top or in the schemas it combines (`allOf`, `anyOf`, `oneOf`, `if`/`then`/`else`,
+    `dependentSchemas`); None where a `$ref` may declare more than can be seen here."""
+    names: set[str] = set()
+    patterns: list[str] = []
+    todo = [schema]
+    while todo:
+        part = todo.pop()
+        if not isinstance(part, Mapping):
+            continue
+        if "$ref" in part or "$dynamicRef" in part:
+            return None
+        if isinstance(part.get("properties"), Mapping):
+            names.update(str(k) for k in part["properties"])
+        if isinstance(part.get("patternProperties"), Mapping):
+            patterns += [p for p in part["patternProperties"] if isinstance(p, str)]
+        for word in _SUBSCHEMAS:
+            sub = part.get(word)
+            if word == "dependentSchemas" and isinstance(sub, Mapping):
+                todo += list(sub.values())
+            elif isinstance(sub, list | tuple):
+                todo += list(sub)
+            elif sub is not None:
+                todo.append(sub)
+    return names, patterns
 
 
 def _searches(pattern: str, key: str) -> bool:
