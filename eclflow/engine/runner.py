@@ -28,7 +28,7 @@ from ..observe import tracing
 from ..observe.budget import BudgetGuard, Spent
 from ..observe.events import EventRecorder, emit, record_to
 from ..observe.logs import bind
-from ..spec.model import Budget, Workflow, printable
+from ..spec.model import Budget, StepSpec, Workflow, printable
 from ..steps.registry import default_registry
 from .executor import CallGuard, CallHook, Executor
 from .journal import Journal, MemoryJournal, StoreJournal
@@ -194,12 +194,14 @@ def _unpriced(model: str) -> bool:
 def models_called(workflow: Workflow, chosen: str | None) -> set[str]:
     """The models the steps that call one would call, with `chosen` for those without their
     own (`""` when there is none)."""
+    return {s.model or chosen or "" for s in model_steps(workflow)}
+
+
+def model_steps(workflow: Workflow) -> list[StepSpec]:
+    """The steps that call a model: of a type that says so, or of a type not registered
+    here (a plugin the run would load, taken to call one)."""
     registry = default_registry()
-    return {
-        s.model or chosen or ""
-        for s in workflow.steps
-        if s.type not in registry or registry.get(s.type).uses_model
-    }
+    return [s for s in workflow.steps if s.type not in registry or registry.get(s.type).uses_model]
 
 
 def check_mock_is_used(workflow: Workflow, model: str | None) -> None:
@@ -221,10 +223,7 @@ def mock_unused(workflow: Workflow, chosen: str | None, fix: str) -> str:
     """Why no step would play the mock's replies, and what to do (`fix`, for a model given
     once for all steps): a workflow whose every model step names its own model is not
     changed by `--model mock/…`, so saying `add --model mock/NAME` there would be wrong."""
-    registry = default_registry()
-    calling = [
-        s for s in workflow.steps if s.type not in registry or registry.get(s.type).uses_model
-    ]
+    calling = model_steps(workflow)
     own = [f"{s.id}: {s.model}" for s in calling if s.model]
     if own and len(own) == len(calling) and chosen and chosen.startswith("mock/"):
         shown = ", ".join(own[:3]) + (f", … ({len(own)} steps)" if len(own) > 3 else "")
@@ -244,10 +243,7 @@ def warn_unplayed_keys(workflow: Workflow, mock: object) -> None:
     if seen in mock.keys_checked:
         return
     mock.keys_checked.add(seen)
-    registry = default_registry()
-    calling = {
-        s.id for s in workflow.steps if s.type not in registry or registry.get(s.type).uses_model
-    }
+    calling = {s.id for s in model_steps(workflow)}
     where = f" {mock.source}" if mock.source else ""
     for problem in mock.unplayed_keys(workflow.step_ids, calling):
         logger.warning("mock responses%s: %s", where, problem)

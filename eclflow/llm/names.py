@@ -22,7 +22,8 @@ KNOWN = (*(PREFIX + name for name in BUNDLED), PREFIX + "PATH.gguf")
 # is most likely a typo. The others' names are open-ended (ollama/…, hosted_vllm/…,
 # openrouter/…, azure/DEPLOYMENT, bedrock ARNs, …): never judged.
 CLOSED_PROVIDERS = frozenset({"openai", "anthropic", "gemini", "mistral", "deepseek", "xai"})
-API_BASE_ENV = "ECLFLOW_API_BASE"  # (as llm.remote, which imports litellm: not imported here)
+API_BASE_ENV = "ECLFLOW_API_BASE"
+"""Send every remote call to this base URL (an OpenAI-compatible proxy, a vLLM server...)."""
 # The variables litellm reads to send one provider's calls to a server of one's own (vLLM or LM
 # Studio behind OPENAI_BASE_URL, a proxy behind ANTHROPIC_BASE_URL): its names are its own.
 PROVIDER_BASE_ENVS: dict[str, tuple[str, ...]] = {

@@ -25,9 +25,7 @@ from ..errors import (
     ServerError,
 )
 from .base import CompletionRequest, CompletionResponse, TokenUsage
-
-API_BASE_ENV = "ECLFLOW_API_BASE"
-"""Send every remote call to this base URL (an OpenAI-compatible proxy, a vLLM server...)."""
+from .names import API_BASE_ENV
 
 # Settings litellm lists as "missing" although the provider has a working default.
 _OPTIONAL_SETTINGS = frozenset({"OLLAMA_API_BASE"})
