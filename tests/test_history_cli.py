@@ -395,3 +395,35 @@ def test_show_numbers_the_attempts_of_a_resumed_run_as_its_traces_do(tmp_path: P
         (1, "Attempt 1 failed: LLM error: mock auth_error"),
         (2, "Attempt 2 completed"),
     ]
+
+
+def test_a_resumed_step_counts_its_attempts_as_the_journal_numbers_them(tmp_path: Path) -> None:
+    """After a resume, the live view and the logs said `attempt 4` for a step that `show`
+    numbers attempt 4, and then its line and `--json` said `2 attempt(s)` (those of this
+    execution only); the same step replayed by a later resume said 4. They all say 4."""
+    env = Env(tmp_path)
+    wf = tmp_path / "retry.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: retry\nmodel: mock/x\n"
+        "defaults: {retry: {max_attempts: 2, initial_delay: 0.01s, max_delay: 0.01s}}\n"
+        'steps:\n  - {id: a, type: llm, template: "one"}\n'
+        '  - {id: b, type: llm, depends_on: [a], template: "two"}\n'
+        'output: {text: "{{ steps.b.output.text }}"}\n'
+    )
+    script = tmp_path / "m.yaml"
+    script.write_text('a: "A"\nb: [{error: timeout}, {error: timeout}]\n')
+    r = env.cli("run", str(wf), "--mock-responses", str(script), "--json")
+    assert r.returncode == 1, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    script.write_text('b: [{error: timeout}, "B"]\n')
+    r = env.cli("resume", run_id, "--mock-responses", str(script), "--json")
+    assert r.returncode == 0, r.stderr
+    steps = json.loads(r.stdout)["steps"]
+    assert [(s["key"], s["attempts"], s["replayed"]) for s in steps] == [
+        ("a", 1, True),
+        ("b", 4, False),
+    ]
+    shown = env.json("show", run_id, "--step", "b", "--json")["executions"]
+    assert [e["attempt"] for e in shown] == [1, 2, 3, 4]
+    again = env.json("resume", run_id, "--json")["steps"]  # (completed: its recorded result)
+    assert [(s["key"], s["attempts"]) for s in again] == [("a", 1), ("b", 4)]

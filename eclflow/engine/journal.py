@@ -160,8 +160,12 @@ class StoreJournal:
             handle = log.started(1, reused.input, None)  # (no model was called for it here)
             await log.finished(handle, 1, reused)
             return reused
-        log = _StoreAttemptLog(self, key, step_id, iteration, self._last_attempt.get(key, 0))
-        return await execute(log)
+        earlier = self._last_attempt.get(key, 0)
+        execution = await execute(_StoreAttemptLog(self, key, step_id, iteration, earlier))
+        # its attempts as the journal numbers them (as a replayed step's, `show`'s and the live
+        # view's): a key a resumed run makes again counts the attempts made before
+        execution.attempts += earlier
+        return execution
 
     def recorded(self, key: str) -> str | None:
         """How the journal has `key`: succeeded, skipped, or not (yet): a resumed run takes

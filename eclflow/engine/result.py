@@ -41,7 +41,7 @@ class StepExecution:
     feedback: str | None = None
     error: str | None = None
     retryable: bool = False
-    attempts: int = 0
+    attempts: int = 0  # the journal's number of its last attempt: earlier executions' count
     duration_ms: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
