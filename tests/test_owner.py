@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from conftest import CRITIQUE_REVISE
 from test_crash import KEYS, Journal, calls, script, wait_for
+from test_store import pg_url  # noqa: F401  (the fixture: a fresh PostgreSQL schema)
 
 from eclflow.store.owner import _start_ticks, held_elsewhere, holder, this_process
 
@@ -313,6 +314,60 @@ def test_a_run_waiting_for_another_process_lock_stops_at_once_on_a_signal(
         wait_for(lambda: any("waiting for the write lock" in line for line in lines), "the wait")
         p.send_signal(sig)
         p.wait(timeout=30)  # (the busy timeout had more than 50 s to go)
+    finally:
+        p.kill()
+        lock.close()
+    reader.join(timeout=10)
+    short = run_id[:8]
+    assert p.returncode == (143 if sig == signal.SIGTERM else 130), lines
+    assert lines[-1].strip() == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    ), lines
+    assert not any("Traceback" in line or "lost" in line for line in lines), lines
+    r = eclflow(
+        *("resume", short, "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1's result was not kept
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_run_waiting_for_another_postgres_session_lock_stops_at_once_on_a_signal(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+    sig: int,
+) -> None:
+    """Ctrl-C or SIGTERM while the journal waited for a lock another PostgreSQL session holds
+    (`LOCK TABLE` in a psql left in its transaction): the process sat out the rest of the
+    minute's lock_timeout before it stopped, where SQLite's wait ends at once. The waiting
+    statement is cancelled: it stops at once, says how to go on, and the resume finishes."""
+    import threading
+
+    import psycopg2
+
+    env, _, log = setup(tmp_path)
+    env["ECLFLOW_DATABASE_URL"] = pg_url
+    journal = Journal(pg_url)
+    replies = json.loads(script(KEYS))
+    replies["critique#1"]["delay"] = 1
+    p = start(tmp_path, env, replies=json.dumps(replies))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+    reader.start()
+    base, _, schema = pg_url.partition("?schema=")
+    lock = psycopg2.connect(base, options=f"-c search_path={schema}")
+    try:
+        run_id = in_flight(journal, "critique#1")
+        with lock.cursor() as cursor:  # critique#1's result waits for it
+            cursor.execute("LOCK TABLE step_executions")
+        me = lock.get_backend_pid()
+        blocked = f"SELECT 1 FROM pg_stat_activity WHERE {me} = ANY(pg_blocking_pids(pid))"
+        wait_for(lambda: journal.rows(blocked), "the wait")
+        p.send_signal(sig)
+        p.wait(timeout=30)  # (the lock_timeout had more than 50 s to go)
     finally:
         p.kill()
         lock.close()

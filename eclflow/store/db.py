@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
@@ -50,6 +50,7 @@ LOCK_SLICE_MS = 100
 # connected, where the session has no lock_timeout of its own (the URL's options, PGOPTIONS,
 # the role's): in the startup packet, poolers (PgBouncer) refuse the connection.
 LOCK_TIMEOUT_MS = 60_000
+_QUERY_CANCELED = "57014"  # (a statement cancel_lock_waits cancelled)
 logger = logging.getLogger("eclflow.store")
 SQLITE_PRAGMAS = [
     # busy_timeout first: switching to WAL may have to wait for another process
@@ -168,7 +169,38 @@ class _PostgresqlDatabase(_Tracked, PostgresqlDatabase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._conns: list[Any] = []
         self._conns_lock = threading.Lock()
+        self.stop = threading.Event()  # set: lock waits are cancelled (Store.stop_waiting)
         super().__init__(*args, **kwargs)
+
+    def cancel_lock_waits(self, until: Callable[[], bool]) -> None:
+        """(Its own thread, once the process is stopping) Cancel each statement of this
+        database's connections that waits for a lock another session holds, every
+        LOCK_SLICE_MS until `until()`: as on SQLite, the wait ends at once instead of at the
+        lock_timeout (its transaction is rolled back; what was committed is kept). Only lock
+        waits: a statement that is running is left to finish."""
+        import psycopg2
+
+        params = {"connect_timeout": 5, **self.connect_params}
+        try:
+            watcher = psycopg2.connect(dbname=self.database, **params)
+        except Exception:  # (the server is gone: nothing waits on it for long)
+            return
+        watcher.autocommit = True
+        try:
+            with watcher.cursor() as cursor:
+                while not until():
+                    with self._conns_lock:
+                        pids = [c.get_backend_pid() for c in self._conns if not c.closed]
+                    cursor.execute(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                        "WHERE pid = ANY(%s) AND wait_event_type = 'Lock'",
+                        (pids,),
+                    )
+                    time.sleep(LOCK_SLICE_MS / 1000)
+        except Exception:  # best effort: the wait then ends at the lock_timeout
+            pass
+        finally:
+            watcher.close()
 
     def _connect(self) -> Any:
         conn = super()._connect()  # type: ignore[misc]
@@ -289,6 +321,11 @@ class Store:
                     with suppress(Exception):
                         self.db.close()
                 missing = _missing_database(e)
+                if self.db.stop.is_set() and getattr(e, "pgcode", None) == _QUERY_CANCELED:
+                    raise LockWaitStopped(
+                        f"stopped waiting for a lock another session holds ({self.url}): "
+                        "this process is stopping"
+                    ) from e
                 if missing is not None:  # a mistyped --db, not a failure of the server
                     raise ConfigError(
                         f"the PostgreSQL database '{missing}' does not exist ({self.url}): "
@@ -317,11 +354,19 @@ class Store:
     def stop_waiting(self) -> None:
         """This process is stopping (Ctrl-C, SIGTERM): a transaction waiting for the write lock
         another process holds gives up at once (LockWaitStopped) instead of waiting out the
-        busy timeout, and so does any later one that finds the lock taken. For a store about to
-        be closed; SQLite only (a PostgreSQL lock wait ends at its lock_timeout)."""
+        busy timeout, and so does any later one that finds the lock taken (on PostgreSQL, a
+        thread cancels them until the store is closed). For a store about to be closed."""
         stop = getattr(self.db, "stop", None)
-        if stop is not None:
-            stop.set()
+        if stop is None or stop.is_set():
+            return
+        stop.set()
+        if self.kind == "postgresql":  # (a signal handler: the thread does the talking)
+            threading.Thread(
+                target=self.db.cancel_lock_waits,
+                args=(lambda: self._closed,),
+                name="eclflow-lock-waits",
+                daemon=True,
+            ).start()
 
     def _sqlite_path(self) -> str | None:
         return None if self.kind != "sqlite" or self.in_memory else str(self.db.database)
