@@ -103,6 +103,9 @@ def test_the_summary_says_why_items_failed(tmp_path: Path) -> None:
     # one log line for each failed item (its run's failure), not also its call's and step's
     logged = [line for line in r.stderr.splitlines() if " ERROR " in line or " WARNING " in line]
     assert len(logged) == 3 and all("Workflow execution failed" in x for x in logged), r.stderr
+    # which --quiet keeps, as its help says (it said: only the output and the summary)
+    shown = subprocess.run([*cmd[:5], "--help"], env=env, capture_output=True, text=True)
+    assert "(stderr; with --inputs, a line for each failed item)" in " ".join(shown.stdout.split())
 
 
 def test_failed_items_are_retried_by_the_same_command_which_the_summary_says(

@@ -417,7 +417,9 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "--quiet",
     "-q",
     is_flag=True,
-    help="No live view or step lines: only the output (stdout) and the summary (stderr).",
+    help="Hide the progress (live view, step lines, a batch's counts); the output (stdout), "
+    "the summary, warnings and errors (stderr; with --inputs, a line for each failed item) "
+    "remain.",
 )
 @handle_errors
 def run_cmd(
@@ -663,7 +665,8 @@ def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
     "--quiet",
     "-q",
     is_flag=True,
-    help="No step lines: only the output (stdout) and the summary (stderr).",
+    help="Hide the step lines; the output (stdout), the summary, warnings and errors "
+    "(stderr) remain.",
 )
 @handle_errors
 def resume_cmd(
