@@ -60,6 +60,13 @@ USAGE_ERRORS = [
         "error: --mock-responses plays replies for mock/… models, and no step uses one "
         "(the model is local/smollm2): add --model mock/NAME",
     ),
+    (
+        ["run", WF, "-i", "topic=x", "--raw", "final"],
+        "error: --raw final: the workflow's output has no 'final' (it has: final_text, "
+        "revision_count)",
+    ),
+    (["run", WF, "-i", "topic=x", "--raw", "final_text", "--json"], "error: --raw and --json"),
+    (["run", WF, "--inputs", WF, "--raw", "final_text"], "error: --raw goes with a single run"),
 ]
 
 
@@ -571,6 +578,30 @@ def test_the_output_is_shown_as_json_values_with_text_lines_indented(tmp_path: P
         "flag: false\nnone: null\nn: 2.5\n"
         'nested: {\n    "a": [\n      1,\n      true\n    ]\n  }\n'
         "text: one\n\n  three\n"
+    )
+
+
+def test_raw_prints_one_output_as_it_is_for_a_file(tmp_path: Path) -> None:
+    """`eclflow run -q … > out.txt` wrote `text: one` and then the later lines indented two
+    spaces (the format for people, which does not change with where stdout goes): `--raw
+    NAME` writes that value alone, as it is (text exactly; another value as JSON), from a
+    run or from the resume of one."""
+    wf, script = tmp_path / "shapes.yaml", tmp_path / "m.yaml"
+    wf.write_text(SHAPES)
+    reply = {"flag": False, "none": None, "n": 2.5, "nested": {"a": [1, True]},
+             "text": "one\n\n  three"}  # fmt: skip
+    script.write_text(json.dumps({"k": {"content": reply}}))
+    db = f"sqlite:///{tmp_path}/runs.db"
+    r = cli("run", str(wf), "--mock-responses", str(script), "--db", db, "-q", "--raw", "text")
+    assert (r.returncode, r.stdout) == (0, "one\n\n  three\n"), r.stderr
+    run_id = cli("runs", "--db", db, "--json").stdout
+    run_id = json.loads(run_id)[0]["id"]
+    r = cli("resume", run_id, "--db", db, "--raw", "nested")
+    assert (r.returncode, r.stdout) == (0, '{"a": [1, true]}\n'), r.stderr
+    r = cli("resume", run_id, "--db", db, "--raw", "txt")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "error: --raw txt: the run's output has no 'txt' (it has: flag, none, n, nested, text)"
     )
 
 

@@ -17,6 +17,7 @@ from . import cli
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     db_option,
     exit_code_for,
     fail,
@@ -235,17 +236,22 @@ class LiveView:
         return table
 
 
-def print_result(result: Any, as_json: bool, local: bool = True, kept: bool = True) -> None:
+def print_result(
+    result: Any, as_json: bool, local: bool = True, kept: bool = True, raw: str | None = None
+) -> None:
     """The result on stdout, its summary on stderr. `local`: a run of this machine's journal,
     which `eclflow resume` can continue (not one on Restate); `kept`: it is in the journal
-    (not a run with --no-journal, whose id no command can find)."""
+    (not a run with --no-journal, whose id no command can find); `raw`: the output value
+    of that name alone, as it is (--raw), not a `name: value` line each."""
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
         return
     # the output on stdout, also with --quiet (which hides the progress only, as in batch
     # mode): `eclflow run -q … > out.txt` keeps it
     out = result.output
-    if isinstance(out, Mapping) and len(out) and all(isinstance(k, str) for k in out):
+    if raw is not None:
+        _print_raw(out, raw, result.status)
+    elif isinstance(out, Mapping) and len(out) and all(isinstance(k, str) for k in out):
         for k, v in out.items():
             click.echo(safe_text(f"{k}: {shown_value(v)}"), color=True)  # (data: never stripped)
     elif out is not None:
@@ -280,6 +286,39 @@ def print_result(result: Any, as_json: bool, local: bool = True, kept: bool = Tr
                 f"{resume_command(result.run_id, flag)} continues it with a larger budget",
                 err=True,
             )
+
+
+def _print_raw(out: Any, name: str, status: str) -> None:
+    """--raw NAME: the output value NAME as it is, for a file or a pipe (`--raw text >
+    draft.md`): text exactly as the run made it, ended by a newline when it has none; another
+    value as JSON. A run that did not complete may have none: nothing then (its error says
+    why)."""
+    if isinstance(out, Mapping) and name in out:
+        value = out[name]
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        click.echo(safe_text(text), nl=not text.endswith("\n"), color=True)
+    elif status == "completed":  # (a run resumed: its workflow was not at hand before)
+        fail(f"--raw {name}: the run's output has no {name!r}{_names_of(out)}", EXIT_USAGE)
+
+
+def _names_of(out: Any) -> str:
+    names = [str(k) for k in out] if isinstance(out, Mapping) else []
+    return f" (it has: {', '.join(names)})" if names else " (it has no names)"
+
+
+def _check_raw(raw: str | None, workflow: Any, as_json: bool) -> None:
+    """--raw NAME names one of the workflow's outputs, and goes without --json (whose
+    `output` holds every value as it is): said before anything runs."""
+    if raw is None:
+        return
+    if as_json:
+        raise click.UsageError(
+            "--raw and --json do not go together (--json's output holds every value as it is)"
+        )
+    if workflow is not None and raw not in workflow.output:
+        raise click.UsageError(
+            f"--raw {raw}: the workflow's output has no {raw!r}{_names_of(workflow.output)}"
+        )
 
 
 def shown_value(value: Any) -> str:
@@ -317,6 +356,15 @@ def _model_options(fn: Any) -> Any:
         "`model:`): local/smollm2, openai/gpt-4o-mini, mock/test, …",
     )(fn)
     return fn
+
+
+def _raw_option(fn: Any) -> Any:
+    return click.option(
+        "--raw",
+        metavar="NAME",
+        help="Print only the output NAME, as it is (text exactly as the run made it, another "
+        "value as JSON), for a file or a pipe: --raw final_text > draft.md.",
+    )(fn)
 
 
 def _budget_options(fn: Any) -> Any:
@@ -413,6 +461,7 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     help="Print the result as one JSON object (with --inputs: each item's whole result, "
     "steps included, a line each, instead of the short line).",
 )
+@_raw_option
 @click.option(
     "--quiet",
     "-q",
@@ -442,6 +491,7 @@ def run_cmd(
     restate_admin_url: str | None,
     detach: bool,
     as_json: bool,
+    raw: str | None,
     quiet: bool,
 ) -> None:
     """Run the workflow in FILE and print its output.
@@ -473,6 +523,11 @@ def run_cmd(
     if not file.exists():
         fail(f"{file}: no such file", 2)
     workflow = load(file)
+    _check_raw(raw, workflow, as_json)
+    if inputs_file is not None and raw is not None:
+        raise click.UsageError("--raw goes with a single run (--inputs prints JSON lines)")
+    if detach and raw is not None:
+        raise click.UsageError("--raw and --detach do not go together (--detach prints the run id)")
     if mock_responses is not None:
         _check_mock_is_used(workflow, model)
     inputs = parse_inputs(pairs, input_file, workflow.inputs)
@@ -524,7 +579,7 @@ def run_cmd(
         if isinstance(outcome, str):
             click.echo(json.dumps({"run_id": outcome, "engine": "restate"}) if as_json else outcome)
             sys.exit(EXIT_OK)
-        print_result(outcome, as_json, local=False)
+        print_result(outcome, as_json, local=False, raw=raw)
         sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
     if detach:
         raise click.UsageError("--detach goes with --engine restate")
@@ -597,7 +652,7 @@ def run_cmd(
     finally:
         if store is not None:
             store.close()
-    print_result(result, as_json, kept=store is not None)
+    print_result(result, as_json, kept=store is not None, raw=raw)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
@@ -661,6 +716,7 @@ def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
 )
 @restate_options("resume a run Restate paused, or wait for one it runs (give the full run id)")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@_raw_option
 @click.option(
     "--quiet",
     "-q",
@@ -682,6 +738,7 @@ def resume_cmd(
     restate_url: str | None,
     restate_admin_url: str | None,
     as_json: bool,
+    raw: str | None,
     quiet: bool,
 ) -> None:
     """Continue RUN_ID (any unique prefix) from its journal without repeating finished steps.
@@ -692,6 +749,7 @@ def resume_cmd(
     from ..engine import runner
 
     stop_on_sigterm()
+    _check_raw(raw, None, as_json)
     if engine == "restate":
         ctx = click.get_current_context()
         given = [
@@ -704,7 +762,7 @@ def resume_cmd(
                 f"resume --engine restate takes no {', '.join(given)}: the run goes on as it "
                 "was sent (the workers hold the mock script and the database)"
             )
-        _resume_in_restate(run_id, restate_url, restate_admin_url, as_json, quiet)
+        _resume_in_restate(run_id, restate_url, restate_admin_url, as_json, quiet, raw)
     _quiet_stamina()
     leave_out_what_the_end_says()
     store = open_store(db, existing=True)
@@ -728,7 +786,7 @@ def resume_cmd(
         _journal_failed(e, store, run_id)
     finally:
         store.close()
-    print_result(result, as_json)
+    print_result(result, as_json, raw=raw)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
@@ -772,7 +830,12 @@ _NOT_FOR_RESTATE = (
 
 
 def _resume_in_restate(
-    run_id: str, restate_url: str | None, admin_url: str | None, as_json: bool, quiet: bool
+    run_id: str,
+    restate_url: str | None,
+    admin_url: str | None,
+    as_json: bool,
+    quiet: bool,
+    raw: str | None,
 ) -> NoReturn:
     from ..restate.client import resume_async
 
@@ -802,7 +865,7 @@ def _resume_in_restate(
         _stopped_waiting(run_id)
     except RunPaused as e:
         _paused_in_restate(run_id, e, as_json)
-    print_result(result, as_json, local=False)
+    print_result(result, as_json, local=False, raw=raw)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
 
 
