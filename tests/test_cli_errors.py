@@ -605,6 +605,26 @@ def test_raw_prints_one_output_as_it_is_for_a_file(tmp_path: Path) -> None:
     )
 
 
+def test_a_resume_keeps_the_runs_model_whatever_eclflow_model_says(tmp_path: Path) -> None:
+    """ECLFLOW_MODEL, a default for new runs, was read by `resume --model` too: a run started
+    on mock/x was resumed on openai/gpt-4o-mini, which the shell happened to set (the call
+    went to OpenAI, and would have been paid for). Only a --model typed changes it."""
+    wf, script, calls = tmp_path / "wf.yaml", tmp_path / "m.yaml", tmp_path / "calls.jsonl"
+    wf.write_text(ENVY.replace("  - HOME\n  - ECLFLOW_TEST_NAME\n", "  - HOME\n"))
+    wf.write_text(wf.read_text().replace("env.ECLFLOW_TEST_NAME", "env.HOME"))
+    script.write_text("a: {error: auth_error}\n")
+    db = f"sqlite:///{tmp_path}/runs.db"
+    log = {"ECLFLOW_MOCK_LOG": str(calls)}
+    r = cli("run", str(wf), "--mock-responses", str(script), "--db", db, "--json", env=log)
+    assert r.returncode == 1, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    script.write_text("a: hello\n")
+    other = {**log, "ECLFLOW_MODEL": "openai/gpt-4o-mini", "OPENAI_API_KEY": "sk-none"}
+    r = cli("resume", run_id, "--mock-responses", str(script), "--db", db, "-q", env=other)
+    assert (r.returncode, r.stdout) == (0, f"text: {os.environ['HOME']}\n"), r.stderr
+    assert [json.loads(line)["model"] for line in calls.read_text().splitlines()] == ["mock/x"] * 2
+
+
 def test_the_conditional_routing_example_prints_false_as_json(tmp_path: Path) -> None:
     """The README's example printed `long: False`."""
     examples = Path(__file__).resolve().parent.parent / "examples"

@@ -339,23 +339,43 @@ _BUDGET_FLAGS = (("model call", "--budget-calls N"), ("tokens", "--budget-tokens
 
 
 def _model_options(fn: Any) -> Any:
-    fn = click.option(
+    """`run`'s --model (ECLFLOW_MODEL by default) and --mock-responses."""
+    return _mock_option(
+        click.option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            envvar="ECLFLOW_MODEL",
+            callback=not_empty,
+            help="Model for steps without their own (overrides the workflow's `model:`): "
+            "local/smollm2, openai/gpt-4o-mini, mock/test, …  Default: ECLFLOW_MODEL.",
+        )(fn)
+    )
+
+
+def _resume_model_options(fn: Any) -> Any:
+    """`resume`'s: its --model is only what is typed. ECLFLOW_MODEL, a default for new runs,
+    would switch a run to another model half-way (and pay it), unasked."""
+    return _mock_option(
+        click.option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            callback=not_empty,
+            help="Model for steps without their own, instead of the one the run started "
+            "with (ECLFLOW_MODEL is not read: it is for new runs).",
+        )(fn)
+    )
+
+
+def _mock_option(fn: Any) -> Any:
+    return click.option(
         "--mock-responses",
         type=click.Path(path_type=Path, dir_okay=False),
         help="Replies for `mock/…` models (YAML or JSON): a list played in call order, or a "
         "mapping of journal key (critique#2), step id or * to replies; a reply is text or "
         "{content, error, delay, tokens, cost}. See `pydoc eclflow.llm.mock`.",
     )(fn)
-    fn = click.option(
-        "--model",
-        "-m",
-        metavar="MODEL",
-        envvar="ECLFLOW_MODEL",
-        callback=not_empty,
-        help="Model for steps without their own (overrides the workflow's "
-        "`model:`): local/smollm2, openai/gpt-4o-mini, mock/test, …",
-    )(fn)
-    return fn
 
 
 def _raw_option(fn: Any) -> Any:
@@ -706,7 +726,7 @@ def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
 
 @cli.command("resume")
 @click.argument("run_id")
-@_model_options
+@_resume_model_options
 @_budget_options
 @db_option
 @click.option(
