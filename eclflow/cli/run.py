@@ -387,7 +387,13 @@ def _raw_option(fn: Any) -> Any:
     )(fn)
 
 
-def _budget_options(fn: Any) -> Any:
+def _budget_options(otherwise: str) -> Callable[[Any], Any]:
+    """--budget-usd, --budget-tokens and --budget-calls; `otherwise`: where a limit not given
+    comes from."""
+    return lambda fn: _budget_options_of(fn, otherwise)
+
+
+def _budget_options_of(fn: Any, otherwise: str) -> Any:
     fn = click.option(
         "--budget-calls",
         type=click.IntRange(min=1),
@@ -405,8 +411,8 @@ def _budget_options(fn: Any) -> Any:
         type=click.FloatRange(min=0, min_open=True),
         callback=_finite,
         metavar="USD",
-        help="Stop before a call that could bring the run's cost over USD (the workflow's "
-        "`budget:` otherwise).",
+        help=f"Stop before a call that could bring the run's cost over USD ({otherwise}, "
+        "for each of the three limits).",
     )(fn)
     return fn
 
@@ -453,7 +459,7 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     "results (on the earlier run's input).",
 )
 @click.option("--run", "from_run", metavar="RUN_ID", help="The earlier run --from reuses.")
-@_budget_options
+@_budget_options("the workflow's `budget:` otherwise")
 @click.option(
     "--inputs",
     "inputs_file",
@@ -727,7 +733,7 @@ def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
 @cli.command("resume")
 @click.argument("run_id")
 @_resume_model_options
-@_budget_options
+@_budget_options("otherwise the run's own: those it started with, else the workflow's")
 @db_option
 @click.option(
     "--force",
