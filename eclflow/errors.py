@@ -6,7 +6,10 @@ meant to be shown to a user as one line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (this module imports nothing heavy: `import eclflow` loads it)
+    from .spec.model import Diagnostic
 
 
 class EclflowError(Exception):
@@ -44,7 +47,7 @@ class ConfigError(EclflowError):
 class WorkflowInvalid(EclflowError):
     """A workflow file failed validation; `diagnostics` holds every problem found."""
 
-    def __init__(self, diagnostics: list[Any]) -> None:
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = diagnostics
         errors = [d for d in diagnostics if getattr(d, "severity", "error") == "error"]
         first = str(errors[0]) if errors else "invalid workflow"

@@ -22,7 +22,7 @@ def _error_classes() -> list[type[errors.EclflowError]]:
 
 def _example(cls: type[errors.EclflowError]) -> errors.EclflowError:
     """An instance of `cls`, its arguments made up from the constructor's parameters."""
-    made_up = {"float": 2.5, "int": 3, "str": "it broke", "list[Any]": ["a problem"]}
+    made_up = {"float": 2.5, "int": 3, "str": "it broke", "list[Diagnostic]": ["a problem"]}
     kwargs: dict[str, Any] = {}
     for name, p in inspect.signature(cls).parameters.items():
         if p.default is inspect.Parameter.empty:
@@ -488,3 +488,69 @@ def test_a_step_type_that_cannot_be_made_is_a_config_error_before_the_run_is_kep
             "ValueError: no settings file"
         )
         assert store.runs.count() == 0
+
+
+# --- a program that embeds eclflow, as its author writes it ------------------------------------
+
+TYPED_PROGRAM = """\
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import eclflow
+from eclflow.spec import load_text
+from eclflow.store import open_store
+
+
+class Shout(eclflow.Step):
+    type_name = "shout"
+
+    async def execute(self, ctx: eclflow.StepContext, input: Mapping[str, Any]) -> eclflow.StepResult:
+        return eclflow.StepResult.success({"text": str(input["text"]).upper()})
+
+
+async def main() -> None:
+    eclflow.register(Shout)
+    try:
+        wf = load_text("eclflow: 1\\nid: x\\nsteps: [{id: a, type: shout}]\\n")
+    except eclflow.WorkflowInvalid as e:
+        for d in e.diagnostics:
+            line: int = d.location.line
+            print(line, d.code, d.severity, d.hint)
+            print(d.cod)  # type: ignore[attr-defined]
+        raise
+    replies = {"generate": "a draft", "critique": {"content": {"decision": "pass"}}}
+    with open_store("sqlite:///runs.db") as store:
+        result: eclflow.RunResult = await eclflow.run(
+            wf, {"topic": "t"}, model="mock/x", mock_responses=replies, store=store,
+            budget={"max_calls": 5},
+        )
+        cost: float = result.cost
+        print(result.status, result.output, result.tokens, cost, [s.key for s in result.steps])
+        again = await eclflow.resume(result.run_id, store=store, mock_responses=replies)
+        print(again.status, [r.state for r in store.runs.list()])
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_program_using_the_api_passes_mypy_strict(tmp_path: Path) -> None:
+    """A keyed mock script (a dict, as documented) was refused by the annotation of `run`'s
+    `mock_responses`, and `WorkflowInvalid.diagnostics` was `list[Any]`, so a misspelt
+    attribute of a diagnostic went unseen (here: the ignore of the typo is used)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    program = _write(tmp_path / "program.py", TYPED_PROGRAM)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+         str(program)],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "MYPYPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.stdout.strip() == "Success: no issues found in 1 source file"

@@ -36,6 +36,8 @@ from .orchestrator import Listener, Orchestrator, new_run_id
 from .result import RunResult
 
 MODEL_ENV = "ECLFLOW_MODEL"
+# what `mock_responses=` takes: a provider, replies in order, replies by step, a script file
+MockScript = MockProvider | Sequence[Any] | Mapping[str, Any] | str | Path
 logger = logging.getLogger("eclflow.engine")
 
 
@@ -47,7 +49,7 @@ def as_workflow(workflow: Workflow | str | Path) -> Workflow:
     return load(workflow)
 
 
-def as_mock(mock: MockProvider | Sequence[Any] | str | Path | None) -> MockProvider | None:
+def as_mock(mock: MockScript | None) -> MockProvider | None:
     if mock is None or isinstance(mock, MockProvider):
         return mock
     if isinstance(mock, str | Path):
@@ -280,7 +282,7 @@ async def run(
     inputs: Mapping[str, Any] | None = None,
     *,
     model: str | None = None,
-    mock_responses: MockProvider | Sequence[Any] | str | Path | None = None,
+    mock_responses: MockScript | None = None,
     store: Any = None,
     db: str | None = None,
     run_id: str | None = None,
@@ -702,7 +704,7 @@ async def resume(
     store: Any = None,
     db: str | None = None,
     model: str | None = None,
-    mock_responses: MockProvider | Sequence[Any] | str | Path | None = None,
+    mock_responses: MockScript | None = None,
     force: bool = False,
     listener: Listener | None = None,
     guard: CallGuard | None = None,
