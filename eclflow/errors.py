@@ -1,7 +1,29 @@
 """One exception hierarchy for everything eclflow raises on purpose.
 
 Every class says whether retrying the operation could help (`retryable`), and every message is
-meant to be shown to a user as one line.
+meant to be shown to a user as one line. Catch `EclflowError` for all of them, or one branch:
+
+    EclflowError
+    ├── ConfigError          a wrong argument, setting, model name, missing API key or plugin
+    ├── WorkflowInvalid      a workflow file or text with errors (`diagnostics`: all of them)
+    ├── ValidationError      a value that fails its schema (`field`)
+    │   └── InvalidInput     the run's input does not match the workflow's `inputs`
+    ├── TemplateError        a Jinja expression that cannot be rendered
+    ├── NotFound             RunNotFound, StepNotFound, StoreNotFound (a URL with no store),
+    │                        WorkflowNotFound, UnclearRunId (an ambiguous id prefix),
+    │                        RunOfAnotherWorkflow (a rerun's run id is another workflow's)
+    ├── InvalidState         the run is in no state for it: its id exists already, another
+    │                        process runs it, it has finished (pause); RunInterrupted (pause
+    │                        of a run whose process ended), RunPaused (Restate paused it)
+    ├── PersistenceError     the database failed (retryable)
+    │   ├── StoreUnavailable the database cannot be opened: fix the URL
+    │   └── LockWaitStopped  a wait for another process's lock, ended as this one stops
+    └── LLMError             a model call failed: RateLimited, ProviderTimeout, ServerError
+                             (retryable), AuthError, BadRequest, MockExhausted
+
+`run` and `resume` raise these for what is wrong before the run starts; what goes wrong inside
+it (a model that keeps failing, StepTimeout, BudgetExceeded, MaxRevisionsExceeded) fails the run
+instead, and its message is the result's `error`. A custom step sees them from `ctx.complete`.
 """
 
 from __future__ import annotations
@@ -92,22 +114,32 @@ class LLMError(EclflowError):
 
 
 class RateLimited(LLMError):
+    """The provider refused the call for its rate limit (HTTP 429); `retry_after` if it said."""
+
     retryable = True
 
 
 class ProviderTimeout(LLMError):
+    """The provider did not answer in time."""
+
     retryable = True
 
 
 class ServerError(LLMError):
+    """The provider failed (HTTP 5xx, a lost connection)."""
+
     retryable = True
 
 
 class AuthError(LLMError):
+    """The provider refused the credentials (a wrong or missing API key)."""
+
     retryable = False
 
 
 class BadRequest(LLMError):
+    """The provider refused the request itself (an unknown model, a prompt too long)."""
+
     retryable = False
 
 
@@ -118,6 +150,8 @@ class MockExhausted(LLMError):
 
 
 class StepTimeout(EclflowError):
+    """A step attempt ran longer than its `timeout` (`seconds`); retried as the step says."""
+
     retryable = True
 
     def __init__(self, seconds: float) -> None:
@@ -126,12 +160,17 @@ class StepTimeout(EclflowError):
 
 
 class MaxRevisionsExceeded(EclflowError):
+    """A revision loop with `on_exhausted: fail` used all its revisions (`attempts`)."""
+
     def __init__(self, attempts: int) -> None:
         self.attempts = attempts
         super().__init__(f"max revisions exceeded ({attempts} attempts)")
 
 
 class BudgetExceeded(EclflowError):
+    """A model call would go over the run's budget, so it was not made; `resume` with a
+    higher limit of the kind named continues the run."""
+
     def __init__(self, message: str) -> None:
         super().__init__(f"budget_exceeded: {message}")
 
@@ -141,16 +180,22 @@ class NotFound(EclflowError):
 
 
 class WorkflowNotFound(NotFound):
+    """No workflow of that id."""
+
     def __init__(self, id: str) -> None:
         super().__init__(f"Workflow not found: {id}")
 
 
 class StepNotFound(NotFound):
+    """No step type of that name is registered (nor installed as a plugin)."""
+
     def __init__(self, id: str) -> None:
         super().__init__(f"Step not found: {id}")
 
 
 class RunNotFound(NotFound):
+    """No run of that id (or id prefix) in the store."""
+
     def __init__(self, id: str, hint: str = "") -> None:
         super().__init__(f"Run not found: {id}{f' ({hint})' if hint else ''}")
 
@@ -166,6 +211,8 @@ class StoreNotFound(NotFound):
 
 
 class PersistenceError(EclflowError):
+    """The database failed a read or a write (retryable: a lost connection, a lock)."""
+
     retryable = True
 
     def __init__(self, message: str) -> None:

@@ -554,3 +554,14 @@ def test_a_program_using_the_api_passes_mypy_strict(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "MYPYPATH": str(ROOT)},
     )  # fmt: skip
     assert done.stdout.strip() == "Success: no issues found in 1 source file"
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_every_error_says_what_it_means_and_is_in_the_documented_tree(
+    cls: type[errors.EclflowError],
+) -> None:
+    """`help(eclflow.RunNotFound)` showed the docstring of a base class (EclflowError's "Root
+    of every error…" for StepTimeout, BudgetExceeded, PersistenceError…), and the module had no
+    map of the hierarchy to choose what to catch."""
+    assert "__doc__" in vars(cls) and cls.__doc__
+    assert cls.__name__ in (errors.__doc__ or "")
