@@ -565,3 +565,21 @@ def test_every_error_says_what_it_means_and_is_in_the_documented_tree(
     map of the hierarchy to choose what to catch."""
     assert "__doc__" in vars(cls) and cls.__doc__
     assert cls.__name__ in (errors.__doc__ or "")
+
+
+@pytest.mark.parametrize("run_id", [None, 123])
+def test_resume_and_pause_refuse_a_run_id_that_is_not_text(tmp_path: Path, run_id: Any) -> None:
+    """`resume(None)` (an id read from a missing field) raised AttributeError: 'NoneType'
+    object has no attribute 'strip'."""
+    import asyncio
+
+    import eclflow
+    from eclflow.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    open_store(url).close()  # (a store that exists: the lookup itself is reached)
+    says = f"run_id must be a string, not {type(run_id).__name__}"
+    with pytest.raises(eclflow.ConfigError, match=says):
+        asyncio.run(eclflow.resume(run_id, db=url))
+    with pytest.raises(eclflow.ConfigError, match=says):
+        eclflow.pause(run_id, db=url)

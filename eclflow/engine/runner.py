@@ -69,6 +69,12 @@ def check_model_name(model: Any) -> None:
         raise ConfigError(f"model is a name such as 'openai/gpt-4o-mini', not {model!r}")
 
 
+def check_run_id(run_id: Any) -> None:
+    """A run id given to resume or pause is text (an int or None failed with AttributeError)."""
+    if not isinstance(run_id, str):
+        raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
+
+
 def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
     """Check the run input against the workflow's `inputs` schema before anything runs."""
     validator = compile_plan(workflow).input_validator
@@ -476,6 +482,7 @@ async def _execute(
 def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
     """Ask the process running `run_id` (any unique prefix) to pause it: the steps in flight
     finish, no other starts, and the run is left `paused` for `resume`. The run's full id."""
+    check_run_id(run_id)
     store, own = _as_store(store, db, reading=True)
     try:
         from ..store.owner import shown_state
@@ -716,6 +723,7 @@ async def resume(
     The journal is `store`, else one opened from `db` (a URL; the default database when
     neither is given). A budget given here replaces the one the run had; what the run already
     spent counts."""
+    check_run_id(run_id)
     if store is None or isinstance(store, str | os.PathLike):
         opened, _ = _as_store(store, db, reading=True)
         try:
