@@ -583,3 +583,40 @@ def test_resume_and_pause_refuse_a_run_id_that_is_not_text(tmp_path: Path, run_i
         asyncio.run(eclflow.resume(run_id, db=url))
     with pytest.raises(eclflow.ConfigError, match=says):
         eclflow.pause(run_id, db=url)
+
+
+def test_a_batch_takes_what_run_takes(tmp_path: Path) -> None:
+    """run_batch/iter_batch took only a loaded Workflow, a MockProvider, a Budget and an open
+    Store: a path, a dict of replies, a budget mapping or a database URL (all of which `run`
+    takes) ended in AttributeError ('str' object has no attribute 'env', 'dict' object has no
+    attribute 'fresh', …), and a generator of items in TypeError (no len())."""
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+    from eclflow.engine.batch import iter_batch, run_batch
+    from eclflow.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    items = ({"topic": t} for t in ("a", "b", ""))
+    results = asyncio.run(
+        run_batch(str(CRITIQUE_REVISE), items, model="mock/x", mock_responses=KEYED, store=url,
+                  budget={"max_calls": 5}, concurrency=2)
+    )  # fmt: skip
+    assert [r.status for r in results] == ["completed", "completed", "failed"]
+    assert results[2].error == "Validation error in field 'topic': input '' should be non-empty"
+    with open_store(url) as store:
+        assert store.runs.count() == 2  # (an item refused by its checks has no run)
+
+    async def first_of_two() -> str:
+        batch = iter_batch(CRITIQUE_REVISE, [{"topic": "c"}, {"topic": "d"}], model="mock/x",
+                           mock_responses=KEYED, store=tmp_path / "runs.db", concurrency=1)  # fmt: skip
+        async for result in batch:
+            await batch.aclose()  # stopped early: the run of the second item is cancelled
+            return result.status
+        raise AssertionError("no result")
+
+    assert asyncio.run(first_of_two()) == "completed"
+    with pytest.raises(eclflow.ConfigError, match="concurrency must be a whole number, not '2'"):
+        asyncio.run(run_batch(CRITIQUE_REVISE, [], concurrency="2"))  # type: ignore[arg-type]

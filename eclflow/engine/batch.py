@@ -17,16 +17,20 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import EclflowError, InvalidState, RunNotFound
+from ..errors import ConfigError, EclflowError, InvalidState, RunNotFound
 from ..graph.plan import compile_plan
 from ..llm import MockProvider
 from ..spec.model import Budget, Workflow
 from .result import RunResult
+
+if TYPE_CHECKING:
+    from .runner import MockScript
 
 _NAMESPACE = uuid.UUID("6f1c3c2e-8a4e-4c55-9a55-3f0e2f6a9b10")
 
@@ -72,18 +76,20 @@ def item_run_ids(fingerprint: str, items: Sequence[Mapping[str, Any]]) -> list[s
 
 
 async def run_batch(
-    workflow: Workflow,
-    items: Sequence[Mapping[str, Any]],
+    workflow: Workflow | str | Path,
+    items: Iterable[Mapping[str, Any]],
     *,
     concurrency: int = 8,
     model: str | None = None,
-    mock_responses: MockProvider | None = None,
+    mock_responses: MockScript | None = None,
     store: Any = None,
-    budget: Budget | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
 ) -> list[RunResult]:
     """Run `workflow` once per item; results in input order. With a store, a second call with
-    the same batch resumes it instead of starting over."""
+    the same batch resumes it instead of starting over. The arguments are those of
+    `eclflow.run` (a file, a mock script in any of its forms, a budget mapping, a database URL
+    or path as `store`); an item that fails its checks is a failed result, not an error."""
     return [
         result
         async for result in iter_batch(
@@ -124,14 +130,14 @@ def one_call_at_a_time(workflow: Workflow, model: str | None) -> int | None:
 
 
 async def iter_batch(
-    workflow: Workflow,
-    items: Sequence[Mapping[str, Any]],
+    workflow: Workflow | str | Path,
+    items: Iterable[Mapping[str, Any]],
     *,
     concurrency: int = 8,
     model: str | None = None,
-    mock_responses: MockProvider | None = None,
+    mock_responses: MockScript | None = None,
     store: Any = None,
-    budget: Budget | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
     checked: bool = False,
 ) -> AsyncGenerator[RunResult, None]:
@@ -140,6 +146,46 @@ async def iter_batch(
     `concurrency` runs exist at a time (fewer on a local model: `one_call_at_a_time`); closing
     the iterator early cancels them. `checked`: the caller has checked every item against the
     workflow's `inputs` (the CLI does, to name every bad line), so they are not checked again."""
+    from . import runner
+
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        raise ConfigError(f"concurrency must be a whole number, not {concurrency!r}")
+    runner.check_model_name(model)
+    store, own_store = runner._as_store(store, None)
+    try:
+        async with aclosing(
+            _batch(
+                runner.as_workflow(workflow),
+                items if isinstance(items, Sequence) else list(items),
+                concurrency=concurrency,
+                model=model,
+                mock_responses=runner.as_mock(mock_responses),
+                store=store,
+                budget=runner.as_budget(budget),
+                on_update=on_update,
+                checked=checked,
+            )
+        ) as results:
+            async for result in results:
+                yield result
+    finally:
+        if own_store:
+            store.close()
+
+
+async def _batch(
+    workflow: Workflow,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    concurrency: int,
+    model: str | None,
+    mock_responses: MockProvider | None,
+    store: Any,
+    budget: Budget | None,
+    on_update: Callable[[BatchProgress], None] | None,
+    checked: bool,
+) -> AsyncGenerator[RunResult, None]:
+    """`iter_batch`, its arguments made plain."""
     from . import runner
 
     runner.check_env(workflow)  # (it would fail every item)
