@@ -7,10 +7,22 @@
     result = asyncio.run(eclflow.run(wf, {"topic": "tide pools"}, model="local/smollm2"))
     print(result.status, result.output)
 
-`run` and `resume` are coroutines (await them inside your own event loop). A failed run is a
-`RunResult` with `status == "failed"`, not an exception; the exceptions below are raised for
-what is wrong before a run starts (an invalid file or input, a run that does not exist, …),
-all of them subclasses of `EclflowError`.
+Workflows: `load(path)` and `load_text(text)` return a validated `Workflow` or raise
+`WorkflowInvalid`, whose `diagnostics` are every problem (`Diagnostic`: `code`, `location`,
+`message`); `check(path)` and `check_text(text)` return the workflow (None if invalid) and the
+diagnostics instead of raising.
+
+Runs: `run`, `resume` and `run_batch` are coroutines (await them inside your own event loop),
+`iter_batch` an async iterator of a batch's results; `pause` asks the process running a run to
+pause it. A failed run is a `RunResult` with `status == "failed"`, not an exception; its
+`steps` are `StepExecution`s. `open_store(url)` opens a journal (SQLite or PostgreSQL) to pass
+as `store=`, and lists the runs in it (`store.runs.list()`). `MockProvider` plays scripted
+replies for `mock/…` models; `Step`, `StepContext`, `StepResult` and `register` add step types
+of your own.
+
+Errors: the exceptions below are raised for what is wrong before a run starts (an invalid file
+or input, a run that does not exist, …), all of them subclasses of `EclflowError`; the
+hierarchy is in `eclflow.errors`.
 """
 
 from __future__ import annotations
@@ -41,21 +53,28 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchProgress",
+    "Budget",
     "BudgetExceeded",
     "ConfigError",
+    "Diagnostic",
     "EclflowError",
     "InvalidInput",
     "InvalidState",
     "LLMError",
+    "Location",
+    "MockProvider",
     "NotFound",
     "PersistenceError",
     "RunNotFound",
     "RunResult",
     "Step",
     "StepContext",
+    "StepExecution",
     "StepNotFound",
     "StepResult",
     "StepTimeout",
+    "Store",
     "StoreNotFound",
     "StoreUnavailable",
     "TemplateError",
@@ -64,30 +83,52 @@ __all__ = [
     "Workflow",
     "WorkflowInvalid",
     "__version__",
+    "check",
+    "check_text",
+    "iter_batch",
     "load",
+    "load_text",
+    "open_store",
     "pause",
     "register",
     "resume",
     "run",
+    "run_batch",
 ]
 
 if TYPE_CHECKING:
-    from .engine import RunResult, pause, resume, run
-    from .spec import Workflow, load
+    from .engine import RunResult, StepExecution, pause, resume, run
+    from .engine.batch import BatchProgress, iter_batch, run_batch
+    from .llm import MockProvider
+    from .spec import Budget, Diagnostic, Location, Workflow, check, check_text, load, load_text
     from .steps import Step, StepContext, StepResult, register
+    from .store import Store, open_store
 
 # Imported on first use, so that `eclflow validate` does not pay for the engine.
 _LAZY = {
     "RunResult": "eclflow.engine",
+    "StepExecution": "eclflow.engine",
     "run": "eclflow.engine",
     "resume": "eclflow.engine",
     "pause": "eclflow.engine",
+    "BatchProgress": "eclflow.engine.batch",
+    "iter_batch": "eclflow.engine.batch",
+    "run_batch": "eclflow.engine.batch",
     "Workflow": "eclflow.spec",
+    "Budget": "eclflow.spec",
+    "Diagnostic": "eclflow.spec",
+    "Location": "eclflow.spec",
     "load": "eclflow.spec",
+    "load_text": "eclflow.spec",
+    "check": "eclflow.spec",
+    "check_text": "eclflow.spec",
     "Step": "eclflow.steps",
     "StepContext": "eclflow.steps",
     "StepResult": "eclflow.steps",
     "register": "eclflow.steps",
+    "MockProvider": "eclflow.llm",
+    "Store": "eclflow.store",
+    "open_store": "eclflow.store",
 }
 
 

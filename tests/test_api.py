@@ -620,3 +620,41 @@ def test_a_batch_takes_what_run_takes(tmp_path: Path) -> None:
     assert asyncio.run(first_of_two()) == "completed"
     with pytest.raises(eclflow.ConfigError, match="concurrency must be a whole number, not '2'"):
         asyncio.run(run_batch(CRITIQUE_REVISE, [], concurrency="2"))  # type: ignore[arg-type]
+
+
+def test_an_ordinary_program_needs_only_import_eclflow(tmp_path: Path) -> None:
+    """Validating text, reading the problems, opening a store, listing its runs and batching
+    needed eclflow.spec, eclflow.store, eclflow.llm and eclflow.engine.batch (and load()'s own
+    error sent users to eclflow.spec.load_text)."""
+    import asyncio
+
+    import eclflow
+
+    text = "eclflow: 1\nid: x\nsteps:\n  - {id: a, type: nope}\n"
+    wf, problems = eclflow.check_text(text, file="x.yaml")
+    assert wf is None and [(d.code, str(d.location)) for d in problems] == [("E202", "x.yaml:4:19")]
+    assert isinstance(problems[0], eclflow.Diagnostic)
+    with pytest.raises(eclflow.WorkflowInvalid) as caught:
+        eclflow.load_text(text)
+    assert caught.value.diagnostics[0].code == "E202"
+    with pytest.raises(eclflow.ConfigError, match=r"use eclflow\.load_text\(text\) for text"):
+        eclflow.load(text)
+    fan = eclflow.load_text(FAN)
+    with eclflow.open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        assert isinstance(store, eclflow.Store)
+        mock = eclflow.MockProvider({"b": "B", "c": "C", "d": "D"})
+        results = asyncio.run(eclflow.run_batch(fan, [{}, {}], model="mock/x", store=store,
+                                                mock_responses=mock, budget=eclflow.Budget(max_calls=3)))  # fmt: skip
+        assert [r.status for r in results] == ["completed", "completed"]
+        assert all(isinstance(s, eclflow.StepExecution) for s in results[0].steps)
+        assert {r.id for r in store.runs.list()} == {r.run_id for r in results}
+
+
+def test_every_public_name_says_what_it_is() -> None:
+    import eclflow
+
+    for name in eclflow.__all__:
+        if name != "__version__":
+            thing = getattr(eclflow, name)
+            own = vars(thing).get("__doc__") if isinstance(thing, type) else thing.__doc__
+            assert own and not own.startswith(f"{name}("), name  # (not a dataclass's default)

@@ -206,7 +206,7 @@ def load(path: str | Path) -> Workflow:
     if isinstance(path, str) and "\n" in path:
         raise ConfigError(
             "this looks like the text of a workflow, not a file name: use "
-            "eclflow.spec.load_text(text) for text"
+            "eclflow.load_text(text) for text"
         )
     wf, diags = check(path)
     if wf is None:

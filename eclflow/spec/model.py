@@ -140,6 +140,8 @@ Transition = Sequential | Conditional | RevisionLoop
 
 @dataclass(frozen=True, slots=True)
 class Budget:
+    """A run's limits (None: no limit); a model call that could go over one is not made."""
+
     max_usd: float | None = None
     max_tokens: int | None = None
     max_calls: int | None = None
