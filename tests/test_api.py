@@ -658,3 +658,50 @@ def test_every_public_name_says_what_it_is() -> None:
             thing = getattr(eclflow, name)
             own = vars(thing).get("__doc__") if isinstance(thing, type) else thing.__doc__
             assert own and not own.startswith(f"{name}("), name  # (not a dataclass's default)
+
+
+RETRIED = """\
+import asyncio, logging, sys
+import stamina.instrumentation
+import eclflow
+
+heard = []
+if "--basic" in sys.argv:
+    logging.basicConfig(format="%(name)s %(message)s")
+if "--hooks" in sys.argv:  # the program's own hooks, set before its first run
+    stamina.instrumentation.set_on_retry_hooks([lambda d: heard.append(d.retry_num)])
+replies = {"generate": [{"error": "rate_limit"}, "a draft"],
+           "critique": {"content": {"decision": "pass", "critique": "fine"}}}
+r = asyncio.run(eclflow.run(sys.argv[1], {"topic": "t"}, model="mock/x", mock_responses=replies))
+print(r.status, r.steps[0].attempts, heard)
+"""
+
+
+@pytest.mark.parametrize(
+    ("flag", "stdout", "stderr"),
+    [
+        ("", "completed 2 []\n", ""),
+        (
+            "--basic",
+            "completed 2 []\n",
+            "eclflow.run LLM request failed\nstamina stamina.retry_scheduled\n"
+            "eclflow.run Retrying after failure\n",
+        ),
+        ("--hooks", "completed 2 [1]\n", ""),
+    ],
+)
+def test_a_retry_prints_nothing_unless_the_program_set_up_logging(
+    tmp_path: Path, flag: str, stdout: str, stderr: str
+) -> None:
+    """A program that set up no logging saw a bare 'stamina.retry_scheduled' on stderr at each
+    retry (stamina's default hook, through Python's last-resort handler). A program that set up
+    logging still gets the record, and one that set hooks of its own keeps them."""
+    import subprocess
+    import sys
+
+    from conftest import CRITIQUE_REVISE
+
+    program = _write(tmp_path / "program.py", RETRIED)
+    args = [sys.executable, str(program), str(CRITIQUE_REVISE), *([flag] if flag else [])]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert (done.stdout, done.stderr) == (stdout, stderr)

@@ -1,5 +1,6 @@
 """The engine: executor (one step) and orchestrator (one run), durable through a journal."""
 
+from ..observe.logs import quiet_unheard_retries
 from .executor import Executor
 from .journal import Journal, MemoryJournal, StoreJournal
 from .orchestrator import Orchestrator
@@ -19,3 +20,5 @@ __all__ = [
     "resume",
     "run",
 ]
+
+quiet_unheard_retries()  # (stamina's retry warnings, printed bare when no logging is set up)

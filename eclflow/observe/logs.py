@@ -298,3 +298,41 @@ def configure(
 def context_filter() -> logging.Filter:
     """A filter that adds the bound fields to records, for handlers of your own."""
     return _ContextFilter()
+
+
+def quiet_unheard_retries() -> None:
+    """Keep stamina's retry warnings from Python's last-resort handler.
+
+    stamina's default hook logs each retry it schedules as a warning of the `stamina` logger;
+    in a program that configured no logging, the last-resort handler prints it bare on stderr
+    (`stamina.retry_scheduled`), though eclflow reports its retries in its own logs and the
+    step's traces. When the program has set no retry hooks of its own (only stamina's
+    defaults are in place), the logging hook is kept but called only when some handler would
+    receive its record: with logging configured, the records come as before; other hooks
+    (Prometheus, structlog) are left as they are. Calling it again changes nothing.
+    """
+    try:
+        from stamina.instrumentation import get_on_retry_hooks, set_on_retry_hooks
+    except ImportError:  # (a stamina without the instrumentation API: nothing to do)
+        return
+    hooks = get_on_retry_hooks()
+    own = [getattr(h, "__module__", "") or "" for h in hooks]
+    if not all(m.startswith("stamina.") for m in own) or _STAMINA_LOGGING not in own:
+        return  # the program's own hooks, or no logging hook: theirs to decide
+    set_on_retry_hooks(
+        [_when_heard(h) if m == _STAMINA_LOGGING else h for h, m in zip(hooks, own, strict=True)]
+    )
+
+
+_STAMINA_LOGGING = "stamina.instrumentation._logging"  # where its default logging hook lives
+
+
+def _when_heard(hook: Any) -> Any:
+    """`hook`, called only when the `stamina` logger has a handler to reach."""
+    stamina_logger = logging.getLogger("stamina")
+
+    def log_retry_if_heard(details: Any) -> None:
+        if stamina_logger.hasHandlers():
+            hook(details)
+
+    return log_retry_if_heard
