@@ -508,7 +508,8 @@ class Shout(eclflow.Step):
     type_name = "shout"
 
     async def execute(self, ctx: eclflow.StepContext, input: Mapping[str, Any]) -> eclflow.StepResult:
-        return eclflow.StepResult.success({"text": str(input["text"]).upper()})
+        reply = await ctx.complete([{"role": "user", "content": str(input["text"])}])
+        return eclflow.StepResult.success({"text": reply.content.upper()})
 
 
 async def main() -> None:
@@ -540,7 +541,8 @@ asyncio.run(main())
 def test_a_program_using_the_api_passes_mypy_strict(tmp_path: Path) -> None:
     """A keyed mock script (a dict, as documented) was refused by the annotation of `run`'s
     `mock_responses`, and `WorkflowInvalid.diagnostics` was `list[Any]`, so a misspelt
-    attribute of a diagnostic went unseen (here: the ignore of the typo is used)."""
+    attribute of a diagnostic went unseen (here: the ignore of the typo is used); a step's
+    `ctx.complete` took only `Message`s in its annotation, not the documented mappings."""
     import os
     import subprocess
     import sys

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from ..errors import ValidationError
 from ..llm.base import Message
@@ -149,7 +149,7 @@ class StepContext:
 
     def complete(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message | Mapping[str, str]],
         *,
         max_tokens: int = 1024,
         temperature: float | None = None,
@@ -158,12 +158,13 @@ class StepContext:
     ) -> Awaitable[CompletionResponse]:
         """Call this step's model (await the result); tokens and cost are accounted to the
         attempt. A message is a `Message` or a mapping `{"role": …, "content": …}`."""
-        for m in messages:
-            if type(m) is not Message:  # a mapping (or a subclass): made a Message
-                messages = [_message(m) for m in messages]
-                break
+        plain: Sequence[Message]
+        if all(type(m) is Message for m in messages):
+            plain = cast("Sequence[Message]", messages)
+        else:  # a mapping (or a subclass) among them: each made a Message
+            plain = [_message(m) for m in messages]
         return self.complete_fn(
-            messages,
+            plain,
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
