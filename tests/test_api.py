@@ -707,3 +707,32 @@ def test_a_retry_prints_nothing_unless_the_program_set_up_logging(
     args = [sys.executable, str(program), str(CRITIQUE_REVISE), *([flag] if flag else [])]
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert (done.stdout, done.stderr) == (stdout, stderr)
+
+
+def test_the_readme_program_runs_as_it_is(tmp_path: Path) -> None:
+    """The README's Python API program, run in a fresh process from a directory holding the
+    workflow it names: it validates, runs, resumes, batches and lists on a real SQLite file."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import CRITIQUE_REVISE, ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Python API")[1].split("\n## ")[0]
+    programs = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(programs) == 2 and "mock/demo" in programs[1]
+    (tmp_path / "workflows").mkdir()
+    shutil.copy(CRITIQUE_REVISE, tmp_path / "workflows")
+    program = _write(tmp_path / "program.py", programs[1])
+    done = subprocess.run(
+        [sys.executable, str(program)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.stderr == "" and done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0] == (
+        "completed Tide pools shelter anemones, crabs and snails at low tide. 164 0.0"
+    )
+    assert lines[1:3] == ["generate succeeded 1 62", "critique#1 succeeded 1 102"]
+    assert [line.split()[1] for line in lines[3:5]] == ["completed", "completed"]
+    assert [line.split()[1] for line in lines[5:]] == ["completed"] * 3
