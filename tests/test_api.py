@@ -736,3 +736,22 @@ def test_the_readme_program_runs_as_it_is(tmp_path: Path) -> None:
     assert lines[1:3] == ["generate succeeded 1 62", "critique#1 succeeded 1 102"]
     assert [line.split()[1] for line in lines[3:5]] == ["completed", "completed"]
     assert [line.split()[1] for line in lines[5:]] == ["completed"] * 3
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e.load_text(None), "workflow text is a str, not NoneType"),
+        (lambda e: e.check_text(b"eclflow: 1"), "workflow text is a str, not bytes (decode it"),
+        (lambda e: e.check(None), "a workflow is a file path, not NoneType"),
+        (lambda e: e.check(3), "a workflow is a file path, not int"),
+    ],
+)
+def test_loading_something_that_is_no_workflow_is_a_config_error(call: Any, message: str) -> None:
+    """load_text(None) or of bytes raised AttributeError ('… has no attribute encode'), and
+    check(None) a TypeError from pathlib."""
+    import eclflow
+
+    with pytest.raises(eclflow.ConfigError) as caught:
+        call(eclflow)
+    assert message in str(caught.value)

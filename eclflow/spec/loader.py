@@ -50,6 +50,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 def check(path: str | Path) -> tuple[Workflow | None, list[Diagnostic]]:
     """Validate a workflow file: the workflow (None if it has errors) and every diagnostic."""
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"a workflow is a file path, not {type(path).__name__}")
     path = Path(path)
     file = str(path)
     try:
@@ -123,6 +125,9 @@ def check_text(
     registry: Any = None,
 ) -> tuple[Workflow | None, list[Diagnostic]]:
     """Validate workflow text. `base_dir` resolves relative `prompt:` files."""
+    if not isinstance(text, str):
+        decode = " (decode it first: data.decode('utf-8'))" if isinstance(text, bytes) else ""
+        raise ConfigError(f"workflow text is a str, not {type(text).__name__}{decode}")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         return None, [_diag(Location(file), "E102", "text is too large for a workflow file")]
     if "\x00" in text:
