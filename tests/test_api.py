@@ -755,3 +755,15 @@ def test_loading_something_that_is_no_workflow_is_a_config_error(call: Any, mess
     with pytest.raises(eclflow.ConfigError) as caught:
         call(eclflow)
     assert message in str(caught.value)
+
+
+def test_open_store_takes_a_path_and_refuses_what_is_no_database(tmp_path: Path) -> None:
+    """open_store(Path(...)) raised AttributeError ('PosixPath' object has no attribute
+    'strip'), though run(store=Path(...)) took one, and so did open_store(42)."""
+    import eclflow
+
+    with eclflow.open_store(tmp_path / "runs.db") as store:
+        assert store.runs.count() == 0
+    assert (tmp_path / "runs.db").is_file()
+    with pytest.raises(eclflow.ConfigError, match="a database is a URL or a file path, not int"):
+        eclflow.open_store(42)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ all threads, used under a lock.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 import sys
@@ -396,10 +397,15 @@ class Store:
         self.db.dispose()
 
 
-def open_store(url: str | None = None, *, create: bool = True) -> Store:
-    """Open (and create or upgrade) the store at `url`, $ECLFLOW_DATABASE_URL, or the default
-    SQLite file in the user's data directory. `create=False`: only a store that exists (the
-    commands that read history do not make a database of a mistyped URL)."""
+def open_store(url: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
+    """Open (and create or upgrade) the store at `url` (a URL, or a SQLite file's path),
+    $ECLFLOW_DATABASE_URL, or the default SQLite file in the user's data directory.
+    `create=False`: only a store that exists (the commands that read history do not make a
+    database of a mistyped URL)."""
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"a database is a URL or a file path, not {type(url).__name__}")
     return Store(parse_url(resolve_url(url)), create=create)
 
 
