@@ -767,3 +767,19 @@ def test_open_store_takes_a_path_and_refuses_what_is_no_database(tmp_path: Path)
     assert (tmp_path / "runs.db").is_file()
     with pytest.raises(eclflow.ConfigError, match="a database is a URL or a file path, not int"):
         eclflow.open_store(42)  # type: ignore[arg-type]
+
+
+def test_a_mock_provider_of_a_file_name_is_refused_not_played_letter_by_letter() -> None:
+    """MockProvider("replies.yaml") took the name as a list of replies: each call was answered
+    with one of its letters. MockProvider(42) raised TypeError."""
+    import eclflow
+
+    with pytest.raises(eclflow.ConfigError) as caught:
+        eclflow.MockProvider("replies.yaml")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "Configuration error: a MockProvider plays a list of replies or a mapping of them by "
+        "step, not str; for a script file, eclflow.llm.load_script(path)"
+    )
+    with pytest.raises(eclflow.ConfigError, match=r"by step, not int$"):
+        eclflow.MockProvider(42)  # type: ignore[arg-type]
+    assert eclflow.MockProvider(("a", "b")).remaining == 2

@@ -131,6 +131,15 @@ class MockProvider:
         cycle: bool = False,
         log_path: str | Path | None = None,
     ) -> None:
+        if isinstance(script, str | bytes | os.PathLike) or not isinstance(
+            script, Sequence | Mapping
+        ):  # (a string is a sequence: each of its characters was played as a reply)
+            kind = type(script).__name__
+            file = isinstance(script, str | os.PathLike)
+            raise ConfigError(
+                f"a MockProvider plays a list of replies or a mapping of them by step, not {kind}"
+                + ("; for a script file, eclflow.llm.load_script(path)" if file else "")
+            )
         self.keyed: dict[str, list[_Reply]] | None = None
         if isinstance(script, Mapping):
             # Keyed: replies by journal key (`critique#2`), else by step id, else `*`; a list
