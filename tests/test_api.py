@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from eclflow import errors
+from eclflow.spec import Budget
 
 
 def _error_classes() -> list[type[errors.EclflowError]]:
@@ -174,6 +175,14 @@ def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
         ),
         ({"budget": {"max_calls": -1}}, "budget max_calls must be a whole number ≥ 1, not -1"),
         ({"budget": {"max_usd": 0}}, "budget max_usd must be a number > 0, not 0"),
+        (
+            {"budget": Budget(max_calls=0)},  # (the run failed on its first call)
+            "budget max_calls must be a whole number ≥ 1, not 0",
+        ),
+        (
+            {"budget": Budget(max_calls="ten")},  # type: ignore[arg-type]  # (a TypeError)
+            "budget max_calls must be a whole number ≥ 1, not 'ten'",
+        ),
         ({"store": 42}, "store must be an eclflow Store (eclflow.store.open_store) or a database"),
         ({"db": 42}, "db must be a database URL, not int"),
         ({"run_id": 5}, "run_id must be a string, not int"),

@@ -673,8 +673,10 @@ def run_row(
 
 def as_budget(budget: Budget | Mapping[str, Any] | None) -> Budget | None:
     """A Budget, also from a mapping such as `{"max_calls": 10}` (the file's `budget:`)."""
-    if budget is None or isinstance(budget, Budget):
-        return budget
+    if budget is None:
+        return None
+    if isinstance(budget, Budget):  # (its fields are checked as a mapping's are)
+        budget = {k: v for k, v in _budget_dict(budget).items() if v is not None}
     if not isinstance(budget, Mapping):
         raise ConfigError(f"budget must be a Budget or a mapping, not {type(budget).__name__}")
     fields = ("max_usd", "max_tokens", "max_calls")
