@@ -602,6 +602,7 @@ def test_a_batch_takes_what_run_takes(tmp_path: Path) -> None:
     takes) ended in AttributeError ('str' object has no attribute 'env', 'dict' object has no
     attribute 'fresh', …), and a generator of items in TypeError (no len())."""
     import asyncio
+    import re
 
     from conftest import CRITIQUE_REVISE
 
@@ -631,6 +632,11 @@ def test_a_batch_takes_what_run_takes(tmp_path: Path) -> None:
     assert asyncio.run(first_of_two()) == "completed"
     with pytest.raises(eclflow.ConfigError, match="concurrency must be a whole number, not '2'"):
         asyncio.run(run_batch(CRITIQUE_REVISE, [], concurrency="2"))  # type: ignore[arg-type]
+    # one input given for the list of them ran one failed item per key; None was a TypeError
+    for items, says in [({"topic": "t"}, "not dict (one input: eclflow.run)"), (None, "not NoneType"),
+                        ("topic", "not str")]:  # fmt: skip
+        with pytest.raises(eclflow.ConfigError, match=re.escape(f"one mapping each, {says}")):
+            asyncio.run(run_batch(CRITIQUE_REVISE, items))  # type: ignore[arg-type]
 
 
 def test_an_ordinary_program_needs_only_import_eclflow(tmp_path: Path) -> None:

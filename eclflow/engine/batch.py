@@ -150,6 +150,11 @@ async def iter_batch(
 
     if isinstance(concurrency, bool) or not isinstance(concurrency, int):
         raise ConfigError(f"concurrency must be a whole number, not {concurrency!r}")
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        one = " (one input: eclflow.run)" if isinstance(items, Mapping) else ""
+        raise ConfigError(
+            f"items is a list of inputs, one mapping each, not {type(items).__name__}{one}"
+        )
     runner.check_model_name(model)
     store, own_store = runner._as_store(store, None)
     try:
