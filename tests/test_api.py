@@ -798,3 +798,40 @@ def test_a_mock_provider_of_a_file_name_is_refused_not_played_letter_by_letter()
     with pytest.raises(eclflow.ConfigError, match=r"by step, not int$"):
         eclflow.MockProvider(42)  # type: ignore[arg-type]
     assert eclflow.MockProvider(("a", "b")).remaining == 2
+
+
+def test_a_listener_hears_each_step_start_attempt_and_end() -> None:
+    """The README documents `listener=` for progress: the events and their fields it names."""
+    import asyncio
+
+    from conftest import CRITIQUE_REVISE
+
+    import eclflow
+
+    heard: list[tuple[str, Any]] = []
+
+    def listener(event: str, payload: Any) -> None:
+        if event == "step_started":
+            heard.append((event, (payload["key"], payload["step_id"], payload["iteration"])))
+        elif event == "step_attempt":
+            heard.append((event, (payload["key"], payload["attempt"], payload["max_attempts"])))
+        elif event == "step_finished":
+            execution = payload["execution"]
+            assert isinstance(execution, eclflow.StepExecution)
+            heard.append((event, (execution.key, execution.status)))
+
+    replies = {"generate": [{"error": "rate_limit"}, "a draft"], "critique": KEYED["critique"]}
+    result = asyncio.run(
+        eclflow.run(CRITIQUE_REVISE, {"topic": "t"}, model="mock/x", mock_responses=replies,
+                    listener=listener)
+    )  # fmt: skip
+    assert result.status == "completed"
+    assert heard == [
+        ("step_started", ("generate", "generate", 0)),
+        ("step_attempt", ("generate", 1, 3)),
+        ("step_attempt", ("generate", 2, 3)),
+        ("step_finished", ("generate", "succeeded")),
+        ("step_started", ("critique#1", "critique", 0)),
+        ("step_attempt", ("critique#1", 1, 3)),
+        ("step_finished", ("critique#1", "succeeded")),
+    ]
