@@ -2404,3 +2404,34 @@ def test_validate_names_the_prompt_file_as_the_workflow_file_is_named(tmp_path: 
     assert r.stdout.startswith(
         "sub/p.j2:2:6: E306 prompt of step 'b': `reply > 3` compares a string with a number"
     ), r.stdout
+
+
+def test_a_value_a_message_quotes_is_shown_on_one_short_line() -> None:
+    """A diagnostic quoting the value it is about printed it whole: a step type holding a
+    newline split the line in two, an escape sequence acted on the terminal, and a type of
+    10,000 characters (or an output_schema's value of 20,000) made a line that long."""
+    long = "x" * 10_000
+    text = (
+        "eclflow: 1\nid: long\nsteps:\n"
+        '  - {id: a, type: "one\\n\\u001b[2Jtwo", template: x}\n'
+        f"  - {{id: b, type: {long}, template: x}}\n"
+    )
+    got = [(d.code, d.location.line, d.message) for d in diagnose(text)]
+    assert got == [
+        ("E202", 4, "unknown step type 'one\\n\\x1b[2Jtwo'"),
+        ("E202", 5, "unknown step type '" + "x" * 59 + "…'"),
+    ], got
+    text = (
+        "eclflow: 1\nid: long\nsteps:\n"
+        f"  - {{id: c, type: llm, template: x, output_schema: {{properties: {{a: {long}}}}}}}\n"
+    )
+    got = [(d.code, d.location.line, d.message) for d in diagnose(text)]
+    assert got == [
+        (
+            "E116",
+            4,
+            "steps[0].output_schema is not a valid JSON Schema: '"
+            + "x" * 59
+            + "…' is not of type 'object', 'boolean'",
+        ),
+    ], got

@@ -7,6 +7,7 @@ Mappings are read-only views so a loaded workflow cannot be changed by accident.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,31 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# A value a message quotes ('…' or "…") longer than this is shown by its start: an id, a type
+# or a key of 10,000 characters made a line of 10,000 (and a JSON Schema message, of 20,000).
+QUOTED_MAX = 80
+_LONG = QUOTED_MAX - 2  # (characters between the quotes)
+_QUOTED = re.compile(f"'[^'\\n]{{{_LONG},}}'|\"[^\"\\n]{{{_LONG},}}\"")
+MESSAGE_MAX = 1000
+
+
+# Control characters a quoted value may hold: a newline would split the diagnostic's line, an
+# escape sequence (`\x1b[2J`) would act on the terminal it is printed on
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r"})
+_CONTROL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
+_CONTROL.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """`text` as one line a person reads: control characters (a newline in a quoted value)
+    escaped, each long quoted value cut to its first characters (`'xxx…'`), at most
+    MESSAGE_MAX characters in all."""
+    text = text.translate(_CONTROL)
+    text = _QUOTED.sub(lambda m: m[0][: QUOTED_MAX - 20] + "…" + m[0][0], text)
+    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One problem found in a workflow file: where, a stable code, one line of why."""
@@ -49,11 +75,11 @@ class Diagnostic:
 
     def __post_init__(self) -> None:
         # A key or value the YAML spells with a lone surrogate ("\ud800") cannot be printed or
-        # encoded: show it escaped, as it was written.
+        # encoded: show it escaped, as it was written. A message is one line (see one_line).
         for name in ("message", "hint"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, printable(value))
+                object.__setattr__(self, name, one_line(printable(value)))
         if self.location.file != printable(self.location.file):
             loc = self.location
             object.__setattr__(self, "location", Location(printable(loc.file), loc.line, loc.col))
