@@ -933,3 +933,31 @@ def test_a_mock_script_key_that_names_no_step_is_warned_of_up_front(tmp_path: Pa
             "--no-journal")  # fmt: skip
     warnings = [line.split(" ", 1)[1] for line in r.stderr.splitlines() if " WARNING " in line]
     assert warnings == expected
+
+
+def test_an_anchor_defined_twice_is_one_located_warning_not_ruamels_source_lines(
+    tmp_path: Path,
+) -> None:
+    """ruamel warns of an anchor defined twice through Python's warnings: validate, graph and
+    run printed ten lines of its source code (`composer.py:227: ReusedAnchorWarning`, the
+    code line that warned) on stderr; a duplicate key printed them twice."""
+    wf = tmp_path / "w.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: anchors\nmetadata: {a: &t one, b: &t two}\nsteps:\n"
+        '  - {id: a, type: template, template: "{{ x }}", with: {x: *t}}\n'
+    )
+    r = cli("validate", str(wf))
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.splitlines()[0] == (
+        f"{wf}:3:26: W508 YAML: anchor &t is defined again here (first at line 3, column 15): "
+        "the aliases after it refer to this one (give each anchor a name of its own)"
+    )
+    r = cli("graph", str(wf))
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    wf.write_text(wf.read_text() + "id: twice\n")
+    r = cli("graph", str(wf))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert [line.split(": ")[1].split()[0] for line in r.stderr.splitlines()] == [
+        "E100",
+        "W508",
+    ], r.stderr

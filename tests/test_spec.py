@@ -265,6 +265,11 @@ CASES = {
         sub("    type: critique\n", "    type: critique\n    model: openai/gpt-4o-mnii\n"),
         "openai/gpt-4o-mnii",
     ),
+    "W508 an anchor defined twice": (
+        "W508",
+        MINIMAL.replace("id: mini\n", "id: mini\nmetadata: {a: &t x, b: &t y}\n"),
+        "&t y",
+    ),
     "W505 reading a step a condition may skip": (
         "W505",
         MINIMAL + "  - {id: b, type: template, template: x}\n"

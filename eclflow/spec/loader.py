@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -135,8 +136,9 @@ def check_text(
             _diag(Location(file), "E102", "contains NUL bytes (is this a workflow file?)")
         ]
     doc, diags = _parse(text, file)
-    if diags:
+    if any(d.severity == "error" for d in diags):
         return None, diags
+    yaml_warnings = diags
     located = _Located(file, doc)
     data, too_big = _plain(doc)
     if too_big == "deep":
@@ -167,7 +169,7 @@ def check_text(
                 "start from `eclflow: 1`, `id:`, `steps:` (see docs/format.md)",
             )
         ]
-    diags = _schema_diagnostics(data, located)
+    diags = yaml_warnings + _schema_diagnostics(data, located)
     seen = {d.location for d in diags}  # (one problem a value: -1 is no duration, so no range)
     diags += [d for d in _value_diagnostics(data, located) if d.location not in seen]
     seen = {d.location for d in diags}
@@ -254,6 +256,15 @@ def parse_duration(value: Any) -> float:
 
 
 def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
+    """The YAML document, or its E100; with the W508 of its anchors. (ruamel warns through
+    `warnings`, which prints a warning as lines of ruamel's source code.)"""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        doc, diags = _parse_yaml(text, file)
+    return doc, diags + _yaml_warnings(caught, file)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -332,6 +343,40 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
         return None, [
             _diag(Location(file), "E100", f"YAML: {_one_line(str(e)) or type(e).__name__}")
         ]
+
+
+_OCCURRENCE = re.compile(r"(first|second) occurrence\s+in .*?, line (\d+), column (\d+)")
+
+
+def _yaml_warnings(caught: list[warnings.WarningMessage], file: str) -> list[Diagnostic]:
+    """W508 for an anchor defined twice (`&a` … `&a`), which YAML allows but is a slip: the
+    aliases after the second refer to it, those before to the first. ruamel's other warnings
+    (a float without a dot under `%YAML 1.1`) are about values it reads as intended."""
+    from ruamel.yaml.error import ReusedAnchorWarning
+
+    out: list[Diagnostic] = []
+    for w in caught:
+        text = str(w.message)
+        if not issubclass(w.category, ReusedAnchorWarning) or any(
+            text == str(said.message) for said in caught[: caught.index(w)]
+        ):  # (a duplicate key's E100 parses the text again, warning again)
+            continue
+        name = re.search(r"found duplicate anchor '(.*?)'", text)
+        marks = {m[1]: (int(m[2]), int(m[3])) for m in _OCCURRENCE.finditer(text)}
+        if name is None or set(marks) != {"first", "second"}:
+            continue
+        out.append(
+            _diag(
+                Location(file, *marks["second"]),
+                "W508",
+                f"YAML: anchor &{name[1]} is defined again here (first at line "
+                f"{marks['first'][0]}, column {marks['first'][1]}): the aliases after it "
+                "refer to this one",
+                "give each anchor a name of its own",
+                "warning",
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
