@@ -2440,3 +2440,17 @@ def test_a_value_a_message_quotes_is_shown_on_one_short_line() -> None:
             + "…' is not of type 'object', 'boolean'",
         ),
     ], got
+
+
+def test_only_a_long_quoted_value_is_shortened_not_the_text_between_two() -> None:
+    """The text between two short quoted values ('b' … 'elif') was taken for one long value
+    and cut: a prompt's parse error lost the words saying what Jinja was looking for."""
+    from eclflow.spec.model import one_line
+
+    said = (
+        "prompt of step 'b': template does not parse: Unexpected end of template. Jinja was "
+        "looking for the following tags: 'elif' or 'else' or 'endif'."
+    )
+    assert one_line(said) == said
+    assert one_line(f"type '{'x' * 100}' and 'y'") == f"type '{'x' * 59}…' and 'y'"
+    assert one_line(f'is "{"x" * 100}"; expected') == f'is "{"x" * 59}…"; expected'

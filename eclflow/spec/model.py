@@ -42,7 +42,9 @@ def printable(text: str) -> str:
 # or a key of 10,000 characters made a line of 10,000 (and a JSON Schema message, of 20,000).
 QUOTED_MAX = 80
 _LONG = QUOTED_MAX - 2  # (characters between the quotes)
-_QUOTED = re.compile(f"'[^'\\n]{{{_LONG},}}'|\"[^\"\\n]{{{_LONG},}}\"")
+# (a quote that opens a value follows no letter, one that closes it is followed by none: the
+# text between two short quoted values is not one)
+_QUOTED = re.compile(f"(?<![\\w'\"])(?:'[^'\\n]{{{_LONG},}}'|\"[^\"\\n]{{{_LONG},}}\")(?!\\w)")
 MESSAGE_MAX = 1000
 
 
