@@ -612,7 +612,8 @@ def test_a_lone_surrogate_is_refused_where_it_is_written() -> None:
 
 def test_template_problems_are_located_in_the_template(tmp_path: Path) -> None:
     """An inline template's problems were all reported at its `|`; a prompt file's E302 named
-    no line of the file."""
+    no line of the file (then only its line, at the workflow's `prompt:`): it is located in the
+    file, at the use, as its E306 is."""
     text = (
         "eclflow: 1\nid: loc\nsteps:\n  - id: a\n    type: template\n    template: |\n"
         "      line one {{ x }}\n      line two {{ nope }}\n    with: {x: 1}\n"
@@ -621,16 +622,22 @@ def test_template_problems_are_located_in_the_template(tmp_path: Path) -> None:
         "  - {id: d, type: template, prompt: p.j2, with: {x: 1}}\n"
     )
     (tmp_path / "p.j2").write_text("Line1\n{{ x }}\nhello {{ nme }}\n")
-    got = {
-        (d.code, d.location.line, d.location.col, d.message.split(":")[0])
+    got = [
+        (
+            Path(d.location.file).name,
+            d.code,
+            d.location.line,
+            d.location.col,
+            d.message.split(":")[0],
+        )
         for d in diagnose(text, base_dir=tmp_path)
-    }
-    assert got == {
-        ("E302", 8, 19, "prompt of step 'a' uses 'nope', which is not in its input"),
-        ("E301", 14, 14, "no filter named 'nofilter'"),
-        ("E301", 19, 7, "template does not parse"),
-        ("E302", 20, 37, "prompt of step 'd' uses 'nme' (p.j2 line 3), which is not in its input"),
-    }
+    ]
+    assert got == [
+        ("w.yaml", "E302", 8, 19, "prompt of step 'a' uses 'nope', which is not in its input"),
+        ("w.yaml", "E301", 14, 14, "no filter named 'nofilter'"),
+        ("w.yaml", "E301", 19, 7, "template does not parse"),
+        ("p.j2", "E302", 3, 10, "prompt of step 'd' uses 'nme', which is not in its input"),
+    ]
 
 
 def test_a_prompt_reading_the_run_context_is_told_to_bind_it_under_with() -> None:
@@ -1202,11 +1209,14 @@ output: {r: "{{ steps.c.output.text | lenght }}"}
     got = [(d.code, d.message, d.hint) for d in diagnose(text, tmp_path)]
     assert got == [
         ("E301", "no filter named 'nosuch'", "see Jinja's built-in filters"),
-        ("E301", "no filter named 'upperr' (p.j2 line 2)", "did you mean 'upper'?"),
         ("E301", "no test named 'nosuchtest'", "see Jinja's built-in tests"),
         ("E301", "no filter named 'nosuch2'", "see Jinja's built-in filters"),
         ("E301", "no filter named 'lenght'", "did you mean 'length'?"),
+        # the prompt file's, after the workflow file's, where it is written
+        ("E301", "prompt of step 'b': no filter named 'upperr'", "did you mean 'upper'?"),
     ], got
+    located_at = diagnose(text, tmp_path)[-1].location
+    assert (located_at.file, located_at.line, located_at.col) == (str(tmp_path / "p.j2"), 2, 12)
 
 
 def test_jinja_loop_variable_inside_for_is_not_e304() -> None:
@@ -2409,6 +2419,44 @@ def test_validate_names_the_prompt_file_as_the_workflow_file_is_named(tmp_path: 
     assert r.stdout.startswith(
         "sub/p.j2:2:6: E306 prompt of step 'b': `reply > 3` compares a string with a number"
     ), r.stdout
+
+
+@pytest.mark.parametrize(
+    ("prompt", "said"),
+    [
+        (
+            "Write.\n  {% if reply %}\n",
+            "sub/p.j2:2:3: E301 prompt of step 'b': template does not parse: Unexpected end of "
+            "template. Jinja was looking for the following tags: 'elif' or 'else' or 'endif'. "
+            "The innermost block that needs to be closed is 'if'.",
+        ),
+        (
+            "Write.\n\n  {% include 'x.j2' %}\n",
+            "sub/p.j2:3:3: E301 prompt of step 'b': {% include %} is not supported: a template "
+            "cannot load another (put the text in this template, or pass it in through `with:`)",
+        ),
+        (
+            "Write.\n  {{ reply | upperr }}\n",
+            "sub/p.j2:2:14: E301 prompt of step 'b': no filter named 'upperr' (did you mean "
+            "'upper'?)",
+        ),
+        (
+            "Write.\n  {{ reply }} {{ replly }}\n",
+            "sub/p.j2:2:18: E302 prompt of step 'b' uses 'replly', which is not in its input (did "
+            "you mean 'reply'?)",
+        ),
+    ],
+)
+def test_a_prompt_files_problems_are_located_in_it(tmp_path: Path, prompt: str, said: str) -> None:
+    """A prompt file's E301 and E302 were located at the workflow's `prompt:` key (`(p.j2 line
+    3)` in the message, or no line at all), while its E306 pointed into the file: each is now
+    at its line and column in the file, as the command line names it."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "w.yaml").write_text(PROMPTED)
+    (tmp_path / "sub" / "p.j2").write_text(prompt)
+    r = run_cli("validate", "sub/w.yaml", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == said, r.stdout
 
 
 def test_a_value_a_message_quotes_is_shown_on_one_short_line() -> None:

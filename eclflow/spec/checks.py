@@ -12,7 +12,8 @@ number (never equal), W507 a remote model litellm does not list.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .deps import DepGraph, dependency_graph
@@ -671,7 +672,7 @@ class _Checker:
         except Exception as e:  # the sandbox's parser on absurd input
             self.error(path, "E301", f"template does not parse: {type(e).__name__}")
             return
-        if not self.filters_and_tests(path, tree, ""):
+        if not self.filters_and_tests(path, tree, None):
             return
         jinja_loop = _uses_jinja_loop(tree)
         named_well = True
@@ -823,23 +824,26 @@ class _Checker:
             sources.append((["steps", i, "system"], s.system, ""))
         names = self.prompt_names(s)
         for path, text, file in sources:
-            where = f" ({file} line {{}})" if file else ""
+            # a problem in a prompt file is located in that file, at its line and column
+            say = functools.partial(self.in_prompt, s, file, text) if file else None
             try:
                 tree = expr.parse(text)
             except jinja2.TemplateSyntaxError as e:
-                self.error(
-                    path,
-                    "E301",
-                    f"template does not parse: {e.message}{where.format(e.lineno)}",
-                    at=None if file or not e.lineno else (e.lineno, 0),
-                )
+                message = f"template does not parse: {e.message}"
+                at = (e.lineno, 0) if e.lineno else None
+                if say is not None:
+                    say("E301", f"prompt of step '{s.id}': {message}", None, at)
+                else:
+                    self.error(path, "E301", message, at=at)
                 continue
             except Exception as e:
-                self.error(path, "E301", f"template does not parse: {type(e).__name__}")
+                message = f"template does not parse: {type(e).__name__}"
+                if say is not None:
+                    say("E301", f"prompt of step '{s.id}': {message}", None, None)
+                else:
+                    self.error(path, "E301", message)
                 continue
-            if not self.filters_and_tests(
-                path, tree, where.format("?") if file else "", None if file else text
-            ):
+            if not self.filters_and_tests(path, tree, text, say, s.id if file else None):
                 continue
             if names is None:
                 continue
@@ -852,14 +856,11 @@ class _Checker:
                 named_well = False
                 hint = _did_you_mean(root, sorted(names)) or _bind_under_with(p, names)
                 found = _position_of(text, p)
-                in_file = where.format(found[0]) if file and found else ""
-                self.error(
-                    path,
-                    "E302",
-                    f"prompt of step '{s.id}' uses '{root}'{in_file}, which is not in its input",
-                    hint,
-                    at=None if file else found,
-                )
+                message = f"prompt of step '{s.id}' uses '{root}', which is not in its input"
+                if say is not None:
+                    say("E302", message, hint, found)
+                else:
+                    self.error(path, "E302", message, hint, at=found)
             if named_well:
                 self.prompt_kinds(s, path, text, tree, file)
 
@@ -888,19 +889,37 @@ class _Checker:
                 return INTEGER
             return None
 
-        shown = self.prompt_file_shown(s, file) if file else None
         for c in clashes(tree, kinds_of):
             severity: Severity = "warning" if c.code.startswith("W") else "error"
             at = _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
             at = at or (c.node.lineno, 0)
             message = f"prompt of step '{s.id}': {c.message}"
-            if shown is None:
+            if file:
+                self.in_prompt(s, file, text, c.code, message, c.hint, at, severity)
+            else:
                 self.error(path, c.code, message, c.hint, at=at, severity=severity)
-            else:  # where it is written in the file
-                line = text.splitlines()[at[0] - 1] if 0 < at[0] <= len(text.splitlines()) else ""
-                col = at[1] if at[1] > 0 else len(line) - len(line.lstrip()) + 1
-                where = Location(shown, at[0], col)
-                self.out.append(Diagnostic(where, c.code, message, c.hint, severity))
+
+    def in_prompt(
+        self,
+        s: Any,
+        file: str,
+        text: str,
+        code: str,
+        message: str,
+        hint: str | None,
+        at: tuple[int, int] | None,
+        severity: Severity = "error",
+    ) -> None:
+        """A problem of step `s`'s prompt file (`file` as the step names it; `text`, what it
+        holds), located where it is written in that file: `at` (line, column; column 0: the
+        line's first character other than a blank), else the file's first line."""
+        lines = text.splitlines()
+        line_no, col = at if at is not None and 0 < at[0] <= max(len(lines), 1) else (1, 0)
+        if col <= 0:
+            line = lines[line_no - 1] if lines else ""
+            col = len(line) - len(line.lstrip()) + 1
+        where = Location(self.prompt_file_shown(s, file), line_no, col)
+        self.out.append(Diagnostic(where, code, message, hint, severity))
 
     def binding_kinds(self, value: Any, rest: tuple[str, ...]) -> Any:
         """The types of what a `with:` binding gives its step (at the fields `rest` in it),
@@ -941,27 +960,37 @@ class _Checker:
         return str(s.prompt)
 
     def filters_and_tests(
-        self, path: list[Any], tree: Any, where: str, inline: str | None = None
+        self,
+        path: list[Any],
+        tree: Any,
+        text: str | None,
+        say: Callable[[str, str, str | None, tuple[int, int] | None], None] | None = None,
+        step: str | None = None,
     ) -> bool:
         """Report `| nosuchfilter` and `is nosuchtest` (Jinja finds them only when it compiles,
-        that is at run time); False when there was one. `inline`: the template's text, when
-        it is written in the workflow (the problem is located in it)."""
+        that is at run time); False when there was one. `text`: the template's text, where
+        the problem is located (None: at `path`). `say`: how to report one in a prompt file
+        (that of step `step`), in place of `self.error`."""
         from jinja2 import nodes
 
         from .. import expr
+
+        def report(code: str, message: str, hint: str | None, at: Any) -> None:
+            if say is not None:
+                say(code, f"prompt of step '{step}': {message}", hint, at)
+            else:
+                self.error(path, code, message, hint, at=at if text is not None else None)
 
         env = expr.environment()
         ok = True
         for n in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
             ok = False
             tag = {nodes.Include: "include", nodes.Extends: "extends"}.get(type(n), "import")
-            where_ = where.replace("line ?", f"line {n.lineno}") if where else ""
-            self.error(
-                path,
+            report(
                 "E301",
-                f"{{% {tag} %}} is not supported{where_}: a template cannot load another",
+                f"{{% {tag} %}} is not supported: a template cannot load another",
                 "put the text in this template, or pass it in through `with:`",
-                at=(n.lineno, 0) if inline is not None else None,
+                (n.lineno, 0),
             )
         for kind, node_type, known in (
             ("filter", nodes.Filter, env.filters),
@@ -971,10 +1000,9 @@ class _Checker:
                 if n.name in known:
                     continue
                 ok = False
-                where_ = where.replace("line ?", f"line {n.lineno}") if where else ""
                 hint = _did_you_mean(n.name, sorted(known)) or f"see Jinja's built-in {kind}s"
-                at = _position_of(inline, (n.name,)) if inline is not None else None
-                self.error(path, "E301", f"no {kind} named '{n.name}'{where_}", hint, at=at)
+                at = _position_on(text, (n.name,), n.lineno) if text is not None else None
+                report("E301", f"no {kind} named '{n.name}'", hint, at)
         return ok
 
     def prompt_names(self, s: Any) -> set[str] | None:

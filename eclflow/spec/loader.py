@@ -35,6 +35,7 @@ from .model import (
     StepSpec,
     Transition,
     Workflow,
+    printable,
 )
 
 MAX_BYTES = 2 * 1024 * 1024  # a 1000-step workflow is ~150 KB
@@ -183,7 +184,7 @@ def check_text(
         # problem shows in one pass.
         pruned = _without_bad_keys(data)
         if pruned is None:
-            return None, _sorted(diags)
+            return None, _sorted(diags, file)
         embedded = _embedded_schemas(pruned, located)
         diags += embedded
         if not any(d.severity == "error" for d in embedded):
@@ -194,14 +195,14 @@ def check_text(
                 # `env:`, `output_schema:` or `transitions:`, other checks would report
                 # what the typo did rather than what the file says
                 diags += [d for d in found if d.code in _SURVIVE_UNKNOWN_KEYS]
-        return None, _sorted(diags)
+        return None, _sorted(diags, file)
     schema_warnings = diags
     wf = _build(data, located, text, path, base)
     diags = schema_warnings + semantic_checks(wf, data, located, registry=registry)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
-        return None, _sorted(diags)
-    warnings = tuple(_sorted(diags))
+        return None, _sorted(diags, file)
+    warnings = tuple(_sorted(diags, file))
     object.__setattr__(wf, "warnings", warnings)
     return wf, list(warnings)
 
@@ -601,11 +602,19 @@ def _diag(
     return Diagnostic(location, code, message, hint, severity)
 
 
-def _sorted(diags: list[Diagnostic]) -> list[Diagnostic]:
+def _sorted(diags: list[Diagnostic], file: str) -> list[Diagnostic]:
+    """In the order of the places they are about: the workflow file's (`file`) first, then
+    those of its prompt files, file by file; each said once."""
     seen: set[tuple[Any, ...]] = set()
     out = []
-    for d in sorted(diags, key=lambda d: (d.location.line, d.location.col, d.code)):
-        k = (d.location.line, d.location.col, d.code, d.message)
+    main = printable(file)  # (as a Diagnostic shows it)
+
+    def where(d: Diagnostic) -> tuple[Any, ...]:
+        loc = d.location
+        return (loc.file != main, loc.file if loc.file != main else "", loc.line, loc.col)
+
+    for d in sorted(diags, key=lambda d: (*where(d), d.code)):
+        k = (*where(d), d.code, d.message)
         if k not in seen:
             seen.add(k)
             out.append(d)
