@@ -2502,3 +2502,24 @@ def test_only_a_long_quoted_value_is_shortened_not_the_text_between_two() -> Non
     assert one_line(said) == said
     assert one_line(f"type '{'x' * 100}' and 'y'") == f"type '{'x' * 59}…' and 'y'"
     assert one_line(f'is "{"x" * 100}"; expected') == f'is "{"x" * 59}…"; expected'
+
+
+def test_what_the_sandbox_refuses_is_refused_by_validate() -> None:
+    """`''.__class__` (and `x['__init__']`) passed validate; every run then failed at that
+    template with 'unsafe template refused by the sandbox', after paying for the steps before."""
+    text = (
+        "eclflow: 1\nid: evil\nsteps:\n"
+        "  - {id: a, type: template, template: \"{{ ''.__class__.__mro__ }}\"}\n"
+        "  - id: b\n    type: template\n    depends_on: [a]\n"
+        '    template: "{{ x }}"\n    with: {x: "{{ input[\'__init__\'] }}"}\n'
+        'output: {a: "{{ steps.a.output.__class__ }}"}\n'
+    )
+    got = [(d.code, d.location.line, d.location.col, d.message) for d in diagnose(text)]
+    refused = "is refused by the sandbox: a template cannot reach Python's internals"
+    assert got == [
+        ("E301", 4, 46, f"`__class__` {refused}"),
+        ("E301", 9, 15, f"`__init__` {refused}"),
+        ("E301", 10, 13, f"`__class__` {refused}"),
+    ], got
+    # a key of that name of one's own data is another thing: only Python's own are refused
+    assert diagnose(MINIMAL.replace("input.who", "input.__who")) == []

@@ -992,6 +992,17 @@ class _Checker:
                 "put the text in this template, or pass it in through `with:`",
                 (n.lineno, 0),
             )
+        for n in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            name = n.attr if isinstance(n, nodes.Getattr) else getattr(n.arg, "value", None)
+            if name in _EVERY_OBJECTS:
+                ok = False
+                report(
+                    "E301",
+                    f"`{name}` is refused by the sandbox: a template cannot reach Python's "
+                    "internals",
+                    "read the data: input, steps, loop and the step's `with:` values",
+                    _position_on(text, (name,), n.lineno) if text is not None else None,
+                )
         for kind, node_type, known in (
             ("filter", nodes.Filter, env.filters),
             ("test", nodes.Test, env.tests),
@@ -1272,6 +1283,11 @@ def _parsed(text: str, *, whole: bool) -> Any:
     if whole and expr.single_expression(text) is None:
         return expr.parse_expression(text)
     return expr.parse(text) if expr.has_template(text) else None
+
+
+# The attributes every Python object has (`__class__`, `__init__`, …): the sandbox refuses
+# them whatever they are read of (but a mapping's own key of that name), so the run fails there
+_EVERY_OBJECTS = frozenset(a for a in dir(object) if a.startswith("_"))
 
 
 def _position_of(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
