@@ -2523,3 +2523,37 @@ def test_what_the_sandbox_refuses_is_refused_by_validate() -> None:
     ], got
     # a key of that name of one's own data is another thing: only Python's own are refused
     assert diagnose(MINIMAL.replace("input.who", "input.__who")) == []
+
+
+def test_a_field_of_a_string_or_number_is_e302() -> None:
+    """`steps.a.output.text.summary` (an llm step without output_schema replies text) passed
+    validate; every run then failed there: 'str object' has no attribute 'summary'. A method
+    (`text.upper()`), a number's own attributes and a guarded read are left alone."""
+    text = (
+        "eclflow: 1\nid: fields\ninputs: {type: object, properties: {n: {type: integer}}}\n"
+        "steps:\n"
+        '  - {id: a, type: llm, model: mock/x, template: "x"}\n'
+        '  - {id: c, type: critique, model: mock/x, with: {draft: "{{ input.n.size }}"}}\n'
+        "output:\n"
+        '  bad: "{{ steps.a.output.text.summary }}"\n'
+        '  score: "{{ steps.c.output.quality_score.value }}"\n'
+        '  upper: "{{ steps.a.output.text.upper() }}"\n'
+        '  real: "{{ steps.c.output.quality_score.real }}"\n'
+        "  guarded: \"{{ steps.a.output.text.summary | default('') }}\"\n"
+    )
+    got = [(d.code, d.location.line, d.message, d.hint) for d in diagnose(text)]
+    assert got == [
+        ("E302", 6, "input.n is a number: it has no field 'size'", "read input.n itself"),
+        (
+            "E302",
+            8,
+            "steps.a.output.text is a string: it has no field 'summary'",
+            "give step 'a' an output_schema with the fields its JSON reply has",
+        ),
+        (
+            "E302",
+            9,
+            "steps.c.output.quality_score is a number: it has no field 'value'",
+            "read steps.c.output.quality_score itself",
+        ),
+    ], got

@@ -679,13 +679,35 @@ class _Checker:
         for p in expr.referenced_paths(tree):
             if p[0] == "loop" and jinja_loop:
                 continue  # Jinja's own `loop` inside {% for %}
-            problem = scope.check(p, self.ids)
+            problem = scope.check(p, self.ids) or self.field_of_scalar(p)
             if problem is not None:
                 named_well = False
                 code, msg, hint = problem
                 self.error(path, code, msg, hint, at=_position_of(text, p))
         if named_well:
             self.check_kinds(path, text, tree)
+
+    def field_of_scalar(self, p: tuple[str, ...]) -> tuple[str, str, str | None] | None:
+        """E302 for `steps.a.output.text.summary`: a field read of a value that is certainly a
+        string, number, boolean or null (as E306 knows types), which has no such attribute: the
+        run fails there ('str object' has no attribute 'summary'), after the steps before."""
+        from .kinds import NONE, describe
+
+        for n in range(2, len(p)):
+            kinds = self.path_kinds(p[:n])
+            if not kinds or not kinds <= _SCALARS:
+                continue
+            name = p[n]
+            if name.startswith("_") or any(hasattr(k, name) for k in kinds if k is not NONE):
+                return None  # (a method: `text.upper()`; a dunder is E301's)
+            shown = ".".join(p[:n])
+            hint = (
+                f"give step '{p[1]}' an output_schema with the fields its JSON reply has"
+                if p[0] == "steps" and p[2:n] == ("output", "text")
+                else f"read {shown} itself"
+            )
+            return ("E302", f"{shown} is {describe(kinds)}: it has no field '{name}'", hint)
+        return None
 
     def check_kinds(self, path: list[Any], text: str, tree: Any) -> None:
         """E306: an operation whose operands' types never go together (`steps.a.output.text
@@ -1284,6 +1306,9 @@ def _parsed(text: str, *, whole: bool) -> Any:
         return expr.parse_expression(text)
     return expr.parse(text) if expr.has_template(text) else None
 
+
+# The types whose values have no fields of their own (their attributes are methods)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 # The attributes every Python object has (`__class__`, `__init__`, …): the sandbox refuses
 # them whatever they are read of (but a mapping's own key of that name), so the run fails there
