@@ -2557,3 +2557,43 @@ def test_a_field_of_a_string_or_number_is_e302() -> None:
             "read steps.c.output.quality_score itself",
         ),
     ], got
+
+
+@pytest.mark.parametrize(
+    ("make", "said", "hint"),
+    [
+        (lambda p: os.mkfifo(p), "is a FIFO, not a file", "name a template file"),
+        (
+            lambda p: os.symlink("nowhere.j2", p),
+            "is a link that leads nowhere, not a file",
+            "name a template file",
+        ),
+        (
+            lambda p: p.write_bytes("hi {{ topic }}\n".encode("utf-16-le")),
+            "is UTF-16 text",
+            "save it as UTF-8, e.g. with `iconv -f UTF-16 -t UTF-8`",
+        ),
+        (
+            lambda p: p.write_bytes(b"hi\x00{{ topic }}"),
+            "is not text (it holds NUL bytes)",
+            "name a template file",
+        ),
+    ],
+)
+def test_a_prompt_file_that_is_no_text_file_says_what_it_is(
+    tmp_path: Path, make: Any, said: str, hint: str
+) -> None:
+    """A FIFO, a device or a dangling link as `prompt:` was 'not found' (it is there: one went
+    looking for a typo); a UTF-16 prompt file (what Windows tools write) or one with NUL bytes
+    passed validate, and the model got the NULs."""
+    make(tmp_path / "p.j2")
+    text = (
+        "eclflow: 1\nid: p\nsteps:\n  - {id: a, type: generate, prompt: p.j2, with: {topic: x}}\n"
+    )
+    (d,) = diagnose(text, tmp_path)
+    assert (d.code, d.location.line, d.message, d.hint) == (
+        "E401",
+        4,
+        f"prompt file 'p.j2' {said}",
+        hint,
+    )

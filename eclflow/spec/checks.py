@@ -797,6 +797,15 @@ class _Checker:
                 "name a template file in it",
             )
             return True
+        what = _not_a_file(s.prompt)
+        if what is not None:  # (it exists: "not found" sent one looking for a typo)
+            self.error(
+                ["steps", i, "prompt"],
+                "E401",
+                f"prompt file {shown!r} is {what}, not a file",
+                "name a template file",
+            )
+            return True
         self.error(
             ["steps", i, "prompt"],
             "E401",
@@ -810,6 +819,7 @@ class _Checker:
         import jinja2
 
         from .. import expr
+        from .loader import _wide_encoding
 
         if self.prompt_missing(i, s, raw):
             return
@@ -818,13 +828,22 @@ class _Checker:
             sources.append((["steps", i, "template"], s.template, ""))
         elif s.prompt is not None:
             try:
-                sources.append(
-                    (
+                raw_text = s.prompt.read_bytes()
+                wide = _wide_encoding(raw_text)
+                if wide is not None or b"\x00" in raw_text:
+                    self.error(
                         ["steps", i, "prompt"],
-                        s.prompt.read_text(encoding="utf-8"),
-                        str(raw["prompt"]),
+                        "E401",
+                        f"prompt file {str(raw['prompt'])!r} is "
+                        + (f"{wide} text" if wide else "not text (it holds NUL bytes)"),
+                        f"save it as UTF-8, e.g. with `iconv -f {wide} -t UTF-8`"
+                        if wide
+                        else "name a template file",
                     )
-                )
+                    return
+                # (newlines as the run reads the file: in text mode)
+                text = raw_text.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+                sources.append((["steps", i, "prompt"], text, str(raw["prompt"])))
             except UnicodeDecodeError as e:
                 line = e.object[: e.start].count(b"\n") + 1
                 self.error(
@@ -1305,6 +1324,27 @@ def _parsed(text: str, *, whole: bool) -> Any:
     if whole and expr.single_expression(text) is None:
         return expr.parse_expression(text)
     return expr.parse(text) if expr.has_template(text) else None
+
+
+def _not_a_file(path: Any) -> str | None:
+    """What `path` is when it exists but is no regular file: 'a FIFO', 'a device', 'a socket',
+    'a link that leads nowhere'; None when there is nothing there (or it is a file)."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a link that leads nowhere" if os.path.islink(path) else None
+    except ValueError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
 
 
 # The types whose values have no fields of their own (their attributes are methods)
