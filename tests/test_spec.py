@@ -2597,3 +2597,44 @@ def test_a_prompt_file_that_is_no_text_file_says_what_it_is(
         f"prompt file 'p.j2' {said}",
         hint,
     )
+
+
+def test_a_loop_over_a_number_and_arithmetic_on_a_steps_output_are_e306() -> None:
+    """`{% for i in max_revisions %}`, `{% for i in input.n %}` (an integer) and
+    `steps.a.output + 1` (a built-in step's output is a mapping) passed validate; every run
+    failed there with a TypeError, after paying for the steps before."""
+    text = (
+        "eclflow: 1\nid: it\nmodel: mock/x\n"
+        "inputs: {type: object, properties: {n: {type: integer}}}\nsteps:\n"
+        '  - {id: a, type: llm, template: "{% for i in max_revisions %}x{% endfor %}"}\n'
+        "  - id: b\n    type: template\n    depends_on: [a]\n"
+        '    template: "{{ x }}"\n'
+        '    with: {x: "{% for i in input.n %}{{ i }}{% endfor %}"}\n'
+        'output: {a: "{{ steps.a.output + 1 }}", b: "{{ steps.b.output.text }}"}\n'
+    )
+    got = [(d.code, d.location.line, d.message, d.hint) for d in diagnose(text)]
+    assert got == [
+        (
+            "E306",
+            6,
+            "prompt of step 'a': `{% for … in max_revisions %}` iterates over a number: a run "
+            "fails there (TypeError)",
+            "iterate over a list, a string or a mapping (to count: range(max_revisions | int))",
+        ),
+        (
+            "E306",
+            11,
+            "`{% for … in input.n %}` iterates over a number: a run fails there (TypeError)",
+            "iterate over a list, a string or a mapping (to count: range(input.n | int))",
+        ),
+        (
+            "E306",
+            12,
+            "`steps.a.output + 1` adds a mapping and a number: a run fails there (TypeError)",
+            "convert one side so both are of one type: `| int`, `| float`, `| string`",
+        ),
+    ], got
+    # iterating over a step's output (a mapping), a string or a list is fine
+    fine = text.replace("max_revisions %}", "config %}").replace("input.n %}", "'ab' %}")
+    fine = fine.replace("steps.a.output + 1", "steps.a.output | length + 1")
+    assert diagnose(fine) == [], [str(d) for d in diagnose(fine)]

@@ -716,7 +716,7 @@ class _Checker:
         from jinja2 import nodes
 
         operations = (nodes.Compare, nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv)
-        if not any(True for _ in tree.find_all((*operations, nodes.Mod, nodes.Pow))):
+        if not any(True for _ in tree.find_all((*operations, nodes.Mod, nodes.Pow, nodes.For))):
             return  # (most bindings are one variable: nothing to judge, nothing to import)
         from .kinds import clashes
 
@@ -745,6 +745,8 @@ class _Checker:
             return None
         if p[2:] == ("status",):
             return STRING
+        if p[2:] == ("output",) and self.output_kinds(p[1], ()) is not None:
+            return frozenset({dict})  # (a built-in step's output is a mapping)
         if p[2] != "output" or len(p) < 4:
             return None
         kinds = self.output_kinds(p[1], p[3:])
@@ -762,6 +764,9 @@ class _Checker:
 
         s = self.wf.step(step_id)
         cls = self.registry.get(s.type) if s.type in self.registry else None
+        if not fields:  # the output itself: a mapping, for each built-in type
+            builtin = (CritiqueStep, GenerateStep, LLMStep, ReviseStep, TemplateStep)
+            return frozenset({dict}) if cls in builtin else None
         if cls is LLMStep and s.output_schema is not None:
             # the output is checked against it: a field it types has that type
             return schema_kinds(schema_at(s.output_schema, fields))
@@ -912,7 +917,7 @@ class _Checker:
         around `{{ … }}`), and `config` and `max_revisions`."""
         from jinja2 import nodes
 
-        operations = (nodes.Compare, nodes.BinExpr)
+        operations = (nodes.Compare, nodes.BinExpr, nodes.For)
         if not any(True for _ in tree.find_all(operations)):
             return
         from ..steps.builtin import PromptStep

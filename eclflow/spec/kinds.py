@@ -30,6 +30,7 @@ INTEGER: Kinds = frozenset({int})
 BOOLEAN: Kinds = frozenset({bool})
 _KNOWN = frozenset({str, int, float, bool, NONE, list, tuple, dict})
 _SEQUENCES = (str, list, tuple)
+_NOT_ITERABLE = frozenset({int, float, bool, NONE})
 
 # JSON Schema `type` → what a validated value is (`integer` admits 1.0, a float)
 _JSON_TYPES: Mapping[str, Kinds] = {
@@ -202,6 +203,13 @@ class _Inference:
         if isinstance(node, nodes.Expr):
             self.infer(node)
             return
+        if isinstance(node, nodes.For):
+            kinds = self.infer(node.iter)
+            if kinds is not None and kinds <= _NOT_ITERABLE:
+                self.not_iterable(node.iter, kinds)
+            for child in node.iter_child_nodes(exclude=("iter",)):
+                self.visit(child)
+            return
         if isinstance(node, nodes.If) and _constant(node.test) is not None:
             # `{% if false %}…{% endif %}`, text set aside: what is never run never fails
             taken = node.body if _constant(node.test) else [*node.elif_, *node.else_]
@@ -313,6 +321,17 @@ class _Inference:
         if any(r is _UNKNOWN for r in results):
             return None
         return frozenset(r for r in results if isinstance(r, type))
+
+    def not_iterable(self, node: nodes.Node, kinds: Kinds) -> None:
+        """`{% for x in n %}` over a number, a boolean or null: a TypeError at every run."""
+        written = source(node)
+        loop = f"`{{% for … in {written} %}}`" if written is not None else "`{% for %}`"
+        count = written is not None and kinds <= NUMBER
+        hint = "iterate over a list, a string or a mapping" + (
+            f" (to count: range({written} | int))" if count else ""
+        )
+        message = f"{loop} iterates over {describe(kinds)}: a run fails there (TypeError)"
+        self.found.append(Clash(node, _first_path(node), message, hint))
 
     def clash(
         self,
