@@ -2638,3 +2638,32 @@ def test_a_loop_over_a_number_and_arithmetic_on_a_steps_output_are_e306() -> Non
     fine = text.replace("max_revisions %}", "config %}").replace("input.n %}", "'ab' %}")
     fine = fine.replace("steps.a.output + 1", "steps.a.output | length + 1")
     assert diagnose(fine) == [], [str(d) for d in diagnose(fine)]
+
+
+def test_a_step_revised_by_a_plugin_has_an_output_of_unknown_type() -> None:
+    """A plugin's output may be any value: once a plugin reviser can replace a generate
+    step's output, `steps.g.output + 1` is not known to fail (E306 said it would)."""
+    from eclflow.steps.builtin import ReviseStep
+    from eclflow.steps.registry import default_registry
+
+    class Rewrite(ReviseStep):  # (its output: whatever it returns)
+        type_name = "rewrite_test"
+
+    registry = default_registry()
+    registry.register(Rewrite, replace=True)
+    text = (
+        "eclflow: 1\nid: pl\nmodel: mock/x\nsteps:\n"
+        "  - {id: g, type: generate, with: {topic: t}}\n"
+        '  - {id: c, type: critique, depends_on: [g], with: {draft: "{{ steps.g.output.draft }}"}}\n'
+        "  - id: r\n    type: rewrite_test\n    depends_on: [c]\n    revision_source: c\n"
+        '    with: {draft: "{{ steps.g.output.draft }}", feedback: "{{ loop.feedback }}"}\n'
+        "transitions:\n"
+        "  - {type: revision_loop, validator: c, reviser: r, target: g, max_iterations: 2}\n"
+        'output: {n: "{{ steps.g.output + 1 }}"}\n'
+    )
+    try:
+        assert [str(d) for d in diagnose(text)] == []
+        builtin = text.replace("type: rewrite_test", "type: revise")
+        assert [d.code for d in diagnose(builtin)] == ["E306"]
+    finally:
+        registry._types.pop("rewrite_test")

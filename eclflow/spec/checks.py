@@ -745,8 +745,10 @@ class _Checker:
             return None
         if p[2:] == ("status",):
             return STRING
-        if p[2:] == ("output",) and self.output_kinds(p[1], ()) is not None:
-            return frozenset({dict})  # (a built-in step's output is a mapping)
+        if p[2:] == ("output",):  # a built-in step's output is a mapping (a plugin's: unknown)
+            revisers = [r for r in (self.revised_by.get(p[1]),) if r is not None]
+            known = [self.output_kinds(s, ()) for s in (p[1], *revisers)]
+            return None if None in known else frozenset({dict})
         if p[2] != "output" or len(p) < 4:
             return None
         kinds = self.output_kinds(p[1], p[3:])
