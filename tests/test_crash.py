@@ -92,10 +92,17 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60) -> An
 
 
 def start_and_kill(
-    args: list[str], env: dict[str, str], log: Path, journal: Journal, key: str
+    args: list[str],
+    env: dict[str, str],
+    log: Path,
+    journal: Journal,
+    key: str,
+    *,
+    state: str = "running",
+    other_than: str = "",
 ) -> str:
-    """Start `eclflow ARGS`, wait until `key` is in flight in the journal, kill -9 the process;
-    the run's id."""
+    """Start `eclflow ARGS`, wait until `key` is `state` (in flight) in the journal of a run
+    other than `other_than`, kill -9 the process; the run's id."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "eclflow", *args],
         env={**env, "ECLFLOW_MOCK_LOG": str(log)},
@@ -106,9 +113,12 @@ def start_and_kill(
     try:
         (run_id,) = wait_for(
             lambda: journal.rows(
-                "select run_id from step_executions where key = %s and state = 'running'", key
+                "select run_id from step_executions where key = %s and state = %s and run_id <> %s",
+                key,
+                state,
+                other_than,
             ),
-            f"{key} to be in flight",
+            f"{key} to be {state}",
         )[0]
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -293,3 +303,86 @@ def test_a_database_error_mid_run_says_how_to_resume_and_loses_nothing(tmp_path:
     result = resume(run_id, second_script, env, second_log)
     assert result["status"] == "completed"
     assert calls(first_log) == KEYS[:3] and calls(second_log) == KEYS[2:]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_rerun_killed_while_copying_what_it_reuses_resumes_reusing_it(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """`run --from revise` copies generate's and critique#1's results from the earlier run,
+    one commit each. Killed between the two copies (here: critique#1's insert waits for a lock
+    the test holds), its resume reuses critique#1 from the earlier run too, rather than calling
+    the model for it again: that call was paid for, and its verdict could differ."""
+    import psycopg2
+
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": pg_url}
+    journal = Journal(pg_url)
+    script_file = tmp_path / "script.json"
+    script_file.write_text(script(KEYS))
+    first = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "-i", "topic=tides"),
+            *("--model", "mock/x", "--mock-responses", str(script_file), "--json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert first.returncode == 0, first.stderr
+    earlier = json.loads(first.stdout)["run_id"]
+
+    base, _, schema = pg_url.partition("?schema=")
+    holder = psycopg2.connect(base)
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f"SET search_path = {schema}")
+            cur.execute(
+                "CREATE FUNCTION wait_for_test() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); "
+                "RETURN NEW; END $$"
+            )
+            cur.execute(
+                "CREATE TRIGGER wait_for_test BEFORE INSERT ON step_executions FOR EACH ROW "
+                f"WHEN (NEW.key = 'critique#1' AND NEW.run_id <> '{earlier}') "
+                "EXECUTE FUNCTION wait_for_test()"
+            )
+            cur.execute("SELECT pg_advisory_lock(4242)")
+        rerun_log = tmp_path / "rerun.jsonl"
+        run_id = start_and_kill(
+            [
+                *("run", str(CRITIQUE_REVISE), "--from", "revise", "--run", earlier),
+                *("--model", "mock/x", "--mock-responses", str(script_file), "--json"),
+            ],
+            env,
+            rerun_log,
+            journal,
+            "generate",
+            state="succeeded",
+            other_than=earlier,
+        )
+        # (the process is gone: its insert of critique#1 was never committed)
+        assert calls(rerun_log) == []
+        with holder.cursor() as cur:
+            cur.execute(f"SET search_path = {schema}")
+            cur.execute("DROP TRIGGER wait_for_test ON step_executions")
+    finally:
+        holder.close()
+    rows = journal.rows("select key from step_executions where run_id = %s", run_id)
+    assert rows == [("generate",)]
+
+    resumed_script, resumed_log = tmp_path / "resumed.json", tmp_path / "resumed.jsonl"
+    resumed_script.write_text(script(KEYS[2:]))  # the replies the rerun pays for
+    result = resume(run_id, resumed_script, env, resumed_log)
+    assert result["status"] == "completed"
+    assert result["output"] == {"final_text": "draft two", "revision_count": 1}
+    assert calls(resumed_log) == ["revise#1", "critique#2"]
+    assert [(s["key"], s["replayed"]) for s in result["steps"]] == [
+        ("generate", True),
+        ("critique#1", True),
+        ("revise#1", False),
+        ("critique#2", False),
+    ]

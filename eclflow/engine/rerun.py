@@ -74,22 +74,7 @@ async def rerun_from(
             f"run {old.id[:8]} is of workflow '{old.definition_id}', not '{workflow.id}': "
             "--from reuses the steps of a run of the same workflow"
         )
-    plan = compile_plan(workflow)
-    keep = reusable_steps(plan, step)
-    in_same_loop = plan.loop_of.get(step) or next(
-        (v for v, lp in plan.loops.items() if lp.reviser == step), None
-    )
-    seed = {}
-    for key, row in store.steps.succeeded(old.id).items():
-        if row.step_id not in keep:
-            continue
-        loop = plan.loop_of.get(row.step_id)
-        same_loop = in_same_loop is not None and (
-            loop == in_same_loop or plan.reviser_loops.get(row.step_id) == in_same_loop
-        )  # (another loop's turns are reused whole)
-        if same_loop and key != plan.first_keys[row.step_id]:
-            continue  # later turns of the loop are redone from STEP on
-        seed[key] = execution_from_record(row, replayed=True)
+    seed = reused_executions(store, compile_plan(workflow), old.id, step)
     changed = _changed_since(old, workflow, {e.step_id for e in seed.values()})
     if changed:
         one = len(changed) == 1
@@ -111,6 +96,27 @@ async def rerun_from(
         budget=budget,
         run_id=new_run_id,
     )
+
+
+def reused_executions(store: Any, plan: Plan, run_id: str, step: str) -> dict[str, Any]:
+    """The executions of run `run_id` that a run from `step` reuses, by journal key (also
+    what the resume of such a run reuses: a run killed while copying them holds only some)."""
+    keep = reusable_steps(plan, step)
+    in_same_loop = plan.loop_of.get(step) or next(
+        (v for v, lp in plan.loops.items() if lp.reviser == step), None
+    )
+    seed = {}
+    for key, row in store.steps.succeeded(run_id).items():
+        if row.step_id not in keep:
+            continue
+        loop = plan.loop_of.get(row.step_id)
+        same_loop = in_same_loop is not None and (
+            loop == in_same_loop or plan.reviser_loops.get(row.step_id) == in_same_loop
+        )  # (another loop's turns are reused whole)
+        if same_loop and key != plan.first_keys[row.step_id]:
+            continue  # later turns of the loop are redone from STEP on
+        seed[key] = execution_from_record(row, replayed=True)
+    return seed
 
 
 def _changed_since(old: Any, workflow: Workflow, reused: set[str]) -> list[str]:
@@ -153,4 +159,4 @@ class _SeededJournal:
         return StoreJournal(self.store, run_id, seed=self.seed, fresh=True, seed_from=self.origin)
 
 
-__all__ = ["rerun_from", "reusable_steps"]
+__all__ = ["rerun_from", "reusable_steps", "reused_executions"]

@@ -755,11 +755,13 @@ async def resume(
             listener("run_already_completed", {"result": taken})
         return taken
     record, wf, chosen, limits, rows = taken
+    plan = compile_plan(wf)
+    origin, seed = await asyncio.to_thread(_rerun_seed, store, record, plan)
     return await _execute(
-        compile_plan(wf),
+        plan,
         providers,
         chosen,
-        StoreJournal(store, record.id, rows=rows),
+        StoreJournal(store, record.id, rows=rows, seed=seed, seed_from=origin),
         record.id,
         record.input,
         store,
@@ -846,6 +848,19 @@ def _take_over(
     if now.state == "completed":
         return stored_results(store, [record.id])[record.id]
     return record, wf, chosen, limits, rows
+
+
+def _rerun_seed(store: Any, record: Any, plan: Plan) -> tuple[str | None, dict[str, Any]]:
+    """A run of `run --from STEP` copies what it reuses from the earlier run as it starts, a
+    commit a step: killed among them, its resume reuses the rest from there too, rather than
+    paying for them again (none if that run was deleted since: its steps are called then)."""
+    meta = record.metadata or {}
+    origin, step = meta.get("rerun_of"), meta.get("from_step")
+    if not isinstance(origin, str) or step not in plan.workflow.step_ids:
+        return None, {}
+    from .rerun import reused_executions
+
+    return origin, reused_executions(store, plan, origin, step)
 
 
 def _refuse_if_held(record: Any, meta: Mapping[str, Any], force: bool) -> None:
