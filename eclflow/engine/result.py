@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._quickinit import quick_init
 from .._time import utc_text
 
 Outcome = Literal["success", "needs_revision", "failed", "skipped"]
@@ -14,6 +15,7 @@ TraceLevel = Literal["debug", "info", "warn", "error"]
 _now = time.time
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TraceEvent:
     level: TraceLevel

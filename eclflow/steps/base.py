@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
+from .._quickinit import quick_init
 from ..errors import ValidationError
 from ..llm.base import Message
 
@@ -55,6 +56,7 @@ class RetryPolicy:
 Outcome = Literal["success", "needs_revision", "failed"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """What one execution of a step produced."""
@@ -111,6 +113,7 @@ class StepResult:
         return StepResult(self.kind, fn(self.output), self.feedback)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LoopState:
     """Where a step stands inside a revision loop (`loop.*` in templates)."""
