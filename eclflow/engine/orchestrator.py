@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from .. import expr
@@ -313,7 +312,8 @@ class Orchestrator:
         execution = await self.journal.skip(key or self.plan.first_keys[sid], sid, iteration)
         state.executions.append(execution)
         emit("step_skipped", step_id=sid, iteration=iteration, key=execution.key)
-        self._emit("step_finished", execution=execution)
+        if self.listener is not None:
+            self.listener("step_finished", {"execution": execution})
 
     async def _run_step(
         self,
@@ -343,14 +343,18 @@ class Orchestrator:
         if not isinstance(rendered, dict):
             rendered = {}
         state.set_status(sid, "running")
-        self._emit("step_started", step_id=sid, key=key, iteration=iteration)
-
-        execute = partial(self.executor.run, step, key, iteration, rendered, loop=loop)
-        execution = await self.journal.step(key, sid, iteration, execute)
+        listener = self.listener  # (no payload is built for nobody: two a step)
+        if listener is not None:
+            listener("step_started", {"step_id": sid, "key": key, "iteration": iteration})
+        run = self.executor.run  # (a closure: a partial with a keyword costs more to call)
+        execution = await self.journal.step(
+            key, sid, iteration, lambda log: run(step, key, iteration, rendered, log, loop)
+        )
         state.executions.append(execution)
         if execution.replayed:  # (the timeline of a resumed run says what it did not redo)
             emit("step_replayed", step_id=sid, iteration=iteration, key=key)
-        self._emit("step_finished", execution=execution)
+        if listener is not None:
+            listener("step_finished", {"execution": execution})
         if execution.outcome == "failed":
             state.set_status(sid, "failed")
             raise _RunFailed(sid, f"Step {sid} failed: {execution.error}")
@@ -394,12 +398,13 @@ class Orchestrator:
                 iteration=revisions,
                 max_iterations=loop.max_iterations,
             )
-            self._emit(
-                "loop_revision",
-                validator=loop.validator,
-                iteration=revisions,
-                max_iterations=loop.max_iterations,
-            )
+            if self.listener is not None:
+                self._emit(
+                    "loop_revision",
+                    validator=loop.validator,
+                    iteration=revisions,
+                    max_iterations=loop.max_iterations,
+                )
             try:
                 revised = await self._run_step(
                     loop.reviser,
