@@ -25,7 +25,7 @@ from ..llm import CompletionRequest, CompletionResponse, Message, Providers
 from ..llm.base import Provider, utf8_text
 from ..observe import tracing
 from ..observe.events import emit
-from ..observe.logs import bind
+from ..observe.logs import bind, pop, push
 from ..steps.base import LoopState, Step, StepContext, StepResult
 from . import deadline
 from .journal import AttemptLog
@@ -215,7 +215,9 @@ class Executor:
         # executions of the key (a run resumed after a failed step), so that `show`'s
         # `attempt 2` and its trace `Attempt 2 completed` agree
         first = _offset(attempts_log)
-        with bind(step_id=step.id, key=key, iteration=iteration, attempt=first + 1):
+        # (`with bind(...)`, as two plain calls: making a bind with keywords costs more)
+        bound = push({"step_id": step.id, "key": key, "iteration": iteration, "attempt": first + 1})
+        try:
             started = time.perf_counter()
             model = self.model_for(step)
             traces: list[TraceEvent] = [TraceEvent("debug", "Validating input")]
@@ -251,6 +253,8 @@ class Executor:
             last.traces = traces
             last.duration_ms = _ms(started)
             return last
+        finally:
+            pop(bound)
 
     def _settled(
         self, record: StepExecution, n: int, traces: list[TraceEvent], started: float
@@ -377,17 +381,17 @@ class Executor:
         handle = attempts_log.started(attempt, input, model)
         usage = _Usage()
         started = time.perf_counter()
-        ctx = StepContext(
-            run_id=self.run_id,
-            step_id=step.id,
-            attempt=attempt,
-            model=model,
-            complete_fn=self._completer(step, key, attempt, model, usage),
-            logger=self._log,
-            config=step.spec.config,
-            loop=loop,
-            iteration=iteration,
-            max_revisions=step.max_revisions,
+        ctx = StepContext(  # (by position: a class called with keywords builds a dict of them)
+            self.run_id,  # run_id
+            step.id,  # step_id
+            attempt,
+            model,
+            self._completer(step, key, attempt, model, usage),  # complete_fn
+            self._log,  # logger
+            step.spec.config,  # config
+            loop,
+            iteration,
+            step.max_revisions,
         )
         # (a pure step never waits on anything: there is nothing a timer could cut short)
         timer = None if step.pure else deadline.timeout(step.spec.timeout)
@@ -458,8 +462,9 @@ class Executor:
             input,
             usage.prompt,
             [*traces, done],  # the journal keeps the step's story up to this attempt
-            retry_after=usage.retry_after if failed else None,
-            made=usage.made,
+            False,  # replayed
+            usage.retry_after if failed else None,  # retry_after
+            usage.made,  # made
         )
         if not (failed and result.retryable and attempt < step.retry_policy.max_attempts):
             self._settled(record, attempt, traces, step_started)
@@ -493,18 +498,18 @@ class Executor:
                     f"step '{step.id}' calls a model but none is set: give the workflow "
                     "`model:`, the step `model:`, or pass --model"
                 )
-            request = CompletionRequest(
-                model=model,
-                messages=tuple(messages),
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stop=tuple(stop),
-                json_schema=json_schema,
-                seed=self.seed,
-                timeout=step.spec.timeout,
-                step_id=step.id,
-                key=key,
-                attempt=attempt,
+            request = CompletionRequest(  # (by position, as StepContext above)
+                model,
+                tuple(messages),  # messages
+                max_tokens,
+                temperature,
+                tuple(stop),  # stop
+                json_schema,
+                self.seed,  # seed
+                step.spec.timeout,  # timeout
+                step.id,  # step_id
+                key,
+                attempt,
             )
             if self.guard is not None:
                 try:

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, TextIO
@@ -58,6 +58,17 @@ class bind:
 
     def __exit__(self, *exc: object) -> None:
         _context.reset(self.token)
+
+
+def push(fields: Mapping[str, Any]) -> Token[Mapping[str, Any]]:
+    """`with bind(**fields)`'s entry as one plain call; `pop(token)` is its exit. For the
+    engine's step path: making a `bind` with keywords and entering it costs several times more."""
+    return _context.set({**_context.get(), **fields})
+
+
+def pop(token: Token[Mapping[str, Any]]) -> None:
+    """Leave what `push` bound."""
+    _context.reset(token)
 
 
 def bound() -> Mapping[str, Any]:
