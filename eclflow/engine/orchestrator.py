@@ -302,7 +302,7 @@ class Orchestrator:
         validator = self.plan.loop_of.get(sid)
         if validator is None:
             return None
-        return LoopState(iteration=0, max_iterations=self.plan.loops[validator].max_iterations)
+        return LoopState(0, self.plan.loops[validator].max_iterations)  # (by position)
 
     async def _skip(
         self, sid: str, state: _State, key: str | None = None, iteration: int = 0
@@ -371,63 +371,59 @@ class Orchestrator:
 
     async def _run_loop(self, loop: Loop, state: _State) -> None:
         """The validator has run once; revise and re-validate until it passes or the bound."""
-        last = _last(state, loop.validator)
+        # (read once: each is a property, and a run of the loop asks for them about 20 times)
+        validator, reviser, target, bound, rerun = (
+            loop.validator,
+            loop.reviser,
+            loop.target,
+            loop.max_iterations,
+            loop.rerun,
+        )
+        last = _last(state, validator)
         revisions = 0
-        state.set_revisions(loop.validator, 0)
+        state.set_revisions(validator, 0)
         history: list[dict[str, Any]] = []
         while last.outcome == "needs_revision":
             history.append(
                 {"iteration": revisions, "output": last.output, "feedback": last.feedback}
             )
-            if revisions >= loop.max_iterations:
+            if revisions >= bound:
                 if loop.spec.on_exhausted == "accept":
                     return
-                err = MaxRevisionsExceeded(loop.max_iterations)
-                raise _RunFailed(loop.validator, f"Revision loop failed: {err}")
+                err = MaxRevisionsExceeded(bound)
+                raise _RunFailed(validator, f"Revision loop failed: {err}")
             revisions += 1
-            state.set_revisions(loop.validator, revisions)
-            loop_state = LoopState(
-                iteration=revisions,
-                max_iterations=loop.max_iterations,
-                feedback=last.feedback,
-                history=tuple(history),
-            )
-            emit(
-                "loop_revision",
-                validator=loop.validator,
-                iteration=revisions,
-                max_iterations=loop.max_iterations,
-            )
+            state.set_revisions(validator, revisions)
+            # (by position: a class called with keywords builds a dict of them)
+            loop_state = LoopState(revisions, bound, last.feedback, tuple(history))
+            emit("loop_revision", validator=validator, iteration=revisions, max_iterations=bound)
             if self.listener is not None:
                 self._emit(
-                    "loop_revision",
-                    validator=loop.validator,
-                    iteration=revisions,
-                    max_iterations=loop.max_iterations,
+                    "loop_revision", validator=validator, iteration=revisions, max_iterations=bound
                 )
             try:
                 revised = await self._run_step(
-                    loop.reviser,
+                    reviser,
                     state,
-                    key=f"{loop.reviser}#{revisions}",
+                    key=f"{reviser}#{revisions}",
                     iteration=revisions,
                     loop=loop_state,
                 )
             except (_RunPaused, _Stopped):  # stopped before the revision: it was not made
-                state.set_revisions(loop.validator, revisions - 1)
+                state.set_revisions(validator, revisions - 1)
                 raise
             # The reviser's output is the new version of the target's output.
-            state.set_output(loop.target, revised.output)
-            for sid in loop.rerun:
+            state.set_output(target, revised.output)
+            for sid in rerun:
                 key = f"{sid}#{revisions + 1}"
-                if sid != loop.validator and not self._runs(sid, key, state):
+                if sid != validator and not self._runs(sid, key, state):
                     # a condition in the loop's body holds on the new version as on the first
                     await self._skip(sid, state, key, revisions)
                     continue
                 last = await self._run_step(
                     sid,
                     state,
-                    key=f"{sid}#{revisions + 1}",
+                    key=key,
                     iteration=revisions,
                     loop=loop_state,
                 )
