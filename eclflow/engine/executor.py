@@ -381,12 +381,13 @@ class Executor:
         handle = attempts_log.started(attempt, input, model)
         usage = _Usage()
         started = time.perf_counter()
+        sid = step.id  # (a property: read once)
         ctx = StepContext(  # (by position: a class called with keywords builds a dict of them)
             self.run_id,  # run_id
-            step.id,  # step_id
+            sid,  # step_id
             attempt,
             model,
-            self._completer(step, key, attempt, model, usage),  # complete_fn
+            self._completer(step, sid, key, attempt, model, usage),  # complete_fn
             self._log,  # logger
             step.spec.config,  # config
             loop,
@@ -444,7 +445,7 @@ class Executor:
             {CALLS_MADE: usage.made} if usage.made != 1 and model is not None else {},
         )
         record = StepExecution(
-            step.id,
+            sid,
             key,
             iteration,
             result.kind,
@@ -478,8 +479,10 @@ class Executor:
         return f"{type(e).__name__}: {e}"
 
     def _completer(
-        self, step: Step, key: str, attempt: int, model: str | None, usage: _Usage
+        self, step: Step, sid: str, key: str, attempt: int, model: str | None, usage: _Usage
     ) -> Any:
+        """The model call of one attempt of `step` (whose id is `sid`)."""
+
         async def complete(
             messages: Sequence[Message],
             *,
@@ -495,7 +498,7 @@ class Executor:
                 )
             if model is None:
                 raise ValidationError(
-                    f"step '{step.id}' calls a model but none is set: give the workflow "
+                    f"step '{sid}' calls a model but none is set: give the workflow "
                     "`model:`, the step `model:`, or pass --model"
                 )
             request = CompletionRequest(  # (by position, as StepContext above)
@@ -507,13 +510,13 @@ class Executor:
                 json_schema,
                 self.seed,  # seed
                 step.spec.timeout,  # timeout
-                step.id,  # step_id
+                sid,  # step_id
                 key,
                 attempt,
             )
             if self.guard is not None:
                 try:
-                    await self.guard(step.id, request)
+                    await self.guard(sid, request)
                 except EclflowError as e:
                     emit("budget_exceeded", model=model, error=str(e))
                     raise
@@ -532,7 +535,7 @@ class Executor:
                         "gen_ai.request.max_tokens": max_tokens,
                         "gen_ai.request.temperature": temperature,
                         "eclflow.run_id": self.run_id,
-                        "eclflow.step_id": step.id,
+                        "eclflow.step_id": sid,
                     },
                 )
                 if tracing.enabled()
@@ -591,7 +594,7 @@ class Executor:
             if debug:
                 emit("llm_reply", model=model, content=response.content)
             if response.finish_reason == "length":  # (a draft cut mid-sentence looks whole)
-                _truncated(step.id, model, max_tokens, response.usage.output)
+                _truncated(sid, model, max_tokens, response.usage.output)
             if not response.content.isascii():  # (the check is cheap, the repair is not)
                 response = replace(response, content=utf8_text(response.content))
             usage.tokens_in += response.usage.input
@@ -599,7 +602,7 @@ class Executor:
             usage.cost += response.cost
             usage.calls += 1
             if self.on_call is not None:
-                self.on_call(step.id, request, response, time.perf_counter() - t0)
+                self.on_call(sid, request, response, time.perf_counter() - t0)
             return response
 
         return complete
