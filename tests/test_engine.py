@@ -440,3 +440,15 @@ def test_a_lone_surrogate_in_a_reply_is_kept_as_u_fffd_and_the_run_journaled(
         assert store.runs.get(r.run_id).output == r.output
         rows = store.steps.for_run(r.run_id)
         assert rows[0].output == {"k": "x\ufffdy", "\ufffd": 1}
+
+
+def test_a_new_run_id_is_a_random_uuid_as_uuid4_writes_it() -> None:
+    import uuid
+
+    from eclflow.engine.orchestrator import new_run_id
+
+    ids = [new_run_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (run_id, 4, uuid.RFC_4122)

@@ -70,6 +70,30 @@ def test_concurrent_runs_never_mix_their_logs(workflow: Any, log_stream: io.Stri
     assert {x["run_id"] for x in lines} == {r.run_id for r in results}
 
 
+def test_a_runs_end_is_logged_and_recorded_with_its_totals(workflow: Any) -> None:
+    """`workflow_completed`'s tokens and cost (sums over the steps) are computed only when
+    the event goes somewhere: logs at info, or a run's recorder."""
+    from eclflow.observe.events import EventRecorder, record_to, wanted
+
+    configure("warning", "compact")
+    assert not wanted("workflow_completed")
+    assert wanted("workflow_failed")  # (an error: logged at warning)
+    recorder = EventRecorder(None, "r")
+    with record_to(recorder):
+        assert wanted("workflow_completed")
+    stream = io.StringIO()
+    configure("info", "json", stream=stream)
+    try:
+        assert wanted("workflow_completed")
+        result = asyncio.run(run(workflow, ONE_REVISION))
+    finally:
+        configure("warning", "compact")
+    ends = [json.loads(x) for x in stream.getvalue().splitlines()]
+    ends = [x for x in ends if x.get("kind") == "workflow_completed"]
+    assert [(x["tokens"], x["cost"]) for x in ends] == [(result.tokens, result.cost)]
+    assert result.tokens > 0
+
+
 def test_retries_and_failures_are_logged_with_their_fields(
     workflow: Any, log_stream: io.StringIO
 ) -> None:

@@ -26,7 +26,7 @@ from ..graph.plan import Plan, compile_plan
 from ..llm import MockProvider, Providers, load_script
 from ..observe import tracing
 from ..observe.budget import BudgetGuard, Spent
-from ..observe.events import EventRecorder, emit, record_to
+from ..observe.events import EventRecorder, emit, record_to, wanted
 from ..observe.logs import bind
 from ..spec.model import Budget, StepSpec, Workflow, printable
 from ..steps.registry import default_registry
@@ -420,13 +420,17 @@ async def _execute(
         with (
             bind(run_id=run_id, workflow_id=wf.id),
             record_to(recorder),
-            tracing.span(
-                "workflow",
-                **{
-                    "eclflow.run_id": run_id,
-                    "eclflow.workflow_id": wf.id,
-                    "eclflow.workflow_name": wf.name,
-                },
+            (  # attributes are only built when tracing is on
+                tracing.span(
+                    "workflow",
+                    **{
+                        "eclflow.run_id": run_id,
+                        "eclflow.workflow_id": wf.id,
+                        "eclflow.workflow_name": wf.name,
+                    },
+                )
+                if tracing.enabled()
+                else tracing.OFF
             ) as span,
         ):
             emit(
@@ -440,12 +444,13 @@ async def _execute(
                 since = int((time.time() - started_at) * 1000)
                 result.duration_ms = max(result.duration_ms, since)
             if result.status == "completed":
-                emit(
-                    "workflow_completed",
-                    duration_ms=result.duration_ms,
-                    tokens=result.tokens,
-                    cost=result.cost,
-                )
+                if wanted("workflow_completed"):  # (its tokens and cost: sums over the steps)
+                    emit(
+                        "workflow_completed",
+                        duration_ms=result.duration_ms,
+                        tokens=result.tokens,
+                        cost=result.cost,
+                    )
             elif result.status == "paused":
                 emit("workflow_paused", before_step=result.paused_at)
             else:
@@ -456,9 +461,10 @@ async def _execute(
                     duration_ms=result.duration_ms,
                 )
                 tracing.record_error(span, result.error or "failed")
-            tracing.set_attributes(
-                span, **{"eclflow.status": result.status, "eclflow.cost_usd": result.cost}
-            )
+            if span is not None:
+                tracing.set_attributes(
+                    span, **{"eclflow.status": result.status, "eclflow.cost_usd": result.cost}
+                )
     except BaseException:  # cancelled before its end: nobody runs it now (resume may take it)
         if writer is not None:
             writer.release_run(run_id)

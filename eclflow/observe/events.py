@@ -77,6 +77,12 @@ def emit(kind: str, **fields: Any) -> bool:
     return enabled
 
 
+def wanted(kind: str) -> bool:
+    """Whether `emit(kind, …)` here would log or record anything: for a caller whose fields
+    cost something to compute (sums over a run's steps)."""
+    return _recorder.get() is not None or logger.isEnabledFor(EVENTS[kind][0])
+
+
 @contextmanager
 def record_to(recorder: EventRecorder | None) -> Iterator[None]:
     token = _recorder.set(recorder)
