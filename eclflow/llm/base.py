@@ -6,15 +6,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from .._quickinit import quick_init
+
 Role = Literal["system", "user", "assistant"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
     content: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """What a step asks of a model. `json_schema` asks for structured output when supported."""
@@ -42,6 +46,7 @@ class CompletionRequest:
         }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
     input: int = 0
@@ -52,6 +57,7 @@ class TokenUsage:
         return self.input + self.output
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CompletionResponse:
     content: str
