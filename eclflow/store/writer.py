@@ -201,7 +201,12 @@ class JournalWriter:
         """Whether `batch` is written from the worker thread (see THREAD_AT)."""
         if not self.inline:
             return True  # PostgreSQL
-        return len(batch) >= THREAD_AT and len(self._recorders) > 1 and not self.store.in_memory
+        if len(self._recorders) <= 1 or self.store.in_memory:
+            return False
+        rows = len(batch)
+        if rows < THREAD_AT:  # (a flush of events is one op of many rows)
+            rows += sum(len(args) - 1 for kind, args, _ in batch if kind == "events")
+        return rows >= THREAD_AT
 
     def _next(self) -> None:
         """After a write: the next one at once if somebody waits, else after the linger."""
@@ -272,10 +277,14 @@ class JournalWriter:
 
     def _flush_events(self) -> None:
         self._events_timer = None
+        rows: list[tuple[Any, ...]] = []  # every run's: one write
+        now = _now()
         for recorder in self._recorders:
             batch = recorder.take()
             if batch:
-                self.events(recorder.run_id, batch)
+                rows += _event_rows(recorder.run_id, batch, now)
+        if rows:
+            self._queue("events", tuple(rows), wait=False)
         if self._recorders:
             self._events_timer = self.loop.call_later(EVENTS_EVERY, self._flush_events)
 
@@ -376,18 +385,8 @@ class JournalWriter:
     def events(
         self, run_id: str, batch: Sequence[tuple[str, str | None, Mapping[str, Any]]]
     ) -> None:
-        for op in self._event_ops(run_id, batch):
-            self._queue(*op[:2], wait=False)
-
-    @staticmethod
-    def _event_ops(
-        run_id: str, batch: Sequence[tuple[str, str | None, Mapping[str, Any]]]
-    ) -> list[_Op]:
-        now = _now()
-        return [
-            ("events", (run_id, now, kind, step_id, _json(dict(data))), None)
-            for kind, step_id, data in batch
-        ]
+        if batch:
+            self._queue("events", _event_rows(run_id, batch), wait=False)
 
     def release_run(self, run_id: str) -> None:
         """Mark a run this process stopped without ending it (cancelled: Ctrl-C, a stopped
@@ -582,7 +581,8 @@ class JournalWriter:
         self._pending.extend(op for op, _ in self._held.values())
         self._held.clear()
         for recorder in list(self._recorders):  # runs cancelled before they could unfollow
-            self._pending.extend(self._event_ops(recorder.run_id, recorder.take()))
+            if taken := recorder.take():
+                self._pending.append(("events", _event_rows(recorder.run_id, taken), None))
         self._recorders.clear()
         batch, self._pending = self._pending, []
         if not batch:
@@ -708,7 +708,9 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     by_kind: dict[str, list[tuple[Any, ...]]] = {}
     steps: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # by (run id, key, attempt)
     for kind, args, _ in batch:
-        if kind == "start":
+        if kind == "events":  # (one op per flush: the rows of its events)
+            by_kind.setdefault(kind, []).extend(args)
+        elif kind == "start":
             steps[(args[0], args[2], args[4])] = (*args, *_NO_RESULT)
         elif kind == "finish" and (started := steps.get(args[-3:])) is not None:
             steps[args[-3:]] = _whole_row(started, args)
@@ -726,6 +728,19 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     if "definition" in by_kind:  # each once, in one order (concurrent writers never cross)
         by_kind["definition"] = sorted(dict(by_kind["definition"]).items())
     return [(kind, by_kind[kind]) for kind in _PHASES if kind in by_kind]
+
+
+def _event_rows(
+    run_id: str,
+    batch: Sequence[tuple[str, str | None, Mapping[str, Any]]],
+    now: str | None = None,
+) -> tuple[tuple[Any, ...], ...]:
+    """The `events` rows of one run's events (kind, step id, fields), stamped `now`."""
+    now = now or _now()
+    return tuple(
+        (run_id, now, kind, step_id, _json(data if type(data) is dict else dict(data)))
+        for kind, step_id, data in batch
+    )
 
 
 def _whole_row(start: tuple[Any, ...], finish: tuple[Any, ...]) -> tuple[Any, ...]:
