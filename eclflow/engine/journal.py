@@ -207,22 +207,7 @@ class _StoreAttemptLog:
     async def finished(
         self, handle: Any, attempt: int, record: StepExecution, *, commit: bool = True
     ) -> None:
-        written = self.journal.writer.finish(
-            handle,
-            commit,
-            state="failed" if record.outcome == "failed" else "succeeded",
-            outcome=record.outcome,
-            output=record.output,
-            feedback=record.feedback,
-            error=record.error,
-            retryable=record.retryable,
-            duration_ms=record.duration_ms,
-            tokens_in=record.tokens_in,
-            tokens_out=record.tokens_out,
-            cost=record.cost,
-            traces=[t.to_dict() for t in record.traces],
-            prompt=record.prompt,
-        )
+        written = self.journal.writer.finish_execution(handle, record, commit)
         if written is not None:
             await written
 

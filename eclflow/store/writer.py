@@ -352,12 +352,7 @@ class JournalWriter:
     def finish(self, handle: Handle, wait: bool = True, **f: Any) -> asyncio.Future[Any] | None:
         """Queue an attempt's result; the future resolves once it is committed (None when
         nobody waits for it)."""
-        held = self._held.pop(handle, None)
-        started = self._started.pop(handle, None)
-        if held is not None:  # its `running` row goes with it: one row
-            self._pending.append(held[0])
-        traces = f.get("traces")
-        args = (
+        result = (
             f["state"],
             f.get("outcome"),
             _json(f.get("output")),
@@ -368,14 +363,46 @@ class JournalWriter:
             f.get("tokens_in"),
             f.get("tokens_out"),
             f.get("cost"),
-            _json(traces),
+            _json(f.get("traces")),
             _json(f.get("prompt")),
             _now(),
-            *handle,
         )
-        if held is None and started is not None:  # its `running` row went on its own
-            return self._queue("upsert", _whole_row(started, args), wait)
-        return self._queue("finish", args, wait)
+        return self._finished(handle, result, wait)
+
+    def finish_execution(
+        self, handle: Handle, record: Any, wait: bool = True
+    ) -> asyncio.Future[Any] | None:
+        """`finish` with the fields of a StepExecution (the journal's path, once a step: no
+        keyword arguments gathered and looked up again)."""
+        result = (
+            "failed" if record.outcome == "failed" else "succeeded",
+            record.outcome,
+            _json(record.output),
+            record.feedback,
+            record.error,
+            record.retryable,
+            record.duration_ms,
+            record.tokens_in,
+            record.tokens_out,
+            record.cost,
+            _json([t.to_dict() for t in record.traces]),
+            _json(record.prompt),
+            _now(),
+        )
+        return self._finished(handle, result, wait)
+
+    def _finished(
+        self, handle: Handle, result: tuple[Any, ...], wait: bool
+    ) -> asyncio.Future[Any] | None:
+        held = self._held.pop(handle, None)
+        started = self._started.pop(handle, None)
+        if held is not None:  # its `running` row was held back: one row, with the result
+            start = held[0][1]
+            return self._queue("step", (*start[:5], result[0], *start[6:9], *result[1:]), wait)
+        if started is not None:  # its `running` row went on its own: the whole row again
+            row = (*started[:5], result[0], *started[6:9], *result[1:])
+            return self._queue("upsert", row, wait)
+        return self._queue("finish", (*result, *handle), wait)
 
     async def record_skipped(self, run_id: str, step_id: str, key: str, iteration: int) -> None:
         future = self._queue("skip", (run_id, step_id, key, iteration, _now()), wait=True)
@@ -710,6 +737,8 @@ def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     for kind, args, _ in batch:
         if kind == "events":  # (one op per flush: the rows of its events)
             by_kind.setdefault(kind, []).extend(args)
+        elif kind == "step":  # a whole row: a held start with its result
+            steps[(args[0], args[2], args[4])] = args
         elif kind == "start":
             steps[(args[0], args[2], args[4])] = (*args, *_NO_RESULT)
         elif kind == "finish" and (started := steps.get(args[-3:])) is not None:
