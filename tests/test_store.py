@@ -2009,3 +2009,69 @@ def test_a_store_that_is_only_read_is_never_created(url: str, tmp_path: Path) ->
     open_store(url).close()
     with open_store(url, create=False) as store:
         assert store.runs.list() == []
+
+
+def test_a_batch_of_many_rows_keeps_every_value_as_it_was_given(url: str) -> None:
+    """Many rows of a kind in one transaction are written in bulk (on PostgreSQL by COPY, whose
+    text format escapes tabs, line breaks and backslashes): every value reads back as given."""
+    import asyncio
+
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    run_id = new_run(store)
+    tricky = "tab\there\nline\r\nback\\slash \\N \\.\n\\.\nünï €"
+    steps = {
+        "generate": (tricky, {"text": tricky, "n": [1, 2.5, None, True]}, True, 1e-05),
+        "critique#1": (None, "plain", False, 0.0),
+        "revise#1": ("\\", {"\\": "\t"}, None, 12.75),
+    }
+
+    async def write() -> None:
+        w = writer_for(store)
+        for n, (key, (feedback, output, retryable, cost)) in enumerate(steps.items()):
+            h = w.start(run_id, key.split("#")[0], key, n, 1, {"in": tricky}, "mock/x\ty")
+            w.finish(
+                h,
+                False,
+                state="succeeded",
+                outcome="success",
+                output=output,
+                feedback=feedback,
+                retryable=retryable,
+                duration_ms=2_000_000_000,
+                tokens_in=n,
+                cost=cost,
+                traces=[{"message": tricky}],
+                prompt=[{"role": "user", "content": tricky}],
+            )
+        w.events(run_id, [(kind, tricky, {"why": tricky}) for kind in ("a\tb", "c\\d")])
+        await w.drain()
+
+    try:
+        asyncio.run(write())
+        rows = {r.key: r for r in store.steps.for_run(run_id)}
+        assert sorted(rows) == sorted(steps)
+        for n, (key, (feedback, output, retryable, cost)) in enumerate(steps.items()):
+            row = rows[key]
+            assert (row.feedback, row.output, row.retryable, row.cost) == (
+                feedback,
+                output,
+                retryable,
+                cost,
+            )
+            assert (row.input, row.model, row.duration_ms, row.tokens_in) == (
+                {"in": tricky},
+                "mock/x\ty",
+                2_000_000_000,
+                n,
+            )
+            assert row.traces == [{"message": tricky}]
+            assert row.prompt == [{"role": "user", "content": tricky}]
+        events = store.events.for_run(run_id)
+        assert [(e.kind, e.step_id, e.fields) for e in events] == [
+            ("a\tb", tricky, {"why": tricky}),
+            ("c\\d", tricky, {"why": tricky}),
+        ]
+    finally:
+        store.close()

@@ -16,8 +16,10 @@ parameterised SQL: building peewee queries cost more than the writes themselves.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -629,14 +631,18 @@ class JournalWriter:
 
 
 def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """PostgreSQL: psycopg2's executemany is one round trip per row. Many rows become one
-    statement per thousand (one parse and plan each): `INSERT … VALUES (…), (…)`, and results
-    and claimed runs that start as `UPDATE … FROM (VALUES …)`."""
+    """PostgreSQL: psycopg2's executemany is one round trip per row. Many new rows are a `COPY`
+    per thousand; rows that may be there already one statement per thousand (one parse and plan
+    each): `INSERT … VALUES (…), (…) ON CONFLICT …`, and results and claimed runs that start as
+    `UPDATE … FROM (VALUES …)`."""
     from psycopg2.extras import execute_values
 
     if sql.startswith("INSERT"):
         head, _, rest = sql.partition(" VALUES ")
         row, conflict, tail = rest.partition(" ON CONFLICT ")
+        if not conflict:  # new rows only (steps, events, runs): COPY
+            _copy(cursor, head.removeprefix("INSERT INTO "), rows)
+            return
         execute_values(
             cursor, f"{head} VALUES %s{conflict}{tail}", rows, template=row, page_size=1000
         )
@@ -646,6 +652,48 @@ def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
         execute_values(cursor, _PG_START_MANY, rows, template=_PG_START_ROW, page_size=1000)
     else:
         cursor.executemany(sql, rows)
+
+
+COPY_ROWS = 1000  # PostgreSQL: rows per COPY (its text is built in memory first)
+
+
+def _copy(cursor: Any, target: str, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: `rows` into `target` ("table (columns)") by `COPY … FROM STDIN`, in COPY's
+    text format. Measured against `INSERT … VALUES` of the same 2000 step rows and 5000 events:
+    half the server's CPU and two thirds of the client's (which holds the GIL)."""
+    for at in range(0, len(rows), COPY_ROWS):
+        page = rows[at : at + COPY_ROWS]
+        text = "".join(["\t".join(map(_copy_text, row)) + "\n" for row in page])
+        cursor.copy_expert(f"COPY {target} FROM STDIN", io.BytesIO(text.encode()), 1 << 16)
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format: NULL is `\\N`; a backslash, tab, newline or carriage
+    return in text is escaped (JSON from _json has only backslashes: it escapes the others).
+    Text with a NUL is refused as psycopg2 refuses it in an INSERT."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            value = (
+                value.replace("\\", "\\\\")
+                .replace("\t", "\\t")
+                .replace("\n", "\\n")
+                .replace("\r", "\\r")
+            )
+        return value if value.__class__ is str else str.__str__(value)
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else _NOT_FINITE[str(value)]
+    raise TypeError(f"the journal cannot write a {type(value).__name__} to PostgreSQL")
+
+
+_NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _end_runs_many(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
