@@ -691,6 +691,48 @@ def test_an_unset_env_variable_is_refused_before_anything_is_paid_for(tmp_path: 
     assert (r.returncode, r.stdout) == (0, "text: Ann\n"), r.stderr
 
 
+REPLAYED_READER = """\
+eclflow: 1
+id: replayed-reader
+model: mock/x
+env: [ECLFLOW_TEST_NAME]
+steps:
+  - id: b
+    type: template
+    template: "{{ who }}"
+    with: {who: "{{ env.ECLFLOW_TEST_NAME }}"}
+  - id: a
+    type: llm
+    depends_on: [b]
+    template: "hi {{ name }}"
+    with: {name: "{{ steps.b.output.text }}"}
+output:
+  text: "{{ steps.a.output.text }}"
+"""
+
+
+def test_a_resume_needs_no_env_variable_only_a_step_it_replays_reads(tmp_path: Path) -> None:
+    """The step that reads the variable succeeded before the run failed: a resume replays it
+    without rendering its input, so it does not need the variable. Resume was refused (and,
+    without that check, failed the replayed step: `env.ECLFLOW_TEST_NAME is undefined`)."""
+    wf, script, calls = tmp_path / "wf.yaml", tmp_path / "m.yaml", tmp_path / "calls.jsonl"
+    wf.write_text(REPLAYED_READER)
+    script.write_text("a: {error: auth_error}\n")
+    db = f"sqlite:///{tmp_path}/runs.db"
+    log = {"ECLFLOW_MOCK_LOG": str(calls)}
+    r = cli("run", str(wf), "--mock-responses", str(script), "--db", db, "--json",
+            env={**log, "ECLFLOW_TEST_NAME": "Ann"})  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    script.write_text("a: hello\n")
+    r = cli("resume", run_id, "--mock-responses", str(script), "--db", db, "-q", env=log)
+    assert (r.returncode, r.stdout) == (0, "text: hello\n"), r.stderr
+    prompts = [
+        json.loads(line)["messages"][-1]["content"] for line in calls.read_text().splitlines()
+    ]
+    assert prompts == ["hi Ann", "hi Ann"]
+
+
 def test_an_env_variable_read_with_a_default_may_be_unset(tmp_path: Path) -> None:
     """`env.NAME | default('…')` is how the format says a variable is optional: not refused."""
     wf, script = tmp_path / "wf.yaml", tmp_path / "m.yaml"

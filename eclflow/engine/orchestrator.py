@@ -147,6 +147,7 @@ class Orchestrator:
         self._failed = False  # a branch has failed the run
         self.executor = executor
         self.journal = journal
+        self._recorded = getattr(journal, "recorded", None)  # (a journal may not say)
         self.registry = registry or default_registry()
         self.listener = listener
         if listener is not None and executor.on_attempt is None:
@@ -267,7 +268,7 @@ class Orchestrator:
     def _runs(self, sid: str, key: str, state: _State) -> bool:
         """Whether `sid` runs at `key`: as the journal recorded it when it has (a run resumed
         takes the path it took, whatever this version would decide), else as its edges say."""
-        recorded = getattr(self.journal, "recorded", None)
+        recorded = self._recorded
         seen = recorded(key) if recorded is not None else None
         if seen is not None:
             return bool(seen == "succeeded")
@@ -334,9 +335,13 @@ class Orchestrator:
             and await self._pause_asked()
         ):  # (no coroutine a step until a look is due)
             raise _RunPaused(sid)
+        recorded = self._recorded
         try:
-            context = state.context(loop.as_context() if loop is not None else None)
-            rendered = expr.render_value(step.spec.with_, context)
+            if recorded is not None and recorded(key) == "succeeded":
+                rendered: Any = {}  # (replayed: its result is recorded, its input not needed)
+            else:
+                context = state.context(loop.as_context() if loop is not None else None)
+                rendered = expr.render_value(step.spec.with_, context)
         except EclflowError as e:
             hint = _skipped_hint(str(e), state)
             raise _RunFailed(sid, f"Step {sid} failed: input: {e}{hint}") from None

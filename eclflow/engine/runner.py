@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,7 @@ def _searches(pattern: str, key: str) -> bool:
         return False
 
 
-def check_env(workflow: Workflow) -> None:
+def check_env(workflow: Workflow, replayed: Collection[str] = ()) -> None:
     """An `env:` variable that is not set, and that an expression reads without
     `| default(…)`, fails the run before it starts: otherwise the step that reads it fails,
     after the steps before it were paid for."""
@@ -170,7 +170,7 @@ def check_env(workflow: Workflow) -> None:
         return
     from ..spec.checks import env_readers
 
-    readers = env_readers(workflow)
+    readers = env_readers(workflow, replayed)
     for i, name in enumerate(workflow.env):
         if name in unset and name in readers:
             where = f"{workflow.env_locations[i]}: " if i < len(workflow.env_locations) else ""
@@ -833,9 +833,15 @@ def _take_over(
             else stored.get("max_calls"),
         ),
     )
-    check_env(wf)
+    plan = compile_plan(wf)
+    replayed: set[str] = set()
+    if any(name not in os.environ for name in wf.env):  # (the rows are read only then)
+        done = {r.key for r in store.steps.for_run(record.id) if r.state == "succeeded"}
+        # a step a resume replays, and that no loop makes again, reads no variable
+        replayed = {s for s, k in plan.first_keys.items() if k in done and s not in plan.loop_of}
+    check_env(wf, replayed)
     warn_unplayed_keys(wf, providers.mock)
-    check_models(compile_plan(wf), providers, chosen, limits)
+    check_models(plan, providers, chosen, limits)
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)
         if now.state != "completed":  # (completed by another process since the first look)

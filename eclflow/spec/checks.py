@@ -13,7 +13,7 @@ number (never equal), W507 a remote model litellm does not list.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .deps import DepGraph, dependency_graph
@@ -1246,24 +1246,28 @@ class _Checker:
             read(path, text, None, whole=False)
 
 
-def env_readers(wf: Workflow) -> dict[str, str]:
+def env_readers(wf: Workflow, replayed: Collection[str] = ()) -> dict[str, str]:
     """The `env:` variables some expression reads without a guard (`| default(…)`, `is
     defined`) in every run, each with the first place that does (`step 'a'`, `output`): a run
     without the variable set fails there. A read the run may not reach is left: in a step a
     condition may skip (or a reviser), in a condition that may not be evaluated, in an
-    `{% if %}` branch or `… if … else …` arm. What does not parse is left (it is E301)."""
+    `{% if %}` branch or `… if … else …` arm, in a `replayed` step (a resume takes its
+    recorded result: its input is not rendered). What does not parse is left (it is E301)."""
     from .. import expr
 
     graph = dependency_graph(wf.steps, wf.transitions)
     certain = _certain_steps(wf, graph)
     places: list[tuple[str, Any, bool]] = [
-        (f"step '{s.id}'", s.with_, False) for s in wf.steps if s.id in certain
+        (f"step '{s.id}'", s.with_, False)
+        for s in wf.steps
+        if s.id in certain and s.id not in replayed
     ]
     places += [
         (f"the condition {t.from_} -> {t.to}", t.when, True)
         for t in wf.transitions
         if isinstance(t, Conditional)
         and t.from_ in certain
+        and t.to not in replayed
         and t.to in graph
         and list(graph.predecessors(t.to)) == [t.from_]  # (else another edge may open it)
     ]
