@@ -318,20 +318,7 @@ def test_a_run_waiting_for_another_process_lock_stops_at_once_on_a_signal(
         p.kill()
         lock.close()
     reader.join(timeout=10)
-    short = run_id[:8]
-    assert p.returncode == (143 if sig == signal.SIGTERM else 130), lines
-    assert lines[-1].strip() == (
-        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
-    ), lines
-    assert not any("Traceback" in line or "lost" in line for line in lines), lines
-    r = eclflow(
-        *("resume", short, "--model", "mock/x", "--json"),
-        *("--mock-responses", str(tmp_path / "rest.json")),
-        env=env,
-    )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["status"] == "completed"
-    assert calls(log) == [*KEYS[:2], *KEYS[1:]]  # critique#1's result was not kept
+    _stopped_then_resumed(p.returncode, lines, run_id, sig, tmp_path, env, log)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -372,8 +359,22 @@ def test_a_run_waiting_for_another_postgres_session_lock_stops_at_once_on_a_sign
         p.kill()
         lock.close()
     reader.join(timeout=10)
+    _stopped_then_resumed(p.returncode, lines, run_id, sig, tmp_path, env, log)
+
+
+def _stopped_then_resumed(
+    returncode: int | None,
+    lines: list[str],
+    run_id: str,
+    sig: int,
+    tmp_path: Path,
+    env: dict[str, str],
+    log: Path,
+) -> None:
+    """A run stopped by `sig` while its journal waited for a lock: it said how to go on, and
+    the resume finished it, calling again only the step whose result was not kept."""
     short = run_id[:8]
-    assert p.returncode == (143 if sig == signal.SIGTERM else 130), lines
+    assert returncode == (143 if sig == signal.SIGTERM else 130), lines
     assert lines[-1].strip() == (
         f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
     ), lines
