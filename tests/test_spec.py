@@ -2559,6 +2559,33 @@ def test_a_field_of_a_string_or_number_is_e302() -> None:
     ], got
 
 
+def test_an_index_into_a_string_is_no_field_of_it() -> None:
+    """`input.name[0]` (a string's first letter) and `steps.a.output.text.0` were E302 ("is a
+    string: it has no field '0'"), so a workflow that ran fine stopped validating; an index
+    into a number is still E302 (the run fails reading it)."""
+    import asyncio
+
+    import eclflow
+
+    text = (
+        "eclflow: 1\nid: initial\nmodel: mock/x\n"
+        "inputs: {type: object, properties: {name: {type: string}, n: {type: integer}}}\n"
+        "steps:\n"
+        '  - {id: a, type: llm, template: "hi {{ who }}", with: {who: "{{ input.name[0] }}"}}\n'
+        "output:\n"
+        '  first: "{{ steps.a.output.text[0] }}{{ steps.a.output.text.1 }}"\n'
+        '  initial: "{{ input.name[0] }}"\n'
+    )
+    assert [str(d) for d in diagnose(text)] == []
+    result = asyncio.run(
+        eclflow.run(eclflow.load_text(text), {"name": "Ada"}, mock_responses=["ok"])
+    )
+    assert (result.status, result.output) == ("completed", {"first": "ok", "initial": "A"})
+    number = text.replace('"{{ input.name[0] }}"\n', '"{{ input.n[0] }}"\n')
+    got = [(d.code, d.location.line, d.message) for d in diagnose(number)]
+    assert got == [("E302", 9, "input.n is a number: it has no field '0'")], got
+
+
 @pytest.mark.parametrize(
     ("make", "said", "hint"),
     [

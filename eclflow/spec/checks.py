@@ -700,6 +700,8 @@ class _Checker:
             name = p[n]
             if name.startswith("_") or any(hasattr(k, name) for k in kinds if k is not NONE):
                 return None  # (a method: `text.upper()`; a dunder is E301's)
+            if str in kinds and name.isdigit():
+                return None  # (an index, `text[0]` or `text.0`: a string's character)
             shown = ".".join(p[:n])
             hint = (
                 f"give step '{p[1]}' an output_schema with the fields its JSON reply has"
