@@ -2667,6 +2667,41 @@ def test_a_loop_over_a_number_and_arithmetic_on_a_steps_output_are_e306() -> Non
     assert diagnose(fine) == [], [str(d) for d in diagnose(fine)]
 
 
+def test_an_llm_steps_output_has_the_type_its_output_schema_gives() -> None:
+    """An `llm` step's output is the JSON its `output_schema` describes, which need not be an
+    object: `steps.a.output + ['more']` of a step whose schema is an array was E306 ("adds a
+    mapping and a list"), though every run of it completes; the output of a schema without
+    `type` is not judged, that of an object schema still is."""
+    import asyncio
+
+    import eclflow
+
+    text = (
+        "eclflow: 1\nid: ideas\nmodel: mock/x\nsteps:\n"
+        '  - {id: a, type: llm, template: "three ideas", output_schema: {type: array}}\n'
+        "output:\n"
+        "  all: \"{{ steps.a.output + ['more'] }}\"\n"
+        '  first: "{{ steps.a.output[0] }}"\n'
+    )
+    assert [str(d) for d in diagnose(text)] == []
+    result = asyncio.run(eclflow.run(eclflow.load_text(text), {}, mock_responses=['["x", "y"]']))
+    assert (result.status, result.output) == (
+        "completed",
+        {"all": ["x", "y", "more"], "first": "x"},
+    )
+    untyped = text.replace("{type: array}", "{items: {type: string}}")
+    assert [str(d) for d in diagnose(untyped)] == []
+    an_object = text.replace("{type: array}", "{type: object}")
+    got = [(d.code, d.location.line, d.message) for d in diagnose(an_object)]
+    assert got == [
+        (
+            "E306",
+            7,
+            "`+` adds a mapping and a list: a run fails there (TypeError)",
+        )
+    ], got
+
+
 def test_a_step_revised_by_a_plugin_has_an_output_of_unknown_type() -> None:
     """A plugin's output may be any value: once a plugin reviser can replace a generate
     step's output, `steps.g.output + 1` is not known to fail (E306 said it would)."""

@@ -747,10 +747,10 @@ class _Checker:
             return None
         if p[2:] == ("status",):
             return STRING
-        if p[2:] == ("output",):  # a built-in step's output is a mapping (a plugin's: unknown)
+        if p[2:] == ("output",):  # a built-in step's output (a plugin's: unknown)
             revisers = [r for r in (self.revised_by.get(p[1]),) if r is not None]
             known = [self.output_kinds(s, ()) for s in (p[1], *revisers)]
-            return None if None in known else frozenset({dict})
+            return None if None in known else frozenset().union(*known)
         if p[2] != "output" or len(p) < 4:
             return None
         kinds = self.output_kinds(p[1], p[3:])
@@ -768,7 +768,9 @@ class _Checker:
 
         s = self.wf.step(step_id)
         cls = self.registry.get(s.type) if s.type in self.registry else None
-        if not fields:  # the output itself: a mapping, for each built-in type
+        if not fields:  # the output itself: a mapping, but an llm step's JSON may be any value
+            if cls is LLMStep and s.output_schema is not None:
+                return schema_kinds(s.output_schema)
             builtin = (CritiqueStep, GenerateStep, LLMStep, ReviseStep, TemplateStep)
             return frozenset({dict}) if cls in builtin else None
         if cls is LLMStep and s.output_schema is not None:
