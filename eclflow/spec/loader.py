@@ -356,12 +356,12 @@ def _yaml_warnings(caught: list[warnings.WarningMessage], file: str) -> list[Dia
     from ruamel.yaml.error import ReusedAnchorWarning
 
     out: list[Diagnostic] = []
+    said: set[str] = set()
     for w in caught:
         text = str(w.message)
-        if not issubclass(w.category, ReusedAnchorWarning) or any(
-            text == str(said.message) for said in caught[: caught.index(w)]
-        ):  # (a duplicate key's E100 parses the text again, warning again)
-            continue
+        if not issubclass(w.category, ReusedAnchorWarning) or text in said:
+            continue  # (a duplicate key's E100 parses the text again, warning again)
+        said.add(text)
         name = re.search(r"found duplicate anchor '(.*?)'", text)
         marks = {m[1]: (int(m[2]), int(m[3])) for m in _OCCURRENCE.finditer(text)}
         if name is None or set(marks) != {"first", "second"}:
