@@ -2490,6 +2490,41 @@ def test_a_value_a_message_quotes_is_shown_on_one_short_line() -> None:
     ], got
 
 
+PARSES_IN_THREADS = """\
+import sys, threading, warnings
+
+from eclflow.spec import check_text
+
+sys.setswitchinterval(1e-6)  # (threads take turns often: the parses overlap)
+steps = "".join(f"  - {{id: s{j}, type: template, template: x}}\\n" for j in range(30))
+texts = [f"eclflow: 1\\nid: w{i}\\nsteps:\\n{steps}" for i in range(8)]
+threads = [
+    threading.Thread(target=lambda t=t: [check_text(t) for _ in range(20)]) for t in texts
+]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+warnings.warn("said after the parses")
+"""
+
+
+def test_parsing_in_threads_leaves_pythons_warnings_as_they_were() -> None:
+    """Workflows parsed in several threads at once (a batch resuming its runs, each in a
+    thread) left the process's warnings in another parse's hands: each parse set up its own
+    recording of warnings and put back what it found, the one an overlapping parse had set,
+    so every later warning of the program was appended to a list nobody reads (never shown,
+    and the list grows)."""
+    r = subprocess.run(
+        [sys.executable, "-c", PARSES_IN_THREADS],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "UserWarning: said after the parses" in r.stderr, r.stderr
+
+
 def test_only_a_long_quoted_value_is_shortened_not_the_text_between_two() -> None:
     """The text between two short quoted values ('b' … 'elif') was taken for one long value
     and cut: a prompt's parse error lost the words saying what Jinja was looking for."""

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -259,10 +260,16 @@ def parse_duration(value: Any) -> float:
 def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
     """The YAML document, or its E100; with the W508 of its anchors. (ruamel warns through
     `warnings`, which prints a warning as lines of ruamel's source code.)"""
-    with warnings.catch_warnings(record=True) as caught:
+    # One parse at a time records them: catch_warnings swaps the process's warning state and
+    # puts back what it found, so overlapping parses in threads (a batch resuming its runs)
+    # left every later warning going to another parse's list, never shown.
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         doc, diags = _parse_yaml(text, file)
     return doc, diags + _yaml_warnings(caught, file)
+
+
+_WARNINGS_LOCK = threading.Lock()
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
