@@ -2621,6 +2621,41 @@ def test_an_index_into_a_string_is_no_field_of_it() -> None:
     assert got == [("E302", 9, "input.n is a number: it has no field '0'")], got
 
 
+def test_a_field_of_a_string_a_run_never_reads_is_no_e302() -> None:
+    """A field read a constant turns away (`{% if false %}`, `… if false else …`) or of a
+    value the template tests (`x.summary if x is mapping else x`) was E302 ("is a string: it
+    has no field …"), though every run completes: the run never reads it. E306 already left
+    such operations alone; the field check now does too."""
+    import asyncio
+
+    import eclflow
+
+    text = (
+        "eclflow: 1\nid: dead\nmodel: mock/x\n"
+        "inputs: {type: object, properties: {name: {type: string}, n: {type: integer}}}\n"
+        "steps:\n"
+        '  - {id: a, type: llm, template: "hi"}\n'
+        "output:\n"
+        '  off: "{% if false %}{{ input.name.first }}{% endif %}{{ input.n.size if false else 1 }}"\n'
+        '  either: "{{ steps.a.output.text.summary if steps.a.output.text is mapping'
+        ' else steps.a.output.text }}"\n'
+        '  typed: "{{ steps.a.output.text if steps.a.output.text is string'
+        ' else steps.a.output.text.summary }}"\n'
+    )
+    assert [str(d) for d in diagnose(text)] == []
+    result = asyncio.run(
+        eclflow.run(eclflow.load_text(text), {"name": "Ada", "n": 2}, mock_responses=["ok"])
+    )
+    assert (result.status, result.output) == (
+        "completed",
+        {"off": "1", "either": "ok", "typed": "ok"},
+    )
+    # a read a run reaches is still reported
+    live = text.replace("{% if false %}", "{% if input.n %}")
+    got = [(d.code, d.location.line, d.message) for d in diagnose(live)]
+    assert got == [("E302", 8, "input.name is a string: it has no field 'first'")], got
+
+
 @pytest.mark.parametrize(
     ("make", "said", "hint"),
     [

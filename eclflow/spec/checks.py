@@ -679,7 +679,7 @@ class _Checker:
         for p in expr.referenced_paths(tree):
             if p[0] == "loop" and jinja_loop:
                 continue  # Jinja's own `loop` inside {% for %}
-            problem = scope.check(p, self.ids) or self.field_of_scalar(p)
+            problem = scope.check(p, self.ids) or self.field_of_scalar(p, tree)
             if problem is not None:
                 named_well = False
                 code, msg, hint = problem
@@ -687,11 +687,13 @@ class _Checker:
         if named_well:
             self.check_kinds(path, text, tree)
 
-    def field_of_scalar(self, p: tuple[str, ...]) -> tuple[str, str, str | None] | None:
+    def field_of_scalar(self, p: tuple[str, ...], tree: Any) -> tuple[str, str, str | None] | None:
         """E302 for `steps.a.output.text.summary`: a field read of a value that is certainly a
         string, number, boolean or null (as E306 knows types), which has no such attribute: the
-        run fails there ('str object' has no attribute 'summary'), after the steps before."""
-        from .kinds import NONE, describe
+        run fails there ('str object' has no attribute 'summary'), after the steps before.
+        Not where the run never reads it (a constant turns it away, the template tests the
+        value: `x.summary if x is mapping else x`), as E306."""
+        from .kinds import NONE, describe, live_reads
 
         for n in range(2, len(p)):
             kinds = self.path_kinds(p[:n])
@@ -702,6 +704,8 @@ class _Checker:
                 return None  # (a method: `text.upper()`; a dunder is E301's)
             if str in kinds and name.isdigit():
                 return None  # (an index, `text[0]` or `text.0`: a string's character)
+            if p not in live_reads(tree):
+                return None
             shown = ".".join(p[:n])
             hint = (
                 f"give step '{p[1]}' an output_schema with the fields its JSON reply has"

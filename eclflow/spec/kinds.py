@@ -169,6 +169,15 @@ def value_kinds(
     return None if node is None else _Inference(tree, kinds_of).infer(node)
 
 
+def live_reads(tree: nodes.Node) -> set[tuple[str, ...]]:
+    """The variable paths a template reads where a run may evaluate them and it does not
+    test them: not in what a constant turns away (`{% if false %}`, `… if false else …`),
+    not of a value it tests (`x.summary if x is mapping else x`), not of a name it binds."""
+    read: set[tuple[str, ...]] = set()
+    _Inference(tree, lambda path: read.add(path)).run()  # (asks for each path it reaches)
+    return read
+
+
 class _Inference:
     def __init__(
         self, tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]
