@@ -2075,3 +2075,37 @@ def test_a_batch_of_many_rows_keeps_every_value_as_it_was_given(url: str) -> Non
         ]
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_bulk_write_keeps_accented_text_whatever_the_connections_encoding(pg_url: str) -> None:
+    """A connection whose client_encoding is not UTF8 (`?client_encoding=LATIN1` in the URL,
+    PGCLIENTENCODING, a LATIN1 database) is sent text in that encoding: COPY's rows too, not
+    UTF-8 bytes the server would read as LATIN1 ('é' stored as 'Ã©')."""
+    import asyncio
+
+    from eclflow.store.writer import writer_for
+
+    store = open_store(f"{pg_url}&client_encoding=LATIN1")
+    run_id = new_run(store)
+    text = "café à Zürich"
+
+    async def write() -> None:
+        w = writer_for(store)
+        for n, key in enumerate(("generate", "critique#1", "revise#1")):
+            h = w.start(run_id, key.split("#")[0], key, n, 1, {"in": text}, "mock/x")
+            w.finish(h, False, state="succeeded", outcome="success", output=text, feedback=text)
+        w.events(run_id, [("note", key, {"why": text}) for key in ("a", "b")])
+        await w.drain()
+
+    try:
+        asyncio.run(write())
+        rows = store.steps.for_run(run_id)
+        assert [(r.input, r.output, r.feedback) for r in rows] == [({"in": text}, text, text)] * 3
+        events = store.events.for_run(run_id)
+        assert [(e.step_id, e.fields) for e in events] == [
+            ("a", {"why": text}),
+            ("b", {"why": text}),
+        ]
+    finally:
+        store.close()

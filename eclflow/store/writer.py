@@ -664,7 +664,9 @@ def _copy(cursor: Any, target: str, rows: list[tuple[Any, ...]]) -> None:
     for at in range(0, len(rows), COPY_ROWS):
         page = rows[at : at + COPY_ROWS]
         text = "".join(["\t".join(map(_copy_text, row)) + "\n" for row in page])
-        cursor.copy_expert(f"COPY {target} FROM STDIN", io.BytesIO(text.encode()), 1 << 16)
+        # (text, not bytes: psycopg2 encodes it in the connection's client_encoding, as it
+        # does an INSERT's parameters; UTF-8 bytes under LATIN1 would be stored as 'Ã©')
+        cursor.copy_expert(f"COPY {target} FROM STDIN", io.StringIO(text), 1 << 16)
 
 
 def _copy_text(value: Any) -> str:
