@@ -338,32 +338,13 @@ def shown_value(value: Any) -> str:
 _BUDGET_FLAGS = (("model call", "--budget-calls N"), ("tokens", "--budget-tokens N"))
 
 
-def _model_options(fn: Any) -> Any:
-    """`run`'s --model (ECLFLOW_MODEL by default) and --mock-responses."""
-    return _mock_option(
+def _model_options(envvar: str | None, help: str) -> Callable[[Any], Any]:
+    """--model and --mock-responses. `run`'s --model defaults to ECLFLOW_MODEL; `resume`'s is
+    only what is typed (ECLFLOW_MODEL, a default for new runs, would switch a run to another
+    model half-way, and pay it, unasked)."""
+    return lambda fn: _mock_option(
         click.option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            envvar="ECLFLOW_MODEL",
-            callback=not_empty,
-            help="Model for steps without their own (overrides the workflow's `model:`): "
-            "local/smollm2, openai/gpt-4o-mini, mock/test, …  Default: ECLFLOW_MODEL.",
-        )(fn)
-    )
-
-
-def _resume_model_options(fn: Any) -> Any:
-    """`resume`'s: its --model is only what is typed. ECLFLOW_MODEL, a default for new runs,
-    would switch a run to another model half-way (and pay it), unasked."""
-    return _mock_option(
-        click.option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            callback=not_empty,
-            help="Model for steps without their own, instead of the one the run started "
-            "with (ECLFLOW_MODEL is not read: it is for new runs).",
+            "--model", "-m", metavar="MODEL", envvar=envvar, callback=not_empty, help=help
         )(fn)
     )
 
@@ -449,7 +430,11 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
     type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
     help="A JSON or YAML file holding the input object (- for stdin).",
 )
-@_model_options
+@_model_options(
+    "ECLFLOW_MODEL",
+    "Model for steps without their own (overrides the workflow's `model:`): local/smollm2, "
+    "openai/gpt-4o-mini, mock/test, …  Default: ECLFLOW_MODEL.",
+)
 @db_option
 @click.option(
     "--from",
@@ -732,7 +717,11 @@ def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
 
 @cli.command("resume")
 @click.argument("run_id")
-@_resume_model_options
+@_model_options(
+    None,
+    "Model for steps without their own, instead of the one the run started with "
+    "(ECLFLOW_MODEL is not read: it is for new runs).",
+)
 @_budget_options("otherwise the run's own: those it started with, else the workflow's")
 @db_option
 @click.option(

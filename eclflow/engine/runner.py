@@ -760,11 +760,9 @@ async def resume(
         if listener is not None:
             listener("run_already_completed", {"result": taken})
         return taken
-    record, wf, chosen, limits, rows = taken
-    plan = compile_plan(wf)
-    origin, seed = await asyncio.to_thread(_rerun_seed, store, record, plan)
+    record, wf, chosen, limits, rows, (origin, seed) = taken
     return await _execute(
-        plan,
+        compile_plan(wf),
         providers,
         chosen,
         StoreJournal(store, record.id, rows=rows, seed=seed, seed_from=origin),
@@ -786,11 +784,15 @@ def _take_over(
     budget: Budget | None,
     providers: Providers,
     model: str | None,
-) -> tuple[Any, Workflow, str | None, Budget, list[Any]] | RunResult:
+) -> (
+    tuple[Any, Workflow, str | None, Budget, list[Any], tuple[str | None, dict[str, Any]]]
+    | RunResult
+):
     """Check that run `run_id` can be resumed and mark it running in this process; its record,
-    workflow, model, limits and journal rows. A run that completed is left as it is: its
-    recorded result. Whether another process still holds the run is decided and the run taken
-    in one transaction, so two resumes started at once cannot both run it."""
+    workflow, model, limits, journal rows and what a `--from` run reuses from its earlier run
+    (`_rerun_seed`). A run that completed is left as it is: its recorded result. Whether
+    another process still holds the run is decided and the run taken in one transaction, so
+    two resumes started at once cannot both run it."""
     from ..spec import load
     from ..store.owner import this_process
 
@@ -859,7 +861,7 @@ def _take_over(
             )
     if now.state == "completed":
         return stored_results(store, [record.id])[record.id]
-    return record, wf, chosen, limits, rows
+    return record, wf, chosen, limits, rows, _rerun_seed(store, record, plan)
 
 
 def _rerun_seed(store: Any, record: Any, plan: Plan) -> tuple[str | None, dict[str, Any]]:
