@@ -835,3 +835,38 @@ def test_a_listener_hears_each_step_start_attempt_and_end() -> None:
         ("step_attempt", ("critique#1", 1, 3)),
         ("step_finished", ("critique#1", "succeeded")),
     ]
+
+
+def test_a_run_whose_process_died_is_interrupted_in_its_record_as_in_eclflow_status(
+    tmp_path: Path,
+) -> None:
+    """`store.runs.get(id).state` said `running` for a run whose process was killed, while
+    `eclflow status` said Interrupted (through store.owner, which is not public)."""
+    import json
+    import subprocess
+    import sys
+
+    from test_owner import in_flight, setup, start
+
+    import eclflow
+
+    env, journal, _ = setup(tmp_path)
+    url = env["ECLFLOW_DATABASE_URL"]
+    p = start(tmp_path, env)
+    try:
+        run_id = in_flight(journal)
+        with eclflow.open_store(url) as store:
+            live = store.runs.get(run_id)
+            assert (live.state, live.status) == ("running", "running")
+    finally:
+        p.kill()
+        p.communicate(timeout=30)
+    with eclflow.open_store(url) as store:
+        record = store.runs.get(run_id)
+        assert (record.state, record.status) == ("running", "interrupted")
+        assert [r.status for r in store.runs.list()] == ["interrupted"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "eclflow", "status", run_id, "-o", "json"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(shown.stdout)["interrupted"] is True

@@ -13,7 +13,10 @@ STEP_STATES = ("running", "succeeded", "failed", "skipped")
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """One run: the definition it ran (text and hash), its input, state and output."""
+    """One run: the definition it ran (text and hash), its input, state and output.
+
+    `state` is what the journal holds; `status` what is true now (a run whose process died is
+    `interrupted` there, though its `state` stays `running` until it is resumed)."""
 
     id: str
     definition_id: str
@@ -33,6 +36,15 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def status(self) -> str:
+        """The run's state as `eclflow status` and `eclflow runs` show it: `interrupted` for a
+        run the journal still holds `running` (or `pending`: claimed by a batch) whose process
+        has ended, which nothing but `resume` will finish; else `state`, as recorded."""
+        from .owner import shown_state
+
+        return shown_state(self.state, self.metadata or {})
 
 
 @dataclass(frozen=True, slots=True)
