@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,7 @@ def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
         ({"store": 42}, "store must be an eclflow Store (eclflow.store.open_store) or a database"),
         ({"db": 42}, "db must be a database URL, not int"),
         ({"run_id": 5}, "run_id must be a string, not int"),
+        ({"run_id": ""}, "run_id is empty: give the run's id"),  # (a new id was made)
         ({"model": "local/smollm2"}, "mock responses play replies for mock/… models, and no step"),
         ({"model": 123}, "model is a name such as 'openai/gpt-4o-mini', not 123"),
         ({"mock_responses": 42}, "mock_responses is a MockProvider, a list of replies, a mapping"),
@@ -837,6 +839,48 @@ def test_a_listener_hears_each_step_start_attempt_and_end() -> None:
     ]
 
 
+def test_resume_and_pause_refuse_an_empty_run_id(tmp_path: Path) -> None:
+    """`resume("")` took the empty text for a prefix of every run id."""
+    import asyncio
+
+    import eclflow
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    open_store_ = eclflow.open_store(url)
+    open_store_.close()
+    with pytest.raises(eclflow.ConfigError, match="run_id is empty"):
+        asyncio.run(eclflow.resume("", db=url))
+    with pytest.raises(eclflow.ConfigError, match="run_id is empty"):
+        eclflow.pause(" ", db=url)
+
+
+PUBLIC_PARAMETERS = {
+    "run": "workflow inputs model mock_responses store db run_id budget listener",
+    "resume": "run_id store db model mock_responses force budget listener",
+    "run_batch": "workflow items concurrency model mock_responses store budget on_update",
+    "iter_batch": "workflow items concurrency model mock_responses store budget on_update",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_PARAMETERS))
+def test_help_of_a_run_function_shows_only_what_a_caller_passes(name: str) -> None:
+    """`help(eclflow.run)` showed the engine's own parameters (journal, journal_factory,
+    claimed, spent, started_at, guard, on_call, metadata), `resume` guard and on_call, and
+    `iter_batch` checked: each a way to corrupt a journal or double-count a budget."""
+    import pydoc
+
+    import eclflow
+
+    function = getattr(eclflow, name)
+    assert list(inspect.signature(function).parameters) == PUBLIC_PARAMETERS[name].split()
+    text = pydoc.render_doc(function, renderer=pydoc.plaintext)
+    for internal in ("journal", "claimed", "guard", "on_call", "spent", "checked"):
+        assert f"{internal}=" not in text, internal
+    if name in ("run", "resume"):  # each one said what it is (the batches: "those of run")
+        for public in PUBLIC_PARAMETERS[name].split():
+            assert f"`{public}`" in (function.__doc__ or ""), public
+
+
 def test_a_run_whose_process_died_is_interrupted_in_its_record_as_in_eclflow_status(
     tmp_path: Path,
 ) -> None:
@@ -870,3 +914,73 @@ def test_a_run_whose_process_died_is_interrupted_in_its_record_as_in_eclflow_sta
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert json.loads(shown.stdout)["interrupted"] is True
+
+
+ANY_INPUT = """\
+eclflow: 1
+id: any
+inputs: {type: object}
+steps:
+  - {id: a, type: template, template: "{{ v }}", with: {v: "{{ input.v }}"}}
+output: {v: "{{ input.v }}", text: "{{ steps.a.output.text }}"}
+"""
+
+
+class Thing:
+    """An object of a program's own."""
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (date(2024, 1, 2), "input 'v' is a date, which the journal cannot keep as JSON (a resume "
+                           "would read its text instead): pass its isoformat() text"),
+        ({"b", "a"}, "input 'v' is a set, which the journal cannot keep as JSON"),
+        (Thing(), "input 'v' is a Thing, which the journal cannot keep as JSON"),
+        ([1, {"when": date(2024, 1, 2)}], "input 'v[1].when' is a date"),
+        ({1: "one"}, "input 'v' has the key 1, a int: the journal keeps inputs as JSON, whose "
+                     "keys are text (a resume would read '1')"),
+        (float("nan"), "input 'v' is nan, which JSON cannot hold"),
+    ],
+)  # fmt: skip
+def test_an_input_the_journal_cannot_keep_as_it_is_refused_before_the_run(
+    tmp_path: Path, value: Any, says: str
+) -> None:
+    """A date, a set or an object of one's own was journaled as its str() (`default=str`): the
+    first run rendered the date, a resume of the run the text `2024-01-02`; a set's order
+    changed between processes; an int key came back as text."""
+    import asyncio
+
+    import eclflow
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(ANY_INPUT)
+    with pytest.raises(eclflow.ConfigError) as caught:
+        asyncio.run(eclflow.run(wf, {"v": value}, store=url))
+    assert says in str(caught.value)
+    # in a batch: that item fails with the reason, the others run
+    results = asyncio.run(eclflow.run_batch(wf, [{"v": value}, {"v": "fine"}], store=url))
+    assert [r.status for r in results] == ["failed", "completed"]
+    assert says in (results[0].error or "")
+    with eclflow.open_store(url) as store:
+        assert store.runs.count() == 1
+
+
+def test_an_input_json_keeps_otherwise_is_run_as_the_journal_keeps_it(tmp_path: Path) -> None:
+    """A tuple (JSON keeps a list) and an enum of text (JSON keeps its value): the first run
+    sees what a resume reads back, not `('a', 'b')` then `['a', 'b']`."""
+    import asyncio
+    from enum import StrEnum
+
+    import eclflow
+
+    class Colour(StrEnum):
+        RED = "red"
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(ANY_INPUT)
+    r = asyncio.run(eclflow.run(wf, {"v": ("a", Colour.RED)}, store=url))
+    assert r.status == "completed"
+    assert r.output == {"v": ["a", "red"], "text": "['a', 'red']"}
+    with eclflow.open_store(url) as store:
+        assert store.runs.get(r.run_id).input == {"v": ["a", "red"]}

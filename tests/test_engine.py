@@ -58,7 +58,9 @@ output: {text: "{{ steps.publish.output.text }}"}
 
 def go(text: str, script: list[Any], inputs: dict[str, Any] | None = None, **kw: Any) -> RunResult:
     wf = load_text(text)
-    return asyncio.run(eclflow.run(wf, inputs or {"topic": "t"}, mock_responses=script, **kw))
+    from eclflow.engine.runner import _run  # (`journal=`: not in the public `run`)
+
+    return asyncio.run(_run(wf, inputs or {"topic": "t"}, mock_responses=script, **kw))
 
 
 def test_loop_reruns_the_steps_between_target_and_validator() -> None:

@@ -622,7 +622,7 @@ def test_a_retry_at_temperature_zero_gets_another_reply_the_same_on_every_run() 
 def test_a_step_retried_after_an_invalid_reply_is_not_given_the_same_reply() -> None:
     """A step at temperature 0 whose reply broke its rules was retried and got the same reply
     again, every attempt: retrying could not help."""
-    from eclflow.engine.runner import run
+    from eclflow.engine.runner import _run
     from eclflow.spec import load_text
 
     wf = load_text(
@@ -639,7 +639,7 @@ def test_a_step_retried_after_an_invalid_reply_is_not_given_the_same_reply() -> 
     def on_call(step_id: str, request: CompletionRequest, response: object, _: float) -> None:
         calls.append((request.attempt, response.content))  # type: ignore[attr-defined]
 
-    result = asyncio.run(run(wf, {}, store=None, on_call=on_call))
+    result = asyncio.run(_run(wf, {}, store=None, on_call=on_call))
     assert result.status == "failed" and "too long" in (result.error or ""), result.error
     assert [attempt for attempt, _ in calls] == [1, 2]
     assert calls[0][1] != calls[1][1], calls

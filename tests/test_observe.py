@@ -490,6 +490,7 @@ def test_a_guard_of_ones_own_beside_a_budget_gives_failed_calls_reservations_bac
     """With `guard=` and a budget, a failed call's worst case stayed reserved (the executor
     found no `release` on the combined guard), and so did a call the own guard refused after
     the budget had reserved it: later calls were refused by a budget nothing had spent."""
+    from eclflow.engine.runner import _run
     from eclflow.errors import ServerError
     from eclflow.spec import load_text
 
@@ -510,9 +511,7 @@ def test_a_guard_of_ones_own_beside_a_budget_gives_failed_calls_reservations_bac
             released.append(request)  # a budget
 
     script = [{"error": "server_error"}, {"error": "server_error"}, "fine"]
-    r = asyncio.run(
-        eclflow.run(wf, {}, mock_responses=script, guard=Guard(), budget={"max_tokens": 250})
-    )
+    r = asyncio.run(_run(wf, {}, mock_responses=script, guard=Guard(), budget={"max_tokens": 250}))
     assert r.status == "completed", r.error
     assert r.steps[0].attempts == 4 and len(seen) == 4 and len(released) == 2
 

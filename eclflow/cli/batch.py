@@ -96,7 +96,7 @@ def run_batch_command(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    from ..engine.batch import BatchProgress, iter_batch, one_call_at_a_time
+    from ..engine.batch import BatchProgress, _iter_batch, one_call_at_a_time
     from ..engine.runner import (
         _limits,
         as_budget,
@@ -183,7 +183,7 @@ def run_batch_command(
 
     async def results_to(out: Any) -> None:
         async with aclosing(
-            iter_batch(
+            _iter_batch(
                 workflow,
                 items,
                 concurrency=concurrency,

@@ -88,8 +88,10 @@ async def run_batch(
 ) -> list[RunResult]:
     """Run `workflow` once per item; results in input order. With a store, a second call with
     the same batch resumes it instead of starting over. The arguments are those of
-    `eclflow.run` (a file, a mock script in any of its forms, a budget mapping, a database URL
-    or path as `store`); an item that fails its checks is a failed result, not an error."""
+    `eclflow.run` (a file, a mock script in any of its forms, a budget mapping,
+    a database URL or path as `store`); `concurrency`: the most runs at once;
+    `on_update`: called with the `BatchProgress` as items start and end. An item that fails
+    its checks is a failed result, not an error."""
     return [
         result
         async for result in iter_batch(
@@ -139,13 +141,42 @@ async def iter_batch(
     store: Any = None,
     budget: Budget | Mapping[str, Any] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
-    checked: bool = False,
 ) -> AsyncGenerator[RunResult, None]:
     """`run_batch`, each result given as soon as it and every one before it are in: a caller
     can print or store results while the batch goes on, and keep none of them. Only
-    `concurrency` runs exist at a time (fewer on a local model: `one_call_at_a_time`); closing
-    the iterator early cancels them. `checked`: the caller has checked every item against the
-    workflow's `inputs` (the CLI does, to name every bad line), so they are not checked again."""
+    `concurrency` runs exist at a time (fewer on a local model); closing the iterator early
+    cancels them."""
+    async with aclosing(
+        _iter_batch(
+            workflow,
+            items,
+            concurrency=concurrency,
+            model=model,
+            mock_responses=mock_responses,
+            store=store,
+            budget=budget,
+            on_update=on_update,
+        )
+    ) as results:
+        async for result in results:
+            yield result
+
+
+async def _iter_batch(
+    workflow: Workflow | str | Path,
+    items: Iterable[Mapping[str, Any]],
+    *,
+    concurrency: int = 8,
+    model: str | None = None,
+    mock_responses: MockScript | None = None,
+    store: Any = None,
+    budget: Budget | Mapping[str, Any] | None = None,
+    on_update: Callable[[BatchProgress], None] | None = None,
+    checked: bool = False,
+) -> AsyncGenerator[RunResult, None]:
+    """`iter_batch` (`one_call_at_a_time` says how many runs a local model serves at once).
+    `checked`: the caller has checked every item against the workflow's `inputs` (the CLI
+    does, to name every bad line), so they are not checked again."""
     from . import runner
 
     if isinstance(concurrency, bool) or not isinstance(concurrency, int):
@@ -266,7 +297,7 @@ async def _batch(
             except RunNotFound:  # deleted since the batch began: it starts afresh
                 pass
         begun.add(run_id)
-        return await runner.run(
+        return await runner._run(
             workflow,
             item,
             model=model,
@@ -409,22 +440,37 @@ def _claim(
     # each run's metadata is run_row's, with the batch and the item before the budget
     head = dict(shared["metadata"])
     tail = {"budget": head.pop("budget")} if "budget" in head else {}
-    rows = [
-        {
-            **shared,
-            "run_id": ids[i],
-            "input": dict(items[i]),
-            "metadata": {**head, "batch": batch, "item": i, **tail},
-        }
-        for i in indexes
-        if isinstance(items[i], Mapping) and (checked or accepts(dict(items[i])))
-    ]
+    rows = []
+    for i in indexes:
+        item = _plain_json(runner, items[i])
+        if item is not None and (checked or accepts(item)):
+            rows.append(
+                {
+                    **shared,
+                    "run_id": ids[i],
+                    "input": item,
+                    "metadata": {**head, "batch": batch, "item": i, **tail},
+                }
+            )
     if not rows:
         return set()
     claimed: set[str] = store.runs.claim_many(
         rows, uuid.uuid4().hex, stop=stop, take_over=take_over
     )
     return claimed
+
+
+def _plain_json(runner: Any, item: Any) -> dict[str, Any] | None:
+    """`item` as the journal keeps it (a tuple as a list, …: `plain_inputs`); None for what
+    is no mapping, or holds what the journal cannot keep (a date, a set): such an item is not
+    claimed, and its run fails with the reason."""
+    if not isinstance(item, Mapping):
+        return None
+    try:
+        plain: dict[str, Any] = runner.plain_inputs(item)
+    except ConfigError:
+        return None
+    return plain
 
 
 def _refuse_held(store: Any, run_ids: Sequence[str]) -> dict[str, str | None]:

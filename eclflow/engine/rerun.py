@@ -56,7 +56,7 @@ async def rerun_from(
     budget: Any = None,
     new_run_id: str | None = None,
 ) -> RunResult:
-    from .runner import run
+    from .runner import _run
 
     if store is None:
         from ..errors import ConfigError
@@ -84,7 +84,7 @@ async def rerun_from(
             f"(--from {changed[0] if one else 'STEP'} runs {'it' if one else 'a step'} again)"
         )
     journal = _SeededJournal(store, seed, old.id)
-    return await run(
+    return await _run(
         workflow,
         inputs if inputs is not None else old.input,
         model=model or (old.metadata or {}).get("model"),

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import lru_cache, partial
@@ -70,9 +71,70 @@ def check_model_name(model: Any) -> None:
 
 
 def check_run_id(run_id: Any) -> None:
-    """A run id given to resume or pause is text (an int or None failed with AttributeError)."""
+    """A run id given to run, resume or pause is text (an int or None failed with
+    AttributeError), and not empty (run made a new id for one, resume took it for a prefix)."""
     if not isinstance(run_id, str):
         raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
+    if not run_id.strip():
+        raise ConfigError(
+            "run_id is empty: give the run's id (or a unique prefix of it), or leave run_id "
+            "out for a new run"
+        )
+
+
+def plain_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's input as the journal keeps it, JSON: a date, a set or an object of one's own
+    was kept as its `str()`, so a resumed run read other values than its first attempt did;
+    ConfigError naming the first such input and its type. A tuple becomes a list, a subclass
+    of str, int, float or dict (an enum, an OrderedDict) its plain value: what a resume reads."""
+    try:
+        out = _plain(inputs, "")
+    except RecursionError:
+        raise ConfigError(
+            "inputs are nested too deeply to keep as JSON in the journal "
+            f"(more than about {sys.getrecursionlimit()} levels)"
+        ) from None
+    return dict(out)
+
+
+_JSON_LEAVES = (str, bool, int, type(None))
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` made plain JSON data (see `plain_inputs`); `where`: its place in the input."""
+    kind = type(value)
+    if kind in _JSON_LEAVES:
+        return value
+    if kind is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"input '{where}' is {value}, which JSON cannot hold: give a number")
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(
+                    f"input '{where}' has the key {k!r}, a {type(k).__name__}: the journal "
+                    "keeps inputs as JSON, whose keys are text (a resume would read "
+                    f"{str(k)!r}): give text keys"
+                )
+            out[str(k)] = _plain(v, f"{where}.{k}" if where else k)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    for plain in (bool, str, int, float):  # a subclass (an enum of them): its plain value
+        if isinstance(value, plain):
+            return _plain(str.__str__(value) if plain is str else plain(value), where)
+    if hasattr(value, "isoformat"):  # (a date, time or datetime)
+        hint = "pass its isoformat() text"
+    elif isinstance(value, set | frozenset):
+        hint = "pass a list"
+    else:
+        hint = "pass text, a number, true/false, None, or a list or mapping of them"
+    raise ConfigError(
+        f"input '{where}' is a {kind.__name__}, which the journal cannot keep as JSON (a "
+        f"resume would read its text instead): {hint}"
+    )
 
 
 def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
@@ -292,6 +354,41 @@ async def run(
     store: Any = None,
     db: str | None = None,
     run_id: str | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
+    listener: Listener | None = None,
+) -> RunResult:
+    """Run a workflow to its end and return the result (a failed run is a result, not an error).
+
+    `workflow`: a `Workflow` or a file path. `inputs`: the run's input, JSON values (text,
+    numbers, true/false, None, lists and mappings of them). `model`: the model of the steps
+    that name none (else ECLFLOW_MODEL, else the file's `model:`). `mock_responses`: scripted
+    replies for `mock/…` models (a MockProvider, a list, a mapping by step, a script file).
+    `store` (a Store, a database URL or path) or `db` (a URL): the journal; without either,
+    nothing is kept. `run_id`: the new run's id (one is made without it). `budget`: a
+    `Budget` or a mapping (`{"max_calls": 10}`), over the file's `budget:`. `listener`:
+    called `listener(event, payload)` as the run goes."""
+    return await _run(
+        workflow,
+        inputs,
+        model=model,
+        mock_responses=mock_responses,
+        store=store,
+        db=db,
+        run_id=run_id,
+        budget=budget,
+        listener=listener,
+    )
+
+
+async def _run(
+    workflow: Workflow | str | Path,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    model: str | None = None,
+    mock_responses: MockScript | None = None,
+    store: Any = None,
+    db: str | None = None,
+    run_id: str | None = None,
     listener: Listener | None = None,
     guard: CallGuard | None = None,
     on_call: CallHook | None = None,
@@ -303,36 +400,38 @@ async def run(
     spent: Spent | None = None,
     started_at: float | None = None,
 ) -> RunResult:
-    """Run a workflow to its end and return the result (a failed run is a result, not an error).
+    """`run`, with what the CLI, batch mode and the Restate service add.
 
-    Journaled to `store` (or a store opened from `db`) when given; otherwise nothing is kept.
-    `claimed`: the caller (batch mode) has already checked the input and written the run's
-    row, `pending`. `spent`: what the budget counts as spent already (a journal that replays
-    steps adds theirs to it). `started_at` (`time.time()`): when the run began, for a journal
-    that replays an earlier attempt of it (its duration counts from then, not from this call).
+    `guard` and `on_call`: called before and after each model call. `journal` (or one made by
+    `journal_factory` from the run id): where steps are journaled, instead of `store`'s.
+    `metadata`: kept with the run's row. `claimed`: the caller (batch mode) has already
+    checked the input and written the run's row, `pending`. `spent`: what the budget counts
+    as spent already (a journal that replays steps adds theirs to it). `started_at`
+    (`time.time()`): when the run began, for a journal that replays an earlier attempt of it
+    (its duration counts from then, not from this call).
     """
     wf = as_workflow(workflow)
     if inputs is not None and not isinstance(inputs, Mapping):
         raise InvalidInput(
             f"inputs must be a mapping of input names to values, not {type(inputs).__name__}"
         )
-    inputs = dict(inputs or {})
+    inputs = plain_inputs(inputs or {})
     if not claimed:  # (batch mode checked the items it claimed)
         validate_input(wf, inputs)
     check_model_name(model)
+    if run_id is not None:
+        check_run_id(run_id)
     budget = as_budget(budget)
     plan = compile_plan(wf)
     plan.step_objects(default_registry())  # (a type that cannot be made: before any record)
     check_env(wf)
     if mock_responses is not None:
         check_mock_is_used(wf, model)
-    providers = Providers(mock=as_mock(mock_responses))
-    warn_unplayed_keys(wf, providers.mock)
+    callers = Providers(mock=as_mock(mock_responses))
+    warn_unplayed_keys(wf, callers.mock)
     chosen = default_model(wf, model)
     limits = _limits(wf, budget)
-    check_models(plan, providers, chosen, limits)
-    if run_id is not None and not isinstance(run_id, str):
-        raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
+    check_models(plan, callers, chosen, limits)
     store, own_store = _as_store(store, db)
     given_id = run_id
     run_id = run_id or new_run_id()
@@ -360,7 +459,7 @@ async def run(
                 journal = MemoryJournal()
         return await _execute(
             plan,
-            providers,
+            callers,
             chosen,
             journal,
             run_id,
@@ -721,21 +820,48 @@ async def resume(
     model: str | None = None,
     mock_responses: MockScript | None = None,
     force: bool = False,
+    budget: Budget | Mapping[str, Any] | None = None,
+    listener: Listener | None = None,
+) -> RunResult:
+    """Continue a run from its journal: succeeded steps are replayed without calling anything.
+
+    `run_id`: the run's id or a unique prefix of it. The journal is `store`, else one opened
+    from `db` (a URL; the default database when neither is given). `model` and
+    `mock_responses` as for `run`. `force`: continue although the workflow file or a prompt
+    changed since. `budget`, given here, replaces the one the run had; what the run already
+    spent counts. `listener` as for `run`. A run that completed is returned as it was
+    recorded, calling nothing."""
+    return await _resume(
+        run_id,
+        store=store,
+        db=db,
+        model=model,
+        mock_responses=mock_responses,
+        force=force,
+        budget=budget,
+        listener=listener,
+    )
+
+
+async def _resume(
+    run_id: str,
+    *,
+    store: Any = None,
+    db: str | None = None,
+    model: str | None = None,
+    mock_responses: MockScript | None = None,
+    force: bool = False,
     listener: Listener | None = None,
     guard: CallGuard | None = None,
     on_call: CallHook | None = None,
     budget: Budget | Mapping[str, Any] | None = None,
 ) -> RunResult:
-    """Continue a run from its journal: succeeded steps are replayed without calling anything.
-
-    The journal is `store`, else one opened from `db` (a URL; the default database when
-    neither is given). A budget given here replaces the one the run had; what the run already
-    spent counts."""
+    """`resume`, with `run`'s `guard` and `on_call` (see `_run`)."""
     check_run_id(run_id)
     if store is None or isinstance(store, str | os.PathLike):
         opened, _ = _as_store(store, db, reading=True)
         try:
-            return await resume(
+            return await _resume(
                 run_id,
                 store=opened,
                 model=model,
@@ -752,10 +878,10 @@ async def resume(
 
     check_model_name(model)
     budget = as_budget(budget)
-    providers = Providers(mock=as_mock(mock_responses), command="eclflow resume")
+    callers = Providers(mock=as_mock(mock_responses), command="eclflow resume")
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
-    taken = await asyncio.to_thread(_take_over, store, run_id, force, budget, providers, model)
+    taken = await asyncio.to_thread(_take_over, store, run_id, force, budget, callers, model)
     if isinstance(taken, RunResult):  # completed before: nothing to run, nothing rewritten
         if listener is not None:
             listener("run_already_completed", {"result": taken})
@@ -763,7 +889,7 @@ async def resume(
     record, wf, chosen, limits, rows, (origin, seed) = taken
     return await _execute(
         compile_plan(wf),
-        providers,
+        callers,
         chosen,
         StoreJournal(store, record.id, rows=rows, seed=seed, seed_from=origin),
         record.id,

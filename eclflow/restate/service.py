@@ -288,7 +288,7 @@ async def run_handler(worker: Worker, ctx: Any, request: dict[str, Any]) -> dict
         except EclflowError:
             mock = None
     try:
-        result = await runner.run(
+        result = await runner._run(
             wf,
             inputs,
             model=model,
