@@ -17,8 +17,10 @@ Runs: `run`, `resume` and `run_batch` are coroutines (await them inside your own
 pause it. A failed run is a `RunResult` with `status == "failed"`, not an exception; its
 `steps` are `StepExecution`s. `open_store(url)` opens a journal (SQLite or PostgreSQL) to pass
 as `store=`, and lists the runs in it (`store.runs.list()`). `MockProvider` plays scripted
-replies for `mock/…` models; `Step`, `StepContext`, `StepResult` and `register` add step types
-of your own.
+replies for `mock/…` models; a `Provider` of your own (`async def complete(request:
+CompletionRequest) -> CompletionResponse`, with `TokenUsage`) serves the models of a prefix,
+`run(…, providers={"myco": client})`; `Step`, `StepContext`, `StepResult` and `register` add
+step types of your own.
 
 Errors: the exceptions below are raised for what is wrong before a run starts (an invalid file
 or input, a run that does not exist, …), all of them subclasses of `EclflowError`; the
@@ -56,6 +58,8 @@ __all__ = [
     "BatchProgress",
     "Budget",
     "BudgetExceeded",
+    "CompletionRequest",
+    "CompletionResponse",
     "ConfigError",
     "Diagnostic",
     "EclflowError",
@@ -66,6 +70,7 @@ __all__ = [
     "MockProvider",
     "NotFound",
     "PersistenceError",
+    "Provider",
     "RunNotFound",
     "RunResult",
     "Step",
@@ -78,6 +83,7 @@ __all__ = [
     "StoreNotFound",
     "StoreUnavailable",
     "TemplateError",
+    "TokenUsage",
     "UnclearRunId",
     "ValidationError",
     "Workflow",
@@ -99,7 +105,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .engine import RunResult, StepExecution, pause, resume, run
     from .engine.batch import BatchProgress, iter_batch, run_batch
-    from .llm import MockProvider
+    from .llm import CompletionRequest, CompletionResponse, MockProvider, Provider, TokenUsage
     from .spec import Budget, Diagnostic, Location, Workflow, check, check_text, load, load_text
     from .steps import Step, StepContext, StepResult, register
     from .store import Store, open_store
@@ -127,6 +133,10 @@ _LAZY = {
     "StepResult": "eclflow.steps",
     "register": "eclflow.steps",
     "MockProvider": "eclflow.llm",
+    "Provider": "eclflow.llm",
+    "CompletionRequest": "eclflow.llm",
+    "CompletionResponse": "eclflow.llm",
+    "TokenUsage": "eclflow.llm",
     "Store": "eclflow.store",
     "open_store": "eclflow.store",
 }

@@ -542,7 +542,23 @@ async def main() -> None:
         cost: float = result.cost
         print(result.status, result.output, result.tokens, cost, [s.key for s in result.steps])
         again = await eclflow.resume(result.run_id, store=store, mock_responses=replies)
-        print(again.status, [r.state for r in store.runs.list()])
+        print(again.status, [(r.state, r.status) for r in store.runs.list()])
+        own = await eclflow.run(wf, {}, model="echo/x", providers={"echo": Echo()})
+        await eclflow.run_batch(wf, [{}], model="echo/x", providers={"echo": Echo()})
+        await eclflow.run(wf, {}, model="bad/x", providers={"bad": Wrong()})  # type: ignore[dict-item]
+        print(own.tokens)
+
+
+class Echo:
+    async def complete(self, request: eclflow.CompletionRequest) -> eclflow.CompletionResponse:
+        text = request.messages[-1].content
+        usage = eclflow.TokenUsage(input=len(text), output=len(text))
+        return eclflow.CompletionResponse(text, usage=usage, cost=0.0)
+
+
+class Wrong:  # a provider that returns text: mypy says so
+    async def complete(self, request: eclflow.CompletionRequest) -> str:
+        return request.model
 
 
 asyncio.run(main())
@@ -553,7 +569,9 @@ def test_a_program_using_the_api_passes_mypy_strict(tmp_path: Path) -> None:
     """A keyed mock script (a dict, as documented) was refused by the annotation of `run`'s
     `mock_responses`, and `WorkflowInvalid.diagnostics` was `list[Any]`, so a misspelt
     attribute of a diagnostic went unseen (here: the ignore of the typo is used); a step's
-    `ctx.complete` took only `Message`s in its annotation, not the documented mappings."""
+    `ctx.complete` took only `Message`s in its annotation, not the documented mappings. A
+    provider of one's own is checked against `eclflow.Provider` (the ignore of `Wrong` is
+    used)."""
     import os
     import subprocess
     import sys
@@ -738,7 +756,7 @@ def test_the_readme_program_runs_as_it_is(tmp_path: Path) -> None:
 
     section = (ROOT / "README.md").read_text().split("## Python API")[1].split("\n## ")[0]
     programs = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(programs) == 2 and "mock/demo" in programs[1]
+    assert len(programs) == 3 and "mock/demo" in programs[1]
     (tmp_path / "workflows").mkdir()
     shutil.copy(CRITIQUE_REVISE, tmp_path / "workflows")
     program = _write(tmp_path / "program.py", programs[1])
@@ -753,6 +771,24 @@ def test_the_readme_program_runs_as_it_is(tmp_path: Path) -> None:
     assert lines[1:3] == ["generate succeeded 1 62", "critique#1 succeeded 1 102"]
     assert [line.split()[1] for line in lines[3:5]] == ["completed", "completed"]
     assert [line.split()[1] for line in lines[5:]] == ["completed"] * 3
+
+
+def test_the_readme_program_with_a_provider_of_ones_own_runs_as_it_is(tmp_path: Path) -> None:
+    """The README's program that passes a model client of its own (`providers=`), which
+    fails its first call with a lost connection: retried, then answered."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Python API")[1].split("\n## ")[0]
+    program = re.findall(r"```python\n(.*?)```", section, re.S)[2]
+    assert 'providers={"myco": shouter}' in program
+    path = _write(tmp_path / "program.py", program)
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert (done.stderr, done.returncode) == ("", 0)
+    assert done.stdout.splitlines() == ["completed TELL ME ABOUT TIDE POOLS. 2 2", "20 0.0005"]
 
 
 @pytest.mark.parametrize(
@@ -855,10 +891,11 @@ def test_resume_and_pause_refuse_an_empty_run_id(tmp_path: Path) -> None:
 
 
 PUBLIC_PARAMETERS = {
-    "run": "workflow inputs model mock_responses store db run_id budget listener",
-    "resume": "run_id store db model mock_responses force budget listener",
-    "run_batch": "workflow items concurrency model mock_responses store budget on_update",
-    "iter_batch": "workflow items concurrency model mock_responses store budget on_update",
+    "run": "workflow inputs model mock_responses providers store db run_id budget listener",
+    "resume": "run_id store db model mock_responses providers force budget listener",
+    "run_batch": "workflow items concurrency model mock_responses providers store budget on_update",
+    "iter_batch": "workflow items concurrency model mock_responses providers store budget "
+    "on_update",
 }
 
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigError, EclflowError, InvalidState, RunNotFound
 from ..graph.plan import compile_plan
-from ..llm import MockProvider
+from ..llm import MockProvider, Provider
+from ..llm.own import own_providers
 from ..spec.model import Budget, Workflow
 from .result import RunResult
 
@@ -82,14 +83,15 @@ async def run_batch(
     concurrency: int = 8,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     store: Any = None,
     budget: Budget | Mapping[str, Any] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
 ) -> list[RunResult]:
     """Run `workflow` once per item; results in input order. With a store, a second call with
     the same batch resumes it instead of starting over. The arguments are those of
-    `eclflow.run` (a file, a mock script in any of its forms, a budget mapping,
-    a database URL or path as `store`); `concurrency`: the most runs at once;
+    `eclflow.run` (a file, a mock script in any of its forms, providers of your own, a budget
+    mapping, a database URL or path as `store`); `concurrency`: the most runs at once;
     `on_update`: called with the `BatchProgress` as items start and end. An item that fails
     its checks is a failed result, not an error."""
     return [
@@ -100,6 +102,7 @@ async def run_batch(
             concurrency=concurrency,
             model=model,
             mock_responses=mock_responses,
+            providers=providers,
             store=store,
             budget=budget,
             on_update=on_update,
@@ -138,6 +141,7 @@ async def iter_batch(
     concurrency: int = 8,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     store: Any = None,
     budget: Budget | Mapping[str, Any] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
@@ -153,6 +157,7 @@ async def iter_batch(
             concurrency=concurrency,
             model=model,
             mock_responses=mock_responses,
+            providers=providers,
             store=store,
             budget=budget,
             on_update=on_update,
@@ -169,6 +174,7 @@ async def _iter_batch(
     concurrency: int = 8,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     store: Any = None,
     budget: Budget | Mapping[str, Any] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
@@ -187,6 +193,7 @@ async def _iter_batch(
             f"items is a list of inputs, one mapping each, not {type(items).__name__}{one}"
         )
     runner.check_model_name(model)
+    own_providers(providers)  # (checked once, not per item)
     store, own_store = runner._as_store(store, None)
     try:
         async with aclosing(
@@ -196,6 +203,7 @@ async def _iter_batch(
                 concurrency=concurrency,
                 model=model,
                 mock_responses=runner.as_mock(mock_responses),
+                providers=providers,
                 store=store,
                 budget=runner.as_budget(budget),
                 on_update=on_update,
@@ -216,6 +224,7 @@ async def _batch(
     concurrency: int,
     model: str | None,
     mock_responses: MockProvider | None,
+    providers: Mapping[str, Provider] | None,
     store: Any,
     budget: Budget | None,
     on_update: Callable[[BatchProgress], None] | None,
@@ -291,6 +300,7 @@ async def _batch(
                     store=store,
                     model=model,
                     mock_responses=mock,
+                    providers=providers,
                     budget=budget,
                     listener=reused,
                 )
@@ -302,6 +312,7 @@ async def _batch(
             item,
             model=model,
             mock_responses=mock,
+            providers=providers,
             store=store,
             run_id=run_id,
             budget=budget,

@@ -24,7 +24,8 @@ from ..errors import (
     RunNotFound,
 )
 from ..graph.plan import Plan, compile_plan
-from ..llm import MockProvider, Providers, load_script
+from ..llm import MockProvider, Provider, Providers, load_script
+from ..llm.own import own_providers
 from ..observe import tracing
 from ..observe.budget import BudgetGuard, Spent
 from ..observe.events import EventRecorder, emit, record_to, wanted
@@ -351,6 +352,7 @@ async def run(
     *,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     store: Any = None,
     db: str | None = None,
     run_id: str | None = None,
@@ -363,15 +365,17 @@ async def run(
     numbers, true/false, None, lists and mappings of them). `model`: the model of the steps
     that name none (else ECLFLOW_MODEL, else the file's `model:`). `mock_responses`: scripted
     replies for `mock/…` models (a MockProvider, a list, a mapping by step, a script file).
-    `store` (a Store, a database URL or path) or `db` (a URL): the journal; without either,
-    nothing is kept. `run_id`: the new run's id (one is made without it). `budget`: a
-    `Budget` or a mapping (`{"max_calls": 10}`), over the file's `budget:`. `listener`:
-    called `listener(event, payload)` as the run goes."""
+    `providers`: model clients of your own by model prefix (`{"myco": client}` serves
+    `myco/…`; see `eclflow.Provider`). `store` (a Store, a database URL or path) or `db` (a
+    URL): the journal; without either, nothing is kept. `run_id`: the new run's id (one is
+    made without it). `budget`: a `Budget` or a mapping (`{"max_calls": 10}`), over the
+    file's `budget:`. `listener`: called `listener(event, payload)` as the run goes."""
     return await _run(
         workflow,
         inputs,
         model=model,
         mock_responses=mock_responses,
+        providers=providers,
         store=store,
         db=db,
         run_id=run_id,
@@ -386,6 +390,7 @@ async def _run(
     *,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     store: Any = None,
     db: str | None = None,
     run_id: str | None = None,
@@ -427,7 +432,7 @@ async def _run(
     check_env(wf)
     if mock_responses is not None:
         check_mock_is_used(wf, model)
-    callers = Providers(mock=as_mock(mock_responses))
+    callers = Providers(mock=as_mock(mock_responses), own=own_providers(providers))
     warn_unplayed_keys(wf, callers.mock)
     chosen = default_model(wf, model)
     limits = _limits(wf, budget)
@@ -493,7 +498,13 @@ async def _execute(
     started_at: float | None = None,
 ) -> RunResult:
     limits = limits or Budget()
-    budget_guard = BudgetGuard(limits.max_usd, limits.max_tokens, limits.max_calls, spent)
+    budget_guard = BudgetGuard(
+        limits.max_usd,
+        limits.max_tokens,
+        limits.max_calls,
+        spent,
+        providers.serves_own if providers.own else None,
+    )
     if budget_guard.active:
         guard = _both_guards(budget_guard, guard)
         on_call = _both_hooks(budget_guard.record, on_call)
@@ -819,6 +830,7 @@ async def resume(
     db: str | None = None,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     force: bool = False,
     budget: Budget | Mapping[str, Any] | None = None,
     listener: Listener | None = None,
@@ -826,17 +838,18 @@ async def resume(
     """Continue a run from its journal: succeeded steps are replayed without calling anything.
 
     `run_id`: the run's id or a unique prefix of it. The journal is `store`, else one opened
-    from `db` (a URL; the default database when neither is given). `model` and
-    `mock_responses` as for `run`. `force`: continue although the workflow file or a prompt
-    changed since. `budget`, given here, replaces the one the run had; what the run already
-    spent counts. `listener` as for `run`. A run that completed is returned as it was
-    recorded, calling nothing."""
+    from `db` (a URL; the default database when neither is given). `model`, `mock_responses`
+    and `providers` as for `run` (a run on a provider of your own needs it again here).
+    `force`: continue although the workflow file or a prompt changed since. `budget`, given
+    here, replaces the one the run had; what the run already spent counts. `listener` as for
+    `run`. A run that completed is returned as it was recorded, calling nothing."""
     return await _resume(
         run_id,
         store=store,
         db=db,
         model=model,
         mock_responses=mock_responses,
+        providers=providers,
         force=force,
         budget=budget,
         listener=listener,
@@ -850,6 +863,7 @@ async def _resume(
     db: str | None = None,
     model: str | None = None,
     mock_responses: MockScript | None = None,
+    providers: Mapping[str, Provider] | None = None,
     force: bool = False,
     listener: Listener | None = None,
     guard: CallGuard | None = None,
@@ -866,6 +880,7 @@ async def _resume(
                 store=opened,
                 model=model,
                 mock_responses=mock_responses,
+                providers=providers,
                 force=force,
                 listener=listener,
                 guard=guard,
@@ -878,7 +893,9 @@ async def _resume(
 
     check_model_name(model)
     budget = as_budget(budget)
-    callers = Providers(mock=as_mock(mock_responses), command="eclflow resume")
+    callers = Providers(
+        mock=as_mock(mock_responses), command="eclflow resume", own=own_providers(providers)
+    )
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
     taken = await asyncio.to_thread(_take_over, store, run_id, force, budget, callers, model)

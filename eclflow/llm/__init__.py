@@ -1,10 +1,13 @@
 """Model providers behind one interface, chosen by the model string.
 
-`mock/…` plays a script, `local/…` runs an in-process GGUF model, anything else goes through
-litellm. The heavy ones are imported only when a run actually uses them.
+`mock/…` plays a script, `local/…` runs an in-process GGUF model, a model whose prefix a
+caller's own provider was given for (`providers=`) goes to it, anything else through litellm.
+The heavy ones are imported only when a run actually uses them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from .base import CompletionRequest, CompletionResponse, Message, Provider, TokenUsage
 from .mock import MockProvider, load_script
@@ -24,11 +27,18 @@ __all__ = [
 class Providers:
     """Resolves model strings to providers for one run (or batch), creating each once."""
 
-    def __init__(self, mock: Provider | None = None, command: str = "eclflow run") -> None:
+    def __init__(
+        self,
+        mock: Provider | None = None,
+        command: str = "eclflow run",
+        own: Mapping[str, Provider] | None = None,
+    ) -> None:
         """`command`: the command a `mock/` model's missing script is passed to (`eclflow
-        resume` for a resumed run), named when it is missing."""
+        resume` for a resumed run), named when it is missing. `own`: providers of one's own
+        by model prefix (checked by `own.own_providers`)."""
         self.mock = mock
         self.command = command
+        self.own = own or {}
         self._cache: dict[str, Provider] = {}
 
     def kind(self, model: str) -> str:
@@ -36,7 +46,17 @@ class Providers:
             return "mock"
         if model.startswith("local/"):
             return "local"
+        if self.own:
+            from .own import provider_for
+
+            prefix = provider_for(self.own, model)
+            if prefix is not None:
+                return "own:" + prefix
         return "remote"
+
+    def serves_own(self, model: str) -> bool:
+        """Whether a provider of the caller's own serves `model`."""
+        return self.kind(model).startswith("own:")
 
     def get(self, model: str) -> Provider:
         if model in _BARE:  # (litellm would say it knows no such provider)
@@ -58,6 +78,11 @@ class Providers:
                     "mock_responses= (Python)"
                 )
             provider = self.mock
+        elif kind.startswith("own:"):
+            from .own import OwnProvider
+
+            prefix = kind[len("own:") :]
+            provider = OwnProvider(self.own[prefix], prefix)
         elif kind == "local":
             from .local import LocalProvider
 
@@ -71,7 +96,9 @@ class Providers:
 
     def check(self, model: str) -> None:
         """Raise ConfigError now if `model` cannot be called (missing key, extra not installed)."""
-        self.get(model).check(model)
+        check = getattr(self.get(model), "check", None)
+        if check is not None:
+            check(model)
 
 
 # a provider's prefix alone, without the model's name

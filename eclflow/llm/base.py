@@ -14,6 +14,8 @@ Role = Literal["system", "user", "assistant"]
 @quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One message of a prompt: its `role` (`system`, `user`, `assistant`) and text."""
+
     role: Role
     content: str
 
@@ -21,7 +23,10 @@ class Message:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
-    """What a step asks of a model. `json_schema` asks for structured output when supported."""
+    """What a step asks of a model: the `model` string, the `messages` (each a `Message`,
+    `.role` and `.content`), `max_tokens`, `temperature`, `stop` sequences, `json_schema` (asks
+    for structured output when supported), `timeout` (the step's, in seconds), and which
+    step asks (`step_id`, its journal `key`, its `attempt`)."""
 
     model: str
     messages: Sequence[Message]
@@ -49,6 +54,8 @@ class CompletionRequest:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
+    """The tokens of one model call: `input` (the prompt's) and `output` (the reply's)."""
+
     input: int = 0
     output: int = 0
 
@@ -60,6 +67,10 @@ class TokenUsage:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class CompletionResponse:
+    """A model's reply: its text, its `TokenUsage`, its `cost` in US dollars (counted by the
+    run's budget and totals), why it ended (`"length"`: cut off at `max_tokens`) and the
+    model that answered."""
+
     content: str
     usage: TokenUsage = field(default_factory=TokenUsage)
     cost: float = 0.0  # US dollars
@@ -69,13 +80,18 @@ class CompletionResponse:
 
 @runtime_checkable
 class Provider(Protocol):
-    """A model endpoint. Raise `eclflow.errors.LLMError` subclasses on failure."""
+    """A model client: `complete` answers one request (`request.model`, `request.messages`,
+    `max_tokens`, `temperature`, `stop`, `json_schema`, `timeout`) with a `CompletionResponse`
+    (the reply's text, its `TokenUsage` and its cost in US dollars).
+
+    Pass your own to `eclflow.run(…, providers={"myco": client})` for the models `myco/…`.
+    Raise `eclflow.LLMError(message, retryable=…, retry_after=…)` to say whether the step's
+    next attempt may do better; a `TimeoutError`, a `ConnectionError` or an error with a
+    `status_code` of 408, 429 or 5xx is retried too, any other exception fails the step at
+    once. A provider may also have `check(model)`, called before the run starts, that raises
+    `eclflow.ConfigError` when the model cannot be called (a missing key)."""
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
-
-    def check(self, model: str) -> None:
-        """Raise ConfigError before a run starts when the model cannot be reached (no key...)."""
-        ...
 
 
 def utf8_text(text: str) -> str:

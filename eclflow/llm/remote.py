@@ -299,6 +299,13 @@ def map_exception(e: BaseException) -> LLMError:
             if ours in (RateLimited, ServerError):
                 return ours(message, retry_after=retry_after(e))
             return ours(message)
+    return plain_error(e, message)
+
+
+def plain_error(e: BaseException, message: str) -> LLMError:
+    """An exception of no model library eclflow knows as ours, by what it is: a timeout or a
+    lost connection, an HTTP status (`status_code`: 429, 408 and 5xx are retried), else an
+    error no retry mends."""
     if isinstance(e, TimeoutError):
         return ProviderTimeout(message)
     if isinstance(e, ConnectionError):

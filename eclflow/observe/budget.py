@@ -7,7 +7,7 @@ without importing litellm; `mock/` and `local/` models cost nothing unless the m
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -52,15 +52,19 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 3 + 1
 
 
-def prompt_tokens(model: str, messages: Sequence[Any]) -> int:
-    """Tokens of a prompt: litellm's tokenizer for remote models, a cautious estimate else.
+def prompt_tokens(model: str, messages: Sequence[Any], estimate: bool = False) -> int:
+    """Tokens of a prompt: litellm's tokenizer for remote models, a cautious estimate else
+    (`estimate`: for this model too, one a provider of the caller's own serves: litellm, which
+    takes seconds to import, is not loaded for it).
 
     Always tiktoken's encoding, which litellm ships: for some model names (`…llama-3…`)
     litellm would fetch a tokenizer from Hugging Face first, on the event loop inside the
     step's deadline (offline, 23 s: a false step timeout)."""
-    if not model.startswith(("local/", "mock/")):
+    if not estimate and not model.startswith(("local/", "mock/")):
         try:
-            import litellm
+            from ..llm.remote import _litellm  # (litellm with its bundled price table)
+
+            litellm = _litellm()
 
             # (process-wide, and what eclflow wants of litellm everywhere: no downloads)
             litellm.disable_hf_tokenizer_download = True
@@ -94,7 +98,11 @@ class BudgetGuard:
         max_tokens: int | None = None,
         max_calls: int | None = None,
         spent: Spent | None = None,
+        estimated: Callable[[str], bool] | None = None,
     ) -> None:
+        """`estimated(model)`: whether the prompts of `model` are counted by estimate (see
+        `prompt_tokens`)."""
+        self.estimated = estimated
         self.max_usd = max_usd
         self.max_tokens = max_tokens
         self.max_calls = max_calls
@@ -111,7 +119,8 @@ class BudgetGuard:
     async def __call__(self, step_id: str, request: Any) -> None:
         if not self.active:
             return
-        tokens_in = prompt_tokens(request.model, request.messages)
+        estimate = self.estimated is not None and self.estimated(request.model)
+        tokens_in = prompt_tokens(request.model, request.messages, estimate)
         worst_tokens = tokens_in + request.max_tokens
         p = price(request.model)
         worst_usd = tokens_in * p.input + request.max_tokens * p.output if p is not None else 0.0

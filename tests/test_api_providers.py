@@ -1,0 +1,240 @@
+"""Model clients of one's own: `providers=` on run, resume, run_batch and iter_batch.
+
+The providers here are real objects of the kind a user writes (a test double is what a user
+passes in a test of their own); the runs around them, their journals (real SQLite files),
+retries, timeouts and budgets are eclflow's, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import eclflow
+
+ONE = """\
+eclflow: 1
+id: own
+model: myco/small
+defaults:
+  retry: {max_attempts: 3, initial_delay: 1ms}
+steps:
+  - {id: answer, type: llm, template: "Tell me about tides."}
+output: {text: "{{ steps.answer.output.text }}"}
+"""
+
+TWO = """\
+eclflow: 1
+id: own2
+model: myco/small
+inputs: {type: object, properties: {topic: {type: string}}}
+steps:
+  - {id: first, type: llm, template: "first {{ topic }}", with: {topic: "{{ input.topic }}"}}
+  - {id: second, type: llm, template: "second", depends_on: [first]}
+output: {text: "{{ steps.second.output.text }}"}
+"""
+
+
+class Client:
+    """A provider of one's own: answers from `replies` in order (an exception is raised)."""
+
+    def __init__(self, *replies: Any) -> None:
+        self.replies = list(replies)
+        self.requests: list[eclflow.CompletionRequest] = []
+
+    async def complete(self, request: eclflow.CompletionRequest) -> eclflow.CompletionResponse:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if self.replies else "more"
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(reply, str):
+            return eclflow.CompletionResponse(
+                reply, usage=eclflow.TokenUsage(input=10, output=5), cost=0.25
+            )
+        return reply  # type: ignore[no-any-return]  # (a wrong reply, on purpose)
+
+
+def go(text: str, inputs: dict[str, Any] | None = None, **kwargs: Any) -> eclflow.RunResult:
+    return asyncio.run(eclflow.run(eclflow.load_text(text), inputs or {}, **kwargs))
+
+
+def test_a_provider_of_ones_own_answers_its_models_and_is_journaled(tmp_path: Path) -> None:
+    """`providers=` did not exist: `myco/small` went to litellm, which knows no such provider."""
+    client = Client("the answer")
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    r = go(ONE, providers={"myco": client}, store=url)
+    assert r.status == "completed", r.error
+    assert r.output == {"text": "the answer"}
+    assert (r.tokens, r.cost, r.steps[0].model) == (15, 0.25, "myco/small")
+    (request,) = client.requests
+    assert request.model == "myco/small" and request.step_id == "answer"
+    assert [(m.role, m.content) for m in request.messages][-1] == ("user", "Tell me about tides.")
+    with eclflow.open_store(url) as store:
+        (row,) = store.steps.for_run(r.run_id)
+        assert (row.state, row.output, row.tokens_in, row.cost) == (
+            "succeeded", {"text": "the answer"}, 10, 0.25,
+        )  # fmt: skip
+
+
+def test_a_run_on_ones_own_provider_resumes_with_it_and_replays_what_it_answered(
+    tmp_path: Path,
+) -> None:
+    """The first step answered, the second failed: resume (given the provider again) calls
+    only the second."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = Client("one", eclflow.LLMError("down", retryable=False))
+    r = go(TWO, {"topic": "t"}, providers={"myco": first}, store=url)
+    assert r.status == "failed" and r.failed_step == "second"
+    assert r.error == "Step second failed: LLM error: down"
+    again = Client("two")
+    done = asyncio.run(eclflow.resume(r.run_id, store=url, providers={"myco": again}))
+    assert done.status == "completed" and done.output == {"text": "two"}
+    assert [req.step_id for req in again.requests] == ["second"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "attempts", "error"),
+    [
+        # retried, as a built-in provider's lost connection, timeout or 5xx is
+        (ConnectionError("hung up"), 2, None),
+        (TimeoutError("slow"), 2, None),
+        (type("APIError", (Exception,), {"status_code": 503})("busy"), 2, None),
+        (eclflow.LLMError("try again"), 2, None),
+        # not retried: said so, or an exception of no known meaning
+        (eclflow.LLMError("no such model", retryable=False), 1, "LLM error: no such model"),
+        (ValueError("bad prompt"), 1, "LLM error: myco/small: ValueError: bad prompt"),
+        (
+            type("APIError", (Exception,), {"status_code": 401})("who are you"),
+            1,
+            "LLM error: myco/small: APIError: who are you",
+        ),
+    ],
+)
+def test_what_a_provider_raises_fails_the_attempt_retried_or_not(
+    raised: Exception, attempts: int, error: str | None
+) -> None:
+    client = Client(raised, "fine")
+    r = go(ONE, providers={"myco": client})
+    assert r.steps[0].attempts == attempts
+    assert len(client.requests) == attempts
+    if error is None:
+        assert r.status == "completed" and r.output == {"text": "fine"}
+    else:
+        assert r.status == "failed" and r.error == f"Step answer failed: {error}"
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        ("text", None),
+        (
+            {"content": "x"},
+            "the provider for 'myco' (model myco/small) returned dict, not an "
+            "eclflow.CompletionResponse",
+        ),
+        (
+            eclflow.CompletionResponse("x", cost=None),  # type: ignore[arg-type]
+            "returned cost None: give US dollars, a number ≥ 0",
+        ),
+        (
+            eclflow.CompletionResponse("x", usage=(3, 4)),  # type: ignore[arg-type]
+            "returned usage (3, 4): give TokenUsage(input=N, output=N)",
+        ),
+    ],
+)
+def test_a_reply_the_journal_cannot_keep_fails_the_step_with_what_is_wrong(
+    reply: Any, says: str | None
+) -> None:
+    r = go(ONE, providers={"myco": Client(reply)})
+    if says is None:
+        assert r.status == "completed"
+    else:
+        assert r.status == "failed" and says in (r.error or "")
+        assert r.steps[0].attempts == 1  # (no retry makes the provider's code right)
+
+
+def test_a_provider_that_hangs_is_cut_off_by_the_steps_timeout_and_retried() -> None:
+    class Hangs(Client):
+        async def complete(self, request: eclflow.CompletionRequest) -> eclflow.CompletionResponse:
+            if not self.requests:
+                self.requests.append(request)
+                await asyncio.sleep(3600)
+            return await super().complete(request)
+
+    client = Hangs("in time")
+    text = ONE.replace("initial_delay: 1ms}", "initial_delay: 1ms}\n  timeout: 50ms")
+    r = go(text, providers={"myco": client})
+    assert r.status == "completed" and r.steps[0].attempts == 2
+    (retried,) = [t for t in r.steps[0].traces if t.message.startswith("Retrying")]
+    assert retried.fields["error"] == "Step timed out after 0.05s"
+
+
+def test_the_budget_counts_a_providers_calls_and_tokens() -> None:
+    client = Client("one", "two")
+    r = go(TWO, {"topic": "t"}, providers={"myco": client}, budget={"max_calls": 1})
+    assert r.status == "failed" and r.failed_step == "second"
+    assert "over the limit of 1 calls" in (r.error or "")
+    assert len(client.requests) == 1
+    # a dollar budget: the worst case needs the model's price, which nobody knows
+    with pytest.raises(eclflow.ConfigError, match="the price of model 'myco/small' is unknown"):
+        go(ONE, providers={"myco": Client("x")}, budget={"max_usd": 1})
+
+
+def test_a_batch_sends_its_runs_to_the_provider_and_reuses_them_run_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(TWO)
+    client = Client(*"abcd")
+    items = [{"topic": "x"}, {"topic": "y"}]
+    results = asyncio.run(
+        eclflow.run_batch(wf, items, providers={"myco": client}, store=url, concurrency=1)
+    )
+    assert [r.output for r in results] == [{"text": "b"}, {"text": "d"}]
+
+    async def again() -> list[str]:
+        out = []
+        async for r in eclflow.iter_batch(wf, items, providers={"myco": Client()}, store=url):
+            out.append(r.status)
+        return out
+
+    assert asyncio.run(again()) == ["completed", "completed"]
+    assert len(client.requests) == 4
+
+
+def test_the_longest_prefix_wins_and_other_models_are_not_taken() -> None:
+    small, big = Client("small"), Client("big")
+    own = {"myco": small, "myco/big": big}
+    assert go(ONE, providers=own, model="myco/big/v2").output == {"text": "big"}
+    assert go(ONE, providers=own, model="myco/bigger").output == {"text": "small"}
+    # a model no key serves goes where it went before: mock/… to the script
+    r = go(ONE, providers=own, model="mock/x", mock_responses=["scripted"])
+    assert r.output == {"text": "scripted"} and len(small.requests) == 1
+
+
+class Checked(Client):
+    def check(self, model: str) -> None:
+        raise eclflow.ConfigError(f"model '{model}' needs MYCO_KEY: set it in the environment")
+
+
+@pytest.mark.parametrize(
+    ("providers", "message"),
+    [
+        ([Client()], "providers is a mapping of model prefixes to providers, such as"),
+        ({"": Client()}, "providers: a key is a model prefix such as 'myco' (for myco/…), not ''"),
+        ({"mock": Client()}, "providers: 'mock' names eclflow's own mock/… models"),
+        ({"local/x": Client()}, "providers: 'local/x' names eclflow's own local/… models"),
+        ({"myco": object()}, "providers['myco'] is a object, which has no complete method"),
+        ({"myco": Checked()}, "model 'myco/small' needs MYCO_KEY: set it in the environment"),
+    ],
+)
+def test_providers_that_cannot_serve_are_refused_before_the_run_starts(
+    providers: Any, message: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    with pytest.raises(eclflow.ConfigError) as caught:
+        go(ONE, providers=providers, store=url)
+    assert message in str(caught.value)
+    with eclflow.open_store(url) as store:
+        assert store.runs.count() == 0
