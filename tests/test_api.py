@@ -1007,17 +1007,20 @@ def test_an_input_json_keeps_otherwise_is_run_as_the_journal_keeps_it(tmp_path: 
     """A tuple (JSON keeps a list) and an enum of text (JSON keeps its value): the first run
     sees what a resume reads back, not `('a', 'b')` then `['a', 'b']`."""
     import asyncio
-    from enum import StrEnum
+    from enum import Enum, StrEnum
 
     import eclflow
 
     class Colour(StrEnum):
         RED = "red"
 
+    class Key(str, Enum):  # noqa: UP042  (what StrEnum fixes: its str() is Key.SIZE, JSON keeps size)
+        SIZE = "size"
+
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     wf = eclflow.load_text(ANY_INPUT)
-    r = asyncio.run(eclflow.run(wf, {"v": ("a", Colour.RED)}, store=url))
+    r = asyncio.run(eclflow.run(wf, {"v": ("a", Colour.RED, {Key.SIZE: 1})}, store=url))
     assert r.status == "completed"
-    assert r.output == {"v": ["a", "red"], "text": "['a', 'red']"}
+    assert r.output == {"v": ["a", "red", {"size": 1}], "text": "['a', 'red', {'size': 1}]"}
     with eclflow.open_store(url) as store:
-        assert store.runs.get(r.run_id).input == {"v": ["a", "red"]}
+        assert store.runs.get(r.run_id).input == {"v": ["a", "red", {"size": 1}]}

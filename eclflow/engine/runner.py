@@ -119,7 +119,8 @@ def _plain(value: Any, where: str) -> Any:
                     "keeps inputs as JSON, whose keys are text (a resume would read "
                     f"{str(k)!r}): give text keys"
                 )
-            out[str(k)] = _plain(v, f"{where}.{k}" if where else k)
+            key = str.__str__(k)  # (an enum's text: its value, as JSON keeps it)
+            out[key] = _plain(v, f"{where}.{key}" if where else key)
         return out
     if isinstance(value, list | tuple):
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
