@@ -52,16 +52,14 @@ pytestmark = pytest.mark.restate
 
 def critique_revise(tmp_path: Path) -> Workflow:
     """The bundled workflow with millisecond retry delays, its prompt a file of its own in
-    `../templates/`."""
-    text = CRITIQUE_REVISE.read_text().replace(
-        "prompt: generate.j2", "prompt: ../templates/generate.j2"
-    )
+    `prompts/` beside it."""
+    text = CRITIQUE_REVISE.read_text().replace("prompt: generate.j2", "prompt: prompts/generate.j2")
     text = text.replace("initial_delay: 1s", "initial_delay: 5ms").replace(
         "max_delay: 10s", "max_delay: 10ms"
     )
     folder = tmp_path / "wf" / "workflows"
     folder.mkdir(parents=True)
-    templates = tmp_path / "wf" / "templates"
+    templates = folder / "prompts"
     templates.mkdir()
     source = CRITIQUE_REVISE.parent.parent / "templates" / "generate.j2"
     (templates / "generate.j2").write_text(source.read_text())
@@ -140,19 +138,19 @@ def test_request_ships_the_prompt_files_and_a_worker_loads_them(tmp_path: Path) 
 
     wf = critique_revise(tmp_path)
     request = client.build_request(wf, {"topic": "tides"}, model="mock/x")
-    assert set(request["prompts"]) == {"../templates/generate.j2"}
+    assert set(request["prompts"]) == {"prompts/generate.j2"}
     assert request["input"] == {"topic": "tides"} and request["model"] == "mock/x"
     json.dumps(request)  # the whole request is JSON
 
     # a worker on another machine: the files exist only in the request
-    (tmp_path / "wf" / "templates" / "generate.j2").write_text("changed on the client")
+    (tmp_path / "wf" / "workflows" / "prompts" / "generate.j2").write_text("changed on the client")
     worker = Worker(WorkerSettings(prompt_dir=tmp_path / "worker"))
     loaded = worker.workflow(request)
     assert loaded.sha256 == wf.sha256
     generate = loaded.step("generate")
     assert generate.prompt is not None
     assert (tmp_path / "worker") in generate.prompt.parents
-    assert generate.prompt.read_text() == request["prompts"]["../templates/generate.j2"]
+    assert generate.prompt.read_text() == request["prompts"]["prompts/generate.j2"]
     assert worker.workflow(request) is loaded  # loaded once per definition
 
 

@@ -233,8 +233,13 @@ CASES = {
     ),
     "E401 prompt missing": (
         "E401",
-        sub("prompt: generate.j2", "prompt: ../templates/gone.j2"),
-        "../templates/gone.j2",
+        sub("prompt: generate.j2", "prompt: templates/gone.j2"),
+        "templates/gone.j2",
+    ),
+    "E403 prompt outside the workflow's folder": (
+        "E403",
+        sub("prompt: generate.j2", "prompt: ../README.md"),
+        "../README.md",
     ),
     "E402 no prompt": ("E402", MINIMAL.replace('    template: "hello {{ who }}"\n', ""), "a\n"),
     "W501 isolated step": (

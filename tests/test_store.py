@@ -508,12 +508,10 @@ async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
     from eclflow.llm import MockProvider
 
     (tmp_path / "wf").mkdir()
-    shutil.copytree(CRITIQUE_REVISE.parent.parent / "templates", tmp_path / "templates")
+    shutil.copytree(CRITIQUE_REVISE.parent.parent / "templates", tmp_path / "wf" / "templates")
     wf = tmp_path / "wf" / "critique_revise.yaml"
     wf.write_text(
-        CRITIQUE_REVISE.read_text().replace(
-            "prompt: generate.j2", "prompt: ../templates/generate.j2"
-        )
+        CRITIQUE_REVISE.read_text().replace("prompt: generate.j2", "prompt: templates/generate.j2")
     )
     revise = {"content": {"decision": "revise", "critique": "thin", "feedback": "more"}}
     failing = MockProvider(
@@ -524,11 +522,11 @@ async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
     )
     assert first.status == "failed"
     assert list(store.runs.get(first.run_id).metadata["prompts"]) == [
-        str(tmp_path / "templates" / "generate.j2")
+        str(tmp_path / "wf" / "templates" / "generate.j2")
     ]
     rest = {"revise#1": "v2", "critique#2": {"content": {"decision": "pass", "critique": "ok"}}}
 
-    prompt = tmp_path / "templates" / "generate.j2"
+    prompt = tmp_path / "wf" / "templates" / "generate.j2"
     prompt.write_text(prompt.read_text() + "\nBe brief.\n")
     with pytest.raises(InvalidState, match=r"generate\.j2 changed since run .* --force"):
         await runner.resume(first.run_id, store=store, mock_responses=MockProvider(rest))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .deps import DepGraph, dependency_graph
@@ -39,9 +40,16 @@ _MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
 
 
 def semantic_checks(
-    wf: Workflow, data: Mapping[str, Any], located: Any, *, registry: Any = None
+    wf: Workflow,
+    data: Mapping[str, Any],
+    located: Any,
+    *,
+    registry: Any = None,
+    base: Path | None = None,
 ) -> list[Diagnostic]:
-    return _Checker(wf, data, located, registry).run()
+    """Every problem past the file's shape. `base`: the folder relative `prompt:` paths are
+    resolved in, which prompt files must be in (None: the working directory)."""
+    return _Checker(wf, data, located, registry, base).run()
 
 
 # The names of the run's context, which expressions see and prompts do not
@@ -69,8 +77,16 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
 
 
 class _Checker:
-    def __init__(self, wf: Workflow, data: Mapping[str, Any], located: Any, registry: Any) -> None:
+    def __init__(
+        self,
+        wf: Workflow,
+        data: Mapping[str, Any],
+        located: Any,
+        registry: Any,
+        base: Path | None = None,
+    ) -> None:
         self.wf = wf
+        self.base = base
         self.data = data
         self.located = located
         if registry is None:
@@ -797,13 +813,27 @@ class _Checker:
         return fixed[cls].get(fields[0])
 
     def prompt_missing(self, i: int, s: Any, raw: Mapping[str, Any]) -> bool:
-        """E401 when the step's prompt file does not exist."""
-        from .loader import is_dir, is_file
+        """E403 when the step's prompt file is outside the workflow file's folder, E401 when
+        it does not exist: True when either was said."""
+        from .loader import is_dir, is_file, prompt_outside
 
-        if s.prompt is None or is_file(s.prompt):
+        if s.prompt is None:
             return False
         name = str(raw["prompt"])
         shown = name if len(name) <= 80 else name[:60] + "…"
+        folder = prompt_outside(s.prompt, self.base)
+        if folder is not None:
+            self.error(
+                ["steps", i, "prompt"],
+                "E403",
+                f"prompt file {shown!r} is outside the workflow file's folder {str(folder)!r}"
+                + (" (a link leads out of it)" if _leads_out(name, folder) else ""),
+                "move (or copy) the file next to the workflow file, or into a folder under it, "
+                "and name it relative to the workflow file: a prompt file is sent to the model",
+            )
+            return True
+        if is_file(s.prompt):
+            return False
         if is_dir(s.prompt):
             self.error(
                 ["steps", i, "prompt"],
@@ -834,7 +864,7 @@ class _Checker:
         import jinja2
 
         from .. import expr
-        from .loader import _wide_encoding
+        from .loader import MAX_PROMPT_BYTES, PromptTooLarge, _wide_encoding, read_prompt_bytes
 
         if self.prompt_missing(i, s, raw):
             return
@@ -843,7 +873,7 @@ class _Checker:
             sources.append((["steps", i, "template"], s.template, ""))
         elif s.prompt is not None:
             try:
-                raw_text = s.prompt.read_bytes()
+                raw_text = read_prompt_bytes(s.prompt)
                 wide = _wide_encoding(raw_text)
                 if wide is not None or b"\x00" in raw_text:
                     self.error(
@@ -867,6 +897,16 @@ class _Checker:
                     f"prompt file {str(raw['prompt'])!r} is not UTF-8 text "
                     f"(byte 0x{e.object[e.start]:02x} on line {line})",
                     "save it as UTF-8",
+                )
+                return
+            except PromptTooLarge:
+                self.error(
+                    ["steps", i, "prompt"],
+                    "E401",
+                    f"prompt file {str(raw['prompt'])!r} is too large: a prompt file may "
+                    f"hold at most {MAX_PROMPT_BYTES // 2**20} MiB",
+                    "is this the prompt file you meant? put long reference text in a step's "
+                    "input rather than in its prompt",
                 )
                 return
             except OSError as e:
@@ -1343,6 +1383,21 @@ def _parsed(text: str, *, whole: bool) -> Any:
     if whole and expr.single_expression(text) is None:
         return expr.parse_expression(text)
     return expr.parse(text) if expr.has_template(text) else None
+
+
+def _leads_out(name: str, folder: Path) -> bool:
+    """Whether the prompt path `name`, as written (`..` applied, links not followed), is in
+    `folder`: then a link on the way leads out of it."""
+    import contextlib
+    import os
+
+    written = Path(name)
+    with contextlib.suppress(RuntimeError):
+        written = written.expanduser()
+    try:
+        return Path(os.path.abspath(folder / written)).is_relative_to(folder)
+    except ValueError:
+        return False
 
 
 def _not_a_file(path: Any) -> str | None:

@@ -40,6 +40,7 @@ from .model import (
 )
 
 MAX_BYTES = 2 * 1024 * 1024  # a 1000-step workflow is ~150 KB
+MAX_PROMPT_BYTES = 1024 * 1024  # a prompt file: a page of instructions is ~5 KB
 MAX_NODES = 200_000  # guards against alias bombs, which expand when converted
 MAX_STEPS = 1000
 MAX_DEPTH = 200  # levels of nesting: past them, the checks' recursion would run out
@@ -191,7 +192,7 @@ def check_text(
         if not any(d.severity == "error" for d in embedded):
             with contextlib.suppress(Exception):  # (the schema errors say enough then)
                 wf = _build(pruned, located, text, path, base)
-                found = semantic_checks(wf, pruned, located, registry=registry)
+                found = semantic_checks(wf, pruned, located, registry=registry, base=base)
                 # only what a key left out cannot have caused: without a misspelt `with:`,
                 # `env:`, `output_schema:` or `transitions:`, other checks would report
                 # what the typo did rather than what the file says
@@ -199,7 +200,7 @@ def check_text(
         return None, _sorted(diags, file)
     schema_warnings = diags
     wf = _build(data, located, text, path, base)
-    diags = schema_warnings + semantic_checks(wf, data, located, registry=registry)
+    diags = schema_warnings + semantic_checks(wf, data, located, registry=registry, base=base)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         return None, _sorted(diags, file)
@@ -661,7 +662,7 @@ def _schema_diagnostics(data: dict[str, Any], located: _Located) -> list[Diagnos
 
 # Checks whose findings no missing key can cause: duplicate ids, unknown types and step names,
 # cycles, template syntax, missing prompt files.
-_SURVIVE_UNKNOWN_KEYS = frozenset({"E201", "E202", "E203", "E204", "E301", "E401"})
+_SURVIVE_UNKNOWN_KEYS = frozenset({"E201", "E202", "E203", "E204", "E301", "E401", "E403"})
 
 
 # Schema errors about one key's value, which leaving the key out (for its default) removes.
@@ -1189,10 +1190,50 @@ def resolve_prompt(prompt: str, base: Path | None) -> Path:
     if not p.is_absolute() and base is not None:
         p = base / p
     if not exists(p) and "/" not in prompt and "\\" not in prompt:
-        bundled = Path(str(resources.files("eclflow").joinpath("templates", prompt)))
+        bundled = bundled_templates() / prompt
         if exists(bundled):
             return bundled.resolve()
     return p.resolve() if exists(p) else p
+
+
+@lru_cache(maxsize=1)
+def bundled_templates() -> Path:
+    """The folder of the templates shipped with eclflow (`generate.j2`, …)."""
+    return Path(str(resources.files("eclflow").joinpath("templates"))).resolve()
+
+
+def prompt_outside(resolved: Path, base: Path | None) -> Path | None:
+    """The folder a `prompt:` file must be in, when the file (links followed, `..` applied)
+    is not in it; None when it is. A workflow file may come from someone else: a prompt path
+    leading out of its folder (`/home/me/.ssh/id_rsa`, `../../.env`, a link beside it) would
+    send that file to the model. eclflow's own templates (a bare name not found beside the
+    workflow file, or a path to them) are no one's secret: allowed."""
+    folder = (base if base is not None else Path.cwd()).resolve()
+    try:
+        real = Path(os.path.realpath(resolved))
+    except (OSError, ValueError):  # (a path the system refuses: E401 says so)
+        return None
+    if real.is_relative_to(folder):
+        return None
+    return None if real.is_relative_to(bundled_templates()) else folder
+
+
+class PromptTooLarge(ValueError):
+    """A prompt file over MAX_PROMPT_BYTES."""
+
+
+def read_prompt_bytes(path: Path) -> bytes:
+    """A prompt file's bytes, at most MAX_PROMPT_BYTES of them: a larger file raises
+    `PromptTooLarge` without being read whole (a path naming a multi-GB file would otherwise
+    be read into memory and sent to the model)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_PROMPT_BYTES + 1)
+    if len(data) > MAX_PROMPT_BYTES:
+        raise PromptTooLarge(
+            f"prompt file {str(path)!r} is too large: a prompt file may hold at most "
+            f"{MAX_PROMPT_BYTES // 2**20} MiB"
+        )
+    return data
 
 
 def exists(p: Path) -> bool:
@@ -1293,7 +1334,9 @@ def _build(
 
 
 __all__ = [
+    "MAX_PROMPT_BYTES",
     "MAX_STEPS",
+    "PromptTooLarge",
     "check",
     "check_text",
     "exists",
@@ -1301,6 +1344,8 @@ __all__ = [
     "load",
     "load_text",
     "parse_duration",
+    "prompt_outside",
+    "read_prompt_bytes",
     "resolve_prompt",
     "schema",
 ]

@@ -29,7 +29,15 @@ def bundled_template(name: str) -> str:
 
 @lru_cache(maxsize=256)
 def _read_prompt(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+    """A prompt file's text (newlines as text mode reads them), at most MAX_PROMPT_BYTES: one
+    that grew past it since the workflow was checked is not read whole, nor sent."""
+    from ..spec.loader import PromptTooLarge, read_prompt_bytes
+
+    try:
+        data = read_prompt_bytes(path)
+    except PromptTooLarge as e:
+        raise TemplateError(str(e)) from None
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def strip_fences(text: str) -> str:
