@@ -678,17 +678,13 @@ class _Checker:
             if tree is None:
                 return
         except jinja2.TemplateSyntaxError as e:
-            self.error(
-                path,
-                "E301",
-                f"template does not parse: {e.message}",
-                at=(e.lineno, 0) if e.lineno else None,
-            )
+            at = (e.lineno, _failing_tag(text, e.lineno)) if e.lineno else None
+            self.error(path, "E301", f"template does not parse: {e.message}", at=at)
             return
         except Exception as e:  # the sandbox's parser on absurd input
             self.error(path, "E301", f"template does not parse: {type(e).__name__}")
             return
-        if not self.filters_and_tests(path, tree, None):
+        if not self.filters_and_tests(path, tree, text):
             return
         jinja_loop = _uses_jinja_loop(tree)
         named_well = True
@@ -1108,7 +1104,7 @@ class _Checker:
                     continue
                 ok = False
                 hint = _did_you_mean(n.name, sorted(known)) or f"see Jinja's built-in {kind}s"
-                at = _position_on(text, (n.name,), n.lineno) if text is not None else None
+                at = _position_of_name(text, kind, n.name, n.lineno) if text is not None else None
                 report("E301", f"no {kind} named '{n.name}'", hint, at)
         return ok
 
@@ -1383,6 +1379,44 @@ def _parsed(text: str, *, whole: bool) -> Any:
     if whole and expr.single_expression(text) is None:
         return expr.parse_expression(text)
     return expr.parse(text) if expr.has_template(text) else None
+
+
+def _position_of_name(text: str, kind: str, name: str, line: int) -> tuple[int, int] | None:
+    """Where `text` applies the filter (`| name`) or test (`is name`) `name` on its line
+    `line`; else where it names `name` at all."""
+    import re
+
+    lines = text.splitlines()
+    if 0 < line <= len(lines):
+        lead = r"\|\s*" if kind == "filter" else r"\bis\s+(?:not\s+)?"
+        found = re.search(lead + r"(" + re.escape(name) + r")\b", lines[line - 1])
+        if found:
+            return line, found.start(1) + 1
+    return _position_on(text, (name,), line)
+
+
+def _failing_tag(text: str, line: int) -> int:
+    """The column of the first `{{ … }}` on line `line` of `text` that does not parse alone:
+    where a syntax error is (Jinja tells its line, not its column); 0 when none is found."""
+    import re
+
+    import jinja2
+
+    from .. import expr
+
+    lines = text.splitlines()
+    if not 0 < line <= len(lines):
+        return 0
+    source = lines[line - 1]
+    for start in (m.start() for m in re.finditer(r"\{\{", source)):
+        end = source.find("}}", start + 2)
+        try:
+            expr.parse(source[start:] if end < 0 else source[start : end + 2])
+        except jinja2.TemplateSyntaxError:
+            return start + 1
+        except Exception:
+            continue
+    return 0
 
 
 def _leads_out(name: str, folder: Path) -> bool:
