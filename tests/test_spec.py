@@ -231,6 +231,11 @@ CASES = {
         + '  - {type: conditional, from: a, to: b, when: "steps.a.output.text == 5"}\n',
         "steps.a.output.text == 5",
     ),
+    "E307 division by a literal zero": (
+        "E307",
+        MINIMAL + '  - {id: b, type: template, template: x, with: {n: "{{ 10 // 0 }}"}}\n',
+        "10 // 0",
+    ),
     "E401 prompt missing": (
         "E401",
         sub("prompt: generate.j2", "prompt: templates/gone.j2"),

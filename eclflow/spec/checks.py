@@ -5,9 +5,11 @@ E205 loop bound, E206 too many steps, E207 loop wiring, E208 step input missing,
 conditions on one edge, E210 an input written as it is that the step type refuses, E211 an
 unknown local model, E301 template syntax, E302 unknown variable, E303 `steps.X` not available
 here, E304 `loop.*` outside a loop, E305 `env.X` not declared, E306 an operation whose
-operands' types never go together (`steps.a.output.text > 3`), E401 prompt file missing, E402
-step has no prompt; warnings W501 step not connected, W502 output unused, W506 text `==` a
-number (never equal), W507 a remote model litellm does not list.
+operands' types never go together (`steps.a.output.text > 3`, `input.n | length` of a number),
+E307 one that fails whatever the values (`x // 0`, `range(10**9)`), E401 prompt file missing or
+too large, E402 step has no prompt, E403 prompt file outside the workflow file's folder;
+warnings W501 step not connected, W502 output unused, W506 text `==` a number (never equal),
+W507 a remote model litellm does not list.
 """
 
 from __future__ import annotations
@@ -97,6 +99,15 @@ class _Checker:
         self.out: list[Diagnostic] = []
         self.ids = list(dict.fromkeys(s.id for s in wf.steps))
         self.known = set(self.ids)
+        self.trees: dict[tuple[str, bool], Any] = {}  # (text, whole) → its parsed template
+
+    def parsed(self, text: str, *, whole: bool) -> Any:
+        """`_parsed`, once per text: a value is read by several checks, and a prompt's
+        variable's type parses what `with:` binds it to again."""
+        key = (text, whole)
+        if key not in self.trees:
+            self.trees[key] = _parsed(text, whole=whole)  # (raises as _parsed does)
+        return self.trees[key]
 
     def at(self, path: Sequence[Any], *, key: bool = False) -> Location:
         loc: Location = self.located.at(path, key=key)
@@ -674,7 +685,7 @@ class _Checker:
             )
             return
         try:
-            tree = _parsed(text, whole=whole)
+            tree = self.parsed(text, whole=whole)
             if tree is None:
                 return
         except jinja2.TemplateSyntaxError as e:
@@ -733,13 +744,14 @@ class _Checker:
         steps before it. W506: text `==` a number, never equal (the branch never runs)."""
         from jinja2 import nodes
 
-        operations = (nodes.Compare, nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv)
-        if not any(True for _ in tree.find_all((*operations, nodes.Mod, nodes.Pow, nodes.For))):
-            return  # (most bindings are one variable: nothing to judge, nothing to import)
-        from .kinds import clashes
+        from .kinds import clashes, judged
 
-        for c in clashes(tree, self.path_kinds):
-            at = _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
+        operations = (nodes.Compare, nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv)
+        if not judged(tree, (*operations, nodes.Mod, nodes.Pow, nodes.For)):
+            return  # (most bindings are one variable: nothing to judge)
+
+        for c in clashes(tree, self.path_kinds, _CONTEXT_ROOTS):
+            at = _clash_position(text, c)
             severity: Severity = "warning" if c.code.startswith("W") else "error"  # (W506)
             self.error(
                 path, c.code, c.message, c.hint, at=at or (c.node.lineno, 0), severity=severity
@@ -963,11 +975,11 @@ class _Checker:
         around `{{ … }}`), and `config` and `max_revisions`."""
         from jinja2 import nodes
 
-        operations = (nodes.Compare, nodes.BinExpr, nodes.For)
-        if not any(True for _ in tree.find_all(operations)):
+        from .kinds import INTEGER, clashes, judged
+
+        if not judged(tree, (nodes.Compare, nodes.BinExpr, nodes.For)):
             return
         from ..steps.builtin import PromptStep
-        from .kinds import INTEGER, clashes
 
         takes_max = issubclass(self.registry.get(s.type), PromptStep)
 
@@ -981,9 +993,9 @@ class _Checker:
                 return INTEGER
             return None
 
-        for c in clashes(tree, kinds_of):
+        for c in clashes(tree, kinds_of, {*s.with_, "config", "max_revisions"}):
             severity: Severity = "warning" if c.code.startswith("W") else "error"
-            at = _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
+            at = _clash_position(text, c)
             at = at or (c.node.lineno, 0)
             message = f"prompt of step '{s.id}': {c.message}"
             if file:
@@ -1029,7 +1041,9 @@ class _Checker:
         if body is None:  # text around {{ … }}: rendered as text
             return None if rest else STRING
         try:
-            tree = expr.parse_expression(body)
+            tree = self.parsed(value, whole=False)  # (as its own check parsed it)
+            if single_node(tree) is None:  # (`  {{ x }}`: blanks around it)
+                tree = expr.parse_expression(body)
         except Exception:
             return None  # (its E301 is said where it is bound)
         if not rest:
@@ -1237,7 +1251,7 @@ class _Checker:
 
         def read(path: list[Any], text: str, reader: str | None, *, whole: bool) -> None:
             try:  # (what does not parse has had its E301 already: no W505 runs then)
-                tree = _parsed(text, whole=whole)
+                tree = self.parsed(text, whole=whole)
             except Exception:
                 return
             if tree is None:
@@ -1379,6 +1393,19 @@ def _parsed(text: str, *, whole: bool) -> Any:
     if whole and expr.single_expression(text) is None:
         return expr.parse_expression(text)
     return expr.parse(text) if expr.has_template(text) else None
+
+
+def _clash_position(text: str, c: Any) -> tuple[int, int] | None:
+    """Where a clash of kinds.py is written in `text`: what its `locate` pattern finds on its
+    line, else where its variable is."""
+    import re
+
+    lines = text.splitlines()
+    if c.locate is not None and 0 < c.node.lineno <= len(lines):
+        found = re.search(c.locate, lines[c.node.lineno - 1])
+        if found:
+            return c.node.lineno, found.start() + 1
+    return _position_on(text, c.path, c.node.lineno, c.lead) if c.path is not None else None
 
 
 def _position_of_name(text: str, kind: str, name: str, line: int) -> tuple[int, int] | None:

@@ -7,16 +7,20 @@ literal, a built-in step's output field, a field an `output_schema` types, an `i
 the `inputs` schema types, `env.X`, a filter whose result is fixed); an operation that fails
 for every combination of them is reported. Where a type is not known (a plugin's output, a
 schema part without `type`, `| default(…)`, a name the template binds) nothing is said.
+
+E307: an operation that fails whatever the run's values are, as written: a number divided by
+a literal 0, a `range(…)` of literal numbers larger than the sandbox makes.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import nodes
+from jinja2.sandbox import MAX_RANGE
 
 from ..expr import path_of
 
@@ -30,7 +34,7 @@ INTEGER: Kinds = frozenset({int})
 BOOLEAN: Kinds = frozenset({bool})
 _KNOWN = frozenset({str, int, float, bool, NONE, list, tuple, dict})
 _SEQUENCES = (str, list, tuple)
-_NOT_ITERABLE = frozenset({int, float, bool, NONE})
+_NOT_ITERABLE: Kinds = frozenset({int, float, bool, NONE})
 
 # JSON Schema `type` → what a validated value is (`integer` admits 1.0, a float)
 _JSON_TYPES: Mapping[str, Kinds] = {
@@ -75,6 +79,34 @@ _FILTERS: Mapping[str, Kinds] = {
         STRING,
     ),
     **dict.fromkeys(("list", "dictsort"), frozenset({list})),
+}
+
+# Filters that fail (a TypeError, or an error of their own) on a value of any of these types,
+# whatever else they are given: what they refuse. `upper`, `trim`, `wordcount`, … take any
+# value (as text); `unique`, `map`, `select`, `batch`, `items`, … are lazy (a value that is
+# never iterated over does not fail): none of them is here.
+_NOT_A_NUMBER: Kinds = frozenset({str, NONE, list, tuple, dict})
+_REFUSED: Mapping[str, Kinds] = {
+    **dict.fromkeys(
+        (
+            "length",
+            "count",
+            "first",
+            "last",
+            "join",
+            "list",
+            "sort",
+            "min",
+            "max",
+            "sum",
+            "random",
+            "reverse",
+            "groupby",
+        ),
+        _NOT_ITERABLE,
+    ),
+    **dict.fromkeys(("abs", "round"), _NOT_A_NUMBER),
+    "dictsort": frozenset({str, int, float, bool, NONE, list, tuple}),
 }
 
 _ORDERING = {"lt": "<", "gt": ">", "lteq": "<=", "gteq": ">="}
@@ -139,13 +171,39 @@ class Clash:
     hint: str
     # how its left operand, a literal before `path`, may be written (`3`, `'x'`, `"x"`)
     lead: tuple[str, ...] = ()
-    code: str = "E306"  # W506: `==`/`!=` that is always false/true (it does not fail)
+    # W506: `==`/`!=` that is always false/true (it does not fail); E307: fails whatever the
+    # values (a division by 0, a range too large)
+    code: str = "E306"
+    # a pattern that finds it on its line (a variable read twice there: the read at fault)
+    locate: str | None = None
 
 
-def clashes(tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]) -> list[Clash]:
+def clashes(
+    tree: nodes.Node,
+    kinds_of: Callable[[tuple[str, ...]], Kinds | None],
+    context: Collection[str] = (),
+) -> list[Clash]:
     """The operations in a parsed template that can never work. `kinds_of`: the kinds of a
-    variable path (`steps.a.output.text`), None where they are not known."""
-    return _Inference(tree, kinds_of).run()
+    variable path (`steps.a.output.text`), None where they are not known. `context`: the
+    names the template's context has (a `with:` value named `range` is not Jinja's)."""
+    return _Inference(tree, kinds_of, context).run()
+
+
+def judged(tree: nodes.Node, operations: tuple[type[nodes.Node], ...]) -> bool:
+    """Whether `clashes` has anything to judge in a template: one of `operations`, a filter
+    that refuses some types, a call of `range` (most bindings are one variable)."""
+    kinds: tuple[type[nodes.Node], ...] = (*operations, nodes.Filter, nodes.Call)
+    n: nodes.Node
+    for n in tree.find_all(kinds):  # type: ignore[arg-type]
+        if isinstance(n, nodes.Filter):
+            if n.name in _REFUSED:
+                return True
+        elif isinstance(n, nodes.Call):
+            if isinstance(n.node, nodes.Name) and n.node.name == "range":
+                return True
+        else:
+            return True
+    return False
 
 
 def single_node(tree: nodes.Node) -> nodes.Expr | None:
@@ -180,10 +238,14 @@ def live_reads(tree: nodes.Node) -> set[tuple[str, ...]]:
 
 class _Inference:
     def __init__(
-        self, tree: nodes.Node, kinds_of: Callable[[tuple[str, ...]], Kinds | None]
+        self,
+        tree: nodes.Node,
+        kinds_of: Callable[[tuple[str, ...]], Kinds | None],
+        context: Collection[str] = (),
     ) -> None:
         self.tree = tree
         self.kinds_of = kinds_of
+        self.context = context
         self.found: list[Clash] = []
         # names the template binds itself ({% for %}, {% set %}, macros) are not the context's,
         # and what it tests (`x is number`, `x is defined`) it may read knowingly
@@ -266,8 +328,19 @@ class _Inference:
         if isinstance(node, nodes.Neg | nodes.Pos):
             inner = self.infer(node.node)
             return frozenset({int, float}) if inner is not None and inner <= NUMBER else None
+        if isinstance(node, nodes.Filter) and node.node is not None:
+            given = self.infer(node.node)
+            for child in node.iter_child_nodes(exclude=("node",)):
+                self.visit(child)
+            refused = _REFUSED.get(node.name)
+            if given is not None and refused is not None and given <= refused:
+                self.refused(node, given)
+                return None  # (what uses it is not reported again)
+            return _filter_kinds(node)
         for child in node.iter_child_nodes():
             self.visit(child)
+        if isinstance(node, nodes.Call):
+            self.range_too_large(node)
         if isinstance(node, nodes.Concat):
             return STRING
         if isinstance(node, nodes.Not | nodes.Test):
@@ -278,12 +351,8 @@ class _Inference:
             return frozenset({tuple})
         if isinstance(node, nodes.Dict):
             return frozenset({dict})
-        if isinstance(node, nodes.Filter):
-            if node.name in ("int", "float") and (
-                node.args or node.kwargs or node.dyn_args or node.dyn_kwargs
-            ):
-                return None  # (`| int(none)`: what it gives back when the value is no number)
-            return _FILTERS.get(node.name)
+        if isinstance(node, nodes.Filter):  # (`{% filter %}`: no value of its own)
+            return _filter_kinds(node)
         return None
 
     def variable(self, path: tuple[str, ...]) -> Kinds | None:
@@ -320,6 +389,19 @@ class _Inference:
     ) -> Kinds | None:
         if left is None or right is None:
             return None
+        if op in ("/", "//", "%") and left <= NUMBER and _is_zero(node.right):
+            written = source(node.left)
+            what = f"`{written} {op} {source(node.right)}`" if written is not None else f"`{op} 0`"
+            message = f"{what} divides by zero: a run fails there (ZeroDivisionError)"
+            hint = "divide by a number other than 0"
+            path, after = _first_path(node.left), rf"\s*{re.escape(op)}\s*0\b"
+            locate = (
+                _written(path, after)
+                if path is not None
+                else (re.escape(written) + after if written is not None else None)
+            )
+            self.found.append(Clash(node.left, path, message, hint, (), "E307", locate))
+            return None
         results = [_result(op, a, b) for a in left for b in right]
         if op == "%" and isinstance(node.left, nodes.Const) and isinstance(node.left.value, str):
             # a format written in the template: whether it takes such a value is known
@@ -341,6 +423,62 @@ class _Inference:
         )
         message = f"{loop} iterates over {describe(kinds)}: a run fails there (TypeError)"
         self.found.append(Clash(node, _first_path(node), message, hint))
+
+    def refused(self, node: nodes.Filter, given: Kinds) -> None:
+        """`x | length` of a number, `x | round` of a string, …: the filter fails on every
+        value `x` may be."""
+        assert node.node is not None
+        written = source(node.node)
+        shown = f"`{written} | {node.name}`" if written is not None else f"`| {node.name}`"
+        name = node.name
+        if _REFUSED[name] is _NOT_A_NUMBER:
+            wants = "a number"
+            hint = (
+                f"convert the text first: `{written} | float | {name}`"
+                if written is not None and given == STRING
+                else f"`| {name}` takes a number"
+            )
+        elif name == "dictsort":
+            wants = "a mapping"
+            hint = "`| dictsort` takes a mapping (a list: `| sort`)"
+        else:
+            wants = "a list, a string or a mapping"
+            hint = f"`| {name}` takes a list, a string or a mapping" + (
+                f": to count its characters, `{written} | string | {name}`"
+                if written is not None and given <= NUMBER and name in ("length", "count")
+                else ""
+            )
+        message = (
+            f"{shown} applies `{name}` to {describe(given)}, which takes {wants}: a run fails there"
+        )
+        path = _first_path(node.node)
+        locate = _written(path, rf"[^{{}}]*?\|\s*{name}\b") if path is not None else None
+        self.found.append(Clash(node.node, path, message, hint, (), "E306", locate))
+
+    def range_too_large(self, node: nodes.Call) -> None:
+        """`range(10**9)`, its numbers written as they are: the sandbox refuses a range of more
+        than MAX_RANGE items, at every run that gets there."""
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "range"):
+            return
+        if "range" in self.bound or "range" in self.context:
+            return  # (not Jinja's)
+        if node.kwargs or node.dyn_args or node.dyn_kwargs or not 1 <= len(node.args) <= 3:
+            return
+        numbers = [_literal_int(a) for a in node.args]
+        if any(n is None for n in numbers):
+            return
+        try:
+            count = len(range(*numbers))  # type: ignore[arg-type]
+        except (ValueError, OverflowError):  # (a step of 0; a range too large for len)
+            return
+        if count <= MAX_RANGE:
+            return
+        message = (
+            f"`range(…)` makes {count:,} numbers: the sandbox refuses a range of more than "
+            f"{MAX_RANGE:,}, so a run fails there"
+        )
+        hint = f"iterate over at most {MAX_RANGE:,} numbers, or over the data itself"
+        self.found.append(Clash(node, ("range",), message, hint, (), "E307"))  # (located so)
 
     def clash(
         self,
@@ -463,6 +601,49 @@ def _formats(fmt: str, kind: type, value_node: nodes.Node) -> Any:
     except Exception:  # a malformed format (ValueError) or a huge number: not a type's fault
         return _UNKNOWN
     return str
+
+
+def _written(path: tuple[str, ...], after: str) -> str:
+    """A pattern of `path` as a template writes it (`input.n`, `input . n`), then `after`."""
+    return r"\b" + r"\s*\.\s*".join(map(re.escape, path)) + r"\b" + after
+
+
+def _filter_kinds(node: nodes.Filter) -> Kinds | None:
+    """The kinds of a filter's result, where it has one type whatever it is given."""
+    if node.name in ("int", "float") and (
+        node.args or node.kwargs or node.dyn_args or node.dyn_kwargs
+    ):
+        return None  # (`| int(none)`: what it gives back when the value is no number)
+    return _FILTERS.get(node.name)
+
+
+def _is_zero(node: nodes.Node) -> bool:
+    """Whether `node` is a number 0 written as it is (`0`, `0.0`; not `false`)."""
+    return isinstance(node, nodes.Const) and type(node.value) in (int, float) and node.value == 0
+
+
+def _literal_int(node: nodes.Node) -> int | None:
+    """The value of a whole number written with literals (`10`, `-5`, `10**9`, `2 * 1000`);
+    None for anything else, or for a number too large to be worth making."""
+    if isinstance(node, nodes.Const):
+        return node.value if type(node.value) is int else None
+    if isinstance(node, nodes.Neg):
+        inner = _literal_int(node.node)
+        return None if inner is None else -inner
+    if isinstance(node, nodes.Add | nodes.Sub | nodes.Mul | nodes.Pow):
+        left, right = _literal_int(node.left), _literal_int(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node, nodes.Pow):
+            if right < 0 or right * max(abs(left).bit_length(), 1) > 256:
+                return None
+            value: int = left**right
+        elif isinstance(node, nodes.Mul):
+            value = left * right
+        else:
+            value = left + right if isinstance(node, nodes.Add) else left - right
+        return value if abs(value) < 2**256 else None
+    return None
 
 
 def _first_path(node: nodes.Node) -> tuple[str, ...] | None:
