@@ -187,6 +187,16 @@ def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
     )
     # the interrupted key got a new attempt; the others kept their one row
     assert succeeded == [(k, 2 if k == kill_at else 1) for k in KEYS]
+    # the timeline says the run was interrupted, once, with the step in flight
+    events = journal.rows(
+        "select kind, fields from events where run_id = %s and kind like 'workflow%%' order by id",
+        run_id,
+    )
+    assert [kind for kind, _ in events] == [
+        "workflow_started", "workflow_interrupted", "workflow_resumed", "workflow_completed"
+    ]  # fmt: skip
+    fields = events[1][1] if isinstance(events[1][1], dict) else json.loads(events[1][1])
+    assert fields["in_flight"] == [kill_at]
 
 
 @pytest.mark.slow
@@ -386,3 +396,102 @@ def test_a_rerun_killed_while_copying_what_it_reuses_resumes_reusing_it(
         ("revise#1", False),
         ("critique#2", False),
     ]
+
+
+@pytest.mark.slow
+def test_the_timeline_of_a_run_killed_and_resumed_says_it_was_interrupted(tmp_path: Path) -> None:
+    """`eclflow logs` of a run killed (kill -9) and resumed showed a second `Workflow execution
+    started` and nothing of the attempt that died: a crash could not be told from the log.
+    Each resume now writes, once, that the run was interrupted (how, when it was last seen
+    running, the steps in flight), and its start is `Workflow execution resumed`."""
+    from datetime import datetime
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    journal = Journal(url)
+    first, log = tmp_path / "first.json", tmp_path / "calls.jsonl"
+    first.write_text(script(KEYS, slow="critique#1"))
+    run_id = start_and_kill(
+        [
+            *("run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--model", "mock/x"),
+            *("--mock-responses", str(first), "--json"),
+        ],
+        env,
+        log,
+        journal,
+        "critique#1",
+    )
+
+    def pid() -> int:  # the process that held the run, as its row names it
+        [(meta,)] = journal.rows("select metadata from workflows where id = %s", run_id)
+        return int(json.loads(meta)["pid"])
+
+    killed = [pid()]
+    second = tmp_path / "second.json"
+    second.write_text(script(KEYS[1:], slow="revise#1"))  # the resume is killed too
+    start_and_kill(
+        ["resume", run_id[:8], "--model", "mock/x", "--mock-responses", str(second)],
+        env,
+        log,
+        journal,
+        "revise#1",
+    )
+    killed.append(pid())
+    third = tmp_path / "third.json"
+    third.write_text(script(KEYS[2:]))
+    assert resume(run_id, third, env, log)["status"] == "completed"
+
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "logs", run_id[:8], "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    runs = [e for e in events if e["kind"].startswith("workflow_")]
+    assert [(e["kind"], e.get("resume"), e.get("previous_state")) for e in runs] == [
+        ("workflow_started", None, None),
+        ("workflow_interrupted", None, None),
+        ("workflow_resumed", 1, "interrupted"),
+        ("workflow_interrupted", None, None),
+        ("workflow_resumed", 2, "interrupted"),
+        ("workflow_completed", None, None),
+    ]
+    interrupted = [e for e in events if e["kind"] == "workflow_interrupted"]
+    assert [(e["level"], e["in_flight"], e["pid"], e["cause"]) for e in interrupted] == [
+        ("warning", [key], pid, f"process {pid} ended without finishing it (killed, or crashed)")
+        for key, pid in zip(["critique#1", "revise#1"], killed, strict=True)
+    ]
+    # last seen: at the start of the call it died in (its `running` row), before the resume
+    for e, key in zip(interrupted, ["critique#1", "revise#1"], strict=True):
+        [(started,)] = journal.rows(
+            "select started_at from step_executions where run_id = %s and key = %s "
+            "and error like 'interrupted%%'",
+            run_id,
+            key,
+        )
+        last_seen = datetime.fromisoformat(e["last_seen"])
+        assert last_seen >= datetime.fromisoformat(started)
+        assert last_seen <= datetime.fromisoformat(e["ts"])
+
+    r = subprocess.run(
+        [sys.executable, "-m", "eclflow", "logs", run_id[:8], "--level", "info"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    said = [line.split(" ", 1)[1] for line in r.stdout.splitlines()]  # (without the time)
+    named = "workflow_name=Critique and Revise Loop step_count=3 model=mock/x"
+    *shown, completed = [line for line in said if "Workflow execution" in line]
+    assert shown == [
+        f"INFO    Workflow execution started {named}",
+        *(
+            line
+            for n, (e, pid) in enumerate(zip(interrupted, killed, strict=True), 1)
+            for line in (
+                f"WARNING Workflow execution interrupted cause=process {pid} ended without "
+                f"finishing it (killed, or crashed) last_seen={e['last_seen']} "
+                f'in_flight=["{e["in_flight"][0]}"] pid={pid}',
+                f"INFO    Workflow execution resumed {named} resume={n} previous_state=interrupted",
+            )
+        ),
+    ]
+    assert completed.startswith("INFO    Workflow execution completed successfully")

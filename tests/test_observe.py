@@ -197,7 +197,11 @@ def test_the_timeline_says_which_steps_were_skipped_revised_and_replayed(
     assert ("step_skipped", "long_answer") in routed_events
     [revision, _again] = [f for k, _, f in events if k == "loop_revision"]  # (one a process)
     assert (revision["validator"], revision["iteration"]) == ("critique", 1)
-    resumed = [k for k, _, _ in events].index("workflow_started", 1)
+    kinds = [k for k, _, _ in events]
+    resumed = kinds.index("workflow_resumed")
+    # a failed run's resume: nothing was interrupted, and its start says what it continues
+    assert "workflow_interrupted" not in kinds and kinds.count("workflow_started") == 1
+    assert (events[resumed][2]["resume"], events[resumed][2]["previous_state"]) == (1, "failed")
     replayed = [(s, f["key"]) for k, s, f in events[resumed:] if k == "step_replayed"]
     assert replayed == [("generate", "generate"), ("critique", "critique#1"),
                         ("revise", "revise#1")]  # fmt: skip

@@ -251,6 +251,19 @@ def test_ctrl_c_says_which_run_stopped_and_how_to_continue_it(tmp_path: Path) ->
     began, end = (datetime.fromisoformat(st[k]) for k in ("created_at", "completed_at"))
     assert st["duration_ms"] == int((end - began).total_seconds() * 1000)
     assert st["duration_ms"] > json.loads(r.stdout)["duration_ms"]
+    # its timeline says that the run was stopped, and when, before it says it was resumed
+    logs = eclflow("logs", short, "--json", env=env)
+    events = [json.loads(line) for line in logs.stdout.splitlines()]
+    [stopped] = [e for e in events if e["kind"] == "workflow_interrupted"]
+    assert (stopped["cause"], stopped["in_flight"]) == (
+        f"process {p.pid} stopped it (Ctrl-C, SIGTERM or a cancelled task)",
+        ["generate"],
+    )
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("workflow_interrupted") + 1 == kinds.index("workflow_resumed")
+    assert datetime.fromisoformat(stopped["last_seen"]) <= datetime.fromisoformat(
+        events[kinds.index("workflow_resumed")]["ts"]
+    )
 
 
 @pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint", "no-sigint"])

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -483,6 +484,15 @@ async def _run(
             store.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What a resume says as it starts: which resume of the run it is (1, 2, …) and the state
+    it continues the run from (`interrupted`, `failed`, `paused`)."""
+
+    number: int
+    previous_state: str
+
+
 async def _execute(
     plan: Plan,
     providers: Providers,
@@ -497,6 +507,7 @@ async def _execute(
     limits: Budget | None = None,
     spent: Spent | None = None,
     started_at: float | None = None,
+    resumed: Resumed | None = None,
 ) -> RunResult:
     limits = limits or Budget()
     budget_guard = BudgetGuard(
@@ -544,12 +555,22 @@ async def _execute(
                 else tracing.OFF
             ) as span,
         ):
-            emit(
-                "workflow_started",
-                workflow_name=wf.name,
-                step_count=len(wf.steps),
-                model=model,
-            )
+            if resumed is None:
+                emit(
+                    "workflow_started",
+                    workflow_name=wf.name,
+                    step_count=len(wf.steps),
+                    model=model,
+                )
+            else:  # (a timeline read later tells this start from the first)
+                emit(
+                    "workflow_resumed",
+                    workflow_name=wf.name,
+                    step_count=len(wf.steps),
+                    model=model,
+                    resume=resumed.number,
+                    previous_state=resumed.previous_state,
+                )
             result = await orchestrator.run(run_id, inputs)
             if started_at is not None:
                 since = int((time.time() - started_at) * 1000)
@@ -904,7 +925,7 @@ async def _resume(
         if listener is not None:
             listener("run_already_completed", {"result": taken})
         return taken
-    record, wf, chosen, limits, rows, (origin, seed) = taken
+    record, wf, chosen, limits, rows, (origin, seed), resumed = taken
     return await _execute(
         compile_plan(wf),
         callers,
@@ -918,6 +939,7 @@ async def _resume(
         on_call,
         limits,
         _spent_so_far(rows),
+        resumed=resumed,
     )
 
 
@@ -929,14 +951,16 @@ def _take_over(
     providers: Providers,
     model: str | None,
 ) -> (
-    tuple[Any, Workflow, str | None, Budget, list[Any], tuple[str | None, dict[str, Any]]]
+    tuple[Any, Workflow, str | None, Budget, list[Any], tuple[str | None, dict[str, Any]], Resumed]
     | RunResult
 ):
     """Check that run `run_id` can be resumed and mark it running in this process; its record,
-    workflow, model, limits, journal rows and what a `--from` run reuses from its earlier run
-    (`_rerun_seed`). A run that completed is left as it is: its recorded result. Whether
-    another process still holds the run is decided and the run taken in one transaction, so
-    two resumes started at once cannot both run it."""
+    workflow, model, limits, journal rows, what a `--from` run reuses from its earlier run
+    (`_rerun_seed`) and what the resume says as it starts. A run that completed is left as it
+    is: its recorded result. Whether another process still holds the run is decided and the
+    run taken in one transaction, so two resumes started at once cannot both run it; a run
+    whose process ended (or stopped) in the middle of it gets its `workflow_interrupted`
+    event in that transaction too: once, whatever becomes of this resume."""
     from ..spec import load
     from ..store.owner import this_process
 
@@ -991,21 +1015,68 @@ def _take_over(
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)
         if now.state != "completed":  # (completed by another process since the first look)
-            _refuse_if_held(now, dict(now.metadata or {}), force)
+            now_meta = dict(now.metadata or {})
+            _refuse_if_held(now, now_meta, force)
             rows = store.steps.for_run(record.id)
+            interrupted = now.state in ("running", "pending")  # (no process ends it now)
+            if interrupted:
+                _note_interrupted(store, now, rows)
             _close_interrupted(store, rows)
+            resumed = Resumed(
+                int(now_meta.get("resumed", 0)) + 1, "interrupted" if interrupted else now.state
+            )
             store.runs.update_state(record.id, "running")
             store.runs.update_metadata(
                 record.id,
                 **this_process(),
                 released=None,
                 pause_requested=None,
-                resumed=int((now.metadata or {}).get("resumed", 0)) + 1,
+                resumed=resumed.number,
                 **({"budget": _budget_dict(limits)} if budget is not None else {}),
             )
     if now.state == "completed":
         return stored_results(store, [record.id])[record.id]
-    return record, wf, chosen, limits, rows, _rerun_seed(store, record, plan)
+    return record, wf, chosen, limits, rows, _rerun_seed(store, record, plan), resumed
+
+
+def _note_interrupted(store: Any, run: Any, rows: Sequence[Any]) -> None:
+    """Add to the timeline of `run`, which its last process left unfinished, that it was
+    interrupted: how, when it was last seen running (a process that stopped it, Ctrl-C or
+    SIGTERM, wrote when; of one killed or crashed, the time of its last record is known,
+    not that of its end), and the steps it left in flight (their attempts are failed by
+    _close_interrupted, and made again)."""
+    from ..observe.events import EVENTS, level_name
+    from ..store.owner import holder
+
+    meta = run.metadata or {}
+    pid = meta.get("pid")
+    who = f"process {pid}" if pid is not None else "its process"
+    if meta.get("released"):
+        seen = run.updated_at
+        cause = f"{who} stopped it (Ctrl-C, SIGTERM or a cancelled task)"
+    else:
+        times = [run.created_at, store.events.last_time(run.id)]
+        times += [t for r in rows for t in (r.started_at, r.completed_at)]
+        seen = max(t for t in times if t is not None)
+        cause = (
+            f"{who} ended without finishing it (killed, or crashed)"
+            if holder(meta) == "gone"
+            else f"taken over with --force from {who} on {meta.get('host')}, not checked"
+        )
+    level, message = EVENTS["workflow_interrupted"]
+    store.events.append(
+        run.id,
+        "workflow_interrupted",
+        {
+            "level": level_name(level),
+            "message": message,
+            "workflow_id": run.definition_id,
+            "cause": cause,
+            "last_seen": seen.astimezone().isoformat(timespec="milliseconds"),
+            "in_flight": [r.key for r in rows if r.state == "running"],
+            "pid": pid,
+        },
+    )
 
 
 def _rerun_seed(store: Any, record: Any, plan: Plan) -> tuple[str | None, dict[str, Any]]:

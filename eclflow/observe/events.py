@@ -29,6 +29,9 @@ EVENTS: dict[str, tuple[int, str]] = {
     "workflow_completed": (INFO, "Workflow execution completed successfully"),
     "workflow_failed": (ERROR, "Workflow execution failed"),
     "workflow_paused": (INFO, "Workflow paused as asked"),
+    # written by the resume that finds the run's process gone: the process could not say it
+    "workflow_interrupted": (WARNING, "Workflow execution interrupted"),
+    "workflow_resumed": (INFO, "Workflow execution resumed"),
     "step_started": (DEBUG, "Step execution started"),
     "step_succeeded": (INFO, "Step execution succeeded"),
     "step_succeeded_after_retry": (INFO, "Step succeeded after retry"),
@@ -54,6 +57,12 @@ _LEVEL_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"
 # Kept in the logs only: the step's attempt rows already say when each attempt started, and
 # hold its prompt and reply.
 _NOT_KEPT = frozenset({"step_started", "llm_request_started", "llm_prompt", "llm_reply"})
+
+
+def level_name(level: int) -> str:
+    """`info` for INFO: an event's level as its record in the store says it."""
+    return _LEVEL_NAMES[level]
+
 
 _recorder: ContextVar[EventRecorder | None] = ContextVar("eclflow_event_recorder", default=None)
 

@@ -848,6 +848,14 @@ class EventRepository:
             for chunk in range(0, len(rows), 200):
                 self._m.insert_many(rows[chunk : chunk + 200]).execute()
 
+    def last_time(self, run_id: str) -> datetime | None:
+        """The time of the run's last event written, None if it has none."""
+        M = self._m
+        query = M.select(M.ts).where(M.run == run_id).order_by(M.id.desc()).limit(1)
+        with self._s.reading():
+            row = query.first()
+        return row.ts if row is not None else None
+
     def for_run(
         self, run_id: str, after_id: int | None = None, limit: int | None = None
     ) -> list[EventRecord]:
