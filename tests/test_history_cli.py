@@ -427,3 +427,51 @@ def test_a_resumed_step_counts_its_attempts_as_the_journal_numbers_them(tmp_path
     assert [e["attempt"] for e in shown] == [1, 2, 3, 4]
     again = env.json("resume", run_id, "--json")["steps"]  # (completed: its recorded result)
     assert [(s["key"], s["attempts"]) for s in again] == [("a", 1), ("b", 4)]
+
+
+def test_a_resumed_step_that_succeeds_after_retry_says_the_journal_attempt_count(
+    tmp_path: Path,
+) -> None:
+    """After a resume, `Step succeeded after retry` (its log line, `eclflow logs`) said `attempts=2`, this execution's count, where the step's line, `--json`
+    and `show` say 4 since 39d37c0; a step whose retries all fail said the same of its
+    `Step failed after all retry attempts`."""
+    env = Env(tmp_path)
+    wf = tmp_path / "retry.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: retry\nmodel: mock/x\n"
+        "defaults: {retry: {max_attempts: 2, initial_delay: 0.01s, max_delay: 0.01s}}\n"
+        'steps:\n  - {id: b, type: llm, template: "two"}\n'
+        'output: {text: "{{ steps.b.output.text }}"}\n'
+    )
+    script = tmp_path / "m.yaml"
+    script.write_text("b: [{error: timeout}, {error: timeout}]\n")
+    r = env.cli("run", str(wf), "--mock-responses", str(script), "--json")
+    assert r.returncode == 1, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    script.write_text("b: [{error: timeout}, {error: timeout}]\n")  # failed again: 3 and 4
+    r = env.cli("resume", run_id, "--mock-responses", str(script), "--json")
+    assert r.returncode == 1, r.stderr
+    script.write_text('b: [{error: timeout}, "B"]\n')  # 5 fails, 6 succeeds
+    r = env.cli(
+        "--log-level", "info", "--log-format", "json",
+        "resume", run_id, "--mock-responses", str(script), "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [(s["key"], s["attempts"]) for s in json.loads(r.stdout)["steps"]] == [("b", 6)]
+    logged = [json.loads(line) for line in r.stderr.splitlines()]
+    [after_retry] = [x for x in logged if x.get("kind") == "step_succeeded_after_retry"]
+    assert (after_retry["attempt"], after_retry["attempts"]) == (6, 6)
+
+    events = [json.loads(x) for x in env.cli("logs", run_id, "--json").stdout.splitlines()]
+    assert [
+        (e["kind"], e["attempts"])
+        for e in events
+        if e["kind"] in ("step_failed_after_retries", "step_succeeded_after_retry")
+    ] == [
+        ("step_failed_after_retries", 2),
+        ("step_failed_after_retries", 4),
+        ("step_succeeded_after_retry", 6),
+    ]
+    text = env.cli("logs", run_id, "--level", "info").stdout.splitlines()
+    [line] = [x for x in text if "Step succeeded after retry" in x]
+    assert "step=b attempt=6 attempts=6 " in line, line

@@ -257,24 +257,26 @@ class Executor:
             pop(bound)
 
     def _settled(
-        self, record: StepExecution, n: int, traces: list[TraceEvent], started: float
+        self, record: StepExecution, n: int, shown: int, traces: list[TraceEvent], started: float
     ) -> None:
-        """The step's outcome, decided by its `n`th and last attempt: its event and last trace.
+        """The step's outcome, decided by its `n`th and last attempt, the journal's `shown`th
+        (after those of earlier executions of the key): its event and last trace, which count
+        the attempts as the journal, the step's line and `--json` do.
 
         Said before the attempt is committed: a run cancelled while it waits for that commit
         (Ctrl-C) would otherwise keep the step's result without its event."""
         duration_ms = _ms(started)
         if record.outcome == "failed":
             msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
-            traces.append(TraceEvent("error", msg, {"attempts": n, "error": record.error}))
+            traces.append(TraceEvent("error", msg, {"attempts": shown, "error": record.error}))
             if n > 1:
-                emit("step_failed_after_retries", attempts=n, error=record.error)
+                emit("step_failed_after_retries", attempts=shown, error=record.error)
             else:
                 emit("step_failed", error=record.error, duration_ms=duration_ms)
             return
         if n > 1:
-            traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": n}))
-            emit("step_succeeded_after_retry", attempts=n, duration_ms=duration_ms)
+            traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": shown}))
+            emit("step_succeeded_after_retry", attempts=shown, duration_ms=duration_ms)
         else:
             emit(
                 "step_succeeded",
@@ -468,7 +470,7 @@ class Executor:
             usage.made,  # made
         )
         if not (failed and result.retryable and attempt < step.retry_policy.max_attempts):
-            self._settled(record, attempt, traces, step_started)
+            self._settled(record, attempt, shown, traces, step_started)
         await attempts_log.finished(handle, attempt, record, commit=not step.pure)
         return record
 
