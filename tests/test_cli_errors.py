@@ -1003,3 +1003,44 @@ def test_an_anchor_defined_twice_is_one_located_warning_not_ruamels_source_lines
         "E100",
         "W508",
     ], r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "RUN", "--json", "-o", "text"], "--json and --output text"),
+        (["status", "RUN", "-o", "text", "--json"], "--json and --output text"),
+        (["status", "RUN", "--output=text", "--json"], "--json and --output text"),
+        (["validate", WF, "--json", "--format", "github"], "--json and --format github"),
+        (["validate", WF, "--format", "text", "--json"], "--json and --format text"),
+    ],
+)
+def test_json_beside_another_output_format_is_a_usage_error(
+    one_run: tuple[dict[str, str], str], args: list[str], message: str
+) -> None:
+    """`status --json -o text` printed JSON and `validate --json --format github` printed
+    JSON, silently taking one of two formats asked for; a script reading the other got what it
+    could not parse. Both options at once are a usage error, one line, exit 2, no output."""
+    env, run_id = one_run
+    r = cli(*[run_id[:8] if a == "RUN" else a for a in args], env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    command = args[0]
+    flag = message.split()[2]
+    assert r.stderr == (
+        f"error: {message} do not go together (--json means {flag} json) "
+        f"(see eclflow {command} --help)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status", "RUN", "--json", "-o", "json"], ["validate", WF, "--json", "--format", "json"]],
+)
+def test_json_beside_the_same_format_is_that_format(
+    one_run: tuple[dict[str, str], str], args: list[str]
+) -> None:
+    env, run_id = one_run
+    r = cli(*[run_id[:8] if a == "RUN" else a for a in args], env=env)
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout), dict)

@@ -68,6 +68,23 @@ async def stopping_lock_waits(work: Awaitable[T], store: Any) -> T:
                     signal.signal(wrapped_sig, theirs)
 
 
+def json_or_format(as_json: bool, fmt: str, param: str) -> str:
+    """The output format of a command that has both `--json` and a format option (`param`,
+    the option's parameter name): `--json` is that option's `json`, and given beside another
+    format it is a usage error, not one of the two chosen silently."""
+    if not as_json:
+        return fmt
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT)
+    if given and fmt != "json":
+        option = next(p for p in ctx.command.params if p.name == param)
+        name = max(option.opts, key=len)
+        raise click.UsageError(
+            f"--json and {name} {fmt} do not go together (--json means {name} json)"
+        )
+    return "json"
+
+
 def interrupted_exit_code() -> int:
     """130 after Ctrl-C, 143 after SIGTERM."""
     return 143 if _terminated else 130

@@ -19,6 +19,7 @@ from ._common import (
     db_option,
     fail,
     handle_errors,
+    json_or_format,
     open_store,
     restate_options,
     resume_command,
@@ -349,7 +350,7 @@ def status_cmd(
     db: str | None,
 ) -> None:
     """The state of RUN_ID (any unique prefix) and of each of its steps."""
-    fmt = "json" if as_json else fmt
+    fmt = json_or_format(as_json, fmt, "fmt")
     if engine == "restate":
         from ..restate.client import status
 

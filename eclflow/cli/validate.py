@@ -15,7 +15,7 @@ import click
 
 from ..spec.loader import MAX_BYTES, is_dir, is_file
 from . import cli
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors, json_or_format
 
 
 def _known_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -63,7 +63,7 @@ def validate_cmd(
     file is valid, 1 when one is not, 2 when a file does not exist or a directory holds no
     workflow file.
     """
-    fmt = "json" if as_json else fmt
+    fmt = json_or_format(as_json, fmt, "fmt")
     from ..spec.model import printable
 
     reports: list[dict[str, Any]] = []
