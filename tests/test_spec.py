@@ -790,9 +790,17 @@ def test_mutated_bundled_workflows_give_diagnostics_only(data: st.DataObject) ->
 # --- the command -----------------------------------------------------------------------------
 
 
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real `eclflow`, outside GitHub Actions' job summary unless `env` names one."""
+    base = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
     return subprocess.run(
-        [sys.executable, "-m", "eclflow", *args], capture_output=True, text=True, cwd=cwd
+        [sys.executable, "-m", "eclflow", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**base, **(env or {})},
     )
 
 
@@ -891,20 +899,46 @@ def test_validate_annotates_for_github_actions(tmp_path: Path) -> None:
     odd.write_text(MINIMAL + "    timeout: 5%s\n")  # `%` starts an escape in an annotation
     lone = tmp_path / "lone.yaml"
     lone.write_text(MINIMAL + "    timeout: 5s\n")  # W504: a template step waits on nothing
-    r = run_cli("validate", "--format", "github", str(bad), str(odd), str(lone))
+    summary = tmp_path / "summary.md"  # the job's summary, as GitHub Actions names it
+    env = {"GITHUB_STEP_SUMMARY": str(summary)}
+    r = run_cli("validate", "--format", "github", str(bad), str(odd), str(lone), env=env)
     assert r.returncode == 1
     line, col = located(bad.read_text(), "critque")
     file = str(bad).replace(",", "%2C").replace(":", "%3A")
-    assert r.stdout.splitlines() == [
+    # annotations only: the `valid` line of a file and the counts were printed among them
+    annotations = [
         f"::error file={file},line={line},col={col},title=eclflow E203::"
         "unknown step 'critque' in transitions[0].to (did you mean 'critique'?)",
         f"::error file={odd},line=8,col=14,title=eclflow E113::"
         'steps[0].timeout "5%25s" is not a duration (write seconds (30), or 500ms, 1.5s, 2m, 1h)',
         f"::warning file={lone},line=8,col=14,title=eclflow W504::steps.a.timeout bounds "
         "nothing: a template step waits on nothing, so it runs without a timer (leave it out)",
-        f"{lone}: valid: 1 step, 0 revision loops, at most 0 model calls per run, at most $0.0000",
-        "3 files: 1 valid, 2 invalid (2 errors, 1 warning)",
     ]
+    assert r.stdout.splitlines() == annotations
+    assert r.stderr == ""
+    assert summary.read_text() == (
+        "eclflow validate: 3 files: 1 valid, 2 invalid (2 errors, 1 warning)\n"
+    )
+    # --strict: the warning fails the check, and is annotated as the error it now is
+    r = run_cli("validate", "--format", "github", "--strict", str(lone), env=env)
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [annotations[2].replace("::warning", "::error", 1)]
+    assert summary.read_text().splitlines()[1] == (
+        "eclflow validate: 1 file: 0 valid, 1 invalid (0 errors, 1 warning)"
+    )
+    # outside GitHub Actions: the annotations (none here), no summary anywhere
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(MINIMAL)
+    r = run_cli("validate", "--format", "github", str(ok))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    # a summary file that cannot be written: said in one line; the check's result stands
+    gone = tmp_path / "no" / "summary.md"
+    r = run_cli("validate", "--format", "github", str(ok), env={"GITHUB_STEP_SUMMARY": str(gone)})
+    assert (r.returncode, r.stdout) == (0, "")
+    assert r.stderr == (
+        f"warning: cannot add to the job summary $GITHUB_STEP_SUMMARY ({gone}): "
+        "No such file or directory\n"
+    )
 
 
 @pytest.mark.parametrize(

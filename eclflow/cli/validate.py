@@ -39,8 +39,9 @@ def _known_model(ctx: click.Context, param: click.Parameter, value: str | None) 
     type=click.Choice(["text", "json", "github"]),
     default="text",
     show_default=True,
-    help="json prints one object for CI tools; github prints each problem as a GitHub Actions "
-    "annotation (shown on the pull request's lines), then the summary.",
+    help="json prints one object for CI tools; github prints only GitHub Actions annotations, "
+    "one a problem (shown on the pull request's lines; with --strict a warning is an error), "
+    "and adds the counts to the job's summary ($GITHUB_STEP_SUMMARY) when there is one.",
 )
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
@@ -70,7 +71,8 @@ def validate_cmd(
     unlisted = _unlisted(model)
     if unlisted is not None and fmt != "json":
         said = f"--model: W507 {unlisted['message']} ({unlisted['hint']})"
-        github = f"::warning title=eclflow W507::{_escape(said.replace(' W507', '', 1))}"
+        kind = "error" if strict else "warning"
+        github = f"::{kind} title=eclflow W507::{_escape(said.replace(' W507', '', 1))}"
         click.echo(github if fmt == "github" else said)
     missing = False
     found = _expand(files)
@@ -93,8 +95,8 @@ def validate_cmd(
         reports.append(report)
         if fmt != "json":
             for d in diags:
-                click.echo(_annotation(d) if fmt == "github" else str(d))
-            if wf is not None:
+                click.echo(_annotation(d, strict) if fmt == "github" else str(d))
+            if wf is not None and fmt == "text":  # (github: annotations only)
                 loops = report["loops"]
                 cost = report["worst_case_usd"]
                 priced = f", at most ${cost:.4f}" if cost is not None else ""
@@ -118,7 +120,7 @@ def validate_cmd(
         n_warn = sum(r["warnings"] for r in reports)
         total = len(reports)
         n_skipped = len(found.skipped)
-        click.echo(
+        counts = (
             f"{total} file{'s' * (total != 1)}: {total - n_invalid} valid, {n_invalid} invalid "
             f"({n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)})"
             + (
@@ -129,6 +131,10 @@ def validate_cmd(
             )
             + (f"; --model: 1 warning{' (an error: --strict)' * strict}" if unlisted else "")
         )
+        if fmt == "github":
+            _job_summary(counts)
+        else:
+            click.echo(counts)
     if missing:
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_FAILED if n_invalid or refused else EXIT_OK)
@@ -145,13 +151,35 @@ def _unlisted(model: str | None) -> dict[str, str] | None:
     return {"code": "W507", "severity": "warning", "message": found.message, "hint": found.hint}
 
 
-def _annotation(d: Any) -> str:
-    """A diagnostic as a GitHub Actions workflow command (`::error file=…,line=…::…`)."""
+def _annotation(d: Any, strict: bool = False) -> str:
+    """A diagnostic as a GitHub Actions workflow command (`::error file=…,line=…::…`); with
+    `strict`, a warning fails the check: an error."""
     loc = d.location
     where = f"file={_escape(loc.file, property=True)},line={loc.line},col={loc.col}"
     hint = f" ({d.hint})" if d.hint else ""
-    kind = "warning" if d.severity == "warning" else "error"
+    kind = "warning" if d.severity == "warning" and not strict else "error"
     return f"::{kind} {where},title=eclflow {d.code}::{_escape(d.message + hint)}"
+
+
+def _job_summary(counts: str) -> None:
+    """`--format github`: the counts go to the job's summary, the Markdown file GitHub Actions
+    names in $GITHUB_STEP_SUMMARY and shows on the run's page, not among the annotations on
+    stdout (a plain line there is neither an annotation nor shown as one); outside GitHub
+    Actions they go nowhere."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"eclflow validate: {counts}\n")
+    except OSError as e:
+        from ._common import say
+
+        say(
+            f"cannot add to the job summary $GITHUB_STEP_SUMMARY ({path}): {e.strerror or e}",
+            "warning",
+            prefix="warning: ",
+        )
 
 
 def _escape(text: str, *, property: bool = False) -> str:
