@@ -432,6 +432,53 @@ def test_a_run_stopped_before_its_first_write_says_nothing_was_kept(tmp_path: Pa
     assert eclflow("runs", env=env).stdout.strip() == "No runs."
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_run_stopped_before_its_first_write_on_postgres_says_nothing_was_kept(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+    sig: int,
+) -> None:
+    """Ctrl-C or SIGTERM while a new run waited for an ACCESS EXCLUSIVE lock another session
+    held on the runs' table (`LOCK TABLE workflows`), before anything of it was written: it
+    said `eclflow resume ID` continues it, which found no such run (the check of whether the
+    run was kept waited for the same lock, was cancelled, and was taken for a yes)."""
+    import threading
+
+    import psycopg2
+
+    from eclflow.store import open_store
+
+    env, _, log = setup(tmp_path)
+    env["ECLFLOW_DATABASE_URL"] = pg_url
+    journal = Journal(pg_url)
+    open_store(pg_url).close()
+    base, _, schema = pg_url.partition("?schema=")
+    lock = psycopg2.connect(base, options=f"-c search_path={schema}")
+    with lock.cursor() as cursor:
+        cursor.execute("LOCK TABLE workflows")  # ACCESS EXCLUSIVE: even a read waits
+    p = start(tmp_path, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+        reader.start()
+        me = lock.get_backend_pid()
+        blocked = f"SELECT 1 FROM pg_stat_activity WHERE {me} = ANY(pg_blocking_pids(pid))"
+        wait_for(lambda: journal.rows(blocked), "the wait")
+        p.send_signal(sig)
+        p.wait(timeout=30)  # (the lock_timeout had more than 50 s to go)
+    finally:
+        p.kill()
+        lock.close()
+    reader.join(timeout=10)
+    assert p.returncode == (143 if sig == signal.SIGTERM else 130), lines
+    assert len(lines) == 1, lines
+    assert lines[-1].startswith("interrupted before run "), lines
+    assert lines[-1].endswith(" was recorded: nothing was kept; running it again starts over\n")
+    assert calls(log) == []
+    assert journal.rows("select id from workflows") == []
+    assert eclflow("runs", env=env).stdout.strip() == "No runs."
+
+
 def test_a_run_cancelled_in_a_process_that_goes_on_is_resumed_elsewhere(
     tmp_path: Path, monkeypatch: Any
 ) -> None:

@@ -935,12 +935,15 @@ def _interrupted(run_id: str | None, new_run_in: Any = None) -> None:
 
 
 def _kept(store: Any, run_id: str) -> bool:
-    """Whether the run is in the store, once what its writers held is written."""
+    """Whether the new run is in the store, once what its writers held is written. When the
+    database cannot be read (PostgreSQL: a lock another session holds on the runs' table, the
+    wait for which the signal cancels), this process's writers know: nobody else writes a
+    run this command began."""
     try:
         store.close_writers()
         return bool(store.runs.exists(run_id))
-    except PersistenceError:  # (cannot tell: say how to go on, as for a kept run)
-        return True
+    except PersistenceError:
+        return run_id in store.runs_created
 
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:

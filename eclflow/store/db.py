@@ -259,6 +259,9 @@ class Store:
         self.events = EventRepository(self)
         # the group-commit writer of each event loop that writes here (eclflow/store/writer.py)
         self.writers: dict[int, Any] = {}
+        # the runs whose rows those writers created and committed: whether a run stopped
+        # before its first write was kept is known here when the database cannot be read
+        self.runs_created: set[str] = set()
         try:
             self._connect_first()
             with self.reading():
