@@ -614,6 +614,8 @@ def run_cmd(
         )
         return
     store = None if no_journal else open_store(db)
+    if store is not None:  # (what _kept reads when the database cannot be)
+        store.runs_created = set()
     from ..engine.orchestrator import new_run_id
 
     leave_out_what_the_end_says()
@@ -943,7 +945,7 @@ def _kept(store: Any, run_id: str) -> bool:
         store.close_writers()
         return bool(store.runs.exists(run_id))
     except PersistenceError:
-        return run_id in store.runs_created
+        return run_id in (store.runs_created or ())
 
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:

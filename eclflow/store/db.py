@@ -259,9 +259,11 @@ class Store:
         self.events = EventRepository(self)
         # the group-commit writer of each event loop that writes here (eclflow/store/writer.py)
         self.writers: dict[int, Any] = {}
-        # the runs whose rows those writers created and committed: whether a run stopped
-        # before its first write was kept is known here when the database cannot be read
-        self.runs_created: set[str] = set()
+        # when a set (the CLI's `run`: one run a process), the runs whose rows those writers
+        # created and committed: whether a run stopped before its first write was kept is
+        # known here when the database cannot be read (None: a long-lived process keeps no
+        # growing record)
+        self.runs_created: set[str] | None = None
         try:
             self._connect_first()
             with self.reading():

@@ -452,9 +452,11 @@ class JournalWriter:
     def _write(self, batch: list[_Op]) -> None:
         groups = _grouped(batch)
         self._write_groups(groups)
-        for kind, rows in groups:  # (a few kinds a batch)
-            if kind == "create_run":
-                self.store.runs_created.update(args[0] for args in rows)
+        created = self.store.runs_created
+        if created is not None:
+            for kind, rows in groups:  # (a few kinds a batch)
+                if kind == "create_run":
+                    created.update(args[0] for args in rows)
 
     def _write_groups(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         if self.inline:  # SQLite, from either thread
