@@ -891,15 +891,23 @@ def test_items_paused_are_counted_as_paused_and_the_batch_run_again_continues_th
             ),
             "both critiques to be in flight",
         )
-        for (run_id,) in flying:
-            r = subprocess.run(
-                [sys.executable, "-m", "eclflow", "pause", run_id[:8]],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert r.returncode == 0, r.stderr
+        # The batch is frozen (SIGSTOP) while the two `pause` commands run: each is a Python
+        # process that can take seconds to start on a loaded machine, and critique#1 could
+        # end (and its run complete) before the second one had asked. Frozen, its process
+        # must hold no write lock the pauses need: it is let go on until it holds none.
+        _frozen_without_the_write_lock(p.pid, tmp_path / "runs.db")
+        try:
+            for (run_id,) in flying:
+                r = subprocess.run(
+                    [sys.executable, "-m", "eclflow", "pause", run_id[:8]],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert r.returncode == 0, r.stderr
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
         out, err = p.communicate(timeout=60)
     finally:
         p.kill()
@@ -912,6 +920,24 @@ def test_items_paused_are_counted_as_paused_and_the_batch_run_again_continues_th
     assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["completed"] * 2
     keys = sorted(calls(tmp_path / "calls.jsonl"))
     assert keys == sorted(["generate", "critique#1", "revise#1", "critique#2"] * 2)  # none twice
+
+
+def _frozen_without_the_write_lock(pid: int, db: Path) -> None:
+    """Stop process `pid` (SIGSTOP) at a moment it holds no write lock on SQLite file `db`."""
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+            time.sleep(0.01)
+        probe = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # locked: let it finish its write
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            probe.close()
 
 
 def test_input_lines_are_split_at_newlines_only(tmp_path: Path) -> None:
