@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -479,34 +480,87 @@ def test_waiting_for_the_model_does_not_count_against_the_step_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two steps at once on the local model: the second waited while the first generated, and
-    timed out without having begun (in a batch, items that never started were retried)."""
+    timed out without having begun (in a batch, items that never started were retried).
+
+    While `short` waits for the model, which `long` holds until then, the event loop's clock
+    (the one step timeouts read) is moved on by twice `short`'s timeout: its wait outlasts
+    its timeout by construction, not by guessing how long `long` takes, and its own call has
+    the whole timeout on a machine however loaded (a 6 s one was seen to run out, and a 2-token
+    call to take 23 s)."""
+    from contextlib import asynccontextmanager
+
+    from eclflow.engine import deadline
     from eclflow.engine.runner import run
+    from eclflow.observe.logs import bound
     from eclflow.spec import load_text
+
+    timeout = 120.0
+
+    class Clock(asyncio.SelectorEventLoop):
+        skipped = 0.0
+
+        def time(self) -> float:
+            return super().time() + self.skipped
 
     wf = load_text(
         "eclflow: 1\nid: two\nmodel: local/smollm2\n"
         "defaults: {retry: {max_attempts: 1}}\n"
         "steps:\n"
         "  - {id: long, type: llm, template: 'Count from 1 to 60, separated by spaces.',\n"
-        "     config: {max_tokens: 50, temperature: 0}}\n"
-        "  - {id: short, type: llm, template: 'Say hi.', timeout: 6s,\n"
+        "     timeout: 1h, config: {max_tokens: 8, temperature: 0}}\n"  # (past the clock's move)
+        f"  - {{id: short, type: llm, template: 'Say hi.', timeout: {timeout:g}s,\n"
         "     config: {max_tokens: 2, temperature: 0}}\n"
     )
     loaded = local_mod._load(model_path("local/smollm2"))
-    generate = loaded.llama.eval
+    real_eval = loaded.llama.eval
+    real_generate = local_mod._generate
+    real_suspended = deadline.suspended
+    calling = threading.local()  # the prompt of the call this worker thread generates for
+    skipped = threading.Event()  # the clock was moved on while `short` waited for the model
 
-    def slowly(tokens: object) -> object:  # every token 0.25 s: `long` takes seconds, always
-        time.sleep(0.25)
-        return generate(tokens)
+    def generate(path: Path, kwargs: dict[str, object], *rest: object) -> object:
+        calling.prompt = json.dumps(kwargs["messages"])
+        return real_generate(path, kwargs, *rest)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loaded.llama, "eval", slowly)
-    result = asyncio.run(run(wf, {}, store=None))
+    def eval(tokens: object) -> object:  # `long` holds the model until `short` waits for it
+        if "Count from 1" in calling.prompt:
+            assert skipped.wait(120), "short never waited for the model"
+        return real_eval(tokens)
+
+    @asynccontextmanager
+    async def suspended() -> AsyncIterator[None]:
+        async with real_suspended():
+            if bound().get("step_id") == "short":  # its wait begins: past its timeout, twice
+                loop = asyncio.get_running_loop()
+                assert isinstance(loop, Clock)
+                loop.skipped += 2 * timeout
+                skipped.set()
+            yield
+
+    async def a_running_timeout_expires() -> bool:
+        """(The clock moved on is the one timeouts read: one that runs meanwhile expires.)"""
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, Clock)
+        try:
+            async with deadline.timeout(timeout):
+                loop.skipped += 2 * timeout
+                await asyncio.sleep(0.2)
+        except TimeoutError:
+            return True
+        return False
+
+    monkeypatch.setattr(local_mod, "_generate", generate)
+    monkeypatch.setattr(loaded.llama, "eval", eval)
+    monkeypatch.setattr(deadline, "suspended", suspended)
+    with asyncio.Runner(loop_factory=Clock) as runner:
+        assert runner.run(a_running_timeout_expires())
+        result = runner.run(run(wf, {}, store=None))
+    assert skipped.is_set()
     assert result.status == "completed", result.error
-    durations = {s.step_id: s.duration_ms for s in result.steps}
-    # so `short` waited longer than its timeout (6 s, which leaves its own short call room on a
-    # machine loaded by other test runs: 3 s was seen to run out); the model may end its count
-    # early, hence the slow tokens
-    assert durations["long"] > 6000, durations
+    assert [(s.step_id, s.status) for s in result.steps] == [
+        ("long", "succeeded"),
+        ("short", "succeeded"),
+    ]
 
 
 @pytest.mark.slow
