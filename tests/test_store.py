@@ -2107,3 +2107,193 @@ def test_a_bulk_write_keeps_accented_text_whatever_the_connections_encoding(pg_u
         ]
     finally:
         store.close()
+
+
+# --- every value a run can produce, kept as it was --------------------------------------------
+
+MB_TEXT = "long é😀\t\n" * 300_000  # 3 MB of text
+ODD_TEXTS = [
+    "nul \x00 inside",  # PostgreSQL's text refuses NUL
+    "lone \ud800 surrogate and \udfff",  # no UTF-8 holds one
+    "\x1e starts with the mark the journal escapes with",
+    '\x1e"looks escaped"',
+    "CR\r LF\n tab\t backslash\\ \\N \\. é 😀 日本",
+    MB_TEXT + "\x00",
+]
+
+
+def _nested(depth: int) -> list[object]:
+    """[[[…]]], `depth` levels."""
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+ODD_VALUES: list[object] = [
+    {"score": float("nan"), "up": float("inf"), "down": -float("inf"), "ok": 1.5},
+    [float("nan"), None, 0.0, -0.0, 1e308, 5e-324],
+    {"\x1e": "NaN"},  # what a tag looks like, given as data
+    {"\x1e": ["NaN"], "k": {"\x1e": {"\x1e": 1}}},
+    {"big": 123456789012345678901234567890, "neg": -(2**64), "edge": 2**63},
+    {"nul\x00key": "nul\x00value", "\ud800": ["\udc00"], "k\t\r\n\\": "v\t\r\n\\"},
+    {"emoji 😀": "日本語 é", "deep": [[[[[[[[[[{"x": None}]]]]]]]]]]},
+    _nested(300),  # deeper than orjson writes (255 levels)
+    MB_TEXT,
+    "",
+    None,
+]
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, NaN and -0.0 included, and of the same types all the way down."""
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def _sorted(value: object) -> object:
+    """`value` with each mapping's keys in sorted order."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["row by row", "many rows at once"])
+def test_every_value_a_run_can_produce_reads_back_as_it_was(url: str, many: bool) -> None:
+    """A model's reply, an error or an input may hold a NUL, a lone surrogate, NaN or Infinity,
+    integers beyond 64 bits, thousands of levels, megabytes, or text that looks like the
+    journal's own escapes: each is committed (on PostgreSQL too, whose text refuses NUL and whose
+    JSON has no NaN) and reads back exactly, written one row at a time or many at once (COPY)."""
+    import asyncio
+
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    runs = [new_run(store, input=v) for v in ODD_VALUES]
+    pairs = list(zip(ODD_TEXTS * 2, ODD_VALUES, strict=False))
+
+    async def write() -> None:
+        w = writer_for(store)
+        for n, (text, value) in enumerate(pairs):
+            h = w.start(runs[0], "s", f"s#{n}", n, 1, value, "mock/x")
+            done = w.finish(
+                h,
+                not many,
+                state="succeeded",
+                outcome="success",
+                output=value,
+                feedback=text,
+                error=text,
+                traces=[{"message": text, "value": value}],
+                prompt=[{"role": "user", "content": text}],
+            )
+            if done is not None:
+                await done
+        w.events(runs[0], [("note", None, {"text": text, "value": v}) for text, v in pairs])
+        if many:
+            await w.drain()
+        ends = [
+            w.end_run(run_id, "failed", value, ODD_TEXTS[n % len(ODD_TEXTS)], "s", {"v": value})
+            for n, (run_id, value) in enumerate(zip(runs, ODD_VALUES, strict=True))
+        ]
+        if many:
+            await asyncio.gather(*ends)
+        else:
+            for end in ends:
+                await end
+
+    try:
+        asyncio.run(write())
+        rows = {r.key: r for r in store.steps.for_run(runs[0])}
+        replayed = store.steps.succeeded_many([runs[0]])[runs[0]]
+        for n, (text, value) in enumerate(pairs):
+            for row in (rows[f"s#{n}"], replayed[f"s#{n}"]):
+                assert _same(row.input, value) and _same(row.output, value), n
+                assert _same(row.feedback, text) and _same(row.error, text), n
+                assert _same(row.traces, [{"message": text, "value": value}]), n
+                assert _same(row.prompt, [{"role": "user", "content": text}]), n
+        events = store.events.for_run(runs[0])
+        assert _same([e.fields for e in events], [{"text": t, "value": v} for t, v in pairs])
+        for n, (run_id, value) in enumerate(zip(runs, ODD_VALUES, strict=True)):
+            run = store.runs.get(run_id)
+            assert (run.state, run.failed_step) == ("failed", "s")
+            assert _same(run.input, value) and _same(run.output, value), n
+            assert _same(run.error, ODD_TEXTS[n % len(ODD_TEXTS)]), n
+            # (PostgreSQL merges metadata as jsonb, which orders keys its own way)
+            assert _same(_sorted(run.metadata["v"]), _sorted(value)), n
+            assert _same(store.runs.get_many([run_id])[run_id].output, value), n
+    finally:
+        store.close()
+
+
+def test_odd_values_written_through_the_repositories_read_back_as_they_were(store: Store) -> None:
+    """The repositories (not the journal writer) keep the same values the same way, and read
+    back what the journal writer wrote."""
+    for text, value in zip(ODD_TEXTS, ODD_VALUES, strict=False):
+        run_id = new_run(store, input=value)
+        handle = add_step(store, run_id, "generate", output=value, feedback=text, error=text)
+        store.runs.update_state(run_id, "failed", error=text)
+        store.runs.update_output(run_id, value)
+        store.events.append(run_id, "note", {"value": value, "text": text})
+        artifact = store.artifacts.create(run_id, "a", content=text, step_id="generate")
+        row = store.steps.get(handle)
+        assert _same(row.output, value) and _same(row.feedback, text) and _same(row.error, text)
+        run = store.runs.get(run_id)
+        assert _same(run.input, value) and _same(run.output, value) and _same(run.error, text)
+        assert _same(store.events.for_run(run_id)[-1].fields, {"value": value, "text": text})
+        assert _same(store.artifacts.get(artifact.id).content, text)
+
+
+def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str) -> None:
+    """The runs of a batch share the journal's transactions: a value one run's row holds that
+    the database refuses (a token count beyond the column's integers) fails that run, with
+    what was refused and where, and not the others, whose writes are all committed."""
+    import asyncio
+
+    from eclflow.observe.events import EventRecorder
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    runs = [new_run(store) for _ in range(3)]
+    too_big = 2**31 if url.startswith("postgresql") else 2**63  # (integer, INTEGER)
+
+    async def write() -> list[BaseException | None]:
+        w = writer_for(store)
+        recorders = [EventRecorder(store, run_id) for run_id in runs]
+        for recorder in recorders:  # (runs in one loop: their writes share transactions)
+            w.follow(recorder)
+        results = []
+        for n, run_id in enumerate(runs):
+            h = w.start(run_id, "critique", "critique#1", 1, 1, {"draft": "d"}, "mock/x")
+            results.append(
+                w.finish(
+                    h,
+                    state="succeeded",
+                    outcome="success",
+                    output={"n": n},
+                    tokens_in=too_big if n == 1 else 5,
+                )
+            )
+        w.events(runs[1], [("note", "critique", {"n": 1})])
+        w.events(runs[2], [("note", "critique", {"n": 2})])
+        errors = await asyncio.gather(*results, return_exceptions=True)
+        for recorder in recorders:
+            w.unfollow(recorder)
+        await w.drain()
+        return errors
+
+    try:
+        errors = asyncio.run(write())
+        assert [type(e).__name__ for e in errors] == ["NoneType", "PersistenceError", "NoneType"]
+        message = str(errors[1])
+        assert message.startswith(
+            f"Database error: the journal could not write run {runs[1]} (step critique#1): "
+        )
+        assert "\n" not in message
+        assert [r.output for r in store.steps.for_run(runs[0])] == [{"n": 0}]
+        assert [r.output for r in store.steps.for_run(runs[2])] == [{"n": 2}]
+        assert store.steps.for_run(runs[1]) == []
+        assert [e.fields for e in store.events.for_run(runs[2])] == [{"n": 2}]
+    finally:
+        store.close()

@@ -4,15 +4,23 @@ events, schema version.
 Models are built per database by `make_models(db)`, so several stores (a SQLite file and a
 PostgreSQL database, say) can be open in one process without rebinding global classes.
 Timestamps are UTC; JSON is stored with `json.dumps(default=str)`.
+
+Every value a run can produce is stored so that it reads back as it was, on both databases:
+text a column cannot hold as it is (a NUL, which PostgreSQL's text refuses, or a lone
+surrogate, which no UTF-8 holds) is kept escaped (`store_text`), and a float JSON has no
+number for (NaN, ±Infinity) is kept as a tag (`json_text`); both are undone on reading.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from peewee import (
     AutoField,
     BooleanField,
@@ -43,6 +51,113 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The mark of an escaped text, and of a JSON tag: ASCII's record separator (RFC 7464 puts it
+# before each JSON text of a sequence), which no text a model or a person writes starts with,
+# and which reaches the database whatever the connection's encoding.
+MARK = "\x1e"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def store_text(value: str | None) -> str | None:
+    """`value` as a text column holds it: as it is, or when it has a NUL or a lone surrogate
+    (or begins with MARK), MARK then its JSON string, which is ASCII (`read_text` undoes it)."""
+    if value is None:
+        return None
+    if _UNSTORABLE.search(value) is None and not value.startswith(MARK):
+        return value
+    return MARK + json.dumps(value)
+
+
+def read_text(value: str | None) -> str | None:
+    """The text `store_text` was given."""
+    if value is not None and value.startswith(MARK):
+        return str(json.loads(value[1:]))
+    return value
+
+
+_NOT_FINITE = {"nan": MARK + "NaN", "inf": MARK + "Infinity", "-inf": MARK + "-Infinity"}
+_MARK_IN_JSON = "\\u001e"  # how JSON text writes MARK (json and orjson alike)
+
+
+def _tagged(value: Any) -> Any:
+    """`value` with each text (key or value) a JSON column cannot hold in every use as
+    `store_text` keeps it (PostgreSQL's `json` takes a \\u0000 escape or a lone surrogate's,
+    but its operators, `->>`, and `jsonb` refuse them), and each float JSON has no number
+    for as MARK and its name ("NaN", "Infinity", "-Infinity", which json.loads reads);
+    `value` itself when there is none."""
+    if isinstance(value, str):
+        return store_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NOT_FINITE[str(value)]
+    if isinstance(value, dict):
+        items = {_tagged(k): _tagged(v) for k, v in value.items()}
+        same = len(items) == len(value) and all(
+            a is b and items[a] is v for a, (b, v) in zip(items, value.items(), strict=True)
+        )
+        return value if same else items
+    if isinstance(value, list | tuple):
+        tagged = [_tagged(v) for v in value]
+        return value if all(t is v for t, v in zip(tagged, value, strict=True)) else tagged
+    return value
+
+
+def _untagged(value: Any) -> Any:
+    """The value `_tagged` was given."""
+    if isinstance(value, str):
+        return json.loads(value[1:]) if value.startswith(MARK) else value
+    if isinstance(value, dict):
+        return {_untagged(k): _untagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untagged(v) for v in value]
+    return value
+
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def json_text(value: Any) -> str | None:
+    """`value` as JSON text both databases hold and `read_json` gives back as it was: orjson
+    (a step writes several, json.dumps costs 5x more), or json for what orjson refuses
+    (integers beyond 64 bits, a lone surrogate, deep nesting); see `_tagged` for the texts
+    and floats that are tagged (orjson writes NaN as null)."""
+    if value is None:
+        return None
+    try:
+        text = orjson.dumps(value, default=str, option=_OPTIONS).decode()
+    except TypeError:
+        return _dumps(_tagged(value))
+    if "null" in text or "\\u0000" in text or _MARK_IN_JSON in text:  # (may need tags)
+        tagged = _tagged(value)
+        if tagged is not value:
+            return _dumps(tagged)
+    return text
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value, default=str, option=_OPTIONS).decode()
+    except TypeError:  # (integers beyond 64 bits, deep nesting)
+        return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _field_json(value: Any) -> str:
+    """`json_text` by json.dumps, as the models always wrote (a datetime as str() has it)."""
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # (NaN, Infinity)
+        return json.dumps(_tagged(value), default=str, ensure_ascii=False)
+    if "\\u0000" in text or _MARK_IN_JSON in text or _UNSTORABLE.search(text) is not None:
+        return json.dumps(_tagged(value), default=str, ensure_ascii=False)
+    return text
+
+
+def read_json(text: str | bytes) -> Any:
+    """The value `json_text` was given."""
+    value = json.loads(text)
+    tagged = _MARK_IN_JSON in text if isinstance(text, str) else b"\\u001e" in text
+    return _untagged(value) if tagged else value
+
+
 class JSONField(Field):
     """Any JSON-able value; SQL NULL stands for None."""
 
@@ -51,14 +166,25 @@ class JSONField(Field):
     def db_value(self, value: Any) -> Any:
         if value is None:
             return None
-        return json.dumps(value, default=str, ensure_ascii=False)
+        return _field_json(value)
 
     def python_value(self, value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, bytes | bytearray | memoryview):
             value = bytes(value).decode("utf-8")
-        return json.loads(value) if isinstance(value, str) else value
+        return read_json(value) if isinstance(value, str) else value
+
+
+class SafeTextField(TextField):
+    """Text that may hold anything a run produced (a model's reply, an error): see
+    `store_text`."""
+
+    def db_value(self, value: Any) -> Any:
+        return store_text(super().db_value(value))
+
+    def python_value(self, value: Any) -> Any:
+        return read_text(value)
 
 
 class UTCDateTimeField(Field):
@@ -132,7 +258,7 @@ def make_models(db: Database) -> Models:
         input = JSONField(null=True)
         state = CharField(max_length=16)
         output = JSONField(null=True)
-        error = TextField(null=True)
+        error = SafeTextField(null=True)
         failed_step = TextField(null=True)
         metadata = JSONField(null=True)
         created_at = UTCDateTimeField()
@@ -160,8 +286,8 @@ def make_models(db: Database) -> Models:
         outcome = CharField(max_length=16, null=True)
         input = JSONField(null=True)
         output = JSONField(null=True)
-        feedback = TextField(null=True)
-        error = TextField(null=True)
+        feedback = SafeTextField(null=True)
+        error = SafeTextField(null=True)
         retryable = BooleanField(null=True)
         model = TextField(null=True)
         prompt = JSONField(null=True)
@@ -185,7 +311,7 @@ def make_models(db: Database) -> Models:
         step_id = TextField(null=True)
         name = TextField()
         content_type = TextField(default="text/plain")
-        content = TextField(null=True)
+        content = SafeTextField(null=True)
         path = TextField(null=True)
         size = IntegerField(null=True)
         created_at = UTCDateTimeField()

@@ -772,7 +772,7 @@ class ArtifactRepository:
         size: int | None = None,
     ) -> ArtifactRecord:
         if size is None and content is not None:
-            size = len(content.encode("utf-8"))
+            size = len(content.encode("utf-8", "surrogatepass"))  # (a lone one: 3 bytes)
         with self._s.transaction():
             id = self._m.insert(
                 run=run_id,

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import math
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,11 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
-import orjson
-
 from .._time import utc_text
 from ..errors import LockWaitStopped, PersistenceError
 from .db import begin_immediate, connection_lost
+from .models import json_text, read_json, store_text
 from .records import TERMINAL_STATES
 from .repositories import definition_sql
 
@@ -62,19 +61,8 @@ Handle = tuple[str, str, int]  # (run id, journal key, attempt)
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS
 logger = logging.getLogger("eclflow.store")
-
-
-def _json(value: Any) -> str | None:
-    """JSON text for a column: orjson (a step writes several, json.dumps costs 5x more), with
-    json's answer for what orjson refuses (integers beyond 64 bits)."""
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value, default=str, option=_OPTIONS).decode()
-    except TypeError:
-        return json.dumps(value, default=str, ensure_ascii=False)
+_json = json_text  # (the name the repositories import)
 
 
 def _now() -> str:
@@ -221,9 +209,15 @@ class JournalWriter:
             self._timer = self.loop.call_later(LINGER, self._kick)
 
     def _resolve(self, batch: list[_Op], error: BaseException | None) -> None:
-        for _, _, future in batch:
+        failed = error.failed if isinstance(error, _SomeFailed) else None
+        for at, (_, _, future) in enumerate(batch):
             if future is not None and not future.done():
-                if error is not None:
+                if failed is not None:
+                    if at in failed:
+                        future.set_exception(failed[at])
+                    else:
+                        future.set_result(None)
+                elif error is not None:
                     future.set_exception(error)
                 else:
                     future.set_result(None)
@@ -358,8 +352,8 @@ class JournalWriter:
             f["state"],
             f.get("outcome"),
             _json(f.get("output")),
-            f.get("feedback"),
-            f.get("error"),
+            store_text(f.get("feedback")),
+            store_text(f.get("error")),
             f.get("retryable"),
             f.get("duration_ms"),
             f.get("tokens_in"),
@@ -380,8 +374,8 @@ class JournalWriter:
             "failed" if record.outcome == "failed" else "succeeded",
             record.outcome,
             _json(record.output),
-            record.feedback,
-            record.error,
+            store_text(record.feedback),
+            store_text(record.error),
             record.retryable,
             record.duration_ms,
             record.tokens_in,
@@ -450,17 +444,57 @@ class JournalWriter:
     # --- writing (worker thread) ---------------------------------------------------------------
 
     def _write(self, batch: list[_Op]) -> None:
-        groups = _grouped(batch)
-        self._write_groups(groups)
+        """Commit `batch`; when a value in it is refused (a data error: a value the database
+        or its driver cannot take), each run's writes on their own, so that only the runs
+        whose writes were refused fail (_SomeFailed), each with what was refused."""
+        try:
+            groups = _grouped(batch)
+            self._write_groups(groups)
+            self._note_created(groups)
+        except Exception as e:
+            if not _bad_data(e):
+                raise
+            failed = self._write_apart(batch, e)
+            if failed:
+                raise _SomeFailed(failed) from None
+
+    def _write_apart(self, batch: list[_Op], error: BaseException) -> dict[int, BaseException]:
+        """Write each run's ops of `batch` in a transaction of its own; the error of each op
+        (by position) that could not be written."""
+        parts = _by_run(batch)
+        failed: dict[int, BaseException] = {}
+        for run_id, ops in parts.items():
+            try:
+                if len(parts) == 1:
+                    raise error  # (the same writes again would fail the same way)
+                groups = _grouped([op for _, op in ops])
+                self._write_groups(groups, apart=True)
+                self._note_created(groups)
+            except Exception as e:
+                if not _bad_data(e):
+                    raise
+                keys = sorted({k for _, op in ops if (k := _key_of(op)) is not None})
+                where = f"run {run_id}" + (f" (step {', '.join(keys)})" if keys else "")
+                why = " ".join(str(e).split()).removeprefix("Database error: ")
+                why = why or type(e).__name__
+                refused = PersistenceError(f"the journal could not write {where}: {why}")
+                logger.warning("%s", refused)
+                failed.update((at, refused) for at, _ in ops)
+        return failed
+
+    def _note_created(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Add the runs `groups` created to the store's record of them, when one is kept."""
         created = self.store.runs_created
         if created is not None:
             for kind, rows in groups:  # (a few kinds a batch)
                 if kind == "create_run":
                     created.update(args[0] for args in rows)
 
-    def _write_groups(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _write_groups(
+        self, groups: list[tuple[str, list[tuple[Any, ...]]]], apart: bool = False
+    ) -> None:
         if self.inline:  # SQLite, from either thread
-            self._write_sqlite(groups)
+            self._write_sqlite(groups, apart)
             return
         if not groups:  # (only a drain's marker: nothing to commit)
             return
@@ -507,11 +541,15 @@ class JournalWriter:
                 raise error  # too old to tell
         raise error
 
-    def _write_sqlite(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _write_sqlite(
+        self, groups: list[tuple[str, list[tuple[Any, ...]]]], apart: bool = False
+    ) -> None:
         """On this thread's connection: BEGIN/COMMIT by hand, no ORM in between. On the event
-        loop's thread, _Busy when another process holds the write lock (see QUICK_BUSY_MS)."""
+        loop's thread, _Busy when another process holds the write lock (see QUICK_BUSY_MS),
+        unless `apart` (a run's writes on their own: the others' may be committed already, so
+        the batch must not be written again whole from the worker thread)."""
         with self.store.reading():
-            quick = self._quick_connection()
+            quick = None if apart else self._quick_connection()
             conn = quick if quick is not None else self.store.db.connection()
             try:
                 if quick is not None or self.store.in_memory:
@@ -576,7 +614,7 @@ class JournalWriter:
         current: dict[str, Any] = {}
         if found and found[0] is not None:
             raw = found[0]
-            current = json.loads(raw) if isinstance(raw, str | bytes) else dict(raw)
+            current = read_json(raw) if isinstance(raw, str | bytes) else dict(raw)
         current.update(metadata)
         now = _now()
         terminal = state in TERMINAL_STATES
@@ -586,7 +624,7 @@ class JournalWriter:
             (
                 state,
                 _json(output),
-                error,
+                store_text(error),
                 failed_step,
                 _json(current),
                 now,
@@ -708,8 +746,9 @@ _NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 def _end_runs_many(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
     """PostgreSQL: the ends of many runs in one statement per thousand, each run's metadata
-    merged into the stored one by the server (`jsonb ||`: the keys given replace theirs), with
-    no read first."""
+    merged into the stored one by the server (the keys given replace theirs), with no read
+    first. The values are merged as the JSON text they are: `jsonb ||` wrote -0.0 as 0 and
+    1e308 as an integer of 309 digits."""
     from psycopg2.extras import execute_values
 
     now = _now()
@@ -720,20 +759,26 @@ def _end_runs_many(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
     values = []
     for run_id, state, output, error, failed_step, meta in ends.values():
         ended = now if state in TERMINAL_STATES else None
-        values.append((run_id, state, _json(output), error, failed_step, _json(meta), now, ended))
+        values.append(
+            (run_id, state, _json(output), store_text(error), failed_step, _json(meta), now, ended)
+        )
     execute_values(cursor, _PG_END_MANY, values, template=_PG_END_ROW, page_size=1000)
 
 
 _PG_END_MANY = (
     "UPDATE workflows AS w SET state = v.state, output = v.output, error = v.error, "
     "failed_step = v.failed_step, "
-    "metadata = (COALESCE(w.metadata::jsonb, '{}'::jsonb) || v.metadata::jsonb)::json, "
+    "metadata = (SELECT json_object_agg(m.key, m.value ORDER BY m.n, m.at) FROM ("
+    "SELECT 0 AS n, o.key, o.value, o.at FROM json_each(w.metadata) WITH ORDINALITY "
+    "AS o (key, value, at) WHERE o.key NOT IN (SELECT json_object_keys(v.metadata)) "
+    "UNION ALL SELECT 1, n.key, n.value, n.at FROM json_each(v.metadata) WITH ORDINALITY "
+    "AS n (key, value, at)) AS m), "
     "updated_at = v.updated_at, completed_at = v.completed_at "
     "FROM (VALUES %s) AS v (id, state, output, error, failed_step, metadata, updated_at, "
     "completed_at) WHERE w.id = v.id"
 )
 _PG_END_ROW = (
-    "(%s::varchar, %s::varchar, %s::json, %s::text, %s::text, %s::text, %s::timestamptz, "
+    "(%s::varchar, %s::varchar, %s::json, %s::text, %s::text, %s::json, %s::timestamptz, "
     "%s::timestamptz)"
 )
 
@@ -785,6 +830,77 @@ _NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
 
 class _Busy(Exception):
     """A write on the loop's thread found the SQLite file locked by another process."""
+
+
+class _SomeFailed(Exception):
+    """Some runs' writes of a batch were refused: the error of each op, by its position."""
+
+    def __init__(self, failed: dict[int, BaseException]) -> None:
+        super().__init__(next(iter(failed.values())))
+        self.failed = failed
+
+
+def _bad_data(error: BaseException) -> bool:
+    """Whether `error` is a value the database or its driver refused (which another run's
+    writes would not meet), not the database failing (a lock, a lost connection, a full
+    disk), which fails every run alike."""
+    cause = error.__cause__ if isinstance(error, PersistenceError) else error
+    if isinstance(error, LockWaitStopped | _Busy) or cause is None or connection_lost(cause):
+        return False
+    if isinstance(cause, ValueError | TypeError | OverflowError):  # (the driver's, binding)
+        return True
+    if isinstance(cause, sqlite3.DataError | sqlite3.IntegrityError):
+        return True
+    if isinstance(cause, sqlite3.InterfaceError | sqlite3.ProgrammingError):  # (a binding)
+        return True
+    psycopg2 = sys.modules.get("psycopg2")
+    return psycopg2 is not None and isinstance(
+        cause, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError
+    )
+
+
+def _run_of(kind: str, args: tuple[Any, ...]) -> str | None:
+    """The run whose write an op is (None: a definition's text, a drain's marker)."""
+    if kind in ("definition", "noop") or not args:
+        return None
+    if kind == "start_run":
+        return str(args[1])
+    if kind == "finish":
+        return str(args[-3])
+    return str(args[0])
+
+
+def _key_of(op: _Op) -> str | None:
+    """The journal key of a step's op."""
+    kind, args, _ = op
+    if kind in ("step", "start", "upsert", "skip"):
+        return str(args[2])
+    if kind == "finish":
+        return str(args[-2])
+    return None
+
+
+def _by_run(batch: list[_Op]) -> dict[str | None, list[tuple[int, _Op]]]:
+    """The ops of `batch` (with their positions) by run, in queue order: a flush of events
+    split into each run's rows, a definition's text with the first run created with it."""
+    parts: dict[str | None, list[tuple[int, _Op]]] = {}
+    created: dict[str, str] = {}  # definition sha256 -> the run created with it
+    for at, op in enumerate(batch):
+        kind, args, future = op
+        if kind == "events":
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            for row in args:
+                rows.setdefault(row[0], []).append(row)
+            for of_run, its in rows.items():
+                parts.setdefault(of_run, []).append((at, ("events", tuple(its), future)))
+            continue
+        run_id = _run_of(kind, args)
+        if kind == "create_run":
+            created.setdefault(args[3], str(args[0]))
+        elif kind == "definition":
+            run_id = created.get(args[0])
+        parts.setdefault(run_id, []).append((at, op))
+    return parts
 
 
 def _grouped(batch: list[_Op]) -> list[tuple[str, list[tuple[Any, ...]]]]:
