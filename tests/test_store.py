@@ -2297,3 +2297,133 @@ def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str
         assert [e.fields for e in store.events.for_run(runs[2])] == [{"n": 2}]
     finally:
         store.close()
+
+
+ODD_REPLY_WORKFLOW = """\
+eclflow: 1
+id: odd-values
+model: mock/x
+steps:
+  - id: classify
+    type: llm
+    template: "Classify this"
+    output_schema: {type: object}
+  - id: not_a_number
+    type: llm
+    template: "NaN is not equal to itself"
+  - id: a_number
+    type: llm
+    template: "a number"
+  - id: final
+    type: llm
+    depends_on: [not_a_number, a_number]
+    template: "the end"
+transitions:
+  - {type: conditional, from: classify, to: not_a_number,
+     when: "steps.classify.output.score != steps.classify.output.score"}
+  - {type: conditional, from: classify, to: a_number,
+     when: "steps.classify.output.score == steps.classify.output.score"}
+output:
+  classified: "{{ steps.classify.output.s }}"
+"""
+ODD_REPLY = (
+    '{"score": NaN, "far": -Infinity, "big": 9007199254740993, '
+    '"s": "nul \\u0000 and \\u001e mark", "k\\t\\r\\n\\\\": "v\\t\\r\\n\\\\ é😀", '
+    '"\\u001e": "NaN"}'
+)
+
+
+def _strict_json(text: str) -> object:
+    """`text` read as JSON is written (Python's json reads NaN and Infinity, which it has not)."""
+    import json
+
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_run_with_odd_values_completes_shows_them_and_resumes_on_the_same_path(
+    url: str, tmp_path: Path
+) -> None:
+    """A model's JSON reply holding NaN, -Infinity, a big number and a NUL, and a critique's
+    feedback with a NUL: the run is journaled on both databases (PostgreSQL's text refused the
+    NUL, and the run failed), --json prints valid JSON (NaN as null), and resuming replays the
+    reply as it was: NaN is still not equal to itself, so the run goes on down the same branch
+    (the journal kept NaN as null, and the resumed run took the other)."""
+    import json
+
+    flow = tmp_path / "odd.yaml"
+    flow.write_text(ODD_REPLY_WORKFLOW)
+
+    def cli(*args: str, script: dict[str, object] | None = None) -> tuple[int, str]:
+        """`eclflow ARGS`: its exit status and stdout (stderr with it when that is empty)."""
+        more: list[str] = []
+        if script is not None:
+            replies = tmp_path / f"replies-{uuid.uuid4().hex[:8]}.json"
+            replies.write_text(json.dumps(script))
+            more = ["--mock-responses", str(replies)]
+        r = subprocess.run(
+            [sys.executable, "-m", "eclflow", *args, *more],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return r.returncode, r.stdout or r.stderr
+
+    script = {
+        "classify": ODD_REPLY,
+        "not_a_number": "the NaN branch",
+        "final": {"error": "auth_error"},  # fails: the run is resumed
+    }
+    code, out = cli("run", str(flow), "--db", url, "--json", script=script)
+    first = _strict_json(out)
+    assert code == 1 and isinstance(first, dict), out
+    assert (first["status"], first["failed_step"]) == ("failed", "final")
+    run_id = first["run_id"]
+    classify = next(s for s in first["steps"] if s["key"] == "classify")
+    assert classify["output"]["score"] is None and classify["output"]["far"] is None
+    assert classify["output"]["big"] == 9007199254740993
+
+    store = open_store(url)
+    try:
+        row = store.steps.succeeded(run_id)["classify"]
+        assert _same(row.output, json.loads(ODD_REPLY))
+        assert sorted(store.steps.succeeded(run_id)) == ["classify", "not_a_number"]
+    finally:
+        store.close()
+    code, out = cli("show", run_id, "--db", url, "--json")
+    shown = _strict_json(out)
+    assert code == 0 and isinstance(shown, dict), out
+    assert shown["input"] == {}
+
+    # resumed: the same branch; a call of `a_number` would find no reply and fail the run
+    code, out = cli("resume", run_id, "--db", url, "--json", script={"final": "done"})
+    again = _strict_json(out)
+    assert code == 0 and isinstance(again, dict), out
+    assert again["status"] == "completed"
+    assert [(s["key"], s["status"], s["replayed"]) for s in again["steps"]] == [
+        ("classify", "succeeded", True),
+        ("not_a_number", "succeeded", True),
+        ("a_number", "skipped", False),
+        ("final", "succeeded", False),
+    ]
+    assert again["output"] == {"classified": "nul \x00 and \x1e mark"}
+
+    # a critique's feedback with a NUL (a text column: PostgreSQL's text refuses NUL)
+    feedback = "add \x00 tide \x1e tables"
+    critique = {"decision": "revise", "critique": "thin", "feedback": feedback}
+    pass_ = {"decision": "pass", "critique": "ok"}
+    code, out = cli(
+        *("run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--model", "mock/x"),
+        *("--db", url, "--json"),
+        script={"generate": "v1", "critique#1": critique, "revise": "v2", "critique#2": pass_},
+    )
+    done = _strict_json(out)
+    assert code == 0 and isinstance(done, dict), out
+    assert done["status"] == "completed"
+    code, out = cli("show", done["run_id"], "--db", url, "--json")
+    shown = _strict_json(out)
+    assert code == 0 and isinstance(shown, dict), out
+    critique_row = next(e for e in shown["executions"] if e["key"] == "critique#1")
+    assert critique_row["feedback"] == feedback

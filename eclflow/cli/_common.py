@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -120,13 +122,46 @@ def safe_text(text: str, err: bool = False) -> str:
     """`text` (a model's reply, a prompt, a run's input) as it may be shown on a terminal:
     control characters other than newline and tab are written as `\\x1b`, so a reply cannot
     set the window title, recolour the screen or rewrite a line. Written to a file or a pipe
-    (`err`: stderr, else stdout), it is left exactly as it is."""
+    (`err`: stderr, else stdout), it is left exactly as it is, but for a lone surrogate
+    (`\\ud800` in a JSON input or reply), which no UTF-8 holds: written as that escape."""
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
     stream = sys.stderr if err else sys.stdout
     try:
         terminal = stream is not None and stream.isatty()
     except (AttributeError, ValueError):  # closed, or not a file
         terminal = False
     return text.translate(_CONTROL) if terminal else text
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """`value` as JSON any JSON reader takes (what --json prints): a float JSON has no number
+    for (NaN, Infinity: a model's JSON reply may hold one) is null, as JavaScript's
+    JSON.stringify writes it, and a lone surrogate (`\\ud800` in a reply or an input) is kept
+    escaped, as no UTF-8 output could hold it."""
+    import json
+
+    try:
+        text = json.dumps(value, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=str)
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        return json.dumps(json.loads(text), indent=indent)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with None for each float that is not finite."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
@@ -143,10 +178,8 @@ def say(message: str, level: str = "info", *, prefix: str = "", **fields: Any) -
 
 def _emit(message: str, level: str, prefix: str, as_json: bool, fields: dict[str, Any]) -> None:
     if as_json:
-        import json
-
         line = {"level": level, "event": message, **fields}
-        click.echo(json.dumps(line, default=str, ensure_ascii=False), err=True)
+        click.echo(json_text(line), err=True)
     else:
         click.echo(f"{prefix}{message}", err=True)
 

@@ -19,6 +19,7 @@ from ._common import (
     fail,
     interrupted_exit_code,
     json_logs,
+    json_text,
     leave_out_what_the_end_says,
     say,
     stopping_lock_waits,
@@ -205,7 +206,7 @@ def run_batch_command(
                     journal_failed += 1
                 index += 1
                 line = {"line": number, **(r.to_dict() if as_json else _line(r))}
-                click.echo(json.dumps(line, default=str, ensure_ascii=False), file=out)
+                click.echo(json_text(line), file=out)
 
     interrupted = False
     try:

@@ -20,6 +20,7 @@ from ._common import (
     fail,
     handle_errors,
     json_or_format,
+    json_text,
     open_store,
     restate_options,
     resume_command,
@@ -151,7 +152,7 @@ def runs_cmd(
     rows = [_run_summary(r, by_run.get(r.id)) for r in runs]
     if as_json:
         shown = [{k: v for k, v in r.items() if k != "_run"} for r in rows]
-        click.echo(json.dumps(shown, ensure_ascii=False, default=str))
+        click.echo(json_text(shown))
         return
     if not rows:
         click.echo("No runs.")
@@ -216,7 +217,7 @@ def _restate_runs(
 
     rows = runs(restate_url, admin_url, limit=limit, state=state, workflow_id=workflow_id)
     if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, default=str))
+        click.echo(json_text(rows))
         return
     if not rows:
         click.echo("No runs.")
@@ -251,7 +252,7 @@ def _totals(db: str | None, as_json: bool, workflow_id: str | None) -> None:
     with open_store(db, existing=True) as store:
         groups = {by: store.steps.totals(by, workflow_id) for by in ("workflow", "model")}
     if as_json:
-        click.echo(json.dumps(groups, ensure_ascii=False))
+        click.echo(json_text(groups))
         return
     from rich.table import Table
 
@@ -355,11 +356,7 @@ def status_cmd(
         from ..restate.client import status
 
         st = status(run_id, restate_url, restate_admin_url)
-        click.echo(
-            json.dumps(st.to_dict(), indent=2, ensure_ascii=False, default=str)
-            if fmt == "json"
-            else st.to_text()
-        )
+        click.echo(json_text(st.to_dict(), indent=2) if fmt == "json" else st.to_text())
         return
     with open_store(db, existing=True) as store:
         run = store.runs.find(run_id)
@@ -380,7 +377,7 @@ def status_cmd(
             "output": run.output,
             "steps": keys,
         }
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        click.echo(json_text(data, indent=2))
         return
     shown = shown_state(run)
     lines = [
@@ -524,7 +521,7 @@ def show_cmd(run_id: str, step: str | None, as_json: bool, db: str | None) -> No
                 "output": run.output,
                 "executions": executions,
             }
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        click.echo(json_text(data, indent=2))
         return
     out: list[str] = []
     if step is None:

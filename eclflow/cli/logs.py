@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from typing import Any
@@ -14,7 +13,15 @@ from ..observe.logs import for_people, shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
-from ._common import db_option, handle_errors, open_store, resume_command, safe_text, say
+from ._common import (
+    db_option,
+    handle_errors,
+    json_text,
+    open_store,
+    resume_command,
+    safe_text,
+    say,
+)
 
 # seconds before each new read, with --follow, after the connection was lost
 _RECONNECT = (0.3, 1.0, 3.0, 10.0)
@@ -119,7 +126,7 @@ def _json_line(run_id: str, event: Any, data: dict[str, Any]) -> str:
         "step_id": event.step_id or data.get("step_id"),
         **{k: v for k, v in data.items() if k not in ("ts", "step_id", "run_id")},
     }
-    return json.dumps(out, default=str, ensure_ascii=False)
+    return json_text(out)
 
 
 def _text_line(event: Any, data: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from ._common import (
     handle_errors,
     interrupted_exit_code,
     json_logs,
+    json_text,
     leave_out_what_the_end_says,
     not_empty,
     open_store,
@@ -244,7 +245,7 @@ def print_result(
     (not a run with --no-journal, whose id no command can find); `raw`: the output value
     of that name alone, as it is (--raw), not a `name: value` line each."""
     if as_json:
-        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+        click.echo(json_text(result.to_dict()))
         return
     # the output on stdout, also with --quiet (which hides the progress only, as in batch
     # mode): `eclflow run -q … > out.txt` keeps it
