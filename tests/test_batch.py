@@ -987,3 +987,69 @@ def test_a_batch_on_the_local_model_runs_one_item_at_a_time(tmp_path: Path) -> N
     assert len(spans) == 3
     # one after the other: each began once the one before it had ended
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(2)), spans
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_input_lines_with_odd_values_run_and_are_kept_as_they_were(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Input lines holding a NUL, a lone surrogate (`\\ud800`), tabs, line breaks, backslashes,
+    emoji, an integer beyond 64 bits, megabytes of text, a critique's feedback with a NUL: each
+    item runs and is journaled as it was given, on PostgreSQL as on SQLite (a lone surrogate
+    stopped the whole batch: no UTF-8 holds it), the --json lines are JSON, and the same batch
+    run again finds every item done."""
+    from eclflow.store import open_store
+
+    lines = [
+        {"topic": "nul \x00 inside"},
+        {"topic": "lone \ud800 half"},
+        {"topic": "tab\t CR\r LF\n back\\slash é 😀", "k\t\\": "v\r\n"},
+        {"topic": "big", "n": 123456789012345678901234567890},
+        {"topic": "long", "notes": "é😀 " * 1_000_000},
+    ]
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(v) + "\n" for v in lines))
+    script = tmp_path / "script.json"
+    feedback = "add \x00 tables"
+    script.write_text(
+        json.dumps(
+            {
+                "generate": "a draft",
+                "critique#1": {"decision": "revise", "critique": "thin", "feedback": feedback},
+                "revise": "draft two",
+                "critique#2": {"decision": "pass", "critique": "ok"},
+            }
+        )
+    )
+    cmd = [
+        *(sys.executable, "-m", "eclflow", "run", str(CRITIQUE_REVISE), "--inputs", str(items)),
+        *("--model", "mock/x", "--mock-responses", str(script), "--db", db_url),
+        *("--concurrency", "5", "--json"),
+    ]
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    results = [json.loads(line, parse_constant=refuse) for line in r.stdout.splitlines()]
+    assert [x["status"] for x in results] == ["completed"] * len(lines)
+    store = open_store(db_url)
+    try:
+        for given, result in zip(lines, results, strict=True):
+            run = store.runs.get(result["run_id"])
+            assert (run.state, run.input) == ("completed", given)
+            critique = store.steps.succeeded(run.id)["critique#1"]
+            assert critique.feedback == feedback
+            assert critique.output["feedback"] == feedback
+    finally:
+        store.close()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"({len(lines)} from an earlier attempt)" in again.stderr

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import uuid
@@ -64,6 +65,9 @@ def workflow_fingerprint(workflow: Workflow, model: str | None) -> str:
     return h.hexdigest()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def item_run_ids(fingerprint: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
     """The run id of each item: the same item (as JSON, keys sorted) under the same fingerprint
     always gets the same id; its second copy in a batch gets another."""
@@ -71,6 +75,9 @@ def item_run_ids(fingerprint: str, items: Sequence[Mapping[str, Any]]) -> list[s
     ids = []
     for item in items:
         text = json.dumps(item, sort_keys=True, ensure_ascii=False, default=str)
+        if not text.isascii() and _SURROGATE.search(text) is not None:
+            # (a lone surrogate, `\ud800` in a JSON line: no UTF-8 holds it, its escape)
+            text = json.dumps(item, sort_keys=True, default=str)
         copy = seen[text] = seen.get(text, -1) + 1
         ids.append(str(uuid.uuid5(_NAMESPACE, f"{fingerprint}:{copy}:{text}")))
     return ids
