@@ -63,7 +63,10 @@ def store_text(value: str | None) -> str | None:
     (or begins with MARK), MARK then its JSON string, which is ASCII (`read_text` undoes it)."""
     if value is None:
         return None
-    if _UNSTORABLE.search(value) is None and not value.startswith(MARK):
+    if value.isascii():  # (a flag of the string: no scan for surrogates)
+        if "\x00" not in value and not value.startswith(MARK):
+            return value
+    elif _UNSTORABLE.search(value) is None and not value.startswith(MARK):
         return value
     return MARK + json.dumps(value)
 
@@ -126,11 +129,29 @@ def json_text(value: Any) -> str | None:
         text = orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except TypeError:
         return _dumps(_tagged(value))
-    if "null" in text or "\\u0000" in text or _MARK_IN_JSON in text:  # (may need tags)
+    # orjson writes NaN as null; \\u0000 and \\u001e are among the escapes of control
+    # characters, \\u00XX (two scans of the text, not three: a step writes kilobytes)
+    if "\\u00" in text or ("null" in text and _not_finite_in(value)):
         tagged = _tagged(value)
         if tagged is not value:
             return _dumps(tagged)
     return text
+
+
+def _not_finite_in(value: Any) -> bool:
+    """Whether `value` holds a float JSON has no number for (a loop, cheaper than _tagged:
+    a null in a step's output or traces is common, a NaN rare)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list | tuple):
+            todo.extend(v)
+    return False
 
 
 def _dumps(value: Any) -> str:
