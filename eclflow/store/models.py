@@ -128,7 +128,9 @@ def json_text(value: Any) -> str | None:
     try:
         text = orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except TypeError:
-        return _dumps(_tagged(value))
+        # (json.dumps first, not _tagged: a value nested nearly as deep as Python recurses,
+        # which json.dumps takes, would overflow the stack in a walk of it)
+        return _field_json(value)
     # orjson writes NaN as null; \\u0000 and \\u001e are among the escapes of control
     # characters, \\u00XX (two scans of the text, not three: a step writes kilobytes)
     if "\\u00" in text or ("null" in text and _not_finite_in(value)):

@@ -454,19 +454,21 @@ class JournalWriter:
         except Exception as e:
             if not _bad_data(e):
                 raise
-            failed = self._write_apart(batch, e)
+            parts = _by_run(batch)
+            if len(parts) == 1:  # (one run's writes: it fails, as the error says)
+                raise
+            failed = self._write_apart(parts)
             if failed:
                 raise _SomeFailed(failed) from None
 
-    def _write_apart(self, batch: list[_Op], error: BaseException) -> dict[int, BaseException]:
-        """Write each run's ops of `batch` in a transaction of its own; the error of each op
-        (by position) that could not be written."""
-        parts = _by_run(batch)
+    def _write_apart(
+        self, parts: dict[str | None, list[tuple[int, _Op]]]
+    ) -> dict[int, BaseException]:
+        """Write each run's ops (`_by_run`) in a transaction of its own; the error of each op
+        (by its position in the batch) that could not be written."""
         failed: dict[int, BaseException] = {}
         for run_id, ops in parts.items():
             try:
-                if len(parts) == 1:
-                    raise error  # (the same writes again would fail the same way)
                 groups = _grouped([op for _, op in ops])
                 self._write_groups(groups, apart=True)
                 self._note_created(groups)
