@@ -238,3 +238,15 @@ def test_providers_that_cannot_serve_are_refused_before_the_run_starts(
     assert message in str(caught.value)
     with eclflow.open_store(url) as store:
         assert store.runs.count() == 0
+
+
+def test_what_a_provider_says_is_kept_whole_in_the_error() -> None:
+    """The message of a provider's exception lost its first words when they looked like a
+    class name before a colon ("Quota: exhausted …" read "RuntimeError: exhausted …"): the
+    clean-up meant for litellm's repeated class names ran on it."""
+    client = Client(RuntimeError("Quota: exhausted for org acme"))
+    r = go(ONE, providers={"myco": client})
+    assert r.status == "failed"
+    assert r.error == (
+        "Step answer failed: LLM error: myco/small: RuntimeError: Quota: exhausted for org acme"
+    )

@@ -86,7 +86,7 @@ class OwnProvider:
         except Exception as e:
             from .remote import clean_message, plain_error
 
-            raise plain_error(e, f"{request.model}: {clean_message(e)}") from e
+            raise plain_error(e, f"{request.model}: {clean_message(e, litellm=False)}") from e
         return self._checked(response, request)
 
     def _checked(self, response: Any, request: CompletionRequest) -> CompletionResponse:

@@ -326,11 +326,13 @@ _KEYLIKE = re.compile(r"\b(sk|pk|rk|gsk|xai)[-_][A-Za-z0-9_\-]{8,}")
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
 
-def clean_message(e: BaseException) -> str:
-    """One line, no longer than a line should be, with anything that looks like a key masked."""
+def clean_message(e: BaseException, litellm: bool = True) -> str:
+    """One line, no longer than a line should be, with anything that looks like a key masked.
+    `litellm`: `e` may be litellm's, whose class name is stripped from the front of its text
+    (not from a provider of one's own: "Quota: exhausted" lost "Quota:")."""
     text = str(e) or type(e).__name__
     # litellm repeats its class name in front ("litellm.RateLimitError: RateLimitError: ...")
-    for _ in range(3):
+    for _ in range(3 if litellm else 0):
         stripped = _LITELLM_PREFIX.sub("", text, count=1)
         if stripped == text or not stripped.strip():
             break
