@@ -250,3 +250,52 @@ def test_what_a_provider_says_is_kept_whole_in_the_error() -> None:
     assert r.error == (
         "Step answer failed: LLM error: myco/small: RuntimeError: Quota: exhausted for org acme"
     )
+
+
+RESUME_WITHOUT = (
+    "Configuration error: run {id} calls myco/small through a provider of your own "
+    "(providers={{'myco': …}}): resume it from Python with the same providers="
+)
+
+
+def test_a_run_resumed_without_its_provider_says_to_give_it_again(tmp_path: Path) -> None:
+    """Resumed without `providers=` (or with `eclflow resume`), a run on a provider of one's
+    own was refused with litellm's "model 'myco/small' names no provider litellm knows: write
+    it as 'provider/model'": the model name was right, the provider missing."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = Client("one", eclflow.LLMError("down", retryable=False))
+    r = go(TWO, {"topic": "t"}, providers={"myco": first}, store=url)
+    assert r.status == "failed"
+    said = RESUME_WITHOUT.format(id=r.run_id[:8])
+    with pytest.raises(eclflow.ConfigError) as caught:
+        asyncio.run(eclflow.resume(r.run_id, store=url))
+    assert str(caught.value) == said
+    # a provider for other models is not the one the run needs
+    with pytest.raises(eclflow.ConfigError) as caught:
+        asyncio.run(eclflow.resume(r.run_id, store=url, providers={"other": Client()}))
+    assert str(caught.value) == said
+    done = subprocess.run(
+        [sys.executable, "-m", "eclflow", "resume", r.run_id, "--db", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr == f"error: {said}\n"
+    # and given it, the run goes on
+    again = asyncio.run(eclflow.resume(r.run_id, store=url, providers={"myco": Client("two")}))
+    assert again.status == "completed"
+
+
+def test_a_batch_run_again_without_its_provider_says_to_give_it_again(tmp_path: Path) -> None:
+    """The same for the items of a batch that a second call resumes."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(TWO)
+    items = [{"topic": "x"}]
+    failing = Client("one", eclflow.LLMError("down", retryable=False))
+    (r,) = asyncio.run(eclflow.run_batch(wf, items, providers={"myco": failing}, store=url))
+    assert r.status == "failed"
+    (again,) = asyncio.run(eclflow.run_batch(wf, items, store=url))
+    assert again.status == "failed"
+    assert again.error == RESUME_WITHOUT.format(id=r.run_id[:8])

@@ -359,7 +359,7 @@ async def _batch(
         claiming = asyncio.ensure_future(
             asyncio.to_thread(
                 _claim, runner, store, workflow, items, ids, fresh, model, budget, bid, checked,
-                stop, sorted(dead_claims),
+                stop, sorted(dead_claims), sorted(own_providers(providers)),
             )
         )  # fmt: skip
         try:
@@ -444,17 +444,20 @@ def _claim(
     checked: bool = False,
     stop: threading.Event | None = None,
     take_over: Sequence[str] = (),
+    own: Sequence[str] = (),
 ) -> set[str]:
     """Write the runs of these items `pending`; the ids this process claimed. An item its
     workflow's `inputs` refuse is not claimed: its run fails before it starts, and a claim
     would stay `pending` for nobody (`checked`: the caller has refused such items already).
     Once `stop` is set, it claims no more. `take_over`: the tokens of claims whose process has
-    ended (their runs are claimed too).
+    ended (their runs are claimed too). `own`: the prefixes of the caller's own providers, kept
+    with each run (see `runner._run`).
     What the rows share is made once: `run_row` for each of 100 000 items took a second."""
     chosen = runner.default_model(workflow, model)
     limits = runner._limits(workflow, runner.as_budget(budget))
     accepts = compile_plan(workflow).input_validator.is_valid
-    shared = runner.run_row(workflow, {}, "", chosen, limits, None, "pending")
+    own_given = {"providers": list(own)} if own else None
+    shared = runner.run_row(workflow, {}, "", chosen, limits, own_given, "pending")
     # each run's metadata is run_row's, with the batch and the item before the budget
     head = dict(shared["metadata"])
     tail = {"budget": head.pop("budget")} if "budget" in head else {}

@@ -435,6 +435,8 @@ async def _run(
     if mock_responses is not None:
         check_mock_is_used(wf, model)
     callers = Providers(mock=as_mock(mock_responses), own=own_providers(providers))
+    if callers.own:  # (a resume not given them again says which it needs)
+        metadata = {**(metadata or {}), "providers": sorted(callers.own)}
     warn_unplayed_keys(wf, callers.mock)
     chosen = default_model(wf, model)
     limits = _limits(wf, budget)
@@ -943,6 +945,30 @@ async def _resume(
     )
 
 
+def _check_own_given(
+    plan: Plan, providers: Providers, model: str | None, recorded: Any, run_id: str
+) -> None:
+    """ConfigError when a model of the run went to a provider of the caller's own (`recorded`:
+    their prefixes, in the run's metadata) and none is given for it now: litellm would say it
+    knows no such model, though the name is right and the provider is what is missing."""
+    if not recorded or not isinstance(recorded, list):
+        return
+    from ..llm.own import provider_for
+
+    before = {prefix: None for prefix in recorded if isinstance(prefix, str)}
+    registry = default_registry()
+    for s in plan.workflow.steps:
+        m = s.model or model
+        if m is None or not registry.get(s.type).uses_model or providers.serves_own(m):
+            continue
+        prefix = provider_for(before, m)  # type: ignore[arg-type]
+        if prefix is not None:
+            raise ConfigError(
+                f"run {run_id[:8]} calls {m} through a provider of your own "
+                f"(providers={{'{prefix}': …}}): resume it from Python with the same providers="
+            )
+
+
 def _take_over(
     store: Any,
     run_id: str,
@@ -1011,6 +1037,7 @@ def _take_over(
         replayed = {s for s, k in plan.first_keys.items() if k in done and s not in plan.loop_of}
     check_env(wf, replayed)
     warn_unplayed_keys(wf, providers.mock)
+    _check_own_given(plan, providers, chosen, meta.get("providers"), record.id)
     check_models(plan, providers, chosen, limits)
     with store.transaction():
         now = store.runs.get(record.id, for_update=True)
