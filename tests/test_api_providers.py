@@ -299,3 +299,52 @@ def test_a_batch_run_again_without_its_provider_says_to_give_it_again(tmp_path: 
     (again,) = asyncio.run(eclflow.run_batch(wf, items, store=url))
     assert again.status == "failed"
     assert again.error == RESUME_WITHOUT.format(id=r.run_id[:8])
+
+
+class CancelsItself(Client):
+    """A client whose own task was cancelled under it (its connection pool closed, …)."""
+
+    async def complete(self, request: eclflow.CompletionRequest) -> eclflow.CompletionResponse:
+        self.requests.append(request)
+        raise asyncio.CancelledError
+
+
+def test_a_cancellation_nobody_asked_for_fails_the_step_not_the_caller(tmp_path: Path) -> None:
+    """A provider raising CancelledError while nothing cancelled the run: `run` raised
+    CancelledError into the caller's task, leaving the run `running` in the journal, and a
+    batch stopped at its first item."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    r = go(ONE, providers={"myco": CancelsItself()}, store=url)
+    assert r.status == "failed" and r.steps[0].attempts == 1
+    assert r.error == (
+        "Step answer failed: LLM error: myco/small: the provider raised CancelledError, though "
+        "nothing cancelled the step"
+    )
+    with eclflow.open_store(url) as store:
+        assert store.runs.get(r.run_id).state == "failed"
+    wf = eclflow.load_text(TWO)
+    items = [{"topic": "a"}, {"topic": "b"}]
+    results = asyncio.run(eclflow.run_batch(wf, items, providers={"myco": CancelsItself()}))
+    assert [r.status for r in results] == ["failed", "failed"]
+
+
+def test_a_run_cancelled_while_its_provider_answers_is_still_cancelled() -> None:
+    """(What the case above must not change: the caller's cancel, or Ctrl-C, stops the run.)"""
+    answering = asyncio.Event()
+
+    class Slow(Client):
+        async def complete(self, request: eclflow.CompletionRequest) -> eclflow.CompletionResponse:
+            answering.set()
+            await asyncio.sleep(3600)
+            raise AssertionError("not reached")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            eclflow.run(eclflow.load_text(ONE), {}, providers={"myco": Slow()})
+        )
+        await answering.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())

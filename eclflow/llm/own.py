@@ -8,6 +8,7 @@ well-formed `CompletionResponse` fails the attempt with a message naming the pro
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -83,6 +84,17 @@ class OwnProvider:
             response = await self.provider.complete(request)
         except EclflowError:  # (LLMError, with its retryable and retry_after, as it is)
             raise
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # (Ctrl-C, a stopped batch, the timeout)
+                raise
+            # a task of the provider's own was cancelled under it: raised on, it cancelled the
+            # caller's run (left `running`) or the whole batch
+            raise LLMError(
+                f"{request.model}: the provider raised CancelledError, though nothing "
+                "cancelled the step",
+                retryable=False,
+            ) from e
         except Exception as e:
             from .remote import clean_message, plain_error
 
