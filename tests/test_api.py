@@ -975,7 +975,7 @@ class Thing:
         ({"b", "a"}, "input 'v' is a set, which the journal cannot keep as JSON"),
         (Thing(), "input 'v' is a Thing, which the journal cannot keep as JSON"),
         ([1, {"when": date(2024, 1, 2)}], "input 'v[1].when' is a date"),
-        ({1: "one"}, "input 'v' has the key 1, a int: the journal keeps inputs as JSON, whose "
+        ({1: "one"}, "input 'v' has the key 1, an int: the journal keeps inputs as JSON, whose "
                      "keys are text (a resume would read '1')"),
         (float("nan"), "input 'v' is nan, which JSON cannot hold"),
     ],
@@ -1024,3 +1024,18 @@ def test_an_input_json_keeps_otherwise_is_run_as_the_journal_keeps_it(tmp_path: 
     assert r.output == {"v": ["a", "red", {"size": 1}], "text": "['a', 'red', {'size': 1}]"}
     with eclflow.open_store(url) as store:
         assert store.runs.get(r.run_id).input == {"v": ["a", "red", {"size": 1}]}
+
+
+def test_an_input_name_that_is_no_text_is_named_as_such() -> None:
+    """An input named by an int read "input '' has the key 1, a int": no input is named ''."""
+    import asyncio
+
+    import eclflow
+
+    wf = eclflow.load_text(ANY_INPUT)
+    with pytest.raises(eclflow.ConfigError) as caught:
+        asyncio.run(eclflow.run(wf, {1: "one"}))  # type: ignore[dict-item]
+    assert str(caught.value) == (
+        "Configuration error: an input is named 1, an int: the journal keeps inputs as JSON, "
+        "whose keys are text (a resume would read '1'): give text names"
+    )

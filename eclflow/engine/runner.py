@@ -115,11 +115,14 @@ def _plain(value: Any, where: str) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
+                name = type(k).__name__
+                a = "an" if name[:1].lower() in "aeiou" else "a"
                 raise ConfigError(
-                    f"input '{where}' has the key {k!r}, a {type(k).__name__}: the journal "
-                    "keeps inputs as JSON, whose keys are text (a resume would read "
-                    f"{str(k)!r}): give text keys"
-                )
+                    (f"input '{where}' has the key {k!r}, {a} {name}" if where else
+                     f"an input is named {k!r}, {a} {name}")
+                    + ": the journal keeps inputs as JSON, whose keys are text (a resume would "
+                    f"read {str(k)!r}): give text {'keys' if where else 'names'}"
+                )  # fmt: skip
             key = str.__str__(k)  # (an enum's text: its value, as JSON keeps it)
             out[key] = _plain(v, f"{where}.{key}" if where else key)
         return out
