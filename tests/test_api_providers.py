@@ -348,3 +348,21 @@ def test_a_run_cancelled_while_its_provider_answers_is_still_cancelled() -> None
             await task
 
     asyncio.run(main())
+
+
+def test_a_provider_whose_complete_is_not_async_is_told_so() -> None:
+    """A plain `def complete` failed the step with "TypeError: object CompletionResponse
+    can't be used in 'await' expression", which names neither the provider nor the cure."""
+
+    class Plain:
+        def complete(self, request: eclflow.CompletionRequest) -> eclflow.CompletionResponse:
+            return eclflow.CompletionResponse("sync")
+
+    r = go(ONE, providers={"myco": Plain()})
+    assert r.status == "failed" and r.steps[0].attempts == 1
+    assert r.error == (
+        "Step answer failed: LLM error: the provider for 'myco' (model myco/small) returned a "
+        "CompletionResponse from complete, not a coroutine: define it `async def "
+        "complete(self, request)` (a call that blocks holds up every other run and the step's "
+        "timeout)"
+    )

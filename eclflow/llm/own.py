@@ -9,6 +9,7 @@ well-formed `CompletionResponse` fails the attempt with a message naming the pro
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -81,7 +82,15 @@ class OwnProvider:
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         try:
-            response = await self.provider.complete(request)
+            pending = self.provider.complete(request)
+            if not inspect.isawaitable(pending):
+                raise LLMError(
+                    f"{self._where(request)} returned a {type(pending).__name__} from complete, "
+                    "not a coroutine: define it `async def complete(self, request)` (a call "
+                    "that blocks holds up every other run and the step's timeout)",
+                    retryable=False,
+                )
+            response = await pending
         except EclflowError:  # (LLMError, with its retryable and retry_after, as it is)
             raise
         except asyncio.CancelledError as e:
@@ -101,9 +110,12 @@ class OwnProvider:
             raise plain_error(e, f"{request.model}: {clean_message(e, litellm=False)}") from e
         return self._checked(response, request)
 
+    def _where(self, request: CompletionRequest) -> str:
+        return f"the provider for '{self.prefix}' (model {request.model})"
+
     def _checked(self, response: Any, request: CompletionRequest) -> CompletionResponse:
         """The reply, when it is one the journal and the budget can take."""
-        where = f"the provider for '{self.prefix}' (model {request.model})"
+        where = self._where(request)
         if not isinstance(response, CompletionResponse):
             raise LLMError(
                 f"{where} returned {type(response).__name__}, not an eclflow.CompletionResponse",
