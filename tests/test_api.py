@@ -187,7 +187,10 @@ def test_run_refuses_wrong_shapes_with_its_own_errors() -> None:
         ({"store": 42}, "store must be an eclflow Store (eclflow.store.open_store) or a database"),
         ({"db": 42}, "db must be a database URL, not int"),
         ({"run_id": 5}, "run_id must be a string, not int"),
-        ({"run_id": ""}, "run_id is empty: give the run's id"),  # (a new id was made)
+        (
+            {"run_id": " "},
+            "run_id is empty: give the new run its id, or leave run_id out for one to be made",
+        ),  # (a new id was made)
         ({"model": "local/smollm2"}, "mock responses play replies for mock/… models, and no step"),
         ({"model": 123}, "model is a name such as 'openai/gpt-4o-mini', not 123"),
         ({"mock_responses": 42}, "mock_responses is a MockProvider, a list of replies, a mapping"),
@@ -878,16 +881,28 @@ def test_a_listener_hears_each_step_start_attempt_and_end() -> None:
 def test_resume_and_pause_refuse_an_empty_run_id(tmp_path: Path) -> None:
     """`resume("")` took the empty text for a prefix of every run id."""
     import asyncio
+    import subprocess
+    import sys
 
     import eclflow
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     open_store_ = eclflow.open_store(url)
     open_store_.close()
-    with pytest.raises(eclflow.ConfigError, match="run_id is empty"):
+    # (what `run` says, "or leave run_id out for a new run", is no advice for these)
+    said = "Configuration error: run_id is empty: give the run's id (or a unique prefix of it)"
+    with pytest.raises(eclflow.ConfigError) as caught:
         asyncio.run(eclflow.resume("", db=url))
-    with pytest.raises(eclflow.ConfigError, match="run_id is empty"):
+    assert str(caught.value) == said
+    with pytest.raises(eclflow.ConfigError) as caught:
         eclflow.pause(" ", db=url)
+    assert str(caught.value) == said
+    for command in ("resume", "pause"):
+        done = subprocess.run(
+            [sys.executable, "-m", "eclflow", command, "", "--db", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert (done.returncode, done.stderr) == (2, f"error: {said}\n")
 
 
 PUBLIC_PARAMETERS = {

@@ -72,15 +72,20 @@ def check_model_name(model: Any) -> None:
         raise ConfigError(f"model is a name such as 'openai/gpt-4o-mini', not {model!r}")
 
 
-def check_run_id(run_id: Any) -> None:
+def check_run_id(run_id: Any, new: bool = False) -> None:
     """A run id given to run, resume or pause is text (an int or None failed with
-    AttributeError), and not empty (run made a new id for one, resume took it for a prefix)."""
+    AttributeError), and not empty (run made a new id for one, resume took it for a prefix).
+    `new`: the id of a new run (`run`), not of one to find."""
     if not isinstance(run_id, str):
         raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
     if not run_id.strip():
         raise ConfigError(
-            "run_id is empty: give the run's id (or a unique prefix of it), or leave run_id "
-            "out for a new run"
+            "run_id is empty: "
+            + (
+                "give the new run its id, or leave run_id out for one to be made"
+                if new
+                else "give the run's id (or a unique prefix of it)"
+            )
         )
 
 
@@ -430,7 +435,7 @@ async def _run(
         validate_input(wf, inputs)
     check_model_name(model)
     if run_id is not None:
-        check_run_id(run_id)
+        check_run_id(run_id, new=True)
     budget = as_budget(budget)
     plan = compile_plan(wf)
     plan.step_objects(default_registry())  # (a type that cannot be made: before any record)
