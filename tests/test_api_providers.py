@@ -226,6 +226,12 @@ class Checked(Client):
         ({"mock": Client()}, "providers: 'mock' names eclflow's own mock/… models"),
         ({"local/x": Client()}, "providers: 'local/x' names eclflow's own local/… models"),
         ({"myco": object()}, "providers['myco'] is a object, which has no complete method"),
+        # (a class, not one of its objects: the run failed at the first call, "TypeError:
+        # Client.complete() missing 1 required positional argument: 'request'")
+        (
+            {"myco": Client},
+            "providers['myco'] is the class Client: pass one of its objects, Client(…)",
+        ),
         ({"myco": Checked()}, "model 'myco/small' needs MYCO_KEY: set it in the environment"),
     ],
 )

@@ -43,6 +43,11 @@ def own_providers(providers: Any) -> dict[str, Provider]:
                 f"providers: '{prefix}' names eclflow's own {name.split('/')[0]}/… models "
                 "(mock_responses= plays scripted replies): give your provider another prefix"
             )
+        if isinstance(provider, type):  # (its complete would take the request for self)
+            raise ConfigError(
+                f"providers['{prefix}'] is the class {provider.__name__}: pass one of its "
+                f"objects, {provider.__name__}(…)"
+            )
         if not callable(getattr(provider, "complete", None)):
             raise ConfigError(
                 f"providers['{prefix}'] is a {type(provider).__name__}, which has no complete "
