@@ -372,3 +372,21 @@ def test_a_provider_whose_complete_is_not_async_is_told_so() -> None:
         "complete(self, request)` (a call that blocks holds up every other run and the step's "
         "timeout)"
     )
+
+
+def test_an_async_check_is_refused_rather_than_never_run() -> None:
+    """An `async def check` was called and its coroutine dropped ("never awaited"): the check
+    never ran, and the run went on with the model it was meant to refuse."""
+
+    class AsyncCheck(Client):
+        async def check(self, model: str) -> None:
+            raise eclflow.ConfigError("no key")
+
+    client = AsyncCheck("answered")
+    with pytest.raises(eclflow.ConfigError) as caught:
+        go(ONE, providers={"myco": client})
+    assert str(caught.value) == (
+        "Configuration error: the provider for 'myco' has an async check: make it a plain "
+        "`def check(self, model)` (it is called before the run starts)"
+    )
+    assert client.requests == []

@@ -83,7 +83,14 @@ class OwnProvider:
     def check(self, model: str) -> None:
         check = getattr(self.provider, "check", None)
         if callable(check):
-            check(model)
+            outcome = check(model)
+            if inspect.isawaitable(outcome):  # (dropped, it never ran: the run went on)
+                if inspect.iscoroutine(outcome):
+                    outcome.close()
+                raise ConfigError(
+                    f"the provider for '{self.prefix}' has an async check: make it a plain "
+                    "`def check(self, model)` (it is called before the run starts)"
+                )
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         try:
