@@ -1053,3 +1053,48 @@ def test_input_lines_with_odd_values_run_and_are_kept_as_they_were(
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"({len(lines)} from an earlier attempt)" in again.stderr
+
+
+async def test_the_runs_of_a_batch_look_for_a_pause_request_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run looks for `eclflow pause` between its steps; the runs of a batch that look at
+    the same moment are answered by one read of their rows, not a read (and a thread) each,
+    and the run asked to pause still pauses while the others complete."""
+    import asyncio
+
+    import eclflow
+    from eclflow.engine import orchestrator
+    from eclflow.engine.batch import item_run_ids, run_batch, workflow_fingerprint
+    from eclflow.store import open_store
+    from eclflow.store.repositories import RunRepository
+
+    monkeypatch.setattr(orchestrator, "PAUSE_POLL", 0.0)  # a look before every step
+    reads: list[str] = []
+    for name in ("get", "states_and_metadata"):  # how a look reads a run's row
+        real = getattr(RunRepository, name)
+
+        def counted(self: Any, *a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+            reads.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(RunRepository, name, counted)
+    wf = eclflow.load(CRITIQUE_REVISE)
+    items = [{"topic": f"t{i}"} for i in range(20)]
+    script = tmp_path / "script.yaml"
+    script.write_text(SCRIPT % {"d": 0.2})
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        first = item_run_ids(workflow_fingerprint(wf, "mock/t"), items)[0]
+        batch = asyncio.ensure_future(
+            run_batch(wf, items, concurrency=20, model="mock/t", mock_responses=script, store=store)
+        )
+        await asyncio.sleep(0.3)  # every run in its first call
+        assert eclflow.pause(first, store=store) == first
+        results = await batch
+    finally:
+        store.close()
+    assert [r.status for r in results] == ["paused"] + ["completed"] * 19
+    # 20 runs, a look before each of their 4 steps: 80 looks, each a read of its own before
+    assert "get" not in reads
+    assert len(reads) <= 20, reads

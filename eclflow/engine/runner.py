@@ -20,9 +20,7 @@ from ..errors import (
     ConfigError,
     InvalidInput,
     InvalidState,
-    PersistenceError,
     RunInterrupted,
-    RunNotFound,
 )
 from ..graph.plan import Plan, compile_plan
 from ..llm import MockProvider, Provider, Providers, load_script
@@ -533,18 +531,17 @@ async def _execute(
     executor = Executor(
         run_id=run_id, providers=providers, default_model=model, guard=guard, on_call=on_call
     )
+    writer = writer_for(store) if store is not None else None
     orchestrator = Orchestrator(
         plan,
         executor,
         journal,
         listener=listener,
-        pause_check=partial(asyncio.to_thread, pause_requested, store, run_id)
-        if store is not None
-        else None,
+        # (asked with the other runs of this loop: see JournalWriter.pause_requested)
+        pause_check=partial(writer.pause_requested, run_id) if writer is not None else None,
     )
     wf = plan.workflow
     recorder = EventRecorder(store, run_id) if store is not None else None
-    writer = writer_for(store) if store is not None else None
     if writer is not None:
         writer.follow(recorder)
     _running_here.add(run_id)
@@ -655,14 +652,11 @@ def pause(run_id: str, *, store: Any = None, db: str | None = None) -> str:
 
 
 def pause_requested(store: Any, run_id: str) -> bool:
-    """Whether `pause` was asked of the run (read between its steps, from a thread)."""
-    try:
-        return bool((store.runs.get(run_id).metadata or {}).get("pause_requested"))
-    except RunNotFound:  # its row is not committed yet
-        return False
-    except PersistenceError as e:  # (a lost connection: the next look opens a new one)
-        logger.warning("could not look for a pause request of run %s: %s", run_id[:8], e)
-        return False
+    """Whether `pause` was asked of the run (from a thread; a run in an event loop asks its
+    writer, with the loop's other runs: `JournalWriter.pause_requested`)."""
+    from ..store.writer import _paused
+
+    return run_id in _paused(store, [run_id])
 
 
 def writer_for(store: Any) -> Any:

@@ -97,6 +97,9 @@ class JournalWriter:
         self._loop_thread = threading.get_ident()
         self._quick: Any = None  # SQLite: the loop thread's own connection, short busy timeout
         self._closing = False
+        # runs asking whether `pause` was asked of them, answered together (pause_requested)
+        self._pause_asks: list[tuple[str, asyncio.Future[bool]]] = []
+        self._pause_looking = False
         p = store.db.param
         self._sql = {
             "create_run": (
@@ -256,6 +259,43 @@ class JournalWriter:
             logger.debug("journal: checkpoint failed: %s", e)
         finally:
             self._checkpointing = False
+
+    # --- pause requests of the runs in this loop ----------------------------------------------
+
+    def pause_requested(self, run_id: str) -> asyncio.Future[bool]:
+        """Whether `eclflow pause` was asked of `run_id`, read after this call. The runs that ask
+        while a look is being made are answered by the next one: one thread hop and one query
+        per 500 runs for all of them. (Each run asks between its steps once every few seconds:
+        2000 runs at once made 2000 hops and 2000 reads of a whole run row, and as they took
+        the loop's time, the runs grew longer and asked again.)"""
+        future: asyncio.Future[bool] = self.loop.create_future()
+        self._pause_asks.append((run_id, future))
+        if not self._pause_looking:
+            self._pause_looking = True
+            self.loop.call_soon(self._look_for_pauses)
+        return future
+
+    def _look_for_pauses(self) -> None:
+        asks, self._pause_asks = self._pause_asks, []
+        if not asks:
+            self._pause_looking = False
+            return
+        run_ids = list(dict.fromkeys(run_id for run_id, _ in asks))
+        done = self.loop.run_in_executor(None, _paused, self.store, run_ids)
+        done.add_done_callback(lambda f: self._answer_pauses(asks, f))
+
+    def _answer_pauses(
+        self, asks: list[tuple[str, asyncio.Future[bool]]], done: asyncio.Future[set[str]]
+    ) -> None:
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        for run_id, future in asks:
+            if future.done():  # (its run was cancelled meanwhile)
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(run_id in done.result())
+        self._look_for_pauses()  # the runs that asked meanwhile
 
     # --- the events of the runs in this loop, written every EVENTS_EVERY seconds -------------
 
@@ -676,6 +716,18 @@ class JournalWriter:
             error = None
         if not self.loop.is_closed():
             self._resolve(batch, error)
+
+
+def _paused(store: Any, run_ids: Sequence[str]) -> set[str]:
+    """(a thread of the loop's executor) Which of these runs `eclflow pause` was asked of; a run
+    whose row is not committed yet was not. A database error is not the run's: none then (the
+    next look opens a new connection)."""
+    try:
+        found = store.runs.states_and_metadata(run_ids)
+    except PersistenceError as e:
+        logger.warning("could not look for pause requests of %d runs: %s", len(run_ids), e)
+        return set()
+    return {run_id for run_id, (_, meta) in found.items() if meta.get("pause_requested")}
 
 
 def _many_pages(cursor: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
