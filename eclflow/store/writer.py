@@ -287,11 +287,12 @@ class JournalWriter:
     def _answer_pauses(
         self, asks: list[tuple[str, asyncio.Future[bool]]], done: asyncio.Future[set[str]]
     ) -> None:
-        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
         for run_id, future in asks:
             if future.done():  # (its run was cancelled meanwhile)
                 continue
-            if error is not None:
+            if done.cancelled():
+                future.cancel()
+            elif (error := done.exception()) is not None:
                 future.set_exception(error)
             else:
                 future.set_result(run_id in done.result())
