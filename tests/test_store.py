@@ -539,6 +539,65 @@ async def test_resume_refuses_a_run_whose_workflow_or_prompt_file_changed(
     assert done.status == "completed" and done.output["final_text"] == "v2"
 
 
+async def test_a_run_an_earlier_eclflow_started_with_a_prompt_now_refused_can_be_finished(
+    store: Store, tmp_path: Path
+) -> None:
+    """A run started before E403 whose workflow reads `../templates/x.j2`: resuming it is
+    refused (E403, as `run` would be), and the way out the message gives (move the file next
+    to the workflow, name it so, `--force`) finishes it, the paid-for steps replayed. Resume
+    used to parse the stored definition before looking at the file: E403 again, whatever the
+    file now said, so the run could never be finished."""
+    import hashlib
+
+    from eclflow.engine import runner
+    from eclflow.errors import WorkflowInvalid
+    from eclflow.llm import MockProvider
+    from eclflow.store.repositories import definition_sql
+
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "gen.j2").write_text("Write about {{ topic }}.")
+    inside = (
+        "eclflow: 1\nid: two\nsteps:\n"
+        "  - id: a\n    type: llm\n    prompt: PROMPT\n"
+        "    with: {topic: '{{ input.topic }}'}\n"
+        "  - {id: b, type: llm, depends_on: [a], template: 'Shorten {{ t }}',\n"
+        "     with: {t: '{{ steps.a.output.text }}'}}\n"
+    )
+    wf = tmp_path / "wf" / "w.yaml"
+    (tmp_path / "wf" / "gen.j2").write_text("Write about {{ topic }}.")
+    wf.write_text(inside.replace("PROMPT", "gen.j2"))
+    failing = MockProvider({"a": "a long text", "b": {"error": "auth_error"}})
+    first = await runner.run(
+        wf, {"topic": "kelp"}, model="mock/x", mock_responses=failing, store=store
+    )
+    assert first.status == "failed" and failing.calls == 2
+    # as an eclflow before E403 kept it: the definition reads ../templates/gen.j2
+    earlier = inside.replace("PROMPT", "../templates/gen.j2")
+    wf.write_text(earlier)
+    (tmp_path / "wf" / "gen.j2").unlink()
+    sha = hashlib.sha256(earlier.encode()).hexdigest()
+    store.db.execute_sql(definition_sql(store.db.param), (sha, earlier))
+    Run = store.models.Run
+    Run.update(definition_sha256=sha).where(Run.id == first.run_id).execute()
+    store.runs.update_metadata(
+        first.run_id, prompts={str(tmp_path / "templates" / "gen.j2"): "(as it was)"}
+    )
+
+    rest = MockProvider({"b": "short"})
+    with pytest.raises(WorkflowInvalid) as caught:
+        await runner.resume(first.run_id, store=store, mock_responses=rest)
+    assert [d.code for d in caught.value.diagnostics] == ["E403"]
+    # what E403 says to do: the file next to the workflow file, named so
+    (tmp_path / "templates" / "gen.j2").rename(tmp_path / "wf" / "gen.j2")
+    wf.write_text(inside.replace("PROMPT", "gen.j2"))
+    with pytest.raises(InvalidState, match=r"w\.yaml changed since run .* --force"):
+        await runner.resume(first.run_id, store=store, mock_responses=rest)
+    done = await runner.resume(first.run_id, store=store, mock_responses=rest, force=True)
+    assert done.status == "completed", done.error
+    assert [s.replayed for s in done.steps] == [True, False] and rest.calls == 1
+
+
 async def test_a_lock_another_process_holds_does_not_stall_the_event_loop(tmp_path: Path) -> None:
     """SQLite waits up to its busy timeout for another process's write lock; on the event
     loop's thread that wait would stall every timer (step timeouts fired late and called the

@@ -998,16 +998,19 @@ def _take_over(
     meta = dict(record.metadata or {})
     _refuse_if_held(record, meta, force)
     path = Path(meta["path"]) if meta.get("path") else None
-    wf = _stored_workflow(record.definition, str(path or "<stored>"), path.parent if path else None)
-    if path is not None and path.is_file():
-        on_disk = path.read_text(encoding="utf-8")
-        if on_disk != record.definition:
-            if not force:
-                raise InvalidState(
-                    f"{path} changed since run {record.id[:8]} started; "
-                    "resume with --force to continue with the file as it is now"
-                )
-            wf = load(path)
+    on_disk = path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
+    if on_disk is not None and on_disk != record.definition:
+        if not force:
+            raise InvalidState(
+                f"{path} changed since run {record.id[:8]} started; "
+                "resume with --force to continue with the file as it is now"
+            )
+        # (the stored definition is not read: an eclflow since may refuse what it holds, a
+        # prompt file outside its folder (E403), and the file fixed is what the run goes on with)
+        wf = load(path)
+    else:
+        base = path.parent if path else None
+        wf = _stored_workflow(record.definition, str(path or "<stored>"), base)
     recorded = meta.get("prompts") or {}
     edited = [p for p, d in prompt_digests(wf).items() if recorded.get(p, d) != d]
     if edited and not force:
