@@ -999,7 +999,7 @@ def _take_over(
     _refuse_if_held(record, meta, force)
     path = Path(meta["path"]) if meta.get("path") else None
     on_disk = path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
-    if on_disk is not None and on_disk != record.definition:
+    if path is not None and on_disk is not None and on_disk != record.definition:
         if not force:
             raise InvalidState(
                 f"{path} changed since run {record.id[:8]} started; "
