@@ -154,6 +154,37 @@ def test_request_ships_the_prompt_files_and_a_worker_loads_them(tmp_path: Path) 
     assert worker.workflow(request) is loaded  # loaded once per definition
 
 
+def test_a_worker_loads_prompt_files_the_client_ships_from_beside_the_workflows_folder(
+    tmp_path: Path,
+) -> None:
+    """`workflows/x.yaml` reading `../templates/generate.j2` through a link to eclflow's own
+    templates (the repository's layout) is valid, and runs locally; the worker, which writes
+    the shipped text beside its folder, refused it as outside that folder (E403). A request of
+    an earlier client (an invocation Restate retries on an upgraded worker) naming a file of
+    its own there likewise: the text is the request's, nothing of the worker's is read."""
+    from eclflow.restate.service import Worker, WorkerSettings
+    from eclflow.spec import load
+
+    (tmp_path / "wf" / "workflows").mkdir(parents=True)
+    (tmp_path / "wf" / "templates").symlink_to(CRITIQUE_REVISE.parent.parent / "templates")
+    path = tmp_path / "wf" / "workflows" / "w.yaml"
+    path.write_text(
+        CRITIQUE_REVISE.read_text().replace(
+            "prompt: generate.j2", "prompt: ../templates/generate.j2"
+        )
+    )
+    request = client.build_request(load(path), {"topic": "tides"}, model="mock/x")
+    assert set(request["prompts"]) == {"../templates/generate.j2"}
+    worker = Worker(WorkerSettings(prompt_dir=tmp_path / "worker"))
+    generate = worker.workflow(request).step("generate")
+    assert generate.prompt is not None and (tmp_path / "worker") in generate.prompt.parents
+    assert generate.prompt.read_text() == request["prompts"]["../templates/generate.j2"]
+
+    earlier = dict(request, prompts={"../templates/generate.j2": "Own prompt: {{ topic }}"})
+    own = worker.workflow(earlier).step("generate").prompt
+    assert own is not None and own.read_text() == "Own prompt: {{ topic }}"
+
+
 def test_invalid_input_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
     from eclflow.errors import InvalidInput
 

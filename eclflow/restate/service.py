@@ -92,10 +92,17 @@ class Worker:
             if cached is not None:
                 self._workflows.move_to_end(digest)
                 return cached
-        from ..spec import load_text
+        from ..errors import WorkflowInvalid
+        from ..spec import check_text
 
-        base = self._materialize(digest, prompts)
-        wf = load_text(definition, file=str(request.get("file") or "<restate>"), base_dir=base)
+        base, top = self._materialize(digest, prompts)
+        # The prompt files are the request's, written under `top` (a `../x.j2` of the client's,
+        # beside `base`: the client checked where it was, E403): none of this machine's.
+        wf, diags = check_text(
+            definition, file=str(request.get("file") or "<restate>"), base_dir=base, prompt_root=top
+        )
+        if wf is None:
+            raise WorkflowInvalid(diags)
         self._warn_of_long_steps(wf)
         with self._lock:
             self._workflows[digest] = wf
@@ -120,8 +127,9 @@ class Worker:
                 limit,
             )
 
-    def _materialize(self, digest: str, prompts: Mapping[str, Any]) -> Path:
-        """Write the shipped prompt files where the definition's relative paths find them."""
+    def _materialize(self, digest: str, prompts: Mapping[str, Any]) -> tuple[Path, Path]:
+        """Write the shipped prompt files where the definition's relative paths find them: the
+        folder they are relative to, and the one they are all in."""
         root = self.settings.prompt_dir or Path(tempfile.gettempdir()) / (
             f"eclflow-restate-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
         )
@@ -143,7 +151,7 @@ class Worker:
             tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, target)
-        return base
+        return base, top
 
     def inner_journal(self, run_id: str) -> Any:
         """The journal a step action runs in: the store's when there is one."""

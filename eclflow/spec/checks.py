@@ -49,8 +49,9 @@ def semantic_checks(
     registry: Any = None,
     base: Path | None = None,
 ) -> list[Diagnostic]:
-    """Every problem past the file's shape. `base`: the folder relative `prompt:` paths are
-    resolved in, which prompt files must be in (None: the working directory)."""
+    """Every problem past the file's shape. `base`: the folder prompt files must be in (the
+    workflow file's, where relative `prompt:` paths are resolved; None: the working
+    directory)."""
     return _Checker(wf, data, located, registry, base).run()
 
 

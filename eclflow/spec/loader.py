@@ -127,8 +127,10 @@ def check_text(
     *,
     path: Path | None = None,
     registry: Any = None,
+    prompt_root: str | Path | None = None,
 ) -> tuple[Workflow | None, list[Diagnostic]]:
-    """Validate workflow text. `base_dir` resolves relative `prompt:` files."""
+    """Validate workflow text. `base_dir` resolves relative `prompt:` files; they must be in
+    `prompt_root` (default: `base_dir`, the workflow file's folder; E403)."""
     if not isinstance(text, str):
         decode = " (decode it first: data.decode('utf-8'))" if isinstance(text, bytes) else ""
         raise ConfigError(f"workflow text is a str, not {type(text).__name__}{decode}")
@@ -178,6 +180,7 @@ def check_text(
     seen = {d.location for d in diags}
     diags += [d for d in _unusable(data, located, []) if d.location not in seen]
     base = Path(base_dir) if base_dir is not None else (path.parent if path else None)
+    root = Path(prompt_root) if prompt_root is not None else base
     from .checks import semantic_checks
 
     if any(d.severity == "error" for d in diags):
@@ -192,7 +195,7 @@ def check_text(
         if not any(d.severity == "error" for d in embedded):
             with contextlib.suppress(Exception):  # (the schema errors say enough then)
                 wf = _build(pruned, located, text, path, base)
-                found = semantic_checks(wf, pruned, located, registry=registry, base=base)
+                found = semantic_checks(wf, pruned, located, registry=registry, base=root)
                 # only what a key left out cannot have caused: without a misspelt `with:`,
                 # `env:`, `output_schema:` or `transitions:`, other checks would report
                 # what the typo did rather than what the file says
@@ -200,7 +203,7 @@ def check_text(
         return None, _sorted(diags, file)
     schema_warnings = diags
     wf = _build(data, located, text, path, base)
-    diags = schema_warnings + semantic_checks(wf, data, located, registry=registry, base=base)
+    diags = schema_warnings + semantic_checks(wf, data, located, registry=registry, base=root)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         return None, _sorted(diags, file)
