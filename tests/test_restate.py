@@ -185,6 +185,33 @@ def test_a_worker_loads_prompt_files_the_client_ships_from_beside_the_workflows_
     assert own is not None and own.read_text() == "Own prompt: {{ topic }}"
 
 
+@pytest.mark.parametrize("how", ["absolute", "home"])
+def test_an_absolute_prompt_path_is_refused_before_the_run_is_sent(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Valid beside the workflow file, but a worker resolves it on its own disk, which E403
+    refuses (it used to read that machine's file, whatever it held): said here, in one line,
+    with the relative name to write."""
+    from eclflow.errors import ConfigError
+    from eclflow.spec import load
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "wf"
+    (folder / "prompts").mkdir(parents=True)
+    (folder / "prompts" / "g.j2").write_text("Write about {{ topic }}")
+    named = str(folder / "prompts" / "g.j2") if how == "absolute" else "~/wf/prompts/g.j2"
+    path = folder / "w.yaml"
+    path.write_text(CRITIQUE_REVISE.read_text().replace("prompt: generate.j2", f"prompt: {named}"))
+    wf = load(path)  # (valid: the file is in the workflow file's folder)
+    with pytest.raises(ConfigError) as caught:
+        client.build_request(wf, {"topic": "tides"}, model="mock/x")
+    assert str(caught.value) == (
+        f"Configuration error: step 'generate': prompt file {named!r} is named by an absolute "
+        "path, which Restate workers cannot find: name it relative to the workflow file "
+        "(prompts/g.j2)"
+    )
+
+
 def test_invalid_input_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
     from eclflow.errors import InvalidInput
 

@@ -8,6 +8,7 @@ of the prompt files it names (workers need not share a file system), the input, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,11 +62,32 @@ def _read_prompt_files(workflow: Workflow) -> dict[str, str]:
         raw = raw_steps.get(s.id, {}).get("prompt")
         if not isinstance(raw, str):
             continue
+        if _absolute(raw):
+            # a worker finds a prompt file by the name the workflow gives it, among those the
+            # request ships; one of its own disk, named so, it refuses (E403)
+            shown = (
+                f" ({os.path.relpath(s.prompt, workflow.path.parent)})"
+                if workflow.path is not None
+                else ""
+            )
+            raise ConfigError(
+                f"step '{s.id}': prompt file {raw!r} is named by an absolute path, which Restate "
+                f"workers cannot find: name it relative to the workflow file{shown}"
+            )
         try:
             files[raw] = s.prompt.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read prompt file {s.prompt}: {e.strerror or e}") from None
     return files
+
+
+def _absolute(raw: str) -> bool:
+    """Whether a `prompt:` path as written names a place of its own (`/…`, `~/…`), which
+    resolves on each machine to that machine's file."""
+    with contextlib.suppress(RuntimeError):
+        if os.path.expanduser(raw) != raw:
+            return True
+    return os.path.isabs(raw)
 
 
 def build_request(
