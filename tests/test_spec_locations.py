@@ -71,3 +71,23 @@ def test_in_a_condition_and_in_output() -> None:
         (*where(text, "loud"), "no filter named 'loud'"),
         (*where(text, "quiet"), "no filter named 'quiet'"),
     ]
+
+
+def test_a_syntax_error_after_the_same_expression_written_well_is_located_at_the_bad_one() -> None:
+    """The text from the fault on, `{{ input.topic }`, is also the start of the good
+    `{{ input.topic }}` before it: it was found there, a place with nothing wrong."""
+    text = HEAD + '    with: {x: "{{ input.topic }} {{ input.topic }"}\n'
+    (got,) = e301(text)
+    assert got[:2] == where(text, '{{ input.topic }"')
+
+
+def test_in_a_quoted_value_with_escapes_at_the_fault_itself() -> None:
+    """What a quoted value writes differently from its text (`\\"`, `''`, `\\u00e9`), before
+    or after the fault, does not move the location off it (after it: the value's start)."""
+    for value, nth in [
+        (r'"\u00e9\"{{ input.tone | loud }} \"quoted\""', 0),
+        ("'it''s {{ input.tone | loud }} ''quoted'''", 0),
+        (r'"{{ \"loud\" }} {{ input.tone | loud }} \t"', 1),
+    ]:
+        text = HEAD + f"    with: {{x: {value}}}\n"
+        assert e301(text) == [(*where(text, "loud", nth), "no filter named 'loud'")], value

@@ -149,8 +149,8 @@ class _Checker:
                 return loc
             if not 0 < loc.line <= len(source):
                 return loc
-            found = source[loc.line - 1].find(node[column - 1 :][:40], loc.col - 1)
-            return loc if found < 0 else Location(loc.file, loc.line, found + 1)
+            found = _scalar_column(source[loc.line - 1], loc.col - 1, node, column)
+            return loc if found is None else Location(loc.file, loc.line, found + 1)
         at = loc.line + line - 1  # 0-based index of the line: the text starts after the `|`
         if not 0 <= at < len(source):
             return loc
@@ -1360,6 +1360,31 @@ def _certain_steps(wf: Workflow, graph: DepGraph) -> set[str]:
         ):
             certain.add(sid)
     return certain
+
+
+def _scalar_column(written: str, start: int, text: str, column: int) -> int | None:
+    """Where (0-based) the character at `column` (1-based) of `text`, a scalar written on one
+    line from `start` of `written`, plain, 'single-' or "double-quoted", is: quotes and
+    escapes (`''`, `\\"`, `\\t`, `\\u00e9`) taken into account; None when it is not found so
+    (a scalar folded from several lines)."""
+    quote = written[start : start + 1]
+    if quote not in ("'", '"'):
+        return start + column - 1 if written[start : start + len(text)] == text else None
+    i, n = start + 1, 1  # the source's index, and the column in `text` of what is there
+    while i < len(written) and n <= len(text):
+        if n == column:
+            return i
+        c = written[i]
+        if c == quote and not (quote == "'" and written[i + 1 : i + 2] == "'"):
+            return None  # (the scalar ends here)
+        if quote == "'" and c == "'":
+            i += 2
+        elif quote == '"' and c == "\\":
+            i += 2 + {"x": 2, "u": 4, "U": 8}.get(written[i + 1 : i + 2], 0)
+        else:
+            i += 1
+        n += 1
+    return None
 
 
 def _in_folded(loc: Location, text: str, source: Sequence[str], line: int, column: int) -> Location:
