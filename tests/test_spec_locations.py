@@ -91,3 +91,14 @@ def test_in_a_quoted_value_with_escapes_at_the_fault_itself() -> None:
     ]:
         text = HEAD + f"    with: {{x: {value}}}\n"
         assert e301(text) == [(*where(text, "loud", nth), "no filter named 'loud'")], value
+
+
+def test_in_a_value_folded_from_several_lines_at_its_line_and_column() -> None:
+    """A plain or double-quoted value written over several lines (YAML folds them into one
+    line of text): the fault on the second line was located at the value's start."""
+    for first, last in [("", ""), ('"', '"'), ('"', '\\\n\n        ok"')]:
+        text = (
+            HEAD + f"    with:\n      x: {first}first {{{{ input.topic }}}}\n"
+            f"        then {{{{ input.tone | loud }}}}{last}\n"
+        )
+        assert e301(text) == [(*where(text, "loud"), "no filter named 'loud'")], text

@@ -144,13 +144,15 @@ class _Checker:
         if type(node).__name__ == "FoldedScalarString":
             return _in_folded(loc, str(node), source, line, column)
         if type(node).__name__ != "LiteralScalarString":
-            # a one-line scalar, plain or quoted: where its text from the use on stands
-            if not isinstance(node, str) or "\n" in node or line != 1 or column <= 0:
+            # a flow scalar, plain or quoted, on one line or folded from several
+            if not isinstance(node, str) or column <= 0 or not 0 < loc.line <= len(source):
                 return loc
-            if not 0 < loc.line <= len(source):
+            lines = node.split("\n")
+            if not 0 < line <= len(lines):
                 return loc
-            found = _scalar_column(source[loc.line - 1], loc.col - 1, node, column)
-            return loc if found is None else Location(loc.file, loc.line, found + 1)
+            offset = sum(len(t) + 1 for t in lines[: line - 1]) + column - 1
+            found = _scalar_position(source, loc.line - 1, loc.col - 1, node, offset)
+            return loc if found is None else Location(loc.file, *found)
         at = loc.line + line - 1  # 0-based index of the line: the text starts after the `|`
         if not 0 <= at < len(source):
             return loc
@@ -1362,28 +1364,55 @@ def _certain_steps(wf: Workflow, graph: DepGraph) -> set[str]:
     return certain
 
 
-def _scalar_column(written: str, start: int, text: str, column: int) -> int | None:
-    """Where (0-based) the character at `column` (1-based) of `text`, a scalar written on one
-    line from `start` of `written`, plain, 'single-' or "double-quoted", is: quotes and
-    escapes (`''`, `\\"`, `\\t`, `\\u00e9`) taken into account; None when it is not found so
-    (a scalar folded from several lines)."""
-    quote = written[start : start + 1]
-    if quote not in ("'", '"'):
-        return start + column - 1 if written[start : start + len(text)] == text else None
-    i, n = start + 1, 1  # the source's index, and the column in `text` of what is there
-    while i < len(written) and n <= len(text):
-        if n == column:
-            return i
-        c = written[i]
-        if c == quote and not (quote == "'" and written[i + 1 : i + 2] == "'"):
-            return None  # (the scalar ends here)
-        if quote == "'" and c == "'":
-            i += 2
-        elif quote == '"' and c == "\\":
-            i += 2 + {"x": 2, "u": 4, "U": 8}.get(written[i + 1 : i + 2], 0)
-        else:
-            i += 1
-        n += 1
+def _scalar_position(
+    source: Sequence[str], row: int, start: int, text: str, offset: int
+) -> tuple[int, int] | None:
+    """Where (line, column, 1-based) the character at `offset` of `text` is written, `text`
+    being a flow scalar written from column `start` of line `row` (0-based) of `source`:
+    plain, 'single-' or "double-quoted" (`''`, `\\"`, `\\u00e9`), on one line or folded from
+    several (a line break read as a space, blank lines as line breaks, indentation dropped).
+    None when what is written does not give `text` so."""
+    quote = source[row][start : start + 1]
+    quote = quote if quote in ("'", '"') else ""
+    i, n = start + len(quote), 0  # the source's index on line `row`; the offset in `text`
+    first = True
+    while row < len(source):
+        written = source[row]
+        if not first:
+            i = len(written) - len(written.lstrip())
+        end = len(written.rstrip())
+        escaped_break = False
+        while i < end:
+            if n == offset:
+                return row + 1, i + 1
+            c = written[i]
+            if quote and c == quote and not (quote == "'" and written[i + 1 : i + 2] == "'"):
+                return None  # (the scalar ends before it)
+            if quote == '"' and c == "\\":
+                if i + 1 == end:
+                    escaped_break = True  # (a line break written away: no space)
+                    break
+                i += 2 + {"x": 2, "u": 4, "U": 8}.get(written[i + 1 : i + 2], 0)
+            elif quote == "'" and c == "'":
+                i += 2
+            elif n < len(text) and text[n] == c:
+                i += 1
+            else:
+                return None
+            n += 1
+        if n >= len(text):
+            return None
+        # the line break: a space, or as many line breaks as blank lines follow
+        row += 1
+        blank = 0
+        while row < len(source) and not source[row].strip():
+            row += 1
+            blank += 1
+        if not escaped_break:
+            n += blank or 1
+        if n > offset:
+            return None  # (the fault is a line break: no place of its own)
+        first = False
     return None
 
 
