@@ -81,6 +81,7 @@ VALID_PROMPTS = [
     "{% macro range(x) %}{{ x }}{% endmacro %}{{ range(10**9) }}",  # (its own `range`)
     "{% filter upper %}{{ n }}{% endfilter %}{% for i in range(3) %}{{ i }}{% endfor %}",
     "{% set n = [1, 2] %}{{ n | first }}",  # (a name the template binds: not judged)
+    "{% macro boom() %}{{ n | length }}{{ n // 0 }}{% endmacro %}ok",  # (never called)
 ]
 
 VALID_WITH = [
@@ -125,6 +126,9 @@ FAILING_PROMPTS = [
     ("E307", "{% for i in range(200001) %}{% endfor %}", "`range(…)` makes 200,001 numbers"),
     # behind a guard that is no constant: it fails at every run that gets there
     ("E306", "{% if b %}{{ n | length }}{% endif %}", "`n | length` applies `length`"),
+    # a macro that is called (or named, to be called later) runs
+    ("E306", "{% macro m() %}{{ n | length }}{% endmacro %}{{ m() }}", "`n | length` applies"),
+    ("E307", "{% macro m() %}{{ n // 0 }}{% endmacro %}{% set f = m %}{{ f() }}", "`n // 0`"),
 ]
 
 

@@ -265,6 +265,8 @@ class _Inference:
                 bound |= {"caller", "varargs", "kwargs", getattr(n, "name", "caller")}
         self.bound = bound
         self.tested = tested
+        # the names the template reads: a macro none of them names is never run
+        self.read = {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"}
 
     def run(self) -> list[Clash]:
         self.visit(self.tree)
@@ -281,6 +283,8 @@ class _Inference:
             for child in node.iter_child_nodes(exclude=("iter",)):
                 self.visit(child)
             return
+        if isinstance(node, nodes.Macro) and node.name not in self.read:
+            return  # (a macro no one calls is never run: what it holds never fails)
         if isinstance(node, nodes.If) and _constant(node.test) is not None:
             # `{% if false %}…{% endif %}`, text set aside: what is never run never fails
             taken = node.body if _constant(node.test) else [*node.elif_, *node.else_]
