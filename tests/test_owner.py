@@ -631,6 +631,39 @@ def test_resuming_a_run_this_very_process_is_running_is_refused(tmp_path: Path) 
     asyncio.run(main())
 
 
+def test_a_second_resume_in_this_process_is_refused_once_the_first_has_taken_over(
+    tmp_path: Path,
+) -> None:
+    """Two `eclflow.resume` of a killed run at once in one process: the second, deciding after
+    the first had taken the run over but before it began running it, found the run held by a
+    live process, this one, not in `_running_here` yet; it took the run over too, wrote a
+    second `Workflow execution interrupted` ("taken over with --force", though nobody gave
+    --force) and ran the run twice (a UNIQUE constraint failed on the journal's rows)."""
+    from eclflow.engine import runner
+    from eclflow.errors import InvalidState
+    from eclflow.llm import Providers
+    from eclflow.store import open_store
+
+    env, journal, _ = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    p.kill()
+    p.communicate(timeout=30)
+    store = open_store(env["ECLFLOW_DATABASE_URL"])
+    callers = Providers(mock=runner.as_mock(json.loads(script(KEYS))), command="eclflow resume")
+    try:
+        first = runner._take_over(store, run_id[:8], False, None, callers, "mock/x")
+        assert not isinstance(first, runner.RunResult)
+        with pytest.raises(InvalidState, match="is running in this process"):
+            runner._take_over(store, run_id[:8], False, None, callers, "mock/x")
+    finally:
+        runner._running_here.discard(run_id)
+        store.close()
+    assert journal.rows(
+        "select count(*) from events where run_id = %s and kind = 'workflow_interrupted'", run_id
+    ) == [(1,)]
+
+
 def test_a_run_paused_from_another_process_stops_between_steps_and_resumes(
     tmp_path: Path,
 ) -> None:

@@ -924,27 +924,46 @@ async def _resume(
     )
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
-    taken = await asyncio.to_thread(_take_over, store, run_id, force, budget, callers, model)
+    taking = asyncio.ensure_future(
+        asyncio.to_thread(_take_over, store, run_id, force, budget, callers, model)
+    )
+    try:
+        taken = await asyncio.shield(taking)
+    except asyncio.CancelledError:  # (the thread goes on: what it took is not run here)
+        taking.add_done_callback(_not_running_here)
+        raise
     if isinstance(taken, RunResult):  # completed before: nothing to run, nothing rewritten
         if listener is not None:
             listener("run_already_completed", {"result": taken})
         return taken
     record, wf, chosen, limits, rows, (origin, seed), resumed = taken
-    return await _execute(
-        compile_plan(wf),
-        callers,
-        chosen,
-        StoreJournal(store, record.id, rows=rows, seed=seed, seed_from=origin),
-        record.id,
-        record.input,
-        store,
-        listener,
-        guard,
-        on_call,
-        limits,
-        _spent_so_far(rows),
-        resumed=resumed,
-    )
+    try:
+        return await _execute(
+            compile_plan(wf),
+            callers,
+            chosen,
+            StoreJournal(store, record.id, rows=rows, seed=seed, seed_from=origin),
+            record.id,
+            record.input,
+            store,
+            listener,
+            guard,
+            on_call,
+            limits,
+            _spent_so_far(rows),
+            resumed=resumed,
+        )
+    finally:  # (_execute's own finally, unless it failed before it began)
+        _running_here.discard(record.id)
+
+
+def _not_running_here(taking: asyncio.Future[Any]) -> None:
+    """A take-over whose resume was cancelled while it waited for it: nothing runs the run
+    here, and another resume in this process may take it."""
+    if not taking.cancelled() and taking.exception() is None:
+        taken = taking.result()
+        if not isinstance(taken, RunResult):
+            _running_here.discard(taken[0].id)
 
 
 def _check_own_given(
@@ -1044,31 +1063,42 @@ def _take_over(
     warn_unplayed_keys(wf, providers.mock)
     _check_own_given(plan, providers, chosen, meta.get("providers"), record.id)
     check_models(plan, providers, chosen, limits)
-    with store.transaction():
-        now = store.runs.get(record.id, for_update=True)
-        if now.state != "completed":  # (completed by another process since the first look)
-            now_meta = dict(now.metadata or {})
-            _refuse_if_held(now, now_meta, force)
-            rows = store.steps.for_run(record.id)
-            interrupted = now.state in ("running", "pending")  # (no process ends it now)
-            if interrupted:
-                _note_interrupted(store, now, rows)
-            _close_interrupted(store, rows)
-            resumed = Resumed(
-                int(now_meta.get("resumed", 0)) + 1, "interrupted" if interrupted else now.state
-            )
-            store.runs.update_state(record.id, "running")
-            store.runs.update_metadata(
-                record.id,
-                **this_process(),
-                released=None,
-                pause_requested=None,
-                resumed=resumed.number,
-                **({"budget": _budget_dict(limits)} if budget is not None else {}),
-            )
-    if now.state == "completed":
-        return stored_results(store, [record.id])[record.id]
-    return record, wf, chosen, limits, rows, _rerun_seed(store, record, plan), resumed
+    taken_here = False
+    try:
+        with store.transaction():
+            now = store.runs.get(record.id, for_update=True)
+            if now.state != "completed":  # (completed by another process since the first look)
+                now_meta = dict(now.metadata or {})
+                _refuse_if_held(now, now_meta, force)
+                # from now on another resume in this process is refused, as one in another
+                # process is once this commits: it would run the run too, and say it was
+                # interrupted again (its process, this one, looks alive: "taken over")
+                _running_here.add(record.id)
+                taken_here = True
+                rows = store.steps.for_run(record.id)
+                interrupted = now.state in ("running", "pending")  # (no process ends it now)
+                if interrupted:
+                    _note_interrupted(store, now, rows)
+                _close_interrupted(store, rows)
+                resumed = Resumed(
+                    int(now_meta.get("resumed", 0)) + 1, "interrupted" if interrupted else now.state
+                )
+                store.runs.update_state(record.id, "running")
+                store.runs.update_metadata(
+                    record.id,
+                    **this_process(),
+                    released=None,
+                    pause_requested=None,
+                    resumed=resumed.number,
+                    **({"budget": _budget_dict(limits)} if budget is not None else {}),
+                )
+        if now.state == "completed":
+            return stored_results(store, [record.id])[record.id]
+        return record, wf, chosen, limits, rows, _rerun_seed(store, record, plan), resumed
+    except BaseException:
+        if taken_here:
+            _running_here.discard(record.id)
+        raise
 
 
 def _note_interrupted(store: Any, run: Any, rows: Sequence[Any]) -> None:
