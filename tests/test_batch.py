@@ -260,6 +260,45 @@ def test_a_killed_batch_resumes_the_unfinished_items_only(tmp_path: Path) -> Non
     assert "20 from an earlier attempt" in r.stderr
 
 
+def test_resuming_an_item_a_killed_batch_never_began_starts_its_timeline(tmp_path: Path) -> None:
+    """`eclflow resume` of an item a killed batch had claimed (`pending`) but never begun: its
+    timeline began with `Workflow execution interrupted` (the batch's process ended, with no
+    step in flight) and `Workflow execution resumed` (resume 1), and no start: the run was
+    not interrupted, it starts."""
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "calls.jsonl"
+    cmd, env = batch(tmp_path, 4, "--concurrency", "1", "--db", db, delay=0.5, log=log)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and log.read_text()):
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    with sqlite3.connect(tmp_path / "runs.db") as conn:  # claimed by the batch, never begun
+        unbegun = [i for (i,) in conn.execute("select id from workflows where state = 'pending'")]
+    assert unbegun
+    script = str(tmp_path / "script.yaml")
+    base = [sys.executable, "-m", "eclflow"]
+    r = subprocess.run(
+        [*base, "resume", unbegun[0], "--db", db, "--model", "mock/t", "--mock-responses", script],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [*base, "logs", unbegun[0], "--db", db, "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [e["kind"] for e in events if e["kind"].startswith("workflow_")] == [
+        "workflow_started",
+        "workflow_completed",
+    ]
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        [(meta,)] = conn.execute("select metadata from workflows where id = ?", (unbegun[0],))
+    assert "resumed" not in json.loads(meta)
+
+
 @pytest.mark.postgres
 def test_a_batch_on_postgres_starts_many_claimed_runs_at_once(
     tmp_path: Path,

@@ -998,7 +998,15 @@ def _take_over(
     providers: Providers,
     model: str | None,
 ) -> (
-    tuple[Any, Workflow, str | None, Budget, list[Any], tuple[str | None, dict[str, Any]], Resumed]
+    tuple[
+        Any,
+        Workflow,
+        str | None,
+        Budget,
+        list[Any],
+        tuple[str | None, dict[str, Any]],
+        Resumed | None,
+    ]
     | RunResult
 ):
     """Check that run `run_id` can be resumed and mark it running in this process; its record,
@@ -1076,12 +1084,19 @@ def _take_over(
                 _running_here.add(record.id)
                 taken_here = True
                 rows = store.steps.for_run(record.id)
-                interrupted = now.state in ("running", "pending")  # (no process ends it now)
+                # `pending`: claimed by a batch that ended before it began the run, which
+                # this resume starts (its timeline has no start yet, nothing was cut short)
+                interrupted = now.state == "running"  # (no process ends it now)
                 if interrupted:
                     _note_interrupted(store, now, rows)
                 _close_interrupted(store, rows)
-                resumed = Resumed(
-                    int(now_meta.get("resumed", 0)) + 1, "interrupted" if interrupted else now.state
+                resumed = (
+                    Resumed(
+                        int(now_meta.get("resumed", 0)) + 1,
+                        "interrupted" if interrupted else now.state,
+                    )
+                    if now.state != "pending"
+                    else None
                 )
                 store.runs.update_state(record.id, "running")
                 store.runs.update_metadata(
@@ -1089,7 +1104,7 @@ def _take_over(
                     **this_process(),
                     released=None,
                     pause_requested=None,
-                    resumed=resumed.number,
+                    **({"resumed": resumed.number} if resumed is not None else {}),
                     **({"budget": _budget_dict(limits)} if budget is not None else {}),
                 )
         if now.state == "completed":
