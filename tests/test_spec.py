@@ -753,6 +753,19 @@ def test_random_documents_give_diagnostics_only(value: object) -> None:
         assert d.code[0] in "EW"
 
 
+@pytest.mark.parametrize(
+    "old, new", [("- id: revise", "- id: evise"), ("reviser: revise", "reviser: evise")]
+)
+def test_a_revision_loop_whose_reviser_is_no_step_is_e203_not_a_crash(old: str, new: str) -> None:
+    """A reviser named wrongly (or a reviser step renamed) was `E000 eclflow failed while
+    checking this file: KeyError` (found by the mutation test below): the type of a field read
+    from the loop's validator looked up the reviser's output."""
+    _, diags = check_text(BASE.replace(old, new), file="m.yaml", base_dir=CRITIQUE_REVISE.parent)
+    codes = [d.code for d in diags]
+    assert "E203" in codes, diags
+    assert "E000" not in codes, diags
+
+
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),
     deadline=None,

@@ -797,7 +797,10 @@ class _Checker:
         from ..steps.builtin import CritiqueStep, GenerateStep, LLMStep, ReviseStep, TemplateStep
         from .kinds import NUMBER, STRING, schema_at, schema_kinds
 
-        s = self.wf.step(step_id)
+        try:
+            s = self.wf.step(step_id)
+        except KeyError:  # (a loop's reviser that is no step: E203 says so)
+            return None
         cls = self.registry.get(s.type) if s.type in self.registry else None
         if not fields:  # the output itself: a mapping, but an llm step's JSON may be any value
             if cls is LLMStep and s.output_schema is not None:
