@@ -4,6 +4,7 @@ URLs, migrations, and several processes writing one database at once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -2302,6 +2303,34 @@ def test_odd_values_written_through_the_repositories_read_back_as_they_were(stor
         assert _same(run.input, value) and _same(run.output, value) and _same(run.error, text)
         assert _same(store.events.for_run(run_id)[-1].fields, {"value": value, "text": text})
         assert _same(store.artifacts.get(artifact.id).content, text)
+
+
+def test_text_an_earlier_version_wrote_starting_with_the_mark_reads_back_as_it_is(
+    store: Store,
+) -> None:
+    """A journal an earlier eclflow wrote kept every text as it was: one that happens to begin
+    with the escape mark (\\x1e) but is no escape read back as it is, not as an error that
+    stopped `eclflow show` and resume (JSONDecodeError) nor as another value ("\\x1e123" as
+    "123"). (One that is an escape, \\x1e and a JSON string, or in JSON \\x1eNaN, cannot be
+    told from one.)"""
+    run_id = new_run(store)
+    handle = add_step(store, run_id, "generate")
+    texts = ["\x1e not an escape", "\x1e123", "\x1eNaN", '\x1e"unclosed', '\x1e"1" 2']
+    listed = [t for t in texts if t != "\x1eNaN"]  # (in JSON: NaN's tag)
+    value = {"t": listed, "\x1e{}": "\x1e[1]", "n": "\x1enull"}
+    p = store.db.param
+    store.db.execute_sql(
+        f"UPDATE step_executions SET feedback = {p}, error = {p}, output = {p} WHERE id = {p}",
+        (texts[0], texts[1], json.dumps(value), handle),
+    )
+    store.db.execute_sql(
+        f"UPDATE workflows SET error = {p}, input = {p} WHERE id = {p}",
+        (texts[2], json.dumps(listed), run_id),
+    )
+    row = store.steps.get(handle)
+    assert (row.feedback, row.error, row.output) == (texts[0], texts[1], value)
+    run = store.runs.get(run_id)
+    assert (run.error, run.input) == (texts[2], listed)
 
 
 def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str) -> None:

@@ -72,13 +72,28 @@ def store_text(value: str | None) -> str | None:
 
 
 def read_text(value: str | None) -> str | None:
-    """The text `store_text` was given."""
+    """The text `store_text` was given. A text that begins with MARK but is no escape (one
+    an earlier eclflow wrote as it was) is given as it is, not refused."""
     if value is not None and value.startswith(MARK):
-        return str(json.loads(value[1:]))
+        return _escaped(value, {})
     return value
 
 
+def _escaped(value: str, floats: dict[str, float]) -> Any:
+    """The string MARK and its JSON text stand for, or the float of `floats` its name does (a
+    JSON tag); `value` itself when what follows MARK is neither."""
+    rest = value[1:]
+    if rest[:1] == '"':
+        try:
+            decoded = json.loads(rest)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return floats.get(rest, value)
+
+
 _NOT_FINITE = {"nan": MARK + "NaN", "inf": MARK + "Infinity", "-inf": MARK + "-Infinity"}
+_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _MARK_IN_JSON = "\\u001e"  # how JSON text writes MARK (json and orjson alike)
 
 
@@ -107,7 +122,7 @@ def _tagged(value: Any) -> Any:
 def _untagged(value: Any) -> Any:
     """The value `_tagged` was given."""
     if isinstance(value, str):
-        return json.loads(value[1:]) if value.startswith(MARK) else value
+        return _escaped(value, _FLOATS) if value.startswith(MARK) else value
     if isinstance(value, dict):
         return {_untagged(k): _untagged(v) for k, v in value.items()}
     if isinstance(value, list):
