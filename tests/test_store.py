@@ -2387,6 +2387,49 @@ def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str
         store.close()
 
 
+def test_a_run_whose_write_is_refused_does_not_take_the_definition_of_the_others(
+    url: str,
+) -> None:
+    """Runs of one workflow created in one transaction share its definition's text, written
+    once: when the run it was queued with has a value refused, the others' writes still hold
+    that text (before, it was lost with the refused run's writes: the others could be neither
+    resumed nor rerun)."""
+    import asyncio
+
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    runs = [str(uuid.uuid4()) for _ in range(2)]
+    text = f"eclflow: 1\nid: shared-{uuid.uuid4().hex}\n"
+    sha = uuid.uuid4().hex * 2
+    too_big = 2**31 if url.startswith("postgresql") else 2**63  # (integer, INTEGER)
+
+    async def write() -> list[BaseException | None]:
+        w = writer_for(store)
+        for run_id in runs:
+            w.create_run(
+                run_id=run_id,
+                definition_id="shared",
+                definition_sha256=sha,
+                definition=text,
+                input={"topic": "t"},
+            )
+        results = []
+        for n, run_id in enumerate(runs):
+            h = w.start(run_id, "s", "s#1", 1, 1, {"draft": "d"}, "mock/x")
+            tokens = too_big if n == 0 else 5
+            results.append(w.finish(h, state="succeeded", outcome="success", tokens_in=tokens))
+        return await asyncio.gather(*results, return_exceptions=True)
+
+    try:
+        errors = asyncio.run(write())
+        assert [type(e).__name__ for e in errors] == ["PersistenceError", "NoneType"]
+        assert not store.runs.exists(runs[0])
+        assert store.runs.get(runs[1]).definition == text
+    finally:
+        store.close()
+
+
 ODD_REPLY_WORKFLOW = """\
 eclflow: 1
 id: odd-values

@@ -937,9 +937,10 @@ def _key_of(op: _Op) -> str | None:
 
 def _by_run(batch: list[_Op]) -> dict[str | None, list[tuple[int, _Op]]]:
     """The ops of `batch` (with their positions) by run, in queue order: a flush of events
-    split into each run's rows, a definition's text with the first run created with it."""
+    split into each run's rows, a definition's text with the run that queued it (each run
+    created queues it: with the first alone, the others would lose it when that one fails)."""
     parts: dict[str | None, list[tuple[int, _Op]]] = {}
-    created: dict[str, str] = {}  # definition sha256 -> the run created with it
+    created: dict[str, str] = {}  # definition sha256 -> the run created last with it
     for at, op in enumerate(batch):
         kind, args, future = op
         if kind == "events":
@@ -951,7 +952,7 @@ def _by_run(batch: list[_Op]) -> dict[str | None, list[tuple[int, _Op]]]:
             continue
         run_id = _run_of(kind, args)
         if kind == "create_run":
-            created.setdefault(args[3], str(args[0]))
+            created[args[3]] = str(args[0])  # (its definition's op comes next)
         elif kind == "definition":
             run_id = created.get(args[0])
         parts.setdefault(run_id, []).append((at, op))
