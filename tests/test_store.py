@@ -2430,6 +2430,28 @@ def test_a_run_whose_write_is_refused_does_not_take_the_definition_of_the_others
         store.close()
 
 
+def test_a_feedback_or_error_that_is_not_text_is_kept_as_its_text(url: str) -> None:
+    """A custom step type's feedback or error need not be text (42, a list of issues): the
+    journal keeps it as its text, as before, rather than failing the write with
+    AttributeError ('int' object has no attribute 'isascii')."""
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    run_id = new_run(store)
+
+    async def write() -> None:
+        w = writer_for(store)
+        h = w.start(run_id, "critique", "critique#1", 1, 1, None, "mock/x")
+        await w.finish(h, state="succeeded", outcome="needs_revision", feedback=42, error=["a"])
+
+    try:
+        asyncio.run(write())
+        [row] = store.steps.for_run(run_id)
+        assert (row.feedback, row.error) == ("42", "['a']")
+    finally:
+        store.close()
+
+
 ODD_REPLY_WORKFLOW = """\
 eclflow: 1
 id: odd-values

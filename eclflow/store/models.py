@@ -60,9 +60,12 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 def store_text(value: str | None) -> str | None:
     """`value` as a text column holds it: as it is, or when it has a NUL or a lone surrogate
-    (or begins with MARK), MARK then its JSON string, which is ASCII (`read_text` undoes it)."""
+    (or begins with MARK), MARK then its JSON string, which is ASCII (`read_text` undoes it).
+    Anything else (a custom step's feedback of 42) as its text, as a text column keeps it."""
     if value is None:
         return None
+    if value.__class__ is not str:
+        value = str(value)
     if value.isascii():  # (a flag of the string: no scan for surrogates)
         if "\x00" not in value and not value.startswith(MARK):
             return value
