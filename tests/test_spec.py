@@ -766,6 +766,31 @@ def test_a_revision_loop_whose_reviser_is_no_step_is_e203_not_a_crash(old: str, 
     assert "E000" not in codes, diags
 
 
+@pytest.mark.parametrize(
+    "step",
+    [
+        # a with: key that is null or a number, beside a prompt variable the step is not given
+        '{id: a, type: llm, template: "{{ proposl }}", with: {null: x, 1: y, proposal: z}}',
+        # an inputs property named 1, beside a misspelt input
+        '{id: a, type: llm, template: "{{ t }}", with: {t: "{{ input.topc }}"}}',
+    ],
+)
+def test_a_key_that_is_no_text_beside_a_wrong_name_gives_diagnostics(step: str) -> None:
+    """YAML keys may be null or numbers: a "did you mean" among them was `E000 eclflow failed
+    while checking this file: TypeError: '<' not supported between instances of 'NoneType'
+    and 'str'` (sorted() of the names)."""
+    text = (
+        "eclflow: 1\nid: w\nmodel: mock/x\n"
+        "inputs: {type: object, additionalProperties: false,\n"
+        "  properties: {1: {type: string}, topic: {type: string}}}\n"
+        f"steps:\n  - {step}\n"
+    )
+    _, diags = check_text(text, file="m.yaml", base_dir=CRITIQUE_REVISE.parent)
+    codes = [d.code for d in diags]
+    assert "E000" not in codes, diags
+    assert any(d.severity == "error" for d in diags), diags
+
+
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),
     deadline=None,

@@ -69,7 +69,13 @@ def _bind_under_with(p: tuple[str, ...], names: Iterable[str]) -> str:
             f"a prompt sees its step's `with:` values, not the run's context: bind it, "
             f'with: {{{name}: "{{{{ {expression} }}}}"}}, and write {{{{ {name} }}}}'
         )
-    return f"the prompt sees its step's input: {', '.join(sorted(names))}"
+    return f"the prompt sees its step's input: {', '.join(_text_keys(names))}"
+
+
+def _text_keys(keys: Iterable[Any]) -> list[str]:
+    """`keys` that are text, sorted: a YAML key may be `null` or a number (`with: {1: …}`),
+    which no expression can name, and which sorted() cannot order beside text."""
+    return sorted(k for k in keys if isinstance(k, str))
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
@@ -964,7 +970,7 @@ class _Checker:
                 if root in names or root in _JINJA_GLOBALS or (root == "loop" and uses_loop_var):
                     continue
                 named_well = False
-                hint = _did_you_mean(root, sorted(names)) or _bind_under_with(p, names)
+                hint = _did_you_mean(root, _text_keys(names)) or _bind_under_with(p, names)
                 found = _position_of(text, p)
                 message = f"prompt of step '{s.id}' uses '{root}', which is not in its input"
                 if say is not None:
@@ -1123,7 +1129,7 @@ class _Checker:
                 if n.name in known:
                     continue
                 ok = False
-                hint = _did_you_mean(n.name, sorted(known)) or f"see Jinja's built-in {kind}s"
+                hint = _did_you_mean(n.name, _text_keys(known)) or f"see Jinja's built-in {kind}s"
                 at = _position_of_name(text, kind, n.name, n.lineno) if text is not None else None
                 report("E301", f"no {kind} named '{n.name}'", hint, at)
         return ok
@@ -1697,9 +1703,9 @@ class _Scope:
                 return (
                     "E302",
                     f"input.{p[1]} does not exist: `inputs` allows no other properties",
-                    _did_you_mean(p[1], sorted(self.inputs))
+                    _did_you_mean(p[1], _text_keys(self.inputs))
                     or (
-                        f"the input has {', '.join(sorted(self.inputs))}"
+                        f"the input has {', '.join(_text_keys(self.inputs))}"
                         if self.inputs
                         else "declare it under inputs.properties"
                     ),
@@ -1733,12 +1739,12 @@ class _Scope:
                 and p[3] not in known
                 and p[3] not in _MAPPING_METHODS
             ):
-                has = ", ".join(sorted(known)) or "no field both have"
+                has = ", ".join(_text_keys(known)) or "no field both have"
                 reviser = self.revised_by.get(name)
                 return (
                     "E302",
                     f"steps.{name}.output.{p[3]} does not exist",
-                    _did_you_mean(p[3], sorted(known))
+                    _did_you_mean(p[3], _text_keys(known))
                     or (
                         f"after a revision the output of '{name}' is reviser '{reviser}''s: "
                         f"read what both have ({has})"
@@ -1767,7 +1773,7 @@ class _Scope:
                 return (
                     "E302",
                     f"loops.{p[1]} is not a revision loop",
-                    _did_you_mean(p[1], sorted(self.loops))
+                    _did_you_mean(p[1], _text_keys(self.loops))
                     or "loops are named by their validator step",
                 )
             if len(p) >= 2 and p[1] not in self.loops_done:
