@@ -363,16 +363,22 @@ def test_a_run_waiting_for_another_postgres_session_lock_stops_at_once_on_a_sign
         run_id = in_flight(journal, "critique#1")
         with lock.cursor() as cursor:  # critique#1's result waits for it
             cursor.execute("LOCK TABLE step_executions")
-        me = lock.get_backend_pid()
-        blocked = f"SELECT 1 FROM pg_stat_activity WHERE {me} = ANY(pg_blocking_pids(pid))"
-        wait_for(lambda: journal.rows(blocked), "the wait")
-        p.send_signal(sig)
-        p.wait(timeout=30)  # (the lock_timeout had more than 50 s to go)
+        _signal_once_blocked(p, sig, lock, journal)
     finally:
         p.kill()
         lock.close()
     reader.join(timeout=10)
     _stopped_then_resumed(p.returncode, lines, run_id, sig, tmp_path, env, log)
+
+
+def _signal_once_blocked(p: Any, sig: int, lock: Any, journal: Any) -> None:
+    """Send `sig` to `p` once it waits for a lock the connection `lock` holds, and wait for it
+    to end (its lock_timeout has more than 50 s to go)."""
+    me = lock.get_backend_pid()
+    blocked = f"SELECT 1 FROM pg_stat_activity WHERE {me} = ANY(pg_blocking_pids(pid))"
+    wait_for(lambda: journal.rows(blocked), "the wait")
+    p.send_signal(sig)
+    p.wait(timeout=30)
 
 
 def _stopped_then_resumed(
@@ -461,11 +467,7 @@ def test_a_run_stopped_before_its_first_write_on_postgres_says_nothing_was_kept(
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
         reader.start()
-        me = lock.get_backend_pid()
-        blocked = f"SELECT 1 FROM pg_stat_activity WHERE {me} = ANY(pg_blocking_pids(pid))"
-        wait_for(lambda: journal.rows(blocked), "the wait")
-        p.send_signal(sig)
-        p.wait(timeout=30)  # (the lock_timeout had more than 50 s to go)
+        _signal_once_blocked(p, sig, lock, journal)
     finally:
         p.kill()
         lock.close()
