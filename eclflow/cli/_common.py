@@ -124,8 +124,10 @@ def safe_text(text: str, err: bool = False) -> str:
     set the window title, recolour the screen or rewrite a line. Written to a file or a pipe
     (`err`: stderr, else stdout), it is left exactly as it is, but for a lone surrogate
     (`\\ud800` in a JSON input or reply), which no UTF-8 holds: written as that escape."""
-    if not text.isascii() and _SURROGATE.search(text) is not None:
-        text = _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    if not text.isascii():
+        from ..spec.model import printable
+
+        text = printable(text)
     stream = sys.stderr if err else sys.stdout
     try:
         terminal = stream is not None and stream.isatty()

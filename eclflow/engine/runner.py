@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import re
 import sys
@@ -111,7 +112,7 @@ def _plain(value: Any, where: str) -> Any:
     if kind in _JSON_LEAVES:
         return value
     if kind is float:
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ConfigError(f"input '{where}' is {value}, which JSON cannot hold: give a number")
         return value
     if isinstance(value, Mapping):
