@@ -145,6 +145,14 @@ def resume(run_id: str, script_file: Path, env: dict[str, str], log: Path) -> di
     return result
 
 
+def _shown(iso: str) -> str:
+    """A time of `logs --json` as the text of `logs` shows it: local, to the millisecond."""
+    from datetime import datetime
+
+    when = datetime.fromisoformat(iso).astimezone()
+    return f"{when:%Y-%m-%d %H:%M:%S}.{when.microsecond // 1000:03d}"
+
+
 def crash_and_resume(tmp_path: Path, url: str, kill_at: str) -> None:
     env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
     journal = Journal(url)
@@ -488,10 +496,110 @@ def test_the_timeline_of_a_run_killed_and_resumed_says_it_was_interrupted(tmp_pa
             for n, (e, pid) in enumerate(zip(interrupted, killed, strict=True), 1)
             for line in (
                 f"WARNING Workflow execution interrupted cause=process {pid} ended without "
-                f"finishing it (killed, or crashed) last_seen={e['last_seen']} "
+                f"finishing it (killed, or crashed) last_seen={_shown(e['last_seen'])} "
                 f'in_flight=["{e["in_flight"][0]}"] pid={pid}',
                 f"INFO    Workflow execution resumed {named} resume={n} previous_state=interrupted",
             )
         ),
     ]
     assert completed.startswith("INFO    Workflow execution completed successfully")
+
+
+@pytest.mark.slow
+def test_a_resume_says_the_run_was_interrupted_in_its_own_logs_and_to_a_follower(
+    tmp_path: Path,
+) -> None:
+    """The take-over's `Workflow execution interrupted` went to the store only: `eclflow logs`
+    showed it, but not the resuming process's own logs (`--log-format json` for a collector,
+    or the default warnings), which began at `Workflow execution resumed`. A follower attached
+    during the resume shows it once, in its place. Its `last_seen` was written with the
+    resuming process's UTC offset (`+09:00` beside times shown in the reader's zone): it is
+    kept in UTC and shown as the other times are, in the reader's zone."""
+    from datetime import datetime
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**os.environ, "ECLFLOW_DATABASE_URL": url}
+    journal = Journal(url)
+    log = tmp_path / "calls.jsonl"
+    (tmp_path / "first.json").write_text(script(KEYS, slow="generate"))
+    run_id = start_and_kill(
+        [
+            *("run", str(CRITIQUE_REVISE), "-i", "topic=tides", "--model", "mock/x"),
+            *("--mock-responses", str(tmp_path / "first.json")),
+        ],
+        env,
+        log,
+        journal,
+        "generate",
+    )
+    replies = json.loads(script(KEYS))
+    replies["generate"]["delay"] = 2  # time for a follower to attach
+    (tmp_path / "rest.json").write_text(json.dumps(replies))
+    resuming = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "eclflow", "--log-format", "json", "--log-level", "info"),
+            *("resume", run_id[:8], "--model", "mock/x"),
+            *("--mock-responses", str(tmp_path / "rest.json"), "--json"),
+        ],
+        env={**env, "ECLFLOW_MOCK_LOG": str(log), "TZ": "JST-9"},  # (UTC+9, no tzdata needed)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: journal.rows("select 1 from events where kind = 'workflow_resumed'"),
+            "the take-over",
+        )
+        followed = subprocess.run(
+            [sys.executable, "-m", "eclflow", "logs", run_id[:8], "--follow", "--json"],
+            env={**env, "TZ": "EST5"},  # (UTC-5)
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        out, err = resuming.communicate(timeout=120)
+    finally:
+        resuming.kill()
+    assert resuming.returncode == 0, err
+    assert json.loads(out)["status"] == "completed"
+    # the resume's own logs: the interrupted event, then the resumed one
+    records = [json.loads(line) for line in err.splitlines()]
+    events = [r["event"] for r in records if r["event"].startswith("Workflow execution")]
+    assert events == [
+        "Workflow execution interrupted",
+        "Workflow execution resumed",
+        "Workflow execution completed successfully",
+    ]
+    [said] = [r for r in records if r["event"] == "Workflow execution interrupted"]
+    assert (said["level"], said["run_id"], said["in_flight"]) == ("warning", run_id, ["generate"])
+    assert said["cause"].endswith(" ended without finishing it (killed, or crashed)")
+    [(stored,)] = journal.rows(
+        "select fields from events where kind = 'workflow_interrupted' and run_id = %s", run_id
+    )
+    last_seen = json.loads(stored)["last_seen"]
+    assert said["last_seen"] == last_seen and last_seen.endswith("+00:00")  # kept in UTC
+
+    # the follower: every event once, in order; its times in its own zone
+    assert followed.returncode == 0, followed.stderr
+    timeline = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["kind"] for e in timeline if e["kind"].startswith("workflow_")] == [
+        "workflow_started", "workflow_interrupted", "workflow_resumed", "workflow_completed"
+    ]  # fmt: skip
+    [interrupted] = [e for e in timeline if e["kind"] == "workflow_interrupted"]
+    assert interrupted["ts"].endswith("-05:00")
+    assert interrupted["last_seen"].endswith("-05:00")
+    seen = datetime.fromisoformat(interrupted["last_seen"])
+    assert seen == datetime.fromisoformat(last_seen)
+    # as text: the reader's local time, as `status` shows times (and with the milliseconds)
+    text = subprocess.run(
+        [sys.executable, "-m", "eclflow", "logs", run_id[:8], "--level", "warning"],
+        env={**env, "TZ": "EST5"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert text.returncode == 0, text.stderr
+    [line] = [x for x in text.stdout.splitlines() if "Workflow execution interrupted" in x]
+    shown = f"{seen:%Y-%m-%d %H:%M:%S}.{seen.microsecond // 1000:03d}"  # (seen: at -05:00)
+    assert f" last_seen={shown} in_flight=" in line

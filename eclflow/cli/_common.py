@@ -327,7 +327,8 @@ def leave_out_what_the_end_says(*, batch: bool = False) -> None:
 
     from ..observe.logs import LOGGER_NAME
 
-    left_out = _SAID_AGAIN if batch else _SAID_AGAIN | {"workflow_failed"}
+    # (a batch started again resumes every run a crash cut short: their timelines say so)
+    left_out = _SAID_AGAIN | ({"workflow_interrupted"} if batch else {"workflow_failed"})
 
     def said_at_the_end(record: logging.LogRecord) -> bool:
         return getattr(record, "kind", None) not in left_out

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import PersistenceError
-from ..observe.logs import for_people, shorten
+from ..observe.logs import TIME_FIELDS, for_people, shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
@@ -126,7 +126,19 @@ def _json_line(run_id: str, event: Any, data: dict[str, Any]) -> str:
         "step_id": event.step_id or data.get("step_id"),
         **{k: v for k, v in data.items() if k not in ("ts", "step_id", "run_id")},
     }
+    for name in TIME_FIELDS:  # (in the zone `ts` is in, whoever's zone wrote them)
+        if name in out:
+            out[name] = _local_iso(out[name])
     return json_text(out)
+
+
+def _local_iso(value: Any) -> Any:
+    """An ISO 8601 time with its offset as `ts` is written: ISO 8601 in the local zone."""
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return value
+    return when.astimezone().isoformat() if when is not None and when.tzinfo else value
 
 
 def _text_line(event: Any, data: dict[str, Any]) -> str:

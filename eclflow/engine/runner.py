@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ..llm import MockProvider, Provider, Providers, load_script
 from ..llm.own import own_providers
 from ..observe import tracing
 from ..observe.budget import BudgetGuard, Spent
-from ..observe.events import EventRecorder, emit, record_to, wanted
+from ..observe.events import EventRecorder, emit, log_only, record_to, wanted
 from ..observe.logs import bind
 from ..spec.model import Budget, StepSpec, Workflow, printable
 from ..steps.registry import default_registry
@@ -495,11 +496,14 @@ async def _run(
 
 @dataclass(frozen=True, slots=True)
 class Resumed:
-    """What a resume says as it starts: which resume of the run it is (1, 2, …) and the state
-    it continues the run from (`interrupted`, `failed`, `paused`)."""
+    """What a resume says as it starts: which resume of the run it is (1, 2, …), the state
+    it continues the run from (`interrupted`, `failed`, `paused`) and, for an interrupted
+    run, the fields of the `workflow_interrupted` event its take-over kept in the store (the
+    resume's own logs say it too)."""
 
     number: int
     previous_state: str
+    interrupted: Mapping[str, Any] | None = None
 
 
 async def _execute(
@@ -571,6 +575,8 @@ async def _execute(
                     model=model,
                 )
             else:  # (a timeline read later tells this start from the first)
+                if resumed.interrupted is not None:  # (kept by the take-over: logged only)
+                    log_only("workflow_interrupted", **resumed.interrupted)
                 emit(
                     "workflow_resumed",
                     workflow_name=wf.name,
@@ -1088,13 +1094,13 @@ def _take_over(
                 # `pending`: claimed by a batch that ended before it began the run, which
                 # this resume starts (its timeline has no start yet, nothing was cut short)
                 interrupted = now.state == "running"  # (no process ends it now)
-                if interrupted:
-                    _note_interrupted(store, now, rows)
+                said = _note_interrupted(store, now, rows) if interrupted else None
                 _close_interrupted(store, rows)
                 resumed = (
                     Resumed(
                         int(now_meta.get("resumed", 0)) + 1,
                         "interrupted" if interrupted else now.state,
+                        said,
                     )
                     if now.state != "pending"
                     else None
@@ -1117,12 +1123,13 @@ def _take_over(
         raise
 
 
-def _note_interrupted(store: Any, run: Any, rows: Sequence[Any]) -> None:
+def _note_interrupted(store: Any, run: Any, rows: Sequence[Any]) -> dict[str, Any]:
     """Add to the timeline of `run`, which its last process left unfinished, that it was
     interrupted: how, when it was last seen running (a process that stopped it, Ctrl-C or
     SIGTERM, wrote when; of one killed or crashed, the time of its last record is known,
     not that of its end), and the steps it left in flight (their attempts are failed by
-    _close_interrupted, and made again)."""
+    _close_interrupted, and made again). Its fields, for the resume's logs. The time is
+    kept in UTC, as the journal's times are: the readers show it in their own time zone."""
     from ..observe.events import EVENTS, level_name
     from ..store.owner import holder
 
@@ -1142,6 +1149,12 @@ def _note_interrupted(store: Any, run: Any, rows: Sequence[Any]) -> None:
             else f"taken over with --force from {who} on {meta.get('host')}, not checked"
         )
     level, message = EVENTS["workflow_interrupted"]
+    said = {
+        "cause": cause,
+        "last_seen": seen.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "in_flight": [r.key for r in rows if r.state == "running"],
+        "pid": pid,
+    }
     store.events.append(
         run.id,
         "workflow_interrupted",
@@ -1149,12 +1162,10 @@ def _note_interrupted(store: Any, run: Any, rows: Sequence[Any]) -> None:
             "level": level_name(level),
             "message": message,
             "workflow_id": run.definition_id,
-            "cause": cause,
-            "last_seen": seen.astimezone().isoformat(timespec="milliseconds"),
-            "in_flight": [r.key for r in rows if r.state == "running"],
-            "pid": pid,
+            **said,
         },
     )
+    return said
 
 
 def _rerun_seed(store: Any, record: Any, plan: Plan) -> tuple[str | None, dict[str, Any]]:

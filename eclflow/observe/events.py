@@ -86,6 +86,19 @@ def emit(kind: str, **fields: Any) -> bool:
     return enabled
 
 
+def log_only(kind: str, **fields: Any) -> None:
+    """Log a standard event that is kept in the store by other means (the take-over of a
+    resume writes `workflow_interrupted` in its own transaction): the process's logs say it
+    as they say the events that follow it, and the run's timeline holds it once."""
+    level, message = EVENTS[kind]
+    if logger.isEnabledFor(level):
+        logger.handle(
+            logger.makeRecord(
+                logger.name, level, "eclflow", 0, message, (), None, extra={"kind": kind, **fields}
+            )
+        )
+
+
 def wanted(kind: str) -> bool:
     """Whether `emit(kind, …)` here would log or record anything: for a caller whose fields
     cost something to compute (sums over a run's steps)."""

@@ -109,16 +109,40 @@ def for_people(fields: Mapping[str, Any]) -> dict[str, Any]:
     iteration=1`). The JSON format keeps every field."""
     step = fields.get("key") or fields.get("step_id")
     if step is None:
-        return dict(fields)
-    # (without its key, a record of an older eclflow: its iteration tells critique#1 and
-    # critique#2 apart)
-    said = _STEP_FIELDS if fields.get("key") else _STEP_FIELDS - {"iteration"}
-    out: dict[str, Any] = {"step": step}
-    out.update((k, v) for k, v in fields.items() if k not in said)
+        out = dict(fields)
+    else:
+        # (without its key, a record of an older eclflow: its iteration tells critique#1 and
+        # critique#2 apart)
+        said = _STEP_FIELDS if fields.get("key") else _STEP_FIELDS - {"iteration"}
+        out = {"step": step}
+        out.update((k, v) for k, v in fields.items() if k not in said)
+    for name in TIME_FIELDS:
+        if name in out:
+            out[name] = local_time(out[name])
     return out
 
 
 _STEP_FIELDS = frozenset({"step_id", "key", "iteration", "step"})
+
+# Fields that hold a time, as ISO 8601 text with its UTC offset (the interrupted event's
+# `last_seen`): the human formats show them in the reader's time zone, as the record's own time.
+TIME_FIELDS = ("last_seen",)
+
+
+def local_time(value: Any) -> Any:
+    """An ISO 8601 time with its offset (`2026-12-07T02:29:39.047+00:00`) as the reader's local
+    time, `2026-12-07 03:29:39.047` (the date as `eclflow status` shows it, the milliseconds
+    of the logs' own times); anything else as it is."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:  # (no offset: in no zone one could tell)
+        return value
+    local = when.astimezone()
+    return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}"
 
 
 class JSONFormatter(logging.Formatter):
