@@ -742,3 +742,74 @@ def test_pause_of_an_ended_run_says_a_resume_that_works_with_engine_restate_set(
                     str(tmp_path / "rest.json"), "--json", env=env)  # fmt: skip
     assert go_on.returncode == 0, go_on.stderr
     assert json.loads(go_on.stdout)["status"] == "completed"
+
+
+def test_a_resume_stopped_while_it_takes_the_run_over_lets_go_of_it(tmp_path: Path) -> None:
+    """Ctrl-C reached `eclflow resume` of a killed run while it took the run over: the take-over
+    went on in its thread and committed, and nothing ran the run or let go of it. The run was
+    left held by the resume's process, as if that one had crashed: the next resume said it
+    `ended without finishing it (killed, or crashed)`, and `status` that it was running there.
+    It is released as a run stopped while it runs is. The moment is made certain: the resume
+    waits for the write lock another connection holds; stopped (SIGSTOP), the lock is let go
+    and Ctrl-C sent, so that it goes on (SIGCONT) with the lock free and the signal come."""
+    import threading
+
+    env, journal, log = setup(tmp_path)
+    p = start(tmp_path, env)
+    run_id = in_flight(journal)
+    p.kill()
+    p.communicate(timeout=30)
+    short = run_id[:8]
+    lock = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    q = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "eclflow", "resume", short, "--model", "mock/x"),
+            *("--mock-responses", str(tmp_path / "rest.json")),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(q.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("waiting for the write lock" in line for line in lines), "the wait")
+        q.send_signal(signal.SIGSTOP)
+        lock.execute("COMMIT")
+        q.send_signal(signal.SIGINT)
+        q.send_signal(signal.SIGCONT)
+        q.wait(timeout=60)
+    finally:
+        q.kill()
+        lock.close()
+    reader.join(timeout=10)
+    assert q.returncode == 130, lines
+    assert lines[-1].strip() == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    ), lines
+    [(meta,)] = journal.rows("select metadata from workflows where id = %s", run_id)
+    assert (json.loads(meta)["pid"], json.loads(meta).get("released")) == (q.pid, True)
+    st = eclflow("status", short, env=env)
+    assert f"it was stopped (cancelled) by process {q.pid};" in st.stdout
+    r = eclflow(
+        *("resume", short, "--model", "mock/x", "--json"),
+        *("--mock-responses", str(tmp_path / "rest.json")),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert calls(log) == ["generate", *KEYS]  # the stopped resume called nothing
+    logs = eclflow("logs", short, "--json", env=env)
+    stopped = [
+        (e["cause"], e["in_flight"])
+        for e in map(json.loads, logs.stdout.splitlines())
+        if e["kind"] == "workflow_interrupted"
+    ]
+    assert stopped == [
+        (f"process {p.pid} ended without finishing it (killed, or crashed)", ["generate"]),
+        (f"process {q.pid} stopped it (Ctrl-C, SIGTERM or a cancelled task)", []),
+    ]

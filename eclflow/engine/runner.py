@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from .._time import utc_text
 from ..errors import (
     ConfigError,
+    EclflowError,
     InvalidInput,
     InvalidState,
     RunInterrupted,
@@ -931,13 +933,14 @@ async def _resume(
     )
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
+    handover = _Handover(store)
     taking = asyncio.ensure_future(
-        asyncio.to_thread(_take_over, store, run_id, force, budget, callers, model)
+        asyncio.to_thread(handover.take, run_id, force, budget, callers, model)
     )
     try:
         taken = await asyncio.shield(taking)
-    except asyncio.CancelledError:  # (the thread goes on: what it took is not run here)
-        taking.add_done_callback(_not_running_here)
+    except asyncio.CancelledError:  # (the thread goes on: what it takes is let go of)
+        handover.abandon()
         raise
     if isinstance(taken, RunResult):  # completed before: nothing to run, nothing rewritten
         if listener is not None:
@@ -964,13 +967,44 @@ async def _resume(
         _running_here.discard(record.id)
 
 
-def _not_running_here(taking: asyncio.Future[Any]) -> None:
-    """A take-over whose resume was cancelled while it waited for it: nothing runs the run
-    here, and another resume in this process may take it."""
-    if not taking.cancelled() and taking.exception() is None:
-        taken = taking.result()
-        if not isinstance(taken, RunResult):
-            _running_here.discard(taken[0].id)
+class _Handover:
+    """A take-over (`_take_over`, in a thread) that its resume may abandon: cancelled while it
+    waits for it (Ctrl-C, SIGTERM, a caller's timeout), nothing will run the run here, so what
+    the thread takes is released, as a run cancelled while it runs is: another resume, in this
+    process or another, takes it at once, and its timeline says this process stopped it, not
+    that it crashed. Whichever of the thread and the resume comes second releases it (the
+    event loop may be closing: its tasks cancelled, a done-callback would never run)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._taken: str | None = None
+
+    def take(self, run_id: str, *args: Any) -> Any:
+        taken = _take_over(self.store, run_id, *args)
+        if isinstance(taken, RunResult):
+            return taken
+        with self._lock:
+            if not self._abandoned:
+                self._taken = taken[0].id
+                return taken
+        self._let_go(taken[0].id)
+        return taken
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            run_id, self._taken = self._taken, None
+        if run_id is not None:
+            self._let_go(run_id)
+
+    def _let_go(self, run_id: str) -> None:
+        _running_here.discard(run_id)
+        try:
+            self.store.runs.update_metadata(run_id, released=True)
+        except EclflowError as e:  # (the process is stopping: its end frees the run too)
+            logger.debug("could not release run %s: %s", run_id[:8], e)
 
 
 def _check_own_given(
