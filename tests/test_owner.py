@@ -813,3 +813,56 @@ def test_a_resume_stopped_while_it_takes_the_run_over_lets_go_of_it(tmp_path: Pa
         (f"process {p.pid} ended without finishing it (killed, or crashed)", ["generate"]),
         (f"process {q.pid} stopped it (Ctrl-C, SIGTERM or a cancelled task)", []),
     ]
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_a_background_job_ignores_ctrl_c_and_stops_on_sigterm_run_and_resume_alike(
+    tmp_path: Path, command: str
+) -> None:
+    """Started in the background of a shell (`eclflow resume ID &`: SIGINT ignored, as the shell
+    leaves it for such jobs), `run` and `resume` both go on after SIGINT, which a terminal's
+    Ctrl-C sends to the jobs in the foreground only, and both stop on SIGTERM as Ctrl-C
+    would stop them: 143, and the way to go on."""
+    env, journal, log = setup(tmp_path)
+    replies = json.loads(script(KEYS))
+    replies["generate"]["delay"] = 2  # long enough to be signalled in, short enough to end
+    replies["critique#1"]["delay"] = 60
+    (tmp_path / "bg.json").write_text(json.dumps(replies))
+    args = [str(CRITIQUE_REVISE), "-i", "topic=x"]
+    if command == "resume":  # of a run killed before anything was kept
+        p = start(tmp_path, env)
+        args = [in_flight(journal)[:8]]
+        p.kill()
+        p.communicate(timeout=30)
+    q = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "eclflow", command, *args, "--model", "mock/x"),
+            *("--mock-responses", str(tmp_path / "bg.json")),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        (run_id,) = wait_for(
+            lambda: journal.rows(
+                "select run_id from step_executions where key = 'generate' and state = 'running'"
+                " and attempt = %s",
+                1 if command == "run" else 2,
+            ),
+            "generate to be in flight",
+        )[0]
+        q.send_signal(signal.SIGINT)  # ignored: generate's call ends, critique#1's begins
+        in_flight(journal, "critique#1")
+        q.send_signal(signal.SIGTERM)
+        _, err = q.communicate(timeout=60)
+    finally:
+        q.kill()
+    short = run_id[:8]
+    assert q.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: run {short} stopped; `eclflow resume {short}` continues it"
+    )
+    assert calls(log)[-2:] == ["generate", "critique#1"]
