@@ -1044,3 +1044,70 @@ def test_json_beside_the_same_format_is_that_format(
     r = cli(*[run_id[:8] if a == "RUN" else a for a in args], env=env)
     assert r.returncode == 0, r.stderr
     assert isinstance(json.loads(r.stdout), dict)
+
+
+def test_resume_of_a_run_whose_prompt_is_now_refused_says_the_whole_way_on(
+    tmp_path: Path,
+) -> None:
+    """A run an eclflow before E403 started, whose workflow reads `../templates/gen.j2`:
+    `eclflow resume` said to move the file and name it relative to the workflow file, and
+    nothing of the `--force` the resume then needs (the workflow file has changed since the
+    run started): a second refusal to learn it from. The one line says the whole way, and
+    following it finishes the run."""
+    import hashlib
+
+    from eclflow.store import open_store
+    from eclflow.store.repositories import definition_sql
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {"ECLFLOW_DATABASE_URL": url}
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "templates").mkdir()
+    inside = (
+        "eclflow: 1\nid: two\nsteps:\n"
+        "  - id: a\n    type: llm\n    prompt: PROMPT\n"
+        "    with: {topic: '{{ input.topic }}'}\n"
+        "  - {id: b, type: llm, depends_on: [a], template: 'Shorten {{ t }}',\n"
+        "     with: {t: '{{ steps.a.output.text }}'}}\n"
+    )
+    wf = tmp_path / "wf" / "w.yaml"
+    (tmp_path / "wf" / "gen.j2").write_text("Write about {{ topic }}.")
+    wf.write_text(inside.replace("PROMPT", "gen.j2"))
+    (tmp_path / "failing.json").write_text('{"a": "a long text", "b": {"error": "auth_error"}}')
+    r = cli(
+        "run", str(wf), "-i", "topic=kelp", "-m", "mock/x",
+        "--mock-responses", str(tmp_path / "failing.json"), "--json", env=env,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    # as an eclflow before E403 kept it: the definition reads ../templates/gen.j2
+    earlier = inside.replace("PROMPT", "../templates/gen.j2")
+    wf.write_text(earlier)
+    (tmp_path / "wf" / "gen.j2").rename(tmp_path / "templates" / "gen.j2")
+    store = open_store(url)
+    try:
+        sha = hashlib.sha256(earlier.encode()).hexdigest()
+        store.db.execute_sql(definition_sql(store.db.param), (sha, earlier))
+        Run = store.models.Run
+        Run.update(definition_sha256=sha).where(Run.id == run_id).execute()
+        store.runs.update_metadata(
+            run_id, prompts={str(tmp_path / "templates" / "gen.j2"): "(as it was)"}
+        )
+    finally:
+        store.close()
+
+    rest = tmp_path / "rest.json"
+    rest.write_text('{"b": "short"}')
+    r = cli("resume", run_id[:8], "--mock-responses", str(rest), env=env)
+    assert r.returncode == 1
+    [line] = r.stderr.splitlines()
+    assert line.startswith(f"{wf}:6:13: E403 prompt file '../templates/gen.j2' is outside"), line
+    assert line.endswith(
+        f"; then `eclflow resume {run_id[:8]} --force` goes on with the workflow as it is now)"
+    ), line
+    # the way it says: the file moved next to the workflow, named so, resume --force
+    (tmp_path / "templates" / "gen.j2").rename(tmp_path / "wf" / "gen.j2")
+    wf.write_text(inside.replace("PROMPT", "gen.j2"))
+    r = cli("resume", run_id[:8], "--force", "--mock-responses", str(rest), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "completed"

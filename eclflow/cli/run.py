@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ..errors import PersistenceError, RunNotFound, RunPaused
+from ..errors import PersistenceError, RunNotFound, RunPaused, WorkflowInvalid
 from . import cli
 from ._common import (
     EXIT_FAILED,
@@ -802,10 +802,28 @@ def resume_cmd(
         _interrupted(run_id)
     except PersistenceError as e:
         _journal_failed(e, store, run_id)
+    except WorkflowInvalid as e:
+        raise _with_the_way_on(e, run_id) from None
     finally:
         store.close()
     print_result(result, as_json, raw=raw)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _with_the_way_on(error: WorkflowInvalid, run_id: str) -> WorkflowInvalid:
+    """A run whose workflow reads a prompt file outside its folder (E403: started by an
+    eclflow before that check): the hint says to move the file and name it so, after which
+    the workflow file has changed since the run started, and resuming takes --force. The one
+    line says the whole way: move, edit, resume --force."""
+    from dataclasses import replace
+
+    then = f"then {resume_command(run_id, '--force')} goes on with the workflow as it is now"
+    return WorkflowInvalid(
+        [
+            replace(d, hint=f"{d.hint}; {then}" if d.hint else then) if d.code == "E403" else d
+            for d in error.diagnostics
+        ]
+    )
 
 
 @cli.command("pause")
