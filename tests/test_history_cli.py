@@ -475,3 +475,46 @@ def test_a_resumed_step_that_succeeds_after_retry_says_the_journal_attempt_count
     text = env.cli("logs", run_id, "--level", "info").stdout.splitlines()
     [line] = [x for x in text if "Step succeeded after retry" in x]
     assert "step=b attempt=6 attempts=6 " in line, line
+
+
+def test_show_has_the_trace_that_says_how_a_step_s_retries_ended(tmp_path: Path) -> None:
+    """`Step succeeded after retry` (and `Step failed after all retry attempts`) was a trace of
+    the run's result only: the journal kept each attempt's traces before the step's outcome
+    was said, so `show` never had it. It is kept with the last attempt."""
+    env = Env(tmp_path)
+    wf = tmp_path / "retry.yaml"
+    wf.write_text(
+        "eclflow: 1\nid: retry\nmodel: mock/x\n"
+        "defaults: {retry: {max_attempts: 2, initial_delay: 0.01s, max_delay: 0.01s}}\n"
+        'steps:\n  - {id: a, type: llm, template: "one"}\n'
+        '  - {id: b, type: llm, depends_on: [a], template: "two"}\n'
+        'output: {text: "{{ steps.b.output.text }}"}\n'
+    )
+    script = tmp_path / "m.yaml"
+    script.write_text('a: [{error: timeout}, "A"]\nb: [{error: timeout}, {error: timeout}]\n')
+    r = env.cli("run", str(wf), "--mock-responses", str(script), "--json")
+    assert r.returncode == 1, r.stderr
+    result = json.loads(r.stdout)
+    shown = env.json("show", result["run_id"], "--json")["executions"]
+    last = {
+        e["key"]: [{k: v for k, v in t.items() if k != "ts"} for t in e["traces"][-2:]]
+        for e in shown
+        if e["attempt"] == 2
+    }
+    assert last == {
+        "a": [
+            {"level": "info", "message": "Attempt 2 completed"},
+            {"level": "info", "message": "Step succeeded after retry", "attempts": 2},
+        ],
+        "b": [
+            {"level": "error", "message": "Attempt 2 failed: LLM error: mock timeout"},
+            {
+                "level": "error",
+                "message": "Step failed after all retry attempts",
+                "attempts": 2,
+                "error": "LLM error: mock timeout",
+            },
+        ],
+    }
+    text = env.cli("show", result["run_id"], "--step", "a").stdout
+    assert text.rstrip().endswith("INFO  Step succeeded after retry attempts=2"), text

@@ -264,18 +264,24 @@ class Executor:
         the attempts as the journal, the step's line and `--json` do.
 
         Said before the attempt is committed: a run cancelled while it waits for that commit
-        (Ctrl-C) would otherwise keep the step's result without its event."""
+        (Ctrl-C) would otherwise keep the step's result without its event. After retries, the
+        trace that says how they ended is journaled with the last attempt too (`show` has it,
+        as the run's result does); a first attempt's row says its outcome already."""
         duration_ms = _ms(started)
         if record.outcome == "failed":
             msg = "Step failed after all retry attempts" if n > 1 else "Step execution failed"
-            traces.append(TraceEvent("error", msg, {"attempts": shown, "error": record.error}))
+            said = TraceEvent("error", msg, {"attempts": shown, "error": record.error})
+            traces.append(said)
             if n > 1:
+                record.traces.append(said)
                 emit("step_failed_after_retries", attempts=shown, error=record.error)
             else:
                 emit("step_failed", error=record.error, duration_ms=duration_ms)
             return
         if n > 1:
-            traces.append(TraceEvent("info", "Step succeeded after retry", {"attempts": shown}))
+            said = TraceEvent("info", "Step succeeded after retry", {"attempts": shown})
+            traces.append(said)
+            record.traces.append(said)
             emit("step_succeeded_after_retry", attempts=shown, duration_ms=duration_ms)
         else:
             emit(
