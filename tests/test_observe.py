@@ -309,6 +309,48 @@ def test_span_tree_of_a_one_revision_run(workflow: Any) -> None:
         assert call.attributes["eclflow.run_id"] == r.run_id
 
 
+def test_a_resumed_step_s_span_counts_the_attempts_as_the_journal_does(tmp_path: Path) -> None:
+    """`eclflow.attempts` of a step's span counted this execution's attempts: a step that
+    failed, then succeeded on its resume, said 1 where its line, `--json` and `show` say 2."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from eclflow.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        failed = asyncio.run(
+            eclflow.run(
+                CRITIQUE_REVISE, {"topic": "x"}, model="mock/x", store=store,
+                mock_responses={"generate": {"error": "auth_error"}},
+            )
+        )  # fmt: skip
+        assert failed.status == "failed"
+        exporter.clear()
+        done = asyncio.run(
+            eclflow.resume(
+                failed.run_id, store=store,
+                mock_responses={
+                    "generate": "draft",
+                    "critique": {"content": {"decision": "pass", "critique": "ok"}},
+                },
+            )
+        )  # fmt: skip
+    finally:
+        tracing.use_provider(None)
+        tracing.reset()
+        store.close()
+    assert done.status == "completed", done.error
+    steps = [s for s in exporter.get_finished_spans() if s.name == "step"]
+    spans = {s.attributes["eclflow.key"]: s.attributes["eclflow.attempts"] for s in steps}
+    assert spans == {s.key: s.attempts for s in done.steps} == {"generate": 2, "critique#1": 1}
+
+
 def test_no_tracing_without_the_switch(monkeypatch: Any) -> None:
     monkeypatch.delenv("ECLFLOW_OTEL", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)

@@ -193,7 +193,9 @@ class Executor:
                 span,
                 **{
                     "eclflow.outcome": record.outcome,
-                    "eclflow.attempts": record.attempts,
+                    # the step's attempts as the journal, its line and `show` count them: with
+                    # those of the executions a resumed run made before
+                    "eclflow.attempts": _offset(attempts_log) + record.attempts,
                     "gen_ai.usage.input_tokens": record.tokens_in,
                     "gen_ai.usage.output_tokens": record.tokens_out,
                 },
