@@ -961,8 +961,12 @@ def test_validate_annotates_for_github_actions(tmp_path: Path) -> None:
     r = run_cli("validate", "--format", "github", "--strict", str(lone), env=env)
     assert r.returncode == 1
     assert r.stdout.splitlines() == [annotations[2].replace("::warning", "::error", 1)]
-    assert summary.read_text().splitlines()[1] == (
-        "eclflow validate: 1 file: 0 valid, 1 invalid (0 errors, 1 warning)"
+    # each check's counts a paragraph of its own (lines in a row are one in Markdown: the two
+    # checks of a step read as one sentence)
+    assert summary.read_text() == (
+        "eclflow validate: 3 files: 1 valid, 2 invalid (2 errors, 1 warning)\n"
+        "\n"
+        "eclflow validate: 1 file: 0 valid, 1 invalid (0 errors, 1 warning)\n"
     )
     # outside GitHub Actions: the annotations (none here), no summary anywhere
     ok = tmp_path / "ok.yaml"

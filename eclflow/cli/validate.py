@@ -165,13 +165,16 @@ def _job_summary(counts: str) -> None:
     """`--format github`: the counts go to the job's summary, the Markdown file GitHub Actions
     names in $GITHUB_STEP_SUMMARY and shows on the run's page, not among the annotations on
     stdout (a plain line there is neither an annotation nor shown as one); outside GitHub
-    Actions they go nowhere."""
+    Actions they go nowhere. Each check's counts are a paragraph of their own: lines one
+    after the other are one paragraph in Markdown, and two checks of a step (of two folders,
+    say) read as one sentence of both."""
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if not path:
         return
     try:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(f"eclflow validate: {counts}\n")
+            apart = "\n" if f.tell() else ""  # (a blank line after what the file holds)
+            f.write(f"{apart}eclflow validate: {counts}\n")
     except OSError as e:
         from ._common import say
 
