@@ -1001,8 +1001,8 @@ def test_journal_writer_ends_runs_with_their_metadata_merged(store: Store) -> No
 
 
 def test_fresh_database_is_at_the_latest_version(store: Store) -> None:
-    assert store.schema_version == migrations_module.latest_version() == 3
-    assert _version_rows(store) == [1, 2, 3]
+    assert store.schema_version == migrations_module.latest_version() == 4
+    assert _version_rows(store) == [1, 2, 3, 4]
     tables = ("definitions", "workflows", "step_executions", "artifacts", "events")
     for table in (*tables, "schema_version"):
         assert store.db.table_exists(table)
@@ -1016,7 +1016,7 @@ def test_hand_made_v0_database_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
         conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
     with open_store(f"sqlite:///{path}") as s:
-        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
+        assert s.schema_version == 4 and _version_rows(s) == [1, 2, 3, 4]
         new_run(s)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
@@ -1030,18 +1030,18 @@ def test_older_database_is_upgraded_by_new_migrations(
         run_id = new_run(s)
         add_step(s, run_id, "generate")
 
-    def v4(db: object, models: object) -> None:
+    def v5(db: object, models: object) -> None:
         db.execute_sql("ALTER TABLE workflows ADD COLUMN note TEXT")  # type: ignore[attr-defined]
         db.execute_sql("UPDATE workflows SET note = 'migrated'")  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v4])
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, v5])
     with open_store(url) as s:
-        assert s.schema_version == 4 and _version_rows(s) == [1, 2, 3, 4]
+        assert s.schema_version == 5 and _version_rows(s) == [1, 2, 3, 4, 5]
         assert s.db.execute_sql("SELECT note FROM workflows").fetchall() == [("migrated",)]
         assert s.runs.get(run_id).input["topic"] == "tides"
         assert len(s.steps.for_run(run_id)) == 1
     with open_store(url) as s:  # applied once only
-        assert _version_rows(s) == [1, 2, 3, 4]
+        assert _version_rows(s) == [1, 2, 3, 4, 5]
 
 
 def test_version_1_database_loses_the_started_at_index(
@@ -1059,7 +1059,7 @@ def test_version_1_database_loses_the_started_at_index(
             assert s.schema_version == 1
             assert "step_executions_run_id_started_at" in _indexes(s)
     with open_store(url) as s:
-        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
+        assert s.schema_version == 4 and _version_rows(s) == [1, 2, 3, 4]
         assert _indexes(s) - {"step_executions_pkey"} == {"step_executions_run_id_key_attempt"}
         assert [r.key for r in s.steps.for_run(run_id)] == ["generate"]
 
@@ -1074,7 +1074,7 @@ def test_newer_database_is_refused(url: str) -> None:
     with pytest.raises(StoreUnavailable) as e:  # (exit 2: nothing ran, the fix is an upgrade)
         open_store(url)
     assert str(e.value) == (
-        "Database error: database schema version 7 is newer than this eclflow (supports 3); "
+        "Database error: database schema version 7 is newer than this eclflow (supports 4); "
         "upgrade eclflow"
     )
 
@@ -1217,7 +1217,7 @@ def test_version_2_database_keeps_each_definition_once_and_its_runs_resume(
 
     text = CRITIQUE_REVISE.read_text()
     with open_store(url) as s:
-        assert s.schema_version == 3 and _version_rows(s) == [1, 2, 3]
+        assert s.schema_version == 4 and _version_rows(s) == [1, 2, 3, 4]
         assert "definition" not in {c.name for c in s.db.get_columns("workflows")}
         (sha,) = {r.definition_sha256 for r in s.runs.list(limit=None)}
         assert s.db.execute_sql("SELECT sha256, text FROM definitions").fetchall() == [(sha, text)]
@@ -1250,6 +1250,51 @@ def test_version_2_sqlite_file_upgraded_has_the_schema_of_a_new_one(tmp_path: Pa
         return sorted(r[0] for r in rows)
 
     assert schema(upgraded) == schema(fresh)
+
+
+@pytest.mark.postgres
+def test_an_older_postgres_schema_gets_64_bit_numbers_on_open(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL tables made before version 4 (`integer` counters and ids, a `real` cost) are
+    widened when a store opens them: a step of 2**31 tokens is then written, ids go on past
+    2**31, and the costs stored before read back as they did (0.1, not real's
+    0.10000000149011612)."""
+    source = tmp_path / "source.db"
+    with open_store(f"sqlite:///{source}") as s:
+        run_id = new_run(s)
+        add_step(s, run_id, "generate", cost=0.1)
+    _make_version_2(source, pg_url)
+    with open_store(pg_url) as s:
+        assert s.schema_version == 4 and _version_rows(s) == [1, 2, 3, 4]
+        types = dict(
+            s.db.execute_sql(
+                "SELECT table_name || '.' || column_name, data_type FROM information_schema."
+                "columns WHERE table_schema = current_schema() AND data_type IN ('integer', "
+                "'bigint', 'real', 'double precision')"
+            ).fetchall()
+        )
+        wide = ["id", "duration_ms", "tokens_in", "tokens_out"]
+        assert {c: types.pop(f"step_executions.{c}") for c in wide} == dict.fromkeys(wide, "bigint")
+        assert types.pop("step_executions.cost") == "double precision"
+        assert [types.pop(c) for c in ("events.id", "artifacts.id", "artifacts.size")] == [
+            "bigint"
+        ] * 3
+        assert set(types.values()) == {"integer"}  # iteration, attempt, version: small
+        sequences = s.db.execute_sql(
+            "SELECT sequence_name, data_type FROM information_schema.sequences "
+            "WHERE sequence_schema = current_schema()"
+        ).fetchall()
+        assert sorted(sequences) == [
+            ("artifacts_id_seq", "bigint"),
+            ("events_id_seq", "bigint"),
+            ("step_executions_id_seq", "bigint"),
+        ]
+        assert [r.cost for r in s.steps.for_run(run_id)] == [0.1]
+        s.db.execute_sql(
+            "SELECT setval(pg_get_serial_sequence('step_executions', 'id'), 2147483648)"
+        )
+        add_step(s, run_id, "critique#1", tokens_in=2**31, cost=0.123456789012345)
+        last = s.steps.for_run(run_id)[-1]
+        assert (last.id, last.tokens_in, last.cost) == (2**31 + 1, 2**31, 0.123456789012345)
 
 
 A_TEXT, B_TEXT = "eclflow: 1\nid: a\n", "eclflow: 1\nid: b\n"
@@ -2344,7 +2389,7 @@ def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str
 
     store = open_store(url)
     runs = [new_run(store) for _ in range(3)]
-    too_big = 2**31 if url.startswith("postgresql") else 2**63  # (integer, INTEGER)
+    too_big = 2**63  # (beyond BIGINT and INTEGER)
 
     async def write() -> list[BaseException | None]:
         w = writer_for(store)
@@ -2402,7 +2447,7 @@ def test_a_run_whose_write_is_refused_does_not_take_the_definition_of_the_others
     runs = [str(uuid.uuid4()) for _ in range(2)]
     text = f"eclflow: 1\nid: shared-{uuid.uuid4().hex}\n"
     sha = uuid.uuid4().hex * 2
-    too_big = 2**31 if url.startswith("postgresql") else 2**63  # (integer, INTEGER)
+    too_big = 2**63  # (beyond BIGINT and INTEGER)
 
     async def write() -> list[BaseException | None]:
         w = writer_for(store)
@@ -2448,6 +2493,46 @@ def test_a_feedback_or_error_that_is_not_text_is_kept_as_its_text(url: str) -> N
         asyncio.run(write())
         [row] = store.steps.for_run(run_id)
         assert (row.feedback, row.error) == ("42", "['a']")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one", "bulk"])
+def test_counters_beyond_32_bits_and_costs_read_back_as_given(url: str, many: bool) -> None:
+    """Token counts, durations and costs are 64-bit on both databases, however the rows are
+    written (one INSERT; COPY and a bulk UPDATE on PostgreSQL): a step reporting 2**31 tokens
+    failed its run's write there ('integer out of range'), and a cost kept 7 digits."""
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    run_id = new_run(store)
+    counters = {"tokens_in": 2**31, "tokens_out": 2**63 - 1, "duration_ms": 2**40}
+    cost = 0.123456789012345
+    done = ["a", "b", "c"] if many else ["a"]  # a start and its result: one new row each
+    later = ["d", "e"] if many else ["d"]  # started before: their results update the rows
+    for key in later:
+        store.steps.start(run_id=run_id, step_id=key, key=key, iteration=0, attempt=1)
+
+    async def write() -> None:
+        w = writer_for(store)
+        for key in done:
+            h = w.start(run_id, key, key, 0, 1, None, "mock/x")
+            w.finish(h, False, state="succeeded", outcome="success", cost=cost, **counters)
+        for key in later:
+            w.finish((run_id, key, 1), False, state="succeeded", cost=cost, **counters)
+        await w.drain()
+
+    try:
+        asyncio.run(write())
+        rows = store.steps.for_run(run_id)
+        assert sorted(r.key for r in rows) == sorted(done + later)
+        for row in rows:
+            assert (row.tokens_in, row.tokens_out, row.duration_ms, row.cost) == (
+                2**31,
+                2**63 - 1,
+                2**40,
+                cost,
+            )
     finally:
         store.close()
 

@@ -82,7 +82,42 @@ def _v3_definitions_once(db: Database, models: Models) -> None:
         raise StoreUnavailable(f"upgrading the schema to version 3 broke references: {broken}")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_drop_started_index, _v3_definitions_once]
+# (frozen for version 4: the columns PostgreSQL made 32-bit `integer` or `real`, by table)
+_V4_WIDENED = {
+    "step_executions": ("id", "duration_ms", "tokens_in", "tokens_out", "cost"),
+    "events": ("id",),
+    "artifacts": ("id", "size"),
+}
+
+
+def _v4_wide_numbers(db: Database, models: Models) -> None:
+    """Version 4, PostgreSQL only (SQLite's INTEGER and REAL are 64-bit already): counters
+    and ids `bigint` (a step reporting 2**31 tokens failed its run's write: integer out of
+    range) and the cost `double precision` (`real` kept 7 digits of it). The stored costs
+    go through their text, so that 0.1 reads back 0.1 and not real's 0.10000000149011612."""
+    if not isinstance(db, PostgresqlDatabase):
+        return
+    for table, columns in _V4_WIDENED.items():
+        changes = ", ".join(
+            f'ALTER COLUMN "{c}" TYPE double precision USING "{c}"::text::double precision'
+            if c == "cost"
+            else f'ALTER COLUMN "{c}" TYPE bigint'
+            for c in columns
+        )
+        db.execute_sql(f'ALTER TABLE "{table}" {changes}')
+        # (a serial's sequence stays `integer`, whose last value is 2**31 - 1, unless told)
+        (sequence,) = db.execute_sql(
+            "SELECT pg_get_serial_sequence(%s, 'id')", (f'"{table}"',)
+        ).fetchone()
+        db.execute_sql(f"ALTER SEQUENCE {sequence} AS bigint")
+
+
+MIGRATIONS: list[Migration] = [
+    _v1_initial,
+    _v2_drop_started_index,
+    _v3_definitions_once,
+    _v4_wide_numbers,
+]
 
 
 def latest_version(migrations: Sequence[Migration] | None = None) -> int:

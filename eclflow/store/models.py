@@ -22,12 +22,13 @@ from typing import Any
 
 import orjson
 from peewee import (
-    AutoField,
+    BigAutoField,
+    BigIntegerField,
     BooleanField,
     CharField,
     Database,
+    DoubleField,
     Field,
-    FloatField,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -315,7 +316,9 @@ def make_models(db: Database) -> Models:
             )
 
     class StepExecution(Base):
-        id = AutoField()
+        # 64-bit numbers (BIGINT, DOUBLE PRECISION on PostgreSQL; SQLite's are already): a
+        # step may report 2**31 tokens, and a cost in REAL kept 7 digits (see migrations v4)
+        id = BigAutoField()
         run = ForeignKeyField(
             Run, column_name="run_id", on_delete="CASCADE", backref="steps", index=False
         )
@@ -334,10 +337,10 @@ def make_models(db: Database) -> Models:
         prompt = JSONField(null=True)
         started_at = UTCDateTimeField()
         completed_at = UTCDateTimeField(null=True)
-        duration_ms = IntegerField(null=True)
-        tokens_in = IntegerField(null=True)
-        tokens_out = IntegerField(null=True)
-        cost = FloatField(null=True)
+        duration_ms = BigIntegerField(null=True)
+        tokens_in = BigIntegerField(null=True)
+        tokens_out = BigIntegerField(null=True)
+        cost = DoubleField(null=True)
         traces = JSONField(null=True)
 
         class Meta:
@@ -347,21 +350,21 @@ def make_models(db: Database) -> Models:
             indexes = ((("run", "key", "attempt"), True),)
 
     class Artifact(Base):
-        id = AutoField()
+        id = BigAutoField()
         run = ForeignKeyField(Run, column_name="run_id", on_delete="CASCADE", backref="artifacts")
         step_id = TextField(null=True)
         name = TextField()
         content_type = TextField(default="text/plain")
         content = SafeTextField(null=True)
         path = TextField(null=True)
-        size = IntegerField(null=True)
+        size = BigIntegerField(null=True)
         created_at = UTCDateTimeField()
 
         class Meta:
             table_name = "artifacts"
 
     class Event(Base):
-        id = AutoField()
+        id = BigAutoField()
         run = ForeignKeyField(
             Run, column_name="run_id", on_delete="CASCADE", backref="events", index=False
         )
