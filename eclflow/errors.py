@@ -17,7 +17,8 @@ meant to be shown to a user as one line. Catch `EclflowError` for all of them, o
     │                        of a run whose process ended), RunPaused (Restate paused it)
     ├── PersistenceError     the database failed (retryable)
     │   ├── StoreUnavailable the database cannot be opened: fix the URL
-    │   └── LockWaitStopped  a wait for another process's lock, ended as this one stops
+    │   ├── LockWaitStopped  a wait for another process's lock, ended as this one stops
+    │   └── JournalRefused   the database refused a value of one run's write (not retryable)
     └── LLMError             a model call failed: RateLimited, ProviderTimeout, ServerError
                              (retryable), AuthError, BadRequest, MockExhausted
 
@@ -228,6 +229,23 @@ class StoreUnavailable(PersistenceError):
 class LockWaitStopped(PersistenceError):
     """A write stopped waiting for a lock another process holds, because this process is
     stopping (Ctrl-C, SIGTERM): what was committed before is kept."""
+
+
+class JournalRefused(PersistenceError):
+    """The database refused a value one run's write holds (a number beyond its 64-bit
+    integers): not the database failing, so that run stops and the others go on, and running
+    it again stops the same way when its step gives the same value."""
+
+    retryable = False
+    _SAID = "Database error: the journal could not write "
+
+    def __init__(self, where: str, why: str) -> None:
+        super().__init__(f"the journal could not write {where}: {why}")
+
+    @classmethod
+    def said_in(cls, error: str | None) -> bool:
+        """Whether a run's `error` (a result's text: the class is gone) is this error's."""
+        return error is not None and error.startswith(cls._SAID)
 
 
 class InvalidState(EclflowError):

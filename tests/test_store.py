@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -2418,7 +2419,7 @@ def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str
 
     try:
         errors = asyncio.run(write())
-        assert [type(e).__name__ for e in errors] == ["NoneType", "PersistenceError", "NoneType"]
+        assert [type(e).__name__ for e in errors] == ["NoneType", "JournalRefused", "NoneType"]
         message = str(errors[1])
         assert message.startswith(
             f"Database error: the journal could not write run {runs[1]} (step critique#1): "
@@ -2468,9 +2469,10 @@ def test_a_run_whose_write_is_refused_does_not_take_the_definition_of_the_others
 
     try:
         errors = asyncio.run(write())
-        assert [type(e).__name__ for e in errors] == ["PersistenceError", "NoneType"]
-        assert not store.runs.exists(runs[0])
-        assert store.runs.get(runs[1]).definition == text
+        assert [type(e).__name__ for e in errors] == ["JournalRefused", "NoneType"]
+        # the refused run is kept without the step refused: it can end, and be resumed
+        assert [r.definition for r in store.runs.get_many(runs).values()] == [text, text]
+        assert store.steps.for_run(runs[0]) == []
     finally:
         store.close()
 
@@ -2535,6 +2537,71 @@ def test_counters_beyond_32_bits_and_costs_read_back_as_given(url: str, many: bo
             )
     finally:
         store.close()
+
+
+def test_a_number_beyond_64_bits_stops_its_run_saying_where_and_why(
+    url: str, tmp_path: Path
+) -> None:
+    """A step whose result holds a number no database integer holds (a provider reporting
+    2**63 tokens) stops its run with one line naming the run, the step and what was refused,
+    and saying that resuming meets it again (not 'OverflowError: …', nor 'once the database
+    is back'); the run is kept, without that step, and nothing is lost on close."""
+    workflow = tmp_path / "w.yaml"
+    workflow.write_text(
+        "eclflow: 1\nid: big\nmodel: mock/x\nsteps:\n  - {id: a, type: llm, template: hi}\n"
+    )
+    script = tmp_path / "s.json"
+    script.write_text('{"a": {"content": "x", "tokens": {"input": 9223372036854775808}}}')
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "eclflow", "run", str(workflow), "--db", url),
+            *("--mock-responses", str(script)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stderr
+    with open_store(url) as s:
+        [run] = s.runs.list()
+        assert s.steps.for_run(run.id) == []
+    why = (  # (PostgreSQL's errors say which database)
+        f"bigint out of range ({url})"
+        if url.startswith("postgresql")
+        else "Python int too large to convert to SQLite INTEGER"
+    )
+    assert r.stderr.splitlines()[-1] == (
+        f"error: Database error: the journal could not write run {run.id} (step a): {why}; run "
+        f"{run.id[:8]} stopped there: the database cannot hold that value, so `eclflow resume "
+        f"{run.id[:8]} --db {shlex.quote(url)}` stops there again if the step gives it again"
+    )
+    assert "lost on close" not in r.stderr
+
+
+def test_closing_with_a_refused_write_keeps_the_others_and_says_no_more_was_lost(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes still queued when the store closes, one run's refused: the other run's are
+    written, and the log says what was refused, not that every queued write was lost."""
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    runs = [new_run(store) for _ in range(2)]
+
+    async def queue() -> None:  # (nothing awaited: all of it is written by close)
+        w = writer_for(store)
+        for n, run_id in enumerate(runs):
+            h = w.start(run_id, "s", "s", 0, 1, None, "mock/x")
+            w.finish(h, False, state="succeeded", tokens_in=2**63 if n == 0 else 5)
+
+    asyncio.run(queue())
+    with caplog.at_level("WARNING", logger="eclflow.store"):
+        store.close()
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"Database error: the journal could not write run {runs[0]} (step s): ")
+    with open_store(url) as s:
+        assert [r.tokens_in for r in s.steps.for_run(runs[1])] == [5]
+        assert s.steps.for_run(runs[0]) == []
 
 
 ODD_REPLY_WORKFLOW = """\

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ..errors import PersistenceError, RunNotFound, RunPaused, WorkflowInvalid
+from ..errors import JournalRefused, PersistenceError, RunNotFound, RunPaused, WorkflowInvalid
 from . import cli
 from ._common import (
     EXIT_FAILED,
@@ -968,13 +968,20 @@ def _kept(store: Any, run_id: str) -> bool:
 
 
 def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
-    """The database failed mid-run: what it committed is kept; say how to go on from it."""
+    """The database failed mid-run, or refused a value of it: what it committed is kept; say
+    how to go on from it."""
     try:
         found = store.runs.find(run_id).id
     except RunNotFound:  # nothing of it was committed: nothing to resume
         raise error from None
     except PersistenceError:  # the database may be gone: the id is known anyway
         found = run_id
+    if isinstance(error, JournalRefused):  # (the database is fine: waiting changes nothing)
+        fail(
+            f"{error}; run {found[:8]} stopped there: the database cannot hold that value, "
+            f"so {resume_command(found)} stops there again if the step gives it again",
+            exit_code_for(error),
+        )
     fail(
         f"{error}; run {found[:8]} stopped: once the database is back, "
         f"{resume_command(found)} continues it",

@@ -29,7 +29,7 @@ from contextlib import suppress
 from typing import Any
 
 from .._time import utc_text
-from ..errors import LockWaitStopped, PersistenceError
+from ..errors import JournalRefused, LockWaitStopped, PersistenceError
 from .db import begin_immediate, connection_lost
 from .models import json_text, read_json, store_text
 from .records import TERMINAL_STATES
@@ -487,7 +487,8 @@ class JournalWriter:
     def _write(self, batch: list[_Op]) -> None:
         """Commit `batch`; when a value in it is refused (a data error: a value the database
         or its driver cannot take), each run's writes on their own, so that only the runs
-        whose writes were refused fail (_SomeFailed), each with what was refused."""
+        whose writes were refused fail (_SomeFailed), each with what was refused and where
+        (a lone run's too: 'OverflowError: Python int too large…' named neither)."""
         try:
             groups = _grouped(batch)
             self._write_groups(groups)
@@ -495,10 +496,7 @@ class JournalWriter:
         except Exception as e:
             if not _bad_data(e):
                 raise
-            parts = _by_run(batch)
-            if len(parts) == 1:  # (one run's writes: it fails, as the error says)
-                raise
-            failed = self._write_apart(parts)
+            failed = self._write_apart(_by_run(batch))
             if failed:
                 raise _SomeFailed(failed) from None
 
@@ -506,13 +504,14 @@ class JournalWriter:
         self, parts: dict[str | None, list[tuple[int, _Op]]]
     ) -> dict[int, BaseException]:
         """Write each run's ops (`_by_run`) in a transaction of its own; the error of each op
-        (by its position in the batch) that could not be written."""
+        (by its position in the batch) that could not be written. A run whose ops are refused
+        still gets its row, definition and events when those are not what was refused: it is
+        then kept, and ends `failed` with the error, rather than vanishing (its later writes
+        then broke its events' and steps' references: 'writes were lost on close')."""
         failed: dict[int, BaseException] = {}
         for run_id, ops in parts.items():
             try:
-                groups = _grouped([op for _, op in ops])
-                self._write_groups(groups, apart=True)
-                self._note_created(groups)
+                self._write_ops([op for _, op in ops])
             except Exception as e:
                 if not _bad_data(e):
                     raise
@@ -520,10 +519,25 @@ class JournalWriter:
                 where = f"run {run_id}" + (f" (step {', '.join(keys)})" if keys else "")
                 why = " ".join(str(e).split()).removeprefix("Database error: ")
                 why = why or type(e).__name__
-                refused = PersistenceError(f"the journal could not write {where}: {why}")
+                refused = JournalRefused(where, why)
                 logger.warning("%s", refused)
+                kept = [(at, op) for at, op in ops if op[0] in _KEPT_APART]
+                if kept and len(kept) < len(ops):
+                    try:
+                        self._write_ops([op for _, op in kept])
+                    except Exception as again:
+                        if not _bad_data(again):
+                            raise
+                    else:
+                        ops = [(at, op) for at, op in ops if op[0] not in _KEPT_APART]
                 failed.update((at, refused) for at, _ in ops)
         return failed
+
+    def _write_ops(self, ops: list[_Op]) -> None:
+        """(`_write_apart`) `ops` in one transaction of their own."""
+        groups = _grouped(ops)
+        self._write_groups(groups, apart=True)
+        self._note_created(groups)
 
     def _note_created(self, groups: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         """Add the runs `groups` created to the store's record of them, when one is kept."""
@@ -705,16 +719,17 @@ class JournalWriter:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        error: BaseException | None = None
         try:
             self._write(batch)
+        except _SomeFailed as e:  # the others were written; each refusal was said as it came
+            error = e
         except Exception as e:  # the store is closing: say what was lost, do not raise
             # (stopped waiting for a lock: the interrupted process says so, and a crash would
             # have lost the same: what was committed is resumed)
             say = logger.debug if isinstance(e, LockWaitStopped) else logger.warning
             say("journal: %d queued writes were lost on close: %s", len(batch), e)
-            error: BaseException | None = e
-        else:
-            error = None
+            error = e
         if not self.loop.is_closed():
             self._resolve(batch, error)
 
@@ -881,6 +896,9 @@ _PHASES = (
 )  # fmt: skip
 
 _NO_RESULT = (None,) * 12  # outcome … prompt, completed_at of a `running` row
+# the ops of a run whose writes were refused that are written without the others (see
+# _write_apart): its row, its definition's text, its start, its events
+_KEPT_APART = frozenset({"create_run", "definition", "start_run", "events"})
 
 
 class _Busy(Exception):
