@@ -354,6 +354,50 @@ def test_items_a_database_error_stopped_are_said_to_continue_when_run_again(
     assert [json.loads(x)["status"] for x in again.stdout.splitlines()] == ["completed"] * 3
 
 
+@pytest.mark.postgres
+def test_an_item_whose_value_the_database_refuses_is_not_said_to_continue_when_run_again(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """A value the database refuses (here a number out of range, as PostgreSQL says it for a
+    `bigint`) stops that item and not the others; the summary says so, and does not say that
+    once the database is back the same command continues it: it would stop there again."""
+    import psycopg2
+
+    from eclflow.store import open_store
+
+    cmd, env = batch(tmp_path, 3, "--concurrency", "1", "--db", pg_url)
+    open_store(pg_url).close()
+    base, _, schema = pg_url.partition("?schema=")
+    with psycopg2.connect(base, options=f"-c search_path={schema}") as conn, conn.cursor() as c:
+        c.execute(
+            """
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.input::text LIKE '%topic 1%' THEN
+                    RAISE EXCEPTION 'bigint out of range' USING ERRCODE = '22003';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON step_executions
+                FOR EACH ROW EXECUTE FUNCTION refuse();
+            """
+        )
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["status"] for x in lines] == ["completed", "failed", "completed"]
+    assert lines[1]["error"].startswith(
+        f"Database error: the journal could not write run {lines[1]['run_id']} (step "
+    )
+    assert "once it is back" not in r.stderr and "retries the failed" not in r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "1 stopped by a value the database cannot hold, not by a database failure (its line "
+        "says which): what it did before is kept, and the same command again stops it there "
+        "again if the step gives the same value"
+    )
+
+
 def test_a_batch_run_again_returns_what_the_journal_kept_without_calling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

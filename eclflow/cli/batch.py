@@ -107,7 +107,7 @@ def run_batch_command(
         validate_input,
         warn_unplayed_keys,
     )
-    from ..errors import InvalidInput
+    from ..errors import InvalidInput, JournalRefused
     from ..graph.plan import compile_plan
     from ..llm import Providers, load_script
 
@@ -168,6 +168,7 @@ def run_batch_command(
     progress = BatchProgress(total=len(items))
     first_failed: tuple[int, Any] | None = None  # (line in the items file, result)
     journal_failed = 0  # items stopped by a database error (what they committed is kept)
+    refused = 0  # items stopped by a value the database refused (again would stop them again)
 
     def keep(p: BatchProgress) -> None:
         nonlocal progress
@@ -196,13 +197,15 @@ def run_batch_command(
                 checked=True,  # (every line was checked above)
             )
         ) as results:
-            nonlocal first_failed, journal_failed
+            nonlocal first_failed, journal_failed, refused
             index = 0
             async for r in results:
                 number = numbered[index][0]  # (its line in the file: blank ones are skipped)
                 if r.status not in ("completed", "paused") and first_failed is None:
                     first_failed = (number, r)
-                if r.status == "failed" and (r.error or "").startswith("Database error:"):
+                if r.status == "failed" and JournalRefused.said_in(r.error):
+                    refused += 1
+                elif r.status == "failed" and (r.error or "").startswith("Database error:"):
                     journal_failed += 1
                 index += 1
                 line = {"line": number, **(r.to_dict() if as_json else _line(r))}
@@ -245,7 +248,7 @@ def run_batch_command(
     if first_failed is not None:  # why, without digging through the result lines
         n, first = first_failed
         more = f" (and {progress.failed - 1} more failed)" if progress.failed > 1 else ""
-        if store is not None and progress.failed > journal_failed:
+        if store is not None and progress.failed > journal_failed + refused:
             # (what they committed is kept: a failed step is called again, nothing before it)
             one = progress.failed == 1
             more += f"; the same command again retries the failed item{'' if one else 's'}"
@@ -262,6 +265,16 @@ def run_batch_command(
             f"command again to continue {'them' if journal_failed > 1 else 'it'}",
             "warning",
             journal_failed=journal_failed,
+        )
+    if refused and store is not None:
+        one = refused == 1
+        say(
+            f"{refused} stopped by a value the database cannot hold, not by a database failure "
+            f"(its line says which): what {'it' if one else 'they'} did before is kept, and the "
+            f"same command again stops {'it' if one else 'them'} there again if the step gives "
+            "the same value",
+            "warning",
+            refused=refused,
         )
     if progress.paused:
         say(
