@@ -247,6 +247,42 @@ def test_list_newest_first_with_filters(store: Store) -> None:
     assert store.runs.count() == 5 and store.runs.count(state="failed") == 2
 
 
+def test_listing_runs_by_state_agrees_with_what_each_record_says(store: Store) -> None:
+    """`list(state=…)` and `count(state=…)` go by `RunRecord.status`, as `eclflow runs
+    --state` does: a run stored running whose process has ended is `interrupted`, and was
+    listed as running (and counted) though its record said `interrupted`."""
+    from eclflow.store.owner import this_process
+
+    mine, gone = {**this_process()}, {"pid": 1, "released": True}
+    made = [
+        ("running", mine),
+        ("running", gone),
+        ("pending", gone),
+        ("pending", mine),
+        ("completed", gone),
+        ("running", gone),
+    ]
+    ids = []
+    for n, (state, meta) in enumerate(made):
+        ids.append(new_run(store, state=state, metadata=meta))
+        _age(store, ids[-1], 10 - n)  # the last one newest
+    expected = {
+        "running": [ids[0]],
+        "pending": [ids[3]],
+        "interrupted": [ids[5], ids[2], ids[1]],
+        "completed": [ids[4]],
+    }
+    for state, listed in expected.items():
+        runs = store.runs.list(state=state)
+        assert [(r.id, r.status) for r in runs] == [(i, state) for i in listed]
+        assert store.runs.count(state=state) == len(listed)
+    assert [r.id for r in store.runs.list(state="interrupted", limit=2)] == [ids[5], ids[2]]
+    assert store.runs.count(state="interrupted", older_than=timedelta(days=6)) == 2
+    assert [r.id for r in store.runs.list(state="interrupted", definition_id="other")] == []
+    with pytest.raises(InvalidState):
+        store.runs.list(state="retrying")
+
+
 def test_delete_cascades(store: Store) -> None:
     keep, gone = new_run(store), new_run(store)
     for run_id in (keep, gone):

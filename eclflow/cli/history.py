@@ -127,21 +127,11 @@ def runs_cmd(
         _totals(db, as_json, workflow_id)
         return
     with open_store(db, existing=True) as store:
-        if state in ("running", "pending", "interrupted"):  # (interrupted: stored as one of
-            # the other two, its process gone)
-            runs = [
-                r
-                for stored in ("running", "pending")
-                for r in store.runs.list(state=stored, definition_id=workflow_id, limit=None)
-                if shown_state(r) == state
-            ]
-            total = len(runs)
-            runs = sorted(runs, key=lambda r: r.created_at, reverse=True)[:limit]
-        else:
-            runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
-            total = len(runs)
-            if total == limit and not as_json:  # (how many more there are, said below)
-                total = store.runs.count(state=state, definition_id=workflow_id)
+        # (interrupted: stored running or pending, its process gone; the store tells them)
+        runs = store.runs.list(state=state, definition_id=workflow_id, limit=limit)
+        total = len(runs)
+        if total == limit and not as_json:  # (how many more there are, said below)
+            total = store.runs.count(state=state, definition_id=workflow_id)
         by_run = store.steps.stats_many(r.id for r in runs)
         # a --workflow no run has: a typo, or a name, not the file's `id:`, more often than not
         others = (
@@ -706,7 +696,7 @@ def prune_cmd(older_than: str, state: str | None, yes: bool, db: str | None) -> 
     with open_store(db, existing=True) as store:
         # a run going on is never deleted under its feet (decided again when deleting)
         live = [r for s in states for r in store.runs.live(age, s)]
-        count = sum(store.runs.count(state=s, older_than=age) for s in states) - len(live)
+        count = store.runs.count(state=state, older_than=age) - (len(live) if not state else 0)
         if state in ("running", "pending"):
             # those going on are kept; those whose process ended are `interrupted`, as `runs`
             # shows them, and deleted only when asked for by that name

@@ -403,7 +403,15 @@ class RunRepository:
         definition_id: str | None = None,
         limit: int | None = 50,
     ) -> builtins.list[RunRecord]:
-        """Runs, newest first."""
+        """Runs, newest first; only those whose `status` is `state` if given: `running` and
+        `pending` leave out the runs whose process has ended, which `interrupted` lists (the
+        journal still holds them running or pending: see RunRecord.status)."""
+        if state in _SHOWN_AS:
+            query = self._shown(state, definition_id, None)
+            with self._s.reading():
+                rows = builtins.list(query.order_by(self._m.created_at.desc(), self._m.id.desc()))
+            found = [r for r in rows if _shown_state(r) == state]
+            return self._records(found if limit is None else found[:limit])
         query = self._filtered(state, definition_id, None).order_by(
             self._m.created_at.desc(), self._m.id.desc()
         )
@@ -419,8 +427,20 @@ class RunRepository:
         definition_id: str | None = None,
         older_than: timedelta | None = None,
     ) -> int:
+        """How many runs `list` gives with no limit (and created more than `older_than` ago)."""
+        if state in _SHOWN_AS:
+            M = self._m
+            query = self._shown(state, definition_id, older_than).select(M.state, M.metadata)
+            with self._s.reading():
+                return sum(_shown_state(r) == state for r in query)
         with self._s.reading():
             return int(self._filtered(state, definition_id, older_than).count())
+
+    def _shown(self, state: str, definition_id: str | None, older_than: timedelta | None) -> Any:
+        """The runs stored in a state that `state` is shown for (running, pending: and
+        interrupted, when their process has ended)."""
+        query = self._filtered(None, definition_id, older_than)
+        return query.where(self._m.state.in_(_SHOWN_AS[state]))
 
     def delete(self, run_id: str) -> None:
         """Delete the run and (cascading) its steps, artifacts and events."""
@@ -886,6 +906,21 @@ def _chunks(ids: Iterable[str], size: int = 500) -> Iterator[list[str]]:
     ids = builtins.list(ids)
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
+
+
+# the states a run's status may be that are not its stored state only: what each is stored as
+_SHOWN_AS = {
+    "running": ("running",),
+    "pending": ("pending",),
+    "interrupted": ("running", "pending"),
+}
+
+
+def _shown_state(row: Any) -> str:
+    """A run row's `RunRecord.status`."""
+    from .owner import shown_state
+
+    return shown_state(row.state, row.metadata or {})
 
 
 def _check_state(state: str) -> None:
