@@ -84,6 +84,23 @@ CASES = {
     "E113 version": ("E113", sub("eclflow: 1", "eclflow: 2"), "2 "),
     "E113 duration": ("E113", sub("timeout: 120s", "timeout: soon"), "soon"),
     "E113 step id": ("E113", sub("  - id: generate", "  - id: gen-erate"), "gen-erate"),
+    # names with a control character: a NUL failed the run's journal on PostgreSQL, and the
+    # pattern's `$` let a line break end an id
+    "E113 model with a NUL": (
+        "E113",
+        sub("model: local/smollm2", 'model: "local/smol\\0lm2"'),
+        '"local/smol',
+    ),
+    "E113 step id ending in a line break": (
+        "E113",
+        sub("  - id: generate", '  - id: "generate\\n"'),
+        '"generate',
+    ),
+    "E113 workflow id ending in a line break": (
+        "E113",
+        sub("id: critique-revise", 'id: "critique-revise\\n"'),
+        '"critique-revise',
+    ),
     "E114 empty list": ("E114", "eclflow: 1\nid: e\nsteps: []\n", "[]"),
     "E115 prompt and template": (
         "E115",

@@ -2640,6 +2640,40 @@ def test_closing_with_a_refused_write_keeps_the_others_and_says_no_more_was_lost
         assert s.steps.for_run(runs[0]) == []
 
 
+def test_names_with_a_nul_are_refused_where_given_or_kept_as_they_are(url: str) -> None:
+    """A NUL, which PostgreSQL's text refuses, in a name: a model or run id given to `run`
+    is refused before the run (ConfigError), a workflow's model by its checks (E113, as
+    validate says it: see tests/test_spec.py); a workflow's `name:`, free text, is kept as it
+    is. Each failed the run's first journal write on PostgreSQL."""
+    import eclflow
+    from eclflow.errors import WorkflowInvalid
+    from eclflow.spec import load_text
+
+    text = (
+        'eclflow: 1\nid: nul\nname: "the \\0 name"\nsteps:\n  - {id: a, type: llm, template: hi}\n'
+    )
+    workflow = load_text(text)
+    assert workflow.name == "the \x00 name"
+    with open_store(url) as store:
+        for args in ({"model": "mock/a\x00b"}, {"model": "mock/x", "run_id": "r\x00"}):
+            with pytest.raises(ConfigError) as e:
+                asyncio.run(eclflow.run(workflow, {}, mock_responses=["x"], store=store, **args))
+            assert "has a control character (U+0000)" in str(e.value)
+        assert store.runs.count() == 0
+        with pytest.raises(WorkflowInvalid) as invalid:
+            load_text(text.replace("steps:", 'model: "mock/a\\0b"\nsteps:'))
+        assert str(invalid.value) == (
+            '<string>:4:8: E113 model "mock/a\\u0000b" has a control character (U+0000) '
+            '(remove it: "\\0", "\\n" or "\\t" in a double-quoted string is one)'
+        )
+        result = asyncio.run(
+            eclflow.run(workflow, {}, model="mock/x", mock_responses=["x"], store=store)
+        )
+        assert result.status == "completed", result.error
+        assert store.runs.get(result.run_id).definition_name == "the \x00 name"
+        assert [r.definition_name for r in store.runs.list()] == ["the \x00 name"]
+
+
 ODD_REPLY_WORKFLOW = """\
 eclflow: 1
 id: odd-values

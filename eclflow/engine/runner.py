@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from ..observe import tracing
 from ..observe.budget import BudgetGuard, Spent
 from ..observe.events import EventRecorder, emit, log_only, record_to, wanted
 from ..observe.logs import bind
-from ..spec.model import Budget, StepSpec, Workflow, printable
+from ..spec.model import Budget, StepSpec, Workflow, control_character, printable
 from ..steps.registry import default_registry
 from .executor import CallGuard, CallHook, Executor
 from .journal import Journal, MemoryJournal, StoreJournal
@@ -70,8 +71,13 @@ def as_mock(mock: MockScript | None) -> MockProvider | None:
 
 
 def check_model_name(model: Any) -> None:
+    """A model given to run, resume or a batch is a name, of printable characters (a NUL
+    failed the run's first journal write on PostgreSQL; a workflow's are checked by validate)."""
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"model is a name such as 'openai/gpt-4o-mini', not {model!r}")
+    found = control_character(model) if model is not None else None
+    if found is not None:
+        raise ConfigError(f"model {json.dumps(model)} has a control character ({found})")
 
 
 def check_run_id(run_id: Any, new: bool = False) -> None:
@@ -80,6 +86,9 @@ def check_run_id(run_id: Any, new: bool = False) -> None:
     `new`: the id of a new run (`run`), not of one to find."""
     if not isinstance(run_id, str):
         raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
+    found = control_character(run_id)
+    if found is not None:
+        raise ConfigError(f"run_id {json.dumps(run_id)} has a control character ({found})")
     if not run_id.strip():
         raise ConfigError(
             "run_id is empty: "

@@ -15,6 +15,7 @@ W507 a remote model litellm does not list.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .model import (
     Sequential,
     Severity,
     Workflow,
+    control_character,
 )
 
 # Names every template may use besides the context: Jinja's globals.
@@ -210,8 +212,12 @@ class _Checker:
     # --- identities and types ---------------------------------------------------------------
 
     def check_ids(self) -> None:
+        """E201: a step id given twice. E113: an id with a control character (the schema's
+        pattern lets a line break end one: "a\\n"); the journal keys its rows by them."""
+        self.check_no_control(["id"], self.data.get("id"), "id")
         first: dict[str, int] = {}
         for i, s in enumerate(self.wf.steps):
+            self.check_no_control(["steps", i, "id"], s.id, f"steps[{i}].id")
             if s.id in first:
                 line = self.at(["steps", first[s.id], "id"]).line
                 self.error(
@@ -282,6 +288,9 @@ class _Checker:
         for path, model in written:
             if not isinstance(model, str):
                 continue
+            where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path)
+            if self.check_no_control(path, model, where.replace(".[", "[")):
+                continue
             if model.startswith("local/"):
                 hint = unknown_local(model)
                 if hint is not None:
@@ -290,6 +299,20 @@ class _Checker:
             unlisted = unlisted_remote(model)
             if unlisted is not None:
                 self.warn(path, "W507", unlisted.message, unlisted.hint)
+
+    def check_no_control(self, path: list[Any], value: Any, where: str) -> bool:
+        """E113 when a name (an id, a model) has a control character: a NUL, which a
+        PostgreSQL journal cannot hold, a line break, a tab. Whether it had one."""
+        found = control_character(value) if isinstance(value, str) else None
+        if found is None:
+            return False
+        self.error(
+            path,
+            "E113",
+            f"{where} {json.dumps(value)} has a control character ({found})",
+            'remove it: "\\0", "\\n" or "\\t" in a double-quoted string is one',
+        )
+        return True
 
     def check_given(self, i: int, s: Any, cls: Any) -> None:
         """E210: an input `with:` writes as it is (no template) that the step's type refuses;

@@ -38,6 +38,16 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def control_character(name: str) -> str | None:
+    """The first control character of `name` as U+XXXX (a NUL, which a PostgreSQL journal
+    cannot hold, a line break, a tab), None when it has none: names (ids, models) have none."""
+    found = _CONTROL_CHARACTER.search(name)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
 # A value a message quotes ('…' or "…") longer than this is shown by its start: an id, a type
 # or a key of 10,000 characters made a line of 10,000 (and a JSON Schema message, of 20,000).
 QUOTED_MAX = 80

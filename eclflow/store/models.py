@@ -292,7 +292,7 @@ def make_models(db: Database) -> Models:
     class Run(Base):
         id = CharField(primary_key=True, max_length=64)
         definition_id = TextField()
-        definition_name = TextField(null=True)
+        definition_name = SafeTextField(null=True)  # (a workflow's `name:` is free text)
         # the text is the `definitions` row of this hash (no foreign key: SQLite would scan
         # every run for each definition `prune` deletes; writers keep them paired, see
         # RunRepository.prune_definitions)

@@ -145,6 +145,7 @@ class RunRepository:
         a crash deleted 100 000 such rows first, then wrote them again)."""
         import sqlite3
 
+        from .models import store_text
         from .writer import _json, _now
 
         if returning is None:
@@ -184,7 +185,7 @@ class RunRepository:
             for r in part:
                 meta = {**(r.get("metadata") or {}), "claim": token}
                 params += (
-                    r["run_id"], r["definition_id"], r.get("definition_name"),
+                    r["run_id"], r["definition_id"], store_text(r.get("definition_name")),
                     r["definition_sha256"], _json(r.get("input")), "pending", _json(meta), now,
                     now,
                 )  # fmt: skip

@@ -332,7 +332,7 @@ class JournalWriter:
             (
                 fields["run_id"],
                 fields["definition_id"],
-                fields.get("definition_name"),
+                store_text(fields.get("definition_name")),
                 fields["definition_sha256"],
                 _json(fields.get("input")),
                 fields.get("state", "running"),
