@@ -2674,6 +2674,46 @@ def test_names_with_a_nul_are_refused_where_given_or_kept_as_they_are(url: str) 
         assert [r.definition_name for r in store.runs.list()] == ["the \x00 name"]
 
 
+class _Odd:
+    """A value JSON has no type for, whose text (default=str) holds a NUL."""
+
+    def __str__(self) -> str:
+        return "odd \x00 text"
+
+
+def test_a_value_kept_as_its_text_and_empty_metadata_read_back_as_given(url: str) -> None:
+    """An object written as its str() (default=str) whose text holds a NUL is escaped as
+    other text is (PostgreSQL kept a \\u0000 in its json, which jsonb and ->> refuse), and a
+    run whose metadata is {} and ends with {} keeps {} (PostgreSQL's merge of two empty maps
+    was NULL)."""
+    from eclflow.store.writer import writer_for
+
+    store = open_store(url)
+    run_id = new_run(store, metadata={})
+
+    async def write() -> None:
+        w = writer_for(store)
+        h = w.start(run_id, "s", "s", 0, 1, {"in": _Odd()}, "mock/x")
+        await w.finish(h, state="succeeded", output={"at": _Odd(), "n": [_Odd(), 2**70]})
+        await w.end_run(run_id, "completed", {"o": _Odd()}, None, None, {})
+
+    try:
+        asyncio.run(write())
+        [row] = store.steps.for_run(run_id)
+        assert row.output == {"at": "odd \x00 text", "n": ["odd \x00 text", 2**70]}
+        assert row.input == {"in": "odd \x00 text"}
+        run = store.runs.get(run_id)
+        assert (run.output, run.metadata) == ({"o": "odd \x00 text"}, {})
+        if store.kind == "postgresql":  # (what jsonb and ->> refused)
+            [(output, metadata)] = store.db.execute_sql(
+                "SELECT s.output::jsonb ->> 'at', w.metadata::text FROM step_executions AS s "
+                "JOIN workflows AS w ON w.id = s.run_id"
+            ).fetchall()
+            assert (output, metadata) == ('\x1e"odd \\u0000 text"', "{}")
+    finally:
+        store.close()
+
+
 ODD_REPLY_WORKFLOW = """\
 eclflow: 1
 id: odd-values

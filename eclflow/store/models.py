@@ -120,6 +120,17 @@ def _tagged(value: Any) -> Any:
     if isinstance(value, list | tuple):
         tagged = [_tagged(v) for v in value]
         return value if all(t is v for t, v in zip(tagged, value, strict=True)) else tagged
+    if value is None or isinstance(value, int):
+        return value
+    # an object JSON has no type for is written as its str() (default=str): a text like any
+    # other, whose NUL is escaped the same way (one orjson writes itself, a datetime, as it
+    # does)
+    try:
+        orjson.dumps(value, option=_OPTIONS)
+    except TypeError:
+        text = str(value)
+        escaped = store_text(text)
+        return text if escaped == text else escaped
     return value
 
 

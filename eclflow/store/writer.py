@@ -838,11 +838,11 @@ def _end_runs_many(cursor: Any, rows: list[tuple[Any, ...]]) -> None:
 _PG_END_MANY = (
     "UPDATE workflows AS w SET state = v.state, output = v.output, error = v.error, "
     "failed_step = v.failed_step, "
-    "metadata = (SELECT json_object_agg(m.key, m.value ORDER BY m.n, m.at) FROM ("
+    "metadata = COALESCE((SELECT json_object_agg(m.key, m.value ORDER BY m.n, m.at) FROM ("
     "SELECT 0 AS n, o.key, o.value, o.at FROM json_each(w.metadata) WITH ORDINALITY "
     "AS o (key, value, at) WHERE o.key NOT IN (SELECT json_object_keys(v.metadata)) "
     "UNION ALL SELECT 1, n.key, n.value, n.at FROM json_each(v.metadata) WITH ORDINALITY "
-    "AS n (key, value, at)) AS m), "
+    "AS n (key, value, at)) AS m), '{}'), "
     "updated_at = v.updated_at, completed_at = v.completed_at "
     "FROM (VALUES %s) AS v (id, state, output, error, failed_step, metadata, updated_at, "
     "completed_at) WHERE w.id = v.id"
