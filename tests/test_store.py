@@ -2714,6 +2714,77 @@ def test_a_value_kept_as_its_text_and_empty_metadata_read_back_as_given(url: str
         store.close()
 
 
+def test_tagging_in_the_text_writes_what_a_walk_of_the_value_writes() -> None:
+    """`_tagged_text` (for values too deep to walk) gives the text `_tagged` gives, and
+    `_untagged_text` undoes it, for every kind of value tagged."""
+    from eclflow.store.models import MARK, _tagged, _tagged_text, _untagged_text
+
+    value = {
+        "nul \x00": ["a\x00b", float("nan"), float("inf"), -float("inf"), 1.5, "NaN"],
+        MARK + "k": {"s": "\ud800 lone", "m": MARK + "NaN", "q": 'q"\\', "n": None},
+        "plain": [True, 2**70, "Infinity", _Odd()],
+    }
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    walked = json.dumps(_tagged(value), default=str, ensure_ascii=False)
+    assert _tagged_text(text) == walked
+    assert _untagged_text(walked) == json.dumps(json.loads(text), default=str, ensure_ascii=False)
+
+
+DEEP_WORKFLOW = """\
+eclflow: 1
+id: deep
+model: mock/x
+steps:
+  - id: a
+    type: llm
+    template: hi
+    output_schema: {type: object}
+    retry: {max_attempts: 1}
+"""
+
+
+@pytest.mark.parametrize("depth", [500, 900])
+def test_a_reply_nested_hundreds_deep_is_kept_or_a_clear_step_failure(
+    url: str, tmp_path: Path, depth: int
+) -> None:
+    """An `llm` step's JSON reply nested hundreds deep: with a NUL in it, the journal kept it
+    by a walk of the value, which overflowed the stack ('Error: maximum recursion depth
+    exceeded', the run lost); now it is written and read back as it was. With half a
+    surrogate pair, reading the reply overflowed ('Step a failed: RecursionError: …'): now
+    the step fails saying the reply is nested too deeply."""
+    workflow = tmp_path / "deep.yaml"
+    workflow.write_text(DEEP_WORKFLOW)
+    statuses = []
+    for leaf in ("\\u0000", "\\ud800"):
+        script = tmp_path / "s.json"
+        reply = '{"a": ' * depth + f'"{leaf}"' + "}" * depth
+        script.write_text(json.dumps({"a": {"content": reply}}))
+        r = subprocess.run(
+            [
+                *(sys.executable, "-m", "eclflow", "run", str(workflow), "--db", url),
+                *("--mock-responses", str(script), "--json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.stdout, r.stderr
+        statuses.append(json.loads(r.stdout))
+    kept, refused = statuses
+    assert kept["status"] == "completed", kept
+    assert (refused["status"], refused["error"]) == (
+        "failed",
+        "Step a failed: reply is not valid JSON: nested more than about "
+        f"{sys.getrecursionlimit()} levels deep (the model may do better on retry)",
+    )
+    expected: object = "\x00"
+    for _ in range(depth):
+        expected = {"a": expected}
+    with open_store(url) as s:
+        [row] = s.steps.for_run(str(kept["run_id"]))
+        assert row.output == expected
+
+
 ODD_REPLY_WORKFLOW = """\
 eclflow: 1
 id: odd-values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from importlib import resources
@@ -204,10 +205,16 @@ _DECODER = json.JSONDecoder(strict=False)  # (json.loads with an option makes on
 
 def _loads(text: str) -> Any:
     """A model's JSON reply; a `\\ud800` escape in it (half a surrogate pair) is U+FFFD.
-    A line break written as it is inside a string (small models do) is taken as one."""
-    data = _DECODER.decode(text)
-    if "\\u" in text and re.search(r"\\u[dD][89a-fA-F]", text):
-        data = _utf8(data)
+    A line break written as it is inside a string (small models do) is taken as one. Nested
+    too deeply to read (a RecursionError) is a JSONDecodeError that says so."""
+    try:
+        data = _DECODER.decode(text)
+        if "\\u" in text and re.search(r"\\u[dD][89a-fA-F]", text):
+            data = _utf8(data)
+    except RecursionError:
+        raise json.JSONDecodeError(
+            f"nested more than about {sys.getrecursionlimit()} levels deep", text, 0
+        ) from None
     return data
 
 

@@ -194,21 +194,67 @@ def _dumps(value: Any) -> str:
 
 
 def _field_json(value: Any) -> str:
-    """`json_text` by json.dumps, as the models always wrote (a datetime as str() has it)."""
+    """`json_text` by json.dumps, as the models always wrote (a datetime as str() has it).
+    What must be tagged is tagged in the text (`_tagged_text`): the value may be nested
+    nearly as deep as Python recurses, which json.dumps takes and a walk of it does not."""
     try:
         text = json.dumps(value, default=str, ensure_ascii=False, allow_nan=False)
     except ValueError:  # (NaN, Infinity)
-        return json.dumps(_tagged(value), default=str, ensure_ascii=False)
+        return _tagged_text(json.dumps(value, default=str, ensure_ascii=False))
     if "\\u0000" in text or _MARK_IN_JSON in text or _UNSTORABLE.search(text) is not None:
-        return json.dumps(_tagged(value), default=str, ensure_ascii=False)
+        return _tagged_text(text)
     return text
+
+
+# A JSON text's strings, and the floats json.dumps writes that JSON has no number for (never
+# inside a string: the string is matched first, whole)
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|NaN|-?Infinity')
+_JSON_FLOATS = {"NaN": MARK + "NaN", "Infinity": MARK + "Infinity", "-Infinity": MARK + "-Infinity"}
+
+
+def _tagged_text(text: str) -> str:
+    """json.dumps's `text` (ensure_ascii=False, NaN allowed) as the JSON text of `_tagged` of
+    its value, by rewriting the strings and floats to tag, without a walk of the value."""
+
+    def tag(m: re.Match[str]) -> str:
+        token = m.group()
+        if token[0] != '"':
+            return json.dumps(_JSON_FLOATS[token])
+        if "\\u0000" not in token and _MARK_IN_JSON not in token and not _UNSTORABLE.search(token):
+            return token
+        return json.dumps(store_text(json.loads(token)), ensure_ascii=False)
+
+    return _TOKENS.sub(tag, text)
+
+
+def _untagged_text(text: str) -> str:
+    """`_tagged_text` undone: the JSON text of `_untagged` of `text`'s value (which the text
+    is, once json.loads reads NaN and Infinity)."""
+
+    def untag(m: re.Match[str]) -> str:
+        token = m.group()
+        if not token.startswith('"' + _MARK_IN_JSON):
+            return token
+        value = _escaped(json.loads(token), _FLOATS)
+        if isinstance(value, float):
+            return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[str(value)]
+        return json.dumps(value, ensure_ascii=False)
+
+    return _TOKENS.sub(untag, text)
 
 
 def read_json(text: str | bytes) -> Any:
     """The value `json_text` was given."""
     value = json.loads(text)
     tagged = _MARK_IN_JSON in text if isinstance(text, str) else b"\\u001e" in text
-    return _untagged(value) if tagged else value
+    if not tagged:
+        return value
+    try:
+        return _untagged(value)
+    except RecursionError:  # (nested nearly as deep as Python recurses: see _field_json)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(_untagged_text(text))
 
 
 class JSONField(Field):
