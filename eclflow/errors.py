@@ -237,15 +237,15 @@ class JournalRefused(PersistenceError):
     it again stops the same way when its step gives the same value."""
 
     retryable = False
-    _SAID = "Database error: the journal could not write "
+    _SAID = ("Database error: the journal could not write ", ", a value the database cannot hold: ")
 
     def __init__(self, where: str, why: str) -> None:
-        super().__init__(f"the journal could not write {where}: {why}")
+        super().__init__(f"the journal could not write {where}{self._SAID[1]}{why}")
 
     @classmethod
     def said_in(cls, error: str | None) -> bool:
         """Whether a run's `error` (a result's text: the class is gone) is this error's."""
-        return error is not None and error.startswith(cls._SAID)
+        return error is not None and error.startswith(cls._SAID[0]) and cls._SAID[1] in error
 
 
 class InvalidState(EclflowError):

@@ -2458,7 +2458,8 @@ def test_a_value_the_database_refuses_fails_only_its_own_run_of_a_batch(url: str
         assert [type(e).__name__ for e in errors] == ["NoneType", "JournalRefused", "NoneType"]
         message = str(errors[1])
         assert message.startswith(
-            f"Database error: the journal could not write run {runs[1]} (step critique#1): "
+            f"Database error: the journal could not write run {runs[1]} (step critique#1), a value "
+            "the database cannot hold: "
         )
         assert "\n" not in message
         assert [r.output for r in store.steps.for_run(runs[0])] == [{"n": 0}]
@@ -2607,9 +2608,10 @@ def test_a_number_beyond_64_bits_stops_its_run_saying_where_and_why(
         else "Python int too large to convert to SQLite INTEGER"
     )
     assert r.stderr.splitlines()[-1] == (
-        f"error: Database error: the journal could not write run {run.id} (step a): {why}; run "
-        f"{run.id[:8]} stopped there: the database cannot hold that value, so `eclflow resume "
-        f"{run.id[:8]} --db {shlex.quote(url)}` stops there again if the step gives it again"
+        f"error: Database error: the journal could not write run {run.id} (step a), a value "
+        f"the database cannot hold: {why}; run {run.id[:8]} stopped there, and `eclflow resume "
+        f"{run.id[:8]} --db {shlex.quote(url)}` stops there again if the step gives the same "
+        "value"
     )
     assert "lost on close" not in r.stderr
 
@@ -2634,7 +2636,9 @@ def test_closing_with_a_refused_write_keeps_the_others_and_says_no_more_was_lost
     with caplog.at_level("WARNING", logger="eclflow.store"):
         store.close()
     [said] = [r.getMessage() for r in caplog.records]
-    assert said.startswith(f"Database error: the journal could not write run {runs[0]} (step s): ")
+    assert said.startswith(
+        f"Database error: the journal could not write run {runs[0]} (step s), a value "
+    )
     with open_store(url) as s:
         assert [r.tokens_in for r in s.steps.for_run(runs[1])] == [5]
         assert s.steps.for_run(runs[0]) == []

@@ -978,8 +978,8 @@ def _journal_failed(error: PersistenceError, store: Any, run_id: str) -> None:
         found = run_id
     if isinstance(error, JournalRefused):  # (the database is fine: waiting changes nothing)
         fail(
-            f"{error}; run {found[:8]} stopped there: the database cannot hold that value, "
-            f"so {resume_command(found)} stops there again if the step gives it again",
+            f"{error}; run {found[:8]} stopped there, and {resume_command(found)} stops "
+            "there again if the step gives the same value",
             exit_code_for(error),
         )
     fail(

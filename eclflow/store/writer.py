@@ -488,7 +488,8 @@ class JournalWriter:
         """Commit `batch`; when a value in it is refused (a data error: a value the database
         or its driver cannot take), each run's writes on their own, so that only the runs
         whose writes were refused fail (_SomeFailed), each with what was refused and where
-        (a lone run's too: 'OverflowError: Python int too large…' named neither)."""
+        (a lone run's too when it is a value, JournalRefused: 'OverflowError: Python int too
+        large…' named neither)."""
         try:
             groups = _grouped(batch)
             self._write_groups(groups)
@@ -496,7 +497,10 @@ class JournalWriter:
         except Exception as e:
             if not _bad_data(e):
                 raise
-            failed = self._write_apart(_by_run(batch))
+            parts = _by_run(batch)
+            if len(parts) == 1 and not _bad_value(e):  # (one run's: it fails, as it says)
+                raise
+            failed = self._write_apart(parts)
             if failed:
                 raise _SomeFailed(failed) from None
 
@@ -519,7 +523,11 @@ class JournalWriter:
                 where = f"run {run_id}" + (f" (step {', '.join(keys)})" if keys else "")
                 why = " ".join(str(e).split()).removeprefix("Database error: ")
                 why = why or type(e).__name__
-                refused = JournalRefused(where, why)
+                refused = (
+                    JournalRefused(where, why)
+                    if _bad_value(e)
+                    else PersistenceError(f"the journal could not write {where}: {why}")
+                )
                 logger.warning("%s", refused)
                 kept = [(at, op) for at, op in ops if op[0] in _KEPT_APART]
                 if kept and len(kept) < len(ops):
@@ -930,6 +938,19 @@ def _bad_data(error: BaseException) -> bool:
     return psycopg2 is not None and isinstance(
         cause, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError
     )
+
+
+def _bad_value(error: BaseException) -> bool:
+    """Whether `error` (a `_bad_data` one) is a value no database of this kind holds (a number
+    beyond its integers, a text it cannot take), which the same write meets again; not a
+    constraint (a key, a reference, a trigger), which may hold another time."""
+    cause = error.__cause__ if isinstance(error, PersistenceError) else error
+    if isinstance(cause, ValueError | TypeError | OverflowError):  # (the driver's, binding)
+        return True
+    if isinstance(cause, sqlite3.DataError | sqlite3.InterfaceError):
+        return True
+    psycopg2 = sys.modules.get("psycopg2")
+    return psycopg2 is not None and isinstance(cause, psycopg2.DataError)
 
 
 def _run_of(kind: str, args: tuple[Any, ...]) -> str | None:
