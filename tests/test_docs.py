@@ -104,3 +104,53 @@ def test_every_part_of_a_file_in_the_docs_matches_the_schema(block: Block) -> No
         for e in validator.iter_errors(block.data)
     ]
     assert errors == []
+
+
+# --- the docs' examples as a reader may type them ---------------------------------------------
+
+UNQUOTED = """\
+eclflow: 1
+id: unquoted
+model: mock/demo
+steps:
+  - id: generate
+    type: generate
+    with:
+      topic: {{ input.topic }}
+output: {text: "{{ steps.generate.output.draft }}"}
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "col"),
+    [
+        ("{{ input.topic }}", 14),  # the README's expression, its quotes left out
+        ("{{ input.topic | upper }}", 14),
+        ("{{ {'a': {'b': input.topic}} }}", 14),  # a mapping in the key: YAML cannot hash it
+        ("[{{ input.topic }}]", 15),
+    ],
+)
+def test_an_expression_without_its_quotes_is_located_with_the_fix(
+    tmp_path: Path, value: str, col: int
+) -> None:
+    """Unquoted, `{{ input.topic }}` is YAML's mapping `{input.topic: null}` used as a key:
+    it ran as the text "{\\"ordereddict([('input.topic', None)])\\": None}" (validate said
+    valid), or failed with `1:1: E100 YAML: unhashable type: 'CommentedMap'`."""
+    path = tmp_path / "w.yaml"
+    path.write_text(UNQUOTED.replace("{{ input.topic }}", value), "utf-8")
+    for command in (["validate"], ["run", "-i", "topic=tide pools"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "eclflow", *command, str(path)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        shown = done.stdout if command == ["validate"] else done.stderr
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert shown.splitlines()[0] == (
+            f"{path}:8:{col}: E100 YAML: a mapping as a key: an expression `{{{{ … }}}}` "
+            "not in quotes is a YAML mapping (put the value in quotes: "
+            '"{{ … }}", or write it after `|` or `>`)'
+        )
+        assert "Traceback" not in done.stderr

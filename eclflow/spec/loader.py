@@ -146,6 +146,9 @@ def check_text(
     yaml_warnings = diags
     located = _Located(file, doc)
     data, too_big = _plain(doc)
+    if too_big == "key":
+        found = _keys_not_text(text, file)
+        return None, found or [_diag(located.at(()), "E100", "YAML: a mapping or list as a key")]
     if too_big == "deep":
         return None, [
             _diag(
@@ -352,6 +355,10 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
     except YAMLError as e:
         return None, [_diag(Location(file), "E100", f"YAML: {_one_line(str(e))}")]
     except Exception as e:  # ruamel raises a few plain exceptions on odd input
+        if isinstance(e, TypeError) and "unhashable" in str(e):  # (a mapping in a key's)
+            found = _keys_not_text(text, file)
+            if found:
+                return None, found
         return None, [
             _diag(Location(file), "E100", f"YAML: {_one_line(str(e)) or type(e).__name__}")
         ]
@@ -453,7 +460,8 @@ def _one_line(text: str) -> str:
 
 def _plain(node: Any) -> tuple[Any, str | None]:
     """ruamel's round-trip objects → plain dict/list/str/int/float/bool/None, with a node budget
-    and a depth limit: also what went over ("nodes", "deep"), or None."""
+    and a depth limit: also what went over ("nodes", "deep") or "key" for a key that is a
+    mapping or a list, which no JSON holds, or None."""
     count = 0
 
     def conv(n: Any, depth: int) -> Any:
@@ -481,6 +489,8 @@ def _plain(node: Any) -> tuple[Any, str | None]:
         return conv(node, 0), None
     except _TooBig as e:
         return None, str(e)
+    except _KeyNotText:
+        return None, "key"
     except RecursionError:
         return None, "deep"
 
@@ -492,10 +502,58 @@ def _key(k: Any) -> Any:
         return k
     if isinstance(k, int | float):
         return k
+    if isinstance(k, Mapping | tuple | list):  # (see _keys_not_text)
+        raise _KeyNotText
     return str(k)
 
 
+def _keys_not_text(text: str, file: str) -> list[Diagnostic]:
+    """E100 at each mapping that has a mapping or a list as a key. Such a key is most often an
+    expression written without quotes: `topic: {{ input.topic }}` is, to YAML, the mapping
+    `{input.topic: null}` as the key of another, and it would have run as that mapping's
+    Python text. Found on ruamel's node graph, which has every node's place (and hashes no
+    key: a key holding a mapping cannot be loaded at all)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    found: list[Diagnostic] = []
+    seen: set[int] = set()
+    todo = [YAML(typ="rt").compose(text)]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:  # (an alias: its node was looked at)
+            continue
+        seen.add(id(node))
+        if isinstance(node, SequenceNode):
+            todo.extend(reversed(node.value))
+        elif isinstance(node, MappingNode):
+            bad = [k for k, _ in node.value if isinstance(k, MappingNode | SequenceNode)]
+            for key in bad[:1]:  # (one for each mapping: `{{ a }}` has one key)
+                if isinstance(key, MappingNode) and node.flow_style:  # `{{ … }}`
+                    mark, message, hint = (
+                        node.start_mark,
+                        "a mapping as a key: an expression `{{ … }}` not in quotes is a YAML "
+                        "mapping",
+                        'put the value in quotes: "{{ … }}", or write it after `|` or `>`',
+                    )
+                else:  # (`? [a, b]`: written as a key on purpose)
+                    kind = "mapping" if isinstance(key, MappingNode) else "list"
+                    mark, message, hint = (
+                        key.start_mark,
+                        f"a {kind} as a key; a key is text or a number",
+                        "write the key as text",
+                    )
+                where = Location(file, mark.line + 1, mark.column + 1)
+                found.append(_diag(where, "E100", f"YAML: {message}", hint))
+            todo.extend(v for k, v in reversed(node.value) if all(k is not b for b in bad))
+    return sorted(found, key=lambda d: (d.location.line, d.location.col))
+
+
 class _TooBig(Exception):
+    pass
+
+
+class _KeyNotText(Exception):
     pass
 
 
