@@ -178,9 +178,106 @@ def test_the_budget_counts_a_providers_calls_and_tokens() -> None:
     assert r.status == "failed" and r.failed_step == "second"
     assert "over the limit of 1 calls" in (r.error or "")
     assert len(client.requests) == 1
-    # a dollar budget: the worst case needs the model's price, which nobody knows
-    with pytest.raises(eclflow.ConfigError, match="the price of model 'myco/small' is unknown"):
-        go(ONE, providers={"myco": Client("x")}, budget={"max_usd": 1})
+
+
+SMALL = """\
+eclflow: 1
+id: small
+model: myco/small
+inputs: {type: object, properties: {topic: {type: string}}}
+steps:
+  - {id: first, type: llm, template: "first {{ topic }}", with: {topic: "{{ input.topic }}"},
+     config: {max_tokens: 5}}
+  - {id: second, type: llm, template: "second", depends_on: [first], config: {max_tokens: 5}}
+output: {text: "{{ steps.second.output.text }}"}
+"""
+
+
+class Priced(Client):
+    """A provider that says what it charges: US dollars per input and per output token."""
+
+    def __init__(self, *replies: Any, price: Any = (0.001, 0.002)) -> None:
+        super().__init__(*replies)
+        self.prices = price
+        self.asked: list[str] = []
+
+    def price(self, model: str) -> Any:
+        self.asked.append(model)
+        return self.prices
+
+
+def uncosted(text: str) -> eclflow.CompletionResponse:
+    """A reply that gives its usage and no cost."""
+    return eclflow.CompletionResponse(text, usage=eclflow.TokenUsage(input=10, output=5))
+
+
+def test_a_dollar_budget_counts_a_providers_calls_at_its_price(tmp_path: Path) -> None:
+    """A dollar budget on a model of one's own was refused ("the price of model 'myco/small'
+    is unknown"): litellm has no price for it, and a provider had no way to give one. Its
+    `price(model)` now prices each call's worst case before it is made, and a reply that
+    gives no cost is counted (and journaled) at it: 10 × 0.001 + 5 × 0.002 = $0.02."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    client = Priced(uncosted("one"), uncosted("two"))
+    r = go(SMALL, {"topic": "t"}, providers={"myco": client}, budget={"max_usd": 0.03}, store=url)
+    # the first call fits ($0.017 at most: 7 prompt tokens by estimate and 5 max_tokens; $0.02
+    # spent), the second's worst case would not
+    assert r.status == "failed" and r.failed_step == "second", r.error
+    assert r.error == (
+        "Step second failed: budget_exceeded: step 'second' could bring the cost to $0.037000, "
+        "over the limit of $0.03"
+    )
+    assert len(client.requests) == 1 and client.asked == ["myco/small"]
+    assert r.steps[0].cost == pytest.approx(0.02)
+    with eclflow.open_store(url) as store:
+        (row, _) = store.steps.for_run(r.run_id)
+        assert (row.step_id, row.cost) == ("first", pytest.approx(0.02))
+    # resumed with a higher limit, given the provider again: what was spent still counts
+    again = Priced(uncosted("two"))
+    done = asyncio.run(
+        eclflow.resume(r.run_id, store=url, providers={"myco": again}, budget={"max_usd": 0.05})
+    )
+    assert done.status == "completed" and done.cost == pytest.approx(0.04)
+    # a reply that gives its cost is counted at what it gives
+    assert go(ONE, providers={"myco": Priced("x")}).cost == 0.25
+
+
+def test_a_dollar_budget_on_a_provider_without_its_price_is_refused_before_the_run() -> None:
+    """Also for a model name litellm has a price for: `myco/gpt-4o-mini` was counted at
+    OpenAI's price for gpt-4o-mini, and its replies (no cost given) at $0: the budget never
+    stopped the run."""
+    for model in ("myco/small", "myco/gpt-4o-mini"):
+        client = Client("x")
+        with pytest.raises(eclflow.ConfigError) as caught:
+            go(ONE, model=model, providers={"myco": client}, budget={"max_usd": 1})
+        assert str(caught.value) == (
+            f"Configuration error: a budget of $1 needs the price of model '{model}': give the "
+            "provider for 'myco' a method `def price(self, model)` returning its US dollars "
+            "per input token and per output token, or limit tokens or calls instead"
+        )
+        assert client.requests == []
+    # and one with a price is counted at its own, not litellm's for gpt-4o-mini
+    r = go(
+        ONE,
+        model="myco/gpt-4o-mini",
+        providers={"myco": Priced("x", price=(1.0, 1.0))},
+        budget={"max_usd": 1},
+    )
+    assert r.status == "failed" and "over the limit of $1" in (r.error or "")
+
+
+@pytest.mark.parametrize(
+    "price", ["cheap", (0.1,), (-1, 0), (float("nan"), 0), (True, 0)], ids=repr
+)
+def test_a_price_that_is_no_price_is_refused_before_the_run(price: Any) -> None:
+    client = Priced("x", price=price)
+    with pytest.raises(eclflow.ConfigError) as caught:
+        go(ONE, providers={"myco": client})
+    assert str(caught.value) == (
+        f"Configuration error: the provider for 'myco' gave the price {price!r} for model "
+        "'myco/small': return (input, output), US dollars per token, numbers ≥ 0 (or None), "
+        "from a plain `def price(self, model)`"
+    )
+    assert client.requests == []
 
 
 def test_a_batch_sends_its_runs_to_the_provider_and_reuses_them_run_again(tmp_path: Path) -> None:
@@ -233,6 +330,14 @@ class Checked(Client):
             "providers['myco'] is the class Client: pass one of its objects, Client(…)",
         ),
         ({"myco": Checked()}, "model 'myco/small' needs MYCO_KEY: set it in the environment"),
+        # (one of the two was dropped without a word: which served the models depended on
+        # the order of the keys)
+        (
+            {"myco": Client(), "myco/": Client()},
+            "providers: the keys 'myco' and 'myco/' both name the prefix 'myco' (the models "
+            "myco/…): give one of them",
+        ),
+        ({"/myco/": Client(), "myco": Client()}, "the keys '/myco/' and 'myco' both name"),
     ],
 )
 def test_providers_that_cannot_serve_are_refused_before_the_run_starts(
@@ -374,19 +479,77 @@ def test_a_provider_whose_complete_is_not_async_is_told_so() -> None:
     )
 
 
-def test_an_async_check_is_refused_rather_than_never_run() -> None:
-    """An `async def check` was called and its coroutine dropped ("never awaited"): the check
-    never ran, and the run went on with the model it was meant to refuse."""
+def test_an_async_check_is_awaited_before_the_run_starts() -> None:
+    """An `async def check` was refused ("make it a plain `def check(self, model)`"): it is
+    called on the event loop now, which can wait for it (a check that asks the provider's
+    server with its async HTTP client)."""
 
     class AsyncCheck(Client):
         async def check(self, model: str) -> None:
-            raise eclflow.ConfigError("no key")
+            await asyncio.sleep(0)
+            raise eclflow.ConfigError(f"{model}: no key")
 
     client = AsyncCheck("answered")
     with pytest.raises(eclflow.ConfigError) as caught:
         go(ONE, providers={"myco": client})
-    assert str(caught.value) == (
-        "Configuration error: the provider for 'myco' has an async check: make it a plain "
-        "`def check(self, model)` (it is called before the run starts)"
-    )
+    assert str(caught.value) == "Configuration error: myco/small: no key"
     assert client.requests == []
+
+
+class Counted(Client):
+    """A provider whose check says on which thread it ran, each time."""
+
+    def __init__(self, *replies: Any) -> None:
+        super().__init__(*replies)
+        self.checks: list[tuple[str, int]] = []
+
+    def check(self, model: str) -> None:
+        import threading
+
+        self.checks.append((model, threading.get_ident()))
+
+
+def test_a_batch_checks_its_models_once_on_the_event_loops_thread(tmp_path: Path) -> None:
+    """The check ran once per item of a batch (three items, three checks) and, for the items
+    a batch run again resumed, in a worker thread (where a provider's loop-bound client
+    cannot be used, nor an async check awaited)."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(TWO)
+    items = [{"topic": "x"}, {"topic": "y"}, {"topic": "z"}]
+    down = eclflow.LLMError("down", retryable=False)
+    first = Counted(*["one", down] * 3)
+    loop_thread = threading.get_ident()  # (asyncio.run runs the loop on this thread)
+    results = asyncio.run(
+        eclflow.run_batch(wf, items, providers={"myco": first}, store=url, concurrency=1)
+    )
+    assert [r.status for r in results] == ["failed"] * 3
+    assert first.checks == [("myco/small", loop_thread)]
+    again = Counted()
+    results = asyncio.run(eclflow.run_batch(wf, items, providers={"myco": again}, store=url))
+    assert [r.status for r in results] == ["completed"] * 3  # (resumed: the second steps)
+    assert [req.step_id for req in again.requests] == ["second"] * 3
+    assert again.checks == [("myco/small", loop_thread)]
+    # and a resume of one run on its own: on the loop's thread too
+    alone = Counted("two")
+    failed = go(TWO, {"topic": "w"}, providers={"myco": Counted("one", down)}, store=url)
+    done = asyncio.run(eclflow.resume(failed.run_id, store=url, providers={"myco": alone}))
+    assert done.status == "completed" and alone.checks == [("myco/small", loop_thread)]
+
+
+def test_a_batch_whose_provider_refuses_its_model_says_so_once_before_any_item(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(TWO)
+    client = Checked()
+    with pytest.raises(eclflow.ConfigError, match="model 'myco/small' needs MYCO_KEY"):
+        asyncio.run(
+            eclflow.run_batch(
+                wf, [{"topic": "x"}, {"topic": "y"}], providers={"myco": client}, store=url
+            )
+        )
+    assert client.requests == []
+    with eclflow.open_store(url) as store:
+        assert store.runs.count() == 0

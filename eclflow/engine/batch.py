@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import ConfigError, EclflowError, InvalidState, RunNotFound
 from ..graph.plan import compile_plan
 from ..llm import MockProvider, Provider
-from ..llm.own import own_providers
+from ..llm.own import OwnProviders, own_providers
 from ..spec.model import Budget, Workflow
 from .result import RunResult
 
@@ -200,7 +200,7 @@ async def _iter_batch(
             f"items is a list of inputs, one mapping each, not {type(items).__name__}{one}"
         )
     runner.check_model_name(model)
-    own_providers(providers)  # (checked once, not per item)
+    own = own_providers(providers)  # (checked once, not per item)
     store, own_store = runner._as_store(store, None)
     try:
         async with aclosing(
@@ -210,7 +210,7 @@ async def _iter_batch(
                 concurrency=concurrency,
                 model=model,
                 mock_responses=runner.as_mock(mock_responses),
-                providers=providers,
+                providers=own,
                 store=store,
                 budget=runner.as_budget(budget),
                 on_update=on_update,
@@ -231,16 +231,21 @@ async def _batch(
     concurrency: int,
     model: str | None,
     mock_responses: MockProvider | None,
-    providers: Mapping[str, Provider] | None,
+    providers: OwnProviders,
     store: Any,
     budget: Budget | None,
     on_update: Callable[[BatchProgress], None] | None,
     checked: bool,
 ) -> AsyncGenerator[RunResult, None]:
-    """`iter_batch`, its arguments made plain."""
+    """`iter_batch`, its arguments made plain. The items' runs share `providers`, which ask
+    each provider's check and price once for the batch."""
     from . import runner
 
     runner.check_env(workflow)  # (it would fail every item)
+    if providers:  # (likewise: once, before any item is claimed)
+        chosen = runner.default_model(workflow, model)
+        limits = runner._limits(workflow, budget)
+        await providers.prepare(runner.models_called(workflow, chosen), limits.max_usd)
     progress = BatchProgress(total=len(items))
     fingerprint = workflow_fingerprint(workflow, model)
     ids = item_run_ids(fingerprint, items)
@@ -359,7 +364,7 @@ async def _batch(
         claiming = asyncio.ensure_future(
             asyncio.to_thread(
                 _claim, runner, store, workflow, items, ids, fresh, model, budget, bid, checked,
-                stop, sorted(dead_claims), sorted(own_providers(providers)),
+                stop, sorted(dead_claims), sorted(providers),
             )
         )  # fmt: skip
         try:

@@ -358,6 +358,8 @@ def check_models(
             )
         if m not in seen:
             seen.add(m)
+            if providers.serves_own(m):  # (own.prepare checks it, on the event loop)
+                continue
             providers.check(m)
             if limits is not None and limits.max_usd is not None and _unpriced(m):
                 raise ConfigError(
@@ -460,6 +462,8 @@ async def _run(
     chosen = default_model(wf, model)
     limits = _limits(wf, budget)
     check_models(plan, callers, chosen, limits)
+    if callers.own:
+        await callers.own.prepare(models_called(wf, chosen), limits.max_usd)
     store, own_store = _as_store(store, db)
     given_id = run_id
     run_id = run_id or new_run_id()
@@ -540,6 +544,7 @@ async def _execute(
         limits.max_calls,
         spent,
         providers.serves_own if providers.own else None,
+        providers.price if providers.own else None,
     )
     if budget_guard.active:
         guard = _both_guards(budget_guard, guard)
@@ -942,15 +947,24 @@ async def _resume(
     )
     # The reads and writes that take the run over go to a thread: a batch resumes hundreds of
     # runs at once, and the event loop must not wait for the database meanwhile.
-    handover = _Handover(store)
-    taking = asyncio.ensure_future(
-        asyncio.to_thread(handover.take, run_id, force, budget, callers, model)
-    )
-    try:
-        taken = await asyncio.shield(taking)
-    except asyncio.CancelledError:  # (the thread goes on: what it takes is let go of)
-        handover.abandon()
-        raise
+    found: _Found | RunResult | None = None
+    if callers.own:  # their checks run on this loop, between reading the run and taking it
+        found = await asyncio.to_thread(_resumable, store, run_id, force, budget, callers, model)
+        if isinstance(found, _Found):
+            await callers.own.prepare(models_called(found.wf, found.chosen), found.limits.max_usd)
+    taken: Taken | RunResult
+    if isinstance(found, RunResult):
+        taken = found
+    else:
+        handover = _Handover(store)
+        taking = asyncio.ensure_future(
+            asyncio.to_thread(handover.take, found, run_id, force, budget, callers, model)
+        )
+        try:
+            taken = await asyncio.shield(taking)
+        except asyncio.CancelledError:  # (the thread goes on: what it takes is let go of)
+            handover.abandon()
+            raise
     if isinstance(taken, RunResult):  # completed before: nothing to run, nothing rewritten
         if listener is not None:
             listener("run_already_completed", {"result": taken})
@@ -990,8 +1004,20 @@ class _Handover:
         self._abandoned = False
         self._taken: str | None = None
 
-    def take(self, run_id: str, *args: Any) -> Any:
-        taken = _take_over(self.store, run_id, *args)
+    def take(
+        self,
+        found: _Found | None,
+        run_id: str,
+        force: bool,
+        budget: Budget | None,
+        providers: Providers,
+        model: str | None,
+    ) -> Taken | RunResult:
+        """`_take` of what `_resumable` found already, else `_take_over` of `run_id`."""
+        if found is not None:
+            taken = _take(self.store, found, force, budget)
+        else:
+            taken = _take_over(self.store, run_id, force, budget, providers, model)
         if isinstance(taken, RunResult):
             return taken
         with self._lock:
@@ -1040,6 +1066,22 @@ def _check_own_given(
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A run `_resumable` found that resume may take: its record, workflow, model, limits."""
+
+    record: Any
+    wf: Workflow
+    plan: Plan
+    chosen: str | None
+    limits: Budget
+
+
+Taken = tuple[
+    Any, Workflow, str | None, Budget, list[Any], tuple[str | None, dict[str, Any]], Resumed | None
+]
+
+
 def _take_over(
     store: Any,
     run_id: str,
@@ -1047,27 +1089,30 @@ def _take_over(
     budget: Budget | None,
     providers: Providers,
     model: str | None,
-) -> (
-    tuple[
-        Any,
-        Workflow,
-        str | None,
-        Budget,
-        list[Any],
-        tuple[str | None, dict[str, Any]],
-        Resumed | None,
-    ]
-    | RunResult
-):
-    """Check that run `run_id` can be resumed and mark it running in this process; its record,
-    workflow, model, limits, journal rows, what a `--from` run reuses from its earlier run
-    (`_rerun_seed`) and what the resume says as it starts. A run that completed is left as it
-    is: its recorded result. Whether another process still holds the run is decided and the
-    run taken in one transaction, so two resumes started at once cannot both run it; a run
-    whose process ended (or stopped) in the middle of it gets its `workflow_interrupted`
-    event in that transaction too: once, whatever becomes of this resume."""
+) -> Taken | RunResult:
+    """Check that run `run_id` can be resumed and mark it running in this process
+    (`_resumable`, then `_take`); its record, workflow, model, limits, journal rows, what a
+    `--from` run reuses from its earlier run (`_rerun_seed`) and what the resume says as it
+    starts. A run that completed is left as it is: its recorded result."""
+    found = _resumable(store, run_id, force, budget, providers, model)
+    if isinstance(found, RunResult):
+        return found
+    return _take(store, found, force, budget)
+
+
+def _resumable(
+    store: Any,
+    run_id: str,
+    force: bool,
+    budget: Budget | None,
+    providers: Providers,
+    model: str | None,
+) -> _Found | RunResult:
+    """Run `run_id` as read from the journal, once checked that it can be resumed (not held by
+    another process, its files unchanged or `force`, its models callable); a run that
+    completed: its recorded result. The checks of the caller's own providers are left to
+    `OwnProviders.prepare`."""
     from ..spec import load
-    from ..store.owner import this_process
 
     record = store.runs.find(run_id)
     if record.state == "completed":
@@ -1121,6 +1166,18 @@ def _take_over(
     warn_unplayed_keys(wf, providers.mock)
     _check_own_given(plan, providers, chosen, meta.get("providers"), record.id)
     check_models(plan, providers, chosen, limits)
+    return _Found(record, wf, plan, chosen, limits)
+
+
+def _take(store: Any, found: _Found, force: bool, budget: Budget | None) -> Taken | RunResult:
+    """Mark the run `found` running in this process (see `_take_over`). Whether another
+    process still holds the run is decided and the run taken in one transaction, so two
+    resumes started at once cannot both run it; a run whose process ended (or stopped) in the
+    middle of it gets its `workflow_interrupted` event in that transaction too: once,
+    whatever becomes of this resume."""
+    from ..store.owner import this_process
+
+    record, plan, limits = found.record, found.plan, found.limits
     taken_here = False
     try:
         with store.transaction():
@@ -1159,7 +1216,8 @@ def _take_over(
                 )
         if now.state == "completed":
             return stored_results(store, [record.id])[record.id]
-        return record, wf, chosen, limits, rows, _rerun_seed(store, record, plan), resumed
+        seed = _rerun_seed(store, record, plan)
+        return record, found.wf, found.chosen, limits, rows, seed, resumed
     except BaseException:
         if taken_here:
             _running_here.discard(record.id)

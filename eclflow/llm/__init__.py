@@ -7,10 +7,14 @@ The heavy ones are imported only when a run actually uses them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .base import CompletionRequest, CompletionResponse, Message, Provider, TokenUsage
 from .mock import MockProvider, load_script
+
+if TYPE_CHECKING:
+    from ..observe.budget import Price
+    from .own import OwnProviders
 
 __all__ = [
     "CompletionRequest",
@@ -31,14 +35,18 @@ class Providers:
         self,
         mock: Provider | None = None,
         command: str = "eclflow run",
-        own: Mapping[str, Provider] | None = None,
+        own: OwnProviders | None = None,
     ) -> None:
         """`command`: the command a `mock/` model's missing script is passed to (`eclflow
         resume` for a resumed run), named when it is missing. `own`: providers of one's own
-        by model prefix (checked by `own.own_providers`)."""
+        by model prefix (`own.own_providers`)."""
+        if own is None:
+            from .own import OwnProviders
+
+            own = OwnProviders({})
         self.mock = mock
         self.command = command
-        self.own = own or {}
+        self.own = own
         self._cache: dict[str, Provider] = {}
 
     def kind(self, model: str) -> str:
@@ -82,7 +90,7 @@ class Providers:
             from .own import OwnProvider
 
             prefix = kind[len("own:") :]
-            provider = OwnProvider(self.own[prefix], prefix)
+            provider = OwnProvider(self.own[prefix], prefix, self.own)
         elif kind == "local":
             from .local import LocalProvider
 
@@ -95,10 +103,20 @@ class Providers:
         return provider
 
     def check(self, model: str) -> None:
-        """Raise ConfigError now if `model` cannot be called (missing key, extra not installed)."""
+        """Raise ConfigError now if `model` cannot be called (missing key, extra not installed).
+        (A provider of the caller's own is checked by `self.own.prepare`, on the loop.)"""
         check = getattr(self.get(model), "check", None)
         if check is not None:
             check(model)
+
+    def price(self, model: str) -> Price | None:
+        """Dollars per token of `model`: its own provider's price, else litellm's; None when
+        unknown."""
+        if self.own and self.serves_own(model):
+            return self.own.price(model)
+        from ..observe.budget import price
+
+        return price(model)
 
 
 # a provider's prefix alone, without the model's name

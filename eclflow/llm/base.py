@@ -68,8 +68,9 @@ class TokenUsage:
 @dataclass(frozen=True, slots=True)
 class CompletionResponse:
     """A model's reply: its text, its `TokenUsage`, its `cost` in US dollars (counted by the
-    run's budget and totals), why it ended (`"length"`: cut off at `max_tokens`) and the
-    model that answered."""
+    run's budget and totals; from a provider of one's own with a `price(model)`, 0 is counted
+    at that price), why it ended (`"length"`: cut off at `max_tokens`) and the model that
+    answered."""
 
     content: str
     usage: TokenUsage = field(default_factory=TokenUsage)
@@ -88,8 +89,12 @@ class Provider(Protocol):
     Raise `eclflow.LLMError(message, retryable=…, retry_after=…)` to say whether the step's
     next attempt may do better; a `TimeoutError`, a `ConnectionError` or an error with a
     `status_code` of 408, 429 or 5xx is retried too, any other exception fails the step at
-    once. A provider may also have `check(model)`, called before the run starts, that raises
-    `eclflow.ConfigError` when the model cannot be called (a missing key)."""
+    once. A provider may also have `check(model)`, called (awaited, if async) on the event
+    loop before the run starts, once per model for a batch, that raises `eclflow.ConfigError`
+    when the model cannot be called (a missing key); and `price(model)`, a plain def returning
+    `(input, output)`, its US dollars per token (or None), which a dollar budget needs to
+    count a call's worst case before it is made: a reply that gives no `cost` (0) is then
+    counted at that price."""
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
 

@@ -11,33 +11,109 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigError, EclflowError, LLMError
+from ..observe.budget import Price
 from .base import CompletionRequest, CompletionResponse, Provider, TokenUsage
 
 # the prefixes of eclflow's own providers, which a provider of one's own does not replace
 RESERVED = ("mock", "local")
 
 
-def own_providers(providers: Any) -> dict[str, Provider]:
+class OwnProviders(dict[str, Provider]):
+    """`providers=` checked (`own_providers`), by prefix, with what was asked of them once for
+    every run that shares them (a batch's runs): the models their `check` passed, their prices."""
+
+    def __init__(self, providers: Mapping[str, Provider]) -> None:
+        super().__init__(providers)
+        self.ready: set[str] = set()  # the models whose check passed
+        self.prices: dict[str, Price | None] = {}
+
+    async def prepare(self, models: Iterable[str], max_usd: float | None = None) -> None:
+        """Before a run starts: for each of `models` a provider here serves, its `check(model)`
+        (awaited when async) and its price, once per model; on the event loop's thread, as its
+        `complete` is (a check may use the provider's HTTP client, which is the loop's).
+        ConfigError when a dollar budget (`max_usd`) needs a price the provider does not give."""
+        for model in sorted(set(models)):
+            prefix = provider_for(self, model)
+            if prefix is None:
+                continue
+            if model not in self.ready:
+                check = getattr(self[prefix], "check", None)
+                if callable(check):
+                    outcome = check(model)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                self.ready.add(model)
+            if self.price(model) is None and max_usd is not None:
+                raise ConfigError(
+                    f"a budget of ${max_usd:g} needs the price of model '{model}': give the "
+                    f"provider for '{prefix}' a method `def price(self, model)` returning its "
+                    "US dollars per input token and per output token, or limit tokens or calls "
+                    "instead"
+                )
+
+    def price(self, model: str) -> Price | None:
+        """What a provider here charges for `model` (its `price(model)`, asked once), None when
+        it does not say. litellm's price for a model of the same name is not taken: the
+        provider's own model, or its way to a known one, is not litellm's to price."""
+        if model in self.prices:
+            return self.prices[model]
+        prefix = provider_for(self, model)
+        asked = getattr(self[prefix], "price", None) if prefix is not None else None
+        found = _price(asked(model), prefix, model) if callable(asked) else None
+        self.prices[model] = found
+        return found
+
+
+def _price(given: Any, prefix: str | None, model: str) -> Price | None:
+    """A provider's `price(model)` as a Price (None: it has none for this model)."""
+    if given is None:
+        return None
+    if inspect.iscoroutine(given):  # (an async def price: never awaited)
+        given.close()
+    numbers = tuple(given) if isinstance(given, tuple | list) else ()
+    if len(numbers) != 2 or not all(
+        isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n) and n >= 0
+        for n in numbers
+    ):
+        raise ConfigError(
+            f"the provider for '{prefix}' gave the price {given!r} for model '{model}': "
+            "return (input, output), US dollars per token, numbers ≥ 0 (or None), from a plain "
+            "`def price(self, model)`"
+        )
+    return Price(float(numbers[0]), float(numbers[1]))
+
+
+def own_providers(providers: Any) -> OwnProviders:
     """`providers=` checked: a mapping of model prefixes (`myco` for `myco/…`, or a whole
-    model name) to objects with a `complete` method; ConfigError naming what is wrong."""
+    model name) to objects with a `complete` method; ConfigError naming what is wrong (two keys
+    for one prefix too: `myco` and `myco/`). Checked already (an OwnProviders), as it is."""
+    if isinstance(providers, OwnProviders):
+        return providers
     if providers is None:
-        return {}
+        return OwnProviders({})
     if not isinstance(providers, Mapping):
         raise ConfigError(
             "providers is a mapping of model prefixes to providers, such as "
             f"{{'myco': client}} for the models myco/…, not {type(providers).__name__}"
         )
     out: dict[str, Provider] = {}
+    keys: dict[str, str] = {}
     for prefix, provider in providers.items():
         if not isinstance(prefix, str) or not prefix.strip("/").strip():
             raise ConfigError(
                 f"providers: a key is a model prefix such as 'myco' (for myco/…), not {prefix!r}"
             )
         name = prefix.strip("/")
+        if name in keys:
+            raise ConfigError(
+                f"providers: the keys {keys[name]!r} and {prefix!r} both name the prefix "
+                f"'{name}' (the models {name}/…): give one of them"
+            )
+        keys[name] = prefix
         if name.split("/")[0] in RESERVED:
             raise ConfigError(
                 f"providers: '{prefix}' names eclflow's own {name.split('/')[0]}/… models "
@@ -55,7 +131,7 @@ def own_providers(providers: Any) -> dict[str, Provider]:
                 "eclflow.CompletionResponse"
             )
         out[name] = provider
-    return out
+    return OwnProviders(out)
 
 
 def provider_for(own: Mapping[str, Provider], model: str) -> str | None:
@@ -76,21 +152,11 @@ def provider_for(own: Mapping[str, Provider], model: str) -> str | None:
 class OwnProvider:
     """A provider of one's own, its errors and replies made the engine's."""
 
-    def __init__(self, provider: Provider, prefix: str) -> None:
+    def __init__(self, provider: Provider, prefix: str, own: OwnProviders | None = None) -> None:
+        """`own`: the providers it is one of, which know its prices."""
         self.provider = provider
         self.prefix = prefix
-
-    def check(self, model: str) -> None:
-        check = getattr(self.provider, "check", None)
-        if callable(check):
-            outcome = check(model)
-            if inspect.isawaitable(outcome):  # (dropped, it never ran: the run went on)
-                if inspect.iscoroutine(outcome):
-                    outcome.close()
-                raise ConfigError(
-                    f"the provider for '{self.prefix}' has an async check: make it a plain "
-                    "`def check(self, model)` (it is called before the run starts)"
-                )
+        self.own = own
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         try:
@@ -163,7 +229,12 @@ class OwnProvider:
             raise LLMError(
                 f"{where} returned a finish_reason or model that is not text", retryable=False
             )
-        if isinstance(cost, int):
+        if not cost and self.own is not None and (usage.input or usage.output):
+            # a reply that says no cost, of a provider that gives its price: counted at it
+            p = self.own.price(request.model)
+            if p is not None:
+                cost = usage.input * p.input + usage.output * p.output
+        if cost != response.cost or type(cost) is not float:
             from dataclasses import replace
 
             response = replace(response, cost=float(cost))

@@ -99,10 +99,13 @@ class BudgetGuard:
         max_calls: int | None = None,
         spent: Spent | None = None,
         estimated: Callable[[str], bool] | None = None,
+        priced: Callable[[str], Price | None] | None = None,
     ) -> None:
         """`estimated(model)`: whether the prompts of `model` are counted by estimate (see
-        `prompt_tokens`)."""
+        `prompt_tokens`). `priced(model)`: its price, when not litellm's (`price`): that of
+        the provider of the caller's own that serves it."""
         self.estimated = estimated
+        self.priced = priced or price
         self.max_usd = max_usd
         self.max_tokens = max_tokens
         self.max_calls = max_calls
@@ -122,7 +125,7 @@ class BudgetGuard:
         estimate = self.estimated is not None and self.estimated(request.model)
         tokens_in = prompt_tokens(request.model, request.messages, estimate)
         worst_tokens = tokens_in + request.max_tokens
-        p = price(request.model)
+        p = self.priced(request.model)
         worst_usd = tokens_in * p.input + request.max_tokens * p.output if p is not None else 0.0
         if self.max_usd is not None and p is None:
             raise BudgetExceeded(
