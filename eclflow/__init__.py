@@ -18,9 +18,9 @@ pause it. A failed run is a `RunResult` with `status == "failed"`, not an except
 `steps` are `StepExecution`s. `open_store(url)` opens a journal (SQLite or PostgreSQL) to pass
 as `store=`, and lists the runs in it (`store.runs.list()`). `MockProvider` plays scripted
 replies for `mock/…` models; a `Provider` of your own (`async def complete(request:
-CompletionRequest) -> CompletionResponse`, with `TokenUsage`) serves the models of a prefix,
-`run(…, providers={"myco": client})`; `Step`, `StepContext`, `StepResult` and `register` add
-step types of your own.
+CompletionRequest) -> CompletionResponse`, the request's `messages` each a `Message`, the reply
+with its `TokenUsage`) serves the models of a prefix, `run(…, providers={"myco": client})`;
+`Step`, `StepContext`, `StepResult` and `register` add step types of your own.
 
 Errors: the exceptions below are raised for what is wrong before a run starts (an invalid file
 or input, a run that does not exist, …), all of them subclasses of `EclflowError`; the
@@ -67,6 +67,7 @@ __all__ = [
     "InvalidState",
     "LLMError",
     "Location",
+    "Message",
     "MockProvider",
     "NotFound",
     "PersistenceError",
@@ -105,7 +106,14 @@ __all__ = [
 if TYPE_CHECKING:
     from .engine import RunResult, StepExecution, pause, resume, run
     from .engine.batch import BatchProgress, iter_batch, run_batch
-    from .llm import CompletionRequest, CompletionResponse, MockProvider, Provider, TokenUsage
+    from .llm import (
+        CompletionRequest,
+        CompletionResponse,
+        Message,
+        MockProvider,
+        Provider,
+        TokenUsage,
+    )
     from .spec import Budget, Diagnostic, Location, Workflow, check, check_text, load, load_text
     from .steps import Step, StepContext, StepResult, register
     from .store import Store, open_store
@@ -136,6 +144,7 @@ _LAZY = {
     "Provider": "eclflow.llm",
     "CompletionRequest": "eclflow.llm",
     "CompletionResponse": "eclflow.llm",
+    "Message": "eclflow.llm",
     "TokenUsage": "eclflow.llm",
     "Store": "eclflow.store",
     "open_store": "eclflow.store",

@@ -553,3 +553,14 @@ def test_a_batch_whose_provider_refuses_its_model_says_so_once_before_any_item(
     assert client.requests == []
     with eclflow.open_store(url) as store:
         assert store.runs.count() == 0
+
+
+def test_the_messages_a_provider_is_sent_are_the_public_message_type() -> None:
+    """`eclflow.Message` was not exported: a provider's author could not annotate or build
+    (in a test of their own) the `request.messages` they are sent."""
+    client = Client("x")
+    go(ONE, providers={"myco": client})
+    (request,) = client.requests
+    assert "Message" in eclflow.__all__
+    assert all(type(m) is eclflow.Message for m in request.messages)
+    assert request.messages[-1] == eclflow.Message("user", "Tell me about tides.")
