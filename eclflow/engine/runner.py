@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import sys
@@ -15,9 +16,11 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from decimal import Decimal
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from .._time import utc_text
 from ..errors import (
@@ -103,8 +106,13 @@ def check_run_id(run_id: Any, new: bool = False) -> None:
 def plain_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The run's input as the journal keeps it, JSON: a date, a set or an object of one's own
     was kept as its `str()`, so a resumed run read other values than its first attempt did;
-    ConfigError naming the first such input and its type. A tuple becomes a list, a subclass
-    of str, int, float or dict (an enum, an OrderedDict) its plain value: what a resume reads."""
+    ConfigError naming the first such input and its type, and what to pass. A tuple becomes a
+    list, a subclass of str, int, float or dict (an enum, an OrderedDict) its plain value, an
+    integer of another kind (numpy's) an int: what a resume reads. A `Path` or a `UUID` becomes
+    its text: the one text each has (that JSON encoders of the field write for them, pydantic's
+    among them), which the program would pass otherwise, and which `Path(…)` or `UUID(…)` of
+    it gives back. A Decimal, a Fraction or a numpy float32 is refused: as a float it would be
+    another number (0.1 becomes 0.1000000015 from a float32), as text no number."""
     try:
         out = _plain(inputs, "")
     except RecursionError:
@@ -140,6 +148,14 @@ def _plain(value: Any, where: str) -> Any:
                     f"read {str(k)!r}): give text {'keys' if where else 'names'}"
                 )  # fmt: skip
             key = str.__str__(k)  # (an enum's text: its value, as JSON keeps it)
+            if key in out:  # (a multidict's key twice: the journal would keep one value)
+                first = next((j for j in value if isinstance(j, str) and str.__str__(j) == key), k)
+                a, b = _shown_key(first), _shown_key(k)
+                raise ConfigError(
+                    (f"input '{where}' has " if where else "the inputs have ")
+                    + (f"the key {a} twice" if a == b else f"the keys {a} and {b}, both {key!r}")
+                    + ": the journal keeps inputs as JSON, one value a key: give one"
+                )
             out[key] = _plain(v, f"{where}.{key}" if where else key)
         return out
     if isinstance(value, list | tuple):
@@ -147,16 +163,35 @@ def _plain(value: Any, where: str) -> Any:
     for plain in (bool, str, int, float):  # a subclass (an enum of them): its plain value
         if isinstance(value, plain):
             return _plain(str.__str__(value) if plain is str else plain(value), where)
+    # what has one exact text or number, which a resume reads back as the first run saw it
+    if isinstance(value, numbers.Integral):  # (numpy's int64, …)
+        return int(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, os.PathLike) and isinstance(path := os.fspath(value), str):
+        return path
     if hasattr(value, "isoformat"):  # (a date, time or datetime)
         hint = "pass its isoformat() text"
     elif isinstance(value, set | frozenset):
         hint = "pass a list"
+    elif isinstance(value, Decimal | numbers.Real):
+        hint = "pass float(…), or str(…) to keep every digit"
+    elif kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
+        hint = "pass bool(…)"
     else:
         hint = "pass text, a number, true/false, None, or a list or mapping of them"
+    name = f"numpy.{kind.__name__}" if kind.__module__ == "numpy" else kind.__name__
     raise ConfigError(
-        f"input '{where}' is a {kind.__name__}, which the journal cannot keep as JSON (a "
+        f"input '{where}' is a {name}, which the journal cannot keep as JSON (a "
         f"resume would read its text instead): {hint}"
     )
+
+
+def _shown_key(key: str) -> str:
+    """A key of an input mapping as the program wrote it: `Size.BIG` for an enum's."""
+    from enum import Enum
+
+    return f"{type(key).__name__}.{key.name}" if isinstance(key, Enum) else repr(key)
 
 
 def validate_input(workflow: Workflow, inputs: Mapping[str, Any]) -> None:
@@ -385,7 +420,8 @@ async def run(
     """Run a workflow to its end and return the result (a failed run is a result, not an error).
 
     `workflow`: a `Workflow` or a file path. `inputs`: the run's input, JSON values (text,
-    numbers, true/false, None, lists and mappings of them). `model`: the model of the steps
+    numbers, true/false, None, lists and mappings of them; a `Path` or `UUID` is taken as its
+    text, numpy's integers as ints). `model`: the model of the steps
     that name none (else ECLFLOW_MODEL, else the file's `model:`). `mock_responses`: scripted
     replies for `mock/…` models (a MockProvider, a list, a mapping by step, a script file).
     `providers`: model clients of your own by model prefix (`{"myco": client}` serves
@@ -433,18 +469,19 @@ async def _run(
     `guard` and `on_call`: called before and after each model call. `journal` (or one made by
     `journal_factory` from the run id): where steps are journaled, instead of `store`'s.
     `metadata`: kept with the run's row. `claimed`: the caller (batch mode) has already
-    checked the input and written the run's row, `pending`. `spent`: what the budget counts
-    as spent already (a journal that replays steps adds theirs to it). `started_at`
-    (`time.time()`): when the run began, for a journal that replays an earlier attempt of it
-    (its duration counts from then, not from this call).
+    made the input plain (`plain_inputs`), checked it and written the run's row, `pending`.
+    `spent`: what the budget counts as spent already (a journal that replays steps adds
+    theirs to it). `started_at` (`time.time()`): when the run began, for a journal that
+    replays an earlier attempt of it (its duration counts from then, not from this call).
     """
     wf = as_workflow(workflow)
     if inputs is not None and not isinstance(inputs, Mapping):
         raise InvalidInput(
             f"inputs must be a mapping of input names to values, not {type(inputs).__name__}"
         )
-    inputs = plain_inputs(inputs or {})
-    if not claimed:  # (batch mode checked the items it claimed)
+    inputs = inputs or {}
+    if not claimed:  # (batch mode made plain and checked the items it claimed)
+        inputs = plain_inputs(inputs)
         validate_input(wf, inputs)
     check_model_name(model)
     if run_id is not None:
