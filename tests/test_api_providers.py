@@ -365,7 +365,8 @@ def test_what_a_provider_says_is_kept_whole_in_the_error() -> None:
 
 RESUME_WITHOUT = (
     "Configuration error: run {id} calls myco/small through a provider of your own "
-    "(providers={{'myco': …}}): resume it from Python with the same providers="
+    "(providers={{'myco': …}}): resume it with the same providers= (Python), or --provider "
+    "myco=MODULE:NAME (eclflow resume)"
 )
 
 

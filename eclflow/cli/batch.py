@@ -93,6 +93,7 @@ def run_batch_command(
     mock_responses: Path | None,
     db: str | None,
     journal: bool,
+    providers: Any = None,
     budget: Any,
     as_json: bool,
     quiet: bool,
@@ -110,6 +111,7 @@ def run_batch_command(
     from ..errors import InvalidInput, JournalRefused
     from ..graph.plan import compile_plan
     from ..llm import Providers, load_script
+    from ..llm.own import own_providers
 
     numbered = read_items(inputs_file, defaults)
     inputs_file = _shown(inputs_file)
@@ -133,7 +135,7 @@ def run_batch_command(
     warn_unplayed_keys(workflow, mock)  # (once, before the progress starts)
     check_models(
         compile_plan(workflow),
-        Providers(mock=mock),
+        Providers(mock=mock, own=own_providers(providers)),
         default_model(workflow, model),
         _limits(workflow, as_budget(budget)),
     )
@@ -191,6 +193,7 @@ def run_batch_command(
                 concurrency=concurrency,
                 model=model,
                 mock_responses=mock,
+                providers=providers,
                 store=store,
                 budget=budget,
                 on_update=keep,

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ..errors import JournalRefused, PersistenceError, RunNotFound, RunPaused, WorkflowInvalid
+from ..errors import (
+    ConfigError,
+    JournalRefused,
+    PersistenceError,
+    RunNotFound,
+    RunPaused,
+    WorkflowInvalid,
+)
 from . import cli
 from ._common import (
     EXIT_FAILED,
@@ -360,6 +367,84 @@ def _mock_option(fn: Any) -> Any:
     )(fn)
 
 
+def _provider_option(fn: Any) -> Any:
+    return click.option(
+        "--provider",
+        "provider",
+        multiple=True,
+        metavar="PREFIX=MODULE:NAME",
+        help="A model client of your own for the models PREFIX/… (repeatable): the object NAME "
+        "of the Python module MODULE (imported from the current folder, or PYTHONPATH), an "
+        "eclflow.Provider; as providers= does in Python.",
+    )(fn)
+
+
+def given_providers(specs: tuple[str, ...]) -> dict[str, Any] | None:
+    """The objects `--provider PREFIX=MODULE:NAME` names, by prefix (checked further as
+    `providers=` is); ConfigError in one line for a spec, a module or a name that is wrong."""
+    if not specs:
+        return None
+    import importlib
+    import os
+
+    from ..llm.own import RESERVED, own_providers
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        prefix, _, target = (part.strip() for part in spec.partition("="))
+        module, _, name = (part.strip() for part in target.partition(":"))
+        where = f"--provider {spec}"
+        if not (prefix and module and name):
+            raise ConfigError(
+                f"{where}: write PREFIX=MODULE:NAME, such as myco=myco_client:client (the "
+                "object `client` of myco_client.py) for the models myco/…"
+            )
+        if any(p.strip("/") == prefix.strip("/") for p in out):
+            raise ConfigError(f"{where}: the prefix {prefix.strip('/')} is given twice")
+        first = prefix.strip("/").split("/")[0]
+        if first in RESERVED:
+            raise ConfigError(
+                f"{where}: {first}/… are eclflow's own models (`mock/…` plays --mock-responses, "
+                "`local/…` runs in this process): give your provider another prefix"
+            )
+        if os.getcwd() not in sys.path:  # (as `python -m` and `python -c` have it)
+            sys.path.insert(0, os.getcwd())
+        try:
+            found: Any = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (module + ".").startswith(e.name + "."):
+                raise ConfigError(
+                    f"{where}: no module {e.name} in the current folder or on PYTHONPATH"
+                ) from None
+            raise ConfigError(f"{where}: importing {module} failed: {_one_line(e)}") from None
+        except Exception as e:
+            raise ConfigError(f"{where}: importing {module} failed: {_one_line(e)}") from None
+        for part in name.split("."):
+            if not hasattr(found, part):
+                raise ConfigError(f"{where}: {module} has no {name}")
+            found = getattr(found, part)
+        if isinstance(found, type) and callable(getattr(found, "complete", None)):
+            raise ConfigError(
+                f"{where}: {name} is a class: name an object of it (client = {name}(…) in "
+                f"{module}, then {prefix}={module}:client)"
+            )
+        if not callable(getattr(found, "complete", None)):
+            kind = type(found).__name__
+            raise ConfigError(
+                f"{where}: {name} is {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, not a "
+                "model client: it has no `async def complete(self, request)` (see "
+                "eclflow.Provider)"
+            )
+        out[prefix] = found
+    return own_providers(out)
+
+
+def _one_line(e: BaseException) -> str:
+    """`Type: message`, on one line."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def _raw_option(fn: Any) -> Any:
     return click.option(
         "--raw",
@@ -446,6 +531,7 @@ def _budget(usd: float | None, tokens: int | None, calls: int | None) -> Any:
 )
 @click.option("--run", "from_run", metavar="RUN_ID", help="The earlier run --from reuses.")
 @_budget_options("the workflow's `budget:` otherwise")
+@_provider_option
 @click.option(
     "--inputs",
     "inputs_file",
@@ -495,6 +581,7 @@ def run_cmd(
     budget_usd: float | None,
     budget_tokens: int | None,
     budget_calls: int | None,
+    provider: tuple[str, ...],
     inputs_file: Path | None,
     concurrency: int,
     no_journal: bool,
@@ -553,11 +640,12 @@ def run_cmd(
             or from_step
             or inputs_file
             or no_journal
+            or provider
             or db_given == click.core.ParameterSource.COMMANDLINE
         ):
             raise click.UsageError(
-                "--engine restate takes no --mock-responses, --from, --inputs, --no-journal or "
-                "--db (the workers hold the mock script and the database)"
+                "--engine restate takes no --mock-responses, --from, --inputs, --no-journal, "
+                "--provider or --db (the workers hold the mock script and the database)"
             )
         from ..engine.orchestrator import new_run_id
         from ..restate.client import submit
@@ -595,6 +683,7 @@ def run_cmd(
         sys.exit(EXIT_OK if outcome.status == "completed" else EXIT_FAILED)
     if detach:
         raise click.UsageError("--detach goes with --engine restate")
+    providers = given_providers(provider)
     if inputs_file is not None:
         if from_step:
             raise click.UsageError("--inputs and --from do not go together")
@@ -607,6 +696,7 @@ def run_cmd(
             concurrency=concurrency,
             model=model,
             mock_responses=mock_responses,
+            providers=providers,
             db=db,
             journal=not no_journal,
             budget=budget,
@@ -638,6 +728,7 @@ def run_cmd(
                     store=store,
                     model=model,
                     mock_responses=mock_responses,
+                    providers=providers,
                     listener=listener,
                     inputs=inputs or None,
                     budget=budget,
@@ -648,6 +739,7 @@ def run_cmd(
                 inputs,
                 model=model,
                 mock_responses=mock_responses,
+                providers=providers,
                 store=store,
                 listener=listener,
                 budget=budget,
@@ -726,6 +818,7 @@ def _paused_in_restate(run_id: str, e: RunPaused, as_json: bool) -> NoReturn:
     "(ECLFLOW_MODEL is not read: it is for new runs).",
 )
 @_budget_options("otherwise the run's own: those it started with, else the workflow's")
+@_provider_option
 @db_option
 @click.option(
     "--force",
@@ -750,6 +843,7 @@ def resume_cmd(
     budget_usd: float | None,
     budget_tokens: int | None,
     budget_calls: int | None,
+    provider: tuple[str, ...],
     db: str | None,
     force: bool,
     engine: str,
@@ -782,6 +876,7 @@ def resume_cmd(
             )
         _resume_in_restate(run_id, restate_url, restate_admin_url, as_json, quiet, raw)
     _quiet_stamina()
+    providers = given_providers(provider)
     leave_out_what_the_end_says()
     store = open_store(db, existing=True)
     try:
@@ -792,6 +887,7 @@ def resume_cmd(
                 store=store,
                 model=model,
                 mock_responses=mock_responses,
+                providers=providers,
                 force=force,
                 listener=listener,
                 budget=_budget(budget_usd, budget_tokens, budget_calls),
@@ -857,6 +953,7 @@ def pause_cmd(run_id: str, db: str | None) -> None:
 _NOT_FOR_RESTATE = (
     "model",
     "mock_responses",
+    "provider",
     "budget_usd",
     "budget_tokens",
     "budget_calls",

@@ -1099,7 +1099,8 @@ def _check_own_given(
         if prefix is not None:
             raise ConfigError(
                 f"run {run_id[:8]} calls {m} through a provider of your own "
-                f"(providers={{'{prefix}': …}}): resume it from Python with the same providers="
+                f"(providers={{'{prefix}': …}}): resume it with the same providers= (Python), or "
+                f"--provider {prefix}=MODULE:NAME (eclflow resume)"
             )
 
 
