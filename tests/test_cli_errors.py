@@ -53,7 +53,17 @@ USAGE_ERRORS = [
     (["run", WF, "-i", "topic=x", "-c", "4"], "error: --concurrency goes with --inputs"),
     (
         ["run", WF, "-i", "topic=x", "--engine", "restate", "--db", "sqlite:///x.db"],
-        "error: --engine restate takes no --mock-responses, --from, --inputs, --no-journal or --db",
+        "error: --engine restate takes no --mock-responses, --from, --inputs, --no-journal, "
+        "--provider or --db",
+    ),
+    (  # (the workers run Restate's runs, which import no module of this process)
+        ["run", WF, "-i", "topic=x", "--engine", "restate", "--provider", "myco=m:client"],
+        "error: --engine restate takes no --mock-responses, --from, --inputs, --no-journal, "
+        "--provider or --db",
+    ),
+    (
+        ["resume", "abc", "--engine", "restate", "--provider", "myco=m:client"],
+        "error: resume --engine restate takes no --provider: the run goes on as it was sent",
     ),
     (
         ["run", WF, "-i", "topic=x", "--mock-responses", "replies.yaml"],
