@@ -851,13 +851,44 @@ def test_postgres_url_forms() -> None:
     assert (u.kind, u.database, u.schema) == ("postgresql", "runs", "eclflow")
     assert u.params["user"] == "bob" and u.params["password"] == "s3cret"
     assert u.params["host"] == "db.example" and u.params["port"] == 6543
-    assert u.params["sslmode"] == "require" and "search_path=eclflow" in str(u.params["options"])
+    assert u.params["sslmode"] == "require" and 'search_path="eclflow"' in str(u.params["options"])
     assert "s3cret" not in u.url and "***" in u.url
     assert parse_url("postgres://postgres@127.0.0.1:5432/test").kind == "postgresql"
     with pytest.raises(ConfigError, match="names no database"):
         parse_url("postgresql://postgres@127.0.0.1:5432/")
     with pytest.raises(ConfigError, match="bad schema name"):
         parse_url("postgresql://h/db?schema=a;drop")
+
+
+def test_a_schema_name_is_the_schema_named_so_capitals_and_all(pg_url: str) -> None:
+    """`?schema=Runs` created the schema "Runs" but looked for its tables in `runs`
+    (PostgreSQL folds a name not written in quotes to lowercase): the first open failed with
+    'no schema has been selected to create in'. And `?schema=runs%0A` (a newline at its end)
+    passed the name check."""
+    import psycopg2
+
+    base, _, schema = pg_url.partition("?schema=")
+    mixed = schema.replace("eclflow_test", "Eclflow_Test")
+    try:
+        with open_store(f"{base}?schema={mixed}") as store:
+            assert store.runs.list(limit=1) == []
+        conn = psycopg2.connect(PG_BASE)
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_schema FROM information_schema.tables WHERE table_name = 'workflows' "
+                "AND lower(table_schema) = lower(%s)",
+                (mixed,),
+            )
+            assert cur.fetchall() == [(mixed,)]
+        conn.close()
+    finally:
+        conn = psycopg2.connect(PG_BASE)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP SCHEMA IF EXISTS "{mixed}" CASCADE')
+        conn.close()
+    with pytest.raises(ConfigError, match="bad schema name 'runs\\\\n'"):
+        parse_url(f"{base}?schema=runs%0A")
 
 
 def test_unknown_scheme_is_a_config_error() -> None:

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 ENV = "ECLFLOW_DATABASE_URL"
 MEMORY = ":memory:"
 _HINT = "use sqlite:///path/to/file.db, a file path, or postgresql://user@host:port/dbname"
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +105,19 @@ def _postgres(text: str) -> DatabaseURL:
     schema = None
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "schema":
-            if not _SCHEMA_NAME.match(value):
-                raise ConfigError(f"bad schema name {value!r} in {_safe(text)}")
+            if not _SCHEMA_NAME.fullmatch(value):
+                raise ConfigError(
+                    f"bad schema name {value!r} in {_safe(text)}: a schema name is letters, "
+                    "digits and _ (at most 63), not starting with a digit"
+                )
             schema = value
         else:
             params[key] = value
     params.setdefault("connect_timeout", 10)
     if schema is not None:
-        params["options"] = f"{params.get('options', '')} -c search_path={schema}".strip()
+        # in quotes, as the schema is created: unquoted, PostgreSQL would look in the name
+        # folded to lowercase (`Runs` in `runs`, where no table is)
+        params["options"] = f'{params.get("options", "")} -c search_path="{schema}"'.strip()
     return DatabaseURL("postgresql", _safe(text), database=database, params=params, schema=schema)
 
 
