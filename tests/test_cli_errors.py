@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -1121,3 +1122,75 @@ def test_resume_of_a_run_whose_prompt_is_now_refused_says_the_whole_way_on(
     r = cli("resume", run_id[:8], "--force", "--mock-responses", str(rest), "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "completed"
+
+
+def _cli_with(closed: int | None = None, **env: str) -> Any:
+    """The CLI runner `cli`, with file descriptor `closed` (0 stdin, 1 stdout) closed in the
+    child (`eclflow … <&-`, `>&-`) and `env` added."""
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ECLFLOW_")}
+        return subprocess.run(
+            [sys.executable, "-m", "eclflow", *args],
+            env={**base, **env},
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
+            stdout=subprocess.DEVNULL if closed == 1 else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            preexec_fn=None if closed is None else (lambda: os.close(closed)),
+        )
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--inputs", "-"], "error: <stdin>: no input lines\n"),
+        (
+            ["--input-file", "-"],
+            "error: Invalid value for --input-file: - must hold an object of input values "
+            "(see python -m eclflow run --help)\n",
+        ),
+    ],
+)
+def test_a_closed_stdin_reads_as_empty(args: list[str], says: str) -> None:
+    """`eclflow run … --inputs - <&-` failed with `AttributeError: 'NoneType' object has no
+    attribute 'buffer'` (Python's sys.stdin is None then)."""
+    r = _cli_with(closed=0)("run", WF, *args, "-m", "mock/x", "--no-journal")
+    assert (r.returncode, r.stderr) == (2, says)
+
+
+def test_a_closed_stdout_is_written_to_nowhere(tmp_path: Path) -> None:
+    """`eclflow steps >&-` (and runs, graph, validate --json) failed with `AttributeError:
+    'NoneType' object has no attribute 'isatty'`, and a batch's result lines went to stderr:
+    what click's echo does, writing nothing, is now what every command does."""
+    run = _cli_with(closed=1)
+    for args in (["steps"], ["graph", WF], ["validate", WF, "--json"]):
+        r = run(*args)
+        assert (r.returncode, r.stderr) == (0, ""), args
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"topic": "kelp"}\n')
+    script = tmp_path / "m.yaml"
+    script.write_text('generate: "A draft."\ncritique: {content: {decision: pass, critique: ok}}\n')
+    r = run("run", WF, "--inputs", str(items), "-m", "mock/x", "--mock-responses", str(script),
+            "--no-journal", "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("1/1 completed, 0 failed"), r.stderr  # (no result line)
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_an_output_that_cannot_hold_unicode_gets_escapes(encoding: str) -> None:
+    """With PYTHONIOENCODING=latin-1 (or a C locale outside Python's UTF-8 mode) `eclflow
+    run --help` printed a traceback and `eclflow graph` said `UnicodeEncodeError: 'latin-1'
+    codec can't encode character '\\u25cf'`: a character the output cannot hold is written
+    as its escape."""
+    run = _cli_with(PYTHONIOENCODING=encoding)
+    r = run("run", "--help")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.startswith("Usage: ")
+    r = run("graph", WF)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert "\\u25cf" in r.stdout

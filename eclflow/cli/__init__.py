@@ -116,4 +116,22 @@ def cli(ctx: click.Context, verbose: bool, log_level: str | None, log_format: st
 
 
 def main() -> None:
+    _usable_standard_streams()
     sys.exit(cli.main(standalone_mode=True))
+
+
+def _usable_standard_streams() -> None:
+    """A closed stdin, stdout or stderr (`eclflow … <&-`, `>&-`), which Python makes None, is
+    read as empty and written to nowhere, as click's echo already does (rich and `--inputs -`
+    failed with AttributeError, and a batch's results went to stderr). An output that cannot
+    encode every character (PYTHONIOENCODING=latin-1, a C locale outside Python's UTF-8
+    mode) writes those it cannot as escapes (`\\u2713`) instead of failing."""
+    import codecs
+
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        if codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
