@@ -216,6 +216,11 @@ def test_bad_input_lines_are_usage_errors(tmp_path: Path) -> None:
     for content, message in (
         (b'\xef\xbb\xbf{"topic": 1}\n{"topic": NaN}\n', ":2: not valid JSON: NaN is not a JSON"),
         (b'{"topic": "ok"}\n{"topic": "\xff"}\n', ":2:12: not UTF-8 text (byte 0xff)"),
+        # (it was `RecursionError: maximum recursion depth exceeded`, as an internal error)
+        (
+            b'{"topic": "ok"}\n{"t": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            ":2: its values nest too deep",
+        ),
     ):
         items.write_bytes(content)
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)

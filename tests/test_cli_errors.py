@@ -300,9 +300,12 @@ def test_a_large_json_input_file_is_read_quickly(tmp_path: Path) -> None:
         parse_inputs((), odd)
 
 
-@pytest.mark.parametrize("text", ['{"t": ' + "[" * 100_000 + "]" * 100_000 + "}", "[" * 100_000])
+@pytest.mark.parametrize(
+    "text", ['{"t": ' + "[" * 100_000 + "]" * 100_000 + "}", "[" * 100_000, "a: &a [*a]\n"]
+)
 def test_an_input_file_that_nests_too_deep_is_one_line(tmp_path: Path, text: str) -> None:
-    """It was `RecursionError: maximum recursion depth exceeded`, as an internal error."""
+    """It was `RecursionError: maximum recursion depth exceeded`, as an internal error (also
+    for a YAML list that holds itself, `&a [*a]`)."""
     from eclflow.cli.run import parse_inputs
 
     deep = tmp_path / "deep.json"

@@ -54,6 +54,8 @@ def read_items(path: Path, defaults: dict[str, Any]) -> list[tuple[int, dict[str
             fail(f"{path}:{n}:{e.colno}: not valid JSON: {e.msg}", EXIT_USAGE)
         except ValueError as e:
             fail(f"{path}:{n}: not valid JSON: {e}", EXIT_USAGE)
+        except RecursionError:
+            fail(f"{path}:{n}: its values nest too deep", EXIT_USAGE)
         if not isinstance(value, dict):
             fail(f"{path}:{n}:1: each line must be a JSON object, not {_json_type(value)}", 2)
         items.append((n, {**defaults, **value}))

@@ -66,6 +66,8 @@ def parse_inputs(
             loaded = _json(text)
             if loaded is None:
                 loaded = yaml.load(text)
+            if isinstance(loaded, Mapping):  # (a YAML list that holds itself recurses too)
+                data.update(_plain(loaded, input_file, ""))
         except (OSError, YAMLError, UnicodeDecodeError) as e:
             raise click.BadParameter(
                 f"cannot read {input_file}: {e}", param_hint="--input-file"
@@ -78,7 +80,6 @@ def parse_inputs(
             raise click.BadParameter(
                 f"{input_file} must hold an object of input values", param_hint="--input-file"
             )
-        data.update(_plain(loaded, input_file, ""))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
