@@ -518,3 +518,20 @@ def test_show_has_the_trace_that_says_how_a_step_s_retries_ended(tmp_path: Path)
     }
     text = env.cli("show", result["run_id"], "--step", "a").stdout
     assert text.rstrip().endswith("INFO  Step succeeded after retry attempts=2"), text
+
+
+@pytest.mark.parametrize("command", ["status", "show", "logs", "resume", "pause"])
+def test_a_huge_limit_or_an_id_no_run_can_have_is_not_an_internal_error(
+    two_runs: Any, command: str
+) -> None:
+    """`runs -n 18446744073709551616` said `OverflowError: Python int too large to convert to
+    SQLite INTEGER`; a run id with bytes that are not UTF-8 (`$'\\xff\\xfe'`) said
+    `UnicodeEncodeError: … surrogates not allowed`, both as internal errors (exit 1)."""
+    env, ok, bad = two_runs
+    assert [r["id"] for r in env.json("runs", "-n", str(2**64), "--json")] == [
+        bad["run_id"],
+        ok["run_id"],
+    ]
+    r = env.cli(command, "\udcff\udcfeab")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "error: Run not found: \\udcff\\udcfeab\n"

@@ -56,6 +56,8 @@ _ICON = {
     "pending": "…",
 }
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# the largest LIMIT a database takes (a 64-bit integer): a larger -n means every run too
+_MOST_ROWS = 2**63 - 1
 
 
 # --- eclflow runs --------------------------------------------------------------------------------
@@ -70,7 +72,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 )
 @click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow id.")
 @click.option(
-    "--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N."
+    "--limit",
+    "-n",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    callback=lambda ctx, param, n: min(n, _MOST_ROWS),
+    help="At most N.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
 @click.option(

@@ -323,6 +323,10 @@ class RunRepository:
         text = given.lower()
         if not text:
             raise RunNotFound(repr(prefix))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # (bytes no UTF-8 text has, from argv): no run has them
+            raise RunNotFound(prefix) from None
         M = self._m
         with self._s.reading():
             row = M.get_or_none(M.id == given)
