@@ -1197,3 +1197,25 @@ def test_an_output_that_cannot_hold_unicode_gets_escapes(encoding: str) -> None:
     r = run("graph", WF)
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     assert "\\u25cf" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["run", WF, "-i", "topic=x", "--engine", "restate", "--restate-url", "http://[::1"],
+            "--restate-url (or ECLFLOW_RESTATE_URL) 'http://[::1' is not a URL (Invalid IPv6 "
+            "URL): give http://HOST:PORT",
+        ),
+        (
+            ["runs", "--engine", "restate", "--restate-admin-url", "http://127.0.0.1:99999"],
+            "--restate-admin-url (or ECLFLOW_RESTATE_ADMIN_URL) 'http://127.0.0.1:99999' is not "
+            "a URL (Port out of range 0-65535): give http://HOST:PORT",
+        ),
+    ],
+)
+def test_a_restate_url_that_is_no_url_names_its_option(args: list[str], says: str) -> None:
+    """They said `InvalidURL: Invalid port: ':1'` and `ExceptionGroup: unhandled errors in a
+    TaskGroup (1 sub-exception)`, as internal errors (exit 1)."""
+    r = cli(*args)
+    assert (r.returncode, r.stderr) == (2, f"error: Configuration error: {says}\n")

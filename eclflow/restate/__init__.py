@@ -36,3 +36,18 @@ def require(module: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ConfigError(f"the Restate engine needs the `{module}` package: {EXTRA_HINT}")
+
+
+def checked_url(url: str, names: str) -> str:
+    """`url`, when it is one an HTTP client can call; `names`: where it was given (the option
+    and its variable). httpx's `InvalidURL: Invalid port` (and an ExceptionGroup around it)
+    said nothing of which option was wrong."""
+    from urllib.parse import urlsplit
+
+    from ..errors import ConfigError
+
+    try:
+        _ = urlsplit(url).port  # (a port out of range, an unclosed [IPv6 address)
+    except ValueError as e:
+        raise ConfigError(f"{names} {url!r} is not a URL ({e}): give http://HOST:PORT") from None
+    return url

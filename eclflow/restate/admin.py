@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..errors import ConfigError, EclflowError
-from . import ADMIN_ENV, SERVICE_NAME
+from . import ADMIN_ENV, SERVICE_NAME, checked_url
 
 DEFAULT_ADMIN_PORT = 9070
 # seconds to connect to the admin API: one lost SYN is sent again after 1 s and still fits; an
@@ -27,7 +27,7 @@ def admin_url(url: str | None, ingress: str) -> str:
 
     given = url or os.environ.get(ADMIN_ENV)
     if given:
-        return given.rstrip("/")
+        return checked_url(given.rstrip("/"), f"--restate-admin-url (or {ADMIN_ENV})")
     parts = urlsplit(ingress)
     host = parts.hostname or "127.0.0.1"
     if ":" in host:

@@ -18,7 +18,7 @@ from typing import Any
 from ..engine.result import RunResult, StepExecution
 from ..errors import ConfigError, EclflowError, RunNotFound, RunPaused
 from ..spec.model import Budget, Workflow
-from . import ADMIN_ENV, DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, require
+from . import ADMIN_ENV, DEFAULT_INGRESS_URL, INGRESS_ENV, SERVICE_NAME, checked_url, require
 from .admin import WORKFLOW_HEADER, Admin, AdminUnavailable, Invocation, admin_url
 from .admin import message as _message
 
@@ -31,7 +31,8 @@ RETRIES_SAID_AFTER = 2  # failed attempts of a run before `run` says Restate ret
 
 def ingress_url(url: str | None = None) -> str:
     """`--restate-url` > ECLFLOW_RESTATE_URL > http://127.0.0.1:8080."""
-    return (url or os.environ.get(INGRESS_ENV) or DEFAULT_INGRESS_URL).rstrip("/")
+    given = (url or os.environ.get(INGRESS_ENV) or DEFAULT_INGRESS_URL).rstrip("/")
+    return checked_url(given, f"--restate-url (or {INGRESS_ENV})")
 
 
 def prompt_files(workflow: Workflow) -> dict[str, str]:
