@@ -385,6 +385,13 @@ def test_cli_unwritable_output_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     err = proc.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "cannot write" in err
+    # a name longer than the file system takes was `OSError: [Errno 36] File name too long`,
+    # an internal error (exit 1), with or without --format
+    long = str(tmp_path / ("g" * 300 + ".svg"))
+    for args in (["-o", long], ["-o", long, "-f", "svg"]):
+        proc = graph(str(CRITIQUE_REVISE), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.decode() == f"error: cannot write {long}: File name too long\n"
 
 
 @pytest.mark.parametrize("fmt", ["ascii", "mermaid", "dot"])

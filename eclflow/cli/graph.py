@@ -75,10 +75,14 @@ def _output(out: str | None, fmt: str | None) -> tuple[Path | None, str]:
     if not out.strip():
         fail("-o needs a file name (or - for standard output)", EXIT_USAGE)
     path = Path(out)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as e:  # (a name longer than the file system takes)
+        fail(f"cannot write {out}: {e.strerror or e}", EXIT_USAGE)
+    if is_dir:
         fail(f"cannot write {out}: it is a directory; give a file name", EXIT_USAGE)
     implied = EXTENSIONS.get(path.suffix.lower())
-    if fmt is None and out in (*FORMATS, "json", "text") and not path.exists():
+    if fmt is None and out in (*FORMATS, "json", "text") and not exists:
         # `-o svg` (or `-o json`, as `status -o json` means a format) would write an ASCII
         # drawing to a file named `svg`
         wanted = f"write -f {out}" if out in FORMATS else f"-f is one of {', '.join(FORMATS)}"
