@@ -2948,3 +2948,27 @@ def test_a_run_with_odd_values_completes_shows_them_and_resumes_on_the_same_path
     assert code == 0 and isinstance(shown, dict), out
     critique_row = next(e for e in shown["executions"] if e["key"] == "critique#1")
     assert critique_row["feedback"] == feedback
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://[::1/test", "bad PostgreSQL URL postgresql://[::1/test: Invalid IPv6 URL"),
+        ("sqlite:///runs%00.db", "a NUL byte"),
+        ("runs\x00.db", "a NUL byte"),
+        ("~nosuchuser_eclflow/runs.db", "no such user as ~nosuchuser_eclflow"),
+        ("x" * 5000, "File name too long"),
+        ("sqlite:///" + "x" * 5000, "File name too long"),
+    ],
+)
+def test_a_url_that_names_no_file_or_server_is_a_configuration_error(url: str, says: str) -> None:
+    """Each was an internal error (ValueError: Invalid IPv6 URL, ValueError: embedded null
+    byte, RuntimeError: Could not determine home directory, OSError: File name too long),
+    exit 1; a URL that cannot be used is the user's to fix: a ConfigError, exit 2."""
+    from eclflow.cli._common import exit_code_for
+
+    with pytest.raises(ConfigError) as e:
+        open_store(url, create=False)
+    assert says in str(e.value) and "\n" not in str(e.value)
+    assert len(str(e.value)) < 300
+    assert exit_code_for(e.value) == 2

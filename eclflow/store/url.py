@@ -81,11 +81,25 @@ def parse_url(url: str) -> DatabaseURL:
 def _sqlite_path(path: str) -> str:
     if path == MEMORY:
         return MEMORY
-    return str(Path(path).expanduser())
+    shown = path if len(path) <= 80 else f"{path[:60]}…({len(path)} characters)"
+    if "\x00" in path:
+        raise ConfigError(f"the SQLite file path {shown!r} holds a NUL byte: {_HINT}")
+    try:
+        full = Path(path).expanduser()
+        full.exists()  # (OSError for a name longer than the file system takes)
+    except RuntimeError:  # (~user, with no such user)
+        user = path.partition("/")[0]
+        raise ConfigError(f"cannot open {shown}: no such user as {user}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot open {shown}: {e.strerror or e}") from None
+    return str(full)
 
 
 def _postgres(text: str) -> DatabaseURL:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # (an unclosed [IPv6 address)
+        raise ConfigError(f"bad PostgreSQL URL {_safe(text)}: {e}; {_HINT}") from None
     database = unquote(parts.path.lstrip("/"))
     if not database:
         raise ConfigError(f"PostgreSQL URL {_safe(text)} names no database: {_HINT}")
