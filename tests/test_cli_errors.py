@@ -1219,3 +1219,13 @@ def test_a_restate_url_that_is_no_url_names_its_option(args: list[str], says: st
     TaskGroup (1 sub-exception)`, as internal errors (exit 1)."""
     r = cli(*args)
     assert (r.returncode, r.stderr) == (2, f"error: Configuration error: {says}\n")
+
+
+def test_an_input_value_that_holds_itself_is_one_line() -> None:
+    """`-i 'xs=&a [*a]'` (a YAML list that holds itself) where the inputs declare a list was
+    `RecursionError: maximum recursion depth exceeded`, an internal error."""
+    from eclflow.cli.run import parse_inputs
+
+    schema = {"properties": {"xs": {"type": "array"}}}
+    with pytest.raises(click.BadParameter, match="xs: its values nest too deep"):
+        parse_inputs(("xs=&a [*a]",), None, schema)

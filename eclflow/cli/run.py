@@ -92,7 +92,12 @@ def parse_inputs(
             value = raw
         if isinstance(value, list | dict):  # as JSON has it: dates as text, no NaN
             wanted = ("array" if isinstance(value, list) else "object") in kinds
-            value = _plain(value, None, key) if wanted else raw
+            try:
+                value = _plain(value, None, key) if wanted else raw
+            except RecursionError:  # (`&a [*a]`: a list that holds itself)
+                raise click.BadParameter(
+                    f"{key}: its values nest too deep", param_hint="-i"
+                ) from None
         elif isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
             value = raw if _wants_text(kinds, value) else value
         else:  # text, null, a date, .inf: what was typed
