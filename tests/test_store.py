@@ -2955,6 +2955,11 @@ def test_a_run_with_odd_values_completes_shows_them_and_resumes_on_the_same_path
     [
         ("postgresql://[::1/test", "bad PostgreSQL URL postgresql://[::1/test: Invalid IPv6 URL"),
         ("sqlite:///runs%00.db", "a NUL byte"),
+        # (they failed as a run fails, exit 1: `permission denied to create
+        # "pg_catalog.schema_version"`, `unacceptable schema name "pg_temp"`)
+        (f"{PG_BASE}?schema=pg_catalog", "schema 'pg_catalog' in postgresql://"),
+        (f"{PG_BASE}?schema=pg_temp", "is PostgreSQL's own"),
+        (f"{PG_BASE}?schema=information_schema", "give a name of your own"),
         ("runs\x00.db", "a NUL byte"),
         ("~nosuchuser_eclflow/runs.db", "no such user as ~nosuchuser_eclflow"),
         ("x" * 5000, "File name too long"),

@@ -124,6 +124,11 @@ def _postgres(text: str) -> DatabaseURL:
                     f"bad schema name {value!r} in {_safe(text)}: a schema name is letters, "
                     "digits and _ (at most 63), not starting with a digit"
                 )
+            if value.lower().startswith("pg_") or value.lower() == "information_schema":
+                raise ConfigError(
+                    f"schema {value!r} in {_safe(text)} is PostgreSQL's own, where no table of "
+                    "eclflow's can go: give a name of your own"
+                )
             schema = value
         else:
             params[key] = value
