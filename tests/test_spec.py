@@ -998,6 +998,13 @@ def test_validate_annotates_for_github_actions(tmp_path: Path) -> None:
         f"warning: cannot add to the job summary $GITHUB_STEP_SUMMARY ({gone}): "
         "No such file or directory\n"
     )
+    # a summary that is a pipe (/dev/stderr, to see it outside GitHub Actions): written to,
+    # as a file is, though where it ends cannot be told
+    r = run_cli(
+        "validate", "--format", "github", str(ok), env={"GITHUB_STEP_SUMMARY": "/dev/stderr"}
+    )
+    assert (r.returncode, r.stdout) == (0, "")
+    assert r.stderr == "eclflow validate: 1 file: 1 valid, 0 invalid (0 errors, 0 warnings)\n"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -173,8 +173,7 @@ def _job_summary(counts: str) -> None:
         return
     try:
         with open(path, "a", encoding="utf-8") as f:
-            apart = "\n" if f.tell() else ""  # (a blank line after what the file holds)
-            f.write(f"{apart}eclflow validate: {counts}\n")
+            f.write(f"{_apart(f)}eclflow validate: {counts}\n")
     except OSError as e:
         from ._common import say
 
@@ -183,6 +182,16 @@ def _job_summary(counts: str) -> None:
             "warning",
             prefix="warning: ",
         )
+
+
+def _apart(summary: TextIO) -> str:
+    """A blank line after what the summary file holds, none before the first counts; none
+    either when it is not a file one can tell the size of (a pipe: GITHUB_STEP_SUMMARY set to
+    /dev/stdout to see the summary outside GitHub Actions), which is written to as before."""
+    try:
+        return "\n" if summary.tell() else ""
+    except OSError:  # (io.UnsupportedOperation: not seekable)
+        return ""
 
 
 def _escape(text: str, *, property: bool = False) -> str:
