@@ -535,3 +535,53 @@ def test_a_huge_limit_or_an_id_no_run_can_have_is_not_an_internal_error(
     r = env.cli(command, "\udcff\udcfeab")
     assert r.returncode == 2, r.stderr
     assert r.stderr == "error: Run not found: \\udcff\\udcfeab\n"
+
+
+# RFC 3339 (ISO 8601 with `T` and an offset): what Go's time.RFC3339, Safari's Date and
+# jq's strptime-based parsers need, and what the traces' and the logs' `ts` already were
+RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
+
+
+def _times(value: Any) -> list[tuple[str, Any]]:
+    """Every field of `value` (nested) that holds a time: `…_at` and `ts`."""
+    if isinstance(value, list):
+        return [t for v in value for t in _times(v)]
+    if not isinstance(value, dict):
+        return []
+    own = [(k, v) for k, v in value.items() if (k.endswith("_at") or k == "ts") and v is not None]
+    return own + [t for v in value.values() for t in _times(v)]
+
+
+def test_every_json_time_is_rfc_3339_with_its_offset(two_runs: Any) -> None:
+    """`runs`, `status` and `show --json` printed the run's and the steps' times as Python's
+    str() writes them, `2026-12-07 02:27:41.802000+00:00` (a space for the `T`), beside traces
+    and `logs --json` whose `ts` was `2026-12-07T02:27:41.802+00:00`: a script parsing them
+    (Go's time.RFC3339, a browser's Date) failed on the first. Every time is ISO 8601 with
+    the `T` and its offset, the same instant as before."""
+    import re
+
+    env, ok, _ = two_runs
+    printed = {
+        "runs": env.json("runs", "--json"),
+        "status": env.json("status", ok["run_id"], "--json"),
+        "show": env.json("show", ok["run_id"], "--json"),
+        "logs": [
+            json.loads(x) for x in env.cli("logs", ok["run_id"], "--json").stdout.split("\n") if x
+        ],
+    }
+    times = {name: _times(value) for name, value in printed.items()}
+    assert {name: sorted({k for k, _ in found}) for name, found in times.items()} == {
+        "runs": ["completed_at", "created_at", "started_at"],
+        "status": ["completed_at", "created_at", "updated_at"],
+        "show": ["completed_at", "created_at", "started_at", "ts"],
+        "logs": ["ts"],
+    }
+    odd = [
+        (n, k, v) for n, found in times.items() for k, v in found if not re.fullmatch(RFC3339, v)
+    ]
+    assert odd == []
+    # the same instant as the store holds (UTC)
+    [run] = [r for r in printed["runs"] if r["run_id"] == ok["run_id"]]
+    started = datetime.fromisoformat(run["started_at"])
+    assert started.utcoffset() == timedelta(0)
+    assert datetime.fromisoformat(printed["status"]["created_at"]) == started

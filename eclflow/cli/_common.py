@@ -140,19 +140,32 @@ def json_text(value: Any, indent: int | None = None) -> str:
     """`value` as JSON any JSON reader takes (what --json prints): a float JSON has no number
     for (NaN, Infinity: a model's JSON reply may hold one) is null, as JavaScript's
     JSON.stringify writes it, and a lone surrogate (`\\ud800` in a reply or an input) is kept
-    escaped, as no UTF-8 output could hold it."""
+    escaped, as no UTF-8 output could hold it. A time is ISO 8601 with its offset
+    (`2026-12-07T02:27:41.802000+00:00`, as the traces' and the logs' `ts`), not str()'s
+    text with a space, which RFC 3339 parsers (Go's, a browser's Date) refuse."""
     import json
 
     try:
-        text = json.dumps(value, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+        text = json.dumps(
+            value, indent=indent, ensure_ascii=False, default=_json_default, allow_nan=False
+        )
     except ValueError:
-        text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=str)
+        text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=_json_default)
     if not text.isascii() and _SURROGATE.search(text) is not None:
         return json.dumps(json.loads(text), indent=indent)
     return text
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_default(value: Any) -> str:
+    """What JSON has no value for, as text: a time (the store's datetimes) in ISO 8601."""
+    import datetime
+
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
 
 
 def _finite(value: Any) -> Any:
