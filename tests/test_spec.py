@@ -2254,6 +2254,9 @@ MAY_WORK = [
     "{{ true or steps.a.output.text + 1 }}",
     "{{ 1 if true else steps.a.output.text > 3 }}",
     "{% if false %}{{ steps.a.output.text > 3 }}{% else %}1{% endif %}",
+    # nor is the body of a loop over an empty literal (it was E306)
+    "{% for i in [] %}{{ steps.a.output.text > 3 }}{% endfor %}",
+    "{% for i in () if steps.a.output.text > 3 %}{{ i }}{% else %}1{% endfor %}",
 ]
 
 
@@ -2327,6 +2330,8 @@ def test_a_branch_a_run_may_take_is_judged_whatever_guards_it() -> None:
         "{{ 1 if input.n else steps.a.output.text > 3 }}",
         "{% if input.n %}{{ steps.a.output.text > 3 }}{% endif %}",
         "{% if false %}1{% else %}{{ steps.a.output.text > 3 }}{% endif %}",
+        "{% for i in [] %}1{% else %}{{ steps.a.output.text > 3 }}{% endfor %}",
+        "{% for i in [0] %}{{ steps.a.output.text > 3 }}{% endfor %}",
     ):
         assert [d.code for d in diagnose(_with(expression))] == ["E306"], expression
 

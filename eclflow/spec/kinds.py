@@ -280,6 +280,11 @@ class _Inference:
             kinds = self.infer(node.iter)
             if kinds is not None and kinds <= _NOT_ITERABLE:
                 self.not_iterable(node.iter, kinds)
+            if _empty(node.iter):
+                # `{% for x in [] %}`: the body (and its `if`) never runs, only the `else`
+                for child in node.else_:
+                    self.visit(child)
+                return
             for child in node.iter_child_nodes(exclude=("iter",)):
                 self.visit(child)
             return
@@ -668,6 +673,16 @@ def _constant(node: nodes.Node) -> bool | None:
     if isinstance(node, nodes.Const) and isinstance(node.value, bool | int | float | str | None):
         return bool(node.value)
     return None
+
+
+def _empty(node: nodes.Node) -> bool:
+    """Whether an iterable is written as an empty literal (`[]`, `()`, `{}`, `''`): a loop
+    over it never runs its body, as a constant turns a branch away."""
+    if isinstance(node, nodes.List | nodes.Tuple):
+        return not node.items
+    if isinstance(node, nodes.Dict):
+        return not node.items
+    return isinstance(node, nodes.Const) and node.value in ("", (), [])
 
 
 def _union(a: Kinds | None, b: Kinds | None) -> Kinds | None:
