@@ -667,6 +667,25 @@ def test_template_problems_are_located_in_the_template(tmp_path: Path) -> None:
     ]
 
 
+def test_an_unknown_filter_is_located_at_the_filter_not_in_a_string_or_the_text() -> None:
+    """`{{ 'a | nofilter' | nofilter }}`: the E301 pointed into the string literal (and,
+    in a prompt, at `| nofilter` in its own words), the first `| nofilter` on the line."""
+    text = (
+        "eclflow: 1\nid: quoted\nsteps:\n  - id: a\n    type: template\n"
+        "    template: \"a | nofilter, {{ who }} {# | nofilter #}{{ 'b | nofilter' | nofilter }}\"\n"
+        "    with: {who: \"{{ 'is nottest' is nottest }}\"}\n"
+        "  - {id: b, type: template, template: x}\n"
+        "transitions:\n"
+        "  - {type: conditional, from: a, to: b, when: \"'x | nofilt' | nofilt\"}\n"
+    )
+    got = [(d.code, d.location.line, d.location.col, d.message) for d in diagnose(text)]
+    assert got == [
+        ("E301", *located(text, 'nofilter }}"'), "no filter named 'nofilter'"),
+        ("E301", *located(text, "nottest }}"), "no test named 'nottest'"),
+        ("E301", *located(text, 'nofilt"'), "no filter named 'nofilt'"),
+    ], got
+
+
 def test_a_prompt_reading_the_run_context_is_told_to_bind_it_under_with() -> None:
     """`template: "{{ input.q }}"` is the first prompt one writes; its E302 listed the prompt's
     own names (config, max_revisions) and did not say where `input.q` goes."""

@@ -1500,13 +1500,74 @@ def _position_of_name(text: str, kind: str, name: str, line: int) -> tuple[int, 
     `line`; else where it names `name` at all."""
     import re
 
-    lines = text.splitlines()
+    lines = _code_only(text).splitlines()
     if 0 < line <= len(lines):
         lead = r"\|\s*" if kind == "filter" else r"\bis\s+(?:not\s+)?"
         found = re.search(lead + r"(" + re.escape(name) + r")\b", lines[line - 1])
         if found:
             return line, found.start(1) + 1
     return _position_on(text, (name,), line)
+
+
+def _code_only(text: str) -> str:
+    """`text` with what is not Jinja code blanked out (same length, same lines): the text
+    around `{{ … }}` and `{% … %}`, comments, and what string literals hold, so that a
+    search for `| name` finds the filter, not `'a | name'` written in a string or the
+    prompt's own words. A text without tags is one expression (a condition): all code."""
+    if "{{" not in text and "{%" not in text:
+        return _blank_strings(text)
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        two = text[i : i + 2]
+        close = {"{{": "}}", "{%": "%}"}.get(two)
+        if close is None:
+            end = len(text)
+            for opener in ("{{", "{%", "{#"):
+                at = text.find(opener, i + (2 if two == "{#" else 0))
+                if at >= 0:
+                    end = min(end, at)
+            if two == "{#":  # a comment, to its end
+                shut = text.find("#}", i + 2)
+                end = len(text) if shut < 0 else shut + 2
+            out.append(_blank(text[i:end]))
+            i = end
+            continue
+        j = i + 2
+        quote = ""
+        while j < len(text):
+            c = text[j]
+            if quote:
+                if c == "\\":
+                    j += 1
+                elif c == quote:
+                    quote = ""
+            elif c in "'\"":
+                quote = c
+            elif text.startswith(close, j):
+                j += 2
+                break
+            j += 1
+        out.append(_blank_strings(text[i:j]))
+        i = j
+    return "".join(out)
+
+
+def _blank_strings(code: str) -> str:
+    """Jinja code with what its string literals hold blanked out (their quotes kept)."""
+    import re
+
+    return re.sub(
+        r"""(['"])((?:\\.|(?!\1).)*)\1""",
+        lambda m: m[1] + _blank(m[2]) + m[1],
+        code,
+        flags=re.S,
+    )
+
+
+def _blank(text: str) -> str:
+    """`text` as spaces, its line breaks kept."""
+    return "".join(c if c in "\r\n" else " " for c in text)
 
 
 def _failing_tag(text: str, line: int) -> int:
