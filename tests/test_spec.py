@@ -2680,18 +2680,47 @@ def test_what_the_sandbox_refuses_is_refused_by_validate() -> None:
         "eclflow: 1\nid: evil\nsteps:\n"
         "  - {id: a, type: template, template: \"{{ ''.__class__.__mro__ }}\"}\n"
         "  - id: b\n    type: template\n    depends_on: [a]\n"
-        '    template: "{{ x }}"\n    with: {x: "{{ input[\'__init__\'] }}"}\n'
-        'output: {a: "{{ steps.a.output.__class__ }}"}\n'
+        '    template: "{{ x }}"\n    with: {x: "{{ input.who[\'__init__\'] }}"}\n'
+        'output: {a: "{{ steps.a.output.text.__class__ }}"}\n'
     )
     got = [(d.code, d.location.line, d.location.col, d.message) for d in diagnose(text)]
     refused = "is refused by the sandbox: a template cannot reach Python's internals"
     assert got == [
         ("E301", 4, 46, f"`__class__` {refused}"),
-        ("E301", 9, 26, f"`__init__` {refused}"),
-        ("E301", 10, 32, f"`__class__` {refused}"),
+        ("E301", 9, 30, f"`__init__` {refused}"),
+        ("E301", 10, 37, f"`__class__` {refused}"),
     ], got
     # a key of that name of one's own data is another thing: only Python's own are refused
     assert diagnose(MINIMAL.replace("input.who", "input.__who")) == []
+
+
+def test_a_dunder_key_of_a_mapping_is_a_key_not_a_sandbox_refusal() -> None:
+    """`input['__init__']` was E301 "refused by the sandbox", but a run looks a mapping's key
+    up first: with an input of that name it completes. It is judged as any key: E302 where
+    the mapping cannot have it (`inputs` closed, a built-in step's fixed output)."""
+    import asyncio
+
+    import eclflow
+
+    text = MINIMAL.replace("input.who", "input['__init__']")
+    assert diagnose(text) == []
+    result = asyncio.run(eclflow.run(load_text(text), {"__init__": "world"}))
+    assert (result.status, result.output, result.steps[0].output) == (
+        "completed",
+        {},
+        {"text": "hello world"},
+    )
+    closed = text.replace("steps:", "inputs: {type: object, additionalProperties: false}\nsteps:")
+    got = [(d.code, d.message) for d in diagnose(closed)]
+    assert got == [
+        ("E302", "input.__init__ does not exist: `inputs` allows no other properties")
+    ], got
+    fixed = MINIMAL + (
+        '  - {id: b, type: template, template: "{{ y }}", depends_on: [a],\n'
+        "     with: {y: \"{{ steps.a.output['__class__'] }}\"}}\n"
+    )
+    got = [(d.code, d.message) for d in diagnose(fixed)]
+    assert [c for c, _ in got] == ["E302"] and "__class__" in got[0][1], got
 
 
 def test_a_field_of_a_string_or_number_is_e302() -> None:

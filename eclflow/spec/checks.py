@@ -727,7 +727,7 @@ class _Checker:
         except Exception as e:  # the sandbox's parser on absurd input
             self.error(path, "E301", f"template does not parse: {type(e).__name__}")
             return
-        if not self.filters_and_tests(path, tree, text):
+        if not self.filters_and_tests(path, tree, text, kinds_of=self.path_kinds):
             return
         jinja_loop = _uses_jinja_loop(tree)
         named_well = True
@@ -1107,11 +1107,16 @@ class _Checker:
         text: str | None,
         say: Callable[[str, str, str | None, tuple[int, int] | None], None] | None = None,
         step: str | None = None,
+        *,
+        kinds_of: Callable[[tuple[str, ...]], Any] | None = None,
     ) -> bool:
         """Report `| nosuchfilter` and `is nosuchtest` (Jinja finds them only when it compiles,
-        that is at run time); False when there was one. `text`: the template's text, where
-        the problem is located (None: at `path`). `say`: how to report one in a prompt file
-        (that of step `step`), in place of `self.error`."""
+        that is at run time) and what the sandbox refuses; False when there was one. `text`:
+        the template's text, where the problem is located (None: at `path`). `say`: how to
+        report one in a prompt file (that of step `step`), in place of `self.error`.
+        `kinds_of`: the types of an expression's variable path, where known: `x['__init__']`
+        of a value that may be a mapping reads a key it may hold (the run looks a mapping's
+        key up first), which the checks of names judge (E302); a prompt's are all refused."""
         from jinja2 import nodes
 
         from .. import expr
@@ -1135,7 +1140,7 @@ class _Checker:
             )
         for n in tree.find_all((nodes.Getattr, nodes.Getitem)):
             name = n.attr if isinstance(n, nodes.Getattr) else getattr(n.arg, "value", None)
-            if name in _EVERY_OBJECTS:
+            if name in _EVERY_OBJECTS and not self.may_be_mapping(n.node, kinds_of):
                 ok = False
                 report(
                     "E301",
@@ -1156,6 +1161,20 @@ class _Checker:
                 at = _position_of_name(text, kind, n.name, n.lineno) if text is not None else None
                 report("E301", f"no {kind} named '{n.name}'", hint, at)
         return ok
+
+    @staticmethod
+    def may_be_mapping(node: Any, kinds_of: Callable[[tuple[str, ...]], Any] | None) -> bool:
+        """Whether the value of `node` (what `node['__init__']` reads from) may be a mapping,
+        as far as known: the run's `input`, or a path `kinds_of` gives a mapping's type."""
+        from .. import expr
+
+        p = expr.path_of(node)
+        if p is None or kinds_of is None:
+            return False
+        if p == ("input",):
+            return True
+        kinds = kinds_of(p)
+        return kinds is not None and dict in kinds
 
     def prompt_names(self, s: Any) -> set[str] | None:
         """Variables a built-in step's prompt can see; None for plugin types (unknown)."""
