@@ -8,8 +8,9 @@ output are data: they are passed as variables and never rendered again.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import lru_cache
+from types import CodeType
 from typing import Any
 
 import jinja2
@@ -34,10 +35,49 @@ MAX_SIZE = 10_000_000  # characters or items
 MAX_BITS = 100_000  # of an integer `**` makes
 
 
+def _concat(parts: Iterable[Any]) -> str:
+    """The text a template, a `{% set %}` block or a macro makes, refused past MAX_SIZE
+    characters: each part may be within the bounds (`{% for i in range(10**5) %}{{ big }}`)."""
+    out: list[str] = []
+    size = 0
+    for part in parts:
+        size += len(part)
+        if size > MAX_SIZE:
+            _bounded(size, f"the text it makes would reach {size:,} characters")
+        out.append(part)
+    return "".join(out)
+
+
+def _str_join(values: Iterable[Any]) -> str:
+    """`a ~ b`: Jinja's own, refused past MAX_SIZE characters (a loop that doubles a text)."""
+    texts = [str(v) for v in values]
+    size = sum(map(len, texts))
+    _bounded(size, f"`~` would make {size:,} characters")
+    return "".join(texts)
+
+
+class _Template(jinja2.Template):
+    """A template whose `~` is `_str_join` (the compiled code takes Jinja's from its module)."""
+
+    @classmethod
+    def from_code(
+        cls,
+        environment: jinja2.Environment,
+        code: CodeType,
+        globals: MutableMapping[str, Any],
+        uptodate: Callable[[], bool] | None = None,
+    ) -> jinja2.Template:
+        template = super().from_code(environment, code, globals, uptodate)
+        template.root_render_func.__globals__["str_join"] = _str_join  # type: ignore[attr-defined]
+        return template
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     """Sandboxed, and `a.b` on a mapping means its key `b` first (`output.items` is data)."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    template_class = _Template
+    concat = staticmethod(_concat)  # type: ignore[assignment]
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
@@ -45,7 +85,11 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
+        if operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                size = len(left) + len(right)  # (a loop that doubles a list: `ns.a + ns.a`)
+                _bounded(size, f"`+` would make {size:,} items")
+        elif operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and type(n) is int:
                     _bounded(len(seq) * n, f"`*` would make {len(seq) * n:,} items")

@@ -203,6 +203,10 @@ def test_a_run_time_error_names_the_template_line_and_file() -> None:
         ("{{ ('a' * n).replace('a', 'b' * n) }}", "`replace` would make 100,000,000 characters"),
         ("{{ ('ab' * n) | join('c' * n) }}", "`join` would make 200,010,000 characters"),
         ("{{ ('c' * n).join('ab' * n) }}", "`join` would make 200,010,000 characters"),
+        # each operation within bounds, repeated: a loop that doubles a text or a list
+        ("{{ ('a' * n * 600) + ('b' * n * 600) }}", "`+` would make 12,000,000 items"),
+        ("{{ ([0] * n * 600) + ([0] * n * 600) }}", "`+` would make 12,000,000 items"),
+        ("{{ ('a' * n * 600) ~ ('b' * n * 600) }}", "`~` would make 12,000,000 characters"),
     ],
 )
 def test_the_sandbox_bounds_what_one_operation_may_make(source: str, refused: str) -> None:
@@ -213,6 +217,42 @@ def test_the_sandbox_bounds_what_one_operation_may_make(source: str, refused: st
     assert str(caught.value).startswith("unsafe template refused by the sandbox: " + refused)
     with pytest.raises(TemplateError, match="refused by the sandbox"):
         expr.evaluate(source[3:-3], {"n": 10000})
+
+
+@pytest.mark.parametrize(
+    ("source", "refused"),
+    [
+        (
+            "{% set ns = namespace(a='x') %}{% for i in range(40) %}"
+            "{% set ns.a = ns.a + ns.a %}{% endfor %}{{ ns.a | length }}",
+            "`+` would make 16,777,216 items",
+        ),
+        (
+            "{% set ns = namespace(a=[0]) %}{% for i in range(40) %}"
+            "{% set ns.a = ns.a + ns.a %}{% endfor %}",
+            "`+` would make 16,777,216 items",
+        ),
+        (
+            "{% set ns = namespace(a='x') %}{% for i in range(40) %}"
+            "{% set ns.a = ns.a ~ ns.a %}{% endfor %}",
+            "`~` would make 16,777,216 characters",
+        ),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 9000000 }}{% endfor %}",
+            "the text it makes would reach 18,000,000 characters",
+        ),
+        (
+            "{% set t %}{% for i in range(3) %}{{ 'x' * 9000000 }}{% endfor %}{% endset %}",
+            "the text it makes would reach 18,000,000 characters",
+        ),
+    ],
+)
+def test_the_sandbox_bounds_what_a_loop_makes(source: str, refused: str) -> None:
+    """Each step of these loops was within the bounds, the whole was not: the first took the
+    process's memory (it was killed after a minute and a half), the others would have."""
+    with pytest.raises(TemplateError) as caught:
+        expr.render_string(source, {})
+    assert str(caught.value).startswith("unsafe template refused by the sandbox: " + refused)
 
 
 def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
@@ -237,5 +277,9 @@ def test_ordinary_arithmetic_and_formatting_are_untouched() -> None:
     assert expr.render_value("{{ [1, 2, 3] | slice(2) | list }}", ctx) == [[1, 2], [3]]
     assert expr.render_value("{{ 'abcb' | replace('b', 'XY', 1) }}", ctx) == "aXYcb"
     assert expr.render_value("{{ 'abcb'.replace('b', 'XY') }}", ctx) == "aXYcXY"
+    assert expr.render_value("{{ [1] + [2] }}", ctx) == [1, 2]
+    assert expr.render_value("{{ 'a' + 'b' ~ 1 ~ none }}", ctx) == "ab1None"
+    text = "{% set t %}a{{ n }}{% endset %}{% macro m() %}b{% endmacro %}{{ t }}{{ m() }}"
+    assert expr.render_string(text, ctx) == "a3b"
     assert expr.render_value("{{ [{'a': 1}, {'a': 2}] | join('+', attribute='a') }}", ctx) == "1+2"
     assert expr.render_value("{{ '-'.join(['x', 'y']) }}", ctx) == "x-y"
