@@ -2130,6 +2130,25 @@ def test_nesting_too_deep_is_not_called_an_alias_bomb() -> None:
         assert d.code == "E100" and "nested" in d.message, (depth, str(d))
 
 
+def test_brackets_nested_too_deep_are_refused_where_they_pass_the_limit() -> None:
+    """A thousand `[` took ruamel seconds of CPU (its scanner's time grows with the square of
+    the depth) to end in E100 "YAML: nested too deeply" at 1:1; they are refused before it
+    reads them, at the bracket that opens the 201st level."""
+    text = MINIMAL + "metadata:\n  x: " + "[" * 1000 + "]" * 1000 + "\n"
+    (d,) = diagnose(text)
+    assert (d.code, d.message) == ("E100", "YAML: nested more than 200 levels deep"), str(d)
+    line, col = located(text, "[")
+    assert (d.location.line, d.location.col) == (line, col + 200)
+    # brackets in a quoted scalar, a comment, or the words of a plain or block scalar are not
+    # nesting
+    many = "[" * 300
+    fine = MINIMAL + (
+        f"metadata:\n  q: \"{many}\"\n  s: '{many}'\n  # {many}\n  p: see {many}\n"
+        f"  b: |\n    see {many}\n"
+    )
+    assert diagnose(fine) == []
+
+
 def test_keys_equal_only_in_python_are_named_as_written() -> None:
     """`1:` and `true:` in one mapping were "duplicate key "True"": a key the file does not
     have, and keys YAML does not take for one (an int and a bool, equal in Python)."""

@@ -140,6 +140,16 @@ def check_text(
         return None, [
             _diag(Location(file), "E102", "contains NUL bytes (is this a workflow file?)")
         ]
+    deep = _too_deep_flow(text)
+    if deep is not None:
+        return None, [
+            _diag(
+                Location(file, *deep),
+                "E100",
+                f"YAML: nested more than {MAX_DEPTH} levels deep",
+                "a workflow needs only a few levels of nesting",
+            )
+        ]
     doc, diags = _parse(text, file)
     if any(d.severity == "error" for d in diags):
         return None, diags
@@ -262,6 +272,74 @@ def parse_duration(value: Any) -> float:
 
 
 # --- parsing ----------------------------------------------------------------------------------
+
+
+def _too_deep_flow(text: str) -> tuple[int, int] | None:
+    """Where (line, column) `[` or `{` brackets open more than MAX_DEPTH levels, or None.
+    ruamel's scanner takes time that grows with the square of the depth (seconds for a
+    thousand `[`) before its parser runs out of recursion: the text is refused first. Quoted
+    scalars and comments are skipped; outside brackets, one opens a collection only where a
+    value starts (after `:`, `-`, `?` or at a line's start), not in a plain scalar's words."""
+    depth = 0
+    line, start = 1, 0
+    i = 0
+    while True:
+        m = _FLOW_SIGNS.search(text, i)
+        if m is None:
+            return None
+        i = m.start()
+        c = text[i]
+        if c == "\n":
+            line, start = line + 1, i + 1
+        elif c == "#":
+            if i == 0 or text[i - 1] in " \t\n":  # a comment, to the end of its line
+                end = text.find("\n", i)
+                if end < 0:
+                    return None
+                i = end
+                continue
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        else:
+            before = _before(text, i)
+            if depth or before in ":-?\n":
+                if c in "'\"":
+                    if before in ":-?,[{\n":
+                        i = _quoted_end(text, i)
+                        continue
+                else:
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        return line, i - start + 1
+        i += 1
+
+
+_FLOW_SIGNS = re.compile(r"[\n#'\"\[\]{}]")
+
+
+def _before(text: str, i: int) -> str:
+    """The last character before `text[i]` other than a blank ("\\n" at a line's start)."""
+    j = i - 1
+    while j >= 0 and text[j] in " \t\r":
+        j -= 1
+    return text[j] if j >= 0 else "\n"
+
+
+def _quoted_end(text: str, i: int) -> int:
+    """The index after the quoted scalar that starts at `text[i]` (its end: the text's)."""
+    quote = text[i]
+    j = i + 1
+    while j < len(text):
+        if text[j] == "\\" and quote == '"':
+            j += 2
+            continue
+        if text[j] == quote:
+            if quote == "'" and text[j + 1 : j + 2] == "'":  # ('' is a quote in '…')
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    return j
 
 
 def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
