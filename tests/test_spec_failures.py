@@ -124,6 +124,7 @@ FAILING_PROMPTS = [
     ("E307", "{{ 1 / 0.0 }}", "`1 / 0.0` divides by zero"),
     ("E307", "{{ range(10**9) | list }}", "`range(…)` makes 1,000,000,000 numbers"),
     ("E307", "{% for i in range(200001) %}{% endfor %}", "`range(…)` makes 200,001 numbers"),
+    ("E307", "{{ range(1, n, 0) | list }}", "`range(…)` with a step of 0"),
     # behind a guard that is no constant: it fails at every run that gets there
     ("E306", "{% if b %}{{ n | length }}{% endif %}", "`n | length` applies `length`"),
     # a macro that is called (or named, to be called later) runs
@@ -137,7 +138,11 @@ def test_prompts_that_fail_at_run_time_are_reported(code: str, template: str, sa
     (d,) = diagnose(prompt_step(template))
     assert (d.code, d.severity) == (code, "error")
     assert d.message.startswith(f"prompt of step 'a': {said}"), d.message
-    tail = {"divides": "(ZeroDivisionError)", "range": "refuses a range of more than 100,000"}
+    tail = {
+        "step of 0": "(ValueError)",
+        "divides": "(ZeroDivisionError)",
+        "range": "refuses a range of more than 100,000",
+    }
     ending = next((t for word, t in tail.items() if word in said), "a run fails there")
     assert ending in d.message, d.message
     with pytest.raises(TemplateError) as caught:  # as the run renders it

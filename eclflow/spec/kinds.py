@@ -466,12 +466,20 @@ class _Inference:
 
     def range_too_large(self, node: nodes.Call) -> None:
         """`range(10**9)`, its numbers written as they are: the sandbox refuses a range of more
-        than MAX_RANGE items, at every run that gets there."""
+        than MAX_RANGE items, at every run that gets there; and `range(a, b, 0)`, whatever
+        `a` and `b` are."""
         if not (isinstance(node.node, nodes.Name) and node.node.name == "range"):
             return
         if "range" in self.bound or "range" in self.context:
             return  # (not Jinja's)
         if node.kwargs or node.dyn_args or node.dyn_kwargs or not 1 <= len(node.args) <= 3:
+            return
+        if len(node.args) == 3 and _literal_int(node.args[2]) == 0:
+            message = (
+                "`range(…)` with a step of 0: Python refuses it (ValueError), so a run fails there"
+            )
+            hint = "give range a step other than 0: range(start, stop, 1)"
+            self.found.append(Clash(node, ("range",), message, hint, (), "E307"))
             return
         numbers = [_literal_int(a) for a in node.args]
         if any(n is None for n in numbers):
