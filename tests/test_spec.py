@@ -2121,6 +2121,27 @@ def test_type_errors_speak_yaml_a_list_and_a_mapping() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [
+        # inside a mapping ruamel reads the alias as null: the file was valid, the run got None
+        'steps: &s\n  - {id: a, type: template, template: "{{ x }}", with: {x: *s}}\n',
+        "metadata: &m\n  a: *m\nsteps:\n  - {id: a, type: template, template: x}\n",
+        # inside a list it holds itself: "nested more than 200 levels deep" at 1:1
+        "metadata: {l: &m [1, [2, *m]]}\nsteps:\n  - {id: a, type: template, template: x}\n",
+    ],
+)
+def test_an_alias_inside_the_node_it_names_is_e100_at_the_alias(tail: str) -> None:
+    text = "eclflow: 1\nid: loop\n" + tail
+    got = [(d.code, d.location.line, d.location.col, d.message) for d in diagnose(text)]
+    name = tail.split("&", 1)[1][0]
+    said = f"YAML: alias *{name} is inside the node &{name} names: a value cannot hold itself"
+    assert got == [("E100", *located(text, f"*{name}"), said)], got
+    # an alias beside its anchor, or used twice, is fine
+    shared = "metadata: {a: &m [1], b: *m, c: [*m, *m]}\nsteps:\n  - {id: a, type: template, template: x}\n"
+    assert diagnose("eclflow: 1\nid: loop\n" + shared) == []
+
+
 def test_nesting_too_deep_is_not_called_an_alias_bomb() -> None:
     """From 201 to about 245 levels the message was E103 "document expands to more than
     200000 nodes (anchors and aliases that expand exponentially are refused)"."""

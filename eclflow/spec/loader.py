@@ -153,6 +153,17 @@ def check_text(
     doc, diags = _parse(text, file)
     if any(d.severity == "error" for d in diags):
         return None, diags
+    held = _alias_in_itself(text) if "&" in text and "*" in text else None
+    if held is not None:
+        name, line, col = held
+        return None, [
+            _diag(
+                Location(file, line, col),
+                "E100",
+                f"YAML: alias *{name} is inside the node &{name} names: a value cannot hold itself",
+                "write the value out, or move the anchor to a node that does not hold the alias",
+            )
+        ]
     yaml_warnings = diags
     located = _Located(file, doc)
     data, too_big = _plain(doc)
@@ -529,6 +540,51 @@ def _colliding_keys(text: str, mark: Any) -> _Collision | None:
             return None
     except Exception:  # (only a better message was at stake)
         return None
+    return None
+
+
+def _alias_in_itself(text: str) -> tuple[str, int, int] | None:
+    """An alias used inside the node its anchor names (`steps: &s [{with: {x: *s}}]`), as
+    (name, line, column of the alias), or None. ruamel reads it as null inside a mapping
+    (silently), as a list that holds itself inside a list."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    try:
+        root = YAML(typ="rt").compose(text)
+    except Exception:  # (the parse that read the document said nothing: neither does this)
+        return None
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    open_: set[int] = set()
+    seen: set[int] = set()  # (explored: no loop goes through them; an alias bomb's nodes)
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            seen.add(id(node))
+            continue
+        if id(node) in seen:
+            continue
+        children: list[Any] = []
+        if isinstance(node, MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, SequenceNode):
+            children = list(node.value)
+        else:
+            continue
+        open_.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_:
+                name = str(getattr(child.anchor, "value", None) or child.anchor or "")
+                start, end = child.start_mark.index, child.end_mark.index
+                at = text.find(f"*{name}", start, end) if name else -1
+                mark = child.start_mark
+                if at >= 0:
+                    line = text.count("\n", 0, at) + 1
+                    return name, line, at - (text.rfind("\n", 0, at) + 1) + 1
+                return name, mark.line + 1, mark.column + 1
+            stack.append((child, False))
     return None
 
 
