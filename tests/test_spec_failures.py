@@ -184,3 +184,35 @@ def test_a_with_value_named_range_is_not_jinjas() -> None:
         "    with: {range: '{{ input.n }}'}\n"
     )
     assert [d.code for d in diagnose(text)] == []
+
+
+def test_an_infinite_number_literal_is_e301_where_it_is_written() -> None:
+    """`{{ 1e400 }}` (or `1e308 / 1e-10`, which Jinja works out when it compiles) passed
+    validate, and every run failed there with "NameError: name 'inf' is not defined": Jinja
+    writes the number into its Python code as `inf` (found by the structural fuzzer)."""
+    text = with_step("{{ 1e400 }}") + (
+        "  - {id: b, type: template, template: '{{ n }} {{ 1e308 / 1e-10 }}', with: {n: 1}}\n"
+        "transitions:\n  - {type: conditional, from: a, to: b, when: 'input.n < -1E+999'}\n"
+    )
+    got = [
+        (d.code, d.location.line, d.location.col, d.message.split(":")[0]) for d in diagnose(text)
+    ]
+    lines = text.splitlines()
+    where = [
+        (i + 1, line.index(number) + 1)
+        for number in ("1e400", "1e308", "1E+999")
+        for i, line in enumerate(lines)
+        if number in line
+    ]
+    assert got == [
+        ("E301", *where[0], "`1e400` is infinite"),
+        ("E301", *where[1], "`1e+308 / 1e-10` is infinite"),
+        ("E301", *where[2], "`1E+999` is infinite"),
+    ], got
+    for source in ("{{ 1e400 }}", "{{ 1e308 / 1e-10 }}", "{% if x < 1e400 %}a{% endif %}"):
+        with pytest.raises(TemplateError, match="NameError"):  # as a run renders it
+            expr.render_value(source, {"x": 1})
+    # a large finite number, or an infinity made at run time, compiles
+    fine = with_step("{{ 1e308 }} {{ 1e308 * input.n }} {{ -1.5e-300 }}")
+    assert diagnose(fine) == []
+    runs_to_the_end(fine)

@@ -1149,6 +1149,19 @@ class _Checker:
                     "read the data: input, steps, loop and the step's `with:` values",
                     _position_on(text, (name,), n.lineno) if text is not None else None,
                 )
+        for n, shown in _infinite_constants(tree):
+            ok = False
+            number = _number_on(text, n.lineno) if text is not None else None
+            if number is not None and isinstance(n, nodes.Const):
+                shown = number[2]  # (as written: `1e400`, not `inf`)
+            report(
+                "E301",
+                f"`{shown}` is infinite: numbers in a workflow must be finite (Jinja cannot "
+                "compile an infinite one: a run fails there, NameError: name 'inf' is not "
+                "defined)",
+                "write a number a float can hold (at most about 1.8e308)",
+                number[:2] if number is not None else ((n.lineno, 0) if text else None),
+            )
         for kind, node_type, known in (
             ("filter", nodes.Filter, env.filters),
             ("test", nodes.Test, env.tests),
@@ -1587,6 +1600,70 @@ def _blank_strings(code: str) -> str:
 def _blank(text: str) -> str:
     """`text` as spaces, its line breaks kept."""
     return "".join(c if c in "\r\n" else " " for c in text)
+
+
+def _infinite_constants(tree: Any) -> list[tuple[Any, str]]:
+    """The literal numbers (`1e400`) and operations on literals (`1e308 / 1e-10`) that are not
+    finite, with how to show them: Jinja writes them into its Python code as `inf` or `nan`,
+    names that code does not have, so a render fails (NameError) unless Jinja made text of
+    them when it compiled (`{{ 1e400 }}` alone in a template prints inf)."""
+    import math
+
+    from jinja2 import nodes
+    from jinja2.nodes import EvalContext, Impossible
+
+    from .. import expr
+
+    found: list[tuple[Any, str]] = []
+    context = EvalContext(expr.environment())
+    for n in tree.find_all((nodes.Const, nodes.BinExpr, nodes.UnaryExpr)):
+        children = list(n.iter_child_nodes())
+        if isinstance(n, nodes.Const):
+            value = n.value
+        elif any(not _finite_const(c) for c in children):
+            continue  # (only what Jinja folds, an operation on finite literals: `1e308 * 10`)
+        else:
+            try:
+                value = n.as_const(context)
+            except (Impossible, Exception):
+                continue
+        if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(n, nodes.BinExpr):
+                written = f"{_literal_text(n.left)} {n.operator} {_literal_text(n.right)}"
+            elif isinstance(n, nodes.UnaryExpr):
+                written = f"{n.operator}{_literal_text(n.node)}"
+            else:
+                written = _literal_text(n)
+            found.append((n, written))
+    return found
+
+
+def _finite_const(node: Any) -> bool:
+    import math
+
+    from jinja2 import nodes
+
+    value = getattr(node, "value", None) if isinstance(node, nodes.Const) else None
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _literal_text(node: Any) -> str:
+    """A literal as Python writes it (`1e+308`), or `…` for anything else."""
+    return repr(node.value) if hasattr(node, "value") else "…"
+
+
+def _number_on(text: str, line: int) -> tuple[int, int, str] | None:
+    """Where a number with an exponent, or a long one (`1e400`), is written on line `line`:
+    its line, column and text."""
+    import re
+
+    lines = _code_only(text).splitlines()
+    if 0 < line <= len(lines):
+        pattern = r"(?<![\w.])\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+|\d{300,})"
+        found = re.search(pattern, lines[line - 1])
+        if found:
+            return line, found.start() + 1, found[0]
+    return None
 
 
 def _failing_tag(text: str, line: int) -> int:
