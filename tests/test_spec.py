@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -2137,9 +2138,15 @@ def test_an_alias_inside_the_node_it_names_is_e100_at_the_alias(tail: str) -> No
     name = tail.split("&", 1)[1][0]
     said = f"YAML: alias *{name} is inside the node &{name} names: a value cannot hold itself"
     assert got == [("E100", *located(text, f"*{name}"), said)], got
-    # an alias beside its anchor, or used twice, is fine
+    # an alias beside its anchor, or used twice, is fine; an anchor defined twice is W508
+    # alone (looking for the alias did not print ruamel's warning of it again)
     shared = "metadata: {a: &m [1], b: *m, c: [*m, *m]}\nsteps:\n  - {id: a, type: template, template: x}\n"
     assert diagnose("eclflow: 1\nid: loop\n" + shared) == []
+    twice = shared.replace("b: *m", "b: &m [2], d: *m")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [d.code for d in diagnose("eclflow: 1\nid: loop\n" + twice)] == ["W508"]
+    assert [str(w.message) for w in caught] == []
 
 
 def test_nesting_too_deep_is_not_called_an_alias_bomb() -> None:

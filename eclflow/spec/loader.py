@@ -551,7 +551,10 @@ def _alias_in_itself(text: str) -> tuple[str, int, int] | None:
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     try:
-        root = YAML(typ="rt").compose(text)
+        # (composing warns of an anchor defined twice again: its W508 is said already)
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root = YAML(typ="rt").compose(text)
     except Exception:  # (the parse that read the document said nothing: neither does this)
         return None
     stack: list[tuple[Any, bool]] = [(root, False)]
