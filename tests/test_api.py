@@ -908,6 +908,39 @@ def test_resume_and_pause_refuse_an_empty_run_id(tmp_path: Path) -> None:
         assert (done.returncode, done.stderr) == (2, f"error: {said}\n")
 
 
+def test_a_run_whose_id_an_earlier_eclflow_took_with_a_tab_is_still_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run's id with a control character is refused (a NUL failed the journal on
+    PostgreSQL), but an id given to find a run is not written: a run an earlier eclflow made
+    with one (a tab-separated name and date, say) was refused with 'run_id "job\\t1" has a
+    control character', and could no longer be resumed nor paused."""
+    import asyncio
+
+    import eclflow
+    from eclflow.engine import runner
+    from eclflow.spec import load_text
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    workflow = load_text(
+        "eclflow: 1\nid: two\nmodel: mock/x\nsteps:\n  - {id: a, type: llm, template: hi}\n"
+        "  - {id: b, type: llm, template: there, depends_on: [a]}\n"
+    )
+    with monkeypatch.context() as m:  # (an eclflow before the check: it took the id)
+        m.setattr(runner, "control_character", lambda name: None)
+        first = asyncio.run(
+            eclflow.run(workflow, {}, mock_responses={"a": "x"}, db=url, run_id="job\t1")
+        )
+    assert (first.run_id, first.status) == ("job\t1", "failed")
+    again = asyncio.run(eclflow.resume("job\t1", mock_responses={"b": "y"}, db=url))
+    assert (again.run_id, again.status) == ("job\t1", "completed")
+    with pytest.raises(eclflow.ConfigError) as caught:  # (a new one is refused still)
+        asyncio.run(eclflow.run(workflow, {}, mock_responses={"a": "x"}, db=url, run_id="r\n"))
+    assert str(caught.value) == (
+        'Configuration error: run_id "r\\n" has a control character (U+000A)'
+    )
+
+
 PUBLIC_PARAMETERS = {
     "run": "workflow inputs model mock_responses providers store db run_id budget listener",
     "resume": "run_id store db model mock_responses providers force budget listener",

@@ -86,10 +86,12 @@ def check_model_name(model: Any) -> None:
 def check_run_id(run_id: Any, new: bool = False) -> None:
     """A run id given to run, resume or pause is text (an int or None failed with
     AttributeError), and not empty (run made a new id for one, resume took it for a prefix).
-    `new`: the id of a new run (`run`), not of one to find."""
+    `new`: the id of a new run (`run`), not of one to find. A new one has no control character
+    (a NUL failed the run's first journal write on PostgreSQL); one to find may (an earlier
+    eclflow took "job\\n", which resume and pause still find)."""
     if not isinstance(run_id, str):
         raise ConfigError(f"run_id must be a string, not {type(run_id).__name__}")
-    found = control_character(run_id)
+    found = control_character(run_id) if new else None
     if found is not None:
         raise ConfigError(f"run_id {json.dumps(run_id)} has a control character ({found})")
     if not run_id.strip():
