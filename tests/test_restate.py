@@ -219,6 +219,24 @@ def test_invalid_input_is_refused_before_anything_is_sent(tmp_path: Path) -> Non
         client.build_request(critique_revise(tmp_path), {"topic": ""})
 
 
+def test_a_model_name_run_refuses_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    """A model name with a control character is refused by `run` (a NUL failed the journal on
+    PostgreSQL); sent to Restate, the worker refused it, and the run failed with '... has a
+    control character (on the workers: the `eclflow serve` processes run the steps)', as if
+    the workers' setup were wrong."""
+    from eclflow.errors import ConfigError
+
+    wf = critique_revise(tmp_path)
+    given: list[tuple[Any, str]] = [
+        ("mock/x\t", 'model "mock/x\\t" has a control character (U+0009)'),
+        (5, "model is a name such as 'openai/gpt-4o-mini', not 5"),
+    ]
+    for model, said in given:
+        with pytest.raises(ConfigError) as caught:
+            client.build_request(wf, {"topic": "tides"}, model=model)
+        assert str(caught.value) == f"Configuration error: {said}"
+
+
 def test_registering_gives_up_on_a_deployment_restate_cannot_reach() -> None:
     """An admin API that keeps answering 500 (what Restate says when it cannot call the
     advertised URI) is tried for `within` seconds, then a one-line error with the remedy."""

@@ -99,10 +99,12 @@ def build_request(
     budget: Budget | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of the service's `run` handler (the input is checked here, first)."""
-    from ..engine.runner import default_model, validate_input
+    """The JSON body of the service's `run` handler (the input and the model name are checked
+    here, first: a worker refusing them said to look at the workers)."""
+    from ..engine.runner import check_model_name, default_model, validate_input
 
     validate_input(workflow, inputs)
+    check_model_name(model)
     request: dict[str, Any] = {
         "definition": workflow.source,
         "file": workflow.path.name if workflow.path else "<restate>",
