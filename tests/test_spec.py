@@ -1085,6 +1085,19 @@ def test_validate_checks_its_model_option_as_a_workflows_model(tmp_path: Path) -
     assert r.returncode == 0 and "W507" not in r.stdout
 
 
+def test_validate_refuses_a_model_option_run_refuses(tmp_path: Path) -> None:
+    """`validate --model` with a control character said the file valid, priced with that
+    model, while `run --model` with it is refused ('has a control character'), as a
+    workflow's `model:` with one is (E113)."""
+    r = run_cli("validate", "--model", "mock/x\t", str(CRITIQUE_REVISE))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "error: Invalid value for '--model' / '-m': model \"mock/x\\t\" has a control "
+        "character (U+0009) (see python -m eclflow validate --help)"
+    )
+    assert r.stdout == ""
+
+
 def test_validate_does_not_import_heavy_modules() -> None:
     r = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "eclflow", "validate", str(CRITIQUE_REVISE)],

@@ -20,9 +20,17 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _verbose, handle_errors, 
 
 def _known_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """`--model local/typo` is refused as a workflow's `model:` is (E211): no run could load
-    it. (A remote name litellm does not list is a warning: see _unlisted.)"""
-    from ..llm.names import unknown_local
+    it; a name with a control character too, which run refuses (E113 in a workflow). (A
+    remote name litellm does not list is a warning: see _unlisted.)"""
+    import json
 
+    from ..llm.names import unknown_local
+    from ..spec.model import control_character
+
+    found = control_character(value) if value is not None else None
+    if found is not None:
+        said = f"model {json.dumps(value)} has a control character ({found})"
+        raise click.BadParameter(said, ctx=ctx, param=param)
     hint = unknown_local(value) if value is not None else None
     if hint is not None:
         raise click.BadParameter(f"unknown local model '{value}' ({hint})", ctx=ctx, param=param)
