@@ -241,6 +241,27 @@ def test_a_dollar_budget_counts_a_providers_calls_at_its_price(tmp_path: Path) -
     assert go(ONE, providers={"myco": Priced("x")}).cost == 0.25
 
 
+def test_a_reply_that_reports_no_usage_is_counted_by_estimate_at_the_providers_price() -> None:
+    """`CompletionResponse(text)`, the simplest reply, gives no usage and no cost: it was
+    counted as 0 tokens and $0 (0 tokens at the provider's price), so neither a dollar nor a
+    token budget ever stopped the run. It is counted by estimate, as a remote reply without
+    usage is: the prompt ("first t", 7 tokens) and the reply ("one", 2 tokens)."""
+    plain = Priced(eclflow.CompletionResponse("one"), eclflow.CompletionResponse("two"))
+    r = go(SMALL, {"topic": "t"}, providers={"myco": plain}, budget={"max_usd": 0.02})
+    assert r.status == "failed" and r.failed_step == "second", r.error
+    assert len(plain.requests) == 1
+    first = r.steps[0]
+    assert (first.tokens_in, first.tokens_out) == (7, 2)
+    assert first.cost == pytest.approx(7 * 0.001 + 2 * 0.002)
+    tokens = Client(eclflow.CompletionResponse("one"), eclflow.CompletionResponse("two"))
+    r = go(SMALL, {"topic": "t"}, providers={"myco": tokens}, budget={"max_tokens": 20})
+    assert r.status == "failed" and r.failed_step == "second", r.error
+    assert r.error == (  # (9 counted for the first call, 7 + 5 the second's worst case)
+        "Step second failed: budget_exceeded: step 'second' could use up to 21 tokens in all "
+        "(7 prompt + 5 max_tokens for this call), over the limit of 20"
+    )
+
+
 def test_a_dollar_budget_on_a_provider_without_its_price_is_refused_before_the_run() -> None:
     """Also for a model name litellm has a price for: `myco/gpt-4o-mini` was counted at
     OpenAI's price for gpt-4o-mini, and its replies (no cost given) at $0: the budget never

@@ -94,7 +94,7 @@ class Provider(Protocol):
     when the model cannot be called (a missing key); and `price(model)`, a plain def returning
     `(input, output)`, its US dollars per token (or None), which a dollar budget needs to
     count a call's worst case before it is made: a reply that gives no `cost` (0) is then
-    counted at that price."""
+    counted at that price. A reply that gives no `usage` is counted by estimate."""
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
 

@@ -229,13 +229,22 @@ class OwnProvider:
             raise LLMError(
                 f"{where} returned a finish_reason or model that is not text", retryable=False
             )
-        if not cost and self.own is not None and (usage.input or usage.output):
+        if not (usage.input or usage.output):
+            # a reply that reports no usage (`CompletionResponse(text)`): counted as nothing, a
+            # budget would never stop; the estimate a remote reply without usage gets instead
+            from ..observe.budget import estimate_tokens, prompt_tokens
+
+            usage = TokenUsage(
+                prompt_tokens(request.model, request.messages, estimate=True),
+                estimate_tokens(response.content),
+            )
+        if not cost and self.own is not None:
             # a reply that says no cost, of a provider that gives its price: counted at it
             p = self.own.price(request.model)
             if p is not None:
                 cost = usage.input * p.input + usage.output * p.output
-        if cost != response.cost or type(cost) is not float:
+        if usage is not response.usage or cost != response.cost or type(cost) is not float:
             from dataclasses import replace
 
-            response = replace(response, cost=float(cost))
+            response = replace(response, usage=usage, cost=float(cost))
         return response
