@@ -62,6 +62,7 @@ def folder(tmp_path: Path) -> Path:
     (tmp_path / "wf.yaml").write_text(WORKFLOW)
     (tmp_path / "myco_client.py").write_text(CLIENT)
     (tmp_path / "broken.py").write_text("raise RuntimeError('no MYCO_KEY\\nset it')\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit('set MYCO_KEY first')\n")
     return tmp_path
 
 
@@ -108,6 +109,21 @@ def test_a_batch_takes_a_provider_of_ones_own(folder: Path) -> None:
                                "RuntimeError: no MYCO_KEY set it"),
         ("myco=myco_client:nothing", "--provider myco=myco_client:nothing: myco_client has no "
                                      "nothing"),
+        # a file's path where a module's name goes: "no module myco_client.py in the current
+        # folder", which holds it, and for ./myco_client.py a TypeError about relative imports
+        ("myco=myco_client.py:client", "--provider myco=myco_client.py:client: MODULE is a "
+                                       "module's name, as Python's import takes it: "
+                                       "myco=myco_client:client"),
+        ("myco=./myco_client.py:client", "--provider myco=./myco_client.py:client: MODULE is a "
+                                         "module's name, as Python's import takes it: "
+                                         "myco=myco_client:client"),
+        ("myco=lib/myco_client:client", "--provider myco=lib/myco_client:client: MODULE is a "
+                                        "module's name, as Python's import takes it: "
+                                        "myco=lib.myco_client:client"),
+        # a module that exits as it is imported (sys.exit("set MYCO_KEY")): was that text alone,
+        # exit 1, as if the run had failed
+        ("myco=exits:client", "--provider myco=exits:client: importing exits failed: "
+                              "SystemExit: set MYCO_KEY first"),
         ("myco=myco_client:Shouter", "--provider myco=myco_client:Shouter: Shouter is a class: "
                                      "name an object of it (client = Shouter(…) in myco_client, "
                                      "then myco=myco_client:client)"),

@@ -413,6 +413,17 @@ def given_providers(specs: tuple[str, ...]) -> dict[str, Any] | None:
                 f"{where}: {first}/… are eclflow's own models (`mock/…` plays --mock-responses, "
                 "`local/…` runs in this process): give your provider another prefix"
             )
+        if module.endswith(".py") or module.startswith(".") or "/" in module or "\\" in module:
+            # (a file's path: import_module says "no module myco_client.py", or a TypeError)
+            parts = [p for p in module.removesuffix(".py").replace("\\", "/").split("/") if p]
+            parts = [p for p in parts if p != "."]
+            outside = module.startswith("/") or ".." in parts  # (its folder: on PYTHONPATH)
+            named = parts[-1] if outside else ".".join(parts)
+            raise ConfigError(
+                f"{where}: MODULE is a module's name, as Python's import takes it: "
+                f"{prefix}={named}:{name} (run eclflow in the folder that holds it, or put that "
+                "folder on PYTHONPATH)"
+            )
         if os.getcwd() not in sys.path:  # (as `python -m` and `python -c` have it)
             sys.path.insert(0, os.getcwd())
         try:
@@ -423,7 +434,7 @@ def given_providers(specs: tuple[str, ...]) -> dict[str, Any] | None:
                     f"{where}: no module {e.name} in the current folder or on PYTHONPATH"
                 ) from None
             raise ConfigError(f"{where}: importing {module} failed: {_one_line(e)}") from None
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # (sys.exit("set MYCO_KEY") as it is imported)
             raise ConfigError(f"{where}: importing {module} failed: {_one_line(e)}") from None
         for part in name.split("."):
             if not hasattr(found, part):
