@@ -1123,6 +1123,28 @@ def test_a_number_path_or_uuid_of_another_type_is_run_as_the_journal_keeps_it(
         assert store.runs.get(r.run_id).input == {"v": plain}
 
 
+def test_a_batch_item_of_numpy_integers_is_known_by_its_number_not_its_text(
+    tmp_path: Path,
+) -> None:
+    """An item is known by its content as JSON, and numpy's int64 was written as its text: the
+    item {"v": int64(3)} had the run id of {"v": "3"}, so a batch of it took the run of the
+    text "3" as its own (reused, v "3"), and the same rows as plain ints (a JSON lines file)
+    ran again."""
+    import asyncio
+
+    import eclflow
+
+    numpy = pytest.importorskip("numpy")
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    wf = eclflow.load_text(ANY_INPUT)
+    (text,) = asyncio.run(eclflow.run_batch(wf, [{"v": "3"}], store=url))
+    (number,) = asyncio.run(eclflow.run_batch(wf, [{"v": numpy.int64(3)}], store=url))
+    assert (text.output["v"], number.output["v"]) == ("3", 3)
+    assert number.run_id != text.run_id
+    (again,) = asyncio.run(eclflow.run_batch(wf, [{"v": 3}], store=url))
+    assert (again.run_id, again.output["v"]) == (number.run_id, 3)
+
+
 @pytest.mark.parametrize(
     ("make", "says"),
     [

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import numbers
 import os
 import re
 import sys
@@ -82,13 +83,20 @@ def item_run_ids(fingerprint: str, items: Sequence[Mapping[str, Any]]) -> list[s
     seen: dict[str, int] = {}
     ids = []
     for item in items:
-        text = json.dumps(item, sort_keys=True, ensure_ascii=False, default=str)
+        text = json.dumps(item, sort_keys=True, ensure_ascii=False, default=_as_json)
         if not text.isascii() and _SURROGATE.search(text) is not None:
             # (a lone surrogate, `\ud800` in a JSON line: no UTF-8 holds it, its escape)
-            text = json.dumps(item, sort_keys=True, default=str)
+            text = json.dumps(item, sort_keys=True, default=_as_json)
         copy = seen[text] = seen.get(text, -1) + 1
         ids.append(str(uuid.uuid5(_NAMESPACE, f"{fingerprint}:{copy}:{text}")))
     return ids
+
+
+def _as_json(value: Any) -> Any:
+    """What JSON does not hold, in an item's id as its run takes it (`plain_inputs`): an
+    integer of another kind (numpy's) its number, not its text (that of the item "3"); the
+    rest its text, as a Path or a UUID is run."""
+    return int(value) if isinstance(value, numbers.Integral) else str(value)
 
 
 async def run_batch(
