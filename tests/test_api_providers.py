@@ -501,6 +501,33 @@ def test_a_provider_whose_complete_is_not_async_is_told_so() -> None:
     )
 
 
+def test_a_price_or_check_that_raises_is_one_configuration_error_naming_the_provider(
+    tmp_path: Path,
+) -> None:
+    """A `price(model)` that looks the model up (`KeyError: 'myco/small'`) or a `check` that
+    raises what it likes escaped the run as it was: `eclflow run` said `error: KeyError:
+    'myco/small'`, exit 1 (a failed run's code), naming neither the provider nor the method."""
+
+    class Lookup(Client):
+        def price(self, model: str) -> Any:
+            return {"myco/big": (1e-6, 2e-6)}[model]
+
+    class NoKey(Client):
+        def check(self, model: str) -> None:
+            raise RuntimeError("MYCO_KEY is not set")
+
+    for client, says in [
+        (Lookup("x"), "the provider for 'myco' raised KeyError: 'myco/small' from "
+                      "price('myco/small'): return None for a model it has no price for"),
+        (NoKey("x"), "the provider for 'myco' raised RuntimeError: MYCO_KEY is not set from "
+                     "check('myco/small')"),
+    ]:  # fmt: skip
+        with pytest.raises(eclflow.ConfigError) as caught:
+            go(ONE, providers={"myco": client})
+        assert str(caught.value) == f"Configuration error: {says}"
+        assert client.requests == []
+
+
 def test_an_async_check_is_awaited_before_the_run_starts() -> None:
     """An `async def check` was refused ("make it a plain `def check(self, model)`"): it is
     called on the event loop now, which can wait for it (a check that asks the provider's

@@ -43,9 +43,14 @@ class OwnProviders(dict[str, Provider]):
             if model not in self.ready:
                 check = getattr(self[prefix], "check", None)
                 if callable(check):
-                    outcome = check(model)
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                    try:
+                        outcome = check(model)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+                    except EclflowError:  # (its ConfigError, as it is)
+                        raise
+                    except Exception as e:
+                        raise _raised(e, prefix, f"check({model!r})") from e
                 self.ready.add(model)
             if self.price(model) is None and max_usd is not None:
                 raise ConfigError(
@@ -63,9 +68,26 @@ class OwnProviders(dict[str, Provider]):
             return self.prices[model]
         prefix = provider_for(self, model)
         asked = getattr(self[prefix], "price", None) if prefix is not None else None
-        found = _price(asked(model), prefix, model) if callable(asked) else None
+        try:
+            given = asked(model) if callable(asked) else None
+        except EclflowError:
+            raise
+        except Exception as e:
+            raise _raised(
+                e, prefix, f"price({model!r})", "return None for a model it has no price for"
+            ) from e
+        found = _price(given, prefix, model)
         self.prices[model] = found
         return found
+
+
+def _raised(e: Exception, prefix: str | None, call: str, hint: str = "") -> ConfigError:
+    """What a provider's `check` or `price` raised, as one line naming the provider."""
+    text = " ".join(str(e).split())
+    said = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return ConfigError(
+        f"the provider for '{prefix}' raised {said} from {call}" + (f": {hint}" if hint else "")
+    )
 
 
 def _price(given: Any, prefix: str | None, model: str) -> Price | None:
