@@ -87,6 +87,21 @@ def test_run_resume_and_run_from_take_a_provider_of_ones_own(folder: Path) -> No
     assert json.loads(again.stdout)["output"] == {"text": "SECOND"}
 
 
+def test_run_from_a_run_of_ones_own_provider_without_it_says_to_give_it(folder: Path) -> None:
+    """`run --from` of a run started with --provider, not given it again, said "model
+    'myco/small' names no provider litellm knows: write it as 'provider/model'", though the
+    name is right and the provider is what is missing (resume says so already)."""
+    given = ("--provider", "myco=myco_client:failing")
+    failed = eclflow(folder, "run", "wf.yaml", "-i", "topic=tides", "--json", *given)
+    run_id = json.loads(failed.stdout)["run_id"]
+    again = eclflow(folder, "run", "wf.yaml", "--from", "second", "--run", run_id)
+    assert (again.returncode, again.stdout) == (2, "")
+    assert again.stderr == (
+        f"error: Configuration error: run {run_id[:8]} calls myco/small through a provider of "
+        "your own (providers={'myco': …}): give it again, --provider myco=MODULE:NAME\n"
+    )
+
+
 def test_a_batch_takes_a_provider_of_ones_own(folder: Path) -> None:
     (folder / "items.jsonl").write_text('{"topic": "a"}\n{"topic": "b"}\n')
     done = eclflow(

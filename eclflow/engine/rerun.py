@@ -57,7 +57,9 @@ async def rerun_from(
     budget: Any = None,
     new_run_id: str | None = None,
 ) -> RunResult:
-    from .runner import _run
+    from ..llm import Providers
+    from ..llm.own import own_providers
+    from .runner import _check_own_given, _run, default_model
 
     if store is None:
         from ..errors import ConfigError
@@ -84,11 +86,21 @@ async def rerun_from(
             f"{'is' if one else 'are'} reused as that run left {'it' if one else 'them'} "
             f"(--from {changed[0] if one else 'STEP'} runs {'it' if one else 'a step'} again)"
         )
+    model = model or (old.metadata or {}).get("model")
+    # (its model went to a provider of the caller's own: litellm would say it knows no such model)
+    _check_own_given(
+        compile_plan(workflow),
+        Providers(own=own_providers(providers)),
+        default_model(workflow, model),
+        (old.metadata or {}).get("providers"),
+        old.id,
+        "give it again, --provider {}=MODULE:NAME",
+    )
     journal = _SeededJournal(store, seed, old.id)
     return await _run(
         workflow,
         inputs if inputs is not None else old.input,
-        model=model or (old.metadata or {}).get("model"),
+        model=model,
         mock_responses=mock_responses,
         providers=providers,
         store=store,

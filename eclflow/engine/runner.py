@@ -1082,11 +1082,18 @@ class _Handover:
 
 
 def _check_own_given(
-    plan: Plan, providers: Providers, model: str | None, recorded: Any, run_id: str
+    plan: Plan,
+    providers: Providers,
+    model: str | None,
+    recorded: Any,
+    run_id: str,
+    remedy: str = "resume it with the same providers= (Python), or --provider {}=MODULE:NAME "
+    "(eclflow resume)",
 ) -> None:
     """ConfigError when a model of the run went to a provider of the caller's own (`recorded`:
     their prefixes, in the run's metadata) and none is given for it now: litellm would say it
-    knows no such model, though the name is right and the provider is what is missing."""
+    knows no such model, though the name is right and the provider is what is missing.
+    `remedy`: what to do, `{}` the prefix (a resume's; `run --from` says its own)."""
     if not recorded or not isinstance(recorded, list):
         return
     from ..llm.own import provider_for
@@ -1101,8 +1108,7 @@ def _check_own_given(
         if prefix is not None:
             raise ConfigError(
                 f"run {run_id[:8]} calls {m} through a provider of your own "
-                f"(providers={{'{prefix}': …}}): resume it with the same providers= (Python), or "
-                f"--provider {prefix}=MODULE:NAME (eclflow resume)"
+                f"(providers={{'{prefix}': …}}): " + remedy.format(prefix)
             )
 
 
