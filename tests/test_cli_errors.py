@@ -1229,3 +1229,20 @@ def test_an_input_value_that_holds_itself_is_one_line() -> None:
     schema = {"properties": {"xs": {"type": "array"}}}
     with pytest.raises(click.BadParameter, match="xs: its values nest too deep"):
         parse_inputs(("xs=&a [*a]",), None, schema)
+
+
+def test_json_on_an_output_that_cannot_hold_unicode_is_still_json(tmp_path: Path) -> None:
+    """With PYTHONIOENCODING=latin-1 `run --json` wrote a reply's 😀 as Python's escape
+    `\\U0001f600`, which no JSON reader takes (`Invalid \\escape`), and exited 0: --json
+    writes what the output cannot hold as JSON's own escapes, all of it ASCII."""
+    script = tmp_path / "m.yaml"
+    script.write_text(
+        'generate: "kelp \\u2713 \\U0001f600"\ncritique: {content: {decision: pass, critique: ok}}\n'
+    )
+    r = _cli_with(PYTHONIOENCODING="latin-1")(
+        "run", WF, "-i", "topic=x", "-m", "mock/x", "--mock-responses", str(script),
+        "--no-journal", "--json",
+    )  # fmt: skip
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.isascii(), r.stdout
+    assert json.loads(r.stdout)["output"]["final_text"] == "kelp \u2713 \U0001f600"

@@ -140,9 +140,12 @@ def json_text(value: Any, indent: int | None = None) -> str:
     """`value` as JSON any JSON reader takes (what --json prints): a float JSON has no number
     for (NaN, Infinity: a model's JSON reply may hold one) is null, as JavaScript's
     JSON.stringify writes it, and a lone surrogate (`\\ud800` in a reply or an input) is kept
-    escaped, as no UTF-8 output could hold it. A time is ISO 8601 with its offset
-    (`2026-12-07T02:27:41.802000+00:00`, as the traces' and the logs' `ts`), not str()'s
-    text with a space, which RFC 3339 parsers (Go's, a browser's Date) refuse."""
+    escaped, as no UTF-8 output could hold it; so is every character but ASCII when the
+    output is not UTF-8 (PYTHONIOENCODING=latin-1), where `main` has what the output cannot
+    hold written as Python's escapes (`\\U0001f600`), which no JSON reader takes. A time is
+    ISO 8601 with its offset (`2026-12-07T02:27:41.802000+00:00`, as the traces' and the logs'
+    `ts`), not str()'s text with a space, which RFC 3339 parsers (Go's, a browser's Date)
+    refuse."""
     import json
 
     try:
@@ -151,9 +154,19 @@ def json_text(value: Any, indent: int | None = None) -> str:
         )
     except ValueError:
         text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=_json_default)
-    if not text.isascii() and _SURROGATE.search(text) is not None:
+    if not text.isascii() and (_SURROGATE.search(text) is not None or not _utf8_output()):
         return json.dumps(json.loads(text), indent=indent)
     return text
+
+
+def _utf8_output() -> bool:
+    """Whether stdout and stderr (where JSON logs go) are UTF-8."""
+    import codecs
+
+    streams = (sys.stdout, sys.stderr)
+    return all(
+        codecs.lookup(getattr(s, "encoding", None) or "utf-8").name == "utf-8" for s in streams
+    )
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
