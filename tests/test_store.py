@@ -891,6 +891,36 @@ def test_a_schema_name_is_the_schema_named_so_capitals_and_all(pg_url: str) -> N
         parse_url(f"{base}?schema=runs%0A")
 
 
+def test_a_journal_an_earlier_eclflow_kept_in_the_lowercase_schema_is_not_lost(
+    pg_url: str,
+) -> None:
+    """Before search_path was quoted, `?schema=Runs` kept its journal in `runs` (as when the
+    schema was made by `CREATE SCHEMA Runs`). Read now as "Runs", the same URL said 'no
+    eclflow database' and `run` began an empty journal beside the old one: such a URL is
+    refused, saying which name holds the journal."""
+    import psycopg2
+
+    base, _, lower = pg_url.partition("?schema=")
+    mixed = lower.replace("eclflow_test", "Eclflow_Test")
+    with open_store(pg_url) as store:  # (the journal where an earlier eclflow kept it)
+        assert store.runs.list(limit=1) == []
+    try:
+        for create in (False, True):
+            with pytest.raises(ConfigError) as e:
+                open_store(f"{base}?schema={mixed}", create=create)
+            assert str(e.value) == (
+                f"Configuration error: schema {mixed!r} holds no eclflow journal, but {lower!r} does (its name in "
+                f"lowercase, where an earlier eclflow kept the journal of ?schema={mixed}): "
+                f"write ?schema={lower}"
+            )
+    finally:
+        conn = psycopg2.connect(PG_BASE)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP SCHEMA IF EXISTS "{mixed}" CASCADE')
+        conn.close()
+
+
 def test_unknown_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as e:
         open_store("mysql://root:pw@localhost/db")

@@ -267,8 +267,11 @@ class Store:
         try:
             self._connect_first()
             with self.reading():
-                if not create and migrations.current_version(self.db, self.models) == 0:
-                    raise StoreNotFound(url.url)
+                if migrations.current_version(self.db, self.models) == 0:
+                    if url.schema is not None:
+                        self._refuse_a_folded_journal(url.schema)
+                    if not create:
+                        raise StoreNotFound(url.url)
                 if url.schema is not None:
                     self._create_schema(url.schema)
                 self.schema_version = migrations.migrate(self.db, self.models)
@@ -289,6 +292,23 @@ class Store:
             raise StoreUnavailable(
                 _one_line(e.__cause__, self.url, self._sqlite_path())
             ) from e.__cause__
+
+    def _refuse_a_folded_journal(self, schema: str) -> None:
+        """An earlier eclflow set search_path unquoted, and PostgreSQL folded `?schema=Runs`
+        to `runs`: the journal of that URL is in `runs`. A `Runs` with no journal, beside a
+        `runs` with one, is that URL's journal: the user is told to name it so, rather than
+        told there is none or given an empty one beside it."""
+        folded = schema.lower()
+        if folded == schema:
+            return
+        table = self.models.SchemaVersion._meta.table_name
+        there = "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s"
+        if self.db.execute_sql(there, (folded, table)).fetchone():
+            raise ConfigError(
+                f"schema {schema!r} holds no eclflow journal, but {folded!r} does (its name in "
+                f"lowercase, where an earlier eclflow kept the journal of ?schema={schema}): "
+                f"write ?schema={folded}"
+            )
 
     def _create_schema(self, schema: str) -> None:
         """Create the URL's schema if it is not there; only then under the migrations' lock
