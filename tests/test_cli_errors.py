@@ -1246,3 +1246,15 @@ def test_json_on_an_output_that_cannot_hold_unicode_is_still_json(tmp_path: Path
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     assert r.stdout.isascii(), r.stdout
     assert json.loads(r.stdout)["output"]["final_text"] == "kelp \u2713 \U0001f600"
+
+
+@pytest.mark.parametrize("command", ["status", "resume"])
+def test_a_run_id_no_restate_run_can_have_is_not_found(command: str) -> None:
+    """`status $'\\xff\\xfe' --engine restate` (and resume) said `UnicodeEncodeError: … surrogates
+    not allowed`, an internal error (exit 1), as the journal's commands did: no run has an id
+    that is not UTF-8 text, whether or not Restate is up (here it is not)."""
+    r = cli(command, "\udcff\udcfeab", "--engine", "restate", "--restate-url", "http://127.0.0.1:9",
+            "--restate-admin-url", "http://127.0.0.1:9")  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: Run not found: \\udcff\\udcfeab"), r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr

@@ -539,6 +539,7 @@ async def resume_async(
 
     A run that is not paused is waited for as it is; a finished one's result is returned.
     `on_found(invocation)` is called with the run's invocation as it stood (before resuming)."""
+    _utf8_id(run_id)
     client = _http_client()
     try:
         ingress = _Ingress(ingress_url(restate_url), client)
@@ -566,6 +567,15 @@ _WHOLE_ID = (
     "Restate knows a run by its whole id, as `run` printed it, and keeps a finished one for a "
     "day by default"
 )
+
+
+def _utf8_id(run_id: str) -> None:
+    """RunNotFound for an id with bytes no UTF-8 text has (`$'\\xff'` from argv), which no run
+    has and no URL or query can carry (it was UnicodeEncodeError, an internal error)."""
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RunNotFound(run_id, _WHOLE_ID) from None
 
 
 @dataclass(slots=True)
@@ -619,6 +629,7 @@ class RestateRunStatus:
 async def status_async(
     run_id: str, restate_url: str | None = None, restate_admin_url: str | None = None
 ) -> RestateRunStatus:
+    _utf8_id(run_id)
     client = _http_client()
     try:
         ingress = _Ingress(ingress_url(restate_url), client)
