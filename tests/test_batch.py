@@ -576,6 +576,7 @@ def test_result_lines_come_while_the_batch_runs(tmp_path: Path) -> None:
     assert len(lines) == 12 and lines[0]["run_id"] != lines[1]["run_id"]
 
 
+@pytest.mark.looptime  # (the naps end in the order their lengths say, whatever the load)
 async def test_iter_batch_gives_results_in_input_order_as_they_are_ready() -> None:
     """Items that finish in the reverse order still come out in input order, each as soon as
     those before it are in; closed early, the iterator stops the runs it had started."""
