@@ -216,3 +216,27 @@ def test_an_infinite_number_literal_is_e301_where_it_is_written() -> None:
     fine = with_step("{{ 1e308 }} {{ 1e308 * input.n }} {{ -1.5e-300 }}")
     assert diagnose(fine) == []
     runs_to_the_end(fine)
+
+
+def test_an_infinite_number_is_named_and_located_beside_other_numbers() -> None:
+    """With another number written with an exponent before it on the line, E301 named and
+    pointed at that one: "`1e5` is infinite" for `{{ 1e5 }} and {{ 1e400 }}`, a finite
+    number the user would look at in vain."""
+    text = with_step("{{ 1e5 }} and {{ 1e400 }} then {{ 2E+999 }}") + (
+        "  - {id: b, type: template, template: '{{ 2.5e3 + n }} {{ 10 / 1e-320 }}', with: {n: 1}}\n"
+    )
+    got = [
+        (d.code, d.location.line, d.location.col, d.message.split(":")[0]) for d in diagnose(text)
+    ]
+    lines = text.splitlines()
+    where = [
+        (i + 1, line.index(number) + 1)
+        for number in ("1e400", "2E+999", "10 / 1e-320")
+        for i, line in enumerate(lines)
+        if number in line
+    ]
+    assert got == [
+        ("E301", *where[0], "`1e400` is infinite"),
+        ("E301", *where[1], "`2E+999` is infinite"),
+        ("E301", *where[2], "`10 / 1e-320` is infinite"),
+    ], got

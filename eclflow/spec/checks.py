@@ -1149,11 +1149,14 @@ class _Checker:
                     "read the data: input, steps, loop and the step's `with:` values",
                     _position_on(text, (name,), n.lineno) if text is not None else None,
                 )
+        taken: set[tuple[int, int]] = set()  # (numbers on one line: each said once)
         for n, shown in _infinite_constants(tree):
             ok = False
-            number = _number_on(text, n.lineno) if text is not None else None
-            if number is not None and isinstance(n, nodes.Const):
-                shown = number[2]  # (as written: `1e400`, not `inf`)
+            number = _number_on(text, n, taken) if text is not None else None
+            if number is not None:
+                taken.add(number[:2])
+                if isinstance(n, nodes.Const):
+                    shown = number[2]  # (as written: `1e400`, not `inf`)
             report(
                 "E301",
                 f"`{shown}` is infinite: numbers in a workflow must be finite (Jinja cannot "
@@ -1652,17 +1655,31 @@ def _literal_text(node: Any) -> str:
     return repr(node.value) if hasattr(node, "value") else "…"
 
 
-def _number_on(text: str, line: int) -> tuple[int, int, str] | None:
-    """Where a number with an exponent, or a long one (`1e400`), is written on line `line`:
-    its line, column and text."""
+def _number_on(text: str, node: Any, taken: set[tuple[int, int]]) -> tuple[int, int, str] | None:
+    """Where the number `node` is, or starts with, is written on its line (not a place in
+    `taken`): its line, column and text. The line's other numbers are passed over (`{{ 1e5 }}
+    {{ 1e400 }}` is at `1e400`)."""
     import re
 
+    from jinja2 import nodes
+
+    line = node.lineno
     lines = _code_only(text).splitlines()
-    if 0 < line <= len(lines):
-        pattern = r"(?<![\w.])\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+|\d{300,})"
-        found = re.search(pattern, lines[line - 1])
-        if found:
-            return line, found.start() + 1, found[0]
+    if not 0 < line <= len(lines):
+        return None
+    parts = [node.left, node.right] if isinstance(node, nodes.BinExpr) else [node]
+    if isinstance(node, nodes.UnaryExpr):
+        parts = [node.node]
+    written = list(re.finditer(r"(?<![\w.])\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?", lines[line - 1]))
+    for part in parts:
+        value = getattr(part, "value", None)
+        for found in written:
+            try:
+                same = float(found[0].replace("_", "")) == value
+            except (ValueError, OverflowError):
+                continue
+            if same and (line, found.start() + 1) not in taken:
+                return line, found.start() + 1, found[0]
     return None
 
 
