@@ -2162,6 +2162,22 @@ def test_an_alias_inside_the_node_it_names_is_e100_at_the_alias(tail: str) -> No
     assert [str(w.message) for w in caught] == []
 
 
+def test_an_expression_not_in_quotes_beside_an_anchor_defined_twice_prints_no_warning() -> None:
+    """Finding where `topic: {{ input.topic }}` is composed the document again outside the
+    parse's catch of ruamel's warnings: with an anchor defined twice in the file, validate
+    printed ruamel's ReusedAnchorWarning (eight lines of its source) beside the E100."""
+    text = (
+        "eclflow: 1\nid: dup\nmetadata: {a: &m [1], b: &m [2]}\nsteps:\n"
+        '  - id: a\n    type: template\n    template: "{{ topic }}"\n'
+        "    with:\n      topic: {{ input.topic }}\n"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [(d.code, d.location.line, d.location.col) for d in diagnose(text)]
+    assert got == [("E100", *located(text, "{{ input"))], got
+    assert [str(w.message) for w in caught] == []
+
+
 def test_nesting_too_deep_is_not_called_an_alias_bomb() -> None:
     """From 201 to about 245 levels the message was E103 "document expands to more than
     200000 nodes (anchors and aliases that expand exponentially are refused)"."""

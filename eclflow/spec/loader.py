@@ -365,7 +365,18 @@ def _parse(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
     return doc, diags + _yaml_warnings(caught, file)
 
 
-_WARNINGS_LOCK = threading.Lock()
+# (reentrant: a parse that fails looks at the node graph, `_compose`, under it)
+_WARNINGS_LOCK = threading.RLock()
+
+
+def _compose(text: str) -> Any:
+    """ruamel's node graph of `text` (each node's place, no key hashed), for what the parse
+    cannot tell; its warnings (an anchor defined twice) are the parse's W508 already."""
+    from ruamel.yaml import YAML
+
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return YAML(typ="rt").compose(text)
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
@@ -547,14 +558,10 @@ def _alias_in_itself(text: str) -> tuple[str, int, int] | None:
     """An alias used inside the node its anchor names (`steps: &s [{with: {x: *s}}]`), as
     (name, line, column of the alias), or None. ruamel reads it as null inside a mapping
     (silently), as a list that holds itself inside a list."""
-    from ruamel.yaml import YAML
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     try:
-        # (composing warns of an anchor defined twice again: its W508 is said already)
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            root = YAML(typ="rt").compose(text)
+        root = _compose(text)
     except Exception:  # (the parse that read the document said nothing: neither does this)
         return None
     stack: list[tuple[Any, bool]] = [(root, False)]
@@ -650,12 +657,11 @@ def _keys_not_text(text: str, file: str) -> list[Diagnostic]:
     `{input.topic: null}` as the key of another, and it would have run as that mapping's
     Python text. Found on ruamel's node graph, which has every node's place (and hashes no
     key: a key holding a mapping cannot be loaded at all)."""
-    from ruamel.yaml import YAML
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     found: list[Diagnostic] = []
     seen: set[int] = set()
-    todo = [YAML(typ="rt").compose(text)]
+    todo = [_compose(text)]
     while todo:
         node = todo.pop()
         if node is None or id(node) in seen:  # (an alias: its node was looked at)
