@@ -50,9 +50,10 @@ def _concat(parts: Iterable[Any]) -> str:
 
 def _str_join(values: Iterable[Any]) -> str:
     """`a ~ b`: Jinja's own, refused past MAX_SIZE characters (a loop that doubles a text)."""
-    texts = [str(v) for v in values]
+    texts = list(map(str, values))
     size = sum(map(len, texts))
-    _bounded(size, f"`~` would make {size:,} characters")
+    if size > MAX_SIZE:  # (the message is made only then: `~` is on every step's path)
+        _bounded(size, f"`~` would make {size:,} characters")
     return "".join(texts)
 
 
@@ -86,9 +87,10 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "+":
-            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+            if isinstance(left, _SIZED) and isinstance(right, _SIZED):
                 size = len(left) + len(right)  # (a loop that doubles a list: `ns.a + ns.a`)
-                _bounded(size, f"`+` would make {size:,} items")
+                if size > MAX_SIZE:  # (the message is made only then, as for `~`)
+                    _bounded(size, f"`+` would make {size:,} items")
         elif operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and type(n) is int:
@@ -133,6 +135,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         return bounded
 
 
+_SIZED = (str, list, tuple)
 _PADDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
