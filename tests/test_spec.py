@@ -2206,6 +2206,26 @@ def test_brackets_nested_too_deep_are_refused_where_they_pass_the_limit() -> Non
     assert diagnose(fine) == []
 
 
+def test_brackets_in_a_block_scalar_are_text_not_nesting() -> None:
+    """A prompt under `template: |` whose lines start with `[` that no `]` closes on them
+    (`[1: see below`, or `[issue #12]`, whose ` #` read as a comment hid the `]`) was E100
+    "nested more than 200 levels deep" from its 201st line: a valid file refused."""
+    for row in ("[{i}: see below", "[issue #{i}] fixed", "{{ [[ {i}"):
+        body = "      hello {{ who }}\n" + "".join(
+            "      " + row.format(i=i) + "\n" for i in range(250)
+        )
+        text = MINIMAL.replace('template: "hello {{ who }}"', "template: |\n" + body)
+        assert text != MINIMAL
+        assert diagnose(text) == [], row
+        text = MINIMAL + "metadata:\n  p: >-\n" + body.replace("      ", "    ") + "  q: 1\n"
+        assert diagnose(text) == [], row
+    # after the block scalar, brackets count again
+    deep = MINIMAL + "metadata:\n  p: |\n    [[\n  x: " + "[" * 201 + "]" * 201 + "\n"
+    (d,) = diagnose(deep)
+    assert (d.code, d.message) == ("E100", "YAML: nested more than 200 levels deep"), str(d)
+    assert (d.location.line, d.location.col) == (len(deep.splitlines()), 6 + 200)
+
+
 def test_keys_equal_only_in_python_are_named_as_written() -> None:
     """`1:` and `true:` in one mapping were "duplicate key "True"": a key the file does not
     have, and keys YAML does not take for one (an int and a bool, equal in Python)."""

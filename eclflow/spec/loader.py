@@ -289,8 +289,9 @@ def _too_deep_flow(text: str) -> tuple[int, int] | None:
     """Where (line, column) `[` or `{` brackets open more than MAX_DEPTH levels, or None.
     ruamel's scanner takes time that grows with the square of the depth (seconds for a
     thousand `[`) before its parser runs out of recursion: the text is refused first. Quoted
-    scalars and comments are skipped; outside brackets, one opens a collection only where a
-    value starts (after `:`, `-`, `?` or at a line's start), not in a plain scalar's words."""
+    scalars, block scalars (`|`, `>`) and comments are skipped; outside brackets, one opens a
+    collection only where a value starts (after `:`, `-`, `?` or at a line's start), not in a
+    plain scalar's words."""
     depth = 0
     line, start = 1, 0
     i = 0
@@ -311,6 +312,22 @@ def _too_deep_flow(text: str) -> tuple[int, int] | None:
                 continue
         elif c in "]}":
             depth = max(depth - 1, 0)
+        elif c in "|>":
+            if depth == 0 and _before(text, i) in ":-?":
+                # a block scalar: its lines (blank, or indented more than this one) are text
+                row = text[start:]
+                indent = len(row) - len(row.lstrip(" "))
+                end = text.find("\n", i)
+                while end >= 0:
+                    nxt = text.find("\n", end + 1)
+                    row = text[end + 1 : nxt if nxt >= 0 else len(text)]
+                    if row.strip() and len(row) - len(row.lstrip(" ")) <= indent:
+                        break
+                    line, start, end = line + 1, end + 1, nxt
+                if end < 0:
+                    return None
+                i = end  # (the line break before the next line that is not the scalar's)
+                continue
         else:
             before = _before(text, i)
             if depth or before in ":-?\n":
@@ -325,7 +342,7 @@ def _too_deep_flow(text: str) -> tuple[int, int] | None:
         i += 1
 
 
-_FLOW_SIGNS = re.compile(r"[\n#'\"\[\]{}]")
+_FLOW_SIGNS = re.compile(r"[\n#'\"\[\]{}|>]")
 
 
 def _before(text: str, i: int) -> str:
