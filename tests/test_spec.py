@@ -2143,6 +2143,8 @@ def test_type_errors_speak_yaml_a_list_and_a_mapping() -> None:
         "metadata: &m\n  a: *m\nsteps:\n  - {id: a, type: template, template: x}\n",
         # inside a list it holds itself: "nested more than 200 levels deep" at 1:1
         "metadata: {l: &m [1, [2, *m]]}\nsteps:\n  - {id: a, type: template, template: x}\n",
+        # merged into itself: "'NoneType' object has no attribute 'add_referent'" at 1:1
+        "metadata: &m {x: 1, <<: *m}\nsteps:\n  - {id: a, type: template, template: x}\n",
     ],
 )
 def test_an_alias_inside_the_node_it_names_is_e100_at_the_alias(tail: str) -> None:
