@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import PersistenceError
-from ..observe.logs import TIME_FIELDS, for_people, shorten
+from ..observe.logs import TIME_FIELDS, aware_time, for_people, shorten
 from ..store.owner import shown_state
 from ..store.records import TERMINAL_STATES
 from . import cli
@@ -134,11 +134,8 @@ def _json_line(run_id: str, event: Any, data: dict[str, Any]) -> str:
 
 def _local_iso(value: Any) -> Any:
     """An ISO 8601 time with its offset as `ts` is written: ISO 8601 in the local zone."""
-    try:
-        when = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        return value
-    return when.astimezone().isoformat() if when is not None and when.tzinfo else value
+    local = aware_time(value)
+    return value if local is None else local.isoformat()
 
 
 def _text_line(event: Any, data: dict[str, Any]) -> str:

@@ -76,11 +76,7 @@ def emit(kind: str, **fields: Any) -> bool:
     if not enabled and recorder is None:
         return False
     if enabled:
-        # makeRecord + handle: what logger.log does, minus looking up the caller's frame
-        record = logger.makeRecord(
-            logger.name, level, "eclflow", 0, message, (), None, extra={"kind": kind, **fields}
-        )
-        logger.handle(record)
+        _log(kind, level, message, fields)
     if recorder is not None and kind not in _NOT_KEPT:
         recorder.add(kind, level, message, fields)
     return enabled
@@ -92,11 +88,16 @@ def log_only(kind: str, **fields: Any) -> None:
     as they say the events that follow it, and the run's timeline holds it once."""
     level, message = EVENTS[kind]
     if logger.isEnabledFor(level):
-        logger.handle(
-            logger.makeRecord(
-                logger.name, level, "eclflow", 0, message, (), None, extra={"kind": kind, **fields}
-            )
+        _log(kind, level, message, fields)
+
+
+def _log(kind: str, level: int, message: str, fields: Mapping[str, Any]) -> None:
+    # makeRecord + handle: what logger.log does, minus looking up the caller's frame
+    logger.handle(
+        logger.makeRecord(
+            logger.name, level, "eclflow", 0, message, (), None, extra={"kind": kind, **fields}
         )
+    )
 
 
 def wanted(kind: str) -> bool:

@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 LOGGER_NAME = "eclflow"
 FORMATS = ("pretty", "json", "compact")
@@ -129,19 +132,25 @@ _STEP_FIELDS = frozenset({"step_id", "key", "iteration", "step"})
 TIME_FIELDS = ("last_seen",)
 
 
-def local_time(value: Any) -> Any:
-    """An ISO 8601 time with its offset (`2026-12-07T02:29:39.047+00:00`) as the reader's local
-    time, `2026-12-07 03:29:39.047` (the date as `eclflow status` shows it, the milliseconds
-    of the logs' own times); anything else as it is."""
+def aware_time(value: Any) -> datetime | None:
+    """An ISO 8601 time with its offset (`2026-12-07T02:29:39.047+00:00`) in the reader's local
+    zone; None for anything else (text without an offset is in no zone one could tell)."""
     from datetime import datetime
 
     try:
         when = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:  # (no offset: in no zone one could tell)
+        return None
+    return when.astimezone() if when is not None and when.tzinfo is not None else None
+
+
+def local_time(value: Any) -> Any:
+    """An ISO 8601 time with its offset as the reader's local time, `2026-12-07 03:29:39.047`
+    (the date as `eclflow status` shows it, the milliseconds of the logs' own times); anything
+    else as it is."""
+    local = aware_time(value)
+    if local is None:
         return value
-    local = when.astimezone()
     return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}"
 
 
